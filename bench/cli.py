@@ -1,0 +1,56 @@
+"""The `bench` command: a thin shell over the library. Each subcommand lives in bench/commands/<name>.py.
+
+A command module defines ``register(subparsers) -> None`` (adds its parser, sets ``func``) and keeps heavy
+imports inside the function it runs, so `bench --help` stays fast. ``func(args) -> int`` returns the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from bench import __version__
+from bench.errors import EXIT_INPUT, EXIT_INTERRUPTED, BenchError
+
+__all__ = ["main"]
+
+COMMANDS = ("run", "serve", "data", "report", "compare", "merge", "calibrate")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench", description="Load generator and benchmark harness for ML "
+                                     "inference endpoints (Wallaroo pipelines, UbiOps deployments).")
+    parser.add_argument("--version", action="version", version=f"bench {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"bench.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"bench.commands.{name}":
+                continue  # command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_INPUT
+    try:
+        code: int = args.func(args)
+    except BenchError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

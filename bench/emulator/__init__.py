@@ -1,0 +1,1 @@
+"""The embedded emulator of Wallaroo pipeline inference and UbiOps deployment requests."""

@@ -1,0 +1,47 @@
+"""Emulator settings: one frozen dataclass shared by every emulated platform (CLI flags map 1:1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["EmulatorConfig", "UbiOpsDeployment"]
+
+
+@dataclass(frozen=True, slots=True)
+class UbiOpsDeployment:
+    """An emulated UbiOps deployment. ``input_type`` structured: inputs are JSON objects with ``fields``."""
+
+    project: str = "demo"
+    name: str = "ccfraud"
+    version: str = "v1"
+    input_type: str = "structured"  # "structured" | "plain"
+    fields: tuple[str, ...] = ("tensor",)
+
+
+@dataclass(frozen=True, slots=True)
+class EmulatorConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    http2: bool = False  # serve h2c (prior knowledge) as well as HTTP/1.1 on the same port
+    # capacity model: `replicas` service slots; service time = latency_ms + per_row_us * rows, with jitter
+    latency_ms: float = 5.0
+    per_row_us: float = 20.0
+    jitter: float = 0.1  # lognormal sigma of the multiplicative jitter (0 = none)
+    replicas: int = 4
+    error_rate: float = 0.0  # fraction of inference answers that are 500/503 errors
+    seed: int = 1
+    # Wallaroo
+    pipeline: str = "ccfraud"
+    deployment: str = "ccfraud-1"  # "{deployment}-{id}" as in the external URL
+    workspace_id: int = 1
+    require_token: bool = False
+    token_ttl_s: float = 3600.0
+    client_id: str = "api-client"
+    client_secret: str = "emulator-secret"
+    users: tuple[tuple[str, str], ...] = (("admin", "admin"),)
+    startup_s: float = 0.0  # deployment reports Starting (and inference answers 503) for this long
+    # UbiOps
+    ubiops_token: str = "Token emulator-ubiops-token"
+    ubiops_deployments: tuple[UbiOpsDeployment, ...] = field(
+        default_factory=lambda: (UbiOpsDeployment(), UbiOpsDeployment(name="echo", input_type="plain", fields=())))
+    rate_limit_per_min: int = 0  # 0 = no rate limit
