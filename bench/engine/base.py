@@ -50,6 +50,12 @@ class ResultSink(Protocol):
                bytes_out: int, bytes_in: int, server_ns: int) -> None:
         """One finished request (any outcome). Times are time.monotonic_ns(). rows = rows out (ok) or in."""
 
+    def error_detail(self, kind: int, status: int, detail: bytes) -> None:
+        """A non-ok outcome's evidence: up to 512 bytes of the answer body, or the exception text encoded.
+
+        Engines call it for every non-ok outcome; the recorder keeps a bounded sample of distinct details.
+        """
+
     def dropped(self, intended_ns: int) -> None:
         """Open loop: a send due at intended_ns could not start because max_in_flight was reached."""
 
