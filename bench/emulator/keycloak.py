@@ -1,0 +1,180 @@
+"""A Keycloak-like OpenID Connect token endpoint: ``/auth/realms/master/protocol/openid-connect/token``.
+
+Speaks what bench's TokenSource (and the Wallaroo SDK) use: form body, confidential-client authentication by
+HTTP Basic (or ``client_id``/``client_secret`` form fields), grants ``client_credentials``, ``password`` and
+``refresh_token``. Error bodies and status codes follow Keycloak: 401 ``invalid_client`` for bad client
+credentials, 401 ``invalid_grant`` for bad user credentials, 400 ``invalid_grant`` for a bad refresh token,
+400 ``unsupported_grant_type`` / ``invalid_request``. As in Keycloak, ``client_credentials`` answers carry no
+refresh token.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+from bench.emulator.context import EmulatorContext
+from bench.emulator.tokens import TokenSigner, ensure_signer
+
+__all__ = ["TOKEN_PATH", "KeycloakEmulator"]
+
+TOKEN_PATH = "/auth/realms/master/protocol/openid-connect/token"
+_MAX_BODY = 64 * 1024
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class _OAuthError(Exception):
+    def __init__(self, status: int, error: str, description: str) -> None:
+        super().__init__(description)
+        self.status = status
+        self.body = {"error": error, "error_description": description}
+
+
+class KeycloakEmulator:
+    """ASGI app for the token endpoint; mount it at ``/auth/realms/`` (or serve it alone)."""
+
+    def __init__(self, ctx: EmulatorContext) -> None:
+        self._ctx = ctx
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path = _full_path(scope)
+        realm_path = path.split("/realms/", 1)[-1].rstrip("/")
+        if realm_path != "master/protocol/openid-connect/token":
+            realm = realm_path.split("/", 1)[0]
+            await _send_json(send, 404, {"error": "Realm does not exist"} if realm != "master"
+                             else {"error": "Unable to find matching target resource method"})
+            return
+        if scope["method"] != "POST":
+            await _send_json(send, 405, {"error": "HTTP 405 Method Not Allowed"})
+            return
+        try:
+            body = await _read_body(receive)
+            status, answer = 200, self._token(_headers(scope), body)
+        except _OAuthError as exc:
+            status, answer = exc.status, exc.body
+        await _send_json(send, status, answer)
+
+    def _token(self, headers: dict[str, str], body: bytes) -> dict[str, Any]:
+        try:
+            form = {k: v[0] for k, v in parse_qs(body.decode(), keep_blank_values=True).items()}
+        except UnicodeDecodeError:
+            raise _OAuthError(400, "invalid_request", "Malformed form body") from None
+        self._authenticate_client(headers.get("authorization"), form)
+        signer = ensure_signer(self._ctx)
+        grant = form.get("grant_type", "")
+        if grant == "client_credentials":
+            return self._answer(signer, f"service-account-{self._ctx.config.client_id}", refresh=False)
+        if grant == "password":
+            username, password = form.get("username", ""), form.get("password", "")
+            if not username:
+                raise _OAuthError(401, "invalid_request", "Missing parameter: username")
+            if not any(hmac.compare_digest(username.encode(), u.encode())
+                       and hmac.compare_digest(password.encode(), p.encode())
+                       for u, p in self._ctx.config.users):
+                raise _OAuthError(401, "invalid_grant", "Invalid user credentials")
+            return self._answer(signer, username, refresh=True)
+        if grant == "refresh_token":
+            if not form.get("refresh_token"):
+                raise _OAuthError(400, "invalid_request", "Missing parameter: refresh_token")
+            subject = signer.check_refresh(form["refresh_token"])
+            if subject is None:
+                raise _OAuthError(400, "invalid_grant", "Invalid refresh token")
+            return self._answer(signer, subject, refresh=True)
+        if not grant:
+            raise _OAuthError(400, "invalid_request", "Missing form parameter: grant_type")
+        raise _OAuthError(400, "unsupported_grant_type", "Unsupported grant_type")
+
+    def _authenticate_client(self, authorization: str | None, form: dict[str, str]) -> None:
+        candidates = [(form.get("client_id", ""), form.get("client_secret", ""))]
+        if authorization:
+            scheme, _, value = authorization.partition(" ")
+            if scheme.lower() != "basic":
+                raise _OAuthError(401, "invalid_client", "Invalid client or Invalid client credentials")
+            try:
+                decoded = base64.b64decode(value.strip(), validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                raise _OAuthError(401, "invalid_client", "Invalid client or Invalid client credentials") from None
+            raw_id, _, raw_secret = decoded.partition(":")
+            # RFC 6749 says form-encode before Basic; most clients (httpx, requests) do not: accept both.
+            candidates = [(raw_id, raw_secret), (unquote(raw_id), unquote(raw_secret))]
+        config = self._ctx.config
+        if not any(client_id and hmac.compare_digest(client_id.encode(), config.client_id.encode())
+                   and hmac.compare_digest(secret.encode(), config.client_secret.encode())
+                   for client_id, secret in candidates):
+            raise _OAuthError(401, "invalid_client", "Invalid client or Invalid client credentials")
+
+    def _answer(self, signer: TokenSigner, subject: str, *, refresh: bool) -> dict[str, Any]:
+        ttl = self._ctx.config.token_ttl_s
+        answer: dict[str, Any] = {
+            "access_token": signer.issue(subject, ttl),
+            "expires_in": int(ttl) if float(ttl).is_integer() else ttl,
+            "refresh_expires_in": 0,
+            "token_type": "Bearer",
+            "not-before-policy": 0,
+            "scope": "profile email",
+        }
+        if refresh:
+            answer["refresh_token"] = signer.issue_refresh(subject)
+            answer["refresh_expires_in"] = int(signer.refresh_ttl_s)
+            answer["session_state"] = "emulated"
+        return answer
+
+
+def _full_path(scope: Scope) -> str:
+    """The request path including any mount prefix, whichever way the mounting router reports it."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    return path if not root or path.startswith(root) else root.rstrip("/") + path
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > _MAX_BODY:
+            raise _OAuthError(400, "invalid_request", "Request body too large")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+async def _send_json(send: Send, status: int, body: object) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"cache-control", b"no-store"),
+                            (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
