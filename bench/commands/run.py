@@ -1,0 +1,48 @@
+"""`bench run SCENARIO.toml` or `bench run --url URL --body FILE` (ad hoc, like hey or wrk)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "run", help="apply load to an endpoint and write a report",
+        description="Run a scenario file, or an ad-hoc load against --url with --body.")
+    p.add_argument("scenario", nargs="?", help="scenario TOML file")
+    p.add_argument("--url", help="ad hoc: POST --body to this URL (or 'embedded')")
+    p.add_argument("--body", help="ad hoc: request body file")
+    p.add_argument("--header", "-H", action="append", default=[], metavar="'K: V'", help="ad hoc: extra header")
+    p.add_argument("--method", default=None, help="ad hoc: HTTP method (default POST)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--concurrency", "-c", type=int, help="closed loop with N workers")
+    mode.add_argument("--rate", "-r", type=float, help="open loop at R requests/s")
+    p.add_argument("--poisson", action="store_true", help="open loop: Poisson arrivals instead of constant")
+    p.add_argument("--duration", "-d", help="measured duration, e.g. 10s")
+    p.add_argument("--warmup", help="warm-up before measuring, e.g. 2s")
+    p.add_argument("--requests", "-n", type=int, help="stop after this many requests")
+    p.add_argument("--engine", choices=("auto", "fast", "httpx"), help="data-plane engine")
+    p.add_argument("--http2", action="store_true", default=None, help="use HTTP/2 (httpx engine)")
+    p.add_argument("--connections", type=int, help="connections (HTTP/2: streams are multiplexed over them)")
+    p.add_argument("--insecure", action="store_true", default=None, help="do not verify TLS certificates")
+    p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), help="event loop")
+    p.add_argument("--processes", help="load-generator processes on this host (N or 'auto')")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override a scenario key, e.g. --set load.concurrency=16")
+    p.add_argument("--out", "-o", help="report path (default reports/<UTC time>-<name>.arrow)")
+    p.add_argument("--raw", action="store_true", help="also store the per-request log in the report")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    p.add_argument("--strict", action="store_true", help="exit 3 when the run is generator-bound")
+    p.add_argument("--no-preflight", action="store_true", help="skip the Wallaroo deployment status check")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: "i/N@start_epoch" for --processes
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    from bench.run_command import run_from_args
+
+    return run_from_args(args)

@@ -1,0 +1,309 @@
+"""The core of `bench run`: scenario × payload × schedule × engine × target × recorder → report.
+
+``prepare`` does everything that can fail on bad input (data, bodies, target config) before any load starts, so
+input errors exit 2 without touching the target. ``execute`` applies the load and returns a finished Report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from bench.engine.base import Classifier, EngineConfig, LoadSpec, PreparedBody, RequestSet
+from bench.errors import InputError
+from bench.scenario import Scenario
+
+__all__ = ["Prepared", "RunControl", "execute", "load_spec", "offsets_for", "prepare"]
+
+
+@dataclass
+class Prepared:
+    """Validated, pre-encoded inputs of a run (no sockets opened yet)."""
+
+    scenario: Scenario
+    bodies: list[PreparedBody]
+    emulator_config: Any = None  # EmulatorConfig when target.url == "embedded"
+    auth_config: Any = None  # bench.auth.AuthConfig or None
+    preflight_config: Any = None  # bench.preflight.PreflightConfig or None
+    ubiops_config: Any = None  # bench.targets.ubiops.UbiOpsConfig for kind = "ubiops"
+    slo: Any = None  # bench.report.slo objectives or None
+
+
+@dataclass
+class RunControl:
+    """How the runner talks to its surroundings: progress output, interruption, options."""
+
+    progress: Callable[[Any], None] | None = None  # called ~2×/s with the recorder's progress snapshot
+    message: Callable[[str], None] = lambda _m: None  # one-line status messages (preflight, emulator)
+    raw_path: Path | None = None
+    preflight: bool = True
+    interrupted: bool = False
+    secrets: list[str] = field(default_factory=list)
+
+
+def prepare(sc: Scenario) -> Prepared:
+    """Read data and encode every request body once; validate the sections owned by other modules."""
+    prepared = Prepared(scenario=sc, bodies=_bodies(sc))
+    if sc.target.embedded:
+        from bench.emulator.embedded import emulator_config_from_mapping
+
+        prepared.emulator_config = emulator_config_from_mapping(sc.tables["emulator"], sc.file)
+    elif sc.tables["emulator"]:
+        raise InputError("only used when target.url = 'embedded'", file=sc.file, key="emulator")
+    if sc.tables["auth"]:
+        from bench.auth import auth_config_from_mapping
+
+        prepared.auth_config = auth_config_from_mapping(sc.tables["auth"], sc.file)
+    if sc.tables["wallaroo"]:
+        from bench.preflight import preflight_config_from_mapping
+
+        prepared.preflight_config = preflight_config_from_mapping(sc.tables["wallaroo"], sc.file)
+    if sc.target.kind == "ubiops":
+        from bench.targets.ubiops import ubiops_config_from_mapping
+
+        prepared.ubiops_config = ubiops_config_from_mapping(sc.target.raw, sc.file)
+    if sc.tables["slo"]:
+        with contextlib.suppress(ModuleNotFoundError):
+            from bench.report.slo import slo_from_mapping
+
+            prepared.slo = slo_from_mapping(sc.tables["slo"], sc.file)
+    return prepared
+
+
+def _bodies(sc: Scenario) -> list[PreparedBody]:
+    data = sc.data
+    if sc.target.kind == "http":
+        assert data.body is not None
+        return [PreparedBody(body=data.body.read_bytes(), rows=1)]
+    from bench.data import generate_ccfraud, read_dataset
+
+    if data.path is not None:
+        table = read_dataset(data.path, data.column)
+    else:
+        table = generate_ccfraud(data.generate_rows, data.seed)
+    if sc.target.kind == "ubiops":
+        from bench.targets.ubiops import build_ubiops_bodies, ubiops_config_from_mapping
+
+        cfg = ubiops_config_from_mapping(sc.target.raw, sc.file)
+        return list(build_ubiops_bodies(cfg, table, data.rows_per_request))
+    from bench.payload import build_bodies
+
+    fmt = "arrow" if sc.target.format == "arrow" else "pandas-records"
+    return build_bodies(table, data.rows_per_request, fmt)  # type: ignore[arg-type]
+
+
+def request_set(sc: Scenario, url: str, bodies: list[PreparedBody], authorization: str | None) -> tuple[
+        RequestSet, Classifier]:
+    """The wire form of a Wallaroo or plain-HTTP target."""
+    headers: dict[str, str] = {}
+    if sc.target.kind == "wallaroo":
+        from bench.targets import wallaroo
+
+        headers.update(wallaroo.request_headers(sc.target.format))
+        if sc.target.dataset_params:
+            url = wallaroo.with_dataset_params(url)
+        classify = wallaroo.make_classifier(sc.target.format)
+    else:
+        from bench.targets import http
+
+        headers["Content-Type"] = "application/octet-stream"
+        classify = http.make_classifier()
+    headers.update(sc.target.headers)
+    if authorization:
+        headers["Authorization"] = authorization
+    return RequestSet(url=url, method=sc.target.method, headers=headers, bodies=bodies), classify
+
+
+def offsets_for(sc: Scenario, rate_share: float = 1.0) -> Iterator[int] | None:
+    """Open-loop intended send offsets (ns from start, warm-up included); None for closed loop."""
+    from bench import schedule
+
+    load = sc.load
+    if load.mode == "closed":
+        return None
+    if load.stages:
+        stages = [(d, r * rate_share) for d, r in load.stages]
+        if load.warmup_s > 0:
+            stages.insert(0, (load.warmup_s, stages[0][1]))
+        return schedule.ramp_offsets(stages)
+    rate = load.rate * rate_share
+    if load.arrival == "poisson":
+        return schedule.poisson_offsets(rate, load.seed)
+    return schedule.constant_offsets(rate)
+
+
+def load_spec(sc: Scenario, start_ns: int, *, share: float = 1.0) -> LoadSpec:
+    load = sc.load
+    end_ns = start_ns + int((load.warmup_s + load.duration_s) * 1e9) if load.duration_s > 0 else 2**62
+    if load.mode == "closed":
+        return LoadSpec(mode="closed", start_ns=start_ns, end_ns=end_ns,
+                        concurrency=max(1, round(load.concurrency * share)),
+                        max_requests=math.ceil(load.requests * share), drain_s=load.drain_s)
+    peak = max([load.rate] + [r for _, r in load.stages]) * share
+    max_in_flight = load.max_in_flight or max(64, min(4096, math.ceil(peak * 0.5)))
+    return LoadSpec(mode="open", start_ns=start_ns, end_ns=end_ns, offsets_ns=offsets_for(sc, share),
+                    max_in_flight=max_in_flight, max_requests=math.ceil(load.requests * share),
+                    drain_s=load.drain_s)
+
+
+def engine_config(sc: Scenario) -> EngineConfig:
+    e = sc.engine
+    return EngineConfig(kind=e.kind, http2=e.http2, connections=e.connections,  # type: ignore[arg-type]
+                        connect_timeout_s=e.connect_timeout_s, read_timeout_s=e.timeout_s,
+                        verify_tls=not e.insecure, ca_bundle=e.ca_bundle, loop=e.loop)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def _target_url(prepared: Prepared, ctl: RunControl) -> AsyncIterator[tuple[str, Any]]:
+    """Yields (url, emulator or None): starts the embedded emulator for url = 'embedded'."""
+    sc = prepared.scenario
+    if not sc.target.embedded:
+        yield sc.target.url, None
+        return
+    from bench.emulator.embedded import EmbeddedEmulator
+
+    async with EmbeddedEmulator(prepared.emulator_config) as emu:
+        ctl.message(f"embedded emulator at {emu.base_url}")
+        url = emu.base_url if sc.target.kind == "ubiops" else emu.wallaroo_url
+        yield url, emu
+
+
+def _static_token(sc: Scenario) -> str | None:
+    name = sc.target.token_env
+    if not name:
+        return None
+    value = os.environ.get(name)
+    if not value:
+        raise InputError(f"environment variable {name} is not set", file=sc.file, key="target.token_env")
+    return value if value.lower().startswith(("bearer ", "token ")) else f"Bearer {value}"
+
+
+async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float | None = None,
+                  share: float = 1.0) -> Any:
+    """Run the load; returns the recorder's finished RunData plus run facts (see RunOutcome)."""
+    from bench.recorder import Recorder
+
+    sc = prepared.scenario
+    stop = anyio.Event()
+    facts: dict[str, Any] = {"started_utc": time.time()}
+    async with _target_url(prepared, ctl) as (url, emu), anyio.create_task_group() as tg:
+        authorization = _static_token(sc)
+        token_source = None
+        if prepared.auth_config is not None:
+            from bench.auth import TokenSource
+
+            token_url_default = emu.token_url if emu is not None else None
+            token_source = TokenSource(prepared.auth_config, default_token_url=token_url_default)
+            await token_source.start(tg)
+            authorization = token_source.authorization()
+            ctl.secrets.extend(token_source.secrets())
+        if prepared.preflight_config is not None and ctl.preflight:
+            from bench.preflight import run_preflight
+
+            resolved = await run_preflight(prepared.preflight_config,
+                                           lambda: token_source.authorization() if token_source else "",
+                                           progress=ctl.message)
+            if resolved and not sc.target.url:
+                url = resolved
+        if start_at_wall is not None:
+            await anyio.sleep(max(0.0, start_at_wall - time.time()))
+        start_ns = time.monotonic_ns() + 20_000_000  # 20 ms to open connections before the first send
+        facts["started_utc"] = time.time() + 0.02
+        warmup_end_ns = start_ns + int(sc.load.warmup_s * 1e9)
+        recorder = Recorder(start_ns, warmup_end_ns, raw_path=ctl.raw_path)
+        spec = load_spec(sc, start_ns, share=share)
+
+        with _signals(ctl, stop):
+            tg.start_soon(_watch, recorder, ctl, stop, spec, token_source)
+            cpu0 = time.process_time()
+            wall0 = time.monotonic()
+            if sc.target.kind == "ubiops":
+                from bench.ubiops_runner import run_ubiops
+
+                cfg = prepared.ubiops_config
+                if emu is not None:
+                    cfg = cfg.with_endpoint(url, emu.ubiops_token)
+                facts["ubiops"] = await run_ubiops(cfg, [b.body for b in prepared.bodies],
+                                                   [b.rows for b in prepared.bodies], recorder, spec, stop)
+            else:
+                from bench.engine.select import choose_engine
+
+                requests, classify = request_set(sc, url, prepared.bodies, authorization)
+                cfg_e = engine_config(sc)
+                engine = choose_engine(cfg_e, url)(cfg_e, requests, classify, recorder)
+                if token_source is not None:
+                    token_source.on_change(lambda value: engine.set_headers({"Authorization": value}))
+                await engine.run(spec, stop)
+                facts["abandoned"] = engine.abandoned
+            facts["cpu_fraction"] = (time.process_time() - cpu0) / max(1e-9, time.monotonic() - wall0)
+            stop.set()
+        end_ns = time.monotonic_ns()
+        facts["ended_utc"] = time.time()
+        if token_source is not None:
+            await token_source.close()
+        tg.cancel_scope.cancel()
+    facts["url"] = url if not sc.target.embedded else "embedded"
+    facts["interrupted"] = ctl.interrupted
+    return recorder.finish(end_ns, partial=ctl.interrupted), facts
+
+
+async def _watch(recorder: Any, ctl: RunControl, stop: anyio.Event, spec: LoadSpec, token_source: Any) -> None:
+    """Progress ~2×/s; a 401 seen mid-run triggers one immediate token refresh; stops at the deadline."""
+    seen_401 = 0
+    while not stop.is_set():
+        with anyio.move_on_after(0.5):
+            await stop.wait()
+        if ctl.progress is not None:
+            ctl.progress(recorder.progress())
+        if token_source is not None:
+            n = recorder.status_count(401)
+            if n > seen_401:
+                seen_401 = n
+                recorder.count("unauthorized_seen")
+                token_source.refresh_now()
+        if time.monotonic_ns() >= spec.end_ns + int(spec.drain_s * 1e9) + 1_000_000_000:
+            stop.set()  # a safety net: engines stop themselves at end_ns
+
+
+@contextlib.contextmanager
+def _signals(ctl: RunControl, stop: anyio.Event) -> Iterator[None]:
+    """Ctrl-C / SIGTERM stop the load gracefully; the report is still written (marked partial)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+
+    def interrupt() -> None:
+        if ctl.interrupted:  # second signal: give up on draining
+            raise KeyboardInterrupt
+        ctl.interrupted = True
+        ctl.message("interrupted: stopping and writing a partial report (Ctrl-C again to abort)")
+        stop.set()
+
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, interrupt)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):
+            pass
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def redacted_source(sc: Scenario) -> Mapping[str, Any]:
+    """The scenario as stored in the report: values of secret-looking keys blanked."""
+    from bench.report.writer import redact_mapping
+
+    return redact_mapping(sc.source)
