@@ -1,0 +1,518 @@
+"""The lean HTTP/1.1 engine: one asyncio.Protocol per keep-alive connection, answers parsed by httptools.
+
+Why it looks like this: per-request Python work, not the interpreter, limits a Python load generator. So the
+request (head + body) is serialised to one ``bytes`` per body before the run (again only when a header such as a
+token changes), answers are parsed in C (llhttp via httptools), and the hot path is transport callbacks — no
+coroutine, future or timer per request. Read timeouts are found by a periodic sweep, not one timer per request.
+
+Closed loop: ``concurrency`` slots, each owning one connection; a slot sends its next request from the callback
+that completed the previous one. Open loop: a timer callback sends every request that is due to an idle
+connection, opening connections lazily up to ``max_in_flight``; when none is free the send is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections.abc import Callable, Iterator, Mapping
+from urllib.parse import urlsplit
+
+import httptools
+
+from bench.engine.base import Classifier, EngineConfig, LoadSpec, RequestSet, ResultSink, StopSignal
+from bench.engine.loopmon import LoopMonitor
+from bench.results import Kind
+
+__all__ = ["FastEngine", "Target", "build_wires", "exception_kind", "make_ssl_context", "parse_target"]
+
+_OK = int(Kind.OK)
+_RESET = int(Kind.RESET)
+_PROTOCOL = int(Kind.PROTOCOL_ERROR)
+_READ_TIMEOUT = int(Kind.READ_TIMEOUT)
+_DEFAULT_OPEN_LIMIT = 1024
+_MAX_BACKOFF_S = 0.5
+
+
+class Target:
+    """Where requests go, parsed once from ``RequestSet.url``."""
+
+    __slots__ = ("host", "host_header", "path", "port", "tls")
+
+    def __init__(self, host: str, port: int, tls: bool, path: str, host_header: str) -> None:
+        self.host, self.port, self.tls, self.path, self.host_header = host, port, tls, path, host_header
+
+
+def parse_target(url: str) -> Target:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"unsupported URL for the HTTP/1.1 engine: {url!r}")
+    tls = parts.scheme == "https"
+    default = 443 if tls else 80
+    port = parts.port or default
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    host = parts.hostname
+    shown = f"[{host}]" if ":" in host else host
+    host_header = shown if port == default else f"{shown}:{port}"
+    return Target(host, port, tls, path, host_header)
+
+
+def build_wires(requests: RequestSet, target: Target, headers: Mapping[str, str]) -> list[bytes]:
+    """One complete request (head + body) per prepared body, ready for ``transport.write``."""
+    lines = [f"{requests.method.upper()} {target.path} HTTP/1.1", f"Host: {target.host_header}"]
+    for name, value in headers.items():
+        low = name.lower()
+        if low in ("host", "content-length", "transfer-encoding", "connection"):
+            continue
+        if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+            raise ValueError(f"header {name!r} contains a line break")
+        lines.append(f"{name}: {value}")
+    head = "\r\n".join(lines).encode("latin-1")
+    return [head + b"\r\nContent-Length: " + str(len(b.body)).encode() + b"\r\n\r\n" + b.body
+            for b in requests.bodies]
+
+
+def make_ssl_context(config: EngineConfig, alpn: list[str] | None = None) -> ssl.SSLContext:
+    """Verification on by default; ``ca_bundle`` adds a trust root; ``verify_tls=False`` is --insecure."""
+    ctx = ssl.create_default_context(cafile=config.ca_bundle)
+    if not config.verify_tls:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+def exception_kind(exc: BaseException | None, connecting: bool) -> int:
+    """Map a transport-level failure to a Kind code (walks the cause chain, as httpx wraps exceptions)."""
+    seen = 0
+    e: BaseException | None = exc
+    while e is not None and seen < 8:
+        if isinstance(e, ssl.SSLError | ssl.CertificateError):
+            return int(Kind.TLS_ERROR)
+        if isinstance(e, ConnectionRefusedError):
+            return int(Kind.CONNECT_REFUSED)
+        if isinstance(e, TimeoutError):
+            return int(Kind.CONNECT_TIMEOUT if connecting else Kind.READ_TIMEOUT)
+        if isinstance(e, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
+            return _RESET
+        e = e.__cause__ or e.__context__
+        seen += 1
+    if connecting:
+        return int(Kind.CONNECT_REFUSED)  # unreachable/unresolvable: the connection could not be made
+    return _RESET
+
+
+class _Conn(asyncio.Protocol):
+    """One connection with at most one request in flight. Hot-path state lives in plain slots."""
+
+    __slots__ = ("body", "busy", "bytes_in", "bytes_out", "complete", "dead", "eng", "failures", "idx",
+                 "intended", "keep", "parser", "pending", "rows_in", "sent", "transport", "truncate_at")
+
+    def __init__(self, eng: FastEngine, failures: int) -> None:
+        self.eng = eng
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.busy = False  # a request is assigned and not yet recorded
+        self.pending = False  # assigned, waiting for the connection to open
+        self.complete = False
+        self.keep = True  # the last answer allows keep-alive (read in the callback: llhttp resets after)
+        self.dead = False
+        self.failures = failures  # consecutive failed connects of this slot (closed-loop backoff)
+        self.intended = 0
+        self.idx = 0
+        self.sent = 0
+        self.rows_in = 0
+        self.bytes_out = 0
+        self.bytes_in = 0
+        self.body = b""
+        self.truncate_at = eng.max_body
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if self.busy:
+                self.eng.fail(self, _PROTOCOL, f"unparseable HTTP answer: {exc}")
+            self.close()
+            return
+        if self.complete:
+            self.complete = False
+            self.eng.finish(self)
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost reports
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.dead = True
+        self.eng.lost(self, exc)
+
+    # -- httptools callbacks ------------------------------------------------------------------------
+    def on_body(self, body: bytes) -> None:
+        if not self.body:
+            self.body = body if len(body) <= self.truncate_at else body[: self.truncate_at]
+        elif len(self.body) < self.truncate_at:
+            self.body = (self.body + body)[: self.truncate_at]
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self.keep = self.parser.should_keep_alive()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.dead:
+            self.transport.abort()
+
+
+class FastEngine:
+    """Lean HTTP/1.1 keep-alive engine (see the module docstring). Constructed by the runner per run."""
+
+    def __init__(self, config: EngineConfig, requests: RequestSet, classify: Classifier,
+                 sink: ResultSink) -> None:
+        self.config = config
+        self.requests = requests
+        self.classify = classify
+        self.sink = sink
+        self.abandoned = 0
+        self.target = parse_target(requests.url)
+        self.max_body = max(0, config.max_body_bytes)
+        self._headers: dict[str, str] = dict(requests.headers)
+        self._wires = build_wires(requests, self.target, self._headers)
+        if not self._wires:
+            raise ValueError("RequestSet has no bodies")
+        self._rows = [b.rows for b in requests.bodies]
+        self._nbodies = len(self._wires)
+        self._ssl = make_ssl_context(config, ["http/1.1"]) if self.target.tls else None
+        self._conns: set[_Conn] = set()
+        self._idle: list[_Conn] = []
+        self._seq = 0
+        self._inflight = 0
+        self._stopping = False
+        self._max_requests = 0
+        self._end_ns = 0
+        self._open = False
+        self._limit = 0
+        self._slots_live = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle_waiter: asyncio.Future[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- public ---------------------------------------------------------------------------------------
+    def set_headers(self, headers: Mapping[str, str]) -> None:
+        """Replace/add headers; the next request on every connection uses the rebuilt bytes."""
+        merged = dict(self._headers)
+        merged.update(headers)
+        self._wires = build_wires(self.requests, self.target, merged)
+        self._headers = merged
+
+    async def run(self, load: LoadSpec, stop: StopSignal) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._end_ns = load.end_ns
+        self._max_requests = load.max_requests
+        self._open = load.mode == "open"
+        monitor = LoopMonitor(self.sink.loop_lag)
+        monitor.start()
+        sweep = _Sweeper(self, loop)
+        stop_task = loop.create_task(stop.wait())
+        stop_task.add_done_callback(lambda _t: self._begin_stop())
+        self._issuing_done: asyncio.Future[None] = loop.create_future()
+        try:
+            delay = (load.start_ns - time.monotonic_ns()) / 1e9
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if stop.is_set():
+                self._begin_stop()
+            elif self._open:
+                self._limit = load.max_in_flight or self.config.connections or _DEFAULT_OPEN_LIMIT
+                if load.offsets_ns is None:
+                    raise ValueError("open loop needs LoadSpec.offsets_ns")
+                _Dispatcher(self, loop, load.start_ns, load.offsets_ns).start()
+            else:
+                now = time.monotonic_ns()
+                self._slots_live = max(1, load.concurrency)
+                for _ in range(self._slots_live):
+                    self._slot_next(None, now, 0)
+            await self._issuing_done
+            await self._drain(load.drain_s)
+        finally:
+            sweep.stop()
+            monitor.stop()
+            stop_task.cancel()
+            for task in list(self._tasks):
+                task.cancel()
+            for conn in list(self._conns):
+                if conn.busy:
+                    conn.busy = False
+                    self.abandoned += 1
+                conn.close()
+            self._conns.clear()
+            self._idle.clear()
+            self._inflight = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def _begin_stop(self) -> None:
+        if not self._stopping:
+            self._stopping = True
+            fut = self._issuing_done
+            if not fut.done():
+                fut.set_result(None)
+
+    async def _drain(self, drain_s: float) -> None:
+        if self._inflight <= 0:
+            return
+        assert self._loop is not None
+        self._idle_waiter = self._loop.create_future()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._idle_waiter), timeout=max(0.0, drain_s))
+
+    def _may_issue(self, now: int) -> bool:
+        if self._stopping:
+            return False
+        if now >= self._end_ns or (self._max_requests and self._seq >= self._max_requests):
+            self._begin_stop()
+            return False
+        return True
+
+    # -- sending --------------------------------------------------------------------------------------
+    def _assign(self, conn: _Conn, intended: int) -> None:
+        """Give ``conn`` the next request; write it now if connected, else when the connection opens."""
+        i = self._seq % self._nbodies
+        self._seq += 1
+        self._inflight += 1
+        conn.busy = True
+        conn.intended = intended
+        conn.rows_in = self._rows[i]
+        conn.bytes_in = 0
+        conn.body = b""
+        if conn.transport is None:
+            conn.pending = True
+            conn.idx = i
+            return
+        wire = self._wires[i]
+        conn.bytes_out = len(wire)
+        conn.sent = time.monotonic_ns()
+        conn.transport.write(wire)
+
+    def _write_pending(self, conn: _Conn) -> None:
+        conn.pending = False
+        wire = self._wires[conn.idx]
+        conn.bytes_out = len(wire)
+        conn.sent = time.monotonic_ns()
+        assert conn.transport is not None
+        conn.transport.write(wire)
+
+    def _new_conn(self, failures: int) -> _Conn:
+        conn = _Conn(self, failures)
+        self._conns.add(conn)
+        assert self._loop is not None
+        task = self._loop.create_task(self._connect(conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return conn
+
+    async def _connect(self, conn: _Conn) -> None:
+        assert self._loop is not None
+        t = self.target
+        started = time.monotonic_ns()
+        if conn.failures:  # the target refused us just now: don't spin hot, and don't bill the pause
+            await asyncio.sleep(min(_MAX_BACKOFF_S, 0.001 * 2 ** (conn.failures - 1)))
+            if self._stopping:
+                conn.dead = True
+                self._conns.discard(conn)
+                if conn.busy:
+                    conn.busy = conn.pending = False
+                    self._inflight -= 1
+                    self._check_drained()
+                return
+            started = conn.intended = time.monotonic_ns()
+        try:
+            async with asyncio.timeout(self.config.connect_timeout_s):
+                await self._loop.create_connection(lambda: conn, t.host, t.port, ssl=self._ssl,
+                                                   server_hostname=t.host if self._ssl else None)
+        except (OSError, TimeoutError, ssl.SSLError, ssl.CertificateError) as exc:
+            conn.dead = True
+            self._conns.discard(conn)
+            if conn.busy:
+                if conn.pending and not conn.sent:
+                    conn.sent = started
+                conn.pending = False
+                self.fail(conn, exception_kind(exc, connecting=True), repr(exc) or type(exc).__name__,
+                          connect_failed=True)
+            return
+        if conn.dead:
+            return
+        conn.failures = 0
+        if conn.pending:
+            self._write_pending(conn)
+
+    # -- completion -----------------------------------------------------------------------------------
+    def finish(self, conn: _Conn) -> None:
+        """A whole answer arrived: classify, record, and hand the connection on. The hot path."""
+        done = time.monotonic_ns()
+        if not conn.busy:  # an answer nobody asked for
+            conn.close()
+            return
+        conn.busy = False
+        parser = conn.parser
+        status = parser.get_status_code()
+        body = conn.body
+        rows_in = conn.rows_in
+        kind, rows_out, server_ns = self.classify(status, body, rows_in)
+        self.sink.record(conn.intended, conn.sent, done, kind, status, rows_out if kind == _OK else rows_in,
+                         conn.bytes_out, conn.bytes_in, server_ns)
+        if kind != _OK:
+            self.sink.error_detail(kind, status, body[:512])
+        self._inflight -= 1
+        if not conn.keep:
+            conn.close()
+            if self._open:
+                self._check_drained()
+            else:
+                self._slot_next(None, done, 0)
+            return
+        if self._open:
+            if self._stopping:
+                self._check_drained()
+            else:
+                self._idle.append(conn)
+        else:
+            self._slot_next(conn, done, 0)
+
+    def _check_drained(self) -> None:
+        if self._inflight <= 0 and self._idle_waiter is not None and not self._idle_waiter.done():
+            self._idle_waiter.set_result(None)
+
+    def fail(self, conn: _Conn, kind: int, detail: str, connect_failed: bool = False) -> None:
+        """Record a request that ended without an answer, then close/replace the connection."""
+        if not conn.busy:
+            return
+        conn.busy = False
+        done = time.monotonic_ns()
+        sent = conn.sent or done
+        conn.pending = False
+        self.sink.record(conn.intended, sent, done, kind, 0, conn.rows_in, 0 if connect_failed else conn.bytes_out,
+                         conn.bytes_in, 0)
+        self.sink.error_detail(kind, 0, detail.encode("utf-8", "replace")[:512])
+        self._inflight -= 1
+        conn.close()
+        if self._open:
+            self._check_drained()
+        else:
+            self._slot_next(None, done, conn.failures + 1 if connect_failed else 0)
+
+    def lost(self, conn: _Conn, exc: Exception | None) -> None:
+        self._conns.discard(conn)
+        if self._open:
+            with contextlib.suppress(ValueError):
+                self._idle.remove(conn)
+        if conn.busy:
+            detail = repr(exc) if exc is not None else "connection closed before the answer was complete"
+            self.fail(conn, exception_kind(exc, connecting=False) if exc is not None else _RESET, detail)
+
+    def _slot_next(self, conn: _Conn | None, now: int, failures: int) -> None:
+        """Closed loop: the slot owning ``conn`` (None = needs a new connection) became free at ``now``."""
+        if not self._may_issue(now):
+            if conn is not None:
+                self._idle.append(conn)
+            self._slots_live -= 1
+            if self._inflight <= 0:
+                self._check_drained()
+            return
+        if conn is None or conn.dead:
+            conn = self._new_conn(failures)
+        self._assign(conn, now)
+
+    # -- open loop ------------------------------------------------------------------------------------
+    def dispatch(self, intended: int) -> None:
+        """Open loop: start the request due at ``intended`` on an idle connection, a new one, or drop it."""
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if not conn.dead:
+                self._assign(conn, intended)
+                return
+        if len(self._conns) < self._limit:
+            self._assign(self._new_conn(0), intended)
+            return
+        self.sink.dropped(intended)
+
+    def open_finished(self) -> None:
+        self._begin_stop()
+
+    # -- housekeeping ---------------------------------------------------------------------------------
+    def sweep(self, now: int) -> None:
+        """Read timeouts (one periodic pass instead of a timer per request)."""
+        limit = int(self.config.read_timeout_s * 1e9)
+        for conn in list(self._conns):
+            if conn.busy and not conn.pending and conn.sent and now - conn.sent > limit:
+                self.fail(conn, _READ_TIMEOUT, f"no complete answer within {self.config.read_timeout_s:g} s")
+
+
+class _Sweeper:
+    __slots__ = ("_eng", "_handle", "_interval", "_loop")
+
+    def __init__(self, eng: FastEngine, loop: asyncio.AbstractEventLoop) -> None:
+        self._eng, self._loop = eng, loop
+        self._interval = min(0.1, max(0.005, eng.config.read_timeout_s / 10))
+        self._handle: asyncio.TimerHandle | None = loop.call_later(self._interval, self._tick)
+
+    def _tick(self) -> None:
+        self._eng.sweep(time.monotonic_ns())
+        self._handle = self._loop.call_later(self._interval, self._tick)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+class _Dispatcher:
+    """Open-loop pacer: a timer callback that sends everything due, then sleeps until the next due time.
+
+    Timers on uvloop have millisecond resolution, so it sleeps until ~0.5 ms before the next send and then
+    yields to the loop (call_soon) until it is due — I/O still runs in between.
+    """
+
+    __slots__ = ("_eng", "_loop", "_next", "_offsets", "_start")
+
+    def __init__(self, eng: FastEngine, loop: asyncio.AbstractEventLoop, start_ns: int,
+                 offsets: Iterator[int]) -> None:
+        self._eng, self._loop, self._start = eng, loop, start_ns
+        self._offsets: Callable[[], int] = offsets.__next__
+        self._next = -1
+
+    def start(self) -> None:
+        self._loop.call_soon(self._tick)
+
+    def _tick(self) -> None:
+        eng = self._eng
+        now = time.monotonic_ns()
+        nxt = self._next
+        while True:
+            if nxt < 0:
+                try:
+                    nxt = self._start + self._offsets()
+                except StopIteration:
+                    eng.open_finished()
+                    return
+            if not eng._may_issue(nxt):
+                return
+            if nxt > now:
+                break
+            eng.dispatch(nxt)
+            nxt = -1
+            now = time.monotonic_ns()
+        self._next = nxt
+        wait = (nxt - now) / 1e9
+        if wait > 0.0015:
+            self._loop.call_later(wait - 0.001, self._tick)
+        else:
+            self._loop.call_soon(self._tick)
