@@ -1,0 +1,509 @@
+"""Credentials for the measured endpoint: static tokens, Keycloak client-credentials / password grants, refresh.
+
+A load test often outlives its token (Wallaroo's last 60 minutes), so ``TokenSource`` fetches the first token
+before load starts, refreshes in the background at ``refresh_at`` × ``expires_in`` and tells subscribers the new
+``Authorization`` value (the runner swaps it into the engine without pausing load). A 401 seen mid-run asks for
+one immediate refresh; concurrent asks share one request. Secrets are read from the environment or a file at
+run time, never from the scenario, and ``secrets()`` lists every value to scrub from errors, logs and reports.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
+
+import anyio
+import anyio.abc
+import httpx
+
+from bench.errors import InputError, RunInvalid
+
+__all__ = ["AUTH_KINDS", "AuthConfig", "Redactor", "TokenSource", "auth_config_from_mapping", "keycloak_token_url",
+           "redact", "redact_mapping"]
+
+AUTH_KINDS = ("none", "static", "client_credentials", "password")
+REDACTED = "[REDACTED]"
+
+_KEYS = {"kind", "scheme", "token_env", "token_file", "token_url", "keycloak_prefix", "keycloak_suffix", "client_id",
+         "client_id_env", "client_secret_env", "username", "username_env", "password_env", "refresh_at", "timeout"}
+# literal secrets are refused with a pointer to the safe form
+_SECRET_KEYS = {"token": "token_env or token_file", "access_token": "token_env or token_file",
+                "refresh_token": "token_env or token_file", "bearer": "token_env or token_file",
+                "client_secret": "client_secret_env", "secret": "client_secret_env",
+                "password": "password_env", "api_key": "token_env or token_file",
+                "authorization": "token_env or token_file"}
+_SECRET_NAME = re.compile(r"(secret|password|passwd|token|api_?key|authorization|credential)", re.IGNORECASE)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def keycloak_token_url(prefix: str, suffix: str) -> str:
+    """Wallaroo's Keycloak token URL for a ``https://{prefix}.{suffix}`` instance."""
+    return f"https://{prefix}.keycloak.{suffix}/auth/realms/master/protocol/openid-connect/token"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """The validated ``[auth]`` table. Holds variable and file names only, never secret values."""
+
+    kind: str = "none"  # one of AUTH_KINDS
+    scheme: str = "Bearer"  # UbiOps uses "Token"
+    token_env: str | None = None
+    token_file: Path | None = None
+    token_url: str | None = None  # None: the runner must supply one (e.g. the embedded emulator's)
+    client_id: str = "api-client"
+    client_id_env: str | None = None
+    client_secret_env: str | None = None
+    username: str | None = None
+    username_env: str | None = None
+    password_env: str | None = None
+    refresh_at: float = 0.8  # refresh when this fraction of expires_in has passed
+    timeout_s: float = 10.0  # per token request
+
+    @property
+    def uses_keycloak(self) -> bool:
+        return self.kind in ("client_credentials", "password")
+
+    def with_token_url(self, url: str) -> AuthConfig:
+        return replace(self, token_url=url)
+
+
+def auth_config_from_mapping(d: Mapping[str, Any], file: str) -> AuthConfig:
+    """Validate a scenario ``[auth]`` table; every problem is an InputError naming ``auth.<key>``."""
+
+    def err(key: str, problem: str) -> InputError:
+        return InputError(problem, file=file, key=f"auth.{key}")
+
+    def string(key: str) -> str | None:
+        value = d.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise err(key, f"expected a non-empty string, got {type(value).__name__}")
+        return value.strip()
+
+    def env_name(key: str) -> str | None:
+        value = string(key)
+        if value is not None and not _ENV_NAME.match(value):
+            raise err(key, "expected the NAME of an environment variable (letters, digits, _), not its value")
+        return value
+
+    for key in d:
+        if key.lower() in _SECRET_KEYS:
+            raise err(key, f"secrets must not be written in a scenario file; use {_SECRET_KEYS[key.lower()]} "
+                      "(the name of an environment variable or file holding the value)")
+        if key not in _KEYS:
+            raise err(key, f"unknown key (known: {', '.join(sorted(_KEYS))})")
+    kind = string("kind") or ("none" if not d else None)
+    if kind not in AUTH_KINDS:
+        raise err("kind", f"expected one of {', '.join(AUTH_KINDS)}" + ("" if kind is None else f", got {kind!r}"))
+    scheme = string("scheme") or "Bearer"
+    if any(c.isspace() for c in scheme):
+        raise err("scheme", "must be a single word such as 'Bearer' or 'Token'")
+    refresh_at = d.get("refresh_at", 0.8)
+    if isinstance(refresh_at, bool) or not isinstance(refresh_at, int | float) or not 0 < refresh_at < 1:
+        raise err("refresh_at", "expected a fraction of expires_in between 0 and 1 (exclusive), e.g. 0.8")
+    timeout = d.get("timeout", 10.0)
+    try:
+        from bench.units import parse_duration
+
+        timeout_s = parse_duration(timeout)
+    except ValueError as exc:
+        raise err("timeout", str(exc)) from None
+    if timeout_s <= 0:
+        raise err("timeout", "must be > 0")
+
+    token_env, token_file = env_name("token_env"), string("token_file")
+    token_path = None
+    if token_file is not None:
+        token_path = Path(token_file).expanduser()
+        if not token_path.is_absolute():
+            token_path = Path(file).parent / token_path
+    token_url = string("token_url")
+    prefix, suffix = string("keycloak_prefix"), string("keycloak_suffix")
+    client_id, client_id_env = string("client_id"), env_name("client_id_env")
+    username, username_env = string("username"), env_name("username_env")
+    cfg = AuthConfig(kind=kind, scheme=scheme, token_env=token_env, token_file=token_path,
+                     client_id=client_id or "api-client", client_id_env=client_id_env,
+                     client_secret_env=env_name("client_secret_env"), username=username, username_env=username_env,
+                     password_env=env_name("password_env"), refresh_at=float(refresh_at), timeout_s=timeout_s)
+
+    if kind == "static":
+        if (token_env is None) == (token_file is None):
+            raise err("token_env", "kind = 'static' needs exactly one of token_env or token_file")
+    elif kind == "none":
+        extra = sorted(k for k in d if k not in ("kind", "scheme"))
+        if extra:
+            raise err(extra[0], "has no effect with kind = 'none'")
+    else:
+        if token_url is not None and (prefix or suffix):
+            raise err("token_url", "give token_url or keycloak_prefix + keycloak_suffix, not both")
+        if (prefix is None) != (suffix is None):
+            raise err("keycloak_prefix" if prefix is None else "keycloak_suffix",
+                      "keycloak_prefix and keycloak_suffix go together")
+        if prefix is not None and suffix is not None:
+            token_url = keycloak_token_url(prefix, suffix)
+        if token_url is not None and urlsplit(token_url).scheme not in ("http", "https"):
+            raise err("token_url", "expected an http:// or https:// URL")
+        if client_id is not None and client_id_env is not None:
+            raise err("client_id", "give client_id or client_id_env, not both")
+        if cfg.client_secret_env is None:
+            raise err("client_secret_env", f"kind = '{kind}' needs the client secret from an environment variable")
+        if kind == "password":
+            if (username is None) == (username_env is None):
+                raise err("username_env", "kind = 'password' needs exactly one of username_env or username")
+            if cfg.password_env is None:
+                raise err("password_env", "kind = 'password' needs password_env")
+        cfg = replace(cfg, token_url=token_url)
+    return cfg
+
+
+class Redactor:
+    """Replaces every occurrence of any secret (longest first) with ``[REDACTED]``."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        values = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._pattern = re.compile("|".join(re.escape(s) for s in values)) if values else None
+
+    def __call__(self, text: str) -> str:
+        return self._pattern.sub(REDACTED, text) if self._pattern is not None else text
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret value replaced by ``[REDACTED]``."""
+    return Redactor(secrets)(text)
+
+
+def redact_mapping(data: Mapping[str, Any], secrets: Iterable[str] = ()) -> dict[str, Any]:
+    """A copy of a scenario-like mapping fit to store in a report.
+
+    Values under secret-looking keys (``*token*``, ``*secret*``, ``*password*``, ``authorization`` …) are
+    replaced, except the ``*_env`` / ``*_file`` / ``*_url`` forms that only name where a secret lives; any
+    string containing a known secret value is scrubbed.
+    """
+    scrub = Redactor(secrets)
+
+    def walk(value: Any, key: str | None) -> Any:
+        if isinstance(value, Mapping):
+            return {str(k): walk(v, str(k)) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [walk(v, key) for v in value]
+        if key is not None and _SECRET_NAME.search(key) and not key.endswith(("_env", "_file", "_url", "_at")):
+            return REDACTED
+        return scrub(value) if isinstance(value, str) else value
+
+    return {str(k): walk(v, str(k)) for k, v in data.items()}
+
+
+def _safe_url(url: str) -> str:
+    """``url`` without userinfo or query (either may carry credentials)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+class TokenSource:
+    """The live ``Authorization`` header value for a run, kept fresh.
+
+    Construct it at run time (secrets are read then: a missing variable or file is an InputError naming it),
+    ``await start(tg)`` before load starts, read ``authorization()``, subscribe with ``on_change(cb)``, call
+    ``request_refresh()`` (sync) or ``await refresh_now()`` on a 401, and ``await close()`` at the end.
+    """
+
+    def __init__(self, cfg: AuthConfig, *, count: Callable[[str, int], None] | None = None,
+                 environ: Mapping[str, str] | None = None, client: httpx.AsyncClient | None = None,
+                 file: str | None = None) -> None:
+        env = os.environ if environ is None else environ
+        self._cfg = cfg
+        self._count = count or (lambda _name, _n: None)
+        self._file = file
+        self._listeners: list[Callable[[str], None]] = []
+        self._client = client
+        self._own_client = client is None
+        self._secrets: list[str] = []  # everything we ever held, newest last (bounded)
+        self._authorization = ""
+        self._access: str | None = None
+        self._refresh: str | None = None
+        self._refresh_expires_at = 0.0
+        self._expires_at = math.inf
+        self._next_refresh = math.inf
+        self._in_flight: anyio.Event | None = None
+        self._last_ok = False
+        self._wake: anyio.Event | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._closed = False
+        self.refreshes = 0
+        self.failures = 0
+        self.last_error: str | None = None
+
+        self._client_id = self._client_secret = self._username = self._password = ""
+        self._static_token = ""
+        if cfg.kind == "static":
+            self._static_token = self._read_static(env)
+        elif cfg.uses_keycloak:
+            if cfg.token_url is None:
+                raise InputError("no token URL: give token_url or keycloak_prefix + keycloak_suffix",
+                                 file=file, key="auth.token_url")
+            self._client_id = self._env(env, cfg.client_id_env) if cfg.client_id_env else cfg.client_id
+            self._client_secret = self._env(env, cfg.client_secret_env)
+            if cfg.kind == "password":
+                self._username = self._env(env, cfg.username_env) if cfg.username_env else cfg.username or ""
+                self._password = self._env(env, cfg.password_env)
+            self._remember(self._client_secret, self._password,
+                           base64.b64encode(f"{self._client_id}:{self._client_secret}".encode()).decode())
+
+    # -- public API -------------------------------------------------------------------------------------------
+
+    @property
+    def kind(self) -> str:
+        return self._cfg.kind
+
+    @property
+    def expires_at(self) -> float:
+        """time.monotonic() at which the current token expires (inf for static/none)."""
+        return self._expires_at
+
+    async def start(self, task_group: anyio.abc.TaskGroup) -> None:
+        """Fetch the first token (RunInvalid on failure) and start the background refresher."""
+        if self._cfg.kind == "none":
+            return
+        if self._cfg.kind == "static":
+            self._set(self._static_token)
+            return
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self._cfg.timeout_s)
+        try:
+            await self._fetch()
+        except _TokenError as exc:
+            raise RunInvalid(f"could not get a token: {exc}") from None
+        self._wake = anyio.Event()
+        await task_group.start(self._loop)
+
+    def authorization(self) -> str:
+        """The current header value, e.g. ``Bearer eyJ…`` ("" when kind = 'none')."""
+        return self._authorization
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": self._authorization} if self._authorization else {}
+
+    def on_change(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(new_authorization)`` after every token change."""
+        self._listeners.append(callback)
+
+    def secrets(self) -> list[str]:
+        """Every secret value this source holds or has held (client secret, password, tokens, Basic blob)."""
+        out: list[str] = []
+        for s in self._secrets:
+            out.extend(v for v in {s, quote(s, safe=""), quote_plus(s)} if v and v not in out)
+        return out
+
+    def redactor(self) -> Redactor:
+        return Redactor(self.secrets())
+
+    def request_refresh(self, seen: str | None = None) -> None:
+        """Sync form of ``refresh_now`` for result callbacks: wake the refresher; returns at once."""
+        if seen is not None and seen != self._authorization:
+            return
+        if self._cfg.uses_keycloak and self._wake is not None:
+            self._next_refresh = -math.inf
+            self._wake.set()
+
+    async def refresh_now(self, seen: str | None = None) -> bool:
+        """Refresh immediately (a 401 was seen); concurrent calls share one request. True when it succeeded.
+
+        ``seen``: the header value the failed request carried — if the token already changed since, skip.
+        Static tokens read from a file are re-read (the file may have been rotated).
+        """
+        if seen is not None and seen != self._authorization:
+            return True
+        if self._cfg.kind == "static":
+            if self._cfg.token_file is not None:
+                try:
+                    token = self._read_static(os.environ)
+                except InputError:
+                    return False
+                if self._header_for(token) != self._authorization:
+                    self._set(token)
+                    self._count("token_refresh", 1)
+                    return True
+            return False
+        if not self._cfg.uses_keycloak or self._closed:
+            return False
+        if self._in_flight is not None:
+            await self._in_flight.wait()
+            return self._last_ok
+        done = self._in_flight = anyio.Event()
+        try:
+            await self._fetch()
+            self._last_ok = True
+        except _TokenError:
+            self._last_ok = False
+        finally:
+            self._in_flight = None
+            done.set()
+        return self._last_ok
+
+    async def close(self) -> None:
+        """Stop refreshing and release the HTTP client. Safe to call twice."""
+        self._closed = True
+        if self._scope is not None:
+            self._scope.cancel()
+        if self._own_client and self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # -- internals --------------------------------------------------------------------------------------------
+
+    def _env(self, env: Mapping[str, str], name: str | None) -> str:
+        value = env.get(name or "")
+        if not value:
+            raise InputError(f"environment variable {name} is not set (or empty)", file=self._file,
+                             key=f"auth.{self._key_for(name)}")
+        return value
+
+    def _key_for(self, name: str | None) -> str:
+        for key in ("token_env", "client_id_env", "client_secret_env", "username_env", "password_env"):
+            if getattr(self._cfg, key) == name:
+                return key
+        return "kind"
+
+    def _read_static(self, env: Mapping[str, str]) -> str:
+        if self._cfg.token_file is not None:
+            try:
+                token = self._cfg.token_file.read_text().strip()
+            except OSError as exc:
+                raise InputError(f"cannot read token file {self._cfg.token_file}: {exc.strerror}",
+                                 file=self._file, key="auth.token_file") from None
+            if not token:
+                raise InputError(f"token file {self._cfg.token_file} is empty", file=self._file,
+                                 key="auth.token_file")
+        else:
+            token = self._env(env, self._cfg.token_env).strip()
+        return token
+
+    def _header_for(self, token: str) -> str:
+        prefix = f"{self._cfg.scheme} "
+        return token if token.lower().startswith(prefix.lower()) else prefix + token
+
+    def _remember(self, *values: str) -> None:
+        for v in values:
+            if v and v not in self._secrets:
+                self._secrets.append(v)
+        del self._secrets[:-256]
+
+    def _set(self, token: str) -> None:
+        self._remember(token)
+        self._access = token
+        self._authorization = self._header_for(token)
+        for callback in list(self._listeners):
+            callback(self._authorization)
+
+    async def _loop(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        backoff = 0.25
+        with anyio.CancelScope() as scope:
+            self._scope = scope
+            task_status.started()
+            while not self._closed:
+                delay = self._next_refresh - time.monotonic()
+                if delay > 0:
+                    assert self._wake is not None
+                    with anyio.move_on_after(delay):
+                        await self._wake.wait()
+                    self._wake = anyio.Event()
+                    if self._next_refresh > time.monotonic():
+                        continue  # woken by a stale request_refresh: re-check the schedule
+                if await self.refresh_now():
+                    backoff = 0.25
+                    continue
+                remaining = self._expires_at - time.monotonic()
+                wait = min(backoff, max(0.1, remaining / 2)) if remaining > 0 else backoff
+                self._next_refresh = time.monotonic() + wait
+                backoff = min(backoff * 2, 30.0)
+
+    async def _fetch(self) -> None:
+        """One token request (refresh grant when we hold a live refresh token); updates state or raises."""
+        assert self._client is not None and self._cfg.token_url is not None
+        started = time.monotonic()
+        use_refresh = self._refresh is not None and started < self._refresh_expires_at - 1.0
+        try:
+            try:
+                answer = await self._post(self._grant(use_refresh))
+            except _TokenError as exc:
+                if not (use_refresh and exc.status == 400):
+                    raise
+                self._refresh = None  # refresh token rejected (session ended): fall back to a new grant
+                answer = await self._post(self._grant(False))
+        except _TokenError as exc:
+            self.failures += 1
+            self.last_error = str(exc)
+            self._count("token_refresh_failed", 1)
+            raise
+        access, expires_in = answer["access_token"], float(answer["expires_in"])
+        refresh = answer.get("refresh_token")
+        if isinstance(refresh, str) and refresh:
+            self._remember(refresh)
+            self._refresh = refresh
+            refresh_in = answer.get("refresh_expires_in")
+            self._refresh_expires_at = started + (float(refresh_in) if isinstance(refresh_in, int | float)
+                                                  and refresh_in > 0 else expires_in)
+        self._expires_at = started + expires_in
+        self._next_refresh = started + self._cfg.refresh_at * expires_in
+        first = self._access is None
+        self._set(access)
+        if not first:
+            self.refreshes += 1
+            self._count("token_refresh", 1)
+
+    def _grant(self, use_refresh: bool) -> dict[str, str]:
+        if use_refresh and self._refresh is not None:
+            return {"grant_type": "refresh_token", "refresh_token": self._refresh}
+        if self._cfg.kind == "password":
+            return {"grant_type": "password", "username": self._username, "password": self._password}
+        return {"grant_type": "client_credentials"}
+
+    async def _post(self, form: dict[str, str]) -> dict[str, Any]:
+        assert self._client is not None and self._cfg.token_url is not None
+        url = _safe_url(self._cfg.token_url)
+        scrub = self.redactor()
+        try:
+            response = await self._client.post(self._cfg.token_url, data=form,
+                                                auth=(self._client_id, self._client_secret),
+                                                timeout=self._cfg.timeout_s)
+        except httpx.HTTPError as exc:
+            raise _TokenError(f"token request to {url} failed: {type(exc).__name__}", None) from None
+        if response.status_code != 200:
+            detail = ""
+            try:
+                body = response.json()
+                if isinstance(body, dict) and isinstance(body.get("error"), str):
+                    detail = f" ({body['error']}: {body.get('error_description', '')})"
+            except ValueError:
+                pass
+            raise _TokenError(scrub(f"token endpoint {url} answered HTTP {response.status_code}{detail}"),
+                              response.status_code)
+        try:
+            answer = response.json()
+            if not (isinstance(answer, dict) and isinstance(answer.get("access_token"), str)
+                    and answer["access_token"] and isinstance(answer.get("expires_in"), int | float)
+                    and answer["expires_in"] > 0):
+                raise ValueError
+        except ValueError:
+            raise _TokenError(f"token endpoint {url} answered HTTP 200 without access_token/expires_in",
+                              200) from None
+        return answer
+
+
+class _TokenError(Exception):
+    def __init__(self, message: str, status: int | None) -> None:
+        super().__init__(message)
+        self.status = status
