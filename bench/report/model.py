@@ -1,0 +1,429 @@
+"""The in-memory run model: what the recorder produces, the report file stores and the views read.
+
+Every histogram in bench uses ONE fixed HDR setting (values in µs, 1 µs .. 1 h, 3 significant digits) so
+histograms from any process or host merge exactly by adding their count arrays. ``Histogram`` keeps the
+dense count array as numpy (fast batch recording, fast percentiles) and converts to/from the standard
+HdrHistogram V2 base64 encoding (readable by any HdrHistogram library) for storage.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["HDR_HIGHEST_US", "HDR_LOWEST_US", "HDR_SIGNIFICANT_FIGURES", "MEASURED", "OUTCOMES", "PHASES",
+           "SCHEMA_VERSION", "WARMUP", "ErrorCount", "ErrorSample", "HistKey", "Histogram", "PerSecond", "Phase",
+           "Report", "ReportMeta", "RunData", "Totals", "counts_index", "value_from_index"]
+
+SCHEMA_VERSION = 1
+HDR_LOWEST_US = 1
+HDR_HIGHEST_US = 3_600_000_000  # one hour
+HDR_SIGNIFICANT_FIGURES = 3
+
+WARMUP = "warmup"
+MEASURED = "measured"
+PHASES = (WARMUP, MEASURED)
+OUTCOMES = ("ok", "error")
+
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    counts_len: int
+    unit_magnitude: int
+    sub_half_magnitude: int  # log2(sub_bucket_count / 2)
+
+
+@functools.cache
+def _layout() -> _Layout:
+    """The count-array layout of the fixed setting, taken from hdrh itself so the two always agree."""
+    from hdrh.histogram import HdrHistogram
+
+    h = HdrHistogram(HDR_LOWEST_US, HDR_HIGHEST_US, HDR_SIGNIFICANT_FIGURES)
+    return _Layout(h.counts_len, h.unit_magnitude, h.sub_bucket_half_count_magnitude)
+
+
+def counts_index(values_us: IntArray) -> IntArray:
+    """Vectorised HDR bucket index (same result as hdrh's ``_counts_index_for``) of values clipped to range."""
+    lay = _layout()
+    v = np.clip(values_us, 0, HDR_HIGHEST_US).astype(np.int64, copy=False)
+    mask = ((1 << (lay.sub_half_magnitude + 1)) - 1) << lay.unit_magnitude
+    # bit length of (v | mask): exact through float64 because every value is < 2**53.
+    bit_length = np.frexp((v | mask).astype(np.float64))[1].astype(np.int64)
+    bucket = bit_length - lay.unit_magnitude - (lay.sub_half_magnitude + 1)
+    sub = v >> (bucket + lay.unit_magnitude)
+    result: IntArray = ((bucket + 1) << lay.sub_half_magnitude) + sub - (1 << lay.sub_half_magnitude)
+    return result
+
+
+def value_from_index(index: IntArray) -> tuple[IntArray, IntArray]:
+    """(lowest equivalent value, bucket width) of count-array indices."""
+    lay = _layout()
+    half = 1 << lay.sub_half_magnitude
+    bucket = (index >> lay.sub_half_magnitude) - 1
+    sub = (index & (half - 1)) + half
+    low_bucket = bucket < 0
+    sub = np.where(low_bucket, sub - half, sub)
+    bucket = np.maximum(bucket, 0)
+    shift = bucket + lay.unit_magnitude
+    lowest: IntArray = sub << shift
+    width: IntArray = np.left_shift(np.ones_like(shift), shift)
+    return lowest, width
+
+
+class Histogram:
+    """An HDR histogram of µs values with the fixed bench setting; exact min/max kept beside the counts."""
+
+    __slots__ = ("counts", "max_us", "min_us", "total")
+
+    def __init__(self) -> None:
+        self.counts: IntArray = np.zeros(_layout().counts_len, dtype=np.int64)
+        self.total = 0
+        self.min_us = 0
+        self.max_us = 0
+
+    # -- recording -------------------------------------------------------------------------------------
+    def record_us(self, values_us: IntArray) -> None:
+        """Record many values (µs); out-of-range values are clipped to [0, 1 h]."""
+        if len(values_us) == 0:
+            return
+        v = np.clip(values_us, 0, HDR_HIGHEST_US)
+        self.record_indices(counts_index(v), int(v.min()), int(v.max()))
+
+    def record_indices(self, index: IntArray, vmin: int, vmax: int) -> None:
+        """Record values already converted with ``counts_index`` (vmin/vmax: their exact extremes)."""
+        n = len(index)
+        if n == 0:
+            return
+        binned = np.bincount(index)
+        self.counts[: len(binned)] += binned
+        self.min_us = vmin if self.total == 0 else min(self.min_us, vmin)
+        self.max_us = max(self.max_us, vmax)
+        self.total += n
+
+    def add(self, other: Histogram) -> None:
+        """Exact merge: afterwards this is the histogram of both sets of values."""
+        if other.total == 0:
+            return
+        self.counts += other.counts
+        self.min_us = other.min_us if self.total == 0 else min(self.min_us, other.min_us)
+        self.max_us = max(self.max_us, other.max_us)
+        self.total += other.total
+
+    def copy(self) -> Histogram:
+        h = Histogram()
+        h.add(self)
+        return h
+
+    @classmethod
+    def merged(cls, hists: Iterable[Histogram]) -> Histogram:
+        out = cls()
+        for h in hists:
+            out.add(h)
+        return out
+
+    # -- queries ---------------------------------------------------------------------------------------
+    def percentile_us(self, p: float) -> int:
+        """HdrHistogram semantics: the highest value equivalent to the one at percentile p (0..100).
+
+        The result is capped at the exact recorded max, so p100 == max.
+        """
+        if self.total == 0:
+            return 0
+        target = max(int(min(p, 100.0) * self.total / 100 + 0.5), 1)
+        idx = int(np.searchsorted(np.cumsum(self.counts), target))
+        lowest, width = value_from_index(np.array([idx], dtype=np.int64))
+        value = int(lowest[0]) + int(width[0]) - 1 if p > 0 else int(lowest[0])
+        return min(max(value, self.min_us), self.max_us)
+
+    def percentiles_ms(self, ps: Sequence[float] = (50, 90, 99, 99.9)) -> dict[float, float]:
+        """Several percentiles in ms with a single cumulative sum."""
+        if self.total == 0:
+            return {p: 0.0 for p in ps}
+        cum = np.cumsum(self.counts)
+        out: dict[float, float] = {}
+        for p in ps:
+            target = max(int(min(p, 100.0) * self.total / 100 + 0.5), 1)
+            idx = int(np.searchsorted(cum, target))
+            lowest, width = value_from_index(np.array([idx], dtype=np.int64))
+            value = int(lowest[0]) + int(width[0]) - 1 if p > 0 else int(lowest[0])
+            out[p] = min(max(value, self.min_us), self.max_us) / 1000.0
+        return out
+
+    def mean_us(self) -> float:
+        """Mean using each bucket's midpoint (as HdrHistogram does)."""
+        if self.total == 0:
+            return 0.0
+        nz = np.nonzero(self.counts)[0]
+        lowest, width = value_from_index(nz.astype(np.int64))
+        mid = lowest + (width >> 1)
+        return float(np.dot(mid.astype(np.float64), self.counts[nz].astype(np.float64)) / self.total)
+
+    def summary_ms(self) -> dict[str, float | int]:
+        """count, min, max, mean and p50/p90/p99/p999 (ms): the columns SQL users read instead of HDR."""
+        pct = self.percentiles_ms((50, 90, 99, 99.9))
+        return {"count": self.total, "min_ms": self.min_us / 1000.0, "max_ms": self.max_us / 1000.0,
+                "mean_ms": self.mean_us() / 1000.0, "p50_ms": pct[50], "p90_ms": pct[90],
+                "p99_ms": pct[99], "p999_ms": pct[99.9]}
+
+    # -- encoding --------------------------------------------------------------------------------------
+    def encode(self) -> str:
+        """Standard HdrHistogram V2 compressed encoding, base64 (any HdrHistogram library decodes it)."""
+        from hdrh.histogram import HdrHistogram
+
+        h = HdrHistogram(HDR_LOWEST_US, HDR_HIGHEST_US, HDR_SIGNIFICANT_FIGURES)
+        if self.total:
+            view = np.ctypeslib.as_array(ctypes.cast(h.counts, ctypes.POINTER(ctypes.c_uint64)),
+                                         shape=(len(self.counts),))
+            view[:] = self.counts.astype(np.uint64)
+            h.total_count = self.total
+            h.min_value = self.min_us
+            h.max_value = self.max_us
+        encoded: bytes = h.encode()
+        return encoded.decode("ascii")
+
+    @classmethod
+    def decode(cls, encoded: str, *, min_us: int | None = None, max_us: int | None = None) -> Histogram:
+        """Inverse of ``encode``; min/max are bucket bounds unless the exact values are passed.
+
+        Raises ValueError for a malformed encoding or one made with different HDR settings.
+        """
+        from hdrh.histogram import HdrHistogram
+
+        try:
+            h = HdrHistogram.decode(encoded.encode("ascii"))
+        except Exception as exc:  # hdrh raises assorted types (TypeError, zlib.error, its own)
+            raise ValueError(f"not an HdrHistogram encoding: {exc}") from exc
+        if (h.lowest_trackable_value, h.highest_trackable_value, h.significant_figures) != (
+                HDR_LOWEST_US, HDR_HIGHEST_US, HDR_SIGNIFICANT_FIGURES):
+            raise ValueError("HDR histogram made with different settings (bench uses 1 µs .. 1 h, 3 digits)")
+        out = cls()
+        view = np.ctypeslib.as_array(ctypes.cast(h.counts, ctypes.POINTER(ctypes.c_uint64)),
+                                     shape=(h.counts_len,))
+        out.counts[:] = view.astype(np.int64)
+        out.total = int(out.counts.sum())
+        if out.total:
+            nz = np.nonzero(out.counts)[0]
+            lowest, width = value_from_index(nz[[0, -1]].astype(np.int64))
+            out.min_us = int(lowest[0]) if min_us is None else min_us
+            out.max_us = int(lowest[1] + width[1] - 1) if max_us is None else max_us
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Histogram):
+            return NotImplemented
+        return (self.total, self.min_us, self.max_us) == (other.total, other.min_us, other.max_us) and bool(
+            np.array_equal(self.counts, other.counts))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Histogram(total={self.total}, min_us={self.min_us}, max_us={self.max_us})"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class HistKey:
+    """Which histogram: metric ('latency', 'service', 'schedule_lag', 'server', 'loop_lag' or a named one
+    such as 'batch_e2e'), phase ('warmup' | 'measured') and outcome ('ok' | 'error' | 'all')."""
+
+    metric: str
+    phase: str = MEASURED
+    outcome: str = "all"
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    """A phase of the run in seconds from the run's start."""
+
+    name: str
+    start_s: float
+    end_s: float
+
+    @property
+    def duration_s(self) -> float:
+        return max(0.0, self.end_s - self.start_s)
+
+
+@dataclass(slots=True)
+class Totals:
+    """Request totals of one phase (phase chosen by each request's intended send time)."""
+
+    requests: int = 0  # recorded requests, any outcome (dropped sends excluded)
+    ok: int = 0
+    errors: int = 0
+    rows: int = 0  # rows of ok requests
+    bytes_out: int = 0
+    bytes_in: int = 0
+    dropped: int = 0  # open loop: sends that could not start (max_in_flight reached)
+
+    def add(self, other: Totals) -> None:
+        for name in self.__slots__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorCount:
+    kind: str  # bench.results.kind_name
+    status: int  # HTTP status, 0 when there was no answer
+    phase: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorSample:
+    """One distinct error detail (answer body excerpt or exception text) and how often it was seen."""
+
+    kind: str
+    status: int
+    detail: str
+    count: int
+
+
+@dataclass(slots=True)
+class PerSecond:
+    """Per-second series, second index from the run's start (by done time; dropped by intended time).
+
+    ``hdr[i]`` is the encoded latency histogram (from the intended time) of the ok requests completed in
+    second ``second[i]`` ('' when none); p50/p90/p99/max_ms are derived from it. Seconds with no activity
+    may be absent; consumers should use ``second``, not the position.
+    """
+
+    second: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    requests: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    errors: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    rows: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    bytes_out: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    bytes_in: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    dropped: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    hdr: list[str] = field(default_factory=list)
+
+    COUNT_COLUMNS = ("requests", "errors", "rows", "bytes_out", "bytes_in", "dropped")
+
+    def __len__(self) -> int:
+        return len(self.second)
+
+    def histogram(self, i: int) -> Histogram:
+        """The latency histogram of position i (not second i)."""
+        return Histogram.decode(self.hdr[i]) if self.hdr[i] else Histogram()
+
+    def latency_percentiles_ms(self) -> dict[str, npt.NDArray[np.float64]]:
+        """p50/p90/p99/max (ms) per position, derived from the per-second histograms."""
+        out = {k: np.zeros(len(self), dtype=np.float64) for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")}
+        for i in range(len(self)):
+            h = self.histogram(i)
+            if h.total:
+                pct = h.percentiles_ms((50, 90, 99))
+                out["p50_ms"][i], out["p90_ms"][i], out["p99_ms"][i] = pct[50], pct[90], pct[99]
+                out["max_ms"][i] = h.max_us / 1000.0
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PerSecond):
+            return NotImplemented
+        return self.hdr == other.hdr and all(
+            np.array_equal(getattr(self, c), getattr(other, c)) for c in ("second", *self.COUNT_COLUMNS))
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(slots=True)
+class RunData:
+    """Everything measured in one run (or several merged runs). Times are relative to ``start_unix_ns``."""
+
+    start_unix_ns: int  # wall-clock time of the run's start (aligns runs from several hosts)
+    phases: list[Phase]
+    partial: bool
+    histograms: dict[HistKey, Histogram]
+    series: PerSecond
+    totals: dict[str, Totals]  # by phase name
+    counters: dict[str, int] = field(default_factory=dict)
+    gauges: dict[str, dict[int, float]] = field(default_factory=dict)  # name -> second -> last value
+    errors: list[ErrorCount] = field(default_factory=list)
+    error_samples: list[ErrorSample] = field(default_factory=list)
+    raw_path: Path | None = None  # Arrow IPC stream of per-request rows (recorder's raw log), if any
+
+    def phase(self, name: str) -> Phase:
+        for p in self.phases:
+            if p.name == name:
+                return p
+        return Phase(name, 0.0, 0.0)
+
+    def total(self, phase: str = MEASURED) -> Totals:
+        return self.totals.get(phase, Totals())
+
+    def histogram(self, metric: str, phase: str = MEASURED, outcome: str = "all") -> Histogram:
+        """One histogram; outcome 'all' merges ok and error when they are kept apart."""
+        h = self.histograms.get(HistKey(metric, phase, outcome))
+        if h is not None:
+            return h
+        if outcome == "all":
+            return Histogram.merged(self.histograms.get(HistKey(metric, phase, o), Histogram())
+                                    for o in OUTCOMES)
+        return Histogram()
+
+    def duration_s(self, phase: str = MEASURED) -> float:
+        return self.phase(phase).duration_s
+
+    def rps(self, phase: str = MEASURED) -> float:
+        """Recorded requests per second over the phase's window (measured window by default)."""
+        d = self.duration_s(phase)
+        return self.total(phase).requests / d if d > 0 else 0.0
+
+    def rows_per_s(self, phase: str = MEASURED) -> float:
+        d = self.duration_s(phase)
+        return self.total(phase).rows / d if d > 0 else 0.0
+
+    def errors_by_kind(self, phase: str = MEASURED) -> dict[str, int]:
+        """Error counts keyed 'kind' or 'kind:status' (when a status is known)."""
+        out: dict[str, int] = {}
+        for e in self.errors:
+            if e.phase == phase:
+                key = f"{e.kind}:{e.status}" if e.status else e.kind
+                out[key] = out.get(key, 0) + e.count
+        return dict(sorted(out.items()))
+
+
+@dataclass(slots=True)
+class ReportMeta:
+    """Who/what/when of a run. ``scenario_text`` must already be redacted (see writer.redact_scenario)."""
+
+    scenario_name: str
+    scenario_text: str = ""
+    bench_version: str = ""
+    python_version: str = ""
+    libraries: dict[str, str] = field(default_factory=dict)
+    host: str = ""
+    start_utc: str = ""  # ISO 8601, UTC
+    end_utc: str = ""
+    load: dict[str, Any] = field(default_factory=dict)  # mode, rate, concurrency, duration_s, ...
+    target: dict[str, Any] = field(default_factory=dict)  # kind, url (no secrets), format, ...
+    generator_bound: bool = False
+    generator_bound_reasons: list[str] = field(default_factory=list)
+    cpu_fraction: float | None = None  # generator CPU use as a fraction of one core
+    extra: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_json_dict(cls, data: Mapping[str, Any]) -> ReportMeta:
+        known = set(cls.__slots__)  # type: ignore[attr-defined]
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(slots=True)
+class Report:
+    """A run's report: metadata plus measurements. ``path`` is where it was read from / written to."""
+
+    meta: ReportMeta
+    run: RunData
+    path: Path | None = None
