@@ -161,19 +161,21 @@ def run_single(args: argparse.Namespace, sc: Scenario) -> int:
     from bench.runner import RunControl, execute, prepare
 
     prepared = prepare(sc)
-    out_path = _report_path(args, sc)
+    out_path = report_path(args, sc)
     view = ProgressView(sc.load.warmup_s + sc.load.duration_s, enabled=not args.quiet)
     ctl = RunControl(progress=view.update, message=view.message, preflight=not args.no_preflight,
                      raw_path=out_path.with_suffix(".raw.tmp") if sc.report.raw else None)
     try:
         run, facts = anyio.run(execute, prepared, ctl, backend="asyncio",
-                               backend_options={"use_uvloop": _use_uvloop(sc)})
+                               backend_options={"use_uvloop": use_uvloop(sc)})
     finally:
         view.close()
-    return finish_run(args, sc, prepared, run, facts, out_path, ctl.secrets)
+    from bench.report.build import build_report
+
+    return finish_run(args, sc, prepared, build_report(sc, run, facts), facts, out_path)
 
 
-def _use_uvloop(sc: Scenario) -> bool:
+def use_uvloop(sc: Scenario) -> bool:
     if sc.engine.loop == "asyncio":
         return False
     try:
@@ -185,7 +187,7 @@ def _use_uvloop(sc: Scenario) -> bool:
     return True
 
 
-def _report_path(args: argparse.Namespace, sc: Scenario) -> Path:
+def report_path(args: argparse.Namespace, sc: Scenario) -> Path:
     from datetime import UTC, datetime
 
     from bench.report.writer import default_report_path
@@ -195,16 +197,14 @@ def _report_path(args: argparse.Namespace, sc: Scenario) -> Path:
     return default_report_path(sc.report.dir, sc.name, datetime.now(UTC))
 
 
-def finish_run(args: argparse.Namespace, sc: Scenario, prepared: Any, run: Any, facts: dict[str, Any],
-               out_path: Path, secrets: list[str]) -> int:
-    """Verdicts, report file, summary, SLO gate → exit code."""
-    from bench.report.build import build_report
+def finish_run(args: argparse.Namespace, sc: Scenario, prepared: Any, report: Any, facts: dict[str, Any],
+               out_path: Path) -> int:
+    """Report file, summary, SLO gate → exit code. Workers of a multi-process run skip the SLO gate."""
     from bench.report.summary import render_summary, summarize
     from bench.report.writer import write_report
 
-    report = build_report(sc, run, facts)
     slo_result = None
-    if prepared.slo is not None:
+    if prepared.slo is not None and not args.worker:
         from bench.report.slo import check_slo
 
         slo_result = check_slo(prepared.slo, report)

@@ -141,18 +141,33 @@ def offsets_for(sc: Scenario, rate_share: float = 1.0) -> Iterator[int] | None:
     return schedule.constant_offsets(rate)
 
 
-def load_spec(sc: Scenario, start_ns: int, *, share: float = 1.0) -> LoadSpec:
+def _split(total: int, worker: tuple[int, int]) -> int:
+    """Worker i of n gets an even share of an integer total (the first ones take the remainder)."""
+    i, n = worker
+    return total // n + (1 if i < total % n else 0)
+
+
+def load_spec(sc: Scenario, start_ns: int, *, worker: tuple[int, int] = (0, 1)) -> LoadSpec:
+    """The engine's LoadSpec; with ``worker=(i, n)`` this process's share of an n-process run."""
     load = sc.load
+    share = 1.0 / worker[1]
     end_ns = start_ns + int((load.warmup_s + load.duration_s) * 1e9) if load.duration_s > 0 else 2**62
+    max_requests = _split(load.requests, worker) if load.requests else 0
     if load.mode == "closed":
         return LoadSpec(mode="closed", start_ns=start_ns, end_ns=end_ns,
-                        concurrency=max(1, round(load.concurrency * share)),
-                        max_requests=math.ceil(load.requests * share), drain_s=load.drain_s)
+                        concurrency=max(1, _split(load.concurrency, worker)),
+                        max_requests=max_requests, drain_s=load.drain_s)
     peak = max([load.rate] + [r for _, r in load.stages]) * share
-    max_in_flight = load.max_in_flight or max(64, min(4096, math.ceil(peak * 0.5)))
-    return LoadSpec(mode="open", start_ns=start_ns, end_ns=end_ns, offsets_ns=offsets_for(sc, share),
-                    max_in_flight=max_in_flight, max_requests=math.ceil(load.requests * share),
-                    drain_s=load.drain_s)
+    max_in_flight = _split(load.max_in_flight, worker) if load.max_in_flight else max(64, min(4096, math.ceil(peak)))
+    seed_sc = sc if worker[0] == 0 else _reseeded(sc, worker[0])
+    return LoadSpec(mode="open", start_ns=start_ns, end_ns=end_ns, offsets_ns=offsets_for(seed_sc, share),
+                    max_in_flight=max(1, max_in_flight), max_requests=max_requests, drain_s=load.drain_s)
+
+
+def _reseeded(sc: Scenario, offset: int) -> Scenario:
+    from dataclasses import replace
+
+    return replace(sc, load=replace(sc.load, seed=sc.load.seed + offset))
 
 
 def engine_config(sc: Scenario) -> EngineConfig:
@@ -188,7 +203,7 @@ def _static_token(sc: Scenario) -> str | None:
 
 
 async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float | None = None,
-                  share: float = 1.0) -> Any:
+                  worker: tuple[int, int] = (0, 1)) -> Any:
     """Run the load; returns the recorder's finished RunData plus run facts (see RunOutcome)."""
     from bench.recorder import Recorder
 
@@ -220,7 +235,7 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
         facts["started_utc"] = time.time() + 0.02
         warmup_end_ns = start_ns + int(sc.load.warmup_s * 1e9)
         recorder = Recorder(start_ns, warmup_end_ns, raw_path=ctl.raw_path)
-        spec = load_spec(sc, start_ns, share=share)
+        spec = load_spec(sc, start_ns, worker=worker)
 
         with _signals(ctl, stop):
             tg.start_soon(_watch, recorder, ctl, stop, spec, token_source)
