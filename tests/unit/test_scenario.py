@@ -1,0 +1,104 @@
+"""Scenario loading: typed values, overrides, and one-line errors that name the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bench.errors import InputError
+from bench.scenario import load_scenario
+from bench.units import parse_duration
+
+BASE = """
+name = "t"
+[target]
+kind = "wallaroo"
+url = "http://127.0.0.1:9/v1/api/pipelines/infer/ccfraud-1/ccfraud"
+[data]
+path = "rows.json"
+rows_per_request = 10
+[load]
+concurrency = 4
+duration = "3s"
+warmup = "500ms"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "rows.json").write_text('[{"tensor": [1.0]}]')
+    p = tmp_path / "s.toml"
+    p.write_text(text)
+    return p
+
+
+def test_valid_scenario_is_typed(tmp_path: Path) -> None:
+    sc = load_scenario(write(tmp_path, BASE))
+    assert sc.name == "t"
+    assert sc.load.mode == "closed" and sc.load.concurrency == 4
+    assert sc.load.duration_s == 3.0 and sc.load.warmup_s == 0.5
+    assert sc.data.rows_per_request == 10
+    assert sc.data.path == tmp_path / "rows.json"
+
+
+def test_overrides_change_values_and_types(tmp_path: Path) -> None:
+    sc = load_scenario(write(tmp_path, BASE), ["load.concurrency=16", 'load.duration="1m"', "name=other"])
+    assert sc.load.concurrency == 16
+    assert sc.load.duration_s == 60.0
+    assert sc.name == "other"
+
+
+@pytest.mark.parametrize(
+    ("patch", "key", "words"),
+    [
+        (("[load]", "[load]\nbogus = 1"), "load.bogus", "unknown key"),
+        (("concurrency = 4", "rate = -5.0"), "load.rate", ">= 0"),
+        (('path = "rows.json"', 'path = "missing.json"'), "data.path", "not found"),
+        (('url = "http://127.0.0.1:9/v1/api/pipelines/infer/ccfraud-1/ccfraud"', 'url = "127.0.0.1:9/x"'),
+         "target.url", "scheme"),
+        (("concurrency = 4", "concurrency = 4\nrate = 10.0"), "load.rate", "exclusive"),
+        (('duration = "3s"', 'duration = "three"'), "load.duration", "duration"),
+        (('kind = "wallaroo"', 'kind = "triton"'), "target.kind", "one of"),
+        (("concurrency = 4", 'concurrency = "4"'), "load.concurrency", "integer"),
+    ],
+)
+def test_errors_name_file_key_and_problem(tmp_path: Path, patch: tuple[str, str], key: str, words: str) -> None:
+    path = write(tmp_path, BASE.replace(*patch))
+    with pytest.raises(InputError) as info:
+        load_scenario(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert key in message
+    assert words in message
+    assert "\n" not in message
+
+
+def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not found"):
+        load_scenario(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = [unclosed")
+    with pytest.raises(InputError, match="not valid TOML"):
+        load_scenario(bad)
+
+
+def test_credentials_in_headers_are_refused(tmp_path: Path) -> None:
+    text = BASE.replace("[data]", '[target.headers]\nAuthorization = "Bearer abc"\n[data]')
+    with pytest.raises(InputError, match="credentials"):
+        load_scenario(write(tmp_path, text))
+
+
+@given(st.integers(min_value=0, max_value=10**6), st.sampled_from(["ms", "s", "m", "h"]))
+def test_parse_duration_units(n: int, unit: str) -> None:
+    factor = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+    assert parse_duration(f"{n}{unit}") == pytest.approx(n * factor)
+
+
+def test_parse_duration_compound_and_errors() -> None:
+    assert parse_duration("1m30s") == 90.0
+    assert parse_duration(2.5) == 2.5
+    for bad in ("10 parsecs", "-1s", "", True):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
