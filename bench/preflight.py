@@ -1,0 +1,217 @@
+"""Wallaroo preflight: wait until the deployment is Running, and resolve the inference URL if not given.
+
+A test started while the pipeline is still ``Starting`` measures 503s, not the endpoint; so when the scenario
+gives the MLOps API address, ``run_preflight`` polls ``status/get_deployment`` (a progress line per poll) and
+gives up with exit 3 (RunInvalid) after ``wait``, naming the status and the engines' states.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import httpx
+
+from bench.errors import InputError, RunInvalid
+from bench.units import format_duration, parse_duration
+
+__all__ = ["PreflightConfig", "deployment_from_url", "preflight_config_from_mapping", "run_preflight"]
+
+_KEYS = ("api_url", "deployment", "workspace_id", "pipeline", "wait", "poll_interval", "timeout")
+
+
+@dataclass(frozen=True, slots=True)
+class PreflightConfig:
+    """The validated ``[wallaroo]`` table; preflight is on when ``api_url`` is set."""
+
+    api_url: str | None = None  # e.g. https://acme.api.example.ai (the MLOps API address)
+    deployment: str | None = None  # "{deployment}-{id}"; derived from the inference URL when omitted
+    workspace_id: int | None = None
+    pipeline: str | None = None
+    wait_s: float = 300.0  # longest wait for Running
+    poll_interval_s: float = 2.0
+    timeout_s: float = 10.0  # per request
+
+    @property
+    def enabled(self) -> bool:
+        return self.api_url is not None
+
+
+def preflight_config_from_mapping(d: Mapping[str, Any], file: str) -> PreflightConfig:
+    """Validate a scenario ``[wallaroo]`` table; every problem is an InputError naming ``wallaroo.<key>``."""
+
+    def err(key: str, problem: str) -> InputError:
+        return InputError(problem, file=file, key=f"wallaroo.{key}")
+
+    def string(key: str) -> str | None:
+        value = d.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise err(key, f"expected a non-empty string, got {type(value).__name__}")
+        return value.strip()
+
+    def duration(key: str, default: float, minimum: float) -> float:
+        try:
+            seconds = parse_duration(d.get(key, default))
+        except ValueError as exc:
+            raise err(key, str(exc)) from None
+        if seconds < minimum:
+            raise err(key, f"must be at least {format_duration(minimum)}")
+        return seconds
+
+    for key in d:
+        if key not in _KEYS:
+            raise err(key, f"unknown key (known: {', '.join(_KEYS)})")
+    api_url = string("api_url")
+    if api_url is not None:
+        parts = urlsplit(api_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise err("api_url", "expected an http:// or https:// URL such as https://acme.api.example.ai")
+        if parts.username or parts.password:
+            raise err("api_url", "must not carry credentials; use [auth]")
+    workspace_id = d.get("workspace_id")
+    if workspace_id is not None and (isinstance(workspace_id, bool) or not isinstance(workspace_id, int)
+                                     or workspace_id < 0):
+        raise err("workspace_id", "expected a workspace id (a non-negative integer)")
+    return PreflightConfig(api_url=api_url.rstrip("/") if api_url else None, deployment=string("deployment"),
+                           workspace_id=workspace_id, pipeline=string("pipeline"),
+                           wait_s=duration("wait", 300.0, 0.0), poll_interval_s=duration("poll_interval", 2.0, 0.01),
+                           timeout_s=duration("timeout", 10.0, 0.01))
+
+
+def deployment_from_url(url: str) -> str | None:
+    """The ``{deployment}-{id}`` part of ``…/v1/api/pipelines/infer/{deployment}-{id}/{pipeline}``, if present."""
+    parts = [p for p in urlsplit(url).path.split("/") if p]
+    for i in range(len(parts) - 2):
+        if parts[i] == "infer" and i >= 1 and parts[i - 1] == "pipelines":
+            return parts[i + 1]
+    return None
+
+
+async def run_preflight(cfg: PreflightConfig, authorization: Callable[[], str], *,
+                        progress: Callable[[str], None], target_url: str | None = None,
+                        client: httpx.AsyncClient | None = None) -> str | None:
+    """Wait for the deployment to be Running; return the resolved inference URL when one had to be looked up.
+
+    ``authorization()`` gives the current header value ("" for none). ``target_url``: the scenario's
+    inference URL, if it has one. Returns None when preflight is off or the URL was already known.
+    Raises RunInvalid (exit 3) on timeout, unknown deployment, refused credentials or an unreachable API,
+    and InputError when there is neither a URL nor workspace_id + pipeline to find the deployment by.
+    """
+    if not cfg.enabled:
+        return None
+    owned = client is None
+    http = client or httpx.AsyncClient(timeout=cfg.timeout_s)
+    try:
+        resolved = None
+        if not target_url:
+            if cfg.workspace_id is None or cfg.pipeline is None:
+                raise InputError("without a target URL, preflight needs workspace_id and pipeline to resolve it",
+                                 key="wallaroo.workspace_id")
+            resolved = await _external_url(http, cfg, authorization)
+            progress(f"preflight: pipeline {cfg.pipeline} is served at {resolved}")
+        deployment = cfg.deployment or deployment_from_url(resolved or target_url or "")
+        if deployment is None:
+            raise InputError("cannot tell the deployment name from the target URL; set it as 'name-id'",
+                             key="wallaroo.deployment")
+        await _wait_running(http, cfg, deployment, authorization, progress)
+        return resolved
+    finally:
+        if owned:
+            await http.aclose()
+
+
+async def _call(http: httpx.AsyncClient, cfg: PreflightConfig, route: str, body: dict[str, Any],
+                authorization: Callable[[], str]) -> dict[str, Any]:
+    """POST one MLOps API call. Retryable trouble raises _Transient; permanent trouble raises RunInvalid."""
+    assert cfg.api_url is not None
+    url = f"{cfg.api_url}/v1/api/{route}"
+    header = authorization()
+    headers = {"Authorization": header} if header else {}
+    try:
+        response = await http.post(url, json=body, headers=headers, timeout=cfg.timeout_s)
+    except httpx.HTTPError as exc:
+        raise _Transient(f"{url} unreachable ({type(exc).__name__})") from None
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    message = answer.get("error") or answer.get("msg") if isinstance(answer, dict) else None
+    detail = f": {message}" if isinstance(message, str) and message else ""
+    if response.status_code in (401, 403, 404):
+        raise RunInvalid(f"preflight: {url} answered HTTP {response.status_code}{detail}")
+    if response.status_code != 200 or not isinstance(answer, dict):
+        raise _Transient(f"{url} answered HTTP {response.status_code}{detail}")
+    return answer
+
+
+async def _external_url(http: httpx.AsyncClient, cfg: PreflightConfig, authorization: Callable[[], str]) -> str:
+    deadline = time.monotonic() + max(cfg.wait_s, cfg.timeout_s)
+    while True:
+        try:
+            answer = await _call(http, cfg, "admin/get_pipeline_external_url",
+                                 {"workspace_id": cfg.workspace_id, "pipeline_name": cfg.pipeline}, authorization)
+        except _Transient as exc:
+            if time.monotonic() + cfg.poll_interval_s > deadline:
+                raise RunInvalid(f"preflight: cannot resolve the pipeline URL: {exc}") from None
+            await anyio.sleep(cfg.poll_interval_s)
+            continue
+        url = answer.get("url")
+        if not isinstance(url, str) or not url:
+            raise RunInvalid(f"preflight: get_pipeline_external_url answered without a url for pipeline "
+                             f"{cfg.pipeline!r} in workspace {cfg.workspace_id}")
+        return url
+
+
+async def _wait_running(http: httpx.AsyncClient, cfg: PreflightConfig, deployment: str,
+                        authorization: Callable[[], str], progress: Callable[[str], None]) -> None:
+    started = time.monotonic()
+    deadline = started + cfg.wait_s
+    while True:
+        elapsed = time.monotonic() - started
+        try:
+            answer = await _call(http, cfg, "status/get_deployment", {"name": deployment}, authorization)
+            status = str(answer.get("status", "unknown"))
+            summary = _engines(answer)
+        except _Transient as exc:
+            status, summary = "unknown", str(exc)
+            answer = {}
+        if status == "Running":
+            progress(f"preflight: deployment {deployment} is Running")
+            return
+        progress(f"preflight: deployment {deployment} is {status}; waiting "
+                 f"({format_duration(round(elapsed))} of {format_duration(cfg.wait_s)})")
+        if time.monotonic() + cfg.poll_interval_s > deadline:
+            raise RunInvalid(f"preflight: deployment {deployment} is {status}, not Running, after waiting "
+                             f"{format_duration(cfg.wait_s)}" + (f"; {summary}" if summary else ""))
+        await anyio.sleep(cfg.poll_interval_s)
+
+
+def _engines(answer: Mapping[str, Any]) -> str:
+    """'engines: name Pending (ContainersNotReady), …; engine_lbs: …' from a get_deployment answer."""
+    parts = []
+    for key in ("engines", "engine_lbs", "sidekicks"):
+        items = answer.get(key)
+        if not isinstance(items, list) or not items:
+            continue
+        described = []
+        for item in items[:8]:
+            if not isinstance(item, Mapping):
+                continue
+            text = f"{item.get('name', '?')} {item.get('status', '?')}"
+            if item.get("reason"):
+                text += f" ({item['reason']})"
+            described.append(text)
+        if len(items) > 8:
+            described.append(f"… {len(items) - 8} more")
+        parts.append(f"{key}: {', '.join(described)}")
+    return "; ".join(parts)
+
+
+class _Transient(Exception):
+    pass
