@@ -1,0 +1,120 @@
+"""`bench serve`: run the emulator (Wallaroo inference, UbiOps, token endpoint) on this machine."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["register"]
+
+# flag dest -> EmulatorConfig field
+_FIELDS = {
+    "host": "host", "port": "port", "latency_ms": "latency_ms", "per_row_us": "per_row_us",
+    "replicas": "replicas", "error_rate": "error_rate", "seed": "seed", "jitter": "jitter", "http2": "http2",
+    "require_token": "require_token", "token_ttl": "token_ttl_s", "startup_s": "startup_s",
+    "rate_limit": "rate_limit_per_min", "pipeline": "pipeline", "deployment": "deployment",
+}
+
+
+def register(subparsers: Any) -> None:
+    from bench.emulator.config import EmulatorConfig
+
+    d = EmulatorConfig()
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "serve", help="run the emulator (Wallaroo pipeline inference, UbiOps, Keycloak tokens)",
+        description="Serve an emulated Wallaroo pipeline (and UbiOps API, token endpoint) with a real model and "
+        "a capacity model: `replicas` slots, each request holds one for latency-ms + per-row-us × rows.")
+    p.add_argument("--host", default=d.host, help=f"bind address (default {d.host}; loopback only unless "
+                   "--allow-remote)")
+    p.add_argument("--port", type=int, default=d.port, help=f"port, 0 = a free one (default {d.port})")
+    p.add_argument("--latency-ms", type=float, default=d.latency_ms, help=f"base service time (default "
+                   f"{d.latency_ms:g})")
+    p.add_argument("--per-row-us", type=float, default=d.per_row_us, help=f"service time per row (default "
+                   f"{d.per_row_us:g})")
+    p.add_argument("--replicas", type=int, default=d.replicas, help=f"service slots (default {d.replicas})")
+    p.add_argument("--error-rate", type=float, default=d.error_rate, help="fraction of inferences answered "
+                   "with 500/503 (seeded)")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"RNG seed for jitter and errors (default {d.seed})")
+    p.add_argument("--jitter", type=float, default=d.jitter, help=f"lognormal sigma of service-time jitter "
+                   f"(default {d.jitter:g}; 0 = none)")
+    p.add_argument("--http2", action="store_true", help="serve h2c (prior knowledge) as well as HTTP/1.1 "
+                   "(hypercorn; slower)")
+    p.add_argument("--require-token", action="store_true", help="inference needs a Bearer token from the "
+                   "token endpoint")
+    p.add_argument("--token-ttl", type=float, default=d.token_ttl_s, help=f"token lifetime in seconds "
+                   f"(default {d.token_ttl_s:g})")
+    p.add_argument("--startup-s", type=float, default=d.startup_s, help="report Starting (and answer 503) "
+                   "for this long")
+    p.add_argument("--rate-limit", type=int, default=d.rate_limit_per_min, help="UbiOps requests per minute "
+                   "(0 = none)")
+    p.add_argument("--pipeline", default=d.pipeline, help=f"pipeline name (default {d.pipeline})")
+    p.add_argument("--deployment", default=d.deployment, help=f"deployment name-id in the external URL "
+                   f"(default {d.deployment})")
+    p.add_argument("--allow-remote", action="store_true", help="allow binding a non-loopback address")
+    p.add_argument("--config-stdin", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=run)
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _config_from_stdin() -> Any:
+    """Embedded mode: the config is the first stdin line; closing stdin (the parent going away) stops us."""
+    import os
+    import signal
+    import sys
+    import threading
+
+    import orjson
+
+    from bench.emulator.embedded import emulator_config_from_mapping
+
+    line = sys.stdin.buffer.readline()
+    try:
+        data = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        from bench.errors import InputError
+
+        raise InputError("expected the emulator config as one JSON line", file="<stdin>") from None
+    config = emulator_config_from_mapping(data, "<stdin>")
+
+    def watch_parent() -> None:
+        sys.stdin.buffer.read()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    from bench.emulator.config import EmulatorConfig
+    from bench.emulator.embedded import config_problems
+    from bench.emulator.server import serve
+    from bench.errors import InputError
+
+    if args.config_stdin:
+        config = _config_from_stdin()
+    else:
+        config = EmulatorConfig(**{field: getattr(args, dest) for dest, field in _FIELDS.items()})
+        flags = {field: "--" + dest.replace("_", "-") for dest, field in _FIELDS.items()}
+        problems = config_problems(config)
+        if problems:
+            name, problem = problems[0]
+            raise InputError(problem, key=flags.get(name, name))
+    if not args.allow_remote and not _is_loopback(config.host):
+        raise InputError(f"refusing to bind non-loopback address {config.host!r} (add --allow-remote)",
+                         key="--host")
+    try:
+        serve(config)
+    except OSError as exc:
+        raise InputError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
+                         key="--port") from None
+    return 0

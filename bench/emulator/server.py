@@ -1,0 +1,127 @@
+"""Serve the emulator: uvicorn (uvloop + httptools) for HTTP/1.1, hypercorn when h2c is wanted as well.
+
+The listening socket is bound here, before the server starts, so port 0 resolves to a real port that can be
+printed — the embedded runner reads the first stdout line to learn where the emulator is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from bench.emulator.config import EmulatorConfig
+
+__all__ = ["LISTENING_PREFIX", "bind_socket", "serve", "url_lines"]
+
+LISTENING_PREFIX = "bench emulator listening on "
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0 = a free port)."""
+    family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_lines(config: EmulatorConfig, host: str, port: int) -> list[str]:
+    """What the server prints on start: the base URL first (exact prefix), then the URLs clients need."""
+    shown = f"[{host}]" if ":" in host else host
+    base = f"http://{shown}:{port}"
+    proto = "HTTP/1.1 + h2c" if config.http2 else "HTTP/1.1"
+    return [
+        f"{LISTENING_PREFIX}{base}",
+        f"  wallaroo inference (external): {base}/v1/api/pipelines/infer/{config.deployment}/{config.pipeline}",
+        f"  wallaroo inference (internal): {base}/pipelines/{config.pipeline}",
+        f"  wallaroo inference (edge):     {base}/infer",
+        f"  ubiops api:                    {base}/v2.1",
+        f"  token url:                     {base}/auth/realms/master/protocol/openid-connect/token",
+        f"  protocol: {proto}; capacity ≈ {config.replicas} replicas, "
+        f"{config.latency_ms:g} ms + {config.per_row_us:g} µs/row",
+    ]
+
+
+def _announce(config: EmulatorConfig, sock: socket.socket) -> Callable[[], None]:
+    host, port = sock.getsockname()[:2]
+
+    def announce() -> None:
+        sys.stdout.write("\n".join(url_lines(config, host, port)) + "\n")
+        sys.stdout.flush()
+
+    return announce
+
+
+def serve(config: EmulatorConfig) -> None:
+    """Run until SIGTERM/SIGINT. Blocks."""
+    from bench.emulator.app import build_app
+
+    app = build_app(config)
+    sock = bind_socket(config.host, config.port)
+    announce = _announce(config, sock)
+    if config.http2:
+        _serve_hypercorn(app, sock, announce)
+    else:
+        _serve_uvicorn(app, sock, announce)
+
+
+def _serve_uvicorn(app: Callable[..., Any], sock: socket.socket, announce: Callable[[], None]) -> None:
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                announce()
+
+    loop = "uvloop" if _has_uvloop() else "asyncio"
+    cfg = uvicorn.Config(app, loop=loop, http="httptools", access_log=False, log_level="warning",
+                         lifespan="off", server_header=False, date_header=False)
+    try:
+        _Server(cfg).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def _serve_hypercorn(app: Callable[..., Any], sock: socket.socket, announce: Callable[[], None]) -> None:
+    from hypercorn.asyncio import serve as hypercorn_serve
+    from hypercorn.config import Config
+
+    cfg = Config()
+    cfg.bind = [f"fd://{sock.detach()}"]  # hypercorn now owns the descriptor
+    cfg.accesslog = None
+    cfg.loglevel = "WARNING"
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.call_soon(announce)  # the socket is already listening: early connections wait in the backlog
+        await hypercorn_serve(app, cfg, shutdown_trigger=stop.wait)
+
+    if _has_uvloop():
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+
+
+def _has_uvloop() -> bool:
+    with contextlib.suppress(ImportError):
+        import uvloop  # noqa: F401
+
+        return True
+    return False

@@ -1,0 +1,302 @@
+"""Wallaroo pipeline inference, imitated (targets.md §1): external, internal and edge URLs, pandas-records JSON
+or Arrow IPC in and out, the documented record shape and error bodies.
+
+Every successful inference waits in the shared capacity model (``ctx.model.serve``) so the emulator's capacity
+is known; scoring itself is one vectorised numpy call. The small ASGI helpers at the bottom are shared with
+bench.emulator.app.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import parse_qs
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bench.emulator.context import EmulatorContext
+from bench.emulator.model import FEATURES, MODEL_NAME, MODEL_SHA, LogisticModel
+
+__all__ = ["ARROW_FILE", "Receive", "Scope", "Send", "WallarooEmulator", "error_body", "read_body",
+           "send_json", "send_response"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+ARROW_FILE = "application/vnd.apache.arrow.file"
+JSON_RECORDS = "application/json; format=pandas-records"
+EXTERNAL_PREFIX = "/v1/api/pipelines/infer/"
+
+
+class BadInput(Exception):
+    """A request the engine rejects with 400 (message is the error text)."""
+
+
+class WallarooEmulator:
+    """ASGI sub-app for the Wallaroo inference paths. Construct once per server with the shared context."""
+
+    def __init__(self, ctx: EmulatorContext) -> None:
+        self.ctx = ctx
+        cfg = ctx.config
+        self.model = LogisticModel()
+        self._errors = random.Random(cfg.seed)  # error injection; separate from the capacity model's jitter
+        ids = random.Random(f"wallaroo-{cfg.seed}")
+        self.pipeline_version = str(uuid.UUID(int=ids.getrandbits(128), version=4))
+        self.partition = f"engine-{ids.getrandbits(32):08x}-{ids.getrandbits(20):05x}"
+        self.last_model = orjson.dumps({"model_name": MODEL_NAME, "model_sha": MODEL_SHA}).decode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        cfg = self.ctx.config
+        if path.startswith(EXTERNAL_PREFIX):
+            if method != "POST":
+                return await _method_not_allowed(send)
+            denied = self._auth_error(scope)
+            if denied is not None:
+                return await send_json(send, 401, error_body(401, denied, "platform"))
+            parts = path[len(EXTERNAL_PREFIX):].strip("/").split("/")
+            if len(parts) != 2 or parts[0] != cfg.deployment or parts[1] != cfg.pipeline:
+                return await send_json(send, 404, error_body(404, "Deployment not found", "platform"))
+            return await self._infer(scope, receive, send)
+        if path.startswith("/pipelines/"):
+            if method != "POST":
+                return await _method_not_allowed(send)
+            if path[len("/pipelines/"):].strip("/") != cfg.pipeline:
+                return await send_json(send, 404, error_body(404, "Deployment not found", "engine"))
+            return await self._infer(scope, receive, send)
+        if path == "/infer":
+            if method != "POST":
+                return await _method_not_allowed(send)
+            return await self._infer(scope, receive, send)
+        if path == "/pipelines" and method == "GET":
+            return await send_json(send, 200, {"pipelines": [{
+                "id": cfg.pipeline, "version": self.pipeline_version, "status": self.ctx.deployment_status()}]})
+        if path == "/models" and method == "GET":
+            return await send_json(send, 200, {"models": [{
+                "sha": MODEL_SHA, "name": MODEL_NAME, "version": self.pipeline_version,
+                "status": self.ctx.deployment_status()}]})
+        await send_json(send, 404, error_body(404, f"Not found: {path}", "engine"))
+
+    def _auth_error(self, scope: Scope) -> str | None:
+        """Only the external URL is behind the platform's gateway; internal and edge URLs are not."""
+        if not self.ctx.config.require_token:
+            return None
+        header = _header(scope, b"authorization")
+        if not header:
+            return "Jwt is missing"
+        if self.ctx.tokens is None:
+            return None
+        return self.ctx.tokens.verify(header)
+
+    async def _infer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await read_body(receive)
+        status = self.ctx.deployment_status()
+        if status != "Running":
+            msg = f"resources not available: pipeline {self.ctx.config.pipeline} is {status}"
+            return await send_json(send, 503, error_body(503, msg, "platform"))
+        t0 = time.perf_counter_ns()
+        content_type = _header(scope, b"content-type") or "application/json"
+        echo: list[Any] | npt.NDArray[np.float32]
+        try:
+            if "arrow" in content_type:
+                matrix, echo = _decode_arrow(body)
+            elif "json" in content_type:
+                matrix, echo = _decode_records(body)
+            else:
+                return await send_json(send, 415, error_body(415, f"unsupported content type {content_type}",
+                                                             "engine"))
+        except BadInput as exc:
+            return await send_json(send, 400, error_body(400, str(exc), "engine"))
+        ser_ns = time.perf_counter_ns() - t0
+        rate = self.ctx.config.error_rate
+        if rate > 0 and self._errors.random() < rate:
+            if self._errors.random() < 0.5:
+                return await send_json(send, 500, error_body(500, "internal error: model step failed", "model"))
+            return await send_json(send, 503, error_body(503, "resources not available", "engine"))
+        t1 = time.perf_counter_ns()
+        await self.ctx.model.serve(len(matrix))
+        scores = self.model.predict(matrix)
+        step_ns = time.perf_counter_ns() - t1
+        query = _dataset_options(scope)
+        now_ms = time.time_ns() // 1_000_000
+        accept = _header(scope, b"accept") or ""
+        if ARROW_FILE in accept:
+            out = self._encode_arrow(matrix, scores, now_ms, ser_ns, step_ns, *query)
+            return await send_response(send, 200, out, ARROW_FILE)
+        out = self._encode_records(echo, scores, now_ms, ser_ns, step_ns, *query)
+        await send_response(send, 200, out, JSON_RECORDS)
+
+    def _encode_records(self, echo: list[Any] | npt.NDArray[np.float32], scores: npt.NDArray[np.float64],
+                        now_ms: int, ser_ns: int, step_ns: int, with_metadata: bool, flat: bool) -> bytes:
+        meta = {"last_model": self.last_model, "pipeline_version": self.pipeline_version,
+                "elapsed": [ser_ns, step_ns], "dropped": [], "partition": self.partition}
+        records: list[dict[str, Any]] = []
+        append = records.append
+        for tensor, score in zip(echo, scores.tolist(), strict=True):
+            if flat:
+                rec: dict[str, Any] = {"time": now_ms, "in.tensor": tensor, "out.dense_1": [score],
+                                       "anomaly.count": 0}
+                if with_metadata:
+                    rec.update({f"metadata.{k}": v for k, v in meta.items()})
+            else:
+                rec = {"time": now_ms, "in": {"tensor": tensor}, "out": {"dense_1": [score]},
+                       "anomaly": {"count": 0}}
+                if with_metadata:
+                    rec["metadata"] = meta
+            append(rec)
+        return orjson.dumps(records, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    def _encode_arrow(self, matrix: npt.NDArray[np.float64], scores: npt.NDArray[np.float64], now_ms: int,
+                      ser_ns: int, step_ns: int, with_metadata: bool, flat: bool) -> bytes:
+        n = len(scores)
+        tensor = pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * FEATURES, FEATURES, dtype=np.int32)),
+                                          pa.array(matrix.astype(np.float32).ravel()))
+        dense = pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)),
+                                         pa.array(scores.astype(np.float32)))
+        columns: list[pa.Array] = [
+            pa.array(np.full(n, now_ms, dtype=np.int64)),
+            pa.StructArray.from_arrays([tensor], names=["tensor"]),
+            pa.StructArray.from_arrays([dense], names=["dense_1"]),
+            pa.StructArray.from_arrays([pa.array(np.zeros(n, dtype=np.uint32))], names=["count"]),
+        ]
+        names = ["time", "in", "out", "anomaly"]
+        if with_metadata:
+            elapsed = pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * n + 1, 2, dtype=np.int32)),
+                                               pa.array(np.tile(np.array([ser_ns, step_ns], dtype=np.uint64), n)))
+            dropped = pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], pa.string()))
+            columns.append(pa.StructArray.from_arrays(
+                [pa.array([self.last_model] * n, pa.string()), pa.array([self.pipeline_version] * n, pa.string()),
+                 elapsed, dropped, pa.array([self.partition] * n, pa.string())],
+                names=["last_model", "pipeline_version", "elapsed", "dropped", "partition"]))
+            names.append("metadata")
+        table = pa.Table.from_arrays(columns, names=names)
+        if flat:
+            table = table.flatten()
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        return bytes(sink.getvalue().to_pybytes())
+
+
+def _decode_records(body: bytes) -> tuple[npt.NDArray[np.float64], list[Any]]:
+    """pandas-records JSON → (n, 29) matrix, plus the tensors as sent (echoed back in ``in.tensor``)."""
+    try:
+        rows = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadInput(f"invalid JSON: {exc}") from None
+    if not isinstance(rows, list):
+        raise BadInput("expected a JSON array of records (pandas-records)")
+    if not rows:
+        raise BadInput("no rows in input")
+    try:
+        tensors = [row["tensor"] for row in rows]
+    except (TypeError, KeyError):
+        raise BadInput("schema mismatch: every record needs a 'tensor' field") from None
+    try:
+        matrix = np.asarray(tensors, dtype=np.float64)
+    except (ValueError, TypeError):
+        raise BadInput(f"schema mismatch: 'tensor' must be a list of {FEATURES} numbers") from None
+    _check_matrix(matrix)
+    return matrix, tensors
+
+
+def _decode_arrow(body: bytes) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float32]]:
+    """Arrow IPC file (a stream is accepted too) with a ``tensor`` list column → (n, 29) matrix."""
+    buf = pa.py_buffer(body)
+    try:
+        table = pa.ipc.open_file(buf).read_all()
+    except (pa.ArrowInvalid, OSError):
+        try:
+            table = pa.ipc.open_stream(buf).read_all()
+        except (pa.ArrowInvalid, OSError):
+            raise BadInput("body is not an Arrow IPC file") from None
+    if "tensor" not in table.column_names:
+        raise BadInput("schema mismatch: no 'tensor' column")
+    if table.num_rows == 0:
+        raise BadInput("no rows in input")
+    col = table.column("tensor").combine_chunks()
+    if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)
+            or pa.types.is_fixed_size_list(col.type)):
+        raise BadInput(f"schema mismatch: 'tensor' must be a list of {FEATURES} numbers, not {col.type}")
+    if col.null_count:
+        raise BadInput("tensor values may not be null")
+    lengths = pc.list_value_length(col)
+    if pc.min(lengths).as_py() != FEATURES or pc.max(lengths).as_py() != FEATURES:
+        raise BadInput(f"schema mismatch: 'tensor' must have {FEATURES} values")
+    values = col.flatten()
+    if values.null_count:
+        raise BadInput("tensor values may not be null")
+    if not (pa.types.is_floating(values.type) or pa.types.is_integer(values.type)):
+        raise BadInput(f"schema mismatch: tensor values must be numbers, not {values.type}")
+    flat = values.to_numpy(zero_copy_only=False)
+    matrix = flat.astype(np.float64).reshape(len(col), FEATURES)
+    _check_matrix(matrix)
+    return matrix, np.ascontiguousarray(flat.astype(np.float32).reshape(len(col), FEATURES))
+
+
+def _check_matrix(matrix: npt.NDArray[np.float64]) -> None:
+    if matrix.ndim != 2 or matrix.shape[1] != FEATURES:
+        raise BadInput(f"schema mismatch: 'tensor' must have {FEATURES} values")
+    if np.isnan(matrix).any():  # JSON has no NaN: a NaN here was a null
+        raise BadInput("tensor values may not be null")
+
+
+def _dataset_options(scope: Scope) -> tuple[bool, bool]:
+    """(with_metadata, flat) from the SDK's ``dataset.exclude[]=metadata`` / ``dataset.separator=.``."""
+    raw: bytes = scope.get("query_string", b"")
+    if not raw:
+        return True, False
+    query = parse_qs(raw.decode("latin-1"))
+    excluded = query.get("dataset.exclude[]", []) + query.get("dataset.exclude", [])
+    separator = (query.get("dataset.separator") or [""])[0]
+    return "metadata" not in excluded, separator == "."
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def error_body(code: int, message: str, source: str) -> dict[str, object]:
+    """The Wallaroo error shape."""
+    return {"code": code, "status": "error", "error": message, "source": source}
+
+
+async def _method_not_allowed(send: Send) -> None:
+    await send_json(send, 405, error_body(405, "method not allowed", "engine"))
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body (ASGI delivers it in chunks)."""
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    chunks = [body]
+    while message.get("more_body", False):
+        message = await receive()
+        chunks.append(message.get("body", b""))
+    return b"".join(chunks)
+
+
+async def send_response(send: Send, status: int, body: bytes, content_type: str) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type.encode("latin-1")),
+                            (b"content-length", str(len(body)).encode("ascii"))]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_json(send: Send, status: int, payload: object) -> None:
+    await send_response(send, status, orjson.dumps(payload), "application/json")
