@@ -1,0 +1,107 @@
+"""Intended send times for open-loop load: pure generators of offsets in ns from the start of a phase.
+
+Each offset is computed from its index (never by adding periods), so rounding never accumulates into drift.
+Poisson and ramp offsets are drawn in numpy blocks, keeping the per-send cost far below the engine's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from itertools import count
+
+import numpy as np
+
+__all__ = ["constant_offsets", "poisson_offsets", "ramp_offsets"]
+
+_NS = 1_000_000_000
+_BLOCK = 8192
+
+
+def _check_rate(rate: float, name: str = "rate") -> float:
+    value = float(rate)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {rate!r}")
+    return value
+
+
+def constant_offsets(rate: float) -> Iterator[int]:
+    """Request k at round(k * 1e9 / rate) ns: 0, 1/rate, 2/rate, … (endless)."""
+    r = _check_rate(rate)
+    for k in count():
+        yield round(k * _NS / r)
+
+
+def poisson_offsets(rate: float, seed: int) -> Iterator[int]:
+    """A Poisson process of the given mean rate: exponential inter-arrivals from a seeded generator (endless).
+
+    The first send is one inter-arrival after the start. The running sum is kept in float64 ns, exact to well
+    below 1 ns for days of offsets.
+    """
+    r = _check_rate(rate)
+    rng = np.random.default_rng(seed)
+    scale = _NS / r
+    t = 0.0
+    while True:
+        times = np.cumsum(rng.exponential(scale, _BLOCK)) + t
+        t = float(times[-1])
+        yield from np.rint(times).astype(np.int64).tolist()
+
+
+def ramp_offsets(stages: Sequence[tuple[float, float]], start_rate: float = 0.0) -> Iterator[int]:
+    """Piecewise-linear rate, k6 ``ramping-arrival-rate`` style: each ``(duration_s, target_rate)`` stage moves
+    the rate linearly from where the previous stage ended (``start_rate`` for the first) to ``target_rate``.
+
+    Send k happens when the integral of the rate reaches k (k = 0, 1, …): so a constant stage matches
+    ``constant_offsets``, and a stage of rate 0 is a pause. Times lie in [0, total duration); the generator
+    ends after the last stage. A zero-duration stage makes the rate jump.
+    """
+    if not stages:
+        raise ValueError("ramp needs at least one (duration_s, target_rate) stage")
+    r0 = float(start_rate)
+    if not math.isfinite(r0) or r0 < 0:
+        raise ValueError(f"start_rate must be a finite number >= 0, got {start_rate!r}")
+    plan: list[tuple[float, float, float]] = []  # (duration_s, rate at start, rate at end)
+    for i, stage in enumerate(stages):
+        if len(stage) != 2:
+            raise ValueError(f"stage {i}: expected (duration_s, target_rate), got {stage!r}")
+        duration, target = float(stage[0]), float(stage[1])
+        if not math.isfinite(duration) or duration < 0:
+            raise ValueError(f"stage {i}: duration must be a finite number >= 0, got {stage[0]!r}")
+        if not math.isfinite(target) or target < 0:
+            raise ValueError(f"stage {i}: target rate must be a finite number >= 0, got {stage[1]!r}")
+        plan.append((duration, r0, target))
+        r0 = target
+    if sum(d for d, _, _ in plan) <= 0:
+        raise ValueError("ramp stages must last longer than 0 s in total")
+    return _ramp(plan)
+
+
+def _ramp(plan: list[tuple[float, float, float]]) -> Iterator[int]:
+    t0 = 0.0  # stage start, s
+    done = 0.0  # integral of the rate up to the stage start (requests)
+    k = 0  # next request index
+    for duration, ra, rb in plan:
+        if duration == 0:
+            continue
+        area = (ra + rb) * duration / 2
+        end = done + area
+        # Indices k with done <= k < end fall in this stage; solve a*tau^2 + b*tau = k - done for tau with
+        # the cancellation-free root 2m / (b + sqrt(b^2 + 4am)) (valid for rising, falling and flat rates).
+        a = (rb - ra) / (2 * duration)
+        b = ra
+        while k < end:
+            ks = np.arange(k, min(math.ceil(end), k + _BLOCK), dtype=np.float64)
+            ks = ks[ks < end]
+            if ks.size == 0:
+                break
+            m = ks - done
+            root = np.sqrt(np.maximum(b * b + 4 * a * m, 0.0))
+            denom = b + root
+            with np.errstate(divide="ignore", invalid="ignore"):
+                tau = np.where(m > 0, 2 * m / np.where(denom > 0, denom, 1.0), 0.0)
+            tau = np.minimum(tau, duration)
+            yield from np.rint((t0 + tau) * _NS).astype(np.int64).tolist()
+            k += int(ks.size)
+        t0 += duration
+        done = end
