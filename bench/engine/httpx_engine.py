@@ -1,0 +1,258 @@
+"""The httpx engine: HTTP/2 (h2c prior knowledge or TLS+ALPN) and an HTTP/1.1 fallback.
+
+One ``httpx.AsyncClient`` per connection, never one pool shared by many workers: httpcore's pool bookkeeping
+grows with the square of the connection count and, shared, inflates measured latency a thousandfold. With
+HTTP/2 each client holds one connection and the workers assigned to it multiplex their streams over it.
+Slower per request than the lean engine (a coroutine per request), but it covers what that engine does not.
+Outcomes map to the same kinds as the lean engine; stream resets are a ``protocol_error``, never fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+import httpx
+
+from bench.engine.base import Classifier, EngineConfig, LoadSpec, RequestSet, ResultSink, StopSignal
+from bench.engine.fast import exception_kind, make_ssl_context
+from bench.engine.loopmon import LoopMonitor
+from bench.results import Kind
+
+__all__ = ["HttpxEngine", "httpx_kind"]
+
+_MAX_BACKOFF_S = 0.5
+_CONNECT_KINDS = frozenset({int(Kind.CONNECT_REFUSED), int(Kind.CONNECT_TIMEOUT), int(Kind.TLS_ERROR)})
+
+
+def httpx_kind(exc: BaseException) -> int:
+    """Map an httpx/httpcore exception to a Kind code (same meaning as the lean engine's kinds)."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return int(Kind.CONNECT_TIMEOUT)
+    if isinstance(exc, httpx.ReadTimeout | httpx.WriteTimeout):
+        return int(Kind.READ_TIMEOUT)
+    if isinstance(exc, httpx.ConnectError):
+        return exception_kind(exc, connecting=True)
+    if isinstance(exc, httpx.RemoteProtocolError):
+        text = str(exc).lower()
+        return int(Kind.RESET) if "disconnect" in text or "closed" in text else int(Kind.PROTOCOL_ERROR)
+    if isinstance(exc, httpx.LocalProtocolError | httpx.DecodingError):
+        return int(Kind.PROTOCOL_ERROR)
+    if isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.CloseError):
+        return exception_kind(exc, connecting=False)
+    if isinstance(exc, OSError):
+        return exception_kind(exc, connecting=False)
+    return int(Kind.OTHER)
+
+
+class HttpxEngine:
+    """See the module docstring. Constructed as ``HttpxEngine(config, requests, classify, sink)``."""
+
+    def __init__(self, config: EngineConfig, requests: RequestSet, classify: Classifier,
+                 sink: ResultSink) -> None:
+        self.config = config
+        self.requests = requests
+        self.classify = classify
+        self.sink = sink
+        self.abandoned = 0
+        if not requests.bodies:
+            raise ValueError("RequestSet has no bodies")
+        parts = urlsplit(requests.url)
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"unsupported URL scheme: {requests.url!r}")
+        self._tls = parts.scheme == "https"
+        self._url = httpx.URL(requests.url)
+        self._method = requests.method.upper()
+        self._bodies = [b.body for b in requests.bodies]
+        self._rows = [b.rows for b in requests.bodies]
+        self._headers = self._clean(requests.headers)
+        self._seq = 0
+        self._inflight = 0
+        self._stopping = False
+        self._end_ns = 0
+        self._max_requests = 0
+        self._clients: list[httpx.AsyncClient] = []
+
+    @staticmethod
+    def _clean(headers: Mapping[str, str]) -> dict[str, str]:
+        drop = ("host", "content-length", "transfer-encoding", "connection")
+        return {k: v for k, v in headers.items() if k.lower() not in drop}
+
+    def set_headers(self, headers: Mapping[str, str]) -> None:
+        merged = dict(self._headers)
+        merged.update(self._clean(headers))
+        self._headers = merged  # swapped atomically; the next request picks it up
+
+    def _client(self) -> httpx.AsyncClient:
+        cfg = self.config
+        h2c = cfg.http2 and not self._tls
+        verify: object = make_ssl_context(cfg, ["h2", "http/1.1"] if cfg.http2 else ["http/1.1"]) \
+            if self._tls else True
+        client = httpx.AsyncClient(
+            http1=not h2c, http2=cfg.http2, verify=verify,  # type: ignore[arg-type]
+            timeout=httpx.Timeout(connect=cfg.connect_timeout_s, read=cfg.read_timeout_s,
+                                  write=cfg.read_timeout_s, pool=None),
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1, keepalive_expiry=None),
+            trust_env=False, follow_redirects=False)
+        self._clients.append(client)
+        return client
+
+    def _may_issue(self, now: int) -> bool:
+        if self._stopping:
+            return False
+        if now >= self._end_ns or (self._max_requests and self._seq >= self._max_requests):
+            self._stopping = True
+            return False
+        return True
+
+    async def run(self, load: LoadSpec, stop: StopSignal) -> None:
+        loop = asyncio.get_running_loop()
+        self._end_ns = load.end_ns
+        self._max_requests = load.max_requests
+        monitor = LoopMonitor(self.sink.loop_lag)
+        monitor.start()
+        stop_task = loop.create_task(stop.wait())
+        issuing_done: asyncio.Future[None] = loop.create_future()
+
+        def on_stop(_t: object) -> None:
+            self._stopping = True
+            if not issuing_done.done():
+                issuing_done.set_result(None)
+
+        stop_task.add_done_callback(on_stop)
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            delay = (load.start_ns - time.monotonic_ns()) / 1e9
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if load.mode == "open":
+                if load.offsets_ns is None:
+                    raise ValueError("open loop needs LoadSpec.offsets_ns")
+                dispatcher = loop.create_task(self._open(load, tasks))
+                await asyncio.wait([dispatcher, issuing_done], return_when=asyncio.FIRST_COMPLETED)
+                self._stopping = True
+                dispatcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await dispatcher
+            else:
+                n = max(1, load.concurrency)
+                conns = n if not self.config.http2 else max(1, min(n, self.config.connections or 1))
+                clients = [self._client() for _ in range(conns)]
+                for i in range(n):
+                    t = loop.create_task(self._worker(clients[i % conns]))
+                    tasks.add(t)
+                    t.add_done_callback(tasks.discard)
+                # a worker only ends once issuing has stopped (end_ns / max_requests); then drain the rest
+                await asyncio.wait([*tasks, issuing_done], return_when=asyncio.FIRST_COMPLETED)
+                self._stopping = True
+            if tasks:
+                await asyncio.wait(list(tasks), timeout=max(0.0, load.drain_s))
+        finally:
+            for t in list(tasks):
+                t.cancel()
+            if tasks:
+                await asyncio.wait(list(tasks))
+            monitor.stop()
+            stop_task.cancel()
+            for client in self._clients:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+            self._clients.clear()
+
+    async def _worker(self, client: httpx.AsyncClient) -> None:
+        """Closed loop: one slot; the next request goes as soon as the previous answer is in."""
+        intended = time.monotonic_ns()
+        failures = 0
+        while self._may_issue(intended):
+            kind = await self._one(client, intended)
+            if kind in _CONNECT_KINDS:  # target down: back off instead of spinning, don't bill the pause
+                failures += 1
+                await asyncio.sleep(min(_MAX_BACKOFF_S, 0.001 * 2 ** (failures - 1)))
+            else:
+                failures = 0
+            intended = time.monotonic_ns()
+
+    async def _open(self, load: LoadSpec, tasks: set[asyncio.Task[None]]) -> None:
+        assert load.offsets_ns is not None
+        limit = load.max_in_flight or 1024
+        loop = asyncio.get_running_loop()
+        h2 = self.config.http2
+        n_clients = max(1, self.config.connections or 1) if h2 else limit
+        idle: list[httpx.AsyncClient] = []
+        rr = 0
+        for off in load.offsets_ns:
+            intended = load.start_ns + off
+            if not self._may_issue(intended):
+                return
+            wait = (intended - time.monotonic_ns()) / 1e9
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if self._stopping:
+                return
+            if self._inflight >= limit:
+                self.sink.dropped(intended)
+                continue
+            if h2:
+                if len(self._clients) < n_clients:
+                    client = self._client()
+                else:
+                    client = self._clients[rr % n_clients]
+                    rr += 1
+            else:
+                client = idle.pop() if idle else self._client()
+            t = loop.create_task(self._open_one(client, intended, idle, h2))
+            tasks.add(t)
+            t.add_done_callback(tasks.discard)
+
+    async def _open_one(self, client: httpx.AsyncClient, intended: int, idle: list[httpx.AsyncClient],
+                        h2: bool) -> None:
+        await self._one(client, intended)
+        if not h2:
+            idle.append(client)
+
+    async def _one(self, client: httpx.AsyncClient, intended: int) -> int:
+        """Send one request and record it; returns its kind. Cancelled = abandoned (not recorded)."""
+        i = self._seq % len(self._bodies)
+        self._seq += 1
+        self._inflight += 1
+        body_out = self._bodies[i]
+        rows_in = self._rows[i]
+        limit = self.config.max_body_bytes
+        sent = time.monotonic_ns()
+        try:
+            request = client.build_request(self._method, self._url, content=body_out, headers=self._headers)
+            response = await client.send(request, stream=True)
+            try:
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_raw():
+                    if size < limit:
+                        chunks.append(chunk[: limit - size])
+                    size += len(chunk)
+                body = b"".join(chunks)
+                bytes_in = response.num_bytes_downloaded
+            finally:
+                await response.aclose()
+            done = time.monotonic_ns()
+            status = response.status_code
+            kind, rows_out, server_ns = self.classify(status, body, rows_in)
+            self.sink.record(intended, sent, done, kind, status, rows_out if kind == 0 else rows_in,
+                             len(body_out), bytes_in, server_ns)
+            if kind != 0:
+                self.sink.error_detail(kind, status, body[:512])
+            return kind
+        except asyncio.CancelledError:
+            self.abandoned += 1
+            raise
+        except (httpx.HTTPError, OSError) as exc:
+            done = time.monotonic_ns()
+            kind = httpx_kind(exc)
+            self.sink.record(intended, sent, done, kind, 0, rows_in,
+                             0 if kind in _CONNECT_KINDS else len(body_out), 0, 0)
+            self.sink.error_detail(kind, 0, (repr(exc) or type(exc).__name__).encode("utf-8", "replace")[:512])
+            return kind
+        finally:
+            self._inflight -= 1
