@@ -1,0 +1,371 @@
+"""The recorder: the engines' ResultSink. Cheap on the hot path, exact in the histograms.
+
+``record`` only appends nine ints to a flat ``array('q')``; every ``batch`` records the buffer is folded into
+the HDR histograms and per-second series with numpy (vectorised bucket indices + bincount). Memory stays flat:
+nothing per request is kept after a fold (the optional raw log is streamed to an Arrow IPC stream file).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.report.model import (
+    MEASURED,
+    WARMUP,
+    ErrorCount,
+    ErrorSample,
+    HistKey,
+    Histogram,
+    IntArray,
+    PerSecond,
+    Phase,
+    RunData,
+    Totals,
+    counts_index,
+)
+from bench.results import Kind, kind_name
+
+__all__ = ["MAX_ERROR_SAMPLES", "Progress", "Recorder"]
+
+MAX_ERROR_SAMPLES = 20
+_NFIELDS = 9  # intended, sent, done, kind, status, rows, bytes_out, bytes_in, server
+_OPEN_SECONDS = 3  # per-second histograms kept dense (others encoded) — answers arrive slightly out of order
+_SECRET_IN_TEXT = re.compile(rb"(?i)(bearer\s+|token[\"'=:\s]+|secret[\"'=:\s]+|password[\"'=:\s]+)[^\s\"',}]+")
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A live snapshot for progress displays."""
+
+    elapsed_s: float
+    recent_rps: float  # completions per second over the last ~2 s
+    recent_p99_ms: float  # latency (from intended time) p99 of ok requests over the last ~2 s
+    requests: int  # all recorded requests so far (both phases)
+    errors: int
+    dropped: int
+
+
+def _us(ns: IntArray) -> IntArray:
+    """ns -> µs, rounded to nearest, clipped at 0 (clock skew between calls must not go negative)."""
+    out: IntArray = np.maximum((ns + 500) // 1000, 0)
+    return out
+
+
+class _Growable:
+    """Per-second int64 columns that grow by doubling."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.cols = {n: np.zeros(64, dtype=np.int64) for n in names}
+        self.used = np.zeros(64, dtype=bool)
+        self.n = 0  # 1 + highest second seen
+
+    def ensure(self, size: int) -> None:
+        cap = len(self.used)
+        if size <= cap:
+            self.n = max(self.n, size)
+            return
+        new = max(size, cap * 2)
+        for k, v in self.cols.items():
+            grown = np.zeros(new, dtype=np.int64)
+            grown[:cap] = v
+            self.cols[k] = grown
+        used = np.zeros(new, dtype=bool)
+        used[:cap] = self.used
+        self.used = used
+        self.n = max(self.n, size)
+
+
+class Recorder:
+    """Implements bench.engine.base.ResultSink plus the extra API other parts use.
+
+    Phase of a request: warmup if its intended time is before ``warmup_end_ns``, else measured.
+    Times are ``time.monotonic_ns()``; the wall-clock start is captured at construction.
+    """
+
+    def __init__(self, start_ns: int, warmup_end_ns: int, *, raw_path: Path | None = None,
+                 batch: int = 8192, clock: Callable[[], int] = time.monotonic_ns) -> None:
+        self.start_ns = start_ns
+        self.warmup_end_ns = warmup_end_ns
+        self.start_unix_ns = time.time_ns() - (time.monotonic_ns() - start_ns)
+        self._clock = clock
+        self._batch_len = batch * _NFIELDS
+        self._buf = array("q")
+        self._dropped_buf = array("q")
+        self._lag_buf = array("q")
+        self._named_buf: dict[str, array[int]] = {}
+        self._hists: dict[HistKey, Histogram] = {}
+        self._totals = {WARMUP: Totals(), MEASURED: Totals()}
+        self._errors: dict[tuple[str, int, str], int] = {}
+        self._samples: dict[tuple[int, int, bytes], int] = {}
+        self._counters: dict[str, int] = {}
+        self._gauges: dict[str, dict[int, float]] = {}
+        self._series = _Growable(PerSecond.COUNT_COLUMNS)
+        self._open_sec: dict[int, Histogram] = {}
+        self._closed_sec: dict[int, str] = {}
+        self._max_sec = -1
+        self._raw_path = raw_path
+        self._raw_writer: Any = None
+        self._finished = False
+
+    # -- ResultSink (hot path) -------------------------------------------------------------------------
+    def record(self, intended_ns: int, sent_ns: int, done_ns: int, kind: int, status: int, rows: int,
+               bytes_out: int, bytes_in: int, server_ns: int) -> None:
+        buf = self._buf
+        buf.extend((intended_ns, sent_ns, done_ns, kind, status, rows, bytes_out, bytes_in, server_ns))
+        if len(buf) >= self._batch_len:
+            self._flush()
+
+    def error_detail(self, kind: int, status: int, detail: bytes) -> None:
+        key = (kind, status, detail[:512])
+        samples = self._samples
+        if key in samples:
+            samples[key] += 1
+        elif len(samples) < MAX_ERROR_SAMPLES:
+            samples[key] = 1
+
+    def dropped(self, intended_ns: int) -> None:
+        self._dropped_buf.append(intended_ns)
+
+    def loop_lag(self, lag_ns: int) -> None:
+        self._lag_buf.append(lag_ns)
+
+    # -- extra API -------------------------------------------------------------------------------------
+    def record_named(self, name: str, value_ns: int) -> None:
+        """A value for an extra histogram (e.g. UbiOps batch 'batch_e2e', 'queue', 'processing')."""
+        buf = self._named_buf.get(name)
+        if buf is None:
+            buf = self._named_buf[name] = array("q")
+        buf.append(self._clock())
+        buf.append(value_ns)
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Bump a named counter (e.g. 'token_refresh', 'status_completed')."""
+        self._counters[name] = self._counters.get(name, 0) + n
+
+    def gauge(self, name: str, value: float) -> None:
+        """Set a per-second last-value series (e.g. a rate-limit header)."""
+        sec = max(0, (self._clock() - self.start_ns) // 1_000_000_000)
+        self._gauges.setdefault(name, {})[sec] = float(value)
+
+    def progress(self) -> Progress:
+        self._flush()
+        now = self._clock()
+        elapsed = max(0.0, (now - self.start_ns) / 1e9)
+        cur = int(elapsed)
+        lo = max(0, cur - 2)
+        s = self._series
+        hi = min(cur + 1, s.n)
+        n = int(s.cols["requests"][lo:hi].sum()) if hi > lo else 0
+        window = elapsed - lo
+        recent = Histogram.merged(h for sec, h in self._open_sec.items() if sec >= lo)
+        t = self._totals
+        return Progress(
+            elapsed_s=elapsed,
+            recent_rps=n / window if window > 0 else 0.0,
+            recent_p99_ms=recent.percentiles_ms((99,))[99],
+            requests=t[WARMUP].requests + t[MEASURED].requests,
+            errors=t[WARMUP].errors + t[MEASURED].errors,
+            dropped=t[WARMUP].dropped + t[MEASURED].dropped,
+        )
+
+    def finish(self, end_ns: int, *, partial: bool) -> RunData:
+        """Fold everything and return the run's data; the recorder must not be used afterwards."""
+        self._flush()
+        for sec in sorted(self._open_sec):
+            self._close_second(sec)
+        if self._raw_writer is not None:
+            self._raw_writer.close()
+            self._raw_writer = None
+        self._finished = True
+        warm_end = max(0.0, (self.warmup_end_ns - self.start_ns) / 1e9)
+        end = max(0.0, (end_ns - self.start_ns) / 1e9)
+        phases = [Phase(WARMUP, 0.0, min(warm_end, end)), Phase(MEASURED, min(warm_end, end), end)]
+        s = self._series
+        secs = np.nonzero(s.used[: s.n])[0].astype(np.int64)
+        series = PerSecond(second=secs, **{k: v[secs].copy() for k, v in s.cols.items()},
+                           hdr=[self._closed_sec.get(int(i), "") for i in secs])
+        errors = [ErrorCount(k, st, ph, c) for (k, st, ph), c in sorted(self._errors.items())]
+        samples = [ErrorSample(kind_name(k), st, _redact_detail(d), c) for (k, st, d), c in self._samples.items()]
+        return RunData(start_unix_ns=self.start_unix_ns, phases=phases, partial=partial,
+                       histograms=dict(sorted(self._hists.items())), series=series,
+                       totals={k: Totals(**{f: getattr(v, f) for f in Totals.__slots__})
+                               for k, v in self._totals.items()},
+                       counters=dict(self._counters), gauges={k: dict(v) for k, v in self._gauges.items()},
+                       errors=errors, error_samples=samples,
+                       raw_path=self._raw_path if self._raw_path is not None and self._raw_path.exists()
+                       else None)
+
+    # -- folding ---------------------------------------------------------------------------------------
+    def _hist(self, metric: str, phase: str, outcome: str) -> Histogram:
+        key = HistKey(metric, phase, outcome)
+        h = self._hists.get(key)
+        if h is None:
+            h = self._hists[key] = Histogram()
+        return h
+
+    def _flush(self) -> None:
+        if self._finished:
+            raise RuntimeError("recorder already finished")
+        if self._buf:
+            buf, self._buf = self._buf, array("q")
+            self._fold(np.frombuffer(buf, dtype=np.int64).reshape(-1, _NFIELDS))
+        if self._dropped_buf:
+            buf, self._dropped_buf = self._dropped_buf, array("q")
+            self._fold_dropped(np.frombuffer(buf, dtype=np.int64))
+        if self._lag_buf:
+            buf, self._lag_buf = self._lag_buf, array("q")
+            self._hist("loop_lag", self._phase_now(), "all").record_us(_us(np.frombuffer(buf, dtype=np.int64)))
+        for name, nbuf in self._named_buf.items():
+            if nbuf:
+                pairs = np.frombuffer(nbuf, dtype=np.int64).reshape(-1, 2)
+                measured = pairs[:, 0] >= self.warmup_end_ns
+                for phase, m in ((MEASURED, measured), (WARMUP, ~measured)):
+                    if m.any():
+                        self._hist(name, phase, "all").record_us(_us(pairs[m, 1]))
+                self._named_buf[name] = array("q")
+
+    def _phase_now(self) -> str:
+        return MEASURED if self._clock() >= self.warmup_end_ns else WARMUP
+
+    def _fold(self, a: IntArray) -> None:
+        intended, sent, done, kind = a[:, 0], a[:, 1], a[:, 2], a[:, 3]
+        status, rows, b_out, b_in, server = a[:, 4], a[:, 5], a[:, 6], a[:, 7], a[:, 8]
+        lat = _us(done - intended)
+        svc = _us(done - sent)
+        lag = _us(sent - intended)
+        lat_idx = counts_index(lat)
+        svc_idx = counts_index(svc)
+        ok = kind == Kind.OK
+        measured = intended >= self.warmup_end_ns
+        all_ok = bool(ok.all())
+        all_measured = bool(measured.all())
+        all_warm = not all_measured and not bool(measured.any())
+        for phase, pm in ((MEASURED, measured), (WARMUP, ~measured)):
+            if (phase == MEASURED and all_warm) or (phase == WARMUP and all_measured):
+                continue
+            whole_phase = all_measured if phase == MEASURED else all_warm
+            tot = self._totals[phase]
+            for outcome, om in (("ok", ok), ("error", ~ok)):
+                if outcome == "error" and all_ok:
+                    continue
+                if whole_phase and outcome == "ok" and all_ok:
+                    sel: slice | IntArray = slice(None)
+                else:
+                    sel = np.nonzero(pm & om)[0]
+                    if len(sel) == 0:
+                        continue
+                lv, sv = lat[sel], svc[sel]
+                self._hist("latency", phase, outcome).record_indices(lat_idx[sel], int(lv.min()), int(lv.max()))
+                self._hist("service", phase, outcome).record_indices(svc_idx[sel], int(sv.min()), int(sv.max()))
+                n = len(lv)
+                tot.requests += n
+                if outcome == "ok":
+                    tot.ok += n
+                    tot.rows += int(rows[sel].sum())
+                else:
+                    tot.errors += n
+                    self._count_errors(kind[sel], status[sel], phase)
+                tot.bytes_out += int(b_out[sel].sum())
+                tot.bytes_in += int(b_in[sel].sum())
+            psel = slice(None) if whole_phase else np.nonzero(pm)[0]
+            self._hist("schedule_lag", phase, "all").record_us(lag[psel])
+            srv = server[psel]
+            srv = srv[srv > 0]
+            if len(srv):
+                self._hist("server", phase, "all").record_us(_us(srv))
+        self._fold_series(done, ok, rows, b_out, b_in, lat_idx, lat)
+        if self._raw_path is not None:
+            self._write_raw(a)
+
+    def _count_errors(self, kinds: IntArray, statuses: IntArray, phase: str) -> None:
+        pairs, counts = np.unique(np.stack([kinds, statuses], axis=1), axis=0, return_counts=True)
+        for (k, st), c in zip(pairs.tolist(), counts.tolist(), strict=True):
+            key = (kind_name(k), int(st), phase)
+            self._errors[key] = self._errors.get(key, 0) + int(c)
+
+    def _seconds(self, t_ns: IntArray) -> IntArray:
+        out: IntArray = np.maximum((t_ns - self.start_ns) // 1_000_000_000, 0)
+        return out
+
+    def _fold_series(self, done: IntArray, ok: npt_bool, rows: IntArray, b_out: IntArray, b_in: IntArray,
+                     lat_idx: IntArray, lat: IntArray) -> None:
+        sec = self._seconds(done)
+        lo, hi = int(sec.min()), int(sec.max())
+        s = self._series
+        s.ensure(hi + 1)
+        rel = sec - lo
+        width = hi - lo + 1
+        cols = s.cols
+        cols["requests"][lo:hi + 1] += np.bincount(rel, minlength=width)
+        cols["errors"][lo:hi + 1] += np.bincount(rel, weights=~ok, minlength=width).astype(np.int64)
+        cols["rows"][lo:hi + 1] += np.bincount(rel, weights=rows * ok, minlength=width).astype(np.int64)
+        cols["bytes_out"][lo:hi + 1] += np.bincount(rel, weights=b_out, minlength=width).astype(np.int64)
+        cols["bytes_in"][lo:hi + 1] += np.bincount(rel, weights=b_in, minlength=width).astype(np.int64)
+        s.used[lo:hi + 1] |= np.bincount(rel, minlength=width) > 0
+        for second in np.unique(sec[ok]).tolist() if lo != hi else ([lo] if ok.any() else []):
+            m = ok & (sec == second) if lo != hi else ok
+            sel = np.nonzero(m)[0]
+            h = self._open_sec.get(second)
+            if h is None:
+                h = Histogram()
+                old = self._closed_sec.pop(second, None)
+                if old:  # a late answer for a second already encoded: reopen it (rare)
+                    h = Histogram.decode(old)
+                self._open_sec[second] = h
+            lv = lat[sel]
+            h.record_indices(lat_idx[sel], int(lv.min()), int(lv.max()))
+        self._max_sec = max(self._max_sec, hi)
+        for second in [x for x in self._open_sec if x <= self._max_sec - _OPEN_SECONDS]:
+            self._close_second(second)
+
+    def _close_second(self, second: int) -> None:
+        h = self._open_sec.pop(second)
+        self._closed_sec[second] = h.encode() if h.total else ""
+
+    def _fold_dropped(self, intended: IntArray) -> None:
+        measured = intended >= self.warmup_end_ns
+        nm = int(measured.sum())
+        self._totals[MEASURED].dropped += nm
+        self._totals[WARMUP].dropped += len(intended) - nm
+        sec = self._seconds(intended)
+        s = self._series
+        s.ensure(int(sec.max()) + 1)
+        binned = np.bincount(sec)
+        s.cols["dropped"][: len(binned)] += binned
+        s.used[: len(binned)] |= binned > 0
+
+    def _write_raw(self, a: IntArray) -> None:
+        import pyarrow as pa
+        import pyarrow.ipc
+
+        batch = pa.record_batch({
+            "intended_ns": pa.array(a[:, 0] - self.start_ns),
+            "sent_ns": pa.array(a[:, 1] - self.start_ns),
+            "done_ns": pa.array(a[:, 2] - self.start_ns),
+            "kind": pa.array(a[:, 3].astype(np.int8)),
+            "status": pa.array(a[:, 4].astype(np.int32)),
+            "rows": pa.array(a[:, 5]),
+            "bytes_out": pa.array(a[:, 6]),
+            "bytes_in": pa.array(a[:, 7]),
+            "server_ns": pa.array(a[:, 8]),
+        })
+        if self._raw_writer is None:
+            assert self._raw_path is not None
+            self._raw_writer = pyarrow.ipc.new_stream(str(self._raw_path), batch.schema)
+        self._raw_writer.write_batch(batch)
+
+
+npt_bool = Any  # numpy boolean array (kept loose: numpy's bool typing is noisy under mypy --strict)
+
+
+def _redact_detail(detail: bytes) -> str:
+    """Error evidence as text, with anything that looks like a credential blanked."""
+    return _SECRET_IN_TEXT.sub(rb"\1***", detail).decode("utf-8", "replace")
