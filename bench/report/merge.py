@@ -1,0 +1,116 @@
+"""Exact merge of runs made at the same time (several processes or hosts).
+
+Histograms add bucket by bucket (same HDR setting everywhere), so merged percentiles equal those of one
+histogram of all values. Series are aligned by the wall-clock second of each run's start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from bench.errors import InputError
+from bench.report.model import (
+    ErrorCount,
+    ErrorSample,
+    HistKey,
+    Histogram,
+    PerSecond,
+    Phase,
+    Report,
+    ReportMeta,
+    RunData,
+    Totals,
+)
+from bench.report.writer import utc_iso
+
+__all__ = ["merge_reports", "merge_run_data"]
+
+_MAX_SAMPLES = 20
+
+
+def _merge_series(runs: Sequence[RunData], base_s: int) -> PerSecond:
+    by_sec: dict[int, dict[str, int]] = {}
+    hists: dict[int, Histogram] = {}
+    for run in runs:
+        shift = run.start_unix_ns // 1_000_000_000 - base_s
+        s = run.series
+        for i in range(len(s)):
+            sec = int(s.second[i]) + shift
+            row = by_sec.setdefault(sec, dict.fromkeys(PerSecond.COUNT_COLUMNS, 0))
+            for c in PerSecond.COUNT_COLUMNS:
+                row[c] += int(getattr(s, c)[i])
+            if s.hdr[i]:
+                hists.setdefault(sec, Histogram()).add(s.histogram(i))
+    secs = sorted(by_sec)
+    cols = {c: np.array([by_sec[x][c] for x in secs], dtype=np.int64) for c in PerSecond.COUNT_COLUMNS}
+    return PerSecond(second=np.array(secs, dtype=np.int64), **cols,
+                     hdr=[hists[x].encode() if x in hists and hists[x].total else "" for x in secs])
+
+
+def merge_run_data(runs: Sequence[RunData]) -> RunData:
+    """One RunData holding all of ``runs``: sums of counts, added histograms, series aligned by start second."""
+    if not runs:
+        raise ValueError("nothing to merge")
+    start = min(r.start_unix_ns for r in runs)
+    base_s = start // 1_000_000_000
+    hists: dict[HistKey, Histogram] = {}
+    totals: dict[str, Totals] = {}
+    counters: dict[str, int] = {}
+    gauges: dict[str, dict[int, float]] = {}
+    errors: dict[tuple[str, int, str], int] = {}
+    samples: dict[tuple[str, int, str], int] = {}
+    phase_span: dict[str, tuple[float, float]] = {}
+    for run in runs:
+        offset_s = (run.start_unix_ns - start) / 1e9
+        shift = run.start_unix_ns // 1_000_000_000 - base_s
+        for k, h in run.histograms.items():
+            hists.setdefault(k, Histogram()).add(h)
+        for ph, t in run.totals.items():
+            totals.setdefault(ph, Totals()).add(t)
+        for name, n in run.counters.items():
+            counters[name] = counters.get(name, 0) + n
+        for name, series in run.gauges.items():
+            g = gauges.setdefault(name, {})
+            for sec, v in series.items():
+                g[sec + shift] = max(v, g.get(sec + shift, v))
+        for e in run.errors:
+            errors[(e.kind, e.status, e.phase)] = errors.get((e.kind, e.status, e.phase), 0) + e.count
+        for sm in run.error_samples:
+            key = (sm.kind, sm.status, sm.detail)
+            if key in samples or len(samples) < _MAX_SAMPLES:
+                samples[key] = samples.get(key, 0) + sm.count
+        for p in run.phases:
+            lo, hi = phase_span.get(p.name, (p.start_s + offset_s, p.end_s + offset_s))
+            phase_span[p.name] = (min(lo, p.start_s + offset_s), max(hi, p.end_s + offset_s))
+    # Phases: each spans from its earliest start to its latest end across runs (runs made together overlap).
+    phases = [Phase(n, lo, hi) for n, (lo, hi) in phase_span.items()]
+    return RunData(
+        start_unix_ns=start, phases=phases, partial=any(r.partial for r in runs),
+        histograms=dict(sorted(hists.items())), series=_merge_series(runs, base_s), totals=totals,
+        counters=counters, gauges=gauges,
+        errors=[ErrorCount(k, s, p, c) for (k, s, p), c in sorted(errors.items())],
+        error_samples=[ErrorSample(k, s, d, c) for (k, s, d), c in samples.items()], raw_path=None)
+
+
+def merge_reports(reports: Sequence[Report]) -> Report:
+    """Merge whole reports: RunData merged exactly; metadata from the first, with hosts and verdicts combined."""
+    if not reports:
+        raise InputError("nothing to merge")
+    names = {r.meta.scenario_name for r in reports}
+    first = reports[0].meta
+    run = merge_run_data([r.run for r in reports])
+    end_s = max((p.end_s for p in run.phases), default=0.0)
+    reasons = [f"{r.meta.host or r.path}: {why}" for r in reports for why in r.meta.generator_bound_reasons]
+    meta = ReportMeta(
+        scenario_name=first.scenario_name if len(names) == 1 else "+".join(sorted(names)),
+        scenario_text=first.scenario_text, bench_version=first.bench_version,
+        python_version=first.python_version, libraries=dict(first.libraries),
+        host=",".join(dict.fromkeys(r.meta.host for r in reports)),
+        start_utc=utc_iso(run.start_unix_ns), end_utc=utc_iso(run.start_unix_ns + int(end_s * 1e9)),
+        load=dict(first.load), target=dict(first.target),
+        generator_bound=any(r.meta.generator_bound for r in reports), generator_bound_reasons=reasons,
+        cpu_fraction=None,
+        extra={**first.extra, "merged_from": [str(r.path) if r.path else r.meta.host for r in reports]})
+    return Report(meta=meta, run=run)

@@ -1,0 +1,87 @@
+"""The end-of-run summary: a plain dict (for --json) and a compact rich table. Measured phase only."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from bench.report.model import MEASURED, WARMUP, Histogram, Report
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = ["render_summary", "summarize"]
+
+_PCTS = ((50, "p50"), (90, "p90"), (99, "p99"), (99.9, "p999"))
+
+
+def _views(h: Histogram) -> dict[str, float]:
+    pct = h.percentiles_ms([p for p, _ in _PCTS])
+    out = {name: round(pct[p], 3) for p, name in _PCTS}
+    out["max"] = round(h.max_us / 1000.0, 3)
+    return out
+
+
+def summarize(report: Report) -> dict[str, Any]:
+    """requests, errors, rps, rows_per_s, latency_ms, service_ms, errors_by_kind, generator_bound, report, ...
+
+    ``requests`` counts every recorded request of the measured phase (ok + errors), so it equals the sum of
+    the measured latency histograms' counts. Latency views are over ok requests.
+    """
+    run = report.run
+    tot = run.total(MEASURED)
+    return {
+        "requests": tot.requests,
+        "errors": tot.errors,
+        "rps": round(run.rps(MEASURED), 3),
+        "rows_per_s": round(run.rows_per_s(MEASURED), 3),
+        "latency_ms": _views(run.histogram("latency", MEASURED, "ok")),
+        "service_ms": _views(run.histogram("service", MEASURED, "ok")),
+        "errors_by_kind": run.errors_by_kind(MEASURED),
+        "generator_bound": report.meta.generator_bound,
+        "generator_bound_reasons": list(report.meta.generator_bound_reasons),
+        "report": str(report.path) if report.path is not None else None,
+        "ok": tot.ok,
+        "error_rate": round(tot.errors / tot.requests, 6) if tot.requests else 0.0,
+        "dropped": tot.dropped,
+        "duration_s": round(run.duration_s(MEASURED), 3),
+        "warmup_requests": run.total(WARMUP).requests,
+        "schedule_lag_p99_ms": round(run.histogram("schedule_lag", MEASURED).percentiles_ms((99,))[99], 3),
+        "partial": run.partial,
+    }
+
+
+def render_summary(report: Report, console: Console) -> None:
+    """Print the summary as a compact table (measured phase)."""
+    from rich.table import Table
+
+    s = summarize(report)
+    head = Table(show_header=False, box=None, pad_edge=False)
+    head.add_row("requests", f"{s['requests']:,}", "errors", f"{s['errors']:,} ({s['error_rate'] * 100:.2f} %)")
+    head.add_row("req/s", f"{s['rps']:,.1f}", "rows/s", f"{s['rows_per_s']:,.1f}")
+    head.add_row("measured", f"{s['duration_s']:.1f} s", "dropped", f"{s['dropped']:,}")
+    console.print(head)
+    lat = Table(title="latency (ms, ok requests)", title_justify="left")
+    lat.add_column("view")
+    for name in ("p50", "p90", "p99", "p99.9", "max"):
+        lat.add_column(name, justify="right")
+    for label, key in (("from intended time", "latency_ms"), ("service (sent→done)", "service_ms")):
+        v = s[key]
+        lat.add_row(label, *(f"{v[k]:.3f}" for k in ("p50", "p90", "p99", "p999", "max")))
+    console.print(lat)
+    if s["errors_by_kind"]:
+        err = Table(title="errors by kind", title_justify="left")
+        err.add_column("kind")
+        err.add_column("count", justify="right")
+        for k, n in s["errors_by_kind"].items():
+            err.add_row(k, f"{n:,}")
+        console.print(err)
+    if s["generator_bound"]:
+        console.print("[bold red]generator-bound[/]: the numbers may describe the harness, not the endpoint")
+        for r in s["generator_bound_reasons"]:
+            console.print(f"  - {r}")
+    else:
+        console.print("generator-bound: no")
+    if s["partial"]:
+        console.print("[yellow]partial run[/] (interrupted)")
+    if s["report"]:
+        console.print(f"report: {s['report']}")

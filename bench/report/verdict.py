@@ -1,0 +1,34 @@
+"""The overload verdict: did the harness, not the endpoint, limit the run ("generator-bound")?
+
+Open loop (a target rate): the schedule-lag p99 above a bound means sends left late, so latency numbers
+include the harness's own queueing; an achieved rate short of the target while the generator's CPU was
+saturated means the harness could not keep up. Closed loop (no target rate): a saturated CPU or a large
+schedule lag means throughput may describe the harness.
+"""
+
+from __future__ import annotations
+
+from bench.report.model import MEASURED, RunData
+
+__all__ = ["generator_bound"]
+
+
+def generator_bound(run: RunData, *, target_rps: float | None, cpu_fraction: float, lag_bound_ms: float = 1.0,
+                    rate_tolerance: float = 0.01, cpu_saturated: float = 0.9) -> tuple[bool, list[str]]:
+    """(bound?, reasons). cpu_fraction: generator CPU time / wall time over the run, as a fraction of one core."""
+    reasons: list[str] = []
+    lag = run.histogram("schedule_lag", MEASURED, "all")
+    if lag.total:
+        lag_p99 = lag.percentiles_ms((99,))[99]
+        if lag_p99 > lag_bound_ms:
+            reasons.append(f"schedule lag p99 {lag_p99:.3g} ms > {lag_bound_ms:g} ms: sends left late")
+    saturated = cpu_fraction >= cpu_saturated
+    if target_rps is not None and target_rps > 0:
+        achieved = run.rps(MEASURED) + run.total(MEASURED).dropped / max(run.duration_s(MEASURED), 1e-9)
+        if achieved < target_rps * (1 - rate_tolerance) and saturated:
+            reasons.append(f"achieved {achieved:.1f} req/s < target {target_rps:g} req/s "
+                           f"(-{(1 - achieved / target_rps) * 100:.1f} %) with the generator CPU at "
+                           f"{cpu_fraction * 100:.0f} % of a core")
+    elif saturated:
+        reasons.append(f"generator CPU at {cpu_fraction * 100:.0f} % of a core: throughput may be the harness's")
+    return bool(reasons), reasons
