@@ -17,7 +17,7 @@ _SEED = 20240417
 # A strongly negative bias keeps typical (standardised, mean 0) rows near 0 and lets the heavy-tailed
 # outliers of the synthetic set score high, roughly like the tutorial's fraud model.
 _BIAS = -6.0
-_SCALE = 0.6
+_SCALE = 0.4
 
 
 def _weights() -> npt.NDArray[np.float64]:
