@@ -40,7 +40,8 @@ _SECRET_KEYS = {"token": "token_env or token_file", "access_token": "token_env o
                 "client_secret": "client_secret_env", "secret": "client_secret_env",
                 "password": "password_env", "api_key": "token_env or token_file",
                 "authorization": "token_env or token_file"}
-_SECRET_NAME = re.compile(r"(secret|password|passwd|token|api_?key|authorization|credential)", re.IGNORECASE)
+_SECRET_NAME = re.compile(r"(secret|password|passwd|token|api_?key|authorization|credential|^users$)", re.IGNORECASE)
+_POINTER_SUFFIXES = ("_env", "_file", "_url", "_at", "_s", "_ttl")  # name where a secret lives, or a setting
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -195,9 +196,11 @@ def redact_mapping(data: Mapping[str, Any], secrets: Iterable[str] = ()) -> dict
             return {str(k): walk(v, str(k)) for k, v in value.items()}
         if isinstance(value, list | tuple):
             return [walk(v, key) for v in value]
-        if key is not None and _SECRET_NAME.search(key) and not key.endswith(("_env", "_file", "_url", "_at")):
+        if not isinstance(value, str):
+            return value
+        if key is not None and _SECRET_NAME.search(key) and not key.lower().endswith(_POINTER_SUFFIXES):
             return REDACTED
-        return scrub(value) if isinstance(value, str) else value
+        return scrub(value)
 
     return {str(k): walk(v, str(k)) for k, v in data.items()}
 
@@ -389,6 +392,7 @@ class TokenSource:
                                  key="auth.token_file")
         else:
             token = self._env(env, self._cfg.token_env).strip()
+        self._remember(token, token.partition(" ")[2].strip())  # with and without a "Token " prefix
         return token
 
     def _header_for(self, token: str) -> str:
