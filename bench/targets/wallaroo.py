@@ -29,7 +29,7 @@ from bench.errors import InputError
 from bench.results import Kind
 
 __all__ = ["ARROW_FILE", "PANDAS_RECORDS", "dataset_params", "error_message", "error_source", "inference_url",
-           "internal_url", "make_classifier", "request_headers", "with_query"]
+           "internal_url", "make_classifier", "request_headers", "with_dataset_params", "with_query"]
 
 PANDAS_RECORDS = "application/json; format=pandas-records"
 ARROW_FILE = "application/vnd.apache.arrow.file"
@@ -99,6 +99,12 @@ def with_query(url: str, params: Sequence[tuple[str, str]]) -> str:
     extra = urlencode(list(params))
     query = f"{parts.query}&{extra}" if parts.query else extra
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+
+
+def with_dataset_params(url: str, include: Sequence[str] = ("*",), exclude: Sequence[str] = ("metadata",),
+                        separator: str | None = ".") -> str:
+    """``url`` with the SDK's dataset query parameters (see ``dataset_params``)."""
+    return with_query(url, dataset_params(include, exclude, separator))
 
 
 def _json_rows(body: bytes, rows_in: int) -> int:
