@@ -96,11 +96,11 @@ def _ramp(plan: list[tuple[float, float, float]]) -> Iterator[int]:
             if ks.size == 0:
                 break
             m = ks - done
-            root = np.sqrt(np.maximum(b * b + 4 * a * m, 0.0))
-            denom = b + root
-            with np.errstate(divide="ignore", invalid="ignore"):
+            with np.errstate(all="ignore"):  # tiny durations make a huge; the clamps below settle it
+                root = np.sqrt(np.maximum(b * b + 4 * a * m, 0.0))
+                denom = b + root
                 tau = np.where(m > 0, 2 * m / np.where(denom > 0, denom, 1.0), 0.0)
-            tau = np.minimum(tau, duration)
+            tau = np.clip(np.nan_to_num(tau, nan=0.0), 0.0, duration)
             yield from np.rint((t0 + tau) * _NS).astype(np.int64).tolist()
             k += int(ks.size)
         t0 += duration
