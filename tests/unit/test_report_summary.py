@@ -1,0 +1,80 @@
+"""Summary keys and counts, the rich rendering, and the generator-bound verdict."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from test_report_helpers import S, make_report, make_run
+
+from bench.recorder import Recorder
+from bench.report.summary import render_summary, summarize
+from bench.report.verdict import generator_bound
+from bench.report.writer import write_report
+from bench.results import Kind
+
+KEYS = {"requests", "errors", "rps", "rows_per_s", "latency_ms", "service_ms", "errors_by_kind",
+        "generator_bound", "report"}
+
+
+def test_summary_keys_and_counts_match_histograms(tmp_path: Path) -> None:
+    run = make_run()
+    report = make_report(run)
+    write_report(tmp_path / "r.arrow", report)
+    s = summarize(report)
+    assert s.keys() >= KEYS
+    for view in ("latency_ms", "service_ms"):
+        assert set(s[view]) == {"p50", "p90", "p99", "p999", "max"}
+        assert s[view]["p50"] <= s[view]["p90"] <= s[view]["p99"] <= s[view]["p999"] <= s[view]["max"]
+    measured = [h.total for k, h in run.histograms.items() if k.metric == "latency" and k.phase == "measured"]
+    assert s["requests"] == sum(measured)
+    assert s["errors"] == sum(s["errors_by_kind"].values()) == run.histogram("latency", "measured", "error").total
+    assert s["errors_by_kind"] == {"http_error:503": s["errors"]}
+    assert s["rps"] == round(s["requests"] / 2.0, 3)  # 3 s run, 1 s warm-up
+    assert s["rows_per_s"] == round((s["requests"] - s["errors"]) * 10 / 2.0, 3)
+    assert s["report"] == str(tmp_path / "r.arrow")
+    assert s["warmup_requests"] + s["requests"] == 2000
+
+
+def test_render_summary_shows_the_figures() -> None:
+    report = make_report(make_run())
+    report.meta.generator_bound = True
+    report.meta.generator_bound_reasons = ["schedule lag p99 5 ms > 1 ms"]
+    buf = io.StringIO()
+    render_summary(report, Console(file=buf, width=120, color_system=None))
+    out = buf.getvalue()
+    for text in ("req/s", "rows/s", "p99.9", "http_error:503", "generator-bound", "schedule lag p99 5 ms"):
+        assert text in out
+
+
+def _open_loop_run(lag_ms: float, n: int) -> Recorder:
+    rec = Recorder(0, 0)
+    for i in range(n):
+        t = i * S // n
+        rec.record(t, t + int(lag_ms * 1e6), t + 2_000_000, Kind.OK, 200, 1, 1, 1, 0)
+    return rec
+
+
+def test_verdict_schedule_lag() -> None:
+    run = _open_loop_run(5.0, 1000).finish(S, partial=False)
+    bound, reasons = generator_bound(run, target_rps=1000, cpu_fraction=0.2)
+    assert bound and "schedule lag" in reasons[0]
+    ok_run = _open_loop_run(0.05, 1000).finish(S, partial=False)
+    assert generator_bound(ok_run, target_rps=1000, cpu_fraction=0.2) == (False, [])
+
+
+def test_verdict_rate_short_only_when_cpu_saturated() -> None:
+    run = _open_loop_run(0.05, 900).finish(S, partial=False)  # 900/s achieved, 1000/s wanted
+    assert generator_bound(run, target_rps=1000, cpu_fraction=0.5) == (False, [])
+    bound, reasons = generator_bound(run, target_rps=1000, cpu_fraction=0.95)
+    assert bound and "target" in reasons[0]
+    assert generator_bound(run, target_rps=905, cpu_fraction=0.95)[0] is False  # within 1 %
+
+
+def test_verdict_closed_loop_cpu() -> None:
+    run = _open_loop_run(0.0, 100).finish(S, partial=False)
+    assert generator_bound(run, target_rps=None, cpu_fraction=0.97)[0]
+    assert not generator_bound(run, target_rps=None, cpu_fraction=0.3)[0]
+    assert np.isfinite(run.rps())
