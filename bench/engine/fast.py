@@ -136,7 +136,6 @@ class _Conn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.bytes_in += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -157,6 +156,7 @@ class _Conn(asyncio.Protocol):
 
     # -- httptools callbacks ------------------------------------------------------------------------
     def on_body(self, body: bytes) -> None:
+        self.bytes_in += len(body)
         if not self.body:
             self.body = body if len(body) <= self.truncate_at else body[: self.truncate_at]
         elif len(self.body) < self.truncate_at:
@@ -188,6 +188,7 @@ class FastEngine:
         if not self._wires:
             raise ValueError("RequestSet has no bodies")
         self._rows = [b.rows for b in requests.bodies]
+        self._sizes = [len(b.body) for b in requests.bodies]  # bytes_out/in count bodies, as httpx can
         self._nbodies = len(self._wires)
         self._ssl = make_ssl_context(config, ["http/1.1"]) if self.target.tls else None
         self._conns: set[_Conn] = set()
@@ -224,6 +225,7 @@ class FastEngine:
         stop_task = loop.create_task(stop.wait())
         stop_task.add_done_callback(lambda _t: self._begin_stop())
         self._issuing_done: asyncio.Future[None] = loop.create_future()
+        end_timer = loop.call_later(max(0.0, (load.end_ns - time.monotonic_ns()) / 1e9), self._begin_stop)
         try:
             delay = (load.start_ns - time.monotonic_ns()) / 1e9
             if delay > 0:
@@ -243,6 +245,7 @@ class FastEngine:
             await self._issuing_done
             await self._drain(load.drain_s)
         finally:
+            end_timer.cancel()
             sweep.stop()
             monitor.stop()
             stop_task.cancel()
@@ -297,14 +300,14 @@ class FastEngine:
             conn.idx = i
             return
         wire = self._wires[i]
-        conn.bytes_out = len(wire)
+        conn.bytes_out = self._sizes[i]
         conn.sent = time.monotonic_ns()
         conn.transport.write(wire)
 
     def _write_pending(self, conn: _Conn) -> None:
         conn.pending = False
         wire = self._wires[conn.idx]
-        conn.bytes_out = len(wire)
+        conn.bytes_out = self._sizes[conn.idx]
         conn.sent = time.monotonic_ns()
         assert conn.transport is not None
         conn.transport.write(wire)

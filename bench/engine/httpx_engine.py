@@ -75,6 +75,8 @@ class HttpxEngine:
         self._end_ns = 0
         self._max_requests = 0
         self._clients: list[httpx.AsyncClient] = []
+        # one context for all clients: httpx would load the CA store per client (tens of ms each)
+        self._ssl = make_ssl_context(config, ["h2", "http/1.1"] if config.http2 else ["http/1.1"])
 
     @staticmethod
     def _clean(headers: Mapping[str, str]) -> dict[str, str]:
@@ -89,10 +91,8 @@ class HttpxEngine:
     def _client(self) -> httpx.AsyncClient:
         cfg = self.config
         h2c = cfg.http2 and not self._tls
-        verify: object = make_ssl_context(cfg, ["h2", "http/1.1"] if cfg.http2 else ["http/1.1"]) \
-            if self._tls else True
         client = httpx.AsyncClient(
-            http1=not h2c, http2=cfg.http2, verify=verify,  # type: ignore[arg-type]
+            http1=not h2c, http2=cfg.http2, verify=self._ssl,
             timeout=httpx.Timeout(connect=cfg.connect_timeout_s, read=cfg.read_timeout_s,
                                   write=cfg.read_timeout_s, pool=None),
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1, keepalive_expiry=None),

@@ -1,0 +1,458 @@
+"""Both engines against real loopback servers: counts, statuses, rows, failures mapped to kinds.
+
+The server is a small asyncio HTTP/1.1 server written here (paths select behaviour); HTTP/2 uses hypercorn
+serving h2c with prior knowledge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import httptools
+import pytest
+
+from bench.engine.base import EngineConfig, LoadSpec, PreparedBody, RequestSet
+from bench.engine.fast import FastEngine
+from bench.engine.httpx_engine import HttpxEngine
+from bench.engine.select import choose_engine, run_with_loop
+from bench.results import Kind
+
+pytestmark = pytest.mark.anyio
+
+ENGINES = [FastEngine, HttpxEngine]
+
+
+# -- helpers -------------------------------------------------------------------------------------------------
+class FakeSink:
+    """Collects what engines report (fine for tests; the real recorder batches into histograms)."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, ...]] = []
+        self.details: list[tuple[int, int, bytes]] = []
+        self.drops: list[int] = []
+        self.lags: list[int] = []
+
+    def record(self, intended_ns: int, sent_ns: int, done_ns: int, kind: int, status: int, rows: int,
+               bytes_out: int, bytes_in: int, server_ns: int) -> None:
+        self.rows.append((intended_ns, sent_ns, done_ns, kind, status, rows, bytes_out, bytes_in, server_ns))
+
+    def error_detail(self, kind: int, status: int, detail: bytes) -> None:
+        self.details.append((kind, status, detail))
+
+    def dropped(self, intended_ns: int) -> None:
+        self.drops.append(intended_ns)
+
+    def loop_lag(self, lag_ns: int) -> None:
+        self.lags.append(lag_ns)
+
+    def kinds(self) -> Counter[int]:
+        return Counter(r[3] for r in self.rows)
+
+    def statuses(self) -> Counter[int]:
+        return Counter(r[4] for r in self.rows)
+
+
+class Stop:
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    async def wait(self) -> None:
+        await self.event.wait()
+
+
+def classify(status: int, body: bytes, rows_in: int) -> tuple[int, int, int]:
+    """The test protocol: 200 answers carry the row count; 500 is an HTTP error."""
+    if status == 200:
+        try:
+            return (int(Kind.OK), int(body), 0)
+        except ValueError:
+            return (int(Kind.BAD_RESPONSE), 0, 0)
+    return (int(Kind.HTTP_ERROR), 0, 0)
+
+
+class Server:
+    """Loopback HTTP/1.1 server. Path decides behaviour:
+    /ok → 200 with body = rows (the request body is b"rows=N" or b"bad" → 500); /chunked → same, chunked;
+    /close → same plus Connection: close; /slow → after 0.2 s; /hang → never answers.
+    """
+
+    def __init__(self, ssl: Any = None) -> None:
+        self.ssl = ssl
+        self.requests = 0
+        self.connections = 0
+        self.tokens: list[str] = []
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.port = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> Server:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.ssl)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    def url(self, path: str) -> str:
+        return f"{'https' if self.ssl else 'http'}://127.0.0.1:{self.port}{path}"
+
+    async def kill(self) -> None:
+        """Die: stop listening and reset every open connection."""
+        if self.server is not None:
+            self.server.close()
+            for w in list(self.writers):
+                w.transport.abort()
+            await self.server.wait_closed()
+            self.server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.writers.add(writer)
+        done: list[tuple[bytes, bytes, dict[bytes, bytes]]] = []
+        state: dict[str, Any] = {"url": b"", "body": b"", "headers": {}}
+
+        class P:
+            def on_url(self, url: bytes) -> None:
+                state["url"] += url
+
+            def on_header(self, name: bytes, value: bytes) -> None:
+                state["headers"][name.lower()] = value
+
+            def on_body(self, body: bytes) -> None:
+                state["body"] += body
+
+            def on_message_complete(self) -> None:
+                done.append((state["url"], state["body"], state["headers"]))
+                state.update(url=b"", body=b"", headers={})
+
+        parser = httptools.HttpRequestParser(P())
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    return
+                parser.feed_data(data)
+                while done:
+                    url, body, headers = done.pop(0)
+                    self.requests += 1
+                    if b"x-token" in headers:
+                        self.tokens.append(headers[b"x-token"].decode())
+                    if not await self._answer(writer, url, body):
+                        return
+        except (ConnectionError, httptools.HttpParserError):
+            return
+        finally:
+            self.writers.discard(writer)
+            writer.close()
+
+    async def _answer(self, writer: asyncio.StreamWriter, url: bytes, body: bytes) -> bool:
+        if url == b"/hang":
+            await asyncio.Event().wait()
+        if url == b"/slow":
+            await asyncio.sleep(0.2)
+        if body.startswith(b"rows="):
+            status, payload = b"200 OK", body[5:]
+        else:
+            status, payload = b"500 Internal Server Error", b"boom: " + body[:20]
+        extra = b"Connection: close\r\n" if url == b"/close" else b""
+        if url == b"/chunked":
+            chunks = b"".join(b"%x\r\n%s\r\n" % (1, payload[i:i + 1]) for i in range(len(payload)))
+            writer.write(b"HTTP/1.1 " + status + b"\r\nTransfer-Encoding: chunked\r\n" + extra + b"\r\n"
+                         + chunks + b"0\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Length: %d\r\n" % len(payload) + extra
+                         + b"\r\n" + payload)
+        await writer.drain()
+        return url != b"/close"
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    srv = await Server().start()
+    try:
+        yield srv
+    finally:
+        await srv.kill()
+
+
+def bodies(*rows: int, bad_every: int = 0) -> list[PreparedBody]:
+    out = [PreparedBody(b"rows=%d" % r, r) for r in rows]
+    if bad_every:
+        out.append(PreparedBody(b"bad", 7))
+    return out
+
+
+def closed(concurrency: int, max_requests: int = 0, seconds: float = 10.0) -> LoadSpec:
+    now = time.monotonic_ns()
+    return LoadSpec("closed", now, now + int(seconds * 1e9), concurrency=concurrency, max_requests=max_requests,
+                    drain_s=2.0)
+
+
+def constant_rate(rate: float, seconds: float, max_in_flight: int) -> LoadSpec:
+    now = time.monotonic_ns()
+    step = int(1e9 / rate)
+    offsets: Iterator[int] = iter(range(0, int(seconds * 1e9), step))
+    return LoadSpec("open", now, now + int(seconds * 1e9) + 1, offsets_ns=offsets, max_in_flight=max_in_flight,
+                    drain_s=1.0)
+
+
+def make(engine: type, url: str, sink: FakeSink, body_list: list[PreparedBody] | None = None,
+         headers: dict[str, str] | None = None, **cfg: Any) -> Any:
+    rs = RequestSet(url, "POST", headers or {"Content-Type": "text/plain"}, body_list or bodies(1, 2, 3))
+    return engine(EngineConfig(**cfg), rs, classify, sink)
+
+
+# -- tests ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_closed_loop_counts_and_statuses(engine: type, server: Server) -> None:
+    sink = FakeSink()
+    eng = make(engine, server.url("/ok"), sink, bodies(1, 2, 3, bad_every=1))
+    await asyncio.wait_for(eng.run(closed(8, max_requests=200), Stop()), 20)
+    assert len(sink.rows) == 200 == server.requests
+    assert sink.statuses() == {200: 150, 500: 50}
+    assert sink.kinds() == {Kind.OK: 150, Kind.HTTP_ERROR: 50}
+    assert sum(r[5] for r in sink.rows if r[3] == Kind.OK) == 50 * (1 + 2 + 3)
+    assert all(r[0] <= r[1] <= r[2] for r in sink.rows)
+    assert len(sink.details) == 50 and all(d[2].startswith(b"boom") for d in sink.details)
+    assert eng.abandoned == 0
+    assert server.connections <= 8
+
+
+async def test_cross_engine_same_results(server: Server) -> None:
+    """The same closed-loop workload through both engines gives the same counts, statuses and rows."""
+    seen = []
+    for engine in ENGINES:
+        sink = FakeSink()
+        eng = make(engine, server.url("/ok"), sink, bodies(4, 5, bad_every=1))
+        await asyncio.wait_for(eng.run(closed(4, max_requests=90), Stop()), 20)
+        seen.append((len(sink.rows), sink.kinds(), sink.statuses(), sorted(r[5] for r in sink.rows),
+                     Counter(r[6] for r in sink.rows), Counter(r[7] for r in sink.rows)))
+    assert seen[0] == seen[1]
+    assert seen[0][0] == 90
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_chunked_answers(engine: type, server: Server) -> None:
+    sink = FakeSink()
+    eng = make(engine, server.url("/chunked"), sink, bodies(12345))
+    await asyncio.wait_for(eng.run(closed(2, max_requests=20), Stop()), 20)
+    assert sink.kinds() == {Kind.OK: 20}
+    assert {r[5] for r in sink.rows} == {12345}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_connection_close_reconnects(engine: type, server: Server) -> None:
+    sink = FakeSink()
+    eng = make(engine, server.url("/close"), sink)
+    await asyncio.wait_for(eng.run(closed(2, max_requests=30), Stop()), 20)
+    assert sink.kinds() == {Kind.OK: 30}
+    assert server.connections >= 29  # one connection per request, as the server asked
+
+
+async def test_body_kept_only_up_to_max_body_bytes(server: Server) -> None:
+    got: list[bytes] = []
+
+    def keep(status: int, body: bytes, rows: int) -> tuple[int, int, int]:
+        got.append(body)
+        return (0, rows, 0)
+
+    rs = RequestSet(server.url("/ok"), "POST", {}, bodies(123456789))
+    eng = FastEngine(EngineConfig(max_body_bytes=4), rs, keep, FakeSink())
+    await asyncio.wait_for(eng.run(closed(1, max_requests=3), Stop()), 20)
+    assert got == [b"1234"] * 3
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_open_loop_keeps_the_rate(engine: type, server: Server) -> None:
+    sink = FakeSink()
+    eng = make(engine, server.url("/ok"), sink)
+    await asyncio.wait_for(eng.run(constant_rate(400, 1.0, 64), Stop()), 20)
+    assert not sink.drops
+    assert 396 <= len(sink.rows) <= 404
+    lateness = sorted(r[1] - r[0] for r in sink.rows)
+    assert lateness[len(lateness) // 2] < 5_000_000  # median send within 5 ms of the schedule
+    intended = sorted(r[0] for r in sink.rows)
+    span = (intended[-1] - intended[0]) / 1e9
+    assert 0.98 <= span <= 1.0
+    assert sink.kinds() == {Kind.OK: len(sink.rows)}
+    assert sink.lags, "loop lag is sampled"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_open_loop_drops_when_max_in_flight_reached(engine: type, server: Server) -> None:
+    sink = FakeSink()
+    eng = make(engine, server.url("/slow"), sink)
+    await asyncio.wait_for(eng.run(constant_rate(100, 0.5, 2), Stop()), 20)
+    assert len(sink.rows) + len(sink.drops) == 50
+    assert len(sink.drops) >= 40  # 2 slots × 0.2 s answers ⇒ at most ~10 sends in 0.5 s
+    assert 2 <= len(sink.rows) <= 10
+    # latency is measured from the intended time: a slow answer shows its full 200 ms
+    assert min(r[2] - r[0] for r in sink.rows) >= 190_000_000
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_read_timeout(engine: type, server: Server) -> None:
+    sink = FakeSink()
+    eng = make(engine, server.url("/hang"), sink, read_timeout_s=0.2)
+    t0 = time.monotonic()
+    await asyncio.wait_for(eng.run(closed(2, seconds=0.5), Stop()), 20)
+    assert time.monotonic() - t0 < 5
+    assert sink.rows and set(sink.kinds()) == {Kind.READ_TIMEOUT}
+    for r in sink.rows:
+        assert 150_000_000 <= r[2] - r[1] <= 600_000_000
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_server_dies_mid_run(engine: type) -> None:
+    srv = await Server().start()
+    sink = FakeSink()
+    eng = make(engine, srv.url("/ok"), sink, connect_timeout_s=1.0)
+
+    async def kill_later() -> None:
+        deadline = time.monotonic() + 5
+        while len(sink.rows) < 50 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await srv.kill()
+
+    killer = asyncio.create_task(kill_later())
+    t0 = time.monotonic()
+    await asyncio.wait_for(eng.run(closed(4, seconds=1.5), Stop()), 20)
+    await killer
+    assert time.monotonic() - t0 < 5
+    kinds = sink.kinds()
+    assert kinds[Kind.OK] >= 50
+    assert kinds[Kind.CONNECT_REFUSED] >= 4  # every slot kept trying, one record per attempt
+    assert set(kinds) <= {Kind.OK, Kind.RESET, Kind.CONNECT_REFUSED}
+    # backoff: a dead target does not make the engine spin (4 slots × ~0.5 s max backoff)
+    assert kinds[Kind.CONNECT_REFUSED] < 400
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_connect_refused_from_the_start(engine: type) -> None:
+    srv = await Server().start()
+    url = srv.url("/ok")
+    await srv.kill()
+    sink = FakeSink()
+    eng = make(engine, url, sink)
+    await asyncio.wait_for(eng.run(closed(2, seconds=0.3), Stop()), 20)
+    assert sink.rows and set(sink.kinds()) == {Kind.CONNECT_REFUSED}
+    assert all(d[0] == Kind.CONNECT_REFUSED and d[2] for d in sink.details)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_set_headers_mid_run(engine: type, server: Server) -> None:
+    sink = FakeSink()
+    eng = make(engine, server.url("/ok"), sink, headers={"X-Token": "old"})
+    stop = Stop()
+
+    async def refresh() -> None:
+        deadline = time.monotonic() + 5
+        while len(sink.rows) < 20 and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        eng.set_headers({"X-Token": "new"})
+        n = len(server.tokens)
+        while len(server.tokens) < n + 20 and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        stop.event.set()
+
+    task = asyncio.create_task(refresh())
+    await asyncio.wait_for(eng.run(closed(2, seconds=10), stop), 20)
+    await task
+    assert server.tokens[0] == "old" and server.tokens[-1] == "new"
+    first_new = server.tokens.index("new")
+    assert set(server.tokens[first_new + 2:]) == {"new"}  # at most the in-flight ones used the old head
+    assert len(sink.rows) == server.requests
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_stop_signal_ends_the_run(engine: type, server: Server) -> None:
+    sink = FakeSink()
+    eng = make(engine, server.url("/ok"), sink)
+    stop = Stop()
+    asyncio.get_running_loop().call_later(0.2, stop.event.set)
+    t0 = time.monotonic()
+    await asyncio.wait_for(eng.run(closed(4, seconds=30), stop), 20)
+    assert time.monotonic() - t0 < 3
+    assert sink.rows and len(sink.rows) == server.requests
+
+
+async def test_drain_abandons_unanswered(server: Server) -> None:
+    sink = FakeSink()
+    eng = make(FastEngine, server.url("/hang"), sink)
+    now = time.monotonic_ns()
+    load = LoadSpec("closed", now, now + 100_000_000, concurrency=3, drain_s=0.1)
+    await asyncio.wait_for(eng.run(load, Stop()), 20)
+    assert sink.rows == [] and eng.abandoned == 3
+
+
+async def test_h2c_through_httpx_engine() -> None:
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    versions: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] != "http":
+            return
+        versions.append(scope["http_version"])
+        body = b""
+        while True:
+            msg = await receive()
+            body += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        payload = body[5:] if body.startswith(b"rows=") else b"no"
+        await send({"type": "http.response.start", "status": 200 if payload != b"no" else 500,
+                    "headers": [(b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
+
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = Config()
+    cfg.bind = [f"127.0.0.1:{port}"]
+    cfg.accesslog = None
+    shutdown = asyncio.Event()
+    task = asyncio.create_task(serve(app, cfg, shutdown_trigger=shutdown.wait))  # type: ignore[arg-type]
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                _, w = await asyncio.open_connection("127.0.0.1", port)
+                w.close()
+                break
+            await asyncio.sleep(0.02)
+        sink = FakeSink()
+        url = f"http://127.0.0.1:{port}/infer"
+        assert choose_engine(EngineConfig(http2=True), url) is HttpxEngine
+        eng = make(HttpxEngine, url, sink, bodies(3, bad_every=1), http2=True, connections=2)
+        await asyncio.wait_for(eng.run(closed(16, max_requests=100), Stop()), 30)
+        assert len(sink.rows) == 100
+        assert sink.statuses() == {200: 50, 500: 50}
+        assert set(versions) == {"2"}
+    finally:
+        shutdown.set()
+        await asyncio.wait_for(task, 10)
+
+
+def test_fast_engine_on_uvloop() -> None:
+    """The same engine on uvloop (the default loop when installed)."""
+
+    async def go() -> tuple[FakeSink, int]:
+        srv = await Server().start()
+        try:
+            sink = FakeSink()
+            eng = make(FastEngine, srv.url("/ok"), sink)
+            await eng.run(closed(4, max_requests=100), Stop())
+            return sink, srv.requests
+        finally:
+            await srv.kill()
+
+    sink, served = run_with_loop(go, "uvloop")
+    assert len(sink.rows) == 100 == served and sink.kinds() == {Kind.OK: 100}
