@@ -14,7 +14,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -225,8 +225,10 @@ class TokenSource:
 
     def __init__(self, cfg: AuthConfig, *, count: Callable[[str, int], None] | None = None,
                  environ: Mapping[str, str] | None = None, client: httpx.AsyncClient | None = None,
-                 file: str | None = None) -> None:
+                 file: str | None = None, default_token_url: str | None = None) -> None:
         env = os.environ if environ is None else environ
+        if cfg.uses_keycloak and cfg.token_url is None and default_token_url is not None:
+            cfg = cfg.with_token_url(default_token_url)
         self._cfg = cfg
         self._count = count or (lambda _name, _n: None)
         self._file = file
@@ -241,6 +243,8 @@ class TokenSource:
         self._expires_at = math.inf
         self._next_refresh = math.inf
         self._in_flight: anyio.Event | None = None
+        self._attempts = 0  # finished token requests (ok or not)
+        self._attempt_done: anyio.Event | None = None  # created lazily: anyio events need a running loop
         self._last_ok = False
         self._wake: anyio.Event | None = None
         self._scope: anyio.CancelScope | None = None
@@ -283,8 +287,6 @@ class TokenSource:
         if self._cfg.kind == "static":
             self._set(self._static_token)
             return
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self._cfg.timeout_s)
         try:
             await self._fetch()
         except _TokenError as exc:
@@ -313,52 +315,34 @@ class TokenSource:
     def redactor(self) -> Redactor:
         return Redactor(self.secrets())
 
-    def request_refresh(self, seen: str | None = None) -> None:
-        """Sync form of ``refresh_now`` for result callbacks: wake the refresher; returns at once."""
-        if seen is not None and seen != self._authorization:
-            return
-        if self._cfg.uses_keycloak and self._wake is not None:
-            self._next_refresh = -math.inf
-            self._wake.set()
+    def refresh_now(self, seen: str | None = None) -> Awaitable[bool]:
+        """Ask for an immediate refresh (a 401 was seen). Callable from sync code: the request starts now.
 
-    async def refresh_now(self, seen: str | None = None) -> bool:
-        """Refresh immediately (a 401 was seen); concurrent calls share one request. True when it succeeded.
-
-        ``seen``: the header value the failed request carried — if the token already changed since, skip.
+        Concurrent calls share one token request (at most one in flight). Awaiting the result waits for that
+        request and gives True when it succeeded; not awaiting it is fine (fire and forget).
+        ``seen``: the header value the failed request carried — if the token changed since, nothing is done.
         Static tokens read from a file are re-read (the file may have been rotated).
         """
         if seen is not None and seen != self._authorization:
-            return True
+            return _Done(True)
         if self._cfg.kind == "static":
-            if self._cfg.token_file is not None:
-                try:
-                    token = self._read_static(os.environ)
-                except InputError:
-                    return False
-                if self._header_for(token) != self._authorization:
-                    self._set(token)
-                    self._count("token_refresh", 1)
-                    return True
-            return False
+            return _Done(self._reread_static_file())
         if not self._cfg.uses_keycloak or self._closed:
-            return False
-        if self._in_flight is not None:
-            await self._in_flight.wait()
-            return self._last_ok
-        done = self._in_flight = anyio.Event()
-        try:
-            await self._fetch()
-            self._last_ok = True
-        except _TokenError:
-            self._last_ok = False
-        finally:
-            self._in_flight = None
-            done.set()
-        return self._last_ok
+            return _Done(False)
+        if self._wake is None:  # no background task (not started): the awaiting caller fetches
+            return _Later(self._fetch_coalesced)
+        target = self._attempts + 1  # the in-flight request, or the next one the background task makes
+        self._next_refresh = -math.inf
+        self._wake.set()
+        return _Later(lambda: self._wait_attempt(target))
+
+    request_refresh = refresh_now  # alias for callers that never await
 
     async def close(self) -> None:
         """Stop refreshing and release the HTTP client. Safe to call twice."""
         self._closed = True
+        if self._attempt_done is not None:
+            self._attempt_done.set()  # waiters see _closed and return
         if self._scope is not None:
             self._scope.cancel()
         if self._own_client and self._client is not None:
@@ -395,6 +379,48 @@ class TokenSource:
         self._remember(token, token.partition(" ")[2].strip())  # with and without a "Token " prefix
         return token
 
+    def _reread_static_file(self) -> bool:
+        if self._cfg.token_file is None:
+            return False
+        try:
+            token = self._read_static(os.environ)
+        except InputError:
+            return False
+        if self._header_for(token) == self._authorization:
+            return False
+        self._set(token)
+        self._count("token_refresh", 1)
+        return True
+
+    async def _fetch_coalesced(self) -> bool:
+        """One token request at a time: a caller arriving while one is in flight shares its outcome."""
+        if self._in_flight is not None:
+            target = self._attempts + 1
+            return await self._wait_attempt(target)
+        self._in_flight = anyio.Event()
+        ok = False
+        try:
+            await self._fetch()
+            ok = True
+        except _TokenError:
+            ok = False
+        finally:
+            done, self._in_flight = self._in_flight, None
+            self._attempts += 1
+            self._last_ok = ok
+            done.set()
+            if self._attempt_done is not None:
+                self._attempt_done.set()
+                self._attempt_done = None
+        return ok
+
+    async def _wait_attempt(self, target: int) -> bool:
+        while self._attempts < target and not self._closed:
+            if self._attempt_done is None:
+                self._attempt_done = anyio.Event()
+            await self._attempt_done.wait()
+        return self._last_ok and self._attempts >= target
+
     def _header_for(self, token: str) -> str:
         prefix = f"{self._cfg.scheme} "
         return token if token.lower().startswith(prefix.lower()) else prefix + token
@@ -426,7 +452,7 @@ class TokenSource:
                     self._wake = anyio.Event()
                     if self._next_refresh > time.monotonic():
                         continue  # woken by a stale request_refresh: re-check the schedule
-                if await self.refresh_now():
+                if await self._fetch_coalesced():
                     backoff = 0.25
                     continue
                 remaining = self._expires_at - time.monotonic()
@@ -436,7 +462,8 @@ class TokenSource:
 
     async def _fetch(self) -> None:
         """One token request (refresh grant when we hold a live refresh token); updates state or raises."""
-        assert self._client is not None and self._cfg.token_url is not None
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self._cfg.timeout_s)
         started = time.monotonic()
         use_refresh = self._refresh is not None and started < self._refresh_expires_at - 1.0
         try:
@@ -505,6 +532,31 @@ class TokenSource:
             raise _TokenError(f"token endpoint {url} answered HTTP 200 without access_token/expires_in",
                               200) from None
         return answer
+
+
+class _Done:
+    """An already-known refresh outcome that can be awaited (or ignored)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: bool) -> None:
+        self._value = value
+
+    def __await__(self) -> Generator[Any, None, bool]:
+        return self._value
+        yield  # pragma: no cover - makes this a generator
+
+
+class _Later:
+    """Awaitable that creates its coroutine only when awaited (no 'never awaited' warning if ignored)."""
+
+    __slots__ = ("_factory",)
+
+    def __init__(self, factory: Callable[[], Coroutine[Any, Any, bool]]) -> None:
+        self._factory = factory
+
+    def __await__(self) -> Generator[Any, None, bool]:
+        return self._factory().__await__()
 
 
 class _TokenError(Exception):

@@ -253,10 +253,23 @@ async def test_password_flow_uses_refresh_grant_and_refresh_now_coalesces() -> N
             assert source.authorization() != first
             assert await source.refresh_now(seen=first) is True  # stale 401: already refreshed, no request
             assert app.grants == ["password", "refresh_token"]
-            source.request_refresh(seen=source.authorization())  # the sync form, via the background task
+            for _ in range(5):  # fire and forget from sync code (a result callback): one request in all
+                source.refresh_now(seen=source.authorization())
             await wait_for(lambda: len(app.grants) == 3)
             assert app.grants[-1] == "refresh_token"
+            await anyio.sleep(0.2)  # a window for (wrong) extra requests to show up
+            assert len(app.grants) == 3
             await source.close()
+
+
+@pytest.mark.anyio
+async def test_default_token_url_and_refresh_before_start() -> None:
+    with emulator() as (url, app):
+        cfg = auth_config_from_mapping({"kind": "client_credentials", "client_secret_env": "S"}, "s.toml")
+        source = TokenSource(cfg, environ={"S": SECRET}, default_token_url=url + TOKEN_PATH)
+        assert await source.refresh_now() is True and source.authorization().startswith("Bearer ")
+        assert app.grants == ["client_credentials"]
+        await source.close()
 
 
 @pytest.mark.anyio
