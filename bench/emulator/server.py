@@ -48,8 +48,8 @@ def url_lines(config: EmulatorConfig, host: str, port: int) -> list[str]:
         f"  wallaroo inference (edge):     {base}/infer",
         f"  ubiops api:                    {base}/v2.1",
         f"  token url:                     {base}/auth/realms/master/protocol/openid-connect/token",
-        f"  protocol: {proto}; capacity ≈ {config.replicas} replicas, "
-        f"{config.latency_ms:g} ms + {config.per_row_us:g} µs/row",
+        f"  protocol: {proto}; capacity ~ {config.replicas} replicas, "
+        f"{config.latency_ms:g} ms + {config.per_row_us:g} us/row",
     ]
 
 
@@ -90,6 +90,8 @@ def _serve_uvicorn(app: Callable[..., Any], sock: socket.socket, announce: Calla
                          lifespan="off", server_header=False, date_header=False)
     try:
         _Server(cfg).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass  # uvicorn re-raises SIGINT after its graceful shutdown: Ctrl-C is the normal way to stop a server
     finally:
         sock.close()
 
