@@ -1,0 +1,160 @@
+"""Pure parts of the engines: URL parsing, pre-serialised requests, error mapping, engine/loop choice."""
+
+from __future__ import annotations
+
+import ssl
+import time
+
+import httptools
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bench.engine import fast, httpx_engine, loopmon, select
+from bench.engine.base import EngineConfig, PreparedBody, RequestSet
+from bench.engine.fast import FastEngine, build_wires, exception_kind, parse_target
+from bench.engine.httpx_engine import HttpxEngine, httpx_kind
+from bench.results import Kind
+
+
+def test_public_names() -> None:
+    for mod in (fast, httpx_engine, loopmon, select):
+        for name in mod.__all__:
+            assert hasattr(mod, name)
+
+
+@pytest.mark.parametrize(("url", "host", "port", "tls", "path", "hh"), [
+    ("http://127.0.0.1:8080/infer?x=1", "127.0.0.1", 8080, False, "/infer?x=1", "127.0.0.1:8080"),
+    ("https://example.test/a", "example.test", 443, True, "/a", "example.test"),
+    ("http://[::1]:9/", "::1", 9, False, "/", "[::1]:9"),
+    ("http://h", "h", 80, False, "/", "h"),
+])
+def test_parse_target(url: str, host: str, port: int, tls: bool, path: str, hh: str) -> None:
+    t = parse_target(url)
+    assert (t.host, t.port, t.tls, t.path, t.host_header) == (host, port, tls, path, hh)
+
+
+def test_parse_target_rejects_other_schemes() -> None:
+    with pytest.raises(ValueError):
+        parse_target("ftp://x/")
+
+
+class _Collect:
+    def __init__(self) -> None:
+        self.url = b""
+        self.body = b""
+        self.headers: list[tuple[str, str]] = []
+        self.done = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, n: bytes, v: bytes) -> None:
+        self.headers.append((n.decode().lower(), v.decode()))
+
+    def on_body(self, b: bytes) -> None:
+        self.body += b
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+
+def _parse_request(wire: bytes) -> tuple[bytes, bytes, list[tuple[str, str]], bytes]:
+    c = _Collect()
+    parser = httptools.HttpRequestParser(c)
+    parser.feed_data(wire)
+    assert c.done
+    return parser.get_method(), c.url, c.headers, c.body
+
+
+@given(st.lists(st.binary(max_size=300), min_size=1, max_size=4),
+       st.dictionaries(st.from_regex(r"X-[A-Za-z]{1,8}", fullmatch=True), st.from_regex(r"[ -~]{0,20}",
+                                                                                           fullmatch=True)))
+def test_wires_parse_back_to_the_same_request(body_list: list[bytes], headers: dict[str, str]) -> None:
+    rs = RequestSet("http://127.0.0.1:1/p?q", "post", headers, [PreparedBody(b, 1) for b in body_list])
+    wires = build_wires(rs, parse_target(rs.url), {**headers, "Content-Length": "999", "Host": "evil"})
+    for wire, body in zip(wires, body_list, strict=True):
+        method, url, got_headers, got_body = _parse_request(wire)
+        assert method == b"POST" and url == b"/p?q" and got_body == body
+        hs = dict(got_headers)
+        assert hs["host"] == "127.0.0.1:1" and hs["content-length"] == str(len(body))
+        assert [n for n, _ in got_headers if n == "host"] == ["host"]
+        for k, v in headers.items():
+            assert hs[k.lower()] == v.strip() or hs[k.lower()] == v
+
+
+def test_header_injection_refused() -> None:
+    rs = RequestSet("http://h/", "POST", {"X-A": "1\r\nEvil: 1"}, [PreparedBody(b"", 0)])
+    with pytest.raises(ValueError):
+        build_wires(rs, parse_target(rs.url), rs.headers)
+
+
+def test_set_headers_rebuilds_wires() -> None:
+    rs = RequestSet("http://h/", "POST", {"Authorization": "Bearer a"}, [PreparedBody(b"x", 1)])
+    eng = FastEngine(EngineConfig(), rs, lambda s, b, r: (0, r, 0), None)  # type: ignore[arg-type]
+    assert b"Bearer a" in eng._wires[0]
+    eng.set_headers({"Authorization": "Bearer b"})
+    assert b"Bearer b" in eng._wires[0] and b"Bearer a" not in eng._wires[0]
+
+
+@pytest.mark.parametrize(("exc", "connecting", "kind"), [
+    (ConnectionRefusedError(), True, Kind.CONNECT_REFUSED),
+    (TimeoutError(), True, Kind.CONNECT_TIMEOUT),
+    (TimeoutError(), False, Kind.READ_TIMEOUT),
+    (ssl.SSLCertVerificationError("bad"), True, Kind.TLS_ERROR),
+    (ConnectionResetError(), False, Kind.RESET),
+    (OSError("unreachable"), True, Kind.CONNECT_REFUSED),
+    (None, False, Kind.RESET),
+])
+def test_exception_kind(exc: BaseException | None, connecting: bool, kind: Kind) -> None:
+    assert exception_kind(exc, connecting) == kind
+
+
+def _chained(outer: BaseException, inner: BaseException) -> BaseException:
+    outer.__cause__ = inner
+    return outer
+
+
+@pytest.mark.parametrize(("exc", "kind"), [
+    (httpx.ConnectTimeout("t"), Kind.CONNECT_TIMEOUT),
+    (httpx.ReadTimeout("t"), Kind.READ_TIMEOUT),
+    (_chained(httpx.ConnectError("x"), ConnectionRefusedError()), Kind.CONNECT_REFUSED),
+    (_chained(httpx.ConnectError("x"), ssl.SSLCertVerificationError("v")), Kind.TLS_ERROR),
+    (httpx.RemoteProtocolError("Server disconnected without sending a response."), Kind.RESET),
+    (httpx.RemoteProtocolError("<StreamReset stream_id:1, error_code:2>"), Kind.PROTOCOL_ERROR),
+    (httpx.ReadError("r"), Kind.RESET),
+    (httpx.LocalProtocolError("l"), Kind.PROTOCOL_ERROR),
+    (httpx.TooManyRedirects("r"), Kind.OTHER),
+])
+def test_httpx_kind(exc: BaseException, kind: Kind) -> None:
+    assert httpx_kind(exc) == kind
+
+
+def test_choose_engine() -> None:
+    assert select.choose_engine(EngineConfig(), "http://h/") is FastEngine
+    assert select.choose_engine(EngineConfig(), "https://h/") is FastEngine
+    assert select.choose_engine(EngineConfig(http2=True), "https://h/") is HttpxEngine
+    assert select.choose_engine(EngineConfig(kind="httpx"), "http://h/") is HttpxEngine
+    with pytest.raises(ValueError):
+        select.choose_engine(EngineConfig(kind="fast", http2=True), "http://h/")
+
+
+def test_loop_choice_and_runner() -> None:
+    assert select.resolve_loop("asyncio") == "asyncio"
+    assert select.resolve_loop("auto") == "uvloop"  # installed here
+    assert select.anyio_backend_options("asyncio") == {"use_uvloop": False}
+
+    async def answer() -> int:
+        return 42
+
+    assert select.run_with_loop(answer, "uvloop") == 42
+    assert select.run_with_loop(answer, "asyncio") == 42
+
+
+def test_cpu_meter_sees_busy_work() -> None:
+    meter = loopmon.CpuMeter()
+    end = time.monotonic() + 0.05
+    while time.monotonic() < end:
+        pass
+    assert 0.5 < meter.fraction() <= 1.2
