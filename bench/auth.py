@@ -26,8 +26,8 @@ import httpx
 
 from bench.errors import InputError, RunInvalid
 
-__all__ = ["AUTH_KINDS", "AuthConfig", "Redactor", "TokenSource", "auth_config_from_mapping", "keycloak_token_url",
-           "redact", "redact_mapping"]
+__all__ = ["AUTH_KINDS", "AuthConfig", "Redactor", "TokenSource", "auth_config_from_mapping", "emulator_credentials",
+           "keycloak_token_url", "redact", "redact_mapping"]
 
 AUTH_KINDS = ("none", "static", "client_credentials", "password")
 REDACTED = "[REDACTED]"
@@ -164,6 +164,31 @@ def auth_config_from_mapping(d: Mapping[str, Any], file: str) -> AuthConfig:
                 raise err("password_env", "kind = 'password' needs password_env")
         cfg = replace(cfg, token_url=token_url)
     return cfg
+
+
+def emulator_credentials(cfg: AuthConfig, *, environ: Mapping[str, str] | None = None,
+                         file: str | None = None) -> dict[str, Any]:
+    """EmulatorConfig overrides (client_id, client_secret, users) so an embedded emulator accepts these credentials.
+
+    Use as ``dataclasses.replace(emulator_config, **emulator_credentials(auth_cfg))``; empty for static/none.
+    Missing variables are InputErrors naming the variable (never a value).
+    """
+    if not cfg.uses_keycloak:
+        return {}
+    env = os.environ if environ is None else environ
+
+    def need(name: str | None, key: str) -> str:
+        value = env.get(name or "")
+        if not value:
+            raise InputError(f"environment variable {name} is not set (or empty)", file=file, key=f"auth.{key}")
+        return value
+
+    out: dict[str, Any] = {"client_id": need(cfg.client_id_env, "client_id_env") if cfg.client_id_env
+                           else cfg.client_id, "client_secret": need(cfg.client_secret_env, "client_secret_env")}
+    if cfg.kind == "password":
+        username = need(cfg.username_env, "username_env") if cfg.username_env else cfg.username or ""
+        out["users"] = ((username, need(cfg.password_env, "password_env")),)
+    return out
 
 
 class Redactor:

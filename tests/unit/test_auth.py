@@ -205,3 +205,18 @@ def test_deployment_from_url() -> None:
     assert deployment_from_url("https://a.b/v1/api/pipelines/infer/ccfraud-7/ccfraud") == "ccfraud-7"
     assert deployment_from_url("http://127.0.0.1:8080/v1/api/pipelines/infer/x-1/y?dataset[]=*") == "x-1"
     assert deployment_from_url("http://127.0.0.1:8080/infer") is None
+
+
+def test_emulator_credentials() -> None:
+    from bench.auth import emulator_credentials
+
+    cc = auth_config_from_mapping({"kind": "client_credentials", "client_secret_env": "S"}, FILE)
+    assert emulator_credentials(cc, environ={"S": "x1"}) == {"client_id": "api-client", "client_secret": "x1"}
+    pw = auth_config_from_mapping({"kind": "password", "client_secret_env": "S", "client_id_env": "C",
+                                   "username_env": "U", "password_env": "P"}, FILE)
+    env = {"S": "x1", "C": "cid", "U": "bob", "P": "pw9"}
+    assert emulator_credentials(pw, environ=env) == {"client_id": "cid", "client_secret": "x1",
+                                                     "users": (("bob", "pw9"),)}
+    with pytest.raises(InputError, match="P is not set"):
+        emulator_credentials(pw, environ={k: v for k, v in env.items() if k != "P"})
+    assert emulator_credentials(AuthConfig(kind="static", token_env="T")) == {}
