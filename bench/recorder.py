@@ -177,7 +177,7 @@ class Recorder:
         )
 
     def finish(self, end_ns: int, *, partial: bool) -> RunData:
-        """Fold everything and return the run's data; the recorder must not be used afterwards."""
+        """Fold everything and return the run's data; later records are ignored."""
         self._flush()
         for sec in sorted(self._open_sec):
             self._close_second(sec)
@@ -212,8 +212,10 @@ class Recorder:
         return h
 
     def _flush(self) -> None:
-        if self._finished:
-            raise RuntimeError("recorder already finished")
+        if self._finished:  # a straggler answer after finish(): ignore it rather than break the engine
+            self._buf, self._dropped_buf, self._lag_buf = array("q"), array("q"), array("q")
+            self._named_buf.clear()
+            return
         if self._buf:
             buf, self._buf = self._buf, array("q")
             self._fold(np.frombuffer(buf, dtype=np.int64).reshape(-1, _NFIELDS))

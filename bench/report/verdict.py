@@ -8,9 +8,9 @@ schedule lag means throughput may describe the harness.
 
 from __future__ import annotations
 
-from bench.report.model import MEASURED, RunData
+from bench.report.model import MEASURED, Report, RunData
 
-__all__ = ["generator_bound"]
+__all__ = ["apply_verdict", "generator_bound"]
 
 
 def generator_bound(run: RunData, *, target_rps: float | None, cpu_fraction: float, lag_bound_ms: float = 1.0,
@@ -32,3 +32,12 @@ def generator_bound(run: RunData, *, target_rps: float | None, cpu_fraction: flo
     elif saturated:
         reasons.append(f"generator CPU at {cpu_fraction * 100:.0f} % of a core: throughput may be the harness's")
     return bool(reasons), reasons
+
+
+def apply_verdict(report: Report, *, target_rps: float | None, cpu_fraction: float, **bounds: float) -> bool:
+    """Judge the run and store the verdict, its reasons and the CPU figure in the report's metadata."""
+    bound, reasons = generator_bound(report.run, target_rps=target_rps, cpu_fraction=cpu_fraction, **bounds)
+    report.meta.generator_bound = bound
+    report.meta.generator_bound_reasons = reasons
+    report.meta.cpu_fraction = cpu_fraction
+    return bound

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.engine.base import ResultSink
 from bench.recorder import MAX_ERROR_SAMPLES, Recorder
 from bench.report.model import MEASURED, WARMUP
 from bench.results import Kind
@@ -185,3 +186,12 @@ def test_memory_stays_flat_over_millions_of_records() -> None:
     # 1 M records would need > 100 MB if kept; allow a few MB (per-second series, encoded seconds).
     assert after - before < 4_000_000
     assert rec.finish(20 * S, partial=False).total(MEASURED).requests == 1_200_000
+
+
+def test_is_a_result_sink_and_ignores_stragglers() -> None:
+    rec = Recorder(0, 0, batch=1)
+    sink: ResultSink = rec
+    sink.record(0, 0, MS, Kind.OK, 200, 1, 1, 1, 0)
+    run = rec.finish(S, partial=False)
+    sink.record(0, 0, MS, Kind.OK, 200, 1, 1, 1, 0)  # after finish: ignored, no exception
+    assert run.total(MEASURED).requests == 1

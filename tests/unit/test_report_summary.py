@@ -11,7 +11,7 @@ from test_report_helpers import S, make_report, make_run
 
 from bench.recorder import Recorder
 from bench.report.summary import render_summary, summarize
-from bench.report.verdict import generator_bound
+from bench.report.verdict import apply_verdict, generator_bound
 from bench.report.writer import write_report
 from bench.results import Kind
 
@@ -78,3 +78,13 @@ def test_verdict_closed_loop_cpu() -> None:
     assert generator_bound(run, target_rps=None, cpu_fraction=0.97)[0]
     assert not generator_bound(run, target_rps=None, cpu_fraction=0.3)[0]
     assert np.isfinite(run.rps())
+
+
+def test_apply_verdict_stores_it_in_the_report(tmp_path: Path) -> None:
+    from bench.report.reader import read_report
+
+    report = make_report(make_run())
+    assert apply_verdict(report, target_rps=None, cpu_fraction=0.99)
+    back = read_report(write_report(tmp_path / "v.arrow", report))
+    assert back.meta.generator_bound and back.meta.generator_bound_reasons and back.meta.cpu_fraction == 0.99
+    assert summarize(back)["generator_bound"] is True
