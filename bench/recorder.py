@@ -52,6 +52,16 @@ class Progress:
     errors: int
     dropped: int
 
+    @property
+    def rps(self) -> float:
+        """Alias of recent_rps (what progress views show)."""
+        return self.recent_rps
+
+    @property
+    def p99_ms(self) -> float:
+        """Alias of recent_p99_ms."""
+        return self.recent_p99_ms
+
 
 def _us(ns: IntArray) -> IntArray:
     """ns -> µs, rounded to nearest, clipped at 0 (clock skew between calls must not go negative)."""
@@ -175,6 +185,11 @@ class Recorder:
             errors=t[WARMUP].errors + t[MEASURED].errors,
             dropped=t[WARMUP].dropped + t[MEASURED].dropped,
         )
+
+    def status_count(self, status: int) -> int:
+        """Non-ok answers with this HTTP status so far (e.g. 401 to trigger a token refresh); flushes first."""
+        self._flush()
+        return sum(n for (_, st, _), n in self._errors.items() if st == status)
 
     def finish(self, end_ns: int, *, partial: bool) -> RunData:
         """Fold everything and return the run's data; later records are ignored."""

@@ -136,6 +136,9 @@ def test_progress_reports_recent_rate_and_p99() -> None:
     assert p.elapsed_s == pytest.approx(3.0)
     assert 900 < p.recent_rps < 1100
     assert p.recent_p99_ms == pytest.approx(5.0, rel=0.01)
+    assert (p.rps, p.p99_ms) == (p.recent_rps, p.recent_p99_ms)
+    rec.record(0, 0, MS, Kind.HTTP_ERROR, 401, 1, 1, 1, 0)
+    assert rec.status_count(401) == 1 and rec.status_count(503) == 0
 
 
 def test_raw_log_streams_every_request(tmp_path: Path) -> None:
