@@ -6,6 +6,8 @@ scoring a batch costs one matrix product — the capacity model, not the model, 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import numpy.typing as npt
 
@@ -33,6 +35,7 @@ class LogisticModel:
 
     def __init__(self) -> None:
         self.weights = _weights()
+        self.weights.flags.writeable = False  # shared by every caller of predict(): keep it constant
         self.bias = _BIAS
 
     def predict(self, matrix: npt.ArrayLike) -> npt.NDArray[np.float64]:
@@ -46,6 +49,11 @@ class LogisticModel:
         return out
 
 
+@functools.cache
+def _shared_model() -> LogisticModel:
+    return LogisticModel()
+
+
 def predict(matrix: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    """Convenience: score with a fresh (identical) model."""
-    return LogisticModel().predict(matrix)
+    """Score with the (read-only, lazily built) shared model: same result as any LogisticModel()."""
+    return _shared_model().predict(matrix)
