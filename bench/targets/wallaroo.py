@@ -164,17 +164,21 @@ def _classify_arrow(status: int, body: bytes, rows_in: int) -> tuple[int, int, i
     except (pa.ArrowException, OSError):
         return _BAD, 0, 0
     server_ns = 0
-    if rows and reader.schema.get_field_index("metadata") >= 0:
-        server_ns = _arrow_elapsed(reader)
+    if rows:
+        names = reader.schema.names
+        if "metadata" in names or "metadata.elapsed" in names:
+            server_ns = _arrow_elapsed(reader, "metadata" in names)
     return (_OK if rows == rows_in else _BAD), rows, server_ns
 
 
-def _arrow_elapsed(reader: Any) -> int:
+def _arrow_elapsed(reader: Any, nested: bool) -> int:
+    """``metadata.elapsed`` of the first row: a struct field, or a flat column with ``dataset.separator=.``."""
     try:
         batch = reader.get_batch(0)
         if batch.num_rows == 0:
             return 0
-        values = batch.column("metadata").field("elapsed")[0].values
+        col = batch.column("metadata").field("elapsed") if nested else batch.column("metadata.elapsed")
+        values = col[0].values
         return int(sum(v for v in values.to_pylist() if v is not None)) if values is not None else 0
     except (pa.ArrowException, KeyError, IndexError, TypeError, AttributeError):
         return 0
