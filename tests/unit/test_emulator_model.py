@@ -104,3 +104,48 @@ def test_url_lines_start_with_the_listening_line() -> None:
     assert lines[0] == f"{LISTENING_PREFIX}http://[::1]:8123"
     assert any(line.endswith("/v1/api/pipelines/infer/ccfraud-1/ccfraud") for line in lines)
     assert any(line.endswith("/v2.1") for line in lines)
+
+
+def _call(app: object, path: str) -> tuple[int, bytes]:
+    """Drive an ASGI app in-process for one GET."""
+    import asyncio
+    from typing import Any
+
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": path, "query_string": b"", "headers": []}
+    asyncio.run(app(scope, receive, send))  # type: ignore[operator]
+    return sent[0]["status"], sent[1]["body"]
+
+
+def test_missing_sub_app_module_answers_404_instead_of_breaking_the_app() -> None:
+    from bench.emulator.app import _optional_sub_app
+    from bench.emulator.context import EmulatorContext
+
+    sub = _optional_sub_app("bench.emulator.no_such_module", "X", EmulatorContext.create(EmulatorConfig()), "Demo")
+    status, body = _call(sub, "/v2.1/anything")
+    assert status == 404 and b"Demo" in body
+
+
+def test_app_routes_health_and_unknown_paths() -> None:
+    from bench.emulator.app import build_app
+
+    app = build_app(EmulatorConfig())
+    assert _call(app, "/health")[0] == 200
+    status, body = _call(app, "/definitely/not/here")
+    assert status == 404 and b'"status":"error"' in body
+
+
+def test_fallback_bearer_check() -> None:
+    from bench.emulator.app import _AnyBearer
+
+    check = _AnyBearer()
+    assert check.verify("Bearer abc") is None
+    assert check.verify(None) == "Jwt is missing"
+    assert check.verify("Basic abc") is not None
