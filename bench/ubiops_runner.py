@@ -115,9 +115,12 @@ class _RateGate:
         self.remaining: int | None = None
         self.reset_at_ns = 0
         self.in_flight = 0
-        self._paused_until = 0
+        self._pause_started: int | None = None
+        self._answered = anyio.Event()  # set (and replaced) on every observed answer
 
     def observe(self, headers: Mapping[str, str], status: int) -> None:
+        self._answered.set()
+        self._answered = anyio.Event()
         limit = _header_int(headers, "x-ratelimit-limit")
         remaining = _header_int(headers, "x-ratelimit-remaining")
         reset = _header_int(headers, "x-ratelimit-reset")
@@ -143,19 +146,26 @@ class _RateGate:
             now = _now()
             if self.remaining is not None and now >= self.reset_at_ns:
                 self.remaining = None  # a new window: budget unknown until the next answer
+            if self.backoff and self.remaining is None and self.in_flight > 0:
+                # budget unknown (start, or a new window): one probe at a time until an answer tells it
+                await _first(stop, self._answered, 1.0)
+                continue
             blocked = self.backoff and self.remaining is not None and self.remaining - self.in_flight <= 0
             if not blocked:
+                if self._pause_started is not None:  # the pause is over: record how long sending was held
+                    pause = now - self._pause_started
+                    self._pause_started = None
+                    self.sink.record_named("rate_limit_pause", pause)
+                    self.sink.count("rate_limit_pauses")
+                    self.stats.rate_limit_pauses += 1
+                    self.stats.rate_limit_pause_s += pause / 1e9
                 self.in_flight += 1
                 return True
+            if self._pause_started is None:
+                self._pause_started = now
             wake = self.reset_at_ns + 20_000_000  # a little past the reset
             if until_ns is not None:
                 wake = min(wake, until_ns)
-            if wake > self._paused_until:  # the first waiter records the pause
-                self.sink.record_named("rate_limit_pause", max(0, wake - now))
-                self.sink.count("rate_limit_pauses")
-                self.stats.rate_limit_pauses += 1
-                self.stats.rate_limit_pause_s += max(0, wake - now) / 1e9
-                self._paused_until = wake
             with anyio.move_on_after(max(0.0, (wake - now) / 1e9)):
                 await stop.wait()
 
