@@ -1,0 +1,324 @@
+"""`bench calibrate`: this machine's own ceiling — the rate above which results describe the harness.
+
+Runs one engine pinned to one core, closed loop, against a built-in minimal sink (a tiny asyncio server in a
+subprocess pinned to another core) or a given loopback URL, with full recording, and prints req/s and client
+CPU per request. 1e6 / (CPU µs per request) is the highest rate one core can drive for that engine and payload.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["default_body", "measure", "register", "serve_sink", "sink_app"]
+
+_ANSWER = b'{"outputs":[0.1]}'
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("calibrate", help="measure this machine's load-generation ceiling (req/s per core)",
+                              description=__doc__)
+    p.add_argument("--url", help="target URL (loopback only unless --allow-remote); default: a built-in sink")
+    p.add_argument("--engine", choices=("auto", "fast", "httpx"), default="auto")
+    p.add_argument("--http2", action="store_true", help="HTTP/2 (httpx engine; h2c for http://)")
+    p.add_argument("--body", type=Path, help="request body file (default: 10 rows x 29 floats, pandas-records)")
+    p.add_argument("--connections", type=int, default=64, help="HTTP/1.1: connections = concurrency; "
+                   "HTTP/2: connections the streams share")
+    p.add_argument("--streams", type=int, default=64, help="HTTP/2: concurrent streams in total")
+    p.add_argument("--duration", default="5s", help="measured time, e.g. 5s (after a 1 s warm-up)")
+    p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
+    p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+    p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --url")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.set_defaults(func=run)
+
+
+def default_body() -> bytes:
+    """The reference payload: pandas-records JSON, 10 rows × 29 floats (≈5.6 KB)."""
+    import orjson
+
+    golden = 0.6180339887498949
+    rows = [{f"f{j}": round(((i * 29 + j + 1) * golden) % 1 * 100, 10) for j in range(29)} for i in range(10)]
+    data: bytes = orjson.dumps(rows)
+    return data
+
+
+def _seconds(text: str) -> float:
+    from bench.errors import InputError
+
+    t = text.strip().lower()
+    try:
+        if t.endswith("ms"):
+            return float(t[:-2]) / 1000
+        if t.endswith("s"):
+            return float(t[:-1])
+        if t.endswith("m"):
+            return float(t[:-1]) * 60
+        return float(t)
+    except ValueError:
+        raise InputError(f"not a duration: {text!r} (use e.g. 5s)", key="--duration") from None
+
+
+def _cores() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return []
+
+
+def _pin(core: int | None) -> None:
+    if core is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {core})
+
+
+# -- the built-in sink ---------------------------------------------------------------------------------------
+def serve_sink(core: int | None) -> None:
+    """Minimal HTTP/1.1 keep-alive server (asyncio.Protocol + httptools); prints its port, serves until killed."""
+    import asyncio
+
+    import httptools
+
+    from bench.engine.select import run_with_loop
+
+    _pin(core)
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(_ANSWER), _ANSWER)
+
+    class Conn(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.parser = httptools.HttpRequestParser(self)
+            self.transport: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserError:
+                self.transport.close()
+
+        def on_message_complete(self) -> None:
+            self.transport.write(answer)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Conn, "127.0.0.1", 0, backlog=4096)
+        print(server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.Event().wait()
+
+    run_with_loop(main, "auto")
+
+
+async def sink_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """ASGI sink for --http2 (served by hypercorn, which speaks h2c): reads the body, answers 17 bytes."""
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"17")]})
+    await send({"type": "http.response.body", "body": _ANSWER})
+
+
+def _start_sink(http2: bool, core: int | None) -> tuple[subprocess.Popen[Any], str]:
+    if not http2:
+        code = f"from bench.commands.calibrate import serve_sink; serve_sink({core!r})"
+        proc: subprocess.Popen[Any] = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                                       text=True)
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        return proc, f"http://127.0.0.1:{port}/infer"
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "hypercorn", "--bind", f"127.0.0.1:{port}", "--worker-class", "uvloop",
+           "bench.commands.calibrate:sink_app"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=(lambda: _pin(core)) if core is not None else None)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return proc, f"http://127.0.0.1:{port}/infer"
+
+
+# -- measuring -----------------------------------------------------------------------------------------------
+class _Counting:
+    """Counts measured requests and forwards everything to the real recorder (full recording stays on)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.n = 0
+        self.errors = 0
+        self._record = inner.record
+
+    def record(self, intended_ns: int, sent_ns: int, done_ns: int, kind: int, status: int, rows: int,
+               bytes_out: int, bytes_in: int, server_ns: int) -> None:
+        self.n += 1
+        if kind:
+            self.errors += 1
+        self._record(intended_ns, sent_ns, done_ns, kind, status, rows, bytes_out, bytes_in, server_ns)
+
+    def error_detail(self, kind: int, status: int, detail: bytes) -> None:
+        self.inner.error_detail(kind, status, detail)
+
+    def dropped(self, intended_ns: int) -> None:
+        self.inner.dropped(intended_ns)
+
+    def loop_lag(self, lag_ns: int) -> None:
+        self.inner.loop_lag(lag_ns)
+
+
+class _NoStop:
+    def is_set(self) -> bool:
+        return False
+
+    async def wait(self) -> None:
+        import asyncio
+
+        await asyncio.Event().wait()
+
+
+def _recorder(start_ns: int) -> tuple[Any, str]:
+    try:
+        from bench.recorder import Recorder
+    except ImportError:
+        return None, "none"
+    return Recorder(start_ns, start_ns), "bench.recorder.Recorder"
+
+
+def measure(url: str, body: bytes, engine_kind: str, http2: bool, connections: int, duration_s: float,
+            loop_kind: str, verify: bool, streams: int = 64) -> dict[str, Any]:
+    """Warm up 1 s, then run ``duration_s`` closed loop at ``connections``; CPU and req/s of this process."""
+    from bench.engine.base import EngineConfig, LoadSpec, PreparedBody, RequestSet
+    from bench.engine.select import choose_engine, resolve_loop, run_with_loop
+
+    config = EngineConfig(kind=engine_kind, http2=http2, connections=connections if http2 else 0,  # type: ignore[arg-type]
+                          verify_tls=verify, loop=loop_kind)  # type: ignore[arg-type]
+    cls = choose_engine(config, url)
+    requests = RequestSet(url, "POST", {"Content-Type": "application/json"}, [PreparedBody(body, 10)])
+
+    def classify(status: int, answer: bytes, rows: int) -> tuple[int, int, int]:
+        return (0 if 200 <= status < 300 else 2, rows, 0)
+
+    result: dict[str, Any] = {}
+    concurrency = max(streams, connections) if http2 else connections
+
+    async def go() -> None:
+        now = time.monotonic_ns()
+        warm = cls(config, requests, classify, _Counting(_recorder(now)[0] or _Null()))
+        await warm.run(LoadSpec("closed", now, now + 1_000_000_000, concurrency=concurrency, drain_s=2),
+                       _NoStop())
+        start = time.monotonic_ns()
+        rec, rec_name = _recorder(start)
+        sink = _Counting(rec if rec is not None else _Null())
+        eng = cls(config, requests, classify, sink)
+        cpu0 = time.process_time()
+        await eng.run(LoadSpec("closed", start, start + int(duration_s * 1e9), concurrency=concurrency,
+                               drain_s=2), _NoStop())
+        cpu = time.process_time() - cpu0
+        wall = (time.monotonic_ns() - start) / 1e9
+        if rec is not None:
+            rec.finish(time.monotonic_ns(), partial=False)
+        result.update(requests=sink.n, errors=sink.errors, wall_s=wall, cpu_s=cpu, recorder=rec_name,
+                      engine=cls.__name__)
+
+    run_with_loop(go, resolve_loop(loop_kind))  # type: ignore[arg-type]
+    n = max(1, result["requests"])
+    result["req_per_s"] = result["requests"] / result["wall_s"]
+    result["cpu_us_per_req"] = result["cpu_s"] / n * 1e6
+    result["cpu_fraction"] = result["cpu_s"] / result["wall_s"]
+    result["ceiling_req_per_s_per_core"] = 1e6 / result["cpu_us_per_req"] if result["requests"] else 0.0
+    return result
+
+
+class _Null:
+    def record(self, *a: int) -> None:
+        pass
+
+    def error_detail(self, kind: int, status: int, detail: bytes) -> None:
+        pass
+
+    def dropped(self, intended_ns: int) -> None:
+        pass
+
+    def loop_lag(self, lag_ns: int) -> None:
+        pass
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from urllib.parse import urlsplit
+
+    from bench.errors import InputError
+
+    duration = _seconds(args.duration)
+    if duration <= 0:
+        raise InputError("must be positive", key="--duration")
+    if args.connections < 1:
+        raise InputError("must be at least 1", key="--connections")
+    if args.url:
+        parts = urlsplit(args.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InputError(f"not an http(s) URL: {args.url!r}", key="--url")
+        if parts.hostname not in _LOOPBACK and not args.allow_remote:
+            raise InputError("calibrate drives a target at full speed; only loopback URLs are allowed without "
+                             "--allow-remote", key="--url")
+    if args.body is not None:
+        try:
+            body = args.body.read_bytes()
+        except OSError as exc:
+            raise InputError(f"cannot read: {exc.strerror}", file=str(args.body)) from None
+    else:
+        body = default_body()
+    cores = _cores()
+    sink_core, engine_core = (cores[0], cores[1]) if len(cores) >= 2 else (None, None)
+    proc = None
+    url = args.url
+    try:
+        if url is None:
+            proc, url = _start_sink(args.http2, sink_core)
+        _pin(engine_core)
+        result = measure(url, body, args.engine, args.http2, args.connections, duration, args.loop,
+                         not args.insecure, args.streams)
+        sink_cpu = None
+        if proc is not None:
+            import psutil
+
+            times = psutil.Process(proc.pid).cpu_times()
+            sink_cpu = times.user + times.system
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(10)
+        if cores:
+            os.sched_setaffinity(0, set(cores))
+    result.update(url=url, body_bytes=len(body), connections=args.connections, engine_core=engine_core,
+                  sink_core=sink_core, built_in_sink=args.url is None)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    where = f" on CPU {engine_core}" if engine_core is not None else ""
+    print(f"engine {result['engine']}{' HTTP/2' if args.http2 else ''}, {args.connections} connections, "
+          f"body {len(body):,} B, {duration:g} s{where}; recording: {result['recorder']}")
+    print(f"  measured     {result['req_per_s']:>10,.0f} req/s   ({result['errors']:,} errors)")
+    print(f"  client CPU   {result['cpu_us_per_req']:>10.1f} µs/req  ({result['cpu_fraction']:.0%} of one core)")
+    print(f"  ceiling      {result['ceiling_req_per_s_per_core']:>10,.0f} req/s per core (1e6 / CPU µs per req)")
+    if sink_cpu is not None:
+        print(f"  sink CPU     {sink_cpu:>10.1f} s over the whole run (warm-up included)")
+    if result["cpu_fraction"] < 0.9:
+        print("  note: the client was not CPU-saturated — the target/sink limited the rate; the ceiling is "
+              "estimated from CPU per request")
+    return 0
