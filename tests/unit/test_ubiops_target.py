@@ -1,0 +1,159 @@
+"""bench.targets.ubiops: scenario validation, URLs, encoders and direct-answer classification."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bench.errors import InputError
+from bench.results import Kind
+from bench.targets.ubiops import (
+    UbiOpsConfig,
+    authorization_value,
+    batch_body,
+    build_ubiops_bodies,
+    classify_direct,
+    encode_plain,
+    encode_structured,
+    error_message_of,
+    ubiops_config_from_mapping,
+)
+
+ENV = {"UBIOPS_TOKEN": "abc123"}
+BASE = {"kind": "ubiops", "url": "https://api.ubiops.com/v2.1", "project": "p", "deployment": "d",
+        "token_env": "UBIOPS_TOKEN"}
+
+
+def parse(**kw: Any) -> UbiOpsConfig:
+    return ubiops_config_from_mapping({**BASE, **kw}, "s.toml", environ=ENV)
+
+
+def error(**kw: Any) -> InputError:
+    with pytest.raises(InputError) as info:
+        ubiops_config_from_mapping({**BASE, **kw}, "s.toml", environ=ENV)
+    assert info.value.file == "s.toml"
+    return info.value
+
+
+def test_defaults_and_full_table() -> None:
+    cfg = parse()
+    assert (cfg.mode, cfg.input_type, cfg.timeout_s, cfg.batch_size, cfg.on_rate_limit) == (
+        "direct", "structured", None, 250, "count")
+    cfg = parse(version="v2", input="plain", fields={"text": "input"}, timeout="2m", mode="batch",
+                batch_size=100, poll_interval="250ms", drain_timeout="30s", on_rate_limit="backoff")
+    assert cfg.timeout_s == 120 and cfg.poll_interval_s == 0.25 and cfg.drain_timeout_s == 30
+    assert cfg.field_map == {"text": "input"} and cfg.version == "v2" and cfg.token == "abc123"
+
+
+@pytest.mark.parametrize(("kw", "key", "words"), [
+    ({"project": None}, "target.project", "required"),
+    ({"timeout": 5}, "target.timeout", "10–3600"),
+    ({"timeout": 4000}, "target.timeout", "10–3600"),
+    ({"timeout": 200000, "mode": "batch"}, "target.timeout", "172800"),
+    ({"batch_size": 251}, "target.batch_size", "between 1 and 250"),
+    ({"mode": "async"}, "target.mode", "'direct'"),
+    ({"input": "json"}, "target.input", "'plain'"),
+    ({"on_rate_limit": "retry"}, "target.on_rate_limit", "'backoff'"),
+    ({"url": "ftp://x/v2.1"}, "target.url", "http"),
+    ({"url": "https://api.ubiops.com/v3"}, "target.url", "/v2.1"),
+    ({"fields": {"a": 3}}, "target.fields.a", "field name"),
+    ({"colour": "red"}, "target.colour", "unknown key"),
+    ({"token_env": "NOPE_NOT_SET"}, "target.token_env", "NOPE_NOT_SET"),
+    ({"token_env": None}, "target.token_env", "required"),
+    ({"poll_interval": "soon"}, "target.poll_interval", "duration"),
+])
+def test_validation_errors_name_the_key(kw: dict[str, Any], key: str, words: str) -> None:
+    table = {k: v for k, v in {**BASE, **kw}.items() if v is not None}
+    with pytest.raises(InputError) as info:
+        ubiops_config_from_mapping(table, "s.toml", environ=ENV)
+    assert info.value.key == key and words in info.value.problem
+
+
+def test_token_value_never_in_errors_or_repr() -> None:
+    cfg = parse()
+    assert "abc123" not in repr(cfg)
+    exc = error(timeout=1)
+    assert "abc123" not in str(exc)
+
+
+def test_embedded_needs_no_token_until_with_endpoint() -> None:
+    cfg = ubiops_config_from_mapping({"kind": "ubiops", "url": "embedded", "project": "demo",
+                                      "deployment": "ccfraud", "token_env": "UNSET_VAR"}, "s.toml", environ={})
+    assert cfg.base_url == "embedded" and cfg.token == ""
+    live = cfg.with_endpoint("http://127.0.0.1:9000", "Token t")
+    assert live.base_url == "http://127.0.0.1:9000/v2.1"
+    assert live.headers()["Authorization"] == "Token t"
+
+
+@pytest.mark.parametrize(("raw", "sent"), [("abc", "Token abc"), ("Token abc", "Token abc"),
+                                           ("token  abc ", "Token abc")])
+def test_authorization_value(raw: str, sent: str) -> None:
+    assert authorization_value(raw) == sent
+
+
+def test_paths_default_and_versioned() -> None:
+    cfg = UbiOpsConfig(project="my proj", deployment="dep", base_url="https://h/v2", timeout_s=60)
+    root = "https://h/v2/projects/my%20proj/deployments/dep/requests"
+    assert cfg.direct_url() == root + "?timeout=60"
+    assert cfg.batch_url() == root + "/batch?timeout=60"
+    assert (cfg.collect_url(), cfg.cancel_url(), cfg.delete_url()) == (
+        root + "/collect", root + "/cancel", root + "/delete")
+    assert cfg.request_url("x/y", metadata_only=True) == root + "/x%2Fy?metadata_only=true"
+    assert cfg.list_url("pending", 10, 0) == root + "?status=pending&limit=10&offset=0"
+    v = UbiOpsConfig(project="p", deployment="d", base_url="https://h/v2.1", version="v1")
+    assert v.direct_url() == "https://h/v2.1/projects/p/deployments/d/versions/v1/requests"
+
+
+def test_encoders() -> None:
+    rows = [{"tensor": [1.0, 2.0], "id": 1}, {"tensor": [3.0], "id": 2}]
+    assert orjson.loads(encode_structured(rows[:1], {"tensor": "input"})) == {"input": [1.0, 2.0]}
+    assert orjson.loads(encode_structured(rows, {})) == rows
+    assert orjson.loads(encode_plain(rows[:1], {"id": "x"})) == "1"
+    assert orjson.loads(orjson.loads(encode_plain(rows, {}))) == rows
+    assert orjson.loads(batch_body([b'{"a":1}', b'"s"'])) == [{"a": 1}, "s"]
+
+
+@given(st.lists(st.dictionaries(st.text(min_size=1, max_size=5), st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+                                max_size=4), min_size=1, max_size=5))
+def test_structured_round_trip(rows: list[dict[str, Any]]) -> None:
+    decoded = orjson.loads(encode_structured(rows, {}))
+    assert decoded == (rows[0] if len(rows) == 1 else rows)
+
+
+def test_build_bodies_direct_batch_and_errors() -> None:
+    table = pa.table({"tensor": [[0.5] * 3] * 5})
+    direct = build_ubiops_bodies(parse(fields={"tensor": "x"}), table, 2)
+    assert [b.rows for b in direct] == [2, 2, 1]
+    assert orjson.loads(direct[0].body) == [{"x": [0.5] * 3}] * 2
+    batch = build_ubiops_bodies(parse(mode="batch"), table, 1)
+    assert len(batch) == 5 and orjson.loads(batch[0].body) == {"tensor": [0.5] * 3}
+    with pytest.raises(InputError, match="one object"):
+        build_ubiops_bodies(parse(mode="batch"), table, 2)
+    with pytest.raises(InputError) as info:
+        build_ubiops_bodies(parse(fields={"nope": "x"}), table, 1)
+    assert info.value.key == "target.fields.nope"
+
+
+@pytest.mark.parametrize(("status", "body", "kind"), [
+    (200, b'{"status":"completed","result":{"dense_1":[0.1]}}', Kind.OK),
+    (200, b'{"status":"failed","error_message":"boom"}', Kind.REQUEST_FAILED),
+    (200, b'{"status":"processing"}', Kind.BAD_RESPONSE),
+    (200, b"not json", Kind.BAD_RESPONSE),
+    (200, b"[1]", Kind.BAD_RESPONSE),
+    (429, b'{"error":"slow down"}', Kind.RATE_LIMITED),
+    (401, b'{"error":"no"}', Kind.HTTP_ERROR),
+    (503, b"", Kind.HTTP_ERROR),
+])
+def test_classify_direct(status: int, body: bytes, kind: Kind) -> None:
+    assert classify_direct(status, body, 3) == (kind, 3, 0)
+
+
+def test_error_message_of() -> None:
+    assert error_message_of(b'{"status":"failed","error_message":"boom"}') == b"boom"
+    assert error_message_of(b'{"error":"bad token"}') == b"bad token"
+    assert error_message_of(b"x" * 600) == b"x" * 512
