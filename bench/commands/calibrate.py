@@ -162,11 +162,14 @@ class _Counting:
         self.inner = inner
         self.n = 0
         self.errors = 0
+        self.lat: list[int] = []
         self._record = inner.record
 
     def record(self, intended_ns: int, sent_ns: int, done_ns: int, kind: int, status: int, rows: int,
                bytes_out: int, bytes_in: int, server_ns: int) -> None:
         self.n += 1
+        if not self.n & 15:  # a 1-in-16 latency sample for p50/p99 (the recorder keeps the full histograms)
+            self.lat.append(done_ns - intended_ns)
         if kind:
             self.errors += 1
         self._record(intended_ns, sent_ns, done_ns, kind, status, rows, bytes_out, bytes_in, server_ns)
@@ -232,6 +235,8 @@ def measure(url: str, body: bytes, engine_kind: str, http2: bool, connections: i
         wall = (time.monotonic_ns() - start) / 1e9
         if rec is not None:
             rec.finish(time.monotonic_ns(), partial=False)
+        lat = sorted(sink.lat) or [0]
+        result.update(p50_ms=lat[len(lat) // 2] / 1e6, p99_ms=lat[min(len(lat) - 1, len(lat) * 99 // 100)] / 1e6)
         result.update(requests=sink.n, errors=sink.errors, wall_s=wall, cpu_s=cpu, recorder=rec_name,
                       engine=cls.__name__)
 
@@ -314,6 +319,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"engine {result['engine']}{' HTTP/2' if args.http2 else ''}, {args.connections} connections, "
           f"body {len(body):,} B, {duration:g} s{where}; recording: {result['recorder']}")
     print(f"  measured     {result['req_per_s']:>10,.0f} req/s   ({result['errors']:,} errors)")
+    print(f"  latency      p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms")
     print(f"  client CPU   {result['cpu_us_per_req']:>10.1f} µs/req  ({result['cpu_fraction']:.0%} of one core)")
     print(f"  ceiling      {result['ceiling_req_per_s_per_core']:>10,.0f} req/s per core (1e6 / CPU µs per req)")
     if sink_cpu is not None:
