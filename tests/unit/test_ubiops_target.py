@@ -159,3 +159,15 @@ def test_error_message_of() -> None:
     assert error_message_of(b'{"status":"failed","error_message":"boom"}') == b"boom"
     assert error_message_of(b'{"error":"bad token"}') == b"bad token"
     assert error_message_of(b"x" * 600) == b"x" * 512
+
+
+@pytest.mark.parametrize("name", ["ubiops-direct", "ubiops-batch", "ubiops-real.example"])
+def test_shipped_scenarios_validate(name: str) -> None:
+    import tomllib
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scenarios" / f"{name}.toml"
+    doc = tomllib.loads(path.read_text())
+    cfg = ubiops_config_from_mapping(doc["target"], str(path), environ=ENV)
+    assert cfg.project and cfg.deployment and cfg.field_map
+    assert doc["data"]["rows_per_request"] == 1
