@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from bench.errors import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_SLO, InputError
+from bench.errors import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_SLO, BenchError, InputError
 from bench.scenario import Scenario, apply_overrides, parse_scenario
 
 __all__ = ["run_from_args", "scenario_from_args"]
@@ -168,6 +168,13 @@ def run_single(args: argparse.Namespace, sc: Scenario) -> int:
     try:
         run, facts = anyio.run(execute, prepared, ctl, backend="asyncio",
                                backend_options={"use_uvloop": use_uvloop(sc)})
+    except BenchError as exc:
+        secrets = ctl.secrets()
+        if secrets:  # messages about token endpoints must not carry what was sent to them
+            from bench.auth import redact
+
+            exc.args = (redact(str(exc), secrets),)
+        raise
     finally:
         view.close()
     from bench.report.build import build_report
@@ -223,7 +230,6 @@ def finish_run(args: argparse.Namespace, sc: Scenario, prepared: Any, report: An
         render_summary(report, console)
         if slo_result is not None:
             console.print(slo_result.render())
-        console.print(f"report: {written}")
     if facts.get("interrupted"):
         return EXIT_INTERRUPTED
     if slo_result is not None and not slo_result.passed:

@@ -11,8 +11,8 @@ import math
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,29 @@ class Prepared:
     slo: Any = None  # bench.report.slo objectives or None
 
 
+TOKEN_PATH = "/auth/realms/master/protocol/openid-connect/token"
+
+
+class _Counts:
+    """Counter calls made before the recorder exists (the first token fetch) are kept and replayed."""
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[str, int]] = []
+        self._recorder: Any = None
+
+    def count(self, name: str, n: int = 1) -> None:
+        if self._recorder is None:
+            self._pending.append((name, n))
+        else:
+            self._recorder.count(name, n)
+
+    def attach(self, recorder: Any) -> None:
+        self._recorder = recorder
+        for name, n in self._pending:
+            recorder.count(name, n)
+        self._pending.clear()
+
+
 @dataclass
 class RunControl:
     """How the runner talks to its surroundings: progress output, interruption, options."""
@@ -47,7 +70,10 @@ class RunControl:
     raw_path: Path | None = None
     preflight: bool = True
     interrupted: bool = False
-    secrets: list[str] = field(default_factory=list)
+    token_source: Any = None  # set while a run holds credentials: its secrets() scrub messages
+
+    def secrets(self) -> list[str]:
+        return list(self.token_source.secrets()) if self.token_source is not None else []
 
 
 def prepare(sc: Scenario) -> Prepared:
@@ -60,9 +86,13 @@ def prepare(sc: Scenario) -> Prepared:
     elif sc.tables["emulator"]:
         raise InputError("only used when target.url = 'embedded'", file=sc.file, key="emulator")
     if sc.tables["auth"]:
-        from bench.auth import auth_config_from_mapping
+        from bench.auth import auth_config_from_mapping, emulator_credentials
 
         prepared.auth_config = auth_config_from_mapping(sc.tables["auth"], sc.file)
+        if prepared.emulator_config is not None and prepared.auth_config.uses_keycloak:
+            # the embedded emulator must accept the scenario's credentials (they reach it on stdin, not argv)
+            prepared.emulator_config = replace(prepared.emulator_config,
+                                               **emulator_credentials(prepared.auth_config, file=sc.file))
     if sc.tables["wallaroo"]:
         from bench.preflight import preflight_config_from_mapping
 
@@ -209,36 +239,41 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
 
     sc = prepared.scenario
     stop = anyio.Event()
-    facts: dict[str, Any] = {"started_utc": time.time()}
+    counts = _Counts()
+    facts: dict[str, Any] = {}
     async with _target_url(prepared, ctl) as (url, emu), anyio.create_task_group() as tg:
         authorization = _static_token(sc)
         token_source = None
         if prepared.auth_config is not None:
             from bench.auth import TokenSource
 
-            token_url_default = emu.token_url if emu is not None else None
-            token_source = TokenSource(prepared.auth_config, default_token_url=token_url_default)
+            token_url = f"{emu.base_url}{TOKEN_PATH}" if emu is not None else None
+            token_source = TokenSource(prepared.auth_config, count=counts.count, file=sc.file,
+                                       default_token_url=token_url)
+            ctl.token_source = token_source
             await token_source.start(tg)
             authorization = token_source.authorization()
-            ctl.secrets.extend(token_source.secrets())
         if prepared.preflight_config is not None and ctl.preflight:
             from bench.preflight import run_preflight
 
             resolved = await run_preflight(prepared.preflight_config,
                                            lambda: token_source.authorization() if token_source else "",
-                                           progress=ctl.message)
-            if resolved and not sc.target.url:
+                                           progress=ctl.message, target_url=None if emu else url)
+            if resolved:
                 url = resolved
         if start_at_wall is not None:
             await anyio.sleep(max(0.0, start_at_wall - time.time()))
         start_ns = time.monotonic_ns() + 20_000_000  # 20 ms to open connections before the first send
-        facts["started_utc"] = time.time() + 0.02
         warmup_end_ns = start_ns + int(sc.load.warmup_s * 1e9)
         recorder = Recorder(start_ns, warmup_end_ns, raw_path=ctl.raw_path)
+        counts.attach(recorder)
         spec = load_spec(sc, start_ns, worker=worker)
 
         with _signals(ctl, stop):
-            tg.start_soon(_watch, recorder, ctl, stop, spec, token_source)
+            grace_s = spec.drain_s + 1.0
+            if prepared.ubiops_config is not None:
+                grace_s = max(grace_s, prepared.ubiops_config.drain_timeout_s + 5.0)
+            tg.start_soon(_watch, recorder, ctl, stop, spec, token_source, grace_s)
             cpu0 = time.process_time()
             wall0 = time.monotonic()
             if sc.target.kind == "ubiops":
@@ -246,9 +281,10 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
 
                 cfg = prepared.ubiops_config
                 if emu is not None:
-                    cfg = cfg.with_endpoint(url, emu.ubiops_token)
-                facts["ubiops"] = await run_ubiops(cfg, [b.body for b in prepared.bodies],
-                                                   [b.rows for b in prepared.bodies], recorder, spec, stop)
+                    cfg = cfg.with_endpoint(url, prepared.emulator_config.ubiops_token)
+                stats = await run_ubiops(cfg, [b.body for b in prepared.bodies],
+                                         [b.rows for b in prepared.bodies], recorder, spec, stop)
+                facts["ubiops"] = stats.to_dict()
             else:
                 from bench.engine.select import choose_engine
 
@@ -261,8 +297,7 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
                 facts["abandoned"] = engine.abandoned
             facts["cpu_fraction"] = (time.process_time() - cpu0) / max(1e-9, time.monotonic() - wall0)
             stop.set()
-        end_ns = time.monotonic_ns()
-        facts["ended_utc"] = time.time()
+        end_ns = min(time.monotonic_ns(), spec.end_ns)  # throughput over the planned window, not the drain
         if token_source is not None:
             await token_source.close()
         tg.cancel_scope.cancel()
@@ -271,7 +306,8 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
     return recorder.finish(end_ns, partial=ctl.interrupted), facts
 
 
-async def _watch(recorder: Any, ctl: RunControl, stop: anyio.Event, spec: LoadSpec, token_source: Any) -> None:
+async def _watch(recorder: Any, ctl: RunControl, stop: anyio.Event, spec: LoadSpec, token_source: Any,
+                 grace_s: float) -> None:
     """Progress ~2×/s; a 401 seen mid-run triggers one immediate token refresh; stops at the deadline."""
     seen_401 = 0
     while not stop.is_set():
@@ -285,7 +321,7 @@ async def _watch(recorder: Any, ctl: RunControl, stop: anyio.Event, spec: LoadSp
                 seen_401 = n
                 recorder.count("unauthorized_seen")
                 token_source.refresh_now()
-        if time.monotonic_ns() >= spec.end_ns + int(spec.drain_s * 1e9) + 1_000_000_000:
+        if time.monotonic_ns() >= spec.end_ns + int(grace_s * 1e9):
             stop.set()  # a safety net: engines stop themselves at end_ns
 
 
@@ -317,8 +353,3 @@ def _signals(ctl: RunControl, stop: anyio.Event) -> Iterator[None]:
             loop.remove_signal_handler(sig)
 
 
-def redacted_source(sc: Scenario) -> Mapping[str, Any]:
-    """The scenario as stored in the report: values of secret-looking keys blanked."""
-    from bench.report.writer import redact_mapping
-
-    return redact_mapping(sc.source)

@@ -1,0 +1,154 @@
+"""`bench run` end to end: the real CLI against the real emulator over loopback sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.ipc as ipc
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SHORT = ["--set", 'load.duration="2s"', "--set", 'load.warmup="0.5s"']
+
+
+def bench(*args: str, timeout: float = 90, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def rows_per_request(n: int, rows: int = 1001) -> float:
+    """Mean rows per request when the 1,001-row data set is cut into n-row requests (the last one shorter)."""
+    return rows / -(-rows // n)
+
+
+def section(path: Path, name: str) -> list[dict[str, object]]:
+    """Rows of one section of a report, read with pyarrow alone (no bench import)."""
+    table = ipc.open_file(str(path)).read_all()
+    return [row for row in table.to_pylist() if row["section"] == name]
+
+
+def summary_of(proc: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    assert proc.returncode == 0, proc.stderr
+    data: dict[str, object] = json.loads(proc.stdout)
+    return data
+
+
+def test_quickstart_json_summary_and_report(tmp_path: Path) -> None:
+    out = tmp_path / "q.arrow"
+    s = summary_of(bench("run", "scenarios/quickstart.toml", *SHORT, "--json", "--out", str(out)))
+    for key in ("requests", "errors", "rps", "rows_per_s", "latency_ms", "service_ms", "errors_by_kind",
+                "generator_bound", "report"):
+        assert key in s, key
+    for view in ("latency_ms", "service_ms"):
+        figures = s[view]
+        assert isinstance(figures, dict)
+        assert set(figures) >= {"p50", "p90", "p99", "p999", "max"}
+        assert 0 < figures["p50"] <= figures["p99"] <= figures["max"]
+    assert isinstance(s["requests"], int) and s["requests"] > 100
+    assert s["errors"] == 0
+    assert s["rows_per_s"] == pytest.approx(rows_per_request(10) * float(s["rps"]), rel=0.02)  # type: ignore[arg-type]
+    assert Path(str(s["report"])) == out and out.exists()
+    # the report opens with pyarrow alone and its histogram counts equal the summary's request counts
+    latency = [r for r in section(out, "histogram") if r["name"] == "latency" and r["phase"] == "measured"]
+    assert sum(r["count"] for r in latency) == s["requests"]
+    ok = [r for r in latency if r["outcome"] == "ok"]
+    assert ok[0]["p99_ms"] == pytest.approx(s["latency_ms"]["p99"], rel=1e-3)  # type: ignore[index]
+
+
+def test_quickstart_human_output_and_default_report_dir(tmp_path: Path) -> None:
+    proc = bench("run", "scenarios/quickstart.toml", *SHORT, "--set", f'report.dir="{tmp_path}"')
+    assert proc.returncode == 0, proc.stderr
+    assert "req/s" in proc.stdout
+    reports = list(tmp_path.glob("*.arrow"))
+    assert len(reports) == 1 and "quickstart" in reports[0].name
+    assert "progress:" in proc.stderr  # not a terminal: plain progress lines
+
+
+def test_arrow_format_end_to_end(tmp_path: Path) -> None:
+    s = summary_of(bench("run", "scenarios/wallaroo-arrow.toml", *SHORT, "--set", "load.rate=100.0",
+                         "--json", "--out", str(tmp_path / "a.arrow")))
+    assert s["errors"] == 0
+    assert s["requests"] >= 150  # 100/s for 2 s measured
+    assert s["rows_per_s"] == pytest.approx(rows_per_request(100) * float(s["rps"]), rel=0.03)  # type: ignore[arg-type]
+
+
+def test_error_rate_is_counted_by_kind(tmp_path: Path) -> None:
+    s = summary_of(bench("run", "scenarios/quickstart.toml", *SHORT, "--set", "emulator.error_rate=0.2",
+                         "--json", "--out", str(tmp_path / "e.arrow")))
+    requests, errors = int(s["requests"]), int(s["errors"])  # type: ignore[call-overload]
+    assert 0.1 < errors / requests < 0.3
+    by_kind = s["errors_by_kind"]
+    assert isinstance(by_kind, dict) and sum(by_kind.values()) == errors
+    assert all(k.startswith("http_error") for k in by_kind)
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["scenarios/nope.toml"], "not found"),
+        (["scenarios/quickstart.toml", "--set", "load.rate=-1"], "load.rate"),
+        (["scenarios/quickstart.toml", "--set", "load.bogus=1"], "unknown key"),
+        (["scenarios/quickstart.toml", "--set", 'data.column="nope"'], "nope"),
+        (["--url", "127.0.0.1:8080/infer", "--body", "data/ccfraud_1k.df.json"], "scheme"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args: list[str], words: str) -> None:
+    proc = bench("run", *args)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert words in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture
+def emulator() -> Iterator[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "serve", "--port", "0", "--latency-ms", "1"],
+                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("bench emulator listening on http://127.0.0.1:"), line
+        yield line.split()[-1]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_adhoc_run_against_bench_serve(emulator: str, tmp_path: Path) -> None:
+    url = f"{emulator}/v1/api/pipelines/infer/ccfraud-1/ccfraud"
+    s = summary_of(bench("run", "--url", url, "--body", "data/ccfraud_1k.df.json", "-c", "4", "-d", "1s",
+                         "--json", "--out", str(tmp_path / "h.arrow")))
+    assert int(s["requests"]) > 10  # type: ignore[call-overload]
+    assert s["errors"] == 0
+
+
+def test_sigint_writes_partial_report(tmp_path: Path) -> None:
+    out = tmp_path / "partial.arrow"
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "scenarios/quickstart.toml", "--set",
+                             'load.duration="60s"', "--out", str(out), "--json"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # wait until load is flowing (first progress line)
+            line = proc.stderr.readline()
+            if line.startswith("progress:") or not line:
+                break
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    meta = {r["name"]: json.loads(r["text"]) for r in section(out, "meta")}
+    assert meta["partial"] is True
+    summary = json.loads(stdout)
+    assert summary["partial"] is True
