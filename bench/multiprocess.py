@@ -96,7 +96,7 @@ def run_parent(args: argparse.Namespace, sc: Scenario, processes: int) -> int:
                              f"(exit codes {[p.returncode for p in procs]})")
         reports = [read_report(p) for p in parts]
         merged = merge_reports(reports)
-    facts: dict[str, Any] = {"processes": processes, "interrupted": interrupted or merged.meta.get("partial", False)}
+    facts: dict[str, Any] = {"processes": processes, "interrupted": interrupted or merged.run.partial}
     return finish_run(args, sc, prepared, merged, facts, out_path)
 
 

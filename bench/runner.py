@@ -20,6 +20,7 @@ import anyio
 
 from bench.engine.base import Classifier, EngineConfig, LoadSpec, PreparedBody, RequestSet
 from bench.errors import InputError
+from bench.payload import PayloadFormat
 from bench.scenario import Scenario
 
 __all__ = ["Prepared", "RunControl", "execute", "load_spec", "offsets_for", "prepare"]
@@ -127,8 +128,8 @@ def _bodies(sc: Scenario) -> list[PreparedBody]:
         return list(build_ubiops_bodies(cfg, table, data.rows_per_request))
     from bench.payload import build_bodies
 
-    fmt = "arrow" if sc.target.format == "arrow" else "pandas-records"
-    return build_bodies(table, data.rows_per_request, fmt)  # type: ignore[arg-type]
+    fmt: PayloadFormat = "arrow" if sc.target.format == "arrow" else "pandas-records"
+    return build_bodies(table, data.rows_per_request, fmt)
 
 
 def request_set(sc: Scenario, url: str, bodies: list[PreparedBody], authorization: str | None) -> tuple[
@@ -138,10 +139,11 @@ def request_set(sc: Scenario, url: str, bodies: list[PreparedBody], authorizatio
     if sc.target.kind == "wallaroo":
         from bench.targets import wallaroo
 
-        headers.update(wallaroo.request_headers(sc.target.format))
+        fmt: PayloadFormat = "arrow" if sc.target.format == "arrow" else "pandas-records"
+        headers.update(wallaroo.request_headers(fmt))
         if sc.target.dataset_params:
             url = wallaroo.with_dataset_params(url)
-        classify = wallaroo.make_classifier(sc.target.format)
+        classify = wallaroo.make_classifier(fmt)
     else:
         from bench.targets import http
 

@@ -69,5 +69,8 @@ def build_report(sc: Scenario, run: RunData, facts: Mapping[str, Any]) -> Report
     meta = make_meta(sc.name, run=run, scenario_text=scenario_toml(sc.source), load=load_meta,
                      target=target_meta, extra=extra)
     report = Report(meta=meta, run=run)
-    apply_verdict(report, target_rps=target_rps, cpu_fraction=float(facts.get("cpu_fraction", 0.0)))
+    # the UbiOps data plane is httpx-based and paced in chunks: a millisecond of lag there is not a fault
+    lag_bound_ms = 10.0 if sc.target.kind == "ubiops" else 1.0
+    apply_verdict(report, target_rps=target_rps, cpu_fraction=float(facts.get("cpu_fraction", 0.0)),
+                  lag_bound_ms=lag_bound_ms)
     return report

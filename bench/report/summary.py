@@ -47,7 +47,17 @@ def summarize(report: Report) -> dict[str, Any]:
         "warmup_requests": run.total(WARMUP).requests,
         "schedule_lag_p99_ms": round(run.histogram("schedule_lag", MEASURED).percentiles_ms((99,))[99], 3),
         "partial": run.partial,
+        "other_ms": {name: _views(run.histogram(name, MEASURED)) for name in _other_metrics(report)},
     }
+
+
+_CORE_METRICS = frozenset({"latency", "service", "schedule_lag", "loop_lag"})
+
+
+def _other_metrics(report: Report) -> list[str]:
+    """Target-specific histograms with data (server time, UbiOps batch_e2e / queue / processing, ...)."""
+    names = {k.metric for k, h in report.run.histograms.items() if k.metric not in _CORE_METRICS and h.total}
+    return sorted(names)
 
 
 def render_summary(report: Report, console: Console) -> None:
@@ -64,8 +74,9 @@ def render_summary(report: Report, console: Console) -> None:
     lat.add_column("view")
     for name in ("p50", "p90", "p99", "p99.9", "max"):
         lat.add_column(name, justify="right")
-    for label, key in (("from intended time", "latency_ms"), ("service (sent→done)", "service_ms")):
-        v = s[key]
+    rows = [("from intended time", s["latency_ms"]), ("service (sent→done)", s["service_ms"])]
+    rows += [(name.replace("_", " "), v) for name, v in s["other_ms"].items()]
+    for label, v in rows:
         lat.add_row(label, *(f"{v[k]:.3f}" for k in ("p50", "p90", "p99", "p999", "max")))
     console.print(lat)
     if s["errors_by_kind"]:
