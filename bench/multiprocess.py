@@ -125,7 +125,7 @@ def run_worker(args: argparse.Namespace, sc: Scenario) -> int:
     i, n, epoch = _parse_worker(args.worker)
     url = os.environ.get(_URL_ENV)
     if url:  # the parent runs the shared embedded emulator
-        tables = {k: v for k, v in sc.tables.items() if k != "emulator"}
+        tables = {**sc.tables, "emulator": {}}
         sc = replace(sc, target=replace(sc.target, url=url), tables=tables)
     prepared = prepare(sc)
     out_path = report_path(args, sc)
