@@ -1,0 +1,50 @@
+"""`bench compare BASE.arrow NEW.arrow`: deltas and a noise-aware regression verdict (exit 1 on regression)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("compare", help="compare two runs; exit 1 on a significant regression",
+                              description="Side-by-side deltas of two reports. A metric regresses when it is "
+                              "worse than allowed AND the change is significant against the per-second noise "
+                              "(moving-block bootstrap). Exit 0: no regression, 1: regression, 2: bad input.")
+    p.add_argument("base", metavar="BASE.arrow")
+    p.add_argument("new", metavar="NEW.arrow")
+    p.add_argument("--max-regression", metavar="LIMITS", default=None,
+                   help="allowed worsening per metric, merged over the defaults p50=10%%,p99=10%%,rps=5%%,"
+                   "error_rate=0.5pp; metrics: p50 p90 p99 p999 max, service_p50 … service_max, rps, "
+                   "rows_per_s, error_rate; 'off' disables one")
+    p.add_argument("--markdown", metavar="PATH", help="write the comparison as Markdown (PR comment)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from bench.errors import EXIT_OK, EXIT_SLO, InputError
+    from bench.report.compare import compare_reports, parse_thresholds
+    from bench.report.markdown import append_step_summary, comparison_markdown
+    from bench.report.reader import read_report
+    from bench.report.terminal import render_comparison
+
+    thresholds = parse_thresholds(args.max_regression)
+    base, new = read_report(Path(args.base)), read_report(Path(args.new))
+    cmp = compare_reports(base, new, thresholds)
+    console = Console()
+    render_comparison(cmp, console, args.base, args.new)
+    md = comparison_markdown(cmp, Path(args.base).name, Path(args.new).name)
+    if args.markdown:
+        try:
+            Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.markdown).write_text(md, encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"cannot write: {exc.strerror or exc}", file=args.markdown, key="--markdown") from None
+    append_step_summary(md)
+    return EXIT_SLO if cmp.regressed else EXIT_OK

@@ -1,0 +1,52 @@
+"""`bench report RUN.arrow [--html PATH] [--markdown PATH]`: look at a stored run."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("report", help="show a run report; write HTML / Markdown views",
+                              description="Print a stored run as tables; optionally write a self-contained HTML "
+                              "page (plots, no network) and Markdown (also appended to $GITHUB_STEP_SUMMARY "
+                              "when that variable is set).")
+    p.add_argument("report", metavar="RUN.arrow")
+    p.add_argument("--html", metavar="PATH", help="write a self-contained HTML page with plots")
+    p.add_argument("--markdown", metavar="PATH", help="write Markdown (e.g. for a CI step summary)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from bench.errors import InputError
+    from bench.report.markdown import append_step_summary, report_markdown
+    from bench.report.reader import read_report
+    from bench.report.terminal import render_report
+
+    report = read_report(Path(args.report))
+    console = Console()
+    render_report(report, console)
+    md = report_markdown(report)
+    for flag, path, text in (("--html", args.html, None), ("--markdown", args.markdown, md)):
+        if not path:
+            continue
+        if text is None:
+            from bench.report.html import render_html
+
+            text = render_html(report)
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"cannot write: {exc.strerror or exc}", file=path, key=flag) from None
+        console.print(f"{flag[2:]}: {path}")
+    written = append_step_summary(md)
+    if written is not None:
+        console.print(f"appended to $GITHUB_STEP_SUMMARY ({written})")
+    return 0

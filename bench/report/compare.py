@@ -1,0 +1,266 @@
+"""Compare two runs and decide "slower, and not by noise".
+
+The point estimates are the whole-run figures people read (measured phase: merged HDR histograms and
+totals). Noise comes from the per-second windows the report stores: each run's windows are resampled with
+a moving-block bootstrap (blocks keep neighbouring, autocorrelated seconds together) and the change of the
+window means gets a one-sided confidence bound. A metric is a regression only when its point estimate is
+worse than the threshold allows AND that bound says the change is not zero (it is in the worse direction
+with the chosen confidence). With fewer than ``MIN_WINDOWS`` whole seconds per run noise cannot be judged;
+then the threshold alone decides and the comparison says so.
+
+Only the latency from the intended time has per-second histograms; the service-time rows borrow the
+latency windows' noise (the two views move together unless the harness queues).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from bench.errors import InputError
+from bench.report.model import MEASURED, Report, RunData
+
+__all__ = [
+    "DEFAULT_THRESHOLDS",
+    "METRICS",
+    "MIN_WINDOWS",
+    "Comparison",
+    "Metric",
+    "MetricDelta",
+    "compare_reports",
+    "format_change",
+    "measured_windows",
+    "parse_thresholds",
+]
+
+MIN_WINDOWS = 3
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    key: str
+    label: str
+    higher_is_worse: bool
+    absolute: bool = False  # compared as a difference (percentage points), not a ratio
+
+
+_LAT = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9), ("max", 100.0))
+METRICS: tuple[Metric, ...] = (
+    *(Metric(k, f"latency {k} (ms)", True) for k, _ in _LAT),
+    *(Metric(f"service_{k}", f"service {k} (ms)", True) for k, _ in _LAT),
+    Metric("rps", "req/s", False),
+    Metric("rows_per_s", "rows/s", False),
+    Metric("error_rate", "error rate", True, absolute=True),
+)
+_BY_KEY = {m.key: m for m in METRICS}
+_PCT = dict(_LAT)
+DEFAULT_THRESHOLDS: dict[str, float] = {"p50": 0.10, "p99": 0.10, "rps": 0.05, "error_rate": 0.005}
+
+
+@dataclass(frozen=True, slots=True)
+class MetricDelta:
+    metric: Metric
+    base: float
+    new: float
+    change: float | None  # relative (0.1 = +10 %) or, for absolute metrics, the difference (0.005 = +0.5 pp)
+    threshold: float | None  # allowed worsening (same unit as change); None: not gated
+    beyond_threshold: bool
+    significant: bool | None  # None: too few windows to judge noise
+    ci: tuple[float, float] | None  # two-sided bootstrap interval of the window-mean change
+    regression: bool
+
+    @property
+    def key(self) -> str:
+        return self.metric.key
+
+
+@dataclass(slots=True)
+class Comparison:
+    metrics: list[MetricDelta]
+    base_windows: int
+    new_windows: int
+    confidence: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> list[MetricDelta]:
+        return [m for m in self.metrics if m.regression]
+
+    @property
+    def regressed(self) -> bool:
+        return bool(self.regressions)
+
+    def verdict(self) -> str:
+        if not self.regressed:
+            return "no regression"
+        return "regression: " + ", ".join(f"{m.key} {format_change(m)}" for m in self.regressions)
+
+
+def format_change(m: MetricDelta) -> str:
+    if m.change is None:
+        return "n/a"
+    if m.metric.absolute:
+        return f"{m.change * 100:+.2f} pp"
+    if math.isinf(m.change):
+        return "+inf %"
+    return f"{m.change * 100:+.1f} %"
+
+
+def parse_thresholds(text: str | None) -> dict[str, float | None]:
+    """``p99=10%,rps=5%,error_rate=0.5pp`` (``off`` disables a metric) merged over the defaults."""
+    out: dict[str, float | None] = dict(DEFAULT_THRESHOLDS)
+    if not text:
+        return out
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        key = key.strip().replace("p99.9", "p999")
+        value = value.strip().lower()
+        if not sep or key not in _BY_KEY:
+            raise InputError(f"expected METRIC=LIMIT with METRIC one of {', '.join(_BY_KEY)}, got {part!r}",
+                             key="--max-regression")
+        if value == "off":
+            out[key] = None
+            continue
+        absolute = _BY_KEY[key].absolute
+        suffix = "pp" if absolute else "%"
+        if not value.endswith(suffix):
+            raise InputError(f"{key}: expected a limit like {'0.5pp' if absolute else '10%'}, got {value!r}",
+                             key="--max-regression")
+        try:
+            number = float(value[: -len(suffix)])
+        except ValueError:
+            raise InputError(f"{key}: not a number: {value!r}", key="--max-regression") from None
+        if not math.isfinite(number) or number < 0:
+            raise InputError(f"{key}: must be >= 0, got {value!r}", key="--max-regression")
+        out[key] = number / 100.0
+    return out
+
+
+def measured_windows(run: RunData, min_overlap_s: float = 0.5) -> list[int]:
+    """Positions in ``run.series`` of the seconds that start inside the measured phase and overlap it by at
+    least ``min_overlap_s`` (the last second of a run is often partial; it also holds the final drain).
+
+    Seconds that began during the warm-up are left out: their start-up latencies would swamp the noise.
+    """
+    ph = run.phase(MEASURED)
+    sec = run.series.second.astype(np.float64)
+    overlap = np.minimum(sec + 1, ph.end_s) - sec
+    keep = (sec >= ph.start_s - 1e-6) & (overlap >= min_overlap_s - 1e-9)
+    return [int(i) for i in np.nonzero(keep)[0]]
+
+
+def _active_s(run: RunData, pos: list[int]) -> FloatArray:
+    """How much of each window the run was sending (the last second of a run is often partial)."""
+    sec = run.series.second[pos].astype(np.float64)
+    end = run.phase(MEASURED).end_s
+    out: FloatArray = np.clip(np.minimum(sec + 1, end) - sec, 0.5, 1.0)
+    return out
+
+
+def _window_values(run: RunData) -> dict[str, FloatArray]:
+    pos = measured_windows(run)
+    s = run.series
+    lat: dict[str, list[float]] = {k: [] for k, _ in _LAT}
+    for i in pos:
+        h = s.histogram(i)
+        if not h.total:
+            continue
+        pct = h.percentiles_ms((50.0, 90.0, 99.0, 99.9))
+        for k, p in _LAT:
+            lat[k].append(h.max_us / 1000.0 if k == "max" else pct[p])
+    req = s.requests[pos].astype(np.float64)
+    err = s.errors[pos].astype(np.float64)
+    active = _active_s(run, pos)
+    out = {k: np.asarray(v, dtype=np.float64) for k, v in lat.items()}
+    out.update({f"service_{k}": out[k] for k, _ in _LAT})
+    out["rps"] = req / active
+    out["rows_per_s"] = s.rows[pos].astype(np.float64) / active
+    out["error_rate"] = np.divide(err, req, out=np.zeros_like(err), where=req > 0)
+    return out
+
+
+def _point(run: RunData) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for view, prefix in (("latency", ""), ("service", "service_")):
+        h = run.histogram(view, MEASURED, "ok")
+        pct = h.percentiles_ms((50.0, 90.0, 99.0, 99.9))
+        for k, p in _LAT:
+            out[prefix + k] = h.max_us / 1000.0 if k == "max" else pct[p]
+    tot = run.total(MEASURED)
+    out["rps"] = run.rps(MEASURED)
+    out["rows_per_s"] = run.rows_per_s(MEASURED)
+    out["error_rate"] = tot.errors / tot.requests if tot.requests else 0.0
+    return out
+
+
+def _block_indices(n: int, resamples: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+    """(resamples, n) indices of a moving-block bootstrap, block length ≈ n^(1/3)."""
+    length = max(1, round(n ** (1 / 3)))
+    blocks = -(-n // length)
+    starts = rng.integers(0, n - length + 1, size=(resamples, blocks))
+    idx = (starts[:, :, None] + np.arange(length)[None, None, :]).reshape(resamples, blocks * length)
+    out: npt.NDArray[np.int64] = idx[:, :n].astype(np.int64)
+    return out
+
+
+def _bootstrap(metric: Metric, base: FloatArray, new: FloatArray, resamples: int, rng: np.random.Generator,
+               confidence: float) -> tuple[bool, tuple[float, float]] | None:
+    """(significantly worse?, two-sided interval) of the change of window means, or None if not judgeable."""
+    if len(base) < MIN_WINDOWS or len(new) < MIN_WINDOWS:
+        return None
+    mb = base[_block_indices(len(base), resamples, rng)].mean(axis=1)
+    mn = new[_block_indices(len(new), resamples, rng)].mean(axis=1)
+    if metric.absolute:
+        stat = mn - mb
+    else:
+        if float(base.mean()) <= 0:
+            return None
+        stat = mn / np.maximum(mb, 1e-12) - 1.0
+    alpha = 1.0 - confidence
+    lo, hi = (float(x) for x in np.quantile(stat, [alpha, 1.0 - alpha]))
+    worse = lo > 0 if metric.higher_is_worse else hi < 0
+    return worse, (lo, hi)
+
+
+def compare_reports(base: Report | RunData, new: Report | RunData,
+                    thresholds: Mapping[str, float | None] | None = None, *, confidence: float = 0.99,
+                    resamples: int = 2000, seed: int = 0) -> Comparison:
+    """Deltas of every metric, and which ones regressed (worse beyond threshold AND significant)."""
+    b_run = base.run if isinstance(base, Report) else base
+    n_run = new.run if isinstance(new, Report) else new
+    limits = dict(DEFAULT_THRESHOLDS if thresholds is None else thresholds)
+    rng = np.random.default_rng(seed)
+    bw, nw = _window_values(b_run), _window_values(n_run)
+    bp, np_ = _point(b_run), _point(n_run)
+    out: list[MetricDelta] = []
+    for m in METRICS:
+        b, n = bp[m.key], np_[m.key]
+        change: float | None
+        if m.absolute:
+            change = n - b
+        elif b > 0:
+            change = n / b - 1.0
+        else:
+            change = math.inf if n > 0 else None
+        worse_by = None if change is None else (change if m.higher_is_worse else -change)
+        limit = limits.get(m.key)
+        beyond = limit is not None and worse_by is not None and worse_by > limit + 1e-12
+        judged = _bootstrap(m, bw[m.key], nw[m.key], resamples, rng, confidence)
+        significant = None if judged is None else judged[0]
+        ci = None if judged is None else judged[1]
+        regression = beyond and significant is not False
+        out.append(MetricDelta(m, b, n, change, limit, beyond, significant, ci, regression))
+    nb, nn = len(measured_windows(b_run)), len(measured_windows(n_run))
+    cmp = Comparison(out, nb, nn, confidence)
+    if min(nb, nn) < MIN_WINDOWS:
+        cmp.notes.append(f"only {min(nb, nn)} measured second(s) in a run (need {MIN_WINDOWS}): noise not "
+                         "judged, thresholds alone decide; run longer for a noise-aware verdict")
+    return cmp

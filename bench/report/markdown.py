@@ -1,0 +1,130 @@
+"""Markdown views: a run report for a CI step summary, a comparison for a PR comment.
+
+GitHub renders HTML inside Markdown, so every text that came from a run (scenario names, error details) is
+HTML-escaped and table cells have their pipes and newlines neutralised.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from bench.report.compare import Comparison, MetricDelta, format_change
+from bench.report.model import Report
+from bench.report.slo import SloResult
+from bench.report.summary import summarize
+
+__all__ = ["append_step_summary", "cell", "comparison_markdown", "report_markdown", "stored_slo"]
+
+
+def cell(value: object) -> str:
+    """Safe text for a Markdown table cell."""
+    text = html.escape(str(value), quote=False)
+    return text.replace("|", "\\|").replace("\r", " ").replace("\n", " ").replace("`", "\\`")
+
+
+def _table(head: list[str], rows: list[list[str]], align: str = "") -> list[str]:
+    spec = [("---:" if i and align == "right" else "---") for i in range(len(head))]
+    out = ["| " + " | ".join(head) + " |", "| " + " | ".join(spec) + " |"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def stored_slo(report: Report) -> SloResult | None:
+    """The SLO result `bench run` stored in the report's metadata (extra['slo']), if any."""
+    data = report.meta.extra.get("slo")
+    if not isinstance(data, Mapping):
+        return None
+    try:
+        return SloResult.from_dict(data)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _load_text(load: Mapping[str, Any]) -> str:
+    mode = load.get("mode", "")
+    parts = [str(mode)] if mode else []
+    for key, fmt in (("concurrency", "concurrency {}"), ("rate", "{} req/s"), ("arrival", "{} arrivals"),
+                     ("duration_s", "{} s"), ("warmup_s", "warm-up {} s"), ("processes", "{} processes")):
+        v = load.get(key)
+        if v and not (key == "processes" and v == 1) and not (key == "arrival" and mode == "closed"):
+            parts.append(fmt.format(v))
+    return ", ".join(parts)
+
+
+def report_markdown(report: Report) -> str:
+    """The run in a few tables: headline numbers, both latency views, errors, verdicts."""
+    s = summarize(report)
+    meta = report.meta
+    lines = [f"### bench run: {cell(meta.scenario_name)}", ""]
+    if s["partial"]:
+        lines += ["> **Partial run** (interrupted): the figures cover only the part that ran.", ""]
+    lines += _table(["requests", "errors", "req/s", "rows/s", "measured", "dropped"],
+                    [[f"{s['requests']:,}", f"{s['errors']:,} ({s['error_rate'] * 100:.2f} %)",
+                      f"{s['rps']:,.1f}", f"{s['rows_per_s']:,.1f}", f"{s['duration_s']:.1f} s",
+                      f"{s['dropped']:,}"]], "right")
+    lines += ["", "**Latency (ms, ok requests)**", ""]
+    rows = [[label, *(f"{s[key][k]:.3f}" for k in ("p50", "p90", "p99", "p999", "max"))]
+            for label, key in (("from intended time", "latency_ms"), ("service (sent→done)", "service_ms"))]
+    lines += _table(["view", "p50", "p90", "p99", "p99.9", "max"], rows, "right")
+    if s["errors_by_kind"]:
+        lines += ["", "**Errors by kind**", ""]
+        lines += _table(["kind", "count"], [[cell(k), f"{n:,}"] for k, n in s["errors_by_kind"].items()], "right")
+    lines += [""]
+    slo = stored_slo(report)
+    if slo is not None:
+        lines.append(f"**SLO: {'passed' if slo.passed else 'FAILED'}**")
+        lines += [f"- {'✅' if r.passed else '❌'} {cell(r.describe())}" for r in slo.results]
+        lines.append("")
+    if meta.generator_bound:
+        lines.append("**Generator-bound**: the numbers may describe the harness, not the endpoint.")
+        lines += [f"- {cell(r)}" for r in meta.generator_bound_reasons]
+    else:
+        lines.append("Generator-bound: no.")
+    details = [f"target {cell(meta.target.get('kind', ''))} {cell(meta.target.get('url', ''))}".strip(),
+               f"load {cell(_load_text(meta.load))}", f"bench {cell(meta.bench_version)}",
+               f"host {cell(meta.host)}", f"start {cell(meta.start_utc)}"]
+    lines += ["", "<sub>" + " · ".join(d for d in details if d.split(" ", 1)[-1]) + "</sub>", ""]
+    return "\n".join(lines)
+
+
+def _row(m: MetricDelta) -> list[str]:
+    def num(v: float) -> str:
+        if m.metric.absolute:
+            return f"{v * 100:.2f} %"
+        return f"{v:,.3f}" if v < 1000 else f"{v:,.1f}"
+
+    limit = "—" if m.threshold is None else (f"{m.threshold * 100:g} pp" if m.metric.absolute
+                                             else f"{m.threshold * 100:g} %")
+    noise = "not judged" if m.significant is None else ("significant" if m.significant else "within noise")
+    verdict = "❌ regression" if m.regression else ("⚠️ over limit, noise" if m.beyond_threshold else "ok")
+    return [cell(m.metric.label), num(m.base), num(m.new), format_change(m), limit, noise, verdict]
+
+
+def comparison_markdown(cmp: Comparison, base_name: str, new_name: str) -> str:
+    """A PR-comment-ready comparison: verdict first, then every metric."""
+    head = (f"### bench compare: ❌ {cell(cmp.verdict())}" if cmp.regressed
+            else "### bench compare: ✅ no regression")
+    lines = [head, "", f"base `{cell(base_name)}` → new `{cell(new_name)}`", ""]
+    lines += _table(["metric", "base", "new", "change", "allowed", "noise", "verdict"],
+                    [_row(m) for m in cmp.metrics], "right")
+    lines += ["", f"<sub>noise: moving-block bootstrap over per-second windows ({cmp.base_windows} base, "
+              f"{cmp.new_windows} new), {cmp.confidence * 100:g} % one-sided; a regression is worse than allowed "
+              "and significant.</sub>"]
+    lines += [f"> {cell(n)}" for n in cmp.notes]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def append_step_summary(text: str, env: Mapping[str, str] | None = None) -> Path | None:
+    """Append to $GITHUB_STEP_SUMMARY when it is set (GitHub Actions); returns the file written, if any."""
+    target = (os.environ if env is None else env).get("GITHUB_STEP_SUMMARY")
+    if not target:
+        return None
+    path = Path(target)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(text if text.endswith("\n") else text + "\n")
+    return path
