@@ -36,10 +36,9 @@ def render_report(report: Report, console: Console) -> None:
 
 
 def render_comparison(cmp: Comparison, console: Console, base_name: str, new_name: str) -> None:
+    from rich import box
     from rich.markup import escape
     from rich.table import Table
-
-    from rich import box
 
     t = Table(title=f"{escape(base_name)} → {escape(new_name)}", title_justify="left", box=box.SIMPLE_HEAD)
     for col, just in (("metric", "left"), ("base", "right"), ("new", "right"), ("change", "right"),
