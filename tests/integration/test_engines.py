@@ -456,3 +456,26 @@ def test_fast_engine_on_uvloop() -> None:
 
     sink, served = run_with_loop(go, "uvloop")
     assert len(sink.rows) == 100 == served and sink.kinds() == {Kind.OK: 100}
+
+
+def test_calibrate_against_the_built_in_sink() -> None:
+    """`bench calibrate` starts its own sink, measures, and reports a positive ceiling with no errors."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "bench", "calibrate", "--duration", "0.3s", "--connections", "4",
+                          "--json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["requests"] > 100 and r["errors"] == 0 and r["ceiling_req_per_s_per_core"] > 0
+    assert r["built_in_sink"] and r["body_bytes"] > 5000
+
+
+def test_calibrate_refuses_remote_urls() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "bench", "calibrate", "--url", "http://192.0.2.1/x"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--allow-remote" in out.stderr
