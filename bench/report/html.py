@@ -63,7 +63,7 @@ def line_chart(title: str, lines: Sequence[Line], *, x_label: str, y_label: str,
                x_ticks: Sequence[tuple[float, str]] | None = None, shade: tuple[float, float] | None = None,
                shade_label: str = "", width: int = 880, height: int = 300) -> str:
     """An SVG line chart (linear y from 0). ``x_ticks`` overrides the numeric x ticks (e.g. percentiles)."""
-    left, right, top, bottom = 64, 16, 34, 46
+    left, right, top, bottom = 64, 34, 30, 46
     pw, ph = width - left - right, height - top - bottom
     xs_all = [x for ln in lines for x in ln.xs]
     ys_all = [y for ln in lines for y in ln.ys if math.isfinite(y)]
@@ -75,6 +75,8 @@ def line_chart(title: str, lines: Sequence[Line], *, x_label: str, y_label: str,
                      "no data</text></svg>")
         return "".join(parts)
     x0, x1 = min(xs_all), max(xs_all)
+    if shade is not None:
+        x0 = min(x0, shade[0])
     if x_ticks:
         x0, x1 = min(x0, *(t for t, _ in x_ticks)), max(x1, *(t for t, _ in x_ticks))
     if x1 <= x0:
@@ -96,7 +98,7 @@ def line_chart(title: str, lines: Sequence[Line], *, x_label: str, y_label: str,
         if b > a:
             parts.append(f'<rect class="shade" x="{sx(a):.1f}" y="{top}" width="{sx(b) - sx(a):.1f}" '
                          f'height="{ph}"><title>{_e(shade_label)}</title></rect>')
-            parts.append(f'<text class="shade-label" x="{sx(a) + 4:.1f}" y="{top + 12}">{_e(shade_label)}</text>')
+            parts.append(f'<text class="shade-label" x="{sx(a) + 4:.1f}" y="{top + ph - 6}">{_e(shade_label)}</text>')
     y = 0.0
     while y <= y1 + 1e-9:
         parts.append(f'<line class="grid" x1="{left}" x2="{left + pw}" y1="{sy(y):.1f}" y2="{sy(y):.1f}"/>'
@@ -118,7 +120,6 @@ def line_chart(title: str, lines: Sequence[Line], *, x_label: str, y_label: str,
                  f'{_e(x_label)}</text>')
     parts.append(f'<text class="axis" transform="translate(14 {top + ph / 2}) rotate(-90)" '
                  f'text-anchor="middle">{_e(y_label)}</text>')
-    lx = left + 8
     for ln in lines:
         pts = [(sx(x), sy(y)) for x, y in zip(ln.xs, ln.ys, strict=True) if math.isfinite(y)]
         if not pts:
@@ -133,10 +134,11 @@ def line_chart(title: str, lines: Sequence[Line], *, x_label: str, y_label: str,
                 parts.append(f'<circle class="dot" cx="{a:.1f}" cy="{b:.1f}" r="2.6" fill="{ln.color}">'
                              f'<title>{_e(ln.name)} @ {_e(xn)}: {_fmt(yv)} {_e(ln.unit)}</title></circle>')
         parts.append("</g>")
-    for ln in lines:  # legend, top right to left
-        parts.append(f'<rect x="{lx}" y="{top + 6}" width="12" height="4" fill="{ln.color}"/>'
-                     f'<text class="legend" x="{lx + 16}" y="{top + 11}">{_e(ln.name)}</text>')
-        lx += 24 + 7 * len(ln.name)
+    lx = width - right - sum(24 + 6.5 * len(ln.name) for ln in lines)  # legend: title row, right-aligned
+    for ln in lines:
+        parts.append(f'<rect x="{lx:.1f}" y="{14}" width="12" height="4" fill="{ln.color}"/>'
+                     f'<text class="legend" x="{lx + 16:.1f}" y="{19}">{_e(ln.name)}</text>')
+        lx += 24 + 6.5 * len(ln.name)
     parts.append("</svg>")
     return "".join(parts)
 
@@ -225,6 +227,7 @@ table.kv td{padding:4px 8px;word-break:break-word}
 .badge{display:inline-block;border-radius:999px;padding:2px 10px;font-weight:600;font-size:12px;color:#fff}
 .badge.ok{background:var(--ok)}.badge.bad{background:var(--bad)}.badge.warn{background:var(--warn)}
 ul.reasons{margin:6px 0 0 18px;padding:0}
+code.detail{display:block;text-align:left;font-size:12px;word-break:break-word}
 pre{background:#f1f5f9;border-radius:6px;padding:10px;overflow:auto;font-size:12px;max-height:360px}
 svg.chart{display:block;font:11px system-ui,sans-serif}
 svg .title{font-size:13px;font-weight:600;fill:var(--fg)}
@@ -289,7 +292,14 @@ def render_html(report: Report) -> str:
 
     # over time
     out.append("<h2>Over time</h2>")
-    secs = [float(x) for x in series.second]
+    secs = [float(x) + 0.5 for x in series.second]  # second i covers [i, i+1): plot at its middle
+    end_s = max((p.end_s for p in run.phases), default=0.0)
+    active = np.clip(np.minimum(series.second.astype(np.float64) + 1, end_s) - series.second, 0.25, 1.0)
+
+    def rate(col: Any) -> list[float]:
+        """Counts per second of sending (the run's last second is usually partial)."""
+        return [float(v) for v in np.asarray(col, dtype=np.float64) / active]
+
     pct = series.latency_percentiles_ms()
     has = [series.histogram(i).total > 0 for i in range(len(series))] if len(series) else []
     lat_lines = [Line(k.removesuffix("_ms"), [x for x, h in zip(secs, has, strict=True) if h],
@@ -298,14 +308,14 @@ def render_html(report: Report) -> str:
     out.append('<div class="panel">' + line_chart(
         "Latency from intended time per second (ok requests)", lat_lines, x_label="second of the run",
         y_label="latency (ms)", shade=shade, shade_label="warm-up") + "</div>")
-    thr = [Line("requests/s", secs, [float(v) for v in series.requests], _COLORS[0], "req/s"),
-           Line("errors/s", secs, [float(v) for v in series.errors], _COLORS[1], "err/s")]
+    thr = [Line("requests/s", secs, rate(series.requests), _COLORS[0], "req/s"),
+           Line("errors/s", secs, rate(series.errors), _COLORS[1], "err/s")]
     if int(series.dropped.sum()) if len(series) else 0:
-        thr.append(Line("dropped/s", secs, [float(v) for v in series.dropped], _COLORS[4], "/s"))
+        thr.append(Line("dropped/s", secs, rate(series.dropped), _COLORS[4], "/s"))
     out.append('<div class="panel">' + line_chart("Throughput per second (by completion time)", thr,
                                                   x_label="second of the run", y_label="per second", shade=shade,
                                                   shade_label="warm-up") + "</div>")
-    rows_line = [Line("rows/s", secs, [float(v) for v in series.rows], _COLORS[2], "rows/s")]
+    rows_line = [Line("rows/s", secs, rate(series.rows), _COLORS[2], "rows/s")]
     out.append('<div class="panel">' + line_chart("Rows per second (ok requests)", rows_line,
                                                   x_label="second of the run", y_label="rows per second",
                                                   shade=shade, shade_label="warm-up") + "</div>")
@@ -315,12 +325,12 @@ def render_html(report: Report) -> str:
     by_kind_time = _errors_by_kind_series(report) if run.errors else {}
     if by_kind_time:
         all_secs = sorted({sec for per in by_kind_time.values() for sec in per})
-        err_lines = [Line(k, [float(x) for x in all_secs], [float(per.get(x, 0)) for x in all_secs],
+        err_lines = [Line(k, [float(x) + 0.5 for x in all_secs], [float(per.get(x, 0)) for x in all_secs],
                           _COLORS[j % len(_COLORS)], "errors")
                      for j, (k, per) in enumerate(sorted(by_kind_time.items()))]
         title = "Errors by kind per second"
     else:
-        err_lines = [Line("all kinds", secs, [float(v) for v in series.errors], _COLORS[1], "errors")]
+        err_lines = [Line("all kinds", secs, rate(series.errors), _COLORS[1], "errors")]
         title = ("Errors per second (all kinds; per-kind timing needs report.raw = true)" if run.errors
                  else "Errors per second (none)")
     out.append('<div class="panel">' + line_chart(title, err_lines, x_label="second of the run",
@@ -330,9 +340,9 @@ def render_html(report: Report) -> str:
     if kinds:
         out.append(_grid_table(["kind (measured phase)", "count"], [[_e(k), f"{n:,}"] for k, n in kinds.items()]))
     if run.error_samples:
-        out.append(_grid_table(["kind", "status", "count", "detail"],
-                               [[_e(e.kind), _e(e.status), f"{e.count:,}", f"<code>{_e(e.detail)}</code>"]
-                                for e in run.error_samples]))
+        out.append(_grid_table(["kind", "status", "count", "detail"], [
+            [_e(e.kind), _e(e.status), f"{e.count:,}", f'<code class="detail">{_e(e.detail)}</code>']
+            for e in run.error_samples]))
 
     # verdicts
     out.append("<h2>Verdicts</h2>")
