@@ -96,6 +96,7 @@ def run_parent(args: argparse.Namespace, sc: Scenario, processes: int) -> int:
                              f"(exit codes {[p.returncode for p in procs]})")
         reports = [read_report(p) for p in parts]
         merged = merge_reports(reports)
+        merged.meta.load["processes"] = processes
     facts: dict[str, Any] = {"processes": processes, "interrupted": interrupted or merged.run.partial}
     return finish_run(args, sc, prepared, merged, facts, out_path)
 
@@ -119,7 +120,7 @@ def _wait_all(procs: list[subprocess.Popen[bytes]]) -> bool:
 def run_worker(args: argparse.Namespace, sc: Scenario) -> int:
     import anyio
 
-    from bench.run_command import finish_run, report_path, use_uvloop
+    from bench.run_command import finish_run, report_path, run_unwrapped, use_uvloop
     from bench.runner import RunControl, execute, prepare
 
     i, n, epoch = _parse_worker(args.worker)
@@ -131,8 +132,9 @@ def run_worker(args: argparse.Namespace, sc: Scenario) -> int:
     out_path = report_path(args, sc)
     ctl = RunControl(preflight=False, raw_path=None)
     try:
-        run, facts = anyio.run(lambda: execute(prepared, ctl, start_at_wall=epoch, worker=(i, n)),
-                               backend="asyncio", backend_options={"use_uvloop": use_uvloop(sc)})
+        run, facts = run_unwrapped(lambda: anyio.run(
+            lambda: execute(prepared, ctl, start_at_wall=epoch, worker=(i, n)),
+            backend="asyncio", backend_options={"use_uvloop": use_uvloop(sc)}))
     except RunInvalid as exc:
         print(f"bench worker {i}: {exc}", file=sys.stderr)
         return EXIT_INVALID

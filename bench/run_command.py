@@ -6,8 +6,9 @@ import argparse
 import os
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.errors import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_SLO, BenchError, InputError
 from bench.scenario import Scenario, apply_overrides, parse_scenario
@@ -166,8 +167,8 @@ def run_single(args: argparse.Namespace, sc: Scenario) -> int:
     ctl = RunControl(progress=view.update, message=view.message, preflight=not args.no_preflight,
                      raw_path=out_path.with_suffix(".raw.tmp") if sc.report.raw else None)
     try:
-        run, facts = anyio.run(execute, prepared, ctl, backend="asyncio",
-                               backend_options={"use_uvloop": use_uvloop(sc)})
+        run, facts = run_unwrapped(lambda: anyio.run(execute, prepared, ctl, backend="asyncio",
+                                                     backend_options={"use_uvloop": use_uvloop(sc)}))
     except BenchError as exc:
         secrets = ctl.secrets()
         if secrets:  # messages about token endpoints must not carry what was sent to them
@@ -180,6 +181,31 @@ def run_single(args: argparse.Namespace, sc: Scenario) -> int:
     from bench.report.build import build_report
 
     return finish_run(args, sc, prepared, build_report(sc, run, facts), facts, out_path)
+
+
+T = TypeVar("T")
+
+
+def run_unwrapped(fn: Callable[[], T]) -> T:
+    """Task groups wrap errors in exception groups; surface a BenchError (or Ctrl-C) as itself."""
+    try:
+        return fn()
+    except BaseExceptionGroup as group:
+        inner = _first(group, (BenchError, KeyboardInterrupt))
+        if inner is not None:
+            raise inner from None
+        raise
+
+
+def _first(group: BaseExceptionGroup[BaseException], kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    for exc in group.exceptions:
+        if isinstance(exc, kinds):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first(exc, kinds)
+            if found is not None:
+                return found
+    return None
 
 
 def use_uvloop(sc: Scenario) -> bool:
@@ -217,6 +243,8 @@ def finish_run(args: argparse.Namespace, sc: Scenario, prepared: Any, report: An
         slo_result = check_slo(prepared.slo, report)
         report.meta["slo"] = slo_result.to_dict()
     written = write_report(out_path, report)
+    if report.run.raw_path is not None:  # the recorder's streamed log now lives inside the report
+        report.run.raw_path.unlink(missing_ok=True)
     summary = summarize(report)
     summary["report"] = str(written)
     if args.json:

@@ -40,6 +40,7 @@ class Prepared:
 
 
 TOKEN_PATH = "/auth/realms/master/protocol/openid-connect/token"
+EMBEDDED_PLACEHOLDER = "http://embedded.invalid"
 
 
 class _Counts:
@@ -97,7 +98,12 @@ def prepare(sc: Scenario) -> Prepared:
     if sc.tables["wallaroo"]:
         from bench.preflight import preflight_config_from_mapping
 
-        prepared.preflight_config = preflight_config_from_mapping(sc.tables["wallaroo"], sc.file)
+        table = dict(sc.tables["wallaroo"])
+        if table.get("api_url") == "embedded":  # the embedded emulator's MLOps API, known once it runs
+            if not sc.target.embedded:
+                raise InputError("'embedded' needs target.url = 'embedded'", file=sc.file, key="wallaroo.api_url")
+            table["api_url"] = EMBEDDED_PLACEHOLDER
+        prepared.preflight_config = preflight_config_from_mapping(table, sc.file)
     if sc.target.kind == "ubiops":
         from bench.targets.ubiops import ubiops_config_from_mapping
 
@@ -255,12 +261,15 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
             ctl.token_source = token_source
             await token_source.start(tg)
             authorization = token_source.authorization()
-        if prepared.preflight_config is not None and ctl.preflight:
+        preflight = prepared.preflight_config
+        if preflight is not None and preflight.enabled and ctl.preflight:
             from bench.preflight import run_preflight
 
-            resolved = await run_preflight(prepared.preflight_config,
+            if emu is not None and preflight.api_url == EMBEDDED_PLACEHOLDER:
+                preflight = replace(preflight, api_url=emu.base_url)
+            resolved = await run_preflight(preflight,
                                            lambda: token_source.authorization() if token_source else "",
-                                           progress=ctl.message, target_url=None if emu else url)
+                                           progress=ctl.message, target_url=url)
             if resolved:
                 url = resolved
         if start_at_wall is not None:

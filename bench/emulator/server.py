@@ -104,6 +104,10 @@ def _serve_hypercorn(app: Callable[..., Any], sock: socket.socket, announce: Cal
     cfg.bind = [f"fd://{sock.detach()}"]  # hypercorn now owns the descriptor
     cfg.accesslog = None
     cfg.loglevel = "WARNING"
+    # hypercorn closes a connection (HTTP/2 GOAWAY) after 1,000 requests by default; a load test's long-lived
+    # connections must not see that as an endpoint fault
+    cfg.keep_alive_max_requests = 2**62
+    cfg.h2_max_concurrent_streams = 1000
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -1,0 +1,106 @@
+"""`bench run` features that cross modules: token refresh mid-run, preflight, --processes, HTTP/2, --raw."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.ipc as ipc
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SCENARIO = """
+name = "features"
+[target]
+kind = "wallaroo"
+url = "embedded"
+[data]
+path = "{data}"
+rows_per_request = 10
+[load]
+concurrency = 4
+duration = "{duration}"
+[emulator]
+latency_ms = 2.0
+"""
+
+
+def run(tmp_path: Path, extra: str = "", *args: str, duration: str = "2s",
+        env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], Path]:
+    scenario = tmp_path / "s.toml"
+    text = SCENARIO.format(data=ROOT / "data" / "ccfraud_1k.df.json", duration=duration)
+    scenario.write_text(text + extra)
+    out = tmp_path / "r.arrow"
+    proc = subprocess.run([sys.executable, "-m", "bench", "run", str(scenario), "--out", str(out), "--json", *args],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
+    return proc, out
+
+
+def rows(path: Path, section: str) -> list[dict[str, object]]:
+    table = ipc.open_file(str(path)).read_all()
+    return [r for r in table.to_pylist() if r["section"] == section]
+
+
+def test_token_refresh_keeps_load_going_without_401(tmp_path: Path) -> None:
+    extra = '\n[auth]\nkind = "client_credentials"\nclient_secret_env = "BENCH_FEATURE_SECRET"\n'
+    proc, out = run(tmp_path, extra, "--set", "emulator.require_token=true", "--set", "emulator.token_ttl_s=2.0",
+                    duration="6s", env={"BENCH_FEATURE_SECRET": "feature-secret-123"})
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["requests"] > 100
+    assert summary["errors"] == 0, summary["errors_by_kind"]  # no 401 across several token lifetimes
+    counters = {r["name"]: r["count"] for r in rows(out, "counter")}
+    assert counters.get("token_refresh", 0) >= 3
+    assert "feature-secret-123" not in proc.stdout + proc.stderr
+
+
+def test_preflight_waits_for_running(tmp_path: Path) -> None:
+    extra = '\n[wallaroo]\napi_url = "embedded"\nwait = "20s"\npoll_interval = "0.2s"\n'
+    proc, _ = run(tmp_path, extra, "--set", "emulator.startup_s=1.5", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["errors"] == 0  # no 503 from a deployment still starting
+
+
+def test_preflight_gives_up_with_exit_3(tmp_path: Path) -> None:
+    extra = '\n[wallaroo]\napi_url = "embedded"\nwait = "0.5s"\npoll_interval = "0.1s"\n'
+    proc, out = run(tmp_path, extra, "--set", "emulator.startup_s=30")
+    assert proc.returncode == 3, proc.stderr
+    assert "Starting" in proc.stderr
+    assert not out.exists()
+
+
+def test_two_processes_merge_into_one_report(tmp_path: Path) -> None:
+    proc, out = run(tmp_path, "", "--processes", "2", "--raw")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    meta = {r["name"]: json.loads(str(r["text"])) for r in rows(out, "meta")}
+    assert meta["load"]["processes"] == 2
+    latency = [r for r in rows(out, "histogram") if r["name"] == "latency" and r["phase"] == "measured"]
+    assert sum(int(str(r["count"])) for r in latency) == summary["requests"] > 100
+
+
+def test_raw_log_holds_every_request(tmp_path: Path) -> None:
+    proc, out = run(tmp_path, "", "--raw")
+    assert proc.returncode == 0, proc.stderr
+    total = {r["phase"]: r["requests"] for r in rows(out, "total")}
+    raw = rows(out, "raw")
+    assert len(raw) == sum(int(str(v)) for v in total.values())
+    assert all(int(str(r["done_ns"])) >= int(str(r["sent_ns"])) >= 0 for r in raw)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("engine", ["fast", "httpx"])
+def test_engines_against_the_emulator(tmp_path: Path, engine: str) -> None:
+    args = ["--engine", engine]
+    if engine == "httpx":
+        args += ["--http2", "--set", "emulator.http2=true"]
+    proc, _ = run(tmp_path, "", *args)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["requests"] > 50
+    assert summary["errors"] == 0
