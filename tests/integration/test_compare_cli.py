@@ -1,0 +1,62 @@
+"""`bench compare` through the real CLI on real quickstart runs: same build passes, a slower emulator fails."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN = ["--set", 'load.duration="3s"', "--set", 'load.warmup="0.5s"', "-q"]  # 3 per-second windows each
+
+
+def bench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k != "GITHUB_STEP_SUMMARY"}
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=90, env={**clean, "COLUMNS": "160", **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("compare")
+    out = {}
+    for name, extra in (("base", []), ("again", []), ("slow", ["--set", "emulator.latency_ms=7.5"])):
+        path = d / f"{name}.arrow"
+        proc = bench("run", "scenarios/quickstart.toml", *RUN, *extra, "--out", str(path))
+        assert proc.returncode == 0, proc.stderr
+        out[name] = path
+    return out
+
+
+def test_same_build_is_no_regression(runs: dict[str, Path], tmp_path: Path) -> None:
+    md = tmp_path / "cmp.md"
+    proc = bench("compare", str(runs["base"]), str(runs["again"]), "--markdown", str(md))
+    assert proc.returncode == 0, proc.stdout
+    assert "no regression" in proc.stdout
+    assert md.read_text().startswith("### bench compare: ✅ no regression")
+
+
+def test_fifty_percent_slower_emulator_is_a_regression(runs: dict[str, Path], tmp_path: Path) -> None:
+    summary = tmp_path / "summary.md"
+    proc = bench("compare", str(runs["base"]), str(runs["slow"]), env={"GITHUB_STEP_SUMMARY": str(summary)})
+    assert proc.returncode == 1, proc.stdout
+    verdict = next(ln for ln in proc.stdout.splitlines() if ln.startswith("regression:"))
+    assert "p50 +" in verdict and "p99 +" in verdict
+    text = summary.read_text()
+    assert "❌ regression: p50 +" in text and "| latency p50 (ms) |" in text
+
+
+def test_thresholds_can_be_relaxed(runs: dict[str, Path]) -> None:
+    proc = bench("compare", str(runs["base"]), str(runs["slow"]),
+                 "--max-regression", "p50=200%,p99=200%,rps=off")
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_bad_input_exits_2(runs: dict[str, Path], tmp_path: Path) -> None:
+    proc = bench("compare", str(runs["base"]), str(runs["again"]), "--max-regression", "p98=10%")
+    assert proc.returncode == 2 and "--max-regression" in proc.stderr
+    proc = bench("compare", str(runs["base"]), str(tmp_path / "missing.arrow"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
