@@ -38,6 +38,7 @@ class Line:
     color: str
     unit: str = ""
     x_names: Sequence[str] | None = None  # hover text of each x (defaults to the number)
+    dashed: bool = False
 
 
 def _nice_step(span: float, target: int = 5) -> float:
@@ -125,8 +126,10 @@ def line_chart(title: str, lines: Sequence[Line], *, x_label: str, y_label: str,
         if not pts:
             continue
         coords = " ".join(f"{a:.1f},{b:.1f}" for a, b in pts)
+        dash = ' stroke-dasharray="6 4"' if ln.dashed else ""
         parts.append(f'<g class="line"><polyline class="series" data-name="{_e(ln.name)}" '
-                     f'data-points="{len(pts)}" fill="none" stroke="{ln.color}" stroke-width="2" '
+                     f'data-points="{len(pts)}" fill="none" stroke="{ln.color}" stroke-width="2"'
+                     f'{dash} '
                      f'points="{coords}"/>')
         if len(pts) <= _MAX_DOTS:
             names = ln.x_names if ln.x_names is not None else [_fmt(x) for x in ln.xs]
@@ -285,7 +288,7 @@ def render_html(report: Report) -> str:
         xs, ys, names = percentile_curve(run.histogram(metric, MEASURED, "ok"))
         if xs:
             xmax = max(xmax, xs[-1])
-            lines.append(Line(name, xs, ys, _COLORS[i], "ms", names))
+            lines.append(Line(name, xs, ys, _COLORS[i], "ms", names, dashed=i == 1))
     out.append('<div class="panel">' + line_chart(
         "Latency by percentile (measured phase, ok requests)", lines, x_label="percentile (log scale of 1/(1−p))",
         y_label="latency (ms)", x_ticks=_pct_ticks(xmax)) + "</div>")

@@ -1,0 +1,77 @@
+"""The HTML report in a real headless Chromium: plots render, no console errors; a screenshot is kept.
+
+The screenshot lands in test-artifacts/report.png (git-ignored; CI can upload it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "test-artifacts"
+
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt install chromium)")]
+
+
+def chromium(url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                           "--disable-sync", f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
+                           *extra, url], capture_output=True, text=True, timeout=90)
+
+
+def console_lines(stderr: str) -> list[str]:
+    """Messages the page wrote to its console (console.* calls and uncaught exceptions)."""
+    return [ln for ln in stderr.splitlines() if ":CONSOLE" in ln or "Uncaught" in ln]
+
+
+def bench(*args: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k != "GITHUB_STEP_SUMMARY"}
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=90, env=clean)
+
+
+def test_console_detection_works(tmp_path: Path) -> None:
+    """The check below would see a broken page (guards against a silent logging change in Chromium)."""
+    probe = tmp_path / "probe.html"
+    probe.write_text('<html><body><script>console.error("probe-error"); nope();</script></body></html>')
+    lines = console_lines(chromium(probe.as_uri(), tmp_path / "profile", "--dump-dom").stderr)
+    assert any("probe-error" in ln for ln in lines) and any("Uncaught" in ln for ln in lines)
+
+
+def test_html_report_renders_in_chromium(tmp_path: Path) -> None:
+    report = tmp_path / "run.arrow"
+    run = bench("run", "scenarios/quickstart.toml", "--set", 'load.duration="2s"', "--set", 'load.warmup="0.5s"',
+                "--set", "emulator.error_rate=0.05", "--raw", "-q", "--json", "--out", str(report))
+    assert run.returncode == 0, run.stderr
+    page = tmp_path / "report.html"
+    shown = bench("report", str(report), "--html", str(page))
+    assert shown.returncode == 0, shown.stderr
+
+    dom = chromium(page.as_uri(), tmp_path / "profile", "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert console_lines(dom.stderr) == []
+    html = dom.stdout
+    assert html.count("<svg") >= 5  # distribution, latency, throughput, rows, errors
+    series = dict(re.findall(r'<polyline class="series" data-name="([^"]*)" data-points="(\d+)"', html))
+    for name in ("from intended time", "service time", "p50", "p99", "requests/s", "rows/s"):
+        assert int(series.get(name, 0)) >= 2, (name, series)
+    assert any(k.startswith("http_error:50") for k in series), series  # errors by kind over time (raw log)
+    assert len(re.findall(r"<circle ", html)) > 20
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report.png"
+    shot.unlink(missing_ok=True)
+    result = chromium(page.as_uri(), tmp_path / "profile2", f"--screenshot={shot}", "--window-size=1280,2000",
+                      "--hide-scrollbars")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert console_lines(result.stderr) == []
+    assert shot.exists() and shot.stat().st_size > 20_000  # a blank page compresses to a few kB
