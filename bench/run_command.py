@@ -241,12 +241,14 @@ def finish_run(args: argparse.Namespace, sc: Scenario, prepared: Any, report: An
         from bench.report.slo import check_slo
 
         slo_result = check_slo(prepared.slo, report)
-        report.meta["slo"] = slo_result.to_dict()
+        report.meta.extra["slo"] = slo_result.to_dict()
     written = write_report(out_path, report)
     if report.run.raw_path is not None:  # the recorder's streamed log now lives inside the report
         report.run.raw_path.unlink(missing_ok=True)
     summary = summarize(report)
     summary["report"] = str(written)
+    if slo_result is not None:
+        summary["slo"] = slo_result.to_dict()
     if args.json:
         import orjson
 

@@ -72,6 +72,7 @@ class RunControl:
     raw_path: Path | None = None
     preflight: bool = True
     interrupted: bool = False
+    slo_aborted: str | None = None
     token_source: Any = None  # set while a run holds credentials: its secrets() scrub messages
 
     def secrets(self) -> list[str]:
@@ -284,7 +285,8 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
             grace_s = spec.drain_s + 1.0
             if prepared.ubiops_config is not None:
                 grace_s = max(grace_s, prepared.ubiops_config.drain_timeout_s + 5.0)
-            tg.start_soon(_watch, recorder, ctl, stop, spec, token_source, grace_s)
+            abort = _SloAbort(prepared.slo, sc) if prepared.slo is not None and prepared.slo.abort_on_fail else None
+            tg.start_soon(_watch, recorder, ctl, stop, spec, token_source, grace_s, abort)
             cpu0 = time.process_time()
             wall0 = time.monotonic()
             if sc.target.kind == "ubiops":
@@ -314,18 +316,50 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
         tg.cancel_scope.cancel()
     facts["url"] = url if not sc.target.embedded else "embedded"
     facts["interrupted"] = ctl.interrupted
+    if ctl.slo_aborted:
+        facts["slo_aborted"] = ctl.slo_aborted
     return recorder.finish(end_ns, partial=ctl.interrupted), facts
 
 
+class _SloAbort:
+    """`[slo] abort_on_fail`: stop early once an objective can no longer be met (judged by bench.report.slo)."""
+
+    def __init__(self, objectives: Any, sc: Scenario) -> None:
+        self.objectives = objectives
+        self.warmup_s = sc.load.warmup_s
+        self.end_s = sc.load.warmup_s + sc.load.duration_s
+        self.open_rate = max([sc.load.rate] + [r for _, r in sc.load.stages]) if sc.load.mode == "open" else 0.0
+        self.at_warmup: Any = None
+        self.best_rps = 0.0
+
+    def check(self, snapshot: Any) -> str | None:
+        from bench.report.slo import hopeless
+
+        if self.at_warmup is None and snapshot.elapsed_s >= self.warmup_s:
+            self.at_warmup = snapshot
+        self.best_rps = max(self.best_rps, snapshot.rps)
+        max_rps = 1.1 * self.open_rate if self.open_rate else 2.0 * self.best_rps
+        return hopeless(self.objectives, snapshot, measured_from=self.at_warmup, end_s=self.end_s,
+                        max_rps=max_rps)
+
+
 async def _watch(recorder: Any, ctl: RunControl, stop: anyio.Event, spec: LoadSpec, token_source: Any,
-                 grace_s: float) -> None:
-    """Progress ~2×/s; a 401 seen mid-run triggers one immediate token refresh; stops at the deadline."""
+                 grace_s: float, abort: _SloAbort | None) -> None:
+    """Progress ~2×/s; a 401 seen mid-run triggers one immediate token refresh; an SLO that can no longer be
+    met stops the run (abort_on_fail); stops at the deadline."""
     seen_401 = 0
     while not stop.is_set():
         with anyio.move_on_after(0.5):
             await stop.wait()
+        snapshot = recorder.progress()
         if ctl.progress is not None:
-            ctl.progress(recorder.progress())
+            ctl.progress(snapshot)
+        if abort is not None and not stop.is_set():
+            reason = abort.check(snapshot)
+            if reason:
+                ctl.message(f"stopping early, SLO cannot be met: {reason}")
+                ctl.slo_aborted = reason
+                stop.set()
         if token_source is not None:
             n = recorder.status_count(401)
             if n > seen_401:

@@ -65,7 +65,7 @@ def build_report(sc: Scenario, run: RunData, facts: Mapping[str, Any]) -> Report
     target_meta = {"kind": sc.target.kind, "url": facts.get("url", sc.target.url), "format": sc.target.format,
                    "engine": facts.get("engine", sc.engine.kind), "http2": sc.engine.http2}
     extra = {k: v for k, v in facts.items()
-             if k in ("abandoned", "interrupted", "worker", "ubiops", "loop") and v is not None}
+             if k in ("abandoned", "interrupted", "worker", "ubiops", "loop", "slo_aborted") and v is not None}
     meta = make_meta(sc.name, run=run, scenario_text=scenario_toml(sc.source), load=load_meta,
                      target=target_meta, extra=extra)
     report = Report(meta=meta, run=run)

@@ -104,3 +104,14 @@ def test_engines_against_the_emulator(tmp_path: Path, engine: str) -> None:
     summary = json.loads(proc.stdout)
     assert summary["requests"] > 50
     assert summary["errors"] == 0
+
+
+def test_slo_abort_on_fail_stops_early_and_exits_1(tmp_path: Path) -> None:
+    extra = "\n[slo]\nerror_rate = 0.01\nabort_on_fail = true\n"
+    proc, out = run(tmp_path, extra, "--set", "emulator.error_rate=0.3", duration="60s")
+    assert proc.returncode == 1, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["duration_s"] < 20  # stopped long before the planned 60 s
+    assert summary["slo"]["passed"] is False
+    assert "error_rate" in proc.stderr  # the reason for stopping was said
+    assert out.exists()
