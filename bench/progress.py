@@ -16,9 +16,10 @@ class ProgressView:
     planned run time (warm-up + duration) for the remaining-time figure.
     """
 
-    def __init__(self, total_s: float, *, stream: TextIO | None = None, plain_every_s: float = 5.0,
-                 enabled: bool = True) -> None:
+    def __init__(self, total_s: float, *, warmup_s: float = 0.0, stream: TextIO | None = None,
+                 plain_every_s: float = 5.0, enabled: bool = True) -> None:
         self.total_s = total_s
+        self.warmup_s = warmup_s
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.plain_every_s = plain_every_s
@@ -34,7 +35,8 @@ class ProgressView:
     def line(self, p: Any) -> str:
         elapsed = float(getattr(p, "elapsed_s", 0.0))
         remaining = max(0.0, self.total_s - elapsed)
-        return (f"{elapsed:6.1f}s elapsed, {remaining:5.1f}s left | {getattr(p, 'rps', 0.0):9.1f} req/s | "
+        phase = "warm-up  " if elapsed < self.warmup_s else "measuring"
+        return (f"{phase} {elapsed:6.1f}s elapsed, {remaining:5.1f}s left | {getattr(p, 'rps', 0.0):9.1f} req/s | "
                 f"p99 {getattr(p, 'p99_ms', 0.0):8.2f} ms | {getattr(p, 'requests', 0)} requests, "
                 f"{getattr(p, 'errors', 0)} errors")
 

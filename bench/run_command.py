@@ -163,7 +163,7 @@ def run_single(args: argparse.Namespace, sc: Scenario) -> int:
 
     prepared = prepare(sc)
     out_path = report_path(args, sc)
-    view = ProgressView(sc.load.warmup_s + sc.load.duration_s, enabled=not args.quiet)
+    view = ProgressView(sc.load.warmup_s + sc.load.duration_s, warmup_s=sc.load.warmup_s, enabled=not args.quiet)
     ctl = RunControl(progress=view.update, message=view.message, preflight=not args.no_preflight,
                      raw_path=out_path.with_suffix(".raw.tmp") if sc.report.raw else None)
     try:
