@@ -230,6 +230,19 @@ def report_path(args: argparse.Namespace, sc: Scenario) -> Path:
     return default_report_path(sc.report.dir, sc.name, datetime.now(UTC))
 
 
+_CONNECT_KINDS = ("connect_refused", "connect_timeout", "tls_error")
+
+
+def _unreachable(summary: dict[str, Any]) -> str | None:
+    """Why no request ever reached the target (every one failed to connect), or None."""
+    by_kind: dict[str, int] = summary.get("errors_by_kind", {})
+    if summary.get("ok", 0) or not by_kind:
+        return None
+    if all(kind.split(":")[0] in _CONNECT_KINDS for kind in by_kind):
+        return ", ".join(f"{n:,} {kind}" for kind, n in by_kind.items())
+    return None
+
+
 def finish_run(args: argparse.Namespace, sc: Scenario, prepared: Any, report: Any, facts: dict[str, Any],
                out_path: Path) -> int:
     """Report file, summary, SLO gate → exit code. Workers of a multi-process run skip the SLO gate."""
@@ -262,6 +275,10 @@ def finish_run(args: argparse.Namespace, sc: Scenario, prepared: Any, report: An
             console.print(slo_result.render())
     if facts.get("interrupted"):
         return EXIT_INTERRUPTED
+    unreachable = _unreachable(summary)
+    if unreachable:
+        print(f"bench: error: target unreachable: {unreachable}", file=sys.stderr)
+        return EXIT_INVALID
     if slo_result is not None and not slo_result.passed:
         return EXIT_SLO
     if args.strict and summary.get("generator_bound"):

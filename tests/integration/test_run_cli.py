@@ -152,3 +152,14 @@ def test_sigint_writes_partial_report(tmp_path: Path) -> None:
     assert meta["partial"] is True
     summary = json.loads(stdout)
     assert summary["partial"] is True
+
+
+def test_unreachable_target_exits_3_with_a_report(tmp_path: Path) -> None:
+    out = tmp_path / "u.arrow"
+    proc = bench("run", "--url", "http://127.0.0.1:9/infer", "--body", "data/ccfraud_1k.df.json", "-c", "2",
+                 "-d", "1s", "--json", "--out", str(out))
+    assert proc.returncode == 3, proc.stderr
+    assert "unreachable" in proc.stderr and "connect_refused" in proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["ok"] == 0 and summary["errors"] > 0
+    assert out.exists()
