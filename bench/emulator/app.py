@@ -9,9 +9,10 @@ from __future__ import annotations
 import importlib
 from collections.abc import Awaitable, Callable
 
+from bench.emulator.asgi import Receive, Scope, Send, lifespan, read_body, send_json
 from bench.emulator.config import EmulatorConfig
 from bench.emulator.context import EmulatorContext, TokenVerifier
-from bench.emulator.wallaroo import Receive, Scope, Send, WallarooEmulator, error_body, read_body, send_json
+from bench.emulator.wallaroo import WallarooEmulator, error_body
 
 __all__ = ["EmulatorApp", "build_app"]
 
@@ -88,7 +89,7 @@ class EmulatorApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
-            return await _lifespan(receive, send)
+            return await lifespan(receive, send)
         if kind != "http":
             return None
         path: str = scope["path"]
@@ -102,16 +103,6 @@ class EmulatorApp:
         if path == "/health":
             return await send_json(send, 200, {"status": "ok", "deployment": self.ctx.deployment_status()})
         await send_json(send, 404, error_body(404, f"Not found: {path}", "platform"))
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 def build_app(config: EmulatorConfig) -> EmulatorApp:

@@ -13,11 +13,10 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import json
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
+from bench.emulator.asgi import HttpError, Receive, Scope, Send, full_path, headers, lifespan, read_body, send_json
 from bench.emulator.context import EmulatorContext
 from bench.emulator.tokens import TokenSigner, ensure_signer
 
@@ -25,11 +24,7 @@ __all__ = ["TOKEN_PATH", "KeycloakEmulator"]
 
 TOKEN_PATH = "/auth/realms/master/protocol/openid-connect/token"
 _MAX_BODY = 64 * 1024
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+_NO_STORE = ((b"cache-control", b"no-store"),)
 
 
 class _OAuthError(Exception):
@@ -47,26 +42,28 @@ class KeycloakEmulator:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
-        path = _full_path(scope)
+        path = full_path(scope)
         realm_path = path.split("/realms/", 1)[-1].rstrip("/")
         if realm_path != "master/protocol/openid-connect/token":
             realm = realm_path.split("/", 1)[0]
-            await _send_json(send, 404, {"error": "Realm does not exist"} if realm != "master"
-                             else {"error": "Unable to find matching target resource method"})
+            await send_json(send, 404, {"error": "Realm does not exist"} if realm != "master"
+                            else {"error": "Unable to find matching target resource method"}, _NO_STORE)
             return
         if scope["method"] != "POST":
-            await _send_json(send, 405, {"error": "HTTP 405 Method Not Allowed"})
+            await send_json(send, 405, {"error": "HTTP 405 Method Not Allowed"}, _NO_STORE)
             return
         try:
-            body = await _read_body(receive)
-            status, answer = 200, self._token(_headers(scope), body)
+            body = await read_body(receive, _MAX_BODY)
+            status, answer = 200, self._token(headers(scope), body)
         except _OAuthError as exc:
             status, answer = exc.status, exc.body
-        await _send_json(send, status, answer)
+        except HttpError as exc:  # body over the cap: Keycloak calls that a bad request
+            status, answer = 400, {"error": "invalid_request", "error_description": exc.message}
+        await send_json(send, status, answer, _NO_STORE)
 
     def _token(self, headers: dict[str, str], body: bytes) -> dict[str, Any]:
         try:
@@ -132,49 +129,3 @@ class KeycloakEmulator:
             answer["refresh_expires_in"] = int(signer.refresh_ttl_s)
             answer["session_state"] = "emulated"
         return answer
-
-
-def _full_path(scope: Scope) -> str:
-    """The request path including any mount prefix, whichever way the mounting router reports it."""
-    path: str = scope.get("path", "")
-    root: str = scope.get("root_path", "")
-    return path if not root or path.startswith(root) else root.rstrip("/") + path
-
-
-def _headers(scope: Scope) -> dict[str, str]:
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > _MAX_BODY:
-            raise _OAuthError(400, "invalid_request", "Request body too large")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
-async def _send_json(send: Send, status: int, body: object) -> None:
-    data = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"cache-control", b"no-store"),
-                            (b"content-length", str(len(data)).encode())]})
-    await send({"type": "http.response.body", "body": data})
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

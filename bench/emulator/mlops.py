@@ -9,27 +9,20 @@ Both want a valid Bearer token when ``require_token`` is on; errors use the Wall
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from bench.emulator.asgi import HttpError, Receive, Scope, Send, full_path, headers, lifespan, read_body, send_json
 from bench.emulator.context import EmulatorContext
 from bench.emulator.tokens import ensure_signer
 
 __all__ = ["MLOpsEmulator"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
 _MAX_BODY = 64 * 1024
 
 
-class _ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = {"code": status, "status": "error", "error": message, "source": "platform"}
+def _error_body(exc: HttpError) -> dict[str, object]:
+    """The Wallaroo platform error shape."""
+    return {"code": exc.status, "status": "error", "error": exc.message, "source": "platform"}
 
 
 class MLOpsEmulator:
@@ -44,42 +37,42 @@ class MLOpsEmulator:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
-        route = "/".join(_full_path(scope).rstrip("/").split("/")[-2:])
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        route = "/".join(full_path(scope).rstrip("/").split("/")[-2:])
+        request_headers = headers(scope)
         try:
             if route not in ("status/get_deployment", "admin/get_pipeline_external_url"):
-                raise _ApiError(404, "Not found")
+                raise HttpError(404, "Not found")
             if scope["method"] != "POST":
-                raise _ApiError(405, "Method not allowed")
-            self._check_token(headers.get("authorization"))
-            body = await _read_json(receive)
+                raise HttpError(405, "Method not allowed")
+            self._check_token(request_headers.get("authorization"))
+            body = _json_object(await read_body(receive, _MAX_BODY, "request body too large"))
             if route == "status/get_deployment":
                 answer = self._deployment(body)
             else:
-                answer = self._external_url(body, scope, headers)
+                answer = self._external_url(body, scope, request_headers)
             status = 200
-        except _ApiError as exc:
-            status, answer = exc.status, exc.body
-        await _send_json(send, status, answer)
+        except HttpError as exc:
+            status, answer = exc.status, _error_body(exc)
+        await send_json(send, status, answer)
 
     def _check_token(self, authorization: str | None) -> None:
         if not self._ctx.config.require_token:
             return
         problem = ensure_signer(self._ctx).verify(authorization)
         if problem is not None:
-            raise _ApiError(401, problem)
+            raise HttpError(401, problem)
 
     def _deployment(self, body: dict[str, Any]) -> dict[str, Any]:
         name = body.get("name")
         if not isinstance(name, str) or not name:
-            raise _ApiError(400, "missing field: name")
+            raise HttpError(400, "missing field: name")
         config = self._ctx.config
         if name != config.deployment:
-            raise _ApiError(404, f"Deployment not found: {name}")
+            raise HttpError(404, f"Deployment not found: {name}")
         status = self._ctx.deployment_status()
         running = status == "Running"
         pipeline_status = {"pipelines": [{"id": config.pipeline, "status": status}]}
@@ -97,14 +90,14 @@ class MLOpsEmulator:
     def _external_url(self, body: dict[str, Any], scope: Scope, headers: dict[str, str]) -> dict[str, Any]:
         workspace_id, pipeline = body.get("workspace_id"), body.get("pipeline_name")
         if not isinstance(workspace_id, int) or isinstance(workspace_id, bool):
-            raise _ApiError(400, "missing or non-integer field: workspace_id")
+            raise HttpError(400, "missing or non-integer field: workspace_id")
         if not isinstance(pipeline, str) or not pipeline:
-            raise _ApiError(400, "missing field: pipeline_name")
+            raise HttpError(400, "missing field: pipeline_name")
         config = self._ctx.config
         if workspace_id != config.workspace_id:
-            raise _ApiError(404, f"Workspace not found: {workspace_id}")
+            raise HttpError(404, f"Workspace not found: {workspace_id}")
         if pipeline != config.pipeline:
-            raise _ApiError(404, f"Pipeline not found: {pipeline}")
+            raise HttpError(404, f"Pipeline not found: {pipeline}")
         scheme = scope.get("scheme", "http")
         host = headers.get("host")
         if not host:
@@ -113,47 +106,11 @@ class MLOpsEmulator:
         return {"url": f"{scheme}://{host}/v1/api/pipelines/infer/{config.deployment}/{config.pipeline}"}
 
 
-def _full_path(scope: Scope) -> str:
-    path: str = scope.get("path", "")
-    root: str = scope.get("root_path", "")
-    return path if not root or path.startswith(root) else root.rstrip("/") + path
-
-
-async def _read_json(receive: Receive) -> dict[str, Any]:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > _MAX_BODY:
-            raise _ApiError(413, "request body too large")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
+def _json_object(raw: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(b"".join(chunks) or b"{}")
+        body = json.loads(raw or b"{}")
     except ValueError:
-        raise _ApiError(400, "request body is not valid JSON") from None
+        raise HttpError(400, "request body is not valid JSON") from None
     if not isinstance(body, dict):
-        raise _ApiError(400, "request body must be a JSON object")
+        raise HttpError(400, "request body must be a JSON object")
     return body
-
-
-async def _send_json(send: Send, status: int, body: object) -> None:
-    data = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
-    await send({"type": "http.response.body", "body": data})
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

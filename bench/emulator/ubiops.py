@@ -15,33 +15,22 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
 import orjson
 
+from bench.emulator.asgi import HttpError, Receive, Scope, Send, header, lifespan, read_body, send_json
 from bench.emulator.config import UbiOpsDeployment
 from bench.emulator.context import EmulatorContext
 
 __all__ = ["UbiOpsEmulator"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
 MAX_ITEMS = 250
 MAX_BODY = 64 * 1024 * 1024
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 STATUSES = ("pending", "processing", "completed", "failed", "cancelled", "cancelled_pending")
-
-
-class _HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 def _iso(t: float | None) -> str | None:
@@ -156,7 +145,7 @@ class UbiOpsEmulator:
     # --- ASGI ---------------------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await lifespan(receive, send, self.aclose)
             return
         if scope["type"] != "http":
             return
@@ -166,23 +155,13 @@ class UbiOpsEmulator:
                 client = (scope.get("client") or ("?", 0))[0]
                 allowed, headers = self._limiter.take(str(client))
                 if not allowed:
-                    raise _HttpError(429, "Rate limit exceeded, try again later")
+                    raise HttpError(429, "Rate limit exceeded, try again later")
             self._check_auth(scope)
-            body = await _read_body(receive)
+            body = await read_body(receive, MAX_BODY)
             status, answer = await self._route(scope, body)
-        except _HttpError as exc:
+        except HttpError as exc:
             status, answer = exc.status, {"error": exc.message}
-        await _respond(send, status, answer, headers)
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await send_json(send, status, answer, headers)
 
     async def aclose(self) -> None:
         """Stop the queue workers (the core app calls this on shutdown, if it wants to)."""
@@ -194,14 +173,11 @@ class UbiOpsEmulator:
                 await task
 
     def _check_auth(self, scope: Scope) -> None:
-        value = None
-        for k, v in scope.get("headers", ()):
-            if k.lower() == b"authorization":
-                value = v.decode("latin-1").strip()
+        value = (header(scope, b"authorization") or "").strip()
         if not value:
-            raise _HttpError(401, "Authentication credentials were not provided.")
+            raise HttpError(401, "Authentication credentials were not provided.")
         if value != self._expected_auth:
-            raise _HttpError(401, "Invalid token.")
+            raise HttpError(401, "Invalid token.")
 
     # --- routing ------------------------------------------------------------------------------------------
     async def _route(self, scope: Scope, body: bytes) -> tuple[int, Any]:
@@ -212,17 +188,17 @@ class UbiOpsEmulator:
         if parts and parts[0] in ("v2", "v2.1"):
             parts = parts[1:]
         if len(parts) < 5 or parts[0] != "projects" or parts[2] != "deployments":
-            raise _HttpError(404, f"Not found: {path}")
+            raise HttpError(404, f"Not found: {path}")
         project, name, rest = parts[1], parts[3], parts[4:]
         dep = self._deployments.get((project, name))
         if dep is None:
-            raise _HttpError(404, f"Deployment {name!r} not found in project {project!r}")
+            raise HttpError(404, f"Deployment {name!r} not found in project {project!r}")
         if rest[0] == "versions":
             if len(rest) < 2 or rest[1] != dep.version:
-                raise _HttpError(404, f"Version {rest[1] if len(rest) > 1 else ''!r} not found")
+                raise HttpError(404, f"Version {rest[1] if len(rest) > 1 else ''!r} not found")
             rest = rest[2:]
         if not rest or rest[0] != "requests":
-            raise _HttpError(404, f"Not found: {path}")
+            raise HttpError(404, f"Not found: {path}")
         rest = rest[1:]
         key = (dep.project, dep.name, dep.version)
         if not rest:
@@ -248,7 +224,7 @@ class UbiOpsEmulator:
                 req = self._find(key, rest[0])
                 self._forget(req)
                 return 204, None
-        raise _HttpError(405, f"Method {method} not allowed on {path}")
+        raise HttpError(405, f"Method {method} not allowed on {path}")
 
     # --- handlers -----------------------------------------------------------------------------------------
     async def _direct(self, dep: UbiOpsDeployment, key: tuple[str, str, str], body: bytes,
@@ -275,9 +251,9 @@ class UbiOpsEmulator:
         data = _json(body)
         items = data if isinstance(data, list) else [data]
         if not items:
-            raise _HttpError(400, "Provide at least one request")
+            raise HttpError(400, "Provide at least one request")
         if len(items) > MAX_ITEMS:
-            raise _HttpError(400, f"The maximum number of requests per batch is {MAX_ITEMS}, got {len(items)}")
+            raise HttpError(400, f"The maximum number of requests per batch is {MAX_ITEMS}, got {len(items)}")
         for item in items:  # one bad item rejects all
             self._check_item(dep, item)
         queue = self._ensure_workers()
@@ -301,21 +277,21 @@ class UbiOpsEmulator:
         wanted = set(query.get("status", "completed").split(","))
         bad = wanted - set(STATUSES)
         if bad:
-            raise _HttpError(400, f"Unknown status {sorted(bad)[0]!r}")
+            raise HttpError(400, f"Unknown status {sorted(bad)[0]!r}")
         try:
             limit = int(query.get("limit", "50"))
             offset = int(query.get("offset", "0"))
         except ValueError:
-            raise _HttpError(400, "limit and offset must be integers") from None
+            raise HttpError(400, "limit and offset must be integers") from None
         if limit < 1 or offset < 0:
-            raise _HttpError(400, "limit must be >= 1 and offset >= 0")
+            raise HttpError(400, "limit must be >= 1 and offset >= 0")
         matches = [r for r in reversed(self._requests.values()) if r.key == key and r.status in wanted]
         return 200, [r.details(data=False) for r in matches[offset:offset + limit]]
 
     def _patch(self, key: tuple[str, str, str], request_id: str, body: bytes) -> tuple[int, Any]:
         doc = _json(body)
         if not isinstance(doc, dict) or doc.get("status") != "cancelled":
-            raise _HttpError(400, "The status can only be updated to 'cancelled'")
+            raise HttpError(400, "The status can only be updated to 'cancelled'")
         req = self._find(key, request_id)
         self._cancel(req)
         return 200, req.details(data=False)
@@ -324,7 +300,7 @@ class UbiOpsEmulator:
         status = query.get("status")
         if status is not None and not body.strip():
             if status not in ("pending", "processing"):
-                raise _HttpError(400, "status must be 'pending' or 'processing'")
+                raise HttpError(400, "status must be 'pending' or 'processing'")
             targets = [r for r in self._requests.values() if r.key == key and r.status == status]
         else:
             targets = [r for r in (self._requests.get(i) for i in _id_list(body)) if r is not None and r.key == key]
@@ -342,14 +318,14 @@ class UbiOpsEmulator:
     def _check_item(self, dep: UbiOpsDeployment, item: Any) -> None:
         if dep.input_type == "plain":
             if not isinstance(item, str):
-                raise _HttpError(400, "A plain deployment takes a string as input")
+                raise HttpError(400, "A plain deployment takes a string as input")
         elif not isinstance(item, dict):
-            raise _HttpError(400, "A structured deployment takes a JSON object of input fields")
+            raise HttpError(400, "A structured deployment takes a JSON object of input fields")
 
     def _find(self, key: tuple[str, str, str], request_id: str) -> _Request:
         req = self._requests.get(request_id)
         if req is None or req.key != key:
-            raise _HttpError(404, f"Request {request_id!r} not found")
+            raise HttpError(404, f"Request {request_id!r} not found")
         return req
 
     def _store(self, req: _Request) -> None:
@@ -439,9 +415,9 @@ def _timeout(query: dict[str, str], default: int, lo: int, hi: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise _HttpError(400, f"timeout must be an integer, got {raw!r}") from None
+        raise HttpError(400, f"timeout must be an integer, got {raw!r}") from None
     if not lo <= value <= hi:
-        raise _HttpError(400, f"timeout must be between {lo} and {hi}, got {value}")
+        raise HttpError(400, f"timeout must be between {lo} and {hi}, got {value}")
     return value
 
 
@@ -449,37 +425,13 @@ def _json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise _HttpError(400, "The request body is not valid JSON") from None
+        raise HttpError(400, "The request body is not valid JSON") from None
 
 
 def _id_list(body: bytes) -> list[str]:
     ids = _json(body)
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-        raise _HttpError(400, "Provide a list of request ids")
+        raise HttpError(400, "Provide a list of request ids")
     if len(ids) > MAX_ITEMS:
-        raise _HttpError(400, f"A maximum of {MAX_ITEMS} requests can be given, got {len(ids)}")
+        raise HttpError(400, f"A maximum of {MAX_ITEMS} requests can be given, got {len(ids)}")
     return ids
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise _HttpError(413, "Request body too large")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
-async def _respond(send: Send, status: int, answer: Any, extra: list[tuple[bytes, bytes]]) -> None:
-    body = b"" if status == 204 else orjson.dumps(answer)
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

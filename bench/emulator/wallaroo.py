@@ -2,8 +2,7 @@
 or Arrow IPC in and out, the documented record shape and error bodies.
 
 Every successful inference waits in the shared capacity model (``ctx.model.serve``) so the emulator's capacity
-is known; scoring itself is one vectorised numpy call. The small ASGI helpers at the bottom are shared with
-bench.emulator.app.
+is known; scoring itself is one vectorised numpy call. The ASGI plumbing lives in bench.emulator.asgi.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -21,16 +19,11 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bench.emulator.asgi import Receive, Scope, Send, header, read_body, send_json, send_response
 from bench.emulator.context import EmulatorContext
 from bench.emulator.model import FEATURES, MODEL_NAME, MODEL_SHA, LogisticModel
 
-__all__ = ["ARROW_FILE", "Receive", "Scope", "Send", "WallarooEmulator", "error_body", "read_body",
-           "send_json", "send_response"]
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+__all__ = ["ARROW_FILE", "WallarooEmulator", "error_body"]
 
 ARROW_FILE = "application/vnd.apache.arrow.file"
 JSON_RECORDS = "application/json; format=pandas-records"
@@ -91,12 +84,12 @@ class WallarooEmulator:
         """Only the external URL is behind the platform's gateway; internal and edge URLs are not."""
         if not self.ctx.config.require_token:
             return None
-        header = _header(scope, b"authorization")
-        if not header:
+        authorization = header(scope, b"authorization")
+        if not authorization:
             return "Jwt is missing"
         if self.ctx.tokens is None:
             return None
-        return self.ctx.tokens.verify(header)
+        return self.ctx.tokens.verify(authorization)
 
     async def _infer(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = await read_body(receive)
@@ -105,7 +98,7 @@ class WallarooEmulator:
             msg = f"resources not available: pipeline {self.ctx.config.pipeline} is {status}"
             return await send_json(send, 503, error_body(503, msg, "platform"))
         t0 = time.perf_counter_ns()
-        content_type = _header(scope, b"content-type") or "application/json"
+        content_type = header(scope, b"content-type") or "application/json"
         echo: list[Any] | npt.NDArray[np.float32]
         try:
             if "arrow" in content_type:
@@ -129,7 +122,7 @@ class WallarooEmulator:
         step_ns = time.perf_counter_ns() - t1
         query = _dataset_options(scope)
         now_ms = time.time_ns() // 1_000_000
-        accept = _header(scope, b"accept") or ""
+        accept = header(scope, b"accept") or ""
         if ARROW_FILE in accept:
             out = self._encode_arrow(matrix, scores, now_ms, ser_ns, step_ns, *query)
             return await send_response(send, 200, out, ARROW_FILE)
@@ -262,13 +255,6 @@ def _dataset_options(scope: Scope) -> tuple[bool, bool]:
     return "metadata" not in excluded, separator == "."
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
-
-
 def error_body(code: int, message: str, source: str) -> dict[str, object]:
     """The Wallaroo error shape."""
     return {"code": code, "status": "error", "error": message, "source": source}
@@ -276,27 +262,3 @@ def error_body(code: int, message: str, source: str) -> dict[str, object]:
 
 async def _method_not_allowed(send: Send) -> None:
     await send_json(send, 405, error_body(405, "method not allowed", "engine"))
-
-
-async def read_body(receive: Receive) -> bytes:
-    """The whole request body (ASGI delivers it in chunks)."""
-    message = await receive()
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body", False):
-        return body
-    chunks = [body]
-    while message.get("more_body", False):
-        message = await receive()
-        chunks.append(message.get("body", b""))
-    return b"".join(chunks)
-
-
-async def send_response(send: Send, status: int, body: bytes, content_type: str) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", content_type.encode("latin-1")),
-                            (b"content-length", str(len(body)).encode("ascii"))]})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def send_json(send: Send, status: int, payload: object) -> None:
-    await send_response(send, status, orjson.dumps(payload), "application/json")

@@ -1,0 +1,104 @@
+"""The ASGI plumbing every emulator sub-app needs (no web framework): body reading, JSON answers, lifespan.
+
+Each platform keeps its own error body shape: helpers here raise :class:`HttpError` (status + message) and the
+sub-app that catches it decides what the body looks like. ``read_body`` and ``send_response`` sit on the
+Wallaroo inference hot path, so they do no more work per request than the code they replaced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Any
+
+import orjson
+
+__all__ = ["JSON", "HttpError", "Message", "Receive", "Scope", "Send", "full_path", "header", "headers",
+           "lifespan", "read_body", "send_json", "send_response"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Header = tuple[bytes, bytes]
+
+JSON = "application/json"
+
+
+class HttpError(Exception):
+    """A request the emulator refuses: ``status`` and a ``message``; the sub-app renders its own error body."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+async def read_body(receive: Receive, limit: int | None = None,
+                    too_large: str = "Request body too large") -> bytes:
+    """The whole request body (ASGI delivers it in chunks); over ``limit`` bytes raises HttpError(413, too_large).
+
+    A disconnect ends the body early (its message has no ``body`` and no ``more_body``).
+    """
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        if limit is not None and len(body) > limit:
+            raise HttpError(413, too_large)
+        return body
+    chunks = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise HttpError(413, too_large)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def send_response(send: Send, status: int, body: bytes, content_type: str,
+                        extra: Sequence[Header] = ()) -> None:
+    """One complete response; ``extra`` headers (cache-control, x-ratelimit-*) go after the standard two."""
+    head = [(b"content-type", content_type.encode("latin-1")), (b"content-length", str(len(body)).encode("ascii"))]
+    if extra:
+        head.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_json(send: Send, status: int, payload: object, extra: Sequence[Header] = ()) -> None:
+    """``payload`` as a JSON response (a 204 gets an empty body, as HTTP wants)."""
+    await send_response(send, status, b"" if status == 204 else orjson.dumps(payload), JSON, extra)
+
+
+async def lifespan(receive: Receive, send: Send, on_shutdown: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Answer the ASGI lifespan protocol until shutdown, running ``on_shutdown`` first if given."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            if on_shutdown is not None:
+                await on_shutdown()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of header ``name`` (lower-case bytes, as ASGI servers deliver names), or None."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def headers(scope: Scope) -> dict[str, str]:
+    """All request headers as a dict with lower-case names (the last of repeated headers wins)."""
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+
+def full_path(scope: Scope) -> str:
+    """The request path including any mount prefix, whichever way the mounting router reports it."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    return path if not root or path.startswith(root) else root.rstrip("/") + path
