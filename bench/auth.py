@@ -25,6 +25,7 @@ import anyio.abc
 import httpx
 
 from bench.errors import InputError, RunInvalid
+from bench.tables import TableReader
 
 __all__ = ["AUTH_KINDS", "AuthConfig", "Redactor", "TokenSource", "auth_config_from_mapping", "emulator_credentials",
            "keycloak_token_url", "redact", "redact_mapping"]
@@ -79,16 +80,8 @@ class AuthConfig:
 def auth_config_from_mapping(d: Mapping[str, Any], file: str) -> AuthConfig:
     """Validate a scenario ``[auth]`` table; every problem is an InputError naming ``auth.<key>``."""
 
-    def err(key: str, problem: str) -> InputError:
-        return InputError(problem, file=file, key=f"auth.{key}")
-
-    def string(key: str) -> str | None:
-        value = d.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value.strip():
-            raise err(key, f"expected a non-empty string, got {type(value).__name__}")
-        return value.strip()
+    table = TableReader(d, file, "auth")
+    err, string = table.err, table.string
 
     def env_name(key: str) -> str | None:
         value = string(key)

@@ -17,6 +17,7 @@ import anyio
 import httpx
 
 from bench.errors import InputError, RunInvalid
+from bench.tables import TableReader
 from bench.units import format_duration, parse_duration
 
 __all__ = ["PreflightConfig", "deployment_from_url", "preflight_config_from_mapping", "run_preflight"]
@@ -44,16 +45,8 @@ class PreflightConfig:
 def preflight_config_from_mapping(d: Mapping[str, Any], file: str) -> PreflightConfig:
     """Validate a scenario ``[wallaroo]`` table; every problem is an InputError naming ``wallaroo.<key>``."""
 
-    def err(key: str, problem: str) -> InputError:
-        return InputError(problem, file=file, key=f"wallaroo.{key}")
-
-    def string(key: str) -> str | None:
-        value = d.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value.strip():
-            raise err(key, f"expected a non-empty string, got {type(value).__name__}")
-        return value.strip()
+    table = TableReader(d, file, "wallaroo")
+    err, string = table.err, table.string
 
     def duration(key: str, default: float, minimum: float) -> float:
         try:
