@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any, Protocol
 
 import anyio
@@ -205,6 +206,35 @@ async def _first(stop: StopSignal, event: anyio.Event, timeout_s: float) -> None
             tg.start_soon(wait_then_cancel, event.wait, tg.cancel_scope)
 
 
+def _drop(sink: UbiOpsSink, stats: UbiOpsStats, intended: int) -> None:
+    """A send the schedule wanted but could not make (in-flight cap or rate gate): recorded as dropped."""
+    sink.dropped(intended)
+    stats.dropped += 1
+
+
+async def _pace_open_loop(load: LoadSpec, stop: StopSignal, busy: _Flight, drop: Callable[[int], None],
+                          launch: Callable[[int], bool]) -> None:
+    """Walk an open-loop schedule: wait until each send is due (``stop`` interrupts the wait), drop one that
+    finds ``busy`` at ``max_in_flight``, else ``launch(intended)``. Ends at the test's end, on stop, or when
+    ``launch`` returns False (inputs used up). Shared by direct requests and batch creates."""
+    assert load.offsets_ns is not None, "open loop needs offsets_ns"
+    for offset in load.offsets_ns:
+        intended = load.start_ns + offset
+        if intended >= load.end_ns or stop.is_set():
+            return
+        delay = (intended - _now()) / 1e9
+        if delay > 0:
+            with anyio.move_on_after(delay):
+                await stop.wait()
+            if stop.is_set():
+                return
+        if load.max_in_flight and busy.n >= load.max_in_flight:
+            drop(intended)
+            continue
+        if not launch(intended):
+            return
+
+
 def _client(cfg: UbiOpsConfig, connections: int, read_timeout_s: float) -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     timeout = httpx.Timeout(connect=10.0, read=read_timeout_s, write=30.0, pool=None)
@@ -292,35 +322,24 @@ class _Direct:
                     self.flight.down()
 
     async def _open_loop(self) -> None:
-        assert self.load.offsets_ns is not None, "open loop needs offsets_ns"
         connections = max(1, min(self.load.max_in_flight or 64, 64))
         async with _client(self.cfg, connections, self.read_timeout_s) as client, \
                 anyio.create_task_group() as sends:
-            for offset in self.load.offsets_ns:
-                intended = self.load.start_ns + offset
-                if intended >= self.load.end_ns or self.stop.is_set():
-                    break
-                delay = (intended - _now()) / 1e9
-                if delay > 0:
-                    with anyio.move_on_after(delay):
-                        await self.stop.wait()
-                    if self.stop.is_set():
-                        break
-                if self.load.max_in_flight and self.flight.n >= self.load.max_in_flight:
-                    self.sink.dropped(intended)
-                    self.stats.dropped += 1
-                    continue
+
+            def launch(intended: int) -> bool:
                 i = self._take()
                 if i is None:
-                    break
+                    return False
                 self.flight.up()  # counted before the task starts so max_in_flight holds
                 sends.start_soon(self._open_one, client, i, intended)
+                return True
+
+            await _pace_open_loop(self.load, self.stop, self.flight, partial(_drop, self.sink, self.stats), launch)
 
     async def _open_one(self, client: httpx.AsyncClient, i: int, intended: int) -> None:
         try:
             if not await self.gate.acquire(self.stop):
-                self.sink.dropped(intended)
-                self.stats.dropped += 1
+                _drop(self.sink, self.stats, intended)
                 return
             await self._one(client, i, intended)
         finally:
@@ -452,33 +471,22 @@ class _Batch:
             await _first(self.stop, chunk.done, (self.load.end_ns - _now()) / 1e9)
 
     async def _open_producer(self, client: httpx.AsyncClient) -> None:
-        assert self.load.offsets_ns is not None, "open loop needs offsets_ns"
         async with anyio.create_task_group() as tg:
-            for offset in self.load.offsets_ns:
-                intended = self.load.start_ns + offset
-                if intended >= self.load.end_ns or self.stop.is_set():
-                    break
-                delay = (intended - _now()) / 1e9
-                if delay > 0:
-                    with anyio.move_on_after(delay):
-                        await self.stop.wait()
-                    if self.stop.is_set():
-                        break
-                if self.load.max_in_flight and self.creates.n >= self.load.max_in_flight:
-                    self.sink.dropped(intended)
-                    self.stats.dropped += 1
-                    continue
+
+            def launch(intended: int) -> bool:
                 items = self._take_chunk()
                 if not items:
-                    break
+                    return False
                 tg.start_soon(self._open_create, client, items, intended)
+                return True
+
+            await _pace_open_loop(self.load, self.stop, self.creates, partial(_drop, self.sink, self.stats), launch)
 
     async def _open_create(self, client: httpx.AsyncClient, items: list[int], intended: int) -> None:
         if await self.gate.acquire(self.stop, self.load.end_ns):
             await self._create(client, items, intended)
         else:
-            self.sink.dropped(intended)
-            self.stats.dropped += 1
+            _drop(self.sink, self.stats, intended)
 
     async def _create(self, client: httpx.AsyncClient, items: list[int], intended: int) -> _Chunk | None:
         """One batch create call (gate slot already acquired). Returns the chunk when requests were created."""
