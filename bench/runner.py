@@ -86,8 +86,6 @@ def prepare(sc: Scenario) -> Prepared:
         from bench.emulator.embedded import emulator_config_from_mapping
 
         prepared.emulator_config = emulator_config_from_mapping(sc.tables["emulator"], sc.file)
-    elif sc.tables["emulator"]:
-        raise InputError("only used when target.url = 'embedded'", file=sc.file, key="emulator")
     if sc.tables["auth"]:
         from bench.auth import auth_config_from_mapping, emulator_credentials
 
@@ -250,6 +248,8 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
     stop = anyio.Event()
     counts = _Counts()
     facts: dict[str, Any] = {}
+    if not sc.target.embedded and sc.tables["emulator"]:
+        ctl.message(f"{sc.file}: [emulator] ignored: target.url is not 'embedded'")
     async with _target_url(prepared, ctl) as (url, emu), anyio.create_task_group() as tg:
         authorization = _static_token(sc)
         token_source = None

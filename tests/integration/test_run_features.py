@@ -47,8 +47,9 @@ def rows(path: Path, section: str) -> list[dict[str, object]]:
 
 def test_token_refresh_keeps_load_going_without_401(tmp_path: Path) -> None:
     extra = '\n[auth]\nkind = "client_credentials"\nclient_secret_env = "BENCH_FEATURE_SECRET"\n'
-    proc, out = run(tmp_path, extra, "--set", "emulator.require_token=true", "--set", "emulator.token_ttl_s=2.0",
-                    duration="6s", env={"BENCH_FEATURE_SECRET": "feature-secret-123"})
+    # the acceptance run: 12 s against tokens that live 3 s
+    proc, out = run(tmp_path, extra, "--set", "emulator.require_token=true", "--set", "emulator.token_ttl_s=3.0",
+                    duration="12s", env={"BENCH_FEATURE_SECRET": "feature-secret-123"})
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["requests"] > 100

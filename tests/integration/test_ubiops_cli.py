@@ -1,0 +1,97 @@
+"""The UbiOps scenarios through the real `bench run` CLI, against the embedded and a standalone emulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pyarrow.ipc as ipc
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "Token emulator-ubiops-token"  # the emulator's default token (EmulatorConfig.ubiops_token)
+
+
+def section(path: Path, name: str) -> list[dict[str, object]]:
+    table = ipc.open_file(str(path)).read_all()
+    return [r for r in table.to_pylist() if r["section"] == name]
+
+
+def bench_run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bench", "run", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_direct_scenario_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "d.arrow"
+    proc = bench_run("scenarios/ubiops-direct.toml", "--set", 'load.duration="2s"', "--set", 'load.warmup="0s"',
+                     "--json", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["requests"] > 20 and summary["errors"] == 0
+
+
+def test_batch_scenario_reports_the_three_histograms_and_accounts_for_every_request(tmp_path: Path) -> None:
+    out = tmp_path / "b.arrow"
+    proc = bench_run("scenarios/ubiops-batch.toml", "--set", 'load.duration="2s"', "--set", 'load.warmup="0s"',
+                     "--json", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    hists = {(r["name"], r["phase"]): r["count"] for r in section(out, "histogram") if r["outcome"] == "all"}
+    for name in ("batch_e2e", "queue", "processing"):
+        assert int(str(hists.get((name, "measured"), 0))) > 0, name
+    c = {r["name"]: int(str(r["count"])) for r in section(out, "counter")}
+    assert c["batch_created"] >= 500
+    assert c["batch_created"] == (c.get("batch_completed", 0) + c.get("batch_failed", 0)
+                                  + c.get("batch_cancelled", 0) + c.get("batch_abandoned", 0))
+    assert c.get("batch_invariant_broken", 0) == 0
+
+
+@pytest.fixture
+def emulator() -> Iterator[str]:
+    """A standalone emulator (slow, so a batch is still pending when the run is interrupted)."""
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "serve", "--port", "0", "--replicas", "1",
+                             "--latency-ms", "20"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("bench emulator listening on "), line
+        yield line.split()[-1]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_sigint_during_a_batch_run_cancels_what_is_pending(emulator: str, tmp_path: Path) -> None:
+    out = tmp_path / "s.arrow"
+    base = f"{emulator}/v2.1"
+    env = {**os.environ, "UBIOPS_TOKEN": TOKEN.removeprefix("Token ")}
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "scenarios/ubiops-batch.toml",
+                             "--set", f'target.url="{base}"', "--set", 'load.duration="60s"', "--set",
+                             'load.warmup="0s"', "--out", str(out), "--json"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    listing = f"{base}/projects/demo/deployments/ccfraud/versions/v1/requests"
+    try:
+        deadline = time.monotonic() + 30
+        pending: list[object] = []
+        while time.monotonic() < deadline and not pending:  # wait until requests are queued on the server
+            r = httpx.get(listing, params={"status": "pending", "limit": 10}, headers={"Authorization": TOKEN})
+            pending = r.json() if r.status_code == 200 else []
+        assert pending, "the run never created a batch"
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    for status in ("pending", "processing"):
+        r = httpx.get(listing, params={"status": status, "limit": 1000}, headers={"Authorization": TOKEN})
+        assert r.status_code == 200
+        assert r.json() == [], f"{status} requests left behind"
+    assert json.loads(stdout)["partial"] is True
