@@ -28,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from bench.errors import EXIT_OK, EXIT_SLO, InputError
+    from bench.commands.report import write_view
+    from bench.errors import EXIT_OK, EXIT_SLO
     from bench.report.compare import compare_reports, parse_thresholds
     from bench.report.markdown import append_step_summary, comparison_markdown
     from bench.report.reader import read_report
@@ -41,10 +42,6 @@ def run(args: argparse.Namespace) -> int:
     render_comparison(cmp, console, args.base, args.new)
     md = comparison_markdown(cmp, Path(args.base).name, Path(args.new).name)
     if args.markdown:
-        try:
-            Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.markdown).write_text(md, encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"cannot write: {exc.strerror or exc}", file=args.markdown, key="--markdown") from None
+        write_view(args.markdown, md, "--markdown")
     append_step_summary(md)
     return EXIT_SLO if cmp.regressed else EXIT_OK

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["register"]
+__all__ = ["register", "write_view"]
 
 
 def register(subparsers: Any) -> None:
@@ -24,7 +24,6 @@ def run(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from bench.errors import InputError
     from bench.report.markdown import append_step_summary, report_markdown
     from bench.report.reader import read_report
     from bench.report.terminal import render_report
@@ -40,13 +39,22 @@ def run(args: argparse.Namespace) -> int:
             from bench.report.html import render_html
 
             text = render_html(report)
-        try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"cannot write: {exc.strerror or exc}", file=path, key=flag) from None
+        write_view(path, text, flag)
         console.print(f"{flag[2:]}: {path}")
     written = append_step_summary(md)
     if written is not None:
         console.print(f"appended to $GITHUB_STEP_SUMMARY ({written})")
     return 0
+
+
+def write_view(path: str, text: str, flag: str) -> None:
+    """Write a rendered view (HTML, Markdown), creating its folder; a failure is an InputError naming ``flag``."""
+    from pathlib import Path
+
+    from bench.errors import InputError
+
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot write: {exc.strerror or exc}", file=path, key=flag) from None
