@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["JSON", "HttpError", "Message", "Receive", "Scope", "Send", "full_path", "header", "headers",
+__all__ = ["JSON", "HttpError", "Message", "Receive", "Scope", "Send", "SubApp", "full_path", "header", "headers",
            "lifespan", "read_body", "send_json", "send_response"]
 
 Scope = MutableMapping[str, Any]
@@ -82,6 +82,24 @@ async def lifespan(receive: Receive, send: Send, on_shutdown: Callable[[], Await
                 await on_shutdown()
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+class SubApp:
+    """Base of the sub-apps that can be mounted or served alone: answers lifespan (calling ``aclose`` at
+    shutdown), ignores other non-HTTP scopes, and hands HTTP requests to ``http``."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self.http(scope, receive, send)
+        elif kind == "lifespan":
+            await lifespan(receive, send, self.aclose)
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Release what the app holds; nothing by default."""
 
 
 def header(scope: Scope, name: bytes) -> str | None:

@@ -16,7 +16,7 @@ import hmac
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from bench.emulator.asgi import HttpError, Receive, Scope, Send, full_path, headers, lifespan, read_body, send_json
+from bench.emulator.asgi import HttpError, Receive, Scope, Send, SubApp, full_path, headers, read_body, send_json
 from bench.emulator.context import EmulatorContext
 from bench.emulator.tokens import TokenSigner, ensure_signer
 
@@ -34,18 +34,13 @@ class _OAuthError(Exception):
         self.body = {"error": error, "error_description": description}
 
 
-class KeycloakEmulator:
+class KeycloakEmulator(SubApp):
     """ASGI app for the token endpoint; mount it at ``/auth/realms/`` (or serve it alone)."""
 
     def __init__(self, ctx: EmulatorContext) -> None:
         self._ctx = ctx
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = full_path(scope)
         realm_path = path.split("/realms/", 1)[-1].rstrip("/")
         if realm_path != "master/protocol/openid-connect/token":

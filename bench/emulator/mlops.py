@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from bench.emulator.asgi import HttpError, Receive, Scope, Send, full_path, headers, lifespan, read_body, send_json
+from bench.emulator.asgi import HttpError, Receive, Scope, Send, SubApp, full_path, headers, read_body, send_json
 from bench.emulator.context import EmulatorContext
 from bench.emulator.tokens import ensure_signer
 
@@ -25,7 +25,7 @@ def _error_body(exc: HttpError) -> dict[str, object]:
     return {"code": exc.status, "status": "error", "error": exc.message, "source": "platform"}
 
 
-class MLOpsEmulator:
+class MLOpsEmulator(SubApp):
     """ASGI app for ``status/get_deployment`` and ``admin/get_pipeline_external_url``.
 
     Mount it at ``/v1/api/status/`` and ``/v1/api/admin/`` (or serve it alone): routes are matched on the
@@ -35,12 +35,7 @@ class MLOpsEmulator:
     def __init__(self, ctx: EmulatorContext) -> None:
         self._ctx = ctx
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = "/".join(full_path(scope).rstrip("/").split("/")[-2:])
         request_headers = headers(scope)
         try:

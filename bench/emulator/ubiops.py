@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, unquote
 
 import orjson
 
-from bench.emulator.asgi import HttpError, Receive, Scope, Send, header, lifespan, read_body, send_json
+from bench.emulator.asgi import HttpError, Receive, Scope, Send, SubApp, header, read_body, send_json
 from bench.emulator.config import UbiOpsDeployment
 from bench.emulator.context import EmulatorContext
 
@@ -123,7 +123,7 @@ class _RateLimiter:
         return allowed, headers
 
 
-class UbiOpsEmulator:
+class UbiOpsEmulator(SubApp):
     """ASGI app: ``UbiOpsEmulator(ctx)``; ``window_s`` shortens the rate-limit window for tests."""
 
     def __init__(self, ctx: EmulatorContext, *, window_s: float = 60.0, keep_finished: int = 100_000) -> None:
@@ -143,12 +143,7 @@ class UbiOpsEmulator:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- ASGI ---------------------------------------------------------------------------------------------
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send, self.aclose)
-            return
-        if scope["type"] != "http":
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers: list[tuple[bytes, bytes]] = []
         try:
             if self._limiter is not None:
