@@ -67,6 +67,7 @@ _DROP = frozenset({"host", "content-length", "transfer-encoding", "connection", 
                    "proxy-connection", "upgrade", "te"})
 _PURGE_EVERY = 128
 _ODD = h2.connection.AllowedStreamIDs.ODD
+_CLOSED = h2.connection.ConnectionState.CLOSED
 _NEVER_INDEX = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"set-cookie"})
 _STATIC: dict[tuple[bytes, bytes], int] = {}
 _STATIC_NAMES: dict[bytes, int] = {}
@@ -220,7 +221,7 @@ class _Conn(asyncio.Protocol):
     """One HTTP/2 connection. ``streams`` are on the wire; ``waiting`` are assigned but not yet started."""
 
     __slots__ = ("blocked", "dead", "dirty", "enc", "eng", "goaway", "h2", "max_streams", "ready", "slot", "started",
-                 "streams", "transport", "waiting")
+                 "streams", "t_connect", "transport", "waiting")
 
     def __init__(self, eng: H2Engine, slot: int) -> None:
         self.eng = eng
@@ -244,11 +245,13 @@ class _Conn(asyncio.Protocol):
         self.goaway = False
         self.dirty = False
         self.started = 0
+        self.t_connect = time.monotonic_ns()
         self.max_streams = 100  # until the server's SETTINGS say otherwise
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.eng.connected(self, self.t_connect)
 
     def data_received(self, data: bytes) -> None:
         eng = self.eng
@@ -259,7 +262,10 @@ class _Conn(asyncio.Protocol):
             except h2.exceptions.ProtocolError as exc:
                 eng.conn_failed(self, _PROTOCOL, f"HTTP/2 protocol error: {exc!r}")
                 return
-            eng.handle(self, events)
+            try:
+                eng.handle(self, events)
+            except h2.exceptions.ProtocolError as exc:  # h2 refused something we asked of this connection
+                eng.conn_failed(self, _PROTOCOL, f"HTTP/2 protocol error: {exc!r}")
         finally:
             eng._batching = False
             eng.flush()
@@ -427,13 +433,13 @@ class H2Engine:
     async def _connect(self, conn: _Conn, failures: int) -> None:
         assert self._loop is not None
         t = self.target
-        started = time.monotonic_ns()
+        started = conn.t_connect = time.monotonic_ns()
         if failures:  # the target refused us just now: don't spin hot, and don't bill the pause
             await asyncio.sleep(min(_MAX_BACKOFF_S, 0.001 * 2 ** (failures - 1)))
             if self._stopping:  # nothing was sent: these were never on the wire
                 self._connect_gave_up(conn)
                 return
-            started = time.monotonic_ns()
+            started = conn.t_connect = time.monotonic_ns()
             for st in conn.waiting:
                 st.intended = max(st.intended, started)
         try:
@@ -445,8 +451,10 @@ class H2Engine:
             self._connect_failed(conn, exception_kind(exc, connecting=True), repr(exc) or type(exc).__name__,
                                  started)
             return
-        if conn.dead:
-            return
+
+    def connected(self, conn: _Conn, started: int) -> None:
+        """The transport is up (TLS handshake done): send the preface now, before any answer to the server's
+        SETTINGS can be queued (uvloop may deliver those before ``create_connection`` returns)."""
         if self._ssl is not None:
             assert conn.transport is not None
             sslobj = conn.transport.get_extra_info("ssl_object")
@@ -623,10 +631,14 @@ class H2Engine:
     # -- answers --------------------------------------------------------------------------------------
     def handle(self, conn: _Conn, events: list[h2.events.Event]) -> None:
         """Dispatch h2 events (most frequent first). Runs inside data_received; flushing happens after."""
+        h = conn.h2
+        if h.state_machine.state is _CLOSED:  # GOAWAY in this batch: act on it before answers start new streams
+            for ev in events:
+                if isinstance(ev, h2.events.ConnectionTerminated):
+                    self._goaway(conn, ev.last_stream_id or 0, int(ev.error_code or 0))
         streams = conn.streams
         ended_bytes = 0  # flow-controlled bytes of streams that ended: only the connection window needs them
         ended_sid = 0
-        h = conn.h2
         for ev in events:
             if isinstance(ev, h2.events.DataReceived):
                 sid = ev.stream_id or 0
@@ -669,8 +681,6 @@ class H2Engine:
             elif isinstance(ev, h2.events.RemoteSettingsChanged):
                 conn.max_streams = max(1, min(h.remote_settings.max_concurrent_streams, 1 << 20))
                 self._start_waiting(conn)
-            elif isinstance(ev, h2.events.ConnectionTerminated):
-                self._goaway(conn, ev.last_stream_id or 0, int(ev.error_code or 0))
         if ended_bytes:
             h.acknowledge_received_data(ended_bytes, ended_sid)
         self._mark(conn)
@@ -723,11 +733,14 @@ class H2Engine:
         self._submit(self._slot_conn(st.slot), st)
 
     def _goaway(self, conn: _Conn, last_stream_id: int, error_code: int) -> None:
+        if conn.goaway and conn.h2.state_machine.state is not _CLOSED:
+            return  # already handled (a second GOAWAY may only lower last_stream_id; streams above were moved)
         conn.goaway = True
         if self._slots[conn.slot] is conn:
             self._slots[conn.slot] = None
         # h2 refuses every frame after GOAWAY; the server may still answer streams <= last_stream_id
-        conn.h2.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
+        if conn.h2.state_machine.state is _CLOSED:
+            conn.h2.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
         unprocessed = [sid for sid in conn.streams if sid > last_stream_id]
         for sid in unprocessed:
             st = conn.streams.pop(sid)
@@ -738,6 +751,13 @@ class H2Engine:
         waiting, conn.waiting = conn.waiting, []
         for st in waiting:  # never sent: not a retry
             self._submit(self._slot_conn(st.slot), st)
+        if conn.streams:
+            # A server that stopped processing the connection with GOAWAY (hypercorn's keep_alive_max_requests
+            # does) treats any further frame as an error and closes it, so the streams it will never answer
+            # fail now as resets instead of waiting for the read timeout; a graceful server just answers.
+            with contextlib.suppress(h2.exceptions.H2Error):
+                conn.h2.ping(b"goaway?!")
+            self._mark(conn)
 
     def _retire(self, conn: _Conn) -> None:
         """A connection after GOAWAY with nothing left in flight: close it quietly."""
@@ -756,6 +776,8 @@ class H2Engine:
         try:
             kind = exception_kind(exc, connecting=False) if exc is not None else _RESET
             detail = repr(exc) if exc is not None else "connection closed before the answer was complete"
+            if conn.goaway:
+                detail += " (after the server's GOAWAY)"
             self._teardown(conn, kind, detail)
         finally:
             self._batching = False

@@ -16,14 +16,18 @@ LoopKind = Literal["auto", "asyncio", "uvloop"]
 
 
 def choose_engine(config: EngineConfig, url: str) -> type:
-    """``auto``: the lean engine for http(s) HTTP/1.1, httpx for HTTP/2 or any other scheme."""
+    """``auto``/``fast``: the lean engines for http(s) (HTTP/1.1, or HTTP/2 with ``http2``); httpx otherwise.
+
+    ``httpx`` stays selectable for HTTP/2 as the reference implementation.
+    """
     kind = config.kind
+    scheme = url.split(":", 1)[0].lower()
     if kind == "auto":
-        scheme = url.split(":", 1)[0].lower()
-        kind = "httpx" if config.http2 or scheme not in ("http", "https") else "fast"
+        kind = "fast" if scheme in ("http", "https") else "httpx"
     if kind == "fast":
         if config.http2:
-            raise ValueError("the fast engine speaks HTTP/1.1 only; use --engine httpx (or auto) for --http2")
+            from bench.engine.h2 import H2Engine
+            return H2Engine
         from bench.engine.fast import FastEngine
         return FastEngine
     if kind == "httpx":
