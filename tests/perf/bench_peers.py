@@ -92,9 +92,11 @@ def timed(nginx: Nginx, cmd: list[str], env: dict[str, str] | None = None,
     return out.stdout, (cpu1 - cpu0) / wall
 
 
-def run_bench(nginx: Nginx, body: Path, d: int, http2: bool) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "bench", "calibrate", "--json", "--duration", f"{d}s", "--body", str(body)]
-    cmd += ["--url", H2C, "--http2", "--connections", "1", "--streams", "64"] if http2 else ["--url", H1]
+def run_bench(nginx: Nginx, body: Path, d: int, http2: bool, engine: str = "auto",
+              connections: int = 1) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench", "calibrate", "--json", "--duration", f"{d}s", "--body", str(body),
+           "--engine", engine]
+    cmd += ["--url", H2C, "--http2", "--connections", str(connections), "--streams", "64"] if http2 else ["--url", H1]
     out, ncpu = timed(nginx, cmd)
     r = json.loads(out.strip().splitlines()[-1])
     return {"rps": r["req_per_s"], "p50": r["p50_ms"], "p99": r["p99_ms"], "us": r["cpu_us_per_req"],
@@ -165,8 +167,12 @@ def main() -> int:
                     ("bench fast (HTTP/1.1)", lambda: run_bench(nginx_, body, args.duration, False)),
                     ("wrk -t1 (HTTP/1.1)", lambda: run_wrk(nginx_, body, args.duration)),
                     ("h2load 1 conn x 64 streams (h2c)", lambda: run_h2load(nginx_, body, args.duration)),
+                    ("bench h2, 1 conn x 64 streams (h2c)",
+                     lambda: run_bench(nginx_, body, args.duration, True)),
+                    ("bench h2, 4 conns x 16 streams (h2c)",
+                     lambda: run_bench(nginx_, body, args.duration, True, connections=4)),
                     ("bench httpx, 1 conn x 64 streams (h2c)",
-                     lambda: run_bench(nginx_, body, args.duration, True))]
+                     lambda: run_bench(nginx_, body, args.duration, True, engine="httpx"))]
             if args.locust and shutil.which("locust"):
                 plan.append(("locust FastHttpUser (HTTP/1.1)",
                              lambda: run_locust(nginx_, body, args.duration, tmp)))
