@@ -430,7 +430,7 @@ async def test_h2c_through_httpx_engine() -> None:
             await asyncio.sleep(0.02)
         sink = FakeSink()
         url = f"http://127.0.0.1:{port}/infer"
-        assert choose_engine(EngineConfig(http2=True), url) is HttpxEngine
+        assert choose_engine(EngineConfig(kind="httpx", http2=True), url) is HttpxEngine
         eng = make(HttpxEngine, url, sink, bodies(3, bad_every=1), http2=True, connections=2)
         await asyncio.wait_for(eng.run(closed(16, max_requests=100), Stop()), 30)
         assert len(sink.rows) == 100

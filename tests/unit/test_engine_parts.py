@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from bench.engine import fast, httpx_engine, loopmon, select
 from bench.engine.base import EngineConfig, PreparedBody, RequestSet
 from bench.engine.fast import FastEngine, build_wires, exception_kind, parse_target
+from bench.engine.h2 import H2Engine
 from bench.engine.httpx_engine import HttpxEngine, httpx_kind
 from bench.results import Kind
 
@@ -134,10 +135,9 @@ def test_httpx_kind(exc: BaseException, kind: Kind) -> None:
 def test_choose_engine() -> None:
     assert select.choose_engine(EngineConfig(), "http://h/") is FastEngine
     assert select.choose_engine(EngineConfig(), "https://h/") is FastEngine
-    assert select.choose_engine(EngineConfig(http2=True), "https://h/") is HttpxEngine
+    assert select.choose_engine(EngineConfig(http2=True), "https://h/") is H2Engine
+    assert select.choose_engine(EngineConfig(kind="httpx", http2=True), "https://h/") is HttpxEngine
     assert select.choose_engine(EngineConfig(kind="httpx"), "http://h/") is HttpxEngine
-    with pytest.raises(ValueError):
-        select.choose_engine(EngineConfig(kind="fast", http2=True), "http://h/")
 
 
 def test_loop_choice_and_runner() -> None:
