@@ -16,7 +16,7 @@ from bench.errors import EXIT_INPUT, EXIT_INTERRUPTED, BenchError
 
 __all__ = ["main"]
 
-COMMANDS = ("run", "serve", "data", "report", "compare", "merge", "calibrate")
+COMMANDS = ("run", "serve", "data", "report", "compare", "merge", "calibrate", "capacity")
 
 
 def build_parser() -> argparse.ArgumentParser:
