@@ -13,7 +13,7 @@ import contextlib
 import math
 import sys
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -102,8 +102,12 @@ def _main(args: argparse.Namespace) -> int:
     console = _console(args)
     sweep = Sweep(objectives=objectives, objectives_source=source)
     search: CapacitySearch | None = None
-    with _shared_target(prepared) as base:
-        runner = _StepRunner(base, settings, out_dir, args, console)
+
+    def checkpoint() -> None:  # capacity.json after every step: a crash or kill -9 still leaves the steps so far
+        _write_summary(out_dir, _result(args, sc, prepared, settings, sweep, search, out_dir, interrupted=False)[2])
+
+    with _shared_target(prepared, console) as base:
+        runner = _StepRunner(base, settings, out_dir, args, console, sweep)
         try:
             start = settings.start
             if start is None:
@@ -119,24 +123,24 @@ def _main(args: argparse.Namespace) -> int:
                 search = CapacitySearch(start, max_rate=settings.max_rate, precision=settings.precision)
             except ValueError as exc:
                 raise InputError(str(exc), key="--start") from None
-            _sweep(search, runner, sweep)
+            _sweep(search, runner, sweep, checkpoint)
         except KeyboardInterrupt:
             if search is not None:
                 search.stop("interrupted")
+            for step in sweep.steps:
+                if not step.verdict:  # its report was written, the verdict not yet
+                    step.verdict, step.reasons = "interrupted", ["interrupted before the verdict"]
             console.print("[yellow]interrupted[/]: writing what was measured")
-            if search is None:
-                return _finish(args, console, sc, prepared, settings, sweep, None, out_dir, interrupted=True)
-    return _finish(args, console, sc, prepared, settings, sweep, search, out_dir,
-                   interrupted=search is not None and search.stop_reason == "interrupted")
+    interrupted = search is None or search.stop_reason == "interrupted"
+    return _finish(args, console, sc, prepared, settings, sweep, search, out_dir, interrupted=interrupted)
 
 
-def _sweep(search: Any, runner: _StepRunner, sweep: Sweep) -> None:
+def _sweep(search: Any, runner: _StepRunner, sweep: Sweep, checkpoint: Callable[[], None]) -> None:
     from bench.capacity import judge_step
 
     for rate in search:
         step, measure = runner.step(rate)
         if step.verdict == "interrupted":
-            sweep.steps.append(step)
             search.stop("interrupted")
             runner.print_step(step)
             return
@@ -148,26 +152,26 @@ def _sweep(search: Any, runner: _StepRunner, sweep: Sweep) -> None:
                                       max_error_rate=_max_error_rate(sweep.objectives))
         if verdict == "harness" and not runner.retried(rate):
             step.verdict, step.reasons = "harness", [*reasons, "repeating the step once to rule out a hiccup"]
-            sweep.steps.append(step)
             runner.print_step(step)
             step, measure = runner.step(rate, repeat=True)
             if step.verdict == "interrupted":
-                sweep.steps.append(step)
                 search.stop("interrupted")
                 return
             verdict, reasons = judge_step(measure, _slo_failures(sweep.objectives, runner.last_report),
                                           max_error_rate=_max_error_rate(sweep.objectives))
         step.verdict, step.reasons = verdict, reasons
-        sweep.steps.append(step)
         runner.print_step(step)
         search.record(rate, verdict)
+        checkpoint()
 
 
 class _StepRunner:
     """Runs one step (a real `bench run` through the runner), writes its report, prints its row."""
 
-    def __init__(self, base: Any, settings: Settings, out_dir: Path, args: argparse.Namespace, console: Any) -> None:
+    def __init__(self, base: Any, settings: Settings, out_dir: Path, args: argparse.Namespace, console: Any,
+                 sweep: Sweep) -> None:
         self.base = base  # Prepared pointing at the (shared) target
+        self.sweep = sweep  # steps are added as soon as their report is written
         self.settings = settings
         self.out_dir = out_dir
         self.args = args
@@ -207,6 +211,7 @@ class _StepRunner:
         path = self.out_dir / f"step-{self.n:02d}-{rate:.4g}.arrow"
         report, facts = self._run(sc, path)
         step = self._step(self.n, rate, report, facts, path)
+        self.sweep.steps.append(step)
         return step, _measure(report, rate)
 
     def _run(self, sc: Any, path: Path) -> tuple[Any, dict[str, Any]]:
@@ -431,7 +436,7 @@ def _console(args: argparse.Namespace) -> Any:
 
 
 @contextlib.contextmanager
-def _shared_target(prepared: Any) -> Iterator[Any]:
+def _shared_target(prepared: Any, console: Any) -> Iterator[Any]:
     """The Prepared every step reuses: for url = 'embedded', pointed at ONE emulator started for the sweep."""
     sc = prepared.scenario
     if not sc.target.embedded:
@@ -441,6 +446,7 @@ def _shared_target(prepared: Any) -> Iterator[Any]:
     from bench.runner import EMBEDDED_PLACEHOLDER, TOKEN_PATH
 
     with EmbeddedEmulator(prepared.emulator_config) as emu:
+        console.print(f"embedded emulator at {emu.base_url} (shared by every step)")
         url = emu.base_url if sc.target.kind == "ubiops" else emu.wallaroo_url
         shared = replace(sc, target=replace(sc.target, url=url), tables={**sc.tables, "emulator": {}})
         out = replace(prepared, scenario=shared)
@@ -468,14 +474,38 @@ def _model_capacity(prepared: Any) -> float | None:
 
 def _finish(args: argparse.Namespace, console: Any, sc: Any, prepared: Any, settings: Settings, sweep: Sweep,
             search: Any, out_dir: Path, *, interrupted: bool) -> int:
+    """Write capacity.json, print the verdict lines (and the JSON with --json); the exit code."""
     import orjson
 
+    code, lines, result = _result(args, sc, prepared, settings, sweep, search, out_dir, interrupted=interrupted)
+    _write_summary(out_dir, result)
+    for line in lines:
+        console.print(line, soft_wrap=True)
+    console.print(f"reports: {out_dir}/ (capacity.json)")
+    if args.json:
+        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_SORT_KEYS).decode() + "\n")
+    return code
+
+
+def _write_summary(out_dir: Path, result: Mapping[str, Any]) -> None:
+    import orjson
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / ".capacity.json.tmp"
+    tmp.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+    tmp.replace(out_dir / "capacity.json")
+
+
+def _result(args: argparse.Namespace, sc: Any, prepared: Any, settings: Settings, sweep: Sweep, search: Any,
+            out_dir: Path, *, interrupted: bool) -> tuple[int, list[str], dict[str, Any]]:
+    """(exit code, verdict lines, the capacity.json document) of the sweep so far."""
     from bench.capacity import plan_replicas
     from bench.errors import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_SLO
 
     capacity = search.last_pass if search is not None else None
     first_fail = search.first_fail if search is not None else None
     reason = "interrupted" if interrupted else (search.stop_reason if search is not None else None)
+    reason = reason or "running"
     if interrupted:
         code = EXIT_INTERRUPTED
     elif reason == "lowest_failed":
@@ -512,14 +542,7 @@ def _finish(args: argparse.Namespace, console: Any, sc: Any, prepared: Any, sett
         "probe": sweep.probe.to_dict() if sweep.probe is not None else None,
         "steps": [s.to_dict() for s in sweep.steps], "out_dir": str(out_dir), "message": lines[0],
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "capacity.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
-    for line in lines:
-        console.print(line, soft_wrap=True)
-    console.print(f"reports: {out_dir}/ (capacity.json)")
-    if args.json:
-        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_SORT_KEYS).decode() + "\n")
-    return code
+    return code, lines, result
 
 
 def _headline(reason: str | None, capacity: float | None, first_fail: float | None, settings: Settings) -> str:

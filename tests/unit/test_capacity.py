@@ -124,7 +124,7 @@ def test_misuse_is_refused() -> None:
     for bad in ({"start": 0}, {"start": 10, "max_rate": 5}, {"start": 10, "precision": 1.5},
                 {"start": 1, "factor": 1.0}):
         with pytest.raises(ValueError):
-            CapacitySearch(**bad)  # type: ignore[arg-type]
+            CapacitySearch(**bad)
 
 
 def measure(**kw: object) -> StepMeasure:

@@ -1,0 +1,129 @@
+"""`bench capacity` end to end: the real CLI against the embedded emulator, whose capacity is known.
+
+Ground truth: replicas 2, latency 20 ms, per_row 0 → 2 slots / 20 ms = 100 req/s. With constant-rate arrivals
+and 10 % service jitter, queueing stays small up to the slot capacity, and the first step above it saturates
+(completions fall short of the target and the backlog pushes p99 past 150 ms within a second). The emulator's
+own overhead (timer resolution, HTTP handling) takes a few per cent off the slots, and the bisection stops
+when the bracket is within 10 %, so the reported capacity (the last PASSING rate) lands in roughly 85–100 % of
+the model; 70–110 % leaves room for a loaded machine without admitting a wrong answer (a search that stopped at
+the ×2 growth would report 50 %, one that ignored saturation ≥ 120 %).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+KNOWN = ["--set", "emulator.replicas=2", "--set", "emulator.latency_ms=20", "--set", "emulator.per_row_us=0"]
+TRUTH_RPS = 2 / 0.020
+
+
+def bench(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_finds_the_known_capacity_and_plans_replicas(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    proc = bench("capacity", "scenarios/capacity.toml", *KNOWN, "--slo", "p99_ms=150,error_rate=0.01",
+                 "--start", "25", "--step", "2s", "--warmup", "1s", "--precision", "10%", "--target-rps", "350",
+                 "--json", "--quiet", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    capacity, first_fail = result["capacity_rps"], result["first_fail_rps"]
+    assert result["stop_reason"] == "bracketed"
+    assert 0.70 * TRUTH_RPS <= capacity <= 1.10 * TRUTH_RPS, result["steps"]
+    assert capacity < first_fail and first_fail - capacity <= 0.10 * first_fail
+    assert result["model_capacity_rps"] == TRUTH_RPS
+    # replicas: the emulator ran 2, so one replica does capacity / 2
+    plan = result["plan"]
+    assert plan["replicas"] == 2
+    assert plan["replicas_needed"] == math.ceil(350 / (capacity / 2))
+    # every step is a real run with its own report; the summary file matches stdout
+    steps = result["steps"]
+    assert [s["target_rps"] for s in steps[:3]] == [25, 50, 100]
+    for s in steps:
+        assert Path(s["report"]).is_file()
+        assert s["verdict"] in ("pass", "fail")
+        if s["verdict"] == "pass":
+            assert s["p99_ms"] <= 150 and s["error_rate"] <= 0.01
+    assert sorted(p.name for p in out.glob("step-*.arrow")) == sorted(Path(s["report"]).name for s in steps)
+    assert json.loads((out / "capacity.json").read_text())["capacity_rps"] == capacity
+    # the embedded emulator was started once for the sweep, not per step
+    assert proc.stderr.count("embedded emulator at") == 1
+
+
+def test_slo_failing_at_the_lowest_step_exits_1(tmp_path: Path) -> None:
+    """p99 ≤ 5 ms cannot be met by a 20 ms service; the start rate comes from the closed-loop probe."""
+    proc = bench("capacity", "scenarios/capacity.toml", *KNOWN, "--slo", "p99_ms=5", "--step", "1s",
+                 "--warmup", "0s", "--json", "--quiet", "--out", str(tmp_path))
+    assert proc.returncode == 1, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["stop_reason"] == "lowest_failed" and result["capacity_rps"] is None
+    probe = result["probe"]
+    assert 20 < probe["achieved_rps"] <= 55  # one client, one 20 ms request at a time
+    assert len(result["steps"]) == 1
+    assert result["steps"][0]["target_rps"] == probe["achieved_rps"] / 2
+    assert "p99_ms" in result["steps"][0]["reasons"][0]
+    assert (tmp_path / "probe.arrow").is_file() and (tmp_path / "capacity.json").is_file()
+
+
+def test_input_errors_exit_2_with_one_line(tmp_path: Path) -> None:
+    bad_table = tmp_path / "bad.toml"
+    bad_table.write_text((ROOT / "scenarios/capacity.toml").read_text().replace(
+        "[capacity]", "[capacity]\nbogus = 1").replace('"../data/', f'"{ROOT}/data/'))
+    cases = [
+        ("scenarios/capacity.toml", "--precision", "150%"),
+        ("scenarios/capacity.toml", "--start", "100", "--max", "50"),
+        ("scenarios/capacity.toml", "--slo", "p99_ms=fast"),
+        ("scenarios/capacity.toml", "--slo", "p42_ms=1"),
+        (str(bad_table),),
+        ("no-such-file.toml",),
+    ]
+    for args in cases:
+        proc = bench("capacity", *args, "--out", str(tmp_path / "x"), timeout=30)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert proc.stderr.startswith("bench: error:") and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "x").exists()  # nothing ran
+
+
+def judged_steps(out: Path) -> int:
+    try:
+        return len(json.loads((out / "capacity.json").read_text())["steps"])
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
+
+
+def test_ctrl_c_stops_the_sweep_and_writes_what_it_has(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "capacity", "scenarios/capacity.toml", *KNOWN,
+                             "--slo", "p99_ms=150", "--start", "20", "--step", "3s", "--warmup", "0s", "--json",
+                             "--quiet", "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ})
+    try:
+        deadline = time.monotonic() + 30
+        while not judged_steps(out):  # capacity.json is rewritten after every judged step
+            assert proc.poll() is None and time.monotonic() < deadline, "the sweep never finished a step"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    result = json.loads(stdout)
+    assert result["stop_reason"] == "interrupted"
+    assert result["steps"][0]["verdict"] == "pass" and result["capacity_rps"] == 20
+    # Ctrl-C during a step ends it early (partial report, verdict 'interrupted'); between steps no step is lost
+    assert all(s["verdict"] == "pass" for s in result["steps"][:-1])
+    assert result["steps"][-1]["verdict"] in ("pass", "interrupted")
+    assert (out / "capacity.json").is_file()
+    assert len(list(out.glob("step-*.arrow"))) == len(result["steps"])
