@@ -190,7 +190,8 @@ def med(values: list[float]) -> str:
     if not values:
         return "—"
     m = statistics.median(values)
-    fmt: Callable[[float], str] = (lambda v: f"{v:,.0f}") if abs(m) >= 100 else (lambda v: f"{v:.3f}")
+    digits = 0 if abs(m) >= 100 else 1 if abs(m) >= 10 else 3
+    fmt: Callable[[float], str] = lambda v: f"{v:,.{digits}f}"  # noqa: E731
     return f"{fmt(m)} [{fmt(min(values))}–{fmt(max(values))}]"
 
 

@@ -30,6 +30,7 @@ def soak(duration: int, rate: float, interval: float, tmp: Path) -> dict[str, An
     make_body(body)
     out = tmp / "soak.arrow"
     samples: list[tuple[float, int]] = []
+    fds: list[tuple[float, int]] = []  # open file descriptors ≈ connections (explains RSS steps)
     with nginx(tmp) as url:
         cmd = bench_cmd(["run", "--url", url, "--body", str(body), "--rate", f"{rate:g}", "--duration",
                          f"{duration}s", "--warmup", "0s", "--json", "--quiet", "--out", str(out)])
@@ -39,7 +40,9 @@ def soak(duration: int, rate: float, interval: float, tmp: Path) -> dict[str, An
             t0 = time.monotonic()
             while proc.poll() is None:
                 try:
-                    samples.append((time.monotonic() - t0, ps.memory_info().rss))
+                    now = time.monotonic() - t0
+                    samples.append((now, ps.memory_info().rss))
+                    fds.append((now, ps.num_fds()))
                 except psutil.NoSuchProcess:
                     break
                 time.sleep(interval)
@@ -52,7 +55,7 @@ def soak(duration: int, rate: float, interval: float, tmp: Path) -> dict[str, An
         raise RuntimeError(f"bench run exited {proc.returncode}: {stderr.decode()[-800:]}")
     summary = json.loads(stdout.decode().strip().splitlines()[-1])
     rep = read_report(out)
-    return {"samples": samples, "summary": summary, "cpu_fraction": rep["meta"].get("cpu_fraction"),
+    return {"samples": samples, "fds": fds, "summary": summary, "cpu_fraction": rep["meta"].get("cpu_fraction"),
             "lag_p99": rep["hist"].get(("schedule_lag", "measured"), {}).get("p99_ms")}
 
 
@@ -69,6 +72,7 @@ def describe(result: dict[str, Any], duration: int) -> dict[str, Any]:
             "last_min_mb": last_mb, "drift_pct": 100 * (last_mb - first_mb) / first_mb,
             "steady_min_mb": min(r for t, r in samples if t >= 10) / MB,
             "steady_max_mb": max(r for t, r in samples if t >= 10) / MB,
+            "fds_first": next((n for t, n in result["fds"] if t >= 10), 0), "fds_max": max(n for _, n in result["fds"]),
             "requests": s["requests"], "rps": s["rps"], "errors": s["errors"], "dropped": s["dropped"],
             "p99_ms": s["latency_ms"]["p99"], "lag_p99_ms": result["lag_p99"], "cpu_fraction": result["cpu_fraction"]}
 
@@ -84,13 +88,16 @@ def main(argv: list[str] | None = None) -> int:
         result = soak(args.duration, args.rate, args.interval, Path(t))
     d = describe(result, args.duration)
     print("| duration s | rate req/s | requests | RSS min MB | RSS max MB | steady (≥10 s) min–max MB | "
-          "first-minute mean MB | last-minute mean MB | drift % | p99 ms | schedule-lag p99 ms | client CPU |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "first-minute mean MB | last-minute mean MB | drift % | p99 ms | schedule-lag p99 ms | client CPU | "
+          "open fds at 10 s / max |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(f"| {args.duration} | {d['rps']:,.1f} | {d['requests']:,} | {d['min_mb']:.1f} | {d['max_mb']:.1f} | "
           f"{d['steady_min_mb']:.1f}–{d['steady_max_mb']:.1f} | {d['first_min_mb']:.1f} | {d['last_min_mb']:.1f} | "
-          f"{d['drift_pct']:+.1f} | {d['p99_ms']:.3f} | {d['lag_p99_ms']:.3f} | {d['cpu_fraction']:.0%} |")
+          f"{d['drift_pct']:+.1f} | {d['p99_ms']:.3f} | {d['lag_p99_ms']:.3f} | {d['cpu_fraction']:.0%} | "
+          f"{d['fds_first']} / {d['fds_max']} |")
     if args.json_out is not None:
-        args.json_out.write_text(json.dumps({"describe": d, "samples": result["samples"]}, indent=1))
+        args.json_out.write_text(json.dumps({"describe": d, "samples": result["samples"], "fds": result["fds"]},
+                                             indent=1))
     return 0
 
 
