@@ -233,7 +233,7 @@ def report_path(args: argparse.Namespace, sc: Scenario) -> Path:
 _CONNECT_KINDS = ("connect_refused", "connect_timeout", "tls_error")
 
 
-def _unreachable(summary: dict[str, Any]) -> str | None:
+def unreachable_reason(summary: dict[str, Any]) -> str | None:
     """Why no request ever reached the target (every one failed to connect), or None."""
     by_kind: dict[str, int] = summary.get("errors_by_kind", {})
     if summary.get("ok", 0) or not by_kind:
@@ -275,7 +275,7 @@ def finish_run(args: argparse.Namespace, sc: Scenario, prepared: Any, report: An
             console.print(slo_result.render())
     if facts.get("interrupted"):
         return EXIT_INTERRUPTED
-    unreachable = _unreachable(summary)
+    unreachable = unreachable_reason(summary)
     if unreachable:
         print(f"bench: error: target unreachable: {unreachable}", file=sys.stderr)
         return EXIT_INVALID

@@ -1,7 +1,7 @@
 """Load and validate TOML scenarios into typed config. Every error names the file, the key and the problem.
 
 Sections validated here: top level, [target] (wallaroo / http), [data], [load], [engine], [report]. Sections
-owned by other modules ([target] for kind = "ubiops", [auth], [wallaroo], [emulator], [slo]) are kept as raw
+owned by other modules ([target] for kind = "ubiops", [auth], [wallaroo], [emulator], [slo], [capacity]) are kept as raw
 tables and validated by those modules before the run starts (see bench.plan).
 """
 
@@ -32,7 +32,7 @@ __all__ = [
 
 TARGET_KINDS = ("wallaroo", "ubiops", "http")
 WALLAROO_FORMATS = ("pandas-records", "arrow")
-SECTIONS = ("target", "data", "load", "engine", "report", "auth", "wallaroo", "emulator", "slo")
+SECTIONS = ("target", "data", "load", "engine", "report", "auth", "wallaroo", "emulator", "slo", "capacity")
 
 
 @dataclass(frozen=True)
@@ -240,7 +240,7 @@ def parse_scenario(doc: Mapping[str, Any], *, file: str, base_dir: Path) -> Scen
     load = _parse_load(tables["load"], file)
     engine = _parse_engine(tables["engine"], file)
     report = _parse_report(tables["report"], file)
-    raw = {k: tables[k] for k in ("auth", "wallaroo", "emulator", "slo")}
+    raw = {k: tables[k] for k in ("auth", "wallaroo", "emulator", "slo", "capacity")}
     return Scenario(name=name, file=file, base_dir=base_dir, target=target, data=data, load=load,
                     engine=engine, report=report, tables=raw, source=doc)
 

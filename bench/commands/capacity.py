@@ -242,10 +242,10 @@ class _StepRunner:
 
     def _step(self, n: int, rate: float, report: Any, facts: dict[str, Any], path: Path) -> Step:
         from bench.report.summary import summarize
-        from bench.run_command import _unreachable
+        from bench.run_command import unreachable_reason
 
         summary = summarize(report)
-        unreachable = _unreachable(summary)
+        unreachable = unreachable_reason(summary)
         if unreachable:
             from bench.errors import RunInvalid
 
