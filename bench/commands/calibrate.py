@@ -25,8 +25,10 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("calibrate", help="measure this machine's load-generation ceiling (req/s per core)",
                               description=__doc__)
     p.add_argument("--url", help="target URL (loopback only unless --allow-remote); default: a built-in sink")
-    p.add_argument("--engine", choices=("auto", "fast", "httpx"), default="auto")
-    p.add_argument("--http2", action="store_true", help="HTTP/2 (httpx engine; h2c for http://)")
+    p.add_argument("--engine", choices=("auto", "fast", "httpx"), default="auto",
+                   help="auto: fast for HTTP/1.1, h2 for HTTP/2; httpx: the reference engine")
+    p.add_argument("--http2", action="store_true",
+                   help="HTTP/2 (the lean h2 engine, or httpx with --engine httpx; h2c for http://)")
     p.add_argument("--body", type=Path, help="request body file (default: 10 rows x 29 floats, pandas-records)")
     p.add_argument("--connections", type=int, default=64, help="HTTP/1.1: connections = concurrency; "
                    "HTTP/2: connections the streams share")
