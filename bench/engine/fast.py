@@ -6,23 +6,30 @@ token changes), answers are parsed in C (llhttp via httptools), and the hot path
 coroutine, future or timer per request. Read timeouts are found by a periodic sweep, not one timer per request.
 
 Closed loop: ``concurrency`` slots, each owning one connection; a slot sends its next request from the callback
-that completed the previous one. Open loop: a timer callback sends every request that is due to an idle
-connection, opening connections lazily up to ``max_in_flight``; when none is free the send is dropped.
+that completed the previous one. Open loop: the pacer (``bench.engine.pacer``) sleeps in epoll on a precise alarm
+and sends every request that is due to an idle connection; a completion that frees a connection also sends what is
+due. A warm pool is opened before the first send; beyond it connections open on demand up to ``max_in_flight``,
+at most ``CONNECT_CAP`` at a time — a send that finds no idle connection waits in a FIFO backlog for the next free
+one (it leaves late, and its latency counts from the intended time). A send is dropped only when
+``max_in_flight`` requests are already out or waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import ssl
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections import deque
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import httptools
 
 from bench.engine.base import Classifier, EngineConfig, LoadSpec, RequestSet, ResultSink, StopSignal
 from bench.engine.loopmon import LoopMonitor
+from bench.engine.pacer import Pacer, Sweeper, estimate_rate
 from bench.results import Kind
 
 __all__ = ["FastEngine", "Target", "build_wires", "exception_kind", "make_ssl_context", "parse_target"]
@@ -32,6 +39,8 @@ _RESET = int(Kind.RESET)
 _PROTOCOL = int(Kind.PROTOCOL_ERROR)
 _READ_TIMEOUT = int(Kind.READ_TIMEOUT)
 _DEFAULT_OPEN_LIMIT = 1024
+CONNECT_CAP = 32  # simultaneous connects in open loop: a catch-up burst must not become a connect storm
+_WARM_LATENCY_S = 0.005  # assumed answer time for sizing the warm pool (x2 headroom below)
 _MAX_BACKOFF_S = 0.5
 
 
@@ -204,6 +213,10 @@ class FastEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle_waiter: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._backlog: deque[int] = deque()  # open loop: intended times waiting for a free connection
+        self._connecting = 0
+        self.peak_connecting = 0  # most connects in progress at once (open loop; tests and diagnostics)
+        self._pacer: Pacer | None = None
 
     # -- public ---------------------------------------------------------------------------------------
     def set_headers(self, headers: Mapping[str, str]) -> None:
@@ -221,22 +234,29 @@ class FastEngine:
         self._open = load.mode == "open"
         monitor = LoopMonitor(self.sink.loop_lag)
         monitor.start()
-        sweep = _Sweeper(self, loop)
+        sweep = Sweeper(self, loop)
+        pacer: Pacer | None = None
         stop_task = loop.create_task(stop.wait())
         stop_task.add_done_callback(lambda _t: self._begin_stop())
         self._issuing_done: asyncio.Future[None] = loop.create_future()
         end_timer = loop.call_later(max(0.0, (load.end_ns - time.monotonic_ns()) / 1e9), self._begin_stop)
         try:
+            offsets = load.offsets_ns
+            if self._open:
+                if offsets is None:
+                    raise ValueError("open loop needs LoadSpec.offsets_ns")
+                self._limit = load.max_in_flight or self.config.connections or _DEFAULT_OPEN_LIMIT
+                rate, offsets = estimate_rate(offsets)
+                self._warm(rate)
             delay = (load.start_ns - time.monotonic_ns()) / 1e9
             if delay > 0:
                 await asyncio.sleep(delay)
             if stop.is_set():
                 self._begin_stop()
             elif self._open:
-                self._limit = load.max_in_flight or self.config.connections or _DEFAULT_OPEN_LIMIT
-                if load.offsets_ns is None:
-                    raise ValueError("open loop needs LoadSpec.offsets_ns")
-                _Dispatcher(self, loop, load.start_ns, load.offsets_ns).start()
+                assert offsets is not None
+                pacer = self._pacer = Pacer(self, loop, load.start_ns, offsets)
+                pacer.start()
             else:
                 now = time.monotonic_ns()
                 self._slots_live = max(1, load.concurrency)
@@ -246,11 +266,17 @@ class FastEngine:
             await self._drain(load.drain_s)
         finally:
             end_timer.cancel()
+            if pacer is not None:
+                pacer.stop()
+            self._pacer = None
             sweep.stop()
             monitor.stop()
             stop_task.cancel()
             for task in list(self._tasks):
                 task.cancel()
+            self.abandoned += len(self._backlog)
+            self._backlog.clear()
+            self._connecting = 0
             for conn in list(self._conns):
                 if conn.busy:
                     conn.busy = False
@@ -276,13 +302,16 @@ class FastEngine:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._idle_waiter), timeout=max(0.0, drain_s))
 
-    def _may_issue(self, now: int) -> bool:
+    def may_issue(self, now: int) -> bool:
         if self._stopping:
             return False
-        if now >= self._end_ns or (self._max_requests and self._seq >= self._max_requests):
+        if now >= self._end_ns or (self._max_requests and self._seq + len(self._backlog) >= self._max_requests):
             self._begin_stop()
             return False
         return True
+
+    def dispatched(self) -> None:
+        """End of a pacer batch: every write already went out (nothing buffered here)."""
 
     # -- sending --------------------------------------------------------------------------------------
     def _assign(self, conn: _Conn, intended: int) -> None:
@@ -316,10 +345,40 @@ class FastEngine:
         conn = _Conn(self, failures)
         self._conns.add(conn)
         assert self._loop is not None
-        task = self._loop.create_task(self._connect(conn))
+        if self._open:
+            self._connecting += 1
+            self.peak_connecting = max(self.peak_connecting, self._connecting)
+        task = self._loop.create_task(self._connect_counted(conn) if self._open else self._connect(conn))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return conn
+
+    async def _connect_counted(self, conn: _Conn) -> None:
+        """Open loop: count the connect against CONNECT_CAP; when it ends, serve the backlog."""
+        try:
+            await self._connect(conn)
+        finally:
+            self._connecting -= 1
+        if not conn.dead and not conn.busy and self._backlog:
+            with contextlib.suppress(ValueError):
+                self._idle.remove(conn)  # a warm connection: give it the oldest waiting send
+            self._assign(conn, self._backlog.popleft())
+        self._grow()
+
+    def _warm(self, rate: float) -> None:
+        """Open loop: open the connections the first sends will need before ``start_ns`` (see module doc)."""
+        if rate <= 0:
+            return
+        want = 2 * rate * _WARM_LATENCY_S
+        n = min(self._limit, CONNECT_CAP, max(1, math.ceil(want) if math.isfinite(want) else CONNECT_CAP))
+        for _ in range(n):
+            self._idle.append(self._new_conn(0))
+
+    def _grow(self) -> None:
+        """Open loop: open connections for waiting sends, within max_in_flight and CONNECT_CAP."""
+        backlog = self._backlog
+        while backlog and len(self._conns) < self._limit and self._connecting < CONNECT_CAP:
+            self._assign(self._new_conn(0), backlog.popleft())
 
     async def _connect(self, conn: _Conn) -> None:
         assert self._loop is not None
@@ -382,14 +441,23 @@ class FastEngine:
                 self._slot_next(None, done, 0)
             return
         if self._open:
+            if self._backlog:  # the oldest waiting send first (it is already late)
+                self._assign(conn, self._backlog.popleft())
+                return
+            self._idle.append(conn)
             if self._stopping:
                 self._check_drained()
-            else:
-                self._idle.append(conn)
+                return
+            pacer = self._pacer
+            if pacer is not None and done >= pacer.next_ns:
+                pacer.run_due(done)  # a send is due and a connection just freed up: send from here
         else:
             self._slot_next(conn, done, 0)
 
     def _check_drained(self) -> None:
+        if self._backlog:
+            self._grow()
+            return
         if self._inflight <= 0 and self._idle_waiter is not None and not self._idle_waiter.done():
             self._idle_waiter.set_result(None)
 
@@ -422,7 +490,7 @@ class FastEngine:
 
     def _slot_next(self, conn: _Conn | None, now: int, failures: int) -> None:
         """Closed loop: the slot owning ``conn`` (None = needs a new connection) became free at ``now``."""
-        if not self._may_issue(now):
+        if not self.may_issue(now):
             if conn is not None:
                 self._idle.append(conn)
             self._slots_live -= 1
@@ -435,17 +503,23 @@ class FastEngine:
 
     # -- open loop ------------------------------------------------------------------------------------
     def dispatch(self, intended: int) -> None:
-        """Open loop: start the request due at ``intended`` on an idle connection, a new one, or drop it."""
-        idle = self._idle
-        while idle:
-            conn = idle.pop()
-            if not conn.dead:
-                self._assign(conn, intended)
-                return
-        if len(self._conns) < self._limit:
-            self._assign(self._new_conn(0), intended)
+        """Open loop: start the request due at ``intended`` on an idle connection or a new one, queue it for the
+        next free connection, or drop it when ``max_in_flight`` requests are out or waiting."""
+        backlog = self._backlog
+        if self._inflight + len(backlog) >= self._limit:
+            self.sink.dropped(intended)
             return
-        self.sink.dropped(intended)
+        if not backlog:
+            idle = self._idle
+            while idle:
+                conn = idle.pop()
+                if not conn.dead:
+                    self._assign(conn, intended)
+                    return
+            if len(self._conns) < self._limit and self._connecting < CONNECT_CAP:
+                self._assign(self._new_conn(0), intended)
+                return
+        backlog.append(intended)
 
     def open_finished(self) -> None:
         self._begin_stop()
@@ -459,63 +533,6 @@ class FastEngine:
                 self.fail(conn, _READ_TIMEOUT, f"no complete answer within {self.config.read_timeout_s:g} s")
 
 
-class _Sweeper:
-    __slots__ = ("_eng", "_handle", "_interval", "_loop")
-
-    def __init__(self, eng: FastEngine, loop: asyncio.AbstractEventLoop) -> None:
-        self._eng, self._loop = eng, loop
-        self._interval = min(0.1, max(0.005, eng.config.read_timeout_s / 10))
-        self._handle: asyncio.TimerHandle | None = loop.call_later(self._interval, self._tick)
-
-    def _tick(self) -> None:
-        self._eng.sweep(time.monotonic_ns())
-        self._handle = self._loop.call_later(self._interval, self._tick)
-
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-
-class _Dispatcher:
-    """Open-loop pacer: a timer callback that sends everything due, then sleeps until the next due time.
-
-    Timers on uvloop have millisecond resolution, so it sleeps until ~0.5 ms before the next send and then
-    yields to the loop (call_soon) until it is due — I/O still runs in between.
-    """
-
-    __slots__ = ("_eng", "_loop", "_next", "_offsets", "_start")
-
-    def __init__(self, eng: FastEngine, loop: asyncio.AbstractEventLoop, start_ns: int,
-                 offsets: Iterator[int]) -> None:
-        self._eng, self._loop, self._start = eng, loop, start_ns
-        self._offsets: Callable[[], int] = offsets.__next__
-        self._next = -1
-
-    def start(self) -> None:
-        self._loop.call_soon(self._tick)
-
-    def _tick(self) -> None:
-        eng = self._eng
-        now = time.monotonic_ns()
-        nxt = self._next
-        while True:
-            if nxt < 0:
-                try:
-                    nxt = self._start + self._offsets()
-                except StopIteration:
-                    eng.open_finished()
-                    return
-            if not eng._may_issue(nxt):
-                return
-            if nxt > now:
-                break
-            eng.dispatch(nxt)
-            nxt = -1
-            now = time.monotonic_ns()
-        self._next = nxt
-        wait = (nxt - now) / 1e9
-        if wait > 0.0015:
-            self._loop.call_later(wait - 0.001, self._tick)
-        else:
-            self._loop.call_soon(self._tick)
+# Former private names, kept for code that imported them from here.
+_Sweeper = Sweeper
+_Dispatcher = Pacer

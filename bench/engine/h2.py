@@ -41,15 +41,9 @@ from hpack import Decoder, Encoder, HeaderTuple
 from hpack.table import HeaderTable
 
 from bench.engine.base import Classifier, EngineConfig, LoadSpec, RequestSet, ResultSink, StopSignal
-from bench.engine.fast import (  # _Dispatcher/_Sweeper are fast.py-private; shared on purpose (same semantics)
-    Target,
-    _Dispatcher,
-    _Sweeper,
-    exception_kind,
-    make_ssl_context,
-    parse_target,
-)
+from bench.engine.fast import Target, exception_kind, make_ssl_context, parse_target
 from bench.engine.loopmon import LoopMonitor
+from bench.engine.pacer import Pacer, Sweeper
 from bench.results import Kind
 
 __all__ = ["H2Engine", "encode_header_block", "h2_header_list"]
@@ -324,6 +318,7 @@ class H2Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle_waiter: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._pacer: Pacer | None = None
 
     def _build(self, headers: Mapping[str, str]) -> tuple[list[bytes], list[tuple[bytes, bytes]]]:
         t = self.target
@@ -349,7 +344,8 @@ class H2Engine:
         self._open = load.mode == "open"
         monitor = LoopMonitor(self.sink.loop_lag)
         monitor.start()
-        sweep = _Sweeper(self, loop)  # type: ignore[arg-type]  # duck-typed: needs .config and .sweep(now)
+        sweep = Sweeper(self, loop)
+        pacer: Pacer | None = None
         stop_task = loop.create_task(stop.wait())
         stop_task.add_done_callback(lambda _t: self._begin_stop())
         self._issuing_done: asyncio.Future[None] = loop.create_future()
@@ -364,7 +360,8 @@ class H2Engine:
                 self._limit = load.max_in_flight or _DEFAULT_OPEN_LIMIT
                 if load.offsets_ns is None:
                     raise ValueError("open loop needs LoadSpec.offsets_ns")
-                _Dispatcher(self, loop, load.start_ns, load.offsets_ns).start()  # type: ignore[arg-type]
+                pacer = self._pacer = Pacer(self, loop, load.start_ns, load.offsets_ns)
+                pacer.start()
             else:
                 now = time.monotonic_ns()
                 self._slots_live = max(1, load.concurrency)
@@ -375,6 +372,9 @@ class H2Engine:
             await self._drain(load.drain_s)
         finally:
             end_timer.cancel()
+            if pacer is not None:
+                pacer.stop()
+            self._pacer = None
             sweep.stop()
             monitor.stop()
             stop_task.cancel()
@@ -405,7 +405,7 @@ class H2Engine:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._idle_waiter), timeout=max(0.0, drain_s))
 
-    def _may_issue(self, now: int) -> bool:
+    def may_issue(self, now: int) -> bool:
         if self._stopping:
             return False
         if now >= self._end_ns or (self._max_requests and self._seq >= self._max_requests):
@@ -599,7 +599,7 @@ class H2Engine:
 
     def _next(self, slot: int, now: int) -> None:
         """Closed loop: a worker of ``slot`` became free at ``now``."""
-        if not self._may_issue(now):
+        if not self.may_issue(now):
             self._slots_live -= 1
             if self._inflight <= 0:
                 self._check_drained()
@@ -624,6 +624,10 @@ class H2Engine:
                 best, best_room = slot, room
         self._rr = (best + 1) % self._nconn
         self._submit(self._slot_conn(best), self._new_stream(intended, best))
+
+    def dispatched(self) -> None:
+        """End of a pacer batch: write what the batch queued now, not on the next loop turn."""
+        self.flush()
 
     def open_finished(self) -> None:
         self._begin_stop()
@@ -706,6 +710,9 @@ class H2Engine:
         if self._open:
             if self._inflight <= 0:
                 self._check_drained()
+            pacer = self._pacer
+            if pacer is not None and done >= pacer.next_ns and not self._stopping:
+                pacer.run_due(done)  # a stream freed up and a send is due: send from here
         else:
             self._next(st.slot, done)
 

@@ -1,0 +1,317 @@
+"""Open-loop pacing without spinning: a precise alarm the event loop watches like a socket.
+
+Why: loop timers are too coarse for sub-millisecond schedules (uvloop rounds timers to the nearest millisecond; the
+default asyncio loop rounds epoll timeouts up to the next one), and re-arming with ``call_soon`` until a send is due
+makes the loop poll epoll with a zero timeout on every turn — a whole core at any rate above ~700 req/s. Here the
+loop sleeps in epoll until the kernel says the next send is due:
+
+- ``TimerFdWaker`` (Linux): a ``timerfd`` on CLOCK_MONOTONIC (the clock of ``time.monotonic_ns``) armed with an
+  absolute deadline; the kernel's hrtimer wakes epoll within tens of µs and no thread or GIL is involved. Re-arming
+  clears its readiness, so the wake costs no ``read``.
+- ``ThreadWaker`` (elsewhere): a thread that waits on a condition until the deadline (the GIL is released while it
+  waits) and writes one byte to a socketpair the loop reads.
+
+``Pacer`` is the loop side: it sends everything due (intended ≤ now) in one batch, then arms the waker for the
+next intended time. The engine's completion path calls ``Pacer.run_due`` too when a connection frees up and a send
+is due, so at high rates most sends leave from answers, not alarms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import itertools
+import math
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+from bench.engine.base import EngineConfig
+
+__all__ = ["Dispatchable", "Pacer", "Sweepable", "Sweeper", "ThreadWaker", "TimerFdWaker", "Waker",
+           "estimate_rate", "make_waker"]
+
+_NEVER = 1 << 62
+
+
+class Dispatchable(Protocol):
+    """What the pacer needs from an engine."""
+
+    def may_issue(self, now: int) -> bool:
+        """False once the run stops issuing (deadline, stop signal, max_requests); may begin the stop."""
+
+    def dispatch(self, intended: int) -> None:
+        """Start (or drop) the request due at ``intended``."""
+
+    def dispatched(self) -> None:
+        """End of a batch of ``dispatch`` calls (an engine that buffers writes flushes here)."""
+
+    def open_finished(self) -> None:
+        """The schedule has no more sends."""
+
+
+class Sweepable(Protocol):
+    """What the read-timeout sweeper needs from an engine."""
+
+    @property
+    def config(self) -> EngineConfig: ...
+
+    def sweep(self, now: int) -> None: ...
+
+
+class Waker(Protocol):
+    """A one-shot alarm: ``fd`` turns readable at ``deadline_ns`` (time.monotonic_ns clock)."""
+
+    fd: int
+
+    def arm(self, deadline_ns: int) -> None: ...
+
+    def disarm(self) -> None: ...
+
+    def acknowledge(self) -> None:
+        """Called by the loop when ``fd`` was readable, before it re-arms or disarms."""
+
+    def close(self) -> None: ...
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+_CLOCK_MONOTONIC = 1
+_TFD_TIMER_ABSTIME = 1
+
+
+class TimerFdWaker:
+    """Linux timerfd through libc (``os.timerfd_*`` only exists from Python 3.13)."""
+
+    __slots__ = ("_ref", "_settime", "_spec", "fd")
+
+    def __init__(self) -> None:
+        if not sys.platform.startswith("linux"):
+            raise OSError("timerfd is Linux-only")
+        libc = ctypes.CDLL(None, use_errno=True)
+        create = libc.timerfd_create
+        create.argtypes = [ctypes.c_int, ctypes.c_int]
+        create.restype = ctypes.c_int
+        settime = libc.timerfd_settime
+        settime.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(_Itimerspec), ctypes.c_void_p]
+        settime.restype = ctypes.c_int
+        fd = create(_CLOCK_MONOTONIC, os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "timerfd_create failed")
+        self.fd = fd
+        self._settime: Callable[..., int] = settime
+        self._spec = _Itimerspec()
+        self._ref = ctypes.byref(self._spec)
+
+    def arm(self, deadline_ns: int) -> None:
+        value = self._spec.it_value
+        value.tv_sec, value.tv_nsec = divmod(max(1, deadline_ns), 1_000_000_000)
+        if self._settime(self.fd, _TFD_TIMER_ABSTIME, self._ref, None) != 0:
+            raise OSError(ctypes.get_errno(), "timerfd_settime failed")
+
+    def disarm(self) -> None:
+        value = self._spec.it_value
+        value.tv_sec = value.tv_nsec = 0
+        self._settime(self.fd, 0, self._ref, None)
+
+    def acknowledge(self) -> None:
+        """Nothing to read: the re-arm or disarm that follows clears the expiration."""
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class ThreadWaker:
+    """Portable fallback: a waiting thread writes one byte to a socketpair when the deadline passes."""
+
+    def __init__(self) -> None:
+        self._r, self._w = socket.socketpair()
+        self._r.setblocking(False)
+        self._w.setblocking(False)
+        self.fd = self._r.fileno()
+        self._cond = threading.Condition()
+        self._deadline = _NEVER
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="bench-pacer", daemon=True)
+        self._thread.start()
+
+    def arm(self, deadline_ns: int) -> None:
+        with self._cond:
+            self._deadline = deadline_ns
+            self._cond.notify()
+
+    def disarm(self) -> None:
+        with self._cond:
+            self._deadline = _NEVER
+
+    def acknowledge(self) -> None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while self._r.recv(4096):
+                pass
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=1.0)
+        self._r.close()
+        self._w.close()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed:
+                    wait = self._deadline - time.monotonic_ns()
+                    if wait <= 0:
+                        break
+                    self._cond.wait(None if self._deadline == _NEVER else wait / 1e9)
+                if self._closed:
+                    return
+                self._deadline = _NEVER
+            with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
+                self._w.send(b"\0")
+
+
+def make_waker() -> Waker:
+    """The timerfd waker where the OS has one, else the thread waker."""
+    try:
+        return TimerFdWaker()
+    except (OSError, AttributeError):
+        return ThreadWaker()
+
+
+def estimate_rate(offsets: Iterator[int], window_ns: int = 100_000_000,
+                  max_items: int = 1000) -> tuple[float, Iterator[int]]:
+    """Sends per second at the start of a schedule, and an iterator that still yields every offset.
+
+    Peeks at most ``max_items`` offsets or ``window_ns`` of schedule (0.0 when the schedule is empty).
+    """
+    head: list[int] = []
+    for off in offsets:
+        head.append(off)
+        if len(head) >= max_items or off - head[0] >= window_ns:
+            break
+    rest = itertools.chain(head, offsets)
+    if len(head) < 2:
+        return (float(len(head)), rest)
+    span = head[-1] - head[0]
+    rate = (len(head) - 1) * 1e9 / span if span > 0 else math.inf
+    return (rate, rest)
+
+
+class Pacer:
+    """Loop side of the open-loop schedule: batch-send what is due, then sleep on the waker until the next send.
+
+    ``next_ns`` is the intended time of the next send (a very large number once the schedule is over), so the
+    engine's completion path can test ``now >= pacer.next_ns`` cheaply before calling ``run_due``.
+    """
+
+    __slots__ = ("_armed", "_done", "_eng", "_loop", "_offsets", "_start", "_waker", "next_ns", "wakes")
+
+    def __init__(self, eng: Dispatchable, loop: asyncio.AbstractEventLoop, start_ns: int,
+                 offsets: Iterator[int], waker: Waker | None = None) -> None:
+        self._eng, self._loop, self._start = eng, loop, start_ns
+        self._offsets: Callable[[], int] = offsets.__next__
+        self._waker = waker if waker is not None else make_waker()
+        self._armed = -1
+        self._done = False
+        self.next_ns = -1
+        self.wakes = 0  # alarms that fired (for tests and profiling)
+
+    def start(self) -> None:
+        self._loop.add_reader(self._waker.fd, self._on_wake)
+        self._pull()
+        self._loop.call_soon(self._kick)
+
+    def stop(self) -> None:
+        """Stop pacing and release the waker (idempotent)."""
+        if not self._done:
+            self._done = True
+            self.next_ns = _NEVER
+        if self._waker.fd >= 0:
+            self._loop.remove_reader(self._waker.fd)
+            self._waker.close()
+
+    def _pull(self) -> bool:
+        try:
+            self.next_ns = self._start + self._offsets()
+        except StopIteration:
+            self._finish()
+            self._eng.open_finished()
+            return False
+        return True
+
+    def _finish(self) -> None:
+        self._done = True
+        self.next_ns = _NEVER
+        if self._armed >= 0:
+            self._armed = -1
+            self._waker.disarm()
+
+    def _kick(self) -> None:
+        self.run_due(time.monotonic_ns())
+
+    def _on_wake(self) -> None:
+        self.wakes += 1
+        self._waker.acknowledge()
+        self._armed = -1  # fired: the next arm must reach the kernel even for the same deadline
+        self.run_due(time.monotonic_ns())
+
+    def run_due(self, now: int) -> None:
+        """Send every request due at or before ``now`` (one batch), then arm the alarm for the next one."""
+        if self._done:
+            return
+        eng = self._eng
+        nxt = self.next_ns
+        sent = False
+        while nxt <= now:
+            if not eng.may_issue(nxt):
+                self._finish()
+                break
+            eng.dispatch(nxt)
+            sent = True
+            if not self._pull():
+                break
+            nxt = self.next_ns
+            if nxt > now:
+                now = time.monotonic_ns()
+        if sent:
+            eng.dispatched()
+        if self._done:
+            return
+        if nxt != self._armed:
+            self._armed = nxt
+            self._waker.arm(nxt)
+
+
+class Sweeper:
+    """Read timeouts: one periodic pass over the connections instead of one timer per request."""
+
+    __slots__ = ("_eng", "_handle", "_interval", "_loop")
+
+    def __init__(self, eng: Sweepable, loop: asyncio.AbstractEventLoop) -> None:
+        self._eng, self._loop = eng, loop
+        self._interval = min(0.1, max(0.005, eng.config.read_timeout_s / 10))
+        self._handle: asyncio.TimerHandle | None = loop.call_later(self._interval, self._tick)
+
+    def _tick(self) -> None:
+        self._eng.sweep(time.monotonic_ns())
+        self._handle = self._loop.call_later(self._interval, self._tick)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
