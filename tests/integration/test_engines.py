@@ -479,3 +479,67 @@ def test_calibrate_refuses_remote_urls() -> None:
     out = subprocess.run([sys.executable, "-m", "bench", "calibrate", "--url", "http://192.0.2.1/x"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--allow-remote" in out.stderr
+
+
+# -- open-loop pacing: no spinning, small lag, no connect storms -----------------------------------------------
+def _lag_p99(sink: FakeSink) -> int:
+    lateness = sorted(r[1] - r[0] for r in sink.rows)
+    return lateness[int(len(lateness) * 0.99)]
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_open_loop_at_a_moderate_rate_does_not_spin(loop_kind: str) -> None:
+    """500 req/s for 2 s: the process (engine + the in-process test server) uses well under a core, and sends
+    leave close to their intended times. The old pacer polled the loop without sleeping: ~100 % of a core."""
+
+    async def go() -> tuple[FakeSink, float, float]:
+        srv = await Server().start()
+        try:
+            sink = FakeSink()
+            eng = make(FastEngine, srv.url("/ok"), sink)
+            cpu0, wall0 = time.process_time(), time.monotonic()
+            await asyncio.wait_for(eng.run(constant_rate(500, 2.0, 64), Stop()), 20)
+            return sink, time.process_time() - cpu0, time.monotonic() - wall0
+        finally:
+            await srv.kill()
+
+    sink, cpu, wall = run_with_loop(go, loop_kind)
+    assert len(sink.rows) == 1000 and not sink.drops
+    assert sink.kinds() == {Kind.OK: 1000}
+    assert cpu / wall < 0.5, f"{cpu:.2f} s CPU in {wall:.2f} s"
+    lateness = sorted(r[1] - r[0] for r in sink.rows)
+    assert lateness[0] >= 0, "never sent before its intended time"
+    assert lateness[len(lateness) // 2] < 500_000
+    assert _lag_p99(sink) < 3_000_000, f"schedule-lag p99 {_lag_p99(sink) / 1e6:.2f} ms"
+
+
+async def test_catch_up_burst_opens_at_most_the_connect_cap(server: Server) -> None:
+    """A 300 ms stall at 2,000 req/s makes ~600 sends due at once: they queue for free connections (late, not
+    dropped) and at most CONNECT_CAP connects are ever in progress, instead of one new socket per send."""
+    from bench.engine.fast import CONNECT_CAP
+
+    sink = FakeSink()
+    eng = make(FastEngine, server.url("/ok"), sink)
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.3, time.sleep, 0.3)  # the stall: nothing runs on the loop for 300 ms
+    await asyncio.wait_for(eng.run(constant_rate(2000, 1.0, 4096), Stop()), 20)
+    assert len(sink.rows) == 2000 and not sink.drops
+    assert sink.kinds() == {Kind.OK: 2000}
+    assert eng.peak_connecting <= CONNECT_CAP
+    # the old pacer opened one socket per due send (~600); capped connects let freed connections take most
+    assert server.connections < 300, f"{server.connections} connections for a 600-send burst"
+    late = [r[1] - r[0] for r in sink.rows if r[1] - r[0] > 100_000_000]
+    assert len(late) >= 400, "the stalled sends are reported late, from their intended times"
+    assert eng.abandoned == 0
+
+
+async def test_sends_wait_for_a_free_connection_instead_of_dropping(server: Server) -> None:
+    """A slow server at a rate that needs more connections than the warm pool: the pool grows on demand (within
+    max_in_flight) and nothing is dropped while max_in_flight is not reached."""
+    sink = FakeSink()
+    eng = make(FastEngine, server.url("/slow"), sink)  # 0.2 s answers at 100 req/s ⇒ ~20 in flight
+    await asyncio.wait_for(eng.run(constant_rate(100, 0.5, 64), Stop()), 20)
+    assert len(sink.rows) == 50 and not sink.drops
+    assert sink.kinds() == {Kind.OK: 50}
+    assert min(r[2] - r[0] for r in sink.rows) >= 190_000_000
+    assert server.connections <= 64
