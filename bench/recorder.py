@@ -1,8 +1,10 @@
 """The recorder: the engines' ResultSink. Cheap on the hot path, exact in the histograms.
 
 ``record`` only appends nine ints to a flat ``array('q')``; every ``batch`` records the buffer is folded into
-the HDR histograms and per-second series with numpy (vectorised bucket indices + bincount). Memory stays flat:
-nothing per request is kept after a fold (the optional raw log is streamed to an Arrow IPC stream file).
+the HDR histograms and per-second series with numpy (vectorised bucket indices, in-place ``np.add.at``). Memory
+stays flat: nothing per request is kept after a fold (the optional raw log is streamed to an Arrow IPC stream
+file), and nothing dense is allocated per second either -- the few open per-second histograms are recycled
+through a small pool and a closed second keeps only its ~1 KB encoding (see docs/performance.md, memory).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = ["MAX_ERROR_SAMPLES", "Progress", "Recorder"]
 MAX_ERROR_SAMPLES = 20
 _NFIELDS = 9  # intended, sent, done, kind, status, rows, bytes_out, bytes_in, server
 _OPEN_SECONDS = 3  # per-second histograms kept dense (others encoded) — answers arrive slightly out of order
+_SPARE_HISTOGRAMS = 4  # cleared per-second histograms kept for reuse (each holds a ~184 KB count array)
 _SECRET_IN_TEXT = re.compile(rb"(?i)(bearer\s+|token[\"'=:\s]+|secret[\"'=:\s]+|password[\"'=:\s]+)[^\s\"',}]+")
 
 
@@ -119,6 +122,8 @@ class Recorder:
         self._gauges: dict[str, dict[int, float]] = {}
         self._series = _Growable(PerSecond.COUNT_COLUMNS)
         self._open_sec: dict[int, Histogram] = {}
+        self._spare: list[Histogram] = []  # recycled per-second histograms (no dense allocation per second)
+        self._recent = Histogram()  # progress()'s scratch merge of the open seconds, reused
         self._closed_sec: dict[int, str] = {}
         self._max_sec = -1
         self._raw_path = raw_path
@@ -175,7 +180,11 @@ class Recorder:
         hi = min(cur + 1, s.n)
         n = int(s.cols["requests"][lo:hi].sum()) if hi > lo else 0
         window = elapsed - lo
-        recent = Histogram.merged(h for sec, h in self._open_sec.items() if sec >= lo)
+        recent = self._recent
+        recent.clear()
+        for sec, h in self._open_sec.items():
+            if sec >= lo:
+                recent.add(h)
         t = self._totals
         return Progress(
             elapsed_s=elapsed,
@@ -332,10 +341,10 @@ class Recorder:
             sel = np.nonzero(m)[0]
             h = self._open_sec.get(second)
             if h is None:
-                h = Histogram()
+                h = self._spare.pop() if self._spare else Histogram()
                 old = self._closed_sec.pop(second, None)
                 if old:  # a late answer for a second already encoded: reopen it (rare)
-                    h = Histogram.decode(old)
+                    h.add(Histogram.decode(old))
                 self._open_sec[second] = h
             lv = lat[sel]
             h.record_indices(lat_idx[sel], int(lv.min()), int(lv.max()))
@@ -346,6 +355,9 @@ class Recorder:
     def _close_second(self, second: int) -> None:
         h = self._open_sec.pop(second)
         self._closed_sec[second] = h.encode() if h.total else ""
+        if len(self._spare) < _SPARE_HISTOGRAMS:
+            h.clear()
+            self._spare.append(h)
 
     def _fold_dropped(self, intended: IntArray) -> None:
         measured = intended >= self.warmup_end_ns
