@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import gc
 import time
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bench.engine.base import ResultSink
 from bench.recorder import MAX_ERROR_SAMPLES, Recorder
-from bench.report.model import MEASURED, WARMUP
+from bench.report.model import MEASURED, WARMUP, Histogram, value_from_index
 from bench.results import Kind
 
 S = 1_000_000_000
@@ -198,3 +201,105 @@ def test_is_a_result_sink_and_ignores_stragglers() -> None:
     run = rec.finish(S, partial=False)
     sink.record(0, 0, MS, Kind.OK, 200, 1, 1, 1, 0)  # after finish: ignored, no exception
     assert run.total(MEASURED).requests == 1
+
+
+# -- memory: no per-second garbage (RSS crept +15 % over 10 min before; see docs/performance.md, memory) ------------
+
+def _hdrh_encode(h: Histogram) -> str:
+    """What Histogram.encode returned when it went through an hdrh object (the reference format)."""
+    import ctypes
+
+    from hdrh.histogram import HdrHistogram
+
+    ref = HdrHistogram(1, 3_600_000_000, 3)
+    if h.total:
+        view = np.ctypeslib.as_array(ctypes.cast(ref.counts, ctypes.POINTER(ctypes.c_uint64)),
+                                     shape=(len(h.counts),))
+        view[:] = h.counts.astype(np.uint64)
+        ref.total_count, ref.min_value, ref.max_value = h.total, h.min_us, h.max_us
+    encoded: bytes = ref.encode()
+    return encoded.decode("ascii")
+
+
+_values = st.lists(st.one_of(st.integers(0, 5), st.integers(0, 100_000), st.integers(0, 3_600_000_000)),
+                   min_size=0, max_size=300)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=_values, scale=st.integers(1, 1 << 40))
+def test_encoding_is_byte_identical_to_hdrh_and_round_trips(values: list[int], scale: int) -> None:
+    h = Histogram()
+    h.record_us(np.array(values, dtype=np.int64))
+    h.counts *= scale  # multi-byte varints
+    h.total *= scale
+    assert h.encode() == _hdrh_encode(h)
+    back = Histogram.decode(h.encode(), min_us=h.min_us, max_us=h.max_us)
+    assert back == h
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.integers(0, 10_000_000), min_size=1, max_size=300),
+       ps=st.lists(st.floats(0, 100), min_size=1, max_size=5))
+def test_percentiles_match_dense_cumsum(values: list[int], ps: list[float]) -> None:
+    h = Histogram()
+    h.record_us(np.array(values, dtype=np.int64))
+    cum = np.cumsum(h.counts)
+    for p in ps:
+        idx = int(np.searchsorted(cum, max(int(p * h.total / 100 + 0.5), 1)))
+        low, width = value_from_index(np.array([idx], dtype=np.int64))
+        dense = min(max(int(low[0]) + (int(width[0]) - 1 if p > 0 else 0), h.min_us), h.max_us)
+        assert h.percentile_us(p) == dense
+        assert h.percentiles_ms((p,))[p] == dense / 1000.0
+
+
+def test_open_seconds_are_recycled_and_reopen_still_exact() -> None:
+    rec = Recorder(0, 0, batch=1)
+    for sec in range(50):
+        rec.record(sec * S, sec * S, sec * S + (sec + 1) * MS, Kind.OK, 200, 1, 1, 1, 0)
+    rec.record(2 * S, 2 * S, 2 * S + 7 * MS, Kind.OK, 200, 1, 1, 1, 0)  # late: reopens encoded second 2
+    run = rec.finish(51 * S, partial=False)
+    hs = [run.series.histogram(i) for i in range(len(run.series))]
+    assert [h.total for h in hs] == [1, 1, 2] + [1] * 47  # recycled histograms start empty
+    assert [h.max_us for h in hs[:4]] == pytest.approx([1000, 2000, 7000, 4000], rel=1e-3)  # HDR precision
+
+
+def test_memory_flat_over_a_long_simulated_run_without_gc() -> None:
+    """600 simulated seconds the way `bench run` drives the recorder (progress 2x/s, loop lag 10x/s).
+
+    The cyclic GC is off: garbage that only it can free (hdrh objects hold a cycle) would pile up. Between
+    the end of the first quarter and the end, only the closed seconds' encodings may grow (~1 KB/s).
+    """
+    import psutil
+
+    rate, secs = 200, 600
+    clock = FakeClock(0)
+    rec = Recorder(0, 0, clock=clock)
+    lat = np.random.default_rng(0).lognormal(np.log(2e6), 0.6, 4096).astype(np.int64).tolist()
+    proc = psutil.Process()
+    marks: dict[int, tuple[int, int]] = {}
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        r, k, step = rec.record, 0, S // rate
+        for sec in range(secs):
+            for half in (0, 1):
+                base = sec * S + half * (S // 2)
+                for i in range(rate // 2):
+                    t = base + i * step
+                    r(t, t + 20_000, t + lat[k % 4096], Kind.OK, 200, 1, 5657, 300, 0)
+                    k += 1
+                for _ in range(5):
+                    rec.loop_lag(50_000)
+                clock.t = base + S // 2
+                rec.progress()
+            if sec in (secs // 4, secs - 1):
+                marks[sec] = (tracemalloc.get_traced_memory()[0], proc.memory_info().rss)
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    (traced_q, rss_q), (traced_end, rss_end) = marks[secs // 4], marks[secs - 1]
+    span = secs - 1 - secs // 4
+    assert traced_end - traced_q < span * 3_000, (traced_q, traced_end)  # before the fix: ~190 KB/s
+    assert rss_end - rss_q < 20 * 1024 * 1024, (rss_q, rss_end)
+    assert rec.finish(secs * S, partial=False).total(MEASURED).requests == rate * secs
