@@ -127,6 +127,46 @@ def _zigzag_leb128(values: IntArray) -> bytes:
     return out.tobytes()
 
 
+def _decode_sparse(encoded: str) -> tuple[IntArray, IntArray] | None:
+    """(sorted non-zero indices, their counts) of a V2 encoding with bench's settings, or None when the input
+    is anything else (malformed, other settings, 9-byte varints): the caller then lets hdrh judge it."""
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+        cookie, length = struct.unpack_from(">II", raw)
+        if cookie != _V2_COMPRESSION_COOKIE or length != len(raw) - 8:
+            return None
+        data = zlib.decompress(raw[8:])
+        cookie, plen, offset, digits, low, high, ratio = struct.unpack_from(">IIIIQQd", data)
+        if (cookie, offset, digits, low, high, ratio) != (_V2_ENCODING_COOKIE, 0, HDR_SIGNIFICANT_FIGURES,
+                                                          HDR_LOWEST_US, HDR_HIGHEST_US, 1.0):
+            return None
+        b = np.frombuffer(data, dtype=np.uint8, count=plen, offset=40)
+    except (ValueError, struct.error, zlib.error):
+        return None
+    ends = np.flatnonzero((b & 0x80) == 0)
+    if plen and (len(ends) == 0 or ends[-1] != plen - 1):
+        return None
+    starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
+    nbytes = ends - starts + 1
+    if len(nbytes) and int(nbytes.max()) > 8:  # 9-byte varints (counts >= 2**55): leave them to hdrh
+        return None
+    zz = np.zeros(len(ends), dtype=np.uint64)
+    for j in range(8):
+        m = nbytes > j
+        if not m.any():
+            break
+        zz[m] |= (b[starts[m] + j] & np.uint8(0x7F)).astype(np.uint64) << np.uint64(7 * j)
+    tok = (zz >> np.uint64(1)).astype(np.int64) ^ -(zz & np.uint64(1)).astype(np.int64)
+    step = np.where(tok < 0, -tok, 1)
+    pos = np.cumsum(step) - step
+    nonzero = tok > 0
+    index: IntArray = pos[nonzero]
+    counts: IntArray = tok[nonzero]
+    if len(index) and int(index[-1]) >= _layout().counts_len:
+        return None
+    return index, counts
+
+
 class Histogram:
     """An HDR histogram of µs values with the fixed bench setting; exact min/max kept beside the counts."""
 
@@ -266,7 +306,18 @@ class Histogram:
 
         Raises ValueError for a malformed encoding or one made with different HDR settings.
         """
-        from hdrh.histogram import HdrHistogram
+        sparse = _decode_sparse(encoded)
+        if sparse is not None:  # the common case, without an hdrh object (they hold a cycle: see encode)
+            out = cls()
+            index, counts = sparse
+            out.counts[index] = counts
+            out.total = int(counts.sum())
+            if out.total:
+                lowest, width = value_from_index(index[[0, -1]])
+                out.min_us = int(lowest[0]) if min_us is None else min_us
+                out.max_us = int(lowest[1] + width[1] - 1) if max_us is None else max_us
+            return out
+        from hdrh.histogram import HdrHistogram  # anything unusual: hdrh validates it and raises
 
         try:
             h = HdrHistogram.decode(encoded.encode("ascii"))

@@ -226,15 +226,37 @@ _values = st.lists(st.one_of(st.integers(0, 5), st.integers(0, 100_000), st.inte
 
 
 @settings(max_examples=300, deadline=None)
-@given(values=_values, scale=st.integers(1, 1 << 40))
+@given(values=_values, scale=st.one_of(st.integers(1, 1 << 40), st.integers(1 << 52, 1 << 53)))
 def test_encoding_is_byte_identical_to_hdrh_and_round_trips(values: list[int], scale: int) -> None:
+    from hdrh.histogram import HdrHistogram
+
     h = Histogram()
     h.record_us(np.array(values, dtype=np.int64))
-    h.counts *= scale  # multi-byte varints
+    h.counts *= scale  # multi-byte varints; the upper range needs 9-byte ones (decoded by hdrh)
     h.total *= scale
-    assert h.encode() == _hdrh_encode(h)
-    back = Histogram.decode(h.encode(), min_us=h.min_us, max_us=h.max_us)
+    enc = h.encode()
+    assert enc == _hdrh_encode(h)
+    back = Histogram.decode(enc, min_us=h.min_us, max_us=h.max_us)
     assert back == h
+    ref = HdrHistogram.decode(enc.encode("ascii"))  # bucket-bound min/max agree with the reference library
+    plain = Histogram.decode(enc)
+    assert plain.total == ref.total_count
+    if h.total:
+        assert (plain.min_us, plain.max_us) == (ref.get_min_value(), ref.get_max_value())
+
+
+def test_decode_of_a_normal_encoding_needs_no_hdrh_object(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hdrh.histogram import HdrHistogram
+
+    h = Histogram()
+    h.record_us(np.array([0, 1, 5, 900, 70_000, 3_600_000_000], dtype=np.int64))
+    enc = h.encode()
+
+    def boom(*_: object) -> None:
+        raise AssertionError("hdrh decode used")
+
+    monkeypatch.setattr(HdrHistogram, "decode", boom)
+    assert Histogram.decode(enc, min_us=0, max_us=3_600_000_000) == h
 
 
 @settings(max_examples=200, deadline=None)
