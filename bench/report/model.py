@@ -111,7 +111,10 @@ def _zigzag_leb128(values: IntArray) -> bytes:
     zz = ((v << 1) ^ (v >> 63)).view(np.uint64)
     nbytes = np.ones(len(zz), dtype=np.int64)
     for k in range(1, 9):
-        nbytes += zz >= np.uint64(1 << (7 * k))
+        longer = zz >= np.uint64(1 << (7 * k))
+        if not longer.any():  # counts are small: usually done after 2-3 passes
+            break
+        nbytes += longer
     start = np.cumsum(nbytes) - nbytes
     out = np.zeros(int(nbytes.sum()), dtype=np.uint8)
     for j in range(9):
@@ -231,7 +234,7 @@ class Histogram:
         if self.total == 0:
             return 0
         target = max(int(min(p, 100.0) * self.total / 100 + 0.5), 1)
-        nz = np.flatnonzero(self.counts)
+        nz = self._nonzero()
         idx = int(nz[min(int(np.searchsorted(np.cumsum(self.counts[nz]), target)), len(nz) - 1)])
         lowest, width = value_from_index(np.array([idx], dtype=np.int64))
         value = int(lowest[0]) + int(width[0]) - 1 if p > 0 else int(lowest[0])
@@ -243,7 +246,7 @@ class Histogram:
             return {p: 0.0 for p in ps}
         # cumulative counts over the non-zero buckets only: same answer (the bucket reaching the target is
         # non-zero), without a dense temporary per call (progress asks ~2x/s).
-        nz = np.flatnonzero(self.counts)
+        nz = self._nonzero()
         cum = np.cumsum(self.counts[nz])
         out: dict[float, float] = {}
         for p in ps:
@@ -278,8 +281,16 @@ class Histogram:
         those hold a reference cycle, so each one's dense counts buffer waited for the cyclic GC, and a
         run that encodes a histogram every second fragmented the heap (RSS crept up for minutes).
         """
-        index = np.flatnonzero(self.counts)
+        index = self._nonzero()
         return self.encode_counts(index, self.counts[index], self.min_us, self.max_us)
+
+    def _nonzero(self) -> IntArray:
+        """Indices of the non-zero buckets, scanning only up to max's bucket (the last non-zero one)."""
+        if self.total == 0:
+            return np.zeros(0, dtype=np.int64)
+        limit = int(counts_index(np.array([self.max_us], dtype=np.int64))[0]) + 1
+        nz: IntArray = np.flatnonzero(self.counts[:limit])
+        return nz
 
     @staticmethod
     def encode_counts(index: IntArray, counts: IntArray, min_us: int, max_us: int) -> str:
