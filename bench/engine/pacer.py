@@ -37,6 +37,7 @@ __all__ = ["Dispatchable", "Pacer", "Sweepable", "Sweeper", "ThreadWaker", "Time
            "estimate_rate", "make_waker"]
 
 _NEVER = 1 << 62
+MAX_BATCH = 256  # sends per batch: a late pacer yields to the loop so answers can free connections
 
 
 class Dispatchable(Protocol):
@@ -219,7 +220,8 @@ class Pacer:
     engine's completion path can test ``now >= pacer.next_ns`` cheaply before calling ``run_due``.
     """
 
-    __slots__ = ("_armed", "_done", "_eng", "_loop", "_offsets", "_start", "_waker", "next_ns", "wakes")
+    __slots__ = ("_armed", "_done", "_eng", "_loop", "_offsets", "_released", "_start", "_waker", "next_ns",
+                 "wakes")
 
     def __init__(self, eng: Dispatchable, loop: asyncio.AbstractEventLoop, start_ns: int,
                  offsets: Iterator[int], waker: Waker | None = None) -> None:
@@ -228,6 +230,7 @@ class Pacer:
         self._waker = waker if waker is not None else make_waker()
         self._armed = -1
         self._done = False
+        self._released = False
         self.next_ns = -1
         self.wakes = 0  # alarms that fired (for tests and profiling)
 
@@ -238,10 +241,10 @@ class Pacer:
 
     def stop(self) -> None:
         """Stop pacing and release the waker (idempotent)."""
-        if not self._done:
-            self._done = True
-            self.next_ns = _NEVER
-        if self._waker.fd >= 0:
+        self._done = True
+        self.next_ns = _NEVER
+        if not self._released:
+            self._released = True
             self._loop.remove_reader(self._waker.fd)
             self._waker.close()
 
@@ -271,23 +274,23 @@ class Pacer:
         self.run_due(time.monotonic_ns())
 
     def run_due(self, now: int) -> None:
-        """Send every request due at or before ``now`` (one batch), then arm the alarm for the next one."""
+        """Send the requests due at or before ``now`` (one batch of at most MAX_BATCH), then arm the alarm for the
+        next one. ``now`` is not re-read inside a batch: a pacer that has fallen behind must not keep the loop
+        from reading answers (which free connections) while ever more sends fall due."""
         if self._done:
             return
         eng = self._eng
         nxt = self.next_ns
-        sent = False
-        while nxt <= now:
+        sent = 0
+        while nxt <= now and sent < MAX_BATCH:
             if not eng.may_issue(nxt):
                 self._finish()
                 break
             eng.dispatch(nxt)
-            sent = True
+            sent += 1
             if not self._pull():
                 break
             nxt = self.next_ns
-            if nxt > now:
-                now = time.monotonic_ns()
         if sent:
             eng.dispatched()
         if self._done:

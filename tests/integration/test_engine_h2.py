@@ -507,6 +507,23 @@ async def test_open_loop_keeps_the_rate(h2server: H2Server) -> None:
     assert h2server.connections == 2
 
 
+async def test_open_loop_at_a_moderate_rate_does_not_spin(h2server: H2Server) -> None:
+    """500 req/s for 2 s through the shared pacer: the process (engine + the in-process h2 server) stays well
+    under a core and sends leave close to their intended times, never before them."""
+    sink = FakeSink()
+    eng = make(H2Engine, h2server.url("/ok"), sink)
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    await asyncio.wait_for(eng.run(constant_rate(500, 2.0, 64), Stop()), 20)
+    cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+    assert len(sink.rows) == 1000 and not sink.drops
+    assert sink.kinds() == {Kind.OK: 1000}
+    assert cpu / wall < 0.5, f"{cpu:.2f} s CPU in {wall:.2f} s"
+    lateness = sorted(r[1] - r[0] for r in sink.rows)
+    assert lateness[0] >= 0
+    assert lateness[len(lateness) // 2] < 500_000
+    assert lateness[int(len(lateness) * 0.99)] < 3_000_000
+
+
 async def test_open_loop_drops_when_max_in_flight_reached(h2server: H2Server) -> None:
     sink = FakeSink()
     eng = make(H2Engine, h2server.url("/slow"), sink)
