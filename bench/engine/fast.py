@@ -29,7 +29,7 @@ import httptools
 
 from bench.engine.base import Classifier, EngineConfig, LoadSpec, RequestSet, ResultSink, StopSignal
 from bench.engine.loopmon import LoopMonitor
-from bench.engine.pacer import Pacer, Sweeper, estimate_rate
+from bench.engine.pacer import Pacer, Sweeper, estimate_rate, sleep_until
 from bench.results import Kind
 
 __all__ = ["FastEngine", "Target", "build_wires", "exception_kind", "make_ssl_context", "parse_target"]
@@ -248,9 +248,7 @@ class FastEngine:
                 self._limit = load.max_in_flight or self.config.connections or _DEFAULT_OPEN_LIMIT
                 rate, offsets = estimate_rate(offsets)
                 self._warm(rate)
-            delay = (load.start_ns - time.monotonic_ns()) / 1e9
-            if delay > 0:
-                await asyncio.sleep(delay)
+            await sleep_until(load.start_ns)
             if stop.is_set():
                 self._begin_stop()
             elif self._open:

@@ -43,7 +43,7 @@ from hpack.table import HeaderTable
 from bench.engine.base import Classifier, EngineConfig, LoadSpec, RequestSet, ResultSink, StopSignal
 from bench.engine.fast import Target, exception_kind, make_ssl_context, parse_target
 from bench.engine.loopmon import LoopMonitor
-from bench.engine.pacer import Pacer, Sweeper
+from bench.engine.pacer import Pacer, Sweeper, sleep_until
 from bench.results import Kind
 
 __all__ = ["H2Engine", "encode_header_block", "h2_header_list"]
@@ -351,9 +351,7 @@ class H2Engine:
         self._issuing_done: asyncio.Future[None] = loop.create_future()
         end_timer = loop.call_later(max(0.0, (load.end_ns - time.monotonic_ns()) / 1e9), self._begin_stop)
         try:
-            delay = (load.start_ns - time.monotonic_ns()) / 1e9
-            if delay > 0:
-                await asyncio.sleep(delay)
+            await sleep_until(load.start_ns)
             if stop.is_set():
                 self._begin_stop()
             elif self._open:

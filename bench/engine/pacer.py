@@ -33,8 +33,18 @@ from typing import Protocol
 
 from bench.engine.base import EngineConfig
 
-__all__ = ["Dispatchable", "Pacer", "Sweepable", "Sweeper", "ThreadWaker", "TimerFdWaker", "Waker",
-           "estimate_rate", "make_waker"]
+__all__ = [
+    "Dispatchable",
+    "Pacer",
+    "Sweepable",
+    "Sweeper",
+    "ThreadWaker",
+    "TimerFdWaker",
+    "Waker",
+    "estimate_rate",
+    "make_waker",
+    "sleep_until",
+]
 
 _NEVER = 1 << 62
 MAX_BATCH = 256  # sends per batch: a late pacer yields to the loop so answers can free connections
@@ -318,3 +328,13 @@ class Sweeper:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+
+
+async def sleep_until(deadline_ns: int) -> None:
+    """Sleep until time.monotonic_ns() >= deadline_ns: never early (uvloop rounds timers to the nearest ms,
+    so a plain sleep can wake up to 0.5 ms before the deadline; the rest is yielded away)."""
+    delay = (deadline_ns - time.monotonic_ns()) / 1e9
+    if delay > 0.002:
+        await asyncio.sleep(delay - 0.001)
+    while time.monotonic_ns() < deadline_ns:
+        await asyncio.sleep(0)
