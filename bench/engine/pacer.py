@@ -223,6 +223,9 @@ def estimate_rate(offsets: Iterator[int], window_ns: int = 100_000_000,
     return (rate, rest)
 
 
+WAKE_EARLY_NS = 60_000  # the alarm rings this long before a send is due (see Pacer._on_wake)
+
+
 class Pacer:
     """Loop side of the open-loop schedule: batch-send what is due, then sleep on the waker until the next send.
 
@@ -281,7 +284,14 @@ class Pacer:
         self.wakes += 1
         self._waker.acknowledge()
         self._armed = -1  # fired: the next arm must reach the kernel even for the same deadline
-        self.run_due(time.monotonic_ns())
+        now = time.monotonic_ns()
+        due = self.next_ns
+        if 0 < due - now <= WAKE_EARLY_NS:
+            # the alarm fires WAKE_EARLY_NS ahead: the wake-up path (epoll, callback) costs tens of µs, so
+            # waiting out the rest here sends on time instead of that much late (never early)
+            while now < due:
+                now = time.monotonic_ns()
+        self.run_due(now)
 
     def run_due(self, now: int) -> None:
         """Send the requests due at or before ``now`` (one batch of at most MAX_BATCH), then arm the alarm for the
@@ -307,7 +317,7 @@ class Pacer:
             return
         if nxt != self._armed:
             self._armed = nxt
-            self._waker.arm(nxt)
+            self._waker.arm(nxt - WAKE_EARLY_NS)
 
 
 class Sweeper:
