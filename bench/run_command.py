@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from bench.errors import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_SLO, BenchError, InputError
-from bench.scenario import Scenario, apply_overrides, parse_scenario
+from bench.scenario import Scenario, apply_overrides, parse_scenario, read_scenario_file
 
 __all__ = ["run_from_args", "scenario_from_args"]
 
@@ -25,14 +24,8 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
         raise InputError("give a scenario file or --url, not both", key="--url")
     if args.scenario:
         file = args.scenario
-        path = Path(file)
-        try:
-            doc: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError("file not found", file=file) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise InputError(f"not valid TOML: {exc}", file=file) from None
-        base_dir = path.resolve().parent
+        doc = read_scenario_file(file)
+        base_dir = Path(file).resolve().parent
     elif args.url:
         file = "<command line>"
         doc = _adhoc_doc(args)

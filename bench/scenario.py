@@ -28,6 +28,7 @@ __all__ = [
     "apply_overrides",
     "load_scenario",
     "parse_scenario",
+    "read_scenario_file",
 ]
 
 TARGET_KINDS = ("wallaroo", "ubiops", "http")
@@ -183,22 +184,26 @@ def _type(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
-    """Read a scenario file, apply ``--set key=value`` overrides, validate."""
-    p = Path(path)
+def read_scenario_file(path: str | Path) -> dict[str, Any]:
+    """The TOML document of a scenario file; a missing or unreadable file or bad TOML is an InputError."""
     file = str(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError("file not found", file=file) from None
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror}", file=file) from None
     try:
-        doc = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"not valid TOML: {exc}", file=file) from None
-    doc = apply_overrides(doc, overrides, file)
-    return parse_scenario(doc, file=file, base_dir=p.resolve().parent)
+
+
+def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
+    """Read a scenario file, apply ``--set key=value`` overrides, validate."""
+    file = str(path)
+    doc = apply_overrides(read_scenario_file(path), overrides, file)
+    return parse_scenario(doc, file=file, base_dir=Path(path).resolve().parent)
 
 
 def apply_overrides(doc: Mapping[str, Any], overrides: Sequence[str], file: str) -> dict[str, Any]:

@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import math
 import sys
-import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -312,19 +311,11 @@ def _achieved(report: Any) -> tuple[float, float]:
 def _load(args: argparse.Namespace) -> tuple[Any, Mapping[str, Any]]:
     """The scenario with --set applied, and its optional [capacity] table (which bench.scenario does not know)."""
     from bench.errors import InputError
-    from bench.scenario import apply_overrides, parse_scenario
+    from bench.scenario import apply_overrides, parse_scenario, read_scenario_file
 
     file = args.scenario
     path = Path(file)
-    try:
-        doc: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError("file not found", file=file) from None
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", file=file) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"not valid TOML: {exc}", file=file) from None
-    doc = apply_overrides(doc, args.overrides, file)
+    doc = apply_overrides(read_scenario_file(file), args.overrides, file)
     table = doc.pop("capacity", {})
     if not isinstance(table, Mapping):
         raise InputError("expected a table", file=file, key="capacity")
