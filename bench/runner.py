@@ -240,8 +240,8 @@ def _static_token(sc: Scenario) -> str | None:
 
 
 async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float | None = None,
-                  worker: tuple[int, int] = (0, 1)) -> Any:
-    """Run the load; returns the recorder's finished RunData plus run facts (see RunOutcome)."""
+                  worker: tuple[int, int] = (0, 1)) -> tuple[Any, dict[str, Any]]:
+    """Run the load; returns the recorder's finished RunData and the run's facts (url, CPU share, ...)."""
     from bench.recorder import Recorder
 
     sc = prepared.scenario
@@ -251,33 +251,17 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
     if not sc.target.embedded and sc.tables["emulator"]:
         ctl.message(f"{sc.file}: [emulator] ignored: target.url is not 'embedded'")
     async with _target_url(prepared, ctl) as (url, emu), anyio.create_task_group() as tg:
-        authorization = _static_token(sc)
-        token_source = None
-        if prepared.auth_config is not None:
-            from bench.auth import TokenSource
+        token_source = await _token_source(prepared, ctl, emu, counts, tg)
+        static = _static_token(sc)
 
-            token_url = f"{emu.base_url}{TOKEN_PATH}" if emu is not None else None
-            token_source = TokenSource(prepared.auth_config, count=counts.count, file=sc.file,
-                                       default_token_url=token_url)
-            ctl.token_source = token_source
-            await token_source.start(tg)
-            authorization = token_source.authorization()
-        preflight = prepared.preflight_config
-        if preflight is not None and preflight.enabled and ctl.preflight:
-            from bench.preflight import run_preflight
+        def authorization() -> str:
+            return token_source.authorization() if token_source is not None else (static or "")
 
-            if emu is not None and preflight.api_url == EMBEDDED_PLACEHOLDER:
-                preflight = replace(preflight, api_url=emu.base_url)
-            resolved = await run_preflight(preflight,
-                                           lambda: token_source.authorization() if token_source else "",
-                                           progress=ctl.message, target_url=url)
-            if resolved:
-                url = resolved
+        url = await _preflight(prepared, ctl, emu, url, authorization)
         if start_at_wall is not None:
             await anyio.sleep(max(0.0, start_at_wall - time.time()))
         start_ns = time.monotonic_ns() + 20_000_000  # 20 ms to open connections before the first send
-        warmup_end_ns = start_ns + int(sc.load.warmup_s * 1e9)
-        recorder = Recorder(start_ns, warmup_end_ns, raw_path=ctl.raw_path)
+        recorder = Recorder(start_ns, start_ns + int(sc.load.warmup_s * 1e9), raw_path=ctl.raw_path)
         counts.attach(recorder)
         spec = load_spec(sc, start_ns, worker=worker)
 
@@ -287,27 +271,8 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
                 grace_s = max(grace_s, prepared.ubiops_config.drain_timeout_s + 5.0)
             abort = _SloAbort(prepared.slo, sc) if prepared.slo is not None and prepared.slo.abort_on_fail else None
             tg.start_soon(_watch, recorder, ctl, stop, spec, token_source, grace_s, abort)
-            cpu0 = time.process_time()
-            wall0 = time.monotonic()
-            if sc.target.kind == "ubiops":
-                from bench.ubiops_runner import run_ubiops
-
-                cfg = prepared.ubiops_config
-                if emu is not None:
-                    cfg = cfg.with_endpoint(url, prepared.emulator_config.ubiops_token)
-                stats = await run_ubiops(cfg, [b.body for b in prepared.bodies],
-                                         [b.rows for b in prepared.bodies], recorder, spec, stop)
-                facts["ubiops"] = stats.to_dict()
-            else:
-                from bench.engine.select import choose_engine
-
-                requests, classify = request_set(sc, url, prepared.bodies, authorization)
-                cfg_e = engine_config(sc)
-                engine = choose_engine(cfg_e, url)(cfg_e, requests, classify, recorder)
-                if token_source is not None:
-                    token_source.on_change(lambda value: engine.set_headers({"Authorization": value}))
-                await engine.run(spec, stop)
-                facts["abandoned"] = engine.abandoned
+            cpu0, wall0 = time.process_time(), time.monotonic()
+            facts.update(await _apply_load(prepared, url, emu, authorization(), token_source, recorder, spec, stop))
             facts["cpu_fraction"] = (time.process_time() - cpu0) / max(1e-9, time.monotonic() - wall0)
             stop.set()
         end_ns = min(time.monotonic_ns(), spec.end_ns)  # throughput over the planned window, not the drain
@@ -319,6 +284,59 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
     if ctl.slo_aborted:
         facts["slo_aborted"] = ctl.slo_aborted
     return recorder.finish(end_ns, partial=ctl.interrupted), facts
+
+
+async def _token_source(prepared: Prepared, ctl: RunControl, emu: Any, counts: _Counts, tg: Any) -> Any:
+    """Fetch the first token before any load (a refused credential is RunInvalid); None without [auth]."""
+    if prepared.auth_config is None:
+        return None
+    from bench.auth import TokenSource
+
+    token_url = f"{emu.base_url}{TOKEN_PATH}" if emu is not None else None
+    source = TokenSource(prepared.auth_config, count=counts.count, file=prepared.scenario.file,
+                         default_token_url=token_url)
+    ctl.token_source = source
+    await source.start(tg)
+    return source
+
+
+async def _preflight(prepared: Prepared, ctl: RunControl, emu: Any, url: str,
+                     authorization: Callable[[], str]) -> str:
+    """Wait for the Wallaroo deployment to be Running (when [wallaroo] asks); returns the URL to load."""
+    preflight = prepared.preflight_config
+    if preflight is None or not preflight.enabled or not ctl.preflight:
+        return url
+    from bench.preflight import run_preflight
+
+    if emu is not None and preflight.api_url == EMBEDDED_PLACEHOLDER:
+        preflight = replace(preflight, api_url=emu.base_url)
+    resolved = await run_preflight(preflight, authorization, progress=ctl.message, target_url=url)
+    return resolved or url
+
+
+async def _apply_load(prepared: Prepared, url: str, emu: Any, authorization: str, token_source: Any,
+                      recorder: Any, spec: LoadSpec, stop: anyio.Event) -> dict[str, Any]:
+    """The data plane: the UbiOps runner, or an engine for Wallaroo / plain HTTP. Returns facts for the report."""
+    sc = prepared.scenario
+    if sc.target.kind == "ubiops":
+        from bench.ubiops_runner import run_ubiops
+
+        cfg = prepared.ubiops_config
+        if emu is not None:
+            cfg = cfg.with_endpoint(url, prepared.emulator_config.ubiops_token)
+        stats = await run_ubiops(cfg, [b.body for b in prepared.bodies], [b.rows for b in prepared.bodies],
+                                 recorder, spec, stop)
+        return {"ubiops": stats.to_dict()}
+    from bench.engine.select import choose_engine
+
+    requests, classify = request_set(sc, url, prepared.bodies, authorization)
+    cfg_e = engine_config(sc)
+    engine_class = choose_engine(cfg_e, url)
+    engine = engine_class(cfg_e, requests, classify, recorder)
+    if token_source is not None:
+        token_source.on_change(lambda value: engine.set_headers({"Authorization": value}))
+    await engine.run(spec, stop)
+    return {"abandoned": engine.abandoned, "engine": engine_class.__name__}
 
 
 class _SloAbort:
