@@ -22,14 +22,14 @@ import math
 import ssl
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from urllib.parse import urlsplit
 
 import httptools
 
-from bench.engine.base import Classifier, EngineConfig, LoadSpec, RequestSet, ResultSink, StopSignal
-from bench.engine.loopmon import LoopMonitor
-from bench.engine.pacer import Pacer, Sweeper, estimate_rate, sleep_until
+from bench.engine.base import Classifier, EngineConfig, LoadSpec, RequestSet, ResultSink
+from bench.engine.common import DEFAULT_OPEN_LIMIT, CallbackEngine, backoff_s
+from bench.engine.pacer import Pacer, Sweeper, estimate_rate
 from bench.results import Kind
 
 __all__ = ["FastEngine", "Target", "build_wires", "exception_kind", "make_ssl_context", "parse_target"]
@@ -38,10 +38,8 @@ _OK = int(Kind.OK)
 _RESET = int(Kind.RESET)
 _PROTOCOL = int(Kind.PROTOCOL_ERROR)
 _READ_TIMEOUT = int(Kind.READ_TIMEOUT)
-_DEFAULT_OPEN_LIMIT = 1024
 CONNECT_CAP = 32  # simultaneous connects in open loop: a catch-up burst must not become a connect storm
 _WARM_LATENCY_S = 0.005  # assumed answer time for sizing the warm pool (x2 headroom below)
-_MAX_BACKOFF_S = 0.5
 
 
 class Target:
@@ -180,43 +178,23 @@ class _Conn(asyncio.Protocol):
             self.transport.abort()
 
 
-class FastEngine:
+class FastEngine(CallbackEngine):
     """Lean HTTP/1.1 keep-alive engine (see the module docstring). Constructed by the runner per run."""
 
     def __init__(self, config: EngineConfig, requests: RequestSet, classify: Classifier,
                  sink: ResultSink) -> None:
-        self.config = config
-        self.requests = requests
-        self.classify = classify
-        self.sink = sink
-        self.abandoned = 0
+        super().__init__(config, requests, classify, sink)
         self.target = parse_target(requests.url)
-        self.max_body = max(0, config.max_body_bytes)
         self._headers: dict[str, str] = dict(requests.headers)
         self._wires = build_wires(requests, self.target, self._headers)
-        if not self._wires:
-            raise ValueError("RequestSet has no bodies")
-        self._rows = [b.rows for b in requests.bodies]
         self._sizes = [len(b.body) for b in requests.bodies]  # bytes_out/in count bodies, as httpx can
         self._nbodies = len(self._wires)
         self._ssl = make_ssl_context(config, ["http/1.1"]) if self.target.tls else None
         self._conns: set[_Conn] = set()
         self._idle: list[_Conn] = []
-        self._seq = 0
-        self._inflight = 0
-        self._stopping = False
-        self._max_requests = 0
-        self._end_ns = 0
-        self._open = False
-        self._limit = 0
-        self._slots_live = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._idle_waiter: asyncio.Future[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
         self._backlog: deque[int] = deque()  # open loop: intended times waiting for a free connection
         self._connecting = 0
         self.peak_connecting = 0  # most connects in progress at once (open loop; tests and diagnostics)
-        self._pacer: Pacer | None = None
 
     # -- public ---------------------------------------------------------------------------------------
     def set_headers(self, headers: Mapping[str, str]) -> None:
@@ -226,79 +204,29 @@ class FastEngine:
         self._wires = build_wires(self.requests, self.target, merged)
         self._headers = merged
 
-    async def run(self, load: LoadSpec, stop: StopSignal) -> None:
-        loop = asyncio.get_running_loop()
-        self._loop = loop
-        self._end_ns = load.end_ns
-        self._max_requests = load.max_requests
-        self._open = load.mode == "open"
-        monitor = LoopMonitor(self.sink.loop_lag)
-        monitor.start()
-        sweep = Sweeper(self, loop)
-        pacer: Pacer | None = None
-        stop_task = loop.create_task(stop.wait())
-        stop_task.add_done_callback(lambda _t: self._begin_stop())
-        self._issuing_done: asyncio.Future[None] = loop.create_future()
-        end_timer = loop.call_later(max(0.0, (load.end_ns - time.monotonic_ns()) / 1e9), self._begin_stop)
-        try:
-            offsets = load.offsets_ns
-            if self._open:
-                if offsets is None:
-                    raise ValueError("open loop needs LoadSpec.offsets_ns")
-                self._limit = load.max_in_flight or self.config.connections or _DEFAULT_OPEN_LIMIT
-                rate, offsets = estimate_rate(offsets)
-                self._warm(rate)
-            await sleep_until(load.start_ns)
-            if stop.is_set():
-                self._begin_stop()
-            elif self._open:
-                assert offsets is not None
-                pacer = self._pacer = Pacer(self, loop, load.start_ns, offsets)
-                pacer.start()
-            else:
-                now = time.monotonic_ns()
-                self._slots_live = max(1, load.concurrency)
-                for _ in range(self._slots_live):
-                    self._slot_next(None, now, 0)
-            await self._issuing_done
-            await self._drain(load.drain_s)
-        finally:
-            end_timer.cancel()
-            if pacer is not None:
-                pacer.stop()
-            self._pacer = None
-            sweep.stop()
-            monitor.stop()
-            stop_task.cancel()
-            for task in list(self._tasks):
-                task.cancel()
-            self.abandoned += len(self._backlog)
-            self._backlog.clear()
-            self._connecting = 0
-            for conn in list(self._conns):
-                if conn.busy:
-                    conn.busy = False
-                    self.abandoned += 1
-                conn.close()
-            self._conns.clear()
-            self._idle.clear()
-            self._inflight = 0
+    # -- lifecycle (run() is CallbackEngine's) --------------------------------------------------------
+    def _prepare_open(self, load: LoadSpec, offsets: Iterator[int]) -> Iterator[int]:
+        self._limit = load.max_in_flight or self.config.connections or DEFAULT_OPEN_LIMIT
+        rate, offsets = estimate_rate(offsets)
+        self._warm(rate)
+        return offsets
 
-    # -- lifecycle ------------------------------------------------------------------------------------
-    def _begin_stop(self) -> None:
-        if not self._stopping:
-            self._stopping = True
-            fut = self._issuing_done
-            if not fut.done():
-                fut.set_result(None)
+    def _start_closed(self, now: int) -> None:
+        for _ in range(self._slots_live):
+            self._slot_next(None, now, 0)
 
-    async def _drain(self, drain_s: float) -> None:
-        if self._inflight <= 0:
-            return
-        assert self._loop is not None
-        self._idle_waiter = self._loop.create_future()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._idle_waiter), timeout=max(0.0, drain_s))
+    def _release(self) -> None:
+        self.abandoned += len(self._backlog)
+        self._backlog.clear()
+        self._connecting = 0
+        for conn in list(self._conns):
+            if conn.busy:
+                conn.busy = False
+                self.abandoned += 1
+            conn.close()
+        self._conns.clear()
+        self._idle.clear()
+        self._inflight = 0
 
     def may_issue(self, now: int) -> bool:
         if self._stopping:
@@ -383,7 +311,7 @@ class FastEngine:
         t = self.target
         started = time.monotonic_ns()
         if conn.failures:  # the target refused us just now: don't spin hot, and don't bill the pause
-            await asyncio.sleep(min(_MAX_BACKOFF_S, 0.001 * 2 ** (conn.failures - 1)))
+            await asyncio.sleep(backoff_s(conn.failures))
             if self._stopping:
                 conn.dead = True
                 self._conns.discard(conn)
@@ -518,9 +446,6 @@ class FastEngine:
                 self._assign(self._new_conn(0), intended)
                 return
         backlog.append(intended)
-
-    def open_finished(self) -> None:
-        self._begin_stop()
 
     # -- housekeeping ---------------------------------------------------------------------------------
     def sweep(self, now: int) -> None:

@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import h2.config
@@ -40,10 +40,9 @@ import h2.settings
 from hpack import Decoder, Encoder, HeaderTuple
 from hpack.table import HeaderTable
 
-from bench.engine.base import Classifier, EngineConfig, LoadSpec, RequestSet, ResultSink, StopSignal
+from bench.engine.base import Classifier, EngineConfig, LoadSpec, RequestSet, ResultSink
+from bench.engine.common import DEFAULT_OPEN_LIMIT, CallbackEngine, backoff_s
 from bench.engine.fast import Target, exception_kind, make_ssl_context, parse_target
-from bench.engine.loopmon import LoopMonitor
-from bench.engine.pacer import Pacer, Sweeper, sleep_until
 from bench.results import Kind
 
 __all__ = ["H2Engine", "encode_header_block", "h2_header_list"]
@@ -52,8 +51,6 @@ _OK = int(Kind.OK)
 _RESET = int(Kind.RESET)
 _PROTOCOL = int(Kind.PROTOCOL_ERROR)
 _READ_TIMEOUT = int(Kind.READ_TIMEOUT)
-_DEFAULT_OPEN_LIMIT = 1024
-_MAX_BACKOFF_S = 0.5
 _WINDOW = 16 * 1024 * 1024  # receive window (connection and per stream)
 _REFUSED_STREAM = 7
 _LAST_STREAM_ID = 2**31 - 1 - 2 * 4096  # open a fresh connection well before stream ids run out
@@ -277,22 +274,14 @@ class _Conn(asyncio.Protocol):
             self.transport.abort()
 
 
-class H2Engine:
+class H2Engine(CallbackEngine):
     """Lean HTTP/2 engine (see the module docstring). Constructed as ``H2Engine(config, requests, classify, sink)``."""
 
     def __init__(self, config: EngineConfig, requests: RequestSet, classify: Classifier,
                  sink: ResultSink) -> None:
-        self.config = config
-        self.requests = requests
-        self.classify = classify
-        self.sink = sink
-        self.abandoned = 0
+        super().__init__(config, requests, classify, sink)
         self.target = parse_target(requests.url)
-        if not requests.bodies:
-            raise ValueError("RequestSet has no bodies")
-        self.max_body = max(0, config.max_body_bytes)
         self._bodies = [b.body for b in requests.bodies]
-        self._rows = [b.rows for b in requests.bodies]
         self._sizes = [len(b) for b in self._bodies]
         self._nbodies = len(self._bodies)
         self._headers: dict[str, str] = dict(requests.headers)
@@ -306,19 +295,7 @@ class H2Engine:
         self._batching = False
         self._flush_soon = False
         self._free: list[_Stream] = []
-        self._seq = 0
-        self._inflight = 0
         self._rr = 0
-        self._stopping = False
-        self._max_requests = 0
-        self._end_ns = 0
-        self._open = False
-        self._limit = 0
-        self._slots_live = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._idle_waiter: asyncio.Future[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._pacer: Pacer | None = None
 
     def _build(self, headers: Mapping[str, str]) -> tuple[list[bytes], list[tuple[bytes, bytes]]]:
         t = self.target
@@ -336,72 +313,25 @@ class H2Engine:
         self._blocks, self._mini = self._build(merged)
         self._headers = merged
 
-    async def run(self, load: LoadSpec, stop: StopSignal) -> None:
-        loop = asyncio.get_running_loop()
-        self._loop = loop
-        self._end_ns = load.end_ns
-        self._max_requests = load.max_requests
-        self._open = load.mode == "open"
-        monitor = LoopMonitor(self.sink.loop_lag)
-        monitor.start()
-        sweep = Sweeper(self, loop)
-        pacer: Pacer | None = None
-        stop_task = loop.create_task(stop.wait())
-        stop_task.add_done_callback(lambda _t: self._begin_stop())
-        self._issuing_done: asyncio.Future[None] = loop.create_future()
-        end_timer = loop.call_later(max(0.0, (load.end_ns - time.monotonic_ns()) / 1e9), self._begin_stop)
-        try:
-            await sleep_until(load.start_ns)
-            if stop.is_set():
-                self._begin_stop()
-            elif self._open:
-                self._limit = load.max_in_flight or _DEFAULT_OPEN_LIMIT
-                if load.offsets_ns is None:
-                    raise ValueError("open loop needs LoadSpec.offsets_ns")
-                pacer = self._pacer = Pacer(self, loop, load.start_ns, load.offsets_ns)
-                pacer.start()
-            else:
-                now = time.monotonic_ns()
-                self._slots_live = max(1, load.concurrency)
-                for w in range(self._slots_live):
-                    self._next(w % self._nconn, now)
-                self.flush()
-            await self._issuing_done
-            await self._drain(load.drain_s)
-        finally:
-            end_timer.cancel()
-            if pacer is not None:
-                pacer.stop()
-            self._pacer = None
-            sweep.stop()
-            monitor.stop()
-            stop_task.cancel()
-            for task in list(self._tasks):
-                task.cancel()
-            for conn in list(self._conns):
-                self.abandoned += len(conn.streams) + len(conn.waiting)
-                conn.streams.clear()
-                conn.waiting.clear()
-                conn.close()
-            self._conns.clear()
-            self._slots = [None] * self._nconn
-            self._inflight = 0
+    # -- lifecycle (run() is CallbackEngine's; same semantics as FastEngine) --------------------------
+    def _prepare_open(self, load: LoadSpec, offsets: Iterator[int]) -> Iterator[int]:
+        self._limit = load.max_in_flight or DEFAULT_OPEN_LIMIT
+        return offsets
 
-    # -- lifecycle (same semantics as FastEngine) -----------------------------------------------------
-    def _begin_stop(self) -> None:
-        if not self._stopping:
-            self._stopping = True
-            fut = self._issuing_done
-            if not fut.done():
-                fut.set_result(None)
+    def _start_closed(self, now: int) -> None:
+        for w in range(self._slots_live):
+            self._next(w % self._nconn, now)
+        self.flush()
 
-    async def _drain(self, drain_s: float) -> None:
-        if self._inflight <= 0:
-            return
-        assert self._loop is not None
-        self._idle_waiter = self._loop.create_future()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._idle_waiter), timeout=max(0.0, drain_s))
+    def _release(self) -> None:
+        for conn in list(self._conns):
+            self.abandoned += len(conn.streams) + len(conn.waiting)
+            conn.streams.clear()
+            conn.waiting.clear()
+            conn.close()
+        self._conns.clear()
+        self._slots = [None] * self._nconn
+        self._inflight = 0
 
     def may_issue(self, now: int) -> bool:
         if self._stopping:
@@ -433,7 +363,7 @@ class H2Engine:
         t = self.target
         started = conn.t_connect = time.monotonic_ns()
         if failures:  # the target refused us just now: don't spin hot, and don't bill the pause
-            await asyncio.sleep(min(_MAX_BACKOFF_S, 0.001 * 2 ** (failures - 1)))
+            await asyncio.sleep(backoff_s(failures))
             if self._stopping:  # nothing was sent: these were never on the wire
                 self._connect_gave_up(conn)
                 return
@@ -626,9 +556,6 @@ class H2Engine:
     def dispatched(self) -> None:
         """End of a pacer batch: write what the batch queued now, not on the next loop turn."""
         self.flush()
-
-    def open_finished(self) -> None:
-        self._begin_stop()
 
     # -- answers --------------------------------------------------------------------------------------
     def handle(self, conn: _Conn, events: list[h2.events.Event]) -> None:

@@ -18,13 +18,13 @@ from urllib.parse import urlsplit
 import httpx
 
 from bench.engine.base import Classifier, EngineConfig, LoadSpec, RequestSet, ResultSink, StopSignal
+from bench.engine.common import DEFAULT_OPEN_LIMIT, EngineCore, backoff_s
 from bench.engine.fast import exception_kind, make_ssl_context
 from bench.engine.loopmon import LoopMonitor
 from bench.results import Kind
 
 __all__ = ["HttpxEngine", "httpx_kind"]
 
-_MAX_BACKOFF_S = 0.5
 _CONNECT_KINDS = frozenset({int(Kind.CONNECT_REFUSED), int(Kind.CONNECT_TIMEOUT), int(Kind.TLS_ERROR)})
 
 
@@ -48,18 +48,12 @@ def httpx_kind(exc: BaseException) -> int:
     return int(Kind.OTHER)
 
 
-class HttpxEngine:
+class HttpxEngine(EngineCore):
     """See the module docstring. Constructed as ``HttpxEngine(config, requests, classify, sink)``."""
 
     def __init__(self, config: EngineConfig, requests: RequestSet, classify: Classifier,
                  sink: ResultSink) -> None:
-        self.config = config
-        self.requests = requests
-        self.classify = classify
-        self.sink = sink
-        self.abandoned = 0
-        if not requests.bodies:
-            raise ValueError("RequestSet has no bodies")
+        super().__init__(config, requests, classify, sink)
         parts = urlsplit(requests.url)
         if parts.scheme not in ("http", "https"):
             raise ValueError(f"unsupported URL scheme: {requests.url!r}")
@@ -67,13 +61,7 @@ class HttpxEngine:
         self._url = httpx.URL(requests.url)
         self._method = requests.method.upper()
         self._bodies = [b.body for b in requests.bodies]
-        self._rows = [b.rows for b in requests.bodies]
         self._headers = self._clean(requests.headers)
-        self._seq = 0
-        self._inflight = 0
-        self._stopping = False
-        self._end_ns = 0
-        self._max_requests = 0
         self._clients: list[httpx.AsyncClient] = []
         # one context for all clients: httpx would load the CA store per client (tens of ms each)
         self._ssl = make_ssl_context(config, ["h2", "http/1.1"] if config.http2 else ["http/1.1"])
@@ -170,14 +158,14 @@ class HttpxEngine:
             kind = await self._one(client, intended)
             if kind in _CONNECT_KINDS:  # target down: back off instead of spinning, don't bill the pause
                 failures += 1
-                await asyncio.sleep(min(_MAX_BACKOFF_S, 0.001 * 2 ** (failures - 1)))
+                await asyncio.sleep(backoff_s(failures))
             else:
                 failures = 0
             intended = time.monotonic_ns()
 
     async def _open(self, load: LoadSpec, tasks: set[asyncio.Task[None]]) -> None:
         assert load.offsets_ns is not None
-        limit = load.max_in_flight or 1024
+        limit = load.max_in_flight or DEFAULT_OPEN_LIMIT
         loop = asyncio.get_running_loop()
         h2 = self.config.http2
         n_clients = max(1, self.config.connections or 1) if h2 else limit

@@ -1,0 +1,160 @@
+"""What the engines share: construction from the engine contract, and the run scaffolding of the callback engines.
+
+Why a base class and not helper calls: the lean engines' hot path (protocol callbacks, dispatch, record) stays in
+the subclasses untouched; only the once-per-run lifecycle (stop signal, end timer, loop monitor, read-timeout
+sweeper, pacer, drain) lives here, so a fix to it reaches ``FastEngine`` and ``H2Engine`` alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+
+from bench.engine.base import Classifier, EngineConfig, LoadSpec, RequestSet, ResultSink, StopSignal
+from bench.engine.loopmon import LoopMonitor
+from bench.engine.pacer import Pacer, Sweeper, sleep_until
+
+__all__ = ["DEFAULT_OPEN_LIMIT", "MAX_BACKOFF_S", "CallbackEngine", "EngineCore", "backoff_s"]
+
+DEFAULT_OPEN_LIMIT = 1024  # open loop: max_in_flight when the load spec names none
+MAX_BACKOFF_S = 0.5
+
+
+def backoff_s(failures: int) -> float:
+    """Pause before reconnecting after ``failures`` consecutive failed connects: don't spin on a refusing target."""
+    return min(MAX_BACKOFF_S, 0.001 * 2.0 ** (failures - 1))
+
+
+class EngineCore:
+    """The ``Engine`` contract's constructor ``(config, requests, classify, sink)`` and every engine's counters."""
+
+    def __init__(self, config: EngineConfig, requests: RequestSet, classify: Classifier,
+                 sink: ResultSink) -> None:
+        self.config = config
+        self.requests = requests
+        self.classify = classify
+        self.sink = sink
+        self.abandoned = 0
+        if not requests.bodies:
+            raise ValueError("RequestSet has no bodies")
+        self._rows = [b.rows for b in requests.bodies]
+        self._seq = 0
+        self._inflight = 0
+        self._stopping = False
+        self._max_requests = 0
+        self._end_ns = 0
+
+
+class CallbackEngine(EngineCore):
+    """Run lifecycle of an engine driven by transport callbacks, the pacer (open loop) and the sweeper.
+
+    A subclass provides the per-request parts — ``may_issue``, ``dispatch``, ``dispatched``, ``sweep``,
+    ``_check_drained`` — and three once-per-run hooks: ``_prepare_open`` (before ``start_ns``), ``_start_closed``
+    (at ``start_ns``) and ``_release`` (always, at the end: count what is abandoned, close connections).
+    """
+
+    def __init__(self, config: EngineConfig, requests: RequestSet, classify: Classifier,
+                 sink: ResultSink) -> None:
+        super().__init__(config, requests, classify, sink)
+        self.max_body = max(0, config.max_body_bytes)
+        self._open = False
+        self._limit = 0
+        self._slots_live = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle_waiter: asyncio.Future[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pacer: Pacer | None = None
+
+    async def run(self, load: LoadSpec, stop: StopSignal) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._end_ns = load.end_ns
+        self._max_requests = load.max_requests
+        self._open = load.mode == "open"
+        monitor = LoopMonitor(self.sink.loop_lag)
+        monitor.start()
+        sweep = Sweeper(self, loop)
+        pacer: Pacer | None = None
+        stop_task = loop.create_task(stop.wait())
+        stop_task.add_done_callback(lambda _t: self._begin_stop())
+        self._issuing_done: asyncio.Future[None] = loop.create_future()
+        end_timer = loop.call_later(max(0.0, (load.end_ns - time.monotonic_ns()) / 1e9), self._begin_stop)
+        try:
+            offsets: Iterator[int] | None = None
+            if self._open:
+                if load.offsets_ns is None:
+                    raise ValueError("open loop needs LoadSpec.offsets_ns")
+                offsets = self._prepare_open(load, load.offsets_ns)
+            await sleep_until(load.start_ns)
+            if stop.is_set():
+                self._begin_stop()
+            elif offsets is not None:
+                pacer = self._pacer = Pacer(self, loop, load.start_ns, offsets)
+                pacer.start()
+            else:
+                self._slots_live = max(1, load.concurrency)
+                self._start_closed(time.monotonic_ns())
+            await self._issuing_done
+            await self._drain(load.drain_s)
+        finally:
+            end_timer.cancel()
+            if pacer is not None:
+                pacer.stop()
+            self._pacer = None
+            sweep.stop()
+            monitor.stop()
+            stop_task.cancel()
+            for task in list(self._tasks):
+                task.cancel()
+            self._release()
+
+    # -- once-per-run hooks -------------------------------------------------------------------------
+    def _prepare_open(self, load: LoadSpec, offsets: Iterator[int]) -> Iterator[int]:
+        """Open loop, before ``start_ns``: set ``_limit``, warm up; returns the offsets the pacer should use."""
+        raise NotImplementedError
+
+    def _start_closed(self, now: int) -> None:
+        """Closed loop, at ``start_ns``: start ``_slots_live`` workers."""
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        """End of the run (also on error): count unanswered requests as abandoned, close every connection."""
+        raise NotImplementedError
+
+    # -- per-request parts (the pacer's and the sweeper's view of the engine) -----------------------
+    def may_issue(self, now: int) -> bool:
+        raise NotImplementedError
+
+    def dispatch(self, intended: int) -> None:
+        raise NotImplementedError
+
+    def dispatched(self) -> None:
+        raise NotImplementedError
+
+    def sweep(self, now: int) -> None:
+        raise NotImplementedError
+
+    def _check_drained(self) -> None:
+        raise NotImplementedError
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def open_finished(self) -> None:
+        self._begin_stop()
+
+    def _begin_stop(self) -> None:
+        if not self._stopping:
+            self._stopping = True
+            fut = self._issuing_done
+            if not fut.done():
+                fut.set_result(None)
+
+    async def _drain(self, drain_s: float) -> None:
+        """Wait up to ``drain_s`` for answers in flight; ``_check_drained`` resolves ``_idle_waiter``."""
+        if self._inflight <= 0:
+            return
+        assert self._loop is not None
+        self._idle_waiter = self._loop.create_future()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._idle_waiter), timeout=max(0.0, drain_s))
