@@ -12,7 +12,7 @@ import contextlib
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ import h2.events
 import h2.exceptions
 import pytest
 import trustme
+from engine_servers import FakeSink, Stop, bodies, closed, constant_rate
+from engine_servers import make as make_engine
 from hyperframe.frame import GoAwayFrame
 
 from bench.engine.base import EngineConfig, LoadSpec, PreparedBody, RequestSet
@@ -35,78 +37,11 @@ pytestmark = pytest.mark.anyio
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
-class FakeSink:
-    def __init__(self) -> None:
-        self.rows: list[tuple[int, ...]] = []
-        self.details: list[tuple[int, int, bytes]] = []
-        self.drops: list[int] = []
-        self.lags: list[int] = []
-
-    def record(self, intended_ns: int, sent_ns: int, done_ns: int, kind: int, status: int, rows: int,
-               bytes_out: int, bytes_in: int, server_ns: int) -> None:
-        self.rows.append((intended_ns, sent_ns, done_ns, kind, status, rows, bytes_out, bytes_in, server_ns))
-
-    def error_detail(self, kind: int, status: int, detail: bytes) -> None:
-        self.details.append((kind, status, detail))
-
-    def dropped(self, intended_ns: int) -> None:
-        self.drops.append(intended_ns)
-
-    def loop_lag(self, lag_ns: int) -> None:
-        self.lags.append(lag_ns)
-
-    def kinds(self) -> Counter[int]:
-        return Counter(r[3] for r in self.rows)
-
-    def statuses(self) -> Counter[int]:
-        return Counter(r[4] for r in self.rows)
-
-
-class Stop:
-    def __init__(self) -> None:
-        self.event = asyncio.Event()
-
-    def is_set(self) -> bool:
-        return self.event.is_set()
-
-    async def wait(self) -> None:
-        await self.event.wait()
-
-
-def classify(status: int, body: bytes, rows_in: int) -> tuple[int, int, int]:
-    if status == 200:
-        try:
-            return (int(Kind.OK), int(body), 0)
-        except ValueError:
-            return (int(Kind.BAD_RESPONSE), 0, 0)
-    return (int(Kind.HTTP_ERROR), 0, 0)
-
-
-def bodies(*rows: int, bad: bool = False) -> list[PreparedBody]:
-    out = [PreparedBody(b"rows=%d" % r, r) for r in rows]
-    if bad:
-        out.append(PreparedBody(b"bad", 7))
-    return out
-
-
-def closed(concurrency: int, max_requests: int = 0, seconds: float = 10.0) -> LoadSpec:
-    now = time.monotonic_ns()
-    return LoadSpec("closed", now, now + int(seconds * 1e9), concurrency=concurrency, max_requests=max_requests,
-                    drain_s=2.0)
-
-
-def constant_rate(rate: float, seconds: float, max_in_flight: int) -> LoadSpec:
-    now = time.monotonic_ns()
-    offsets: Iterator[int] = iter(range(0, int(seconds * 1e9), int(1e9 / rate)))
-    return LoadSpec("open", now, now + int(seconds * 1e9) + 1, offsets_ns=offsets, max_in_flight=max_in_flight,
-                    drain_s=1.0)
-
-
 def make(engine: type, url: str, sink: FakeSink, body_list: list[PreparedBody] | None = None,
          headers: dict[str, str] | None = None, **cfg: Any) -> Any:
+    """``engine_servers.make`` with HTTP/2 on unless told otherwise."""
     cfg.setdefault("http2", True)
-    rs = RequestSet(url, "POST", headers or {"Content-Type": "text/plain"}, body_list or bodies(1, 2, 3))
-    return engine(EngineConfig(**cfg), rs, classify, sink)
+    return make_engine(engine, url, sink, body_list, headers, **cfg)
 
 
 def answer(body: bytes) -> tuple[int, bytes]:

@@ -10,13 +10,14 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 import httptools
 import pytest
+from engine_servers import FakeSink, Stop, bodies, closed, constant_rate, make
 
-from bench.engine.base import EngineConfig, LoadSpec, PreparedBody, RequestSet
+from bench.engine.base import EngineConfig, LoadSpec, RequestSet
 from bench.engine.fast import FastEngine
 from bench.engine.httpx_engine import HttpxEngine
 from bench.engine.select import choose_engine, run_with_loop
@@ -28,56 +29,6 @@ ENGINES = [FastEngine, HttpxEngine]
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
-class FakeSink:
-    """Collects what engines report (fine for tests; the real recorder batches into histograms)."""
-
-    def __init__(self) -> None:
-        self.rows: list[tuple[int, ...]] = []
-        self.details: list[tuple[int, int, bytes]] = []
-        self.drops: list[int] = []
-        self.lags: list[int] = []
-
-    def record(self, intended_ns: int, sent_ns: int, done_ns: int, kind: int, status: int, rows: int,
-               bytes_out: int, bytes_in: int, server_ns: int) -> None:
-        self.rows.append((intended_ns, sent_ns, done_ns, kind, status, rows, bytes_out, bytes_in, server_ns))
-
-    def error_detail(self, kind: int, status: int, detail: bytes) -> None:
-        self.details.append((kind, status, detail))
-
-    def dropped(self, intended_ns: int) -> None:
-        self.drops.append(intended_ns)
-
-    def loop_lag(self, lag_ns: int) -> None:
-        self.lags.append(lag_ns)
-
-    def kinds(self) -> Counter[int]:
-        return Counter(r[3] for r in self.rows)
-
-    def statuses(self) -> Counter[int]:
-        return Counter(r[4] for r in self.rows)
-
-
-class Stop:
-    def __init__(self) -> None:
-        self.event = asyncio.Event()
-
-    def is_set(self) -> bool:
-        return self.event.is_set()
-
-    async def wait(self) -> None:
-        await self.event.wait()
-
-
-def classify(status: int, body: bytes, rows_in: int) -> tuple[int, int, int]:
-    """The test protocol: 200 answers carry the row count; 500 is an HTTP error."""
-    if status == 200:
-        try:
-            return (int(Kind.OK), int(body), 0)
-        except ValueError:
-            return (int(Kind.BAD_RESPONSE), 0, 0)
-    return (int(Kind.HTTP_ERROR), 0, 0)
-
-
 class Server:
     """Loopback HTTP/1.1 server. Path decides behaviour:
     /ok → 200 with body = rows (the request body is b"rows=N" or b"bad" → 500); /chunked → same, chunked;
@@ -180,38 +131,11 @@ async def server() -> AsyncIterator[Server]:
         await srv.kill()
 
 
-def bodies(*rows: int, bad_every: int = 0) -> list[PreparedBody]:
-    out = [PreparedBody(b"rows=%d" % r, r) for r in rows]
-    if bad_every:
-        out.append(PreparedBody(b"bad", 7))
-    return out
-
-
-def closed(concurrency: int, max_requests: int = 0, seconds: float = 10.0) -> LoadSpec:
-    now = time.monotonic_ns()
-    return LoadSpec("closed", now, now + int(seconds * 1e9), concurrency=concurrency, max_requests=max_requests,
-                    drain_s=2.0)
-
-
-def constant_rate(rate: float, seconds: float, max_in_flight: int) -> LoadSpec:
-    now = time.monotonic_ns()
-    step = int(1e9 / rate)
-    offsets: Iterator[int] = iter(range(0, int(seconds * 1e9), step))
-    return LoadSpec("open", now, now + int(seconds * 1e9) + 1, offsets_ns=offsets, max_in_flight=max_in_flight,
-                    drain_s=1.0)
-
-
-def make(engine: type, url: str, sink: FakeSink, body_list: list[PreparedBody] | None = None,
-         headers: dict[str, str] | None = None, **cfg: Any) -> Any:
-    rs = RequestSet(url, "POST", headers or {"Content-Type": "text/plain"}, body_list or bodies(1, 2, 3))
-    return engine(EngineConfig(**cfg), rs, classify, sink)
-
-
 # -- tests ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("engine", ENGINES)
 async def test_closed_loop_counts_and_statuses(engine: type, server: Server) -> None:
     sink = FakeSink()
-    eng = make(engine, server.url("/ok"), sink, bodies(1, 2, 3, bad_every=1))
+    eng = make(engine, server.url("/ok"), sink, bodies(1, 2, 3, bad=True))
     await asyncio.wait_for(eng.run(closed(8, max_requests=200), Stop()), 20)
     assert len(sink.rows) == 200 == server.requests
     assert sink.statuses() == {200: 150, 500: 50}
@@ -228,7 +152,7 @@ async def test_cross_engine_same_results(server: Server) -> None:
     seen = []
     for engine in ENGINES:
         sink = FakeSink()
-        eng = make(engine, server.url("/ok"), sink, bodies(4, 5, bad_every=1))
+        eng = make(engine, server.url("/ok"), sink, bodies(4, 5, bad=True))
         await asyncio.wait_for(eng.run(closed(4, max_requests=90), Stop()), 20)
         seen.append((len(sink.rows), sink.kinds(), sink.statuses(), sorted(r[5] for r in sink.rows),
                      Counter(r[6] for r in sink.rows), Counter(r[7] for r in sink.rows)))
@@ -431,7 +355,7 @@ async def test_h2c_through_httpx_engine() -> None:
         sink = FakeSink()
         url = f"http://127.0.0.1:{port}/infer"
         assert choose_engine(EngineConfig(kind="httpx", http2=True), url) is HttpxEngine
-        eng = make(HttpxEngine, url, sink, bodies(3, bad_every=1), http2=True, connections=2)
+        eng = make(HttpxEngine, url, sink, bodies(3, bad=True), http2=True, connections=2)
         await asyncio.wait_for(eng.run(closed(16, max_requests=100), Stop()), 30)
         assert len(sink.rows) == 100
         assert sink.statuses() == {200: 50, 500: 50}

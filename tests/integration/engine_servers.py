@@ -1,0 +1,98 @@
+"""Shared helpers of the engine integration tests: a recording sink, a stop signal, the test protocol's classifier,
+request-set and load-spec builders. Imported as ``from engine_servers import ...`` (pytest puts this folder on
+sys.path); not a test module itself.
+
+The test protocol: a request body is ``b"rows=N"`` (the server answers 200 with body ``N``) or ``b"bad"`` (the
+server answers 500).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from bench.engine.base import EngineConfig, LoadSpec, PreparedBody, RequestSet
+from bench.results import Kind
+
+__all__ = ["FakeSink", "Stop", "bodies", "classify", "closed", "constant_rate", "make"]
+
+
+class FakeSink:
+    """Collects what engines report (fine for tests; the real recorder batches into histograms)."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, ...]] = []
+        self.details: list[tuple[int, int, bytes]] = []
+        self.drops: list[int] = []
+        self.lags: list[int] = []
+
+    def record(self, intended_ns: int, sent_ns: int, done_ns: int, kind: int, status: int, rows: int,
+               bytes_out: int, bytes_in: int, server_ns: int) -> None:
+        self.rows.append((intended_ns, sent_ns, done_ns, kind, status, rows, bytes_out, bytes_in, server_ns))
+
+    def error_detail(self, kind: int, status: int, detail: bytes) -> None:
+        self.details.append((kind, status, detail))
+
+    def dropped(self, intended_ns: int) -> None:
+        self.drops.append(intended_ns)
+
+    def loop_lag(self, lag_ns: int) -> None:
+        self.lags.append(lag_ns)
+
+    def kinds(self) -> Counter[int]:
+        return Counter(r[3] for r in self.rows)
+
+    def statuses(self) -> Counter[int]:
+        return Counter(r[4] for r in self.rows)
+
+
+class Stop:
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    async def wait(self) -> None:
+        await self.event.wait()
+
+
+def classify(status: int, body: bytes, rows_in: int) -> tuple[int, int, int]:
+    """200 answers carry the row count; anything else is an HTTP error."""
+    if status == 200:
+        try:
+            return (int(Kind.OK), int(body), 0)
+        except ValueError:
+            return (int(Kind.BAD_RESPONSE), 0, 0)
+    return (int(Kind.HTTP_ERROR), 0, 0)
+
+
+def bodies(*rows: int, bad: bool = False) -> list[PreparedBody]:
+    """One ``rows=N`` body per row count, plus a ``bad`` body (answered 500) when asked."""
+    out = [PreparedBody(b"rows=%d" % r, r) for r in rows]
+    if bad:
+        out.append(PreparedBody(b"bad", 7))
+    return out
+
+
+def closed(concurrency: int, max_requests: int = 0, seconds: float = 10.0) -> LoadSpec:
+    now = time.monotonic_ns()
+    return LoadSpec("closed", now, now + int(seconds * 1e9), concurrency=concurrency, max_requests=max_requests,
+                    drain_s=2.0)
+
+
+def constant_rate(rate: float, seconds: float, max_in_flight: int) -> LoadSpec:
+    now = time.monotonic_ns()
+    offsets: Iterator[int] = iter(range(0, int(seconds * 1e9), int(1e9 / rate)))
+    return LoadSpec("open", now, now + int(seconds * 1e9) + 1, offsets_ns=offsets, max_in_flight=max_in_flight,
+                    drain_s=1.0)
+
+
+def make(engine: type, url: str, sink: FakeSink, body_list: list[PreparedBody] | None = None,
+         headers: dict[str, str] | None = None, **cfg: Any) -> Any:
+    """``engine`` POSTing ``body_list`` (default rows 1, 2, 3) to ``url`` with ``EngineConfig(**cfg)``."""
+    rs = RequestSet(url, "POST", headers or {"Content-Type": "text/plain"}, body_list or bodies(1, 2, 3))
+    return engine(EngineConfig(**cfg), rs, classify, sink)
