@@ -17,7 +17,7 @@ from typing import Any
 from bench.engine.base import EngineConfig, LoadSpec, PreparedBody, RequestSet
 from bench.results import Kind
 
-__all__ = ["FakeSink", "Stop", "bodies", "classify", "closed", "constant_rate", "make"]
+__all__ = ["FakeSink", "Stop", "bodies", "classify", "closed", "constant_rate", "make", "run_with_header_refresh"]
 
 
 class FakeSink:
@@ -96,3 +96,27 @@ def make(engine: type, url: str, sink: FakeSink, body_list: list[PreparedBody] |
     """``engine`` POSTing ``body_list`` (default rows 1, 2, 3) to ``url`` with ``EngineConfig(**cfg)``."""
     rs = RequestSet(url, "POST", headers or {"Content-Type": "text/plain"}, body_list or bodies(1, 2, 3))
     return engine(EngineConfig(**cfg), rs, classify, sink)
+
+
+async def run_with_header_refresh(eng: Any, sink: FakeSink, tokens: list[str]) -> None:
+    """Run ``eng`` (closed loop, 2 workers; its X-Token header starts as "old"), switch the header to "new" after
+    20 answers and stop 20 requests later; then check the switch. ``tokens``: the X-Token values the server saw,
+    in order."""
+    stop = Stop()
+
+    async def refresh() -> None:
+        deadline = time.monotonic() + 5
+        while len(sink.rows) < 20 and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        eng.set_headers({"X-Token": "new"})
+        n = len(tokens)
+        while len(tokens) < n + 20 and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        stop.event.set()
+
+    task = asyncio.create_task(refresh())
+    await asyncio.wait_for(eng.run(closed(2, seconds=10), stop), 20)
+    await task
+    assert tokens[0] == "old" and tokens[-1] == "new"
+    first_new = tokens.index("new")
+    assert set(tokens[first_new + 2:]) == {"new"}  # at most the in-flight requests carried the old header

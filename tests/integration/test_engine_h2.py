@@ -23,7 +23,7 @@ import h2.events
 import h2.exceptions
 import pytest
 import trustme
-from engine_servers import FakeSink, Stop, bodies, closed, constant_rate
+from engine_servers import FakeSink, Stop, bodies, closed, constant_rate, run_with_header_refresh
 from engine_servers import make as make_engine
 from hyperframe.frame import GoAwayFrame
 
@@ -325,24 +325,7 @@ async def test_set_headers_mid_run() -> None:
     async with hypercorn() as hyper:
         sink = FakeSink()
         eng = make(H2Engine, f"http://127.0.0.1:{hyper.port}/infer", sink, headers={"X-Token": "old"})
-        stop = Stop()
-
-        async def refresh() -> None:
-            deadline = time.monotonic() + 5
-            while len(sink.rows) < 20 and time.monotonic() < deadline:
-                await asyncio.sleep(0.005)
-            eng.set_headers({"X-Token": "new"})
-            n = len(hyper.tokens)
-            while len(hyper.tokens) < n + 20 and time.monotonic() < deadline:
-                await asyncio.sleep(0.005)
-            stop.event.set()
-
-        task = asyncio.create_task(refresh())
-        await asyncio.wait_for(eng.run(closed(2, seconds=10), stop), 20)
-        await task
-    assert hyper.tokens[0] == "old" and hyper.tokens[-1] == "new"
-    first_new = hyper.tokens.index("new")
-    assert set(hyper.tokens[first_new + 2:]) == {"new"}  # at most the in-flight ones carried the old block
+        await run_with_header_refresh(eng, sink, hyper.tokens)
     assert len(sink.rows) == len(hyper.tokens)
 
 

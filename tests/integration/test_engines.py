@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import httptools
 import pytest
-from engine_servers import FakeSink, Stop, bodies, closed, constant_rate, make
+from engine_servers import FakeSink, Stop, bodies, closed, constant_rate, make, run_with_header_refresh
 
 from bench.engine.base import EngineConfig, LoadSpec, RequestSet
 from bench.engine.fast import FastEngine
@@ -272,24 +272,7 @@ async def test_connect_refused_from_the_start(engine: type) -> None:
 async def test_set_headers_mid_run(engine: type, server: Server) -> None:
     sink = FakeSink()
     eng = make(engine, server.url("/ok"), sink, headers={"X-Token": "old"})
-    stop = Stop()
-
-    async def refresh() -> None:
-        deadline = time.monotonic() + 5
-        while len(sink.rows) < 20 and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
-        eng.set_headers({"X-Token": "new"})
-        n = len(server.tokens)
-        while len(server.tokens) < n + 20 and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
-        stop.event.set()
-
-    task = asyncio.create_task(refresh())
-    await asyncio.wait_for(eng.run(closed(2, seconds=10), stop), 20)
-    await task
-    assert server.tokens[0] == "old" and server.tokens[-1] == "new"
-    first_new = server.tokens.index("new")
-    assert set(server.tokens[first_new + 2:]) == {"new"}  # at most the in-flight ones used the old head
+    await run_with_header_refresh(eng, sink, server.tokens)
     assert len(sink.rows) == server.requests
 
 
