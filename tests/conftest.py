@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,3 +20,28 @@ def anyio_backend() -> str:
 @pytest.fixture
 def repo_root() -> Path:
     return ROOT
+
+
+@pytest.fixture
+def serve_emulator() -> Iterator[Callable[..., str]]:
+    """Start `bench serve --port 0 ARGS...` (a real emulator process on loopback); returns its base URL.
+
+    Every emulator started through the fixture is stopped when the test ends, pass or fail.
+    """
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> str:
+        proc = subprocess.Popen([sys.executable, "-m", "bench", "serve", "--port", "0", *args], cwd=ROOT,
+                                stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # the first line is printed once the socket listens
+        assert line.startswith("bench emulator listening on http://127.0.0.1:"), line
+        return line.split()[-1]
+
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.ipc as ipc
@@ -108,22 +108,8 @@ def test_bad_input_exits_2_with_one_line(args: list[str], words: str) -> None:
     assert "Traceback" not in proc.stderr
 
 
-@pytest.fixture
-def emulator() -> Iterator[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "bench", "serve", "--port", "0", "--latency-ms", "1"],
-                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("bench emulator listening on http://127.0.0.1:"), line
-        yield line.split()[-1]
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def test_adhoc_run_against_bench_serve(emulator: str, tmp_path: Path) -> None:
-    url = f"{emulator}/v1/api/pipelines/infer/ccfraud-1/ccfraud"
+def test_adhoc_run_against_bench_serve(serve_emulator: Callable[..., str], tmp_path: Path) -> None:
+    url = f"{serve_emulator('--latency-ms', '1')}/v1/api/pipelines/infer/ccfraud-1/ccfraud"
     s = summary_of(bench("run", "--url", url, "--body", "data/ccfraud_1k.df.json", "-c", "4", "-d", "1s",
                          "--json", "--out", str(tmp_path / "h.arrow")))
     assert int(s["requests"]) > 10  # type: ignore[call-overload]

@@ -8,12 +8,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pyarrow.ipc as ipc
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "Token emulator-ubiops-token"  # the emulator's default token (EmulatorConfig.ubiops_token)
@@ -53,24 +52,11 @@ def test_batch_scenario_reports_the_three_histograms_and_accounts_for_every_requ
     assert c.get("batch_invariant_broken", 0) == 0
 
 
-@pytest.fixture
-def emulator() -> Iterator[str]:
-    """A standalone emulator (slow, so a batch is still pending when the run is interrupted)."""
-    proc = subprocess.Popen([sys.executable, "-m", "bench", "serve", "--port", "0", "--replicas", "1",
-                             "--latency-ms", "20"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("bench emulator listening on "), line
-        yield line.split()[-1]
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def test_sigint_during_a_batch_run_cancels_what_is_pending(emulator: str, tmp_path: Path) -> None:
+def test_sigint_during_a_batch_run_cancels_what_is_pending(serve_emulator: Callable[..., str],
+                                                           tmp_path: Path) -> None:
     out = tmp_path / "s.arrow"
-    base = f"{emulator}/v2.1"
+    # one slow replica, so a batch is still pending when the run is interrupted
+    base = f"{serve_emulator('--replicas', '1', '--latency-ms', '20')}/v2.1"
     env = {**os.environ, "UBIOPS_TOKEN": TOKEN.removeprefix("Token ")}
     proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "scenarios/ubiops-batch.toml",
                              "--set", f'target.url="{base}"', "--set", 'load.duration="60s"', "--set",
