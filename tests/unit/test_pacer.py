@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench.engine.pacer import Pacer, ThreadWaker, TimerFdWaker, Waker, estimate_rate, make_waker
+from bench.engine.pacer import COALESCE_NS, Pacer, ThreadWaker, TimerFdWaker, Waker, estimate_rate, make_waker
 
 pytestmark = pytest.mark.anyio
 
@@ -119,6 +119,26 @@ async def test_pacer_sends_each_request_at_or_after_its_time_and_sleeps_between(
     assert lags[len(lags) // 2] < 2_000_000
     assert pacer.wakes <= 110, "about one wake per send, no spinning"
     assert cpu < 0.15, f"{cpu:.3f} s CPU for 0.2 s of pacing"
+
+
+async def test_pacer_coalesces_close_sends_into_few_alarms_never_early() -> None:
+    loop = asyncio.get_running_loop()
+    start = time.monotonic_ns() + 2_000_000
+    eng = Recorder(start + 10**10)
+    step, n = 20_000, 5000  # 50,000/s for 0.1 s
+    pacer = Pacer(eng, loop, start, _every(step, n))
+    pacer.start()
+    try:
+        await asyncio.wait_for(eng.finished.wait(), 5)
+    finally:
+        pacer.stop()
+    assert [i for i, _ in eng.sent] == [start + k * step for k in range(n)]
+    lags = sorted(t - i for i, t in eng.sent)
+    assert lags[0] >= 0, "never early"
+    assert lags[len(lags) // 2] < COALESCE_NS + 2_000_000
+    span = eng.sent[-1][1] - eng.sent[0][1]
+    assert pacer.wakes <= span // COALESCE_NS + 5, f"{pacer.wakes} alarms for {n} sends over {span / 1e6:.1f} ms"
+    assert eng.batches < n // 2, "several sends leave per alarm"
 
 
 async def test_pacer_sends_a_late_batch_at_once_and_run_due_from_outside() -> None:
