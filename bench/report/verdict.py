@@ -2,7 +2,9 @@
 
 Open loop (a target rate): the schedule-lag p99 above a bound means sends left late, so latency numbers
 include the harness's own queueing; an achieved rate short of the target while the generator's CPU was
-saturated means the harness could not keep up. Closed loop (no target rate): a saturated CPU or a large
+saturated means the harness could not keep up, and so do dropped sends (max_in_flight reached) while the CPU
+was saturated (without saturation, drops mean a slow target: counted, not blamed on the harness).
+Closed loop (no target rate): a saturated CPU or a large
 schedule lag means throughput may describe the harness.
 """
 
@@ -25,6 +27,10 @@ def generator_bound(run: RunData, *, target_rps: float | None, cpu_fraction: flo
     saturated = cpu_fraction >= cpu_saturated
     if target_rps is not None and target_rps > 0:
         achieved = run.rps(MEASURED) + run.total(MEASURED).dropped / max(run.duration_s(MEASURED), 1e-9)
+        dropped = run.total(MEASURED).dropped
+        if dropped and saturated:
+            reasons.append(f"{dropped:,} sends dropped (max_in_flight reached) with the generator CPU at "
+                           f"{cpu_fraction * 100:.0f} % of a core: answers were not read in time")
         if achieved < target_rps * (1 - rate_tolerance) and saturated:
             reasons.append(f"achieved {achieved:.1f} req/s < target {target_rps:g} req/s "
                            f"(-{(1 - achieved / target_rps) * 100:.1f} %) with the generator CPU at "

@@ -73,6 +73,16 @@ def test_verdict_rate_short_only_when_cpu_saturated() -> None:
     assert generator_bound(run, target_rps=905, cpu_fraction=0.95)[0] is False  # within 1 %
 
 
+def test_verdict_dropped_sends_blame_the_generator_only_when_cpu_saturated() -> None:
+    rec = _open_loop_run(0.05, 1000)
+    for i in range(50):
+        rec.dropped(i * S // 50)
+    run = rec.finish(S, partial=False)
+    assert generator_bound(run, target_rps=1050, cpu_fraction=0.5) == (False, [])  # a slow target: counted only
+    bound, reasons = generator_bound(run, target_rps=1050, cpu_fraction=0.95)
+    assert bound and any("50 sends dropped" in r for r in reasons)
+
+
 def test_verdict_closed_loop_cpu() -> None:
     run = _open_loop_run(0.0, 100).finish(S, partial=False)
     assert generator_bound(run, target_rps=None, cpu_fraction=0.97)[0]
