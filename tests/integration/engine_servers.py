@@ -17,7 +17,8 @@ from typing import Any
 from bench.engine.base import EngineConfig, LoadSpec, PreparedBody, RequestSet
 from bench.results import Kind
 
-__all__ = ["FakeSink", "Stop", "bodies", "classify", "closed", "constant_rate", "make", "run_with_header_refresh"]
+__all__ = ["FakeSink", "Stop", "bodies", "classify", "closed", "constant_rate", "make", "run_through_server_death",
+           "run_with_header_refresh"]
 
 
 class FakeSink:
@@ -120,3 +121,26 @@ async def run_with_header_refresh(eng: Any, sink: FakeSink, tokens: list[str]) -
     assert tokens[0] == "old" and tokens[-1] == "new"
     first_new = tokens.index("new")
     assert set(tokens[first_new + 2:]) == {"new"}  # at most the in-flight requests carried the old header
+
+
+async def run_through_server_death(eng: Any, sink: FakeSink, kill: Any) -> None:
+    """Closed loop (4 workers, 1.5 s) against a server killed (``await kill()``) after 50 answers: the run goes
+    on, counts the failed connects and ends on time, and the connect backoff keeps a dead target from making the
+    engine spin (4 slots × ~0.5 s max backoff)."""
+
+    async def kill_later() -> None:
+        deadline = time.monotonic() + 5
+        while len(sink.rows) < 50 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await kill()
+
+    killer = asyncio.create_task(kill_later())
+    t0 = time.monotonic()
+    await asyncio.wait_for(eng.run(closed(4, seconds=1.5), Stop()), 20)
+    await killer
+    assert time.monotonic() - t0 < 5
+    kinds = sink.kinds()
+    assert kinds[Kind.OK] >= 50
+    assert kinds[Kind.CONNECT_REFUSED] >= 4  # every slot kept trying, one record per attempt
+    assert set(kinds) <= {Kind.OK, Kind.RESET, Kind.CONNECT_REFUSED}
+    assert kinds[Kind.CONNECT_REFUSED] < 400
