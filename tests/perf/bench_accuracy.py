@@ -33,6 +33,7 @@ from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.ipc
+from bench_peers import make_body  # the reference 5.6 KB payload (this folder is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -69,15 +70,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def make_body(path: Path) -> int:
-    """10 rows × 29 floats as pandas-records JSON (the reference 5.6 KB payload of bench_peers.py)."""
-    golden = 0.6180339887498949
-    rows = [{f"f{j}": round(((i * 29 + j + 1) * golden) % 1 * 100, 10) for j in range(29)} for i in range(10)]
-    data = json.dumps(rows, separators=(",", ":")).encode()
-    path.write_bytes(data)
-    return len(data)
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
