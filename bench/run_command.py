@@ -1,18 +1,20 @@
-"""`bench run`: wires scenario, runner, report and summary together, and maps outcomes to exit codes."""
+"""`bench run`'s command-line half: flags → a Scenario and RunOptions, handed to bench.session (which runs and
+finishes it)."""
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from bench.errors import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_SLO, BenchError, InputError
+from bench.errors import InputError
 from bench.scenario import Scenario, apply_overrides, parse_scenario, read_scenario_file
 
-__all__ = ["run_from_args", "scenario_from_args"]
+if TYPE_CHECKING:
+    from bench.session import RunOptions
+
+__all__ = ["options_from_args", "run_from_args", "scenario_from_args"]
 
 _CONTENT_TYPES = {".json": "application/json", ".arrow": "application/vnd.apache.arrow.file",
                   ".parquet": "application/octet-stream", ".csv": "text/csv", ".txt": "text/plain"}
@@ -134,146 +136,16 @@ def _processes(args: argparse.Namespace, sc: Scenario) -> int:
     return n
 
 
+def options_from_args(args: argparse.Namespace, sc: Scenario) -> RunOptions:
+    """The command line's part of a run, as the session layer's typed record."""
+    from bench.session import RunOptions
+
+    return RunOptions(out=Path(args.out) if args.out else None, json=bool(args.json), quiet=bool(args.quiet),
+                      strict=bool(args.strict), preflight=not args.no_preflight, processes=_processes(args, sc))
+
+
 def run_from_args(args: argparse.Namespace) -> int:
+    from bench.session import run_scenario
+
     sc = scenario_from_args(args)
-    if args.worker:
-        from bench.multiprocess import run_worker
-
-        return run_worker(args, sc)
-    processes = _processes(args, sc)
-    if processes > 1:
-        from bench.multiprocess import run_parent
-
-        return run_parent(args, sc, processes)
-    return run_single(args, sc)
-
-
-def run_single(args: argparse.Namespace, sc: Scenario) -> int:
-    import anyio
-
-    from bench.progress import ProgressView
-    from bench.runner import RunControl, execute, prepare
-
-    prepared = prepare(sc)
-    out_path = report_path(args, sc)
-    view = ProgressView(sc.load.warmup_s + sc.load.duration_s, warmup_s=sc.load.warmup_s, enabled=not args.quiet)
-    ctl = RunControl(progress=view.update, message=view.message, preflight=not args.no_preflight,
-                     raw_path=out_path.with_suffix(".raw.tmp") if sc.report.raw else None)
-    try:
-        run, facts = run_unwrapped(lambda: anyio.run(execute, prepared, ctl, backend="asyncio",
-                                                     backend_options={"use_uvloop": use_uvloop(sc)}))
-    except BenchError as exc:
-        secrets = ctl.secrets()
-        if secrets:  # messages about token endpoints must not carry what was sent to them
-            from bench.auth import redact
-
-            exc.args = (redact(str(exc), secrets),)
-        raise
-    finally:
-        view.close()
-    from bench.report.build import build_report
-
-    return finish_run(args, sc, prepared, build_report(sc, run, facts), facts, out_path)
-
-
-T = TypeVar("T")
-
-
-def run_unwrapped(fn: Callable[[], T]) -> T:
-    """Task groups wrap errors in exception groups; surface a BenchError (or Ctrl-C) as itself."""
-    try:
-        return fn()
-    except BaseExceptionGroup as group:
-        inner = _first(group, (BenchError, KeyboardInterrupt))
-        if inner is not None:
-            raise inner from None
-        raise
-
-
-def _first(group: BaseExceptionGroup[BaseException], kinds: tuple[type[BaseException], ...]) -> BaseException | None:
-    for exc in group.exceptions:
-        if isinstance(exc, kinds):
-            return exc
-        if isinstance(exc, BaseExceptionGroup):
-            found = _first(exc, kinds)
-            if found is not None:
-                return found
-    return None
-
-
-def use_uvloop(sc: Scenario) -> bool:
-    if sc.engine.loop == "asyncio":
-        return False
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        if sc.engine.loop == "uvloop":
-            raise InputError("uvloop is not installed", key="engine.loop") from None
-        return False
-    return True
-
-
-def report_path(args: argparse.Namespace, sc: Scenario) -> Path:
-    from datetime import UTC, datetime
-
-    from bench.report.writer import default_report_path
-
-    if args.out:
-        return Path(args.out)
-    return default_report_path(sc.report.dir, sc.name, datetime.now(UTC))
-
-
-_CONNECT_KINDS = ("connect_refused", "connect_timeout", "tls_error")
-
-
-def unreachable_reason(summary: dict[str, Any]) -> str | None:
-    """Why no request ever reached the target (every one failed to connect), or None."""
-    by_kind: dict[str, int] = summary.get("errors_by_kind", {})
-    if summary.get("ok", 0) or not by_kind:
-        return None
-    if all(kind.split(":")[0] in _CONNECT_KINDS for kind in by_kind):
-        return ", ".join(f"{n:,} {kind}" for kind, n in by_kind.items())
-    return None
-
-
-def finish_run(args: argparse.Namespace, sc: Scenario, prepared: Any, report: Any, facts: dict[str, Any],
-               out_path: Path) -> int:
-    """Report file, summary, SLO gate → exit code. Workers of a multi-process run skip the SLO gate."""
-    from bench.report.summary import render_summary, summarize
-    from bench.report.writer import write_report
-
-    slo_result = None
-    if prepared.slo is not None and not args.worker:
-        from bench.report.slo import check_slo
-
-        slo_result = check_slo(prepared.slo, report)
-        report.meta.extra["slo"] = slo_result.to_dict()
-    written = write_report(out_path, report)
-    if report.run.raw_path is not None:  # the recorder's streamed log now lives inside the report
-        report.run.raw_path.unlink(missing_ok=True)
-    summary = summarize(report)
-    summary["report"] = str(written)
-    if slo_result is not None:
-        summary["slo"] = slo_result.to_dict()
-    if args.json:
-        import orjson
-
-        sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_SORT_KEYS).decode() + "\n")
-    else:
-        from rich.console import Console
-
-        console = Console()
-        render_summary(report, console)
-        if slo_result is not None:
-            console.print(slo_result.render())
-    if facts.get("interrupted"):
-        return EXIT_INTERRUPTED
-    unreachable = unreachable_reason(summary)
-    if unreachable:
-        print(f"bench: error: target unreachable: {unreachable}", file=sys.stderr)
-        return EXIT_INVALID
-    if slo_result is not None and not slo_result.passed:
-        return EXIT_SLO
-    if args.strict and summary.get("generator_bound"):
-        return EXIT_INVALID
-    return EXIT_OK
+    return run_scenario(sc, options_from_args(args, sc))

@@ -11,7 +11,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,26 @@ from bench.errors import InputError
 from bench.payload import PayloadFormat
 from bench.scenario import Scenario
 
-__all__ = ["Prepared", "RunControl", "execute", "load_spec", "offsets_for", "prepare"]
+__all__ = ["EMBEDDED_PLACEHOLDER", "Endpoints", "Prepared", "RunControl", "execute", "load_spec", "offsets_for",
+           "preflight_url", "prepare"]
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where a resolved run sends things: the inference URL and, for the embedded emulator, its other services.
+
+    Plain data (``dataclasses.asdict`` / ``Endpoints(**d)``): multi-process workers get it on stdin. Built by
+    bench.session, which alone knows the emulator.
+    """
+
+    inference_url: str
+    api_url: str | None = None  # the emulator's MLOps API (replaces [wallaroo] api_url = "embedded")
+    token_url: str | None = None  # the emulator's Keycloak token endpoint (when [auth] gives none)
+    ubiops_token: str | None = None  # the emulator's UbiOps API token (kind = "ubiops")
+
+    @property
+    def embedded(self) -> bool:
+        return self.api_url is not None
 
 
 @dataclass
@@ -32,14 +51,15 @@ class Prepared:
 
     scenario: Scenario
     bodies: list[PreparedBody]
-    emulator_config: Any = None  # EmulatorConfig when target.url == "embedded"
+    emulator_config: Any = None  # EmulatorConfig when target.url == "embedded" (set by bench.session)
     auth_config: Any = None  # bench.auth.AuthConfig or None
     preflight_config: Any = None  # bench.preflight.PreflightConfig or None
     ubiops_config: Any = None  # bench.targets.ubiops.UbiOpsConfig for kind = "ubiops"
     slo: Any = None  # bench.report.slo objectives or None
+    embedded: bool = False  # the target is the embedded emulator (bench.session resolved its URLs)
+    endpoints: Endpoints | None = None  # what bench.session.point_at applied
 
 
-TOKEN_PATH = "/auth/realms/master/protocol/openid-connect/token"
 EMBEDDED_PLACEHOLDER = "http://embedded.invalid"
 
 
@@ -82,18 +102,10 @@ class RunControl:
 def prepare(sc: Scenario) -> Prepared:
     """Read data and encode every request body once; validate the sections owned by other modules."""
     prepared = Prepared(scenario=sc, bodies=_bodies(sc))
-    if sc.target.embedded:
-        from bench.emulator.embedded import emulator_config_from_mapping
-
-        prepared.emulator_config = emulator_config_from_mapping(sc.tables["emulator"], sc.file)
     if sc.tables["auth"]:
-        from bench.auth import auth_config_from_mapping, emulator_credentials
+        from bench.auth import auth_config_from_mapping
 
         prepared.auth_config = auth_config_from_mapping(sc.tables["auth"], sc.file)
-        if prepared.emulator_config is not None and prepared.auth_config.uses_keycloak:
-            # the embedded emulator must accept the scenario's credentials (they reach it on stdin, not argv)
-            prepared.emulator_config = replace(prepared.emulator_config,
-                                               **emulator_credentials(prepared.auth_config, file=sc.file))
     if sc.tables["wallaroo"]:
         from bench.preflight import preflight_config_from_mapping
 
@@ -202,8 +214,6 @@ def load_spec(sc: Scenario, start_ns: int, *, worker: tuple[int, int] = (0, 1)) 
 
 
 def _reseeded(sc: Scenario, offset: int) -> Scenario:
-    from dataclasses import replace
-
     return replace(sc, load=replace(sc.load, seed=sc.load.seed + offset))
 
 
@@ -212,21 +222,6 @@ def engine_config(sc: Scenario) -> EngineConfig:
     return EngineConfig(kind=e.kind, http2=e.http2, connections=e.connections,  # type: ignore[arg-type]
                         connect_timeout_s=e.connect_timeout_s, read_timeout_s=e.timeout_s,
                         verify_tls=not e.insecure, ca_bundle=e.ca_bundle, loop=e.loop)  # type: ignore[arg-type]
-
-
-@contextlib.asynccontextmanager
-async def _target_url(prepared: Prepared, ctl: RunControl) -> AsyncIterator[tuple[str, Any]]:
-    """Yields (url, emulator or None): starts the embedded emulator for url = 'embedded'."""
-    sc = prepared.scenario
-    if not sc.target.embedded:
-        yield sc.target.url, None
-        return
-    from bench.emulator.embedded import EmbeddedEmulator
-
-    async with EmbeddedEmulator(prepared.emulator_config) as emu:
-        ctl.message(f"embedded emulator at {emu.base_url}")
-        url = emu.base_url if sc.target.kind == "ubiops" else emu.wallaroo_url
-        yield url, emu
 
 
 def _static_token(sc: Scenario) -> str | None:
@@ -248,16 +243,17 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
     stop = anyio.Event()
     counts = _Counts()
     facts: dict[str, Any] = {}
-    if not sc.target.embedded and sc.tables["emulator"]:
-        ctl.message(f"{sc.file}: [emulator] ignored: target.url is not 'embedded'")
-    async with _target_url(prepared, ctl) as (url, emu), anyio.create_task_group() as tg:
-        token_source = await _token_source(prepared, ctl, emu, counts, tg)
+    if sc.target.embedded:
+        raise RuntimeError("target.url is 'embedded': resolve it first (bench.session.resolved_target)")
+    url = sc.target.url
+    async with anyio.create_task_group() as tg:
+        token_source = await _token_source(prepared, ctl, counts, tg)
         static = _static_token(sc)
 
         def authorization() -> str:
             return token_source.authorization() if token_source is not None else (static or "")
 
-        url = await _preflight(prepared, ctl, emu, url, authorization)
+        url = await _preflight(prepared, ctl, url, authorization)
         if start_at_wall is not None:
             await anyio.sleep(max(0.0, start_at_wall - time.time()))
         start_ns = time.monotonic_ns() + 20_000_000  # 20 ms to open connections before the first send
@@ -272,35 +268,49 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
             abort = _SloAbort(prepared.slo, sc) if prepared.slo is not None and prepared.slo.abort_on_fail else None
             tg.start_soon(_watch, recorder, ctl, stop, spec, token_source, grace_s, abort)
             cpu0, wall0 = time.process_time(), time.monotonic()
-            facts.update(await _apply_load(prepared, url, emu, authorization(), token_source, recorder, spec, stop))
+            facts.update(await _apply_load(prepared, url, authorization(), token_source, recorder, spec, stop))
             facts["cpu_fraction"] = (time.process_time() - cpu0) / max(1e-9, time.monotonic() - wall0)
             stop.set()
         end_ns = min(time.monotonic_ns(), spec.end_ns)  # throughput over the planned window, not the drain
         if token_source is not None:
             await token_source.close()
         tg.cancel_scope.cancel()
-    facts["url"] = url if not sc.target.embedded else "embedded"
+    facts["url"] = "embedded" if prepared.embedded else url
     facts["interrupted"] = ctl.interrupted
     if ctl.slo_aborted:
         facts["slo_aborted"] = ctl.slo_aborted
     return recorder.finish(end_ns, partial=ctl.interrupted), facts
 
 
-async def _token_source(prepared: Prepared, ctl: RunControl, emu: Any, counts: _Counts, tg: Any) -> Any:
+async def preflight_url(prepared: Prepared, ctl: RunControl) -> str:
+    """Only the preflight (with its token): the URL to load. A multi-process parent runs it once for its workers."""
+    async with anyio.create_task_group() as tg:
+        token_source = await _token_source(prepared, ctl, _Counts(), tg)
+        static = _static_token(prepared.scenario)
+
+        def authorization() -> str:
+            return token_source.authorization() if token_source is not None else (static or "")
+
+        url = await _preflight(prepared, ctl, prepared.scenario.target.url, authorization)
+        if token_source is not None:
+            await token_source.close()
+        tg.cancel_scope.cancel()
+    return url
+
+
+async def _token_source(prepared: Prepared, ctl: RunControl, counts: _Counts, tg: Any) -> Any:
     """Fetch the first token before any load (a refused credential is RunInvalid); None without [auth]."""
     if prepared.auth_config is None:
         return None
     from bench.auth import TokenSource
 
-    token_url = f"{emu.base_url}{TOKEN_PATH}" if emu is not None else None
-    source = TokenSource(prepared.auth_config, count=counts.count, file=prepared.scenario.file,
-                         default_token_url=token_url)
+    source = TokenSource(prepared.auth_config, count=counts.count, file=prepared.scenario.file)
     ctl.token_source = source
     await source.start(tg)
     return source
 
 
-async def _preflight(prepared: Prepared, ctl: RunControl, emu: Any, url: str,
+async def _preflight(prepared: Prepared, ctl: RunControl, url: str,
                      authorization: Callable[[], str]) -> str:
     """Wait for the Wallaroo deployment to be Running (when [wallaroo] asks); returns the URL to load."""
     preflight = prepared.preflight_config
@@ -308,24 +318,19 @@ async def _preflight(prepared: Prepared, ctl: RunControl, emu: Any, url: str,
         return url
     from bench.preflight import run_preflight
 
-    if emu is not None and preflight.api_url == EMBEDDED_PLACEHOLDER:
-        preflight = replace(preflight, api_url=emu.base_url)
     resolved = await run_preflight(preflight, authorization, progress=ctl.message, target_url=url)
     return resolved or url
 
 
-async def _apply_load(prepared: Prepared, url: str, emu: Any, authorization: str, token_source: Any,
+async def _apply_load(prepared: Prepared, url: str, authorization: str, token_source: Any,
                       recorder: Any, spec: LoadSpec, stop: anyio.Event) -> dict[str, Any]:
     """The data plane: the UbiOps runner, or an engine for Wallaroo / plain HTTP. Returns facts for the report."""
     sc = prepared.scenario
     if sc.target.kind == "ubiops":
         from bench.ubiops_runner import run_ubiops
 
-        cfg = prepared.ubiops_config
-        if emu is not None:
-            cfg = cfg.with_endpoint(url, prepared.emulator_config.ubiops_token)
-        stats = await run_ubiops(cfg, [b.body for b in prepared.bodies], [b.rows for b in prepared.bodies],
-                                 recorder, spec, stop)
+        stats = await run_ubiops(prepared.ubiops_config, [b.body for b in prepared.bodies],
+                                 [b.rows for b in prepared.bodies], recorder, spec, stop)
         return {"ubiops": stats.to_dict()}
     from bench.engine.select import choose_engine
 

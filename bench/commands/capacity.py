@@ -9,10 +9,9 @@ it, is started once for the whole sweep. Exit codes: 0 found · 1 even the lowes
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -94,7 +93,7 @@ def _main(args: argparse.Namespace) -> int:
     sc, table = _load(args)
     settings = _settings(args, table, sc.file)
     objectives, source = _objectives(args, sc)
-    from bench.runner import prepare
+    from bench.session import prepare, resolved_target
 
     prepared = prepare(replace(sc, tables={**sc.tables, "slo": {}}))  # the sweep judges the SLO itself
     out_dir = _out_dir(args, sc)
@@ -105,7 +104,7 @@ def _main(args: argparse.Namespace) -> int:
     def checkpoint() -> None:  # capacity.json after every step: a crash or kill -9 still leaves the steps so far
         _write_summary(out_dir, _result(args, sc, prepared, settings, sweep, search, out_dir, interrupted=False)[2])
 
-    with _shared_target(prepared, console) as base:
+    with resolved_target(prepared, lambda m: console.print(m, markup=False)) as base:
         runner = _StepRunner(base, settings, out_dir, args, console, sweep)
         try:
             start = settings.start
@@ -214,34 +213,26 @@ class _StepRunner:
         return step, _measure(report, rate)
 
     def _run(self, sc: Any, path: Path) -> tuple[Any, dict[str, Any]]:
-        import anyio
-
         from bench.progress import ProgressView
-        from bench.report.build import build_report
         from bench.report.writer import write_report
-        from bench.run_command import run_unwrapped, use_uvloop
-        from bench.runner import RunControl, execute
+        from bench.runner import RunControl
+        from bench.session import run_report
 
-        prepared = replace(self.base, scenario=sc)
         view = ProgressView(sc.load.warmup_s + sc.load.duration_s, warmup_s=sc.load.warmup_s,
                             enabled=not self.args.quiet)
         ctl = RunControl(progress=view.update, message=view.message, preflight=self.preflight, raw_path=None)
         self.preflight = False  # once per sweep
         try:
-            run, facts = run_unwrapped(lambda: anyio.run(execute, prepared, ctl, backend="asyncio",
-                                                         backend_options={"use_uvloop": use_uvloop(sc)}))
+            report, facts = run_report(replace(self.base, scenario=sc), ctl)
         finally:
             view.close()
-        if self.base.scenario.source.get("target", {}).get("url") == "embedded":
-            facts["url"] = "embedded"
-        report = build_report(sc, run, facts)
         write_report(path, report)
         self.last_report = report
         return report, facts
 
     def _step(self, n: int, rate: float, report: Any, facts: dict[str, Any], path: Path) -> Step:
         from bench.report.summary import summarize
-        from bench.run_command import unreachable_reason
+        from bench.session import unreachable_reason
 
         summary = summarize(report)
         unreachable = unreachable_reason(summary)
@@ -424,30 +415,6 @@ def _console(args: argparse.Namespace) -> Any:
     from rich.console import Console
 
     return Console(stderr=bool(args.json), highlight=False)
-
-
-@contextlib.contextmanager
-def _shared_target(prepared: Any, console: Any) -> Iterator[Any]:
-    """The Prepared every step reuses: for url = 'embedded', pointed at ONE emulator started for the sweep."""
-    sc = prepared.scenario
-    if not sc.target.embedded:
-        yield prepared
-        return
-    from bench.emulator.embedded import EmbeddedEmulator
-    from bench.runner import EMBEDDED_PLACEHOLDER, TOKEN_PATH
-
-    with EmbeddedEmulator(prepared.emulator_config) as emu:
-        console.print(f"embedded emulator at {emu.base_url} (shared by every step)")
-        url = emu.base_url if sc.target.kind == "ubiops" else emu.wallaroo_url
-        shared = replace(sc, target=replace(sc.target, url=url), tables={**sc.tables, "emulator": {}})
-        out = replace(prepared, scenario=shared)
-        if out.preflight_config is not None and out.preflight_config.api_url == EMBEDDED_PLACEHOLDER:
-            out.preflight_config = replace(out.preflight_config, api_url=emu.base_url)
-        if out.auth_config is not None and out.auth_config.uses_keycloak and out.auth_config.token_url is None:
-            out.auth_config = out.auth_config.with_token_url(f"{emu.base_url}{TOKEN_PATH}")
-        if out.ubiops_config is not None:
-            out.ubiops_config = out.ubiops_config.with_endpoint(url, prepared.emulator_config.ubiops_token)
-        yield out
 
 
 # --- result ---------------------------------------------------------------------------------------------------
