@@ -20,7 +20,9 @@ import anyio
 
 from bench.engine.base import Classifier, EngineConfig, LoadSpec, PreparedBody, RequestSet
 from bench.errors import InputError
+from bench.facts import RunFacts
 from bench.payload import PayloadFormat
+from bench.rundata import RunData
 from bench.scenario import Scenario
 
 __all__ = ["EMBEDDED_PLACEHOLDER", "Endpoints", "Prepared", "RunControl", "execute", "load_spec", "offsets_for",
@@ -235,14 +237,14 @@ def _static_token(sc: Scenario) -> str | None:
 
 
 async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float | None = None,
-                  worker: tuple[int, int] = (0, 1)) -> tuple[Any, dict[str, Any]]:
+                  worker: tuple[int, int] = (0, 1)) -> tuple[RunData, RunFacts]:
     """Run the load; returns the recorder's finished RunData and the run's facts (url, CPU share, ...)."""
     from bench.recorder import Recorder
 
     sc = prepared.scenario
     stop = anyio.Event()
     counts = _Counts()
-    facts: dict[str, Any] = {}
+    facts = RunFacts()
     if sc.target.embedded:
         raise RuntimeError("target.url is 'embedded': resolve it first (bench.session.resolved_target)")
     url = sc.target.url
@@ -268,17 +270,16 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
             abort = _SloAbort(prepared.slo, sc) if prepared.slo is not None and prepared.slo.abort_on_fail else None
             tg.start_soon(_watch, recorder, ctl, stop, spec, token_source, grace_s, abort)
             cpu0, wall0 = time.process_time(), time.monotonic()
-            facts.update(await _apply_load(prepared, url, authorization(), token_source, recorder, spec, stop))
-            facts["cpu_fraction"] = (time.process_time() - cpu0) / max(1e-9, time.monotonic() - wall0)
+            await _apply_load(prepared, url, authorization(), token_source, recorder, spec, stop, facts)
+            facts.cpu_fraction = (time.process_time() - cpu0) / max(1e-9, time.monotonic() - wall0)
             stop.set()
         end_ns = min(time.monotonic_ns(), spec.end_ns)  # throughput over the planned window, not the drain
         if token_source is not None:
             await token_source.close()
         tg.cancel_scope.cancel()
-    facts["url"] = "embedded" if prepared.embedded else url
-    facts["interrupted"] = ctl.interrupted
-    if ctl.slo_aborted:
-        facts["slo_aborted"] = ctl.slo_aborted
+    facts.url = "embedded" if prepared.embedded else url
+    facts.interrupted = ctl.interrupted
+    facts.slo_aborted = ctl.slo_aborted or None
     return recorder.finish(end_ns, partial=ctl.interrupted), facts
 
 
@@ -323,15 +324,16 @@ async def _preflight(prepared: Prepared, ctl: RunControl, url: str,
 
 
 async def _apply_load(prepared: Prepared, url: str, authorization: str, token_source: Any,
-                      recorder: Any, spec: LoadSpec, stop: anyio.Event) -> dict[str, Any]:
-    """The data plane: the UbiOps runner, or an engine for Wallaroo / plain HTTP. Returns facts for the report."""
+                      recorder: Any, spec: LoadSpec, stop: anyio.Event, facts: RunFacts) -> None:
+    """The data plane: the UbiOps runner, or an engine for Wallaroo / plain HTTP; notes its facts."""
     sc = prepared.scenario
     if sc.target.kind == "ubiops":
         from bench.ubiops_runner import run_ubiops
 
         stats = await run_ubiops(prepared.ubiops_config, [b.body for b in prepared.bodies],
                                  [b.rows for b in prepared.bodies], recorder, spec, stop)
-        return {"ubiops": stats.to_dict()}
+        facts.ubiops = stats.to_dict()
+        return
     from bench.engine.select import choose_engine
 
     requests, classify = request_set(sc, url, prepared.bodies, authorization)
@@ -341,7 +343,7 @@ async def _apply_load(prepared: Prepared, url: str, authorization: str, token_so
     if token_source is not None:
         token_source.on_change(lambda value: engine.set_headers({"Authorization": value}))
     await engine.run(spec, stop)
-    return {"abandoned": engine.abandoned, "engine": engine_class.__name__}
+    facts.abandoned, facts.engine = engine.abandoned, engine_class.__name__
 
 
 class _SloAbort:

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bench.errors import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_SLO, BenchError, InputError
+from bench.facts import RunFacts
+from bench.rundata import RunData
 from bench.runner import EMBEDDED_PLACEHOLDER, Endpoints, Prepared, RunControl
 from bench.runner import prepare as _prepare_core
 from bench.scenario import Scenario
@@ -166,18 +168,18 @@ def run_async(prepared: Prepared, ctl: RunControl, fn: Callable[[], Any]) -> Any
 
 
 def run_once(prepared: Prepared, ctl: RunControl, *, start_at_wall: float | None = None,
-             worker: tuple[int, int] = (0, 1)) -> tuple[Any, dict[str, Any]]:
+             worker: tuple[int, int] = (0, 1)) -> tuple[Any, RunFacts]:
     """Apply the load once (``prepared`` must be resolved): the recorder's RunData and the run's facts."""
     from bench.runner import execute
 
-    result: tuple[Any, dict[str, Any]] = run_async(
+    result: tuple[RunData, RunFacts] = run_async(
         prepared, ctl, lambda: execute(prepared, ctl, start_at_wall=start_at_wall, worker=worker))
     return result
 
 
-def run_report(prepared: Prepared, ctl: RunControl, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+def run_report(prepared: Prepared, ctl: RunControl, **kwargs: Any) -> tuple[Any, RunFacts]:
     """``run_once`` turned into a Report (not yet written): (report, facts)."""
-    from bench.report.build import build_report
+    from bench.facts import build_report
 
     run, facts = run_once(prepared, ctl, **kwargs)
     return build_report(prepared.scenario, run, facts), facts
@@ -206,7 +208,7 @@ def unreachable_reason(summary: dict[str, Any]) -> str | None:
     return None
 
 
-def finish(opts: RunOptions, prepared: Prepared, report: Any, facts: dict[str, Any], out_path: Path) -> int:
+def finish(opts: RunOptions, prepared: Prepared, report: Any, facts: RunFacts, out_path: Path) -> int:
     """SLO gate, atomic report write, summary → exit code (0 ok · 2 unreachable/strict · 1 SLO · 130 interrupted)."""
     from bench.report.summary import render_summary, summarize
     from bench.report.writer import write_report
@@ -235,7 +237,7 @@ def finish(opts: RunOptions, prepared: Prepared, report: Any, facts: dict[str, A
         render_summary(report, console)
         if slo_result is not None:
             console.print(slo_result.render())
-    if facts.get("interrupted"):
+    if facts.interrupted:
         return EXIT_INTERRUPTED
     unreachable = unreachable_reason(summary)
     if unreachable:

@@ -24,6 +24,7 @@ from types import FrameType
 from typing import Any
 
 from bench.errors import EXIT_OK, BenchError, RunInvalid
+from bench.facts import RunFacts
 from bench.runner import Endpoints, Prepared, RunControl
 
 __all__ = ["hand_off", "run_processes", "worker_main"]
@@ -38,7 +39,7 @@ def hand_off(prepared: Prepared, ep: Endpoints, *, worker: tuple[int, int], star
             "raw": str(raw) if raw is not None else None}
 
 
-def run_processes(prepared: Prepared, opts: Any, out_path: Path) -> tuple[Any, dict[str, Any]]:
+def run_processes(prepared: Prepared, opts: Any, out_path: Path) -> tuple[Any, RunFacts]:
     """Run ``prepared`` (resolved) in ``opts.processes`` workers; the merged report (not yet written) and facts."""
     import orjson
 
@@ -77,7 +78,8 @@ def run_processes(prepared: Prepared, opts: Any, out_path: Path) -> tuple[Any, d
             merged.run.raw_path = merge_raw(
                 [(r, rep.run.start_unix_ns) for r, rep in zip(raws, reports, strict=True) if r is not None],
                 merged.run.start_unix_ns, out_path.with_suffix(".raw.tmp"))
-    facts: dict[str, Any] = {"processes": processes, "interrupted": interrupted or merged.run.partial}
+    facts = RunFacts(url=str(merged.meta.target.get("url", "")), processes=processes,
+                     interrupted=interrupted or merged.run.partial)
     return merged, facts
 
 
@@ -188,7 +190,7 @@ def worker_main() -> int:
     """A worker: read the hand-off from stdin, run its share, write its part report (no SLO gate, no summary)."""
     import orjson
 
-    from bench.report.build import build_report
+    from bench.facts import build_report
     from bench.report.writer import write_report
     from bench.scenario import parse_scenario
     from bench.session import point_at, prepare, run_once
@@ -203,7 +205,7 @@ def worker_main() -> int:
     except BenchError as exc:
         print(f"bench worker {i}: {exc}", file=sys.stderr)
         return exc.exit_code
-    facts["worker"] = [i, n]
+    facts.worker = (i, n)
     report = build_report(prepared.scenario, run, facts)
     report.run.raw_path = None  # the parent merges the raw streams itself
     write_report(Path(spec["out"]), report)

@@ -212,7 +212,7 @@ class _StepRunner:
         self.sweep.steps.append(step)
         return step, _measure(report, rate)
 
-    def _run(self, sc: Any, path: Path) -> tuple[Any, dict[str, Any]]:
+    def _run(self, sc: Any, path: Path) -> tuple[Any, Any]:
         from bench.progress import ProgressView
         from bench.report.writer import write_report
         from bench.runner import RunControl
@@ -230,7 +230,7 @@ class _StepRunner:
         self.last_report = report
         return report, facts
 
-    def _step(self, n: int, rate: float, report: Any, facts: dict[str, Any], path: Path) -> Step:
+    def _step(self, n: int, rate: float, report: Any, facts: Any, path: Path) -> Step:
         from bench.report.summary import summarize
         from bench.session import unreachable_reason
 
@@ -240,7 +240,7 @@ class _StepRunner:
             from bench.errors import RunInvalid
 
             raise RunInvalid(f"target unreachable: {unreachable} (report {path})")
-        verdict = "interrupted" if facts.get("interrupted") else ""
+        verdict = "interrupted" if facts.interrupted else ""
         return Step(n, rate, verdict, ["interrupted"] if verdict else [], summary, _achieved(report)[0], str(path))
 
     def print_step(self, step: Step) -> None:

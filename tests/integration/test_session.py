@@ -118,10 +118,10 @@ def test_finish_maps_outcomes_to_exit_codes(tmp_path: Path) -> None:
     prepared = prepare(scenario(tmp_path))
     with resolved_target(prepared, lambda _m: None) as target:
         report, facts = run_report(target, RunControl(preflight=False))
-        assert facts["url"] == "embedded"
+        assert facts.url == "embedded"
         assert finish(opts, target, report, facts, tmp_path / "ok.arrow") == EXIT_OK
         assert (tmp_path / "ok.arrow").exists()
-        assert finish(opts, target, report, {**facts, "interrupted": True}, tmp_path / "i.arrow") == EXIT_INTERRUPTED
+        assert finish(opts, target, report, replace(facts, interrupted=True), tmp_path / "i.arrow") == EXIT_INTERRUPTED
         strict = finish(replace(opts, strict=True), target, report, facts, tmp_path / "s.arrow")
         assert strict == (EXIT_INVALID if report.meta.generator_bound else EXIT_OK)
         slo = prepare(scenario(tmp_path, slo={"p50_ms": 0.001})).slo
