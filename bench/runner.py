@@ -1,7 +1,7 @@
-"""The core of `bench run`: scenario × payload × schedule × engine × target × recorder → report.
+"""The core of every run: scenario × payload × schedule × engine × target × recorder → run data.
 
-``prepare`` does everything that can fail on bad input (data, bodies, target config) before any load starts, so
-input errors exit 2 without touching the target. ``execute`` applies the load and returns a finished Report.
+``execute`` applies the load to a prepared (bench.prepared), resolved target and returns the recorder's RunData
+and the run's facts. It knows no emulator: bench.session resolves the target first.
 """
 
 from __future__ import annotations
@@ -22,47 +22,12 @@ from bench.engine.base import Classifier, EngineConfig, LoadSpec, PreparedBody, 
 from bench.errors import InputError
 from bench.facts import RunFacts
 from bench.payload import PayloadFormat
+from bench.prepared import EMBEDDED_PLACEHOLDER, Endpoints, Prepared, point_at, prepare
 from bench.rundata import RunData
 from bench.scenario import Scenario
 
 __all__ = ["EMBEDDED_PLACEHOLDER", "Endpoints", "Prepared", "RunControl", "execute", "load_spec", "offsets_for",
-           "preflight_url", "prepare"]
-
-
-@dataclass(frozen=True)
-class Endpoints:
-    """Where a resolved run sends things: the inference URL and, for the embedded emulator, its other services.
-
-    Plain data (``dataclasses.asdict`` / ``Endpoints(**d)``): multi-process workers get it on stdin. Built by
-    bench.session, which alone knows the emulator.
-    """
-
-    inference_url: str
-    api_url: str | None = None  # the emulator's MLOps API (replaces [wallaroo] api_url = "embedded")
-    token_url: str | None = None  # the emulator's Keycloak token endpoint (when [auth] gives none)
-    ubiops_token: str | None = None  # the emulator's UbiOps API token (kind = "ubiops")
-
-    @property
-    def embedded(self) -> bool:
-        return self.api_url is not None
-
-
-@dataclass
-class Prepared:
-    """Validated, pre-encoded inputs of a run (no sockets opened yet)."""
-
-    scenario: Scenario
-    bodies: list[PreparedBody]
-    emulator_config: Any = None  # EmulatorConfig when target.url == "embedded" (set by bench.session)
-    auth_config: Any = None  # bench.auth.AuthConfig or None
-    preflight_config: Any = None  # bench.preflight.PreflightConfig or None
-    ubiops_config: Any = None  # bench.targets.ubiops.UbiOpsConfig for kind = "ubiops"
-    slo: Any = None  # bench.report.slo objectives or None
-    embedded: bool = False  # the target is the embedded emulator (bench.session resolved its URLs)
-    endpoints: Endpoints | None = None  # what bench.session.point_at applied
-
-
-EMBEDDED_PLACEHOLDER = "http://embedded.invalid"
+           "point_at", "preflight_url", "prepare"]
 
 
 class _Counts:
@@ -99,56 +64,6 @@ class RunControl:
 
     def secrets(self) -> list[str]:
         return list(self.token_source.secrets()) if self.token_source is not None else []
-
-
-def prepare(sc: Scenario) -> Prepared:
-    """Read data and encode every request body once; validate the sections owned by other modules."""
-    prepared = Prepared(scenario=sc, bodies=_bodies(sc))
-    if sc.tables["auth"]:
-        from bench.auth import auth_config_from_mapping
-
-        prepared.auth_config = auth_config_from_mapping(sc.tables["auth"], sc.file)
-    if sc.tables["wallaroo"]:
-        from bench.preflight import preflight_config_from_mapping
-
-        table = dict(sc.tables["wallaroo"])
-        if table.get("api_url") == "embedded":  # the embedded emulator's MLOps API, known once it runs
-            if not sc.target.embedded:
-                raise InputError("'embedded' needs target.url = 'embedded'", file=sc.file, key="wallaroo.api_url")
-            table["api_url"] = EMBEDDED_PLACEHOLDER
-        prepared.preflight_config = preflight_config_from_mapping(table, sc.file)
-    if sc.target.kind == "ubiops":
-        from bench.targets.ubiops import ubiops_config_from_mapping
-
-        prepared.ubiops_config = ubiops_config_from_mapping(sc.target.raw, sc.file)
-    if sc.tables["slo"]:
-        with contextlib.suppress(ModuleNotFoundError):
-            from bench.report.slo import slo_from_mapping
-
-            prepared.slo = slo_from_mapping(sc.tables["slo"], sc.file)
-    return prepared
-
-
-def _bodies(sc: Scenario) -> list[PreparedBody]:
-    data = sc.data
-    if sc.target.kind == "http":
-        assert data.body is not None
-        return [PreparedBody(body=data.body.read_bytes(), rows=1)]
-    from bench.data import generate_ccfraud, read_dataset
-
-    if data.path is not None:
-        table = read_dataset(data.path, data.column)
-    else:
-        table = generate_ccfraud(data.generate_rows, data.seed)
-    if sc.target.kind == "ubiops":
-        from bench.targets.ubiops import build_ubiops_bodies, ubiops_config_from_mapping
-
-        cfg = ubiops_config_from_mapping(sc.target.raw, sc.file)
-        return list(build_ubiops_bodies(cfg, table, data.rows_per_request))
-    from bench.payload import build_bodies
-
-    fmt: PayloadFormat = "arrow" if sc.target.format == "arrow" else "pandas-records"
-    return build_bodies(table, data.rows_per_request, fmt)
 
 
 def request_set(sc: Scenario, url: str, bodies: list[PreparedBody], authorization: str | None) -> tuple[
@@ -327,7 +242,7 @@ async def _apply_load(prepared: Prepared, url: str, authorization: str, token_so
                       recorder: Any, spec: LoadSpec, stop: anyio.Event, facts: RunFacts) -> None:
     """The data plane: the UbiOps runner, or an engine for Wallaroo / plain HTTP; notes its facts."""
     sc = prepared.scenario
-    if sc.target.kind == "ubiops":
+    if prepared.ubiops_config is not None:
         from bench.ubiops_runner import run_ubiops
 
         stats = await run_ubiops(prepared.ubiops_config, [b.body for b in prepared.bodies],

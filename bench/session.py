@@ -21,12 +21,12 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from bench.errors import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_SLO, BenchError, InputError
+from bench.errors import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_SLO
 from bench.facts import RunFacts
-from bench.rundata import RunData
-from bench.runner import EMBEDDED_PLACEHOLDER, Endpoints, Prepared, RunControl
+from bench.run_loop import run_async, run_once, run_unwrapped, use_uvloop
+from bench.runner import Endpoints, Prepared, RunControl, point_at
 from bench.runner import prepare as _prepare_core
 from bench.scenario import Scenario
 
@@ -39,6 +39,7 @@ __all__ = [
     "prepare",
     "report_path",
     "resolved_target",
+    "run_async",
     "run_once",
     "run_report",
     "run_scenario",
@@ -78,21 +79,6 @@ def prepare(sc: Scenario) -> Prepared:
     return prepared
 
 
-def point_at(prepared: Prepared, ep: Endpoints) -> Prepared:
-    """``prepared`` with every URL that named the embedded emulator (or the preflight's answer) replaced."""
-    sc = prepared.scenario
-    out = replace(prepared, scenario=replace(sc, target=replace(sc.target, url=ep.inference_url)), endpoints=ep,
-                  embedded=prepared.embedded or ep.embedded)
-    if out.preflight_config is not None and out.preflight_config.api_url == EMBEDDED_PLACEHOLDER and ep.api_url:
-        out.preflight_config = replace(out.preflight_config, api_url=ep.api_url)
-    auth = out.auth_config
-    if auth is not None and auth.uses_keycloak and auth.token_url is None and ep.token_url:
-        out.auth_config = auth.with_token_url(ep.token_url)
-    if out.ubiops_config is not None and ep.ubiops_token is not None:
-        out.ubiops_config = out.ubiops_config.with_endpoint(ep.inference_url, ep.ubiops_token)
-    return out
-
-
 @contextlib.contextmanager
 def resolved_target(prepared: Prepared, message: Callable[[str], None]) -> Iterator[Prepared]:
     """Yields ``prepared`` ready for the runner: for url = 'embedded', pointed at ONE emulator started here and
@@ -105,76 +91,15 @@ def resolved_target(prepared: Prepared, message: Callable[[str], None]) -> Itera
         return
     from bench.emulator.embedded import EmbeddedEmulator
 
-    with EmbeddedEmulator(prepared.emulator_config) as emu:
+    cfg = prepared.emulator_config
+    assert cfg is not None  # prepare() parsed it for url = "embedded"
+    with EmbeddedEmulator(cfg) as emu:
         message(f"embedded emulator at {emu.base_url}")
         ubiops = sc.target.kind == "ubiops"
         yield point_at(prepared, Endpoints(
             inference_url=emu.base_url if ubiops else emu.wallaroo_url, api_url=emu.base_url,
             token_url=f"{emu.base_url}{TOKEN_PATH}",
-            ubiops_token=prepared.emulator_config.ubiops_token if ubiops else None))
-
-
-T = TypeVar("T")
-
-
-def run_unwrapped(fn: Callable[[], T]) -> T:
-    """Task groups wrap errors in exception groups; surface a BenchError (or Ctrl-C) as itself."""
-    try:
-        return fn()
-    except BaseExceptionGroup as group:
-        inner = _first(group, (BenchError, KeyboardInterrupt))
-        if inner is not None:
-            raise inner from None
-        raise
-
-
-def _first(group: BaseExceptionGroup[BaseException], kinds: tuple[type[BaseException], ...]) -> BaseException | None:
-    for exc in group.exceptions:
-        if isinstance(exc, kinds):
-            return exc
-        if isinstance(exc, BaseExceptionGroup):
-            found = _first(exc, kinds)
-            if found is not None:
-                return found
-    return None
-
-
-def use_uvloop(sc: Scenario) -> bool:
-    if sc.engine.loop == "asyncio":
-        return False
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        if sc.engine.loop == "uvloop":
-            raise InputError("uvloop is not installed", key="engine.loop") from None
-        return False
-    return True
-
-
-def run_async(prepared: Prepared, ctl: RunControl, fn: Callable[[], Any]) -> Any:
-    """``fn()`` (a coroutine factory) on a fresh event loop; BenchErrors come out unwrapped and scrubbed of secrets."""
-    import anyio
-
-    try:
-        return run_unwrapped(lambda: anyio.run(fn, backend="asyncio",
-                                               backend_options={"use_uvloop": use_uvloop(prepared.scenario)}))
-    except BenchError as exc:
-        secrets = ctl.secrets()
-        if secrets:  # messages about token endpoints must not carry what was sent to them
-            from bench.auth import redact
-
-            exc.args = (redact(str(exc), secrets),)
-        raise
-
-
-def run_once(prepared: Prepared, ctl: RunControl, *, start_at_wall: float | None = None,
-             worker: tuple[int, int] = (0, 1)) -> tuple[Any, RunFacts]:
-    """Apply the load once (``prepared`` must be resolved): the recorder's RunData and the run's facts."""
-    from bench.runner import execute
-
-    result: tuple[RunData, RunFacts] = run_async(
-        prepared, ctl, lambda: execute(prepared, ctl, start_at_wall=start_at_wall, worker=worker))
-    return result
+            ubiops_token=cfg.ubiops_token if ubiops else None))
 
 
 def run_report(prepared: Prepared, ctl: RunControl, **kwargs: Any) -> tuple[Any, RunFacts]:

@@ -22,8 +22,7 @@ import anyio
 import httpx
 import orjson
 
-from bench.engine.base import LoadSpec, ResultSink, StopSignal
-from bench.results import Kind
+from bench.results import Kind, LoadSpec, ResultSink, StopSignal
 from bench.targets.ubiops import MAX_BATCH, UbiOpsConfig, batch_body, chunks, classify_direct, error_message_of
 
 __all__ = ["UbiOpsSink", "UbiOpsStats", "run_ubiops"]

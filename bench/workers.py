@@ -88,8 +88,8 @@ def _preflight_once(prepared: Prepared, opts: Any) -> str:
     cfg = prepared.preflight_config
     if not opts.preflight or cfg is None or not cfg.enabled:
         return prepared.scenario.target.url
+    from bench.run_loop import run_async
     from bench.runner import preflight_url
-    from bench.session import run_async
 
     ctl = RunControl(message=lambda m: None if opts.quiet else print(m, file=sys.stderr), preflight=True)
     url: str = run_async(prepared, ctl, lambda: preflight_url(prepared, ctl))
@@ -192,8 +192,9 @@ def worker_main() -> int:
 
     from bench.facts import build_report
     from bench.report.writer import write_report
+    from bench.run_loop import run_once
+    from bench.runner import point_at, prepare
     from bench.scenario import parse_scenario
-    from bench.session import point_at, prepare, run_once
 
     spec = orjson.loads(sys.stdin.buffer.read())
     i, n = spec["worker"]

@@ -5,8 +5,7 @@ Nothing is known about the answer's shape, so a 2xx counts every row sent as ans
 
 from __future__ import annotations
 
-from bench.engine.base import Classifier
-from bench.results import Kind
+from bench.results import Classifier, Kind
 
 __all__ = ["classify", "make_classifier"]
 

@@ -15,9 +15,8 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import orjson
 
-from bench.engine.base import PreparedBody
 from bench.errors import InputError
-from bench.results import Kind
+from bench.results import Kind, PreparedBody
 from bench.units import parse_duration
 
 __all__ = [

@@ -26,9 +26,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from bench.engine.base import Classifier
 from bench.errors import InputError
-from bench.results import Kind
+from bench.results import Classifier, Kind
 
 __all__ = ["ARROW_FILE", "PANDAS_RECORDS", "dataset_params", "error_message", "error_source", "inference_url",
            "internal_url", "make_classifier", "request_headers", "with_dataset_params", "with_query"]
