@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -29,15 +29,15 @@ class RunFacts:
     cpu_fraction: float = 0.0  # generator CPU use during the load, as a fraction of one core
     engine: str | None = None  # engine class that applied the load (None: the UbiOps runner)
     abandoned: int | None = None  # requests still unanswered after the drain (not recorded)
-    ubiops: dict[str, Any] | None = None  # the UbiOps runner's own statistics
+    target_extras: dict[str, Any] = field(default_factory=dict)  # what the target adds (e.g. "ubiops": stats)
     processes: int = 1  # load-generator processes whose reports were merged into this one
     worker: tuple[int, int] | None = None  # (i, n): this is worker i of an n-process run
 
     def extra(self) -> dict[str, Any]:
         """What the report's ``extra`` metadata carries (absent facts left out)."""
         out: dict[str, Any] = {"abandoned": self.abandoned, "interrupted": self.interrupted,
-                               "worker": list(self.worker) if self.worker else None, "ubiops": self.ubiops,
-                               "slo_aborted": self.slo_aborted}
+                               "worker": list(self.worker) if self.worker else None,
+                               "slo_aborted": self.slo_aborted, **self.target_extras}
         return {k: v for k, v in out.items() if v is not None}
 
 
@@ -100,8 +100,9 @@ def build_report(sc: Scenario, run: RunData, facts: RunFacts) -> Report:
     meta = make_meta(sc.name, run=run, scenario_text=scenario_toml(sc.source), load=load_meta,
                      target=target_meta, extra=facts.extra())
     report = Report(meta=meta, run=run)
-    # the UbiOps data plane is httpx-based and paced in chunks: a millisecond of lag there is not a fault
-    lag_bound_ms = 10.0 if sc.target.kind == "ubiops" else 1.0
+    from bench.targets import target_for
+
+    lag_bound_ms = target_for(sc.target.kind).lag_bound_ms
     apply_verdict(report, target_rps=target_rps, cpu_fraction=facts.cpu_fraction,
                   lag_bound_ms=lag_bound_ms)
     return report

@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bench.errors import InputError
-from bench.payload import PayloadFormat
 from bench.results import PreparedBody
 from bench.scenario import Scenario
+from bench.targets import target_for
 
 if TYPE_CHECKING:
     from bench.auth import AuthConfig
     from bench.emulator.config import EmulatorConfig
     from bench.preflight import PreflightConfig
     from bench.report.slo import SloObjectives
-    from bench.targets.ubiops import UbiOpsConfig
 
 __all__ = ["EMBEDDED_PLACEHOLDER", "Endpoints", "Prepared", "point_at", "prepare"]
 
@@ -57,7 +56,7 @@ class Prepared:
     emulator_config: EmulatorConfig | None = None  # when target.url == "embedded" (set by bench.session)
     auth_config: AuthConfig | None = None
     preflight_config: PreflightConfig | None = None  # [wallaroo] with an api_url: the preflight
-    ubiops_config: UbiOpsConfig | None = None  # kind = "ubiops"
+    target_config: Any = None  # the target's own config (bench.targets: Target.config), parsed once per run
     slo: SloObjectives | None = None
     embedded: bool = False  # the target is the embedded emulator (bench.session resolved its URLs)
     endpoints: Endpoints | None = None  # what bench.session.point_at applied
@@ -66,7 +65,9 @@ class Prepared:
 
 def prepare(sc: Scenario) -> Prepared:
     """Read data and encode every request body once; validate the sections owned by other modules."""
-    prepared = Prepared(scenario=sc, bodies=_bodies(sc))
+    target = target_for(sc.target.kind)
+    config = target.config(sc)
+    prepared = Prepared(scenario=sc, bodies=target.bodies(sc, config), target_config=config)
     if sc.tables["auth"]:
         from bench.auth import auth_config_from_mapping
 
@@ -80,10 +81,6 @@ def prepare(sc: Scenario) -> Prepared:
                 raise InputError("'embedded' needs target.url = 'embedded'", file=sc.file, key="wallaroo.api_url")
             table["api_url"] = EMBEDDED_PLACEHOLDER
         prepared.preflight_config = preflight_config_from_mapping(table, sc.file)
-    if sc.target.kind == "ubiops":
-        from bench.targets.ubiops import ubiops_config_from_mapping
-
-        prepared.ubiops_config = ubiops_config_from_mapping(sc.target.raw, sc.file)
     if sc.tables["slo"]:
         with contextlib.suppress(ModuleNotFoundError):
             from bench.report.slo import slo_from_mapping
@@ -102,28 +99,5 @@ def point_at(prepared: Prepared, ep: Endpoints) -> Prepared:
     auth = out.auth_config
     if auth is not None and auth.uses_keycloak and auth.token_url is None and ep.token_url:
         out.auth_config = auth.with_token_url(ep.token_url)
-    if out.ubiops_config is not None and ep.ubiops_token is not None:
-        out.ubiops_config = out.ubiops_config.with_endpoint(ep.inference_url, ep.ubiops_token)
+    out.target_config = target_for(sc.target.kind).point_at(out.target_config, ep)
     return out
-
-
-def _bodies(sc: Scenario) -> list[PreparedBody]:
-    data = sc.data
-    if sc.target.kind == "http":
-        assert data.body is not None
-        return [PreparedBody(body=data.body.read_bytes(), rows=1)]
-    from bench.data import generate_ccfraud, read_dataset
-
-    if data.path is not None:
-        table = read_dataset(data.path, data.column)
-    else:
-        table = generate_ccfraud(data.generate_rows, data.seed)
-    if sc.target.kind == "ubiops":
-        from bench.targets.ubiops import build_ubiops_bodies, ubiops_config_from_mapping
-
-        cfg = ubiops_config_from_mapping(sc.target.raw, sc.file)
-        return list(build_ubiops_bodies(cfg, table, data.rows_per_request))
-    from bench.payload import build_bodies
-
-    fmt: PayloadFormat = "arrow" if sc.target.format == "arrow" else "pandas-records"
-    return build_bodies(table, data.rows_per_request, fmt)

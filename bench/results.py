@@ -10,12 +10,12 @@ A leaf: the engines, the recorder, the targets and the runner import it; it impo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Literal, Protocol
 
-__all__ = ["ERROR_KINDS", "RECORD_FIELDS", "Classifier", "Kind", "LoadSpec", "PreparedBody", "ResultSink",
+__all__ = ["ERROR_KINDS", "RECORD_FIELDS", "Classifier", "Kind", "LoadSpec", "PreparedBody", "RequestSet", "ResultSink",
            "StopSignal", "field_index", "kind_name"]
 
 RECORD_FIELDS = ("intended_ns", "sent_ns", "done_ns", "kind", "status", "rows", "bytes_out", "bytes_in",
@@ -116,3 +116,17 @@ class LoadSpec:
     max_in_flight: int = 0
     max_requests: int = 0
     drain_s: float = 5.0
+
+
+@dataclass(slots=True)
+class RequestSet:
+    """Everything needed to put requests on the wire; the run cycles through ``bodies`` in order.
+
+    ``headers`` excludes Host/Content-Length (engines add those). ``url`` is absolute (scheme, host, port,
+    path and query).
+    """
+
+    url: str
+    method: str
+    headers: dict[str, str]
+    bodies: Sequence[PreparedBody]

@@ -21,10 +21,10 @@ import anyio
 from bench.engine.base import Classifier, EngineConfig, LoadSpec, PreparedBody, RequestSet
 from bench.errors import InputError
 from bench.facts import RunFacts
-from bench.payload import PayloadFormat
 from bench.prepared import EMBEDDED_PLACEHOLDER, Endpoints, Prepared, point_at, prepare
 from bench.rundata import RunData
 from bench.scenario import Scenario
+from bench.targets import target_for
 
 __all__ = ["EMBEDDED_PLACEHOLDER", "Endpoints", "Prepared", "RunControl", "execute", "load_spec", "offsets_for",
            "point_at", "preflight_url", "prepare"]
@@ -66,27 +66,14 @@ class RunControl:
         return list(self.token_source.secrets()) if self.token_source is not None else []
 
 
-def request_set(sc: Scenario, url: str, bodies: list[PreparedBody], authorization: str | None) -> tuple[
-        RequestSet, Classifier]:
-    """The wire form of a Wallaroo or plain-HTTP target."""
-    headers: dict[str, str] = {}
-    if sc.target.kind == "wallaroo":
-        from bench.targets import wallaroo
-
-        fmt: PayloadFormat = "arrow" if sc.target.format == "arrow" else "pandas-records"
-        headers.update(wallaroo.request_headers(fmt))
-        if sc.target.dataset_params:
-            url = wallaroo.with_dataset_params(url)
-        classify = wallaroo.make_classifier(fmt)
-    else:
-        from bench.targets import http
-
-        headers["Content-Type"] = "application/octet-stream"
-        classify = http.make_classifier()
-    headers.update(sc.target.headers)
+def request_set(sc: Scenario, url: str, bodies: list[PreparedBody], authorization: str | None,
+                config: Any = None) -> tuple[RequestSet, Classifier]:
+    """The wire form of an engine-driven target: its headers, the scenario's, and the Authorization value."""
+    req = target_for(sc.target.kind).request(sc.target, url, config)
+    headers = {**req.headers, **sc.target.headers}
     if authorization:
         headers["Authorization"] = authorization
-    return RequestSet(url=url, method=sc.target.method, headers=headers, bodies=bodies), classify
+    return RequestSet(url=req.url, method=sc.target.method, headers=headers, bodies=bodies), req.classify
 
 
 def offsets_for(sc: Scenario, rate_share: float = 1.0) -> Iterator[int] | None:
@@ -179,9 +166,7 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
         spec = load_spec(sc, start_ns, worker=worker)
 
         with _signals(ctl, stop):
-            grace_s = spec.drain_s + 1.0
-            if prepared.ubiops_config is not None:
-                grace_s = max(grace_s, prepared.ubiops_config.drain_timeout_s + 5.0)
+            grace_s = max(spec.drain_s + 1.0, target_for(sc.target.kind).drain_grace_s(prepared.target_config))
             abort = _SloAbort(prepared.slo, sc) if prepared.slo is not None and prepared.slo.abort_on_fail else None
             tg.start_soon(_watch, recorder, ctl, stop, spec, token_source, grace_s, abort)
             cpu0, wall0 = time.process_time(), time.monotonic()
@@ -240,18 +225,15 @@ async def _preflight(prepared: Prepared, ctl: RunControl, url: str,
 
 async def _apply_load(prepared: Prepared, url: str, authorization: str, token_source: Any,
                       recorder: Any, spec: LoadSpec, stop: anyio.Event, facts: RunFacts) -> None:
-    """The data plane: the UbiOps runner, or an engine for Wallaroo / plain HTTP; notes its facts."""
+    """The data plane: the target's own (UbiOps), or a bench engine; notes its facts."""
     sc = prepared.scenario
-    if prepared.ubiops_config is not None:
-        from bench.ubiops_runner import run_ubiops
-
-        stats = await run_ubiops(prepared.ubiops_config, [b.body for b in prepared.bodies],
-                                 [b.rows for b in prepared.bodies], recorder, spec, stop)
-        facts.ubiops = stats.to_dict()
+    target = target_for(sc.target.kind)
+    if target.own_data_plane:
+        facts.target_extras.update(await target.run(prepared.target_config, prepared.bodies, recorder, spec, stop))
         return
     from bench.engine.select import choose_engine
 
-    requests, classify = request_set(sc, url, prepared.bodies, authorization)
+    requests, classify = request_set(sc, url, prepared.bodies, authorization, prepared.target_config)
     cfg_e = engine_config(sc)
     engine_class = choose_engine(cfg_e, url)
     engine = engine_class(cfg_e, requests, classify, recorder)

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bench.errors import InputError
+from bench.targets import KINDS, target_for
 from bench.units import parse_duration
 
 __all__ = [
@@ -31,8 +32,7 @@ __all__ = [
     "read_scenario_file",
 ]
 
-TARGET_KINDS = ("wallaroo", "ubiops", "http")
-WALLAROO_FORMATS = ("pandas-records", "arrow")
+TARGET_KINDS = KINDS  # the target registry's kinds
 SECTIONS = ("target", "data", "load", "engine", "report", "auth", "wallaroo", "emulator", "slo", "capacity")
 
 
@@ -254,16 +254,18 @@ def _parse_target(t: Mapping[str, Any], file: str) -> TargetConfig:
     tab = _Table(t, file, "target.")
     kind = tab.string("kind", "wallaroo", TARGET_KINDS) or "wallaroo"
     url = tab.string("url", "embedded") or "embedded"
-    if kind == "ubiops":
-        # validated by bench.targets.ubiops.ubiops_config_from_mapping; only the URL is checked here
+    rules = target_for(kind).rules
+    if rules.owns_section:
+        # the target validates the rest of its section (bench.targets: Target.config); only the URL is checked here
         if url != "embedded":
             _check_url(url, tab, "url")
         return TargetConfig(kind=kind, url=url, raw=t)
     if url != "embedded":
         _check_url(url, tab, "url")
-    elif kind == "http":
-        raise tab.err("url", "kind = 'http' needs a real URL ('embedded' is for wallaroo and ubiops)")
-    fmt = tab.string("format", "pandas-records", WALLAROO_FORMATS if kind == "wallaroo" else ()) or ""
+    elif not rules.embeddable:
+        embeddable = ", ".join(k for k in TARGET_KINDS if target_for(k).rules.embeddable)
+        raise tab.err("url", f"kind = '{kind}' needs a real URL ('embedded' is for {embeddable})")
+    fmt = tab.string("format", rules.formats[0] if rules.formats else "pandas-records", rules.formats) or ""
     method = (tab.string("method", "POST") or "POST").upper()
     headers = tab.table("headers")
     for hk, hv in headers.items():
@@ -299,9 +301,9 @@ def _parse_data(t: Mapping[str, Any], file: str, base_dir: Path, target: TargetC
     rows = tab.integer("rows_per_request", 1, minimum=1)
     seed = tab.integer("seed", 42)
     tab.done()
-    if target.kind == "http":
+    if target_for(target.kind).rules.needs_body:
         if not body:
-            raise tab.err("body", "kind = 'http' needs data.body (a file sent as the request body)")
+            raise tab.err("body", f"kind = '{target.kind}' needs data.body (a file sent as the request body)")
     elif not path and not generate:
         if target.embedded:
             generate = 1001

@@ -95,11 +95,11 @@ def resolved_target(prepared: Prepared, message: Callable[[str], None]) -> Itera
     assert cfg is not None  # prepare() parsed it for url = "embedded"
     with EmbeddedEmulator(cfg) as emu:
         message(f"embedded emulator at {emu.base_url}")
-        ubiops = sc.target.kind == "ubiops"
+        from bench.targets import target_for
+
         yield point_at(prepared, Endpoints(
-            inference_url=emu.base_url if ubiops else emu.wallaroo_url, api_url=emu.base_url,
-            token_url=f"{emu.base_url}{TOKEN_PATH}",
-            ubiops_token=cfg.ubiops_token if ubiops else None))
+            inference_url=target_for(sc.target.kind).emulator_url(emu.base_url, emu.wallaroo_url),
+            api_url=emu.base_url, token_url=f"{emu.base_url}{TOKEN_PATH}", ubiops_token=cfg.ubiops_token))
 
 
 def run_report(prepared: Prepared, ctl: RunControl, **kwargs: Any) -> tuple[Any, RunFacts]:

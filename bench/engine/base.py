@@ -7,29 +7,15 @@ owns the hot loop; it calls ``classify`` once per answer and ``sink.record`` onc
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 # the contracts live in the leaf bench.results (the recorder and the targets use them without the engines)
-from bench.results import Classifier, LoadSpec, PreparedBody, ResultSink, StopSignal
+from bench.results import Classifier, LoadSpec, PreparedBody, RequestSet, ResultSink, StopSignal
 
 __all__ = ["Classifier", "Engine", "EngineConfig", "LoadSpec", "PreparedBody", "RequestSet", "ResultSink",
            "StopSignal"]
-
-
-@dataclass(slots=True)
-class RequestSet:
-    """Everything needed to put requests on the wire; the run cycles through ``bodies`` in order.
-
-    ``headers`` excludes Host/Content-Length (engines add those). ``url`` is absolute (scheme, host, port,
-    path and query).
-    """
-
-    url: str
-    method: str
-    headers: dict[str, str]
-    bodies: Sequence[PreparedBody]
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,7 @@
 
 UbiOps has two request modes with different latency meanings (targets.md §2): a direct request is one
 synchronous round trip; a batch request is queued and collected later. This module is pure (no sockets); the
-data plane lives in bench.ubiops_runner.
+data plane lives in bench.targets.ubiops_runner; the registry entry in bench.targets.ubiops_target.
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ def test_point_at_a_ubiops_emulator_carries_its_token(tmp_path: Path) -> None:
                         file="u.toml", base_dir=tmp_path)
     out = point_at(prepare(sc), Endpoints(inference_url="http://127.0.0.1:9", api_url="http://127.0.0.1:9",
                                           ubiops_token="tok"))
-    assert out.ubiops_config.base_url.startswith("http://127.0.0.1:9") and out.ubiops_config.token == "tok"
+    assert out.target_config.base_url.startswith("http://127.0.0.1:9") and out.target_config.token == "tok"
 
 
 def test_resolved_target_starts_one_emulator_and_stops_it(tmp_path: Path) -> None:
