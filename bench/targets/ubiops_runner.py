@@ -22,6 +22,7 @@ import anyio
 import httpx
 import orjson
 
+from bench.failures import httpx_kind
 from bench.results import Kind, LoadSpec, ResultSink, StopSignal
 from bench.targets.ubiops import MAX_BATCH, UbiOpsConfig, batch_body, chunks, classify_direct, error_message_of
 
@@ -79,21 +80,6 @@ class UbiOpsStats:
 
 def _now() -> int:
     return time.monotonic_ns()
-
-
-def _exc_kind(exc: BaseException) -> int:
-    if isinstance(exc, httpx.ConnectTimeout):
-        return Kind.CONNECT_TIMEOUT
-    if isinstance(exc, httpx.ConnectError):
-        text = str(exc).lower()
-        return Kind.TLS_ERROR if "ssl" in text or "certificate" in text else Kind.CONNECT_REFUSED
-    if isinstance(exc, httpx.TimeoutException):
-        return Kind.READ_TIMEOUT
-    if isinstance(exc, httpx.RemoteProtocolError):
-        return Kind.RESET if "disconnect" in str(exc).lower() else Kind.PROTOCOL_ERROR
-    if isinstance(exc, httpx.ReadError | httpx.WriteError):
-        return Kind.RESET
-    return Kind.OTHER
 
 
 def _header_int(headers: Mapping[str, str], name: str) -> int | None:
@@ -353,7 +339,7 @@ class _Direct:
             resp = await client.post(self.url, content=body)
         except httpx.HTTPError as exc:
             done = _now()
-            kind = _exc_kind(exc)
+            kind = httpx_kind(exc)
             self.sink.record(intended, sent, done, kind, 0, rows_in, len(body), 0, 0)
             detail = f"{type(exc).__name__}: {exc}".encode()[:512]
             self.sink.error_detail(kind, 0, detail)
@@ -499,7 +485,7 @@ class _Batch:
             with anyio.CancelScope(shield=True):
                 resp = await client.post(self.batch_url, content=body)
         except httpx.HTTPError as exc:
-            kind = _exc_kind(exc)
+            kind = httpx_kind(exc)
             self.sink.record(intended, sent, _now(), kind, 0, rows, len(body), 0, 0)
             detail = f"{type(exc).__name__}: {exc}".encode()[:512]
             self.sink.error_detail(kind, 0, detail)
