@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.errors import InputError
-from bench.scenario import Scenario, apply_overrides, parse_scenario, read_scenario_file
+from bench.scenario import Scenario, apply_overrides, parse_scenario, read_scenario_file, with_values
 
 if TYPE_CHECKING:
     from bench.session import RunOptions
@@ -34,7 +34,7 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
         base_dir = Path.cwd()
     else:
         raise InputError("give a scenario file, or --url (with --body) for an ad-hoc run", key="scenario")
-    doc = apply_overrides(doc, _flag_overrides(args, doc), file)
+    doc = with_values(doc, _flag_values(args), file)
     doc = apply_overrides(doc, args.overrides, file)
     return parse_scenario(doc, file=file, base_dir=base_dir)
 
@@ -78,47 +78,37 @@ def _guess_content_type(body: str) -> str:
     return _CONTENT_TYPES.get(Path(body).suffix, "application/octet-stream")
 
 
-def _flag_overrides(args: argparse.Namespace, doc: dict[str, Any]) -> list[str]:
-    """CLI flags win over the scenario's keys (as `--set` strings)."""
-    out: list[str] = []
-    load = doc.setdefault("load", {})
-    if args.concurrency is not None:
-        for k in ("rate", "stages", "arrival"):
-            load.pop(k, None)
-        out.append(f"load.concurrency={args.concurrency}")
+def _flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """CLI flags as typed scenario values (they win over the file's keys; ``None`` removes a key)."""
+    out: dict[str, Any] = {}
+    if args.concurrency is not None:  # closed loop: the file's open-loop keys no longer apply
+        out.update({"load.rate": None, "load.stages": None, "load.arrival": None,
+                    "load.concurrency": args.concurrency})
     if args.rate is not None:
-        for k in ("concurrency", "stages"):
-            load.pop(k, None)
-        out.append(f"load.rate={args.rate}")
+        out.update({"load.concurrency": None, "load.stages": None, "load.rate": args.rate})
     if args.poisson:
-        out.append('load.arrival="poisson"')
+        out["load.arrival"] = "poisson"
     for flag, key in (("duration", "load.duration"), ("warmup", "load.warmup")):
         value = getattr(args, flag)
         if value is not None:
-            out.append(f"{key}={_toml_str(value)}")
-    if args.requests is not None:
-        out.append(f"load.requests={args.requests}")
-    if args.engine:
-        out.append(f'engine.kind="{args.engine}"')
-    if args.http2:
-        out.append("engine.http2=true")
-    if args.connections is not None:
-        out.append(f"engine.connections={args.connections}")
-    if args.insecure:
-        out.append("engine.insecure=true")
-    if args.loop:
-        out.append(f'engine.loop="{args.loop}"')
-    if args.raw:
-        out.append("report.raw=true")
+            out[key] = _number_or_text(value)
+    flags = {"requests": "load.requests", "engine": "engine.kind", "connections": "engine.connections",
+             "loop": "engine.loop"}
+    for flag, key in flags.items():
+        if getattr(args, flag) is not None:
+            out[key] = getattr(args, flag)
+    for flag, key in (("http2", "engine.http2"), ("insecure", "engine.insecure"), ("raw", "report.raw")):
+        if getattr(args, flag):
+            out[key] = True
     return out
 
 
-def _toml_str(value: str) -> str:
+def _number_or_text(value: str) -> float | str:
+    """A duration flag: a bare number is seconds, anything else ('10s', '1m') is parsed by the scenario reader."""
     try:
-        float(value)
-        return value
+        return float(value)
     except ValueError:
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return value
 
 
 def _processes(args: argparse.Namespace, sc: Scenario) -> int:

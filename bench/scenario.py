@@ -30,6 +30,7 @@ __all__ = [
     "load_scenario",
     "parse_scenario",
     "read_scenario_file",
+    "with_values",
 ]
 
 TARGET_KINDS = KINDS  # the target registry's kinds
@@ -208,16 +209,24 @@ def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
 
 def apply_overrides(doc: Mapping[str, Any], overrides: Sequence[str], file: str) -> dict[str, Any]:
     """``--set load.concurrency=16`` style overrides; values are TOML literals, else plain strings."""
-    out: dict[str, Any] = _deep_copy(doc)
+    values: dict[str, Any] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise InputError(f"--set expects key=value, got {item!r}", file=file)
         try:
-            value = tomllib.loads(f"v = {raw}")["v"]
+            values[key] = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
-            value = raw
+            values[key] = raw
+    return with_values(doc, values, file)
+
+
+def with_values(doc: Mapping[str, Any], values: Mapping[str, Any], file: str) -> dict[str, Any]:
+    """A copy of ``doc`` with dotted keys set to typed values (CLI flags; ``None`` removes the key). The result
+    is validated by ``parse_scenario`` like any scenario, so a bad value names its key."""
+    out: dict[str, Any] = _deep_copy(doc)
+    for key, value in values.items():
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
@@ -225,7 +234,10 @@ def apply_overrides(doc: Mapping[str, Any], overrides: Sequence[str], file: str)
             if not isinstance(child, dict):
                 raise InputError(f"cannot set {key!r}: {part!r} is not a table", file=file, key=key)
             node = child
-        node[parts[-1]] = value
+        if value is None:
+            node.pop(parts[-1], None)
+        else:
+            node[parts[-1]] = value
     return out
 
 
