@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,39 @@ def test_two_processes_with_embedded_preflight(tmp_path: Path) -> None:
     assert report.meta.load["processes"] == 2
     assert len(report.meta.extra["merged_from"]) == 2
     assert report.meta.target["url"] == "embedded"
+
+
+def _wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_workers_die_with_a_killed_parent(serve_emulator: Callable[..., str], tmp_path: Path) -> None:
+    import psutil
+
+    base = serve_emulator()
+    url = f"{base}/v1/api/pipelines/infer/ccfraud-1/ccfraud"
+    parent = subprocess.Popen([sys.executable, "-m", "bench", "run", "--url", url, "--body",
+                               str(ROOT / "data" / "ccfraud_1k.df.json"), "-c", "2", "-d", "60s", "--processes", "2",
+                               "--quiet", "--out", str(tmp_path / "k.arrow")], cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        me = psutil.Process(parent.pid)
+
+        def workers() -> list[psutil.Process]:
+            return [c for c in me.children() if "bench.workers" in " ".join(c.cmdline())]
+
+        _wait_for(lambda: len(workers()) == 2, 60, "two workers")
+        pids = workers()
+        parent.kill()  # SIGKILL: no chance to forward anything
+        parent.wait(10)
+        _wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in pids), 30,
+                  "the workers to exit after their parent died")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(10)
