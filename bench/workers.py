@@ -17,8 +17,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, replace
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -27,21 +27,69 @@ from bench.errors import EXIT_OK, BenchError, RunInvalid
 from bench.facts import RunFacts
 from bench.runner import Endpoints, Prepared, RunControl
 
-__all__ = ["hand_off", "run_processes", "worker_main"]
+__all__ = ["Share", "hand_off", "run_processes", "run_share", "worker_main"]
 
 
-def hand_off(prepared: Prepared, ep: Endpoints, *, worker: tuple[int, int], start_at_wall: float, out: Path,
-             raw: Path | None) -> dict[str, Any]:
-    """What a worker receives on stdin: everything it needs, already resolved."""
+@dataclass(frozen=True)
+class Share:
+    """One worker's part of a run, already resolved: what `--processes` workers read on stdin (``to_json``), and
+    what a distributed worker (e.g. a Locust worker) gets from its master."""
+
+    doc: Mapping[str, Any]  # the scenario document, overrides applied
+    file: str  # where it came from (error messages) ...
+    base_dir: str  # ... and what its relative paths are relative to
+    endpoints: Endpoints  # where to send (the parent resolved the emulator and the preflight)
+    worker: tuple[int, int]  # (i, n): this share of an n-way run
+    start_at_wall: float  # every share starts its load at this time.time() instant
+    raw: Path | None = None  # keep the raw per-request log here (the parent merges it)
+
+    def to_json(self) -> bytes:
+        import orjson
+
+        return orjson.dumps({"doc": dict(self.doc), "file": self.file, "base_dir": self.base_dir,
+                             "endpoints": asdict(self.endpoints), "worker": list(self.worker),
+                             "start_at_wall": self.start_at_wall, "raw": str(self.raw) if self.raw else None})
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Share:
+        import orjson
+
+        d = orjson.loads(data)
+        i, n = d["worker"]
+        return cls(doc=d["doc"], file=d["file"], base_dir=d["base_dir"], endpoints=Endpoints(**d["endpoints"]),
+                   worker=(int(i), int(n)), start_at_wall=float(d["start_at_wall"]),
+                   raw=Path(d["raw"]) if d["raw"] else None)
+
+
+def hand_off(prepared: Prepared, ep: Endpoints, *, worker: tuple[int, int], start_at_wall: float,
+             raw: Path | None = None) -> Share:
+    """The share of ``prepared`` (resolved, pointed at ``ep``) that worker ``(i, n)`` runs."""
     sc = prepared.scenario
-    return {"doc": dict(sc.source), "file": sc.file, "base_dir": str(sc.base_dir), "endpoints": asdict(ep),
-            "worker": list(worker), "start_at_wall": start_at_wall, "out": str(out),
-            "raw": str(raw) if raw is not None else None}
+    return Share(doc=sc.source, file=sc.file, base_dir=str(sc.base_dir), endpoints=ep, worker=worker,
+                 start_at_wall=start_at_wall, raw=raw)
+
+
+def run_share(share: Share) -> Any:
+    """Run one share in this process: the part Report (not written; its raw log, if any, stays at ``share.raw``).
+
+    Raises BenchError for bad input or an invalid run, like any run."""
+    from bench.facts import build_report
+    from bench.run_loop import run_once
+    from bench.runner import point_at, prepare
+    from bench.scenario import parse_scenario
+
+    sc = parse_scenario(share.doc, file=share.file, base_dir=Path(share.base_dir))
+    prepared = point_at(prepare(sc), share.endpoints)
+    ctl = RunControl(preflight=False, raw_path=share.raw)
+    run, facts = run_once(prepared, ctl, start_at_wall=share.start_at_wall, worker=share.worker)
+    facts.worker = share.worker
+    report = build_report(prepared.scenario, run, facts)
+    report.run.raw_path = None  # the raw stream is the caller's to merge
+    return report
 
 
 def run_processes(prepared: Prepared, opts: Any, out_path: Path) -> tuple[Any, RunFacts]:
     """Run ``prepared`` (resolved) in ``opts.processes`` workers; the merged report (not yet written) and facts."""
-    import orjson
 
     from bench.report.merge import merge_reports
     from bench.report.reader import read_report
@@ -57,14 +105,14 @@ def run_processes(prepared: Prepared, opts: Any, out_path: Path) -> tuple[Any, R
         raws = [Path(tmp) / f"part-{i}.raw" if raw else None for i in range(processes)]
         procs = []
         for i in range(processes):
-            spec = hand_off(prepared, ep, worker=(i, processes), start_at_wall=epoch, out=parts[i], raw=raws[i])
+            share = hand_off(prepared, ep, worker=(i, processes), start_at_wall=epoch, raw=raws[i])
             cpu = cpus[i % len(cpus)] if cpus else None
-            proc = subprocess.Popen([sys.executable, "-m", "bench.workers"], stdin=subprocess.PIPE,
+            proc = subprocess.Popen([sys.executable, "-m", "bench.workers", str(parts[i])], stdin=subprocess.PIPE,
                                     stdout=subprocess.DEVNULL, start_new_session=True,
                                     preexec_fn=_child_setup(os.getpid(), cpu))
             procs.append(proc)
             assert proc.stdin is not None
-            proc.stdin.write(orjson.dumps(spec))
+            proc.stdin.write(share.to_json())
             proc.stdin.close()
         interrupted = _wait_all(procs)
         missing = [str(i) for i, p in enumerate(parts) if not p.exists()]
@@ -186,30 +234,19 @@ def _wait_all(procs: list[subprocess.Popen[bytes]]) -> bool:
     return interrupted
 
 
-def worker_main() -> int:
-    """A worker: read the hand-off from stdin, run its share, write its part report (no SLO gate, no summary)."""
-    import orjson
-
-    from bench.facts import build_report
-    from bench.report.writer import write_report
-    from bench.run_loop import run_once
-    from bench.runner import point_at, prepare
-    from bench.scenario import parse_scenario
-
-    spec = orjson.loads(sys.stdin.buffer.read())
-    i, n = spec["worker"]
+def worker_main(argv: list[str] | None = None) -> int:
+    """``python -m bench.workers PART.arrow``: read a Share from stdin, run it, write the part report there
+    (no SLO gate, no summary: the parent judges the merged run)."""
+    out = Path((sys.argv[1:] if argv is None else argv)[0])
+    share = Share.from_json(sys.stdin.buffer.read())
     try:
-        sc = parse_scenario(spec["doc"], file=spec["file"], base_dir=Path(spec["base_dir"]))
-        prepared = point_at(prepare(sc), Endpoints(**spec["endpoints"]))
-        ctl = RunControl(preflight=False, raw_path=Path(spec["raw"]) if spec["raw"] else None)
-        run, facts = run_once(prepared, ctl, start_at_wall=float(spec["start_at_wall"]), worker=(i, n))
+        report = run_share(share)
     except BenchError as exc:
-        print(f"bench worker {i}: {exc}", file=sys.stderr)
+        print(f"bench worker {share.worker[0]}: {exc}", file=sys.stderr)
         return exc.exit_code
-    facts.worker = (i, n)
-    report = build_report(prepared.scenario, run, facts)
-    report.run.raw_path = None  # the parent merges the raw streams itself
-    write_report(Path(spec["out"]), report)
+    from bench.report.writer import write_report
+
+    write_report(out, report)
     return EXIT_OK
 
 

@@ -19,7 +19,7 @@ from bench.errors import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_SLO
 from bench.runner import EMBEDDED_PLACEHOLDER, Endpoints, RunControl
 from bench.scenario import Scenario, parse_scenario
 from bench.session import TOKEN_PATH, RunOptions, finish, point_at, prepare, resolved_target, run_report
-from bench.workers import hand_off, merge_raw
+from bench.workers import Share, hand_off, merge_raw, run_share
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -99,12 +99,30 @@ def test_hand_off_gives_the_worker_the_same_scenario(tmp_path: Path) -> None:
     sc = scenario(tmp_path, load={"rate": 0.0, "concurrency": 3})
     prepared = prepare(sc)
     ep = Endpoints(inference_url="http://127.0.0.1:9/infer", api_url="http://127.0.0.1:9")
-    spec = orjson.loads(orjson.dumps(hand_off(prepared, ep, worker=(1, 2), start_at_wall=12.5,
-                                              out=tmp_path / "p.arrow", raw=None)))
-    again = parse_scenario(spec["doc"], file=spec["file"], base_dir=Path(spec["base_dir"]))
-    assert again == sc
-    assert Endpoints(**spec["endpoints"]) == ep
-    assert spec["worker"] == [1, 2] and spec["start_at_wall"] == 12.5 and spec["raw"] is None
+    share = hand_off(prepared, ep, worker=(1, 2), start_at_wall=12.5)
+    wire = share.to_json()
+    assert orjson.loads(wire)["endpoints"]["inference_url"] == ep.inference_url  # plain JSON on the wire
+    again = Share.from_json(wire)
+    assert again == share
+    assert parse_scenario(again.doc, file=again.file, base_dir=Path(again.base_dir)) == sc
+
+
+def test_run_share_runs_one_share_in_process(tmp_path: Path) -> None:
+    """What a distributed worker calls: one share of a two-way run against a resolved emulator."""
+    import time
+
+    prepared = prepare(scenario(tmp_path, load={"concurrency": 2, "duration": "0.5s"}))
+    with resolved_target(prepared, lambda _m: None) as target:
+        assert target.endpoints is not None
+        raw = tmp_path / "share.raw"
+        report = run_share(hand_off(target, target.endpoints, worker=(1, 2), start_at_wall=time.time(), raw=raw))
+    assert report.meta.extra["worker"] == [1, 2]
+    assert report.meta.target["url"] == "embedded"
+    total = report.run.total("measured").requests + report.run.total("warmup").requests
+    assert total > 0
+    import pyarrow.ipc
+
+    assert pyarrow.ipc.open_stream(str(raw)).read_all().num_rows == total  # the raw log is left for the caller
 
 
 def _free_port() -> int:
