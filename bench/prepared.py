@@ -8,7 +8,6 @@ emulator (its config type is named for the type checker only).
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -82,10 +81,9 @@ def prepare(sc: Scenario) -> Prepared:
             table["api_url"] = EMBEDDED_PLACEHOLDER
         prepared.preflight_config = preflight_config_from_mapping(table, sc.file)
     if sc.tables["slo"]:
-        with contextlib.suppress(ModuleNotFoundError):
-            from bench.report.slo import slo_from_mapping
+        from bench.report.slo import slo_from_mapping
 
-            prepared.slo = slo_from_mapping(sc.tables["slo"], sc.file)
+        prepared.slo = slo_from_mapping(sc.tables["slo"], sc.file)
     return prepared
 
 
