@@ -121,10 +121,11 @@ def _reseeded(sc: Scenario, offset: int) -> Scenario:
     return replace(sc, load=replace(sc.load, seed=sc.load.seed + offset))
 
 
-def engine_config(sc: Scenario) -> EngineConfig:
+def engine_config(sc: Scenario, target_config: Any = None) -> EngineConfig:
     e = sc.engine
+    read_timeout_s = max(e.timeout_s, target_for(sc.target.kind).read_timeout_s(target_config) or 0.0)
     return EngineConfig(kind=e.kind, http2=e.http2, connections=e.connections,  # type: ignore[arg-type]
-                        connect_timeout_s=e.connect_timeout_s, read_timeout_s=e.timeout_s,
+                        connect_timeout_s=e.connect_timeout_s, read_timeout_s=read_timeout_s,
                         verify_tls=not e.insecure, ca_bundle=e.ca_bundle, loop=e.loop)  # type: ignore[arg-type]
 
 
@@ -228,13 +229,13 @@ async def _apply_load(prepared: Prepared, url: str, authorization: str, token_so
     """The data plane: the target's own (UbiOps), or a bench engine; notes its facts."""
     sc = prepared.scenario
     target = target_for(sc.target.kind)
-    if target.own_data_plane:
+    if target.own_data_plane(prepared.target_config):
         facts.target_extras.update(await target.run(prepared.target_config, prepared.bodies, recorder, spec, stop))
         return
     from bench.engine.select import choose_engine
 
     requests, classify = request_set(sc, url, prepared.bodies, authorization, prepared.target_config)
-    cfg_e = engine_config(sc)
+    cfg_e = engine_config(sc, prepared.target_config)
     engine_class = choose_engine(cfg_e, url)
     engine = engine_class(cfg_e, requests, classify, recorder)
     if token_source is not None:

@@ -8,8 +8,8 @@ target instead. Platform modules are imported only when a scenario names them (`
 A target says: how its ``[target]`` section is read (``section_rules`` for the scenario reader, ``config`` for
 the keys it owns, parsed once per run), how bodies are built (``bodies``), how requests look and answers are
 judged (``request``), where it lives on the embedded emulator (``emulator_url``) and how resolved endpoints
-change its config (``point_at``), whether it brings its own data plane (``run``), and what it adds to the report
-(``lag_bound_ms``; ``run``'s returned extras).
+change its config (``point_at``), whether it brings its own data plane (``own_data_plane``, ``run``), and what
+it adds to the report (``lag_bound_ms``; ``run``'s returned extras).
 """
 
 from __future__ import annotations
@@ -60,7 +60,6 @@ class Target:
     kind: ClassVar[str]
     rules: ClassVar[SectionRules] = SectionRules()
     lag_bound_ms: ClassVar[float] = 1.0  # schedule lag (p99) beyond this marks the run generator-bound
-    own_data_plane: ClassVar[bool] = False  # True: ``run`` applies the load (else a bench engine, ``request``)
 
     def config(self, sc: Scenario) -> Any:
         """The target's typed config from its scenario section, read once per run (None: nothing beyond
@@ -83,13 +82,21 @@ class Target:
         """``config`` pointed at resolved endpoints (e.g. the emulator's URL and token)."""
         return config
 
+    def own_data_plane(self, config: Any) -> bool:
+        """True: ``run`` applies the load; False (default): a bench engine does, with ``request``."""
+        return False
+
+    def read_timeout_s(self, config: Any) -> float | None:
+        """The longest an answer may legitimately take on this target, when longer than [engine] timeout."""
+        return None
+
     def drain_grace_s(self, config: Any) -> float:
         """Extra time the runner allows after the planned end before it stops the run itself."""
         return 0.0
 
     async def run(self, config: Any, bodies: list[PreparedBody], sink: Any, spec: LoadSpec,
                   stop: StopSignal) -> Mapping[str, Any]:
-        """``own_data_plane`` targets apply the load here; returns what they add to the report's metadata."""
+        """Targets with their own data plane apply the load here; returns what they add to the report's metadata."""
         raise NotImplementedError
 
 

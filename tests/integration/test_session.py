@@ -171,3 +171,24 @@ def test_merge_raw_keeps_every_row_and_aligns_times(tmp_path: Path) -> None:
     assert table.num_rows == 8
     assert table.column("intended_ns").to_pylist() == [10] * 3 + [510] * 5
     assert table.column("done_ns").to_pylist() == [20] * 3 + [520] * 5
+
+
+@pytest.mark.parametrize(("extra", "engine_path"), [({}, True), ({"on_rate_limit": "backoff"}, False),
+                                                     ({"mode": "batch"}, False)])
+def test_ubiops_direct_requests_run_on_an_engine(tmp_path: Path, extra: dict[str, Any], engine_path: bool) -> None:
+    """Direct requests that count 429s go through a bench engine; backoff (which reads every answer's
+    x-ratelimit-* headers) and batch mode stay on the UbiOps runner. Every request is accounted for either way."""
+    target = {"kind": "ubiops", "url": "embedded", "project": "demo", "deployment": "ccfraud",
+              "input": "structured", "fields": {"tensor": "tensor"}, "mode": "direct", **extra}
+    sc = parse_scenario({"target": target, "data": {"generate": 40},
+                         "load": {"concurrency": 2, "duration": "0.5s"}, "emulator": {"latency_ms": 1.0}},
+                        file="u.toml", base_dir=tmp_path)
+    with resolved_target(prepare(sc), lambda _m: None) as resolved:
+        report, facts = run_report(resolved, RunControl(preflight=False))
+    total = report.run.total("measured")
+    assert total.requests > 0 and total.ok == total.requests
+    if engine_path:
+        assert facts.engine in ("FastEngine", "HttpxEngine") and facts.abandoned == 0
+        assert "ubiops" not in report.meta.extra
+    else:
+        assert facts.engine is None and "ubiops" in report.meta.extra
