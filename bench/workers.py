@@ -122,12 +122,17 @@ def run_processes(prepared: Prepared, opts: Any, out_path: Path) -> tuple[Any, R
         reports = [read_report(p) for p in parts]
         merged = merge_reports(reports)
         merged.meta.load["processes"] = processes
+        abandoned = [r.meta.extra["abandoned"] for r in reports if r.meta.extra.get("abandoned") is not None]
+        if abandoned:  # requests still in flight at each worker's end: all of them, not the first part's
+            merged.meta.extra["abandoned"] = sum(int(n) for n in abandoned)
+        merged.meta.extra.pop("worker", None)  # the merged report is the whole run, not worker 0's share
         if raw:
             merged.run.raw_path = merge_raw(
                 [(r, rep.run.start_unix_ns) for r, rep in zip(raws, reports, strict=True) if r is not None],
                 merged.run.start_unix_ns, out_path.with_suffix(".raw.tmp"))
     facts = RunFacts(url=str(merged.meta.target.get("url", "")), processes=processes,
-                     interrupted=interrupted or merged.run.partial)
+                     interrupted=interrupted or merged.run.partial,
+                     abandoned=merged.meta.extra.get("abandoned"))
     return merged, facts
 
 

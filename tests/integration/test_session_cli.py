@@ -78,6 +78,7 @@ def test_two_processes_with_embedded_preflight(tmp_path: Path) -> None:
     assert report.meta.load["processes"] == 2
     assert len(report.meta.extra["merged_from"]) == 2
     assert report.meta.target["url"] == "embedded"
+    assert report.meta.extra["abandoned"] == 0 and "worker" not in report.meta.extra  # the whole run's facts
 
 
 def _wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
