@@ -39,6 +39,15 @@ def test_importing_the_run_core_leaves_the_emulator_out() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_cli_help_loads_neither_the_run_path_nor_the_emulator() -> None:
+    # (`bench serve` registers with the emulator's plain config dataclass; its server and apps stay unloaded)
+    code = ("import sys; from bench.cli import build_parser; build_parser(); print(sorted(m for m in sys.modules "
+            "if m.startswith(('bench.emulator.embedded', 'bench.emulator.app', 'bench.emulator.server', "
+            "'bench.runner', 'bench.session', 'bench.workers', 'anyio', 'pyarrow'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+
+
 def test_point_at_rewrites_every_url_that_named_the_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("T_ID", "bench")
     monkeypatch.setenv("T_SECRET", "s3cret")
