@@ -65,8 +65,8 @@ DEFAULT_THRESHOLDS: dict[str, float] = {"p50": 0.10, "p99": 0.10, "rps": 0.05, "
 @dataclass(frozen=True, slots=True)
 class MetricDelta:
     metric: Metric
-    base: float
-    new: float
+    base: float | None  # None: no sample to measure it on (e.g. no ok request for a latency)
+    new: float | None
     change: float | None  # relative (0.1 = +10 %) or, for absolute metrics, the difference (0.005 = +0.5 pp)
     threshold: float | None  # allowed worsening (same unit as change); None: not gated
     beyond_threshold: bool
@@ -77,6 +77,11 @@ class MetricDelta:
     @property
     def key(self) -> str:
         return self.metric.key
+
+    @property
+    def missing(self) -> bool:
+        """Not measured in one of the runs: no verdict either way (never "-100 %")."""
+        return self.base is None or self.new is None
 
 
 @dataclass(slots=True)
@@ -187,17 +192,19 @@ def _window_values(run: RunData) -> dict[str, FloatArray]:
     return out
 
 
-def _point(run: RunData) -> dict[str, float]:
-    out: dict[str, float] = {}
+def _point(run: RunData) -> dict[str, float | None]:
+    """Whole-run figures; None for a figure with no sample (latency without ok requests, error rate without
+    requests), which is then not judged."""
+    out: dict[str, float | None] = {}
     for view, prefix in (("latency", ""), ("service", "service_")):
         h = run.histogram(view, MEASURED, "ok")
         pct = h.percentiles_ms((50.0, 90.0, 99.0, 99.9))
         for k, p in _LAT:
-            out[prefix + k] = h.max_us / 1000.0 if k == "max" else pct[p]
+            out[prefix + k] = None if not h.total else h.max_us / 1000.0 if k == "max" else pct[p]
     tot = run.total(MEASURED)
     out["rps"] = run.rps(MEASURED)
     out["rows_per_s"] = run.rows_per_s(MEASURED)
-    out["error_rate"] = tot.errors / tot.requests if tot.requests else 0.0
+    out["error_rate"] = tot.errors / tot.requests if tot.requests else None
     return out
 
 
@@ -241,9 +248,15 @@ def compare_reports(base: Report | RunData, new: Report | RunData,
     bw, nw = _window_values(b_run), _window_values(n_run)
     bp, np_ = _point(b_run), _point(n_run)
     out: list[MetricDelta] = []
+    unmeasured: list[str] = []
     for m in METRICS:
         b, n = bp[m.key], np_[m.key]
         change: float | None
+        if b is None or n is None:
+            unmeasured.append(f"{m.key} ({'base' if b is None else ''}{' and ' if b is None and n is None else ''}"
+                              f"{'new' if n is None else ''})")
+            out.append(MetricDelta(m, b, n, None, limits.get(m.key), False, None, None, False))
+            continue
         if m.absolute:
             change = n - b
         elif b > 0:
@@ -260,6 +273,8 @@ def compare_reports(base: Report | RunData, new: Report | RunData,
         out.append(MetricDelta(m, b, n, change, limit, beyond, significant, ci, regression))
     nb, nn = len(measured_windows(b_run)), len(measured_windows(n_run))
     cmp = Comparison(out, nb, nn, confidence)
+    if unmeasured:
+        cmp.notes.append("no samples, not judged: " + ", ".join(unmeasured))
     if min(nb, nn) < MIN_WINDOWS:
         cmp.notes.append(f"only {min(nb, nn)} measured second(s) in a run (need {MIN_WINDOWS}): noise not "
                          "judged, thresholds alone decide; run longer for a noise-aware verdict")

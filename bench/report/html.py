@@ -18,7 +18,7 @@ import numpy as np
 
 from bench.report.markdown import stored_slo
 from bench.report.model import MEASURED, WARMUP, Histogram, Report
-from bench.report.summary import summarize
+from bench.report.summary import num_text, rate_text, summarize
 
 __all__ = ["Line", "line_chart", "percentile_curve", "render_html"]
 
@@ -270,16 +270,17 @@ def render_html(report: Report) -> str:
                       f'{"passed" if slo.passed else "failed"}</span>')
     out.append('<div class="verdicts">' + " ".join(badges) + "</div>")
 
-    cards = [("requests", f"{s['requests']:,}"), ("errors", f"{s['errors']:,} ({s['error_rate'] * 100:.2f} %)"),
+    cards = [("requests", f"{s['requests']:,}"), ("errors", f"{s['errors']:,} ({rate_text(s['error_rate'])})"),
              ("req/s", f"{s['rps']:,.1f}"), ("rows/s", f"{s['rows_per_s']:,.1f}"),
-             ("p50 latency", f"{s['latency_ms']['p50']:.2f} ms"), ("p99 latency", f"{s['latency_ms']['p99']:.2f} ms"),
+             ("p50 latency", num_text(s['latency_ms']['p50'], ".2f", " ms")),
+             ("p99 latency", num_text(s['latency_ms']['p99'], ".2f", " ms")),
              ("measured", f"{s['duration_s']:.1f} s"), ("dropped", f"{s['dropped']:,}")]
     out.append('<div class="cards">' + "".join(f'<div class="card"><div class="k">{_e(k)}</div>'
                                                  f'<div class="v">{_e(v)}</div></div>' for k, v in cards) + "</div>")
 
     # latency tables + distribution
     out.append("<h2>Latency</h2>")
-    rows = [[_e(label), *(f"{s[key][k]:.3f}" for k in ("p50", "p90", "p99", "p999", "max"))]
+    rows = [[_e(label), *(num_text(s[key][k]) for k in ("p50", "p90", "p99", "p999", "max"))]
             for label, key in (("from intended time", "latency_ms"), ("service (sent → done)", "service_ms"))]
     out.append(_grid_table(["view (ms, ok requests)", "p50", "p90", "p99", "p99.9", "max"], rows))
     lines = []
@@ -355,7 +356,7 @@ def render_html(report: Report) -> str:
     vrows = [("generator-bound", gb),
              ("generator CPU", _e(f"{meta.cpu_fraction * 100:.0f} % of a core") if meta.cpu_fraction is not None
               else "—"),
-             ("schedule lag p99", _e(f"{s['schedule_lag_p99_ms']:.3f} ms")),
+             ("schedule lag p99", _e(num_text(s['schedule_lag_p99_ms'], ".3f", " ms"))),
              ("partial", '<span class="badge warn">yes (interrupted)</span>' if run.partial else "no")]
     if slo is not None:
         vrows.append(("SLO", (f'<span class="badge {"ok" if slo.passed else "bad"}">'

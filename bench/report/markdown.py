@@ -15,7 +15,7 @@ from typing import Any
 from bench.report.compare import Comparison, MetricDelta, format_change
 from bench.report.model import Report
 from bench.report.slo import SloResult
-from bench.report.summary import summarize
+from bench.report.summary import MISSING, num_text, rate_text, summarize
 
 __all__ = ["append_step_summary", "cell", "comparison_markdown", "report_markdown", "stored_slo"]
 
@@ -63,11 +63,11 @@ def report_markdown(report: Report) -> str:
     if s["partial"]:
         lines += ["> **Partial run** (interrupted): the figures cover only the part that ran.", ""]
     lines += _table(["requests", "errors", "req/s", "rows/s", "measured", "dropped"],
-                    [[f"{s['requests']:,}", f"{s['errors']:,} ({s['error_rate'] * 100:.2f} %)",
+                    [[f"{s['requests']:,}", f"{s['errors']:,} ({rate_text(s['error_rate'])})",
                       f"{s['rps']:,.1f}", f"{s['rows_per_s']:,.1f}", f"{s['duration_s']:.1f} s",
                       f"{s['dropped']:,}"]], "right")
     lines += ["", "**Latency (ms, ok requests)**", ""]
-    rows = [[label, *(f"{s[key][k]:.3f}" for k in ("p50", "p90", "p99", "p999", "max"))]
+    rows = [[label, *(num_text(s[key][k]) for k in ("p50", "p90", "p99", "p999", "max"))]
             for label, key in (("from intended time", "latency_ms"), ("service (sent→done)", "service_ms"))]
     lines += _table(["view", "p50", "p90", "p99", "p99.9", "max"], rows, "right")
     if s["errors_by_kind"]:
@@ -92,7 +92,9 @@ def report_markdown(report: Report) -> str:
 
 
 def _row(m: MetricDelta) -> list[str]:
-    def num(v: float) -> str:
+    def num(v: float | None) -> str:
+        if v is None:
+            return MISSING
         if m.metric.absolute:
             return f"{v * 100:.2f} %"
         return f"{v:,.3f}" if v < 1000 else f"{v:,.1f}"
@@ -100,7 +102,8 @@ def _row(m: MetricDelta) -> list[str]:
     limit = "—" if m.threshold is None else (f"{m.threshold * 100:g} pp" if m.metric.absolute
                                              else f"{m.threshold * 100:g} %")
     noise = "not judged" if m.significant is None else ("significant" if m.significant else "within noise")
-    verdict = "❌ regression" if m.regression else ("⚠️ over limit, noise" if m.beyond_threshold else "ok")
+    verdict = ("❌ regression" if m.regression else "⚠️ over limit, noise" if m.beyond_threshold
+               else "no samples, not judged" if m.missing else "ok")
     return [cell(m.metric.label), num(m.base), num(m.new), format_change(m), limit, noise, verdict]
 
 

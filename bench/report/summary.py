@@ -9,14 +9,28 @@ from bench.report.model import MEASURED, WARMUP, Histogram, Report
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["render_summary", "summarize"]
+__all__ = ["MISSING", "num_text", "rate_text", "render_summary", "summarize"]
 
 _PCTS = ((50, "p50"), (90, "p90"), (99, "p99"), (99.9, "p999"))
+MISSING = "—"  # what every view prints for a figure that was not measured (never 0)
 
 
-def _views(h: Histogram) -> dict[str, float]:
+def rate_text(rate: float | None) -> str:
+    """An error rate as "1.23 %", or "—" when no request was recorded."""
+    return num_text(None if rate is None else rate * 100, ".2f", " %")
+
+
+def num_text(value: float | None, fmt: str = ".3f", suffix: str = "") -> str:
+    """``value`` formatted, or "—" when it was not measured (None)."""
+    return MISSING if value is None else f"{value:{fmt}}{suffix}"
+
+
+def _views(h: Histogram) -> dict[str, float | None]:
+    """p50 … max in ms; every value None when the histogram holds no sample (missing is not zero)."""
+    if not h.total:
+        return {name: None for name in (*(n for _, n in _PCTS), "max")}
     pct = h.percentiles_ms([p for p, _ in _PCTS])
-    out = {name: round(pct[p], 3) for p, name in _PCTS}
+    out: dict[str, float | None] = {name: round(pct[p], 3) for p, name in _PCTS}
     out["max"] = round(h.max_us / 1000.0, 3)
     return out
 
@@ -25,7 +39,8 @@ def summarize(report: Report) -> dict[str, Any]:
     """requests, errors, rps, rows_per_s, latency_ms, service_ms, errors_by_kind, generator_bound, report, ...
 
     ``requests`` counts every recorded request of the measured phase (ok + errors), so it equals the sum of
-    the measured latency histograms' counts. Latency views are over ok requests.
+    the measured latency histograms' counts. Latency views are over ok requests; a view with no sample holds
+    None in every field (shown as "—"), and so does ``error_rate`` when nothing was recorded.
     """
     run = report.run
     tot = run.total(MEASURED)
@@ -41,11 +56,11 @@ def summarize(report: Report) -> dict[str, Any]:
         "generator_bound_reasons": list(report.meta.generator_bound_reasons),
         "report": str(report.path) if report.path is not None else None,
         "ok": tot.ok,
-        "error_rate": round(tot.errors / tot.requests, 6) if tot.requests else 0.0,
+        "error_rate": round(tot.errors / tot.requests, 6) if tot.requests else None,
         "dropped": tot.dropped,
         "duration_s": round(run.duration_s(MEASURED), 3),
         "warmup_requests": run.total(WARMUP).requests,
-        "schedule_lag_p99_ms": round(run.histogram("schedule_lag", MEASURED).percentiles_ms((99,))[99], 3),
+        "schedule_lag_p99_ms": _views(run.histogram("schedule_lag", MEASURED))["p99"],
         "partial": run.partial,
         "other_ms": {name: _views(run.histogram(name, MEASURED)) for name in _other_metrics(report)},
     }
@@ -66,7 +81,7 @@ def render_summary(report: Report, console: Console) -> None:
 
     s = summarize(report)
     head = Table(show_header=False, box=None, pad_edge=False)
-    head.add_row("requests", f"{s['requests']:,}", "errors", f"{s['errors']:,} ({s['error_rate'] * 100:.2f} %)")
+    head.add_row("requests", f"{s['requests']:,}", "errors", f"{s['errors']:,} ({rate_text(s['error_rate'])})")
     head.add_row("req/s", f"{s['rps']:,.1f}", "rows/s", f"{s['rows_per_s']:,.1f}")
     head.add_row("measured", f"{s['duration_s']:.1f} s", "dropped", f"{s['dropped']:,}")
     console.print(head)
@@ -77,7 +92,7 @@ def render_summary(report: Report, console: Console) -> None:
     rows = [("from intended time", s["latency_ms"]), ("service (sent→done)", s["service_ms"])]
     rows += [(name.replace("_", " "), v) for name, v in s["other_ms"].items()]
     for label, v in rows:
-        lat.add_row(label, *(f"{v[k]:.3f}" for k in ("p50", "p90", "p99", "p999", "max")))
+        lat.add_row(label, *(num_text(v[k]) for k in ("p50", "p90", "p99", "p999", "max")))
     console.print(lat)
     if s["errors_by_kind"]:
         err = Table(title="errors by kind", title_justify="left")
