@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.errors import InputError
+from bench.report.accounting import accounted_totals, unrecorded_errors
 from bench.report.model import MEASURED, Report, RunData
 
 __all__ = [
@@ -170,7 +171,8 @@ def _active_s(run: RunData, pos: list[int]) -> FloatArray:
     return out
 
 
-def _window_values(run: RunData) -> dict[str, FloatArray]:
+def _window_values(run: RunData, in_flight: int = 0) -> dict[str, FloatArray]:
+    """Per-second values; ``in_flight`` requests unanswered at the end are errors spread over the windows."""
     pos = measured_windows(run)
     s = run.series
     lat: dict[str, list[float]] = {k: [] for k, _ in _LAT}
@@ -183,6 +185,9 @@ def _window_values(run: RunData) -> dict[str, FloatArray]:
             lat[k].append(h.max_us / 1000.0 if k == "max" else pct[p])
     req = s.requests[pos].astype(np.float64)
     err = s.errors[pos].astype(np.float64)
+    if in_flight and len(pos):  # a count of the whole run, not a burst of its last second: spread evenly
+        req += in_flight / len(pos)
+        err += in_flight / len(pos)
     active = _active_s(run, pos)
     out = {k: np.asarray(v, dtype=np.float64) for k, v in lat.items()}
     out.update({f"service_{k}": out[k] for k, _ in _LAT})
@@ -192,16 +197,17 @@ def _window_values(run: RunData) -> dict[str, FloatArray]:
     return out
 
 
-def _point(run: RunData) -> dict[str, float | None]:
+def _point(report: Report | RunData) -> dict[str, float | None]:
     """Whole-run figures; None for a figure with no sample (latency without ok requests, error rate without
-    requests), which is then not judged."""
+    requests), which is then not judged. Requests in flight at the end are errors (bench.report.accounting)."""
+    run = report.run if isinstance(report, Report) else report
     out: dict[str, float | None] = {}
     for view, prefix in (("latency", ""), ("service", "service_")):
         h = run.histogram(view, MEASURED, "ok")
         pct = h.percentiles_ms((50.0, 90.0, 99.0, 99.9))
         for k, p in _LAT:
             out[prefix + k] = None if not h.total else h.max_us / 1000.0 if k == "max" else pct[p]
-    tot = run.total(MEASURED)
+    tot = accounted_totals(report)
     out["rps"] = run.rps(MEASURED)
     out["rows_per_s"] = run.rows_per_s(MEASURED)
     out["error_rate"] = tot.errors / tot.requests if tot.requests else None
@@ -245,8 +251,9 @@ def compare_reports(base: Report | RunData, new: Report | RunData,
     n_run = new.run if isinstance(new, Report) else new
     limits = dict(DEFAULT_THRESHOLDS if thresholds is None else thresholds)
     rng = np.random.default_rng(seed)
-    bw, nw = _window_values(b_run), _window_values(n_run)
-    bp, np_ = _point(b_run), _point(n_run)
+    bw = _window_values(b_run, sum(unrecorded_errors(base).values()) if isinstance(base, Report) else 0)
+    nw = _window_values(n_run, sum(unrecorded_errors(new).values()) if isinstance(new, Report) else 0)
+    bp, np_ = _point(base), _point(new)
     out: list[MetricDelta] = []
     unmeasured: list[str] = []
     for m in METRICS:

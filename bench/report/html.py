@@ -342,7 +342,10 @@ def render_html(report: Report) -> str:
                                                   shade_label="warm-up") + "</div>")
     kinds = s["errors_by_kind"]
     if kinds:
-        out.append(_grid_table(["kind (measured phase)", "count"], [[_e(k), f"{n:,}"] for k, n in kinds.items()]))
+        samples = {e["kind"]: e["sample"] for e in s["top_errors"]}
+        out.append(_grid_table(["kind (measured phase)", "count", "sample of the reason"],
+                               [[_e(k), f"{n:,}", f'<code class="detail">{_e(samples.get(k, ""))}</code>']
+                                for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])]))
     if run.error_samples:
         out.append(_grid_table(["kind", "status", "count", "detail"], [
             [_e(e.kind), _e(e.status), f"{e.count:,}", f'<code class="detail">{_e(e.detail)}</code>']

@@ -72,7 +72,10 @@ def report_markdown(report: Report) -> str:
     lines += _table(["view", "p50", "p90", "p99", "p99.9", "max"], rows, "right")
     if s["errors_by_kind"]:
         lines += ["", "**Errors by kind**", ""]
-        lines += _table(["kind", "count"], [[cell(k), f"{n:,}"] for k, n in s["errors_by_kind"].items()], "right")
+        samples = {e["kind"]: e["sample"] for e in s["top_errors"]}
+        lines += _table(["kind", "count", "sample of the reason"],
+                        [[cell(k), f"{n:,}", cell(samples.get(k, "")) or MISSING]
+                         for k, n in sorted(s["errors_by_kind"].items(), key=lambda kv: -kv[1])], "right")
     lines += [""]
     slo = stored_slo(report)
     if slo is not None:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from bench.errors import InputError
+from bench.report.accounting import unrecorded_errors
 from bench.report.model import (
     ErrorCount,
     ErrorSample,
@@ -94,6 +95,15 @@ def merge_run_data(runs: Sequence[RunData]) -> RunData:
         error_samples=[ErrorSample(k, s, d, c) for (k, s, d), c in samples.items()], raw_path=None)
 
 
+def _sum_unrecorded(reports: Sequence[Report]) -> dict[str, int]:
+    """Every part's in-flight-at-end errors (``extra`` of the first alone would lose the others')."""
+    out: dict[str, int] = {}
+    for r in reports:
+        for kind, n in unrecorded_errors(r).items():
+            out[kind] = out.get(kind, 0) + n
+    return out
+
+
 def merge_reports(reports: Sequence[Report]) -> Report:
     """Merge whole reports: RunData merged exactly; metadata from the first, with hosts and verdicts combined."""
     if not reports:
@@ -112,5 +122,6 @@ def merge_reports(reports: Sequence[Report]) -> Report:
         load=dict(first.load), target=dict(first.target),
         generator_bound=any(r.meta.generator_bound for r in reports), generator_bound_reasons=reasons,
         cpu_fraction=None,
-        extra={**first.extra, "merged_from": [str(r.path) if r.path else r.meta.host for r in reports]})
+        extra={**first.extra, "merged_from": [str(r.path) if r.path else r.meta.host for r in reports],
+               "unrecorded_errors": _sum_unrecorded(reports)})
     return Report(meta=meta, run=run)

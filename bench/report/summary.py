@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from bench.report.accounting import accounted_errors_by_kind, accounted_totals, top_errors
 from bench.report.model import MEASURED, WARMUP, Histogram, Report
 
 if TYPE_CHECKING:
@@ -38,20 +39,22 @@ def _views(h: Histogram) -> dict[str, float | None]:
 def summarize(report: Report) -> dict[str, Any]:
     """requests, errors, rps, rows_per_s, latency_ms, service_ms, errors_by_kind, generator_bound, report, ...
 
-    ``requests`` counts every recorded request of the measured phase (ok + errors), so it equals the sum of
-    the measured latency histograms' counts. Latency views are over ok requests; a view with no sample holds
+    ``requests`` counts every request of the measured phase (ok + errors): the recorded ones (the sum of the
+    measured latency histograms' counts) plus those still in flight at the end, which are errors of kind
+    ``abandoned`` (see bench.report.accounting). Latency views are over ok requests; a view with no sample holds
     None in every field (shown as "—"), and so does ``error_rate`` when nothing was recorded.
     """
     run = report.run
-    tot = run.total(MEASURED)
+    tot = accounted_totals(report)
     return {
         "requests": tot.requests,
         "errors": tot.errors,
-        "rps": round(run.rps(MEASURED), 3),
+        "rps": round(run.rps(MEASURED), 3),  # completed (recorded) requests per second
         "rows_per_s": round(run.rows_per_s(MEASURED), 3),
         "latency_ms": _views(run.histogram("latency", MEASURED, "ok")),
         "service_ms": _views(run.histogram("service", MEASURED, "ok")),
-        "errors_by_kind": run.errors_by_kind(MEASURED),
+        "errors_by_kind": accounted_errors_by_kind(report),
+        "top_errors": [e.to_dict() for e in top_errors(report)],
         "generator_bound": report.meta.generator_bound,
         "generator_bound_reasons": list(report.meta.generator_bound_reasons),
         "report": str(report.path) if report.path is not None else None,
@@ -94,12 +97,17 @@ def render_summary(report: Report, console: Console) -> None:
     for label, v in rows:
         lat.add_row(label, *(num_text(v[k]) for k in ("p50", "p90", "p99", "p999", "max")))
     console.print(lat)
-    if s["errors_by_kind"]:
-        err = Table(title="errors by kind", title_justify="left")
+    if s["top_errors"]:
+        from rich.markup import escape
+
+        more = len(s["errors_by_kind"]) - len(s["top_errors"])
+        err = Table(title="errors by kind" + (f" (top {len(s['top_errors'])}, {more} more)" if more > 0 else ""),
+                    title_justify="left")
         err.add_column("kind")
         err.add_column("count", justify="right")
-        for k, n in s["errors_by_kind"].items():
-            err.add_row(k, f"{n:,}")
+        err.add_column("sample of the reason", overflow="fold")
+        for e in s["top_errors"]:
+            err.add_row(escape(e["kind"]), f"{e['count']:,}", escape(e["sample"]) or MISSING)
         console.print(err)
     if s["generator_bound"]:
         console.print("[bold red]generator-bound[/]: the numbers may describe the harness, not the endpoint")
