@@ -32,6 +32,7 @@ __all__ = [
     "Comparison",
     "Metric",
     "MetricDelta",
+    "belonging",
     "compare_reports",
     "format_change",
     "measured_windows",
@@ -92,6 +93,7 @@ class Comparison:
     new_windows: int
     confidence: float
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # the runs may not be comparable at all (belonging())
 
     @property
     def regressions(self) -> list[MetricDelta]:
@@ -243,6 +245,24 @@ def _bootstrap(metric: Metric, base: FloatArray, new: FloatArray, resamples: int
     return worse, (lo, hi)
 
 
+def belonging(base: Report, new: Report) -> list[str]:
+    """Why two reports may not be comparable: another load mode or target, or a partial (interrupted) run."""
+    out: list[str] = []
+    bm, nm = base.meta.load.get("mode"), new.meta.load.get("mode")
+    if bm != nm:
+        out.append(f"different load modes: base {bm or '(none)'}, new {nm or '(none)'}; throughput and latency "
+                   "of a closed and an open loop (or stages) are not comparable")
+    bt = (base.meta.target.get("kind"), base.meta.target.get("url"))
+    nt = (new.meta.target.get("kind"), new.meta.target.get("url"))
+    if bt != nt:
+        out.append("different targets: base " + " ".join(str(x) for x in bt if x) + ", new "
+                   + " ".join(str(x) for x in nt if x))
+    for name, r in (("base", base), ("new", new)):
+        if r.run.partial:
+            out.append(f"{name} report is partial (the run was interrupted): its figures cover only part of it")
+    return out
+
+
 def compare_reports(base: Report | RunData, new: Report | RunData,
                     thresholds: Mapping[str, float | None] | None = None, *, confidence: float = 0.99,
                     resamples: int = 2000, seed: int = 0) -> Comparison:
@@ -280,6 +300,8 @@ def compare_reports(base: Report | RunData, new: Report | RunData,
         out.append(MetricDelta(m, b, n, change, limit, beyond, significant, ci, regression))
     nb, nn = len(measured_windows(b_run)), len(measured_windows(n_run))
     cmp = Comparison(out, nb, nn, confidence)
+    if isinstance(base, Report) and isinstance(new, Report):
+        cmp.warnings = belonging(base, new)
     if unmeasured:
         cmp.notes.append("no samples, not judged: " + ", ".join(unmeasured))
     if min(nb, nn) < MIN_WINDOWS:

@@ -115,6 +115,8 @@ def comparison_markdown(cmp: Comparison, base_name: str, new_name: str) -> str:
     head = (f"### bench compare: ❌ {cell(cmp.verdict())}" if cmp.regressed
             else "### bench compare: ✅ no regression")
     lines = [head, "", f"base `{cell(base_name)}` → new `{cell(new_name)}`", ""]
+    lines += [f"> ⚠️ **warning:** {cell(w)}" for w in cmp.warnings]
+    lines += [""] if cmp.warnings else []
     lines += _table(["metric", "base", "new", "change", "allowed", "noise", "verdict"],
                     [_row(m) for m in cmp.metrics], "right")
     lines += ["", f"<sub>noise: moving-block bootstrap over per-second windows ({cmp.base_windows} base, "

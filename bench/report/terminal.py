@@ -57,6 +57,8 @@ def render_comparison(cmp: Comparison, console: Console, base_name: str, new_nam
                    else "no samples" if m.missing else "ok")
         t.add_row(m.key, num(m.base), num(m.new), format_change(m), allowed, noise, verdict)
     console.print(t)
+    for w in cmp.warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(w)}")
     for n in cmp.notes:
         console.print(f"[yellow]note:[/] {escape(n)}")
     console.print(f"[bold red]{escape(cmp.verdict())}[/]" if cmp.regressed else "[green]no regression[/]")

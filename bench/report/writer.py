@@ -14,6 +14,7 @@ import platform
 import re
 import socket
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -232,6 +233,8 @@ def _raw_batches(path: Path, run: RunData) -> Iterator[pa.RecordBatch]:
 def write_report(path: Path, report: Report) -> Path:
     """Write the report atomically (temp file in the same directory, fsync, rename); returns the path."""
     path = Path(path)
+    if not report.meta.extra.get("run_id"):  # lets merge tell two runs from one run given twice
+        report.meta.extra["run_id"] = uuid.uuid4().hex
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     schema = SCHEMA.with_metadata({VERSION_KEY: str(SCHEMA_VERSION).encode(),
