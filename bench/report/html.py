@@ -18,7 +18,7 @@ import numpy as np
 
 from bench.report.markdown import stored_slo
 from bench.report.model import MEASURED, WARMUP, Histogram, Report
-from bench.report.summary import num_text, rate_text, summarize
+from bench.report.summary import SERVER_LABEL, num_text, outside_handler_text, rate_text, summarize
 
 __all__ = ["Line", "line_chart", "percentile_curve", "render_html"]
 
@@ -282,7 +282,12 @@ def render_html(report: Report) -> str:
     out.append("<h2>Latency</h2>")
     rows = [[_e(label), *(num_text(s[key][k]) for k in ("p50", "p90", "p99", "p999", "max"))]
             for label, key in (("from intended time", "latency_ms"), ("service (sent → done)", "service_ms"))]
+    if s["server_ms"] is not None:
+        rows.append([f'<span class="server">{_e(SERVER_LABEL)}</span>',
+                     *(num_text(s["server_ms"].get(k)) for k in ("p50", "p90", "p99", "p999", "max"))])
     out.append(_grid_table(["view (ms, ok requests)", "p50", "p90", "p99", "p99.9", "max"], rows))
+    if s["server_ms"] is not None:
+        out.append(f'<p class="server-gap">{_e(outside_handler_text(s))}</p>')
     lines = []
     xmax = 1.0
     for i, (name, metric) in enumerate((("from intended time", "latency"), ("service time", "service"))):

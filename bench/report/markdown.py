@@ -15,7 +15,7 @@ from typing import Any
 from bench.report.compare import Comparison, MetricDelta, format_change
 from bench.report.model import Report
 from bench.report.slo import SloResult
-from bench.report.summary import MISSING, num_text, rate_text, summarize
+from bench.report.summary import MISSING, SERVER_LABEL, num_text, outside_handler_text, rate_text, summarize
 
 __all__ = ["append_step_summary", "cell", "comparison_markdown", "report_markdown", "stored_slo"]
 
@@ -69,7 +69,11 @@ def report_markdown(report: Report) -> str:
     lines += ["", "**Latency (ms, ok requests)**", ""]
     rows = [[label, *(num_text(s[key][k]) for k in ("p50", "p90", "p99", "p999", "max"))]
             for label, key in (("from intended time", "latency_ms"), ("service (sent→done)", "service_ms"))]
+    if s["server_ms"] is not None:
+        rows.append([SERVER_LABEL, *(num_text(s["server_ms"].get(k)) for k in ("p50", "p90", "p99", "p999", "max"))])
     lines += _table(["view", "p50", "p90", "p99", "p99.9", "max"], rows, "right")
+    if s["server_ms"] is not None:
+        lines += ["", cell(outside_handler_text(s))]
     if s["errors_by_kind"]:
         lines += ["", "**Errors by kind**", ""]
         samples = {e["kind"]: e["sample"] for e in s["top_errors"]}

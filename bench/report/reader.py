@@ -68,6 +68,7 @@ def _section_batches(reader: pyarrow.ipc.RecordBatchFileReader, path: Path,
     for i in range(reader.num_record_batches):
         try:
             b = reader.get_batch(i)
+            b.validate(full=True)  # before touching any value: a damaged buffer must not crash the process
             if b.num_rows == 0:
                 continue
             section = b.column("section")[0].as_py()

@@ -6,14 +6,35 @@ from typing import TYPE_CHECKING, Any
 
 from bench.report.accounting import accounted_errors_by_kind, accounted_totals, top_errors
 from bench.report.model import MEASURED, WARMUP, Histogram, Report
+from bench.report.server_metrics import server_latency
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["MISSING", "num_text", "rate_text", "render_summary", "summarize"]
+__all__ = ["MISSING", "SERVER_LABEL", "num_text", "outside_handler_text", "rate_text", "render_summary",
+           "summarize"]
 
 _PCTS = ((50, "p50"), (90, "p90"), (99, "p99"), (99.9, "p999"))
 MISSING = "—"  # what every view prints for a figure that was not measured (never 0)
+
+
+SERVER_LABEL = "server handler (bucket res.)"
+
+
+def outside_handler_text(s: dict[str, Any]) -> str:
+    """One sentence naming the client - server gap (from ``summarize``'s output)."""
+    gap = s["outside_handler_ms"] or {}
+    srv = s["server_ms"] or {}
+    bounds = srv.get("bounds_ms", {})
+
+    def b(k: str) -> str:
+        lo, hi = (bounds.get(k) or [None, None])[:2]
+        return "" if lo is None else f" (bucket {lo:g}–{'∞' if hi is None else f'{hi:g}'} ms)"
+
+    return (f"server {srv.get('metric', '')}: p50 {num_text(srv.get('p50'))} ms{b('p50')}, p99 "
+            f"{num_text(srv.get('p99'))} ms{b('p99')}; client service − server: p50 "
+            f"{num_text(gap.get('p50'), '+.3f')} ms, p99 {num_text(gap.get('p99'), '+.3f')} ms = network + "
+            "queueing outside the handler (server figures at bucket resolution)")
 
 
 def rate_text(rate: float | None) -> str:
@@ -46,13 +67,14 @@ def summarize(report: Report) -> dict[str, Any]:
     """
     run = report.run
     tot = accounted_totals(report)
+    service = _views(run.histogram("service", MEASURED, "ok"))
     return {
         "requests": tot.requests,
         "errors": tot.errors,
         "rps": round(run.rps(MEASURED), 3),  # completed (recorded) requests per second
         "rows_per_s": round(run.rows_per_s(MEASURED), 3),
         "latency_ms": _views(run.histogram("latency", MEASURED, "ok")),
-        "service_ms": _views(run.histogram("service", MEASURED, "ok")),
+        "service_ms": service,
         "errors_by_kind": accounted_errors_by_kind(report),
         "top_errors": [e.to_dict() for e in top_errors(report)],
         "generator_bound": report.meta.generator_bound,
@@ -66,7 +88,25 @@ def summarize(report: Report) -> dict[str, Any]:
         "schedule_lag_p99_ms": _views(run.histogram("schedule_lag", MEASURED))["p99"],
         "partial": run.partial,
         "other_ms": {name: _views(run.histogram(name, MEASURED)) for name in _other_metrics(report)},
+        **_server(report, service),
     }
+
+
+def _server(report: Report, service: dict[str, float | None]) -> dict[str, Any]:
+    """``server_ms`` (the server's request-duration percentiles, bucket resolution) and ``outside_handler_ms``
+    (client service time minus server time: network + queueing outside the handler); None without them."""
+    srv = server_latency(report)
+    if srv is None:
+        return {"server_ms": None, "outside_handler_ms": None}
+    ms = srv.ms()
+    gap: dict[str, float | None] = {}
+    for k in ("p50", "p99"):
+        client, server = service[k], ms[k]
+        gap[k] = None if client is None or server is None else round(client - server, 3)
+    return {"server_ms": {**{k: None if v is None else round(v, 3) for k, v in ms.items()}, "count": srv.count,
+                          "metric": srv.metric, "resolution": "bucket",
+                          "bounds_ms": {k: list(v) for k, v in srv.bounds_ms.items()}},
+            "outside_handler_ms": gap}
 
 
 _CORE_METRICS = frozenset({"latency", "service", "schedule_lag", "loop_lag"})
@@ -96,7 +136,11 @@ def render_summary(report: Report, console: Console) -> None:
     rows += [(name.replace("_", " "), v) for name, v in s["other_ms"].items()]
     for label, v in rows:
         lat.add_row(label, *(num_text(v[k]) for k in ("p50", "p90", "p99", "p999", "max")))
+    if s["server_ms"] is not None:
+        lat.add_row(SERVER_LABEL, *(num_text(s["server_ms"].get(k)) for k in ("p50", "p90", "p99", "p999", "max")))
     console.print(lat)
+    if s["server_ms"] is not None:
+        console.print(outside_handler_text(s), markup=False, soft_wrap=True)
     if s["top_errors"]:
         from rich.markup import escape
 
