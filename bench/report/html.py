@@ -62,8 +62,10 @@ def _fmt(v: float) -> str:
 
 def line_chart(title: str, lines: Sequence[Line], *, x_label: str, y_label: str,
                x_ticks: Sequence[tuple[float, str]] | None = None, shade: tuple[float, float] | None = None,
-               shade_label: str = "", width: int = 880, height: int = 300) -> str:
-    """An SVG line chart (linear y from 0). ``x_ticks`` overrides the numeric x ticks (e.g. percentiles)."""
+               shade_label: str = "", width: int = 880, height: int = 300,
+               marks: Sequence[tuple[float, str]] = ()) -> str:
+    """An SVG line chart (linear y from 0). ``x_ticks`` overrides the numeric x ticks (e.g. percentiles);
+    ``marks`` are labelled vertical lines (class ``mark``, e.g. a capacity knee)."""
     left, right, top, bottom = 64, 34, 30, 46
     pw, ph = width - left - right, height - top - bottom
     xs_all = [x for ln in lines for x in ln.xs]
@@ -137,6 +139,11 @@ def line_chart(title: str, lines: Sequence[Line], *, x_label: str, y_label: str,
                 parts.append(f'<circle class="dot" cx="{a:.1f}" cy="{b:.1f}" r="2.6" fill="{ln.color}">'
                              f'<title>{_e(ln.name)} @ {_e(xn)}: {_fmt(yv)} {_e(ln.unit)}</title></circle>')
         parts.append("</g>")
+    for k, (mx, label) in enumerate(marks):
+        if x0 <= mx <= x1:
+            parts.append(f'<g class="mark" data-name="{_e(label)}"><line x1="{sx(mx):.1f}" x2="{sx(mx):.1f}" '
+                         f'y1="{top}" y2="{top + ph}" stroke="#111827" stroke-dasharray="3 3"/><text '
+                         f'x="{sx(mx) + 4:.1f}" y="{top + 12 + 13 * k}">{_e(label)}</text></g>')
     lx = width - right - sum(24 + 6.5 * len(ln.name) for ln in lines)  # legend: title row, right-aligned
     for ln in lines:
         parts.append(f'<rect x="{lx:.1f}" y="{14}" width="12" height="4" fill="{ln.color}"/>'
