@@ -97,7 +97,7 @@ def test_not_a_capacity_report(tmp_path: Path) -> None:
     assert not is_capacity_report(run_path) and not is_capacity_report(tmp_path / "nope.arrow")
     bad = tmp_path / "bad.arrow"
     bad.write_bytes(b"garbage")
-    with pytest.raises(InputError, match="bad.arrow"):
+    with pytest.raises(InputError, match=r"bad\.arrow"):
         read_capacity_report(bad)
 
 
