@@ -27,10 +27,10 @@ def _offered_unit(cap: CapacityReport) -> str:
 
 
 def _cells(s: CapacityStep, server: bool) -> list[str]:
-    row = [str(s.step), f"{s.offered:,.4g}", num_text(s.achieved_rps, ",.1f"), num_text(s.p50_ms, ".3g"),
-           num_text(s.p99_ms, ".3g")]
+    row = [str(s.step), f"{s.offered:,.4g}", num_text(s.achieved_rps, ",.1f"), num_text(s.p50_ms, ",.4g"),
+           num_text(s.p99_ms, ",.4g")]
     if server:
-        row += [num_text(s.server_p50_ms, ".3g"), num_text(s.server_p99_ms, ".3g")]
+        row += [num_text(s.server_p50_ms, ",.4g"), num_text(s.server_p99_ms, ",.4g")]
     return [*row, num_text(None if s.error_rate is None else s.error_rate * 100, ".2f", " %"), s.verdict]
 
 
