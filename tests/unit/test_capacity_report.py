@@ -143,3 +143,21 @@ def test_bench_report_on_a_capacity_file(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "knee" in proc.stdout and html_path.read_text().count("<svg") == 3
     assert "highest load that met the SLO" in md_path.read_text()
+
+
+def test_capacity_doc_example_runs_without_bench(tmp_path: Path) -> None:
+    doc = (ROOT / "docs" / "capacity.md").read_text()
+    snippets = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    assert snippets
+    path = write_capacity_report(tmp_path / "cap.arrow", queue_steps(RATES), scenario_name="cap")
+    guard = ("import sys\nclass _NoBench:\n    def find_spec(self, name, path=None, target=None):\n"
+             "        if name == 'bench' or name.startswith('bench.'):\n"
+             "            raise ImportError('example must not import bench')\n"
+             "sys.meta_path.insert(0, _NoBench())\n")
+    for snippet in snippets:
+        script = tmp_path / "example.py"
+        script.write_text(guard + snippet)
+        proc = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, timeout=60,
+                              cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert "knee: {'step': 3, 'offered': 200.0" in proc.stdout
