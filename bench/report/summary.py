@@ -58,7 +58,8 @@ def _views(h: Histogram) -> dict[str, float | None]:
 
 
 def summarize(report: Report) -> dict[str, Any]:
-    """requests, errors, rps, rows_per_s, latency_ms, service_ms, errors_by_kind, generator_bound, report, ...
+    """requests, errors, rps, rows_per_s, latency_ms, service_ms, errors_by_kind, top_errors (kind, count, one
+    scrubbed sample), server_ms / outside_handler_ms (None without server metrics), generator_bound, report, ...
 
     ``requests`` counts every request of the measured phase (ok + errors): the recorded ones (the sum of the
     measured latency histograms' counts) plus those still in flight at the end, which are errors of kind

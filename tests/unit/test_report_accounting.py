@@ -112,3 +112,12 @@ def test_top_errors_one_sample_per_kind_commonest_first() -> None:
     top = top_errors(Report(ReportMeta("x", extra={"abandoned": 1}), run))
     assert [e.kind for e in top] == ["http_error:500", "abandoned"]
     assert top[0].sample == "common reason"
+
+
+def test_unreachable_verdict_survives_abandoned_connects() -> None:
+    """Requests still connecting at the end (abandoned) beside connect failures: still unreachable."""
+    from bench.run_command import unreachable_reason
+
+    assert unreachable_reason({"ok": 0, "errors_by_kind": {"connect_timeout": 5, "abandoned": 3}})
+    assert unreachable_reason({"ok": 0, "errors_by_kind": {"abandoned": 8}}) is None  # connected, never answered
+    assert unreachable_reason({"ok": 0, "errors_by_kind": {"connect_refused": 2, "reset": 1}}) is None
