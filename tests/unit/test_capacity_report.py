@@ -161,3 +161,18 @@ def test_capacity_doc_example_runs_without_bench(tmp_path: Path) -> None:
                               cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         assert "knee: {'step': 3, 'offered': 200.0" in proc.stdout
+
+
+def test_concurrency_sweep_is_labelled_in_clients(tmp_path: Path) -> None:
+    """perf_analyzer-style concurrency sweep: offered = clients, no 'ideal' line (req/s ≠ clients)."""
+    steps = [CapacityStep(n, float(c), 100.0 * min(c, 4), 10.0 * max(1, c / 4), 30.0 * max(1, c / 4), 0.0,
+                          "pass" if c <= 8 else "fail", load_kind="concurrency")
+             for n, c in enumerate((1, 2, 4, 8, 16, 32), start=1)]
+    path = write_capacity_report(tmp_path / "c.arrow", steps, scenario_name="conc", load_kind="concurrency")
+    cap = read_capacity_report(path)
+    assert cap.knee is not None and cap.knee.offered == 4.0 and cap.best is not None and cap.best.offered == 8.0
+    page = capacity_html(cap)
+    assert "offered (clients)" in page and 'data-name="offered (ideal)"' not in page
+    assert "knee: 4 clients offered" in capacity_markdown(cap)
+    with pytest.raises(ValueError):
+        write_capacity_report(tmp_path / "x.arrow", steps, scenario_name="x", load_kind="users")
