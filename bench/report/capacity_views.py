@@ -93,6 +93,19 @@ def _line(name: str, steps: list[CapacityStep], x: str, y: str, color: str, unit
                 dashed=dashed)
 
 
+def _latency_cap(steps: list[CapacityStep], *keep: CapacityStep | None) -> float | None:
+    """A y limit that keeps the curve up to the knee / highest pass readable: 4× the highest p99 up to them,
+    when overloaded steps go far beyond it (their values stay in the table); None when nothing needs clipping."""
+    upto = max((s.offered for s in keep if s is not None), default=None)
+    if upto is None:
+        return None
+    base = max((s.p99_ms for s in steps if s.offered <= upto and s.p99_ms is not None), default=None)
+    top = max((s.p99_ms for s in steps if s.p99_ms is not None), default=None)
+    if base is None or top is None or top <= 6 * base:
+        return None
+    return 4 * base
+
+
 def capacity_html(cap: CapacityReport) -> str:
     """The capacity page as one string."""
     e = html.escape
@@ -105,6 +118,7 @@ def capacity_html(cap: CapacityReport) -> str:
         _line("p99", steps, "achieved_rps", "p99_ms", _COLORS[1], "ms"),
         _line("server p50", steps, "achieved_rps", "server_p50_ms", _COLORS[2], "ms", dashed=True),
         _line("server p99", steps, "achieved_rps", "server_p99_ms", _COLORS[3], "ms", dashed=True)) if ln]
+    y_cap = _latency_cap(steps, knee, best)
     marks_x = [(s.achieved_rps, label) for s, label in ((knee, "knee"), (best, "highest under SLO"))
                if s is not None and s.achieved_rps is not None]
     marks_o = [(s.offered, label) for s, label in ((knee, "knee"), (best, "highest under SLO")) if s is not None]
@@ -129,9 +143,10 @@ def capacity_html(cap: CapacityReport) -> str:
                                            "</div></div>" for k, v in cards) + "</div>",
            '<ul class="reasons">' + "".join(f"<li>{e(x)}</li>" for x in _findings(cap)) + "</ul>",
            "<h2>Latency vs throughput</h2>",
-           '<div class="panel">' + line_chart("Latency vs achieved throughput (client, and server when scraped)",
-                                               lat, x_label="achieved req/s", y_label="latency (ms)",
-                                               marks=marks_x) + "</div>",
+           '<div class="panel">' + line_chart(
+               "Latency vs achieved throughput" + (" (y axis clipped: see the table)" if y_cap is not None else ""),
+               lat, x_label="achieved req/s",
+               y_label="latency (ms)", marks=marks_x, y_max=y_cap) + "</div>",
            "<h2>Achieved vs offered</h2>",
            '<div class="panel">' + line_chart(f"Achieved throughput vs offered load ({unit})", thr,
                                                x_label=f"offered ({unit})", y_label="achieved req/s",

@@ -63,9 +63,10 @@ def _fmt(v: float) -> str:
 def line_chart(title: str, lines: Sequence[Line], *, x_label: str, y_label: str,
                x_ticks: Sequence[tuple[float, str]] | None = None, shade: tuple[float, float] | None = None,
                shade_label: str = "", width: int = 880, height: int = 300,
-               marks: Sequence[tuple[float, str]] = ()) -> str:
+               marks: Sequence[tuple[float, str]] = (), y_max: float | None = None) -> str:
     """An SVG line chart (linear y from 0). ``x_ticks`` overrides the numeric x ticks (e.g. percentiles);
-    ``marks`` are labelled vertical lines (class ``mark``, e.g. a capacity knee)."""
+    ``marks`` are labelled vertical lines (class ``mark``, e.g. a capacity knee); ``y_max`` clips the y axis
+    (higher points are drawn on the top edge)."""
     left, right, top, bottom = 64, 34, 30, 46
     pw, ph = width - left - right, height - top - bottom
     xs_all = [x for ln in lines for x in ln.xs]
@@ -84,7 +85,7 @@ def line_chart(title: str, lines: Sequence[Line], *, x_label: str, y_label: str,
         x0, x1 = min(x0, *(t for t, _ in x_ticks)), max(x1, *(t for t, _ in x_ticks))
     if x1 <= x0:
         x1 = x0 + 1
-    ymax = max(ys_all)
+    ymax = max(ys_all) if y_max is None else min(max(ys_all), y_max)
     step = _nice_step(ymax if ymax > 0 else 1.0)
     y1 = step * max(1, math.ceil(ymax / step - 1e-9))
     if ymax >= y1:
