@@ -280,8 +280,8 @@ def compare_reports(base: Report | RunData, new: Report | RunData,
         b, n = bp[m.key], np_[m.key]
         change: float | None
         if b is None or n is None:
-            unmeasured.append(f"{m.key} ({'base' if b is None else ''}{' and ' if b is None and n is None else ''}"
-                              f"{'new' if n is None else ''})")
+            runs = " and ".join(name for name, v in (("base", b), ("new", n)) if v is None)
+            unmeasured.append(f"{m.key} ({runs})")
             out.append(MetricDelta(m, b, n, None, limits.get(m.key), False, None, None, False))
             continue
         if m.absolute:
