@@ -12,8 +12,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from bench.scenario import Scenario
+
 __all__ = ["PROBE_S", "Settings", "Step", "StepRunner", "Sweep", "default_objectives", "max_error_rate",
-           "objectives_text", "run_sweep", "slo_failures"]
+           "objectives_text", "run_sweep", "slo_failures", "step_scenario"]
 
 PROBE_S = 2.0  # closed loop, one client: the safe start rate is half of what it achieves
 
@@ -124,8 +126,6 @@ class StepRunner:
         return step
 
     def step(self, rate: float, *, repeat: bool = False) -> tuple[Step, Any]:
-        from bench.capacity import step_scenario
-
         if repeat:
             self._repeated.add(rate)
         self.n += 1
@@ -171,6 +171,8 @@ class StepRunner:
         """One fixed-width line per step, as it finishes (the header before the first)."""
         from rich.markup import escape
 
+        from bench.report.summary import num_text
+
         if self._header:
             self._header = False
             self.console.print(f"{'step':>4} {'target/s':>10} {'achieved':>10} {'p50 ms':>8} {'p99 ms':>8} "
@@ -178,8 +180,10 @@ class StepRunner:
         colour = {"pass": "green", "fail": "red"}.get(step.verdict, "yellow")
         s = step.summary
         self.console.print(
-            f"{step.n:>4} {step.target_rps:>10,.4g} {step.achieved_rps:>10,.1f} {s['latency_ms']['p50']:>8.3g} "
-            f"{s['latency_ms']['p99']:>8.3g} {s['error_rate']:>7.2%}  [{colour}]{step.verdict:<8}[/] "
+            f"{step.n:>4} {step.target_rps:>10,.4g} {step.achieved_rps:>10,.1f} "
+            f"{num_text(s['latency_ms']['p50'], '>8.3g'):>8} {num_text(s['latency_ms']['p99'], '>8.3g'):>8} "
+            f"{num_text(s['error_rate'], '>7.2%'):>7}  "
+            f"[{colour}]{step.verdict:<8}[/] "
             f"{escape('; '.join(step.reasons) or 'SLO met')}", soft_wrap=True)
 
 
@@ -223,7 +227,7 @@ def _achieved(report: Any) -> tuple[float, float]:
 def default_objectives(summary: Mapping[str, Any]) -> Any:
     from bench.report.slo import slo_from_mapping
 
-    p50 = float(summary["latency_ms"]["p50"])
+    p50 = float(summary["latency_ms"]["p50"] or 0.0)  # None: no ok request in the probe
     return slo_from_mapping({"p99_ms": round(max(5 * p50, 1.0), 3), "error_rate": 0.01}, "default")
 
 
@@ -242,3 +246,17 @@ def max_error_rate(objectives: Any) -> float:
     limits = [o.limit for o in objectives.objectives if o.key == "error_rate"]
     return limits[0] if limits else 0.01
 
+
+def step_scenario(sc: Scenario, rate: float, *, duration_s: float, warmup_s: float) -> Scenario:
+    """The scenario with its load replaced by one open-loop step at ``rate`` (arrival process kept)."""
+    load = replace(sc.load, concurrency=0, rate=rate, stages=(), duration_s=duration_s, warmup_s=warmup_s,
+                   requests=0, processes=1)
+    source = {**sc.source, "load": {**_load_source(sc), "rate": rate, "duration": f"{duration_s:g}s",
+                                    "warmup": f"{warmup_s:g}s"}}
+    return replace(sc, load=load, source=source)
+
+
+def _load_source(sc: Scenario) -> dict[str, Any]:
+    raw = sc.source.get("load", {})
+    keep = ("arrival", "seed", "drain", "max_in_flight")
+    return {k: v for k, v in raw.items() if k in keep} if isinstance(raw, Mapping) else {}

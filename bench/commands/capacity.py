@@ -76,8 +76,9 @@ def _main(args: argparse.Namespace) -> int:
                 from bench.capacity import start_from_probe
 
                 start = start_from_probe(sweep.probe.achieved_rps)
+                p50 = sweep.probe.summary['latency_ms']['p50'] or 0
                 console.print(f"probe: one client did {sweep.probe.achieved_rps:,.1f} req/s "
-                              f"(p50 {sweep.probe.summary['latency_ms']['p50']:.3g} ms) → start at {start:,.4g} req/s")
+                              f"(p50 {p50:.3g} ms) → start at {start:,.4g} req/s")
                 if settings.max_rate is not None:
                     start = min(start, settings.max_rate)
             try:
