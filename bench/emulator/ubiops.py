@@ -255,12 +255,13 @@ class UbiOpsEmulator(SubApp):
         if missing:
             raise HttpError(missing, "Not found.")
         status = query.get("status")
-        if status is not None and not body.strip():
+        ids = _id_list(body) if body.strip() else []
+        if status is not None and not ids:  # an empty body (the official client sends []): all of a status
             if status not in ("pending", "processing"):
                 raise HttpError(400, "status must be 'pending' or 'processing'")
             targets = self._store.with_status(key, status)
         else:
-            targets = [r for r in (self._store.get(i) for i in _id_list(body)) if r is not None]
+            targets = [r for r in (self._store.get(i) for i in ids) if r is not None]
         return 200, {"cancelled": self._store.cancel_many(key, targets)}  # finished ones are not cancelled
 
     def _delete_many(self, key: Key, body: bytes) -> tuple[int, Any]:
