@@ -35,5 +35,8 @@ class EmulatorContext:
         return cls(config=config, model=model)
 
     def deployment_status(self) -> str:
-        """'Starting' for the first ``startup_s`` seconds, then 'Running'."""
+        """The configured ``deployment_status`` if set (e.g. 'Error'); else 'Starting' for the first ``startup_s``
+        seconds, then 'Running'."""
+        if self.config.deployment_status:
+            return self.config.deployment_status
         return "Starting" if time.monotonic() - self.started_at < self.config.startup_s else "Running"
