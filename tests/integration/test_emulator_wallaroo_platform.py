@@ -7,7 +7,7 @@ emulator is a `bench serve` child process (EmbeddedEmulator), as `bench run` sta
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -162,3 +162,24 @@ def test_legacy_url_and_one_object_answer(start: Any) -> None:
     modern = start(deployment="ccfraud-6")  # the default stays the current shape: one record per row
     rows = modern.post("/v1/api/pipelines/infer/ccfraud-6/ccfraud", content=_records(matrix)).json()
     assert len(rows) == 17 and np.allclose([row["out"]["dense_1"][0] for row in rows], expected, rtol=1e-6)
+
+
+def test_serve_flags_reach_the_emulator(serve_emulator: Callable[..., str]) -> None:
+    base = serve_emulator("--legacy-infer", "--deployment-status", "Error", "--engine-info", "--require-token",
+                          "--mlops-user-token", "--batch-cancel-status", "404", "--max-pending", "2")
+    with httpx.Client(base_url=base) as http:
+        service = http.post(TOKEN_PATH, data={"grant_type": "client_credentials"}, auth=("api-client", SECRET))
+        denied = http.post(STATUS, json={"name": "ccfraud-1"},
+                           headers={"Authorization": f"Bearer {service.json()['access_token']}"})
+        assert denied.status_code == 403
+        user = http.post(TOKEN_PATH, data={"grant_type": "password", "client_id": "sdk-client", **USER}).json()
+        status = http.post(STATUS, json={"name": "ccfraud-1"},
+                           headers={"Authorization": f"Bearer {user['access_token']}"}).json()
+        assert status["status"] == "Error" and status["engines"][0]["info"]["status"] == "Error"
+        url = http.post(EXTERNAL_URL, json={"workspace_id": 1, "pipeline_name": "ccfraud"},
+                        headers={"Authorization": f"Bearer {user['access_token']}"}).json()["url"]
+        assert url == f"{base}/v1/api/pipelines/infer/ccfraud-1"
+        ubiops = {"Authorization": "Token emulator-ubiops-token"}
+        deployment = "/v2.1/projects/demo/deployments/ccfraud/requests"
+        assert http.post(f"{deployment}/cancel", json=[], headers=ubiops).status_code == 404
+        assert http.post(f"{deployment}/batch", json=[{"tensor": [0.0] * 29}] * 3, headers=ubiops).status_code == 400
