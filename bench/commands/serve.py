@@ -71,8 +71,8 @@ def _platform_flags(p: argparse.ArgumentParser, d: Any) -> None:
                    "POST …/requests/cancel with 404 or 405, as an older API without it (0 = route present)")
     p.add_argument("--mlops-user-token", action="store_true", help="with --require-token: MLOps routes take only "
                    "a user (password-grant) token, as the platform")
-    p.add_argument("--deployment-status", default=d.deployment_status, help="report this deployment status "
-                   "(Starting, Running or Error) instead of Starting-then-Running")
+    p.add_argument("--deployment-status", default=d.deployment_status, help="the deployment status after "
+                   "--startup-s (Starting, Running or Error; default Running)")
     p.add_argument("--unknown-deployment-status", type=int, default=d.unknown_deployment_status,
                    help="get_deployment answer for a wrong name: 404 (default), 400 or 500")
     p.add_argument("--engine-info", action="store_true", help="get_deployment nests engine fields under info")

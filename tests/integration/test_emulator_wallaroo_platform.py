@@ -7,6 +7,7 @@ emulator is a `bench serve` child process (EmbeddedEmulator), as `bench run` sta
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -135,6 +136,13 @@ def test_deployment_in_error_with_engine_info_and_unknown_name(start: Any) -> No
     assert wrong.status_code == 500 and wrong.json()["status"] == "error" and "nope-9" in wrong.json()["error"]
     infer = http.post("/v1/api/pipelines/infer/ccfraud-1/ccfraud", content=_records(_matrix(2)))
     assert infer.status_code == 503 and "Error" in infer.json()["error"]
+    later = start(deployment_status="Error", startup_s=1.5)  # fails to start: Starting, then Error
+    seen: list[str] = []
+    deadline = time.monotonic() + 20
+    while "Error" not in seen and time.monotonic() < deadline:  # poll the condition, with a deadline
+        seen.append(later.post(STATUS, json={"name": "ccfraud-1"}).json()["status"])
+        time.sleep(0.05)
+    assert seen[0] == "Starting" and seen[-1] == "Error" and set(seen) == {"Starting", "Error"}
     flat = start(unknown_deployment_status=400)
     assert flat.post(STATUS, json={"name": "nope-9"}).status_code == 400
     engine = flat.post(STATUS, json={"name": "ccfraud-1"}).json()["engines"][0]
