@@ -229,7 +229,7 @@ async def _apply_load(prepared: Prepared, url: str, authorization: str, token_so
     """The data plane: the target's own (UbiOps), or a bench engine; notes its facts."""
     sc = prepared.scenario
     target = target_for(sc.target.kind)
-    if target.own_data_plane(prepared.target_config):
+    if target.own_data_plane(prepared.target_config):  # it records its in-flight-at-end and 'sent' itself
         facts.target_extras.update(await target.run(prepared.target_config, prepared.bodies, recorder, spec, stop))
         return
     from bench.engine.select import choose_engine
@@ -240,8 +240,12 @@ async def _apply_load(prepared: Prepared, url: str, authorization: str, token_so
     engine = engine_class(cfg_e, requests, classify, recorder)
     if token_source is not None:
         token_source.on_change(lambda value: engine.set_headers({"Authorization": value}))
-    await engine.run(spec, stop)
-    facts.abandoned, facts.engine = engine.abandoned, engine_class.__name__
+    try:
+        await engine.run(spec, stop)
+    finally:  # every request taken on is recorded once or in flight at the end (kind 'abandoned')
+        facts.abandoned, facts.engine = engine.abandoned, engine_class.__name__
+        recorder.count("sent", engine.sent)
+        recorder.abandoned(engine.abandoned, min(time.monotonic_ns(), spec.end_ns))
 
 
 class _SloAbort:

@@ -197,6 +197,7 @@ class FastEngine(CallbackEngine):
             self._slot_next(None, now, 0)
 
     def _release(self) -> None:
+        self._queued_at_end += len(self._backlog)  # taken on, never written: sent (in the accounting) and abandoned
         self.abandoned += len(self._backlog)
         self._backlog.clear()
         self._connecting = 0

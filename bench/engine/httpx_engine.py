@@ -216,7 +216,7 @@ class HttpxEngine(EngineCore):
         except asyncio.CancelledError:
             self.abandoned += 1
             raise
-        except (httpx.HTTPError, OSError) as exc:
+        except Exception as exc:  # any failure: a counted kind, never a lost request
             done = time.monotonic_ns()
             kind = httpx_kind(exc)
             self.sink.record(intended, sent, done, kind, 0, rows_in,
