@@ -92,6 +92,9 @@ class HttpxEngine(EngineCore):
                 issuing_done.set_result(None)
 
         stop_task.add_done_callback(on_stop)
+        # the deadline stops issuing even while every worker waits on an answer (a stalled server): the drain
+        # then bounds the wait, and what is still out is abandoned -- the run ends by end + drain
+        end_timer = loop.call_later(max(0.0, (load.end_ns - time.monotonic_ns()) / 1e9), on_stop, None)
         tasks: set[asyncio.Task[None]] = set()
         try:
             delay = (load.start_ns - time.monotonic_ns()) / 1e9
@@ -124,6 +127,7 @@ class HttpxEngine(EngineCore):
                 t.cancel()
             if tasks:
                 await asyncio.wait(list(tasks))
+            end_timer.cancel()
             monitor.stop()
             stop_task.cancel()
             for client in self._clients:
