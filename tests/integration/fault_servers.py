@@ -3,12 +3,14 @@
 ``FaultServer(behaviour)`` serves in a thread until closed (use it as a context manager, so it is always stopped).
 Behaviours, per connection: ``silent`` (accept, read, never answer), ``reset`` (read the request, then RST),
 ``garbage`` (read, answer bytes that are not HTTP, close), ``short`` (a Content-Length longer than the body, then
-hang), ``ok`` (answer ``200`` with body ``1`` per request, keep-alive), or ``random`` (each request draws one of
-those from a seeded generator — the same seed gives the same misbehaviour).
+hang), ``slam`` (RST as soon as the connection is accepted, before reading), ``ok`` (answer ``200`` with body
+``1`` per request, keep-alive), or ``random`` (each request draws one of those from a seeded generator — the same
+seed gives the same misbehaviour).
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import struct
@@ -17,7 +19,7 @@ from types import TracebackType
 
 __all__ = ["BEHAVIOURS", "FaultServer"]
 
-BEHAVIOURS = ("silent", "reset", "garbage", "short", "ok")
+BEHAVIOURS = ("silent", "reset", "garbage", "short", "slam", "ok")
 _OK = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Type: text/plain\r\n\r\n1"
 
 
@@ -49,10 +51,8 @@ class FaultServer:
         with self._lock:
             held = list(self._held)
         for c in held:
-            try:
+            with contextlib.suppress(OSError):
                 c.close()
-            except OSError:
-                pass
         for t in list(self._threads):
             t.join(5)
         self._srv.close()
@@ -81,6 +81,10 @@ class FaultServer:
     def _handle(self, conn: socket.socket) -> None:
         conn.settimeout(0.2)
         try:
+            if self.behaviour == "slam" or (self.behaviour == "random" and self._pick() == "slam"):
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
+                return
             while not self._stop.is_set():
                 try:
                     data = conn.recv(65536)
@@ -91,7 +95,7 @@ class FaultServer:
                 with self._lock:
                     self.requests += 1
                 what = self._pick()
-                if what == "ok":
+                if what in ("ok", "slam"):  # 'slam' drawn mid-connection: answer this one
                     conn.sendall(_OK)
                     continue
                 if what == "reset":

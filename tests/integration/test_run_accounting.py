@@ -88,8 +88,8 @@ def test_a_run_with_no_ok_answer_exits_3_naming_the_commonest_kind(engine: str, 
 def test_a_mostly_failing_run_with_some_ok_answers_exits_0_and_accounts_for_all(body: Path, tmp_path: Path) -> None:
     weights = {"ok": 6.0, "reset": 1.0, "garbage": 1.0, "silent": 0.2}
     with FaultServer("random", seed=7, weights=weights) as srv:
-        proc, took = bench("run", "--url", f"http://127.0.0.1:{srv.port}/x", "--body", str(body), "-c", "4",
-                           "-d", "1s", "--set", 'load.drain="0.5s"', "-q", "--json", "--out", str(tmp_path / "r.arrow"))
+        proc, _ = bench("run", "--url", f"http://127.0.0.1:{srv.port}/x", "--body", str(body), "-c", "4",
+                        "-d", "1s", "--set", 'load.drain="0.5s"', "-q", "--json", "--out", str(tmp_path / "r.arrow"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     s = json.loads(proc.stdout)
     acc = s["accounting"]
