@@ -147,8 +147,8 @@ def failed_reason(report: Any) -> str | None:
     warm = run.total(WARMUP)
     if measured.requests == 0:
         if warm.requests:
-            return (f"nothing measured after warm-up: all {warm.requests:,} requests fell in the "
-                    f"{run.phase(WARMUP).end_s:g} s warm-up (shorten load.warmup_s or send more requests)")
+            return (f"nothing measured after warm-up: all {warm.requests:,} requests fell in the warm-up (the run "
+                    f"ended {run.phase(WARMUP).end_s:.3g} s in; shorten load.warmup or send more requests)")
         dropped = measured.dropped + warm.dropped
         return "no request was sent" + (f" ({dropped:,} dropped: max_in_flight reached)" if dropped else "")
     if measured.ok:
