@@ -155,7 +155,8 @@ def failed_reason(report: Any) -> str | None:
         return None
     by_kind = accounted_errors_by_kind(report, MEASURED)
     kind, n = max(by_kind.items(), key=lambda kv: (kv[1], kv[0])) if by_kind else ("unknown", 0)
-    return (f"no successful answer in {measured.requests:,} measured requests; commonest error: {kind} "
+    warm_ok = f" ({warm.ok:,} ok in the warm-up only)" if warm.ok else ""
+    return (f"no successful answer in {measured.requests:,} measured requests{warm_ok}; commonest error: {kind} "
             f"({n:,}, {n / measured.requests:.0%})")
 
 

@@ -123,3 +123,64 @@ def test_concurrency_beyond_the_open_file_limit_is_an_input_error(body: Path, tm
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "load.concurrency" in proc.stderr and "open-file limit" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and took < 2 + MARGIN_S
+
+
+MIX = {"ok": 8.0, "reset": 1.0, "garbage": 1.0, "short": 0.3, "silent": 0.3}
+MODES = {
+    "closed": ["-c", "4", "-d", "1s"],
+    "open": ["-r", "300", "-d", "1s"],
+    "stages": ["--set", "load.concurrency=0", "--set",
+               'load.stages=[{duration="0.5s", rate=100}, {duration="0.5s", rate=300}]'],
+    "requests": ["-c", "4", "--requests", "150"],
+    "h2-closed": ["-c", "4", "-d", "1s", "--http2"],
+    "processes": ["-c", "4", "-d", "1s", "--processes", "2"],
+}
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_every_mode_and_ending_stores_an_accounting_that_holds(mode: str, body: Path, tmp_path: Path) -> None:
+    """A server misbehaving at random: whatever the mode or how the run ends, sent = ok + errors + in flight."""
+    with FaultServer("random", seed=3, weights=MIX) as srv:
+        out = tmp_path / "r.arrow"
+        proc, _ = bench("run", "--url", f"http://127.0.0.1:{srv.port}/x", "--body", str(body), *MODES[mode],
+                        "--set", 'load.drain="0.5s"', "--set", 'engine.timeout="1s"', "-q", "--json",
+                        "--out", str(out))
+    assert "Traceback" not in proc.stderr, proc.stderr
+    s = json.loads(proc.stdout)
+    acc = s["accounting"]
+    assert acc["holds"] and acc["sent"] > 0, acc
+    assert acc["sent"] == acc["ok"] + acc["errors"] + acc["in_flight_at_end"]
+    assert _stored(out)["accounting"] == acc
+    if mode == "h2-closed":  # an HTTP/1.1 server: no h2 answer is ok -- a failed run, said so
+        assert proc.returncode == 3 and s["ok"] == 0, proc.stderr
+    else:
+        assert proc.returncode == 0 and s["ok"] > 0, proc.stdout + proc.stderr
+    if mode == "requests":
+        assert acc["sent"] == 150
+
+
+def test_sigint_against_a_silent_server_counts_the_in_flight_requests(body: Path, tmp_path: Path) -> None:
+    """Ctrl-C mid-run: exit 130, a partial report whose in-flight requests are errors, and the check holds."""
+    import signal
+
+    with FaultServer("silent") as srv:
+        out = tmp_path / "r.arrow"
+        proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--url", f"http://127.0.0.1:{srv.port}/x",
+                                 "--body", str(body), "-c", "6", "-d", "60s", "--set", 'load.drain="0.5s"', "-q",
+                                 "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while srv.requests < 6 and time.monotonic() < deadline:  # all six requests are out
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            stdout, stderr = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 130, stdout + stderr
+    assert "in flight at end 6" in stdout and "(holds)" in stdout, stdout
+    extra = _stored(out)
+    assert extra["accounting"] == {"sent": 6, "ok": 0, "errors": 0, "in_flight_at_end": 6, "dropped": 0,
+                                   "holds": True}
