@@ -120,6 +120,7 @@ class WallarooEmulator:
         await self.ctx.model.serve(len(matrix))
         scores = self.model.predict(matrix)
         step_ns = time.perf_counter_ns() - t1
+        self.ctx.metrics.model_infer(MODEL_NAME, "1", step_ns / 1e9, ok=True)
         query = _dataset_options(scope)
         now_ms = time.time_ns() // 1_000_000
         accept = header(scope, b"accept") or ""
