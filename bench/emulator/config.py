@@ -45,3 +45,5 @@ class EmulatorConfig:
     ubiops_deployments: tuple[UbiOpsDeployment, ...] = field(
         default_factory=lambda: (UbiOpsDeployment(), UbiOpsDeployment(name="echo", input_type="plain", fields=())))
     rate_limit_per_min: int = 0  # 0 = no rate limit
+    # fault injection (bench.emulator.faults): canonical spec string, "" = none; decisions seeded by `seed`
+    faults: str = ""

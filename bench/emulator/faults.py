@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from bench.emulator.asgi import Message, Receive, Scope, Send
 
 __all__ = ["ASGI_FAULTS", "EXEMPT_PATHS", "FAULTS", "Decision", "FaultMiddleware", "FaultPlan", "FaultSpec",
-           "FaultSpecError",
+           "FaultSpecError", "canonical_faults", "fault_problem",
            "describe", "error_answer", "faults_to_string", "pad_json", "parse_faults", "plan_from_config"]
 
 # name -> (parameter defaults, help); every probability fault also takes its probability as ``value``
@@ -148,12 +148,40 @@ def parse_faults(spec: str | Mapping[str, object]) -> tuple[FaultSpec, ...]:
     return tuple(items)
 
 
+def _fmt(value: float) -> str:
+    """Exact and short: integers without a decimal point, other values as repr (round-trips)."""
+    return str(int(value)) if value == int(value) else repr(value)
+
+
 def faults_to_string(faults: tuple[FaultSpec, ...]) -> str:
     """The canonical spec string (what EmulatorConfig.faults stores); parse_faults reads it back."""
     parts = []
     for f in faults:
-        parts.append(":".join([f.name, f"{f.value:g}", *(f"{k}={v:g}" for k, v in f.params)]))
+        parts.append(":".join([f.name, _fmt(f.value), *(f"{k}={_fmt(v)}" for k, v in f.params)]))
     return ",".join(parts)
+
+
+def canonical_faults(value: object) -> str:
+    """A spec string or table as the canonical string EmulatorConfig.faults stores (FaultSpecError if bad)."""
+    if isinstance(value, str):
+        return faults_to_string(parse_faults(value))
+    if isinstance(value, Mapping):
+        return faults_to_string(parse_faults(value))
+    raise FaultSpecError(f"must be a string like 'stall:0.01,reset:0.02' or a table, got {value!r}")
+
+
+def fault_problem(spec: str, http2: bool) -> str | None:
+    """Why a canonical spec cannot be served (None when it can); with ``http2`` only ASGI_FAULTS work."""
+    try:
+        faults = parse_faults(spec)
+    except FaultSpecError as exc:
+        return str(exc)
+    if http2:
+        wire = [f.name for f in faults if f.name not in ASGI_FAULTS]
+        if wire:
+            return (f"{', '.join(wire)} need the HTTP/1.1 fault server; with http2 only "
+                    f"{', '.join(sorted(ASGI_FAULTS))} can be injected")
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,7 +337,7 @@ def describe() -> list[str]:
     """One help line per fault (``bench serve --help`` and docs)."""
     out = []
     for name, (params, text) in FAULTS.items():
-        extra = ", ".join(f"{k}={v:g}" for k, v in params.items())
+        extra = ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
         out.append(f"{name}: {text}" + (f" (defaults {extra})" if extra else ""))
     return out
 

@@ -12,7 +12,8 @@ Metric families (seconds throughout):
 - ``rest_server_requests_in_progress{method,path}`` gauge
 - ``model_infer_request_duration_seconds{model,version}`` histogram (capacity-model wait + scoring)
 - ``model_infer_request_success_total`` / ``model_infer_request_failure_total{model,version}`` counters
-- ``emulator_requests_received_total`` counter: requests parsed by the fault server (before any fault)
+- ``emulator_requests_received_total`` counter: requests parsed by the fault server before any fault is applied
+  (only with faults on HTTP/1.1; ``/metrics`` and ``/health`` not counted)
 - ``emulator_faults_injected_total{fault}`` counter
 """
 
