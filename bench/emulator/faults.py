@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from bench.emulator.asgi import Message, Receive, Scope, Send
 
 __all__ = ["ASGI_FAULTS", "EXEMPT_PATHS", "FAULTS", "Decision", "FaultMiddleware", "FaultPlan", "FaultSpec",
-           "FaultSpecError", "canonical_faults", "fault_problem",
-           "describe", "error_answer", "faults_to_string", "pad_json", "parse_faults", "plan_from_config"]
+           "FaultSpecError", "canonical_faults", "describe", "error_answer", "fault_problem", "faults_to_string",
+           "pad_json", "parse_faults", "plan_from_config"]
 
 # name -> (parameter defaults, help); every probability fault also takes its probability as ``value``
 FAULTS: dict[str, tuple[dict[str, float], str]] = {
