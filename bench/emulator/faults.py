@@ -20,7 +20,7 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from bench.emulator.asgi import Message, Receive, Scope, Send
+from bench.emulator.asgi import Message, Receive, Scope, Send, read_body
 
 __all__ = ["ASGI_FAULTS", "EXEMPT_PATHS", "FAULTS", "Decision", "FaultMiddleware", "FaultPlan", "FaultSpec",
            "FaultSpecError", "canonical_faults", "describe", "error_answer", "fault_problem", "faults_to_string",
@@ -40,7 +40,7 @@ FAULTS: dict[str, tuple[dict[str, float], str]] = {
     "close_after": ({}, "close each connection after N answers (value = N), without Connection: close"),
 }
 # what FaultMiddleware can do inside an ASGI server (HTTP/2 via hypercorn)
-ASGI_FAULTS = frozenset({"stall", "reset", "slow", "5xx", "429", "chunked", "huge"})
+ASGI_FAULTS = frozenset({"stall", "slow", "5xx", "429", "chunked", "huge"})
 EXEMPT_PATHS = frozenset({"/metrics", "/health"})
 _ORDER = ("stall", "reset", "garbage", "bad_length", "5xx", "429", "slow", "huge", "chunked")
 
@@ -268,13 +268,16 @@ AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 class FaultMiddleware:
     """The ASGI-level faults (ASGI_FAULTS) around an app, for servers bench does not own (hypercorn, HTTP/2)."""
 
-    def __init__(self, app: AsgiApp, plan: FaultPlan) -> None:
-        self.app, self.plan = app, plan
+    def __init__(self, app: AsgiApp, plan: FaultPlan, on_received: Callable[[], None] | None = None) -> None:
+        self.app, self.plan, self.on_received = app, plan, on_received
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        decision = self.plan.decide(scope["path"])
+        path = scope["path"]
+        if self.on_received is not None and path not in EXEMPT_PATHS:
+            self.on_received()
+        decision = self.plan.decide(path)
         spec = decision.spec
         if spec is None:
             return await self.app(scope, receive, send)
@@ -282,13 +285,11 @@ class FaultMiddleware:
         if name == "stall":
             await asyncio.Event().wait()  # until the server cancels us (client gone or shutdown)
         if name in ("5xx", "429"):
+            await read_body(receive)  # answering before the request body is in trips hypercorn's h2 streams
             status, body, extra = error_answer(spec)
             head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]
             await send({"type": "http.response.start", "status": status, "headers": head})
             return await send({"type": "http.response.body", "body": body})
-        if name == "reset":
-            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1000")]})
-            raise ConnectionAbortedError("injected fault: reset")  # the server resets the stream
         start, body = await _collect(self.app, scope, receive)
         await _send_shaped(send, start, body, spec)
 

@@ -80,7 +80,7 @@ def serve(config: EmulatorConfig) -> None:
         if plan is not None:
             from bench.emulator.faults import FaultMiddleware
 
-            app = FaultMiddleware(app, plan)
+            app = FaultMiddleware(app, plan, _received_counter(app))
         _serve_hypercorn(app, sock, announce)
     elif plan is not None:
         _serve_faults(app, plan, sock, announce)
@@ -97,13 +97,19 @@ def _fault_plan(config: EmulatorConfig, app: Any) -> Any:
     return plan_from_config(config.faults, config.seed, app.ctx.metrics.fault)
 
 
-def _serve_faults(app: Any, plan: Any, sock: socket.socket, announce: Callable[[], None]) -> None:
-    from bench.emulator.faultserver import running_fault_server
-
+def _received_counter(app: Any) -> Callable[[], None]:
     metrics = app.ctx.metrics
 
     def received() -> None:
         metrics.received += 1
+
+    return received
+
+
+def _serve_faults(app: Any, plan: Any, sock: socket.socket, announce: Callable[[], None]) -> None:
+    from bench.emulator.faultserver import running_fault_server
+
+    received = _received_counter(app)
 
     async def main() -> None:
         stop = asyncio.Event()
