@@ -7,7 +7,7 @@ gets the fault (``close_after`` takes a request count instead). Probabilities ad
 draws once from one RNG seeded by the emulator's ``seed``, so the sequence of decisions reproduces run after run
 (which request gets which decision still depends on arrival order under concurrency).
 
-Byte-level faults (stall, reset, garbage, bad_length, close_after) are applied by bench.emulator.faultserver,
+Byte-level faults (stall, reset, accept_reset, garbage, bad_length, close_after) are applied by bench.emulator.faultserver,
 a small HTTP/1.1 server below ASGI that owns the sockets; with ``http2`` the ASGI-level subset runs as
 :class:`FaultMiddleware` inside hypercorn. ``/metrics`` and ``/health`` are never faulted, so tests can always
 scrape and probe the emulator.
@@ -30,6 +30,7 @@ __all__ = ["ASGI_FAULTS", "EXEMPT_PATHS", "FAULTS", "Decision", "FaultMiddleware
 FAULTS: dict[str, tuple[dict[str, float], str]] = {
     "stall": ({}, "accept the request, never answer"),
     "reset": ({}, "close the connection with a TCP RST instead of answering"),
+    "accept_reset": ({}, "reset a new connection (TCP RST) before reading anything; drawn per connection"),
     "slow": ({"ms": 300.0}, "trickle the answer's body over `ms` milliseconds"),
     "garbage": ({"bytes": 64.0}, "answer `bytes` of non-HTTP junk, then close"),
     "5xx": ({"burst": 10.0, "status": 503.0}, "start a burst of `burst` answers with `status` (500-599)"),
@@ -42,6 +43,7 @@ FAULTS: dict[str, tuple[dict[str, float], str]] = {
 # what FaultMiddleware can do inside an ASGI server (HTTP/2 via hypercorn)
 ASGI_FAULTS = frozenset({"stall", "slow", "5xx", "429", "chunked", "huge"})
 EXEMPT_PATHS = frozenset({"/metrics", "/health"})
+_PER_CONNECTION = frozenset({"close_after", "accept_reset"})  # not drawn per request
 _ORDER = ("stall", "reset", "garbage", "bad_length", "5xx", "429", "slow", "huge", "chunked")
 
 
@@ -142,7 +144,7 @@ def parse_faults(spec: str | Mapping[str, object]) -> tuple[FaultSpec, ...]:
     for name in names:
         if names.count(name) > 1:
             raise FaultSpecError(f"{name}: given more than once")
-    total = sum(f.value for f in items if f.name != "close_after")
+    total = sum(f.value for f in items if f.name not in _PER_CONNECTION)
     if total > 1.0 + 1e-9:
         raise FaultSpecError(f"probabilities add up to {total:g}, more than 1")
     return tuple(items)
@@ -214,10 +216,20 @@ class FaultPlan:
         self.on_fault = on_fault
         close = self.faults.get("close_after")
         self.close_after = int(close.value) if close is not None else 0
+        accept = self.faults.get("accept_reset")
+        self.accept_reset = accept.value if accept is not None else 0.0
 
     @property
     def active(self) -> bool:
-        return bool(self._cumulative) or self.close_after > 0
+        return bool(self._cumulative) or self.close_after > 0 or self.accept_reset > 0
+
+    def reset_on_accept(self) -> bool:
+        """Whether a new connection is reset before anything is read (draws only when accept_reset is set)."""
+        if self.accept_reset <= 0 or self._rng.random() >= self.accept_reset:
+            return False
+        if self.on_fault is not None:
+            self.on_fault("accept_reset")
+        return True
 
     def decide(self, path: str) -> Decision:
         """The decision for the next request (exempt paths always answer normally and draw nothing)."""

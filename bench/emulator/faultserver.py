@@ -2,7 +2,8 @@
 
 Used instead of uvicorn when ``faults`` are set (without ``http2``): it parses requests with httptools, runs the
 emulator's ASGI app for those that get an answer, and applies the fault plan's decision at the byte level —
-stall (never answer, keep the socket open), reset (SO_LINGER 0 + abort = TCP RST), garbage, a Content-Length
+stall (never answer, keep the socket open), reset (SO_LINGER 0 + abort = TCP RST; also right after accept),
+garbage, a Content-Length
 longer than the body, chunked or trickled bodies, huge bodies, injected 5xx/429 bursts, and closing a connection
 after N answers without ``Connection: close``. Answers are buffered whole (emulator answers are small), one
 request at a time per connection, in order (pipelined requests wait their turn).
@@ -98,6 +99,9 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         self.server.connections.add(self)
+        if self.server.plan.reset_on_accept():
+            self.poisoned = True
+            _reset(self.transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -44,7 +44,7 @@ class RunResult:
     stdout: str
     stderr: str
     received: float  # the server's emulator_requests_received_total during the run
-    faults: float  # the server's emulator_faults_injected_total (all faults) during the run
+    faults: dict[str, float]  # the server's emulator_faults_injected_total by fault during the run
     abandoned: int  # the report's extra.abandoned (requests in flight when the run ended)
     peak_rss_mb: list[float] = field(default_factory=list)  # bench process RSS samples (soak)
 
@@ -65,12 +65,20 @@ def parse_prometheus(text: str) -> dict[str, float]:
     return out
 
 
-def scrape(base: str) -> dict[str, float]:
-    return parse_prometheus(httpx.get(f"{base}/metrics", timeout=10).text)
+def scrape(base: str) -> tuple[dict[str, float], int]:
+    """The emulator's metrics, and how many connection attempts were reset first (``accept_reset`` hits the
+    scrape too: those resets are the scraper's, not the run's)."""
+    for failed in range(50):
+        try:
+            return parse_prometheus(httpx.get(f"{base}/metrics", timeout=10).text), failed
+        except httpx.TransportError:
+            continue
+    raise AssertionError(f"could not scrape {base}/metrics")
 
 
-def faults_total(metrics: dict[str, float]) -> float:
-    return sum(v for k, v in metrics.items() if k.startswith("emulator_faults_injected_total"))
+def faults_by_name(metrics: dict[str, float]) -> dict[str, float]:
+    prefix = 'emulator_faults_injected_total{fault="'
+    return {k[len(prefix):-2]: v for k, v in metrics.items() if k.startswith(prefix)}
 
 
 class Emulator:
@@ -120,7 +128,7 @@ def run_group(spec: str, engines: list[Engine], load: list[str], workdir: Path, 
     results: dict[str, RunResult] = {}
     try:
         bases = {name: emu.wait_listening() for name, emu in emulators.items()}
-        before = {name: scrape(base) for name, base in bases.items()}
+        before = {name: scrape(base)[0] for name, base in bases.items()}
         procs: dict[str, tuple[subprocess.Popen[str], float, Path]] = {}
         samplers: list[tuple[threading.Thread, threading.Event]] = []
         rss: dict[str, list[float]] = {}
@@ -146,11 +154,14 @@ def run_group(spec: str, engines: list[Engine], load: list[str], workdir: Path, 
                 proc.kill()
                 stdout, stderr = proc.communicate()
             wall = time.monotonic() - t0
-            after = scrape(bases[name])
+            after, scrape_resets = scrape(bases[name])
             received = after.get("emulator_requests_received_total", 0.0) - before[name].get(
                 "emulator_requests_received_total", 0.0)
-            results[name] = RunResult(proc.returncode, wall, stdout, stderr, received,
-                                      faults_total(after) - faults_total(before[name]), _abandoned(out),
+            was = faults_by_name(before[name])
+            faults = {k: v - was.get(k, 0.0) for k, v in faults_by_name(after).items()}
+            if scrape_resets:
+                faults["accept_reset"] -= scrape_resets
+            results[name] = RunResult(proc.returncode, wall, stdout, stderr, received, faults, _abandoned(out),
                                       rss.get(name, []))
         for t, done in samplers:
             done.set()
