@@ -35,11 +35,12 @@ BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 
 METRICS_PATH = "/metrics"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _STATIC = frozenset({
-    "v1", "v2", "v2.1", "api", "pipelines", "infer", "models", "health", "live", "ready", "versions", "projects",
+    "api", "pipelines", "infer", "models", "health", "live", "ready", "versions", "projects",
     "deployments", "deployment_requests", "requests", "batch", "status", "admin", "auth", "realms", "protocol",
     "openid-connect", "token", "metrics", "environments", "pipeline_versions", "get_pipeline", "list_pipelines",
     "deployment_versions", "batch_requests", "cancel", "generate",
 })
+_ROOTS = frozenset({"v1", "v2", "v2.1"})  # kept only as the first segment (elsewhere "v1" is a version name)
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 _MAX_SEGMENTS = 10
 _CACHE_MAX = 4096
@@ -50,7 +51,8 @@ def route_template(path: str) -> str:
     segments = path.strip("/").split("/")
     if len(segments) > _MAX_SEGMENTS:
         segments = [*segments[:_MAX_SEGMENTS], "..."]
-    return "/" + "/".join(s if s in _STATIC or s == "..." or not s else "{}" for s in segments)
+    return "/" + "/".join(s if s in _STATIC or s == "..." or not s or (i == 0 and s in _ROOTS) else "{}"
+                          for i, s in enumerate(segments))
 
 
 class _Histogram:
