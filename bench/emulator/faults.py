@@ -7,8 +7,9 @@ gets the fault (``close_after`` takes a request count instead). Probabilities ad
 draws once from one RNG seeded by the emulator's ``seed``, so the sequence of decisions reproduces run after run
 (which request gets which decision still depends on arrival order under concurrency).
 
-Byte-level faults (stall, reset, accept_reset, garbage, bad_length, close_after) are applied by bench.emulator.faultserver,
-a small HTTP/1.1 server below ASGI that owns the sockets; with ``http2`` the ASGI-level subset runs as
+Byte-level faults (stall, reset, accept_reset, garbage, bad_length, close_after) are applied by
+bench.emulator.faultserver, a small HTTP/1.1 server below ASGI that owns the sockets; with ``http2`` the ASGI-level
+subset runs as
 :class:`FaultMiddleware` inside hypercorn. ``/metrics`` and ``/health`` are never faulted, so tests can always
 scrape and probe the emulator.
 """

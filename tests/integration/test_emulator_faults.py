@@ -79,7 +79,8 @@ def test_bad_length_promises_more_than_it_sends(fault_emulator: Callable[..., st
     base = fault_emulator("bad_length:1:extra=50")
     out, end = exchange(base, wait_s=0.5)
     head, _, body = out.partition(b"\r\n\r\n")
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    lines = head.split(b"\r\n")
+    length = int(next(line.split(b":")[1] for line in lines if line.lower().startswith(b"content-length")))
     assert length == len(body) + 50 and end == "timeout"
     json.loads(body)  # the body itself is whole
 
