@@ -9,9 +9,8 @@ draws once from one RNG seeded by the emulator's ``seed``, so the sequence of de
 
 Byte-level faults (stall, reset, accept_reset, garbage, bad_length, close_after) are applied by
 bench.emulator.faultserver, a small HTTP/1.1 server below ASGI that owns the sockets; with ``http2`` the ASGI-level
-subset runs as
-:class:`FaultMiddleware` inside hypercorn. ``/metrics`` and ``/health`` are never faulted, so tests can always
-scrape and probe the emulator.
+subset runs as :class:`FaultMiddleware` inside hypercorn. ``/metrics`` and ``/health`` are never faulted, so
+tests can always scrape and probe the emulator.
 """
 
 from __future__ import annotations
