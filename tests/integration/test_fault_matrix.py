@@ -156,3 +156,40 @@ def test_fault_matrix(groups: _Groups, fault_id: str, engine: str) -> None:
         assert s["requests"] + s["dropped"] + abandoned == fault.scheduled, s
     # a run that failed says so: no successful answer at all exits 3, anything else (no SLO) exits 0
     assert r.rc == (3 if s["ok"] == 0 else 0), f"ok={s['ok']} exit {r.rc}"
+
+
+SOAK_S = 30.0
+SOAK_MIX = {
+    # every fault at once, small probabilities; accept_reset left out for httpx (its getpeername crash, issue 15 #4)
+    "fast": "stall:0.002,reset:0.01,garbage:0.01,bad_length:0.002,5xx:0.005:burst=3,429:0.005:burst=3,slow:0.01:ms=50,"
+            "chunked:0.1,huge:0.01:bytes=262144,close_after:50,accept_reset:0.05",
+    "httpx": "stall:0.002,reset:0.01,garbage:0.01,bad_length:0.002,5xx:0.005:burst=3,429:0.005:burst=3,"
+             "slow:0.01:ms=50,chunked:0.1,huge:0.01:bytes=262144,close_after:50",
+    "h2": "stall:0.002,5xx:0.005:burst=3,429:0.005:burst=3,slow:0.01:ms=50,huge:0.01:bytes=262144",
+}
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("engine", list(SOAK_MIX))
+def test_fault_soak_memory_flat(engine: str, tmp_path: Path) -> None:
+    """A 30 s run against every fault at once: counts still add up and the load generator's memory stays flat
+    (RSS sampled each second; growth after the first 10 s under 20 MB)."""
+    load = ["-c", "8", "-d", f"{SOAK_S:g}s", "--set", f'load.drain="{DRAIN_S:g}s"',
+            "--set", f'engine.timeout="{TIMEOUT_S:g}s"']
+    r = run_group(SOAK_MIX[engine], [ENGINES[engine]], load, tmp_path, timeout_s=SOAK_S + 120,
+                  sample_rss_every_s=1.0)[engine]
+    assert "Traceback" not in r.stderr, r.stderr[-800:]
+    assert r.rc == 0, r.stderr[-800:]
+    assert r.wall_s <= SOAK_S + DRAIN_S + TIMEOUT_S + SLACK_S
+    s = r.summary
+    assert s["ok"] + s["errors"] == s["requests"] and sum(s["errors_by_kind"].values()) == s["errors"]
+    abandoned = 0 if "abandoned" in s["errors_by_kind"] else r.abandoned
+    assert r.received <= s["requests"] + abandoned
+    assert s["ok"] > 1000 and sum(r.faults.values()) > 100
+    rss = r.peak_rss_mb
+    assert len(rss) >= SOAK_S - 5, rss
+    settled = rss[10:]
+    print(f"soak {engine}: {s['requests']} requests, {s['errors']} errors {s['errors_by_kind']}, faults {r.faults}, "
+          f"RSS {rss[0]:.1f} -> {settled[0]:.1f} (10 s) -> {rss[-1]:.1f} MB (max {max(rss):.1f})")
+    assert max(settled) - settled[0] < 20.0, f"RSS grew from {settled[0]:.1f} to {max(settled):.1f} MB: {rss}"
