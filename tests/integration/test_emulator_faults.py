@@ -178,3 +178,28 @@ def test_scenario_faults_table_reaches_the_embedded_emulator(tmp_path: Path) -> 
     proc = subprocess.run([sys.executable, "-m", "bench", "run", str(bad)], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and "emulator.faults" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.anyio
+async def test_fault_server_in_process() -> None:
+    """The fault server on the test's own event loop (no child process): what the fault_emulator fixture serves."""
+    from bench.emulator.app import build_app
+    from bench.emulator.config import EmulatorConfig
+    from bench.emulator.faults import plan_from_config
+    from bench.emulator.faultserver import running_fault_server
+    from bench.emulator.server import bind_socket
+
+    app = build_app(EmulatorConfig())
+    plan = plan_from_config("5xx:0.5:burst=1", seed=11, on_fault=app.ctx.metrics.fault)
+    sock = bind_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    async with running_fault_server(app, plan, sock), httpx.AsyncClient(timeout=5) as client:
+        statuses = [(await client.post(f"http://127.0.0.1:{port}/infer", content=BODY,
+                                       headers={"content-type": "application/json"})).status_code
+                    for _ in range(30)]
+        metrics = parse((await client.get(f"http://127.0.0.1:{port}/metrics")).text)
+    assert set(statuses) == {200, 503}
+    injected = {labels["fault"]: v for _, labels, v in metrics["emulator_faults_injected"].samples}
+    assert injected == {"5xx": statuses.count(503)}
+    twin = plan_from_config("5xx:0.5:burst=1", seed=11)
+    assert [503 if twin.decide("/infer").fault else 200 for _ in range(30)] == statuses
