@@ -30,7 +30,8 @@ __all__ = ["ASGI_FAULTS", "EXEMPT_PATHS", "FAULTS", "Decision", "FaultMiddleware
 FAULTS: dict[str, tuple[dict[str, float], str]] = {
     "stall": ({}, "accept the request, never answer"),
     "reset": ({}, "close the connection with a TCP RST instead of answering"),
-    "accept_reset": ({}, "reset a new connection (TCP RST) before reading anything; drawn per connection"),
+    "accept_reset": ({"spare": 0.0}, "reset a new connection (TCP RST) before reading anything; drawn per "
+                     "connection, the first `spare` connections (e.g. a metrics scraper's) are never reset"),
     "slow": ({"ms": 300.0}, "trickle the answer's body over `ms` milliseconds"),
     "garbage": ({"bytes": 64.0}, "answer `bytes` of non-HTTP junk, then close"),
     "5xx": ({"burst": 10.0, "status": 503.0}, "start a burst of `burst` answers with `status` (500-599)"),
@@ -218,6 +219,7 @@ class FaultPlan:
         self.close_after = int(close.value) if close is not None else 0
         accept = self.faults.get("accept_reset")
         self.accept_reset = accept.value if accept is not None else 0.0
+        self._spare = int(accept.param("spare")) if accept is not None else 0
 
     @property
     def active(self) -> bool:
@@ -225,7 +227,12 @@ class FaultPlan:
 
     def reset_on_accept(self) -> bool:
         """Whether a new connection is reset before anything is read (draws only when accept_reset is set)."""
-        if self.accept_reset <= 0 or self._rng.random() >= self.accept_reset:
+        if self.accept_reset <= 0:
+            return False
+        if self._spare > 0:
+            self._spare -= 1
+            return False
+        if self._rng.random() >= self.accept_reset:
             return False
         if self.on_fault is not None:
             self.on_fault("accept_reset")

@@ -165,6 +165,8 @@ def test_accept_reset_draws_per_connection() -> None:
     assert hits / 8000 == pytest.approx(0.25, abs=0.02)
     assert seen == ["accept_reset"] * hits
     assert not FaultPlan(parse_faults("stall:0.1"), seed=4).reset_on_accept()
+    spared = FaultPlan(parse_faults("accept_reset:1:spare=2"), seed=4)
+    assert [spared.reset_on_accept() for _ in range(4)] == [False, False, True, True]
 
 
 @given(st.binary(max_size=100), st.integers(0, 300))
