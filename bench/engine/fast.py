@@ -40,6 +40,7 @@ _PROTOCOL = int(Kind.PROTOCOL_ERROR)
 _READ_TIMEOUT = int(Kind.READ_TIMEOUT)
 CONNECT_CAP = 32  # simultaneous connects in open loop: a catch-up burst must not become a connect storm
 _WARM_LATENCY_S = 0.005  # assumed answer time for sizing the warm pool (x2 headroom below)
+GROW_MAX_LAG_NS = 1_000_000  # open loop: the pool grows only while the pacer's alarm wakes the loop this promptly
 
 
 class Target:
@@ -117,7 +118,8 @@ class _Conn(asyncio.Protocol):
     """One connection with at most one request in flight. Hot-path state lives in plain slots."""
 
     __slots__ = ("body", "busy", "bytes_in", "bytes_out", "complete", "dead", "eng", "failures", "idx",
-                 "intended", "keep", "parser", "pending", "rows_in", "sent", "transport", "truncate_at")
+                 "intended", "keep", "kept", "parser", "parts", "pending", "rows_in", "sent", "transport",
+                 "truncate_at")
 
     def __init__(self, eng: FastEngine, failures: int) -> None:
         self.eng = eng
@@ -135,7 +137,9 @@ class _Conn(asyncio.Protocol):
         self.rows_in = 0
         self.bytes_out = 0
         self.bytes_in = 0
-        self.body = b""
+        self.body = b""  # the first chunk of the kept prefix (most answers arrive in one)
+        self.parts: list[bytes] | None = None  # every kept chunk once a second one arrives; joined once at the end
+        self.kept = 0
         self.truncate_at = eng.max_body
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
@@ -163,11 +167,31 @@ class _Conn(asyncio.Protocol):
 
     # -- httptools callbacks ------------------------------------------------------------------------
     def on_body(self, body: bytes) -> None:
-        self.bytes_in += len(body)
-        if not self.body:
-            self.body = body if len(body) <= self.truncate_at else body[: self.truncate_at]
-        elif len(self.body) < self.truncate_at:
-            self.body = (self.body + body)[: self.truncate_at]
+        """Keep at most ``truncate_at`` bytes, as chunks: copying the kept prefix per chunk was quadratic."""
+        n = len(body)
+        self.bytes_in += n
+        room = self.truncate_at - self.kept
+        if room <= 0:
+            return
+        if n > room:
+            body = body[:room]
+            n = room
+        if not self.kept:
+            self.body = body
+        elif self.parts is None:
+            self.parts = [self.body, body]
+        else:
+            self.parts.append(body)
+        self.kept += n
+
+    def take_body(self) -> bytes:
+        """The kept prefix as one ``bytes`` (one join per answer), and reset for the next answer."""
+        parts = self.parts
+        body = self.body if parts is None else b"".join(parts)
+        self.body = b""
+        self.parts = None
+        self.kept = 0
+        return body
 
     def on_message_complete(self) -> None:
         self.complete = True
@@ -250,6 +274,8 @@ class FastEngine(CallbackEngine):
         conn.rows_in = self._rows[i]
         conn.bytes_in = 0
         conn.body = b""
+        conn.parts = None
+        conn.kept = 0
         if conn.transport is None:
             conn.pending = True
             conn.idx = i
@@ -300,10 +326,22 @@ class FastEngine(CallbackEngine):
         for _ in range(n):
             self._idle.append(self._new_conn(0))
 
+    def _may_grow(self) -> bool:
+        """Open loop: room for one more connection, and the loop keeps up with the schedule.
+
+        A loop that wakes late is busy with answers (CPU-bound on reading them, e.g. big answers): more
+        connections would only hold more answers in memory and hide the harness's limit as target latency. Then
+        sends wait for a free connection instead, leave late, and the schedule lag flags the run generator-bound.
+        """
+        if len(self._conns) >= self._limit or self._connecting >= CONNECT_CAP:
+            return False
+        pacer = self._pacer
+        return pacer is None or pacer.late_ns <= GROW_MAX_LAG_NS
+
     def _grow(self) -> None:
         """Open loop: open connections for waiting sends, within max_in_flight and CONNECT_CAP."""
         backlog = self._backlog
-        while backlog and len(self._conns) < self._limit and self._connecting < CONNECT_CAP:
+        while backlog and self._may_grow():
             self._assign(self._new_conn(0), backlog.popleft())
 
     async def _connect(self, conn: _Conn) -> None:
@@ -351,7 +389,7 @@ class FastEngine(CallbackEngine):
         conn.busy = False
         parser = conn.parser
         status = parser.get_status_code()
-        body = conn.body
+        body = conn.take_body()
         rows_in = conn.rows_in
         kind, rows_out, server_ns = self.classify(status, body, rows_in)
         self.sink.record(conn.intended, conn.sent, done, kind, status, rows_out if kind == _OK else rows_in,
@@ -442,7 +480,7 @@ class FastEngine(CallbackEngine):
                 if not conn.dead:
                     self._assign(conn, intended)
                     return
-            if len(self._conns) < self._limit and self._connecting < CONNECT_CAP:
+            if self._may_grow():
                 self._assign(self._new_conn(0), intended)
                 return
         backlog.append(intended)

@@ -190,8 +190,8 @@ def _h2_config() -> h2.config.H2Configuration:
 class _Stream:
     """One request: where it is (waiting, sent, body partly sent) and what came back so far."""
 
-    __slots__ = ("body", "bytes_in", "bytes_out", "idx", "intended", "pos", "retried", "rows_in", "sent", "sid",
-                 "slot", "status")
+    __slots__ = ("body", "bytes_in", "bytes_out", "idx", "intended", "kept", "parts", "pos", "retried", "rows_in",
+                 "sent", "sid", "slot", "status")
 
     def __init__(self) -> None:
         self.sid = 0
@@ -204,8 +204,33 @@ class _Stream:
         self.bytes_in = 0
         self.pos = 0
         self.status = 0
-        self.body = b""
+        self.body = b""  # first kept chunk; ``parts`` holds every kept chunk once a second arrives (one join)
+        self.parts: list[bytes] | None = None
+        self.kept = 0
         self.retried = False
+
+    def keep(self, data: bytes, cap: int) -> None:
+        """Keep at most ``cap`` bytes of the answer, as chunks (no copy of the prefix per chunk)."""
+        room = cap - self.kept
+        if room <= 0 or not data:
+            return
+        if len(data) > room:
+            data = data[:room]
+        if not self.kept:
+            self.body = data
+        elif self.parts is None:
+            self.parts = [self.body, data]
+        else:
+            self.parts.append(data)
+        self.kept += len(data)
+
+    def take_body(self) -> bytes:
+        parts = self.parts
+        body = self.body if parts is None else b"".join(parts)
+        self.body = b""
+        self.parts = None
+        self.kept = 0
+        return body
 
 
 class _Conn(asyncio.Protocol):
@@ -459,6 +484,8 @@ class H2Engine(CallbackEngine):
         st.status = 0
         st.pos = 0
         st.body = b""
+        st.parts = None
+        st.kept = 0
         st.retried = False
         return st
 
@@ -580,10 +607,7 @@ class H2Engine(CallbackEngine):
                     h.acknowledge_received_data(ev.flow_controlled_length, sid)
                 if st is not None:
                     st.bytes_in += len(data)
-                    if not st.body:
-                        st.body = data if len(data) <= self.max_body else data[: self.max_body]
-                    elif len(st.body) < self.max_body:
-                        st.body = (st.body + data)[: self.max_body]
+                    st.keep(data, self.max_body)
             elif isinstance(ev, h2.events.ResponseReceived):
                 st = streams.get(ev.stream_id or 0)
                 if st is not None and ev.headers:
@@ -620,7 +644,7 @@ class H2Engine(CallbackEngine):
         """A whole answer arrived: classify, record, hand the worker on. The hot path."""
         done = time.monotonic_ns()
         status = st.status
-        body = st.body
+        body = st.take_body()
         rows_in = st.rows_in
         kind, rows_out, server_ns = self.classify(status, body, rows_in)
         self.sink.record(st.intended, st.sent, done, kind, status, rows_out if kind == _OK else rows_in,
@@ -628,7 +652,6 @@ class H2Engine(CallbackEngine):
         if kind != _OK:
             self.sink.error_detail(kind, status, body[:512])
         self._inflight -= 1
-        st.body = b""
         self._free.append(st)
         if conn.waiting:
             self._start_waiting(conn)
@@ -661,7 +684,7 @@ class H2Engine(CallbackEngine):
         st.pos = 0
         st.bytes_in = 0
         st.status = 0
-        st.body = b""
+        st.take_body()
         self._submit(self._slot_conn(st.slot), st)
 
     def _goaway(self, conn: _Conn, last_stream_id: int, error_code: int) -> None:
