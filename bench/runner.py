@@ -11,7 +11,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ class Prepared:
     """Validated, pre-encoded inputs of a run (no sockets opened yet)."""
 
     scenario: Scenario
-    bodies: list[PreparedBody]
+    bodies: Sequence[PreparedBody]
     emulator_config: Any = None  # EmulatorConfig when target.url == "embedded"
     auth_config: Any = None  # bench.auth.AuthConfig or None
     preflight_config: Any = None  # bench.preflight.PreflightConfig or None
@@ -115,7 +115,7 @@ def prepare(sc: Scenario) -> Prepared:
     return prepared
 
 
-def _bodies(sc: Scenario) -> list[PreparedBody]:
+def _bodies(sc: Scenario) -> Sequence[PreparedBody]:
     data = sc.data
     if sc.target.kind == "http":
         assert data.body is not None
@@ -137,7 +137,7 @@ def _bodies(sc: Scenario) -> list[PreparedBody]:
     return build_bodies(table, data.rows_per_request, fmt)
 
 
-def request_set(sc: Scenario, url: str, bodies: list[PreparedBody], authorization: str | None) -> tuple[
+def request_set(sc: Scenario, url: str, bodies: Sequence[PreparedBody], authorization: str | None) -> tuple[
         RequestSet, Classifier]:
     """The wire form of a Wallaroo or plain-HTTP target."""
     headers: dict[str, str] = {}

@@ -22,7 +22,7 @@ import math
 import ssl
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from urllib.parse import urlsplit
 
 import httptools
@@ -32,7 +32,8 @@ from bench.engine.common import DEFAULT_OPEN_LIMIT, CallbackEngine, backoff_s
 from bench.engine.pacer import Pacer, Sweeper, estimate_rate
 from bench.results import Kind
 
-__all__ = ["FastEngine", "Target", "build_wires", "exception_kind", "make_ssl_context", "parse_target"]
+__all__ = ["FastEngine", "Target", "body_getter", "build_wires", "exception_kind", "make_ssl_context",
+           "parse_target", "request_head", "wire"]
 
 _OK = int(Kind.OK)
 _RESET = int(Kind.RESET)
@@ -70,6 +71,26 @@ def parse_target(url: str) -> Target:
 
 def build_wires(requests: RequestSet, target: Target, headers: Mapping[str, str]) -> list[bytes]:
     """One complete request (head + body) per prepared body, ready for ``transport.write``."""
+    head = request_head(requests, target, headers)
+    return [wire(head, b.body) for b in requests.bodies]
+
+
+def wire(head: bytes, body: bytes) -> bytes:
+    """``head`` (from ``request_head``) completed with Content-Length, and the body: one write."""
+    return head + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+
+
+def body_getter(requests: RequestSet) -> Callable[[int], bytes]:
+    """Body ``i`` without building every body first (``LazyBodies.body`` encodes on first use)."""
+    get = getattr(requests.bodies, "body", None)
+    if callable(get):
+        return get  # type: ignore[no-any-return]
+    bodies = requests.bodies
+    return lambda i: bodies[i].body
+
+
+def request_head(requests: RequestSet, target: Target, headers: Mapping[str, str]) -> bytes:
+    """Request line and headers, without Content-Length and the final blank line."""
     lines = [f"{requests.method.upper()} {target.path} HTTP/1.1", f"Host: {target.host_header}"]
     for name, value in headers.items():
         low = name.lower()
@@ -78,9 +99,7 @@ def build_wires(requests: RequestSet, target: Target, headers: Mapping[str, str]
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
             raise ValueError(f"header {name!r} contains a line break")
         lines.append(f"{name}: {value}")
-    head = "\r\n".join(lines).encode("latin-1")
-    return [head + b"\r\nContent-Length: " + str(len(b.body)).encode() + b"\r\n\r\n" + b.body
-            for b in requests.bodies]
+    return "\r\n".join(lines).encode("latin-1")
 
 
 def make_ssl_context(config: EngineConfig, alpn: list[str] | None = None) -> ssl.SSLContext:
@@ -210,9 +229,12 @@ class FastEngine(CallbackEngine):
         super().__init__(config, requests, classify, sink)
         self.target = parse_target(requests.url)
         self._headers: dict[str, str] = dict(requests.headers)
-        self._wires = build_wires(requests, self.target, self._headers)
-        self._sizes = [len(b.body) for b in requests.bodies]  # bytes_out/in count bodies, as httpx can
-        self._nbodies = len(self._wires)
+        self._nbodies = len(requests.bodies)
+        self._body = body_getter(requests)
+        self._head = request_head(requests, self.target, self._headers)
+        # wires (head + body) are built on first use: a big data set's bodies are encoded as the run reaches them
+        self._wires: list[bytes | None] = [None] * self._nbodies
+        self._sizes = [0] * self._nbodies  # bytes_out counts bodies, as httpx can; set with the wire
         self._ssl = make_ssl_context(config, ["http/1.1"]) if self.target.tls else None
         self._conns: set[_Conn] = set()
         self._idle: list[_Conn] = []
@@ -225,8 +247,16 @@ class FastEngine(CallbackEngine):
         """Replace/add headers; the next request on every connection uses the rebuilt bytes."""
         merged = dict(self._headers)
         merged.update(headers)
-        self._wires = build_wires(self.requests, self.target, merged)
+        self._head = request_head(self.requests, self.target, merged)
+        self._wires = [None] * self._nbodies
         self._headers = merged
+
+    def _wire(self, i: int) -> bytes:
+        """Build (once per body and header set) the bytes of request ``i``."""
+        body = self._body(i)
+        w = self._wires[i] = wire(self._head, body)
+        self._sizes[i] = len(body)
+        return w
 
     # -- lifecycle (run() is CallbackEngine's) --------------------------------------------------------
     def _prepare_open(self, load: LoadSpec, offsets: Iterator[int]) -> Iterator[int]:
@@ -280,18 +310,18 @@ class FastEngine(CallbackEngine):
             conn.pending = True
             conn.idx = i
             return
-        wire = self._wires[i]
+        w = self._wires[i] or self._wire(i)
         conn.bytes_out = self._sizes[i]
         conn.sent = time.monotonic_ns()
-        conn.transport.write(wire)
+        conn.transport.write(w)
 
     def _write_pending(self, conn: _Conn) -> None:
         conn.pending = False
-        wire = self._wires[conn.idx]
+        w = self._wires[conn.idx] or self._wire(conn.idx)
         conn.bytes_out = self._sizes[conn.idx]
         conn.sent = time.monotonic_ns()
         assert conn.transport is not None
-        conn.transport.write(wire)
+        conn.transport.write(w)
 
     def _new_conn(self, failures: int) -> _Conn:
         conn = _Conn(self, failures)

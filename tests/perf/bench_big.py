@@ -146,18 +146,31 @@ def answers(size_mib: int, rounds: int, rate: float, seconds: int) -> dict[str, 
     return {"p50_ms": res, "rss": rss}
 
 
+DATASET_CODE = """
+import json, sys, time, psutil
+t = time.perf_counter()
+from bench.data import read_dataset
+from bench.payload import build_bodies
+calls = []
+b = build_bodies(read_dataset(sys.argv[1]), 1, 'pandas-records', progress=lambda done, total: calls.append(done))
+ready = time.perf_counter() - t
+ready_rss = psutil.Process().memory_info().rss
+t = time.perf_counter()
+total = sum(len(b.body(i)) for i in range(len(b)))
+print(json.dumps({"ready_s": ready, "ready_rss": ready_rss, "progress_calls": len(calls),
+                  "all_s": time.perf_counter() - t, "bodies": len(b), "body_bytes": total}))
+"""
+
+
 def dataset(rows: int) -> dict[str, Any]:
+    """Ready time and RSS (build_bodies returns), then the cost of encoding every body (a run that sends all)."""
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "big.arrow"
-        subprocess.run([sys.executable, "-c", "import sys; from bench.data import generate_ccfraud, write_dataset; "
+        subprocess.run([sys.executable, "-c", "from bench.data import generate_ccfraud, write_dataset; "
                         f"write_dataset(generate_ccfraud({rows}, 1), {str(path)!r})"], check=True, cwd=ROOT)
         size = path.stat().st_size
-        code = ("import time, sys; t=time.perf_counter(); from bench.data import read_dataset; "
-                "from bench.payload import build_bodies; "
-                f"b = build_bodies(read_dataset({str(path)!r}), 1, 'pandas-records'); "
-                "print(time.perf_counter()-t, len(b), sum(len(x.body) for x in b))")
-        proc = subprocess.Popen(["taskset", "-c", "1", sys.executable, "-c", code], stdout=subprocess.PIPE,
-                                cwd=ROOT)
+        proc = subprocess.Popen(["taskset", "-c", "1", sys.executable, "-c", DATASET_CODE, str(path)],
+                                stdout=subprocess.PIPE, cwd=ROOT)
         ps = psutil.Process(proc.pid)
         peak = 0
         while proc.poll() is None:
@@ -167,9 +180,11 @@ def dataset(rows: int) -> dict[str, Any]:
                 break
             time.sleep(0.02)
         out, _ = proc.communicate()
-        secs, n, total = out.split()
-    return {"file_mb": size / MB, "seconds": float(secs), "bodies": int(n), "body_mb": int(total) / MB,
-            "peak_rss_mb": peak / MB, "rss_over_file": peak / size}
+        r = json.loads(out)
+    return {"file_mb": round(size / MB, 1), "ready_s": round(r["ready_s"], 2),
+            "ready_rss_mb": round(r["ready_rss"] / MB, 1), "ready_rss_over_file": round(r["ready_rss"] / size, 2),
+            "encode_all_s": round(r["all_s"], 2), "bodies": r["bodies"], "body_mb": round(r["body_bytes"] / MB, 1),
+            "peak_rss_mb_after_all": round(peak / MB, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -95,9 +95,10 @@ def test_header_injection_refused() -> None:
 def test_set_headers_rebuilds_wires() -> None:
     rs = RequestSet("http://h/", "POST", {"Authorization": "Bearer a"}, [PreparedBody(b"x", 1)])
     eng = FastEngine(EngineConfig(), rs, lambda s, b, r: (0, r, 0), None)  # type: ignore[arg-type]
-    assert b"Bearer a" in eng._wires[0]
+    assert b"Bearer a" in eng._wire(0)
     eng.set_headers({"Authorization": "Bearer b"})
-    assert b"Bearer b" in eng._wires[0] and b"Bearer a" not in eng._wires[0]
+    assert eng._wires[0] is None  # rebuilt on next use
+    assert b"Bearer b" in eng._wire(0) and b"Bearer a" not in eng._wire(0)
 
 
 @pytest.mark.parametrize(("exc", "connecting", "kind"), [
