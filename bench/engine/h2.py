@@ -244,7 +244,7 @@ class _Conn(asyncio.Protocol):
         self.goaway = False
         self.dirty = False
         self.t_connect = time.monotonic_ns()
-        self.max_streams = 100  # until the server's SETTINGS say otherwise
+        self.max_streams = 100  # unless the server's SETTINGS say otherwise
         self.next_sid = 1
         self.send_window = _DEFAULT_WINDOW  # connection send window
         self.peer_initial = _DEFAULT_WINDOW  # the server's SETTINGS_INITIAL_WINDOW_SIZE
@@ -340,6 +340,8 @@ class H2Engine(CallbackEngine):
     # -- lifecycle (run() is CallbackEngine's; same semantics as FastEngine) --------------------------
     def _prepare_open(self, load: LoadSpec, offsets: Iterator[int]) -> Iterator[int]:
         self._limit = load.max_in_flight or DEFAULT_OPEN_LIMIT
+        for slot in range(self._nconn):  # connect (and get the server's SETTINGS) before the first send is due
+            self._slot_conn(slot)
         return offsets
 
     def _start_closed(self, now: int) -> None:
@@ -418,9 +420,9 @@ class H2Engine(CallbackEngine):
                                      started)
                 return
         self._fails[conn.slot] = 0
+        # streams start once the server's SETTINGS arrive (its preface, sent at once): then its
+        # max_concurrent_streams is known and no stream is refused for exceeding it
         conn.out += fr.PREFACE + _OUR_SETTINGS + fr.window_update(0, _WINDOW - _DEFAULT_WINDOW)
-        conn.ready = True
-        self._start_waiting(conn)
         self._mark(conn)
         self.flush()
 
@@ -741,6 +743,7 @@ class H2Engine(CallbackEngine):
             elif key == 5 and not fr.DEFAULT_MAX_FRAME <= value <= 2**24 - 1:  # MAX_FRAME_SIZE (we send 16 KiB)
                 raise fr.FrameError("SETTINGS_MAX_FRAME_SIZE out of range")
         conn.out += _SETTINGS_ACK
+        conn.ready = True
         self._start_waiting(conn)
         if conn.blocked:
             self._pump_blocked(conn)

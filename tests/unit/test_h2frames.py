@@ -169,6 +169,9 @@ def engine_with_streams(loop: asyncio.AbstractEventLoop, n: int) -> tuple[H2Engi
     eng._slots[0] = conn
     eng._conns.add(conn)
     conn.connection_made(Transport())  # type: ignore[arg-type]
+    assert not conn.ready  # streams wait for the server's SETTINGS
+    conn.data_received(fr.settings([]))
+    assert conn.ready
     for _ in range(n):
         eng._submit(conn, eng._new_stream(0, 0))
     eng.flush()
