@@ -514,6 +514,8 @@ class FastEngine(CallbackEngine):
                 self._assign(self._new_conn(0), intended)
                 return
         backlog.append(intended)
+        if len(backlog) > 1:  # sends wait from an earlier late wake-up: grow for them if the loop caught up
+            self._grow()
 
     # -- housekeeping ---------------------------------------------------------------------------------
     def sweep(self, now: int) -> None:
