@@ -41,7 +41,8 @@ _PROTOCOL = int(Kind.PROTOCOL_ERROR)
 _READ_TIMEOUT = int(Kind.READ_TIMEOUT)
 CONNECT_CAP = 32  # simultaneous connects in open loop: a catch-up burst must not become a connect storm
 _WARM_LATENCY_S = 0.005  # assumed answer time for sizing the warm pool (x2 headroom below)
-GROW_MAX_LAG_NS = 1_000_000  # open loop: the pool grows only while the pacer's alarm wakes the loop this promptly
+GROW_MAX_LAG_NS = 1_000_000  # open loop: the pool grows only while due sends start this promptly ...
+GROW_MAX_KEPT = 64 * 1024 * 1024  # ... and answers being read hold less than this (big answers: memory stays flat)
 
 
 class Target:
@@ -202,15 +203,20 @@ class _Conn(asyncio.Protocol):
         else:
             self.parts.append(body)
         self.kept += n
+        self.eng.kept_inflight += n
 
     def take_body(self) -> bytes:
         """The kept prefix as one ``bytes`` (one join per answer), and reset for the next answer."""
         parts = self.parts
         body = self.body if parts is None else b"".join(parts)
+        self.drop_body()
+        return body
+
+    def drop_body(self) -> None:
+        self.eng.kept_inflight -= self.kept
         self.body = b""
         self.parts = None
         self.kept = 0
-        return body
 
     def on_message_complete(self) -> None:
         self.complete = True
@@ -240,6 +246,8 @@ class FastEngine(CallbackEngine):
         self._idle: list[_Conn] = []
         self._backlog: deque[int] = deque()  # open loop: intended times waiting for a free connection
         self._connecting = 0
+        self.kept_inflight = 0  # answer bytes kept by connections still reading (open-loop growth limit)
+        self._avg_in = 0.0  # recent answer size (moving average, open loop only)
         self.peak_connecting = 0  # most connects in progress at once (open loop; tests and diagnostics)
 
     # -- public ---------------------------------------------------------------------------------------
@@ -303,9 +311,7 @@ class FastEngine(CallbackEngine):
         conn.intended = intended
         conn.rows_in = self._rows[i]
         conn.bytes_in = 0
-        conn.body = b""
-        conn.parts = None
-        conn.kept = 0
+        conn.drop_body()
         if conn.transport is None:
             conn.pending = True
             conn.idx = i
@@ -359,12 +365,16 @@ class FastEngine(CallbackEngine):
     def _may_grow(self) -> bool:
         """Open loop: room for one more connection, and the loop keeps up with the schedule.
 
-        A loop that wakes late is busy with answers (CPU-bound on reading them, e.g. big answers): more
-        connections would only hold more answers in memory and hide the harness's limit as target latency. Then
-        sends wait for a free connection instead, leave late, and the schedule lag flags the run generator-bound.
+        A loop that starts due sends late is busy (e.g. CPU-bound on reading answers), and answers in flight that
+        hold (or, at the recent answer size, will hold) GROW_MAX_KEPT bytes arrive faster than the engine takes
+        them in: more connections would only hold more answers in memory and hide the harness's limit as target
+        latency. Then sends wait for a free
+        connection instead, leave late, and the schedule lag flags the run generator-bound.
         """
         if len(self._conns) >= self._limit or self._connecting >= CONNECT_CAP:
             return False
+        if max(self.kept_inflight, self._inflight * min(self._avg_in, self.max_body)) > GROW_MAX_KEPT:
+            return False  # the answers in flight hold (or will hold, at the recent answer size) too much
         pacer = self._pacer
         return pacer is None or pacer.late_ns <= GROW_MAX_LAG_NS
 
@@ -435,6 +445,7 @@ class FastEngine(CallbackEngine):
                 self._slot_next(None, done, 0)
             return
         if self._open:
+            self._avg_in += (conn.bytes_in - self._avg_in) * 0.125
             if self._backlog:  # the oldest waiting send first (it is already late)
                 self._assign(conn, self._backlog.popleft())
                 return
@@ -460,6 +471,7 @@ class FastEngine(CallbackEngine):
         if not conn.busy:
             return
         conn.busy = False
+        conn.drop_body()
         done = time.monotonic_ns()
         sent = conn.sent or done
         conn.pending = False

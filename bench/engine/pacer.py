@@ -251,7 +251,7 @@ class Pacer:
         self._released = False
         self.next_ns = -1
         self.wakes = 0  # alarms that fired (for tests and profiling)
-        self.late_ns = 0  # how late the last alarm woke the loop: the loop's own lag, not the target's
+        self.late_ns = 0  # how late the last batch started its oldest due send (see run_due)
 
     def start(self) -> None:
         self._loop.add_reader(self._waker.fd, self._on_wake)
@@ -290,8 +290,6 @@ class Pacer:
         self.wakes += 1
         self._waker.acknowledge()
         now = time.monotonic_ns()
-        if self._armed >= 0:
-            self.late_ns = now - self._armed
         self._armed = -1  # fired: the next arm must reach the kernel even for the same deadline
         due = self.next_ns
         if 0 < due - now <= WAKE_EARLY_NS:
@@ -309,6 +307,9 @@ class Pacer:
             return
         eng = self._eng
         nxt = self.next_ns
+        # how late the oldest due send is being started: the loop's own lag (alarms fire on time and completions
+        # call in as they come), whichever path got here; the engine grows its pool only while this is small
+        self.late_ns = now - nxt if nxt <= now else 0
         prev = nxt
         sent = 0
         while nxt <= now and sent < MAX_BATCH:

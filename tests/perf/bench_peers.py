@@ -317,16 +317,28 @@ def main() -> int:
             plan.append(("locust FastHttpUser (HTTP/1.1)", "wrk -t1 (HTTP/1.1)", lambda: run_locust(ng, body, d, tmp)))
         refs = {name: ref for name, ref, _ in plan}
         for rnd in range(args.rounds):
-            for name, _, fn in plan:
-                print(f"round {rnd + 1}: {name} ...", file=sys.stderr, flush=True)
-                runs.setdefault(name, []).append(fn())
+            try:
+                for name, _, fn in plan:
+                    print(f"round {rnd + 1}: {name} ...", file=sys.stderr, flush=True)
+                    runs.setdefault(name, []).append(fn())
+            except (RuntimeError, subprocess.SubprocessError, OSError, KeyError, ValueError) as exc:
+                # a shared machine: a server or tool may die under us; report the whole rounds done so far
+                print(f"round {rnd + 1} aborted ({exc}); reporting {rnd} whole round(s)", file=sys.stderr)
+                for rs in runs.values():
+                    del rs[rnd:]
+                break
             if args.open_loop:
                 ceiling = runs["bench fast (HTTP/1.1)"][-1]["rps"]
                 print(f"round {rnd + 1}: open-loop sweep (ceiling {ceiling:,.0f}) ...", file=sys.stderr, flush=True)
                 for row in open_loop_sweep(ng, body, d, ceiling, tmp):
                     row["round"] = rnd + 1
                     sweeps.append(row)
-    print(f"\nbody {size:,} B, 64 connections (HTTP/2: 64 streams), {d} s x {args.rounds} interleaved rounds, "
+    runs = {name: rs for name, rs in runs.items() if rs}
+    if not runs:
+        print("no whole round completed", file=sys.stderr)
+        return 1
+    print(f"\nbody {size:,} B, 64 connections (HTTP/2: 64 streams), {d} s x {len(next(iter(runs.values())))} "
+          "interleaved rounds, "
           f"nginx on CPU 0, clients on CPU 1; median [min-max]\n")
     print("| tool | req/s | × reference | reference | p50 ms | p99 ms | client µs/req | nginx CPU |")
     print("|---|---|---|---|---|---|---|---|")
