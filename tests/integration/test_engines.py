@@ -224,6 +224,7 @@ async def test_big_answer_arrives_in_many_chunks_and_is_kept_whole_or_to_the_cap
     assert sink.kinds() == {Kind.OK: 4}
     assert {r[7] for r in sink.rows} == {len(BIG_ANSWER)}
     assert len(got) == 4 and all(g == BIG_ANSWER[:cap] for g in got)
+    assert eng.kept_inflight == 0  # every kept byte was handed on (the open-loop growth limit counts them)
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -193,3 +193,19 @@ def test_open_loop_grows_the_pool_only_while_the_pacer_wakes_on_time() -> None:
         if tasks:
             loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
         loop.close()
+
+
+def test_open_loop_stops_growing_while_answers_in_flight_would_hold_too_much() -> None:
+    """Big answers: the pool does not grow while in-flight answers hold (or, at the recent answer size, will
+    hold) more than GROW_MAX_KEPT bytes, however punctual the pacer is."""
+    rs = RequestSet("http://127.0.0.1:9/", "POST", {}, [PreparedBody(b"x", 1)])
+    eng = FastEngine(EngineConfig(), rs, lambda s, b, r: (0, r, 0), None)  # type: ignore[arg-type]
+    eng._open, eng._limit = True, 100
+    eng._pacer = _LatePacer(0)  # type: ignore[assignment]
+    assert eng._may_grow()
+    eng._inflight, eng._avg_in = 4, 20.0 * 2**20  # four 20 MiB answers coming, each kept to 16 MiB
+    assert eng._may_grow() == (fast.GROW_MAX_KEPT >= 4 * 16 * 2**20)
+    eng._inflight = 5
+    assert not eng._may_grow()
+    eng._inflight, eng._avg_in, eng.kept_inflight = 1, 17.0, fast.GROW_MAX_KEPT + 1  # bytes already held
+    assert not eng._may_grow()
