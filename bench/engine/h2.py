@@ -860,10 +860,19 @@ class H2Engine(CallbackEngine):
 
     # -- housekeeping ---------------------------------------------------------------------------------
     def sweep(self, now: int) -> None:
-        """Read timeouts (one periodic pass instead of a timer per request)."""
+        """Read timeouts (one periodic pass instead of a timer per request), and servers that accepted the
+        connection but never sent their SETTINGS within the connect timeout (streams wait for those)."""
         limit = int(self.config.read_timeout_s * 1e9)
         msg = f"no complete answer within {self.config.read_timeout_s:g} s"
+        connect_limit = int(self.config.connect_timeout_s * 1e9)
         for conn in list(self._conns):
+            if not conn.ready and conn.transport is not None and not conn.dead and \
+                    now - conn.t_connect > connect_limit:
+                self._fails[conn.slot] += 1
+                conn.close()
+                self._connect_failed(conn, _PROTOCOL, "the server sent no HTTP/2 SETTINGS within "
+                                     f"{self.config.connect_timeout_s:g} s of connecting", conn.t_connect)
+                continue
             late = [st for st in conn.streams.values() if st.sent and now - st.sent > limit]
             for st in late:
                 del conn.streams[st.sid]
