@@ -20,7 +20,7 @@ from typing import overload
 import orjson
 import pyarrow as pa
 
-from bench.engine.base import PreparedBody
+from bench.results import PreparedBody
 
 __all__ = ["BLOCK", "LazyBodies", "Progress", "encode_records_block", "records_encoder", "vectorisable"]
 
