@@ -375,9 +375,9 @@ class FastEngine(CallbackEngine):
             if self._stopping:
                 conn.dead = True
                 self._conns.discard(conn)
-                if conn.busy:  # taken on, never sent: in flight (waiting for a connection) at the end
+                if conn.busy:  # assigned while the slot backed off, never sent: not taken on after all
                     conn.busy = conn.pending = False
-                    self.abandoned += 1
+                    self._seq -= 1
                     self._inflight -= 1
                     self._check_drained()
                 return
