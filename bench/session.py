@@ -164,6 +164,11 @@ def finish(opts: RunOptions, prepared: Prepared, report: Any, facts: RunFacts, o
         render_summary(report, console)
         if slo_result is not None:
             console.print(slo_result.render())
+    from bench.targets import target_for
+
+    note = target_for(prepared.scenario.target.kind).end_note(report.meta.extra)
+    if note and not opts.quiet:
+        print(note, file=sys.stderr)
     if facts.interrupted:
         return EXIT_INTERRUPTED
     unreachable = unreachable_reason(summary)

@@ -13,10 +13,10 @@ from typing import Any
 import anyio
 import pyarrow.ipc as ipc
 import pytest
+from test_ubiops import ROW, Stop, _until, cfg, client, closed, emulator, listed, recorder, serve
 
 from bench.targets.ubiops import encode_structured
 from bench.ubiops_runner import run_ubiops
-from test_ubiops import ROW, Stop, _until, cfg, client, closed, emulator, listed, recorder, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data" / "ccfraud_1k.df.json"
