@@ -148,9 +148,36 @@ def _json_elapsed(body: bytes) -> int:
         return 0
 
 
+def _legacy_rows(body: bytes) -> tuple[int, int]:
+    """(rows, elapsed ns) of an older install's answer — one object per request (alone or in a one-item array)
+    whose ``outputs`` tensors carry ``dim`` = [rows, …]; (-1, 0) when the body is not that shape."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return -1, 0
+    if isinstance(doc, list) and len(doc) == 1:
+        doc = doc[0]
+    if not isinstance(doc, dict) or not isinstance(doc.get("outputs"), list) or "time" in doc:
+        return -1, 0
+    rows = -1
+    for out in doc["outputs"]:
+        tensor = next(iter(out.values()), None) if isinstance(out, dict) and len(out) == 1 else None
+        dim = tensor.get("dim") if isinstance(tensor, dict) else None
+        if isinstance(dim, list) and dim and isinstance(dim[0], int) and not isinstance(dim[0], bool):
+            rows = dim[0] if rows < 0 else min(rows, dim[0])
+    elapsed = doc.get("elapsed")
+    return rows, elapsed if isinstance(elapsed, int) and not isinstance(elapsed, bool) and elapsed > 0 else 0
+
+
 def _classify_json(status: int, body: bytes, rows_in: int) -> tuple[int, int, int]:
     if 200 <= status < 300:
         rows = _json_rows(body, rows_in)
+        if rows == rows_in and (rows != 1 or body.startswith(_FIRST)):
+            return _OK, rows, _json_elapsed(body)
+        if rows <= 1:  # maybe an older install's one-object answer (rows counted from dim)
+            legacy, elapsed = _legacy_rows(body)
+            if legacy >= 0:
+                return (_OK if legacy == rows_in else _BAD), legacy, elapsed
         if rows < 0:
             return _BAD, 0, 0
         return (_OK if rows == rows_in else _BAD), rows, _json_elapsed(body)
