@@ -287,6 +287,8 @@ def _parse_target(t: Mapping[str, Any], file: str) -> TargetConfig:
             raise tab.err(f"headers.{hk}", "do not put credentials in a scenario file; use token_env or [auth]")
     token_env = tab.string("token_env")
     dataset_params = tab.boolean("dataset_params", False)
+    for key in ("dataset", "dataset_exclude", "dataset_separator"):
+        tab.get(key)  # the target checks them (bench.targets.wallaroo: dataset query parameters)
     tab.done()
     return TargetConfig(kind=kind, url=url, format=fmt, method=method, headers=dict(headers),
                         dataset_params=dataset_params, token_env=token_env, raw=t)
