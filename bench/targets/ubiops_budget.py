@@ -56,9 +56,9 @@ class Budget:
             return 0.0
         now = self._clock()
         self._refill(now)
-        hold = max(0.0, self._hold_until - now)
         need = 0.0 if self._tokens >= 1.0 else (1.0 - self._tokens) / self.rate_per_s
-        return max(hold, need)
+        ready_at = max(now, self._at) + need  # after a 429 the bucket refills only from the hold's end
+        return max(0.0, max(ready_at, self._hold_until) - now)
 
     def try_take(self, purpose: str) -> bool:
         """Take a token now if there is one."""
