@@ -107,7 +107,8 @@ def test_older_one_object_answer_counts_rows_from_dim() -> None:
 
 
 def _target(**target: Any) -> Any:
-    doc = {"target": {"kind": "wallaroo", "url": "embedded", **target}, "data": {"generate": 10}, "load": {"concurrency": 1}}
+    doc = {"target": {"kind": "wallaroo", "url": "embedded", **target}, "data": {"generate": 10},
+           "load": {"concurrency": 1}}
     return parse_scenario(doc, file=FILE, base_dir=Path(".")).target
 
 
