@@ -18,8 +18,8 @@ from typing import Any
 
 from bench.report.model import MEASURED, Report, RunData, Totals
 
-__all__ = ["ABANDONED", "CANCELLED", "MISSING", "ErrorKind", "accounted_errors_by_kind", "accounted_totals", "scrub_detail",
-           "top_errors", "unrecorded_errors"]
+__all__ = ["ABANDONED", "CANCELLED", "MISSING", "ErrorKind", "accounted_errors_by_kind", "accounted_totals",
+           "scrub_detail", "top_errors", "unrecorded_errors"]
 
 ABANDONED = "abandoned"  # in flight at the end of the run: sent, never answered before the drain ended
 CANCELLED = "cancelled"  # UbiOps batch: created, then cancelled by the run's end (never completed)

@@ -302,7 +302,7 @@ class WallarooTarget(Target):
     def config(self, sc: Scenario) -> list[tuple[str, str]]:
         return dataset_query(sc.target, sc.file)
 
-    def bodies(self, sc: Scenario, config: Any) -> list[PreparedBody]:
+    def bodies(self, sc: Scenario, config: Any) -> Sequence[PreparedBody]:
         from bench.payload import build_bodies
 
         return build_bodies(read_table(sc), sc.data.rows_per_request, _format(sc.target))

@@ -191,7 +191,7 @@ def test_mlops_status_starting_then_running() -> None:
 
 
 def test_mlops_external_url_and_token_check() -> None:
-    # any valid token on MLOps routes, as older emulators (the platform's user-token rule: test_emulator_wallaroo_platform)
+    # any valid token on MLOps routes, as older emulators (the user-token rule: test_emulator_wallaroo_platform)
     with emulator(require_token=True, workspace_id=5, pipeline="fraud", deployment="fraud-3",
                   mlops_user_token=False) as (url, _app), httpx.Client(base_url=url) as http:
         route = "/v1/api/admin/get_pipeline_external_url"
