@@ -71,6 +71,10 @@ def request_set(sc: Scenario, url: str, bodies: list[PreparedBody], authorizatio
     """The wire form of an engine-driven target: its headers, the scenario's, and the Authorization value."""
     req = target_for(sc.target.kind).request(sc.target, url, config)
     headers = {**req.headers, **sc.target.headers}
+    if sc.target.headers_env:  # secret header values, read from the environment at run time
+        from bench.secrets import header_env_values
+
+        headers.update(header_env_values(sc.target.headers_env, file=sc.file))
     if authorization:
         headers["Authorization"] = authorization
     return RequestSet(url=req.url, method=sc.target.method, headers=headers, bodies=bodies), req.classify
@@ -133,9 +137,13 @@ def _static_token(sc: Scenario) -> str | None:
     name = sc.target.token_env
     if not name:
         return None
-    value = os.environ.get(name)
+    from bench.secrets import env_name_problem
+
+    problem = env_name_problem(name)  # a token pasted where its variable's name belongs: never echo it
+    value = None if problem else os.environ.get(name)
     if not value:
-        raise InputError(f"environment variable {name} is not set", file=sc.file, key="target.token_env")
+        raise InputError(problem or f"environment variable {name} is not set", file=sc.file,
+                         key="target.token_env")
     return value if value.lower().startswith(("bearer ", "token ")) else f"Bearer {value}"
 
 

@@ -105,9 +105,13 @@ def resolved_target(prepared: Prepared, message: Callable[[str], None]) -> Itera
 def run_report(prepared: Prepared, ctl: RunControl, **kwargs: Any) -> tuple[Any, RunFacts]:
     """``run_once`` turned into a Report (not yet written): (report, facts)."""
     from bench.facts import build_report
+    from bench.secrets import scrub_report
 
     run, facts = run_once(prepared, ctl, **kwargs)
-    return build_report(prepared.scenario, run, facts), facts
+    report = build_report(prepared.scenario, run, facts)
+    prepared.scrubber.add(ctl.secrets())  # tokens issued during the run
+    scrub_report(report, prepared.scrubber)
+    return report, facts
 
 
 def report_path(opts: RunOptions, sc: Scenario) -> Path:
@@ -146,6 +150,9 @@ def finish(opts: RunOptions, prepared: Prepared, report: Any, facts: RunFacts, o
 
         slo_result = check_slo(prepared.slo, report)
         report.meta.extra["slo"] = slo_result.to_dict()
+    from bench.secrets import scrub_report
+
+    scrub_report(report, prepared.scrubber)  # every byte stored or printed below comes from the scrubbed report
     written = write_report(out_path, report)
     if report.run.raw_path is not None:  # the recorder's streamed log now lives inside the report
         report.run.raw_path.unlink(missing_ok=True)

@@ -84,6 +84,10 @@ def run_share(share: Share) -> Any:
     run, facts = run_once(prepared, ctl, start_at_wall=share.start_at_wall, worker=share.worker)
     facts.worker = share.worker
     report = build_report(prepared.scenario, run, facts)
+    from bench.secrets import scrub_report
+
+    prepared.scrubber.add(ctl.secrets())
+    scrub_report(report, prepared.scrubber)
     report.run.raw_path = None  # the raw stream is the caller's to merge
     return report
 
