@@ -188,8 +188,11 @@ def run_scenario(sc: Scenario, opts: RunOptions) -> int:
     """`bench run`: prepare, resolve, run in one or ``opts.processes`` processes, finish → exit code."""
     from bench.progress import ProgressView
 
-    prepared = prepare(sc)  # validates everything once, before the target is touched
+    from bench.outpath import check_report_path
+
     out_path = report_path(opts, sc)
+    check_report_path(out_path, create_parent=opts.out is None)  # a bad --out must not cost the whole run
+    prepared = prepare(sc)  # validates everything once, before the target is touched
     if opts.processes > 1:
         from bench.workers import run_processes
 
