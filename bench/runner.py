@@ -57,6 +57,7 @@ class RunControl:
     progress: Callable[[Any], None] | None = None  # called ~2×/s with the recorder's progress snapshot
     message: Callable[[str], None] = lambda _m: None  # one-line status messages (preflight, emulator)
     raw_path: Path | None = None
+    checkpoint_path: Path | None = None  # append the measurements here once a second (bench.checkpoint)
     preflight: bool = True
     interrupted: bool = False
     slo_aborted: str | None = None
@@ -173,6 +174,12 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
         recorder = Recorder(start_ns, start_ns + int(sc.load.warmup_s * 1e9), raw_path=ctl.raw_path)
         counts.attach(recorder)
         spec = load_spec(sc, start_ns, worker=worker)
+        checkpoint = None
+        if ctl.checkpoint_path is not None:  # kill -9 leaves something `bench recover` can read
+            from bench.checkpoint import Checkpoint
+
+            checkpoint = Checkpoint.start(ctl.checkpoint_path, prepared, recorder, url)
+            tg.start_soon(checkpoint.run, recorder, stop)
 
         with _signals(ctl, stop):
             grace_s = max(spec.drain_s + 1.0, target_for(sc.target.kind).drain_grace_s(prepared.target_config))
@@ -189,6 +196,8 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
     facts.url = "embedded" if prepared.embedded else url
     facts.interrupted = ctl.interrupted
     facts.slo_aborted = ctl.slo_aborted or None
+    if checkpoint is not None:
+        checkpoint.close()
     return recorder.finish(end_ns, partial=ctl.interrupted), facts
 
 

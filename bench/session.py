@@ -154,6 +154,9 @@ def finish(opts: RunOptions, prepared: Prepared, report: Any, facts: RunFacts, o
 
     scrub_report(report, prepared.scrubber)  # every byte stored or printed below comes from the scrubbed report
     written = write_report(out_path, report)
+    from bench.checkpoint import checkpoint_path
+
+    checkpoint_path(out_path).unlink(missing_ok=True)  # the report supersedes the run's checkpoint
     if report.run.raw_path is not None:  # the recorder's streamed log now lives inside the report
         report.run.raw_path.unlink(missing_ok=True)
     summary = summarize(report)
@@ -186,9 +189,8 @@ def finish(opts: RunOptions, prepared: Prepared, report: Any, facts: RunFacts, o
 
 def run_scenario(sc: Scenario, opts: RunOptions) -> int:
     """`bench run`: prepare, resolve, run in one or ``opts.processes`` processes, finish → exit code."""
-    from bench.progress import ProgressView
-
     from bench.outpath import check_report_path
+    from bench.progress import ProgressView
 
     out_path = report_path(opts, sc)
     check_report_path(out_path, create_parent=opts.out is None)  # a bad --out must not cost the whole run
@@ -199,8 +201,12 @@ def run_scenario(sc: Scenario, opts: RunOptions) -> int:
         with resolved_target(prepared, _stderr_message(opts)) as target:
             report, facts = run_processes(target, opts, out_path)
         return finish(opts, target, report, facts, out_path)
+    from bench.checkpoint import checkpoint_path, recover_leftover
+
+    recover_leftover(out_path, _stderr_message(opts))  # a killed earlier run with the same --out
     view = ProgressView(sc.load.warmup_s + sc.load.duration_s, warmup_s=sc.load.warmup_s, enabled=not opts.quiet)
-    ctl = RunControl(progress=view.update, message=view.message, preflight=opts.preflight,
+    ctl = RunControl(progress=view.update, message=lambda m: view.message(prepared.scrubber.text(m)),
+                     preflight=opts.preflight, checkpoint_path=checkpoint_path(out_path),
                      raw_path=out_path.with_suffix(".raw.tmp") if sc.report.raw else None)
     try:
         with resolved_target(prepared, view.message) as target:
