@@ -168,8 +168,9 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
             return token_source.authorization() if token_source is not None else (static or "")
 
         url = await _preflight(prepared, ctl, url, authorization)
-        if start_at_wall is not None:
-            await anyio.sleep(max(0.0, start_at_wall - time.time()))
+        if start_at_wall is not None:  # a stop signal while waiting for the common start ends the wait
+            with _signals(ctl, stop), anyio.move_on_after(max(0.0, start_at_wall - time.time())):
+                await stop.wait()
         start_ns = time.monotonic_ns() + 20_000_000  # 20 ms to open connections before the first send
         recorder = Recorder(start_ns, start_ns + int(sc.load.warmup_s * 1e9), raw_path=ctl.raw_path)
         counts.attach(recorder)
