@@ -118,14 +118,15 @@ class Scrubber:
 
     def add(self, values: Iterable[str]) -> None:
         new: set[str] = set()
-        for v in values:
-            v = (v or "").strip()
-            if len(v) < _MIN_LEN:
-                continue
-            new.update(f for f in (v, quote(v, safe=""), quote_plus(v), base64.b64encode(v.encode()).decode())
-                       if len(f) >= _MIN_LEN)
-            if v.lower().startswith(("bearer ", "token ", "basic ")):  # the bare credential too
-                new.update(self._forms(v.split(None, 1)[1]))
+        for raw in values:
+            for v in {raw or "", (raw or "").strip()}:  # as given, and as read from a file or header (stripped)
+                if len(v) < _MIN_LEN:
+                    continue
+                new.update(f for f in (v, quote(v, safe=""), quote_plus(v), base64.b64encode(v.encode()).decode())
+                           if len(f) >= _MIN_LEN)
+                scheme_and_value = v.split(None, 1)
+                if len(scheme_and_value) == 2 and scheme_and_value[0].lower() in ("bearer", "token", "basic"):
+                    new.update(self._forms(scheme_and_value[1]))  # the bare credential too
         if new - self._values:
             self._values |= new
             ordered = sorted(self._values, key=len, reverse=True)
