@@ -262,3 +262,46 @@ def test_credentials_on_the_command_line_are_refused_without_echo(tmp_path: Path
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and names in proc.stderr, proc.stderr
     assert secret not in proc.stderr + proc.stdout
+
+
+def test_a_killed_runs_checkpoint_and_recovered_report_hold_no_secret(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    token = f"tk-{secrets.token_urlsafe(18)}"
+    api_key = f"ak-{secrets.token_urlsafe(18)}"
+    query_key = f"qk{secrets.token_hex(12)}"
+    (tmp_path / "body.json").write_text('{"x": 1}')
+    srv, port, seen = _echo_server()
+    ckpt = tmp_path / ".r.arrow.checkpoint"
+    env = dict(os.environ, BENCH_TEST_TOKEN=token, BENCH_TEST_API_KEY=api_key, PYTHONPATH=str(ROOT))
+    proc = None
+    try:
+        (tmp_path / "scenario.toml").write_text(
+            ECHO_SCENARIO.format(port=port, query_key=query_key).replace('duration = "1s"', 'duration = "60s"'))
+        before = set(tmp_path.rglob("*"))
+        proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "scenario.toml", "--out", "r.arrow", "-q"],
+                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while not (ckpt.exists() and ckpt.read_bytes().count(b"\n") >= 3) and proc.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint ticks"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+        srv.shutdown()  # type: ignore[attr-defined]
+        srv.server_close()  # type: ignore[attr-defined]
+    assert seen and seen[0]["x-api-key"] == api_key
+    checkpoint = ckpt.read_bytes()
+    assert b"denied" in checkpoint  # the echoed answer is in it, as evidence
+    rec = subprocess.run([sys.executable, "-m", "bench", "recover", "r.arrow"], cwd=tmp_path, env=env,
+                         capture_output=True, timeout=60, check=False)
+    assert rec.returncode == 0, rec.stderr
+    haystacks = _haystacks(tmp_path, before, [rec])
+    haystacks.update({"checkpoint": checkpoint, "killed stdout": out, "killed stderr": err})
+    leaks = [(where, needle.decode()[:6] + "…") for where, data in haystacks.items()
+             for needle in _needles([token, api_key, query_key]) if needle in data]
+    assert not leaks, f"secrets leaked: {leaks}"
