@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench.errors import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_SLO
+from bench.errors import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_SLO, BenchError
 from bench.facts import RunFacts
 from bench.run_loop import run_async, run_once, run_unwrapped, use_uvloop
 from bench.runner import Endpoints, Prepared, RunControl, point_at
@@ -211,6 +211,9 @@ def run_scenario(sc: Scenario, opts: RunOptions) -> int:
     try:
         with resolved_target(prepared, view.message) as target:
             report, facts = run_report(target, ctl)
+    except BenchError:  # a run judged invalid: nothing to recover (a second Ctrl-C keeps its checkpoint)
+        checkpoint_path(out_path).unlink(missing_ok=True)
+        raise
     finally:
         view.close()
     return finish(opts, target, report, facts, out_path)
