@@ -43,6 +43,7 @@ class Kind(IntEnum):
     OTHER = 12
     ABANDONED = 13  # sent, still unanswered when the run (and its drain) ended: in flight at the end
     CANCELLED = 14  # UbiOps batch: created, then cancelled before it completed
+    MISSING = 15  # UbiOps batch: created, then unknown to the platform (collect of that id alone: 404)
 
 
 ERROR_KINDS = frozenset(k for k in Kind if k is not Kind.OK)
