@@ -166,9 +166,12 @@ class LagProbe:
         self._handle = asyncio.get_running_loop().call_later(delay, self._tick)
 
     def _tick(self) -> None:
+        # every tick that fell due is recorded, like the sends of an open-loop schedule: a stall of the process
+        # makes all the ticks due during it late, not only the one that finally ran
         now = time.monotonic_ns()
-        self.lateness.append(max(0, now - self._next))
-        self._next = max(self._next + self.period_ns, now + self.period_ns // 2)
+        while self._next <= now:
+            self.lateness.append(now - self._next)
+            self._next += self.period_ns
         self._arm()
 
     def stop(self) -> None:
