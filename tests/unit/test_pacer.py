@@ -117,8 +117,7 @@ async def test_pacer_sends_each_request_at_or_after_its_time_and_sleeps_between(
     cpu = time.process_time() - cpu0
     assert [i for i, _ in eng.sent] == [start + k * 2_000_000 for k in range(100)]
     lags = sorted(t - i for i, t in eng.sent)
-    assert lags[0] >= 0, "never early"
-    assert lags[len(lags) // 2] < 2_000_000
+    assert lags[0] >= 0, "never early"  # how late is scheduling noise on a loaded machine: see the simulated test
     assert pacer.wakes <= 110, "about one wake per send, no spinning"
     assert cpu < 0.15, f"{cpu:.3f} s CPU for 0.2 s of pacing"
 
@@ -216,10 +215,11 @@ class _SimLoop:
         pass
 
 
-def test_pacer_coalescing_on_a_simulated_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    """50,000 sends/s for 0.1 s with every alarm ringing exactly at its deadline: the pacer's own behaviour, free
-    of scheduler noise. Alarms ring about once per COALESCE_NS (not once per send), no send leaves before its
-    intended time, and none leaves more than COALESCE_NS after it."""
+@pytest.mark.parametrize(("step", "n"), [(20_000, 5000), (2_000_000, 100)])
+def test_pacer_on_a_simulated_clock(monkeypatch: pytest.MonkeyPatch, step: int, n: int) -> None:
+    """Every alarm ringing exactly at its deadline: the pacer's own behaviour, free of scheduler noise. Close sends
+    (50,000/s): alarms ring about once per COALESCE_NS, not once per send, and no send leaves more than COALESCE_NS
+    late. Spaced sends (500/s): one alarm per send, each send leaves within µs of its time. Never early."""
     clock = [10**12]
 
     def monotonic_ns() -> int:  # each read advances 1 µs (the wake-early wait in _on_wake polls the clock)
@@ -227,7 +227,7 @@ def test_pacer_coalescing_on_a_simulated_clock(monkeypatch: pytest.MonkeyPatch) 
         return clock[0]
 
     monkeypatch.setattr(pacer_mod, "time", SimpleNamespace(monotonic_ns=monotonic_ns))
-    start, step, n = clock[0] + 2_000_000, 20_000, 5000
+    start = clock[0] + 2_000_000
     sent: list[tuple[int, int]] = []
 
     class SimRecorder(Recorder):
@@ -246,7 +246,11 @@ def test_pacer_coalescing_on_a_simulated_clock(monkeypatch: pytest.MonkeyPatch) 
     assert [i for i, _ in sent] == [start + k * step for k in range(n)]
     lags = [t - i for i, t in sent]
     assert min(lags) >= 0, "never early"
-    assert max(lags) <= COALESCE_NS + 2_000, f"a send left {max(lags) / 1e3:.0f} µs late on an on-time alarm"
     span = step * (n - 1)
-    assert span // COALESCE_NS - 5 <= pacer.wakes <= span // COALESCE_NS + 5, f"{pacer.wakes} alarms"
+    if step < COALESCE_NS:
+        assert max(lags) <= COALESCE_NS + 2_000, f"a send left {max(lags) / 1e3:.0f} µs late on an on-time alarm"
+        assert span // COALESCE_NS - 5 <= pacer.wakes <= span // COALESCE_NS + 5, f"{pacer.wakes} alarms"
+    else:
+        assert max(lags) <= 5_000, f"a send left {max(lags) / 1e3:.0f} µs late on an on-time alarm"
+        assert n - 1 <= pacer.wakes <= n + 1, f"{pacer.wakes} alarms"
     assert eng.batches <= pacer.wakes + 1
