@@ -140,6 +140,10 @@ def run_from_args(args: argparse.Namespace) -> int:
         from bench.multiprocess import run_worker
 
         return run_worker(args, sc)
+    if getattr(args, "locust_master", False):
+        from bench.locust.master import run_master  # imports locust (gevent) only here
+
+        return run_master(args, sc)
     processes = _processes(args, sc)
     if processes > 1:
         from bench.multiprocess import run_parent

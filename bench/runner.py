@@ -74,6 +74,7 @@ class RunControl:
     interrupted: bool = False
     slo_aborted: str | None = None
     token_source: Any = None  # set while a run holds credentials: its secrets() scrub messages
+    on_recorder: Callable[[Any], None] | None = None  # called once with the run's Recorder (live streaming)
 
     def secrets(self) -> list[str]:
         return list(self.token_source.secrets()) if self.token_source is not None else []
@@ -263,6 +264,8 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
         start_ns = time.monotonic_ns() + 20_000_000  # 20 ms to open connections before the first send
         recorder = Recorder(start_ns, start_ns + int(sc.load.warmup_s * 1e9), raw_path=ctl.raw_path)
         counts.attach(recorder)
+        if ctl.on_recorder is not None:
+            ctl.on_recorder(recorder)
         spec = load_spec(sc, start_ns, worker=worker)
 
         with _signals(ctl, stop):

@@ -1,0 +1,149 @@
+"""The one adapter between bench on Locust and bench's run core (scenario, runner, report).
+
+Everything the distributed run needs from the core goes through here, behind a narrow interface, so a change
+of the run path touches this file only: resolve a scenario sent by the master, prepare it, run worker i of n
+from a common wall-clock instant while streaming snapshots, build/merge/finish reports. Never imports locust
+(the worker's engine child process uses this module without gevent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from bench.report.model import Report, RunData
+from bench.scenario import Scenario
+
+__all__ = ["finish", "merge", "prepare", "read_report_bytes", "report_path", "resolve", "run_share",
+           "scenario_job", "shared_target", "worker_report", "write_report_bytes"]
+
+
+def scenario_job(sc: Scenario) -> dict[str, Any]:
+    """What a worker needs to rebuild the master's resolved scenario (the effective document, not a path)."""
+    return {"doc": _plain(sc.source), "file": sc.file, "base_dir": str(sc.base_dir)}
+
+
+def _plain(value: Any) -> Any:
+    """TOML values as msgpack/JSON types (dates become ISO text)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+def resolve(job: Mapping[str, Any], url: str | None = None) -> Scenario:
+    """The scenario of a job; ``url`` replaces an embedded target by the master's shared emulator."""
+    from bench.scenario import parse_scenario
+
+    sc = parse_scenario(job["doc"], file=str(job["file"]), base_dir=Path(job["base_dir"]))
+    if url:
+        sc = replace(sc, target=replace(sc.target, url=url), tables={**sc.tables, "emulator": {}})
+    return sc
+
+
+def prepare(sc: Scenario) -> Any:
+    """Validate and pre-encode (raises InputError on bad input, before any load)."""
+    from bench.runner import prepare as core_prepare
+
+    return core_prepare(sc)
+
+
+@contextlib.contextmanager
+def shared_target(prepared: Any) -> Iterator[str | None]:
+    """The one embedded emulator every worker of this host loads (None when the target is a real URL)."""
+    sc: Scenario = prepared.scenario
+    if not sc.target.embedded:
+        yield None
+        return
+    from bench.emulator.embedded import EmbeddedEmulator
+
+    with EmbeddedEmulator(prepared.emulator_config) as emu:
+        yield emu.base_url if sc.target.kind == "ubiops" else emu.wallaroo_url
+
+
+def run_share(prepared: Any, index: int, workers: int, epoch: float,
+              on_snapshot: Callable[[RunData], None], *, interval_s: float = 1.0,
+              message: Callable[[str], None] = lambda _m: None, raw_path: Path | None = None) -> Report:
+    """Run worker ``index`` of ``workers`` (its share of concurrency / open-loop schedule) from wall-clock
+    ``epoch``; ``on_snapshot`` gets a recorder snapshot about every ``interval_s`` (in the engine's thread).
+    SIGINT/SIGTERM stop the load and the report comes back marked partial."""
+    import time
+
+    import anyio
+
+    from bench.report.build import build_report
+    from bench.run_command import run_unwrapped, use_uvloop
+    from bench.runner import RunControl, execute
+
+    sc: Scenario = prepared.scenario
+    held: dict[str, Any] = {}
+    last = [0.0]
+
+    def progress(_snapshot: Any) -> None:
+        now = time.monotonic()
+        if "recorder" in held and now - last[0] >= interval_s:
+            last[0] = now
+            on_snapshot(held["recorder"].snapshot())
+
+    ctl = RunControl(progress=progress, message=message, preflight=False, raw_path=raw_path,
+                     on_recorder=lambda r: held.__setitem__("recorder", r))
+    run, facts = run_unwrapped(lambda: anyio.run(
+        lambda: execute(prepared, ctl, start_at_wall=epoch, worker=(index, workers)),
+        backend="asyncio", backend_options={"use_uvloop": use_uvloop(sc)}))
+    facts["worker"] = [index, workers]
+    return build_report(sc, run, facts)
+
+
+def worker_report(prepared: Any, run: RunData, index: int, workers: int) -> Report:
+    """A report of a worker known only by its streamed data (it died): no CPU figure, marked partial."""
+    from bench.report.build import build_report
+
+    report = build_report(prepared.scenario, run, {"worker": [index, workers]})
+    report.meta.cpu_fraction = None
+    return report
+
+
+def write_report_bytes(report: Report) -> bytes:
+    from bench.report.writer import write_report
+
+    with tempfile.TemporaryDirectory(prefix="bench-locust-") as tmp:
+        path = write_report(Path(tmp) / "part.arrow", report)
+        return path.read_bytes()
+
+
+def read_report_bytes(data: bytes) -> Report:
+    from bench.report.reader import read_report
+
+    with tempfile.TemporaryDirectory(prefix="bench-locust-") as tmp:
+        path = Path(tmp) / "part.arrow"
+        path.write_bytes(data)
+        report = read_report(path)
+    report.path = None
+    return report
+
+
+def merge(reports: Sequence[Report]) -> Report:
+    from bench.report.merge import merge_reports
+
+    return merge_reports(reports)
+
+
+def report_path(args: argparse.Namespace, sc: Scenario) -> Path:
+    from bench.run_command import report_path as core_report_path
+
+    return core_report_path(args, sc)
+
+
+def finish(args: argparse.Namespace, prepared: Any, report: Report, facts: dict[str, Any], out_path: Path) -> int:
+    """Write the report, print the summary, apply the SLO gate → the exit code (as `bench run` does)."""
+    from bench.run_command import finish_run
+
+    return finish_run(args, prepared.scenario, prepared, report, facts, out_path)
