@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import gevent
 from locust.env import Environment
@@ -53,7 +53,7 @@ class _Worker:
 class _Master:
     def __init__(self, env: Environment, expected: int) -> None:
         self.env = env
-        self.runner: Any = env.runner
+        self.runner: Any = cast(Any, env.runner)
         self.expected = expected
         self.workers: dict[str, _Worker] = {}
         self.signals = 0

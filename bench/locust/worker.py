@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import gevent
 import orjson
@@ -32,7 +32,7 @@ class BenchWorker:
 
     def __init__(self, env: Environment) -> None:
         self.env = env
-        self.runner: Any = env.runner
+        self.runner: Any = cast(Any, env.runner)
         self.child: subprocess.Popen[bytes] | None = None
         self.relay: Any = None  # the greenlet relaying the child's lines
         self.tmp = tempfile.TemporaryDirectory(prefix="bench-locust-worker-")
@@ -114,7 +114,7 @@ class BenchWorker:
         self._write({"stop": True})
         if self.relay is not None:
             self.relay.join(timeout=15)
-        self.env.events.quitting.fire(environment=self.env, reverse=True)
+        self.env.events.quitting.fire(environment=self.env, reverse=True)  # type: ignore[no-untyped-call]
         self.runner.quit()
 
     def close(self) -> None:
