@@ -44,6 +44,7 @@ class _Worker:
     refused: bool = False
     live: LiveRun = field(default_factory=LiveRun)
     report: Report | None = None
+    report_bytes: bytes = b""
 
     @property
     def name(self) -> str:
@@ -84,7 +85,8 @@ class _Master:
     def _final(self, environment: Environment, msg: Any) -> None:
         w = self._ours(msg)
         if w is not None and w.state in ("ready", "assigned"):
-            w.report = _core.read_report_bytes(msg.data["report"])
+            w.report_bytes = bytes(msg.data["report"])
+            w.report = _core.read_report_bytes(w.report_bytes)
             w.state = "final"
 
     # -- the run ---------------------------------------------------------------------------------------
@@ -136,6 +138,12 @@ def run_master(args: argparse.Namespace, sc: Scenario) -> int:
     finally:
         env.runner.quit()  # type: ignore[union-attr]
     lost = [w for w in master.workers.values() if w.state == "lost"]
+    if sc.report.raw:  # the per-request logs stay in each worker's own report, beside the merged one
+        parts = out_path.with_suffix(".workers")
+        parts.mkdir(parents=True, exist_ok=True)
+        for w in master.workers.values():
+            if w.report_bytes:
+                (parts / f"worker-{w.index}.arrow").write_bytes(w.report_bytes)
     code = _core.finish(args, prepared, report, facts, out_path)
     if lost and code == EXIT_OK:
         names = ", ".join(w.name for w in lost)

@@ -1,0 +1,191 @@
+"""A real Locust master (`bench run --locust-master`) and real `bench locust-worker` processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.emulator.config import EmulatorConfig
+from bench.report.model import MEASURED, Histogram
+from bench.report.reader import iter_raw, read_report
+from tests.integration.locust_cluster import ROOT, Cluster, CountingProxy, free_port, wait_for
+
+DATA = ROOT / "data" / "ccfraud_1k.df.json"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def scenario(tmp: Path, url: str, load: str, *, raw: bool = True) -> Path:
+    path = tmp / "dist.toml"
+    path.write_text(f"""name = "dist"
+[target]
+kind = "wallaroo"
+url = "{url}"
+format = "pandas-records"
+[data]
+path = "{DATA}"
+rows_per_request = 10
+[load]
+{load}
+[report]
+raw = {"true" if raw else "false"}
+""")
+    return path
+
+
+def infer_url(base: str) -> str:
+    d = EmulatorConfig()
+    return f"{base}/v1/api/pipelines/infer/{d.deployment}/{d.pipeline}"
+
+
+def run_master(cluster: Cluster, sc: Path, port: int, workers: int, *extra: str) -> subprocess.Popen[bytes]:
+    return cluster.start("master", "-m", "bench", "run", str(sc), "--locust-master", "--expect-workers",
+                         str(workers), "--master-bind-port", str(port), "--worker-wait", "30", "--json", "-q",
+                         "-o", str(cluster.tmp / "run.arrow"), *extra, stdout=subprocess.PIPE)
+
+
+def finish(proc: subprocess.Popen[bytes], timeout: float = 60) -> tuple[int, dict[str, object]]:
+    out, _ = proc.communicate(timeout=timeout)
+    lines = out.decode().strip().splitlines()
+    return proc.returncode, json.loads(lines[-1]) if lines else {}
+
+
+def total_requests(path: Path) -> int:
+    return sum(t.requests for t in read_report(path).run.totals.values())
+
+
+def raw_latency(parts: list[Path]) -> Histogram:
+    """The measured ok latency histogram recomputed from the workers' own per-request logs."""
+    h = Histogram()
+    for part in parts:
+        for b in iter_raw(part):
+            intended = b.column("intended_ns").to_numpy()
+            done = b.column("done_ns").to_numpy()
+            ok = np.asarray(b.column("name").to_pylist()) == "ok"
+            m = ok & (np.asarray(b.column("phase").to_pylist()) == MEASURED)
+            h.record_us(np.maximum((done[m] - intended[m] + 500) // 1000, 0))
+    return h
+
+
+@pytest.mark.parametrize("load", ['concurrency = 6\nwarmup = "1s"\nduration = "3s"',
+                                  'rate = 400\nwarmup = "1s"\nduration = "3s"'], ids=["closed", "open"])
+def test_master_and_two_workers_merge_exactly(cluster: Cluster, serve_emulator: Callable[..., str],
+                                              load: str) -> None:
+    base = serve_emulator("--replicas", "8", "--latency-ms", "2")
+    port = free_port()
+    with CountingProxy(int(base.rsplit(":", 1)[1])) as proxy:
+        sc = scenario(cluster.tmp, infer_url(f"http://127.0.0.1:{proxy.port}"), load)
+        master = run_master(cluster, sc, port, 2)
+        cluster.worker(port, "w0")
+        cluster.worker(port, "w1")
+        code, summary = finish(master)
+        served = proxy.responses
+    assert code == 0, cluster.log(master)
+    report = read_report(cluster.tmp / "run.arrow")
+    parts = sorted((cluster.tmp / "run.workers").glob("worker-*.arrow"))
+    assert len(parts) == 2
+    merged = sum(t.requests for t in report.run.totals.values())
+    assert merged == sum(total_requests(p) for p in parts) == served > 0
+    workers = report.meta.extra["locust"]["workers"]
+    assert [w["state"] for w in workers] == ["final", "final"] and not report.run.partial
+    assert sum(w["requests"] for w in workers) == merged
+    assert all(w["cpu_fraction"] is not None and w["generator_bound"] is not None for w in workers)
+    mine = report.run.histogram("latency", MEASURED, "ok")
+    union = raw_latency(parts)
+    assert np.array_equal(mine.counts, union.counts)
+    assert mine.percentiles_ms((50, 90, 99, 99.9)) == union.percentiles_ms((50, 90, 99, 99.9))
+    if "rate" in load:
+        measured = report.run.total(MEASURED)
+        rate = (measured.requests + measured.dropped) / 3.0
+        assert abs(rate - 400) <= 4, rate  # within 1 %: the two workers' schedules add up to the target
+        assert summary["requests"] == measured.requests
+
+
+def test_a_worker_killed_mid_run_is_named_and_the_run_partial(cluster: Cluster,
+                                                             serve_emulator: Callable[..., str]) -> None:
+    base = serve_emulator()
+    port = free_port()
+    with CountingProxy(int(base.rsplit(":", 1)[1])) as proxy:
+        sc = scenario(cluster.tmp, infer_url(f"http://127.0.0.1:{proxy.port}"),
+                      'concurrency = 4\nduration = "8s"', raw=False)
+        master = run_master(cluster, sc, port, 2)
+        cluster.worker(port, "w0")
+        victim = cluster.worker(port, "w1")
+        wait_for(lambda: proxy.responses > 2000, 30, "a few seconds of load (deltas stream every second)")
+        os.killpg(victim.pid, signal.SIGKILL)  # the worker and its engine process, no goodbye
+        code, summary = finish(master)
+    assert code == 3, cluster.log(master)
+    assert "lost worker" in cluster.log(master)
+    report = read_report(cluster.tmp / "run.arrow")
+    assert report.run.partial and summary["partial"] is True
+    info = report.meta.extra["locust"]
+    states = {w["index"]: w["state"] for w in info["workers"]}
+    assert sorted(states.values()) == ["final", "lost"]
+    lost = next(w for w in info["workers"] if w["state"] == "lost")
+    assert info["lost"] == [lost["id"]]
+    assert lost["id"] in cluster.log(master)
+    assert lost["requests"] > 0  # its data streamed before it died is kept
+
+
+def test_no_worker_arriving_exits_3_with_one_line(cluster: Cluster, serve_emulator: Callable[..., str]) -> None:
+    sc = scenario(cluster.tmp, infer_url(serve_emulator()), 'concurrency = 1\nduration = "1s"')
+    master = cluster.start("master", "-m", "bench", "run", str(sc), "--locust-master", "--expect-workers", "2",
+                           "--master-bind-port", str(free_port()), "--worker-wait", "1", "-q")
+    assert master.wait(30) == 3
+    lines = [ln for ln in cluster.log(master).splitlines() if ln.strip()]
+    assert lines == ["bench: error: 0 of 2 Locust worker(s) connected to 127.0.0.1:"
+                     f"{lines[0].split(':')[-2].split()[0]} within 1 s"] or len(lines) == 1, lines
+    assert "Traceback" not in cluster.log(master)
+
+
+def test_a_worker_of_another_bench_version_is_refused(cluster: Cluster, serve_emulator: Callable[..., str]) -> None:
+    other = cluster.tmp / "other"
+    shutil.copytree(ROOT / "bench", other / "bench", ignore=shutil.ignore_patterns("__pycache__"))
+    init = other / "bench" / "__init__.py"
+    init.write_text(init.read_text().replace('__version__ = "', '__version__ = "9.9.9+'))
+    port = free_port()
+    sc = scenario(cluster.tmp, infer_url(serve_emulator()), 'concurrency = 1\nduration = "1s"')
+    master = run_master(cluster, sc, port, 1)
+    cluster.worker(port, "w0", env={"PYTHONPATH": str(other)})
+    code, _ = finish(master)
+    log = cluster.log(master)
+    assert code == 2, log
+    assert "bench version mismatch" in log and "9.9.9+" in log and "(index 0)" in log
+    assert "Traceback" not in log
+
+
+def test_sigterm_of_the_master_stops_the_workers_and_writes_a_partial_report(
+        cluster: Cluster, serve_emulator: Callable[..., str]) -> None:
+    base = serve_emulator()
+    port = free_port()
+    with CountingProxy(int(base.rsplit(":", 1)[1])) as proxy:
+        sc = scenario(cluster.tmp, infer_url(f"http://127.0.0.1:{proxy.port}"),
+                      'concurrency = 4\nduration = "60s"', raw=False)
+        master = run_master(cluster, sc, port, 2)
+        workers = [cluster.worker(port, "w0"), cluster.worker(port, "w1")]
+        wait_for(lambda: proxy.responses > 200, 30, "load to flow")
+        master.send_signal(signal.SIGTERM)
+        code, summary = finish(master, timeout=30)
+        assert code == 130, cluster.log(master)
+        for w in workers:  # the master's quit ends every worker (and its engine process)
+            assert w.wait(15) == 0
+        at_end = proxy.responses
+    report = read_report(cluster.tmp / "run.arrow")
+    assert report.run.partial and summary["partial"] is True
+    assert [w["state"] for w in report.meta.extra["locust"]["workers"]] == ["final", "final"]
+    assert sum(t.requests for t in report.run.totals.values()) == at_end
