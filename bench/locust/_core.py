@@ -147,3 +147,66 @@ def finish(args: argparse.Namespace, prepared: Any, report: Report, facts: dict[
     from bench.run_command import finish_run
 
     return finish_run(args, prepared.scenario, prepared, report, facts, out_path)
+
+
+# -- bench users in locustfiles ---------------------------------------------------------------------------
+
+class UserPlan:
+    """The wire form of a bench target for a Locust user: URL, headers, pre-encoded bodies, the classifier."""
+
+    def __init__(self, sc: Scenario, url: str, method: str, headers: dict[str, str], bodies: list[bytes],
+                 rows: list[int], classify: Callable[[int, bytes, int], tuple[int, int, int]]) -> None:
+        self.scenario, self.url, self.method, self.headers = sc, url, method, headers
+        self.bodies, self.rows, self.classify = bodies, rows, classify
+
+
+def user_plan(doc: Mapping[str, Any], file: str, base_dir: Path) -> UserPlan:
+    """Read data and encode bodies once (a bad document raises InputError naming file and key)."""
+    import os
+
+    from bench.runner import request_set
+    from bench.scenario import parse_scenario
+
+    full = {"load": {"concurrency": 1, "duration": "1s"}, **doc}
+    sc = parse_scenario(full, file=file, base_dir=base_dir)
+    prepared = prepare(sc)
+    bodies = [b.body for b in prepared.bodies]
+    rows = [b.rows for b in prepared.bodies]
+    if sc.target.kind == "ubiops":
+        from bench.targets.ubiops import classify_direct
+
+        cfg = prepared.ubiops_config
+        return UserPlan(sc, cfg.direct_url(), "POST", cfg.headers(), bodies, rows, classify_direct)
+    token = os.environ.get(sc.target.token_env) if sc.target.token_env else None
+    auth = (token if token.lower().startswith(("bearer ", "token ")) else f"Bearer {token}") if token else None
+    requests, classify = request_set(sc, sc.target.url, prepared.bodies, auth)
+    return UserPlan(sc, requests.url, requests.method, dict(requests.headers), bodies, rows, classify)
+
+
+def new_recorder(start_ns: int) -> Any:
+    """A recorder for a Locust process's bench users (no warm-up phase: Locust's ramp is the user's business)."""
+    from bench.recorder import Recorder
+
+    return Recorder(start_ns, start_ns)
+
+
+def users_report(plan: UserPlan, run: RunData, cpu_fraction: float, users: int) -> Report:
+    from bench.report.build import build_report
+
+    report = build_report(plan.scenario, run, {"cpu_fraction": cpu_fraction, "url": plan.url})
+    report.meta.load = {"mode": "locust", "users": users}
+    return report
+
+
+def write(report: Report, path: Path) -> Path:
+    from bench.report.writer import write_report
+
+    return write_report(path, report)
+
+
+def default_report_path(name: str) -> Path:
+    from datetime import UTC, datetime
+
+    from bench.report.writer import default_report_path as core_default
+
+    return core_default(Path("reports"), name, datetime.now(UTC))
