@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
 from bench.locust import _core
 from bench.report.model import Report
 
-__all__ = ["add_arguments", "on_init", "recorder_for"]
+__all__ = ["add_arguments", "collector_for", "on_init"]
 
 log = logging.getLogger("bench.locust")
 _ANSWER_WAIT_S = 15.0
@@ -36,6 +37,7 @@ class _Collector:
         self.cpu0 = self.wall0 = 0.0
         self.answers: dict[str, Any] = {}
         self.written = False
+        self.in_flight = 0  # requests sent and not answered (a user stopped mid-request never answers)
 
     def start(self, **_kw: Any) -> None:
         self.recorder = _core.new_recorder(time.monotonic_ns())
@@ -46,6 +48,8 @@ class _Collector:
     def own_report(self) -> Report | None:
         if self.recorder is None or self.plan is None:
             return None
+        if self.in_flight:
+            self.recorder.count("in_flight_at_end", self.in_flight)
         run = self.recorder.finish(time.monotonic_ns(), partial=False)
         self.recorder = None
         cpu = (time.process_time() - self.cpu0) / max(1e-9, time.monotonic() - self.wall0)
@@ -63,6 +67,7 @@ class _Collector:
 
     # -- worker ----------------------------------------------------------------------------------------
     def on_finish_request(self, environment: Any, msg: Any) -> None:
+        environment.runner.stop()  # users first: a request finishing after the report would be lost to it
         report = self.own_report()
         data = _core.write_report_bytes(report) if report is not None else None
         environment.runner.send_message("bench_user_report", {"report": data})
@@ -100,8 +105,7 @@ class _Collector:
         path = Path(wanted) if wanted else _core.default_report_path(report.meta.scenario_name or "locust")
         written = _core.write(report, path)
         self.written = True
-        log.info("bench report: %s", written)
-        print(f"bench report: {written}", flush=True)
+        print(f"bench report: {written}", file=sys.stderr, flush=True)
 
 
 def _collector(env: Any) -> _Collector:
@@ -131,11 +135,11 @@ def add_arguments(parser: Any) -> None:
                         "(default reports/<UTC time>-<name>.arrow)")
 
 
-def recorder_for(environment: Any, plan: _core.UserPlan) -> Any:
-    """This process's recorder (started with the test; a user built outside a test starts one)."""
+def collector_for(environment: Any, plan: _core.UserPlan) -> _Collector:
+    """This process's collector; its recorder starts with the test (a user built outside a test starts one)."""
     c = _collector(environment)
     if c.plan is None:
         c.plan = plan
     if c.recorder is None:
         c.start()
-    return c.recorder
+    return c

@@ -77,7 +77,7 @@ class BenchUser(User):
         self._client = HTTPClient.from_url(self._plan.url, concurrency=1, connection_timeout=self.timeout_s,
                                            network_timeout=self.timeout_s)
         self._label = self.name or type(self).__name__
-        self._recorder = collect.recorder_for(environment, self._plan)
+        self._bench = collect.collector_for(environment, self._plan)
 
     def on_stop(self) -> None:
         self._client.close()
@@ -88,6 +88,8 @@ class BenchUser(User):
         plan = self._plan
         i = next(self._next)
         body, rows = plan.bodies[i], plan.rows[i]
+        bench = self._bench
+        bench.in_flight += 1
         sent = time.monotonic_ns()
         status, answer, failure = 0, b"", None
         try:
@@ -99,10 +101,13 @@ class BenchUser(User):
         except Exception as exc:  # a target fault: counted by kind, never a crash of the user
             kind, rows_out, server_ns, failure = _failure_kind(exc), 0, 0, exc
         done = time.monotonic_ns()
-        self._recorder.record(sent, sent, done, kind, status, rows_out if kind == Kind.OK else rows, len(body),
-                              len(answer), server_ns)
-        if kind != Kind.OK:
-            self._recorder.error_detail(kind, status, answer[:512] or str(failure).encode())
+        bench.in_flight -= 1
+        recorder = bench.recorder
+        if recorder is not None:  # None once this process's report is made (the test is stopping)
+            recorder.record(sent, sent, done, kind, status, rows_out if kind == Kind.OK else rows, len(body),
+                            len(answer), server_ns)
+            if kind != Kind.OK:
+                recorder.error_detail(kind, status, answer[:512] or str(failure).encode())
         self.environment.events.request.fire(
             request_type=plan.method, name=self._label, response_time=(done - sent) / 1e6,
             response_length=len(answer), context={},
