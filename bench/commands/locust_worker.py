@@ -20,6 +20,8 @@ def add_master_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--master-bind-host", default="127.0.0.1",
                    help="address workers connect to (default 127.0.0.1; 0.0.0.0 for other hosts)")
     g.add_argument("--master-bind-port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
+    g.add_argument("--locust-web-port", type=int, default=0, metavar="PORT",
+                   help="also serve Locust's web UI on 127.0.0.1:PORT with live aggregates (default off)")
     g.add_argument("--worker-wait", type=float, default=60.0, metavar="S",
                    help="seconds to wait for the workers to connect and get ready (default 60)")
 

@@ -23,7 +23,7 @@ from locust.runners import STATE_MISSING
 
 from bench import __version__
 from bench.errors import EXIT_INVALID, EXIT_OK, InputError, RunInvalid
-from bench.locust import _core
+from bench.locust import _core, live
 from bench.locust.wire import LiveRun
 from bench.report.model import Report
 from bench.scenario import Scenario
@@ -42,6 +42,7 @@ class _Worker:
     pid: int = 0
     message: str = ""
     refused: bool = False
+    clock_offset_s: float | None = None
     live: LiveRun = field(default_factory=LiveRun)
     report: Report | None = None
     report_bytes: bytes = b""
@@ -70,6 +71,8 @@ class _Master:
         w = self._ours(msg)
         if w is not None and w.state == "assigned":
             w.state, w.host, w.pid = "ready", str(msg.data["host"]), int(msg.data["pid"])
+            # worker clock minus ours, upper-bounded by the message's transit time (loopback/LAN: < 1 ms)
+            w.clock_offset_s = float(msg.data["time"]) - time.time()
 
     def _error(self, environment: Environment, msg: Any) -> None:
         w = self._ours(msg)
@@ -81,6 +84,7 @@ class _Master:
         w = self._ours(msg)
         if w is not None and w.state == "ready":
             w.live.apply(msg.data)
+            live.feed(self.env.stats, msg.data)
 
     def _final(self, environment: Environment, msg: Any) -> None:
         w = self._ours(msg)
@@ -130,6 +134,8 @@ def run_master(args: argparse.Namespace, sc: Scenario) -> int:
     out_path = _core.report_path(args, sc)
     env = Environment(user_classes=[])
     env.create_master_runner(args.master_bind_host, args.master_bind_port)
+    if args.locust_web_port:  # Locust's web UI, showing the live aggregates (the run starts by itself)
+        env.create_web_ui("127.0.0.1", args.locust_web_port)
     master = _Master(env, expected)
     say = (lambda _m: None) if args.quiet else (lambda m: print(f"bench: {m}", file=sys.stderr, flush=True))
     try:
@@ -137,6 +143,8 @@ def run_master(args: argparse.Namespace, sc: Scenario) -> int:
             report, facts = _drive(master, prepared, url, args, say)
     finally:
         env.runner.quit()  # type: ignore[union-attr]
+        if env.web_ui is not None:
+            env.web_ui.stop()  # type: ignore[no-untyped-call]
     lost = [w for w in master.workers.values() if w.state == "lost"]
     if sc.report.raw:  # the per-request logs stay in each worker's own report, beside the merged one
         parts = out_path.with_suffix(".workers")
@@ -175,6 +183,11 @@ def _drive(master: _Master, prepared: Any, url: str | None, args: argparse.Names
     bad = [w for w in master.workers.values() if w.state in ("error", "lost")]
     if bad:
         _refuse(master, "", bad)
+    for w in master.workers.values():
+        offset = w.clock_offset_s
+        if offset is not None and abs(offset) > 0.05:
+            say(f"warning: worker {w.name} clock is {offset * 1000:+.0f} ms off this host's: its schedule "
+                "starts that much off the others' (sync clocks with NTP/chrony)")
     epoch = time.time() + 1.0 + 0.05 * expected  # every worker starts its load at this wall-clock instant
     master.send_all("bench_go", {"epoch": epoch})
     say(f"{expected} worker(s) ready; load starts at {time.strftime('%H:%M:%S', time.localtime(epoch))}")
@@ -234,7 +247,7 @@ def _merged(master: _Master, prepared: Any, interrupted: bool) -> tuple[Report, 
             rep.meta.host = f"{w.host or w.client_id}#{w.index}"  # names the worker in merged verdict reasons
             reports.append(rep)
         health.append({"id": w.client_id, "index": w.index, "host": w.host, "pid": w.pid, "state": w.state,
-                       "message": w.message,
+                       "message": w.message, "clock_offset_s": w.clock_offset_s,
                        "requests": sum(t.requests for t in rep.run.totals.values()) if rep else 0,
                        "cpu_fraction": rep.meta.cpu_fraction if rep else None,
                        "generator_bound": rep.meta.generator_bound if rep else None,

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,6 +24,7 @@ import orjson
 from locust.env import Environment
 
 from bench import __version__
+from bench.errors import RunInvalid
 
 __all__ = ["BenchWorker", "run_worker"]
 
@@ -78,7 +80,7 @@ class BenchWorker:
             msg = orjson.loads(line)
             kind = msg["type"]
             if kind == "ready":
-                self.send("bench_ready", ident)
+                self.send("bench_ready", {**ident, "time": time.time()})  # lets the master estimate clock offset
             elif kind == "delta":
                 self.send("bench_delta", msg["delta"])
             elif kind == "final":
@@ -125,7 +127,10 @@ class BenchWorker:
 def run_worker(master_host: str, master_port: int) -> int:
     """Connect to the master and serve runs until it says quit (or stops answering heartbeats)."""
     env = Environment(user_classes=[])
-    env.create_worker_runner(master_host, master_port)
+    try:
+        env.create_worker_runner(master_host, master_port)
+    except ConnectionError:
+        raise RunInvalid(f"no Locust master answered at {master_host}:{master_port}") from None
     worker = BenchWorker(env)
     print(f"bench worker {socket.gethostname()}:{os.getpid()} connected to {master_host}:{master_port}",
           file=sys.stderr, flush=True)

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -63,6 +64,16 @@ def finish(proc: subprocess.Popen[bytes], timeout: float = 60) -> tuple[int, dic
     out, _ = proc.communicate(timeout=timeout)
     lines = out.decode().strip().splitlines()
     return proc.returncode, json.loads(lines[-1]) if lines else {}
+
+
+def live_requests(web_port: int) -> int:
+    """Requests so far as Locust's web UI shows them (fed by the workers' deltas); 0 while it is not up."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/stats/requests", timeout=2) as r:
+            stats = json.loads(r.read())["stats"]
+    except OSError:
+        return 0
+    return sum(int(e["num_requests"]) for e in stats if e["name"] == "Aggregated")
 
 
 def total_requests(path: Path) -> int:
@@ -176,9 +187,10 @@ def test_sigterm_of_the_master_stops_the_workers_and_writes_a_partial_report(
     with CountingProxy(int(base.rsplit(":", 1)[1])) as proxy:
         sc = scenario(cluster.tmp, infer_url(f"http://127.0.0.1:{proxy.port}"),
                       'concurrency = 4\nduration = "60s"', raw=False)
-        master = run_master(cluster, sc, port, 2)
+        web = free_port()
+        master = run_master(cluster, sc, port, 2, "--locust-web-port", str(web))
         workers = [cluster.worker(port, "w0"), cluster.worker(port, "w1")]
-        wait_for(lambda: proxy.responses > 200, 30, "load to flow")
+        wait_for(lambda: live_requests(web) > 200, 30, "live numbers in Locust's web UI")
         master.send_signal(signal.SIGTERM)
         code, summary = finish(master, timeout=30)
         assert code == 130, cluster.log(master)
