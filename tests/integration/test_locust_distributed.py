@@ -159,9 +159,9 @@ def test_no_worker_arriving_exits_3_with_one_line(cluster: Cluster, serve_emulat
                            "--master-bind-port", str(free_port()), "--worker-wait", "1", "-q")
     assert master.wait(30) == 3
     lines = [ln for ln in cluster.log(master).splitlines() if ln.strip()]
-    assert lines == ["bench: error: 0 of 2 Locust worker(s) connected to 127.0.0.1:"
-                     f"{lines[0].split(':')[-2].split()[0]} within 1 s"] or len(lines) == 1, lines
-    assert "Traceback" not in cluster.log(master)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("bench: error: 0 of 2 Locust worker(s) connected to 127.0.0.1:")
+    assert lines[0].endswith(" within 1 s")
 
 
 def test_a_worker_of_another_bench_version_is_refused(cluster: Cluster, serve_emulator: Callable[..., str]) -> None:
