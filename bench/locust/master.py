@@ -135,6 +135,7 @@ def run_master(args: argparse.Namespace, sc: Scenario) -> int:
     env = Environment(user_classes=[])
     env.create_master_runner(args.master_bind_host, args.master_bind_port)
     if args.locust_web_port:  # Locust's web UI, showing the live aggregates (the run starts by itself)
+        sys.argv = sys.argv[:1]  # the UI re-parses sys.argv with Locust's parser, which rejects bench's options
         env.create_web_ui("127.0.0.1", args.locust_web_port)
     master = _Master(env, expected)
     say = (lambda _m: None) if args.quiet else (lambda m: print(f"bench: {m}", file=sys.stderr, flush=True))
