@@ -14,6 +14,7 @@ import argparse
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -138,7 +139,12 @@ def run_master(args: argparse.Namespace, sc: Scenario) -> int:
         sys.argv = sys.argv[:1]  # the UI re-parses sys.argv with Locust's parser, which rejects bench's options
         env.create_web_ui("127.0.0.1", args.locust_web_port)
     master = _Master(env, expected)
-    say = (lambda _m: None) if args.quiet else (lambda m: print(f"bench: {m}", file=sys.stderr, flush=True))
+    quiet = bool(args.quiet)
+
+    def say(message: str) -> None:
+        if not quiet:
+            print(f"bench: {message}", file=sys.stderr, flush=True)
+
     try:
         with _core.shared_target(prepared) as url:
             report, facts = _drive(master, prepared, url, args, say)
@@ -147,6 +153,11 @@ def run_master(args: argparse.Namespace, sc: Scenario) -> int:
         if env.web_ui is not None:
             env.web_ui.stop()  # type: ignore[no-untyped-call]
     lost = [w for w in master.workers.values() if w.state == "lost"]
+    for h in report.meta.extra["locust"]["workers"]:
+        cpu = f"{h['cpu_fraction'] * 100:.0f} % of a core" if h["cpu_fraction"] is not None else "CPU —"
+        bound = {True: "generator-bound", False: "not generator-bound", None: "verdict —"}[h["generator_bound"]]
+        say(f"worker {h['index']} {h['host'] or h['id']} pid {h['pid']}: {h['state']}, {h['requests']:,} requests, "
+            f"{cpu}, {bound}")
     if sc.report.raw:  # the per-request logs stay in each worker's own report, beside the merged one
         parts = out_path.with_suffix(".workers")
         parts.mkdir(parents=True, exist_ok=True)
@@ -162,7 +173,7 @@ def run_master(args: argparse.Namespace, sc: Scenario) -> int:
 
 
 def _drive(master: _Master, prepared: Any, url: str | None, args: argparse.Namespace,
-           say: Any) -> tuple[Report, dict[str, Any]]:
+           say: Callable[[str], None]) -> tuple[Report, dict[str, Any]]:
     sc: Scenario = prepared.scenario
     expected = master.expected
     bind = f"{args.master_bind_host}:{args.master_bind_port}"
@@ -204,7 +215,7 @@ def _refuse(master: _Master, why: str, bad: list[_Worker]) -> None:
         "; ".join(parts))
 
 
-def _run_until_done(master: _Master, sc: Scenario, epoch: float, say: Any) -> bool:
+def _run_until_done(master: _Master, sc: Scenario, epoch: float, say: Callable[[str], None]) -> bool:
     """Wait for every worker's final report (or its loss); SIGINT/SIGTERM stop every worker (partial)."""
 
     def on_signal() -> None:

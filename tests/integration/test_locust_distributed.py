@@ -201,3 +201,22 @@ def test_sigterm_of_the_master_stops_the_workers_and_writes_a_partial_report(
     assert report.run.partial and summary["partial"] is True
     assert [w["state"] for w in report.meta.extra["locust"]["workers"]] == ["final", "final"]
     assert sum(t.requests for t in report.run.totals.values()) == at_end
+
+
+def test_a_worker_that_cannot_read_the_data_is_named_with_the_reason(cluster: Cluster,
+                                                                    serve_emulator: Callable[..., str]) -> None:
+    data = cluster.tmp / "rows.df.json"
+    shutil.copy(DATA, data)
+    sc = scenario(cluster.tmp, infer_url(serve_emulator()), 'concurrency = 1\nduration = "1s"')
+    sc.write_text(sc.read_text().replace(str(DATA), data.name))  # relative to the scenario's directory
+    port = free_port()
+    master = cluster.start("master", "-m", "bench", "run", str(sc), "--locust-master", "--expect-workers", "1",
+                           "--master-bind-port", str(port), "--worker-wait", "30")
+    wait_for(lambda: "waiting for 1 worker" in cluster.log(master), 30, "the master to have read the scenario")
+    data.unlink()  # the master read it; the worker (think: another host without the file) cannot
+    cluster.worker(port, "w0")
+    assert master.wait(60) == 2
+    errors = [ln for ln in cluster.log(master).splitlines() if ln.startswith("bench: error:")]
+    assert len(errors) == 1, cluster.log(master)
+    assert "(index 0) on " in errors[0] and "data.path" in errors[0] and "rows.df.json" in errors[0]
+    assert "Traceback" not in cluster.log(master)
