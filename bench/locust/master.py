@@ -38,7 +38,7 @@ _TICK_S = 0.2
 class _Worker:
     client_id: str
     index: int
-    state: str = "assigned"  # assigned → ready → final | error | lost
+    state: str = "assigned"  # assigned → ready → final | stopped (early, on its side) | error | lost
     host: str = ""
     pid: int = 0
     message: str = ""
@@ -92,7 +92,8 @@ class _Master:
         if w is not None and w.state in ("ready", "assigned"):
             w.report_bytes = bytes(msg.data["report"])
             w.report = _core.read_report_bytes(w.report_bytes)
-            w.state = "final"
+            # a partial report the master did not ask for: the worker was stopped on its side (Ctrl-C, SIGTERM)
+            w.state = "stopped" if w.report.run.partial and not self.signals else "final"
 
     # -- the run ---------------------------------------------------------------------------------------
     def connected(self) -> list[str]:
@@ -152,7 +153,7 @@ def run_master(args: argparse.Namespace, sc: Scenario) -> int:
         env.runner.quit()  # type: ignore[union-attr]
         if env.web_ui is not None:
             env.web_ui.stop()  # type: ignore[no-untyped-call]
-    lost = [w for w in master.workers.values() if w.state == "lost"]
+    lost = [w for w in master.workers.values() if w.state in ("lost", "stopped")]
     for h in report.meta.extra["locust"]["workers"]:
         cpu = f"{h['cpu_fraction'] * 100:.0f} % of a core" if h["cpu_fraction"] is not None else "CPU —"
         bound = {True: "generator-bound", False: "not generator-bound", None: "verdict —"}[h["generator_bound"]]

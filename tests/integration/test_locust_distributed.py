@@ -220,3 +220,27 @@ def test_a_worker_that_cannot_read_the_data_is_named_with_the_reason(cluster: Cl
     assert len(errors) == 1, cluster.log(master)
     assert "(index 0) on " in errors[0] and "data.path" in errors[0] and "rows.df.json" in errors[0]
     assert "Traceback" not in cluster.log(master)
+
+
+def test_a_worker_stopped_on_its_side_sends_its_partial_data(cluster: Cluster,
+                                                            serve_emulator: Callable[..., str]) -> None:
+    base = serve_emulator()
+    port = free_port()
+    with CountingProxy(int(base.rsplit(":", 1)[1])) as proxy:
+        sc = scenario(cluster.tmp, infer_url(f"http://127.0.0.1:{proxy.port}"),
+                      'concurrency = 4\nduration = "6s"', raw=False)
+        master = run_master(cluster, sc, port, 2)
+        cluster.worker(port, "w0")
+        stopped = cluster.worker(port, "w1")
+        wait_for(lambda: proxy.responses > 500, 30, "load to flow")
+        stopped.send_signal(signal.SIGTERM)  # the worker only: it stops its engine and reports
+        assert stopped.wait(30) == 0
+        code, _ = finish(master)
+        served = proxy.responses
+    assert code == 3, cluster.log(master)
+    report = read_report(cluster.tmp / "run.arrow")
+    info = report.meta.extra["locust"]
+    assert sorted(w["state"] for w in info["workers"]) == ["final", "stopped"] and report.run.partial
+    gone = next(w for w in info["workers"] if w["state"] == "stopped")
+    assert info["lost"] == [gone["id"]] and gone["requests"] > 0
+    assert sum(t.requests for t in report.run.totals.values()) == served  # nothing of the stopped one lost
