@@ -93,8 +93,8 @@ def raw_latency(parts: list[Path]) -> Histogram:
     return h
 
 
-@pytest.mark.parametrize("load", ['concurrency = 6\nwarmup = "1s"\nduration = "3s"',
-                                  'rate = 400\nwarmup = "1s"\nduration = "3s"'], ids=["closed", "open"])
+@pytest.mark.parametrize("load", ['concurrency = 6\nwarmup = "1s"\nduration = "2s"',
+                                  'rate = 400\nwarmup = "1s"\nduration = "2s"'], ids=["closed", "open"])
 def test_master_and_two_workers_merge_exactly(cluster: Cluster, serve_emulator: Callable[..., str],
                                               load: str) -> None:
     base = serve_emulator("--replicas", "8", "--latency-ms", "2")
@@ -122,7 +122,7 @@ def test_master_and_two_workers_merge_exactly(cluster: Cluster, serve_emulator: 
     assert mine.percentiles_ms((50, 90, 99, 99.9)) == union.percentiles_ms((50, 90, 99, 99.9))
     if "rate" in load:
         measured = report.run.total(MEASURED)
-        rate = (measured.requests + measured.dropped) / 3.0
+        rate = (measured.requests + measured.dropped) / 2.0
         assert abs(rate - 400) <= 4, rate  # within 1 %: the two workers' schedules add up to the target
         assert summary["requests"] == measured.requests
 
@@ -133,7 +133,7 @@ def test_a_worker_killed_mid_run_is_named_and_the_run_partial(cluster: Cluster,
     port = free_port()
     with CountingProxy(int(base.rsplit(":", 1)[1])) as proxy:
         sc = scenario(cluster.tmp, infer_url(f"http://127.0.0.1:{proxy.port}"),
-                      'concurrency = 4\nduration = "8s"', raw=False)
+                      'concurrency = 4\nduration = "5s"', raw=False)
         master = run_master(cluster, sc, port, 2)
         cluster.worker(port, "w0")
         victim = cluster.worker(port, "w1")
@@ -228,7 +228,7 @@ def test_a_worker_stopped_on_its_side_sends_its_partial_data(cluster: Cluster,
     port = free_port()
     with CountingProxy(int(base.rsplit(":", 1)[1])) as proxy:
         sc = scenario(cluster.tmp, infer_url(f"http://127.0.0.1:{proxy.port}"),
-                      'concurrency = 4\nduration = "6s"', raw=False)
+                      'concurrency = 4\nduration = "4s"', raw=False)
         master = run_master(cluster, sc, port, 2)
         cluster.worker(port, "w0")
         stopped = cluster.worker(port, "w1")
