@@ -259,9 +259,10 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
             return token_source.authorization() if token_source is not None else (static or "")
 
         url = await _preflight(prepared, ctl, emu, url, authorization)
-        if start_at_wall is not None:
-            await anyio.sleep(max(0.0, start_at_wall - time.time()))
         start_ns = time.monotonic_ns() + 20_000_000  # 20 ms to open connections before the first send
+        if start_at_wall is not None:  # the agreed wall-clock instant in this host's monotonic time, exactly
+            await anyio.sleep(max(0.0, start_at_wall - time.time() - 0.005))  # (a timer's wake-up jitters)
+            start_ns = time.monotonic_ns() + int((start_at_wall - time.time()) * 1e9) + 20_000_000
         recorder = Recorder(start_ns, start_ns + int(sc.load.warmup_s * 1e9), raw_path=ctl.raw_path)
         counts.attach(recorder)
         if ctl.on_recorder is not None:

@@ -95,11 +95,22 @@ def run_share(prepared: Any, index: int, workers: int, epoch: float,
 
     ctl = RunControl(progress=progress, message=message, preflight=False, raw_path=raw_path,
                      on_recorder=lambda r: held.__setitem__("recorder", r))
+    start = epoch + phase_s(sc, index)
     run, facts = run_unwrapped(lambda: anyio.run(
-        lambda: execute(prepared, ctl, start_at_wall=epoch, worker=(index, workers)),
+        lambda: execute(prepared, ctl, start_at_wall=start, worker=(index, workers)),
         backend="asyncio", backend_options={"use_uvloop": use_uvloop(sc)}))
     facts["worker"] = [index, workers]
     return build_report(sc, run, facts)
+
+
+def phase_s(sc: Scenario, index: int) -> float:
+    """Where worker ``index`` starts within a constant-rate schedule: i / rate after the common instant, so the
+    n workers' sends (each at rate / n) interleave into exactly the single-host schedule instead of leaving in
+    n-tuples. Poisson streams (reseeded per worker) superpose as they are; ramps start together."""
+    load = sc.load
+    if load.mode == "open" and not load.stages and load.arrival == "constant" and load.rate > 0:
+        return index / load.rate
+    return 0.0
 
 
 def worker_report(prepared: Any, run: RunData, index: int, workers: int) -> Report:

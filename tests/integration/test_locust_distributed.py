@@ -66,6 +66,12 @@ def finish(proc: subprocess.Popen[bytes], timeout: float = 60) -> tuple[int, dic
     return proc.returncode, json.loads(lines[-1]) if lines else {}
 
 
+def intended_wall_ns(part: Path) -> np.ndarray:
+    """A worker's intended send instants (wall clock, ns) from its raw log."""
+    start = read_report(part).run.start_unix_ns
+    return np.concatenate([b.column("intended_ns").to_numpy() for b in iter_raw(part)]) + start
+
+
 def live_requests(web_port: int) -> int:
     """Requests so far as Locust's web UI shows them (fed by the workers' deltas); 0 while it is not up."""
     try:
@@ -121,6 +127,10 @@ def test_master_and_two_workers_merge_exactly(cluster: Cluster, serve_emulator: 
     assert np.array_equal(mine.counts, union.counts)
     assert mine.percentiles_ms((50, 90, 99, 99.9)) == union.percentiles_ms((50, 90, 99, 99.9))
     if "rate" in load:
+        sends = np.sort(np.concatenate([intended_wall_ns(p) for p in parts]))
+        gaps_ms = np.diff(sends) / 1e6
+        assert np.median(gaps_ms) == pytest.approx(2.5, abs=0.05)  # one send every 1/400 s, merged ...
+        assert np.percentile(gaps_ms, 5) > 1.5  # ... interleaved, not two workers sending in pairs
         measured = report.run.total(MEASURED)
         rate = (measured.requests + measured.dropped) / 2.0
         assert abs(rate - 400) <= 4, rate  # within 1 %: the two workers' schedules add up to the target
