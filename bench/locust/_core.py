@@ -166,9 +166,11 @@ class UserPlan:
     """The wire form of a bench target for a Locust user: URL, headers, pre-encoded bodies, the classifier."""
 
     def __init__(self, sc: Scenario, url: str, method: str, headers: dict[str, str], bodies: list[bytes],
-                 rows: list[int], classify: Callable[[int, bytes, int], tuple[int, int, int]]) -> None:
+                 rows: list[int], classify: Callable[[int, bytes, int], tuple[int, int, int]],
+                 auth: Any = None) -> None:
         self.scenario, self.url, self.method, self.headers = sc, url, method, headers
         self.bodies, self.rows, self.classify = bodies, rows, classify
+        self.auth = auth  # bench.auth.AuthConfig of [auth] (tokens per request), or None
 
 
 def user_plan(doc: Mapping[str, Any], file: str, base_dir: Path) -> UserPlan:
@@ -188,10 +190,11 @@ def user_plan(doc: Mapping[str, Any], file: str, base_dir: Path) -> UserPlan:
 
         cfg = prepared.ubiops_config
         return UserPlan(sc, cfg.direct_url(), "POST", cfg.headers(), bodies, rows, classify_direct)
-    token = os.environ.get(sc.target.token_env) if sc.target.token_env else None
+    cfg = prepared.auth_config if prepared.auth_config is not None and prepared.auth_config.kind != "none" else None
+    token = os.environ.get(sc.target.token_env) if sc.target.token_env and cfg is None else None
     auth = (token if token.lower().startswith(("bearer ", "token ")) else f"Bearer {token}") if token else None
     requests, classify = request_set(sc, sc.target.url, prepared.bodies, auth)
-    return UserPlan(sc, requests.url, requests.method, dict(requests.headers), bodies, rows, classify)
+    return UserPlan(sc, requests.url, requests.method, dict(requests.headers), bodies, rows, classify, cfg)
 
 
 def new_recorder(start_ns: int) -> Any:

@@ -38,6 +38,7 @@ class _Collector:
         self.answers: dict[str, Any] = {}
         self.written = False
         self.in_flight = 0  # requests sent and not answered (a user stopped mid-request never answers)
+        self.tokens: Any = None  # bench.locust.tokens.UserTokens when the plan has [auth]
 
     def start(self, **_kw: Any) -> None:
         self.recorder = _core.new_recorder(time.monotonic_ns())
@@ -142,4 +143,9 @@ def collector_for(environment: Any, plan: _core.UserPlan) -> _Collector:
         c.plan = plan
     if c.recorder is None:
         c.start()
+    if plan.auth is not None and c.tokens is None:
+        from bench.locust.tokens import UserTokens
+
+        c.tokens = UserTokens(plan.auth, file=plan.scenario.file,
+                              count=lambda name: c.recorder.count(name) if c.recorder is not None else None)
     return c

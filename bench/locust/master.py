@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -194,6 +195,13 @@ def _drive(master: _Master, prepared: Any, url: str | None, args: argparse.Names
         _refuse(master, "did not confirm the scenario within "
                 f"{args.worker_wait:g} s", [w for w in master.workers.values() if w.state == "assigned"])
     bad = [w for w in master.workers.values() if w.state in ("error", "lost")]
+    if url:  # the embedded emulator listens on this host's loopback only
+        here = socket.gethostname()
+        for w in master.workers.values():
+            if w.state == "ready" and w.host != here:
+                w.state, w.message = "error", (f"cannot reach the embedded emulator on {here}'s loopback; "
+                                               "run `bench serve --host 0.0.0.0 --allow-remote` and give its URL")
+                bad.append(w)
     if bad:
         _refuse(master, "", bad)
     for w in master.workers.values():

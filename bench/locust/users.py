@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,13 +34,15 @@ def _plan(cls: type[BenchUser]) -> _core.UserPlan:
     """Built once per user class and process: data read and every body encoded before the first request."""
     plan = _PLANS.get(cls)
     if plan is None:
+        module_file = getattr(sys.modules.get(cls.__module__), "__file__", None)
+        here = Path(module_file).resolve().parent if module_file else Path.cwd()  # the locustfile's directory
         if cls.scenario:
             from bench.scenario import read_scenario_file
 
-            path = Path(cls.scenario).resolve()
+            path = here / cls.scenario
             doc, file, base = read_scenario_file(path), str(cls.scenario), path.parent
         else:
-            doc, file, base = cls.scenario_doc(), f"{cls.__module__}.{cls.__name__}", Path.cwd()
+            doc, file, base = cls.scenario_doc(), f"{cls.__module__}.{cls.__name__}", here
         plan = _PLANS[cls] = _core.user_plan(doc, file, base)
     return plan
 
@@ -59,7 +62,8 @@ class BenchUser(User):
 
     abstract = True
     wait_time = constant(0)
-    scenario: ClassVar[str | None] = None  # a bench scenario TOML ([target] and [data] are used)
+    scenario: ClassVar[str | None] = None  # a bench scenario TOML ([target], [data], [auth]); relative paths
+    # here and in the attributes of subclasses (data, body) are relative to the locustfile's directory
     name: ClassVar[str | None] = None  # the name in Locust's stats (default: the class name)
     timeout_s: ClassVar[float] = 60.0
 
@@ -78,6 +82,8 @@ class BenchUser(User):
                                            network_timeout=self.timeout_s)
         self._label = self.name or type(self).__name__
         self._bench = collect.collector_for(environment, self._plan)
+        self._headers = dict(self._plan.headers)
+        self._tokens = self._bench.tokens
 
     def on_stop(self) -> None:
         self._client.close()
@@ -89,11 +95,14 @@ class BenchUser(User):
         i = next(self._next)
         body, rows = plan.bodies[i], plan.rows[i]
         bench = self._bench
+        tokens = self._tokens
+        if tokens is not None:
+            self._headers["Authorization"] = tokens.authorization()
         bench.in_flight += 1
         sent = time.monotonic_ns()
         status, answer, failure = 0, b"", None
         try:
-            resp = self._client.request(plan.method, self._path, body=body, headers=plan.headers)
+            resp = self._client.request(plan.method, self._path, body=body, headers=self._headers)
             status = resp.status_code
             answer = resp.read()
             resp.release()
@@ -102,6 +111,8 @@ class BenchUser(User):
             kind, rows_out, server_ns, failure = _failure_kind(exc), 0, 0, exc
         done = time.monotonic_ns()
         bench.in_flight -= 1
+        if status == 401 and tokens is not None:
+            tokens.unauthorized()
         recorder = bench.recorder
         if recorder is not None:  # None once this process's report is made (the test is stopping)
             recorder.record(sent, sent, done, kind, status, rows_out if kind == Kind.OK else rows, len(body),

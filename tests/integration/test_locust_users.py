@@ -102,3 +102,37 @@ class Deployment(UbiOpsUser):
     assert 0.15 < total.errors / total.requests < 0.45  # the emulator fails ~30 %
     assert locust_stats == (total.requests, total.errors)  # Locust's stats count the same failures
     assert d.ubiops_token.split()[-1] not in out.read_bytes().decode(errors="replace")
+
+
+def test_keycloak_tokens_are_fetched_and_refreshed_for_users(cluster: Cluster,
+                                                             serve_emulator: Callable[..., str]) -> None:
+    base = serve_emulator("--require-token", "--token-ttl", "1.5", "--latency-ms", "1")
+    d = EmulatorConfig()
+    (cluster.tmp / "sc.toml").write_text(f"""name = "tokens"
+[target]
+kind = "wallaroo"
+url = "{base}/v1/api/pipelines/infer/{d.deployment}/{d.pipeline}"
+[data]
+path = "{DATA}"
+rows_per_request = 10
+[auth]
+kind = "password"
+token_url = "{base}/auth/realms/master/protocol/openid-connect/token"
+client_secret_env = "BENCH_TEST_SECRET"
+username = "admin"
+password_env = "BENCH_TEST_PASSWORD"
+""")
+    (cluster.tmp / "locustfile.py").write_text("""
+from bench.locust import WallarooUser
+
+class Pipeline(WallarooUser):
+    scenario = "sc.toml"
+""")
+    out = cluster.tmp / "tokens.arrow"
+    proc = locust(cluster, "single", "--headless", "-u", "2", "-r", "2", "-t", "4s", "--bench-report", str(out),
+                  "--json", env={"BENCH_TEST_SECRET": d.client_secret, "BENCH_TEST_PASSWORD": "admin"})
+    requests, failures = locust_totals(proc)
+    report = read_report(out)
+    assert report.run.total().ok == requests > 0 and failures == 0  # every request carried a live token
+    assert report.run.counters.get("token_refresh", 0) >= 2  # 1.5 s tokens over 4 s: refreshed before expiry
+    assert d.client_secret not in out.read_bytes().decode(errors="replace") + cluster.log(proc)
