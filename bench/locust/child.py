@@ -55,6 +55,7 @@ def main() -> int:
     from bench.locust import _core
     from bench.locust.wire import delta
 
+    parent = os.getppid()
     out = _Out(sys.stdout.buffer)
     stdin = sys.stdin.buffer
     try:
@@ -92,6 +93,8 @@ def main() -> int:
         except BenchError as exc:
             out.send({"type": "error", "message": str(exc)})
             return exc.exit_code
+        if os.getppid() != parent:  # the Locust worker is gone: nobody will read a report
+            return 130
         path = Path(job["out"])
         path.write_bytes(_core.write_report_bytes(report))
     out.send({"type": "final", "path": str(path), "partial": report.run.partial})

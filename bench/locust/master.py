@@ -135,6 +135,7 @@ def run_master(args: argparse.Namespace, sc: Scenario) -> int:
     if expected < 1:
         raise InputError("must be >= 1", key="--expect-workers")
     out_path = _core.report_path(args, sc)
+    _check_port(args.master_bind_host, args.master_bind_port)
     env = Environment(user_classes=[])
     env.create_master_runner(args.master_bind_host, args.master_bind_port)
     if args.locust_web_port:  # Locust's web UI, showing the live aggregates (the run starts by itself)
@@ -172,6 +173,16 @@ def run_master(args: argparse.Namespace, sc: Scenario) -> int:
         print(f"bench: error: lost worker(s) {names} mid-run: the report is partial", file=sys.stderr)
         return EXIT_INVALID
     return code
+
+
+def _check_port(host: str, port: int) -> None:
+    """A busy port is bad input (exit 2, one line), not Locust's log line and exit 1."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ZeroMQ does: TIME_WAIT is no conflict
+            s.bind(("0.0.0.0" if host == "*" else host, port))
+    except OSError as exc:
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror}", key="--master-bind-port") from None
 
 
 def _drive(master: _Master, prepared: Any, url: str | None, args: argparse.Namespace,
