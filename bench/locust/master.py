@@ -26,7 +26,7 @@ from locust.runners import STATE_MISSING
 from bench import __version__
 from bench.errors import EXIT_INVALID, EXIT_OK, InputError, RunInvalid
 from bench.locust import _core, live
-from bench.locust.wire import LiveRun
+from bench.locust.wire import LiveRun, delta
 from bench.report.model import Report
 from bench.scenario import Scenario
 
@@ -93,6 +93,7 @@ class _Master:
         if w is not None and w.state in ("ready", "assigned"):
             w.report_bytes = bytes(msg.data["report"])
             w.report = _core.read_report_bytes(w.report_bytes)
+            live.feed(self.env.stats, delta(w.live.run_data(partial=True), w.report.run))  # the UI's tail
             # a partial report the master did not ask for: the worker was stopped on its side (Ctrl-C, SIGTERM)
             w.state = "stopped" if w.report.run.partial and not self.signals else "final"
 
