@@ -156,7 +156,7 @@ def run_master(args: argparse.Namespace, sc: Scenario) -> int:
         env.runner.quit()  # type: ignore[union-attr]
         if env.web_ui is not None:
             env.web_ui.stop()  # type: ignore[no-untyped-call]
-    lost = [w for w in master.workers.values() if w.state in ("lost", "stopped")]
+    lost = [w for w in master.workers.values() if w.state != "final"]  # lost, stopped early, or failed mid-run
     for h in report.meta.extra["locust"]["workers"]:
         cpu = f"{h['cpu_fraction'] * 100:.0f} % of a core" if h["cpu_fraction"] is not None else "CPU —"
         bound = {True: "generator-bound", False: "not generator-bound", None: "verdict —"}[h["generator_bound"]]
@@ -171,7 +171,8 @@ def run_master(args: argparse.Namespace, sc: Scenario) -> int:
     code = _core.finish(args, prepared, report, facts, out_path)
     if lost and code == EXIT_OK:
         names = ", ".join(w.name for w in lost)
-        print(f"bench: error: lost worker(s) {names} mid-run: the report is partial", file=sys.stderr)
+        print(f"bench: error: lost worker(s) {names} mid-run: the report is partial "
+              f"({'; '.join(f'{w.client_id}: {w.message or w.state}' for w in lost)})", file=sys.stderr)
         return EXIT_INVALID
     return code
 
