@@ -19,7 +19,8 @@ from typing import Any
 from bench.report.model import Report, RunData
 from bench.scenario import Scenario
 
-__all__ = ["finish", "merge", "prepare", "read_report_bytes", "report_path", "resolve", "run_share",
+__all__ = ["endpoint_secrets", "finish", "merge", "prepare", "prepare_share", "read_report_bytes", "report_path",
+           "resolve", "run_share",
            "scenario_job", "shared_target", "worker_report", "write_report_bytes"]
 
 
@@ -40,13 +41,30 @@ def _plain(value: Any) -> Any:
 
 
 def resolve(job: Mapping[str, Any], url: str | None = None) -> Scenario:
-    """The scenario of a job; ``url`` replaces an embedded target by the master's shared emulator."""
+    """The scenario of a job; ``url`` replaces an embedded target by the master's shared emulator (for UbiOps
+    the [target] table keeps 'embedded', so no token variable is needed: see ``prepare_share``)."""
     from bench.scenario import parse_scenario
 
     sc = parse_scenario(job["doc"], file=str(job["file"]), base_dir=Path(job["base_dir"]))
     if url:
         sc = replace(sc, target=replace(sc.target, url=url), tables={**sc.tables, "emulator": {}})
     return sc
+
+
+def prepare_share(job: Mapping[str, Any]) -> Any:
+    """A worker's prepared run: the scenario resolved against the master's endpoint, validated, pre-encoded."""
+    url = job.get("url")
+    prepared = prepare(resolve(job["scenario"], url))
+    if url and prepared.ubiops_config is not None:  # the shared emulator's UbiOps API and its token
+        prepared.ubiops_config = prepared.ubiops_config.with_endpoint(url, str(job.get("ubiops_token") or ""))
+    return prepared
+
+
+def endpoint_secrets(prepared: Any) -> dict[str, Any]:
+    """What workers need besides the URL to load the master's embedded emulator (its own UbiOps token)."""
+    cfg = prepared.emulator_config
+    sc: Scenario = prepared.scenario
+    return {"ubiops_token": cfg.ubiops_token} if cfg is not None and sc.target.kind == "ubiops" else {}
 
 
 def prepare(sc: Scenario) -> Any:

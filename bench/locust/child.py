@@ -60,8 +60,8 @@ def main() -> int:
     stdin = sys.stdin.buffer
     try:
         job = orjson.loads(stdin.readline())
-        sc = _core.resolve(job["scenario"], job.get("url"))
-        prepared = _core.prepare(sc)
+        prepared = _core.prepare_share(job)
+        sc = prepared.scenario
     except (BenchError, OSError, ValueError, KeyError) as exc:
         out.send({"type": "error", "message": str(exc)})
         return 2

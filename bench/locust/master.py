@@ -169,6 +169,10 @@ def run_master(args: argparse.Namespace, sc: Scenario) -> int:
             if w.report_bytes:
                 (parts / f"worker-{w.index}.arrow").write_bytes(w.report_bytes)
     code = _core.finish(args, prepared, report, facts, out_path)
+    measured = report.run.total()
+    if code == EXIT_OK and measured.requests and not measured.ok:
+        print(f"bench: error: none of {measured.requests:,} requests succeeded", file=sys.stderr)
+        return EXIT_INVALID
     if lost and code == EXIT_OK:
         names = ", ".join(w.name for w in lost)
         print(f"bench: error: lost worker(s) {names} mid-run: the report is partial "
@@ -201,7 +205,8 @@ def _drive(master: _Master, prepared: Any, url: str | None, args: argparse.Names
         gevent.sleep(_TICK_S)
     for i, cid in enumerate(sorted(master.connected())[:expected]):
         master.workers[cid] = _Worker(cid, i)
-    job = {"scenario": _core.scenario_job(sc), "url": url, "workers": expected, "bench_version": __version__}
+    job = {"scenario": _core.scenario_job(sc), "url": url, "workers": expected, "bench_version": __version__,
+           **(_core.endpoint_secrets(prepared) if url else {})}
     for w in master.workers.values():
         master.runner.send_message("bench_prepare", {**job, "index": w.index}, client_id=w.client_id)
     if not master.wait(("assigned",), time.monotonic() + float(args.worker_wait)):

@@ -254,3 +254,18 @@ def test_a_worker_stopped_on_its_side_sends_its_partial_data(cluster: Cluster,
     gone = next(w for w in info["workers"] if w["state"] == "stopped")
     assert info["lost"] == [gone["id"]] and gone["requests"] > 0
     assert sum(t.requests for t in report.run.totals.values()) == served  # nothing of the stopped one lost
+
+
+def test_ubiops_on_the_embedded_emulator_runs_distributed(cluster: Cluster) -> None:
+    """The master's embedded emulator serves the workers, with its own UbiOps token (not from the environment)."""
+    port = free_port()
+    master = cluster.start("master", "-m", "bench", "run", str(ROOT / "scenarios" / "ubiops-direct.toml"),
+                           "--locust-master", "--expect-workers", "2", "--master-bind-port", str(port),
+                           "--worker-wait", "30", "--duration", "1s", "--warmup", "0s", "--json", "-q",
+                           "-o", str(cluster.tmp / "run.arrow"), stdout=subprocess.PIPE,
+                           env={"UBIOPS_TOKEN": ""})
+    cluster.worker(port, "w0")
+    cluster.worker(port, "w1")
+    code, summary = finish(master)
+    assert code == 0, cluster.log(master)
+    assert summary["ok"] == summary["requests"] > 0 and summary["errors"] == 0
