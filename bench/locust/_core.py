@@ -19,7 +19,7 @@ from typing import Any
 from bench.report.model import Report, RunData
 from bench.scenario import Scenario
 
-__all__ = ["endpoint_secrets", "finish", "merge", "prepare", "prepare_share", "read_report_bytes", "report_path",
+__all__ = ["finish", "merge", "prepare", "prepare_share", "read_report_bytes", "report_path",
            "resolve", "run_share",
            "scenario_job", "shared_target", "worker_report", "write_report_bytes"]
 
@@ -57,14 +57,10 @@ def prepare_share(job: Mapping[str, Any]) -> Any:
     prepared = prepare(resolve(job["scenario"], url))
     if url and prepared.ubiops_config is not None:  # the shared emulator's UbiOps API and its token
         prepared.ubiops_config = prepared.ubiops_config.with_endpoint(url, str(job.get("ubiops_token") or ""))
+    auth = prepared.auth_config
+    if job.get("token_url") and auth is not None and auth.uses_keycloak and auth.token_url is None:
+        prepared.auth_config = auth.with_token_url(job["token_url"])  # the shared emulator's Keycloak
     return prepared
-
-
-def endpoint_secrets(prepared: Any) -> dict[str, Any]:
-    """What workers need besides the URL to load the master's embedded emulator (its own UbiOps token)."""
-    cfg = prepared.emulator_config
-    sc: Scenario = prepared.scenario
-    return {"ubiops_token": cfg.ubiops_token} if cfg is not None and sc.target.kind == "ubiops" else {}
 
 
 def prepare(sc: Scenario) -> Any:
@@ -75,16 +71,20 @@ def prepare(sc: Scenario) -> Any:
 
 
 @contextlib.contextmanager
-def shared_target(prepared: Any) -> Iterator[str | None]:
-    """The one embedded emulator every worker of this host loads (None when the target is a real URL)."""
+def shared_target(prepared: Any) -> Iterator[dict[str, Any]]:
+    """The one embedded emulator every worker of this host loads: what workers need to reach it (its URL, its
+    Keycloak token URL, its UbiOps token), or {} when the target is a real URL."""
     sc: Scenario = prepared.scenario
     if not sc.target.embedded:
-        yield None
+        yield {}
         return
     from bench.emulator.embedded import EmbeddedEmulator
+    from bench.runner import TOKEN_PATH
 
     with EmbeddedEmulator(prepared.emulator_config) as emu:
-        yield emu.base_url if sc.target.kind == "ubiops" else emu.wallaroo_url
+        ubiops = sc.target.kind == "ubiops"
+        yield {"url": emu.base_url if ubiops else emu.wallaroo_url, "token_url": f"{emu.base_url}{TOKEN_PATH}",
+               "ubiops_token": prepared.emulator_config.ubiops_token if ubiops else None}
 
 
 def run_share(prepared: Any, index: int, workers: int, epoch: float,

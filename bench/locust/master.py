@@ -150,8 +150,8 @@ def run_master(args: argparse.Namespace, sc: Scenario) -> int:
             print(f"bench: {message}", file=sys.stderr, flush=True)
 
     try:
-        with _core.shared_target(prepared) as url:
-            report, facts = _drive(master, prepared, url, args, say)
+        with _core.shared_target(prepared) as endpoints:
+            report, facts = _drive(master, prepared, endpoints, args, say)
     finally:
         env.runner.quit()  # type: ignore[union-attr]
         if env.web_ui is not None:
@@ -191,7 +191,7 @@ def _check_port(host: str, port: int) -> None:
         raise InputError(f"cannot listen on {host}:{port}: {exc.strerror}", key="--master-bind-port") from None
 
 
-def _drive(master: _Master, prepared: Any, url: str | None, args: argparse.Namespace,
+def _drive(master: _Master, prepared: Any, endpoints: dict[str, Any], args: argparse.Namespace,
            say: Callable[[str], None]) -> tuple[Report, dict[str, Any]]:
     sc: Scenario = prepared.scenario
     expected = master.expected
@@ -205,15 +205,14 @@ def _drive(master: _Master, prepared: Any, url: str | None, args: argparse.Names
         gevent.sleep(_TICK_S)
     for i, cid in enumerate(sorted(master.connected())[:expected]):
         master.workers[cid] = _Worker(cid, i)
-    job = {"scenario": _core.scenario_job(sc), "url": url, "workers": expected, "bench_version": __version__,
-           **(_core.endpoint_secrets(prepared) if url else {})}
+    job = {"scenario": _core.scenario_job(sc), "workers": expected, "bench_version": __version__, **endpoints}
     for w in master.workers.values():
         master.runner.send_message("bench_prepare", {**job, "index": w.index}, client_id=w.client_id)
     if not master.wait(("assigned",), time.monotonic() + float(args.worker_wait)):
         _refuse(master, "did not confirm the scenario within "
                 f"{args.worker_wait:g} s", [w for w in master.workers.values() if w.state == "assigned"])
     bad = [w for w in master.workers.values() if w.state in ("error", "lost")]
-    if url:  # the embedded emulator listens on this host's loopback only
+    if endpoints:  # the embedded emulator listens on this host's loopback only
         here = socket.gethostname()
         for w in master.workers.values():
             if w.state == "ready" and w.host != here:

@@ -269,3 +269,37 @@ def test_ubiops_on_the_embedded_emulator_runs_distributed(cluster: Cluster) -> N
     code, summary = finish(master)
     assert code == 0, cluster.log(master)
     assert summary["ok"] == summary["requests"] > 0 and summary["errors"] == 0
+
+
+def test_keycloak_tokens_of_the_embedded_emulator_reach_every_worker(cluster: Cluster) -> None:
+    sc = cluster.tmp / "auth.toml"
+    sc.write_text(f"""name = "auth"
+[target]
+kind = "wallaroo"
+url = "embedded"
+[data]
+path = "{DATA}"
+rows_per_request = 10
+[load]
+concurrency = 2
+duration = "1s"
+[auth]
+kind = "password"
+client_secret_env = "BENCH_T_SECRET"
+username = "admin"
+password_env = "BENCH_T_PASSWORD"
+[emulator]
+require_token = true
+""")
+    secrets = {"BENCH_T_SECRET": "s3cret-of-the-test", "BENCH_T_PASSWORD": "pw-of-the-test"}
+    port = free_port()
+    master = cluster.start("master", "-m", "bench", "run", str(sc), "--locust-master", "--expect-workers", "2",
+                           "--master-bind-port", str(port), "--worker-wait", "30", "--json", "-q",
+                           "-o", str(cluster.tmp / "run.arrow"), stdout=subprocess.PIPE, env=secrets)
+    for i in range(2):  # each worker reads the secrets from its own environment
+        cluster.worker(port, f"w{i}", env=secrets)
+    code, summary = finish(master)
+    assert code == 0, cluster.log(master)
+    assert summary["ok"] == summary["requests"] > 0 and summary["errors"] == 0
+    text = (cluster.tmp / "run.arrow").read_bytes().decode(errors="replace") + cluster.log(master)
+    assert all(v not in text for v in secrets.values())
