@@ -55,6 +55,7 @@ def prepare_share(job: Mapping[str, Any]) -> Any:
     """A worker's prepared run: the scenario resolved against the master's endpoint, validated, pre-encoded."""
     url = job.get("url")
     prepared = prepare(resolve(job["scenario"], url))
+    prepared.slo = None  # judged once, by the master, on the merged report (a share's rate is not the run's)
     if url and prepared.ubiops_config is not None:  # the shared emulator's UbiOps API and its token
         prepared.ubiops_config = prepared.ubiops_config.with_endpoint(url, str(job.get("ubiops_token") or ""))
     auth = prepared.auth_config
