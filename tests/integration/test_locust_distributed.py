@@ -139,15 +139,15 @@ def test_master_and_two_workers_merge_exactly(cluster: Cluster, serve_emulator: 
 
 def test_a_worker_killed_mid_run_is_named_and_the_run_partial(cluster: Cluster,
                                                              serve_emulator: Callable[..., str]) -> None:
-    base = serve_emulator()
+    base = serve_emulator("--replicas", "8", "--latency-ms", "2")
     port = free_port()
     with CountingProxy(int(base.rsplit(":", 1)[1])) as proxy:
         sc = scenario(cluster.tmp, infer_url(f"http://127.0.0.1:{proxy.port}"),
-                      'concurrency = 4\nduration = "5s"', raw=False)
+                      'concurrency = 4\nduration = "4s"', raw=False)
         master = run_master(cluster, sc, port, 2)
         cluster.worker(port, "w0")
         victim = cluster.worker(port, "w1")
-        wait_for(lambda: proxy.responses > 2000, 30, "a few seconds of load (deltas stream every second)")
+        wait_for(lambda: proxy.responses > 3000, 30, "a second of load (the first delta leaves at 0.5 s)")
         os.killpg(victim.pid, signal.SIGKILL)  # the worker and its engine process, no goodbye
         code, summary = finish(master)
     assert code == 3, cluster.log(master)
@@ -238,7 +238,7 @@ def test_a_worker_stopped_on_its_side_sends_its_partial_data(cluster: Cluster,
     port = free_port()
     with CountingProxy(int(base.rsplit(":", 1)[1])) as proxy:
         sc = scenario(cluster.tmp, infer_url(f"http://127.0.0.1:{proxy.port}"),
-                      'concurrency = 4\nduration = "4s"', raw=False)
+                      'concurrency = 4\nduration = "3s"', raw=False)
         master = run_master(cluster, sc, port, 2)
         cluster.worker(port, "w0")
         stopped = cluster.worker(port, "w1")
