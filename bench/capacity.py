@@ -9,6 +9,8 @@ Pure parts only (no sockets, no files, no printing), so the maths is unit-testab
 * ``judge_step`` — pass / fail / harness for one measured step, with the reasons in words.
 * ``plan_replicas`` — replicas needed for a target rate, assuming per-replica throughput is linear.
 * ``step_scenario`` — a scenario with its ``[load]`` replaced by one constant-rate (or Poisson) step.
+* ``knee_index`` / ``highest_pass`` — the knee of the latency–throughput curve and the highest load that met
+  the SLO, over the steps of a sweep (rate or concurrency).
 
 The I/O (runs, reports, the table on the terminal) lives in ``bench.commands.capacity``.
 """
@@ -16,7 +18,7 @@ The I/O (runs, reports, the table on the terminal) lives in ``bench.commands.cap
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -24,8 +26,8 @@ from bench.errors import InputError
 from bench.scenario import Scenario
 
 __all__ = ["SATURATION_RATIO", "CapacitySearch", "Failure", "ReplicaPlan", "StepMeasure", "StopReason", "Verdict",
-           "judge_step", "parse_precision", "parse_slo_flag", "plan_replicas", "start_from_probe",
-           "step_scenario"]
+           "highest_pass", "judge_step", "knee_index", "parse_precision", "parse_slo_flag", "plan_replicas",
+           "start_from_probe", "step_scenario"]
 
 Verdict = Literal["pass", "fail", "harness"]
 StopReason = Literal["bracketed", "max_rate", "lowest_failed", "harness", "max_steps", "interrupted"]
@@ -279,3 +281,27 @@ def parse_precision(text: str | float) -> float:
     if not 0 < value < 1:
         raise InputError(f"must be between 0 and 100 %, got {text!r}", key="--precision")
     return value
+
+
+def knee_index(offered: Sequence[float], goodput: Sequence[float | None],
+               p99_ms: Sequence[float | None]) -> int | None:
+    """The knee of a latency–throughput curve: the step with the most "power" (Kleinrock): ok throughput per
+    unit of tail latency, ``goodput / p99``. Below the knee more load buys throughput at little latency cost;
+    past it latency grows faster than throughput. Returns an index into the inputs (any order; steps are
+    taken by offered load), or None with fewer than 3 measured steps or when power still rises at the
+    highest load (the sweep did not reach the knee)."""
+    pts = sorted((o, i) for i, o in enumerate(offered)
+                 if goodput[i] is not None and p99_ms[i] is not None and (p99_ms[i] or 0) > 0)
+    if len(pts) < 3:
+        return None
+    power = [(goodput[i] or 0.0) / (p99_ms[i] or 1.0) for _, i in pts]
+    best = max(range(len(pts)), key=lambda k: (power[k], -k))
+    if best == len(pts) - 1:
+        return None
+    return pts[best][1]
+
+
+def highest_pass(offered: Sequence[float], verdicts: Sequence[str]) -> int | None:
+    """Index of the highest offered load whose step met the SLO (verdict 'pass'), or None."""
+    passing = [(o, i) for i, (o, v) in enumerate(zip(offered, verdicts, strict=True)) if v == "pass"]
+    return max(passing)[1] if passing else None

@@ -235,7 +235,9 @@ def unreachable_reason(summary: dict[str, Any]) -> str | None:
     by_kind: dict[str, int] = summary.get("errors_by_kind", {})
     if summary.get("ok", 0) or not by_kind:
         return None
-    if all(kind.split(":")[0] in _CONNECT_KINDS for kind in by_kind):
+    # 'abandoned' beside connect failures only: typically still connecting when the run ended
+    if all(kind.split(":")[0] in (*_CONNECT_KINDS, "abandoned") for kind in by_kind) and any(
+            kind.split(":")[0] in _CONNECT_KINDS for kind in by_kind):
         return ", ".join(f"{n:,} {kind}" for kind, n in by_kind.items())
     return None
 

@@ -114,8 +114,9 @@ def _main(args: argparse.Namespace) -> int:
                 from bench.capacity import start_from_probe
 
                 start = start_from_probe(sweep.probe.achieved_rps)
+                p50 = sweep.probe.summary['latency_ms']['p50'] or 0
                 console.print(f"probe: one client did {sweep.probe.achieved_rps:,.1f} req/s "
-                              f"(p50 {sweep.probe.summary['latency_ms']['p50']:.3g} ms) → start at {start:,.4g} req/s")
+                              f"(p50 {p50:.3g} ms) → start at {start:,.4g} req/s")
                 if settings.max_rate is not None:
                     start = min(start, settings.max_rate)
             try:
@@ -256,6 +257,8 @@ class _StepRunner:
         """One fixed-width line per step, as it finishes (the header before the first)."""
         from rich.markup import escape
 
+        from bench.report.summary import num_text
+
         if self._header:
             self._header = False
             self.console.print(f"{'step':>4} {'target/s':>10} {'achieved':>10} {'p50 ms':>8} {'p99 ms':>8} "
@@ -263,8 +266,10 @@ class _StepRunner:
         colour = {"pass": "green", "fail": "red"}.get(step.verdict, "yellow")
         s = step.summary
         self.console.print(
-            f"{step.n:>4} {step.target_rps:>10,.4g} {step.achieved_rps:>10,.1f} {s['latency_ms']['p50']:>8.3g} "
-            f"{s['latency_ms']['p99']:>8.3g} {s['error_rate']:>7.2%}  [{colour}]{step.verdict:<8}[/] "
+            f"{step.n:>4} {step.target_rps:>10,.4g} {step.achieved_rps:>10,.1f} "
+            f"{num_text(s['latency_ms']['p50'], '>8.3g'):>8} {num_text(s['latency_ms']['p99'], '>8.3g'):>8} "
+            f"{num_text(s['error_rate'], '>7.2%'):>7}  "
+            f"[{colour}]{step.verdict:<8}[/] "
             f"{escape('; '.join(step.reasons) or 'SLO met')}", soft_wrap=True)
 
 
@@ -390,7 +395,7 @@ def _objectives(args: argparse.Namespace, sc: Any) -> tuple[Any, str]:
 def _default_objectives(summary: Mapping[str, Any]) -> Any:
     from bench.report.slo import slo_from_mapping
 
-    p50 = float(summary["latency_ms"]["p50"])
+    p50 = float(summary["latency_ms"]["p50"] or 0.0)  # None: no ok request in the probe
     return slo_from_mapping({"p99_ms": round(max(5 * p50, 1.0), 3), "error_rate": 0.01}, "default")
 
 

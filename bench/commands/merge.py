@@ -11,21 +11,29 @@ __all__ = ["register"]
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("merge", help="merge reports from runs made at the same time (hosts/processes)",
                               description="Exactly merge histograms, per-second series (aligned by wall-clock "
-                              "second), counters and errors of several reports into one.")
+                              "second), counters and errors of several reports into one. Refuses (exit 2) "
+                              "reports of different scenarios, load modes or targets, or the same run twice, "
+                              "unless --force.")
     p.add_argument("reports", nargs="+", metavar="REPORT.arrow")
     p.add_argument("-o", "--out", required=True, metavar="ALL.arrow", help="merged report to write")
+    p.add_argument("--force", action="store_true", help="merge reports that do not belong together (different "
+                   "scenarios, load modes or targets, or one run given twice); the reason is printed and kept "
+                   "in the merged report")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
     from pathlib import Path
 
-    from bench.report.merge import merge_reports
+    from bench.report.merge import merge_problems, merge_reports
     from bench.report.reader import read_report
     from bench.report.writer import write_report
 
     reports = [read_report(Path(p)) for p in args.reports]
-    merged = merge_reports(reports)
+    merged = merge_reports(reports, force=args.force)
+    for problem in merge_problems(reports) if args.force else []:
+        print(f"bench merge: warning: merging anyway (--force): {problem}", file=sys.stderr)
     out = write_report(Path(args.out), merged)
     s = merged.run.total("measured")
     print(f"merged {len(reports)} reports: {s.requests:,} measured requests, {s.errors:,} errors -> {out}")

@@ -1,4 +1,4 @@
-"""`bench report RUN.arrow [--html PATH] [--markdown PATH]`: look at a stored run."""
+"""`bench report RUN.arrow [--html PATH] [--markdown PATH]`: look at a stored run (or a capacity report)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ __all__ = ["register", "write_view"]
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("report", help="show a run report; write HTML / Markdown views",
+    p = subparsers.add_parser("report", help="show a run or capacity report; write HTML / Markdown views",
                               description="Print a stored run as tables; optionally write a self-contained HTML "
                               "page (plots, no network) and Markdown (also appended to $GITHUB_STEP_SUMMARY "
                               "when that variable is set).")
@@ -24,12 +24,15 @@ def run(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
+    from bench.report.capacity_report import is_capacity_report
     from bench.report.markdown import append_step_summary, report_markdown
     from bench.report.reader import read_report
     from bench.report.terminal import render_report
 
-    report = read_report(Path(args.report))
     console = Console()
+    if is_capacity_report(args.report):
+        return _capacity(args, console)
+    report = read_report(Path(args.report))
     render_report(report, console)
     md = report_markdown(report)
     for flag, path, text in (("--html", args.html, None), ("--markdown", args.markdown, md)):
@@ -44,6 +47,23 @@ def run(args: argparse.Namespace) -> int:
     written = append_step_summary(md)
     if written is not None:
         console.print(f"appended to $GITHUB_STEP_SUMMARY ({written})")
+    return 0
+
+
+def _capacity(args: argparse.Namespace, console: Any) -> int:
+    """A capacity report: the steps as a table; HTML draws the latency–throughput curve."""
+    from bench.report.capacity_report import read_capacity_report
+    from bench.report.capacity_views import capacity_html, capacity_markdown, render_capacity
+    from bench.report.markdown import append_step_summary
+
+    cap = read_capacity_report(args.report)
+    render_capacity(cap, console)
+    md = capacity_markdown(cap)
+    for flag, path, render in (("--html", args.html, capacity_html), ("--markdown", args.markdown, None)):
+        if path:
+            write_view(path, render(cap) if render is not None else md, flag)
+            console.print(f"{flag[2:]}: {path}")
+    append_step_summary(md)
     return 0
 
 

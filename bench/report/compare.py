@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.errors import InputError
+from bench.report.accounting import accounted_totals, unrecorded_errors
 from bench.report.model import MEASURED, Report, RunData
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "Comparison",
     "Metric",
     "MetricDelta",
+    "belonging",
     "compare_reports",
     "format_change",
     "measured_windows",
@@ -65,8 +67,8 @@ DEFAULT_THRESHOLDS: dict[str, float] = {"p50": 0.10, "p99": 0.10, "rps": 0.05, "
 @dataclass(frozen=True, slots=True)
 class MetricDelta:
     metric: Metric
-    base: float
-    new: float
+    base: float | None  # None: no sample to measure it on (e.g. no ok request for a latency)
+    new: float | None
     change: float | None  # relative (0.1 = +10 %) or, for absolute metrics, the difference (0.005 = +0.5 pp)
     threshold: float | None  # allowed worsening (same unit as change); None: not gated
     beyond_threshold: bool
@@ -78,6 +80,11 @@ class MetricDelta:
     def key(self) -> str:
         return self.metric.key
 
+    @property
+    def missing(self) -> bool:
+        """Not measured in one of the runs: no verdict either way (never "-100 %")."""
+        return self.base is None or self.new is None
+
 
 @dataclass(slots=True)
 class Comparison:
@@ -86,6 +93,7 @@ class Comparison:
     new_windows: int
     confidence: float
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # the runs may not be comparable at all (belonging())
 
     @property
     def regressions(self) -> list[MetricDelta]:
@@ -165,7 +173,8 @@ def _active_s(run: RunData, pos: list[int]) -> FloatArray:
     return out
 
 
-def _window_values(run: RunData) -> dict[str, FloatArray]:
+def _window_values(run: RunData, in_flight: int = 0) -> dict[str, FloatArray]:
+    """Per-second values; ``in_flight`` requests unanswered at the end are errors spread over the windows."""
     pos = measured_windows(run)
     s = run.series
     lat: dict[str, list[float]] = {k: [] for k, _ in _LAT}
@@ -178,6 +187,9 @@ def _window_values(run: RunData) -> dict[str, FloatArray]:
             lat[k].append(h.max_us / 1000.0 if k == "max" else pct[p])
     req = s.requests[pos].astype(np.float64)
     err = s.errors[pos].astype(np.float64)
+    if in_flight and len(pos):  # a count of the whole run, not a burst of its last second: spread evenly
+        req += in_flight / len(pos)
+        err += in_flight / len(pos)
     active = _active_s(run, pos)
     out = {k: np.asarray(v, dtype=np.float64) for k, v in lat.items()}
     out.update({f"service_{k}": out[k] for k, _ in _LAT})
@@ -187,17 +199,20 @@ def _window_values(run: RunData) -> dict[str, FloatArray]:
     return out
 
 
-def _point(run: RunData) -> dict[str, float]:
-    out: dict[str, float] = {}
+def _point(report: Report | RunData) -> dict[str, float | None]:
+    """Whole-run figures; None for a figure with no sample (latency without ok requests, error rate without
+    requests), which is then not judged. Requests in flight at the end are errors (bench.report.accounting)."""
+    run = report.run if isinstance(report, Report) else report
+    out: dict[str, float | None] = {}
     for view, prefix in (("latency", ""), ("service", "service_")):
         h = run.histogram(view, MEASURED, "ok")
         pct = h.percentiles_ms((50.0, 90.0, 99.0, 99.9))
         for k, p in _LAT:
-            out[prefix + k] = h.max_us / 1000.0 if k == "max" else pct[p]
-    tot = run.total(MEASURED)
+            out[prefix + k] = None if not h.total else h.max_us / 1000.0 if k == "max" else pct[p]
+    tot = accounted_totals(report)
     out["rps"] = run.rps(MEASURED)
     out["rows_per_s"] = run.rows_per_s(MEASURED)
-    out["error_rate"] = tot.errors / tot.requests if tot.requests else 0.0
+    out["error_rate"] = tot.errors / tot.requests if tot.requests else None
     return out
 
 
@@ -230,6 +245,24 @@ def _bootstrap(metric: Metric, base: FloatArray, new: FloatArray, resamples: int
     return worse, (lo, hi)
 
 
+def belonging(base: Report, new: Report) -> list[str]:
+    """Why two reports may not be comparable: another load mode or target, or a partial (interrupted) run."""
+    out: list[str] = []
+    bm, nm = base.meta.load.get("mode"), new.meta.load.get("mode")
+    if bm != nm:
+        out.append(f"different load modes: base {bm or '(none)'}, new {nm or '(none)'}; throughput and latency "
+                   "of a closed and an open loop (or stages) are not comparable")
+    bt = (base.meta.target.get("kind"), base.meta.target.get("url"))
+    nt = (new.meta.target.get("kind"), new.meta.target.get("url"))
+    if bt != nt:
+        out.append("different targets: base " + " ".join(str(x) for x in bt if x) + ", new "
+                   + " ".join(str(x) for x in nt if x))
+    for name, r in (("base", base), ("new", new)):
+        if r.run.partial:
+            out.append(f"{name} report is partial (the run was interrupted): its figures cover only part of it")
+    return out
+
+
 def compare_reports(base: Report | RunData, new: Report | RunData,
                     thresholds: Mapping[str, float | None] | None = None, *, confidence: float = 0.99,
                     resamples: int = 2000, seed: int = 0) -> Comparison:
@@ -238,12 +271,19 @@ def compare_reports(base: Report | RunData, new: Report | RunData,
     n_run = new.run if isinstance(new, Report) else new
     limits = dict(DEFAULT_THRESHOLDS if thresholds is None else thresholds)
     rng = np.random.default_rng(seed)
-    bw, nw = _window_values(b_run), _window_values(n_run)
-    bp, np_ = _point(b_run), _point(n_run)
+    bw = _window_values(b_run, sum(unrecorded_errors(base).values()) if isinstance(base, Report) else 0)
+    nw = _window_values(n_run, sum(unrecorded_errors(new).values()) if isinstance(new, Report) else 0)
+    bp, np_ = _point(base), _point(new)
     out: list[MetricDelta] = []
+    unmeasured: list[str] = []
     for m in METRICS:
         b, n = bp[m.key], np_[m.key]
         change: float | None
+        if b is None or n is None:
+            runs = " and ".join(name for name, v in (("base", b), ("new", n)) if v is None)
+            unmeasured.append(f"{m.key} ({runs})")
+            out.append(MetricDelta(m, b, n, None, limits.get(m.key), False, None, None, False))
+            continue
         if m.absolute:
             change = n - b
         elif b > 0:
@@ -260,6 +300,10 @@ def compare_reports(base: Report | RunData, new: Report | RunData,
         out.append(MetricDelta(m, b, n, change, limit, beyond, significant, ci, regression))
     nb, nn = len(measured_windows(b_run)), len(measured_windows(n_run))
     cmp = Comparison(out, nb, nn, confidence)
+    if isinstance(base, Report) and isinstance(new, Report):
+        cmp.warnings = belonging(base, new)
+    if unmeasured:
+        cmp.notes.append("no samples, not judged: " + ", ".join(unmeasured))
     if min(nb, nn) < MIN_WINDOWS:
         cmp.notes.append(f"only {min(nb, nn)} measured second(s) in a run (need {MIN_WINDOWS}): noise not "
                          "judged, thresholds alone decide; run longer for a noise-aware verdict")

@@ -18,7 +18,7 @@ import numpy as np
 
 from bench.report.markdown import stored_slo
 from bench.report.model import MEASURED, WARMUP, Histogram, Report
-from bench.report.summary import summarize
+from bench.report.summary import SERVER_LABEL, num_text, outside_handler_text, rate_text, summarize
 
 __all__ = ["Line", "line_chart", "percentile_curve", "render_html"]
 
@@ -62,8 +62,11 @@ def _fmt(v: float) -> str:
 
 def line_chart(title: str, lines: Sequence[Line], *, x_label: str, y_label: str,
                x_ticks: Sequence[tuple[float, str]] | None = None, shade: tuple[float, float] | None = None,
-               shade_label: str = "", width: int = 880, height: int = 300) -> str:
-    """An SVG line chart (linear y from 0). ``x_ticks`` overrides the numeric x ticks (e.g. percentiles)."""
+               shade_label: str = "", width: int = 880, height: int = 300,
+               marks: Sequence[tuple[float, str]] = (), y_max: float | None = None) -> str:
+    """An SVG line chart (linear y from 0). ``x_ticks`` overrides the numeric x ticks (e.g. percentiles);
+    ``marks`` are labelled vertical lines (class ``mark``, e.g. a capacity knee); ``y_max`` clips the y axis
+    (higher points are drawn on the top edge)."""
     left, right, top, bottom = 64, 34, 30, 46
     pw, ph = width - left - right, height - top - bottom
     xs_all = [x for ln in lines for x in ln.xs]
@@ -82,7 +85,7 @@ def line_chart(title: str, lines: Sequence[Line], *, x_label: str, y_label: str,
         x0, x1 = min(x0, *(t for t, _ in x_ticks)), max(x1, *(t for t, _ in x_ticks))
     if x1 <= x0:
         x1 = x0 + 1
-    ymax = max(ys_all)
+    ymax = max(ys_all) if y_max is None else min(max(ys_all), y_max)
     step = _nice_step(ymax if ymax > 0 else 1.0)
     y1 = step * max(1, math.ceil(ymax / step - 1e-9))
     if ymax >= y1:
@@ -137,6 +140,11 @@ def line_chart(title: str, lines: Sequence[Line], *, x_label: str, y_label: str,
                 parts.append(f'<circle class="dot" cx="{a:.1f}" cy="{b:.1f}" r="2.6" fill="{ln.color}">'
                              f'<title>{_e(ln.name)} @ {_e(xn)}: {_fmt(yv)} {_e(ln.unit)}</title></circle>')
         parts.append("</g>")
+    for k, (mx, label) in enumerate(marks):
+        if x0 <= mx <= x1:
+            parts.append(f'<g class="mark" data-name="{_e(label)}"><line x1="{sx(mx):.1f}" x2="{sx(mx):.1f}" '
+                         f'y1="{top}" y2="{top + ph}" stroke="#111827" stroke-dasharray="3 3"/><text '
+                         f'x="{sx(mx) + 4:.1f}" y="{top + 12 + 13 * k}">{_e(label)}</text></g>')
     lx = width - right - sum(24 + 6.5 * len(ln.name) for ln in lines)  # legend: title row, right-aligned
     for ln in lines:
         parts.append(f'<rect x="{lx:.1f}" y="{14}" width="12" height="4" fill="{ln.color}"/>'
@@ -270,18 +278,24 @@ def render_html(report: Report) -> str:
                       f'{"passed" if slo.passed else "failed"}</span>')
     out.append('<div class="verdicts">' + " ".join(badges) + "</div>")
 
-    cards = [("requests", f"{s['requests']:,}"), ("errors", f"{s['errors']:,} ({s['error_rate'] * 100:.2f} %)"),
+    cards = [("requests", f"{s['requests']:,}"), ("errors", f"{s['errors']:,} ({rate_text(s['error_rate'])})"),
              ("req/s", f"{s['rps']:,.1f}"), ("rows/s", f"{s['rows_per_s']:,.1f}"),
-             ("p50 latency", f"{s['latency_ms']['p50']:.2f} ms"), ("p99 latency", f"{s['latency_ms']['p99']:.2f} ms"),
+             ("p50 latency", num_text(s['latency_ms']['p50'], ".2f", " ms")),
+             ("p99 latency", num_text(s['latency_ms']['p99'], ".2f", " ms")),
              ("measured", f"{s['duration_s']:.1f} s"), ("dropped", f"{s['dropped']:,}")]
     out.append('<div class="cards">' + "".join(f'<div class="card"><div class="k">{_e(k)}</div>'
                                                  f'<div class="v">{_e(v)}</div></div>' for k, v in cards) + "</div>")
 
     # latency tables + distribution
     out.append("<h2>Latency</h2>")
-    rows = [[_e(label), *(f"{s[key][k]:.3f}" for k in ("p50", "p90", "p99", "p999", "max"))]
+    rows = [[_e(label), *(num_text(s[key][k]) for k in ("p50", "p90", "p99", "p999", "max"))]
             for label, key in (("from intended time", "latency_ms"), ("service (sent → done)", "service_ms"))]
+    if s["server_ms"] is not None:
+        rows.append([f'<span class="server">{_e(SERVER_LABEL)}</span>',
+                     *(num_text(s["server_ms"].get(k)) for k in ("p50", "p90", "p99", "p999", "max"))])
     out.append(_grid_table(["view (ms, ok requests)", "p50", "p90", "p99", "p99.9", "max"], rows))
+    if s["server_ms"] is not None:
+        out.append(f'<p class="server-gap">{_e(outside_handler_text(s))}</p>')
     lines = []
     xmax = 1.0
     for i, (name, metric) in enumerate((("from intended time", "latency"), ("service time", "service"))):
@@ -341,7 +355,10 @@ def render_html(report: Report) -> str:
                                                   shade_label="warm-up") + "</div>")
     kinds = s["errors_by_kind"]
     if kinds:
-        out.append(_grid_table(["kind (measured phase)", "count"], [[_e(k), f"{n:,}"] for k, n in kinds.items()]))
+        samples = {e["kind"]: e["sample"] for e in s["top_errors"]}
+        out.append(_grid_table(["kind (measured phase)", "count", "sample of the reason"],
+                               [[_e(k), f"{n:,}", f'<code class="detail">{_e(samples.get(k, ""))}</code>']
+                                for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])]))
     if run.error_samples:
         out.append(_grid_table(["kind", "status", "count", "detail"], [
             [_e(e.kind), _e(e.status), f"{e.count:,}", f'<code class="detail">{_e(e.detail)}</code>']
@@ -355,7 +372,7 @@ def render_html(report: Report) -> str:
     vrows = [("generator-bound", gb),
              ("generator CPU", _e(f"{meta.cpu_fraction * 100:.0f} % of a core") if meta.cpu_fraction is not None
               else "—"),
-             ("schedule lag p99", _e(f"{s['schedule_lag_p99_ms']:.3f} ms")),
+             ("schedule lag p99", _e(num_text(s['schedule_lag_p99_ms'], ".3f", " ms"))),
              ("partial", '<span class="badge warn">yes (interrupted)</span>' if run.partial else "no")]
     if slo is not None:
         vrows.append(("SLO", (f'<span class="badge {"ok" if slo.passed else "bad"}">'

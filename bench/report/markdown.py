@@ -15,7 +15,7 @@ from typing import Any
 from bench.report.compare import Comparison, MetricDelta, format_change
 from bench.report.model import Report
 from bench.report.slo import SloResult
-from bench.report.summary import summarize
+from bench.report.summary import MISSING, SERVER_LABEL, num_text, outside_handler_text, rate_text, summarize
 
 __all__ = ["append_step_summary", "cell", "comparison_markdown", "report_markdown", "stored_slo"]
 
@@ -63,16 +63,23 @@ def report_markdown(report: Report) -> str:
     if s["partial"]:
         lines += ["> **Partial run** (interrupted): the figures cover only the part that ran.", ""]
     lines += _table(["requests", "errors", "req/s", "rows/s", "measured", "dropped"],
-                    [[f"{s['requests']:,}", f"{s['errors']:,} ({s['error_rate'] * 100:.2f} %)",
+                    [[f"{s['requests']:,}", f"{s['errors']:,} ({rate_text(s['error_rate'])})",
                       f"{s['rps']:,.1f}", f"{s['rows_per_s']:,.1f}", f"{s['duration_s']:.1f} s",
                       f"{s['dropped']:,}"]], "right")
     lines += ["", "**Latency (ms, ok requests)**", ""]
-    rows = [[label, *(f"{s[key][k]:.3f}" for k in ("p50", "p90", "p99", "p999", "max"))]
+    rows = [[label, *(num_text(s[key][k]) for k in ("p50", "p90", "p99", "p999", "max"))]
             for label, key in (("from intended time", "latency_ms"), ("service (sent→done)", "service_ms"))]
+    if s["server_ms"] is not None:
+        rows.append([SERVER_LABEL, *(num_text(s["server_ms"].get(k)) for k in ("p50", "p90", "p99", "p999", "max"))])
     lines += _table(["view", "p50", "p90", "p99", "p99.9", "max"], rows, "right")
+    if s["server_ms"] is not None:
+        lines += ["", cell(outside_handler_text(s))]
     if s["errors_by_kind"]:
         lines += ["", "**Errors by kind**", ""]
-        lines += _table(["kind", "count"], [[cell(k), f"{n:,}"] for k, n in s["errors_by_kind"].items()], "right")
+        samples = {e["kind"]: e["sample"] for e in s["top_errors"]}
+        lines += _table(["kind", "count", "sample of the reason"],
+                        [[cell(k), f"{n:,}", cell(samples.get(k, "")) or MISSING]
+                         for k, n in sorted(s["errors_by_kind"].items(), key=lambda kv: -kv[1])], "right")
     lines += [""]
     slo = stored_slo(report)
     if slo is not None:
@@ -92,7 +99,9 @@ def report_markdown(report: Report) -> str:
 
 
 def _row(m: MetricDelta) -> list[str]:
-    def num(v: float) -> str:
+    def num(v: float | None) -> str:
+        if v is None:
+            return MISSING
         if m.metric.absolute:
             return f"{v * 100:.2f} %"
         return f"{v:,.3f}" if v < 1000 else f"{v:,.1f}"
@@ -100,7 +109,8 @@ def _row(m: MetricDelta) -> list[str]:
     limit = "—" if m.threshold is None else (f"{m.threshold * 100:g} pp" if m.metric.absolute
                                              else f"{m.threshold * 100:g} %")
     noise = "not judged" if m.significant is None else ("significant" if m.significant else "within noise")
-    verdict = "❌ regression" if m.regression else ("⚠️ over limit, noise" if m.beyond_threshold else "ok")
+    verdict = ("❌ regression" if m.regression else "⚠️ over limit, noise" if m.beyond_threshold
+               else "no samples, not judged" if m.missing else "ok")
     return [cell(m.metric.label), num(m.base), num(m.new), format_change(m), limit, noise, verdict]
 
 
@@ -109,6 +119,8 @@ def comparison_markdown(cmp: Comparison, base_name: str, new_name: str) -> str:
     head = (f"### bench compare: ❌ {cell(cmp.verdict())}" if cmp.regressed
             else "### bench compare: ✅ no regression")
     lines = [head, "", f"base `{cell(base_name)}` → new `{cell(new_name)}`", ""]
+    lines += [f"> ⚠️ **warning:** {cell(w)}" for w in cmp.warnings]
+    lines += [""] if cmp.warnings else []
     lines += _table(["metric", "base", "new", "change", "allowed", "noise", "verdict"],
                     [_row(m) for m in cmp.metrics], "right")
     lines += ["", f"<sub>noise: moving-block bootstrap over per-second windows ({cmp.base_windows} base, "

@@ -2,15 +2,22 @@
 
 Histograms add bucket by bucket (same HDR setting everywhere), so merged percentiles equal those of one
 histogram of all values. Series are aligned by the wall-clock second of each run's start.
+
+Only reports that belong together merge: the same scenario, load mode and target kind, each run once
+(``merge_problems`` says what is wrong; ``force`` merges anyway and records why). Reports made with other HDR
+settings never reach this module: the reader refuses them, as their buckets cannot be added exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import uuid
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from bench.errors import InputError
+from bench.report.accounting import unrecorded_errors
 from bench.report.model import (
     ErrorCount,
     ErrorSample,
@@ -25,7 +32,7 @@ from bench.report.model import (
 )
 from bench.report.writer import utc_iso
 
-__all__ = ["merge_reports", "merge_run_data"]
+__all__ = ["merge_problems", "merge_reports", "merge_run_data", "run_identity"]
 
 _MAX_SAMPLES = 20
 
@@ -94,11 +101,72 @@ def merge_run_data(runs: Sequence[RunData]) -> RunData:
         error_samples=[ErrorSample(k, s, d, c) for (k, s, d), c in samples.items()], raw_path=None)
 
 
-def merge_reports(reports: Sequence[Report]) -> Report:
-    """Merge whole reports: RunData merged exactly; metadata from the first, with hosts and verdicts combined."""
+def _sum_unrecorded(reports: Sequence[Report]) -> dict[str, int]:
+    """Every part's in-flight-at-end errors (``extra`` of the first alone would lose the others')."""
+    out: dict[str, int] = {}
+    for r in reports:
+        for kind, n in unrecorded_errors(r).items():
+            out[kind] = out.get(kind, 0) + n
+    return out
+
+
+def run_identity(report: Report) -> str:
+    """The run a report holds: ``extra.run_id`` (stamped by the writer), else a digest of what was measured
+    (reports written before run ids existed): the same file, or a copy of it, gives the same identity."""
+    rid = report.meta.extra.get("run_id") if isinstance(report.meta.extra, dict) else None
+    if isinstance(rid, str) and rid:
+        return rid
+    digest = hashlib.sha256(f"{report.meta.host}|{report.run.start_unix_ns}|{report.meta.extra.get('worker')}"
+                            .encode())
+    for key, h in sorted(report.run.histograms.items()):
+        digest.update(f"{key}:{h.total}:{h.min_us}:{h.max_us}".encode())
+        digest.update(h.counts[h.counts != 0].tobytes())
+    return "digest:" + digest.hexdigest()[:16]
+
+
+def _name(r: Report) -> str:
+    return r.path.name if r.path is not None else (r.meta.host or "report")
+
+
+def _differ(label: str, reports: Sequence[Report], value: Callable[[Report], object]) -> str | None:
+    values = [value(r) for r in reports]
+    if len({repr(v) for v in values}) <= 1:
+        return None
+    shown = ", ".join(f"{v if v not in (None, '') else '(none)'} ({_name(r)})" for v, r in zip(values, reports,
+                                                                                              strict=True))
+    return f"different {label}: {shown}"
+
+
+def merge_problems(reports: Sequence[Report]) -> list[str]:
+    """Why these reports do not belong in one merged report ([] when they do)."""
+    out = [p for p in (
+        _differ("scenarios", reports, lambda r: r.meta.scenario_name),
+        _differ("load modes", reports, lambda r: r.meta.load.get("mode")),
+        _differ("target kinds", reports, lambda r: r.meta.target.get("kind")),
+    ) if p]
+    seen: dict[str, Report] = {}
+    for r in reports:
+        rid = run_identity(r)
+        if rid in seen:
+            out.append(f"the same run twice: {_name(seen[rid])} and {_name(r)} (run id {rid})")
+        seen.setdefault(rid, r)
+    return out
+
+
+def merge_reports(reports: Sequence[Report], *, force: bool = False) -> Report:
+    """Merge whole reports: RunData merged exactly; metadata from the first, with hosts and verdicts combined.
+
+    Raises InputError naming the problem when the reports do not belong together (``merge_problems``), unless
+    ``force``: then the merged report keeps the reasons in ``extra.merge_forced`` and a mixed load mode is
+    labelled as such (never as the first report's).
+    """
     if not reports:
         raise InputError("nothing to merge")
+    problems = merge_problems(reports)
+    if problems and not force:
+        raise InputError("cannot merge: " + "; ".join(problems) + " (--force merges anyway)")
     names = {r.meta.scenario_name for r in reports}
+    modes = sorted({str(r.meta.load.get("mode")) for r in reports})
     first = reports[0].meta
     run = merge_run_data([r.run for r in reports])
     end_s = max((p.end_s for p in run.phases), default=0.0)
@@ -109,8 +177,13 @@ def merge_reports(reports: Sequence[Report]) -> Report:
         python_version=first.python_version, libraries=dict(first.libraries),
         host=",".join(dict.fromkeys(r.meta.host for r in reports)),
         start_utc=utc_iso(run.start_unix_ns), end_utc=utc_iso(run.start_unix_ns + int(end_s * 1e9)),
-        load=dict(first.load), target=dict(first.target),
+        load={**first.load, "mode": "+".join(modes)} if len(modes) > 1 else dict(first.load),
+        target=dict(first.target),
         generator_bound=any(r.meta.generator_bound for r in reports), generator_bound_reasons=reasons,
         cpu_fraction=None,
-        extra={**first.extra, "merged_from": [str(r.path) if r.path else r.meta.host for r in reports]})
+        extra={**first.extra, "merged_from": [str(r.path) if r.path else r.meta.host for r in reports],
+               "unrecorded_errors": _sum_unrecorded(reports), "run_id": uuid.uuid4().hex,
+               "merged_run_ids": [run_identity(r) for r in reports]})
+    if problems:
+        meta.extra["merge_forced"] = problems
     return Report(meta=meta, run=run)

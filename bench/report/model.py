@@ -559,3 +559,6 @@ class Report:
     meta: ReportMeta
     run: RunData
     path: Path | None = None
+    # rows of the sections the run model does not interpret (e.g. server_metric, server_latency), by section
+    # name; written and read back as they are (bench.report.server_metrics builds and reads them)
+    sections: dict[str, list[dict[str, Any]]] = field(default_factory=dict)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.ipc
 
@@ -32,13 +33,25 @@ from bench.report.model import (
 __all__ = ["iter_raw", "read_report"]
 
 
+# Everything a damaged file can make pyarrow, json, the HDR decoder or the model raise while reading.
+_BAD = (pa.ArrowException, KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError,
+        NotImplementedError, OSError, RecursionError)
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _open(path: Path) -> pyarrow.ipc.RecordBatchFileReader:
     if not path.exists():
         raise InputError("no such file", file=str(path))
+    if path.is_dir():
+        raise InputError("is a directory, not a report file", file=str(path))
     try:
         reader = pyarrow.ipc.open_file(str(path))
-    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
-        raise InputError(f"not a bench report (not a complete Arrow IPC file; truncated?): {exc}",
+    except _BAD as exc:
+        raise InputError(f"not a bench report (not a complete Arrow IPC file; truncated?): {_one_line(exc)}",
                          file=str(path)) from exc
     md = reader.schema.metadata or {}
     version = md.get(b"bench.schema_version")
@@ -55,11 +68,12 @@ def _section_batches(reader: pyarrow.ipc.RecordBatchFileReader, path: Path,
     for i in range(reader.num_record_batches):
         try:
             b = reader.get_batch(i)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise InputError(f"corrupt report batch {i}: {exc}", file=str(path)) from exc
-        if b.num_rows == 0:
-            continue
-        section = b.column("section")[0].as_py()
+            b.validate(full=True)  # before touching any value: a damaged buffer must not crash the process
+            if b.num_rows == 0:
+                continue
+            section = b.column("section")[0].as_py()
+        except _BAD as exc:
+            raise InputError(f"corrupt report batch {i}: {_one_line(exc)}", file=str(path)) from exc
         if skip_raw and section == "raw":
             continue
         yield section, b
@@ -83,44 +97,88 @@ def read_report(path: Path | str) -> Report:
     errors: list[ErrorCount] = []
     samples: list[ErrorSample] = []
     series = PerSecond()
+    extra_sections: dict[str, list[dict[str, Any]]] = {}
     try:
         for section, b in _section_batches(reader, path, skip_raw=False):
             if section == "raw":
                 continue  # streamed by iter_raw, never loaded here
             if section == "series":
-                cols = {c: np.asarray(b.column(c).to_numpy(zero_copy_only=False), dtype=np.int64)
-                        for c in ("second", *PerSecond.COUNT_COLUMNS)}
+                cols = {c: _int_column(b, c) for c in ("second", *PerSecond.COUNT_COLUMNS)}
                 part = PerSecond(**cols, hdr=[h or "" for h in b.column("hdr").to_pylist()])
+                for i in range(len(part)):
+                    part.histogram(i)  # a damaged per-second histogram fails here, not later in a view
                 series = _concat(series, part)
                 continue
             for r in _pylist(b):
                 if section == "meta":
-                    meta_json[r["name"]] = json.loads(r["text"])
+                    meta_json[_str(r["name"])] = json.loads(_str(r["text"]))
                 elif section == "phase":
-                    phases.append(Phase(r["name"], r["start_s"], r["end_s"]))
+                    phases.append(Phase(_str(r["name"]), float(r["start_s"]), float(r["end_s"])))
                 elif section == "total":
-                    totals[r["phase"]] = Totals(**{f: r[f] for f in Totals.__slots__})
+                    totals[_str(r["phase"])] = Totals(**{f: _int(r[f]) for f in Totals.__slots__})
                 elif section == "histogram":
-                    hists[HistKey(r["name"], r["phase"], r["outcome"])] = Histogram.decode(
-                        r["hdr"], min_us=r["min_us"], max_us=r["max_us"])
+                    hists[HistKey(_str(r["name"]), _str(r["phase"]), _str(r["outcome"]))] = Histogram.decode(
+                        _str(r["hdr"]), min_us=_int(r["min_us"]), max_us=_int(r["max_us"]))
                 elif section == "counter":
-                    counters[r["name"]] = r["count"]
+                    counters[_str(r["name"])] = _int(r["count"])
                 elif section == "gauge":
-                    gauges.setdefault(r["name"], {})[r["second"]] = r["value"]
+                    gauges.setdefault(_str(r["name"]), {})[_int(r["second"])] = float(r["value"])
                 elif section == "error":
-                    errors.append(ErrorCount(r["name"], r["status"], r["phase"], r["count"]))
+                    errors.append(ErrorCount(_str(r["name"]), _int(r["status"]), _str(r["phase"]), _int(r["count"])))
                 elif section == "error_sample":
-                    samples.append(ErrorSample(r["name"], r["status"], r["text"], r["count"]))
-                # unknown sections from newer minor additions are ignored
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"malformed bench report: {exc}", file=str(path)) from exc
-    partial = bool(meta_json.pop("partial", False))
-    start_unix_ns = int(meta_json.pop("start_unix_ns", 0))
+                    samples.append(ErrorSample(_str(r["name"]), _int(r["status"]), _str(r["text"]), _int(r["count"])))
+                else:
+                    extra_sections.setdefault(section, []).append(r)  # kept as is (newer additions too)
+        partial = bool(meta_json.pop("partial", False))
+        start_unix_ns = int(meta_json.pop("start_unix_ns", 0))
+        meta = _meta(meta_json)
+    except InputError:
+        raise
+    except _BAD as exc:
+        raise InputError(f"malformed bench report: {_one_line(exc)}", file=str(path)) from exc
     run = RunData(start_unix_ns=start_unix_ns, phases=phases, partial=partial, histograms=hists,
                   series=series, totals=totals, counters=counters, gauges=gauges, errors=errors,
                   error_samples=samples, raw_path=None)
-    report = Report(meta=ReportMeta.from_json_dict(meta_json), run=run, path=path)
+    report = Report(meta=meta, run=run, path=path, sections=extra_sections)
     return report
+
+
+def _int_column(b: pa.RecordBatch, name: str) -> npt.NDArray[np.int64]:
+    col = b.column(name)
+    if col.null_count or not pa.types.is_integer(col.type):
+        raise TypeError(f"series column {name}: expected whole numbers without gaps")
+    out: npt.NDArray[np.int64] = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64)
+    return out
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected text, got {type(value).__name__}")
+    return value
+
+
+def _int(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"expected a whole number, got {type(value).__name__}")
+    return value
+
+
+_META_TYPES: dict[str, type | tuple[type, ...]] = {
+    "scenario_name": str, "scenario_text": str, "bench_version": str, "python_version": str, "libraries": dict,
+    "host": str, "start_utc": str, "end_utc": str, "load": dict, "target": dict, "generator_bound": bool,
+    "generator_bound_reasons": list, "cpu_fraction": (int, float, type(None)), "extra": dict,
+    "schema_version": int}
+
+
+def _meta(data: dict[str, Any]) -> ReportMeta:
+    """ReportMeta from the meta rows, every known field of the right JSON type (the views rely on it)."""
+    if "scenario_name" not in data:
+        raise KeyError("meta field scenario_name missing")
+    for key, kind in _META_TYPES.items():
+        if key in data and not isinstance(data[key], kind):
+            raise TypeError(f"meta field {key}: expected {getattr(kind, '__name__', 'a number')}, "
+                            f"got {type(data[key]).__name__}")
+    return ReportMeta.from_json_dict(data)
 
 
 def _concat(a: PerSecond, b: PerSecond) -> PerSecond:

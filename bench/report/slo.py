@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bench.errors import InputError
+from bench.report.accounting import accounted_totals
 from bench.report.model import MEASURED, Report, RunData
 
 __all__ = ["KEYS", "Objective", "ObjectiveResult", "ProgressLike", "SloObjectives", "SloResult", "check_slo",
@@ -64,7 +65,7 @@ class ObjectiveResult:
         label, unit, direction = KEYS[self.key]
         op_ok, op_bad = ("≥", "<") if direction == "min" else ("≤", ">")
         if self.measured is None:
-            return f"{self.key}: {label} not measured (no ok requests); allowed {op_ok} {_fmt(self.allowed, self.key)}"
+            return f"{self.key}: {label} not measured (no sample); allowed {op_ok} {_fmt(self.allowed, self.key)}"
         op = op_ok if self.passed else op_bad
         return (f"{self.key}: {label} {_fmt(self.measured, self.key)} {op} allowed "
                 f"{_fmt(self.allowed, self.key)}{' ' + unit if unit else ''}")
@@ -140,8 +141,9 @@ def slo_from_mapping(table: Mapping[str, Any], file: str) -> SloObjectives:
     return SloObjectives(tuple(objectives), abort)
 
 
-def _measure(key: str, run: RunData) -> float | None:
-    tot = run.total(MEASURED)
+def _measure(key: str, report: Report | RunData) -> float | None:
+    run = report.run if isinstance(report, Report) else report
+    tot = accounted_totals(report)  # requests in flight at the end are errors (kind 'abandoned')
     if key in _PCT or key == "max_ms":
         h = run.histogram("latency", MEASURED, "ok")
         if not h.total:
@@ -151,7 +153,7 @@ def _measure(key: str, run: RunData) -> float | None:
         h = run.histogram("service", MEASURED, "ok")
         return h.percentiles_ms((99,))[99] if h.total else None
     if key == "error_rate":
-        return tot.errors / tot.requests if tot.requests else 0.0
+        return tot.errors / tot.requests if tot.requests else None
     d = run.duration_s(MEASURED)
     if key == "min_rps":
         return tot.ok / d if d > 0 else 0.0
@@ -164,10 +166,9 @@ def _measure(key: str, run: RunData) -> float | None:
 
 def check_slo(objectives: SloObjectives, report: Report | RunData) -> SloResult:
     """Measure every objective on the measured phase; a lower bound passes at >=, an upper bound at <=."""
-    run = report.run if isinstance(report, Report) else report
     out = SloResult()
     for o in objectives.objectives:
-        m = _measure(o.key, run)
+        m = _measure(o.key, report)
         if m is None:
             ok = False
         elif o.is_lower_bound:

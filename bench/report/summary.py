@@ -4,51 +4,110 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from bench.report.accounting import accounted_errors_by_kind, accounted_totals, top_errors
 from bench.report.model import MEASURED, WARMUP, Histogram, Report
+from bench.report.server_metrics import server_latency
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["render_summary", "summarize"]
+__all__ = ["MISSING", "SERVER_LABEL", "num_text", "outside_handler_text", "rate_text", "render_summary",
+           "summarize"]
 
 _PCTS = ((50, "p50"), (90, "p90"), (99, "p99"), (99.9, "p999"))
+MISSING = "—"  # what every view prints for a figure that was not measured (never 0)
 
 
-def _views(h: Histogram) -> dict[str, float]:
+SERVER_LABEL = "server handler (bucket res.)"
+
+
+def outside_handler_text(s: dict[str, Any]) -> str:
+    """One sentence naming the client - server gap (from ``summarize``'s output)."""
+    gap = s["outside_handler_ms"] or {}
+    srv = s["server_ms"] or {}
+    bounds = srv.get("bounds_ms", {})
+
+    def b(k: str) -> str:
+        lo, hi = (bounds.get(k) or [None, None])[:2]
+        return "" if lo is None else f" (bucket {lo:g}–{'∞' if hi is None else f'{hi:g}'} ms)"
+
+    return (f"server {srv.get('metric', '')}: p50 {num_text(srv.get('p50'))} ms{b('p50')}, p99 "
+            f"{num_text(srv.get('p99'))} ms{b('p99')}; client service − server: p50 "
+            f"{num_text(gap.get('p50'), '+.3f')} ms, p99 {num_text(gap.get('p99'), '+.3f')} ms = network + "
+            "queueing outside the handler (server figures at bucket resolution)")
+
+
+def rate_text(rate: float | None) -> str:
+    """An error rate as "1.23 %", or "—" when no request was recorded."""
+    return num_text(None if rate is None else rate * 100, ".2f", " %")
+
+
+def num_text(value: float | None, fmt: str = ".3f", suffix: str = "") -> str:
+    """``value`` formatted, or "—" when it was not measured (None)."""
+    return MISSING if value is None else f"{value:{fmt}}{suffix}"
+
+
+def _views(h: Histogram) -> dict[str, float | None]:
+    """p50 … max in ms; every value None when the histogram holds no sample (missing is not zero)."""
+    if not h.total:
+        return {name: None for name in (*(n for _, n in _PCTS), "max")}
     pct = h.percentiles_ms([p for p, _ in _PCTS])
-    out = {name: round(pct[p], 3) for p, name in _PCTS}
+    out: dict[str, float | None] = {name: round(pct[p], 3) for p, name in _PCTS}
     out["max"] = round(h.max_us / 1000.0, 3)
     return out
 
 
 def summarize(report: Report) -> dict[str, Any]:
-    """requests, errors, rps, rows_per_s, latency_ms, service_ms, errors_by_kind, generator_bound, report, ...
+    """requests, errors, rps, rows_per_s, latency_ms, service_ms, errors_by_kind, top_errors (kind, count, one
+    scrubbed sample), server_ms / outside_handler_ms (None without server metrics), generator_bound, report, ...
 
-    ``requests`` counts every recorded request of the measured phase (ok + errors), so it equals the sum of
-    the measured latency histograms' counts. Latency views are over ok requests.
+    ``requests`` counts every request of the measured phase (ok + errors): the recorded ones (the sum of the
+    measured latency histograms' counts) plus those still in flight at the end, which are errors of kind
+    ``abandoned`` (see bench.report.accounting). Latency views are over ok requests; a view with no sample holds
+    None in every field (shown as "—"), and so does ``error_rate`` when nothing was recorded.
     """
     run = report.run
-    tot = run.total(MEASURED)
+    tot = accounted_totals(report)
+    service = _views(run.histogram("service", MEASURED, "ok"))
     return {
         "requests": tot.requests,
         "errors": tot.errors,
-        "rps": round(run.rps(MEASURED), 3),
+        "rps": round(run.rps(MEASURED), 3),  # completed (recorded) requests per second
         "rows_per_s": round(run.rows_per_s(MEASURED), 3),
         "latency_ms": _views(run.histogram("latency", MEASURED, "ok")),
-        "service_ms": _views(run.histogram("service", MEASURED, "ok")),
-        "errors_by_kind": run.errors_by_kind(MEASURED),
+        "service_ms": service,
+        "errors_by_kind": accounted_errors_by_kind(report),
+        "top_errors": [e.to_dict() for e in top_errors(report)],
         "generator_bound": report.meta.generator_bound,
         "generator_bound_reasons": list(report.meta.generator_bound_reasons),
         "report": str(report.path) if report.path is not None else None,
         "ok": tot.ok,
-        "error_rate": round(tot.errors / tot.requests, 6) if tot.requests else 0.0,
+        "error_rate": round(tot.errors / tot.requests, 6) if tot.requests else None,
         "dropped": tot.dropped,
         "duration_s": round(run.duration_s(MEASURED), 3),
         "warmup_requests": run.total(WARMUP).requests,
-        "schedule_lag_p99_ms": round(run.histogram("schedule_lag", MEASURED).percentiles_ms((99,))[99], 3),
+        "schedule_lag_p99_ms": _views(run.histogram("schedule_lag", MEASURED))["p99"],
         "partial": run.partial,
         "other_ms": {name: _views(run.histogram(name, MEASURED)) for name in _other_metrics(report)},
+        **_server(report, service),
     }
+
+
+def _server(report: Report, service: dict[str, float | None]) -> dict[str, Any]:
+    """``server_ms`` (the server's request-duration percentiles, bucket resolution) and ``outside_handler_ms``
+    (client service time minus server time: network + queueing outside the handler); None without them."""
+    srv = server_latency(report)
+    if srv is None:
+        return {"server_ms": None, "outside_handler_ms": None}
+    ms = srv.ms()
+    gap: dict[str, float | None] = {}
+    for k in ("p50", "p99"):
+        client, server = service[k], ms[k]
+        gap[k] = None if client is None or server is None else round(client - server, 3)
+    return {"server_ms": {**{k: None if v is None else round(v, 3) for k, v in ms.items()}, "count": srv.count,
+                          "metric": srv.metric, "resolution": "bucket",
+                          "bounds_ms": {k: list(v) for k, v in srv.bounds_ms.items()}},
+            "outside_handler_ms": gap}
 
 
 _CORE_METRICS = frozenset({"latency", "service", "schedule_lag", "loop_lag"})
@@ -66,7 +125,7 @@ def render_summary(report: Report, console: Console) -> None:
 
     s = summarize(report)
     head = Table(show_header=False, box=None, pad_edge=False)
-    head.add_row("requests", f"{s['requests']:,}", "errors", f"{s['errors']:,} ({s['error_rate'] * 100:.2f} %)")
+    head.add_row("requests", f"{s['requests']:,}", "errors", f"{s['errors']:,} ({rate_text(s['error_rate'])})")
     head.add_row("req/s", f"{s['rps']:,.1f}", "rows/s", f"{s['rows_per_s']:,.1f}")
     head.add_row("measured", f"{s['duration_s']:.1f} s", "dropped", f"{s['dropped']:,}")
     console.print(head)
@@ -77,14 +136,23 @@ def render_summary(report: Report, console: Console) -> None:
     rows = [("from intended time", s["latency_ms"]), ("service (sent→done)", s["service_ms"])]
     rows += [(name.replace("_", " "), v) for name, v in s["other_ms"].items()]
     for label, v in rows:
-        lat.add_row(label, *(f"{v[k]:.3f}" for k in ("p50", "p90", "p99", "p999", "max")))
+        lat.add_row(label, *(num_text(v[k]) for k in ("p50", "p90", "p99", "p999", "max")))
+    if s["server_ms"] is not None:
+        lat.add_row(SERVER_LABEL, *(num_text(s["server_ms"].get(k)) for k in ("p50", "p90", "p99", "p999", "max")))
     console.print(lat)
-    if s["errors_by_kind"]:
-        err = Table(title="errors by kind", title_justify="left")
+    if s["server_ms"] is not None:
+        console.print(outside_handler_text(s), markup=False, soft_wrap=True)
+    if s["top_errors"]:
+        from rich.markup import escape
+
+        more = len(s["errors_by_kind"]) - len(s["top_errors"])
+        err = Table(title="errors by kind" + (f" (top {len(s['top_errors'])}, {more} more)" if more > 0 else ""),
+                    title_justify="left")
         err.add_column("kind")
         err.add_column("count", justify="right")
-        for k, n in s["errors_by_kind"].items():
-            err.add_row(k, f"{n:,}")
+        err.add_column("sample of the reason", overflow="fold")
+        for e in s["top_errors"]:
+            err.add_row(escape(e["kind"]), f"{e['count']:,}", escape(e["sample"]) or MISSING)
         console.print(err)
     if s["generator_bound"]:
         console.print("[bold red]generator-bound[/]: the numbers may describe the harness, not the endpoint")

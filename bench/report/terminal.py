@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from bench.report.compare import Comparison, format_change
 from bench.report.markdown import stored_slo
 from bench.report.model import Report
-from bench.report.summary import render_summary
+from bench.report.summary import MISSING, render_summary
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -45,16 +45,20 @@ def render_comparison(cmp: Comparison, console: Console, base_name: str, new_nam
                       ("allowed", "right"), ("noise", "left"), ("verdict", "left")):
         t.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
     for m in cmp.metrics:
-        def num(v: float, absolute: bool = m.metric.absolute) -> str:
+        def num(v: float | None, absolute: bool = m.metric.absolute) -> str:
+            if v is None:
+                return MISSING
             return f"{v * 100:.2f} %" if absolute else (f"{v:,.3f}" if v < 1000 else f"{v:,.1f}")
 
         allowed = "—" if m.threshold is None else (f"{m.threshold * 100:g} pp" if m.metric.absolute
                                                    else f"{m.threshold * 100:g} %")
         noise = "n/a" if m.significant is None else ("signif." if m.significant else "noise")
-        verdict = ("[bold red]REGRESSION[/]" if m.regression
-                   else "[yellow]noise[/]" if m.beyond_threshold else "ok")
+        verdict = ("[bold red]REGRESSION[/]" if m.regression else "[yellow]noise[/]" if m.beyond_threshold
+                   else "no samples" if m.missing else "ok")
         t.add_row(m.key, num(m.base), num(m.new), format_change(m), allowed, noise, verdict)
     console.print(t)
+    for w in cmp.warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(w)}")
     for n in cmp.notes:
         console.print(f"[yellow]note:[/] {escape(n)}")
     console.print(f"[bold red]{escape(cmp.verdict())}[/]" if cmp.regressed else "[green]no regression[/]")

@@ -14,6 +14,7 @@ import platform
 import re
 import socket
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -191,6 +192,10 @@ def _batches(report: Report) -> Iterator[pa.RecordBatch]:
         _rows("error_sample", [{"name": e.kind, "status": e.status, "text": e.detail, "count": e.count}
                                for e in run.error_samples]),
     ])
+    for section, rows in report.sections.items():
+        batch = _rows(section, rows)
+        if batch is not None:
+            yield batch
     s = run.series
     if len(s):
         pct = s.latency_percentiles_ms()
@@ -232,10 +237,13 @@ def _raw_batches(path: Path, run: RunData) -> Iterator[pa.RecordBatch]:
 def write_report(path: Path, report: Report) -> Path:
     """Write the report atomically (temp file in the same directory, fsync, rename); returns the path."""
     path = Path(path)
+    if not report.meta.extra.get("run_id"):  # lets merge tell two runs from one run given twice
+        report.meta.extra["run_id"] = uuid.uuid4().hex
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     schema = SCHEMA.with_metadata({VERSION_KEY: str(SCHEMA_VERSION).encode(),
-                                   META_KEY: json.dumps(report.meta.to_json_dict()).encode()})
+                                   META_KEY: json.dumps({**report.meta.to_json_dict(), "partial": report.run.partial,
+                                                         "start_unix_ns": report.run.start_unix_ns}).encode()})
     options = pyarrow.ipc.IpcWriteOptions(compression="zstd")
     try:
         with open(tmp, "wb") as sink:
