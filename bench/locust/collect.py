@@ -49,13 +49,13 @@ class _Collector:
     def own_report(self) -> Report | None:
         if self.recorder is None or self.plan is None:
             return None
-        if self.in_flight:
-            self.recorder.count("in_flight_at_end", self.in_flight)
         run = self.recorder.finish(time.monotonic_ns(), partial=False)
         self.recorder = None
         cpu = (time.process_time() - self.cpu0) / max(1e-9, time.monotonic() - self.wall0)
         report = _core.users_report(self.plan, run, cpu, self.env.runner.user_count if self.env.runner else 0)
         report.meta.host = f"{socket.gethostname()}:{os.getpid()}"
+        if self.in_flight:  # sent, never answered: Locust stopped the user mid-request (bench.report.accounting)
+            report.meta.extra["abandoned"] = self.in_flight
         return report
 
     # -- single process --------------------------------------------------------------------------------
