@@ -13,6 +13,11 @@ _FIELDS = {
     "replicas": "replicas", "error_rate": "error_rate", "seed": "seed", "jitter": "jitter", "http2": "http2",
     "require_token": "require_token", "token_ttl": "token_ttl_s", "startup_s": "startup_s",
     "rate_limit": "rate_limit_per_min", "pipeline": "pipeline", "deployment": "deployment",
+    # platform fidelity (issue 11)
+    "rate_limit_window": "rate_limit_window_s", "max_pending": "ubiops_max_pending",
+    "batch_cancel_status": "ubiops_batch_cancel_status", "mlops_user_token": "mlops_user_token",
+    "deployment_status": "deployment_status", "unknown_deployment_status": "unknown_deployment_status",
+    "engine_info": "engine_info", "legacy_infer": "legacy_infer",
 }
 
 
@@ -50,9 +55,29 @@ def register(subparsers: Any) -> None:
     p.add_argument("--pipeline", default=d.pipeline, help=f"pipeline name (default {d.pipeline})")
     p.add_argument("--deployment", default=d.deployment, help=f"deployment name-id in the external URL "
                    f"(default {d.deployment})")
+    _platform_flags(p, d)
     p.add_argument("--allow-remote", action="store_true", help="allow binding a non-loopback address")
     p.add_argument("--config-stdin", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=run)
+
+
+def _platform_flags(p: argparse.ArgumentParser, d: Any) -> None:
+    """Flags that make the emulator behave as a particular platform version does (issue 11)."""
+    p.add_argument("--rate-limit-window", type=float, default=d.rate_limit_window_s, help="UbiOps rate-limit "
+                   f"window in seconds (default {d.rate_limit_window_s:g})")
+    p.add_argument("--max-pending", type=int, default=d.ubiops_max_pending, help="UbiOps: cap on unfinished batch "
+                   "requests per deployment version (0 = none)")
+    p.add_argument("--batch-cancel-status", type=int, default=d.ubiops_batch_cancel_status, help="UbiOps: answer "
+                   "POST …/requests/cancel with 404 or 405, as an older API without it (0 = route present)")
+    p.add_argument("--mlops-user-token", action="store_true", help="with --require-token: MLOps routes take only "
+                   "a user (password-grant) token, as the platform")
+    p.add_argument("--deployment-status", default=d.deployment_status, help="the deployment status after "
+                   "--startup-s (Starting, Running or Error; default Running)")
+    p.add_argument("--unknown-deployment-status", type=int, default=d.unknown_deployment_status,
+                   help="get_deployment answer for a wrong name: 404 (default), 400 or 500")
+    p.add_argument("--engine-info", action="store_true", help="get_deployment nests engine fields under info")
+    p.add_argument("--legacy-infer", action="store_true", help="older installs: …/pipelines/infer/<pipeline>-<id> "
+                   "and one answer object per request")
 
 
 def _is_loopback(host: str) -> bool:

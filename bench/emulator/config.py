@@ -40,8 +40,18 @@ class EmulatorConfig:
     client_secret: str = "emulator-secret"
     users: tuple[tuple[str, str], ...] = (("admin", "admin"),)
     startup_s: float = 0.0  # deployment reports Starting (and inference answers 503) for this long
+    public_client_id: str = "sdk-client"  # Keycloak's public client (no secret), as the Wallaroo SDK logs users in
+    mlops_user_token: bool = False  # with require_token: MLOps routes take only user (password-grant) tokens
+    deployment_status: str = ""  # after startup_s: this status (e.g. "Error"); "" = Running
+    unknown_deployment_status: int = 404  # get_deployment for a wrong name: 404, or 400/500 as today's platform
+    engine_info: bool = False  # get_deployment nests engine fields under "info", as today's platform does
+    legacy_infer: bool = False  # older installs: …/pipelines/infer/{deployment} and the one-object answer
     # UbiOps
     ubiops_token: str = "Token emulator-ubiops-token"
     ubiops_deployments: tuple[UbiOpsDeployment, ...] = field(
         default_factory=lambda: (UbiOpsDeployment(), UbiOpsDeployment(name="echo", input_type="plain", fields=())))
-    rate_limit_per_min: int = 0  # 0 = no rate limit
+    rate_limit_per_min: int = 0  # requests endpoint group, per source IP (the platform's default: 300); 0 = none
+    rate_limit_window_s: float = 60.0  # the rate-limit window (shorter only to test quickly)
+    ubiops_max_pending: int = 0  # cap on unfinished batch requests per deployment version; 0 = none
+    ubiops_batch_cancel_status: int = 0  # 404/405: POST …/requests/cancel is missing (older API); 0 = present
+    ubiops_max_batch_timeout_s: int = 259_200  # the platform now allows 72 h (the older reference: 172,800 s)

@@ -35,5 +35,8 @@ class EmulatorContext:
         return cls(config=config, model=model)
 
     def deployment_status(self) -> str:
-        """'Starting' for the first ``startup_s`` seconds, then 'Running'."""
-        return "Starting" if time.monotonic() - self.started_at < self.config.startup_s else "Running"
+        """'Starting' for the first ``startup_s`` seconds, then the configured ``deployment_status`` (e.g. 'Error'
+        for a deployment that failed to start), 'Running' by default."""
+        if time.monotonic() - self.started_at < self.config.startup_s:
+            return "Starting"
+        return self.config.deployment_status or "Running"

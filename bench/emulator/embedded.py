@@ -45,10 +45,32 @@ def config_problems(config: EmulatorConfig) -> list[tuple[str, str]]:
         problems.append(("port", f"must be 0..65535, got {config.port}"))
     if config.rate_limit_per_min < 0:
         problems.append(("rate_limit_per_min", f"must be >= 0, got {config.rate_limit_per_min}"))
+    problems.extend(_platform_problems(config))
     for name in ("pipeline", "deployment"):
         value = getattr(config, name)
         if not value or "/" in value:
             problems.append((name, f"must be a non-empty name without '/', got {value!r}"))
+    return problems
+
+
+def _platform_problems(config: EmulatorConfig) -> list[tuple[str, str]]:
+    """Checks of the platform-fidelity options (rate limit window, pending cap, missing routes, statuses)."""
+    problems: list[tuple[str, str]] = []
+    if not math.isfinite(config.rate_limit_window_s) or config.rate_limit_window_s <= 0:
+        problems.append(("rate_limit_window_s", f"must be a number > 0, got {config.rate_limit_window_s}"))
+    if config.ubiops_max_pending < 0:
+        problems.append(("ubiops_max_pending", f"must be >= 0, got {config.ubiops_max_pending}"))
+    if config.ubiops_batch_cancel_status not in (0, 404, 405):
+        problems.append(("ubiops_batch_cancel_status", f"must be 0, 404 or 405, got "
+                         f"{config.ubiops_batch_cancel_status}"))
+    if config.ubiops_max_batch_timeout_s < 1:
+        problems.append(("ubiops_max_batch_timeout_s", f"must be >= 1, got {config.ubiops_max_batch_timeout_s}"))
+    if config.unknown_deployment_status not in (400, 404, 500):
+        problems.append(("unknown_deployment_status", f"must be 400, 404 or 500, got "
+                         f"{config.unknown_deployment_status}"))
+    if config.deployment_status not in ("", "Starting", "Running", "Error"):
+        problems.append(("deployment_status", f"must be '', 'Starting', 'Running' or 'Error', got "
+                         f"{config.deployment_status!r}"))
     return problems
 
 

@@ -1,9 +1,13 @@
 """The two Wallaroo MLOps API calls a load test needs before it starts.
 
 ``POST /v1/api/status/get_deployment`` reports ``Starting`` for ``startup_s`` after the emulator starts, then
-``Running`` (so preflight waiting is testable), and ``POST /v1/api/admin/get_pipeline_external_url`` builds the
-inference URL from the request's own scheme and Host header (so it is right behind any port or proxy).
-Both want a valid Bearer token when ``require_token`` is on; errors use the Wallaroo error body.
+``Running`` (so preflight waiting is testable), or the configured ``deployment_status`` (``Error`` with a reason);
+``engine_info`` nests the engine fields under ``info`` as today's platform does, and a wrong deployment name is
+answered with ``unknown_deployment_status`` (404, or 400/500 as today's platform). ``POST
+/v1/api/admin/get_pipeline_external_url`` builds the inference URL from the request's own scheme and Host header
+(so it is right behind any port or proxy), in the older one-segment form with ``legacy_infer``.
+Both want a valid Bearer token when ``require_token`` is on — a *user's* token (password grant, not a service
+account's) with ``mlops_user_token``, as on the platform; errors use the Wallaroo error body.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any
 
 from bench.emulator.asgi import HttpError, Receive, Scope, Send, SubApp, full_path, headers, read_body, send_json
 from bench.emulator.context import EmulatorContext
-from bench.emulator.tokens import ensure_signer
+from bench.emulator.tokens import NOT_A_USER, ensure_signer
 
 __all__ = ["MLOpsEmulator"]
 
@@ -57,7 +61,13 @@ class MLOpsEmulator(SubApp):
     def _check_token(self, authorization: str | None) -> None:
         if not self._ctx.config.require_token:
             return
-        problem = ensure_signer(self._ctx).verify(authorization)
+        signer = ensure_signer(self._ctx)
+        if not self._ctx.config.mlops_user_token:
+            problem = signer.verify(authorization)
+        else:
+            problem = signer.verify_user(authorization)
+            if problem == NOT_A_USER:
+                raise HttpError(403, problem)
         if problem is not None:
             raise HttpError(401, problem)
 
@@ -67,20 +77,23 @@ class MLOpsEmulator(SubApp):
             raise HttpError(400, "missing field: name")
         config = self._ctx.config
         if name != config.deployment:
-            raise HttpError(404, f"Deployment not found: {name}")
+            code = config.unknown_deployment_status
+            if code == 404:
+                raise HttpError(404, f"Deployment not found: {name}")
+            raise HttpError(code, f"Failed to get deployment status: no deployment named {name!r}")
         status = self._ctx.deployment_status()
-        running = status == "Running"
+        engine_status, reason, details = _ENGINE_STATES.get(status, _ENGINE_STATES["Starting"])
         pipeline_status = {"pipelines": [{"id": config.pipeline, "status": status}]}
-        engines: list[dict[str, Any]] = [{"ip": f"10.244.0.{10 + i}", "name": f"engine-{config.deployment}-{i}",
-                    "status": "Running" if running else "Pending",
-                    "reason": None if running else "ContainersNotReady", "details": [],
-                    "pipeline_statuses": pipeline_status,
-                    "model_statuses": {"models": [{"name": config.pipeline, "version": "emulated",
-                                                   "sha": "0" * 64, "status": status}]}}
+        engines = [_engine(config.engine_info, {"ip": f"10.244.0.{10 + i}", "name": f"engine-{config.deployment}-{i}",
+                                                "status": engine_status, "reason": reason, "details": details},
+                           pipeline_statuses=pipeline_status,
+                           model_statuses={"models": [{"name": config.pipeline, "version": "emulated",
+                                                       "sha": "0" * 64, "status": status}]})
                    for i in range(max(1, min(config.replicas, 8)))]
-        engine_lbs: list[dict[str, Any]] = [{"ip": "10.244.0.2", "name": f"engine-lb-{config.deployment}",
-                                             "status": "Running", "reason": None, "details": []}]
-        return {"status": status, "details": [], "engines": engines, "engine_lbs": engine_lbs, "sidekicks": []}
+        engine_lbs = [_engine(config.engine_info, {"ip": "10.244.0.2", "name": f"engine-lb-{config.deployment}",
+                                                   "status": "Running", "reason": None, "details": []})]
+        return {"status": status, "details": list(details), "engines": engines, "engine_lbs": engine_lbs,
+                "sidekicks": []}
 
     def _external_url(self, body: dict[str, Any], scope: Scope, headers: dict[str, str]) -> dict[str, Any]:
         workspace_id, pipeline = body.get("workspace_id"), body.get("pipeline_name")
@@ -98,7 +111,22 @@ class MLOpsEmulator(SubApp):
         if not host:
             server = scope.get("server") or (config.host, config.port)
             host = f"{server[0]}:{server[1]}"
+        if config.legacy_infer:  # older installs: no trailing pipeline segment
+            return {"url": f"{scheme}://{host}/v1/api/pipelines/infer/{config.deployment}"}
         return {"url": f"{scheme}://{host}/v1/api/pipelines/infer/{config.deployment}/{config.pipeline}"}
+
+
+# deployment status -> (engine status, reason, details)
+_ENGINE_STATES: dict[str, tuple[str, str | None, list[str]]] = {
+    "Running": ("Running", None, []),
+    "Starting": ("Pending", "ContainersNotReady", []),
+    "Error": ("Error", "CrashLoopBackOff", ["back-off restarting failed container: the model step failed to load"]),
+}
+
+
+def _engine(info: bool, fields: dict[str, Any], **rest: Any) -> dict[str, Any]:
+    """One engine (or engine LB) entry: its own fields flat, or under ``info`` as today's platform has them."""
+    return {"info": fields, **rest} if info else {**fields, **rest}
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:

@@ -20,11 +20,13 @@ from typing import Any
 from bench.emulator.config import EmulatorConfig
 from bench.emulator.context import EmulatorContext
 
-__all__ = ["EXPIRED", "INVALID", "MISSING", "TokenSigner", "ensure_signer"]
+__all__ = ["EXPIRED", "INVALID", "MISSING", "NOT_A_USER", "SERVICE_ACCOUNT_PREFIX", "TokenSigner", "ensure_signer"]
 
 MISSING = "Jwt is missing"
 EXPIRED = "Jwt is expired"
 INVALID = "Jwt verification fails"
+NOT_A_USER = "a user token is required: service-account (client_credentials) tokens are not accepted here"
+SERVICE_ACCOUNT_PREFIX = "service-account-"  # Keycloak names a client's service-account user this way
 
 _HEADER = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=").decode()
 _CACHE_MAX = 256
@@ -39,7 +41,10 @@ def _unb64(text: str) -> bytes:
 
 
 class TokenSigner:
-    """Issues and checks ``header.payload.signature`` tokens carrying ``exp``, ``iat``, ``sub`` and ``typ``.
+    """Issues and checks ``header.payload.signature`` tokens carrying ``exp``, ``iat``, ``sub``, ``typ``, ``azp``.
+
+    A token whose subject is a service account (``client_credentials``) is an inference token; any other
+    subject is a user's (password grant or its refresh), which the MLOps API asks for (``verify_user``).
 
     ``exp``/``iat`` are epoch seconds with millisecond precision (second precision would make a 2 s token
     lifetime jitter by half its length). ``clock`` is injectable so expiry is testable without sleeping.
@@ -51,19 +56,19 @@ class TokenSigner:
         self._clock = clock
         self._key = key if key is not None else secrets.token_bytes(32)
         self.refresh_ttl_s = refresh_ttl_s if refresh_ttl_s is not None else max(1800.0, 2 * config.token_ttl_s)
-        self._verified: dict[str, float] = {}  # access token -> exp, for tokens whose signature checked out
+        self._verified: dict[str, tuple[float, bool]] = {}  # access token -> (exp, is a user's), signature good
 
     @property
     def access_ttl_s(self) -> float:
         return self._config.token_ttl_s
 
-    def issue(self, subject: str, ttl_s: float) -> str:
-        """An access token for ``subject`` valid for ``ttl_s`` seconds."""
-        return self._sign(subject, ttl_s, "access")
+    def issue(self, subject: str, ttl_s: float, *, client: str | None = None) -> str:
+        """An access token for ``subject`` valid for ``ttl_s`` seconds, issued to ``client``."""
+        return self._sign(subject, ttl_s, "access", client)
 
-    def issue_refresh(self, subject: str) -> str:
-        """A refresh token for ``subject`` valid for ``refresh_ttl_s`` seconds."""
-        return self._sign(subject, self.refresh_ttl_s, "refresh")
+    def issue_refresh(self, subject: str, *, client: str | None = None, offline: bool = False) -> str:
+        """A refresh token for ``subject`` valid for ``refresh_ttl_s`` seconds (``offline``: an offline token)."""
+        return self._sign(subject, self.refresh_ttl_s, "refresh", client, offline)
 
     def verify(self, authorization: str | None) -> str | None:
         """None when ``authorization`` is ``Bearer <valid unexpired access token>``; else the Wallaroo error text."""
@@ -73,29 +78,46 @@ class TokenSigner:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             return MISSING
-        exp = self._verified.get(token)
-        if exp is None:
+        entry = self._verified.get(token)
+        if entry is None:
             claims = self._decode(token)
             if claims is None or claims.get("typ") != "access":
                 return INVALID
-            exp = float(claims["exp"])
+            sub = claims.get("sub")
+            entry = (float(claims["exp"]), isinstance(sub, str) and not sub.startswith(SERVICE_ACCOUNT_PREFIX))
             if len(self._verified) >= _CACHE_MAX:
                 self._verified.clear()
-            self._verified[token] = exp
-        return EXPIRED if self._clock() >= exp else None
+            self._verified[token] = entry
+        return EXPIRED if self._clock() >= entry[0] else None
+
+    def verify_user(self, authorization: str | None) -> str | None:
+        """As ``verify``, and the token must be a user's, not a service account's (``NOT_A_USER``)."""
+        problem = self.verify(authorization)
+        if problem is not None or authorization is None:
+            return problem
+        token = authorization.strip().partition(" ")[2].strip()
+        entry = self._verified.get(token)
+        return None if entry is not None and entry[1] else NOT_A_USER
 
     def check_refresh(self, token: str) -> str | None:
         """The subject of a valid, unexpired refresh token; None otherwise."""
+        claims = self.refresh_claims(token)
+        sub = claims.get("sub") if claims is not None else None
+        return sub if isinstance(sub, str) else None
+
+    def refresh_claims(self, token: str) -> dict[str, Any] | None:
+        """All claims of a valid, unexpired refresh token (``azp``: its client, ``offline``); None otherwise."""
         claims = self._decode(token)
         if claims is None or claims.get("typ") != "refresh" or self._clock() >= float(claims["exp"]):
             return None
-        sub = claims.get("sub")
-        return sub if isinstance(sub, str) else None
+        return claims
 
-    def _sign(self, subject: str, ttl_s: float, typ: str) -> str:
+    def _sign(self, subject: str, ttl_s: float, typ: str, client: str | None = None, offline: bool = False) -> str:
         now = self._clock()
-        claims = {"exp": round(now + ttl_s, 3), "iat": round(now, 3), "sub": subject, "typ": typ,
-                  "jti": secrets.token_hex(8), "azp": self._config.client_id}
+        claims: dict[str, Any] = {"exp": round(now + ttl_s, 3), "iat": round(now, 3), "sub": subject, "typ": typ,
+                                  "jti": secrets.token_hex(8), "azp": client or self._config.client_id}
+        if offline:
+            claims["offline"] = True
         signing_input = f"{_HEADER}.{_b64(json.dumps(claims, separators=(',', ':')).encode())}"
         signature = hmac.new(self._key, signing_input.encode(), hashlib.sha256).digest()
         return f"{signing_input}.{_b64(signature)}"

@@ -2,8 +2,11 @@
 
 Mounted by bench.emulator.app for paths under /v2/ and /v2.1/. Batch requests go into an asyncio queue served
 by ``replicas`` worker tasks through the shared capacity model (ctx.model.serve), so direct and batch requests
-compete for the same service slots, as on the platform. Memory is bounded: finished requests beyond
-``keep_finished`` are forgotten, oldest first.
+compete for the same service slots, as on the platform. What the official ``ubiops`` client sends is accepted
+as it sends it: a plain input arrives as a raw ``text/plain`` body. Request timeouts are enforced (a batch
+request's clock starts when it is processed), unfinished batch requests can be capped, and the requests
+endpoint group can be rate limited per source IP (bench.emulator.ratelimit). Request records and the list and
+cancel rules live in bench.emulator.ubiops_store.
 """
 
 from __future__ import annotations
@@ -13,30 +16,27 @@ import contextlib
 import math
 import random
 import time
-import uuid
-from collections import deque
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
 import orjson
 
-from bench.emulator.asgi import HttpError, Receive, Scope, Send, SubApp, header, read_body, send_json
+from bench.emulator.asgi import HttpError, Receive, Scope, Send, SubApp, header, read_body, send_json, send_response
 from bench.emulator.config import UbiOpsDeployment
 from bench.emulator.context import EmulatorContext
+from bench.emulator.ratelimit import FixedWindowLimiter, Header
+from bench.emulator.ubiops_store import Key, RequestStore, UbiOpsRequest, iso
 
-__all__ = ["UbiOpsEmulator"]
+__all__ = ["MAX_ITEMS", "UbiOpsEmulator", "timeout_message"]
 
 MAX_ITEMS = 250
 MAX_BODY = 64 * 1024 * 1024
-TERMINAL = frozenset({"completed", "failed", "cancelled"})
-STATUSES = ("pending", "processing", "completed", "failed", "cancelled", "cancelled_pending")
+_TEXT = "text/plain; charset=utf-8"
 
 
-def _iso(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
+def timeout_message(timeout: int) -> str:
+    """The error message of a request that ran past its timeout (the platform's wording is unverified)."""
+    return f"Request timed out: it did not finish within its timeout of {timeout} seconds"
 
 
 def _score(values: list[float]) -> float:
@@ -60,93 +60,38 @@ def _numbers(value: Any, out: list[float]) -> None:
             _numbers(v, out)
 
 
-class _Request:
-    __slots__ = ("cancel_asked", "data", "deployment", "error_message", "id", "input_size", "key", "output_size",
-                 "result", "status", "time_completed", "time_created", "time_started", "timeout")
+class _Raw:
+    """An answer that is not JSON (a plain request's input or output, as the platform stores it)."""
 
-    def __init__(self, key: tuple[str, str, str], data: Any, input_size: int, timeout: int) -> None:
-        self.id = str(uuid.uuid4())
-        self.key = key  # (project, deployment, version)
-        self.deployment = key[1]
-        self.data = data
-        self.input_size = input_size
-        self.timeout = timeout
-        self.status = "pending"
-        self.time_created = time.time()
-        self.time_started: float | None = None
-        self.time_completed: float | None = None
-        self.result: Any = None
-        self.error_message: str | None = None
-        self.output_size: int | None = None
-        self.cancel_asked = False
+    __slots__ = ("body", "content_type")
 
-    def details(self, *, data: bool = True, extra: bool = False) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": self.id, "deployment": self.deployment, "version": self.key[2], "status": self.status,
-            "success": self.status == "completed", "time_created": _iso(self.time_created),
-            "time_started": _iso(self.time_started), "time_completed": _iso(self.time_completed),
-            "timeout": self.timeout, "input_size": self.input_size, "output_size": self.output_size,
-        }
-        if data:
-            out["request_data"] = self.data
-            out["result"] = self.result
-            out["error_message"] = self.error_message
-        if extra:
-            out["origin"] = {"created_by": "emulator@bench.local"}
-            out["retries"] = 0
-        return out
-
-
-class _RateLimiter:
-    """Fixed windows per client address: ``limit`` requests per ``window_s``."""
-
-    def __init__(self, limit: int, window_s: float) -> None:
-        self.limit, self.window_s = limit, window_s
-        self._windows: dict[str, tuple[float, int]] = {}
-
-    def take(self, client: str) -> tuple[bool, list[tuple[bytes, bytes]]]:
-        now = time.monotonic()
-        start, used = self._windows.get(client, (now, 0))
-        if now - start >= self.window_s:
-            start, used = now, 0
-        allowed = used < self.limit
-        if allowed:
-            used += 1
-        self._windows[client] = (start, used)
-        if len(self._windows) > 10_000:  # bounded: forget the oldest windows
-            for k in list(self._windows)[:1000]:
-                del self._windows[k]
-        reset = max(1, math.ceil(start + self.window_s - now))
-        headers = [(b"x-ratelimit-limit", str(self.limit).encode()),
-                   (b"x-ratelimit-remaining", str(self.limit - used).encode()),
-                   (b"x-ratelimit-reset", str(reset).encode())]
-        return allowed, headers
+    def __init__(self, body: bytes, content_type: str) -> None:
+        self.body, self.content_type = body, content_type
 
 
 class UbiOpsEmulator(SubApp):
-    """ASGI app: ``UbiOpsEmulator(ctx)``; ``window_s`` shortens the rate-limit window for tests."""
+    """ASGI app: ``UbiOpsEmulator(ctx)``; ``window_s`` overrides the config's rate-limit window (tests)."""
 
-    def __init__(self, ctx: EmulatorContext, *, window_s: float = 60.0, keep_finished: int = 100_000) -> None:
+    def __init__(self, ctx: EmulatorContext, *, window_s: float | None = None, keep_finished: int = 100_000) -> None:
         self.ctx = ctx
         cfg = ctx.config
         self._deployments: dict[tuple[str, str], UbiOpsDeployment] = {
             (d.project, d.name): d for d in cfg.ubiops_deployments}
         token = cfg.ubiops_token.strip()
         self._expected_auth = token if token[:6].lower() == "token " else f"Token {token}"
-        self._limiter = _RateLimiter(cfg.rate_limit_per_min, window_s) if cfg.rate_limit_per_min > 0 else None
-        self._requests: dict[str, _Request] = {}
-        self._finished: deque[str] = deque()
-        self._keep_finished = keep_finished
+        window = cfg.rate_limit_window_s if window_s is None else window_s
+        self._limiter = FixedWindowLimiter(cfg.rate_limit_per_min, window) if cfg.rate_limit_per_min > 0 else None
+        self._store = RequestStore(keep_finished)
         self._rng = random.Random(cfg.seed)
-        self._queue: asyncio.Queue[_Request] | None = None
+        self._queue: asyncio.Queue[UbiOpsRequest] | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- ASGI ---------------------------------------------------------------------------------------------
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers: list[tuple[bytes, bytes]] = []
+        headers: list[Header] = []
         try:
-            if self._limiter is not None:
+            if self._limiter is not None:  # every call here is in the requests endpoint group
                 client = (scope.get("client") or ("?", 0))[0]
                 allowed, headers = self._limiter.take(str(client))
                 if not allowed:
@@ -156,7 +101,10 @@ class UbiOpsEmulator(SubApp):
             status, answer = await self._route(scope, body)
         except HttpError as exc:
             status, answer = exc.status, {"error": exc.message}
-        await send_json(send, status, answer, headers)
+        if isinstance(answer, _Raw):
+            await send_response(send, status, answer.body, answer.content_type, headers)
+        else:
+            await send_json(send, status, answer, headers)
 
     async def aclose(self) -> None:
         """Stop the queue workers (the core app calls this on shutdown, if it wants to)."""
@@ -196,14 +144,15 @@ class UbiOpsEmulator(SubApp):
             raise HttpError(404, f"Not found: {path}")
         rest = rest[1:]
         key = (dep.project, dep.name, dep.version)
+        plain_body = "text/plain" in (header(scope, b"content-type") or "")
         if not rest:
             if method == "POST":
-                return await self._direct(dep, key, body, query)
+                return await self._direct(dep, key, body, query, plain_body)
             if method == "GET":
-                return self._list(key, query)
+                return 200, self._store.listing(key, query)
         elif len(rest) == 1 and rest[0] in ("batch", "collect", "cancel", "delete") and method == "POST":
             if rest[0] == "batch":
-                return self._batch(dep, key, body, query)
+                return self._batch(dep, key, body, query, plain_body)
             if rest[0] == "collect":
                 return self._collect(key, body)
             if rest[0] == "cancel":
@@ -211,39 +160,45 @@ class UbiOpsEmulator(SubApp):
             return self._delete_many(key, body)
         elif len(rest) == 1:
             if method == "GET":
-                req = self._find(key, rest[0])
+                req = self._store.find(key, rest[0])
                 return 200, req.details(data=query.get("metadata_only", "false").lower() != "true", extra=True)
             if method == "PATCH":
                 return self._patch(key, rest[0], body)
             if method == "DELETE":
-                req = self._find(key, rest[0])
-                self._forget(req)
+                self._store.forget(self._store.find(key, rest[0]))
                 return 204, None
+        elif len(rest) == 2 and rest[1] in ("input", "output") and method == "GET":
+            return self._file(self._store.find(key, rest[0]), rest[1])
         raise HttpError(405, f"Method {method} not allowed on {path}")
 
     # --- handlers -----------------------------------------------------------------------------------------
-    async def _direct(self, dep: UbiOpsDeployment, key: tuple[str, str, str], body: bytes,
-                      query: dict[str, str]) -> tuple[int, Any]:
+    async def _direct(self, dep: UbiOpsDeployment, key: Key, body: bytes, query: dict[str, str],
+                      plain_body: bool) -> tuple[int, Any]:
         timeout = _timeout(query, 300, 10, 3600)
-        data = _json(body)
+        data = _text(body) if plain_body else _json(body)
         items = data if isinstance(data, list) else [data]
         for item in items:
             self._check_item(dep, item)
-        req = _Request(key, data, len(body), timeout)
-        self._store(req)
-        rows = max(1, len(items))
+        req = UbiOpsRequest(key, data, len(body), timeout, plain=dep.input_type == "plain")
+        self._store.add(req)
         req.status, req.time_started = "processing", time.time()
-        await self.ctx.model.serve(rows)
-        self._finish(dep, req, items, batch_function=isinstance(data, list))
+        try:
+            await asyncio.wait_for(self.ctx.model.serve(max(1, len(items))), timeout)
+        except TimeoutError:
+            req.status, req.error_message = "failed", timeout_message(timeout)
+            self._store.finished(req)
+        else:
+            self._finish(dep, req, items, batch_function=isinstance(data, list))
         answer = {"id": req.id, "deployment": req.deployment, "version": key[2], "status": req.status,
                   "success": req.status == "completed", "result": req.result,
                   "error_message": req.error_message, "timeout": timeout}
         return 200, answer
 
-    def _batch(self, dep: UbiOpsDeployment, key: tuple[str, str, str], body: bytes,
-               query: dict[str, str]) -> tuple[int, Any]:
-        timeout = _timeout(query, 14400, 1, 172800)
-        data = _json(body)
+    def _batch(self, dep: UbiOpsDeployment, key: Key, body: bytes, query: dict[str, str],
+               plain_body: bool) -> tuple[int, Any]:
+        cfg = self.ctx.config
+        timeout = _timeout(query, 14400, 1, cfg.ubiops_max_batch_timeout_s)
+        data = _text(body) if plain_body else _json(body)
         items = data if isinstance(data, list) else [data]
         if not items:
             raise HttpError(400, "Provide at least one request")
@@ -251,65 +206,71 @@ class UbiOpsEmulator(SubApp):
             raise HttpError(400, f"The maximum number of requests per batch is {MAX_ITEMS}, got {len(items)}")
         for item in items:  # one bad item rejects all
             self._check_item(dep, item)
+        if cfg.ubiops_max_pending > 0:
+            open_now = self._store.open_count(key)
+            if open_now + len(items) > cfg.ubiops_max_pending:
+                raise HttpError(400, f"The maximum queue size of this deployment version has been reached: "
+                                f"{open_now} requests are pending or processing, the maximum is "
+                                f"{cfg.ubiops_max_pending}")
         queue = self._ensure_workers()
+        plain = dep.input_type == "plain"
         created = []
         for item in items:
-            req = _Request(key, item, len(orjson.dumps(item)), timeout)
-            self._store(req)
+            size = len(item.encode()) if isinstance(item, str) else len(orjson.dumps(item))
+            req = UbiOpsRequest(key, item, size, timeout, plain=plain)
+            self._store.add(req)
             queue.put_nowait(req)
             created.append({"id": req.id, "deployment": req.deployment, "version": key[2],
-                            "status": req.status, "time_created": _iso(req.time_created)})
+                            "status": req.status, "time_created": iso(req.time_created)})
         return 201, created
 
-    def _collect(self, key: tuple[str, str, str], body: bytes) -> tuple[int, Any]:
+    def _collect(self, key: Key, body: bytes) -> tuple[int, Any]:
         ids = _id_list(body)
-        found = [self._find(key, i) for i in ids]
+        found = [self._store.find(key, i) for i in ids]  # one unknown id: nothing is returned
         out = [r.details() for r in found]
         self._rng.shuffle(out)  # the platform does not keep the input order
         return 200, out
 
-    def _list(self, key: tuple[str, str, str], query: dict[str, str]) -> tuple[int, Any]:
-        wanted = set(query.get("status", "completed").split(","))
-        bad = wanted - set(STATUSES)
-        if bad:
-            raise HttpError(400, f"Unknown status {sorted(bad)[0]!r}")
-        try:
-            limit = int(query.get("limit", "50"))
-            offset = int(query.get("offset", "0"))
-        except ValueError:
-            raise HttpError(400, "limit and offset must be integers") from None
-        if limit < 1 or offset < 0:
-            raise HttpError(400, "limit must be >= 1 and offset >= 0")
-        matches = [r for r in reversed(self._requests.values()) if r.key == key and r.status in wanted]
-        return 200, [r.details(data=False) for r in matches[offset:offset + limit]]
+    def _file(self, req: UbiOpsRequest, which: str) -> tuple[int, Any]:
+        """``GET …/requests/{id}/input`` and ``…/output``: the stored input or result, as it was sent/produced."""
+        if which == "output" and req.status != "completed":
+            raise HttpError(404, f"Request {req.id!r} has no output (status {req.status})")
+        value = req.data if which == "input" else req.result
+        if req.plain and isinstance(value, str):
+            return 200, _Raw(value.encode(), _TEXT)
+        return 200, value
 
-    def _patch(self, key: tuple[str, str, str], request_id: str, body: bytes) -> tuple[int, Any]:
+    def _patch(self, key: Key, request_id: str, body: bytes) -> tuple[int, Any]:
         doc = _json(body)
         if not isinstance(doc, dict) or doc.get("status") != "cancelled":
             raise HttpError(400, "The status can only be updated to 'cancelled'")
-        req = self._find(key, request_id)
-        self._cancel(req)
+        req = self._store.find(key, request_id)
+        self._store.cancel(req)  # a finished request keeps its status: the answer shows it was not cancelled
         return 200, req.details(data=False)
 
-    def _cancel_many(self, key: tuple[str, str, str], body: bytes, query: dict[str, str]) -> tuple[int, Any]:
+    def _cancel_many(self, key: Key, body: bytes, query: dict[str, str]) -> tuple[int, Any]:
+        missing = self.ctx.config.ubiops_batch_cancel_status
+        if missing == 405:
+            raise HttpError(405, 'Method "POST" not allowed.')
+        if missing:
+            raise HttpError(missing, "Not found.")
         status = query.get("status")
-        if status is not None and not body.strip():
+        ids = _id_list(body) if body.strip() else []
+        if status is not None and not ids:  # an empty body (the official client sends []): all of a status
             if status not in ("pending", "processing"):
                 raise HttpError(400, "status must be 'pending' or 'processing'")
-            targets = [r for r in self._requests.values() if r.key == key and r.status == status]
+            targets = self._store.with_status(key, status)
         else:
-            targets = [r for r in (self._requests.get(i) for i in _id_list(body)) if r is not None and r.key == key]
-        for req in targets:
-            self._cancel(req)
-        return 200, {"cancelled": len(targets)}
+            targets = [r for r in (self._store.get(i) for i in ids) if r is not None]
+        return 200, {"cancelled": self._store.cancel_many(key, targets)}  # finished ones are not cancelled
 
-    def _delete_many(self, key: tuple[str, str, str], body: bytes) -> tuple[int, Any]:
-        found = [self._find(key, i) for i in _id_list(body)]  # one unknown id: nothing is deleted
+    def _delete_many(self, key: Key, body: bytes) -> tuple[int, Any]:
+        found = [self._store.find(key, i) for i in _id_list(body)]  # one unknown id: nothing is deleted
         for req in found:
-            self._forget(req)
+            self._store.forget(req)
         return 200, {"deleted": len(found)}
 
-    # --- state --------------------------------------------------------------------------------------------
+    # --- processing ---------------------------------------------------------------------------------------
     def _check_item(self, dep: UbiOpsDeployment, item: Any) -> None:
         if dep.input_type == "plain":
             if not isinstance(item, str):
@@ -317,35 +278,7 @@ class UbiOpsEmulator(SubApp):
         elif not isinstance(item, dict):
             raise HttpError(400, "A structured deployment takes a JSON object of input fields")
 
-    def _find(self, key: tuple[str, str, str], request_id: str) -> _Request:
-        req = self._requests.get(request_id)
-        if req is None or req.key != key:
-            raise HttpError(404, f"Request {request_id!r} not found")
-        return req
-
-    def _store(self, req: _Request) -> None:
-        self._requests[req.id] = req
-
-    def _forget(self, req: _Request) -> None:
-        req.cancel_asked = True  # a queued one is skipped by the workers
-        self._requests.pop(req.id, None)
-
-    def _mark_finished(self, req: _Request) -> None:
-        self._finished.append(req.id)
-        while len(self._finished) > self._keep_finished:
-            old = self._requests.get(self._finished.popleft())
-            if old is not None and old.status in TERMINAL:
-                del self._requests[old.id]
-
-    def _cancel(self, req: _Request) -> None:
-        if req.status == "pending":
-            req.status, req.time_completed, req.cancel_asked = "cancelled", time.time(), True
-            self._mark_finished(req)
-        elif req.status == "processing":
-            req.status, req.cancel_asked = "cancelled_pending", True
-
-    def _finish(self, dep: UbiOpsDeployment, req: _Request, items: list[Any], *, batch_function: bool) -> None:
-        req.time_completed = time.time()
+    def _finish(self, dep: UbiOpsDeployment, req: UbiOpsRequest, items: list[Any], *, batch_function: bool) -> None:
         if req.cancel_asked:
             req.status = "cancelled"
         else:
@@ -363,8 +296,9 @@ class UbiOpsEmulator(SubApp):
             else:
                 req.status = "completed"
                 req.result = results if batch_function else results[0]
-                req.output_size = len(orjson.dumps(req.result))
-        self._mark_finished(req)
+                req.output_size = len(req.result.encode()) if isinstance(req.result, str) \
+                    else len(orjson.dumps(req.result))
+        self._store.finished(req)
 
     def _infer(self, dep: UbiOpsDeployment, item: Any) -> tuple[Any, str | None]:
         if dep.input_type == "plain":
@@ -377,7 +311,7 @@ class UbiOpsEmulator(SubApp):
             _numbers(item[f], values)
         return {"dense_1": [_score(values)]}, None
 
-    def _ensure_workers(self) -> asyncio.Queue[_Request]:
+    def _ensure_workers(self) -> asyncio.Queue[UbiOpsRequest]:
         loop = asyncio.get_running_loop()
         if self._queue is None or self._loop is not loop:
             self._loop, self._queue = loop, asyncio.Queue()
@@ -385,20 +319,25 @@ class UbiOpsEmulator(SubApp):
                              for _ in range(max(1, self.ctx.config.replicas))]
         return self._queue
 
-    async def _work(self, queue: asyncio.Queue[_Request]) -> None:
+    async def _work(self, queue: asyncio.Queue[UbiOpsRequest]) -> None:
         while True:
             req = await queue.get()
             if req.cancel_asked or req.status != "pending":
                 continue
             dep = self._deployments[(req.key[0], req.key[1])]
-            req.status, req.time_started = "processing", time.time()
+            req.status, req.time_started = "processing", time.time()  # a batch timeout starts here
             try:
-                await self.ctx.model.serve(1)
+                await asyncio.wait_for(self.ctx.model.serve(1), req.timeout)
             except asyncio.CancelledError:
                 raise
+            except TimeoutError:
+                req.status = "cancelled" if req.cancel_asked else "failed"
+                req.error_message = None if req.cancel_asked else timeout_message(req.timeout)
+                self._store.finished(req)
+                continue
             except Exception as exc:  # pragma: no cover - the model should not fail; keep the worker alive
-                req.status, req.error_message, req.time_completed = "failed", str(exc), time.time()
-                self._mark_finished(req)
+                req.status, req.error_message = "failed", str(exc)
+                self._store.finished(req)
                 continue
             self._finish(dep, req, [req.data], batch_function=False)
 
@@ -430,3 +369,11 @@ def _id_list(body: bytes) -> list[str]:
     if len(ids) > MAX_ITEMS:
         raise HttpError(400, f"A maximum of {MAX_ITEMS} requests can be given, got {len(ids)}")
     return ids
+
+
+def _text(body: bytes) -> str:
+    """A raw ``text/plain`` body, as the official client sends a plain input."""
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise HttpError(400, "The request body is not valid UTF-8 text") from None

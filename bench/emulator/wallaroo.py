@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 from bench.emulator.asgi import Receive, Scope, Send, header, read_body, send_json, send_response
 from bench.emulator.context import EmulatorContext
 from bench.emulator.model import FEATURES, MODEL_NAME, MODEL_SHA, LogisticModel
+from bench.emulator.wallaroo_legacy import encode_legacy, legacy_tensors
 
 __all__ = ["ARROW_FILE", "WallarooEmulator", "error_body"]
 
@@ -58,6 +59,10 @@ class WallarooEmulator:
             if denied is not None:
                 return await send_json(send, 401, error_body(401, denied, "platform"))
             parts = path[len(EXTERNAL_PREFIX):].strip("/").split("/")
+            if cfg.legacy_infer:  # older installs: …/infer/{pipeline}-{id}, one answer object per request
+                if parts != [cfg.deployment]:
+                    return await send_json(send, 404, error_body(404, "Deployment not found", "platform"))
+                return await self._infer(scope, receive, send, legacy=True)
             if len(parts) != 2 or parts[0] != cfg.deployment or parts[1] != cfg.pipeline:
                 return await send_json(send, 404, error_body(404, "Deployment not found", "platform"))
             return await self._infer(scope, receive, send)
@@ -91,7 +96,7 @@ class WallarooEmulator:
             return None
         return self.ctx.tokens.verify(authorization)
 
-    async def _infer(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _infer(self, scope: Scope, receive: Receive, send: Send, legacy: bool = False) -> None:
         body = await read_body(receive)
         status = self.ctx.deployment_status()
         if status != "Running":
@@ -104,7 +109,7 @@ class WallarooEmulator:
             if "arrow" in content_type:
                 matrix, echo = _decode_arrow(body)
             elif "json" in content_type:
-                matrix, echo = _decode_records(body)
+                matrix, echo = _decode_records(body, legacy)
             else:
                 return await send_json(send, 415, error_body(415, f"unsupported content type {content_type}",
                                                              "engine"))
@@ -120,6 +125,11 @@ class WallarooEmulator:
         await self.ctx.model.serve(len(matrix))
         scores = self.model.predict(matrix)
         step_ns = time.perf_counter_ns() - t1
+        if legacy:
+            out = encode_legacy(scores, model_name=MODEL_NAME, model_version=self.pipeline_version,
+                                pipeline=self.ctx.config.pipeline, elapsed_ns=ser_ns + step_ns,
+                                now_ms=time.time_ns() // 1_000_000)
+            return await send_response(send, 200, out, "application/json")
         query = _dataset_options(scope)
         now_ms = time.time_ns() // 1_000_000
         accept = header(scope, b"accept") or ""
@@ -181,12 +191,17 @@ class WallarooEmulator:
         return bytes(sink.getvalue().to_pybytes())
 
 
-def _decode_records(body: bytes) -> tuple[npt.NDArray[np.float64], list[Any]]:
-    """pandas-records JSON → (n, 29) matrix, plus the tensors as sent (echoed back in ``in.tensor``)."""
+def _decode_records(body: bytes, legacy: bool = False) -> tuple[npt.NDArray[np.float64], list[Any]]:
+    """pandas-records JSON → (n, 29) matrix, plus the tensors as sent (echoed back in ``in.tensor``).
+
+    ``legacy`` also takes an older engine's ``{"tensor": [[…], …]}`` object."""
     try:
         rows = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadInput(f"invalid JSON: {exc}") from None
+    tensors_only = legacy_tensors(rows) if legacy else None
+    if tensors_only is not None:
+        rows = [{"tensor": t} for t in tensors_only]
     if not isinstance(rows, list):
         raise BadInput("expected a JSON array of records (pandas-records)")
     if not rows:

@@ -34,7 +34,7 @@ def test_direct_scenario_end_to_end(tmp_path: Path) -> None:
                      "--json", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
-    assert summary["requests"] > 20 and summary["errors"] == 0
+    assert summary["requests"] >= 6 and summary["errors"] == 0  # 4/s for 2 s, under the 300/min limit
 
 
 def test_batch_scenario_reports_the_three_histograms_and_accounts_for_every_request(tmp_path: Path) -> None:
