@@ -8,26 +8,25 @@ Pure parts only (no sockets, no files, no printing), so the maths is unit-testab
   generator-bound is no verdict on the endpoint: the search stops there (the harness limit was reached).
 * ``judge_step`` — pass / fail / harness for one measured step, with the reasons in words.
 * ``plan_replicas`` — replicas needed for a target rate, assuming per-replica throughput is linear.
-* ``step_scenario`` — a scenario with its ``[load]`` replaced by one constant-rate (or Poisson) step.
 * ``knee_index`` / ``highest_pass`` — the knee of the latency–throughput curve and the highest load that met
   the SLO, over the steps of a sweep (rate or concurrency).
 
-The I/O (runs, reports, the table on the terminal) lives in ``bench.commands.capacity``.
+The runs (and ``step_scenario``, a scenario for one step) live in ``bench.sweep``; the flags, files and the
+table on the terminal in ``bench.commands.capacity``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Literal
 
 from bench.errors import InputError
-from bench.scenario import Scenario
 
 __all__ = ["SATURATION_RATIO", "CapacitySearch", "Failure", "ReplicaPlan", "StepMeasure", "StopReason", "Verdict",
            "highest_pass", "judge_step", "knee_index", "parse_precision", "parse_slo_flag", "plan_replicas",
-           "start_from_probe", "step_scenario"]
+           "start_from_probe"]
 
 Verdict = Literal["pass", "fail", "harness"]
 StopReason = Literal["bracketed", "max_rate", "lowest_failed", "harness", "max_steps", "interrupted"]
@@ -234,21 +233,6 @@ def start_from_probe(probe_rps: float) -> float:
     """Half of what one closed-loop client achieved: one client in flight never queues behind another, so
     its rate is ≤ the capacity of a single replica; half of it is safely below the knee of any endpoint."""
     return max(0.5, 0.5 * probe_rps)
-
-
-def step_scenario(sc: Scenario, rate: float, *, duration_s: float, warmup_s: float) -> Scenario:
-    """The scenario with its load replaced by one open-loop step at ``rate`` (arrival process kept)."""
-    load = replace(sc.load, concurrency=0, rate=rate, stages=(), duration_s=duration_s, warmup_s=warmup_s,
-                   requests=0, processes=1)
-    source = {**sc.source, "load": {**_load_source(sc), "rate": rate, "duration": f"{duration_s:g}s",
-                                    "warmup": f"{warmup_s:g}s"}}
-    return replace(sc, load=load, source=source)
-
-
-def _load_source(sc: Scenario) -> dict[str, Any]:
-    raw = sc.source.get("load", {})
-    keep = ("arrival", "seed", "drain", "max_in_flight")
-    return {k: v for k, v in raw.items() if k in keep} if isinstance(raw, Mapping) else {}
 
 
 def parse_slo_flag(text: str) -> dict[str, float]:

@@ -13,8 +13,8 @@ import orjson
 import pyarrow as pa
 
 from bench.data import records_from_table
-from bench.engine.base import PreparedBody
 from bench.errors import InputError
+from bench.results import PreparedBody
 
 __all__ = ["FORMATS", "PayloadFormat", "build_bodies", "decode_arrow_file", "decode_pandas_records",
            "encode_arrow_file", "encode_pandas_records", "rows_as_records"]

@@ -19,26 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from bench.report.model import (
-    MEASURED,
-    WARMUP,
-    ErrorCount,
-    ErrorSample,
-    HistKey,
-    Histogram,
-    IntArray,
-    PerSecond,
-    Phase,
-    RunData,
-    Totals,
-    counts_index,
-)
-from bench.results import Kind, kind_name
+from bench.hdr import Histogram, IntArray, counts_index
+from bench.results import RECORD_FIELDS, Kind, kind_name
+from bench.rundata import MEASURED, WARMUP, ErrorCount, ErrorSample, HistKey, PerSecond, Phase, RunData, Totals
 
 __all__ = ["MAX_ERROR_SAMPLES", "Progress", "Recorder"]
 
 MAX_ERROR_SAMPLES = 20
-_NFIELDS = 9  # intended, sent, done, kind, status, rows, bytes_out, bytes_in, server
+_NFIELDS = len(RECORD_FIELDS)  # one row of the buffer per record
 _OPEN_SECONDS = 3  # per-second histograms kept dense (others encoded) — answers arrive slightly out of order
 _SPARE_HISTOGRAMS = 4  # cleared per-second histograms kept for reuse (each holds a ~184 KB count array)
 _SECRET_IN_TEXT = re.compile(rb"(?i)(bearer\s+|token[\"'=:\s]+|secret[\"'=:\s]+|password[\"'=:\s]+)[^\s\"',}]+")
@@ -275,8 +263,7 @@ class Recorder:
         return MEASURED if self._clock() >= self.warmup_end_ns else WARMUP
 
     def _fold(self, a: IntArray) -> None:
-        intended, sent, done, kind = a[:, 0], a[:, 1], a[:, 2], a[:, 3]
-        status, rows, b_out, b_in, server = a[:, 4], a[:, 5], a[:, 6], a[:, 7], a[:, 8]
+        intended, sent, done, kind, status, rows, b_out, b_in, server = a.T  # RECORD_FIELDS, in order
         lat = _us(done - intended)
         svc = _us(done - sent)
         lag = _us(sent - intended)
@@ -388,17 +375,11 @@ class Recorder:
         import pyarrow as pa
         import pyarrow.ipc
 
+        times = ("intended_ns", "sent_ns", "done_ns")
+        types = {"kind": np.int8, "status": np.int32}
         batch = pa.record_batch({
-            "intended_ns": pa.array(a[:, 0] - self.start_ns),
-            "sent_ns": pa.array(a[:, 1] - self.start_ns),
-            "done_ns": pa.array(a[:, 2] - self.start_ns),
-            "kind": pa.array(a[:, 3].astype(np.int8)),
-            "status": pa.array(a[:, 4].astype(np.int32)),
-            "rows": pa.array(a[:, 5]),
-            "bytes_out": pa.array(a[:, 6]),
-            "bytes_in": pa.array(a[:, 7]),
-            "server_ns": pa.array(a[:, 8]),
-        })
+            name: pa.array(a[:, i] - self.start_ns if name in times else a[:, i].astype(types.get(name, np.int64)))
+            for i, name in enumerate(RECORD_FIELDS)})
         if self._raw_writer is None:
             assert self._raw_path is not None
             self._raw_writer = pyarrow.ipc.new_stream(str(self._raw_path), batch.schema)

@@ -1,14 +1,30 @@
-"""The outcome kinds every request is classified into.
+"""What a request's result is, and the contracts that carry it from the engines to the recorder.
 
 The hot path passes kinds as small ints (``Kind``); reports and summaries use their names. HTTP error
 statuses are kept beside the kind (``HTTP_ERROR`` + status) so errors are counted by kind *and* status.
+One finished request is one record of ``RECORD_FIELDS`` (``ResultSink.record``'s arguments, the recorder's
+buffer columns and the raw log's columns, in this order).
+
+A leaf: the engines, the recorder, the targets and the runner import it; it imports nothing of bench.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from enum import IntEnum
+from typing import Literal, Protocol
 
-__all__ = ["ERROR_KINDS", "Kind", "kind_name"]
+__all__ = ["ERROR_KINDS", "RECORD_FIELDS", "Classifier", "Kind", "LoadSpec", "PreparedBody", "RequestSet", "ResultSink",
+           "StopSignal", "field_index", "kind_name"]
+
+RECORD_FIELDS = ("intended_ns", "sent_ns", "done_ns", "kind", "status", "rows", "bytes_out", "bytes_in",
+                 "server_ns")
+
+
+def field_index(name: str) -> int:
+    """Column of ``name`` in a record (and in the recorder's buffer)."""
+    return RECORD_FIELDS.index(name)
 
 
 class Kind(IntEnum):
@@ -35,3 +51,82 @@ _NAMES = tuple(k.name.lower() for k in Kind)
 def kind_name(kind: int) -> str:
     """The report/summary name of a kind code ('ok', 'read_timeout', ...)."""
     return _NAMES[kind]
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedBody:
+    """One request body, encoded once before the run."""
+
+    body: bytes
+    rows: int
+
+
+# classify(status, body, rows_in) -> (kind, rows_out, server_ns). ``body`` is the whole answer body (engines
+# keep at most EngineConfig.max_body_bytes of it; classify must then treat a truncated body as its own
+# problem). server_ns is a server-reported processing time in ns, or 0 when the target reports none.
+Classifier = Callable[[int, bytes, int], tuple[int, int, int]]
+
+
+class ResultSink(Protocol):
+    """The recorder as the engines see it. Called on the event loop thread; must never block."""
+
+    def record(self, intended_ns: int, sent_ns: int, done_ns: int, kind: int, status: int, rows: int,
+               bytes_out: int, bytes_in: int, server_ns: int) -> None:
+        """One finished request (any outcome). Times are time.monotonic_ns(). rows = rows out (ok) or in."""
+
+    def error_detail(self, kind: int, status: int, detail: bytes) -> None:
+        """A non-ok outcome's evidence: up to 512 bytes of the answer body, or the exception text encoded.
+
+        Engines call it for every non-ok outcome; the recorder keeps a bounded sample of distinct details.
+        """
+
+    def dropped(self, intended_ns: int) -> None:
+        """Open loop: a send due at intended_ns could not start because max_in_flight was reached."""
+
+    def loop_lag(self, lag_ns: int) -> None:
+        """Event-loop lag sample (how late a timer fired)."""
+
+
+class StopSignal(Protocol):
+    """Set by the runner (deadline, Ctrl-C, SLO abort). Engines stop sending when it is set."""
+
+    def is_set(self) -> bool: ...
+
+    async def wait(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSpec:
+    """How load is applied.
+
+    closed: ``concurrency`` workers each send the next request as soon as the previous answer arrives
+    (intended time = the moment the worker became free). open: intended send times come from ``offsets_ns``
+    (an iterator of offsets from ``start_ns``, from bench.schedule); a request that cannot start because
+    ``max_in_flight`` requests are outstanding is reported with sink.dropped(). The engine stops issuing when
+    the stop signal is set, when time.monotonic_ns() >= ``end_ns``, or after ``max_requests`` sends (0 = no
+    limit); it then waits at most ``drain_s`` for in-flight answers. Requests still unanswered after that are
+    not recorded; the engine counts them in its ``abandoned`` attribute.
+    """
+
+    mode: Literal["closed", "open"]
+    start_ns: int
+    end_ns: int
+    concurrency: int = 1
+    offsets_ns: Iterator[int] | None = None  # open loop only
+    max_in_flight: int = 0
+    max_requests: int = 0
+    drain_s: float = 5.0
+
+
+@dataclass(slots=True)
+class RequestSet:
+    """Everything needed to put requests on the wire; the run cycles through ``bodies`` in order.
+
+    ``headers`` excludes Host/Content-Length (engines add those). ``url`` is absolute (scheme, host, port,
+    path and query).
+    """
+
+    url: str
+    method: str
+    headers: dict[str, str]
+    bodies: Sequence[PreparedBody]

@@ -1,18 +1,20 @@
-"""`bench run`: wires scenario, runner, report and summary together, and maps outcomes to exit codes."""
+"""`bench run`'s command-line half: flags → a Scenario and RunOptions, handed to bench.session (which runs and
+finishes it)."""
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from bench.errors import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_SLO, BenchError, InputError
-from bench.scenario import Scenario, apply_overrides, parse_scenario, read_scenario_file
+from bench.errors import InputError
+from bench.scenario import Scenario, apply_overrides, parse_scenario, read_scenario_file, with_values
 
-__all__ = ["run_from_args", "scenario_from_args"]
+if TYPE_CHECKING:
+    from bench.session import RunOptions
+
+__all__ = ["options_from_args", "run_from_args", "scenario_from_args"]
 
 _CONTENT_TYPES = {".json": "application/json", ".arrow": "application/vnd.apache.arrow.file",
                   ".parquet": "application/octet-stream", ".csv": "text/csv", ".txt": "text/plain"}
@@ -32,7 +34,7 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
         base_dir = Path.cwd()
     else:
         raise InputError("give a scenario file, or --url (with --body) for an ad-hoc run", key="scenario")
-    doc = apply_overrides(doc, _flag_overrides(args, doc), file)
+    doc = with_values(doc, _flag_values(args), file)
     doc = apply_overrides(doc, args.overrides, file)
     return parse_scenario(doc, file=file, base_dir=base_dir)
 
@@ -76,47 +78,37 @@ def _guess_content_type(body: str) -> str:
     return _CONTENT_TYPES.get(Path(body).suffix, "application/octet-stream")
 
 
-def _flag_overrides(args: argparse.Namespace, doc: dict[str, Any]) -> list[str]:
-    """CLI flags win over the scenario's keys (as `--set` strings)."""
-    out: list[str] = []
-    load = doc.setdefault("load", {})
-    if args.concurrency is not None:
-        for k in ("rate", "stages", "arrival"):
-            load.pop(k, None)
-        out.append(f"load.concurrency={args.concurrency}")
+def _flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """CLI flags as typed scenario values (they win over the file's keys; ``None`` removes a key)."""
+    out: dict[str, Any] = {}
+    if args.concurrency is not None:  # closed loop: the file's open-loop keys no longer apply
+        out.update({"load.rate": None, "load.stages": None, "load.arrival": None,
+                    "load.concurrency": args.concurrency})
     if args.rate is not None:
-        for k in ("concurrency", "stages"):
-            load.pop(k, None)
-        out.append(f"load.rate={args.rate}")
+        out.update({"load.concurrency": None, "load.stages": None, "load.rate": args.rate})
     if args.poisson:
-        out.append('load.arrival="poisson"')
+        out["load.arrival"] = "poisson"
     for flag, key in (("duration", "load.duration"), ("warmup", "load.warmup")):
         value = getattr(args, flag)
         if value is not None:
-            out.append(f"{key}={_toml_str(value)}")
-    if args.requests is not None:
-        out.append(f"load.requests={args.requests}")
-    if args.engine:
-        out.append(f'engine.kind="{args.engine}"')
-    if args.http2:
-        out.append("engine.http2=true")
-    if args.connections is not None:
-        out.append(f"engine.connections={args.connections}")
-    if args.insecure:
-        out.append("engine.insecure=true")
-    if args.loop:
-        out.append(f'engine.loop="{args.loop}"')
-    if args.raw:
-        out.append("report.raw=true")
+            out[key] = _number_or_text(value)
+    flags = {"requests": "load.requests", "engine": "engine.kind", "connections": "engine.connections",
+             "loop": "engine.loop"}
+    for flag, key in flags.items():
+        if getattr(args, flag) is not None:
+            out[key] = getattr(args, flag)
+    for flag, key in (("http2", "engine.http2"), ("insecure", "engine.insecure"), ("raw", "report.raw")):
+        if getattr(args, flag):
+            out[key] = True
     return out
 
 
-def _toml_str(value: str) -> str:
+def _number_or_text(value: str) -> float | str:
+    """A duration flag: a bare number is seconds, anything else ('10s', '1m') is parsed by the scenario reader."""
     try:
-        float(value)
-        return value
+        return float(value)
     except ValueError:
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return value
 
 
 def _processes(args: argparse.Namespace, sc: Scenario) -> int:
@@ -134,152 +126,20 @@ def _processes(args: argparse.Namespace, sc: Scenario) -> int:
     return n
 
 
-def run_from_args(args: argparse.Namespace) -> int:
-    sc = scenario_from_args(args)
-    if args.worker:
-        from bench.multiprocess import run_worker
+def options_from_args(args: argparse.Namespace, sc: Scenario) -> RunOptions:
+    """The command line's part of a run, as the session layer's typed record."""
+    from bench.session import RunOptions
 
-        return run_worker(args, sc)
+    return RunOptions(out=Path(args.out) if args.out else None, json=bool(args.json), quiet=bool(args.quiet),
+                      strict=bool(args.strict), preflight=not args.no_preflight, processes=_processes(args, sc))
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    from bench.session import run_scenario
+
+    sc = scenario_from_args(args)
     if getattr(args, "locust_master", False):
         from bench.locust.master import run_master  # imports locust (gevent) only here
 
         return run_master(args, sc)
-    processes = _processes(args, sc)
-    if processes > 1:
-        from bench.multiprocess import run_parent
-
-        return run_parent(args, sc, processes)
-    return run_single(args, sc)
-
-
-def run_single(args: argparse.Namespace, sc: Scenario) -> int:
-    import anyio
-
-    from bench.progress import ProgressView
-    from bench.runner import RunControl, execute, prepare
-
-    prepared = prepare(sc)
-    out_path = report_path(args, sc)
-    view = ProgressView(sc.load.warmup_s + sc.load.duration_s, warmup_s=sc.load.warmup_s, enabled=not args.quiet)
-    ctl = RunControl(progress=view.update, message=view.message, preflight=not args.no_preflight,
-                     raw_path=out_path.with_suffix(".raw.tmp") if sc.report.raw else None)
-    try:
-        run, facts = run_unwrapped(lambda: anyio.run(execute, prepared, ctl, backend="asyncio",
-                                                     backend_options={"use_uvloop": use_uvloop(sc)}))
-    except BenchError as exc:
-        secrets = ctl.secrets()
-        if secrets:  # messages about token endpoints must not carry what was sent to them
-            from bench.auth import redact
-
-            exc.args = (redact(str(exc), secrets),)
-        raise
-    finally:
-        view.close()
-    from bench.report.build import build_report
-
-    return finish_run(args, sc, prepared, build_report(sc, run, facts), facts, out_path)
-
-
-T = TypeVar("T")
-
-
-def run_unwrapped(fn: Callable[[], T]) -> T:
-    """Task groups wrap errors in exception groups; surface a BenchError (or Ctrl-C) as itself."""
-    try:
-        return fn()
-    except BaseExceptionGroup as group:
-        inner = _first(group, (BenchError, KeyboardInterrupt))
-        if inner is not None:
-            raise inner from None
-        raise
-
-
-def _first(group: BaseExceptionGroup[BaseException], kinds: tuple[type[BaseException], ...]) -> BaseException | None:
-    for exc in group.exceptions:
-        if isinstance(exc, kinds):
-            return exc
-        if isinstance(exc, BaseExceptionGroup):
-            found = _first(exc, kinds)
-            if found is not None:
-                return found
-    return None
-
-
-def use_uvloop(sc: Scenario) -> bool:
-    if sc.engine.loop == "asyncio":
-        return False
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        if sc.engine.loop == "uvloop":
-            raise InputError("uvloop is not installed", key="engine.loop") from None
-        return False
-    return True
-
-
-def report_path(args: argparse.Namespace, sc: Scenario) -> Path:
-    from datetime import UTC, datetime
-
-    from bench.report.writer import default_report_path
-
-    if args.out:
-        return Path(args.out)
-    return default_report_path(sc.report.dir, sc.name, datetime.now(UTC))
-
-
-_CONNECT_KINDS = ("connect_refused", "connect_timeout", "tls_error")
-
-
-def unreachable_reason(summary: dict[str, Any]) -> str | None:
-    """Why no request ever reached the target (every one failed to connect), or None."""
-    by_kind: dict[str, int] = summary.get("errors_by_kind", {})
-    if summary.get("ok", 0) or not by_kind:
-        return None
-    # 'abandoned' beside connect failures only: typically still connecting when the run ended
-    if all(kind.split(":")[0] in (*_CONNECT_KINDS, "abandoned") for kind in by_kind) and any(
-            kind.split(":")[0] in _CONNECT_KINDS for kind in by_kind):
-        return ", ".join(f"{n:,} {kind}" for kind, n in by_kind.items())
-    return None
-
-
-def finish_run(args: argparse.Namespace, sc: Scenario, prepared: Any, report: Any, facts: dict[str, Any],
-               out_path: Path) -> int:
-    """Report file, summary, SLO gate → exit code. Workers of a multi-process run skip the SLO gate."""
-    from bench.report.summary import render_summary, summarize
-    from bench.report.writer import write_report
-
-    slo_result = None
-    if prepared.slo is not None and not args.worker:
-        from bench.report.slo import check_slo
-
-        slo_result = check_slo(prepared.slo, report)
-        report.meta.extra["slo"] = slo_result.to_dict()
-    written = write_report(out_path, report)
-    if report.run.raw_path is not None:  # the recorder's streamed log now lives inside the report
-        report.run.raw_path.unlink(missing_ok=True)
-    summary = summarize(report)
-    summary["report"] = str(written)
-    if slo_result is not None:
-        summary["slo"] = slo_result.to_dict()
-    if args.json:
-        import orjson
-
-        sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_SORT_KEYS).decode() + "\n")
-    else:
-        from rich.console import Console
-
-        console = Console()
-        render_summary(report, console)
-        if slo_result is not None:
-            console.print(slo_result.render())
-    if facts.get("interrupted"):
-        return EXIT_INTERRUPTED
-    unreachable = unreachable_reason(summary)
-    if unreachable:
-        print(f"bench: error: target unreachable: {unreachable}", file=sys.stderr)
-        return EXIT_INVALID
-    if slo_result is not None and not slo_result.passed:
-        return EXIT_SLO
-    if args.strict and summary.get("generator_bound"):
-        return EXIT_INVALID
-    return EXIT_OK
+    return run_scenario(sc, options_from_args(args, sc))

@@ -1,7 +1,7 @@
-"""The core of `bench run`: scenario × payload × schedule × engine × target × recorder → report.
+"""The core of every run: scenario × payload × schedule × engine × target × recorder → run data.
 
-``prepare`` does everything that can fail on bad input (data, bodies, target config) before any load starts, so
-input errors exit 2 without touching the target. ``execute`` applies the load and returns a finished Report.
+``execute`` applies the load to a prepared (bench.prepared), resolved target and returns the recorder's RunData
+and the run's facts. It knows no emulator: bench.session resolves the target first.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,27 +20,14 @@ import anyio
 
 from bench.engine.base import Classifier, EngineConfig, LoadSpec, PreparedBody, RequestSet
 from bench.errors import InputError
-from bench.payload import PayloadFormat
+from bench.facts import RunFacts
+from bench.prepared import EMBEDDED_PLACEHOLDER, Endpoints, Prepared, point_at, prepare
+from bench.rundata import RunData
 from bench.scenario import Scenario
+from bench.targets import target_for
 
-__all__ = ["Prepared", "RunControl", "execute", "load_spec", "offsets_for", "prepare"]
-
-
-@dataclass
-class Prepared:
-    """Validated, pre-encoded inputs of a run (no sockets opened yet)."""
-
-    scenario: Scenario
-    bodies: list[PreparedBody]
-    emulator_config: Any = None  # EmulatorConfig when target.url == "embedded"
-    auth_config: Any = None  # bench.auth.AuthConfig or None
-    preflight_config: Any = None  # bench.preflight.PreflightConfig or None
-    ubiops_config: Any = None  # bench.targets.ubiops.UbiOpsConfig for kind = "ubiops"
-    slo: Any = None  # bench.report.slo objectives or None
-
-
-TOKEN_PATH = "/auth/realms/master/protocol/openid-connect/token"
-EMBEDDED_PLACEHOLDER = "http://embedded.invalid"
+__all__ = ["EMBEDDED_PLACEHOLDER", "Endpoints", "Prepared", "RunControl", "execute", "load_spec", "offsets_for",
+           "point_at", "preflight_url", "prepare"]
 
 
 class _Counts:
@@ -80,85 +67,14 @@ class RunControl:
         return list(self.token_source.secrets()) if self.token_source is not None else []
 
 
-def prepare(sc: Scenario) -> Prepared:
-    """Read data and encode every request body once; validate the sections owned by other modules."""
-    prepared = Prepared(scenario=sc, bodies=_bodies(sc))
-    if sc.target.embedded:
-        from bench.emulator.embedded import emulator_config_from_mapping
-
-        prepared.emulator_config = emulator_config_from_mapping(sc.tables["emulator"], sc.file)
-    if sc.tables["auth"]:
-        from bench.auth import auth_config_from_mapping, emulator_credentials
-
-        prepared.auth_config = auth_config_from_mapping(sc.tables["auth"], sc.file)
-        if prepared.emulator_config is not None and prepared.auth_config.uses_keycloak:
-            # the embedded emulator must accept the scenario's credentials (they reach it on stdin, not argv)
-            prepared.emulator_config = replace(prepared.emulator_config,
-                                               **emulator_credentials(prepared.auth_config, file=sc.file))
-    if sc.tables["wallaroo"]:
-        from bench.preflight import preflight_config_from_mapping
-
-        table = dict(sc.tables["wallaroo"])
-        if table.get("api_url") == "embedded":  # the embedded emulator's MLOps API, known once it runs
-            if not sc.target.embedded:
-                raise InputError("'embedded' needs target.url = 'embedded'", file=sc.file, key="wallaroo.api_url")
-            table["api_url"] = EMBEDDED_PLACEHOLDER
-        prepared.preflight_config = preflight_config_from_mapping(table, sc.file)
-    if sc.target.kind == "ubiops":
-        from bench.targets.ubiops import ubiops_config_from_mapping
-
-        prepared.ubiops_config = ubiops_config_from_mapping(sc.target.raw, sc.file)
-    if sc.tables["slo"]:
-        with contextlib.suppress(ModuleNotFoundError):
-            from bench.report.slo import slo_from_mapping
-
-            prepared.slo = slo_from_mapping(sc.tables["slo"], sc.file)
-    return prepared
-
-
-def _bodies(sc: Scenario) -> list[PreparedBody]:
-    data = sc.data
-    if sc.target.kind == "http":
-        assert data.body is not None
-        return [PreparedBody(body=data.body.read_bytes(), rows=1)]
-    from bench.data import generate_ccfraud, read_dataset
-
-    if data.path is not None:
-        table = read_dataset(data.path, data.column)
-    else:
-        table = generate_ccfraud(data.generate_rows, data.seed)
-    if sc.target.kind == "ubiops":
-        from bench.targets.ubiops import build_ubiops_bodies, ubiops_config_from_mapping
-
-        cfg = ubiops_config_from_mapping(sc.target.raw, sc.file)
-        return list(build_ubiops_bodies(cfg, table, data.rows_per_request))
-    from bench.payload import build_bodies
-
-    fmt: PayloadFormat = "arrow" if sc.target.format == "arrow" else "pandas-records"
-    return build_bodies(table, data.rows_per_request, fmt)
-
-
-def request_set(sc: Scenario, url: str, bodies: list[PreparedBody], authorization: str | None) -> tuple[
-        RequestSet, Classifier]:
-    """The wire form of a Wallaroo or plain-HTTP target."""
-    headers: dict[str, str] = {}
-    if sc.target.kind == "wallaroo":
-        from bench.targets import wallaroo
-
-        fmt: PayloadFormat = "arrow" if sc.target.format == "arrow" else "pandas-records"
-        headers.update(wallaroo.request_headers(fmt))
-        if sc.target.dataset_params:
-            url = wallaroo.with_dataset_params(url)
-        classify = wallaroo.make_classifier(fmt)
-    else:
-        from bench.targets import http
-
-        headers["Content-Type"] = "application/octet-stream"
-        classify = http.make_classifier()
-    headers.update(sc.target.headers)
+def request_set(sc: Scenario, url: str, bodies: list[PreparedBody], authorization: str | None,
+                config: Any = None) -> tuple[RequestSet, Classifier]:
+    """The wire form of an engine-driven target: its headers, the scenario's, and the Authorization value."""
+    req = target_for(sc.target.kind).request(sc.target, url, config)
+    headers = {**req.headers, **sc.target.headers}
     if authorization:
         headers["Authorization"] = authorization
-    return RequestSet(url=url, method=sc.target.method, headers=headers, bodies=bodies), classify
+    return RequestSet(url=req.url, method=sc.target.method, headers=headers, bodies=bodies), req.classify
 
 
 def offsets_for(sc: Scenario, rate_share: float = 1.0) -> Iterator[int] | None:
@@ -203,31 +119,15 @@ def load_spec(sc: Scenario, start_ns: int, *, worker: tuple[int, int] = (0, 1)) 
 
 
 def _reseeded(sc: Scenario, offset: int) -> Scenario:
-    from dataclasses import replace
-
     return replace(sc, load=replace(sc.load, seed=sc.load.seed + offset))
 
 
-def engine_config(sc: Scenario) -> EngineConfig:
+def engine_config(sc: Scenario, target_config: Any = None) -> EngineConfig:
     e = sc.engine
+    read_timeout_s = max(e.timeout_s, target_for(sc.target.kind).read_timeout_s(target_config) or 0.0)
     return EngineConfig(kind=e.kind, http2=e.http2, connections=e.connections,  # type: ignore[arg-type]
-                        connect_timeout_s=e.connect_timeout_s, read_timeout_s=e.timeout_s,
+                        connect_timeout_s=e.connect_timeout_s, read_timeout_s=read_timeout_s,
                         verify_tls=not e.insecure, ca_bundle=e.ca_bundle, loop=e.loop)  # type: ignore[arg-type]
-
-
-@contextlib.asynccontextmanager
-async def _target_url(prepared: Prepared, ctl: RunControl) -> AsyncIterator[tuple[str, Any]]:
-    """Yields (url, emulator or None): starts the embedded emulator for url = 'embedded'."""
-    sc = prepared.scenario
-    if not sc.target.embedded:
-        yield sc.target.url, None
-        return
-    from bench.emulator.embedded import EmbeddedEmulator
-
-    async with EmbeddedEmulator(prepared.emulator_config) as emu:
-        ctl.message(f"embedded emulator at {emu.base_url}")
-        url = emu.base_url if sc.target.kind == "ubiops" else emu.wallaroo_url
-        yield url, emu
 
 
 def _static_token(sc: Scenario) -> str | None:
@@ -241,24 +141,25 @@ def _static_token(sc: Scenario) -> str | None:
 
 
 async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float | None = None,
-                  worker: tuple[int, int] = (0, 1)) -> tuple[Any, dict[str, Any]]:
+                  worker: tuple[int, int] = (0, 1)) -> tuple[RunData, RunFacts]:
     """Run the load; returns the recorder's finished RunData and the run's facts (url, CPU share, ...)."""
     from bench.recorder import Recorder
 
     sc = prepared.scenario
     stop = anyio.Event()
     counts = _Counts()
-    facts: dict[str, Any] = {}
-    if not sc.target.embedded and sc.tables["emulator"]:
-        ctl.message(f"{sc.file}: [emulator] ignored: target.url is not 'embedded'")
-    async with _target_url(prepared, ctl) as (url, emu), anyio.create_task_group() as tg:
-        token_source = await _token_source(prepared, ctl, emu, counts, tg)
+    facts = RunFacts()
+    if sc.target.embedded:
+        raise RuntimeError("target.url is 'embedded': resolve it first (bench.session.resolved_target)")
+    url = sc.target.url
+    async with anyio.create_task_group() as tg:
+        token_source = await _token_source(prepared, ctl, counts, tg)
         static = _static_token(sc)
 
         def authorization() -> str:
             return token_source.authorization() if token_source is not None else (static or "")
 
-        url = await _preflight(prepared, ctl, emu, url, authorization)
+        url = await _preflight(prepared, ctl, url, authorization)
         start_ns = time.monotonic_ns() + 20_000_000  # 20 ms to open connections before the first send
         if start_at_wall is not None:  # the agreed wall-clock instant in this host's monotonic time, exactly
             await anyio.sleep(max(0.0, start_at_wall - time.time() - 0.005))  # (a timer's wake-up jitters)
@@ -270,41 +171,52 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
         spec = load_spec(sc, start_ns, worker=worker)
 
         with _signals(ctl, stop):
-            grace_s = spec.drain_s + 1.0
-            if prepared.ubiops_config is not None:
-                grace_s = max(grace_s, prepared.ubiops_config.drain_timeout_s + 5.0)
+            grace_s = max(spec.drain_s + 1.0, target_for(sc.target.kind).drain_grace_s(prepared.target_config))
             abort = _SloAbort(prepared.slo, sc) if prepared.slo is not None and prepared.slo.abort_on_fail else None
             tg.start_soon(_watch, recorder, ctl, stop, spec, token_source, grace_s, abort)
             cpu0, wall0 = time.process_time(), time.monotonic()
-            facts.update(await _apply_load(prepared, url, emu, authorization(), token_source, recorder, spec, stop))
-            facts["cpu_fraction"] = (time.process_time() - cpu0) / max(1e-9, time.monotonic() - wall0)
+            await _apply_load(prepared, url, authorization(), token_source, recorder, spec, stop, facts)
+            facts.cpu_fraction = (time.process_time() - cpu0) / max(1e-9, time.monotonic() - wall0)
             stop.set()
         end_ns = min(time.monotonic_ns(), spec.end_ns)  # throughput over the planned window, not the drain
         if token_source is not None:
             await token_source.close()
         tg.cancel_scope.cancel()
-    facts["url"] = url if not sc.target.embedded else "embedded"
-    facts["interrupted"] = ctl.interrupted
-    if ctl.slo_aborted:
-        facts["slo_aborted"] = ctl.slo_aborted
+    facts.url = "embedded" if prepared.embedded else url
+    facts.interrupted = ctl.interrupted
+    facts.slo_aborted = ctl.slo_aborted or None
     return recorder.finish(end_ns, partial=ctl.interrupted), facts
 
 
-async def _token_source(prepared: Prepared, ctl: RunControl, emu: Any, counts: _Counts, tg: Any) -> Any:
+async def preflight_url(prepared: Prepared, ctl: RunControl) -> str:
+    """Only the preflight (with its token): the URL to load. A multi-process parent runs it once for its workers."""
+    async with anyio.create_task_group() as tg:
+        token_source = await _token_source(prepared, ctl, _Counts(), tg)
+        static = _static_token(prepared.scenario)
+
+        def authorization() -> str:
+            return token_source.authorization() if token_source is not None else (static or "")
+
+        url = await _preflight(prepared, ctl, prepared.scenario.target.url, authorization)
+        if token_source is not None:
+            await token_source.close()
+        tg.cancel_scope.cancel()
+    return url
+
+
+async def _token_source(prepared: Prepared, ctl: RunControl, counts: _Counts, tg: Any) -> Any:
     """Fetch the first token before any load (a refused credential is RunInvalid); None without [auth]."""
     if prepared.auth_config is None:
         return None
     from bench.auth import TokenSource
 
-    token_url = f"{emu.base_url}{TOKEN_PATH}" if emu is not None else None
-    source = TokenSource(prepared.auth_config, count=counts.count, file=prepared.scenario.file,
-                         default_token_url=token_url)
+    source = TokenSource(prepared.auth_config, count=counts.count, file=prepared.scenario.file)
     ctl.token_source = source
     await source.start(tg)
     return source
 
 
-async def _preflight(prepared: Prepared, ctl: RunControl, emu: Any, url: str,
+async def _preflight(prepared: Prepared, ctl: RunControl, url: str,
                      authorization: Callable[[], str]) -> str:
     """Wait for the Wallaroo deployment to be Running (when [wallaroo] asks); returns the URL to load."""
     preflight = prepared.preflight_config
@@ -312,35 +224,28 @@ async def _preflight(prepared: Prepared, ctl: RunControl, emu: Any, url: str,
         return url
     from bench.preflight import run_preflight
 
-    if emu is not None and preflight.api_url == EMBEDDED_PLACEHOLDER:
-        preflight = replace(preflight, api_url=emu.base_url)
     resolved = await run_preflight(preflight, authorization, progress=ctl.message, target_url=url)
     return resolved or url
 
 
-async def _apply_load(prepared: Prepared, url: str, emu: Any, authorization: str, token_source: Any,
-                      recorder: Any, spec: LoadSpec, stop: anyio.Event) -> dict[str, Any]:
-    """The data plane: the UbiOps runner, or an engine for Wallaroo / plain HTTP. Returns facts for the report."""
+async def _apply_load(prepared: Prepared, url: str, authorization: str, token_source: Any,
+                      recorder: Any, spec: LoadSpec, stop: anyio.Event, facts: RunFacts) -> None:
+    """The data plane: the target's own (UbiOps), or a bench engine; notes its facts."""
     sc = prepared.scenario
-    if sc.target.kind == "ubiops":
-        from bench.ubiops_runner import run_ubiops
-
-        cfg = prepared.ubiops_config
-        if emu is not None:
-            cfg = cfg.with_endpoint(url, prepared.emulator_config.ubiops_token)
-        stats = await run_ubiops(cfg, [b.body for b in prepared.bodies], [b.rows for b in prepared.bodies],
-                                 recorder, spec, stop)
-        return {"ubiops": stats.to_dict()}
+    target = target_for(sc.target.kind)
+    if target.own_data_plane(prepared.target_config):
+        facts.target_extras.update(await target.run(prepared.target_config, prepared.bodies, recorder, spec, stop))
+        return
     from bench.engine.select import choose_engine
 
-    requests, classify = request_set(sc, url, prepared.bodies, authorization)
-    cfg_e = engine_config(sc)
+    requests, classify = request_set(sc, url, prepared.bodies, authorization, prepared.target_config)
+    cfg_e = engine_config(sc, prepared.target_config)
     engine_class = choose_engine(cfg_e, url)
     engine = engine_class(cfg_e, requests, classify, recorder)
     if token_source is not None:
         token_source.on_change(lambda value: engine.set_headers({"Authorization": value}))
     await engine.run(spec, stop)
-    return {"abandoned": engine.abandoned, "engine": engine_class.__name__}
+    facts.abandoned, facts.engine = engine.abandoned, engine_class.__name__
 
 
 class _SloAbort:

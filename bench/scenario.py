@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bench.errors import InputError
+from bench.targets import KINDS, target_for
 from bench.units import parse_duration
 
 __all__ = [
@@ -29,10 +30,10 @@ __all__ = [
     "load_scenario",
     "parse_scenario",
     "read_scenario_file",
+    "with_values",
 ]
 
-TARGET_KINDS = ("wallaroo", "ubiops", "http")
-WALLAROO_FORMATS = ("pandas-records", "arrow")
+TARGET_KINDS = KINDS  # the target registry's kinds
 SECTIONS = ("target", "data", "load", "engine", "report", "auth", "wallaroo", "emulator", "slo", "capacity")
 
 
@@ -208,16 +209,24 @@ def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
 
 def apply_overrides(doc: Mapping[str, Any], overrides: Sequence[str], file: str) -> dict[str, Any]:
     """``--set load.concurrency=16`` style overrides; values are TOML literals, else plain strings."""
-    out: dict[str, Any] = _deep_copy(doc)
+    values: dict[str, Any] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise InputError(f"--set expects key=value, got {item!r}", file=file)
         try:
-            value = tomllib.loads(f"v = {raw}")["v"]
+            values[key] = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
-            value = raw
+            values[key] = raw
+    return with_values(doc, values, file)
+
+
+def with_values(doc: Mapping[str, Any], values: Mapping[str, Any], file: str) -> dict[str, Any]:
+    """A copy of ``doc`` with dotted keys set to typed values (CLI flags; ``None`` removes the key). The result
+    is validated by ``parse_scenario`` like any scenario, so a bad value names its key."""
+    out: dict[str, Any] = _deep_copy(doc)
+    for key, value in values.items():
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
@@ -225,7 +234,10 @@ def apply_overrides(doc: Mapping[str, Any], overrides: Sequence[str], file: str)
             if not isinstance(child, dict):
                 raise InputError(f"cannot set {key!r}: {part!r} is not a table", file=file, key=key)
             node = child
-        node[parts[-1]] = value
+        if value is None:
+            node.pop(parts[-1], None)
+        else:
+            node[parts[-1]] = value
     return out
 
 
@@ -254,16 +266,18 @@ def _parse_target(t: Mapping[str, Any], file: str) -> TargetConfig:
     tab = _Table(t, file, "target.")
     kind = tab.string("kind", "wallaroo", TARGET_KINDS) or "wallaroo"
     url = tab.string("url", "embedded") or "embedded"
-    if kind == "ubiops":
-        # validated by bench.targets.ubiops.ubiops_config_from_mapping; only the URL is checked here
+    rules = target_for(kind).rules
+    if rules.owns_section:
+        # the target validates the rest of its section (bench.targets: Target.config); only the URL is checked here
         if url != "embedded":
             _check_url(url, tab, "url")
         return TargetConfig(kind=kind, url=url, raw=t)
     if url != "embedded":
         _check_url(url, tab, "url")
-    elif kind == "http":
-        raise tab.err("url", "kind = 'http' needs a real URL ('embedded' is for wallaroo and ubiops)")
-    fmt = tab.string("format", "pandas-records", WALLAROO_FORMATS if kind == "wallaroo" else ()) or ""
+    elif not rules.embeddable:
+        embeddable = ", ".join(k for k in TARGET_KINDS if target_for(k).rules.embeddable)
+        raise tab.err("url", f"kind = '{kind}' needs a real URL ('embedded' is for {embeddable})")
+    fmt = tab.string("format", rules.formats[0] if rules.formats else "pandas-records", rules.formats) or ""
     method = (tab.string("method", "POST") or "POST").upper()
     headers = tab.table("headers")
     for hk, hv in headers.items():
@@ -299,9 +313,9 @@ def _parse_data(t: Mapping[str, Any], file: str, base_dir: Path, target: TargetC
     rows = tab.integer("rows_per_request", 1, minimum=1)
     seed = tab.integer("seed", 42)
     tab.done()
-    if target.kind == "http":
+    if target_for(target.kind).rules.needs_body:
         if not body:
-            raise tab.err("body", "kind = 'http' needs data.body (a file sent as the request body)")
+            raise tab.err("body", f"kind = '{target.kind}' needs data.body (a file sent as the request body)")
     elif not path and not generate:
         if target.embedded:
             generate = 1001

@@ -41,7 +41,6 @@ def register(sub: Any) -> None:
     from bench.commands.locust_worker import add_master_options
 
     add_master_options(p)
-    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: "i/N@start_epoch" for --processes
     p.set_defaults(func=_main)
 
 

@@ -30,6 +30,7 @@ import httptools
 from bench.engine.base import Classifier, EngineConfig, LoadSpec, RequestSet, ResultSink
 from bench.engine.common import DEFAULT_OPEN_LIMIT, CallbackEngine, backoff_s
 from bench.engine.pacer import Pacer, Sweeper, estimate_rate
+from bench.failures import exception_kind  # re-exported: the one exception-to-kind mapping
 from bench.results import Kind
 
 __all__ = ["FastEngine", "Target", "build_wires", "exception_kind", "make_ssl_context", "parse_target"]
@@ -91,26 +92,6 @@ def make_ssl_context(config: EngineConfig, alpn: list[str] | None = None) -> ssl
     if alpn:
         ctx.set_alpn_protocols(alpn)
     return ctx
-
-
-def exception_kind(exc: BaseException | None, connecting: bool) -> int:
-    """Map a transport-level failure to a Kind code (walks the cause chain, as httpx wraps exceptions)."""
-    seen = 0
-    e: BaseException | None = exc
-    while e is not None and seen < 8:
-        if isinstance(e, ssl.SSLError | ssl.CertificateError):
-            return int(Kind.TLS_ERROR)
-        if isinstance(e, ConnectionRefusedError):
-            return int(Kind.CONNECT_REFUSED)
-        if isinstance(e, TimeoutError):
-            return int(Kind.CONNECT_TIMEOUT if connecting else Kind.READ_TIMEOUT)
-        if isinstance(e, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
-            return _RESET
-        e = e.__cause__ or e.__context__
-        seen += 1
-    if connecting:
-        return int(Kind.CONNECT_REFUSED)  # unreachable/unresolvable: the connection could not be made
-    return _RESET
 
 
 class _Conn(asyncio.Protocol):

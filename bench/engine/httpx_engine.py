@@ -19,33 +19,14 @@ import httpx
 
 from bench.engine.base import Classifier, EngineConfig, LoadSpec, RequestSet, ResultSink, StopSignal
 from bench.engine.common import DEFAULT_OPEN_LIMIT, EngineCore, backoff_s
-from bench.engine.fast import exception_kind, make_ssl_context
+from bench.engine.fast import make_ssl_context
 from bench.engine.loopmon import LoopMonitor
+from bench.failures import httpx_kind  # re-exported: the one exception-to-kind mapping
 from bench.results import Kind
 
 __all__ = ["HttpxEngine", "httpx_kind"]
 
 _CONNECT_KINDS = frozenset({int(Kind.CONNECT_REFUSED), int(Kind.CONNECT_TIMEOUT), int(Kind.TLS_ERROR)})
-
-
-def httpx_kind(exc: BaseException) -> int:
-    """Map an httpx/httpcore exception to a Kind code (same meaning as the lean engine's kinds)."""
-    if isinstance(exc, httpx.ConnectTimeout):
-        return int(Kind.CONNECT_TIMEOUT)
-    if isinstance(exc, httpx.ReadTimeout | httpx.WriteTimeout):
-        return int(Kind.READ_TIMEOUT)
-    if isinstance(exc, httpx.ConnectError):
-        return exception_kind(exc, connecting=True)
-    if isinstance(exc, httpx.RemoteProtocolError):
-        text = str(exc).lower()
-        return int(Kind.RESET) if "disconnect" in text or "closed" in text else int(Kind.PROTOCOL_ERROR)
-    if isinstance(exc, httpx.LocalProtocolError | httpx.DecodingError):
-        return int(Kind.PROTOCOL_ERROR)
-    if isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.CloseError):
-        return exception_kind(exc, connecting=False)
-    if isinstance(exc, OSError):
-        return exception_kind(exc, connecting=False)
-    return int(Kind.OTHER)
 
 
 class HttpxEngine(EngineCore):

@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,52 +39,41 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def resolve(job: Mapping[str, Any], url: str | None = None) -> Scenario:
-    """The scenario of a job; ``url`` replaces an embedded target by the master's shared emulator (for UbiOps
-    the [target] table keeps 'embedded', so no token variable is needed: see ``prepare_share``)."""
+def resolve(job: Mapping[str, Any]) -> Scenario:
+    """The scenario of a job (the master's effective document, re-parsed; relative paths against its dir)."""
     from bench.scenario import parse_scenario
 
-    sc = parse_scenario(job["doc"], file=str(job["file"]), base_dir=Path(job["base_dir"]))
-    if url:
-        sc = replace(sc, target=replace(sc.target, url=url), tables={**sc.tables, "emulator": {}})
-    return sc
-
-
-def prepare_share(job: Mapping[str, Any]) -> Any:
-    """A worker's prepared run: the scenario resolved against the master's endpoint, validated, pre-encoded."""
-    url = job.get("url")
-    prepared = prepare(resolve(job["scenario"], url))
-    prepared.slo = None  # judged once, by the master, on the merged report (a share's rate is not the run's)
-    if url and prepared.ubiops_config is not None:  # the shared emulator's UbiOps API and its token
-        prepared.ubiops_config = prepared.ubiops_config.with_endpoint(url, str(job.get("ubiops_token") or ""))
-    auth = prepared.auth_config
-    if job.get("token_url") and auth is not None and auth.uses_keycloak and auth.token_url is None:
-        prepared.auth_config = auth.with_token_url(job["token_url"])  # the shared emulator's Keycloak
-    return prepared
+    return parse_scenario(job["doc"], file=str(job["file"]), base_dir=Path(job["base_dir"]))
 
 
 def prepare(sc: Scenario) -> Any:
     """Validate and pre-encode (raises InputError on bad input, before any load)."""
-    from bench.runner import prepare as core_prepare
+    from bench.session import prepare as session_prepare
 
-    return core_prepare(sc)
+    return session_prepare(sc)
+
+
+def prepare_share(job: Mapping[str, Any]) -> Any:
+    """A worker's prepared run: the scenario resolved against the master's endpoints, validated, pre-encoded."""
+    from bench.runner import Endpoints, point_at
+
+    prepared = prepare(resolve(job["scenario"]))
+    if job.get("endpoints"):  # the master's embedded emulator: its URLs and token (bench.session resolved them)
+        prepared = point_at(prepared, Endpoints(**job["endpoints"]))
+    prepared.slo = None  # judged once, by the master, on the merged report (a share's rate is not the run's)
+    return prepared
 
 
 @contextlib.contextmanager
-def shared_target(prepared: Any) -> Iterator[dict[str, Any]]:
-    """The one embedded emulator every worker of this host loads: what workers need to reach it (its URL, its
-    Keycloak token URL, its UbiOps token), or {} when the target is a real URL."""
-    sc: Scenario = prepared.scenario
-    if not sc.target.embedded:
-        yield {}
-        return
-    from bench.emulator.embedded import EmbeddedEmulator
-    from bench.runner import TOKEN_PATH
+def shared_target(prepared: Any, message: Callable[[str], None] = lambda _m: None) -> Iterator[dict[str, Any]]:
+    """The one embedded emulator every worker of this host loads: what workers need to reach it (its URLs and
+    UbiOps token, as ``bench.runner.Endpoints``), or {} when the target is a real URL."""
+    from dataclasses import asdict
 
-    with EmbeddedEmulator(prepared.emulator_config) as emu:
-        ubiops = sc.target.kind == "ubiops"
-        yield {"url": emu.base_url if ubiops else emu.wallaroo_url, "token_url": f"{emu.base_url}{TOKEN_PATH}",
-               "ubiops_token": prepared.emulator_config.ubiops_token if ubiops else None}
+    from bench.session import resolved_target
+
+    with resolved_target(prepared, message) as target:
+        yield {"endpoints": asdict(target.endpoints)} if target.endpoints is not None else {}
 
 
 def run_share(prepared: Any, index: int, workers: int, epoch: float,
@@ -96,11 +84,9 @@ def run_share(prepared: Any, index: int, workers: int, epoch: float,
     SIGINT/SIGTERM stop the load and the report comes back marked partial."""
     import time
 
-    import anyio
-
-    from bench.report.build import build_report
-    from bench.run_command import run_unwrapped, use_uvloop
-    from bench.runner import RunControl, execute
+    from bench.facts import build_report
+    from bench.run_loop import run_once
+    from bench.runner import RunControl
 
     sc: Scenario = prepared.scenario
     held: dict[str, Any] = {}
@@ -114,11 +100,8 @@ def run_share(prepared: Any, index: int, workers: int, epoch: float,
 
     ctl = RunControl(progress=progress, message=message, preflight=False, raw_path=raw_path,
                      on_recorder=lambda r: held.__setitem__("recorder", r))
-    start = epoch + phase_s(sc, index)
-    run, facts = run_unwrapped(lambda: anyio.run(
-        lambda: execute(prepared, ctl, start_at_wall=start, worker=(index, workers)),
-        backend="asyncio", backend_options={"use_uvloop": use_uvloop(sc)}))
-    facts["worker"] = [index, workers]
+    run, facts = run_once(prepared, ctl, start_at_wall=epoch + phase_s(sc, index), worker=(index, workers))
+    facts.worker = (index, workers)
     return build_report(sc, run, facts)
 
 
@@ -134,9 +117,9 @@ def phase_s(sc: Scenario, index: int) -> float:
 
 def worker_report(prepared: Any, run: RunData, index: int, workers: int) -> Report:
     """A report of a worker known only by its streamed data (it died): no CPU figure, marked partial."""
-    from bench.report.build import build_report
+    from bench.facts import RunFacts, build_report
 
-    report = build_report(prepared.scenario, run, {"worker": [index, workers]})
+    report = build_report(prepared.scenario, run, RunFacts(worker=(index, workers)))
     report.meta.cpu_fraction = None
     return report
 
@@ -166,17 +149,27 @@ def merge(reports: Sequence[Report]) -> Report:
     return merge_reports(reports)
 
 
-def report_path(args: argparse.Namespace, sc: Scenario) -> Path:
-    from bench.run_command import report_path as core_report_path
+def _options(args: argparse.Namespace) -> Any:
+    """The `bench run` options a distributed run uses, as bench.session's record (--processes does not apply)."""
+    from bench.session import RunOptions
 
-    return core_report_path(args, sc)
+    return RunOptions(out=Path(args.out) if args.out else None, json=bool(args.json), quiet=bool(args.quiet),
+                      strict=bool(args.strict), preflight=not args.no_preflight)
+
+
+def report_path(args: argparse.Namespace, sc: Scenario) -> Path:
+    from bench.session import report_path as session_report_path
+
+    return session_report_path(_options(args), sc)
 
 
 def finish(args: argparse.Namespace, prepared: Any, report: Report, facts: dict[str, Any], out_path: Path) -> int:
     """Write the report, print the summary, apply the SLO gate → the exit code (as `bench run` does)."""
-    from bench.run_command import finish_run
+    from bench.facts import RunFacts
+    from bench.session import finish as session_finish
 
-    return finish_run(args, prepared.scenario, prepared, report, facts, out_path)
+    run_facts = RunFacts(interrupted=bool(facts.get("interrupted")), processes=int(facts.get("workers", 1)))
+    return session_finish(_options(args), prepared, report, run_facts, out_path)
 
 
 # -- bench users in locustfiles ---------------------------------------------------------------------------
@@ -204,15 +197,10 @@ def user_plan(doc: Mapping[str, Any], file: str, base_dir: Path) -> UserPlan:
     prepared = prepare(sc)
     bodies = [b.body for b in prepared.bodies]
     rows = [b.rows for b in prepared.bodies]
-    if sc.target.kind == "ubiops":
-        from bench.targets.ubiops import classify_direct
-
-        cfg = prepared.ubiops_config
-        return UserPlan(sc, cfg.direct_url(), "POST", cfg.headers(), bodies, rows, classify_direct)
     cfg = prepared.auth_config if prepared.auth_config is not None and prepared.auth_config.kind != "none" else None
     token = os.environ.get(sc.target.token_env) if sc.target.token_env and cfg is None else None
     auth = (token if token.lower().startswith(("bearer ", "token ")) else f"Bearer {token}") if token else None
-    requests, classify = request_set(sc, sc.target.url, prepared.bodies, auth)
+    requests, classify = request_set(sc, sc.target.url, prepared.bodies, auth, prepared.target_config)
     return UserPlan(sc, requests.url, requests.method, dict(requests.headers), bodies, rows, classify, cfg)
 
 
@@ -224,9 +212,9 @@ def new_recorder(start_ns: int) -> Any:
 
 
 def users_report(plan: UserPlan, run: RunData, cpu_fraction: float, users: int) -> Report:
-    from bench.report.build import build_report
+    from bench.facts import RunFacts, build_report
 
-    report = build_report(plan.scenario, run, {"cpu_fraction": cpu_fraction, "url": plan.url})
+    report = build_report(plan.scenario, run, RunFacts(cpu_fraction=cpu_fraction, url=plan.url))
     report.meta.load = {"mode": "locust", "users": users}
     return report
 

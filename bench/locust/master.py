@@ -150,7 +150,7 @@ def run_master(args: argparse.Namespace, sc: Scenario) -> int:
             print(f"bench: {message}", file=sys.stderr, flush=True)
 
     try:
-        with _core.shared_target(prepared) as endpoints:
+        with _core.shared_target(prepared, say) as endpoints:
             report, facts = _drive(master, prepared, endpoints, args, say)
     finally:
         env.runner.quit()  # type: ignore[union-attr]

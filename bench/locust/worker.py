@@ -57,8 +57,7 @@ class BenchWorker:
         job["out"] = str(out)
         self.child = subprocess.Popen([sys.executable, "-m", "bench.locust.child"], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, bufsize=0)
-        self._write({k: job.get(k) for k in ("scenario", "url", "token_url", "ubiops_token", "index", "workers",
-                                             "out")})
+        self._write({k: job.get(k) for k in ("scenario", "endpoints", "index", "workers", "out")})
         self.relay = gevent.spawn(self._relay, self.child, ident)
 
     def _go(self, environment: Environment, msg: Any) -> None:

@@ -1,4 +1,120 @@
-"""Targets: per-platform request building and answer classification (one module per platform).
+"""The target registry: one module per platform behind one small interface.
 
-Each module offers ``make_classifier(...) -> bench.engine.base.Classifier`` plus its URL/header helpers.
+A platform module (``wallaroo``, ``ubiops``, ``http``; next ``kserve``) defines a ``Target`` subclass instance
+named ``TARGET``; adding a platform is one new module plus one line in ``REGISTRY``. Nothing outside this package
+switches on ``target.kind``: the scenario reader, the preparation, the runner, the session and the report ask the
+target instead. Platform modules are imported only when a scenario names them (``target_for``).
+
+A target says: how its ``[target]`` section is read (``section_rules`` for the scenario reader, ``config`` for
+the keys it owns, parsed once per run), how bodies are built (``bodies``), how requests look and answers are
+judged (``request``), where it lives on the embedded emulator (``emulator_url``) and how resolved endpoints
+change its config (``point_at``), whether it brings its own data plane (``own_data_plane``, ``run``), and what
+it adds to the report (``lag_bound_ms``; ``run``'s returned extras).
 """
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from bench.results import Classifier, LoadSpec, PreparedBody, StopSignal
+
+if TYPE_CHECKING:
+    from bench.prepared import Endpoints
+    from bench.scenario import Scenario, TargetConfig
+
+__all__ = ["KINDS", "REGISTRY", "Request", "SectionRules", "Target", "read_table", "target_for"]
+
+REGISTRY: Mapping[str, str] = {  # kind -> module defining TARGET
+    "wallaroo": "bench.targets.wallaroo",
+    "ubiops": "bench.targets.ubiops_target",
+    "http": "bench.targets.http",
+}
+KINDS = tuple(REGISTRY)
+
+
+@dataclass(frozen=True)
+class SectionRules:
+    """What the scenario reader checks of ``[target]`` for this kind (the rest is the target's ``config``)."""
+
+    owns_section: bool = False  # the target validates its whole [target] table itself (config); url is checked
+    embeddable: bool = True  # url = "embedded" (the built-in emulator) is allowed
+    formats: tuple[str, ...] = ()  # allowed target.format values (empty: any)
+    needs_body: bool = False  # data.body (a raw body file) instead of a dataset
+
+
+@dataclass(frozen=True)
+class Request:
+    """The wire form of a target's requests: the URL to send to, its headers, and the answer classifier."""
+
+    url: str
+    headers: Mapping[str, str]
+    classify: Classifier
+
+
+class Target:
+    """One platform. Stateless: per-run state is the ``config`` it returns."""
+
+    kind: ClassVar[str]
+    rules: ClassVar[SectionRules] = SectionRules()
+    lag_bound_ms: ClassVar[float] = 1.0  # schedule lag (p99) beyond this marks the run generator-bound
+
+    def config(self, sc: Scenario) -> Any:
+        """The target's typed config from its scenario section, read once per run (None: nothing beyond
+        scenario.TargetConfig). Raises InputError naming file and key."""
+        return None
+
+    def bodies(self, sc: Scenario, config: Any) -> list[PreparedBody]:
+        """Every request body, encoded once (default: the dataset as the target's format, see payload)."""
+        raise NotImplementedError
+
+    def request(self, target: TargetConfig, url: str, config: Any) -> Request:
+        """Headers and classifier for the engines (targets with their own data plane need not define it)."""
+        raise NotImplementedError
+
+    def emulator_url(self, base_url: str, wallaroo_url: str) -> str:
+        """The URL to load when the embedded emulator (at ``base_url``) stands in for the platform."""
+        return wallaroo_url
+
+    def point_at(self, config: Any, ep: Endpoints) -> Any:
+        """``config`` pointed at resolved endpoints (e.g. the emulator's URL and token)."""
+        return config
+
+    def own_data_plane(self, config: Any) -> bool:
+        """True: ``run`` applies the load; False (default): a bench engine does, with ``request``."""
+        return False
+
+    def read_timeout_s(self, config: Any) -> float | None:
+        """The longest an answer may legitimately take on this target, when longer than [engine] timeout."""
+        return None
+
+    def drain_grace_s(self, config: Any) -> float:
+        """Extra time the runner allows after the planned end before it stops the run itself."""
+        return 0.0
+
+    async def run(self, config: Any, bodies: list[PreparedBody], sink: Any, spec: LoadSpec,
+                  stop: StopSignal) -> Mapping[str, Any]:
+        """Targets with their own data plane apply the load here; returns what they add to the report's metadata."""
+        raise NotImplementedError
+
+
+def target_for(kind: str) -> Target:
+    """The registered target of ``kind`` (its module is imported now)."""
+    try:
+        module = REGISTRY[kind]
+    except KeyError:
+        raise ValueError(f"unknown target kind {kind!r} (known: {', '.join(KINDS)})") from None
+    target: Target = importlib.import_module(module).TARGET
+    return target
+
+
+def read_table(sc: Scenario) -> Any:
+    """The scenario's rows as an Arrow table (its data file, or the synthetic ccfraud set)."""
+    from bench.data import generate_ccfraud, read_dataset
+
+    data = sc.data
+    if data.path is not None:
+        return read_dataset(data.path, data.column)
+    return generate_ccfraud(data.generate_rows, data.seed)

@@ -5,10 +5,15 @@ Nothing is known about the answer's shape, so a 2xx counts every row sent as ans
 
 from __future__ import annotations
 
-from bench.engine.base import Classifier
-from bench.results import Kind
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["classify", "make_classifier"]
+from bench.results import Classifier, Kind, PreparedBody
+from bench.targets import Request, SectionRules, Target
+
+if TYPE_CHECKING:
+    from bench.scenario import Scenario, TargetConfig
+
+__all__ = ["TARGET", "HttpTarget", "classify", "make_classifier"]
 
 _OK, _HTTP, _LIMITED = int(Kind.OK), int(Kind.HTTP_ERROR), int(Kind.RATE_LIMITED)
 
@@ -22,3 +27,20 @@ def classify(status: int, body: bytes, rows_in: int) -> tuple[int, int, int]:
 
 def make_classifier() -> Classifier:
     return classify
+
+
+class HttpTarget(Target):
+    """Any HTTP endpoint: one body file sent as is, judged by status code."""
+
+    kind = "http"
+    rules = SectionRules(embeddable=False, needs_body=True)
+
+    def bodies(self, sc: Scenario, config: Any) -> list[PreparedBody]:
+        assert sc.data.body is not None  # the scenario reader requires it (rules.needs_body)
+        return [PreparedBody(body=sc.data.body.read_bytes(), rows=1)]
+
+    def request(self, target: TargetConfig, url: str, config: Any) -> Request:
+        return Request(url=url, headers={"Content-Type": "application/octet-stream"}, classify=classify)
+
+
+TARGET = HttpTarget()

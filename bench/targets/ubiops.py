@@ -2,7 +2,7 @@
 
 UbiOps has two request modes with different latency meanings (targets.md §2): a direct request is one
 synchronous round trip; a batch request is queued and collected later. This module is pure (no sockets); the
-data plane lives in bench.ubiops_runner.
+data plane lives in bench.targets.ubiops_runner; the registry entry in bench.targets.ubiops_target.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import orjson
 
-from bench.engine.base import PreparedBody
 from bench.errors import InputError
-from bench.results import Kind
+from bench.results import Kind, PreparedBody
 from bench.units import parse_duration
 
 __all__ = [

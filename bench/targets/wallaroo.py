@@ -19,19 +19,23 @@ The classifier runs once per answer on the hot path, so it counts rows instead o
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import orjson
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from bench.engine.base import Classifier
 from bench.errors import InputError
-from bench.results import Kind
+from bench.results import Classifier, Kind, PreparedBody
+from bench.targets import Request, SectionRules, Target, read_table
 
-__all__ = ["ARROW_FILE", "PANDAS_RECORDS", "dataset_params", "error_message", "error_source", "inference_url",
-           "internal_url", "make_classifier", "request_headers", "with_dataset_params", "with_query"]
+if TYPE_CHECKING:
+    from bench.scenario import Scenario, TargetConfig
+
+__all__ = ["ARROW_FILE", "PANDAS_RECORDS", "TARGET", "WallarooTarget", "dataset_params", "error_message",
+           "error_source", "inference_url", "internal_url", "make_classifier", "request_headers",
+           "with_dataset_params", "with_query"]
 
 PANDAS_RECORDS = "application/json; format=pandas-records"
 ARROW_FILE = "application/vnd.apache.arrow.file"
@@ -221,3 +225,27 @@ def error_message(body: bytes) -> str | None:
         if isinstance(value, str) and value:
             return value
     return None
+
+
+def _format(target: TargetConfig) -> Literal["pandas-records", "arrow"]:
+    return "arrow" if target.format == "arrow" else "pandas-records"
+
+
+class WallarooTarget(Target):
+    """A Wallaroo pipeline's inference endpoint (pandas-records JSON or Arrow IPC)."""
+
+    kind = "wallaroo"
+    rules = SectionRules(formats=("pandas-records", "arrow"))
+
+    def bodies(self, sc: Scenario, config: Any) -> list[PreparedBody]:
+        from bench.payload import build_bodies
+
+        return build_bodies(read_table(sc), sc.data.rows_per_request, _format(sc.target))
+
+    def request(self, target: TargetConfig, url: str, config: Any) -> Request:
+        fmt = _format(target)
+        return Request(url=with_dataset_params(url) if target.dataset_params else url,
+                       headers=request_headers(fmt), classify=make_classifier(fmt))
+
+
+TARGET = WallarooTarget()

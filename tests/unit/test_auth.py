@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from bench.auth import (
@@ -163,6 +163,7 @@ def test_redact() -> None:
 
 @given(st.text(), st.lists(st.text(min_size=1), max_size=4))
 def test_redact_removes_every_secret(text: str, secrets: list[str]) -> None:
+    assume(all("\0" not in s for s in secrets))  # "\0" stands for the replacement below
     joined = "|".join([text, *secrets, text])
     out = redact(joined, secrets)
     longest_first = sorted(secrets, key=len, reverse=True)

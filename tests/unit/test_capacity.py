@@ -19,10 +19,10 @@ from bench.capacity import (
     parse_slo_flag,
     plan_replicas,
     start_from_probe,
-    step_scenario,
 )
 from bench.errors import InputError
 from bench.scenario import parse_scenario
+from bench.sweep import step_scenario
 
 rates = st.floats(min_value=0.1, max_value=1e5, allow_nan=False, allow_infinity=False)
 precisions = st.floats(min_value=0.005, max_value=0.5)

@@ -116,7 +116,7 @@ def test_top_errors_one_sample_per_kind_commonest_first() -> None:
 
 def test_unreachable_verdict_survives_abandoned_connects() -> None:
     """Requests still connecting at the end (abandoned) beside connect failures: still unreachable."""
-    from bench.run_command import unreachable_reason
+    from bench.session import unreachable_reason
 
     assert unreachable_reason({"ok": 0, "errors_by_kind": {"connect_timeout": 5, "abandoned": 3}})
     assert unreachable_reason({"ok": 0, "errors_by_kind": {"abandoned": 8}}) is None  # connected, never answered

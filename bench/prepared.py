@@ -1,0 +1,101 @@
+"""The validated, pre-encoded inputs of a run (``Prepared``), and where a resolved run sends things (``Endpoints``).
+
+``prepare`` does everything that can fail on bad input (data, bodies, every section's config) before any load
+starts, so input errors exit 2 without touching the target. ``point_at`` applies resolved ``Endpoints`` (the
+embedded emulator's URLs, or the preflight's answer): bench.session builds them; this module never sees the
+emulator (its config type is named for the type checker only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from bench.errors import InputError
+from bench.results import PreparedBody
+from bench.scenario import Scenario
+from bench.targets import target_for
+
+if TYPE_CHECKING:
+    from bench.auth import AuthConfig
+    from bench.emulator.config import EmulatorConfig
+    from bench.preflight import PreflightConfig
+    from bench.report.slo import SloObjectives
+
+__all__ = ["EMBEDDED_PLACEHOLDER", "Endpoints", "Prepared", "point_at", "prepare"]
+
+EMBEDDED_PLACEHOLDER = "http://embedded.invalid"
+
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where a resolved run sends things: the inference URL and, for the embedded emulator, its other services.
+
+    Plain data (``dataclasses.asdict`` / ``Endpoints(**d)``): multi-process workers get it on stdin. Built by
+    bench.session, which alone knows the emulator.
+    """
+
+    inference_url: str
+    api_url: str | None = None  # the emulator's MLOps API (replaces [wallaroo] api_url = "embedded")
+    token_url: str | None = None  # the emulator's Keycloak token endpoint (when [auth] gives none)
+    ubiops_token: str | None = None  # the emulator's UbiOps API token (kind = "ubiops")
+
+    @property
+    def embedded(self) -> bool:
+        return self.api_url is not None
+
+
+@dataclass
+class Prepared:
+    """Validated, pre-encoded inputs of a run (no sockets opened yet)."""
+
+    scenario: Scenario
+    bodies: list[PreparedBody]
+    emulator_config: EmulatorConfig | None = None  # when target.url == "embedded" (set by bench.session)
+    auth_config: AuthConfig | None = None
+    preflight_config: PreflightConfig | None = None  # [wallaroo] with an api_url: the preflight
+    target_config: Any = None  # the target's own config (bench.targets: Target.config), parsed once per run
+    slo: SloObjectives | None = None
+    embedded: bool = False  # the target is the embedded emulator (bench.session resolved its URLs)
+    endpoints: Endpoints | None = None  # what bench.session.point_at applied
+
+
+
+def prepare(sc: Scenario) -> Prepared:
+    """Read data and encode every request body once; validate the sections owned by other modules."""
+    target = target_for(sc.target.kind)
+    config = target.config(sc)
+    prepared = Prepared(scenario=sc, bodies=target.bodies(sc, config), target_config=config)
+    if sc.tables["auth"]:
+        from bench.auth import auth_config_from_mapping
+
+        prepared.auth_config = auth_config_from_mapping(sc.tables["auth"], sc.file)
+    if sc.tables["wallaroo"]:
+        from bench.preflight import preflight_config_from_mapping
+
+        table = dict(sc.tables["wallaroo"])
+        if table.get("api_url") == "embedded":  # the embedded emulator's MLOps API, known once it runs
+            if not sc.target.embedded:
+                raise InputError("'embedded' needs target.url = 'embedded'", file=sc.file, key="wallaroo.api_url")
+            table["api_url"] = EMBEDDED_PLACEHOLDER
+        prepared.preflight_config = preflight_config_from_mapping(table, sc.file)
+    if sc.tables["slo"]:
+        from bench.report.slo import slo_from_mapping
+
+        prepared.slo = slo_from_mapping(sc.tables["slo"], sc.file)
+    return prepared
+
+
+def point_at(prepared: Prepared, ep: Endpoints) -> Prepared:
+    """``prepared`` with every URL that named the embedded emulator (or the preflight's answer) replaced."""
+    sc = prepared.scenario
+    out = replace(prepared, scenario=replace(sc, target=replace(sc.target, url=ep.inference_url)), endpoints=ep,
+                  embedded=prepared.embedded or ep.embedded)
+    if out.preflight_config is not None and out.preflight_config.api_url == EMBEDDED_PLACEHOLDER and ep.api_url:
+        out.preflight_config = replace(out.preflight_config, api_url=ep.api_url)
+    auth = out.auth_config
+    if auth is not None and auth.uses_keycloak and auth.token_url is None and ep.token_url:
+        out.auth_config = auth.with_token_url(ep.token_url)
+    out.target_config = target_for(sc.target.kind).point_at(out.target_config, ep)
+    return out

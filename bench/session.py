@@ -1,0 +1,208 @@
+"""The one run path shared by `bench run`, `--processes N` and `bench capacity` (and, next, distributed workers).
+
+Three steps, each written once:
+
+1. **prepare** (``prepare``): validate and pre-encode everything that can fail on bad input, before any load;
+2. **resolve** (``resolved_target``): start the embedded emulator when the scenario asks for it, and point every
+   URL that names it (inference, ``[wallaroo] api_url = "embedded"``, the Keycloak token endpoint, the UbiOps
+   endpoint) at it — the result is a ``Prepared`` the run core (``bench.runner``) can use as is; the runner never
+   sees the emulator. The rewrite itself (``point_at``) is a pure function of an ``Endpoints`` record, which is
+   what multi-process workers receive;
+3. **run + finish** (``run_once`` / ``finish``): apply the load, then SLO gate, atomic report write, summary and
+   exit code, from a small typed ``RunOptions`` record.
+
+``run_scenario`` strings them together for `bench run`; ``bench.workers`` runs the same steps in N processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from bench.errors import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_SLO
+from bench.facts import RunFacts
+from bench.run_loop import run_async, run_once, run_unwrapped, use_uvloop
+from bench.runner import Endpoints, Prepared, RunControl, point_at
+from bench.runner import prepare as _prepare_core
+from bench.scenario import Scenario
+
+__all__ = [
+    "TOKEN_PATH",
+    "Endpoints",
+    "RunOptions",
+    "finish",
+    "point_at",
+    "prepare",
+    "report_path",
+    "resolved_target",
+    "run_async",
+    "run_once",
+    "run_report",
+    "run_scenario",
+    "run_unwrapped",
+    "unreachable_reason",
+    "use_uvloop",
+]
+
+TOKEN_PATH = "/auth/realms/master/protocol/openid-connect/token"  # the embedded emulator's Keycloak realm
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run is driven and reported (the command line's part; the scenario says what load to apply)."""
+
+    out: Path | None = None  # report path (default: the scenario's report dir + UTC time + name)
+    json: bool = False  # the summary as one JSON object on stdout
+    quiet: bool = False  # no progress line
+    strict: bool = False  # a generator-bound run exits 3
+    preflight: bool = True  # the Wallaroo deployment status check, when [wallaroo] asks for it
+    processes: int = 1  # load-generator processes on this host
+
+
+def prepare(sc: Scenario) -> Prepared:
+    """``bench.runner.prepare`` plus the embedded emulator's config (validated here: the runner never sees it)."""
+    prepared = _prepare_core(sc)
+    if sc.target.embedded:
+        from bench.emulator.embedded import emulator_config_from_mapping
+
+        cfg = emulator_config_from_mapping(sc.tables["emulator"], sc.file)
+        if prepared.auth_config is not None and prepared.auth_config.uses_keycloak:
+            from bench.auth import emulator_credentials
+
+            # the embedded emulator must accept the scenario's credentials (they reach it on stdin, not argv)
+            cfg = replace(cfg, **emulator_credentials(prepared.auth_config, file=sc.file))
+        prepared.emulator_config = cfg
+    return prepared
+
+
+@contextlib.contextmanager
+def resolved_target(prepared: Prepared, message: Callable[[str], None]) -> Iterator[Prepared]:
+    """Yields ``prepared`` ready for the runner: for url = 'embedded', pointed at ONE emulator started here and
+    stopped on exit (every run, step or worker inside the block shares it)."""
+    sc = prepared.scenario
+    if not sc.target.embedded:
+        if sc.tables["emulator"]:
+            message(f"{sc.file}: [emulator] ignored: target.url is not 'embedded'")
+        yield prepared
+        return
+    from bench.emulator.embedded import EmbeddedEmulator
+
+    cfg = prepared.emulator_config
+    assert cfg is not None  # prepare() parsed it for url = "embedded"
+    with EmbeddedEmulator(cfg) as emu:
+        message(f"embedded emulator at {emu.base_url}")
+        from bench.targets import target_for
+
+        yield point_at(prepared, Endpoints(
+            inference_url=target_for(sc.target.kind).emulator_url(emu.base_url, emu.wallaroo_url),
+            api_url=emu.base_url, token_url=f"{emu.base_url}{TOKEN_PATH}", ubiops_token=cfg.ubiops_token))
+
+
+def run_report(prepared: Prepared, ctl: RunControl, **kwargs: Any) -> tuple[Any, RunFacts]:
+    """``run_once`` turned into a Report (not yet written): (report, facts)."""
+    from bench.facts import build_report
+
+    run, facts = run_once(prepared, ctl, **kwargs)
+    return build_report(prepared.scenario, run, facts), facts
+
+
+def report_path(opts: RunOptions, sc: Scenario) -> Path:
+    from datetime import UTC, datetime
+
+    from bench.report.writer import default_report_path
+
+    if opts.out is not None:
+        return Path(opts.out)
+    return default_report_path(sc.report.dir, sc.name, datetime.now(UTC))
+
+
+_CONNECT_KINDS = ("connect_refused", "connect_timeout", "tls_error")
+
+
+def unreachable_reason(summary: dict[str, Any]) -> str | None:
+    """Why no request ever reached the target (every one failed to connect), or None."""
+    by_kind: dict[str, int] = summary.get("errors_by_kind", {})
+    if summary.get("ok", 0) or not by_kind:
+        return None
+    # 'abandoned' beside connect failures only: typically still connecting when the run ended
+    if all(kind.split(":")[0] in (*_CONNECT_KINDS, "abandoned") for kind in by_kind) and any(
+            kind.split(":")[0] in _CONNECT_KINDS for kind in by_kind):
+        return ", ".join(f"{n:,} {kind}" for kind, n in by_kind.items())
+    return None
+
+
+def finish(opts: RunOptions, prepared: Prepared, report: Any, facts: RunFacts, out_path: Path) -> int:
+    """SLO gate, atomic report write, summary → exit code (0 ok · 2 unreachable/strict · 1 SLO · 130 interrupted)."""
+    from bench.report.summary import render_summary, summarize
+    from bench.report.writer import write_report
+
+    slo_result = None
+    if prepared.slo is not None:
+        from bench.report.slo import check_slo
+
+        slo_result = check_slo(prepared.slo, report)
+        report.meta.extra["slo"] = slo_result.to_dict()
+    written = write_report(out_path, report)
+    if report.run.raw_path is not None:  # the recorder's streamed log now lives inside the report
+        report.run.raw_path.unlink(missing_ok=True)
+    summary = summarize(report)
+    summary["report"] = str(written)
+    if slo_result is not None:
+        summary["slo"] = slo_result.to_dict()
+    if opts.json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_SORT_KEYS).decode() + "\n")
+    else:
+        from rich.console import Console
+
+        console = Console()
+        render_summary(report, console)
+        if slo_result is not None:
+            console.print(slo_result.render())
+    if facts.interrupted:
+        return EXIT_INTERRUPTED
+    unreachable = unreachable_reason(summary)
+    if unreachable:
+        print(f"bench: error: target unreachable: {unreachable}", file=sys.stderr)
+        return EXIT_INVALID
+    if slo_result is not None and not slo_result.passed:
+        return EXIT_SLO
+    if opts.strict and summary.get("generator_bound"):
+        return EXIT_INVALID
+    return EXIT_OK
+
+
+def run_scenario(sc: Scenario, opts: RunOptions) -> int:
+    """`bench run`: prepare, resolve, run in one or ``opts.processes`` processes, finish → exit code."""
+    from bench.progress import ProgressView
+
+    prepared = prepare(sc)  # validates everything once, before the target is touched
+    out_path = report_path(opts, sc)
+    if opts.processes > 1:
+        from bench.workers import run_processes
+
+        with resolved_target(prepared, _stderr_message(opts)) as target:
+            report, facts = run_processes(target, opts, out_path)
+        return finish(opts, target, report, facts, out_path)
+    view = ProgressView(sc.load.warmup_s + sc.load.duration_s, warmup_s=sc.load.warmup_s, enabled=not opts.quiet)
+    ctl = RunControl(progress=view.update, message=view.message, preflight=opts.preflight,
+                     raw_path=out_path.with_suffix(".raw.tmp") if sc.report.raw else None)
+    try:
+        with resolved_target(prepared, view.message) as target:
+            report, facts = run_report(target, ctl)
+    finally:
+        view.close()
+    return finish(opts, target, report, facts, out_path)
+
+
+def _stderr_message(opts: RunOptions) -> Callable[[str], None]:
+    def message(text: str) -> None:
+        if not opts.quiet:
+            print(text, file=sys.stderr)
+
+    return message

@@ -1,0 +1,262 @@
+"""A capacity sweep's steps: each a real run through the session layer against the (shared) resolved target, its
+report written, its measure taken and judged (the search strategy itself is bench.capacity, pure).
+
+Used by `bench capacity` (bench.commands.capacity: flags, capacity.json, the verdict lines).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from bench.scenario import Scenario
+
+__all__ = ["PROBE_S", "Settings", "Step", "StepRunner", "Sweep", "default_objectives", "max_error_rate",
+           "objectives_text", "run_sweep", "slo_failures", "step_scenario"]
+
+PROBE_S = 2.0  # closed loop, one client: the safe start rate is half of what it achieves
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The sweep's knobs: flags win over the scenario's optional ``[capacity]`` table."""
+
+    start: float | None
+    max_rate: float | None
+    step_s: float
+    warmup_s: float
+    precision: float
+    target_rps: float | None
+    replicas: int | None
+
+
+@dataclass
+class Step:
+    n: int
+    target_rps: float
+    verdict: str  # pass | fail | harness | interrupted | probe
+    reasons: list[str]
+    summary: dict[str, Any]
+    achieved_rps: float
+    report: str
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.summary
+        return {"step": self.n, "target_rps": round(self.target_rps, 3), "achieved_rps": round(self.achieved_rps, 3),
+                "p50_ms": s["latency_ms"]["p50"], "p99_ms": s["latency_ms"]["p99"], "requests": s["requests"],
+                "error_rate": s["error_rate"], "dropped": s["dropped"], "generator_bound": s["generator_bound"],
+                "verdict": self.verdict, "reasons": self.reasons, "report": self.report}
+
+
+@dataclass
+class Sweep:
+    steps: list[Step] = field(default_factory=list)
+    probe: Step | None = None
+    objectives: Any = None  # SloObjectives
+    objectives_source: str = ""
+
+
+def run_sweep(search: Any, runner: StepRunner, sweep: Sweep, checkpoint: Callable[[], None]) -> None:
+    from bench.capacity import judge_step
+
+    for rate in search:
+        step, measure = runner.step(rate)
+        if step.verdict == "interrupted":
+            search.stop("interrupted")
+            runner.print_step(step)
+            return
+        if sweep.objectives is None:  # default: p99 ≤ 5 × the p50 of the lowest step, errors ≤ 1 %
+            sweep.objectives = default_objectives(step.summary)
+            sweep.objectives_source = "default (5 × the lowest step's p50)"
+            runner.console.print(f"SLO: {objectives_text(sweep.objectives)} ({sweep.objectives_source})")
+        verdict, reasons = judge_step(measure, slo_failures(sweep.objectives, runner.last_report),
+                                      max_error_rate=max_error_rate(sweep.objectives))
+        if verdict == "harness" and not runner.retried(rate):
+            step.verdict, step.reasons = "harness", [*reasons, "repeating the step once to rule out a hiccup"]
+            runner.print_step(step)
+            step, measure = runner.step(rate, repeat=True)
+            if step.verdict == "interrupted":
+                search.stop("interrupted")
+                return
+            verdict, reasons = judge_step(measure, slo_failures(sweep.objectives, runner.last_report),
+                                          max_error_rate=max_error_rate(sweep.objectives))
+        step.verdict, step.reasons = verdict, reasons
+        runner.print_step(step)
+        search.record(rate, verdict)
+        checkpoint()
+
+
+class StepRunner:
+    """Runs one step (a real `bench run` through the runner), writes its report, prints its row."""
+
+    def __init__(self, base: Any, settings: Settings, out_dir: Path, console: Any, sweep: Sweep, *,
+                 quiet: bool, preflight: bool) -> None:
+        self.base = base  # Prepared pointing at the (shared) target
+        self.sweep = sweep  # steps are added as soon as their report is written
+        self.settings = settings
+        self.out_dir = out_dir
+        self.quiet = quiet
+        self.console = console
+        self.n = 0
+        self.preflight = preflight  # the Wallaroo preflight runs before the first step only
+        self.last_report: Any = None
+        self._repeated: set[float] = set()
+        self._header = True
+
+    def retried(self, rate: float) -> bool:
+        return rate in self._repeated
+
+    def probe(self) -> Step:
+        sc = self.base.scenario
+        load = replace(sc.load, concurrency=1, rate=0.0, stages=(), duration_s=PROBE_S, warmup_s=0.0, requests=0,
+                       processes=1)
+        source = {**sc.source, "load": {"concurrency": 1, "duration": f"{PROBE_S:g}s"}}
+        report, facts = self._run(replace(sc, load=load, source=source), self.out_dir / "probe.arrow")
+        step = self._step(0, 0.0, report, facts, self.out_dir / "probe.arrow")
+        step.verdict = "probe"
+        step.achieved_rps = float(step.summary["rps"])
+        if not step.summary["ok"]:
+            from bench.errors import RunInvalid
+
+            kinds = ", ".join(f"{n:,} {k}" for k, n in step.summary["errors_by_kind"].items()) or "no answers"
+            raise RunInvalid(f"probe: no request succeeded ({kinds}); is the target up?")
+        return step
+
+    def step(self, rate: float, *, repeat: bool = False) -> tuple[Step, Any]:
+        if repeat:
+            self._repeated.add(rate)
+        self.n += 1
+        sc = step_scenario(self.base.scenario, rate, duration_s=self.settings.step_s, warmup_s=self.settings.warmup_s)
+        path = self.out_dir / f"step-{self.n:02d}-{rate:.4g}.arrow"
+        report, facts = self._run(sc, path)
+        step = self._step(self.n, rate, report, facts, path)
+        self.sweep.steps.append(step)
+        return step, _measure(report, rate)
+
+    def _run(self, sc: Any, path: Path) -> tuple[Any, Any]:
+        from bench.progress import ProgressView
+        from bench.report.writer import write_report
+        from bench.runner import RunControl
+        from bench.session import run_report
+
+        view = ProgressView(sc.load.warmup_s + sc.load.duration_s, warmup_s=sc.load.warmup_s,
+                            enabled=not self.quiet)
+        ctl = RunControl(progress=view.update, message=view.message, preflight=self.preflight, raw_path=None)
+        self.preflight = False  # once per sweep
+        try:
+            report, facts = run_report(replace(self.base, scenario=sc), ctl)
+        finally:
+            view.close()
+        write_report(path, report)
+        self.last_report = report
+        return report, facts
+
+    def _step(self, n: int, rate: float, report: Any, facts: Any, path: Path) -> Step:
+        from bench.report.summary import summarize
+        from bench.session import unreachable_reason
+
+        summary = summarize(report)
+        unreachable = unreachable_reason(summary)
+        if unreachable:
+            from bench.errors import RunInvalid
+
+            raise RunInvalid(f"target unreachable: {unreachable} (report {path})")
+        verdict = "interrupted" if facts.interrupted else ""
+        return Step(n, rate, verdict, ["interrupted"] if verdict else [], summary, _achieved(report)[0], str(path))
+
+    def print_step(self, step: Step) -> None:
+        """One fixed-width line per step, as it finishes (the header before the first)."""
+        from rich.markup import escape
+
+        from bench.report.summary import num_text
+
+        if self._header:
+            self._header = False
+            self.console.print(f"{'step':>4} {'target/s':>10} {'achieved':>10} {'p50 ms':>8} {'p99 ms':>8} "
+                               f"{'errors':>7}  {'verdict':<8} why", style="bold")
+        colour = {"pass": "green", "fail": "red"}.get(step.verdict, "yellow")
+        s = step.summary
+        self.console.print(
+            f"{step.n:>4} {step.target_rps:>10,.4g} {step.achieved_rps:>10,.1f} "
+            f"{num_text(s['latency_ms']['p50'], '>8.3g'):>8} {num_text(s['latency_ms']['p99'], '>8.3g'):>8} "
+            f"{num_text(s['error_rate'], '>7.2%'):>7}  "
+            f"[{colour}]{step.verdict:<8}[/] "
+            f"{escape('; '.join(step.reasons) or 'SLO met')}", soft_wrap=True)
+
+
+def _measure(report: Any, rate: float) -> Any:
+    from bench.capacity import StepMeasure
+    from bench.report.model import MEASURED
+
+    achieved, window = _achieved(report)
+    tot = report.run.total(MEASURED)
+    service = report.run.histogram("service", MEASURED, "ok")
+    pct = service.percentiles_ms((50, 90, 99, 99.9)) if service.total else {}
+    service_ms = {f"p{str(p).replace('.', '')}_ms": v for p, v in pct.items()}
+    if service.total:
+        service_ms["max_ms"] = service.max_us / 1000.0
+    return StepMeasure(target_rps=rate, achieved_rps=achieved, window_s=window, requests=tot.requests,
+                       error_rate=tot.errors / tot.requests if tot.requests else 0.0, dropped=tot.dropped,
+                       generator_bound=report.meta.generator_bound,
+                       generator_bound_reasons=tuple(report.meta.generator_bound_reasons),
+                       cpu_saturated=float(report.meta.cpu_fraction or 0.0) >= 0.9, service_ms=service_ms)
+
+
+def _achieved(report: Any) -> tuple[float, float]:
+    """(completions per second, window s) over the whole seconds inside the measured phase, counted by DONE time.
+
+    Requests are assigned to phases by intended time and drained after the end, so the measured phase's request
+    count equals the target rate even when the endpoint fell behind; completions per second do not.
+    """
+    import numpy as np
+
+    from bench.report.model import MEASURED
+
+    run = report.run
+    phase = run.phase(MEASURED)
+    lo, hi = math.ceil(phase.start_s - 1e-6), math.floor(phase.end_s + 1e-6)
+    if hi - lo < 1:
+        return float(run.rps(MEASURED)), float(phase.duration_s)
+    sel = (run.series.second >= lo) & (run.series.second < hi)
+    return float(np.sum(run.series.requests[sel])) / (hi - lo), float(hi - lo)
+
+
+def default_objectives(summary: Mapping[str, Any]) -> Any:
+    from bench.report.slo import slo_from_mapping
+
+    p50 = float(summary["latency_ms"]["p50"] or 0.0)  # None: no ok request in the probe
+    return slo_from_mapping({"p99_ms": round(max(5 * p50, 1.0), 3), "error_rate": 0.01}, "default")
+
+
+def objectives_text(objectives: Any) -> str:
+    return ", ".join(f"{o.key} {'≥' if o.is_lower_bound else '≤'} {o.limit:g}" for o in objectives.objectives)
+
+
+def slo_failures(objectives: Any, report: Any) -> list[Any]:
+    from bench.capacity import Failure
+    from bench.report.slo import check_slo
+
+    return [Failure(r.key, r.allowed, r.describe()) for r in check_slo(objectives, report).failures]
+
+
+def max_error_rate(objectives: Any) -> float:
+    limits = [o.limit for o in objectives.objectives if o.key == "error_rate"]
+    return limits[0] if limits else 0.01
+
+
+def step_scenario(sc: Scenario, rate: float, *, duration_s: float, warmup_s: float) -> Scenario:
+    """The scenario with its load replaced by one open-loop step at ``rate`` (arrival process kept)."""
+    load = replace(sc.load, concurrency=0, rate=rate, stages=(), duration_s=duration_s, warmup_s=warmup_s,
+                   requests=0, processes=1)
+    source = {**sc.source, "load": {**_load_source(sc), "rate": rate, "duration": f"{duration_s:g}s",
+                                    "warmup": f"{warmup_s:g}s"}}
+    return replace(sc, load=load, source=source)
+
+
+def _load_source(sc: Scenario) -> dict[str, Any]:
+    raw = sc.source.get("load", {})
+    keep = ("arrival", "seed", "drain", "max_in_flight")
+    return {k: v for k, v in raw.items() if k in keep} if isinstance(raw, Mapping) else {}

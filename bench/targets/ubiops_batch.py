@@ -1,0 +1,343 @@
+"""UbiOps batch mode: create chunks of requests, collect them as they finish, cancel what is left at the end.
+
+Every created id is tracked from its create-sent time until the collector first sees it finished; three
+histograms are recorded (client end-to-end, server queue, server processing), and the invariant
+created = completed + failed + cancelled + abandoned is checked and stored. Create / collect / cancel are
+control-plane calls on httpx.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+import anyio
+import httpx
+import orjson
+
+from bench.failures import httpx_kind
+from bench.results import Kind, LoadSpec, StopSignal
+from bench.targets.ubiops import MAX_BATCH, UbiOpsConfig, batch_body, chunks, error_message_of
+from bench.targets.ubiops_plane import (
+    CANCEL_DEADLINE_S,
+    MAX_COLLECT_CALLS_PER_TICK,
+    TERMINAL,
+    Flight,
+    RateGate,
+    UbiOpsSink,
+    UbiOpsStats,
+    client_for,
+    drop,
+    first_of,
+    now_ns,
+    pace_open_loop,
+)
+
+__all__ = ["Batch"]
+
+
+@dataclass(slots=True)
+class _Chunk:
+    remaining: int
+    done: anyio.Event
+
+
+@dataclass(slots=True)
+class _Tracked:
+    intended_ns: int
+    sent_ns: int
+    rows: int
+    bytes_out: int
+    status: str
+    chunk: _Chunk
+
+
+def _ts_ns(value: Any) -> int | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return math.floor(dt.timestamp() * 1_000_000) * 1000
+
+
+class Batch:
+    def __init__(self, cfg: UbiOpsConfig, inputs: Sequence[bytes], rows: list[int], sink: UbiOpsSink,
+                 load: LoadSpec, stop: StopSignal, stats: UbiOpsStats, gate: RateGate) -> None:
+        self.cfg, self.inputs, self.rows, self.sink = cfg, inputs, rows, sink
+        self.load, self.stop, self.stats, self.gate = load, stop, stats, gate
+        self.pending: dict[str, _Tracked] = {}
+        self.creates = Flight()  # create calls in flight
+        self.all_seen: anyio.Event | None = None  # set during the drain when nothing is pending any more
+        self.next_index = 0
+        self.interval = cfg.poll_interval_s
+        self.interval_lo = max(0.005, cfg.poll_interval_s / 8)
+        self.interval_hi = max(cfg.poll_interval_s * 8, 2.0)
+        self._interval_sum = 0.0
+        self._ticks = 0
+        self.batch_url, self.collect_url, self.cancel_url = cfg.batch_url(), cfg.collect_url(), cfg.cancel_url()
+
+    async def run(self) -> None:
+        connections = max(1, self.load.concurrency if self.load.mode == "closed" else 8) + 2
+        async with client_for(self.cfg, connections, 120.0) as client:
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._collector, client)
+                    await self._produce(client)
+                    await self._drain()
+                    tg.cancel_scope.cancel()
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(CANCEL_DEADLINE_S):
+                    await self._cancel_leftovers(client)
+                self._finish_counts()
+
+    # --- producing ----------------------------------------------------------------------------------------
+    def _take_chunk(self) -> list[int]:
+        size = self.cfg.batch_size
+        if self.load.max_requests:
+            size = min(size, self.load.max_requests - self.next_index)
+        out = [(self.next_index + k) % len(self.inputs) for k in range(max(0, size))]
+        self.next_index += len(out)
+        return out
+
+    def _running(self) -> bool:
+        return not self.stop.is_set() and now_ns() < self.load.end_ns
+
+    async def _produce(self, client: httpx.AsyncClient) -> None:
+        if self.load.mode == "closed":
+            async with anyio.create_task_group() as tg:
+                for _ in range(max(1, self.load.concurrency)):
+                    tg.start_soon(self._closed_worker, client)
+        else:
+            await self._open_producer(client)
+        await self.creates.idle.wait()  # creates already sent must finish: their ids have to be tracked
+        self.stats.interrupted = self.stop.is_set() and now_ns() < self.load.end_ns
+
+    async def _closed_worker(self, client: httpx.AsyncClient) -> None:
+        while self._running():
+            items = self._take_chunk()
+            if not items:
+                return
+            if not await self.gate.acquire(self.stop, self.load.end_ns):
+                return
+            chunk = await self._create(client, items, now_ns())
+            if chunk is None:  # refused: do not hammer; wait one poll interval
+                with anyio.move_on_after(self.cfg.poll_interval_s):
+                    await self.stop.wait()
+                continue
+            await first_of(self.stop, chunk.done, (self.load.end_ns - now_ns()) / 1e9)
+
+    async def _open_producer(self, client: httpx.AsyncClient) -> None:
+        async with anyio.create_task_group() as tg:
+
+            def launch(intended: int) -> bool:
+                items = self._take_chunk()
+                if not items:
+                    return False
+                tg.start_soon(self._open_create, client, items, intended)
+                return True
+
+            await pace_open_loop(self.load, self.stop, self.creates, partial(drop, self.sink, self.stats), launch)
+
+    async def _open_create(self, client: httpx.AsyncClient, items: list[int], intended: int) -> None:
+        if await self.gate.acquire(self.stop, self.load.end_ns):
+            await self._create(client, items, intended)
+        else:
+            drop(self.sink, self.stats, intended)
+
+    async def _create(self, client: httpx.AsyncClient, items: list[int], intended: int) -> _Chunk | None:
+        """One batch create call (gate slot already acquired). Returns the chunk when requests were created."""
+        body = batch_body([self.inputs[i] for i in items])
+        rows = sum(self.rows[i] for i in items)
+        self.creates.up()
+        self.stats.sent += 1
+        sent = now_ns()
+        try:
+            # shielded: once sent, the answer (and so the ids) must be read even when the run is cancelled
+            with anyio.CancelScope(shield=True):
+                resp = await client.post(self.batch_url, content=body)
+        except httpx.HTTPError as exc:
+            kind = httpx_kind(exc)
+            self.sink.record(intended, sent, now_ns(), kind, 0, rows, len(body), 0, 0)
+            detail = f"{type(exc).__name__}: {exc}".encode()[:512]
+            self.sink.error_detail(kind, 0, detail)
+            self.stats.note_error(detail)
+            self.stats.create_unknown += len(items)
+            self.sink.count("create_unknown", len(items))
+            return None
+        finally:
+            self.gate.release()
+            self.creates.down()
+        done = now_ns()
+        self.gate.observe(resp.headers, resp.status_code)
+        ids = self._created_ids(resp) if 200 <= resp.status_code < 300 else None
+        if ids is None:
+            kind = Kind.RATE_LIMITED if resp.status_code == 429 else (
+                Kind.HTTP_ERROR if resp.status_code >= 300 else Kind.BAD_RESPONSE)
+            self.sink.record(intended, sent, done, kind, resp.status_code, rows, len(body), len(resp.content), 0)
+            detail = error_message_of(resp.content)
+            self.sink.error_detail(kind, resp.status_code, detail)
+            self.stats.note_error(detail)
+            self.stats.create_rejected += len(items)
+            self.sink.count("create_rejected", len(items))
+            return None
+        self.sink.record_named("batch_create", done - sent)
+        chunk = _Chunk(remaining=len(ids), done=anyio.Event())
+        if not ids:
+            chunk.done.set()
+        for k, (request_id, status) in enumerate(ids):
+            i = items[k] if k < len(items) else items[-1]
+            self.pending[request_id] = _Tracked(intended, sent, self.rows[i], len(self.inputs[i]), status, chunk)
+            self.sink.count(f"status_{status}")
+        self.stats.created += len(ids)
+        return chunk
+
+    def _created_ids(self, resp: httpx.Response) -> list[tuple[str, str]] | None:
+        try:
+            doc = orjson.loads(resp.content)
+        except orjson.JSONDecodeError:
+            return None
+        if isinstance(doc, dict):
+            doc = [doc]
+        if not isinstance(doc, list):
+            return None
+        out = [(str(d["id"]), str(d.get("status") or "pending")) for d in doc if isinstance(d, dict) and "id" in d]
+        return out or None
+
+    # --- collecting ---------------------------------------------------------------------------------------
+    async def _collector(self, client: httpx.AsyncClient) -> None:
+        while True:  # ends when the run cancels it
+            await anyio.sleep(self.interval)
+            self._ticks += 1
+            self._interval_sum += self.interval
+            self.stats.poll_interval_max_s = max(self.stats.poll_interval_max_s, self.interval)
+            self.sink.gauge("batch_poll_interval_ms", self.interval * 1000)
+            self.sink.record_named("batch_poll_interval", int(self.interval * 1e9))
+            seen = await self._collect_once(client)
+            self.interval = (max(self.interval_lo, self.interval / 2) if seen
+                             else min(self.interval_hi, self.interval * 1.5))
+
+    async def _collect_once(self, client: httpx.AsyncClient) -> int:
+        """Poll the oldest pending ids; returns how many finished requests were seen."""
+        ids = list(self.pending)[:MAX_BATCH * MAX_COLLECT_CALLS_PER_TICK]
+        finished = 0
+        for group in chunks(ids, MAX_BATCH):
+            if not await self.gate.acquire(self.stop):
+                break
+            try:
+                resp = await client.post(self.collect_url, content=orjson.dumps(list(group)))
+            except httpx.HTTPError as exc:
+                self.sink.count("collect_errors")
+                self.stats.note_error(f"collect: {type(exc).__name__}: {exc}".encode()[:512])
+                break
+            finally:
+                self.gate.release()
+            now = now_ns()
+            self.stats.collect_calls += 1
+            self.gate.observe(resp.headers, resp.status_code)
+            if resp.status_code == 429:
+                self.sink.count("collect_rate_limited")
+                break
+            if not 200 <= resp.status_code < 300:
+                self.sink.count("collect_errors")
+                self.stats.note_error(b"collect: " + error_message_of(resp.content))
+                continue
+            try:
+                details = orjson.loads(resp.content)
+            except orjson.JSONDecodeError:
+                self.sink.count("collect_errors")
+                continue
+            for d in details if isinstance(details, list) else ():
+                if isinstance(d, dict):
+                    finished += self._seen(d, now)
+        return finished
+
+    def _seen(self, d: Mapping[str, Any], now: int) -> int:
+        tr = self.pending.get(str(d.get("id")))
+        if tr is None:
+            return 0
+        status = str(d.get("status"))
+        if status != tr.status:
+            tr.status = status
+            self.sink.count(f"status_{status}")
+        if status not in TERMINAL:
+            return 0
+        del self.pending[str(d.get("id"))]
+        self.sink.record_named("batch_e2e", now - tr.sent_ns)
+        created, started, completed = (_ts_ns(d.get(k)) for k in ("time_created", "time_started",
+                                                                  "time_completed"))
+        if created is not None and started is not None and started >= created:
+            self.sink.record_named("queue", started - created)
+        processing = 0
+        if started is not None and completed is not None and completed >= started:
+            processing = completed - started
+            self.sink.record_named("processing", processing)
+        out_size = d.get("output_size")
+        bytes_in = out_size if isinstance(out_size, int) else 0
+        if status == "completed":
+            self.stats.completed += 1
+            self.sink.record(tr.intended_ns, tr.sent_ns, now, Kind.OK, 200, tr.rows, tr.bytes_out, bytes_in,
+                             processing)
+        elif status == "failed":
+            self.stats.failed += 1
+            self.sink.record(tr.intended_ns, tr.sent_ns, now, Kind.REQUEST_FAILED, 200, tr.rows, tr.bytes_out,
+                             bytes_in, processing)
+            detail = str(d.get("error_message") or "failed").encode()[:512]
+            self.sink.error_detail(Kind.REQUEST_FAILED, 200, detail)
+            self.stats.note_error(detail)
+        else:
+            self.stats.cancelled += 1
+        tr.chunk.remaining -= 1
+        if tr.chunk.remaining <= 0:
+            tr.chunk.done.set()
+        if not self.pending and self.all_seen is not None:
+            self.all_seen.set()
+        return 1
+
+    # --- ending -------------------------------------------------------------------------------------------
+    async def _drain(self) -> None:
+        """Not interrupted: let the collector finish what is pending, for at most drain_timeout."""
+        if self.stats.interrupted:
+            return
+        if not self.pending:
+            return
+        self.all_seen = anyio.Event()
+        await first_of(self.stop, self.all_seen, self.cfg.drain_timeout_s)
+
+    async def _cancel_leftovers(self, client: httpx.AsyncClient) -> None:
+        """Cancel every still-pending request (≤ 250 ids per call) and count them as abandoned."""
+        leftovers = list(self.pending)
+        self.pending.clear()
+        self.stats.abandoned += len(leftovers)
+        for group in chunks(leftovers, MAX_BATCH):
+            while True:
+                try:
+                    resp = await client.post(self.cancel_url, content=orjson.dumps(list(group)))
+                except httpx.HTTPError as exc:
+                    self.stats.note_error(f"cancel: {type(exc).__name__}: {exc}".encode()[:512])
+                    self.sink.count("cancel_errors")
+                    break
+                self.stats.cancel_calls += 1
+                self.gate.observe(resp.headers, resp.status_code)
+                if resp.status_code != 429:
+                    if not 200 <= resp.status_code < 300:
+                        self.sink.count("cancel_errors")
+                        self.stats.note_error(b"cancel: " + error_message_of(resp.content))
+                    break
+                await anyio.sleep(max(0.05, (self.gate.reset_at_ns - now_ns()) / 1e9 + 0.02))
+
+    def _finish_counts(self) -> None:
+        s = self.stats
+        if self._ticks:
+            s.poll_interval_mean_s = self._interval_sum / self._ticks
+        for name in ("created", "completed", "failed", "cancelled", "abandoned"):
+            self.sink.count(f"batch_{name}", getattr(s, name))
+        s.invariant_ok = s.created == s.completed + s.failed + s.cancelled + s.abandoned
+        self.sink.count("batch_invariant_broken", 0 if s.invariant_ok else 1)
+        if s.poll_interval_mean_s:
+            self.sink.gauge("batch_poll_interval_mean_ms", s.poll_interval_mean_s * 1000)

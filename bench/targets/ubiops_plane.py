@@ -1,0 +1,219 @@
+"""What the UbiOps data plane's two modes share: the stats and sink they report to, the rate-limit gate that
+follows the x-ratelimit-* headers, in-flight accounting, open-loop pacing, and the httpx client.
+
+UbiOps volumes are low (the requests API allows ~300 calls/min per address), so httpx is cheap enough here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import anyio
+import httpx
+
+from bench.results import LoadSpec, ResultSink, StopSignal
+from bench.targets.ubiops import UbiOpsConfig
+
+__all__ = ["CANCEL_DEADLINE_S", "MAX_COLLECT_CALLS_PER_TICK", "MAX_ERROR_SAMPLES", "TERMINAL", "Flight", "RateGate",
+           "UbiOpsSink", "UbiOpsStats", "client_for", "drop", "first_of", "header_int", "now_ns", "pace_open_loop"]
+
+
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
+MAX_ERROR_SAMPLES = 20
+MAX_COLLECT_CALLS_PER_TICK = 20  # oldest ids first; completions are roughly FIFO
+CANCEL_DEADLINE_S = 90.0  # long enough to outwait one rate-limit window
+
+
+class UbiOpsSink(ResultSink, Protocol):
+    """The recorder as the UbiOps runner sees it: the engine sink plus named histograms, counters, gauges."""
+
+    def record_named(self, name: str, value_ns: int) -> None: ...
+
+    def count(self, name: str, n: int = 1) -> None: ...
+
+    def gauge(self, name: str, value: float) -> None: ...
+
+
+@dataclass
+class UbiOpsStats:
+    """Run facts for the report (``to_dict`` is JSON-ready)."""
+
+    mode: str
+    sent: int = 0  # direct: requests sent; batch: create calls sent
+    created: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    abandoned: int = 0
+    rate_limited: int = 0
+    dropped: int = 0
+    create_rejected: int = 0  # batch items in create calls that were refused (4xx/5xx/429)
+    create_unknown: int = 0  # batch items whose create call broke off (they may exist unseen)
+    collect_calls: int = 0
+    cancel_calls: int = 0
+    rate_limit_pauses: int = 0
+    rate_limit_pause_s: float = 0.0
+    poll_interval_mean_s: float = 0.0  # the resolution of batch end-to-end latency
+    poll_interval_max_s: float = 0.0
+    interrupted: bool = False
+    invariant_ok: bool = True
+    error_messages: list[str] = field(default_factory=list)
+
+    def note_error(self, detail: bytes) -> None:
+        text = detail.decode("utf-8", "replace")
+        if text not in self.error_messages and len(self.error_messages) < MAX_ERROR_SAMPLES:
+            self.error_messages.append(text)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def now_ns() -> int:
+    return time.monotonic_ns()
+
+
+def header_int(headers: Mapping[str, str], name: str) -> int | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        return int(float(value))
+    except ValueError:
+        return None
+
+
+class RateGate:
+    """Follows the x-ratelimit-* headers. In backoff mode it holds sends while the window's remaining budget
+    (minus what is already in flight) is spent, until the announced reset; in count mode it only records."""
+
+    def __init__(self, sink: UbiOpsSink, stats: UbiOpsStats, backoff: bool) -> None:
+        self.sink, self.stats, self.backoff = sink, stats, backoff
+        self.remaining: int | None = None
+        self.reset_at_ns = 0
+        self.in_flight = 0
+        self._pause_started: int | None = None
+        self._answered = anyio.Event()  # set (and replaced) on every observed answer
+
+    def observe(self, headers: Mapping[str, str], status: int) -> None:
+        self._answered.set()
+        self._answered = anyio.Event()
+        limit = header_int(headers, "x-ratelimit-limit")
+        remaining = header_int(headers, "x-ratelimit-remaining")
+        reset = header_int(headers, "x-ratelimit-reset")
+        if limit is not None:
+            self.sink.gauge("ratelimit_limit", limit)
+        if remaining is not None:
+            self.sink.gauge("ratelimit_remaining", remaining)
+            self.remaining = remaining
+        if reset is not None:
+            self.sink.gauge("ratelimit_reset_s", reset)
+            self.reset_at_ns = now_ns() + reset * 1_000_000_000
+        if status == 429:
+            self.stats.rate_limited += 1
+            self.remaining = 0
+            if reset is None:  # no header: hold for a second, then probe again
+                self.reset_at_ns = max(self.reset_at_ns, now_ns() + 1_000_000_000)
+
+    async def acquire(self, stop: StopSignal, until_ns: int | None = None) -> bool:
+        """Wait (backoff mode) until a send fits in the window; False when stopped or past ``until_ns``."""
+        while True:
+            if stop.is_set() or (until_ns is not None and now_ns() >= until_ns):
+                return False
+            now = now_ns()
+            if self.remaining is not None and now >= self.reset_at_ns:
+                self.remaining = None  # a new window: budget unknown until the next answer
+            if self.backoff and self.remaining is None and self.in_flight > 0:
+                # budget unknown (start, or a new window): one probe at a time until an answer tells it
+                await first_of(stop, self._answered, 1.0)
+                continue
+            blocked = self.backoff and self.remaining is not None and self.remaining - self.in_flight <= 0
+            if not blocked:
+                if self._pause_started is not None:  # the pause is over: record how long sending was held
+                    pause = now - self._pause_started
+                    self._pause_started = None
+                    self.sink.record_named("rate_limit_pause", pause)
+                    self.sink.count("rate_limit_pauses")
+                    self.stats.rate_limit_pauses += 1
+                    self.stats.rate_limit_pause_s += pause / 1e9
+                self.in_flight += 1
+                return True
+            if self._pause_started is None:
+                self._pause_started = now
+            wake = self.reset_at_ns + 20_000_000  # a little past the reset
+            if until_ns is not None:
+                wake = min(wake, until_ns)
+            with anyio.move_on_after(max(0.0, (wake - now) / 1e9)):
+                await stop.wait()
+
+    def release(self) -> None:
+        self.in_flight -= 1
+
+
+class Flight:
+    """Counts outstanding work; ``idle`` is set whenever the count is zero."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.idle = anyio.Event()
+        self.idle.set()
+
+    def up(self) -> None:
+        if self.n == 0:
+            self.idle = anyio.Event()
+        self.n += 1
+
+    def down(self) -> None:
+        self.n -= 1
+        if self.n == 0:
+            self.idle.set()
+
+
+async def first_of(stop: StopSignal, event: anyio.Event, timeout_s: float) -> None:
+    """Wait until ``event`` or ``stop`` is set, or ``timeout_s`` passes."""
+
+    async def wait_then_cancel(wait: Any, scope: anyio.CancelScope) -> None:
+        await wait()
+        scope.cancel()
+
+    with anyio.move_on_after(max(0.0, timeout_s)):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait_then_cancel, stop.wait, tg.cancel_scope)
+            tg.start_soon(wait_then_cancel, event.wait, tg.cancel_scope)
+
+
+def drop(sink: UbiOpsSink, stats: UbiOpsStats, intended: int) -> None:
+    """A send the schedule wanted but could not make (in-flight cap or rate gate): recorded as dropped."""
+    sink.dropped(intended)
+    stats.dropped += 1
+
+
+async def pace_open_loop(load: LoadSpec, stop: StopSignal, busy: Flight, drop: Callable[[int], None],
+                          launch: Callable[[int], bool]) -> None:
+    """Walk an open-loop schedule: wait until each send is due (``stop`` interrupts the wait), drop one that
+    finds ``busy`` at ``max_in_flight``, else ``launch(intended)``. Ends at the test's end, on stop, or when
+    ``launch`` returns False (inputs used up). Shared by direct requests and batch creates."""
+    assert load.offsets_ns is not None, "open loop needs offsets_ns"
+    for offset in load.offsets_ns:
+        intended = load.start_ns + offset
+        if intended >= load.end_ns or stop.is_set():
+            return
+        delay = (intended - now_ns()) / 1e9
+        if delay > 0:
+            with anyio.move_on_after(delay):
+                await stop.wait()
+            if stop.is_set():
+                return
+        if load.max_in_flight and busy.n >= load.max_in_flight:
+            drop(intended)
+            continue
+        if not launch(intended):
+            return
+
+
+def client_for(cfg: UbiOpsConfig, connections: int, read_timeout_s: float) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    timeout = httpx.Timeout(connect=10.0, read=read_timeout_s, write=30.0, pool=None)
+    return httpx.AsyncClient(headers=cfg.headers(), limits=limits, timeout=timeout)

@@ -1,0 +1,62 @@
+"""The UbiOps target in the registry: its section, bodies, emulator endpoint; direct requests on a bench engine,
+batch create / collect / cancel (and rate-limit backoff) on its own data plane (bench.targets.ubiops_runner)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from bench.results import LoadSpec, PreparedBody, StopSignal
+from bench.targets import Request, SectionRules, Target, read_table
+from bench.targets.ubiops import UbiOpsConfig, build_ubiops_bodies, classify_direct, ubiops_config_from_mapping
+from bench.targets.ubiops_runner import run_ubiops
+
+if TYPE_CHECKING:
+    from bench.prepared import Endpoints
+    from bench.scenario import Scenario, TargetConfig
+
+__all__ = ["TARGET", "UbiOpsTarget"]
+
+
+class UbiOpsTarget(Target):
+    """A UbiOps deployment (version): direct requests or batch create / collect, on its own data plane."""
+
+    kind = "ubiops"
+    rules = SectionRules(owns_section=True)
+    lag_bound_ms = 10.0  # batch mode is paced in chunks, direct answers take milliseconds: 1 ms of lag is no fault
+
+    def config(self, sc: Scenario) -> UbiOpsConfig:
+        return ubiops_config_from_mapping(sc.target.raw, sc.file)
+
+    def bodies(self, sc: Scenario, config: Any) -> list[PreparedBody]:
+        return list(build_ubiops_bodies(config, read_table(sc), sc.data.rows_per_request))
+
+    def emulator_url(self, base_url: str, wallaroo_url: str) -> str:
+        return base_url
+
+    def point_at(self, config: Any, ep: Endpoints) -> Any:
+        if ep.ubiops_token is None:
+            return config
+        return config.with_endpoint(ep.inference_url, ep.ubiops_token)
+
+    def own_data_plane(self, config: Any) -> bool:
+        """Batch mode (create / collect / cancel) and rate-limit backoff (which reads the x-ratelimit-* headers of
+        every answer) run on the UbiOps runner; direct requests that count 429s run on a bench engine."""
+        return bool(config.mode == "batch" or config.on_rate_limit == "backoff")
+
+    def request(self, target: TargetConfig, url: str, config: Any) -> Request:
+        return Request(url=config.direct_url(), headers=config.headers(), classify=classify_direct)
+
+    def read_timeout_s(self, config: Any) -> float | None:
+        return float(config.timeout_s or 300) + 30.0  # the platform's own timeout (default 300 s) + margin
+
+    def drain_grace_s(self, config: Any) -> float:
+        return float(config.drain_timeout_s) + 5.0
+
+    async def run(self, config: Any, bodies: list[PreparedBody], sink: Any, spec: LoadSpec,
+                  stop: StopSignal) -> Mapping[str, Any]:
+        stats = await run_ubiops(config, [b.body for b in bodies], [b.rows for b in bodies], sink, spec, stop)
+        return {"ubiops": stats.to_dict()}
+
+
+TARGET = UbiOpsTarget()

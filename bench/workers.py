@@ -1,0 +1,259 @@
+"""`--processes N`: N load-generator processes on this host, each with its own event loop and its share of the
+connections or rate, started at the same wall-clock instant; their reports (and raw logs) merge exactly into one.
+
+The parent (``run_processes``) has already resolved the target (bench.session.resolved_target: one embedded
+emulator for all) and runs the preflight once. Each worker is ``python -m bench.workers`` and gets the *resolved*
+run on stdin as one JSON object — the scenario document, where to send (``Endpoints``), its share, the start
+instant, where to write — so it re-parses nothing from the command line. Workers die with the parent
+(PR_SET_PDEATHSIG on Linux) and write partial reports when stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bench.errors import EXIT_OK, BenchError, RunInvalid
+from bench.facts import RunFacts
+from bench.runner import Endpoints, Prepared, RunControl
+
+__all__ = ["Share", "hand_off", "run_processes", "run_share", "worker_main"]
+
+
+@dataclass(frozen=True)
+class Share:
+    """One worker's part of a run, already resolved: what `--processes` workers read on stdin (``to_json``), and
+    what a distributed worker (e.g. a Locust worker) gets from its master."""
+
+    doc: Mapping[str, Any]  # the scenario document, overrides applied
+    file: str  # where it came from (error messages) ...
+    base_dir: str  # ... and what its relative paths are relative to
+    endpoints: Endpoints  # where to send (the parent resolved the emulator and the preflight)
+    worker: tuple[int, int]  # (i, n): this share of an n-way run
+    start_at_wall: float  # every share starts its load at this time.time() instant
+    raw: Path | None = None  # keep the raw per-request log here (the parent merges it)
+
+    def to_json(self) -> bytes:
+        import orjson
+
+        return orjson.dumps({"doc": dict(self.doc), "file": self.file, "base_dir": self.base_dir,
+                             "endpoints": asdict(self.endpoints), "worker": list(self.worker),
+                             "start_at_wall": self.start_at_wall, "raw": str(self.raw) if self.raw else None})
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Share:
+        import orjson
+
+        d = orjson.loads(data)
+        i, n = d["worker"]
+        return cls(doc=d["doc"], file=d["file"], base_dir=d["base_dir"], endpoints=Endpoints(**d["endpoints"]),
+                   worker=(int(i), int(n)), start_at_wall=float(d["start_at_wall"]),
+                   raw=Path(d["raw"]) if d["raw"] else None)
+
+
+def hand_off(prepared: Prepared, ep: Endpoints, *, worker: tuple[int, int], start_at_wall: float,
+             raw: Path | None = None) -> Share:
+    """The share of ``prepared`` (resolved, pointed at ``ep``) that worker ``(i, n)`` runs."""
+    sc = prepared.scenario
+    return Share(doc=sc.source, file=sc.file, base_dir=str(sc.base_dir), endpoints=ep, worker=worker,
+                 start_at_wall=start_at_wall, raw=raw)
+
+
+def run_share(share: Share) -> Any:
+    """Run one share in this process: the part Report (not written; its raw log, if any, stays at ``share.raw``).
+
+    Raises BenchError for bad input or an invalid run, like any run."""
+    from bench.facts import build_report
+    from bench.run_loop import run_once
+    from bench.runner import point_at, prepare
+    from bench.scenario import parse_scenario
+
+    sc = parse_scenario(share.doc, file=share.file, base_dir=Path(share.base_dir))
+    prepared = point_at(prepare(sc), share.endpoints)
+    ctl = RunControl(preflight=False, raw_path=share.raw)
+    run, facts = run_once(prepared, ctl, start_at_wall=share.start_at_wall, worker=share.worker)
+    facts.worker = share.worker
+    report = build_report(prepared.scenario, run, facts)
+    report.run.raw_path = None  # the raw stream is the caller's to merge
+    return report
+
+
+def run_processes(prepared: Prepared, opts: Any, out_path: Path) -> tuple[Any, RunFacts]:
+    """Run ``prepared`` (resolved) in ``opts.processes`` workers; the merged report (not yet written) and facts."""
+
+    from bench.report.merge import merge_reports
+    from bench.report.reader import read_report
+
+    processes = int(opts.processes)
+    url = _preflight_once(prepared, opts)
+    ep = replace(prepared.endpoints or Endpoints(url), inference_url=url)
+    raw = prepared.scenario.report.raw
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
+        epoch = time.time() + 1.0 + 0.2 * processes  # every worker starts its load at this instant
+        parts = [Path(tmp) / f"part-{i}.arrow" for i in range(processes)]
+        raws = [Path(tmp) / f"part-{i}.raw" if raw else None for i in range(processes)]
+        procs = []
+        for i in range(processes):
+            share = hand_off(prepared, ep, worker=(i, processes), start_at_wall=epoch, raw=raws[i])
+            cpu = cpus[i % len(cpus)] if cpus else None
+            proc = subprocess.Popen([sys.executable, "-m", "bench.workers", str(parts[i])], stdin=subprocess.PIPE,
+                                    stdout=subprocess.DEVNULL, start_new_session=True,
+                                    preexec_fn=_child_setup(os.getpid(), cpu))
+            procs.append(proc)
+            assert proc.stdin is not None
+            proc.stdin.write(share.to_json())
+            proc.stdin.close()
+        interrupted = _wait_all(procs)
+        missing = [str(i) for i, p in enumerate(parts) if not p.exists()]
+        if missing:
+            raise RunInvalid(f"worker process(es) {', '.join(missing)} wrote no report "
+                             f"(exit codes {[p.returncode for p in procs]})")
+        reports = [read_report(p) for p in parts]
+        merged = merge_reports(reports)
+        merged.meta.load["processes"] = processes
+        abandoned = [r.meta.extra["abandoned"] for r in reports if r.meta.extra.get("abandoned") is not None]
+        if abandoned:  # requests still in flight at each worker's end: all of them, not the first part's
+            merged.meta.extra["abandoned"] = sum(int(n) for n in abandoned)
+        merged.meta.extra.pop("worker", None)  # the merged report is the whole run, not worker 0's share
+        if raw:
+            merged.run.raw_path = merge_raw(
+                [(r, rep.run.start_unix_ns) for r, rep in zip(raws, reports, strict=True) if r is not None],
+                merged.run.start_unix_ns, out_path.with_suffix(".raw.tmp"))
+    facts = RunFacts(url=str(merged.meta.target.get("url", "")), processes=processes,
+                     interrupted=interrupted or merged.run.partial,
+                     abandoned=merged.meta.extra.get("abandoned"))
+    return merged, facts
+
+
+def _preflight_once(prepared: Prepared, opts: Any) -> str:
+    """The parent checks the deployment once (workers skip it) and hands them the URL it resolved."""
+    cfg = prepared.preflight_config
+    if not opts.preflight or cfg is None or not cfg.enabled:
+        return prepared.scenario.target.url
+    from bench.run_loop import run_async
+    from bench.runner import preflight_url
+
+    ctl = RunControl(message=lambda m: None if opts.quiet else print(m, file=sys.stderr), preflight=True)
+    url: str = run_async(prepared, ctl, lambda: preflight_url(prepared, ctl))
+    return url
+
+
+def merge_raw(parts: list[tuple[Path, int]], start_unix_ns: int, out: Path) -> Path:
+    """The workers' raw streams as one, times shifted onto the merged run's start (every request kept)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.ipc
+
+    writer: Any = None
+    try:
+        for path, part_start in parts:
+            if not path.exists():
+                continue
+            shift = pa.scalar(part_start - start_unix_ns, pa.int64())
+            with pa.OSFile(str(path), "rb") as f:
+                try:
+                    reader = pyarrow.ipc.open_stream(f)
+                except pa.ArrowInvalid:
+                    continue
+                for batch in _batches(reader):
+                    cols = {name: batch.column(name) for name in batch.schema.names}
+                    for name in ("intended_ns", "sent_ns", "done_ns"):
+                        cols[name] = pc.add(cols[name], shift)
+                    shifted = pa.record_batch(cols)
+                    if writer is None:
+                        writer = pyarrow.ipc.new_stream(str(out), shifted.schema)
+                    writer.write_batch(shifted)
+    finally:
+        if writer is not None:
+            writer.close()
+    return out
+
+
+def _batches(reader: Any) -> Iterator[Any]:
+    import pyarrow as pa
+
+    while True:
+        try:
+            yield reader.read_next_batch()
+        except (StopIteration, pa.ArrowInvalid, OSError):  # a torn tail (killed worker) ends the stream
+            return
+
+
+def _child_setup(parent: int, cpu: int | None) -> Callable[[], None]:
+    """preexec_fn: die with the parent (Linux), pinned to one CPU when there are several."""
+    prctl = None
+    if sys.platform == "linux":
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def setup() -> None:
+        if prctl is not None:
+            prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: the worker stops (partial report) if the parent dies
+            if os.getppid() != parent:  # the parent died before that took effect
+                os._exit(1)
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+
+    return setup
+
+
+def _wait_all(procs: list[subprocess.Popen[bytes]]) -> bool:
+    """Wait for every worker; Ctrl-C / SIGTERM are forwarded once (they write partial reports) → interrupted."""
+    interrupted = False
+
+    def on_term(_sig: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        for p in procs:
+            while True:
+                try:
+                    p.wait()
+                    break
+                except KeyboardInterrupt:
+                    if not interrupted:
+                        for q in procs:
+                            if q.poll() is None:
+                                q.send_signal(signal.SIGINT)
+                    else:  # a second Ctrl-C: stop waiting for a drain
+                        for q in procs:
+                            if q.poll() is None:
+                                q.kill()
+                    interrupted = True
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return interrupted
+
+
+def worker_main(argv: list[str] | None = None) -> int:
+    """``python -m bench.workers PART.arrow``: read a Share from stdin, run it, write the part report there
+    (no SLO gate, no summary: the parent judges the merged run)."""
+    out = Path((sys.argv[1:] if argv is None else argv)[0])
+    share = Share.from_json(sys.stdin.buffer.read())
+    try:
+        report = run_share(share)
+    except BenchError as exc:
+        print(f"bench worker {share.worker[0]}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    from bench.report.writer import write_report
+
+    write_report(out, report)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())

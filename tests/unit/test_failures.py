@@ -1,0 +1,38 @@
+"""One exception-to-kind mapping for every data plane (lean engines, httpx engine, UbiOps runner)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+import bench.engine.fast
+import bench.engine.httpx_engine
+import bench.targets.ubiops_runner
+from bench.failures import exception_kind, httpx_kind
+from bench.results import Kind
+
+
+def test_every_data_plane_uses_the_same_mapping() -> None:
+    assert bench.engine.fast.exception_kind is exception_kind
+    assert bench.engine.httpx_engine.httpx_kind is httpx_kind
+    assert bench.targets.ubiops_runner.httpx_kind is httpx_kind
+
+
+@pytest.mark.parametrize(("exc", "kind"), [
+    # the two cases the UbiOps runner used to count differently from the httpx engine
+    (httpx.PoolTimeout("no connection free in time"), Kind.READ_TIMEOUT),
+    (httpx.RemoteProtocolError("peer closed connection without sending complete message body"), Kind.RESET),
+    (httpx.WriteTimeout("w"), Kind.READ_TIMEOUT),
+    (httpx.ConnectTimeout("c"), Kind.CONNECT_TIMEOUT),
+    (httpx.CloseError("c"), Kind.RESET),
+])
+def test_httpx_faults_map_to_one_kind(exc: BaseException, kind: Kind) -> None:
+    assert httpx_kind(exc) == kind
+
+
+def test_os_errors_walk_the_cause_chain() -> None:
+    outer = RuntimeError("wrapped")
+    outer.__cause__ = ConnectionRefusedError()
+    assert exception_kind(outer, connecting=False) == Kind.CONNECT_REFUSED
+    assert exception_kind(None, connecting=True) == Kind.CONNECT_REFUSED
+    assert exception_kind(None, connecting=False) == Kind.RESET
