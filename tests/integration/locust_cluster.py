@@ -1,18 +1,17 @@
 """Helpers for the distributed tests: real Locust master/worker processes (each in its own process group,
-always killed with its children), a free loopback port, and a counting TCP proxy in front of the emulator (the
-count of HTTP responses the server really sent, independent of bench's recorder)."""
+always killed with its children), a free loopback port, and the emulator's own count of the requests it served
+(its /metrics: independent of bench's recorder)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,52 +64,9 @@ class Cluster:
             p.wait(10)
 
 
-class CountingProxy:
-    """A loopback TCP proxy that counts the HTTP/1.1 responses the upstream sends back."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.responses = 0
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> CountingProxy:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(asyncio.start_server(self._client, "127.0.0.1", 0))
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self._loop.run_forever()
-        server.close()
-
-    async def _client(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
-        try:
-            ur, uw = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        except OSError:
-            cw.close()
-            return
-        await asyncio.gather(self._pipe(cr, uw, count=False), self._pipe(ur, cw, count=True),
-                             return_exceptions=True)
-
-    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter, *, count: bool) -> None:
-        tail = b""
-        try:
-            while data := await r.read(65536):
-                if count:
-                    chunk = tail + data
-                    self.responses += chunk.count(b"HTTP/1.1 ")
-                    tail = chunk[-8:]
-                w.write(data)
-                await w.drain()
-        finally:
-            w.close()
+def served(base_url: str) -> int:
+    """Inference requests the emulator answered, by its own count (GET /metrics, rest_server_requests_total)."""
+    with urllib.request.urlopen(f"{base_url}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
+               if line.startswith("rest_server_requests_total{") and 'method="POST"' in line and "/infer" in line)

@@ -17,7 +17,7 @@ import pytest
 from bench.emulator.config import EmulatorConfig
 from bench.report.model import MEASURED, Histogram
 from bench.report.reader import iter_raw, read_report
-from tests.integration.locust_cluster import ROOT, Cluster, CountingProxy, free_port, wait_for
+from tests.integration.locust_cluster import ROOT, Cluster, free_port, served, wait_for
 
 DATA = ROOT / "data" / "ccfraud_1k.df.json"
 
@@ -105,19 +105,17 @@ def test_master_and_two_workers_merge_exactly(cluster: Cluster, serve_emulator: 
                                               load: str) -> None:
     base = serve_emulator("--replicas", "8", "--latency-ms", "2")
     port = free_port()
-    with CountingProxy(int(base.rsplit(":", 1)[1])) as proxy:
-        sc = scenario(cluster.tmp, infer_url(f"http://127.0.0.1:{proxy.port}"), load)
-        master = run_master(cluster, sc, port, 2)
-        cluster.worker(port, "w0")
-        cluster.worker(port, "w1")
-        code, summary = finish(master)
-        served = proxy.responses
+    sc = scenario(cluster.tmp, infer_url(base), load)
+    master = run_master(cluster, sc, port, 2)
+    cluster.worker(port, "w0")
+    cluster.worker(port, "w1")
+    code, summary = finish(master)
     assert code == 0, cluster.log(master)
     report = read_report(cluster.tmp / "run.arrow")
     parts = sorted((cluster.tmp / "run.workers").glob("worker-*.arrow"))
     assert len(parts) == 2
     merged = sum(t.requests for t in report.run.totals.values())
-    assert merged == sum(total_requests(p) for p in parts) == served > 0
+    assert merged == sum(total_requests(p) for p in parts) == served(base) > 0  # the emulator's own count
     workers = report.meta.extra["locust"]["workers"]
     assert [w["state"] for w in workers] == ["final", "final"] and not report.run.partial
     assert sum(w["requests"] for w in workers) == merged
@@ -141,15 +139,15 @@ def test_a_worker_killed_mid_run_is_named_and_the_run_partial(cluster: Cluster,
                                                              serve_emulator: Callable[..., str]) -> None:
     base = serve_emulator("--replicas", "8", "--latency-ms", "2")
     port = free_port()
-    with CountingProxy(int(base.rsplit(":", 1)[1])) as proxy:
-        sc = scenario(cluster.tmp, infer_url(f"http://127.0.0.1:{proxy.port}"),
-                      'concurrency = 4\nduration = "4s"', raw=False)
-        master = run_master(cluster, sc, port, 2)
-        cluster.worker(port, "w0")
-        victim = cluster.worker(port, "w1")
-        wait_for(lambda: proxy.responses > 3000, 30, "a second of load (the first delta leaves at 0.5 s)")
-        os.killpg(victim.pid, signal.SIGKILL)  # the worker and its engine process, no goodbye
-        code, summary = finish(master)
+    sc = scenario(cluster.tmp, infer_url(base), 'concurrency = 4\nduration = "6s"', raw=False)
+    web = free_port()
+    master = run_master(cluster, sc, port, 2, "--locust-web-port", str(web))
+    cluster.worker(port, "w0")
+    victim = cluster.worker(port, "w1")
+    # the first deltas reached the master (the two workers send theirs together, 0.5 s after the common start)
+    wait_for(lambda: live_requests(web) > 0, 30, "deltas reaching the master")
+    os.killpg(victim.pid, signal.SIGKILL)  # the worker and its engine process, no goodbye
+    code, summary = finish(master)
     assert code == 3, cluster.log(master)
     assert "lost worker" in cluster.log(master)
     report = read_report(cluster.tmp / "run.arrow")
@@ -194,19 +192,17 @@ def test_sigterm_of_the_master_stops_the_workers_and_writes_a_partial_report(
         cluster: Cluster, serve_emulator: Callable[..., str]) -> None:
     base = serve_emulator()
     port = free_port()
-    with CountingProxy(int(base.rsplit(":", 1)[1])) as proxy:
-        sc = scenario(cluster.tmp, infer_url(f"http://127.0.0.1:{proxy.port}"),
-                      'concurrency = 4\nduration = "60s"', raw=False)
-        web = free_port()
-        master = run_master(cluster, sc, port, 2, "--locust-web-port", str(web))
-        workers = [cluster.worker(port, "w0"), cluster.worker(port, "w1")]
-        wait_for(lambda: live_requests(web) > 200, 30, "live numbers in Locust's web UI")
-        master.send_signal(signal.SIGTERM)
-        code, summary = finish(master, timeout=30)
-        assert code == 130, cluster.log(master)
-        for w in workers:  # the master's quit ends every worker (and its engine process)
-            assert w.wait(15) == 0
-        at_end = proxy.responses
+    sc = scenario(cluster.tmp, infer_url(base), 'concurrency = 4\nduration = "60s"', raw=False)
+    web = free_port()
+    master = run_master(cluster, sc, port, 2, "--locust-web-port", str(web))
+    workers = [cluster.worker(port, "w0"), cluster.worker(port, "w1")]
+    wait_for(lambda: live_requests(web) > 200, 30, "live numbers in Locust's web UI")
+    master.send_signal(signal.SIGTERM)
+    code, summary = finish(master, timeout=30)
+    assert code == 130, cluster.log(master)
+    for w in workers:  # the master's quit ends every worker (and its engine process)
+        assert w.wait(15) == 0
+    at_end = served(base)
     report = read_report(cluster.tmp / "run.arrow")
     assert report.run.partial and summary["partial"] is True
     assert [w["state"] for w in report.meta.extra["locust"]["workers"]] == ["final", "final"]
@@ -236,24 +232,21 @@ def test_a_worker_stopped_on_its_side_sends_its_partial_data(cluster: Cluster,
                                                             serve_emulator: Callable[..., str]) -> None:
     base = serve_emulator()
     port = free_port()
-    with CountingProxy(int(base.rsplit(":", 1)[1])) as proxy:
-        sc = scenario(cluster.tmp, infer_url(f"http://127.0.0.1:{proxy.port}"),
-                      'concurrency = 4\nduration = "3s"', raw=False)
-        master = run_master(cluster, sc, port, 2)
-        cluster.worker(port, "w0")
-        stopped = cluster.worker(port, "w1")
-        wait_for(lambda: proxy.responses > 500, 30, "load to flow")
-        stopped.send_signal(signal.SIGTERM)  # the worker only: it stops its engine and reports
-        assert stopped.wait(30) == 0
-        code, _ = finish(master)
-        served = proxy.responses
+    sc = scenario(cluster.tmp, infer_url(base), 'concurrency = 4\nduration = "3s"', raw=False)
+    master = run_master(cluster, sc, port, 2)
+    cluster.worker(port, "w0")
+    stopped = cluster.worker(port, "w1")
+    wait_for(lambda: served(base) > 500, 30, "load to flow")
+    stopped.send_signal(signal.SIGTERM)  # the worker only: it stops its engine and reports
+    assert stopped.wait(30) == 0
+    code, _ = finish(master)
     assert code == 3, cluster.log(master)
     report = read_report(cluster.tmp / "run.arrow")
     info = report.meta.extra["locust"]
     assert sorted(w["state"] for w in info["workers"]) == ["final", "stopped"] and report.run.partial
     gone = next(w for w in info["workers"] if w["state"] == "stopped")
     assert info["lost"] == [gone["id"]] and gone["requests"] > 0
-    assert sum(t.requests for t in report.run.totals.values()) == served  # nothing of the stopped one lost
+    assert sum(t.requests for t in report.run.totals.values()) == served(base)  # nothing of the stopped one lost
 
 
 def test_ubiops_on_the_embedded_emulator_runs_distributed(cluster: Cluster) -> None:
