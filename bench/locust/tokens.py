@@ -45,14 +45,19 @@ class UserTokens:
             if cfg.token_url is None:
                 raise InputError("no token URL: give token_url", file=file, key="auth.token_url")
             client_id = self._env(env, cfg.client_id_env, "client_id_env") if cfg.client_id_env else cfg.client_id
-            secret = self._env(env, cfg.client_secret_env, "client_secret_env")
-            self._basic = "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
             if cfg.kind == "password":
                 user = self._env(env, cfg.username_env, "username_env") if cfg.username_env else cfg.username
                 self._form = {"grant_type": "password", "username": user or "",
                               "password": self._env(env, cfg.password_env, "password_env")}
+                if getattr(cfg, "scope", ""):
+                    self._form["scope"] = cfg.scope
             else:
                 self._form = {"grant_type": "client_credentials"}
+            if cfg.client_secret_env is None:  # a public client (Wallaroo's sdk-client): its id, no secret
+                self._form["client_id"] = client_id
+            else:
+                secret = self._env(env, cfg.client_secret_env, "client_secret_env")
+                self._basic = "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
             self._fetch()
 
     def _env(self, env: Mapping[str, str], name: str | None, key: str) -> str:
@@ -91,9 +96,10 @@ class UserTokens:
         started = time.monotonic()
         client = HTTPClient.from_url(url, connection_timeout=self.cfg.timeout_s, network_timeout=self.cfg.timeout_s)
         try:
-            resp = client.request("POST", parts.path, body=urlencode(self._form).encode(),
-                                  headers={"Content-Type": "application/x-www-form-urlencoded",
-                                           "Authorization": self._basic})
+            headers = {"Content-Type": "application/x-www-form-urlencoded"}
+            if self._basic:
+                headers["Authorization"] = self._basic
+            resp = client.request("POST", parts.path, body=urlencode(self._form).encode(), headers=headers)
             status, body = resp.status_code, resp.read()
         except Exception as exc:
             raise RunInvalid(f"token request to {where} failed: {type(exc).__name__}") from None
