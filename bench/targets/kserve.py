@@ -91,7 +91,7 @@ async def _get(client: httpx.AsyncClient, url: str) -> httpx.Response | str:
 
 
 async def _wait_ready(client: httpx.AsyncClient, base: str, cfg: KServeConfig,
-                      message: Callable[[str], None]) -> None:
+                      message: Callable[[str], None], file: str | None) -> None:
     deadline = time.monotonic() + cfg.ready_wait_s
     paths = ("/v2/health/ready", f"{cfg.model_path}/ready")
     last = ""
@@ -105,7 +105,7 @@ async def _wait_ready(client: httpx.AsyncClient, base: str, cfg: KServeConfig,
             if got.status_code == 404 and path != paths[0]:
                 raise InputError(f"model {cfg.model_name!r}"
                                  f"{f' version {cfg.model_version!r}' if cfg.model_version else ''} "
-                                 f"not found on {base} (404 on {path})", key="target.model_name")
+                                 f"not found on {base} (404 on {path})", file=file, key="target.model_name")
             if got.status_code != 200:
                 last = f"{path}: HTTP {got.status_code}"
                 break
@@ -123,7 +123,7 @@ async def preflight(plan: KServePlan, base: str, message: Callable[[str], None],
     """Ready checks, then the model's metadata against the data (InputError naming the input on a mismatch)."""
     cfg = plan.config
     async with httpx.AsyncClient(timeout=10.0, headers=dict(cfg.headers)) as client:
-        await _wait_ready(client, base, cfg, message)
+        await _wait_ready(client, base, cfg, message, file)
         if cfg.binary:
             server = await _get(client, f"{base}/v2")
             ext = server.json().get("extensions", []) if isinstance(server, httpx.Response) and \
