@@ -62,8 +62,8 @@ def parse(text: str) -> tuple[dict[str, str], list[Sample]]:
     """(metric family → type from ``# TYPE``, samples); PromError on anything not in the format."""
     types: dict[str, str] = {}
     samples: list[Sample] = []
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
+    for lineno, raw in enumerate(text.split("\n"), 1):  # only \n ends a line (not \x1e, \x85 ...)
+        line = raw.strip(" \t\r")
         if not line:
             continue
         if line.startswith("#"):
@@ -125,6 +125,8 @@ def _family(name: str, types: Mapping[str, str]) -> tuple[str, str, str]:
     """(family, type, suffix) of a sample name: ``x_bucket`` of histogram ``x`` → (x, histogram, _bucket)."""
     if name in types:
         return name, types[name], ""
+    if name.endswith("_created") and f"{name[:-8]}_total" in types:  # a counter's creation time
+        return f"{name[:-8]}_total", types[f"{name[:-8]}_total"], "_created"
     for suffix in ("_bucket", "_count", "_sum", "_total", "_created"):
         if name.endswith(suffix) and name[: -len(suffix)] in types:
             base = name[: -len(suffix)]

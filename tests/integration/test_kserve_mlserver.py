@@ -131,6 +131,7 @@ def test_metadata_mismatch_is_one_line_exit_2_naming_the_input(tmp_path: Path, m
 
 def test_binary_extension_refused_by_mlserver_before_load(tmp_path: Path, mlserver: Server) -> None:
     """MLServer's GET /v2 lists no binary_tensor_data extension: binary = true stops before any load."""
-    proc = bench("run", str(scenario(tmp_path, mlserver, ('datatype = "FP32"', 'datatype = "FP32"\nbinary = true'))), "--quiet")
+    binary = ('datatype = "FP32"', 'datatype = "FP32"\nbinary = true')
+    proc = bench("run", str(scenario(tmp_path, mlserver, binary)), "--quiet")
     assert proc.returncode == 2, proc.stderr
     assert "binary_tensor_data" in proc.stderr.strip().splitlines()[-1]
