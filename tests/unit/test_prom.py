@@ -58,17 +58,17 @@ def test_timestamps_specials_and_escapes() -> None:
 MLSERVER = """\
 # HELP rest_server_request_duration_seconds Request duration
 # TYPE rest_server_request_duration_seconds histogram
-rest_server_request_duration_seconds_bucket{le="0.005",method="POST",path="/v2/models/{model_name}/infer",status_code="200"} 8.0
-rest_server_request_duration_seconds_bucket{le="0.01",method="POST",path="/v2/models/{model_name}/infer",status_code="200"} 10.0
-rest_server_request_duration_seconds_bucket{le="+Inf",method="POST",path="/v2/models/{model_name}/infer",status_code="200"} 10.0
-rest_server_request_duration_seconds_bucket{le="0.005",method="POST",path="/v2/models/{model_name}/infer",status_code="400"} 1.0
-rest_server_request_duration_seconds_bucket{le="0.01",method="POST",path="/v2/models/{model_name}/infer",status_code="400"} 1.0
-rest_server_request_duration_seconds_bucket{le="+Inf",method="POST",path="/v2/models/{model_name}/infer",status_code="400"} 1.0
+rest_server_request_duration_seconds_bucket{le="0.005",method="POST",path="/v2/models/{m}/infer",status_code="200"} 8.0
+rest_server_request_duration_seconds_bucket{le="0.01",method="POST",path="/v2/models/{m}/infer",status_code="200"} 10.0
+rest_server_request_duration_seconds_bucket{le="+Inf",method="POST",path="/v2/models/{m}/infer",status_code="200"} 10.0
+rest_server_request_duration_seconds_bucket{le="0.005",method="POST",path="/v2/models/{m}/infer",status_code="400"} 1.0
+rest_server_request_duration_seconds_bucket{le="0.01",method="POST",path="/v2/models/{m}/infer",status_code="400"} 1.0
+rest_server_request_duration_seconds_bucket{le="+Inf",method="POST",path="/v2/models/{m}/infer",status_code="400"} 1.0
 rest_server_request_duration_seconds_bucket{le="0.005",method="GET",path="/v2/health/ready",status_code="200"} 5.0
 rest_server_request_duration_seconds_bucket{le="0.01",method="GET",path="/v2/health/ready",status_code="200"} 5.0
 rest_server_request_duration_seconds_bucket{le="+Inf",method="GET",path="/v2/health/ready",status_code="200"} 5.0
-rest_server_request_duration_seconds_count{method="POST",path="/v2/models/{model_name}/infer",status_code="200"} 10.0
-rest_server_request_duration_seconds_sum{method="POST",path="/v2/models/{model_name}/infer",status_code="200"} 0.03
+rest_server_request_duration_seconds_count{method="POST",path="/v2/models/{m}/infer",status_code="200"} 10.0
+rest_server_request_duration_seconds_sum{method="POST",path="/v2/models/{m}/infer",status_code="200"} 0.03
 # TYPE rest_server_requests_total counter
 rest_server_requests_total{method="POST",status_code="200"} 10.0
 rest_server_requests_created{method="POST",status_code="200"} 1.7e9
