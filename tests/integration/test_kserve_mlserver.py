@@ -107,18 +107,19 @@ def test_bench_run_on_mlserver_zero_errors_right_rows_server_metrics(tmp_path: P
     s = json.loads(proc.stdout)
     assert s["requests"] > 50 and s["ok"] == s["requests"] and s["errors"] == 0, s
     # 1,001 rows cut into 10-row requests: 100 of 10 rows and one of 1
-    assert s["rows_per_s"] == pytest.approx(s["rps"] * 1001 / 101, rel=0.03)
+    assert s["rows_per_s"] == pytest.approx(s["rps"] * 1001 / 101, rel=0.03), s
     # the server's own request-duration histogram, scraped during the run, sits beside the client's latency
     assert s["server_ms"] is not None and s["server_ms"]["p50"] > 0, s
     report = ipc.open_file(str(out))  # read with pyarrow alone
     rows = report.read_all().to_pylist()
     latency = [r for r in rows if r["section"] == "server_latency" and r["phase"] == "measured"]
-    assert latency and latency[0]["name"] == "rest_server_request_duration_seconds"
-    assert latency[0]["count"] >= s["requests"]  # every measured inference is in the server's histogram
+    assert latency and latency[0]["name"] == "rest_server_request_duration_seconds", latency
+    assert latency[0]["count"] >= s["requests"], (latency, s)  # every measured inference is in the histogram
     assert any(r["section"] == "server_metric" and str(r["name"]).startswith("rest_server_requests_total")
                for r in rows)
     sm = json.loads(report.schema.metadata[b"bench.report"])["extra"]["server_metrics"]
-    assert sm["scrapes"] >= 3 and sm["scrape_errors"] == 0
+    # a scrape may time out on a loaded machine (counted, never fatal); most must succeed
+    assert sm["scrapes"] >= 3 and sm["scrape_errors"] <= 1, sm
 
 
 def test_metadata_mismatch_is_one_line_exit_2_naming_the_input(tmp_path: Path, mlserver: Server) -> None:
