@@ -135,3 +135,17 @@ def test_non_prometheus_metrics_text_is_counted_not_fatal(tmp_path: Path,
     sm = extra(out)["server_metrics"]
     assert isinstance(sm, dict) and sm["scrapes"] == 0 and sm["scrape_errors"] >= 2
     assert "PromError" in str(sm["first_error"])
+
+
+def test_processes_run_parent_preflights_and_scrapes(tmp_path: Path) -> None:
+    """--processes 2: the parent checks the model once and scrapes once; the merged report has server figures."""
+    out = tmp_path / "r.arrow"
+    proc = bench("run", "scenarios/kserve.toml", *SHORT, "--processes", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(proc.stdout)
+    assert s["errors"] == 0 and s["ok"] > 50 and s["server_ms"] is not None
+    sm = extra(out)["server_metrics"]
+    assert isinstance(sm, dict) and sm["scrapes"] >= 2
+    bad = variant(tmp_path, ('datatype = "FP32"', 'datatype = "FP64"'))
+    refused = bench("run", str(bad), *SHORT, "--processes", "2")
+    assert refused.returncode == 2 and "datatype mismatch" in refused.stderr.strip().splitlines()[-1]
