@@ -149,3 +149,13 @@ def test_processes_run_parent_preflights_and_scrapes(tmp_path: Path) -> None:
     bad = variant(tmp_path, ('datatype = "FP32"', 'datatype = "FP64"'))
     refused = bench("run", str(bad), *SHORT, "--processes", "2")
     assert refused.returncode == 2 and "datatype mismatch" in refused.stderr.strip().splitlines()[-1]
+
+
+def test_v2_error_bodies_counted_with_the_servers_message(tmp_path: Path) -> None:
+    proc = bench("run", "scenarios/kserve.toml", *SHORT, "--set", "emulator.error_rate=0.1",
+                 "--out", str(tmp_path / "r.arrow"))
+    s = json.loads(proc.stdout)
+    assert s["requests"] == s["ok"] + s["errors"] and s["errors"] > 0
+    assert set(s["errors_by_kind"]) == {"http_error:500"}
+    (top,) = s["top_errors"]
+    assert top["count"] == s["errors"] and "model ccfraud failed (injected error)" in top["sample"]
