@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 TARGET_KINDS = KINDS  # the target registry's kinds
-SECTIONS = ("target", "data", "load", "engine", "report", "auth", "wallaroo", "emulator", "slo", "capacity",
+SECTIONS = ("target", "data", "load", "engine", "report", "auth", "wallaroo", "emulator", "slo", "capacity", "ubiops",
             "server_metrics")
 
 
@@ -260,7 +260,7 @@ def parse_scenario(doc: Mapping[str, Any], *, file: str, base_dir: Path) -> Scen
     load = _parse_load(tables["load"], file)
     engine = _parse_engine(tables["engine"], file)
     report = _parse_report(tables["report"], file)
-    raw = {k: tables[k] for k in ("auth", "wallaroo", "emulator", "slo", "capacity", "server_metrics")}
+    raw = {k: tables[k] for k in ("auth", "wallaroo", "emulator", "slo", "capacity", "ubiops", "server_metrics")}
     return Scenario(name=name, file=file, base_dir=base_dir, target=target, data=data, load=load,
                     engine=engine, report=report, tables=raw, source=doc)
 
@@ -297,6 +297,8 @@ def _parse_target(t: Mapping[str, Any], file: str) -> TargetConfig:
     if token_env is not None and env_name_problem(token_env):
         raise tab.err("token_env", env_name_problem(token_env) or "")
     dataset_params = tab.boolean("dataset_params", False)
+    for key in ("dataset", "dataset_exclude", "dataset_separator"):
+        tab.get(key)  # the target checks them (bench.targets.wallaroo: dataset query parameters)
     tab.done()
     return TargetConfig(kind=kind, url=url, format=fmt, method=method, headers=dict(headers),
                         dataset_params=dataset_params, token_env=token_env, headers_env=dict(headers_env), raw=t)

@@ -179,7 +179,9 @@ def scrubber_for(prepared: Prepared, environ: Mapping[str, str] | None = None) -
     if isinstance(headers_env, Mapping):
         for var in headers_env.values():
             from_env(var)
-    for key, value in sc.tables.get("auth", {}).items():
+    wallaroo_auth = sc.tables.get("wallaroo", {}).get("auth")  # [wallaroo.auth]: the MLOps user's credentials
+    tables = [sc.tables.get("auth", {}), wallaroo_auth if isinstance(wallaroo_auth, Mapping) else {}]
+    for key, value in (kv for table in tables for kv in table.items()):
         if key.endswith("_env"):
             from_env(value)
         elif key.endswith("_file"):

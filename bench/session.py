@@ -71,11 +71,18 @@ def prepare(sc: Scenario) -> Prepared:
         from bench.emulator.embedded import emulator_config_from_mapping
 
         cfg = emulator_config_from_mapping(sc.tables["emulator"], sc.file)
-        if prepared.auth_config is not None and prepared.auth_config.uses_keycloak:
-            from bench.auth import emulator_credentials
+        from bench.auth import emulator_credentials
 
-            # the embedded emulator must accept the scenario's credentials (they reach it on stdin, not argv)
-            cfg = replace(cfg, **emulator_credentials(prepared.auth_config, file=sc.file))
+        # the embedded emulator must accept the scenario's credentials (they reach it on stdin, not argv)
+        creds: dict[str, Any] = {}
+        pf = prepared.preflight_config
+        for auth, section in ((prepared.auth_config, "auth"), (pf.auth if pf else None, "wallaroo.auth")):
+            if auth is not None and auth.uses_keycloak:
+                more = emulator_credentials(auth, file=sc.file, section=section)
+                users = tuple(creds.get("users", ())) + tuple(more.pop("users", ()))
+                creds.update(more, **({"users": users} if users else {}))
+        if creds:
+            cfg = replace(cfg, **creds)
         prepared.emulator_config = cfg
     return prepared
 
@@ -189,6 +196,11 @@ def finish(opts: RunOptions, prepared: Prepared, report: Any, facts: RunFacts, o
         render_summary(report, console)
         if slo_result is not None:
             console.print(slo_result.render())
+    from bench.targets import target_for
+
+    note = target_for(prepared.scenario.target.kind).end_note(report.meta.extra)
+    if note and not opts.quiet:
+        print(note, file=sys.stderr)
     if facts.interrupted:
         return EXIT_INTERRUPTED
     unreachable = unreachable_reason(summary)
