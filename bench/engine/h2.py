@@ -709,6 +709,9 @@ class H2Engine(CallbackEngine):
             return
         if st.status < 200:  # the first final status; 1xx answers are informational
             st.status = _status(headers)
+            watch = self._watch
+            if watch is not None:
+                watch.fire(st.status, headers)
         if flags & fr.END_STREAM:
             del conn.streams[sid]
             self._finish(conn, st)
@@ -844,6 +847,15 @@ class H2Engine(CallbackEngine):
             self.flush()
 
     def _teardown(self, conn: _Conn, kind: int, detail: str) -> None:
+        if not conn.ready:
+            # the server broke the connection before its SETTINGS (an HTTP/1.1-only server answers the preface
+            # with a 400 and closes): a failed connect, so the waiting requests fail and the slot backs off;
+            # moving them to a new connection would reconnect in a tight loop and record nothing
+            self._fails[conn.slot] += 1
+            if conn.transport is not None:
+                conn.transport.abort()
+            self._connect_failed(conn, kind, detail, conn.t_connect)
+            return
         conn.dead = True
         self._conns.discard(conn)
         if self._slots[conn.slot] is conn:
