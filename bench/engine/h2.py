@@ -419,7 +419,6 @@ class H2Engine(CallbackEngine):
                 self._connect_failed(conn, _PROTOCOL, f"server did not negotiate h2 via ALPN (got {proto!r})",
                                      started)
                 return
-        self._fails[conn.slot] = 0
         # streams start once the server's SETTINGS arrive (its preface, sent at once): then its
         # max_concurrent_streams is known and no stream is refused for exceeding it
         conn.out += fr.PREFACE + _OUR_SETTINGS + fr.window_update(0, _WINDOW - _DEFAULT_WINDOW)
@@ -746,7 +745,9 @@ class H2Engine(CallbackEngine):
             elif key == 5 and not fr.DEFAULT_MAX_FRAME <= value <= 2**24 - 1:  # MAX_FRAME_SIZE (we send 16 KiB)
                 raise fr.FrameError("SETTINGS_MAX_FRAME_SIZE out of range")
         conn.out += _SETTINGS_ACK
-        conn.ready = True
+        if not conn.ready:
+            conn.ready = True
+            self._fails[conn.slot] = 0  # the server speaks HTTP/2: the slot's connects succeed again
         self._start_waiting(conn)
         if conn.blocked:
             self._pump_blocked(conn)
