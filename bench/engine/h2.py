@@ -764,6 +764,8 @@ class H2Engine(CallbackEngine):
         if kind != _OK:
             self.sink.error_detail(kind, status, body[:512])
         self._inflight -= 1
+        if conn.blocked and st in conn.blocked:  # answered before its body was all sent (e.g. an early 413)
+            conn.blocked.remove(st)
         self._free.append(st)
         if conn.waiting:
             self._start_waiting(conn)
