@@ -264,17 +264,40 @@ class _Conn(asyncio.Protocol):
         eng = self.eng
         eng._batching = True
         try:
-            if self.buf:
-                data = self.buf + data
             try:
-                used = eng.receive(self, data)
+                start = self._complete(data) if self.buf else 0
+                if start < len(data) and not self.dead:
+                    used = eng.receive(self, data, start)
+                    self.buf = data[used:] if used < len(data) else b""
             except (fr.FrameError, HPACKError, ValueError, IndexError) as exc:
                 eng.conn_failed(self, _PROTOCOL, f"HTTP/2 protocol error: {exc!r}")
                 return
-            self.buf = data[used:] if used < len(data) else b""
         finally:
             eng._batching = False
             eng.flush()
+
+    def _complete(self, data: bytes) -> int:
+        """Finish the partial frame left in ``buf`` with the first bytes of ``data`` (not ``buf + data``: with big
+        reads that copied up to a whole read per callback, churning the heap); returns the bytes of ``data`` used."""
+        buf = self.buf
+        take = max(0, 9 - len(buf))
+        if take:
+            buf += data[:take]
+            if len(buf) < 9:
+                self.buf = buf
+                return len(data)
+        n = (buf[0] << 16) | (buf[1] << 8) | buf[2]
+        if n > fr.DEFAULT_MAX_FRAME:
+            raise fr.FrameError(f"frame of {n} octets exceeds SETTINGS_MAX_FRAME_SIZE", 6)
+        more = min(9 + n - len(buf), len(data) - take)
+        buf += data[take:take + more]
+        used = take + more
+        if len(buf) < 9 + n:
+            self.buf = buf
+            return used
+        self.buf = b""
+        self.eng.receive(self, buf, 0)
+        return used
 
     def eof_received(self) -> bool | None:
         return None
@@ -596,10 +619,9 @@ class H2Engine(CallbackEngine):
         self.flush()
 
     # -- answers --------------------------------------------------------------------------------------
-    def receive(self, conn: _Conn, data: bytes) -> int:
-        """Act on every whole frame at the start of ``data``; returns the bytes used. Runs inside data_received
-        (flushing happens after). Raises FrameError/HPACKError for what breaks the connection."""
-        off = 0
+    def receive(self, conn: _Conn, data: bytes, off: int = 0) -> int:
+        """Act on every whole frame of ``data`` from ``off``; returns the offset after the last one. Runs inside
+        data_received (flushing happens after). Raises FrameError/HPACKError for what breaks the connection."""
         end = len(data)
         unpack = fr.FRAME_HEADER.unpack_from
         streams = conn.streams

@@ -10,6 +10,8 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from bench.engine import h2frames as fr
 from bench.engine.base import EngineConfig, PreparedBody, RequestSet
 from bench.engine.h2 import H2Engine, _Conn, encode_header_block
@@ -125,3 +127,41 @@ async def test_a_stream_answered_before_its_body_was_sent_leaves_no_blocked_entr
     assert conn.blocked and conn.blocked[0].sid == sid
     eng.receive(conn, headers(sid, b"413", end=True))  # the server refused it early
     assert leftovers(eng, conn) == (0, 0, 0, 0) and sink.kinds() == {int(Kind.HTTP_ERROR): 1}
+
+
+def _answers_wire(sids: list[int], sizes: list[int]) -> bytes:
+    out = b""
+    for sid, size in zip(sids, sizes, strict=True):
+        out += headers(sid, b"200", end=False)
+        body = bytes([sid % 251]) * size
+        for i in range(0, size, fr.DEFAULT_MAX_FRAME):
+            chunk = body[i:i + fr.DEFAULT_MAX_FRAME]
+            out += fr.frame(fr.DATA, fr.END_STREAM if i + fr.DEFAULT_MAX_FRAME >= size else 0, sid, chunk)
+        if size == 0:
+            out += fr.frame(fr.DATA, fr.END_STREAM, sid, b"")
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(0, 40_000), min_size=1, max_size=5), cuts=st.lists(st.integers(1, 70_000),
+                                                                                      max_size=12))
+def test_answers_split_anywhere_across_reads_give_the_same_records(sizes: list[int], cuts: list[int]) -> None:
+    """Reads end anywhere, also inside a frame header; the partial frame is completed from the next read."""
+    sink = Sink()
+    eng = H2Engine(EngineConfig(http2=True), RequestSet("http://127.0.0.1:9/p", "POST", {}, [PreparedBody(b"q", 1)]),
+                   classify, sink)
+    eng._open, eng._limit = True, 1 << 20
+    conn = _Conn(eng, 0)
+    eng._slots[0] = conn
+    eng._settings(conn, b"")
+    sids = start(eng, conn, len(sizes))
+    wire = _answers_wire(sids, sizes)
+    pos = 0
+    for cut in sorted({c % (len(wire) + 1) for c in cuts}):
+        conn.data_received(wire[pos:cut])
+        pos = cut
+        assert len(conn.buf) <= 9 + fr.DEFAULT_MAX_FRAME  # never more than one partial frame is kept
+    conn.data_received(wire[pos:])
+    assert not conn.dead and conn.buf == b""
+    assert sorted(r[7] for r in sink.rows) == sorted(sizes) and set(sink.kinds()) == {int(Kind.OK)}
+    assert leftovers(eng, conn) == (0, 0, 0, 0)
