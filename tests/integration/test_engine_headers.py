@@ -111,7 +111,7 @@ async def test_every_engine_reports_the_same_chosen_headers() -> None:
             sink = FakeSink()
             seen: list[tuple[int, dict[str, str]]] = []
             eng = make(cls, f"http://127.0.0.1:{port}/{name}", sink, bodies(1), http2=http2)
-            eng.watch_headers(WANTED, lambda status, headers: seen.append((status, headers)))
+            eng.watch_headers(WANTED, lambda status, headers, seen=seen: seen.append((status, headers)))
             await eng.run(closed(1, max_requests=N), Stop())  # one worker: answers arrive in order
             assert len(sink.rows) == N, name
             assert sink.kinds() == Counter({int(Kind.OK): 8, int(Kind.HTTP_ERROR): 4}), name

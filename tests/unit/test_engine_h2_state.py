@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from bench.engine import h2frames as fr
 from bench.engine.base import EngineConfig, PreparedBody, RequestSet
 from bench.engine.h2 import H2Engine, _Conn, encode_header_block
@@ -112,8 +113,8 @@ async def test_stream_objects_are_recycled_so_a_long_run_allocates_none() -> Non
 async def test_read_timeout_and_connection_loss_release_streams() -> None:
     eng, conn, sink = engine(read_timeout_s=0.001)
     start(eng, conn, 3)
-    for st in conn.streams.values():
-        st.sent = 1
+    for stream in conn.streams.values():
+        stream.sent = 1
     eng.sweep(10**12)
     assert leftovers(eng, conn) == (0, 0, 0, 0) and sink.kinds()[int(Kind.READ_TIMEOUT)] == 3
     start(eng, conn, 2)
