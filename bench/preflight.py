@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -20,9 +20,12 @@ from bench.errors import InputError, RunInvalid
 from bench.tables import TableReader
 from bench.units import format_duration, parse_duration
 
+if TYPE_CHECKING:
+    from bench.auth import AuthConfig
+
 __all__ = ["PreflightConfig", "deployment_from_url", "preflight_config_from_mapping", "run_preflight"]
 
-_KEYS = ("api_url", "deployment", "workspace_id", "pipeline", "wait", "poll_interval", "timeout")
+_KEYS = ("api_url", "deployment", "workspace_id", "pipeline", "wait", "poll_interval", "timeout", "auth")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +39,21 @@ class PreflightConfig:
     wait_s: float = 300.0  # longest wait for Running
     poll_interval_s: float = 2.0
     timeout_s: float = 10.0  # per request
+    auth: AuthConfig | None = None  # [wallaroo.auth]: the MLOps user's token (default: see mlops_auth)
 
     @property
     def enabled(self) -> bool:
         return self.api_url is not None
+
+    def mlops_auth(self, inference: AuthConfig | None) -> AuthConfig | None:
+        """The credentials of MLOps API calls, which take a *user's* token (the platform refuses a service
+        account's): ``[wallaroo.auth]`` when given, else a password grant of the same user as ``[auth]`` (its own
+        token, refreshed on its own). None: send the inference token (static, client_credentials or none)."""
+        if self.auth is not None:
+            return self.auth
+        if inference is not None and inference.kind == "password":
+            return inference
+        return None
 
 
 def preflight_config_from_mapping(d: Mapping[str, Any], file: str) -> PreflightConfig:
@@ -67,6 +81,13 @@ def preflight_config_from_mapping(d: Mapping[str, Any], file: str) -> PreflightC
             raise err("api_url", "expected an http:// or https:// URL such as https://acme.api.example.ai")
         if parts.username or parts.password:
             raise err("api_url", "must not carry credentials; use [auth]")
+    auth = None
+    if "auth" in d:
+        if not isinstance(d["auth"], Mapping):
+            raise err("auth", "expected a table ([wallaroo.auth]) of the MLOps user's credentials")
+        from bench.auth import auth_config_from_mapping
+
+        auth = auth_config_from_mapping(d["auth"], file, "wallaroo.auth")
     workspace_id = d.get("workspace_id")
     if workspace_id is not None and (isinstance(workspace_id, bool) or not isinstance(workspace_id, int)
                                      or workspace_id < 0):
@@ -74,13 +95,14 @@ def preflight_config_from_mapping(d: Mapping[str, Any], file: str) -> PreflightC
     return PreflightConfig(api_url=api_url.rstrip("/") if api_url else None, deployment=string("deployment"),
                            workspace_id=workspace_id, pipeline=string("pipeline"),
                            wait_s=duration("wait", 300.0, 0.0), poll_interval_s=duration("poll_interval", 2.0, 0.01),
-                           timeout_s=duration("timeout", 10.0, 0.01))
+                           timeout_s=duration("timeout", 10.0, 0.01), auth=auth)
 
 
 def deployment_from_url(url: str) -> str | None:
-    """The ``{deployment}-{id}`` part of ``…/v1/api/pipelines/infer/{deployment}-{id}/{pipeline}``, if present."""
+    """The ``{deployment}-{id}`` part of ``…/v1/api/pipelines/infer/{deployment}-{id}/{pipeline}`` (or of an older
+    install's ``…/v1/api/pipelines/infer/{pipeline}-{id}``), if present."""
     parts = [p for p in urlsplit(url).path.split("/") if p]
-    for i in range(len(parts) - 2):
+    for i in range(len(parts) - 1):  # older installs: …/pipelines/infer/{pipeline}-{id}, no trailing segment
         if parts[i] == "infer" and i >= 1 and parts[i - 1] == "pipelines":
             return parts[i + 1]
     return None
@@ -136,7 +158,8 @@ async def _call(http: httpx.AsyncClient, cfg: PreflightConfig, route: str, body:
         answer = None
     message = answer.get("error") or answer.get("msg") if isinstance(answer, dict) else None
     detail = f": {message}" if isinstance(message, str) and message else ""
-    if response.status_code in (401, 403, 404):
+    if 400 <= response.status_code < 600 and response.status_code not in _GATEWAY:
+        # a wrong name (today's platform: 400 or 500), refused credentials: waiting will not change it
         raise RunInvalid(f"preflight: {url} answered HTTP {response.status_code}{detail}")
     if response.status_code != 200 or not isinstance(answer, dict):
         raise _Transient(f"{url} answered HTTP {response.status_code}{detail}")
@@ -177,6 +200,10 @@ async def _wait_running(http: httpx.AsyncClient, cfg: PreflightConfig, deploymen
         if status == "Running":
             progress(f"preflight: deployment {deployment} is Running")
             return
+        if status.lower() not in _STARTING:  # Error (or anything but starting): waiting will not make it Running
+            reason = _reason(answer)
+            raise RunInvalid(f"preflight: deployment {deployment} is {status}"
+                             + (f": {reason}" if reason else "") + (f"; {summary}" if summary else ""))
         progress(f"preflight: deployment {deployment} is {status}; waiting "
                  f"({format_duration(round(elapsed))} of {format_duration(cfg.wait_s)})")
         if time.monotonic() + cfg.poll_interval_s > deadline:
@@ -193,8 +220,9 @@ def _engines(answer: Mapping[str, Any]) -> str:
         if not isinstance(items, list) or not items:
             continue
         described = []
-        for item in items[:8]:
-            if not isinstance(item, Mapping):
+        for raw in items[:8]:
+            item = _fields(raw)
+            if item is None:
                 continue
             text = f"{item.get('name', '?')} {item.get('status', '?')}"
             if item.get("reason"):
@@ -204,6 +232,35 @@ def _engines(answer: Mapping[str, Any]) -> str:
             described.append(f"… {len(items) - 8} more")
         parts.append(f"{key}: {', '.join(described)}")
     return "; ".join(parts)
+
+
+_GATEWAY = (429, 502, 503, 504)  # the API's front door is busy or restarting: worth another poll
+_STARTING = frozenset({"starting", "pending", "deploying", "creating", "unknown"})  # worth waiting through
+
+
+def _fields(item: Any) -> Mapping[str, Any] | None:
+    """An engine entry's own fields: under ``info`` on today's platform, flat on older ones."""
+    if not isinstance(item, Mapping):
+        return None
+    info = item.get("info")
+    return {**item, **info} if isinstance(info, Mapping) else item
+
+
+def _reason(answer: Mapping[str, Any]) -> str:
+    """The platform's reason a deployment failed: its ``details``, else the first engine's details/reason."""
+    details = answer.get("details")
+    if isinstance(details, list) and details:
+        return "; ".join(str(d) for d in details[:3])
+    for raw in answer.get("engines") or ():
+        item = _fields(raw)
+        if item is None:
+            continue
+        d = item.get("details")
+        if isinstance(d, list) and d:
+            return "; ".join(str(x) for x in d[:3])
+        if item.get("reason"):
+            return str(item["reason"])
+    return ""
 
 
 class _Transient(Exception):

@@ -57,13 +57,15 @@ class RunControl:
     progress: Callable[[Any], None] | None = None  # called ~2×/s with the recorder's progress snapshot
     message: Callable[[str], None] = lambda _m: None  # one-line status messages (preflight, emulator)
     raw_path: Path | None = None
+    checkpoint_path: Path | None = None  # append the measurements here once a second (bench.checkpoint)
     preflight: bool = True
     interrupted: bool = False
     slo_aborted: str | None = None
     token_source: Any = None  # set while a run holds credentials: its secrets() scrub messages
+    mlops_token_source: Any = None  # the MLOps user's token (Wallaroo preflight), when it is a separate one
 
     def secrets(self) -> list[str]:
-        return list(self.token_source.secrets()) if self.token_source is not None else []
+        return [s for src in (self.token_source, self.mlops_token_source) if src is not None for s in src.secrets()]
 
 
 def request_set(sc: Scenario, url: str, bodies: Sequence[PreparedBody], authorization: str | None,
@@ -71,6 +73,10 @@ def request_set(sc: Scenario, url: str, bodies: Sequence[PreparedBody], authoriz
     """The wire form of an engine-driven target: its headers, the scenario's, and the Authorization value."""
     req = target_for(sc.target.kind).request(sc.target, url, config)
     headers = {**req.headers, **sc.target.headers}
+    if sc.target.headers_env:  # secret header values, read from the environment at run time
+        from bench.secrets import header_env_values
+
+        headers.update(header_env_values(sc.target.headers_env, file=sc.file))
     if authorization:
         headers["Authorization"] = authorization
     return RequestSet(url=req.url, method=sc.target.method, headers=headers, bodies=bodies), req.classify
@@ -133,9 +139,13 @@ def _static_token(sc: Scenario) -> str | None:
     name = sc.target.token_env
     if not name:
         return None
-    value = os.environ.get(name)
+    from bench.secrets import env_name_problem
+
+    problem = env_name_problem(name)  # a token pasted where its variable's name belongs: never echo it
+    value = None if problem else os.environ.get(name)
     if not value:
-        raise InputError(f"environment variable {name} is not set", file=sc.file, key="target.token_env")
+        raise InputError(problem or f"environment variable {name} is not set", file=sc.file,
+                         key="target.token_env")
     return value if value.lower().startswith(("bearer ", "token ")) else f"Bearer {value}"
 
 
@@ -158,13 +168,21 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
         def authorization() -> str:
             return token_source.authorization() if token_source is not None else (static or "")
 
-        url = await _preflight(prepared, ctl, url, authorization)
-        if start_at_wall is not None:
-            await anyio.sleep(max(0.0, start_at_wall - time.time()))
+        mlops = await _mlops_source(prepared, ctl, counts, tg)
+        url = await _preflight(prepared, ctl, url, mlops.authorization if mlops is not None else authorization)
+        if start_at_wall is not None:  # a stop signal while waiting for the common start ends the wait
+            with _signals(ctl, stop), anyio.move_on_after(max(0.0, start_at_wall - time.time())):
+                await stop.wait()
         start_ns = time.monotonic_ns() + 20_000_000  # 20 ms to open connections before the first send
         recorder = Recorder(start_ns, start_ns + int(sc.load.warmup_s * 1e9), raw_path=ctl.raw_path)
         counts.attach(recorder)
         spec = load_spec(sc, start_ns, worker=worker)
+        checkpoint = None
+        if ctl.checkpoint_path is not None:  # kill -9 leaves something `bench recover` can read
+            from bench.checkpoint import Checkpoint
+
+            checkpoint = Checkpoint.start(ctl.checkpoint_path, prepared, recorder, url)
+            tg.start_soon(checkpoint.run, recorder, stop)
 
         with _signals(ctl, stop):
             grace_s = max(spec.drain_s + 1.0, target_for(sc.target.kind).drain_grace_s(prepared.target_config))
@@ -175,12 +193,15 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
             facts.cpu_fraction = (time.process_time() - cpu0) / max(1e-9, time.monotonic() - wall0)
             stop.set()
         end_ns = min(time.monotonic_ns(), spec.end_ns)  # throughput over the planned window, not the drain
-        if token_source is not None:
-            await token_source.close()
+        for source in (token_source, mlops):
+            if source is not None:
+                await source.close()
         tg.cancel_scope.cancel()
     facts.url = "embedded" if prepared.embedded else url
     facts.interrupted = ctl.interrupted
     facts.slo_aborted = ctl.slo_aborted or None
+    if checkpoint is not None:
+        checkpoint.close()
     return recorder.finish(end_ns, partial=ctl.interrupted), facts
 
 
@@ -193,9 +214,12 @@ async def preflight_url(prepared: Prepared, ctl: RunControl) -> str:
         def authorization() -> str:
             return token_source.authorization() if token_source is not None else (static or "")
 
-        url = await _preflight(prepared, ctl, prepared.scenario.target.url, authorization)
-        if token_source is not None:
-            await token_source.close()
+        mlops = await _mlops_source(prepared, ctl, _Counts(), tg)
+        url = await _preflight(prepared, ctl, prepared.scenario.target.url,
+                               mlops.authorization if mlops is not None else authorization)
+        for source in (token_source, mlops):
+            if source is not None:
+                await source.close()
         tg.cancel_scope.cancel()
     return url
 
@@ -208,6 +232,28 @@ async def _token_source(prepared: Prepared, ctl: RunControl, counts: _Counts, tg
 
     source = TokenSource(prepared.auth_config, count=counts.count, file=prepared.scenario.file)
     ctl.token_source = source
+    await source.start(tg)
+    return source
+
+
+async def _mlops_source(prepared: Prepared, ctl: RunControl, counts: _Counts, tg: Any) -> Any:
+    """The MLOps user's own token source for the preflight (kept fresh for the run; counted as ``mlops_*``), or
+    None when the preflight is off or sends the inference token (bench.preflight: PreflightConfig.mlops_auth)."""
+    preflight = prepared.preflight_config
+    if preflight is None or not preflight.enabled or not ctl.preflight:
+        return None
+    cfg = preflight.mlops_auth(prepared.auth_config)
+    if cfg is None:
+        return None
+    from bench.auth import TokenSource
+
+    default_url = prepared.endpoints.token_url if prepared.endpoints is not None else None
+    if prepared.auth_config is not None and prepared.auth_config.token_url:
+        default_url = prepared.auth_config.token_url  # the same Keycloak as [auth]
+    section = "wallaroo.auth" if preflight.auth is not None else "auth"
+    source = TokenSource(cfg, count=lambda name, n: counts.count(f"mlops_{name}", n), file=prepared.scenario.file,
+                         default_token_url=default_url, section=section)
+    ctl.mlops_token_source = source
     await source.start(tg)
     return source
 

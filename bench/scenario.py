@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bench.errors import InputError
+from bench.secrets import credential_header_problem, env_name_problem, url_problem
 from bench.targets import KINDS, target_for
 from bench.units import parse_duration
 
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 TARGET_KINDS = KINDS  # the target registry's kinds
-SECTIONS = ("target", "data", "load", "engine", "report", "auth", "wallaroo", "emulator", "slo", "capacity")
+SECTIONS = ("target", "data", "load", "engine", "report", "auth", "wallaroo", "emulator", "slo", "capacity", "ubiops")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class TargetConfig:
     headers: Mapping[str, str] = field(default_factory=dict)
     dataset_params: bool = False  # send the SDK's dataset[]=* / dataset.separator=. query parameters
     token_env: str | None = None  # static token from this environment variable (Bearer)
+    headers_env: Mapping[str, str] = field(default_factory=dict)  # header -> env var holding its (secret) value
     raw: Mapping[str, Any] = field(default_factory=dict)  # the whole [target] table (ubiops reads it)
 
     @property
@@ -257,7 +259,7 @@ def parse_scenario(doc: Mapping[str, Any], *, file: str, base_dir: Path) -> Scen
     load = _parse_load(tables["load"], file)
     engine = _parse_engine(tables["engine"], file)
     report = _parse_report(tables["report"], file)
-    raw = {k: tables[k] for k in ("auth", "wallaroo", "emulator", "slo", "capacity")}
+    raw = {k: tables[k] for k in ("auth", "wallaroo", "emulator", "slo", "capacity", "ubiops")}
     return Scenario(name=name, file=file, base_dir=base_dir, target=target, data=data, load=load,
                     engine=engine, report=report, tables=raw, source=doc)
 
@@ -283,19 +285,30 @@ def _parse_target(t: Mapping[str, Any], file: str) -> TargetConfig:
     for hk, hv in headers.items():
         if not isinstance(hv, str):
             raise tab.err(f"headers.{hk}", f"expected a string, got {_type(hv)}")
-        if hk.lower() == "authorization":
-            raise tab.err(f"headers.{hk}", "do not put credentials in a scenario file; use token_env or [auth]")
+        problem = credential_header_problem(hk)
+        if problem:
+            raise tab.err(f"headers.{hk}", problem)
+    headers_env = tab.table("headers_env")
+    for hk, hv in headers_env.items():
+        if not isinstance(hv, str) or env_name_problem(hv):
+            raise tab.err(f"headers_env.{hk}", "expected the name of an environment variable")
     token_env = tab.string("token_env")
+    if token_env is not None and env_name_problem(token_env):
+        raise tab.err("token_env", env_name_problem(token_env) or "")
     dataset_params = tab.boolean("dataset_params", False)
+    for key in ("dataset", "dataset_exclude", "dataset_separator"):
+        tab.get(key)  # the target checks them (bench.targets.wallaroo: dataset query parameters)
     tab.done()
     return TargetConfig(kind=kind, url=url, format=fmt, method=method, headers=dict(headers),
-                        dataset_params=dataset_params, token_env=token_env, raw=t)
+                        dataset_params=dataset_params, token_env=token_env, headers_env=dict(headers_env), raw=t)
 
 
 def _check_url(url: str, tab: _Table, key: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise tab.err(key, f"URL needs an http:// or https:// scheme, got {url!r}")
+    if url_problem(url):
+        raise tab.err(key, url_problem(url) or "")
     if not parts.hostname:
         raise tab.err(key, f"URL has no host: {url!r}")
     try:

@@ -18,14 +18,16 @@ from typing import Any
 
 from bench.report.model import MEASURED, Report, RunData, Totals
 
-__all__ = ["ABANDONED", "CANCELLED", "ErrorKind", "accounted_errors_by_kind", "accounted_totals", "scrub_detail",
-           "top_errors", "unrecorded_errors"]
+__all__ = ["ABANDONED", "CANCELLED", "MISSING", "ErrorKind", "accounted_errors_by_kind", "accounted_totals",
+           "scrub_detail", "top_errors", "unrecorded_errors"]
 
 ABANDONED = "abandoned"  # in flight at the end of the run: sent, never answered before the drain ended
 CANCELLED = "cancelled"  # UbiOps batch: created, then cancelled by the run's end (never completed)
+MISSING = "missing"  # UbiOps batch: created, then unknown to the platform (a collect of that id alone: 404)
 SAMPLE_CHARS = 160
 _IN_FLIGHT_TEXT = {ABANDONED: "no answer before the run's end and drain (in flight at the end)",
-                   CANCELLED: "created but cancelled at the run's end (never completed)"}
+                   CANCELLED: "created but cancelled at the run's end (never completed)",
+                   MISSING: "created, then unknown to the platform (collect answered 404 for that id)"}
 _SECRET = re.compile(r"(?i)(authorization[\"'=:\s]+(?:(?:bearer|basic|token)\s+)?|bearer\s+|basic\s+|"
                      r"token[\"'=:\s]+|secret[\"'=:\s]+|passw(?:or)?d[\"'=:\s]+|api[_-]?key[\"'=:\s]+|"
                      r"signature[\"'=:\s]+|sig=)[^\s\"',}&]+")
@@ -52,6 +54,7 @@ def unrecorded_errors(report: Report) -> dict[str, int]:
         ubiops = ubiops if isinstance(ubiops, Mapping) else {}
         found[ABANDONED] = _count(extra.get(ABANDONED)) + _count(ubiops.get(ABANDONED))
         found[CANCELLED] = _count(ubiops.get(CANCELLED))
+        found[MISSING] = _count(ubiops.get(MISSING))
     recorded = _recorded_kinds(report.run)
     return {k: n for k, n in sorted(found.items()) if n and k not in recorded}
 

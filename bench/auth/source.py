@@ -12,11 +12,8 @@ from __future__ import annotations
 import base64
 import math
 import os
-import re
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping
-from dataclasses import dataclass, replace
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from typing import Any
 from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 
@@ -24,203 +21,11 @@ import anyio
 import anyio.abc
 import httpx
 
+from bench.auth.config import AuthConfig
+from bench.auth.redaction import Redactor
 from bench.errors import InputError, RunInvalid
-from bench.tables import TableReader
 
-__all__ = ["AUTH_KINDS", "AuthConfig", "Redactor", "TokenSource", "auth_config_from_mapping", "emulator_credentials",
-           "keycloak_token_url", "redact", "redact_mapping"]
-
-AUTH_KINDS = ("none", "static", "client_credentials", "password")
-REDACTED = "[REDACTED]"
-
-_KEYS = {"kind", "scheme", "token_env", "token_file", "token_url", "keycloak_prefix", "keycloak_suffix", "client_id",
-         "client_id_env", "client_secret_env", "username", "username_env", "password_env", "refresh_at", "timeout"}
-# literal secrets are refused with a pointer to the safe form
-_SECRET_KEYS = {"token": "token_env or token_file", "access_token": "token_env or token_file",
-                "refresh_token": "token_env or token_file", "bearer": "token_env or token_file",
-                "client_secret": "client_secret_env", "secret": "client_secret_env",
-                "password": "password_env", "api_key": "token_env or token_file",
-                "authorization": "token_env or token_file"}
-_SECRET_NAME = re.compile(r"(secret|password|passwd|token|api_?key|authorization|credential|^users$)", re.IGNORECASE)
-_POINTER_SUFFIXES = ("_env", "_file", "_url", "_at", "_s", "_ttl")  # name where a secret lives, or a setting
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def keycloak_token_url(prefix: str, suffix: str) -> str:
-    """Wallaroo's Keycloak token URL for a ``https://{prefix}.{suffix}`` instance."""
-    return f"https://{prefix}.keycloak.{suffix}/auth/realms/master/protocol/openid-connect/token"
-
-
-@dataclass(frozen=True, slots=True)
-class AuthConfig:
-    """The validated ``[auth]`` table. Holds variable and file names only, never secret values."""
-
-    kind: str = "none"  # one of AUTH_KINDS
-    scheme: str = "Bearer"  # UbiOps uses "Token"
-    token_env: str | None = None
-    token_file: Path | None = None
-    token_url: str | None = None  # None: the runner must supply one (e.g. the embedded emulator's)
-    client_id: str = "api-client"
-    client_id_env: str | None = None
-    client_secret_env: str | None = None
-    username: str | None = None
-    username_env: str | None = None
-    password_env: str | None = None
-    refresh_at: float = 0.8  # refresh when this fraction of expires_in has passed
-    timeout_s: float = 10.0  # per token request
-
-    @property
-    def uses_keycloak(self) -> bool:
-        return self.kind in ("client_credentials", "password")
-
-    def with_token_url(self, url: str) -> AuthConfig:
-        return replace(self, token_url=url)
-
-
-def auth_config_from_mapping(d: Mapping[str, Any], file: str) -> AuthConfig:
-    """Validate a scenario ``[auth]`` table; every problem is an InputError naming ``auth.<key>``."""
-
-    table = TableReader(d, file, "auth")
-    err, string = table.err, table.string
-
-    def env_name(key: str) -> str | None:
-        value = string(key)
-        if value is not None and not _ENV_NAME.match(value):
-            raise err(key, "expected the NAME of an environment variable (letters, digits, _), not its value")
-        return value
-
-    for key in d:
-        if key.lower() in _SECRET_KEYS:
-            raise err(key, f"secrets must not be written in a scenario file; use {_SECRET_KEYS[key.lower()]} "
-                      "(the name of an environment variable or file holding the value)")
-        if key not in _KEYS:
-            raise err(key, f"unknown key (known: {', '.join(sorted(_KEYS))})")
-    kind = string("kind") or ("none" if not d else None)
-    if kind not in AUTH_KINDS:
-        raise err("kind", f"expected one of {', '.join(AUTH_KINDS)}" + ("" if kind is None else f", got {kind!r}"))
-    scheme = string("scheme") or "Bearer"
-    if any(c.isspace() for c in scheme):
-        raise err("scheme", "must be a single word such as 'Bearer' or 'Token'")
-    refresh_at = d.get("refresh_at", 0.8)
-    if isinstance(refresh_at, bool) or not isinstance(refresh_at, int | float) or not 0 < refresh_at < 1:
-        raise err("refresh_at", "expected a fraction of expires_in between 0 and 1 (exclusive), e.g. 0.8")
-    timeout = d.get("timeout", 10.0)
-    try:
-        from bench.units import parse_duration
-
-        timeout_s = parse_duration(timeout)
-    except ValueError as exc:
-        raise err("timeout", str(exc)) from None
-    if timeout_s <= 0:
-        raise err("timeout", "must be > 0")
-
-    token_env, token_file = env_name("token_env"), string("token_file")
-    token_path = None
-    if token_file is not None:
-        token_path = Path(token_file).expanduser()
-        if not token_path.is_absolute():
-            token_path = Path(file).parent / token_path
-    token_url = string("token_url")
-    prefix, suffix = string("keycloak_prefix"), string("keycloak_suffix")
-    client_id, client_id_env = string("client_id"), env_name("client_id_env")
-    username, username_env = string("username"), env_name("username_env")
-    cfg = AuthConfig(kind=kind, scheme=scheme, token_env=token_env, token_file=token_path,
-                     client_id=client_id or "api-client", client_id_env=client_id_env,
-                     client_secret_env=env_name("client_secret_env"), username=username, username_env=username_env,
-                     password_env=env_name("password_env"), refresh_at=float(refresh_at), timeout_s=timeout_s)
-
-    if kind == "static":
-        if (token_env is None) == (token_file is None):
-            raise err("token_env", "kind = 'static' needs exactly one of token_env or token_file")
-    elif kind == "none":
-        extra = sorted(k for k in d if k not in ("kind", "scheme"))
-        if extra:
-            raise err(extra[0], "has no effect with kind = 'none'")
-    else:
-        if token_url is not None and (prefix or suffix):
-            raise err("token_url", "give token_url or keycloak_prefix + keycloak_suffix, not both")
-        if (prefix is None) != (suffix is None):
-            raise err("keycloak_prefix" if prefix is None else "keycloak_suffix",
-                      "keycloak_prefix and keycloak_suffix go together")
-        if prefix is not None and suffix is not None:
-            token_url = keycloak_token_url(prefix, suffix)
-        if token_url is not None and urlsplit(token_url).scheme not in ("http", "https"):
-            raise err("token_url", "expected an http:// or https:// URL")
-        if client_id is not None and client_id_env is not None:
-            raise err("client_id", "give client_id or client_id_env, not both")
-        if cfg.client_secret_env is None:
-            raise err("client_secret_env", f"kind = '{kind}' needs the client secret from an environment variable")
-        if kind == "password":
-            if (username is None) == (username_env is None):
-                raise err("username_env", "kind = 'password' needs exactly one of username_env or username")
-            if cfg.password_env is None:
-                raise err("password_env", "kind = 'password' needs password_env")
-        cfg = replace(cfg, token_url=token_url)
-    return cfg
-
-
-def emulator_credentials(cfg: AuthConfig, *, environ: Mapping[str, str] | None = None,
-                         file: str | None = None) -> dict[str, Any]:
-    """EmulatorConfig overrides (client_id, client_secret, users) so an embedded emulator accepts these credentials.
-
-    Use as ``dataclasses.replace(emulator_config, **emulator_credentials(auth_cfg))``; empty for static/none.
-    Missing variables are InputErrors naming the variable (never a value).
-    """
-    if not cfg.uses_keycloak:
-        return {}
-    env = os.environ if environ is None else environ
-
-    def need(name: str | None, key: str) -> str:
-        value = env.get(name or "")
-        if not value:
-            raise InputError(f"environment variable {name} is not set (or empty)", file=file, key=f"auth.{key}")
-        return value
-
-    out: dict[str, Any] = {"client_id": need(cfg.client_id_env, "client_id_env") if cfg.client_id_env
-                           else cfg.client_id, "client_secret": need(cfg.client_secret_env, "client_secret_env")}
-    if cfg.kind == "password":
-        username = need(cfg.username_env, "username_env") if cfg.username_env else cfg.username or ""
-        out["users"] = ((username, need(cfg.password_env, "password_env")),)
-    return out
-
-
-class Redactor:
-    """Replaces every occurrence of any secret (longest first) with ``[REDACTED]``."""
-
-    def __init__(self, secrets: Iterable[str]) -> None:
-        values = sorted({s for s in secrets if s}, key=len, reverse=True)
-        self._pattern = re.compile("|".join(re.escape(s) for s in values)) if values else None
-
-    def __call__(self, text: str) -> str:
-        return self._pattern.sub(REDACTED, text) if self._pattern is not None else text
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every secret value replaced by ``[REDACTED]``."""
-    return Redactor(secrets)(text)
-
-
-def redact_mapping(data: Mapping[str, Any], secrets: Iterable[str] = ()) -> dict[str, Any]:
-    """A copy of a scenario-like mapping fit to store in a report.
-
-    Values under secret-looking keys (``*token*``, ``*secret*``, ``*password*``, ``authorization`` …) are
-    replaced, except the ``*_env`` / ``*_file`` / ``*_url`` forms that only name where a secret lives; any
-    string containing a known secret value is scrubbed.
-    """
-    scrub = Redactor(secrets)
-
-    def walk(value: Any, key: str | None) -> Any:
-        if isinstance(value, Mapping):
-            return {str(k): walk(v, str(k)) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [walk(v, key) for v in value]
-        if not isinstance(value, str):
-            return value
-        if key is not None and _SECRET_NAME.search(key) and not key.lower().endswith(_POINTER_SUFFIXES):
-            return REDACTED
-        return scrub(value)
-
-    return {str(k): walk(v, str(k)) for k, v in data.items()}
+__all__ = ["TokenSource"]
 
 
 def _safe_url(url: str) -> str:
@@ -243,13 +48,14 @@ class TokenSource:
 
     def __init__(self, cfg: AuthConfig, *, count: Callable[[str, int], None] | None = None,
                  environ: Mapping[str, str] | None = None, client: httpx.AsyncClient | None = None,
-                 file: str | None = None, default_token_url: str | None = None) -> None:
+                 file: str | None = None, default_token_url: str | None = None, section: str = "auth") -> None:
         env = os.environ if environ is None else environ
         if cfg.uses_keycloak and cfg.token_url is None and default_token_url is not None:
             cfg = cfg.with_token_url(default_token_url)
         self._cfg = cfg
         self._count = count or (lambda _name, _n: None)
         self._file = file
+        self._section = section
         self._listeners: list[Callable[[str], None]] = []
         self._client = client
         self._own_client = client is None
@@ -278,14 +84,15 @@ class TokenSource:
         elif cfg.uses_keycloak:
             if cfg.token_url is None:
                 raise InputError("no token URL: give token_url or keycloak_prefix + keycloak_suffix",
-                                 file=file, key="auth.token_url")
+                                 file=file, key=f"{section}.token_url")
             self._client_id = self._env(env, cfg.client_id_env) if cfg.client_id_env else cfg.client_id
-            self._client_secret = self._env(env, cfg.client_secret_env)
+            self._client_secret = "" if cfg.public_client else self._env(env, cfg.client_secret_env)
             if cfg.kind == "password":
                 self._username = self._env(env, cfg.username_env) if cfg.username_env else cfg.username or ""
                 self._password = self._env(env, cfg.password_env)
-            self._remember(self._client_secret, self._password,
-                           base64.b64encode(f"{self._client_id}:{self._client_secret}".encode()).decode())
+            if self._client_secret:
+                self._remember(base64.b64encode(f"{self._client_id}:{self._client_secret}".encode()).decode())
+            self._remember(self._client_secret, self._password)
 
     # -- public API -------------------------------------------------------------------------------------------
 
@@ -373,7 +180,7 @@ class TokenSource:
         value = env.get(name or "")
         if not value:
             raise InputError(f"environment variable {name} is not set (or empty)", file=self._file,
-                             key=f"auth.{self._key_for(name)}")
+                             key=f"{self._section}.{self._key_for(name)}")
         return value
 
     def _key_for(self, name: str | None) -> str:
@@ -503,8 +310,11 @@ class TokenSource:
             self._remember(refresh)
             self._refresh = refresh
             refresh_in = answer.get("refresh_expires_in")
-            self._refresh_expires_at = started + (float(refresh_in) if isinstance(refresh_in, int | float)
-                                                  and refresh_in > 0 else expires_in)
+            offline = "offline_access" in str(answer.get("scope", "")).split()
+            if isinstance(refresh_in, int | float) and refresh_in > 0:
+                self._refresh_expires_at = started + float(refresh_in)
+            else:  # Keycloak says 0 for an offline token (no idle expiry); otherwise assume the access lifetime
+                self._refresh_expires_at = math.inf if offline else started + expires_in
         self._expires_at = started + expires_in
         self._next_refresh = started + self._cfg.refresh_at * expires_in
         first = self._access is None
@@ -517,7 +327,10 @@ class TokenSource:
         if use_refresh and self._refresh is not None:
             return {"grant_type": "refresh_token", "refresh_token": self._refresh}
         if self._cfg.kind == "password":
-            return {"grant_type": "password", "username": self._username, "password": self._password}
+            form = {"grant_type": "password", "username": self._username, "password": self._password}
+            if self._cfg.scope:
+                form["scope"] = self._cfg.scope
+            return form
         return {"grant_type": "client_credentials"}
 
     async def _post(self, form: dict[str, str]) -> dict[str, Any]:
@@ -525,9 +338,13 @@ class TokenSource:
         url = _safe_url(self._cfg.token_url)
         scrub = self.redactor()
         try:
-            response = await self._client.post(self._cfg.token_url, data=form,
-                                                auth=(self._client_id, self._client_secret),
-                                                timeout=self._cfg.timeout_s)
+            if self._cfg.public_client:  # a public client identifies itself in the form, with no secret
+                response = await self._client.post(self._cfg.token_url, data={**form, "client_id": self._client_id},
+                                                    timeout=self._cfg.timeout_s)
+            else:
+                response = await self._client.post(self._cfg.token_url, data=form,
+                                                    auth=(self._client_id, self._client_secret),
+                                                    timeout=self._cfg.timeout_s)
         except httpx.HTTPError as exc:
             raise _TokenError(f"token request to {url} failed: {type(exc).__name__}", None) from None
         if response.status_code != 200:
