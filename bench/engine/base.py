@@ -35,7 +35,11 @@ class EngineConfig:
 class Engine(Protocol):
     """An engine instance serves one run. Constructed as ``EngineClass(config, requests, classify, sink)``."""
 
-    abandoned: int
+    abandoned: int  # requests taken on and still unanswered when the run ended (the runner records them)
+
+    @property
+    def sent(self) -> int:
+        """Requests taken on (every one ends recorded once or counted in ``abandoned``)."""
 
     def set_headers(self, headers: Mapping[str, str]) -> None:
         """Replace/add request headers (e.g. a refreshed token) without pausing load."""

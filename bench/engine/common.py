@@ -91,7 +91,8 @@ class EngineCore:
             raise ValueError("RequestSet has no bodies")
         rows = getattr(requests.bodies, "rows", None)  # a LazyBodies knows its row counts without encoding
         self._rows = list(rows) if isinstance(rows, list) else [b.rows for b in requests.bodies]
-        self._seq = 0
+        self._seq = 0  # requests taken on (put on the wire or waiting for a connection): see ``sent``
+        self._queued_at_end = 0  # set by an engine whose queued sends were counted abandoned at the end
         self._inflight = 0
         self._stopping = False
         self._max_requests = 0
@@ -105,6 +106,12 @@ class EngineCore:
         if self._started:
             raise RuntimeError("watch_headers must be called before run()")
         self._watch = HeaderWatch(names, hook) if hook is not None else None
+
+    @property
+    def sent(self) -> int:
+        """Requests this engine took on (dropped sends excluded). After ``run``: every one was recorded once or
+        counted in ``abandoned`` — the runner checks ``sent == recorded + abandoned`` (bench.report.accounting)."""
+        return self._seq + self._queued_at_end
 
 
 class CallbackEngine(EngineCore):

@@ -279,6 +279,7 @@ class FastEngine(CallbackEngine):
             self._slot_next(None, now, 0)
 
     def _release(self) -> None:
+        self._queued_at_end += len(self._backlog)  # taken on, never written: sent (in the accounting) and abandoned
         self.abandoned += len(self._backlog)
         self._backlog.clear()
         self._connecting = 0
@@ -394,8 +395,9 @@ class FastEngine(CallbackEngine):
             if self._stopping:
                 conn.dead = True
                 self._conns.discard(conn)
-                if conn.busy:
+                if conn.busy:  # assigned while the slot backed off, never sent: not taken on after all
                     conn.busy = conn.pending = False
+                    self._seq -= 1
                     self._inflight -= 1
                     self._check_drained()
                 return

@@ -94,6 +94,11 @@ class HttpxEngine(EngineCore):
                 issuing_done.set_result(None)
 
         stop_task.add_done_callback(on_stop)
+        # closed loop: the deadline stops issuing even while every worker waits on an answer (a stalled server);
+        # the drain then bounds the wait and what is still out is abandoned -- the run ends by end + drain. (The
+        # open loop's dispatcher stops at the deadline by itself.)
+        end_timer = loop.call_later(max(0.0, (load.end_ns - time.monotonic_ns()) / 1e9), on_stop,
+                                    None) if load.mode == "closed" else None
         tasks: set[asyncio.Task[None]] = set()
         try:
             delay = (load.start_ns - time.monotonic_ns()) / 1e9
@@ -126,6 +131,8 @@ class HttpxEngine(EngineCore):
                 t.cancel()
             if tasks:
                 await asyncio.wait(list(tasks))
+            if end_timer is not None:
+                end_timer.cancel()
             monitor.stop()
             stop_task.cancel()
             for client in self._clients:
@@ -221,7 +228,7 @@ class HttpxEngine(EngineCore):
         except asyncio.CancelledError:
             self.abandoned += 1
             raise
-        except (httpx.HTTPError, OSError) as exc:
+        except Exception as exc:  # any failure: a counted kind, never a lost request
             done = time.monotonic_ns()
             kind = httpx_kind(exc)
             self.sink.record(intended, sent, done, kind, 0, rows_in,
