@@ -291,8 +291,13 @@ async def _mlops_source(prepared: Prepared, ctl: RunControl, counts: _Counts, tg
 async def _preflight(prepared: Prepared, ctl: RunControl, url: str,
                      authorization: Callable[[], str]) -> str:
     """Wait for the Wallaroo deployment to be Running (when [wallaroo] asks); returns the URL to load."""
+    if not ctl.preflight:
+        return url
+    target = target_for(prepared.scenario.target.kind)
+    if target.has_preflight(prepared.target_config):  # e.g. KServe: model ready, metadata against the data
+        await target.preflight(prepared.target_config, url, ctl.message)
     preflight = prepared.preflight_config
-    if preflight is None or not preflight.enabled or not ctl.preflight:
+    if preflight is None or not preflight.enabled:
         return url
     from bench.preflight import run_preflight
 
