@@ -124,6 +124,35 @@ def load_spec(sc: Scenario, start_ns: int, *, worker: tuple[int, int] = (0, 1)) 
                     max_in_flight=max(1, max_in_flight), max_requests=max_requests, drain_s=load.drain_s)
 
 
+_FD_MARGIN = 64  # descriptors a run needs besides its connections (loop, pacer, logs, report, libraries)
+
+
+def ensure_sockets(sc: Scenario, spec: LoadSpec) -> None:
+    """Refuse a load this process cannot open sockets for, before any is opened (raising the soft open-file limit
+    up to the hard one first): past the limit every connect fails slowly and the run overruns its duration
+    several times over instead of measuring anything."""
+    import resource
+
+    http1 = not sc.engine.http2
+    if spec.mode == "closed":
+        need = spec.concurrency if http1 else max(1, sc.engine.connections or 1)
+        key, asked = "load.concurrency", sc.load.concurrency
+    else:
+        need = spec.max_in_flight if http1 else max(1, sc.engine.connections or 1)
+        key, asked = "load.max_in_flight", sc.load.max_in_flight or need
+    if sc.engine.connections and http1:
+        need = min(need, sc.engine.connections)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = need + _FD_MARGIN
+    if soft == resource.RLIM_INFINITY or want <= soft:
+        return
+    if hard == resource.RLIM_INFINITY or want <= hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        return
+    raise InputError(f"{asked:,} needs {need:,} connections in this process but the open-file limit is {hard:,} "
+                     f"(ulimit -n); lower it or spread the load with --processes", file=sc.file, key=key)
+
+
 def _reseeded(sc: Scenario, offset: int) -> Scenario:
     return replace(sc, load=replace(sc.load, seed=sc.load.seed + offset))
 
@@ -182,6 +211,7 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
         if ctl.on_recorder is not None:
             ctl.on_recorder(recorder)
         spec = load_spec(sc, start_ns, worker=worker)
+        ensure_sockets(sc, spec)
         checkpoint = None
         if ctl.checkpoint_path is not None:  # kill -9 leaves something `bench recover` can read
             from bench.checkpoint import Checkpoint
@@ -266,8 +296,13 @@ async def _mlops_source(prepared: Prepared, ctl: RunControl, counts: _Counts, tg
 async def _preflight(prepared: Prepared, ctl: RunControl, url: str,
                      authorization: Callable[[], str]) -> str:
     """Wait for the Wallaroo deployment to be Running (when [wallaroo] asks); returns the URL to load."""
+    if not ctl.preflight:
+        return url
+    target = target_for(prepared.scenario.target.kind)
+    if target.has_preflight(prepared.target_config):  # e.g. KServe: model ready, metadata against the data
+        await target.preflight(prepared.target_config, url, ctl.message)
     preflight = prepared.preflight_config
-    if preflight is None or not preflight.enabled or not ctl.preflight:
+    if preflight is None or not preflight.enabled:
         return url
     from bench.preflight import run_preflight
 
@@ -280,7 +315,7 @@ async def _apply_load(prepared: Prepared, url: str, authorization: str, token_so
     """The data plane: the target's own (UbiOps), or a bench engine; notes its facts."""
     sc = prepared.scenario
     target = target_for(sc.target.kind)
-    if target.own_data_plane(prepared.target_config):
+    if target.own_data_plane(prepared.target_config):  # it records its in-flight-at-end and 'sent' itself
         facts.target_extras.update(await target.run(prepared.target_config, prepared.bodies, recorder, spec, stop))
         return
     from bench.engine.select import choose_engine
@@ -291,8 +326,12 @@ async def _apply_load(prepared: Prepared, url: str, authorization: str, token_so
     engine = engine_class(cfg_e, requests, classify, recorder)
     if token_source is not None:
         token_source.on_change(lambda value: engine.set_headers({"Authorization": value}))
-    await engine.run(spec, stop)
-    facts.abandoned, facts.engine = engine.abandoned, engine_class.__name__
+    try:
+        await engine.run(spec, stop)
+    finally:  # every request taken on is recorded once or in flight at the end (kind 'abandoned')
+        facts.abandoned, facts.engine = engine.abandoned, engine_class.__name__
+        recorder.count("sent", engine.sent)
+        recorder.abandoned(engine.abandoned, min(time.monotonic_ns(), spec.end_ns))
 
 
 class _SloAbort:

@@ -34,6 +34,7 @@ __all__ = [
     "TOKEN_PATH",
     "Endpoints",
     "RunOptions",
+    "failed_reason",
     "finish",
     "point_at",
     "prepare",
@@ -44,6 +45,7 @@ __all__ = [
     "run_report",
     "run_scenario",
     "run_unwrapped",
+    "server_metrics",
     "unreachable_reason",
     "use_uvloop",
 ]
@@ -109,6 +111,20 @@ def resolved_target(prepared: Prepared, message: Callable[[str], None]) -> Itera
             api_url=emu.base_url, token_url=f"{emu.base_url}{TOKEN_PATH}", ubiops_token=cfg.ubiops_token))
 
 
+@contextlib.contextmanager
+def server_metrics(prepared: Prepared) -> Iterator[Any]:
+    """The [server_metrics] scraper running for the block (None without the section): the embedded emulator's
+    /metrics for url = "embedded"."""
+    if prepared.scrape_config is None:
+        yield None
+        return
+    from bench.scrape import scraping
+
+    base = prepared.endpoints.api_url if prepared.endpoints is not None else None
+    with scraping(prepared.scrape_config, base) as scraper:
+        yield scraper
+
+
 def run_report(prepared: Prepared, ctl: RunControl, **kwargs: Any) -> tuple[Any, RunFacts]:
     """``run_once`` turned into a Report (not yet written): (report, facts)."""
     from bench.facts import build_report
@@ -146,11 +162,43 @@ def unreachable_reason(summary: dict[str, Any]) -> str | None:
     return None
 
 
+def failed_reason(report: Any) -> str | None:
+    """Why a finished run measured nothing to trust, or None: no successful answer after warm-up (naming the
+    commonest error kind), or no request at all in the measured phase (everything fell in the warm-up)."""
+    from bench.report.accounting import accounted_errors_by_kind, accounted_totals
+    from bench.rundata import MEASURED, WARMUP
+
+    run = report.run
+    measured = accounted_totals(report)
+    warm = run.total(WARMUP)
+    if measured.requests == 0:
+        if warm.requests:
+            return (f"nothing measured after warm-up: all {warm.requests:,} requests fell in the warm-up (the run "
+                    f"ended {run.phase(WARMUP).end_s:.3g} s in; shorten load.warmup or send more requests)")
+        dropped = measured.dropped + warm.dropped
+        return "no request was sent" + (f" ({dropped:,} dropped: max_in_flight reached)" if dropped else "")
+    if measured.ok:
+        return None
+    by_kind = accounted_errors_by_kind(report, MEASURED)
+    kind, n = max(by_kind.items(), key=lambda kv: (kv[1], kv[0])) if by_kind else ("unknown", 0)
+    warm_ok = f" ({warm.ok:,} ok in the warm-up only)" if warm.ok else ""
+    return (f"no successful answer in {measured.requests:,} measured requests{warm_ok}; commonest error: {kind} "
+            f"({n:,}, {n / measured.requests:.0%})")
+
+
 def finish(opts: RunOptions, prepared: Prepared, report: Any, facts: RunFacts, out_path: Path) -> int:
-    """SLO gate, atomic report write, summary → exit code (0 ok · 2 unreachable/strict · 1 SLO · 130 interrupted)."""
+    """SLO gate, atomic report write, summary → exit code (0 ok · 1 SLO failed · 3 unreachable, failed run (no
+    successful answer / nothing measured) or --strict and generator-bound · 130 interrupted)."""
+    from bench.report.accounting import request_accounting
     from bench.report.summary import render_summary, summarize
     from bench.report.writer import write_report
 
+    accounting = request_accounting(report.run)
+    if accounting is not None:  # stored: sent = ok + errors + in flight at the end, and whether it held
+        report.meta.extra["accounting"] = accounting
+    failed = failed_reason(report)
+    if failed:
+        report.meta.extra["failed"] = failed
     slo_result = None
     if prepared.slo is not None:
         from bench.report.slo import check_slo
@@ -168,6 +216,7 @@ def finish(opts: RunOptions, prepared: Prepared, report: Any, facts: RunFacts, o
         report.run.raw_path.unlink(missing_ok=True)
     summary = summarize(report)
     summary["report"] = str(written)
+    summary["failed"] = failed
     if slo_result is not None:
         summary["slo"] = slo_result.to_dict()
     if opts.json:
@@ -192,6 +241,13 @@ def finish(opts: RunOptions, prepared: Prepared, report: Any, facts: RunFacts, o
     if unreachable:
         print(f"bench: error: target unreachable: {unreachable}", file=sys.stderr)
         return EXIT_INVALID
+    if failed:
+        print(f"bench: error: run failed: {failed}", file=sys.stderr)
+        return EXIT_INVALID
+    if accounting is not None and not accounting["holds"]:
+        from bench.report.accounting import accounting_text
+
+        print(f"bench: warning: {accounting_text(accounting)}", file=sys.stderr)
     if slo_result is not None and not slo_result.passed:
         return EXIT_SLO
     if opts.strict and summary.get("generator_bound"):
@@ -210,8 +266,10 @@ def run_scenario(sc: Scenario, opts: RunOptions) -> int:
     if opts.processes > 1:
         from bench.workers import run_processes
 
-        with resolved_target(prepared, _stderr_message(opts)) as target:
+        with resolved_target(prepared, _stderr_message(opts)) as target, server_metrics(target) as scraper:
             report, facts = run_processes(target, opts, out_path)
+        if scraper is not None:  # the parent scrapes: the server's totals are not per worker
+            scraper.add_to(report)
         return finish(opts, target, report, facts, out_path)
     from bench.checkpoint import checkpoint_path, recover_leftover
 
@@ -221,13 +279,15 @@ def run_scenario(sc: Scenario, opts: RunOptions) -> int:
                      preflight=opts.preflight, checkpoint_path=checkpoint_path(out_path),
                      raw_path=out_path.with_suffix(".raw.tmp") if sc.report.raw else None)
     try:
-        with resolved_target(prepared, view.message) as target:
+        with resolved_target(prepared, view.message) as target, server_metrics(target) as scraper:
             report, facts = run_report(target, ctl)
     except BenchError:  # a run judged invalid: nothing to recover (a second Ctrl-C keeps its checkpoint)
         checkpoint_path(out_path).unlink(missing_ok=True)
         raise
     finally:
         view.close()
+    if scraper is not None:
+        scraper.add_to(report)
     return finish(opts, target, report, facts, out_path)
 
 

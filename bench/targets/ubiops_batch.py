@@ -156,7 +156,6 @@ class Batch:
     async def _create(self, client: httpx.AsyncClient, items: list[int], intended: int) -> _Chunk | None:
         """One batch create call (gate slot already acquired). Returns the chunk when requests were created."""
         body = batch_body([self.inputs[i] for i in items])
-        rows = sum(self.rows[i] for i in items)
         self.creates.up()
         self.stats.sent += 1
         sent = now_ns()
@@ -164,9 +163,9 @@ class Batch:
             # shielded: once sent, the answer (and so the ids) must be read even when the run is cancelled
             with anyio.CancelScope(shield=True):
                 resp = await client.post(self.batch_url, content=body)
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # every failure is counted by kind, never a crashed run
             kind = httpx_kind(exc)
-            self.sink.record(intended, sent, now_ns(), kind, 0, rows, len(body), 0, 0)
+            self._refused(items, intended, sent, now_ns(), kind, 0, 0)
             detail = f"{type(exc).__name__}: {exc}".encode()[:512]
             self.sink.error_detail(kind, 0, detail)
             self.stats.note_error(detail)
@@ -182,7 +181,7 @@ class Batch:
         if ids is None:
             kind = Kind.RATE_LIMITED if resp.status_code == 429 else (
                 Kind.HTTP_ERROR if resp.status_code >= 300 else Kind.BAD_RESPONSE)
-            self.sink.record(intended, sent, done, kind, resp.status_code, rows, len(body), len(resp.content), 0)
+            self._refused(items, intended, sent, done, kind, resp.status_code, len(resp.content))
             detail = error_message_of(resp.content)
             self.sink.error_detail(kind, resp.status_code, detail)
             self.stats.note_error(detail)
@@ -199,6 +198,13 @@ class Batch:
             self.sink.count(f"status_{status}")
         self.stats.created += len(ids)
         return chunk
+
+    def _refused(self, items: list[int], intended: int, sent: int, done: int, kind: int, status: int,
+                 bytes_in: int) -> None:
+        """A create call that created nothing: each of its items is one request that failed that way."""
+        for k, i in enumerate(items):
+            self.sink.record(intended, sent, done, kind, status, self.rows[i], len(self.inputs[i]),
+                             bytes_in if k == 0 else 0, 0)
 
     def _created_ids(self, resp: httpx.Response) -> list[tuple[str, str]] | None:
         try:
@@ -308,6 +314,7 @@ class Batch:
             return
         self.stats.missing += 1
         self.sink.count("batch_missing")
+        self.sink.record(tr.intended_ns, tr.sent_ns, now_ns(), Kind.MISSING, 0, tr.rows, tr.bytes_out, 0, 0)
         self.stats.note_error(b"collect: request not found: " + error_message_of(content))
         self._settled(tr)
 
@@ -353,6 +360,7 @@ class Batch:
             self.stats.note_error(detail)
         else:
             self.stats.cancelled += 1
+            self.sink.record(tr.intended_ns, tr.sent_ns, now, Kind.CANCELLED, 0, tr.rows, tr.bytes_out, bytes_in, 0)
         self._settled(tr)
         return 1
 
@@ -371,6 +379,7 @@ class Batch:
         leftovers = list(self.pending)
         self.pending.clear()
         self.stats.abandoned += len(leftovers)
+        self.sink.abandoned(len(leftovers), now_ns())  # in flight at the end: errors of kind 'abandoned'
         if leftovers:
             await cancel_requests(self.cfg, client, self.gate, self.sink, self.stats, leftovers,
                                   now_ns() + int(CANCEL_DEADLINE_S * 1e9))
@@ -382,6 +391,7 @@ class Batch:
         for name in ("created", "completed", "failed", "cancelled", "abandoned"):
             self.sink.count(f"batch_{name}", getattr(s, name))
         s.invariant_ok = s.created == s.completed + s.failed + s.cancelled + s.abandoned + s.missing
+        self.sink.count("sent", s.created + s.create_rejected + s.create_unknown)  # items: the requests
         self.sink.count("batch_invariant_broken", 0 if s.invariant_ok else 1)
         if s.poll_interval_mean_s:
             self.sink.gauge("batch_poll_interval_mean_ms", s.poll_interval_mean_s * 1000)

@@ -37,6 +37,8 @@ class UbiOpsSink(ResultSink, Protocol):
 
     def gauge(self, name: str, value: float) -> None: ...
 
+    def abandoned(self, n: int, at_ns: int) -> None: ...
+
 
 @dataclass
 class UbiOpsStats:

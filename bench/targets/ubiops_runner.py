@@ -97,8 +97,8 @@ class _Direct:
         with anyio.move_on_after(self.load.drain_s):
             await self.flight.idle.wait()
         self.stats.abandoned = self.flight.n
-        if self.flight.n:
-            self.sink.count("abandoned", self.flight.n)
+        self.sink.abandoned(self.flight.n, now_ns())  # in flight at the end: errors of kind 'abandoned'
+        self.sink.count("sent", self.stats.sent)
         scope.cancel()
 
     def _running(self) -> bool:
@@ -149,7 +149,7 @@ class _Direct:
         self.stats.sent += 1
         try:
             resp = await client.post(self.url, content=body)
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # every failure is counted by kind, never a crashed run
             done = now_ns()
             kind = httpx_kind(exc)
             self.sink.record(intended, sent, done, kind, 0, rows_in, len(body), 0, 0)
