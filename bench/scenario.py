@@ -35,7 +35,8 @@ __all__ = [
 ]
 
 TARGET_KINDS = KINDS  # the target registry's kinds
-SECTIONS = ("target", "data", "load", "engine", "report", "auth", "wallaroo", "emulator", "slo", "capacity", "ubiops")
+SECTIONS = ("target", "data", "load", "engine", "report", "auth", "wallaroo", "emulator", "slo", "capacity", "ubiops",
+            "server_metrics")
 
 
 @dataclass(frozen=True)
@@ -259,7 +260,7 @@ def parse_scenario(doc: Mapping[str, Any], *, file: str, base_dir: Path) -> Scen
     load = _parse_load(tables["load"], file)
     engine = _parse_engine(tables["engine"], file)
     report = _parse_report(tables["report"], file)
-    raw = {k: tables[k] for k in ("auth", "wallaroo", "emulator", "slo", "capacity", "ubiops")}
+    raw = {k: tables[k] for k in ("auth", "wallaroo", "emulator", "slo", "capacity", "ubiops", "server_metrics")}
     return Scenario(name=name, file=file, base_dir=base_dir, target=target, data=data, load=load,
                     engine=engine, report=report, tables=raw, source=doc)
 

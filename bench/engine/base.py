@@ -7,7 +7,7 @@ owns the hot loop; it calls ``classify`` once per answer and ``sink.record`` onc
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -43,6 +43,11 @@ class Engine(Protocol):
 
     def set_headers(self, headers: Mapping[str, str]) -> None:
         """Replace/add request headers (e.g. a refreshed token) without pausing load."""
+
+    def watch_headers(self, names: Iterable[str], hook: Callable[[int, dict[str, str]], None] | None) -> None:
+        """Before ``run``: call ``hook(status, {name: value})`` with the answer headers named in ``names``
+        (``x-ratelimit-*`` is a prefix) once per final answer; ``None`` (the default) costs nothing per request.
+        See ``bench.engine.common.HeaderWatch``."""
 
     async def run(self, load: LoadSpec, stop: StopSignal) -> None:
         """Apply the load until stopped; every request ends in exactly one sink.record or sink.dropped."""

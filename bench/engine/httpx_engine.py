@@ -80,6 +80,7 @@ class HttpxEngine(EngineCore):
 
     async def run(self, load: LoadSpec, stop: StopSignal) -> None:
         loop = asyncio.get_running_loop()
+        self._started = True
         self._end_ns = load.end_ns
         self._max_requests = load.max_requests
         monitor = LoopMonitor(self.sink.loop_lag)
@@ -202,6 +203,9 @@ class HttpxEngine(EngineCore):
         try:
             request = client.build_request(self._method, self._url, content=body_out, headers=self._headers)
             response = await client.send(request, stream=True)
+            watch = self._watch
+            if watch is not None:
+                watch.fire(response.status_code, response.headers.raw)
             try:
                 chunks: list[bytes] = []
                 size = 0
