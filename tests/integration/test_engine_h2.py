@@ -24,8 +24,8 @@ import h2.exceptions
 import pytest
 import trustme
 from engine_servers import (
-    LagProbe,
     FakeSink,
+    LagProbe,
     Stop,
     bodies,
     closed,

@@ -16,8 +16,8 @@ from typing import Any, Literal
 import httptools
 import pytest
 from engine_servers import (
-    LagProbe,
     FakeSink,
+    LagProbe,
     Stop,
     bodies,
     closed,
