@@ -1,0 +1,77 @@
+"""Read-time checks of a dataset's tensor column, so bad tensors fail before the run instead of as 100 % HTTP 400s.
+
+Kept apart from bench.data (the readers and encoders): ``check_tensors`` looks at the table a reader returned and
+raises one InputError naming the file, the column and the first bad row (0-based, as in the file's row order):
+a null row or value, NaN/±inf (JSON cannot carry them: they would be sent as ``null``), or ragged numeric rows
+(the platforms' tensor inputs have one shape).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bench.errors import InputError
+
+__all__ = ["check_tensors"]
+
+
+def check_tensors(table: pa.Table, column: str, file: str, *, finite: bool = True) -> None:
+    """Raise InputError at the first bad row of ``column``; ``finite=False`` lets NaN/inf through (Arrow bodies,
+    where a model may read NaN as "missing")."""
+    if column not in table.column_names or table.num_rows == 0:
+        return  # the reader has already said so
+    col = table.column(column).combine_chunks()
+
+    def bad(row: int, problem: str) -> InputError:
+        return InputError(f"row {row}: {problem}", file=file, key=column)
+
+    if col.null_count:
+        raise bad(_first(col.is_null()), "empty (null) value")
+    typ = col.type
+    if pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_fixed_size_list(typ):
+        values, parents = pc.list_flatten(col), pc.list_parent_indices(col)
+        if len(values) == 0:
+            raise bad(0, "an empty tensor")
+        if values.null_count:
+            i = _first(values.is_null())
+            raise bad(int(parents[i].as_py()), "a null value inside the tensor")
+        if not (pa.types.is_floating(values.type) or pa.types.is_integer(values.type)):
+            return  # nested or string tensors: the model decides
+        if not pa.types.is_fixed_size_list(typ):
+            lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+            odd = np.flatnonzero(lengths != lengths[0])
+            if odd.size:
+                r = int(odd[0])
+                raise bad(r, f"{lengths[r]} values where row 0 has {lengths[0]} (ragged: every tensor must have "
+                             "the same shape)")
+            if lengths[0] == 0:
+                raise bad(int(np.flatnonzero(lengths == 0)[0]), "an empty tensor")
+        if finite and pa.types.is_floating(values.type):
+            k = _first_non_finite(values)
+            if k is not None:
+                raise bad(int(parents[k].as_py()), f"{_describe(values[k].as_py())} in the tensor (not a finite "
+                          "number; JSON cannot carry it)")
+    elif finite and pa.types.is_floating(typ):
+        j = _first_non_finite(col)
+        if j is not None:
+            raise bad(j, f"{_describe(col[j].as_py())} (not a finite number; JSON cannot carry it)")
+
+
+def _first(mask: pa.Array) -> int:
+    return int(np.flatnonzero(mask.to_numpy(zero_copy_only=False))[0])
+
+
+def _first_non_finite(values: pa.Array) -> int | None:
+    arr = values.to_numpy(zero_copy_only=False)
+    step = 1 << 20  # in slices: no temporary as big as the data set
+    for start in range(0, arr.size, step):
+        bad = np.flatnonzero(~np.isfinite(arr[start:start + step]))
+        if bad.size:
+            return start + int(bad[0])
+    return None
+
+
+def _describe(value: object) -> str:
+    return "NaN" if value != value else str(value)
