@@ -225,7 +225,7 @@ def parse_scenario(doc: Mapping[str, Any], *, file: str, base_dir: Path) -> Scen
     if not isinstance(doc, Mapping):
         raise InputError(f"expected a TOML document (a table), got {_type(doc)}", file=file)
     top = Table(doc, file, "")
-    name = top.string("name", Path(file).stem) or "run"
+    name = top.string("name", Path(file).stem or "run") or ""
     if not name.strip() or len(name) > 200:
         raise top.err("name", "must be a non-empty name of at most 200 characters")
     top.string("description")
