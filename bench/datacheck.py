@@ -14,15 +14,29 @@ import pyarrow.compute as pc
 
 from bench.errors import InputError
 
-__all__ = ["check_tensors"]
+__all__ = ["check_names", "check_tensors"]
 
 
-def check_tensors(table: pa.Table, column: str, file: str, *, finite: bool = True) -> None:
-    """Raise InputError at the first bad row of ``column``; ``finite=False`` lets NaN/inf through (Arrow bodies,
-    where a model may read NaN as "missing")."""
+def check_names(table: pa.Table, file: str) -> None:
+    """Column names a damaged file may carry as bytes that are not UTF-8 (pyarrow raises on reading them)."""
+    try:
+        table.column_names  # noqa: B018 - decodes every name
+    except UnicodeDecodeError:
+        raise InputError("a column name is not UTF-8 text (damaged file?)", file=file) from None
+
+
+def check_tensors(table: pa.Table, column: str, file: str, *, json_body: bool = True) -> None:
+    """Raise InputError at the first bad row of ``column``. ``json_body=False`` (Arrow bodies) lets NaN/inf through
+    (a model may read NaN as "missing") and binary columns (Arrow carries bytes; JSON does not)."""
+    if json_body:
+        for name, typ in zip(table.column_names, table.schema.types, strict=True):
+            if pa.types.is_binary(typ) or pa.types.is_large_binary(typ) or pa.types.is_fixed_size_binary(typ):
+                raise InputError("holds bytes that are not UTF-8 text; a JSON body cannot carry them", file=file,
+                                 key=name)
     if column not in table.column_names or table.num_rows == 0:
         return  # the reader has already said so
     col = table.column(column).combine_chunks()
+    finite = json_body
 
     def bad(row: int, problem: str) -> InputError:
         return InputError(f"row {row}: {problem}", file=file, key=column)

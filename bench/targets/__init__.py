@@ -118,6 +118,6 @@ def read_table(sc: Scenario) -> Any:
     data = sc.data
     if data.path is not None:
         table = read_dataset(data.path, data.column)
-        check_tensors(table, data.column, str(data.path), finite=sc.target.format != "arrow")
+        check_tensors(table, data.column, str(data.path), json_body=sc.target.format != "arrow")
         return table
     return generate_ccfraud(data.generate_rows, data.seed)
