@@ -20,7 +20,7 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.config.auth import AuthConfig, auth_config_from_mapping
 from bench.config.capacity import CapacityConfig, capacity_config_from_mapping
@@ -46,6 +46,7 @@ __all__ = [
     "with_values",
 ]
 
+_T = TypeVar("_T")
 TARGET_KINDS = KINDS  # the target registry's kinds
 SECTIONS = ("target", "data", "load", "engine", "report", "auth", "wallaroo", "emulator", "slo", "capacity")
 # the sections bench.config parses into the Scenario field of the same name (a new section: a line here + a field)
@@ -237,12 +238,20 @@ def parse_scenario(doc: Mapping[str, Any], *, file: str, base_dir: Path) -> Scen
     load = _parse_load(tables["load"], file)
     engine = _parse_engine(tables["engine"], file)
     report = _parse_report(tables["report"], file)
-    sections = {key: parse(tables[key], file) if tables[key] else None for key, parse in SECTION_PARSERS.items()}
-    wallaroo = sections["wallaroo"]
-    if isinstance(wallaroo, PreflightConfig) and wallaroo.api_url == EMBEDDED_PLACEHOLDER and not target.embedded:
+    sections = {key: parse(tables[key], file) for key, parse in SECTION_PARSERS.items() if tables[key]}
+    wallaroo = _typed(sections, "wallaroo", PreflightConfig)
+    if wallaroo is not None and wallaroo.api_url == EMBEDDED_PLACEHOLDER and not target.embedded:
         raise InputError("'embedded' needs target.url = 'embedded'", file=file, key="wallaroo.api_url")
     return Scenario(name=name, file=file, base_dir=base_dir, target=target, data=data, load=load, engine=engine,
-                    report=report, emulator=dict(tables["emulator"]), source=doc, **sections)  # type: ignore[arg-type]
+                    report=report, auth=_typed(sections, "auth", AuthConfig), wallaroo=wallaroo,
+                    slo=_typed(sections, "slo", SloObjectives), capacity=_typed(sections, "capacity", CapacityConfig),
+                    emulator=dict(tables["emulator"]), source=doc)
+
+
+def _typed(sections: Mapping[str, object], key: str, cls: type[_T]) -> _T | None:
+    value = sections.get(key)
+    assert value is None or isinstance(value, cls), (key, value)
+    return value
 
 
 def _parse_target(t: Mapping[str, Any], file: str) -> TargetConfig:

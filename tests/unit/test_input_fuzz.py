@@ -34,7 +34,7 @@ from bench.targets.ubiops import classify_direct
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "scenarios").glob("*.toml"))
 SHORT = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-LONG = settings(max_examples=3000, deadline=None, suppress_health_check=list(HealthCheck))
+LONG = settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
 
 # --- strategies -------------------------------------------------------------------------------------------------
 
@@ -274,6 +274,7 @@ def test_classifiers_never_raise(name: str, status: int, body: bytes, rows_in: i
 
 
 @pytest.mark.fuzz
+@pytest.mark.timeout(1800)
 @LONG
 @given(doc=documents)
 def test_generated_documents_long(tmp_path: Path, doc: dict[str, Any]) -> None:
@@ -281,6 +282,7 @@ def test_generated_documents_long(tmp_path: Path, doc: dict[str, Any]) -> None:
 
 
 @pytest.mark.fuzz
+@pytest.mark.timeout(1800)
 @LONG
 @given(index=st.integers(0, 100), ed=edits, cut=cuts)
 def test_mutated_shipped_scenarios_long(tmp_path: Path, index: int, ed: list[tuple[int, int, int]],
@@ -289,6 +291,7 @@ def test_mutated_shipped_scenarios_long(tmp_path: Path, index: int, ed: list[tup
 
 
 @pytest.mark.fuzz
+@pytest.mark.timeout(1800)
 @LONG
 @given(data=st.binary(max_size=2000), suffix=st.sampled_from(SUFFIXES))
 def test_random_bytes_as_data_long(tmp_path: Path, data: bytes, suffix: str) -> None:
@@ -298,6 +301,7 @@ def test_random_bytes_as_data_long(tmp_path: Path, data: bytes, suffix: str) -> 
 
 
 @pytest.mark.fuzz
+@pytest.mark.timeout(1800)
 @LONG
 @given(name=st.sampled_from(sorted(CLASSIFIERS)), status=st.integers(0, 999), body=answers,
        rows_in=st.integers(0, 1000))
