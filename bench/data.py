@@ -127,6 +127,11 @@ def _read_csv(p: Path, column: str, file: str) -> pa.Table:
     return pa.table({column: _fixed_list(matrix)})
 
 
+def _has_nan(values: np.ndarray, step: int = 1 << 20) -> bool:
+    """``np.isnan(values).any()`` in slices: no temporary as big as the data set."""
+    return any(bool(np.isnan(values[i:i + step]).any()) for i in range(0, values.size, step))
+
+
 def _fixed_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
     flat = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1), type=pa.float32())
     return pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1])
@@ -161,8 +166,9 @@ def _normalise(table: pa.Table, column: str, file: str) -> pa.Table:
             width = int(lengths[0])
             uniform = bool((lengths == width).all())
         if uniform:
-            values = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-            if values.size == len(arr) * width and width > 0 and not np.isnan(values).any():
+            # no copy when the values are float32 already (a big Arrow file stays the only copy)
+            values = np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+            if values.size == len(arr) * width and width > 0 and not _has_nan(values):
                 fixed = _fixed_list(values.reshape(len(arr), width))
                 return table.set_column(index, _tensor_field(column, width), fixed)
     return table.set_column(index, column, arr.cast(pa.list_(pa.float32())))

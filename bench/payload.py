@@ -7,11 +7,13 @@ that reads back to the same float32). arrow is an Arrow IPC *file* (magic ``ARRO
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import orjson
 import pyarrow as pa
 
+from bench.bodies import BLOCK, LazyBodies, Progress, records_encoder
 from bench.data import records_from_table
 from bench.errors import InputError
 from bench.results import PreparedBody
@@ -24,24 +26,29 @@ FORMATS: tuple[PayloadFormat, ...] = ("pandas-records", "arrow")
 _ARROW_MAGIC = b"ARROW1"
 
 
-def build_bodies(table: pa.Table, rows_per_request: int, fmt: PayloadFormat) -> list[PreparedBody]:
-    """Slice ``table`` into requests of ``rows_per_request`` rows (the last, shorter chunk is kept)."""
+def build_bodies(table: pa.Table, rows_per_request: int, fmt: PayloadFormat,
+                 progress: Progress | None = None) -> Sequence[PreparedBody]:
+    """Slice ``table`` into requests of ``rows_per_request`` rows (the last, shorter chunk is kept).
+
+    The bodies are a ``LazyBodies``: the first block is encoded now (bad data fails here, before any load), the
+    rest when a run first sends them, so memory follows what the run sends (see ``bench.bodies``).
+    ``progress(rows, total)`` is called while encoding up front.
+    """
     if isinstance(rows_per_request, bool) or not isinstance(rows_per_request, int) or rows_per_request < 1:
         raise InputError(f"must be an integer >= 1, got {rows_per_request!r}", key="rows_per_request")
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}", key="format")
     if table.num_rows == 0:
         raise InputError("the dataset has no rows", key="rows_per_request")
-    bodies: list[PreparedBody] = []
     if fmt == "pandas-records":
-        records = records_from_table(table)  # convert once, then slice the Python list
-        for start in range(0, len(records), rows_per_request):
-            chunk = records[start:start + rows_per_request]
-            bodies.append(PreparedBody(orjson.dumps(chunk), len(chunk)))
+        bodies = LazyBodies(table, rows_per_request, records_encoder(table, rows_per_request))
     else:
-        for start in range(0, table.num_rows, rows_per_request):
-            part = table.slice(start, rows_per_request)
-            bodies.append(PreparedBody(encode_arrow_file(part), part.num_rows))
+        def arrow(part: pa.Table) -> list[bytes]:
+            return [encode_arrow_file(part.slice(s, rows_per_request))
+                    for s in range(0, part.num_rows, rows_per_request)]
+
+        bodies = LazyBodies(table, rows_per_request, arrow)
+    bodies.prepare(BLOCK, progress)
     return bodies
 
 

@@ -8,6 +8,7 @@ emulator (its config type is named for the type checker only).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +51,7 @@ class Prepared:
     """Validated, pre-encoded inputs of a run (no sockets opened yet)."""
 
     scenario: Scenario
-    bodies: list[PreparedBody]
+    bodies: Sequence[PreparedBody]  # a data set's are a LazyBodies: encoded as the run reaches them
     emulator_config: EmulatorConfig | None = None  # when target.url == "embedded" (set by bench.session)
     auth_config: AuthConfig | None = None
     preflight_config: PreflightConfig | None = None  # [wallaroo] with an api_url: the preflight

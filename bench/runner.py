@@ -11,7 +11,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,7 @@ class RunControl:
         return list(self.token_source.secrets()) if self.token_source is not None else []
 
 
-def request_set(sc: Scenario, url: str, bodies: list[PreparedBody], authorization: str | None,
+def request_set(sc: Scenario, url: str, bodies: Sequence[PreparedBody], authorization: str | None,
                 config: Any = None) -> tuple[RequestSet, Classifier]:
     """The wire form of an engine-driven target: its headers, the scenario's, and the Authorization value."""
     req = target_for(sc.target.kind).request(sc.target, url, config)

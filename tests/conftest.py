@@ -45,3 +45,14 @@ def serve_emulator() -> Iterator[Callable[..., str]]:
         for proc in procs:
             proc.terminate()
             proc.wait(10)
+
+
+@pytest.fixture
+def fault_emulator(serve_emulator: Callable[..., str]) -> Callable[..., str]:
+    """Start `bench serve --fault SPEC ARGS...` (seeded by --seed, default 1); returns its base URL, stopped after
+    the test like every serve_emulator. ``fault_emulator("stall:0.1,reset:0.05")``."""
+
+    def start(spec: str, *args: str) -> str:
+        return serve_emulator("--fault", spec, *args)
+
+    return start

@@ -55,10 +55,20 @@ def register(subparsers: Any) -> None:
     p.add_argument("--pipeline", default=d.pipeline, help=f"pipeline name (default {d.pipeline})")
     p.add_argument("--deployment", default=d.deployment, help=f"deployment name-id in the external URL "
                    f"(default {d.deployment})")
+    p.add_argument("--fault", default="", metavar="SPEC",
+                   help="inject faults, seeded by --seed: comma-separated name:probability[:key=value...], e.g. "
+                   "'stall:0.01,reset:0.02,5xx:0.01:burst=20,close_after:100'. Faults: "
+                   + "; ".join(_fault_help()))
     _platform_flags(p, d)
     p.add_argument("--allow-remote", action="store_true", help="allow binding a non-loopback address")
     p.add_argument("--config-stdin", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=run)
+
+
+def _fault_help() -> list[str]:
+    from bench.emulator.faults import describe
+
+    return describe()
 
 
 def _platform_flags(p: argparse.ArgumentParser, d: Any) -> None:
@@ -128,8 +138,14 @@ def run(args: argparse.Namespace) -> int:
     if args.config_stdin:
         config = _config_from_stdin()
     else:
-        config = EmulatorConfig(**{field: getattr(args, dest) for dest, field in _FIELDS.items()})
-        flags = {field: "--" + dest.replace("_", "-") for dest, field in _FIELDS.items()}
+        from bench.emulator.faults import FaultSpecError, canonical_faults
+
+        try:
+            faults = canonical_faults(args.fault)
+        except FaultSpecError as exc:
+            raise InputError(str(exc), key="--fault") from None
+        config = EmulatorConfig(**{field: getattr(args, dest) for dest, field in _FIELDS.items()}, faults=faults)
+        flags = {field: "--" + dest.replace("_", "-") for dest, field in _FIELDS.items()} | {"faults": "--fault"}
         problems = config_problems(config)
         if problems:
             name, problem = problems[0]

@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable
 from bench.emulator.asgi import Receive, Scope, Send, lifespan, read_body, send_json
 from bench.emulator.config import EmulatorConfig
 from bench.emulator.context import EmulatorContext, TokenVerifier
+from bench.emulator.kserve import KServeEmulator
+from bench.emulator.metrics import MetricsMiddleware
 from bench.emulator.wallaroo import WallarooEmulator, error_body
 
 __all__ = ["EmulatorApp", "build_app"]
@@ -70,7 +72,8 @@ def _token_verifier(config: EmulatorConfig) -> TokenVerifier:
 
 
 class EmulatorApp:
-    """ASGI entry point: lifespan, ``GET /health``, and prefix routing to the sub-apps."""
+    """ASGI entry point: lifespan, ``GET /health``, ``GET /metrics`` (counting every request), and prefix routing
+    to the sub-apps."""
 
     def __init__(self, ctx: EmulatorContext) -> None:
         self.ctx = ctx
@@ -78,13 +81,17 @@ class EmulatorApp:
         ubiops = _optional_sub_app("bench.emulator.ubiops", "UbiOpsEmulator", ctx, "UbiOps")
         keycloak = _optional_sub_app("bench.emulator.keycloak", "KeycloakEmulator", ctx, "Keycloak")
         mlops = _optional_sub_app("bench.emulator.mlops", "MLOpsEmulator", ctx, "Wallaroo MLOps API")
+        kserve = KServeEmulator(ctx)
         self.routes: tuple[tuple[str, AsgiApp], ...] = (
+            ("/v2/health/", kserve),  # Open Inference Protocol v2; the rest of /v2/ is UbiOps
+            ("/v2/models/", kserve),
             ("/v1/api/status/", mlops),
             ("/v1/api/admin/", mlops),
             ("/v2/", ubiops),
             ("/v2.1/", ubiops),
             ("/auth/realms/", keycloak),
         )
+        self._counted = MetricsMiddleware(self._http, ctx.metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -92,6 +99,10 @@ class EmulatorApp:
             return await lifespan(receive, send)
         if kind != "http":
             return None
+        await self._counted(scope, receive, send)
+        return None
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         if any(path == p or path.startswith(p + "/") for p in WALLAROO_PREFIXES):
             return await self.wallaroo(scope, receive, send)
@@ -99,6 +110,9 @@ class EmulatorApp:
             if path.startswith(prefix):
                 await app(scope, receive, send)
                 return None
+        if path == "/v2" and scope["method"] == "GET":
+            await self.routes[0][1](scope, receive, send)  # V2 server metadata
+            return None
         await read_body(receive)
         if path == "/health":
             return await send_json(send, 200, {"status": "ok", "deployment": self.ctx.deployment_status()})

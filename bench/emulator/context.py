@@ -11,6 +11,7 @@ from typing import Protocol
 
 from bench.emulator.capacity import ServiceModel
 from bench.emulator.config import EmulatorConfig
+from bench.emulator.metrics import Metrics
 
 __all__ = ["EmulatorContext", "TokenVerifier"]
 
@@ -28,6 +29,7 @@ class EmulatorContext:
     model: ServiceModel
     started_at: float = field(default_factory=time.monotonic)
     tokens: TokenVerifier | None = None  # set by bench.emulator.app from bench.emulator.tokens when available
+    metrics: Metrics = field(default_factory=Metrics)  # GET /metrics (bench.emulator.metrics)
 
     @classmethod
     def create(cls, config: EmulatorConfig) -> EmulatorContext:

@@ -50,6 +50,12 @@ def config_problems(config: EmulatorConfig) -> list[tuple[str, str]]:
         value = getattr(config, name)
         if not value or "/" in value:
             problems.append((name, f"must be a non-empty name without '/', got {value!r}"))
+    if config.faults:
+        from bench.emulator.faults import fault_problem
+
+        problem = fault_problem(config.faults, config.http2)
+        if problem:
+            problems.append(("faults", problem))
     return problems
 
 
@@ -149,6 +155,14 @@ def emulator_config_from_mapping(d: Mapping[str, object], file: str) -> Emulator
     for key, value in d.items():
         if key not in fields:
             raise _bad(file, f"emulator.{key}", f"unknown key (known: {', '.join(sorted(fields))})")
+        if key == "faults":  # a spec string or a table: stored as the canonical string
+            from bench.emulator.faults import FaultSpecError, canonical_faults
+
+            try:
+                kwargs[key] = canonical_faults(value)
+            except FaultSpecError as exc:
+                raise _bad(file, "emulator.faults", str(exc)) from None
+            continue
         kwargs[key] = _coerce(str(fields[key].type), value, file, f"emulator.{key}")
     config = EmulatorConfig(**kwargs)
     problems = config_problems(config)

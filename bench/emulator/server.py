@@ -1,4 +1,6 @@
-"""Serve the emulator: uvicorn (uvloop + httptools) for HTTP/1.1, hypercorn when h2c is wanted as well.
+"""Serve the emulator: uvicorn (uvloop + httptools) for HTTP/1.1, hypercorn when h2c is wanted as well, and
+bench.emulator.faultserver (our own HTTP/1.1 server below ASGI) when faults are injected without h2c; with h2c
+the ASGI-level faults run as bench.emulator.faults.FaultMiddleware inside hypercorn.
 
 The listening socket is bound here, before the server starts, so port 0 resolves to a real port that can be
 printed — the embedded runner reads the first stdout line to learn where the emulator is.
@@ -47,9 +49,12 @@ def url_lines(config: EmulatorConfig, host: str, port: int) -> list[str]:
         f"  wallaroo inference (internal): {base}/pipelines/{config.pipeline}",
         f"  wallaroo inference (edge):     {base}/infer",
         f"  ubiops api:                    {base}/v2.1",
+        f"  kserve v2 inference:           {base}/v2/models/ccfraud/infer",
+        f"  prometheus metrics:            {base}/metrics",
         f"  token url:                     {base}/auth/realms/master/protocol/openid-connect/token",
         f"  protocol: {proto}; capacity ~ {config.replicas} replicas, "
         f"{config.latency_ms:g} ms + {config.per_row_us:g} us/row",
+        *([f"  faults (seed {config.seed}): {config.faults}"] if config.faults else []),
     ]
 
 
@@ -67,13 +72,63 @@ def serve(config: EmulatorConfig) -> None:
     """Run until SIGTERM/SIGINT. Blocks."""
     from bench.emulator.app import build_app
 
-    app = build_app(config)
+    app: Callable[..., Any] = build_app(config)
     sock = bind_socket(config.host, config.port)
     announce = _announce(config, sock)
+    plan = _fault_plan(config, app)
     if config.http2:
+        if plan is not None:
+            from bench.emulator.faults import FaultMiddleware
+
+            app = FaultMiddleware(app, plan, _received_counter(app))
         _serve_hypercorn(app, sock, announce)
+    elif plan is not None:
+        _serve_faults(app, plan, sock, announce)
     else:
         _serve_uvicorn(app, sock, announce)
+
+
+def _fault_plan(config: EmulatorConfig, app: Any) -> Any:
+    """The seeded fault plan (counting into the app's metrics), or None without faults."""
+    if not config.faults:
+        return None
+    from bench.emulator.faults import plan_from_config
+
+    return plan_from_config(config.faults, config.seed, app.ctx.metrics.fault)
+
+
+def _received_counter(app: Any) -> Callable[[], None]:
+    metrics = app.ctx.metrics
+
+    def received() -> None:
+        metrics.received += 1
+
+    return received
+
+
+def _serve_faults(app: Any, plan: Any, sock: socket.socket, announce: Callable[[], None]) -> None:
+    from bench.emulator.faultserver import running_fault_server
+
+    received = _received_counter(app)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with running_fault_server(app, plan, sock, received):
+            announce()
+            await stop.wait()
+
+    try:
+        if _has_uvloop():
+            import uvloop
+
+            uvloop.run(main())
+        else:
+            asyncio.run(main())
+    finally:
+        sock.close()
 
 
 def _serve_uvicorn(app: Callable[..., Any], sock: socket.socket, announce: Callable[[], None]) -> None:

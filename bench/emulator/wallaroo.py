@@ -125,6 +125,7 @@ class WallarooEmulator:
         await self.ctx.model.serve(len(matrix))
         scores = self.model.predict(matrix)
         step_ns = time.perf_counter_ns() - t1
+        self.ctx.metrics.model_infer(MODEL_NAME, "1", step_ns / 1e9, ok=True)
         if legacy:
             out = encode_legacy(scores, model_name=MODEL_NAME, model_version=self.pipeline_version,
                                 pipeline=self.ctx.config.pipeline, elapsed_ns=ser_ns + step_ns,

@@ -39,7 +39,8 @@ class EngineCore:
         self.abandoned = 0
         if not requests.bodies:
             raise ValueError("RequestSet has no bodies")
-        self._rows = [b.rows for b in requests.bodies]
+        rows = getattr(requests.bodies, "rows", None)  # a LazyBodies knows its row counts without encoding
+        self._rows = list(rows) if isinstance(rows, list) else [b.rows for b in requests.bodies]
         self._seq = 0
         self._inflight = 0
         self._stopping = False

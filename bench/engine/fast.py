@@ -22,7 +22,7 @@ import math
 import ssl
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from urllib.parse import urlsplit
 
 import httptools
@@ -33,7 +33,8 @@ from bench.engine.pacer import Pacer, Sweeper, estimate_rate
 from bench.failures import exception_kind  # re-exported: the one exception-to-kind mapping
 from bench.results import Kind
 
-__all__ = ["FastEngine", "Target", "build_wires", "exception_kind", "make_ssl_context", "parse_target"]
+__all__ = ["FastEngine", "Target", "body_getter", "build_wires", "exception_kind", "make_ssl_context",
+           "parse_target", "request_head", "wire"]
 
 _OK = int(Kind.OK)
 _RESET = int(Kind.RESET)
@@ -41,6 +42,8 @@ _PROTOCOL = int(Kind.PROTOCOL_ERROR)
 _READ_TIMEOUT = int(Kind.READ_TIMEOUT)
 CONNECT_CAP = 32  # simultaneous connects in open loop: a catch-up burst must not become a connect storm
 _WARM_LATENCY_S = 0.005  # assumed answer time for sizing the warm pool (x2 headroom below)
+GROW_MAX_LAG_NS = 1_000_000  # open loop: the pool grows only while due sends start this promptly ...
+GROW_MAX_KEPT = 64 * 1024 * 1024  # ... and answers being read hold less than this (big answers: memory stays flat)
 
 
 class Target:
@@ -70,6 +73,26 @@ def parse_target(url: str) -> Target:
 
 def build_wires(requests: RequestSet, target: Target, headers: Mapping[str, str]) -> list[bytes]:
     """One complete request (head + body) per prepared body, ready for ``transport.write``."""
+    head = request_head(requests, target, headers)
+    return [wire(head, b.body) for b in requests.bodies]
+
+
+def wire(head: bytes, body: bytes) -> bytes:
+    """``head`` (from ``request_head``) completed with Content-Length, and the body: one write."""
+    return head + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+
+
+def body_getter(requests: RequestSet) -> Callable[[int], bytes]:
+    """Body ``i`` without building every body first (``LazyBodies.body`` encodes on first use)."""
+    get = getattr(requests.bodies, "body", None)
+    if callable(get):
+        return get  # type: ignore[no-any-return]
+    bodies = requests.bodies
+    return lambda i: bodies[i].body
+
+
+def request_head(requests: RequestSet, target: Target, headers: Mapping[str, str]) -> bytes:
+    """Request line and headers, without Content-Length and the final blank line."""
     lines = [f"{requests.method.upper()} {target.path} HTTP/1.1", f"Host: {target.host_header}"]
     for name, value in headers.items():
         low = name.lower()
@@ -78,9 +101,7 @@ def build_wires(requests: RequestSet, target: Target, headers: Mapping[str, str]
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
             raise ValueError(f"header {name!r} contains a line break")
         lines.append(f"{name}: {value}")
-    head = "\r\n".join(lines).encode("latin-1")
-    return [head + b"\r\nContent-Length: " + str(len(b.body)).encode() + b"\r\n\r\n" + b.body
-            for b in requests.bodies]
+    return "\r\n".join(lines).encode("latin-1")
 
 
 def make_ssl_context(config: EngineConfig, alpn: list[str] | None = None) -> ssl.SSLContext:
@@ -98,7 +119,8 @@ class _Conn(asyncio.Protocol):
     """One connection with at most one request in flight. Hot-path state lives in plain slots."""
 
     __slots__ = ("body", "busy", "bytes_in", "bytes_out", "complete", "dead", "eng", "failures", "idx",
-                 "intended", "keep", "parser", "pending", "rows_in", "sent", "transport", "truncate_at")
+                 "intended", "keep", "kept", "parser", "parts", "pending", "rows_in", "sent", "transport",
+                 "truncate_at")
 
     def __init__(self, eng: FastEngine, failures: int) -> None:
         self.eng = eng
@@ -116,7 +138,9 @@ class _Conn(asyncio.Protocol):
         self.rows_in = 0
         self.bytes_out = 0
         self.bytes_in = 0
-        self.body = b""
+        self.body = b""  # the first chunk of the kept prefix (most answers arrive in one)
+        self.parts: list[bytes] | None = None  # every kept chunk once a second one arrives; joined once at the end
+        self.kept = 0
         self.truncate_at = eng.max_body
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
@@ -144,11 +168,36 @@ class _Conn(asyncio.Protocol):
 
     # -- httptools callbacks ------------------------------------------------------------------------
     def on_body(self, body: bytes) -> None:
-        self.bytes_in += len(body)
-        if not self.body:
-            self.body = body if len(body) <= self.truncate_at else body[: self.truncate_at]
-        elif len(self.body) < self.truncate_at:
-            self.body = (self.body + body)[: self.truncate_at]
+        """Keep at most ``truncate_at`` bytes, as chunks: copying the kept prefix per chunk was quadratic."""
+        n = len(body)
+        self.bytes_in += n
+        room = self.truncate_at - self.kept
+        if room <= 0:
+            return
+        if n > room:
+            body = body[:room]
+            n = room
+        if not self.kept:
+            self.body = body
+        elif self.parts is None:
+            self.parts = [self.body, body]
+        else:
+            self.parts.append(body)
+        self.kept += n
+        self.eng.kept_inflight += n
+
+    def take_body(self) -> bytes:
+        """The kept prefix as one ``bytes`` (one join per answer), and reset for the next answer."""
+        parts = self.parts
+        body = self.body if parts is None else b"".join(parts)
+        self.drop_body()
+        return body
+
+    def drop_body(self) -> None:
+        self.eng.kept_inflight -= self.kept
+        self.body = b""
+        self.parts = None
+        self.kept = 0
 
     def on_message_complete(self) -> None:
         self.complete = True
@@ -167,14 +216,19 @@ class FastEngine(CallbackEngine):
         super().__init__(config, requests, classify, sink)
         self.target = parse_target(requests.url)
         self._headers: dict[str, str] = dict(requests.headers)
-        self._wires = build_wires(requests, self.target, self._headers)
-        self._sizes = [len(b.body) for b in requests.bodies]  # bytes_out/in count bodies, as httpx can
-        self._nbodies = len(self._wires)
+        self._nbodies = len(requests.bodies)
+        self._body = body_getter(requests)
+        self._head = request_head(requests, self.target, self._headers)
+        # wires (head + body) are built on first use: a big data set's bodies are encoded as the run reaches them
+        self._wires: list[bytes | None] = [None] * self._nbodies
+        self._sizes = [0] * self._nbodies  # bytes_out counts bodies, as httpx can; set with the wire
         self._ssl = make_ssl_context(config, ["http/1.1"]) if self.target.tls else None
         self._conns: set[_Conn] = set()
         self._idle: list[_Conn] = []
         self._backlog: deque[int] = deque()  # open loop: intended times waiting for a free connection
         self._connecting = 0
+        self.kept_inflight = 0  # answer bytes kept by connections still reading (open-loop growth limit)
+        self._avg_in = 0.0  # recent answer size (moving average, open loop only)
         self.peak_connecting = 0  # most connects in progress at once (open loop; tests and diagnostics)
 
     # -- public ---------------------------------------------------------------------------------------
@@ -182,8 +236,16 @@ class FastEngine(CallbackEngine):
         """Replace/add headers; the next request on every connection uses the rebuilt bytes."""
         merged = dict(self._headers)
         merged.update(headers)
-        self._wires = build_wires(self.requests, self.target, merged)
+        self._head = request_head(self.requests, self.target, merged)
+        self._wires = [None] * self._nbodies
         self._headers = merged
+
+    def _wire(self, i: int) -> bytes:
+        """Build (once per body and header set) the bytes of request ``i``."""
+        body = self._body(i)
+        w = self._wires[i] = wire(self._head, body)
+        self._sizes[i] = len(body)
+        return w
 
     # -- lifecycle (run() is CallbackEngine's) --------------------------------------------------------
     def _prepare_open(self, load: LoadSpec, offsets: Iterator[int]) -> Iterator[int]:
@@ -230,23 +292,23 @@ class FastEngine(CallbackEngine):
         conn.intended = intended
         conn.rows_in = self._rows[i]
         conn.bytes_in = 0
-        conn.body = b""
+        conn.drop_body()
         if conn.transport is None:
             conn.pending = True
             conn.idx = i
             return
-        wire = self._wires[i]
+        w = self._wires[i] or self._wire(i)
         conn.bytes_out = self._sizes[i]
         conn.sent = time.monotonic_ns()
-        conn.transport.write(wire)
+        conn.transport.write(w)
 
     def _write_pending(self, conn: _Conn) -> None:
         conn.pending = False
-        wire = self._wires[conn.idx]
+        w = self._wires[conn.idx] or self._wire(conn.idx)
         conn.bytes_out = self._sizes[conn.idx]
         conn.sent = time.monotonic_ns()
         assert conn.transport is not None
-        conn.transport.write(wire)
+        conn.transport.write(w)
 
     def _new_conn(self, failures: int) -> _Conn:
         conn = _Conn(self, failures)
@@ -281,10 +343,26 @@ class FastEngine(CallbackEngine):
         for _ in range(n):
             self._idle.append(self._new_conn(0))
 
+    def _may_grow(self) -> bool:
+        """Open loop: room for one more connection, and the loop keeps up with the schedule.
+
+        A loop that starts due sends late is busy (e.g. CPU-bound on reading answers), and answers in flight that
+        hold (or, at the recent answer size, will hold) GROW_MAX_KEPT bytes arrive faster than the engine takes
+        them in: more connections would only hold more answers in memory and hide the harness's limit as target
+        latency. Then sends wait for a free
+        connection instead, leave late, and the schedule lag flags the run generator-bound.
+        """
+        if len(self._conns) >= self._limit or self._connecting >= CONNECT_CAP:
+            return False
+        if max(self.kept_inflight, self._inflight * min(self._avg_in, self.max_body)) > GROW_MAX_KEPT:
+            return False  # the answers in flight hold (or will hold, at the recent answer size) too much
+        pacer = self._pacer
+        return pacer is None or pacer.late_ns <= GROW_MAX_LAG_NS
+
     def _grow(self) -> None:
         """Open loop: open connections for waiting sends, within max_in_flight and CONNECT_CAP."""
         backlog = self._backlog
-        while backlog and len(self._conns) < self._limit and self._connecting < CONNECT_CAP:
+        while backlog and self._may_grow():
             self._assign(self._new_conn(0), backlog.popleft())
 
     async def _connect(self, conn: _Conn) -> None:
@@ -332,7 +410,7 @@ class FastEngine(CallbackEngine):
         conn.busy = False
         parser = conn.parser
         status = parser.get_status_code()
-        body = conn.body
+        body = conn.take_body()
         rows_in = conn.rows_in
         kind, rows_out, server_ns = self.classify(status, body, rows_in)
         self.sink.record(conn.intended, conn.sent, done, kind, status, rows_out if kind == _OK else rows_in,
@@ -348,6 +426,7 @@ class FastEngine(CallbackEngine):
                 self._slot_next(None, done, 0)
             return
         if self._open:
+            self._avg_in += (conn.bytes_in - self._avg_in) * 0.125
             if self._backlog:  # the oldest waiting send first (it is already late)
                 self._assign(conn, self._backlog.popleft())
                 return
@@ -373,6 +452,7 @@ class FastEngine(CallbackEngine):
         if not conn.busy:
             return
         conn.busy = False
+        conn.drop_body()
         done = time.monotonic_ns()
         sent = conn.sent or done
         conn.pending = False
@@ -423,10 +503,12 @@ class FastEngine(CallbackEngine):
                 if not conn.dead:
                     self._assign(conn, intended)
                     return
-            if len(self._conns) < self._limit and self._connecting < CONNECT_CAP:
+            if self._may_grow():
                 self._assign(self._new_conn(0), intended)
                 return
         backlog.append(intended)
+        if len(backlog) > 1:  # sends wait from an earlier late wake-up: grow for them if the loop caught up
+            self._grow()
 
     # -- housekeeping ---------------------------------------------------------------------------------
     def sweep(self, now: int) -> None:

@@ -1,16 +1,18 @@
-"""The lean HTTP/2 engine: one asyncio.Protocol per connection driving the ``h2`` state machine directly.
+"""The lean HTTP/2 engine: one asyncio.Protocol per connection speaking HTTP/2 frames directly.
 
-Why not httpx: httpcore spends ~700 µs of CPU per HTTP/2 request (a coroutine, locks and events per stream), so a
-Python client topped out near 1,300 req/s on one core. Here the hot path is transport callbacks, as in the lean
-HTTP/1.1 engine (``bench.engine.fast``, whose pacer, sweeper and error mapping this module reuses):
+Why not httpx, and not the ``h2`` package on the hot path: httpcore spends ~700 µs of CPU per HTTP/2 request, and
+h2's stream state machine, event objects and frame parsing ~50 µs. A load generator's client side is narrow — open
+a stream, send one whole request, read one whole answer — so the engine owns it (``bench.engine.h2frames``):
 
-- request header blocks are HPACK-encoded once per body (static-table indices and literals that never touch the
-  dynamic table, so the same bytes stay valid for the life of the connection) and handed to h2 through an
-  encoder that returns them as they are; they are rebuilt only by ``set_headers``;
-- answer header blocks are decoded once per distinct block (``_CachingDecoder``) while they leave the dynamic
-  table untouched;
-- h2 runs with header validation and normalisation off, 16 MiB receive windows, received data acknowledged
-  once per ``data_received``, and everything h2 wants to send is written once per callback, not per frame.
+- each request is pre-serialised once per body as HEADERS (+ CONTINUATION) + DATA frames (HPACK block that never
+  touches the dynamic table, so the bytes stay valid for the life of the connection); sending is one copy into the
+  connection's output buffer with the stream id patched in, and one ``transport.write`` per callback;
+- answers are split into frames with ``struct``; HEADERS blocks go through an HPACK decoder that decodes each
+  distinct block once (``_CachingDecoder``) while it leaves the dynamic table untouched;
+- flow control both ways: request bodies are sent whole when the windows allow and otherwise pumped frame by frame
+  on WINDOW_UPDATE; received data is acknowledged once half of the 16 MiB windows is used;
+- SETTINGS (max_concurrent_streams, initial window, header table size), PING, RST_STREAM, GOAWAY, CONTINUATION
+  and padding are handled; PUSH_PROMISE (push is disabled) and framing errors fail the connection.
 
 Closed loop: ``concurrency`` workers spread round-robin over ``connections`` (0 → 1) connections; a worker's
 next request goes out from the callback that finished its previous one. Streams beyond the server's
@@ -25,40 +27,35 @@ closed. A REFUSED_STREAM reset is retried the same way; any other reset is a ``p
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
-from hpack import Decoder, Encoder, HeaderTuple
+from hpack import Decoder, HeaderTuple
+from hpack.exceptions import HPACKError
 from hpack.table import HeaderTable
 
+from bench.engine import h2frames as fr
 from bench.engine.base import Classifier, EngineConfig, LoadSpec, RequestSet, ResultSink
 from bench.engine.common import DEFAULT_OPEN_LIMIT, CallbackEngine, backoff_s
-from bench.engine.fast import Target, exception_kind, make_ssl_context, parse_target
+from bench.engine.fast import Target, body_getter, exception_kind, make_ssl_context, parse_target
 from bench.results import Kind
 
-__all__ = ["H2Engine", "encode_header_block", "h2_header_list"]
+__all__ = ["H2Engine", "encode_header_block", "h2_header_list", "table_size_update"]
 
 _OK = int(Kind.OK)
 _RESET = int(Kind.RESET)
 _PROTOCOL = int(Kind.PROTOCOL_ERROR)
 _READ_TIMEOUT = int(Kind.READ_TIMEOUT)
 _WINDOW = 16 * 1024 * 1024  # receive window (connection and per stream)
+_ACK_AT = _WINDOW // 2  # acknowledge received data once this much is unacknowledged
+_DEFAULT_WINDOW = 65_535
+_MAX_WINDOW = 2**31 - 1
 _REFUSED_STREAM = 7
+_CANCEL = 8
 _LAST_STREAM_ID = 2**31 - 1 - 2 * 4096  # open a fresh connection well before stream ids run out
 _DROP = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive",
                    "proxy-connection", "upgrade", "te"})
-_PURGE_EVERY = 128
-_ODD = h2.connection.AllowedStreamIDs.ODD
-_CLOSED = h2.connection.ConnectionState.CLOSED
 _NEVER_INDEX = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"set-cookie"})
 _STATIC: dict[tuple[bytes, bytes], int] = {}
 _STATIC_NAMES: dict[bytes, int] = {}
@@ -66,6 +63,12 @@ for _i, (_n, _v) in enumerate(HeaderTable.STATIC_TABLE, start=1):
     _STATIC.setdefault((_n, _v), _i)
     _STATIC_NAMES.setdefault(_n, _i)
 del _i, _n, _v
+# HEADER_TABLE_SIZE 0: the server's HPACK encoder may not keep state, so its answer blocks repeat byte for byte and
+# _CachingDecoder decodes each once (nginx indexes `server`/`date`/`content-type` into a 4 KiB table otherwise, and
+# every block then changes the table); ENABLE_PUSH 0; INITIAL_WINDOW_SIZE 16 MiB; MAX_CONCURRENT_STREAMS 100.
+_OUR_SETTINGS = fr.settings([(1, 0), (2, 0), (4, _WINDOW), (3, 100)])
+_SETTINGS_ACK = fr.settings([], ack=True)
+_GOAWAY_PROBE = fr.ping(b"goaway?!")
 
 
 # -- HPACK, encoded once ----------------------------------------------------------------------------------
@@ -124,21 +127,6 @@ def h2_header_list(method: str, target: Target, headers: Mapping[str, str], body
     return out
 
 
-class _PreEncoder(Encoder):
-    """h2's encoder slot: returns the block the engine pre-encoded for the request being sent."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.block = b""
-
-    def encode(self, headers: Any, huffman: bool = True) -> bytes:
-        table = self.header_table
-        if table.resized:  # the peer changed SETTINGS_HEADER_TABLE_SIZE: acknowledge it in the next block
-            table.resized = False
-            return _int(table.maxsize, 5, 0x20) + self.block
-        return self.block
-
-
 class _CountingTable(HeaderTable):
     def __init__(self) -> None:
         super().__init__()
@@ -180,18 +168,17 @@ class _CachingDecoder(Decoder):
         return headers
 
 
-def _h2_config() -> h2.config.H2Configuration:
-    return h2.config.H2Configuration(client_side=True, header_encoding=None, validate_outbound_headers=False,
-                                     normalize_outbound_headers=False, validate_inbound_headers=False,
-                                     normalize_inbound_headers=False)
+def table_size_update(size: int) -> bytes:
+    """HPACK dynamic table size update (RFC 7541 6.3): sent first in the block after the peer changed the size."""
+    return _int(size, 5, 0x20)
 
 
 # -- per-request and per-connection state --------------------------------------------------------------------
 class _Stream:
     """One request: where it is (waiting, sent, body partly sent) and what came back so far."""
 
-    __slots__ = ("body", "bytes_in", "bytes_out", "idx", "intended", "pos", "retried", "rows_in", "sent", "sid",
-                 "slot", "status")
+    __slots__ = ("body", "bytes_in", "bytes_out", "idx", "intended", "kept", "parts", "pos", "recv", "retried",
+                 "rows_in", "sent", "sid", "slot", "status", "window")
 
     def __init__(self) -> None:
         self.sid = 0
@@ -202,42 +189,71 @@ class _Stream:
         self.rows_in = 0
         self.bytes_out = 0
         self.bytes_in = 0
-        self.pos = 0
+        self.pos = 0  # request body bytes sent
+        self.window = 0  # send window of the stream
+        self.recv = 0  # received flow-controlled bytes not yet acknowledged (stream window)
         self.status = 0
-        self.body = b""
+        self.body = b""  # first kept chunk; ``parts`` holds every kept chunk once a second arrives (one join)
+        self.parts: list[bytes] | None = None
+        self.kept = 0
         self.retried = False
+
+    def keep(self, data: bytes, cap: int) -> None:
+        """Keep at most ``cap`` bytes of the answer, as chunks (no copy of the prefix per chunk)."""
+        room = cap - self.kept
+        if room <= 0 or not data:
+            return
+        if len(data) > room:
+            data = data[:room]
+        if not self.kept:
+            self.body = data
+        elif self.parts is None:
+            self.parts = [self.body, data]
+        else:
+            self.parts.append(data)
+        self.kept += len(data)
+
+    def take_body(self) -> bytes:
+        parts = self.parts
+        body = self.body if parts is None else b"".join(parts)
+        self.body = b""
+        self.parts = None
+        self.kept = 0
+        return body
 
 
 class _Conn(asyncio.Protocol):
     """One HTTP/2 connection. ``streams`` are on the wire; ``waiting`` are assigned but not yet started."""
 
-    __slots__ = ("blocked", "dead", "dirty", "enc", "eng", "goaway", "h2", "max_streams", "ready", "slot", "started",
-                 "streams", "t_connect", "transport", "waiting")
+    __slots__ = ("blocked", "buf", "dead", "dec", "dirty", "eng", "goaway", "hdr_flags", "hdr_parts", "hdr_sid",
+                 "max_streams", "next_sid", "out", "peer_initial", "ready", "send_window", "slot", "streams",
+                 "t_connect", "table_size", "table_update", "transport", "unacked", "waiting")
 
     def __init__(self, eng: H2Engine, slot: int) -> None:
         self.eng = eng
         self.slot = slot
-        conn = h2.connection.H2Connection(config=_h2_config())
-        self.enc = _PreEncoder()
-        conn.encoder = self.enc
-        conn.decoder = _CachingDecoder()
-        conn.local_settings = h2.settings.Settings(client=True, initial_values={
-            h2.settings.SettingCodes.ENABLE_PUSH: 0,
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: _WINDOW,
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 100,
-        })
-        self.h2 = conn
+        self.dec = _CachingDecoder()
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Stream] = {}
         self.waiting: list[_Stream] = []
         self.blocked: list[_Stream] = []  # request bodies waiting for send window
+        self.out = bytearray()  # frames to write at the end of this callback
+        self.buf = b""  # a partial frame left over from the last read
         self.ready = False
         self.dead = False
         self.goaway = False
         self.dirty = False
-        self.started = 0
         self.t_connect = time.monotonic_ns()
-        self.max_streams = 100  # until the server's SETTINGS say otherwise
+        self.max_streams = 100  # unless the server's SETTINGS say otherwise
+        self.next_sid = 1
+        self.send_window = _DEFAULT_WINDOW  # connection send window
+        self.peer_initial = _DEFAULT_WINDOW  # the server's SETTINGS_INITIAL_WINDOW_SIZE
+        self.table_size = 4096  # the server's SETTINGS_HEADER_TABLE_SIZE (our encoder's table limit)
+        self.table_update = False  # signal table_size in the next header block
+        self.unacked = 0  # received flow-controlled bytes not yet acknowledged on the connection
+        self.hdr_sid = 0  # a header block continues in CONTINUATION frames of this stream
+        self.hdr_flags = 0
+        self.hdr_parts: list[bytes] = []
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -248,15 +264,14 @@ class _Conn(asyncio.Protocol):
         eng = self.eng
         eng._batching = True
         try:
+            if self.buf:
+                data = self.buf + data
             try:
-                events = self.h2.receive_data(data)
-            except h2.exceptions.ProtocolError as exc:
+                used = eng.receive(self, data)
+            except (fr.FrameError, HPACKError, ValueError, IndexError) as exc:
                 eng.conn_failed(self, _PROTOCOL, f"HTTP/2 protocol error: {exc!r}")
                 return
-            try:
-                eng.handle(self, events)
-            except h2.exceptions.ProtocolError as exc:  # h2 refused something we asked of this connection
-                eng.conn_failed(self, _PROTOCOL, f"HTTP/2 protocol error: {exc!r}")
+            self.buf = data[used:] if used < len(data) else b""
         finally:
             eng._batching = False
             eng.flush()
@@ -281,11 +296,14 @@ class H2Engine(CallbackEngine):
                  sink: ResultSink) -> None:
         super().__init__(config, requests, classify, sink)
         self.target = parse_target(requests.url)
-        self._bodies = [b.body for b in requests.bodies]
-        self._sizes = [len(b) for b in self._bodies]
-        self._nbodies = len(self._bodies)
+        self._nbodies = len(requests.bodies)
+        self._body: Callable[[int], bytes] = body_getter(requests)
         self._headers: dict[str, str] = dict(requests.headers)
-        self._blocks, self._mini = self._build(self._headers)
+        h2_header_list(requests.method, self.target, self._headers, 0)  # bad headers fail here, not mid-run
+        # request frames per body, built on first use (a big data set's bodies are encoded as the run reaches
+        # them); header blocks differ only by content-length, so they are shared by body size
+        self._tmpls: list[fr.RequestTemplate | None] = [None] * self._nbodies
+        self._blocks: dict[int, bytes] = {}
         self._ssl = make_ssl_context(config, ["h2"]) if self.target.tls else None
         self._nconn = max(1, config.connections or 1)
         self._slots: list[_Conn | None] = [None] * self._nconn
@@ -297,25 +315,33 @@ class H2Engine(CallbackEngine):
         self._free: list[_Stream] = []
         self._rr = 0
 
-    def _build(self, headers: Mapping[str, str]) -> tuple[list[bytes], list[tuple[bytes, bytes]]]:
-        t = self.target
-        method = self.requests.method
-        blocks = [encode_header_block(h2_header_list(method, t, headers, n)) for n in self._sizes]
-        # h2 reads only :method and :authority from the list it is given (the block itself is pre-encoded)
-        mini = [(b":method", method.upper().encode("ascii")), (b":authority", t.host_header.encode("ascii"))]
-        return blocks, mini
+    def _block(self, size: int) -> bytes:
+        block = self._blocks.get(size)
+        if block is None:
+            block = self._blocks[size] = encode_header_block(
+                h2_header_list(self.requests.method, self.target, self._headers, size))
+        return block
+
+    def _template(self, i: int) -> fr.RequestTemplate:
+        body = self._body(i)
+        t = self._tmpls[i] = fr.request_frames(self._block(len(body)), body)
+        return t
 
     # -- public ---------------------------------------------------------------------------------------
     def set_headers(self, headers: Mapping[str, str]) -> None:
         """Replace/add headers; streams started from now on carry the rebuilt header blocks."""
         merged = dict(self._headers)
         merged.update(headers)
-        self._blocks, self._mini = self._build(merged)
+        h2_header_list(self.requests.method, self.target, merged, 0)
         self._headers = merged
+        self._blocks = {}
+        self._tmpls = [None] * self._nbodies
 
     # -- lifecycle (run() is CallbackEngine's; same semantics as FastEngine) --------------------------
     def _prepare_open(self, load: LoadSpec, offsets: Iterator[int]) -> Iterator[int]:
         self._limit = load.max_in_flight or DEFAULT_OPEN_LIMIT
+        for slot in range(self._nconn):  # connect (and get the server's SETTINGS) before the first send is due
+            self._slot_conn(slot)
         return offsets
 
     def _start_closed(self, now: int) -> None:
@@ -394,11 +420,9 @@ class H2Engine(CallbackEngine):
                                      started)
                 return
         self._fails[conn.slot] = 0
-        h = conn.h2
-        h.initiate_connection()
-        h.increment_flow_control_window(_WINDOW - 65535)
-        conn.ready = True
-        self._start_waiting(conn)
+        # streams start once the server's SETTINGS arrive (its preface, sent at once): then its
+        # max_concurrent_streams is known and no stream is refused for exceeding it
+        conn.out += fr.PREFACE + _OUR_SETTINGS + fr.window_update(0, _WINDOW - _DEFAULT_WINDOW)
         self._mark(conn)
         self.flush()
 
@@ -433,14 +457,15 @@ class H2Engine(CallbackEngine):
                 self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Write what h2 has queued, once per connection per callback."""
+        """Write what the connections have queued, once per connection per callback."""
         self._flush_soon = False
         dirty = self._dirty
         while dirty:
             conn = dirty.pop()
             conn.dirty = False
-            data = conn.h2.data_to_send()
+            data = conn.out
             if data and conn.transport is not None and not conn.dead:
+                conn.out = bytearray()  # the transport may keep the buffer it was given
                 conn.transport.write(data)
 
     # -- sending --------------------------------------------------------------------------------------
@@ -458,7 +483,10 @@ class H2Engine(CallbackEngine):
         st.bytes_in = 0
         st.status = 0
         st.pos = 0
+        st.recv = 0
         st.body = b""
+        st.parts = None
+        st.kept = 0
         st.retried = False
         return st
 
@@ -470,48 +498,59 @@ class H2Engine(CallbackEngine):
             conn.waiting.append(st)
 
     def _start(self, conn: _Conn, st: _Stream) -> None:
-        h = conn.h2
-        sid = h.get_next_available_stream_id()
+        """Open a stream for ``st``: its pre-serialised frames, with the stream id patched in, go to ``conn.out``."""
+        sid = conn.next_sid
+        conn.next_sid = sid + 2
         st.sid = sid
         conn.streams[sid] = st
         if not st.sent:
             st.sent = time.monotonic_ns()
         i = st.idx
-        size = self._sizes[i]
+        t = self._tmpls[i] or self._template(i)
+        if conn.table_update:  # the server changed SETTINGS_HEADER_TABLE_SIZE: say so first in this block
+            conn.table_update = False
+            body = self._body(i)
+            t = fr.request_frames(table_size_update(conn.table_size) + self._block(len(body)), body)
+        size = t.body_len
         st.bytes_out = size
-        conn.enc.block = self._blocks[i]
-        # h2 counts open streams (a walk over all of them) before opening one that does not exist yet; we
-        # enforce max_concurrent_streams ourselves, so create it first (private API, stable since h2 2.0)
-        # and let h2 drop its closed streams every _PURGE_EVERY starts instead.
-        h._begin_new_stream(sid, _ODD)
-        h.send_headers(sid, self._mini, end_stream=not size)
-        if size:
-            if size <= h.max_outbound_frame_size and size <= h.local_flow_control_window(sid):
-                h.send_data(sid, self._bodies[i], end_stream=True)
-                st.pos = size
-            else:
-                self._pump(conn, st)
-        conn.started += 1
-        if conn.started % _PURGE_EVERY == 0:
-            _ = h.open_outbound_streams  # walks the streams, forgetting closed ones
+        st.window = conn.peer_initial
+        if size <= st.window and size <= conn.send_window:
+            t.put(conn.out, sid)
+            st.window -= size
+            conn.send_window -= size
+            st.pos = size
+        else:
+            t.put(conn.out, sid, whole=False)
+            st.pos = 0
+            self._pump(conn, st)
         if sid >= _LAST_STREAM_ID:
             conn.goaway = True  # no more ids: later requests go to a fresh connection
 
     def _pump(self, conn: _Conn, st: _Stream) -> None:
-        """Send as much of a request body as flow control and frame size allow; park the rest."""
-        h = conn.h2
-        body = self._bodies[st.idx]
+        """Send as much of a request body as flow control allows, a frame at a time; park the rest."""
+        body = self._body(st.idx)
         n = len(body)
         pos = st.pos
+        out = conn.out
         while pos < n:
-            room = min(h.local_flow_control_window(st.sid), h.max_outbound_frame_size, n - pos)
+            room = min(st.window, conn.send_window, fr.DEFAULT_MAX_FRAME, n - pos)
             if room <= 0:
                 break
-            h.send_data(st.sid, body[pos:pos + room], end_stream=pos + room >= n)
-            pos += room
+            end = pos + room
+            out += fr.frame(fr.DATA, fr.END_STREAM if end >= n else 0, st.sid, body[pos:end])
+            st.window -= room
+            conn.send_window -= room
+            pos = end
         st.pos = pos
         if pos < n and st not in conn.blocked:
             conn.blocked.append(st)
+
+    def _pump_blocked(self, conn: _Conn) -> None:
+        blocked, conn.blocked = conn.blocked, []
+        for st in blocked:
+            if conn.streams.get(st.sid) is st:
+                self._pump(conn, st)
+        self._mark(conn)
 
     def _start_waiting(self, conn: _Conn) -> None:
         waiting = conn.waiting
@@ -558,69 +597,162 @@ class H2Engine(CallbackEngine):
         self.flush()
 
     # -- answers --------------------------------------------------------------------------------------
-    def handle(self, conn: _Conn, events: list[h2.events.Event]) -> None:
-        """Dispatch h2 events (most frequent first). Runs inside data_received; flushing happens after."""
-        h = conn.h2
-        if h.state_machine.state is _CLOSED:  # GOAWAY in this batch: act on it before answers start new streams
-            for ev in events:
-                if isinstance(ev, h2.events.ConnectionTerminated):
-                    self._goaway(conn, ev.last_stream_id or 0, int(ev.error_code or 0))
+    def receive(self, conn: _Conn, data: bytes) -> int:
+        """Act on every whole frame at the start of ``data``; returns the bytes used. Runs inside data_received
+        (flushing happens after). Raises FrameError/HPACKError for what breaks the connection."""
+        off = 0
+        end = len(data)
+        unpack = fr.FRAME_HEADER.unpack_from
         streams = conn.streams
-        ended_bytes = 0  # flow-controlled bytes of streams that ended: only the connection window needs them
-        ended_sid = 0
-        for ev in events:
-            if isinstance(ev, h2.events.DataReceived):
-                sid = ev.stream_id or 0
+        cap = self.max_body
+        while end - off >= 9 and not conn.dead:
+            hi, lo, ftype, flags, sid = unpack(data, off)
+            n = (hi << 8) | lo
+            if n > fr.DEFAULT_MAX_FRAME:
+                raise fr.FrameError(f"frame of {n} octets exceeds SETTINGS_MAX_FRAME_SIZE", 6)
+            start = off + 9
+            stop = start + n
+            if stop > end:
+                break
+            off = stop
+            sid &= 0x7FFFFFFF
+            if conn.hdr_sid and ftype != fr.CONTINUATION:
+                raise fr.FrameError("a header block was interrupted by another frame")
+            if ftype == fr.DATA:
+                conn.unacked += n
                 st = streams.get(sid)
-                data = ev.data or b""
-                if ev.stream_ended is not None:
-                    ended_bytes += ev.flow_controlled_length or 0
-                    ended_sid = sid
-                elif ev.flow_controlled_length:
-                    h.acknowledge_received_data(ev.flow_controlled_length, sid)
-                if st is not None:
-                    st.bytes_in += len(data)
-                    if not st.body:
-                        st.body = data if len(data) <= self.max_body else data[: self.max_body]
-                    elif len(st.body) < self.max_body:
-                        st.body = (st.body + data)[: self.max_body]
-            elif isinstance(ev, h2.events.ResponseReceived):
-                st = streams.get(ev.stream_id or 0)
-                if st is not None and ev.headers:
-                    st.status = _status(ev.headers)
-            elif isinstance(ev, h2.events.StreamEnded):
-                st = streams.pop(ev.stream_id or 0, None)
-                if st is not None:
+                if st is None:
+                    continue  # a stream we reset or gave up on: only the connection window counts it
+                if flags & fr.PADDED:
+                    pad = data[start] if n else 0
+                    if pad >= n:
+                        raise fr.FrameError("DATA padding exceeds the frame")
+                    chunk = data[start + 1:stop - pad]
+                else:
+                    chunk = data[start:stop]
+                st.bytes_in += len(chunk)
+                st.keep(chunk, cap)
+                if flags & fr.END_STREAM:
+                    del streams[sid]
                     self._finish(conn, st)
-            elif isinstance(ev, h2.events.StreamReset):
-                st = streams.pop(ev.stream_id or 0, None)
-                if st is not None:
-                    code = int(ev.error_code or 0)
-                    if code == _REFUSED_STREAM and not st.retried:
-                        self._retry(st)
-                    else:
-                        self._fail(st, _PROTOCOL, f"HTTP/2 stream reset by the server (error code {code})")
-                    self._start_waiting(conn)
-            elif isinstance(ev, h2.events.WindowUpdated):
+                elif n:
+                    st.recv += n
+                    if st.recv >= _ACK_AT:
+                        conn.out += fr.window_update(sid, st.recv)
+                        st.recv = 0
+            elif ftype == fr.HEADERS:
+                pos, last = start, stop
+                if flags & fr.PADDED:
+                    last -= data[pos] if n else 0
+                    pos += 1
+                if flags & fr.PRIORITY_FLAG:
+                    pos += 5
+                if pos > last or not sid:
+                    raise fr.FrameError("malformed HEADERS frame")
+                if flags & fr.END_HEADERS:
+                    self._on_headers(conn, sid, flags, data[pos:last])
+                else:
+                    conn.hdr_sid, conn.hdr_flags, conn.hdr_parts = sid, flags, [data[pos:last]]
+            elif ftype == fr.WINDOW_UPDATE:
+                if n != 4:
+                    raise fr.FrameError("WINDOW_UPDATE of the wrong size", 6)
+                inc = fr.U32.unpack_from(data, start)[0] & 0x7FFFFFFF
+                if sid == 0:
+                    conn.send_window += inc
+                else:
+                    st = streams.get(sid)
+                    if st is not None:
+                        st.window += inc
                 if conn.blocked:
-                    blocked, conn.blocked = conn.blocked, []
-                    for st in blocked:
-                        if streams.get(st.sid) is st:
-                            self._pump(conn, st)
-            elif isinstance(ev, h2.events.RemoteSettingsChanged):
-                conn.max_streams = max(1, min(h.remote_settings.max_concurrent_streams, 1 << 20))
-                self._start_waiting(conn)
-        if ended_bytes:
-            h.acknowledge_received_data(ended_bytes, ended_sid)
+                    self._pump_blocked(conn)
+            elif ftype == fr.RST_STREAM:
+                if n != 4:
+                    raise fr.FrameError("RST_STREAM of the wrong size", 6)
+                self._reset(conn, sid, fr.U32.unpack_from(data, start)[0])
+            elif ftype == fr.SETTINGS:
+                if not flags & fr.ACK:
+                    self._settings(conn, data[start:stop])
+            elif ftype == fr.CONTINUATION:
+                if sid != conn.hdr_sid or not sid:
+                    raise fr.FrameError("CONTINUATION without a header block in progress")
+                conn.hdr_parts.append(data[start:stop])
+                if flags & fr.END_HEADERS:
+                    block = b"".join(conn.hdr_parts)
+                    conn.hdr_sid, conn.hdr_parts = 0, []
+                    self._on_headers(conn, sid, conn.hdr_flags, block)
+            elif ftype == fr.PING:
+                if n != 8:
+                    raise fr.FrameError("PING of the wrong size", 6)
+                if not flags & fr.ACK:
+                    conn.out += fr.ping(data[start:stop], ack=True)
+            elif ftype == fr.GOAWAY:
+                if n < 8:
+                    raise fr.FrameError("GOAWAY too short", 6)
+                last_sid, code = fr.GOAWAY_HEAD.unpack_from(data, start)
+                self._goaway(conn, last_sid & 0x7FFFFFFF, code)
+            elif ftype == fr.PUSH_PROMISE:
+                raise fr.FrameError("PUSH_PROMISE although push is disabled")
+            # PRIORITY and unknown frame types are ignored (RFC 9113 5.5)
+        if conn.unacked >= _ACK_AT:
+            conn.out += fr.window_update(0, conn.unacked)
+            conn.unacked = 0
         self._mark(conn)
         if conn.goaway and not conn.streams and not conn.dead:
             self._retire(conn)
+        return off
+
+    def _on_headers(self, conn: _Conn, sid: int, flags: int, block: bytes) -> None:
+        """A whole header block: decode it (always: the HPACK table must follow), note the status."""
+        headers = conn.dec.decode(bytes(block), raw=True)
+        st = conn.streams.get(sid)
+        if st is None:
+            return
+        if st.status < 200:  # the first final status; 1xx answers are informational
+            st.status = _status(headers)
+        if flags & fr.END_STREAM:
+            del conn.streams[sid]
+            self._finish(conn, st)
+
+    def _reset(self, conn: _Conn, sid: int, code: int) -> None:
+        st = conn.streams.pop(sid, None)
+        if st is None:
+            return
+        if st in conn.blocked:
+            conn.blocked.remove(st)
+        if code == _REFUSED_STREAM and not st.retried:
+            self._retry(st)
+        else:
+            self._fail(st, _PROTOCOL, f"HTTP/2 stream reset by the server (error code {code})")
+        self._start_waiting(conn)
+
+    def _settings(self, conn: _Conn, payload: bytes) -> None:
+        for key, value in fr.parse_settings(payload):
+            if key == 1:  # HEADER_TABLE_SIZE
+                if value != conn.table_size:
+                    conn.table_size = value
+                    conn.table_update = True
+            elif key == 3:  # MAX_CONCURRENT_STREAMS
+                conn.max_streams = max(1, min(value, 1 << 20))
+            elif key == 4:  # INITIAL_WINDOW_SIZE: applies to open streams too (RFC 9113 6.9.2)
+                if value > _MAX_WINDOW:
+                    raise fr.FrameError("SETTINGS_INITIAL_WINDOW_SIZE above 2^31-1", 3)
+                delta = value - conn.peer_initial
+                conn.peer_initial = value
+                for st in conn.streams.values():
+                    st.window += delta
+            elif key == 5 and not fr.DEFAULT_MAX_FRAME <= value <= 2**24 - 1:  # MAX_FRAME_SIZE (we send 16 KiB)
+                raise fr.FrameError("SETTINGS_MAX_FRAME_SIZE out of range")
+        conn.out += _SETTINGS_ACK
+        conn.ready = True
+        self._start_waiting(conn)
+        if conn.blocked:
+            self._pump_blocked(conn)
 
     def _finish(self, conn: _Conn, st: _Stream) -> None:
         """A whole answer arrived: classify, record, hand the worker on. The hot path."""
         done = time.monotonic_ns()
         status = st.status
-        body = st.body
+        body = st.take_body()
         rows_in = st.rows_in
         kind, rows_out, server_ns = self.classify(status, body, rows_in)
         self.sink.record(st.intended, st.sent, done, kind, status, rows_out if kind == _OK else rows_in,
@@ -628,7 +760,6 @@ class H2Engine(CallbackEngine):
         if kind != _OK:
             self.sink.error_detail(kind, status, body[:512])
         self._inflight -= 1
-        st.body = b""
         self._free.append(st)
         if conn.waiting:
             self._start_waiting(conn)
@@ -661,21 +792,19 @@ class H2Engine(CallbackEngine):
         st.pos = 0
         st.bytes_in = 0
         st.status = 0
-        st.body = b""
+        st.take_body()
         self._submit(self._slot_conn(st.slot), st)
 
     def _goaway(self, conn: _Conn, last_stream_id: int, error_code: int) -> None:
-        if conn.goaway and conn.h2.state_machine.state is not _CLOSED:
-            return  # already handled (a second GOAWAY may only lower last_stream_id; streams above were moved)
+        """The server stops taking streams above ``last_stream_id``: resend those elsewhere, keep the rest."""
         conn.goaway = True
         if self._slots[conn.slot] is conn:
             self._slots[conn.slot] = None
-        # h2 refuses every frame after GOAWAY; the server may still answer streams <= last_stream_id
-        if conn.h2.state_machine.state is _CLOSED:
-            conn.h2.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
         unprocessed = [sid for sid in conn.streams if sid > last_stream_id]
         for sid in unprocessed:
             st = conn.streams.pop(sid)
+            if st in conn.blocked:
+                conn.blocked.remove(st)
             if not st.retried:
                 self._retry(st)
             else:
@@ -687,8 +816,7 @@ class H2Engine(CallbackEngine):
             # A server that stopped processing the connection with GOAWAY (hypercorn's keep_alive_max_requests
             # does) treats any further frame as an error and closes it, so the streams it will never answer
             # fail now as resets instead of waiting for the read timeout; a graceful server just answers.
-            with contextlib.suppress(h2.exceptions.H2Error):
-                conn.h2.ping(b"goaway?!")
+            conn.out += _GOAWAY_PROBE
             self._mark(conn)
 
     def _retire(self, conn: _Conn) -> None:
@@ -732,15 +860,25 @@ class H2Engine(CallbackEngine):
 
     # -- housekeeping ---------------------------------------------------------------------------------
     def sweep(self, now: int) -> None:
-        """Read timeouts (one periodic pass instead of a timer per request)."""
+        """Read timeouts (one periodic pass instead of a timer per request), and servers that accepted the
+        connection but never sent their SETTINGS within the connect timeout (streams wait for those)."""
         limit = int(self.config.read_timeout_s * 1e9)
         msg = f"no complete answer within {self.config.read_timeout_s:g} s"
+        connect_limit = int(self.config.connect_timeout_s * 1e9)
         for conn in list(self._conns):
+            if not conn.ready and conn.transport is not None and not conn.dead and \
+                    now - conn.t_connect > connect_limit:
+                self._fails[conn.slot] += 1
+                conn.close()
+                self._connect_failed(conn, _PROTOCOL, "the server sent no HTTP/2 SETTINGS within "
+                                     f"{self.config.connect_timeout_s:g} s of connecting", conn.t_connect)
+                continue
             late = [st for st in conn.streams.values() if st.sent and now - st.sent > limit]
             for st in late:
                 del conn.streams[st.sid]
-                with contextlib.suppress(h2.exceptions.H2Error, KeyError):
-                    conn.h2.reset_stream(st.sid, h2.errors.ErrorCodes.CANCEL)
+                if st in conn.blocked:
+                    conn.blocked.remove(st)
+                conn.out += fr.rst_stream(st.sid, _CANCEL)
                 self._fail(st, _READ_TIMEOUT, msg)
             if late:
                 self._start_waiting(conn)
@@ -750,10 +888,8 @@ class H2Engine(CallbackEngine):
         self.flush()
 
 
-def _status(headers: list[tuple[bytes, bytes]]) -> int:
-    first = headers[0]
-    if first[0] == b":status":
-        return int(first[1])
+def _status(headers: Iterable[tuple[bytes, bytes]]) -> int:
+    """The ``:status`` pseudo-header (first in a valid block), 0 when missing."""
     for name, value in headers:
         if name == b":status":
             return int(value)

@@ -19,7 +19,7 @@ import httpx
 
 from bench.engine.base import Classifier, EngineConfig, LoadSpec, RequestSet, ResultSink, StopSignal
 from bench.engine.common import DEFAULT_OPEN_LIMIT, EngineCore, backoff_s
-from bench.engine.fast import make_ssl_context
+from bench.engine.fast import body_getter, make_ssl_context
 from bench.engine.loopmon import LoopMonitor
 from bench.failures import httpx_kind  # re-exported: the one exception-to-kind mapping
 from bench.results import Kind
@@ -41,7 +41,8 @@ class HttpxEngine(EngineCore):
         self._tls = parts.scheme == "https"
         self._url = httpx.URL(requests.url)
         self._method = requests.method.upper()
-        self._bodies = [b.body for b in requests.bodies]
+        self._body = body_getter(requests)  # a LazyBodies encodes each body when the run first reaches it
+        self._nbodies = len(requests.bodies)
         self._headers = self._clean(requests.headers)
         self._clients: list[httpx.AsyncClient] = []
         # one context for all clients: httpx would load the CA store per client (tens of ms each)
@@ -184,10 +185,10 @@ class HttpxEngine(EngineCore):
 
     async def _one(self, client: httpx.AsyncClient, intended: int) -> int:
         """Send one request and record it; returns its kind. Cancelled = abandoned (not recorded)."""
-        i = self._seq % len(self._bodies)
+        i = self._seq % self._nbodies
         self._seq += 1
         self._inflight += 1
-        body_out = self._bodies[i]
+        body_out = self._body(i)
         rows_in = self._rows[i]
         limit = self.config.max_body_bytes
         sent = time.monotonic_ns()

@@ -238,7 +238,7 @@ class Pacer:
     """
 
     __slots__ = ("_armed", "_done", "_eng", "_gap", "_loop", "_offsets", "_released", "_start", "_waker",
-                 "next_ns", "wakes")
+                 "late_ns", "next_ns", "wakes")
 
     def __init__(self, eng: Dispatchable, loop: asyncio.AbstractEventLoop, start_ns: int,
                  offsets: Iterator[int], waker: Waker | None = None) -> None:
@@ -251,6 +251,7 @@ class Pacer:
         self._released = False
         self.next_ns = -1
         self.wakes = 0  # alarms that fired (for tests and profiling)
+        self.late_ns = 0  # how late the last batch started its oldest due send (see run_due)
 
     def start(self) -> None:
         self._loop.add_reader(self._waker.fd, self._on_wake)
@@ -288,8 +289,8 @@ class Pacer:
     def _on_wake(self) -> None:
         self.wakes += 1
         self._waker.acknowledge()
-        self._armed = -1  # fired: the next arm must reach the kernel even for the same deadline
         now = time.monotonic_ns()
+        self._armed = -1  # fired: the next arm must reach the kernel even for the same deadline
         due = self.next_ns
         if 0 < due - now <= WAKE_EARLY_NS:
             # the alarm fires WAKE_EARLY_NS ahead: the wake-up path (epoll, callback) costs tens of µs, so
@@ -306,6 +307,9 @@ class Pacer:
             return
         eng = self._eng
         nxt = self.next_ns
+        # how late the oldest due send is being started: the loop's own lag (alarms fire on time and completions
+        # call in as they come), whichever path got here; the engine grows its pool only while this is small
+        self.late_ns = now - nxt if nxt <= now else 0
         prev = nxt
         sent = 0
         while nxt <= now and sent < MAX_BATCH:

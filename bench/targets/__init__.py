@@ -15,7 +15,7 @@ it adds to the report (``lag_bound_ms``; ``run``'s returned extras).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -66,7 +66,7 @@ class Target:
         scenario.TargetConfig). Raises InputError naming file and key."""
         return None
 
-    def bodies(self, sc: Scenario, config: Any) -> list[PreparedBody]:
+    def bodies(self, sc: Scenario, config: Any) -> Sequence[PreparedBody]:
         """Every request body, encoded once (default: the dataset as the target's format, see payload)."""
         raise NotImplementedError
 
@@ -94,7 +94,7 @@ class Target:
         """Extra time the runner allows after the planned end before it stops the run itself."""
         return 0.0
 
-    async def run(self, config: Any, bodies: list[PreparedBody], sink: Any, spec: LoadSpec,
+    async def run(self, config: Any, bodies: Sequence[PreparedBody], sink: Any, spec: LoadSpec,
                   stop: StopSignal) -> Mapping[str, Any]:
         """Targets with their own data plane apply the load here; returns what they add to the report's metadata."""
         raise NotImplementedError

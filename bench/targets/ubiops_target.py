@@ -3,7 +3,7 @@ batch create / collect / cancel (and rate-limit backoff) on its own data plane (
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from bench.results import LoadSpec, PreparedBody, StopSignal
@@ -53,7 +53,7 @@ class UbiOpsTarget(Target):
     def drain_grace_s(self, config: Any) -> float:
         return float(config.drain_timeout_s) + 5.0
 
-    async def run(self, config: Any, bodies: list[PreparedBody], sink: Any, spec: LoadSpec,
+    async def run(self, config: Any, bodies: Sequence[PreparedBody], sink: Any, spec: LoadSpec,
                   stop: StopSignal) -> Mapping[str, Any]:
         stats = await run_ubiops(config, [b.body for b in bodies], [b.rows for b in bodies], sink, spec, stop)
         return {"ubiops": stats.to_dict()}

@@ -237,7 +237,7 @@ class WallarooTarget(Target):
     kind = "wallaroo"
     rules = SectionRules(formats=("pandas-records", "arrow"))
 
-    def bodies(self, sc: Scenario, config: Any) -> list[PreparedBody]:
+    def bodies(self, sc: Scenario, config: Any) -> Sequence[PreparedBody]:
         from bench.payload import build_bodies
 
         return build_bodies(read_table(sc), sc.data.rows_per_request, _format(sc.target))

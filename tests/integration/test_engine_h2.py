@@ -515,3 +515,28 @@ def test_on_uvloop() -> None:
 
 
 
+
+
+async def test_a_server_that_never_sends_settings_fails_within_the_connect_timeout() -> None:
+    """A peer that accepts the TCP connection and stays silent (no HTTP/2 preface): the streams that waited for
+    its SETTINGS end as protocol errors after connect_timeout_s, and the run ends instead of hanging."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        await reader.read()  # read until the client gives up; never write
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        sink = FakeSink()
+        eng = make(H2Engine, f"http://127.0.0.1:{port}/x", sink, connect_timeout_s=0.3)
+        await asyncio.wait_for(eng.run(closed(2, seconds=1.0), Stop()), 20)
+    finally:
+        for w in accepted:
+            w.transport.abort()
+        server.close()
+        await server.wait_closed()
+    assert sink.rows and set(sink.kinds()) == {Kind.PROTOCOL_ERROR}
+    assert all(b"SETTINGS" in d[2] for d in sink.details)
+    assert len(sink.rows) + eng.abandoned >= 2 and len(accepted) >= 1

@@ -35,13 +35,15 @@ from bench.results import Kind
 pytestmark = pytest.mark.anyio
 
 ENGINES = [FastEngine, HttpxEngine]
+BIG_ANSWER = bytes(range(256)) * (3 * 1024 * 1024 // 256 + 7)  # 3 MiB and a bit: many reads per answer
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
 class Server:
     """Loopback HTTP/1.1 server. Path decides behaviour:
     /ok → 200 with body = rows (the request body is b"rows=N" or b"bad" → 500); /chunked → same, chunked;
-    /close → same plus Connection: close; /slow → after 0.2 s; /hang → never answers.
+    /close → same plus Connection: close; /slow → after 0.2 s; /hang → never answers; /big → BIG_ANSWER, written
+    in 64 KiB pieces.
     """
 
     def __init__(self, ssl: Any = None) -> None:
@@ -120,6 +122,12 @@ class Server:
         else:
             status, payload = b"500 Internal Server Error", b"boom: " + body[:20]
         extra = b"Connection: close\r\n" if url == b"/close" else b""
+        if url == b"/big":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BIG_ANSWER))
+            for i in range(0, len(BIG_ANSWER), 65536):
+                writer.write(BIG_ANSWER[i:i + 65536])
+                await writer.drain()
+            return True
         if url == b"/chunked":
             chunks = b"".join(b"%x\r\n%s\r\n" % (1, payload[i:i + 1]) for i in range(len(payload)))
             writer.write(b"HTTP/1.1 " + status + b"\r\nTransfer-Encoding: chunked\r\n" + extra + b"\r\n"
@@ -198,6 +206,25 @@ async def test_body_kept_only_up_to_max_body_bytes(server: Server) -> None:
     eng = FastEngine(EngineConfig(max_body_bytes=4), rs, keep, FakeSink())
     await asyncio.wait_for(eng.run(closed(1, max_requests=3), Stop()), 20)
     assert got == [b"1234"] * 3
+
+
+@pytest.mark.parametrize("cap", [len(BIG_ANSWER), 1024 * 1024 + 3])
+async def test_big_answer_arrives_in_many_chunks_and_is_kept_whole_or_to_the_cap(server: Server, cap: int) -> None:
+    """The kept prefix is the answer's first ``cap`` bytes exactly, however many reads it took; every byte counts."""
+    got: list[bytes] = []
+
+    def keep(status: int, body: bytes, rows: int) -> tuple[int, int, int]:
+        got.append(body)
+        return (0 if status == 200 else 2, rows, 0)
+
+    sink = FakeSink()
+    rs = RequestSet(server.url("/big"), "POST", {}, bodies(1))
+    eng = FastEngine(EngineConfig(max_body_bytes=cap), rs, keep, sink)
+    await asyncio.wait_for(eng.run(closed(2, max_requests=4), Stop()), 30)
+    assert sink.kinds() == {Kind.OK: 4}
+    assert {r[7] for r in sink.rows} == {len(BIG_ANSWER)}
+    assert len(got) == 4 and all(g == BIG_ANSWER[:cap] for g in got)
+    assert eng.kept_inflight == 0  # every kept byte was handed on (the open-loop growth limit counts them)
 
 
 @pytest.mark.parametrize("engine", ENGINES)

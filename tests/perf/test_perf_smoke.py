@@ -67,3 +67,27 @@ def test_memory_stays_flat_for_a_short_soak(tmp_path: Path) -> None:
     steady = [rss for t, rss in result["samples"] if t >= 5]
     assert max(steady) < 250 * bench_soak.MB, steady
     assert max(steady) <= 1.2 * min(steady), steady
+
+
+@needs_nginx
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+def test_big_answers_cost_linear_time_and_flat_memory() -> None:
+    """20 MiB answers: bench -c 1 within a loose 3 × curl's p50 (quadratic copying was 1.7 × curl even on a quiet
+    machine and grows with the size); at -r 200 RSS stays flat and the run says it was generator-bound."""
+    import bench_big
+
+    r = bench_big.answers(20, rounds=1, rate=200, seconds=3)
+    curl, fast = r["p50_ms"]["curl"][0], r["p50_ms"]["fast"][0]
+    assert fast < 3 * curl, r
+    rss = r["rss"]
+    assert rss["generator_bound"], rss
+    assert rss["rss_max_mb"] < 1.5 * rss["rss_first_mb"] and rss["rss_max_mb"] < 600, rss
+
+
+def test_big_dataset_is_ready_fast_in_bounded_memory() -> None:
+    import bench_big
+
+    r = bench_big.dataset(1_000_000)  # issue 14's case: 1 M rows, one per request, pandas-records
+    assert r["ready_s"] < 3.0, r
+    assert r["ready_rss_over_file"] < 2.0, r
+    assert r["bodies"] == 1_000_000

@@ -12,10 +12,10 @@ from bench.engine.fast import FastEngine, parse_target
 from bench.engine.h2 import (
     H2Engine,
     _CachingDecoder,
-    _PreEncoder,
     _status,
     encode_header_block,
     h2_header_list,
+    table_size_update,
 )
 from bench.engine.httpx_engine import HttpxEngine
 from bench.engine.select import choose_engine
@@ -60,17 +60,12 @@ def test_header_list_pseudo_first_lowercase_and_connection_fields_dropped() -> N
         h2_header_list("GET", t, {"X-A": "a\r\nb"}, 0)
 
 
-def test_pre_encoder_returns_the_block_and_signals_a_table_resize_once() -> None:
-    enc = _PreEncoder()
-    enc.block = b"\x83\x86"
-    assert enc.encode([]) == b"\x83\x86"
-    enc.header_table_size = 0  # what h2 does when the server's SETTINGS_HEADER_TABLE_SIZE changes
-    first = enc.encode([])
-    assert first == b"\x20\x83\x86"
-    assert enc.encode([]) == b"\x83\x86"
+def test_table_size_update_prefix_is_read_by_a_decoder_with_a_smaller_table() -> None:
+    block = table_size_update(0) + b"\x83\x86"
+    assert block == b"\x20\x83\x86"
     dec = Decoder()
     dec.max_allowed_table_size = 0
-    assert [tuple(h) for h in dec.decode(first, raw=True)] == [(b":method", b"POST"), (b":scheme", b"http")]
+    assert [tuple(h) for h in dec.decode(block, raw=True)] == [(b":method", b"POST"), (b":scheme", b"http")]
 
 
 def test_caching_decoder_reuses_only_blocks_that_leave_the_table_alone() -> None:

@@ -95,9 +95,10 @@ def test_header_injection_refused() -> None:
 def test_set_headers_rebuilds_wires() -> None:
     rs = RequestSet("http://h/", "POST", {"Authorization": "Bearer a"}, [PreparedBody(b"x", 1)])
     eng = FastEngine(EngineConfig(), rs, lambda s, b, r: (0, r, 0), None)  # type: ignore[arg-type]
-    assert b"Bearer a" in eng._wires[0]
+    assert b"Bearer a" in eng._wire(0)
     eng.set_headers({"Authorization": "Bearer b"})
-    assert b"Bearer b" in eng._wires[0] and b"Bearer a" not in eng._wires[0]
+    assert eng._wires[0] is None  # rebuilt on next use
+    assert b"Bearer b" in eng._wire(0) and b"Bearer a" not in eng._wire(0)
 
 
 @pytest.mark.parametrize(("exc", "connecting", "kind"), [
@@ -159,3 +160,52 @@ def test_cpu_meter_sees_busy_work() -> None:
     while time.monotonic() < end:
         pass
     assert 0.5 < meter.fraction() <= 1.2
+
+
+class _LatePacer:
+    def __init__(self, late_ns: int) -> None:
+        self.late_ns = late_ns
+        self.next_ns = 1 << 62
+
+
+def test_open_loop_grows_the_pool_only_while_the_pacer_wakes_on_time() -> None:
+    """A loop that woke late is busy (e.g. reading big answers): sends queue for a free connection instead of
+    opening more; once a wake-up is on time again, the queued sends get connections."""
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    try:
+        rs = RequestSet("http://127.0.0.1:9/", "POST", {}, [PreparedBody(b"x", 1)])
+        eng = FastEngine(EngineConfig(), rs, lambda s, b, r: (0, r, 0), None)  # type: ignore[arg-type]
+        eng._open, eng._limit, eng._loop = True, 100, loop
+        pacer = _LatePacer(fast.GROW_MAX_LAG_NS + 1)
+        eng._pacer = pacer  # type: ignore[assignment]
+        eng.dispatch(1)
+        eng.dispatch(2)
+        assert len(eng._conns) == 0 and list(eng._backlog) == [1, 2]
+        pacer.late_ns = 0
+        eng.dispatch(3)
+        assert len(eng._conns) == 3 and not eng._backlog  # every waiting send got a connection
+    finally:
+        tasks = asyncio.all_tasks(loop)
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        loop.close()
+
+
+def test_open_loop_stops_growing_while_answers_in_flight_would_hold_too_much() -> None:
+    """Big answers: the pool does not grow while in-flight answers hold (or, at the recent answer size, will
+    hold) more than GROW_MAX_KEPT bytes, however punctual the pacer is."""
+    rs = RequestSet("http://127.0.0.1:9/", "POST", {}, [PreparedBody(b"x", 1)])
+    eng = FastEngine(EngineConfig(), rs, lambda s, b, r: (0, r, 0), None)  # type: ignore[arg-type]
+    eng._open, eng._limit = True, 100
+    eng._pacer = _LatePacer(0)  # type: ignore[assignment]
+    assert eng._may_grow()
+    eng._inflight, eng._avg_in = 4, 20.0 * 2**20  # four 20 MiB answers coming, each kept to 16 MiB
+    assert eng._may_grow() == (fast.GROW_MAX_KEPT >= 4 * 16 * 2**20)
+    eng._inflight = 5
+    assert not eng._may_grow()
+    eng._inflight, eng._avg_in, eng.kept_inflight = 1, 17.0, fast.GROW_MAX_KEPT + 1  # bytes already held
+    assert not eng._may_grow()
