@@ -35,42 +35,56 @@ def check_tensors(table: pa.Table, column: str, file: str, *, json_body: bool = 
                                  key=name)
     if column not in table.column_names or table.num_rows == 0:
         return  # the reader has already said so
-    col = table.column(column).combine_chunks()
-    finite = json_body
+    offset, width = 0, None
+    for chunk in table.column(column).chunks:  # chunk by chunk: no copy of a big data set
+        width = _check_chunk(chunk, offset, width, column, file, finite=json_body)
+        offset += len(chunk)
+
+
+def _check_chunk(col: pa.Array, offset: int, width: int | None, column: str, file: str, *,
+                 finite: bool) -> int | None:
+    """Check one chunk whose first row is row ``offset``; returns the tensor width seen so far."""
 
     def bad(row: int, problem: str) -> InputError:
-        return InputError(f"row {row}: {problem}", file=file, key=column)
+        return InputError(f"row {offset + row}: {problem}", file=file, key=column)
 
     if col.null_count:
         raise bad(_first(col.is_null()), "empty (null) value")
     typ = col.type
     if pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_fixed_size_list(typ):
-        values, parents = pc.list_flatten(col), pc.list_parent_indices(col)
-        if len(values) == 0:
-            raise bad(0, "an empty tensor")
-        if values.null_count:
-            i = _first(values.is_null())
-            raise bad(int(parents[i].as_py()), "a null value inside the tensor")
-        if not (pa.types.is_floating(values.type) or pa.types.is_integer(values.type)):
-            return  # nested or string tensors: the model decides
-        if not pa.types.is_fixed_size_list(typ):
+        vt = typ.value_type
+        if not (pa.types.is_floating(vt) or pa.types.is_integer(vt) or pa.types.is_null(vt)):
+            return width  # nested or string tensors: their shape is the model's business
+        if pa.types.is_fixed_size_list(typ):
+            lengths = np.full(len(col), typ.list_size)
+        else:
             lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
-            odd = np.flatnonzero(lengths != lengths[0])
-            if odd.size:
-                r = int(odd[0])
-                raise bad(r, f"{lengths[r]} values where row 0 has {lengths[0]} (ragged: every tensor must have "
-                             "the same shape)")
-            if lengths[0] == 0:
-                raise bad(int(np.flatnonzero(lengths == 0)[0]), "an empty tensor")
+        if width is None and len(lengths):
+            width = int(lengths[0])
+        odd = np.flatnonzero(lengths != width)
+        if odd.size:
+            r = int(odd[0])
+            raise bad(r, f"{lengths[r]} values where row 0 has {width} (ragged: every tensor must have the same "
+                         "shape)")
+        if width == 0:
+            raise bad(0, "an empty tensor")
+        values = pc.list_flatten(col)  # zero-copy for the normalised fixed-size float32 tensors
+
+        def row_of(i: int) -> int:  # rows all have ``width`` values (checked above)
+            return i // width if width else 0
+
+        if values.null_count:
+            raise bad(row_of(_first(values.is_null())), "a null value inside the tensor")
         if finite and pa.types.is_floating(values.type):
             k = _first_non_finite(values)
             if k is not None:
-                raise bad(int(parents[k].as_py()), f"{_describe(values[k].as_py())} in the tensor (not a finite "
-                          "number; JSON cannot carry it)")
+                raise bad(row_of(k), f"{_describe(values[k].as_py())} in the tensor (not a finite number; JSON "
+                          "cannot carry it)")
     elif finite and pa.types.is_floating(typ):
         j = _first_non_finite(col)
         if j is not None:
             raise bad(j, f"{_describe(col[j].as_py())} (not a finite number; JSON cannot carry it)")
+    return width
 
 
 def _first(mask: pa.Array) -> int:
