@@ -270,6 +270,14 @@ def test_classifiers_never_raise(name: str, status: int, body: bytes, rows_in: i
     _classifier_property(name, status, body, rows_in)
 
 
+def test_arrow_answer_with_a_damaged_metadata_buffer_is_classified() -> None:
+    """Found by the long fuzz: a valid-looking Arrow answer whose buffers point past its end made pyarrow raise
+    OSError while reading ``metadata.elapsed`` (the classifier let it escape into the engine)."""
+    body = _mutate(_arrow_answer(1), [(0, 3687, 1)], None)
+    _classifier_property("wallaroo-arrow", 200, body, 0)
+    _classifier_property("wallaroo-arrow", 200, body, 1)
+
+
 # --- the long versions (opt-in: -m fuzz) ------------------------------------------------------------------------
 
 
