@@ -18,11 +18,17 @@ __all__ = ["check_names", "check_tensors"]
 
 
 def check_names(table: pa.Table, file: str) -> None:
-    """Column names a damaged file may carry as bytes that are not UTF-8 (pyarrow raises on reading them)."""
+    """What a damaged file can hide from the reader: column names that are not UTF-8, and offsets or lengths that
+    point outside their buffers (IPC reading does not check them; using them raises or reads garbage)."""
     try:
         table.column_names  # noqa: B018 - decodes every name
     except UnicodeDecodeError:
         raise InputError("a column name is not UTF-8 text (damaged file?)", file=file) from None
+    try:
+        table.validate(full=True)
+    except (pa.ArrowException, ValueError) as exc:
+        first = str(exc).strip().splitlines()
+        raise InputError(f"damaged data: {first[0] if first else type(exc).__name__}", file=file) from None
 
 
 def check_tensors(table: pa.Table, column: str, file: str, *, json_body: bool = True) -> None:

@@ -162,10 +162,8 @@ def _read_property(path: Path) -> None:
         build_bodies(table, 2, "pandas-records")
 
 
-@SHORT
-@given(rows=rows_of_tensors, suffix=st.sampled_from(SUFFIXES), ed=edits, cut=cuts)
-def test_mutated_data_files(tmp_path: Path, rows: list[list[float] | None], suffix: str,
-                            ed: list[tuple[int, int, int]], cut: int | None) -> None:
+def _mutated_data_property(tmp_path: Path, rows: list[list[float] | None], suffix: str,
+                           ed: list[tuple[int, int, int]], cut: int | None) -> None:
     good = tmp_path / f"good{suffix}"
     if suffix == ".csv":
         good.write_text("tensor\n" + "".join(f'"{json.dumps(r)}"\n' for r in rows))
@@ -178,6 +176,22 @@ def test_mutated_data_files(tmp_path: Path, rows: list[list[float] | None], suff
     bad = tmp_path / f"bad{suffix}"
     bad.write_bytes(_mutate(good.read_bytes(), ed, cut))
     _read_property(bad)
+
+
+@SHORT
+@given(rows=rows_of_tensors, suffix=st.sampled_from(SUFFIXES), ed=edits, cut=cuts)
+def test_mutated_data_files(tmp_path: Path, rows: list[list[float] | None], suffix: str,
+                            ed: list[tuple[int, int, int]], cut: int | None) -> None:
+    _mutated_data_property(tmp_path, rows, suffix, ed, cut)
+
+
+@pytest.mark.fuzz
+@pytest.mark.timeout(1800)
+@LONG
+@given(rows=rows_of_tensors, suffix=st.sampled_from(SUFFIXES), ed=edits, cut=cuts)
+def test_mutated_data_files_long(tmp_path: Path, rows: list[list[float] | None], suffix: str,
+                                 ed: list[tuple[int, int, int]], cut: int | None) -> None:
+    _mutated_data_property(tmp_path, rows, suffix, ed, cut)
 
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats(allow_nan=False)
