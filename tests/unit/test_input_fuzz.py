@@ -194,6 +194,12 @@ def test_mutated_data_files_long(tmp_path: Path, rows: list[list[float] | None],
     _mutated_data_property(tmp_path, rows, suffix, ed, cut)
 
 
+def test_arrow_file_with_damaged_offsets_is_an_input_error(tmp_path: Path) -> None:
+    """Found by the long fuzz: one changed byte gave list offsets past the buffer; IPC reading accepted the file
+    and normalising it raised ArrowIndexError."""
+    _mutated_data_property(tmp_path, [[], None], ".arrow", [(0, 2888, 1)], None)
+
+
 json_values = st.recursive(st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats(allow_nan=False)
                            | st.text(max_size=5),
                            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner,
