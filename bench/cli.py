@@ -16,7 +16,7 @@ from bench.errors import EXIT_INPUT, EXIT_INTERRUPTED, BenchError
 
 __all__ = ["main"]
 
-COMMANDS = ("run", "serve", "data", "report", "compare", "merge", "calibrate", "capacity")
+COMMANDS = ("run", "serve", "data", "report", "compare", "merge", "calibrate", "capacity", "recover")
 
 
 def build_parser() -> argparse.ArgumentParser:

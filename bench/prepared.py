@@ -9,12 +9,13 @@ emulator (its config type is named for the type checker only).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from bench.config.wallaroo import EMBEDDED_PLACEHOLDER
 from bench.results import PreparedBody
 from bench.scenario import Scenario
+from bench.secrets import Scrubber, scrubber_for
 from bench.targets import target_for
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ class Prepared:
     slo: SloObjectives | None = None
     embedded: bool = False  # the target is the embedded emulator (bench.session resolved its URLs)
     endpoints: Endpoints | None = None  # what bench.session.point_at applied
+    scrubber: Scrubber = field(default_factory=Scrubber)  # every secret value of the run (bench.secrets)
 
 
 
@@ -70,6 +72,7 @@ def prepare(sc: Scenario) -> Prepared:
     prepared.auth_config = sc.auth
     prepared.preflight_config = sc.wallaroo
     prepared.slo = sc.slo
+    prepared.scrubber = scrubber_for(prepared)
     return prepared
 
 

@@ -188,6 +188,27 @@ class Recorder:
         self._flush()
         return sum(n for (_, st, _), n in self._errors.items() if st == status)
 
+    def checkpoint(self, after_second: int) -> dict[str, Any]:
+        """What bench.checkpoint appends once a second (flushes first): cumulative totals, errors, counters and
+        error samples (small), and the per-second rows after ``after_second`` — closed ones final, open ones
+        provisional (a later checkpoint rewrites them). ``closed_upto`` is the highest closed second."""
+        self._flush()
+        s = self._series
+        rows = []
+        for sec in range(max(0, after_second + 1), s.n):
+            if not s.used[sec]:
+                continue
+            h = self._open_sec.get(sec)
+            hdr = h.encode() if h is not None and h.total else self._closed_sec.get(sec, "")
+            rows.append({"second": sec, "hdr": hdr, **{c: int(v[sec]) for c, v in s.cols.items()}})
+        open_lo = min(self._open_sec, default=self._max_sec + 1)
+        return {"elapsed_s": max(0.0, (self._clock() - self.start_ns) / 1e9),
+                "closed_upto": min(open_lo - 1, self._max_sec - _OPEN_SECONDS), "series": rows,
+                "totals": {ph: {f: getattr(t, f) for f in Totals.__slots__} for ph, t in self._totals.items()},
+                "errors": [[k, st, ph, c] for (k, st, ph), c in sorted(self._errors.items())],
+                "counters": dict(self._counters),
+                "samples": [[kind_name(k), st, _redact_detail(d), c] for (k, st, d), c in self._samples.items()]}
+
     def finish(self, end_ns: int, *, partial: bool) -> RunData:
         """Fold everything and return the run's data; later records are ignored."""
         self._flush()

@@ -44,8 +44,20 @@ def _adhoc_doc(args: argparse.Namespace) -> dict[str, Any]:
     for h in args.header:
         key, sep, value = h.partition(":")
         if not sep or not key.strip():
-            raise InputError(f"expected 'Name: value', got {h!r}", key="--header")
+            raise InputError("expected 'Name: value'", key="--header")
+        from bench.secrets import credential_header_problem
+
+        if credential_header_problem(key):
+            raise InputError(f"a literal {key.strip()} header would store a credential in the report; put the "
+                             f"value in an environment variable and pass --header-env '{key.strip()}: VAR'",
+                             key="--header")
         headers[key.strip()] = value.strip()
+    headers_env: dict[str, str] = {}
+    for h in getattr(args, "header_env", None) or []:
+        key, sep, value = h.partition(":")
+        if not sep or not key.strip() or not value.strip():
+            raise InputError("expected 'Header-Name: ENV_VAR'", key="--header-env")
+        headers_env[key.strip()] = value.strip()
     target: dict[str, Any] = {"url": args.url}
     data: dict[str, Any] = {}
     if args.url == "embedded":
@@ -66,6 +78,8 @@ def _adhoc_doc(args: argparse.Namespace) -> dict[str, Any]:
         target["method"] = args.method
     if headers:
         target["headers"] = headers
+    if headers_env:
+        target["headers_env"] = headers_env
     load: dict[str, Any] = {"duration": "10s"}
     if args.concurrency is None and args.rate is None:
         load["concurrency"] = 8

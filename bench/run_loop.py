@@ -62,11 +62,10 @@ def run_async(prepared: Prepared, ctl: RunControl, fn: Callable[[], Any]) -> Any
         return run_unwrapped(lambda: anyio.run(fn, backend="asyncio",
                                                backend_options={"use_uvloop": use_uvloop(prepared.scenario)}))
     except BenchError as exc:
-        secrets = ctl.secrets()
-        if secrets:  # messages about token endpoints must not carry what was sent to them
-            from bench.auth import redact
-
-            exc.args = (redact(str(exc), secrets),)
+        scrubber = prepared.scrubber
+        scrubber.add(ctl.secrets())  # tokens issued during the run, beside the values known at prepare time
+        if scrubber:  # messages about token endpoints must not carry what was sent to them
+            exc.args = (scrubber.text(str(exc)),)
         raise
 
 

@@ -57,6 +57,7 @@ class RunControl:
     progress: Callable[[Any], None] | None = None  # called ~2×/s with the recorder's progress snapshot
     message: Callable[[str], None] = lambda _m: None  # one-line status messages (preflight, emulator)
     raw_path: Path | None = None
+    checkpoint_path: Path | None = None  # append the measurements here once a second (bench.checkpoint)
     preflight: bool = True
     interrupted: bool = False
     slo_aborted: str | None = None
@@ -71,6 +72,10 @@ def request_set(sc: Scenario, url: str, bodies: Sequence[PreparedBody], authoriz
     """The wire form of an engine-driven target: its headers, the scenario's, and the Authorization value."""
     req = target_for(sc.target.kind).request(sc.target, url, config)
     headers = {**req.headers, **sc.target.headers}
+    if sc.target.headers_env:  # secret header values, read from the environment at run time
+        from bench.secrets import header_env_values
+
+        headers.update(header_env_values(sc.target.headers_env, file=sc.file))
     if authorization:
         headers["Authorization"] = authorization
     return RequestSet(url=req.url, method=sc.target.method, headers=headers, bodies=bodies), req.classify
@@ -133,9 +138,13 @@ def _static_token(sc: Scenario) -> str | None:
     name = sc.target.token_env
     if not name:
         return None
-    value = os.environ.get(name)
+    from bench.secrets import env_name_problem
+
+    problem = env_name_problem(name)  # a token pasted where its variable's name belongs: never echo it
+    value = None if problem else os.environ.get(name)
     if not value:
-        raise InputError(f"environment variable {name} is not set", file=sc.file, key="target.token_env")
+        raise InputError(problem or f"environment variable {name} is not set", file=sc.file,
+                         key="target.token_env")
     return value if value.lower().startswith(("bearer ", "token ")) else f"Bearer {value}"
 
 
@@ -159,12 +168,19 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
             return token_source.authorization() if token_source is not None else (static or "")
 
         url = await _preflight(prepared, ctl, url, authorization)
-        if start_at_wall is not None:
-            await anyio.sleep(max(0.0, start_at_wall - time.time()))
+        if start_at_wall is not None:  # a stop signal while waiting for the common start ends the wait
+            with _signals(ctl, stop), anyio.move_on_after(max(0.0, start_at_wall - time.time())):
+                await stop.wait()
         start_ns = time.monotonic_ns() + 20_000_000  # 20 ms to open connections before the first send
         recorder = Recorder(start_ns, start_ns + int(sc.load.warmup_s * 1e9), raw_path=ctl.raw_path)
         counts.attach(recorder)
         spec = load_spec(sc, start_ns, worker=worker)
+        checkpoint = None
+        if ctl.checkpoint_path is not None:  # kill -9 leaves something `bench recover` can read
+            from bench.checkpoint import Checkpoint
+
+            checkpoint = Checkpoint.start(ctl.checkpoint_path, prepared, recorder, url)
+            tg.start_soon(checkpoint.run, recorder, stop)
 
         with _signals(ctl, stop):
             grace_s = max(spec.drain_s + 1.0, target_for(sc.target.kind).drain_grace_s(prepared.target_config))
@@ -181,6 +197,8 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
     facts.url = "embedded" if prepared.embedded else url
     facts.interrupted = ctl.interrupted
     facts.slo_aborted = ctl.slo_aborted or None
+    if checkpoint is not None:
+        checkpoint.close()
     return recorder.finish(end_ns, partial=ctl.interrupted), facts
 
 

@@ -28,6 +28,7 @@ from bench.config.reader import Table, check_url, type_name
 from bench.config.slo import SloObjectives, slo_from_mapping
 from bench.config.wallaroo import EMBEDDED_PLACEHOLDER, PreflightConfig, preflight_config_from_mapping
 from bench.errors import InputError
+from bench.secrets import credential_header_problem, env_name_problem, url_problem
 from bench.targets import KINDS, target_for
 
 __all__ = [
@@ -70,6 +71,7 @@ class TargetConfig:
     headers: Mapping[str, str] = field(default_factory=dict)
     dataset_params: bool = False  # send the SDK's dataset[]=* / dataset.separator=. query parameters
     token_env: str | None = None  # static token from this environment variable (Bearer)
+    headers_env: Mapping[str, str] = field(default_factory=dict)  # header -> env var holding its (secret) value
     raw: Mapping[str, Any] = field(default_factory=dict)  # the whole [target] table (ubiops reads it)
 
     @property
@@ -279,19 +281,26 @@ def _parse_target(t: Mapping[str, Any], file: str) -> TargetConfig:
             raise tab.err(f"headers.{hk}", f"expected a string, got {_type(hv)}")
         if any(c in hv for c in "\r\n\x00"):
             raise tab.err(f"headers.{hk}", "must not contain line breaks or NUL")
-        if hk.lower() == "authorization":
-            raise tab.err(f"headers.{hk}", "do not put credentials in a scenario file; use token_env or [auth]")
+        problem = credential_header_problem(hk)
+        if problem:
+            raise tab.err(f"headers.{hk}", problem)
+    headers_env = tab.table("headers_env")
+    for hk, hv in headers_env.items():
+        if not _HEADER_NAME.match(hk):
+            raise tab.err(f"headers_env.{hk}", "not a valid HTTP header name")
+        if not isinstance(hv, str) or env_name_problem(hv):
+            raise tab.err(f"headers_env.{hk}", "expected the name of an environment variable")
     token_env = tab.string("token_env")
-    if token_env is not None and not _ENV_NAME.match(token_env):
-        raise tab.err("token_env", "expected the NAME of an environment variable (letters, digits, _), not its value")
+    if token_env is not None and env_name_problem(token_env):
+        raise tab.err("token_env", env_name_problem(token_env) or "")
     dataset_params = tab.boolean("dataset_params", False)
     tab.done()
     return TargetConfig(kind=kind, url=url, format=fmt, method=method, headers=dict(headers),
-                        dataset_params=dataset_params, token_env=token_env, raw=t)
+                        dataset_params=dataset_params, token_env=token_env, headers_env=dict(headers_env), raw=t)
 
 
 def _check_url(url: str, tab: Table, key: str) -> None:
-    problem = check_url(url)
+    problem = check_url(url) or url_problem(url)  # url_problem: the secrets policy (userinfo is refused)
     if problem:
         raise tab.err(key, problem)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench.errors import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_SLO
+from bench.errors import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_SLO, BenchError
 from bench.facts import RunFacts
 from bench.run_loop import run_async, run_once, run_unwrapped, use_uvloop
 from bench.runner import Endpoints, Prepared, RunControl, point_at
@@ -105,9 +105,13 @@ def resolved_target(prepared: Prepared, message: Callable[[str], None]) -> Itera
 def run_report(prepared: Prepared, ctl: RunControl, **kwargs: Any) -> tuple[Any, RunFacts]:
     """``run_once`` turned into a Report (not yet written): (report, facts)."""
     from bench.facts import build_report
+    from bench.secrets import scrub_report
 
     run, facts = run_once(prepared, ctl, **kwargs)
-    return build_report(prepared.scenario, run, facts), facts
+    report = build_report(prepared.scenario, run, facts)
+    prepared.scrubber.add(ctl.secrets())  # tokens issued during the run
+    scrub_report(report, prepared.scrubber)
+    return report, facts
 
 
 def report_path(opts: RunOptions, sc: Scenario) -> Path:
@@ -146,7 +150,13 @@ def finish(opts: RunOptions, prepared: Prepared, report: Any, facts: RunFacts, o
 
         slo_result = check_slo(prepared.slo, report)
         report.meta.extra["slo"] = slo_result.to_dict()
+    from bench.secrets import scrub_report
+
+    scrub_report(report, prepared.scrubber)  # every byte stored or printed below comes from the scrubbed report
     written = write_report(out_path, report)
+    from bench.checkpoint import checkpoint_path
+
+    checkpoint_path(out_path).unlink(missing_ok=True)  # the report supersedes the run's checkpoint
     if report.run.raw_path is not None:  # the recorder's streamed log now lives inside the report
         report.run.raw_path.unlink(missing_ok=True)
     summary = summarize(report)
@@ -179,22 +189,31 @@ def finish(opts: RunOptions, prepared: Prepared, report: Any, facts: RunFacts, o
 
 def run_scenario(sc: Scenario, opts: RunOptions) -> int:
     """`bench run`: prepare, resolve, run in one or ``opts.processes`` processes, finish → exit code."""
+    from bench.outpath import check_report_path
     from bench.progress import ProgressView
 
-    prepared = prepare(sc)  # validates everything once, before the target is touched
     out_path = report_path(opts, sc)
+    check_report_path(out_path, create_parent=opts.out is None)  # a bad --out must not cost the whole run
+    prepared = prepare(sc)  # validates everything once, before the target is touched
     if opts.processes > 1:
         from bench.workers import run_processes
 
         with resolved_target(prepared, _stderr_message(opts)) as target:
             report, facts = run_processes(target, opts, out_path)
         return finish(opts, target, report, facts, out_path)
+    from bench.checkpoint import checkpoint_path, recover_leftover
+
+    recover_leftover(out_path, _stderr_message(opts))  # a killed earlier run with the same --out
     view = ProgressView(sc.load.warmup_s + sc.load.duration_s, warmup_s=sc.load.warmup_s, enabled=not opts.quiet)
-    ctl = RunControl(progress=view.update, message=view.message, preflight=opts.preflight,
+    ctl = RunControl(progress=view.update, message=lambda m: view.message(prepared.scrubber.text(m)),
+                     preflight=opts.preflight, checkpoint_path=checkpoint_path(out_path),
                      raw_path=out_path.with_suffix(".raw.tmp") if sc.report.raw else None)
     try:
         with resolved_target(prepared, view.message) as target:
             report, facts = run_report(target, ctl)
+    except BenchError:  # a run judged invalid: nothing to recover (a second Ctrl-C keeps its checkpoint)
+        checkpoint_path(out_path).unlink(missing_ok=True)
+        raise
     finally:
         view.close()
     return finish(opts, target, report, facts, out_path)

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench.errors import EXIT_OK, BenchError, RunInvalid
+from bench.errors import EXIT_INTERRUPTED, EXIT_OK, BenchError, RunInvalid
 from bench.facts import RunFacts
 from bench.runner import Endpoints, Prepared, RunControl
 
@@ -84,6 +84,10 @@ def run_share(share: Share) -> Any:
     run, facts = run_once(prepared, ctl, start_at_wall=share.start_at_wall, worker=share.worker)
     facts.worker = share.worker
     report = build_report(prepared.scenario, run, facts)
+    from bench.secrets import scrub_report
+
+    prepared.scrubber.add(ctl.secrets())
+    scrub_report(report, prepared.scrubber)
     report.run.raw_path = None  # the raw stream is the caller's to merge
     return report
 
@@ -116,7 +120,12 @@ def run_processes(prepared: Prepared, opts: Any, out_path: Path) -> tuple[Any, R
             proc.stdin.close()
         interrupted = _wait_all(procs)
         missing = [str(i) for i, p in enumerate(parts) if not p.exists()]
-        if missing:
+        if interrupted and missing:  # stopped before they ran (still starting up): merge what there is
+            if len(missing) == len(parts):
+                raise KeyboardInterrupt
+            raws = [r for r, p in zip(raws, parts, strict=True) if p.exists()]
+            parts = [p for p in parts if p.exists()]
+        elif missing:
             raise RunInvalid(f"worker process(es) {', '.join(missing)} wrote no report "
                              f"(exit codes {[p.returncode for p in procs]})")
         reports = [read_report(p) for p in parts]
@@ -243,16 +252,34 @@ def worker_main(argv: list[str] | None = None) -> int:
     """``python -m bench.workers PART.arrow``: read a Share from stdin, run it, write the part report there
     (no SLO gate, no summary: the parent judges the merged run)."""
     out = Path((sys.argv[1:] if argv is None else argv)[0])
+    parent = os.getppid()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # outside the load too: stop, never just vanish
     share = Share.from_json(sys.stdin.buffer.read())
     try:
         report = run_share(share)
     except BenchError as exc:
         print(f"bench worker {share.worker[0]}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:  # stopped before or after the load (no part report to write)
+        if os.getppid() != parent:
+            _discard(out, share.raw)
+        return EXIT_INTERRUPTED
+    if os.getppid() != parent:  # the parent died (PR_SET_PDEATHSIG stopped us): nobody will merge this part
+        _discard(out, share.raw)
+        return EXIT_OK
     from bench.report.writer import write_report
 
     write_report(out, report)
     return EXIT_OK
+
+
+def _discard(out: Path, raw: Path | None) -> None:
+    """An orphaned worker leaves nothing behind: its raw log, and the parent's temp directory once empty."""
+    for path in (out, raw):
+        if path is not None:
+            path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # the last worker out removes it (not empty: another is still writing)
+        out.parent.rmdir()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ def register(sub: Any) -> None:
     p.add_argument("--url", help="ad hoc: POST --body to this URL (or 'embedded')")
     p.add_argument("--body", help="ad hoc: request body file")
     p.add_argument("--header", "-H", action="append", default=[], metavar="'K: V'", help="ad hoc: extra header")
+    p.add_argument("--header-env", action="append", default=[], metavar="'K: VAR'",
+                   help="ad hoc: a header whose (secret) value is read from environment variable VAR")
     p.add_argument("--method", default=None, help="ad hoc: HTTP method (default POST)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--concurrency", "-c", type=int, help="closed loop with N workers")

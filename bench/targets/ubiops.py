@@ -141,6 +141,10 @@ def authorization_value(token: str) -> str:
 
 def read_token(env_name: str, *, file: str | None = None, environ: Mapping[str, str] | None = None) -> str:
     """The token from the environment variable ``env_name``; the error names the variable, never a value."""
+    from bench.secrets import env_name_problem
+
+    if env_name_problem(env_name):  # a token pasted where its variable's name belongs: never echo it
+        raise InputError(env_name_problem(env_name) or "", file=file, key="target.token_env")
     env = os.environ if environ is None else environ
     value = env.get(env_name, "").strip()
     if not value:

@@ -119,3 +119,189 @@ def test_no_secret_in_anything_the_run_writes(tmp_path: Path, kind: str) -> None
     assert rc == 0, f"bench run exited {rc}: {stderr[-2000:]}"
     assert any(p.suffix == ".arrow" for p in written), "no report written"
     assert any(k.endswith("(decoded)") for k in haystacks), "the report could not be decoded for searching"
+
+
+# -- secrets a misbehaving server echoes back, secret query parameters, env-sourced headers ----------------------
+
+ECHO_SCENARIO = """\
+name = "echo-leak"
+
+[target]
+kind = "http"
+url = "http://127.0.0.1:{port}/predict?api_key={query_key}&model=m1"
+token_env = "BENCH_TEST_TOKEN"
+headers_env = {{ "X-Api-Key" = "BENCH_TEST_API_KEY" }}
+
+[data]
+body = "body.json"
+
+[load]
+concurrency = 2
+duration = "1s"
+
+[report]
+raw = true
+"""
+
+
+def _echo_server() -> tuple[object, int, list[dict[str, str]]]:
+    """127.0.0.1: answers 500 with the request's Authorization, X-Api-Key and path (query) in the body."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[dict[str, str]] = []
+
+    class Echo(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            got = {"authorization": self.headers.get("Authorization", ""),
+                   "x-api-key": self.headers.get("X-Api-Key", ""), "path": self.path}
+            if len(seen) < 5:
+                seen.append(got)
+            body = (f'{{"error": "denied", "you sent": "{got["authorization"]}", "key": "{got["x-api-key"]}", '
+                    f'"path": "{got["path"]}"}}').encode()
+            self.send_response(500)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+    return srv, srv.server_address[1], seen
+
+
+def _haystacks(tmp_path: Path, before: set[Path], procs: list[subprocess.CompletedProcess[bytes]]
+               ) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for i, proc in enumerate(procs):
+        out[f"stdout {i}"], out[f"stderr {i}"] = proc.stdout, proc.stderr
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and path not in before:
+            out[str(path.relative_to(tmp_path))] = path.read_bytes()
+            decoded = _decoded_arrow(path)
+            if decoded:
+                out[f"{path.relative_to(tmp_path)} (decoded)"] = decoded
+    return out
+
+
+def test_values_a_server_echoes_never_reach_anything_written(tmp_path: Path) -> None:
+    token = f"tk-{secrets.token_urlsafe(18)}"
+    api_key = f"ak-{secrets.token_urlsafe(18)}"
+    query_key = f"qk{secrets.token_hex(12)}"
+    (tmp_path / "body.json").write_text('{"x": 1}')
+    srv, port, seen = _echo_server()
+    try:
+        (tmp_path / "scenario.toml").write_text(ECHO_SCENARIO.format(port=port, query_key=query_key))
+        before = set(tmp_path.rglob("*"))
+        env = dict(os.environ, BENCH_TEST_TOKEN=token, BENCH_TEST_API_KEY=api_key, PYTHONPATH=str(ROOT),
+                   HOME=str(tmp_path))
+        run = subprocess.run([sys.executable, "-m", "bench", "run", "scenario.toml", "--out", "r.arrow"],
+                             cwd=tmp_path, env=env, capture_output=True, timeout=90, check=False)
+        assert (tmp_path / "r.arrow").exists(), run.stderr.decode(errors="replace")[-2000:]
+        as_json = subprocess.run([sys.executable, "-m", "bench", "run", "scenario.toml", "--out", "j.arrow",
+                                  "--json", "-q"], cwd=tmp_path, env=env, capture_output=True, timeout=90,
+                                 check=False)
+        views = subprocess.run([sys.executable, "-m", "bench", "report", "r.arrow", "--html", "r.html",
+                                "--markdown", "r.md"], cwd=tmp_path, env=env, capture_output=True, timeout=90,
+                               check=False)
+    finally:
+        srv.shutdown()  # type: ignore[attr-defined]
+        srv.server_close()  # type: ignore[attr-defined]
+    # the values really went out (so a clean result means scrubbed, not unsent)
+    assert seen and seen[0]["authorization"] == f"Bearer {token}" and seen[0]["x-api-key"] == api_key
+    assert query_key in seen[0]["path"]
+    assert views.returncode == 0, views.stderr
+    haystacks = _haystacks(tmp_path, before, [run, as_json, views])
+    assert {"r.html", "r.md", "r.arrow (decoded)"} <= set(haystacks)
+    needles = _needles([token, api_key, query_key])
+    leaks = [(where, needle.decode()[:6] + "…") for where, data in haystacks.items() for needle in needles
+             if needle in data]
+    assert not leaks, f"secrets leaked: {leaks}"
+    # the echoed answers were kept as evidence — with the values blanked
+    assert b"denied" in haystacks["r.arrow (decoded)"] and b"***" in haystacks["r.arrow (decoded)"]
+
+
+@pytest.mark.parametrize(("target_lines", "flag_args", "secret", "names"), [
+    ('headers = { "X-Api-Key" = "SECRETVALUE123" }', [], "SECRETVALUE123", "headers_env"),
+    ('headers = { Cookie = "session=SECRETVALUE123" }', [], "SECRETVALUE123", "headers_env"),
+    ('headers = { Authorization = "Bearer SECRETVALUE123" }', [], "SECRETVALUE123", "token_env"),
+    ('token_env = "eyJhbGciOiJIUzI1NiJ9.SECRETVALUE123"', [], "SECRETVALUE123", "NAME of an environment variable"),
+])
+def test_credentials_in_a_scenario_are_refused_without_echo(tmp_path: Path, target_lines: str,
+                                                            flag_args: list[str], secret: str, names: str) -> None:
+    (tmp_path / "body.json").write_text("{}")
+    (tmp_path / "s.toml").write_text(f'[target]\nkind = "http"\nurl = "http://127.0.0.1:9/x"\n{target_lines}\n'
+                                     '[data]\nbody = "body.json"\n[load]\nconcurrency = 1\nduration = "1s"\n')
+    proc = subprocess.run([sys.executable, "-m", "bench", "run", "s.toml", *flag_args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and names in proc.stderr, proc.stderr
+    assert secret not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize(("args", "secret", "names"), [
+    (["--url", "http://alice:PASSWORD42x@127.0.0.1:9/x"], "PASSWORD42x", "refused"),
+    (["--url", "http://127.0.0.1:9/x", "--header", "X-Api-Key: SECRETVALUE123"], "SECRETVALUE123",
+     "--header-env"),
+    (["--url", "http://127.0.0.1:9/x", "--header", "Authorization: Bearer SECRETVALUE123"], "SECRETVALUE123",
+     "--header-env"),
+])
+def test_credentials_on_the_command_line_are_refused_without_echo(tmp_path: Path, args: list[str], secret: str,
+                                                                  names: str) -> None:
+    (tmp_path / "body.json").write_text("{}")
+    proc = subprocess.run([sys.executable, "-m", "bench", "run", *args, "--body", "body.json", "-d", "1s"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and names in proc.stderr, proc.stderr
+    assert secret not in proc.stderr + proc.stdout
+
+
+def test_a_killed_runs_checkpoint_and_recovered_report_hold_no_secret(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    token = f"tk-{secrets.token_urlsafe(18)}"
+    api_key = f"ak-{secrets.token_urlsafe(18)}"
+    query_key = f"qk{secrets.token_hex(12)}"
+    (tmp_path / "body.json").write_text('{"x": 1}')
+    srv, port, seen = _echo_server()
+    ckpt = tmp_path / ".r.arrow.checkpoint"
+    env = dict(os.environ, BENCH_TEST_TOKEN=token, BENCH_TEST_API_KEY=api_key, PYTHONPATH=str(ROOT))
+    proc = None
+    try:
+        (tmp_path / "scenario.toml").write_text(
+            ECHO_SCENARIO.format(port=port, query_key=query_key).replace('duration = "1s"', 'duration = "60s"'))
+        before = set(tmp_path.rglob("*"))
+        proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "scenario.toml", "--out", "r.arrow", "-q"],
+                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while not (ckpt.exists() and ckpt.read_bytes().count(b"\n") >= 3) and proc.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint ticks"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+        srv.shutdown()  # type: ignore[attr-defined]
+        srv.server_close()  # type: ignore[attr-defined]
+    assert seen and seen[0]["x-api-key"] == api_key
+    checkpoint = ckpt.read_bytes()
+    assert b"denied" in checkpoint  # the echoed answer is in it, as evidence
+    rec = subprocess.run([sys.executable, "-m", "bench", "recover", "r.arrow"], cwd=tmp_path, env=env,
+                         capture_output=True, timeout=60, check=False)
+    assert rec.returncode == 0, rec.stderr
+    haystacks = _haystacks(tmp_path, before, [rec])
+    haystacks.update({"checkpoint": checkpoint, "killed stdout": out, "killed stderr": err})
+    leaks = [(where, needle.decode()[:6] + "…") for where, data in haystacks.items()
+             for needle in _needles([token, api_key, query_key]) if needle in data]
+    assert not leaks, f"secrets leaked: {leaks}"

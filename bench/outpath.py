@@ -1,0 +1,61 @@
+"""Check where results will go BEFORE any load is sent: a report path that turns out to be a directory, or a
+directory bench cannot write, must not cost the whole run (exit 2, one line naming the flag and the problem).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bench.errors import InputError
+
+__all__ = ["check_output_dir", "check_report_path"]
+
+
+def _probe(directory: Path, flag: str, shown: Path) -> None:
+    """Create and remove a file in ``directory``: the only honest test of 'writable' (permissions, read-only
+    mounts, full disks, root squash)."""
+    probe = directory / f".bench-probe-{os.getpid()}.tmp"
+    try:
+        with open(probe, "xb"):
+            pass
+    except OSError as exc:
+        raise InputError(f"{shown}: cannot write in {directory}: {exc.strerror or exc}", key=flag) from None
+    probe.unlink(missing_ok=True)
+
+
+def check_report_path(path: Path, *, flag: str = "--out", create_parent: bool = False) -> None:
+    """``path`` can take a report file: not a directory, parent directory present (created when
+    ``create_parent``: the default reports/ directory) and writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a directory; give a report file path (e.g. {path / 'report.arrow'})", key=flag)
+    parent = path.parent
+    if not parent.exists():
+        if not create_parent:
+            raise InputError(f"{path}: directory {parent} does not exist", key=flag)
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"{path}: cannot create {parent}: {exc.strerror or exc}", key=flag) from None
+    elif not parent.is_dir():
+        raise InputError(f"{path}: {parent} is not a directory", key=flag)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise InputError(f"{path} exists and is not writable", key=flag)
+    _probe(parent, flag, path)
+
+
+def check_output_dir(path: Path, *, flag: str = "--out", create_parent: bool = False) -> None:
+    """``path`` can be (or become) a directory of reports bench writes into."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path} exists and is not a directory", key=flag)
+    parent = path.parent
+    if not path.exists() and not parent.is_dir():
+        if not create_parent:
+            raise InputError(f"{path}: directory {parent} does not exist", key=flag)
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"{path}: cannot create {parent}: {exc.strerror or exc}", key=flag) from None
+    _probe(path if path.is_dir() else parent, flag, path)
