@@ -10,7 +10,7 @@ import ssl
 
 from bench.results import Kind
 
-__all__ = ["exception_kind", "httpx_kind"]
+__all__ = ["exception_kind", "httpx_kind", "other_kind"]
 
 _RESET = int(Kind.RESET)
 
@@ -58,4 +58,29 @@ def httpx_kind(exc: BaseException) -> int:
         return exception_kind(exc, connecting=False)
     if isinstance(exc, OSError):
         return exception_kind(exc, connecting=False)
-    return int(Kind.OTHER)
+    if isinstance(exc, httpx.HTTPError):
+        return int(Kind.OTHER)
+    return other_kind(exc)
+
+
+def other_kind(exc: BaseException) -> int:
+    """An exception no transport mapping knows (a client library's internal error): a kind all the same.
+
+    httpcore raises ``AttributeError: 'NoneType' object has no attribute 'getpeername'`` (and the like) when the
+    peer reset the connection under it: the connection went away, so ``reset``. Anything else is ``other``.
+    """
+    if isinstance(exc, AttributeError | TypeError) and "NoneType" in str(exc):
+        return _RESET
+    kind = exception_kind(exc, connecting=False) if exc.__cause__ or exc.__context__ else int(Kind.OTHER)
+    return kind if kind != _RESET or _caused_by_os_error(exc) else int(Kind.OTHER)
+
+
+def _caused_by_os_error(exc: BaseException) -> bool:
+    e: BaseException | None = exc
+    for _ in range(8):
+        if e is None:
+            return False
+        if isinstance(e, OSError):
+            return True
+        e = e.__cause__ or e.__context__
+    return False

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -19,12 +19,16 @@ from bench.config.wallaroo import PreflightConfig, preflight_config_from_mapping
 from bench.errors import InputError, RunInvalid
 from bench.units import format_duration
 
+if TYPE_CHECKING:
+    pass
+
 __all__ = ["PreflightConfig", "deployment_from_url", "preflight_config_from_mapping", "run_preflight"]
 
 def deployment_from_url(url: str) -> str | None:
-    """The ``{deployment}-{id}`` part of ``…/v1/api/pipelines/infer/{deployment}-{id}/{pipeline}``, if present."""
+    """The ``{deployment}-{id}`` part of ``…/v1/api/pipelines/infer/{deployment}-{id}/{pipeline}`` (or of an older
+    install's ``…/v1/api/pipelines/infer/{pipeline}-{id}``), if present."""
     parts = [p for p in urlsplit(url).path.split("/") if p]
-    for i in range(len(parts) - 2):
+    for i in range(len(parts) - 1):  # older installs: …/pipelines/infer/{pipeline}-{id}, no trailing segment
         if parts[i] == "infer" and i >= 1 and parts[i - 1] == "pipelines":
             return parts[i + 1]
     return None
@@ -80,7 +84,8 @@ async def _call(http: httpx.AsyncClient, cfg: PreflightConfig, route: str, body:
         answer = None
     message = answer.get("error") or answer.get("msg") if isinstance(answer, dict) else None
     detail = f": {message}" if isinstance(message, str) and message else ""
-    if response.status_code in (401, 403, 404):
+    if 400 <= response.status_code < 600 and response.status_code not in _GATEWAY:
+        # a wrong name (today's platform: 400 or 500), refused credentials: waiting will not change it
         raise RunInvalid(f"preflight: {url} answered HTTP {response.status_code}{detail}")
     if response.status_code != 200 or not isinstance(answer, dict):
         raise _Transient(f"{url} answered HTTP {response.status_code}{detail}")
@@ -121,6 +126,10 @@ async def _wait_running(http: httpx.AsyncClient, cfg: PreflightConfig, deploymen
         if status == "Running":
             progress(f"preflight: deployment {deployment} is Running")
             return
+        if status.lower() not in _STARTING:  # Error (or anything but starting): waiting will not make it Running
+            reason = _reason(answer)
+            raise RunInvalid(f"preflight: deployment {deployment} is {status}"
+                             + (f": {reason}" if reason else "") + (f"; {summary}" if summary else ""))
         progress(f"preflight: deployment {deployment} is {status}; waiting "
                  f"({format_duration(round(elapsed))} of {format_duration(cfg.wait_s)})")
         if time.monotonic() + cfg.poll_interval_s > deadline:
@@ -137,8 +146,9 @@ def _engines(answer: Mapping[str, Any]) -> str:
         if not isinstance(items, list) or not items:
             continue
         described = []
-        for item in items[:8]:
-            if not isinstance(item, Mapping):
+        for raw in items[:8]:
+            item = _fields(raw)
+            if item is None:
                 continue
             text = f"{item.get('name', '?')} {item.get('status', '?')}"
             if item.get("reason"):
@@ -148,6 +158,35 @@ def _engines(answer: Mapping[str, Any]) -> str:
             described.append(f"… {len(items) - 8} more")
         parts.append(f"{key}: {', '.join(described)}")
     return "; ".join(parts)
+
+
+_GATEWAY = (429, 502, 503, 504)  # the API's front door is busy or restarting: worth another poll
+_STARTING = frozenset({"starting", "pending", "deploying", "creating", "unknown"})  # worth waiting through
+
+
+def _fields(item: Any) -> Mapping[str, Any] | None:
+    """An engine entry's own fields: under ``info`` on today's platform, flat on older ones."""
+    if not isinstance(item, Mapping):
+        return None
+    info = item.get("info")
+    return {**item, **info} if isinstance(info, Mapping) else item
+
+
+def _reason(answer: Mapping[str, Any]) -> str:
+    """The platform's reason a deployment failed: its ``details``, else the first engine's details/reason."""
+    details = answer.get("details")
+    if isinstance(details, list) and details:
+        return "; ".join(str(d) for d in details[:3])
+    for raw in answer.get("engines") or ():
+        item = _fields(raw)
+        if item is None:
+            continue
+        d = item.get("details")
+        if isinstance(d, list) and d:
+            return "; ".join(str(x) for x in d[:3])
+        if item.get("reason"):
+            return str(item["reason"])
+    return ""
 
 
 class _Transient(Exception):

@@ -12,7 +12,7 @@ __all__ = ["ProgressView"]
 class ProgressView:
     """Call ``update(snapshot)`` often; it decides what and when to print. ``close()`` clears the live line.
 
-    A snapshot is the recorder's Progress (elapsed_s, rps, p99_ms, requests, errors); ``total_s`` is the
+    A snapshot is the recorder's Progress (elapsed_s, rps, p99_ms or None, requests, errors); ``total_s`` is the
     planned run time (warm-up + duration) for the remaining-time figure.
     """
 
@@ -36,8 +36,10 @@ class ProgressView:
         elapsed = float(getattr(p, "elapsed_s", 0.0))
         remaining = max(0.0, self.total_s - elapsed)
         phase = "warm-up  " if elapsed < self.warmup_s else "measuring"
+        p99 = getattr(p, "p99_ms", None)  # None: no ok answer in the window -- shown missing, never 0
+        p99_text = f"{p99:8.2f} ms" if p99 is not None else f"{'—':>8} ms"
         return (f"{phase} {elapsed:6.1f}s elapsed, {remaining:5.1f}s left | {getattr(p, 'rps', 0.0):9.1f} req/s | "
-                f"p99 {getattr(p, 'p99_ms', 0.0):8.2f} ms | {getattr(p, 'requests', 0)} requests, "
+                f"p99 {p99_text} | {getattr(p, 'requests', 0)} requests, "
                 f"{getattr(p, 'errors', 0)} errors")
 
     def update(self, p: Any) -> None:

@@ -38,7 +38,7 @@ class Progress:
 
     elapsed_s: float
     recent_rps: float  # completions per second over the last ~2 s
-    recent_p99_ms: float  # latency (from intended time) p99 of ok requests over the last ~2 s
+    recent_p99_ms: float | None  # latency (from intended time) p99 of ok requests over the last ~2 s; None: none
     requests: int  # all recorded requests so far (both phases)
     errors: int
     dropped: int
@@ -49,7 +49,7 @@ class Progress:
         return self.recent_rps
 
     @property
-    def p99_ms(self) -> float:
+    def p99_ms(self) -> float | None:
         """Alias of recent_p99_ms."""
         return self.recent_p99_ms
 
@@ -140,6 +140,29 @@ class Recorder:
     def loop_lag(self, lag_ns: int) -> None:
         self._lag_buf.append(lag_ns)
 
+    def abandoned(self, n: int, at_ns: int) -> None:
+        """``n`` requests still in flight when the run ended at ``at_ns`` (after the drain): errors of kind
+        ``abandoned``, status 0, in the phase the run ended in (a request in flight at the end belongs to the end,
+        whenever it was sent). No latency is recorded for them: there was no answer. Counted once per run, so
+        ``counters['in_flight_at_end']`` holds them and ``sent = ok + errors + in_flight_at_end`` can be checked.
+        """
+        if n <= 0 or self._finished:
+            return
+        self._flush()
+        phase = MEASURED if at_ns >= self.warmup_end_ns else WARMUP
+        tot = self._totals[phase]
+        tot.requests += n
+        tot.errors += n
+        key = (kind_name(Kind.ABANDONED), 0, phase)
+        self._errors[key] = self._errors.get(key, 0) + n
+        self.count("in_flight_at_end", n)
+        sec = max(0, (at_ns - self.start_ns) // 1_000_000_000)
+        s = self._series
+        s.ensure(sec + 1)
+        s.cols["requests"][sec] += n
+        s.cols["errors"][sec] += n
+        s.used[sec] = True
+
     # -- extra API -------------------------------------------------------------------------------------
     def record_named(self, name: str, value_ns: int) -> None:
         """A value for an extra histogram (e.g. UbiOps batch 'batch_e2e', 'queue', 'processing')."""
@@ -177,7 +200,7 @@ class Recorder:
         return Progress(
             elapsed_s=elapsed,
             recent_rps=n / window if window > 0 else 0.0,
-            recent_p99_ms=recent.percentiles_ms((99,))[99],
+            recent_p99_ms=recent.percentiles_ms((99,))[99] if recent.total else None,
             requests=t[WARMUP].requests + t[MEASURED].requests,
             errors=t[WARMUP].errors + t[MEASURED].errors,
             dropped=t[WARMUP].dropped + t[MEASURED].dropped,

@@ -41,6 +41,9 @@ class Kind(IntEnum):
     TLS_ERROR = 10
     DROPPED = 11  # open loop: a send that could not start on time (max_in_flight reached); never sent
     OTHER = 12
+    ABANDONED = 13  # sent, still unanswered when the run (and its drain) ended: in flight at the end
+    CANCELLED = 14  # UbiOps batch: created, then cancelled before it completed
+    MISSING = 15  # UbiOps batch: created, then unknown to the platform (collect of that id alone: 404)
 
 
 ERROR_KINDS = frozenset(k for k in Kind if k is not Kind.OK)
@@ -83,6 +86,9 @@ class ResultSink(Protocol):
     def dropped(self, intended_ns: int) -> None:
         """Open loop: a send due at intended_ns could not start because max_in_flight was reached."""
 
+    def abandoned(self, n: int, at_ns: int) -> None:
+        """``n`` requests still in flight when the run ended at ``at_ns``: errors of kind ``abandoned``."""
+
     def loop_lag(self, lag_ns: int) -> None:
         """Event-loop lag sample (how late a timer fired)."""
 
@@ -105,7 +111,8 @@ class LoadSpec:
     ``max_in_flight`` requests are outstanding is reported with sink.dropped(). The engine stops issuing when
     the stop signal is set, when time.monotonic_ns() >= ``end_ns``, or after ``max_requests`` sends (0 = no
     limit); it then waits at most ``drain_s`` for in-flight answers. Requests still unanswered after that are
-    not recorded; the engine counts them in its ``abandoned`` attribute.
+    not recorded by the engine; it counts them in its ``abandoned`` attribute and the runner hands that figure to
+    ``sink.abandoned`` (kind ``abandoned``), so ``sent == recorded + abandoned`` (``Engine.sent``).
     """
 
     mode: Literal["closed", "open"]

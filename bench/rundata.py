@@ -165,9 +165,13 @@ class RunData:
         return self.phase(phase).duration_s
 
     def rps(self, phase: str = MEASURED) -> float:
-        """Recorded requests per second over the phase's window (measured window by default)."""
+        """Completed (recorded) requests per second over the phase's window (measured window by default); requests
+        still in flight at the end (kind 'abandoned') never completed and are left out."""
         d = self.duration_s(phase)
-        return self.total(phase).requests / d if d > 0 else 0.0
+        if d <= 0:
+            return 0.0
+        in_flight = sum(e.count for e in self.errors if e.phase == phase and e.kind == "abandoned")
+        return (self.total(phase).requests - in_flight) / d
 
     def rows_per_s(self, phase: str = MEASURED) -> float:
         d = self.duration_s(phase)

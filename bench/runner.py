@@ -62,9 +62,10 @@ class RunControl:
     interrupted: bool = False
     slo_aborted: str | None = None
     token_source: Any = None  # set while a run holds credentials: its secrets() scrub messages
+    mlops_token_source: Any = None  # the MLOps user's token (Wallaroo preflight), when it is a separate one
 
     def secrets(self) -> list[str]:
-        return list(self.token_source.secrets()) if self.token_source is not None else []
+        return [s for src in (self.token_source, self.mlops_token_source) if src is not None for s in src.secrets()]
 
 
 def request_set(sc: Scenario, url: str, bodies: Sequence[PreparedBody], authorization: str | None,
@@ -122,6 +123,35 @@ def load_spec(sc: Scenario, start_ns: int, *, worker: tuple[int, int] = (0, 1)) 
                     max_in_flight=max(1, max_in_flight), max_requests=max_requests, drain_s=load.drain_s)
 
 
+_FD_MARGIN = 64  # descriptors a run needs besides its connections (loop, pacer, logs, report, libraries)
+
+
+def ensure_sockets(sc: Scenario, spec: LoadSpec) -> None:
+    """Refuse a load this process cannot open sockets for, before any is opened (raising the soft open-file limit
+    up to the hard one first): past the limit every connect fails slowly and the run overruns its duration
+    several times over instead of measuring anything."""
+    import resource
+
+    http1 = not sc.engine.http2
+    if spec.mode == "closed":
+        need = spec.concurrency if http1 else max(1, sc.engine.connections or 1)
+        key, asked = "load.concurrency", sc.load.concurrency
+    else:
+        need = spec.max_in_flight if http1 else max(1, sc.engine.connections or 1)
+        key, asked = "load.max_in_flight", sc.load.max_in_flight or need
+    if sc.engine.connections and http1:
+        need = min(need, sc.engine.connections)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = need + _FD_MARGIN
+    if soft == resource.RLIM_INFINITY or want <= soft:
+        return
+    if hard == resource.RLIM_INFINITY or want <= hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        return
+    raise InputError(f"{asked:,} needs {need:,} connections in this process but the open-file limit is {hard:,} "
+                     f"(ulimit -n); lower it or spread the load with --processes", file=sc.file, key=key)
+
+
 def _reseeded(sc: Scenario, offset: int) -> Scenario:
     return replace(sc, load=replace(sc.load, seed=sc.load.seed + offset))
 
@@ -167,7 +197,8 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
         def authorization() -> str:
             return token_source.authorization() if token_source is not None else (static or "")
 
-        url = await _preflight(prepared, ctl, url, authorization)
+        mlops = await _mlops_source(prepared, ctl, counts, tg)
+        url = await _preflight(prepared, ctl, url, mlops.authorization if mlops is not None else authorization)
         if start_at_wall is not None:  # a stop signal while waiting for the common start ends the wait
             with _signals(ctl, stop), anyio.move_on_after(max(0.0, start_at_wall - time.time())):
                 await stop.wait()
@@ -175,6 +206,7 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
         recorder = Recorder(start_ns, start_ns + int(sc.load.warmup_s * 1e9), raw_path=ctl.raw_path)
         counts.attach(recorder)
         spec = load_spec(sc, start_ns, worker=worker)
+        ensure_sockets(sc, spec)
         checkpoint = None
         if ctl.checkpoint_path is not None:  # kill -9 leaves something `bench recover` can read
             from bench.checkpoint import Checkpoint
@@ -191,8 +223,9 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
             facts.cpu_fraction = (time.process_time() - cpu0) / max(1e-9, time.monotonic() - wall0)
             stop.set()
         end_ns = min(time.monotonic_ns(), spec.end_ns)  # throughput over the planned window, not the drain
-        if token_source is not None:
-            await token_source.close()
+        for source in (token_source, mlops):
+            if source is not None:
+                await source.close()
         tg.cancel_scope.cancel()
     facts.url = "embedded" if prepared.embedded else url
     facts.interrupted = ctl.interrupted
@@ -211,9 +244,12 @@ async def preflight_url(prepared: Prepared, ctl: RunControl) -> str:
         def authorization() -> str:
             return token_source.authorization() if token_source is not None else (static or "")
 
-        url = await _preflight(prepared, ctl, prepared.scenario.target.url, authorization)
-        if token_source is not None:
-            await token_source.close()
+        mlops = await _mlops_source(prepared, ctl, _Counts(), tg)
+        url = await _preflight(prepared, ctl, prepared.scenario.target.url,
+                               mlops.authorization if mlops is not None else authorization)
+        for source in (token_source, mlops):
+            if source is not None:
+                await source.close()
         tg.cancel_scope.cancel()
     return url
 
@@ -226,6 +262,28 @@ async def _token_source(prepared: Prepared, ctl: RunControl, counts: _Counts, tg
 
     source = TokenSource(prepared.auth_config, count=counts.count, file=prepared.scenario.file)
     ctl.token_source = source
+    await source.start(tg)
+    return source
+
+
+async def _mlops_source(prepared: Prepared, ctl: RunControl, counts: _Counts, tg: Any) -> Any:
+    """The MLOps user's own token source for the preflight (kept fresh for the run; counted as ``mlops_*``), or
+    None when the preflight is off or sends the inference token (bench.preflight: PreflightConfig.mlops_auth)."""
+    preflight = prepared.preflight_config
+    if preflight is None or not preflight.enabled or not ctl.preflight:
+        return None
+    cfg = preflight.mlops_auth(prepared.auth_config)
+    if cfg is None:
+        return None
+    from bench.auth import TokenSource
+
+    default_url = prepared.endpoints.token_url if prepared.endpoints is not None else None
+    if prepared.auth_config is not None and prepared.auth_config.token_url:
+        default_url = prepared.auth_config.token_url  # the same Keycloak as [auth]
+    section = "wallaroo.auth" if preflight.auth is not None else "auth"
+    source = TokenSource(cfg, count=lambda name, n: counts.count(f"mlops_{name}", n), file=prepared.scenario.file,
+                         default_token_url=default_url, section=section)
+    ctl.mlops_token_source = source
     await source.start(tg)
     return source
 
@@ -247,7 +305,7 @@ async def _apply_load(prepared: Prepared, url: str, authorization: str, token_so
     """The data plane: the target's own (UbiOps), or a bench engine; notes its facts."""
     sc = prepared.scenario
     target = target_for(sc.target.kind)
-    if target.own_data_plane(prepared.target_config):
+    if target.own_data_plane(prepared.target_config):  # it records its in-flight-at-end and 'sent' itself
         facts.target_extras.update(await target.run(prepared.target_config, prepared.bodies, recorder, spec, stop))
         return
     from bench.engine.select import choose_engine
@@ -258,8 +316,12 @@ async def _apply_load(prepared: Prepared, url: str, authorization: str, token_so
     engine = engine_class(cfg_e, requests, classify, recorder)
     if token_source is not None:
         token_source.on_change(lambda value: engine.set_headers({"Authorization": value}))
-    await engine.run(spec, stop)
-    facts.abandoned, facts.engine = engine.abandoned, engine_class.__name__
+    try:
+        await engine.run(spec, stop)
+    finally:  # every request taken on is recorded once or in flight at the end (kind 'abandoned')
+        facts.abandoned, facts.engine = engine.abandoned, engine_class.__name__
+        recorder.count("sent", engine.sent)
+        recorder.abandoned(engine.abandoned, min(time.monotonic_ns(), spec.end_ns))
 
 
 class _SloAbort:

@@ -49,7 +49,7 @@ __all__ = [
 
 _T = TypeVar("_T")
 TARGET_KINDS = KINDS  # the target registry's kinds
-SECTIONS = ("target", "data", "load", "engine", "report", "auth", "wallaroo", "emulator", "slo", "capacity")
+SECTIONS = ("target", "data", "load", "engine", "report", "auth", "wallaroo", "emulator", "slo", "capacity", "ubiops")
 # the sections bench.config parses into the Scenario field of the same name (a new section: a line here + a field)
 SECTION_PARSERS: Mapping[str, Callable[[Mapping[str, Any], str], object]] = {
     "auth": auth_config_from_mapping, "wallaroo": preflight_config_from_mapping, "slo": slo_from_mapping,
@@ -141,6 +141,7 @@ class Scenario:
     slo: SloObjectives | None = None  # [slo]
     capacity: CapacityConfig | None = None  # [capacity] (bench capacity)
     emulator: Mapping[str, Any] = field(default_factory=dict)  # [emulator] table: the emulator validates it
+    ubiops: Mapping[str, Any] = field(default_factory=dict)  # [ubiops] table: the UbiOps target's config reads it
     source: Mapping[str, Any] = field(default_factory=dict)  # the document all of the above was parsed from
 
     def revised(self, values: Mapping[str, Any]) -> Scenario:
@@ -247,7 +248,7 @@ def parse_scenario(doc: Mapping[str, Any], *, file: str, base_dir: Path) -> Scen
     return Scenario(name=name, file=file, base_dir=base_dir, target=target, data=data, load=load, engine=engine,
                     report=report, auth=_typed(sections, "auth", AuthConfig), wallaroo=wallaroo,
                     slo=_typed(sections, "slo", SloObjectives), capacity=_typed(sections, "capacity", CapacityConfig),
-                    emulator=dict(tables["emulator"]), source=doc)
+                    emulator=dict(tables["emulator"]), ubiops=dict(tables["ubiops"]), source=doc)
 
 
 def _typed(sections: Mapping[str, object], key: str, cls: type[_T]) -> _T | None:
@@ -294,6 +295,8 @@ def _parse_target(t: Mapping[str, Any], file: str) -> TargetConfig:
     if token_env is not None and env_name_problem(token_env):
         raise tab.err("token_env", env_name_problem(token_env) or "")
     dataset_params = tab.boolean("dataset_params", False)
+    for key in ("dataset", "dataset_exclude", "dataset_separator"):
+        tab.get(key)  # the target checks them (bench.targets.wallaroo: dataset query parameters)
     tab.done()
     return TargetConfig(kind=kind, url=url, format=fmt, method=method, headers=dict(headers),
                         dataset_params=dataset_params, token_env=token_env, headers_env=dict(headers_env), raw=t)

@@ -179,8 +179,10 @@ def scrubber_for(prepared: Prepared, environ: Mapping[str, str] | None = None) -
     if isinstance(headers_env, Mapping):
         for var in headers_env.values():
             from_env(var)
-    auth = sc.auth  # typed [auth]: names of variables and files (the file path already resolved)
-    if auth is not None:
+    wallaroo_auth = sc.wallaroo.auth if sc.wallaroo is not None else None  # [wallaroo.auth]: the MLOps user's
+    for auth in (sc.auth, wallaroo_auth):  # typed: names of variables and files (file paths already resolved)
+        if auth is None:
+            continue
         for name in (auth.token_env, auth.client_id_env, auth.client_secret_env, auth.username_env,
                      auth.password_env):
             from_env(name)

@@ -34,6 +34,7 @@ __all__ = [
     "TOKEN_PATH",
     "Endpoints",
     "RunOptions",
+    "failed_reason",
     "finish",
     "point_at",
     "prepare",
@@ -70,11 +71,18 @@ def prepare(sc: Scenario) -> Prepared:
         from bench.emulator.embedded import emulator_config_from_mapping
 
         cfg = emulator_config_from_mapping(sc.emulator, sc.file)
-        if prepared.auth_config is not None and prepared.auth_config.uses_keycloak:
-            from bench.auth import emulator_credentials
+        from bench.auth import emulator_credentials
 
-            # the embedded emulator must accept the scenario's credentials (they reach it on stdin, not argv)
-            cfg = replace(cfg, **emulator_credentials(prepared.auth_config, file=sc.file))
+        # the embedded emulator must accept the scenario's credentials (they reach it on stdin, not argv)
+        creds: dict[str, Any] = {}
+        pf = prepared.preflight_config
+        for auth, section in ((prepared.auth_config, "auth"), (pf.auth if pf else None, "wallaroo.auth")):
+            if auth is not None and auth.uses_keycloak:
+                more = emulator_credentials(auth, file=sc.file, section=section)
+                users = tuple(creds.get("users", ())) + tuple(more.pop("users", ()))
+                creds.update(more, **({"users": users} if users else {}))
+        if creds:
+            cfg = replace(cfg, **creds)
         prepared.emulator_config = cfg
     return prepared
 
@@ -139,11 +147,43 @@ def unreachable_reason(summary: dict[str, Any]) -> str | None:
     return None
 
 
+def failed_reason(report: Any) -> str | None:
+    """Why a finished run measured nothing to trust, or None: no successful answer after warm-up (naming the
+    commonest error kind), or no request at all in the measured phase (everything fell in the warm-up)."""
+    from bench.report.accounting import accounted_errors_by_kind, accounted_totals
+    from bench.rundata import MEASURED, WARMUP
+
+    run = report.run
+    measured = accounted_totals(report)
+    warm = run.total(WARMUP)
+    if measured.requests == 0:
+        if warm.requests:
+            return (f"nothing measured after warm-up: all {warm.requests:,} requests fell in the warm-up (the run "
+                    f"ended {run.phase(WARMUP).end_s:.3g} s in; shorten load.warmup or send more requests)")
+        dropped = measured.dropped + warm.dropped
+        return "no request was sent" + (f" ({dropped:,} dropped: max_in_flight reached)" if dropped else "")
+    if measured.ok:
+        return None
+    by_kind = accounted_errors_by_kind(report, MEASURED)
+    kind, n = max(by_kind.items(), key=lambda kv: (kv[1], kv[0])) if by_kind else ("unknown", 0)
+    warm_ok = f" ({warm.ok:,} ok in the warm-up only)" if warm.ok else ""
+    return (f"no successful answer in {measured.requests:,} measured requests{warm_ok}; commonest error: {kind} "
+            f"({n:,}, {n / measured.requests:.0%})")
+
+
 def finish(opts: RunOptions, prepared: Prepared, report: Any, facts: RunFacts, out_path: Path) -> int:
-    """SLO gate, atomic report write, summary → exit code (0 ok · 2 unreachable/strict · 1 SLO · 130 interrupted)."""
+    """SLO gate, atomic report write, summary → exit code (0 ok · 1 SLO failed · 3 unreachable, failed run (no
+    successful answer / nothing measured) or --strict and generator-bound · 130 interrupted)."""
+    from bench.report.accounting import request_accounting
     from bench.report.summary import render_summary, summarize
     from bench.report.writer import write_report
 
+    accounting = request_accounting(report.run)
+    if accounting is not None:  # stored: sent = ok + errors + in flight at the end, and whether it held
+        report.meta.extra["accounting"] = accounting
+    failed = failed_reason(report)
+    if failed:
+        report.meta.extra["failed"] = failed
     slo_result = None
     if prepared.slo is not None:
         from bench.report.slo import check_slo
@@ -161,6 +201,7 @@ def finish(opts: RunOptions, prepared: Prepared, report: Any, facts: RunFacts, o
         report.run.raw_path.unlink(missing_ok=True)
     summary = summarize(report)
     summary["report"] = str(written)
+    summary["failed"] = failed
     if slo_result is not None:
         summary["slo"] = slo_result.to_dict()
     if opts.json:
@@ -174,12 +215,24 @@ def finish(opts: RunOptions, prepared: Prepared, report: Any, facts: RunFacts, o
         render_summary(report, console)
         if slo_result is not None:
             console.print(slo_result.render())
+    from bench.targets import target_for
+
+    note = target_for(prepared.scenario.target.kind).end_note(report.meta.extra)
+    if note and not opts.quiet:
+        print(note, file=sys.stderr)
     if facts.interrupted:
         return EXIT_INTERRUPTED
     unreachable = unreachable_reason(summary)
     if unreachable:
         print(f"bench: error: target unreachable: {unreachable}", file=sys.stderr)
         return EXIT_INVALID
+    if failed:
+        print(f"bench: error: run failed: {failed}", file=sys.stderr)
+        return EXIT_INVALID
+    if accounting is not None and not accounting["holds"]:
+        from bench.report.accounting import accounting_text
+
+        print(f"bench: warning: {accounting_text(accounting)}", file=sys.stderr)
     if slo_result is not None and not slo_result.passed:
         return EXIT_SLO
     if opts.strict and summary.get("generator_bound"):

@@ -195,7 +195,9 @@ def _model_capacity(prepared: Any) -> float | None:
     cfg = prepared.emulator_config
     if cfg is None or not prepared.bodies:
         return None
-    rows = sum(b.rows for b in prepared.bodies) / len(prepared.bodies)
+    bodies = prepared.bodies
+    per_body = getattr(bodies, "rows", None)  # a LazyBodies knows its row counts: iterating it would encode all
+    rows = sum(per_body if isinstance(per_body, list) else (b.rows for b in bodies)) / len(bodies)
     mean_s = cfg.latency_ms / 1e3 + cfg.per_row_us / 1e6 * rows  # as ServiceModel.mean_service_s (jitter mean 1)
     return cfg.replicas / mean_s if mean_s > 0 else None
 

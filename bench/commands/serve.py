@@ -79,13 +79,16 @@ def _platform_flags(p: argparse.ArgumentParser, d: Any) -> None:
                    "requests per deployment version (0 = none)")
     p.add_argument("--batch-cancel-status", type=int, default=d.ubiops_batch_cancel_status, help="UbiOps: answer "
                    "POST …/requests/cancel with 404 or 405, as an older API without it (0 = route present)")
-    p.add_argument("--mlops-user-token", action="store_true", help="with --require-token: MLOps routes take only "
-                   "a user (password-grant) token, as the platform")
+    p.add_argument("--mlops-user-token", action=argparse.BooleanOptionalAction, default=d.mlops_user_token,
+                   help="with --require-token: MLOps routes take only a user (password-grant) token, as the platform "
+                   "(default on; --no-mlops-user-token: any token, as older emulators)")
     p.add_argument("--deployment-status", default=d.deployment_status, help="the deployment status after "
                    "--startup-s (Starting, Running or Error; default Running)")
     p.add_argument("--unknown-deployment-status", type=int, default=d.unknown_deployment_status,
-                   help="get_deployment answer for a wrong name: 404 (default), 400 or 500")
-    p.add_argument("--engine-info", action="store_true", help="get_deployment nests engine fields under info")
+                   help=f"get_deployment answer for a wrong name: 400 or 500 as today's platform, or 404 "
+                   f"(default {d.unknown_deployment_status})")
+    p.add_argument("--engine-info", action=argparse.BooleanOptionalAction, default=d.engine_info,
+                   help="get_deployment nests engine fields under info, as today's platform (default on)")
     p.add_argument("--legacy-infer", action="store_true", help="older installs: …/pipelines/infer/<pipeline>-<id> "
                    "and one answer object per request")
 

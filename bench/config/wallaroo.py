@@ -1,4 +1,5 @@
-"""The ``[wallaroo]`` table: the MLOps API address and deployment the preflight waits on (bench.preflight runs it).
+"""The ``[wallaroo]`` table: the MLOps API address and deployment the preflight waits on (bench.preflight runs it),
+and ``[wallaroo.auth]``, the MLOps user's credentials.
 
 ``api_url = "embedded"`` names the embedded emulator's API; it is stored as ``EMBEDDED_PLACEHOLDER`` until
 bench.session knows the emulator's address.
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from bench.config.auth import AuthConfig, auth_config_from_mapping
 from bench.config.reader import unknown_key
 from bench.tables import TableReader
 from bench.units import format_duration, parse_duration
@@ -19,7 +21,7 @@ __all__ = ["EMBEDDED_PLACEHOLDER", "PreflightConfig", "preflight_config_from_map
 
 EMBEDDED_PLACEHOLDER = "http://embedded.invalid"
 
-_KEYS = ("api_url", "deployment", "workspace_id", "pipeline", "wait", "poll_interval", "timeout")
+_KEYS = ("api_url", "deployment", "workspace_id", "pipeline", "wait", "poll_interval", "timeout", "auth")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +35,21 @@ class PreflightConfig:
     wait_s: float = 300.0  # longest wait for Running
     poll_interval_s: float = 2.0
     timeout_s: float = 10.0  # per request
+    auth: AuthConfig | None = None  # [wallaroo.auth]: the MLOps user's token (default: see mlops_auth)
 
     @property
     def enabled(self) -> bool:
         return self.api_url is not None
+
+    def mlops_auth(self, inference: AuthConfig | None) -> AuthConfig | None:
+        """The credentials of MLOps API calls, which take a *user's* token (the platform refuses a service
+        account's): ``[wallaroo.auth]`` when given, else a password grant of the same user as ``[auth]`` (its own
+        token, refreshed on its own). None: send the inference token (static, client_credentials or none)."""
+        if self.auth is not None:
+            return self.auth
+        if inference is not None and inference.kind == "password":
+            return inference
+        return None
 
 
 def preflight_config_from_mapping(d: Mapping[str, Any], file: str) -> PreflightConfig:
@@ -69,6 +82,11 @@ def preflight_config_from_mapping(d: Mapping[str, Any], file: str) -> PreflightC
             raise err("api_url", "expected an http:// or https:// URL such as https://acme.api.example.ai")
         if parts.username or parts.password:
             raise err("api_url", "must not carry credentials; use [auth]")
+    auth = None
+    if "auth" in d:
+        if not isinstance(d["auth"], Mapping):
+            raise err("auth", "expected a table ([wallaroo.auth]) of the MLOps user's credentials")
+        auth = auth_config_from_mapping(d["auth"], file, "wallaroo.auth")
     workspace_id = d.get("workspace_id")
     if workspace_id is not None and (isinstance(workspace_id, bool) or not isinstance(workspace_id, int)
                                      or workspace_id < 0):
@@ -76,4 +94,4 @@ def preflight_config_from_mapping(d: Mapping[str, Any], file: str) -> PreflightC
     return PreflightConfig(api_url=api_url.rstrip("/") if api_url else None, deployment=string("deployment"),
                            workspace_id=workspace_id, pipeline=string("pipeline"),
                            wait_s=duration("wait", 300.0, 0.0), poll_interval_s=duration("poll_interval", 2.0, 0.01),
-                           timeout_s=duration("timeout", 10.0, 0.01))
+                           timeout_s=duration("timeout", 10.0, 0.01), auth=auth)

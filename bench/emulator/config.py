@@ -41,10 +41,10 @@ class EmulatorConfig:
     users: tuple[tuple[str, str], ...] = (("admin", "admin"),)
     startup_s: float = 0.0  # deployment reports Starting (and inference answers 503) for this long
     public_client_id: str = "sdk-client"  # Keycloak's public client (no secret), as the Wallaroo SDK logs users in
-    mlops_user_token: bool = False  # with require_token: MLOps routes take only user (password-grant) tokens
+    mlops_user_token: bool = True  # with require_token: MLOps routes take only user (password-grant) tokens
     deployment_status: str = ""  # after startup_s: this status (e.g. "Error"); "" = Running
-    unknown_deployment_status: int = 404  # get_deployment for a wrong name: 404, or 400/500 as today's platform
-    engine_info: bool = False  # get_deployment nests engine fields under "info", as today's platform does
+    unknown_deployment_status: int = 400  # get_deployment for a wrong name: 400 (or 500) as today's platform; 404
+    engine_info: bool = True  # get_deployment nests engine fields under "info", as today's platform does
     legacy_infer: bool = False  # older installs: …/pipelines/infer/{deployment} and the one-object answer
     # UbiOps
     ubiops_token: str = "Token emulator-ubiops-token"

@@ -28,7 +28,7 @@ class EmulatorContext:
     config: EmulatorConfig
     model: ServiceModel
     started_at: float = field(default_factory=time.monotonic)
-    tokens: TokenVerifier | None = None  # set by bench.emulator.app from bench.emulator.tokens when available
+    tokens: TokenVerifier | None = None  # a TokenSigner, set by bench.emulator.app.build_app when require_token
     metrics: Metrics = field(default_factory=Metrics)  # GET /metrics (bench.emulator.metrics)
 
     @classmethod

@@ -201,7 +201,9 @@ class EmbeddedEmulator:
 
     @property
     def wallaroo_url(self) -> str:
-        """The external Wallaroo inference URL."""
+        """The external Wallaroo inference URL (an older install's one-segment form with ``legacy_infer``)."""
+        if self.config.legacy_infer:
+            return f"{self.base_url}/v1/api/pipelines/infer/{self.config.deployment}"
         return f"{self.base_url}/v1/api/pipelines/infer/{self.config.deployment}/{self.config.pipeline}"
 
     @property

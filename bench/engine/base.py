@@ -7,7 +7,7 @@ owns the hot loop; it calls ``classify`` once per answer and ``sink.record`` onc
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -35,10 +35,19 @@ class EngineConfig:
 class Engine(Protocol):
     """An engine instance serves one run. Constructed as ``EngineClass(config, requests, classify, sink)``."""
 
-    abandoned: int
+    abandoned: int  # requests taken on and still unanswered when the run ended (the runner records them)
+
+    @property
+    def sent(self) -> int:
+        """Requests taken on (every one ends recorded once or counted in ``abandoned``)."""
 
     def set_headers(self, headers: Mapping[str, str]) -> None:
         """Replace/add request headers (e.g. a refreshed token) without pausing load."""
+
+    def watch_headers(self, names: Iterable[str], hook: Callable[[int, dict[str, str]], None] | None) -> None:
+        """Before ``run``: call ``hook(status, {name: value})`` with the answer headers named in ``names``
+        (``x-ratelimit-*`` is a prefix) once per final answer; ``None`` (the default) costs nothing per request.
+        See ``bench.engine.common.HeaderWatch``."""
 
     async def run(self, load: LoadSpec, stop: StopSignal) -> None:
         """Apply the load until stopped; every request ends in exactly one sink.record or sink.dropped."""

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from bench.engine.base import Classifier, EngineConfig, LoadSpec, RequestSet, ResultSink, StopSignal
 from bench.engine.loopmon import LoopMonitor
 from bench.engine.pacer import Pacer, Sweeper, sleep_until
 
-__all__ = ["DEFAULT_OPEN_LIMIT", "MAX_BACKOFF_S", "CallbackEngine", "EngineCore", "backoff_s"]
+__all__ = ["DEFAULT_OPEN_LIMIT", "MAX_BACKOFF_S", "CallbackEngine", "EngineCore", "HeaderWatch", "HeadersHook",
+           "backoff_s"]
 
 DEFAULT_OPEN_LIMIT = 1024  # open loop: max_in_flight when the load spec names none
 MAX_BACKOFF_S = 0.5
@@ -25,6 +26,55 @@ MAX_BACKOFF_S = 0.5
 def backoff_s(failures: int) -> float:
     """Pause before reconnecting after ``failures`` consecutive failed connects: don't spin on a refusing target."""
     return min(MAX_BACKOFF_S, 0.001 * 2.0 ** (failures - 1))
+
+
+HeadersHook = Callable[[int, dict[str, str]], None]
+
+
+class HeaderWatch:
+    """Which answer headers a headers hook wants, and the hook.
+
+    ``names``: header names, case-insensitive; a name ending in ``*`` is a prefix (``x-ratelimit-*``). The hook is
+    called as ``hook(status, {name: value})`` once per final answer (status >= 200, never 1xx), when its header
+    block arrives (before the body, so also for answers that fail afterwards), with lower-case names and only the
+    wanted headers (an empty dict when none came); repeated headers are joined with ", " (RFC 9110 5.3).
+    """
+
+    __slots__ = ("exact", "hook", "prefixes")
+
+    def __init__(self, names: Iterable[str], hook: HeadersHook) -> None:
+        exact: set[bytes] = set()
+        prefixes: list[bytes] = []
+        for name in names:
+            low = name.strip().lower()
+            base = low[:-1] if low.endswith("*") else low
+            if not base or any(c in base for c in "\r\n\0: *"):
+                raise ValueError(f"headers hook: bad header name {name!r}")
+            if base is low:
+                exact.add(base.encode("latin-1"))
+            else:
+                prefixes.append(base.encode("latin-1"))
+        self.exact = frozenset(exact)
+        self.prefixes = tuple(prefixes)
+        self.hook = hook
+
+    def wants(self, low_name: bytes) -> bool:
+        return low_name in self.exact or (bool(self.prefixes) and low_name.startswith(self.prefixes))
+
+    def pick(self, headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+        """The wanted ``headers`` (raw name/value pairs, any case) as a dict of lower-case names."""
+        out: dict[str, str] = {}
+        for name, value in headers:
+            low = name.lower()
+            if self.wants(low):
+                key = low.decode("latin-1")
+                text = value.decode("latin-1").strip()
+                out[key] = f"{out[key]}, {text}" if key in out else text
+        return out
+
+    def fire(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        if status >= 200:
+            self.hook(status, self.pick(headers))
 
 
 class EngineCore:
@@ -41,11 +91,27 @@ class EngineCore:
             raise ValueError("RequestSet has no bodies")
         rows = getattr(requests.bodies, "rows", None)  # a LazyBodies knows its row counts without encoding
         self._rows = list(rows) if isinstance(rows, list) else [b.rows for b in requests.bodies]
-        self._seq = 0
+        self._seq = 0  # requests taken on (put on the wire or waiting for a connection): see ``sent``
+        self._queued_at_end = 0  # set by an engine whose queued sends were counted abandoned at the end
         self._inflight = 0
         self._stopping = False
         self._max_requests = 0
         self._end_ns = 0
+        self._watch: HeaderWatch | None = None
+        self._started = False
+
+    def watch_headers(self, names: Iterable[str], hook: HeadersHook | None) -> None:
+        """Call ``hook(status, headers)`` with the chosen answer headers (see ``HeaderWatch``); ``None`` removes
+        it. Set before ``run``: the engines pick their per-connection parsers when connections open."""
+        if self._started:
+            raise RuntimeError("watch_headers must be called before run()")
+        self._watch = HeaderWatch(names, hook) if hook is not None else None
+
+    @property
+    def sent(self) -> int:
+        """Requests this engine took on (dropped sends excluded). After ``run``: every one was recorded once or
+        counted in ``abandoned`` — the runner checks ``sent == recorded + abandoned`` (bench.report.accounting)."""
+        return self._seq + self._queued_at_end
 
 
 class CallbackEngine(EngineCore):
@@ -70,6 +136,7 @@ class CallbackEngine(EngineCore):
 
     async def run(self, load: LoadSpec, stop: StopSignal) -> None:
         loop = asyncio.get_running_loop()
+        self._started = True
         self._loop = loop
         self._end_ns = load.end_ns
         self._max_requests = load.max_requests

@@ -208,6 +208,26 @@ class _Conn(asyncio.Protocol):
             self.transport.abort()
 
 
+class _WatchConn(_Conn):
+    """A connection whose answers' headers go to the engine's headers hook (``watch_headers``). A subclass, so
+    that without a hook httptools is given no ``on_header`` callback at all and the hot path costs nothing."""
+
+    __slots__ = ("hdrs",)
+
+    def __init__(self, eng: FastEngine, failures: int) -> None:
+        super().__init__(eng, failures)
+        self.hdrs: list[tuple[bytes, bytes]] = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.hdrs.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        hdrs, self.hdrs = self.hdrs, []
+        watch = self.eng._watch
+        if watch is not None and self.busy:
+            watch.fire(self.parser.get_status_code(), hdrs)
+
+
 class FastEngine(CallbackEngine):
     """Lean HTTP/1.1 keep-alive engine (see the module docstring). Constructed by the runner per run."""
 
@@ -259,6 +279,7 @@ class FastEngine(CallbackEngine):
             self._slot_next(None, now, 0)
 
     def _release(self) -> None:
+        self._queued_at_end += len(self._backlog)  # taken on, never written: sent (in the accounting) and abandoned
         self.abandoned += len(self._backlog)
         self._backlog.clear()
         self._connecting = 0
@@ -311,7 +332,7 @@ class FastEngine(CallbackEngine):
         conn.transport.write(w)
 
     def _new_conn(self, failures: int) -> _Conn:
-        conn = _Conn(self, failures)
+        conn = _Conn(self, failures) if self._watch is None else _WatchConn(self, failures)
         self._conns.add(conn)
         assert self._loop is not None
         if self._open:
@@ -374,8 +395,9 @@ class FastEngine(CallbackEngine):
             if self._stopping:
                 conn.dead = True
                 self._conns.discard(conn)
-                if conn.busy:
+                if conn.busy:  # assigned while the slot backed off, never sent: not taken on after all
                     conn.busy = conn.pending = False
+                    self._seq -= 1
                     self._inflight -= 1
                     self._check_drained()
                 return

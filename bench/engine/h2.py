@@ -264,17 +264,40 @@ class _Conn(asyncio.Protocol):
         eng = self.eng
         eng._batching = True
         try:
-            if self.buf:
-                data = self.buf + data
             try:
-                used = eng.receive(self, data)
+                start = self._complete(data) if self.buf else 0
+                if start < len(data) and not self.dead:
+                    used = eng.receive(self, data, start)
+                    self.buf = data[used:] if used < len(data) else b""
             except (fr.FrameError, HPACKError, ValueError, IndexError) as exc:
                 eng.conn_failed(self, _PROTOCOL, f"HTTP/2 protocol error: {exc!r}")
                 return
-            self.buf = data[used:] if used < len(data) else b""
         finally:
             eng._batching = False
             eng.flush()
+
+    def _complete(self, data: bytes) -> int:
+        """Finish the partial frame left in ``buf`` with the first bytes of ``data`` (not ``buf + data``: with big
+        reads that copied up to a whole read per callback, churning the heap); returns the bytes of ``data`` used."""
+        buf = self.buf
+        take = max(0, 9 - len(buf))
+        if take:
+            buf += data[:take]
+            if len(buf) < 9:
+                self.buf = buf
+                return len(data)
+        n = (buf[0] << 16) | (buf[1] << 8) | buf[2]
+        if n > fr.DEFAULT_MAX_FRAME:
+            raise fr.FrameError(f"frame of {n} octets exceeds SETTINGS_MAX_FRAME_SIZE", 6)
+        more = min(9 + n - len(buf), len(data) - take)
+        buf += data[take:take + more]
+        used = take + more
+        if len(buf) < 9 + n:
+            self.buf = buf
+            return used
+        self.buf = b""
+        self.eng.receive(self, buf, 0)
+        return used
 
     def eof_received(self) -> bool | None:
         return None
@@ -419,7 +442,6 @@ class H2Engine(CallbackEngine):
                 self._connect_failed(conn, _PROTOCOL, f"server did not negotiate h2 via ALPN (got {proto!r})",
                                      started)
                 return
-        self._fails[conn.slot] = 0
         # streams start once the server's SETTINGS arrive (its preface, sent at once): then its
         # max_concurrent_streams is known and no stream is refused for exceeding it
         conn.out += fr.PREFACE + _OUR_SETTINGS + fr.window_update(0, _WINDOW - _DEFAULT_WINDOW)
@@ -597,10 +619,9 @@ class H2Engine(CallbackEngine):
         self.flush()
 
     # -- answers --------------------------------------------------------------------------------------
-    def receive(self, conn: _Conn, data: bytes) -> int:
-        """Act on every whole frame at the start of ``data``; returns the bytes used. Runs inside data_received
-        (flushing happens after). Raises FrameError/HPACKError for what breaks the connection."""
-        off = 0
+    def receive(self, conn: _Conn, data: bytes, off: int = 0) -> int:
+        """Act on every whole frame of ``data`` from ``off``; returns the offset after the last one. Runs inside
+        data_received (flushing happens after). Raises FrameError/HPACKError for what breaks the connection."""
         end = len(data)
         unpack = fr.FRAME_HEADER.unpack_from
         streams = conn.streams
@@ -709,6 +730,9 @@ class H2Engine(CallbackEngine):
             return
         if st.status < 200:  # the first final status; 1xx answers are informational
             st.status = _status(headers)
+            watch = self._watch
+            if watch is not None:
+                watch.fire(st.status, headers)
         if flags & fr.END_STREAM:
             del conn.streams[sid]
             self._finish(conn, st)
@@ -743,7 +767,9 @@ class H2Engine(CallbackEngine):
             elif key == 5 and not fr.DEFAULT_MAX_FRAME <= value <= 2**24 - 1:  # MAX_FRAME_SIZE (we send 16 KiB)
                 raise fr.FrameError("SETTINGS_MAX_FRAME_SIZE out of range")
         conn.out += _SETTINGS_ACK
-        conn.ready = True
+        if not conn.ready:
+            conn.ready = True
+            self._fails[conn.slot] = 0  # the server speaks HTTP/2: the slot's connects succeed again
         self._start_waiting(conn)
         if conn.blocked:
             self._pump_blocked(conn)
@@ -760,6 +786,8 @@ class H2Engine(CallbackEngine):
         if kind != _OK:
             self.sink.error_detail(kind, status, body[:512])
         self._inflight -= 1
+        if conn.blocked and st in conn.blocked:  # answered before its body was all sent (e.g. an early 413)
+            conn.blocked.remove(st)
         self._free.append(st)
         if conn.waiting:
             self._start_waiting(conn)
@@ -844,6 +872,15 @@ class H2Engine(CallbackEngine):
             self.flush()
 
     def _teardown(self, conn: _Conn, kind: int, detail: str) -> None:
+        if not conn.ready:
+            # the server broke the connection before its SETTINGS (an HTTP/1.1-only server answers the preface
+            # with a 400 and closes): a failed connect, so the waiting requests fail and the slot backs off;
+            # moving them to a new connection would reconnect in a tight loop and record nothing
+            self._fails[conn.slot] += 1
+            if conn.transport is not None:
+                conn.transport.abort()
+            self._connect_failed(conn, kind, detail, conn.t_connect)
+            return
         conn.dead = True
         self._conns.discard(conn)
         if self._slots[conn.slot] is conn:

@@ -80,6 +80,7 @@ class HttpxEngine(EngineCore):
 
     async def run(self, load: LoadSpec, stop: StopSignal) -> None:
         loop = asyncio.get_running_loop()
+        self._started = True
         self._end_ns = load.end_ns
         self._max_requests = load.max_requests
         monitor = LoopMonitor(self.sink.loop_lag)
@@ -93,6 +94,11 @@ class HttpxEngine(EngineCore):
                 issuing_done.set_result(None)
 
         stop_task.add_done_callback(on_stop)
+        # closed loop: the deadline stops issuing even while every worker waits on an answer (a stalled server);
+        # the drain then bounds the wait and what is still out is abandoned -- the run ends by end + drain. (The
+        # open loop's dispatcher stops at the deadline by itself.)
+        end_timer = loop.call_later(max(0.0, (load.end_ns - time.monotonic_ns()) / 1e9), on_stop,
+                                    None) if load.mode == "closed" else None
         tasks: set[asyncio.Task[None]] = set()
         try:
             delay = (load.start_ns - time.monotonic_ns()) / 1e9
@@ -125,6 +131,8 @@ class HttpxEngine(EngineCore):
                 t.cancel()
             if tasks:
                 await asyncio.wait(list(tasks))
+            if end_timer is not None:
+                end_timer.cancel()
             monitor.stop()
             stop_task.cancel()
             for client in self._clients:
@@ -195,6 +203,9 @@ class HttpxEngine(EngineCore):
         try:
             request = client.build_request(self._method, self._url, content=body_out, headers=self._headers)
             response = await client.send(request, stream=True)
+            watch = self._watch
+            if watch is not None:
+                watch.fire(response.status_code, response.headers.raw)
             try:
                 chunks: list[bytes] = []
                 size = 0
@@ -217,7 +228,7 @@ class HttpxEngine(EngineCore):
         except asyncio.CancelledError:
             self.abandoned += 1
             raise
-        except (httpx.HTTPError, OSError) as exc:
+        except Exception as exc:  # any failure: a counted kind, never a lost request
             done = time.monotonic_ns()
             kind = httpx_kind(exc)
             self.sink.record(intended, sent, done, kind, 0, rows_in,

@@ -18,14 +18,16 @@ from typing import Any
 
 from bench.report.model import MEASURED, Report, RunData, Totals
 
-__all__ = ["ABANDONED", "CANCELLED", "ErrorKind", "accounted_errors_by_kind", "accounted_totals", "scrub_detail",
-           "top_errors", "unrecorded_errors"]
+__all__ = ["ABANDONED", "CANCELLED", "MISSING", "ErrorKind", "accounted_errors_by_kind", "accounted_totals",
+           "accounting_text", "request_accounting", "scrub_detail", "top_errors", "unrecorded_errors"]
 
 ABANDONED = "abandoned"  # in flight at the end of the run: sent, never answered before the drain ended
 CANCELLED = "cancelled"  # UbiOps batch: created, then cancelled by the run's end (never completed)
+MISSING = "missing"  # UbiOps batch: created, then unknown to the platform (a collect of that id alone: 404)
 SAMPLE_CHARS = 160
 _IN_FLIGHT_TEXT = {ABANDONED: "no answer before the run's end and drain (in flight at the end)",
-                   CANCELLED: "created but cancelled at the run's end (never completed)"}
+                   CANCELLED: "created but cancelled at the run's end (never completed)",
+                   MISSING: "created, then unknown to the platform (collect answered 404 for that id)"}
 _SECRET = re.compile(r"(?i)(authorization[\"'=:\s]+(?:(?:bearer|basic|token)\s+)?|bearer\s+|basic\s+|"
                      r"token[\"'=:\s]+|secret[\"'=:\s]+|passw(?:or)?d[\"'=:\s]+|api[_-]?key[\"'=:\s]+|"
                      r"signature[\"'=:\s]+|sig=)[^\s\"',}&]+")
@@ -52,6 +54,7 @@ def unrecorded_errors(report: Report) -> dict[str, int]:
         ubiops = ubiops if isinstance(ubiops, Mapping) else {}
         found[ABANDONED] = _count(extra.get(ABANDONED)) + _count(ubiops.get(ABANDONED))
         found[CANCELLED] = _count(ubiops.get(CANCELLED))
+        found[MISSING] = _count(ubiops.get(MISSING))
     recorded = _recorded_kinds(report.run)
     return {k: n for k, n in sorted(found.items()) if n and k not in recorded}
 
@@ -115,3 +118,30 @@ def top_errors(report: Report, limit: int = 5) -> list[ErrorKind]:
         text = samples.get(kind, (0, ""))[1]
         out.append(ErrorKind(kind, n, scrub_detail(text or _IN_FLIGHT_TEXT.get(kind, ""))))
     return out
+
+
+def request_accounting(run: RunData) -> dict[str, Any] | None:
+    """The run's own check of ``sent = ok + errors (by kind) + in flight at the end``, over both phases.
+
+    ``sent`` is counted by the data plane (the engine's requests taken on; UbiOps: direct requests, or batch items
+    in create calls), independently of the recorder's ok/error counts; ``in_flight_at_end`` are the requests the
+    recorder holds as kind ``abandoned``. ``holds`` is False when a request was lost on the way (a bug: shown in
+    the summary). None for a report whose run did not count its sends (older reports).
+    """
+    sent = run.counters.get("sent")
+    if sent is None:
+        return None
+    ok = sum(t.ok for t in run.totals.values())
+    errors = sum(t.errors for t in run.totals.values())
+    in_flight = run.counters.get("in_flight_at_end", 0)
+    return {"sent": sent, "ok": ok, "errors": errors - in_flight, "in_flight_at_end": in_flight,
+            "dropped": sum(t.dropped for t in run.totals.values()), "holds": sent == ok + errors}
+
+
+def accounting_text(acc: Mapping[str, Any]) -> str:
+    """One line: 'sent 8 = ok 0 + errors 0 + in flight at end 8 (holds)'."""
+    line = (f"sent {acc['sent']:,} = ok {acc['ok']:,} + errors {acc['errors']:,} + in flight at end "
+            f"{acc['in_flight_at_end']:,}")
+    if acc["holds"]:
+        return line + " (holds)"
+    return line.replace(" = ", " ≠ ", 1) + " — MISMATCH: requests were lost from the counts (a bench bug)"

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from bench.report.accounting import accounted_errors_by_kind, accounted_totals, top_errors
+from bench.report.accounting import (
+    accounted_errors_by_kind,
+    accounted_totals,
+    accounting_text,
+    request_accounting,
+    top_errors,
+)
 from bench.report.model import MEASURED, WARMUP, Histogram, Report
 from bench.report.server_metrics import server_latency
 
@@ -88,6 +94,7 @@ def summarize(report: Report) -> dict[str, Any]:
         "warmup_requests": run.total(WARMUP).requests,
         "schedule_lag_p99_ms": _views(run.histogram("schedule_lag", MEASURED))["p99"],
         "partial": run.partial,
+        "accounting": request_accounting(run),  # sent = ok + errors + in flight at end, both phases (or None)
         "other_ms": {name: _views(run.histogram(name, MEASURED)) for name in _other_metrics(report)},
         **_server(report, service),
     }
@@ -154,6 +161,8 @@ def render_summary(report: Report, console: Console) -> None:
         for e in s["top_errors"]:
             err.add_row(escape(e["kind"]), f"{e['count']:,}", escape(e["sample"]) or MISSING)
         console.print(err)
+    if s["accounting"] is not None:
+        console.print("accounting: " + accounting_text(s["accounting"]), markup=False, highlight=False)
     if s["generator_bound"]:
         console.print("[bold red]generator-bound[/]: the numbers may describe the harness, not the endpoint")
         for r in s["generator_bound_reasons"]:

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.ipc
 
 from bench.report.model import SCHEMA_VERSION, Histogram, Report, ReportMeta, RunData
-from bench.results import kind_name
+from bench.results import Kind, kind_name
 
 __all__ = ["SCHEMA", "default_report_path", "make_meta", "redact_scenario", "utc_iso", "write_report"]
 
@@ -211,7 +211,7 @@ def _batches(report: Report) -> Iterator[pa.RecordBatch]:
 def _raw_batches(path: Path, run: RunData) -> Iterator[pa.RecordBatch]:
     """Re-emit the recorder's raw stream in report layout, one batch at a time (tolerates a torn tail)."""
     warm_end_ns = int(run.phase("warmup").end_s * 1e9)
-    names = pa.array([kind_name(k) for k in range(13)], pa.string())
+    names = pa.array([kind_name(k) for k in range(len(Kind))], pa.string())
     with pa.OSFile(str(path), "rb") as f:
         try:
             reader = pyarrow.ipc.open_stream(f)

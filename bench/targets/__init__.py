@@ -94,6 +94,10 @@ class Target:
         """Extra time the runner allows after the planned end before it stops the run itself."""
         return 0.0
 
+    def end_note(self, extras: Mapping[str, Any]) -> str | None:
+        """One line for the end of the run from the report's metadata (e.g. UbiOps: budget use, cancels)."""
+        return None
+
     async def run(self, config: Any, bodies: Sequence[PreparedBody], sink: Any, spec: LoadSpec,
                   stop: StopSignal) -> Mapping[str, Any]:
         """Targets with their own data plane apply the load here; returns what they add to the report's metadata."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 from urllib.parse import quote, urlencode, urlsplit
 
 import orjson
@@ -30,8 +30,10 @@ __all__ = [
     "chunks",
     "classify_direct",
     "encode_plain",
+    "encode_plain_direct",
     "encode_structured",
     "error_message_of",
+    "plain_text",
     "read_token",
     "ubiops_config_from_mapping",
 ]
@@ -39,7 +41,9 @@ __all__ = [
 DEFAULT_BASE_URL = "https://api.ubiops.com/v2.1"
 MAX_BATCH = 250  # items per batch create / collect / cancel / delete call
 DIRECT_TIMEOUT_RANGE = (10, 3600)
-BATCH_TIMEOUT_MAX = 172800
+BATCH_TIMEOUT_MAX = 259_200  # 72 h, as the platform documents now (the older reference: 172,800 s)
+DEFAULT_CALLS_PER_MINUTE = 300  # the platform's documented per-IP limit on the requests endpoint group
+UBIOPS_KEYS = frozenset({"calls_per_minute"})
 TARGET_KEYS = frozenset({"kind", "url", "project", "deployment", "version", "token_env", "input", "fields",
                          "timeout", "mode", "batch_size", "poll_interval", "drain_timeout", "on_rate_limit"})
 
@@ -70,6 +74,7 @@ class UbiOpsConfig:
     drain_timeout_s: float = 60.0
     on_rate_limit: OnRateLimit = "count"
     token_env: str | None = None
+    calls_per_minute: int = DEFAULT_CALLS_PER_MINUTE  # the request budget ([ubiops] table); 0 = no budget
 
     def with_endpoint(self, base_url: str, token: str) -> UbiOpsConfig:
         """The same config pointed at another base URL (e.g. the embedded emulator) with its token."""
@@ -119,6 +124,13 @@ class UbiOpsConfig:
         return self.requests_url + ("?" + urlencode(params) if params else "")
 
     def headers(self) -> dict[str, str]:
+        """A plain direct request is a raw ``text/plain`` body, as the official client sends it; the rest JSON."""
+        plain = self.input_type == "plain" and self.mode == "direct"
+        return {"Authorization": authorization_value(self.token),
+                "Content-Type": "text/plain" if plain else "application/json", "Accept": "application/json"}
+
+    def control_headers(self) -> dict[str, str]:
+        """Headers of the JSON control calls (batch create, collect, cancel, get, PATCH)."""
         return {"Authorization": authorization_value(self.token), "Content-Type": "application/json",
                 "Accept": "application/json"}
 
@@ -205,9 +217,22 @@ class _Reader:
         return value
 
 
+def _calls_per_minute(table: Mapping[str, Any], file: str) -> int:
+    unknown = sorted(set(table) - UBIOPS_KEYS)
+    if unknown:
+        raise InputError(f"unknown key (known: {', '.join(sorted(UBIOPS_KEYS))})", file=file,
+                         key=f"ubiops.{unknown[0]}")
+    value = table.get("calls_per_minute", DEFAULT_CALLS_PER_MINUTE)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InputError(f"expected the calls per minute the requests API allows (an integer >= 0; 0 = no "
+                         f"budget), got {value!r}", file=file, key="ubiops.calls_per_minute")
+    return value
+
+
 def ubiops_config_from_mapping(target: Mapping[str, Any], file: str, *,
-                               environ: Mapping[str, str] | None = None) -> UbiOpsConfig:
-    """Validate a scenario's ``[target]`` table (kind = "ubiops").
+                               environ: Mapping[str, str] | None = None,
+                               ubiops: Mapping[str, Any] | None = None) -> UbiOpsConfig:
+    """Validate a scenario's ``[target]`` table (kind = "ubiops") and its ``[ubiops]`` table (the budget).
 
     The token is read from ``token_env`` unless url = "embedded" (the runner then injects the emulator's
     token with ``with_endpoint``).
@@ -269,7 +294,8 @@ def ubiops_config_from_mapping(target: Mapping[str, Any], file: str, *,
                         version=version, input_type=input_type,  # type: ignore[arg-type]
                         field_map=field_map, timeout_s=timeout_s, mode=mode,  # type: ignore[arg-type]
                         batch_size=batch_size, poll_interval_s=poll, drain_timeout_s=drain,
-                        on_rate_limit=on_rate_limit, token_env=token_env)  # type: ignore[arg-type]
+                        on_rate_limit=on_rate_limit, token_env=token_env,  # type: ignore[arg-type]
+                        calls_per_minute=_calls_per_minute(ubiops or {}, file))
 
 
 # --- encoders ---------------------------------------------------------------------------------------------
@@ -287,15 +313,23 @@ def encode_structured(records: Sequence[Mapping[str, Any]], field_map: Mapping[s
     return orjson.dumps(items[0] if len(items) == 1 else items, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def encode_plain(records: Sequence[Mapping[str, Any]], field_map: Mapping[str, str]) -> bytes:
-    """A JSON string: the mapped column's value for a single row, else the rows as pandas-records JSON."""
+def plain_text(records: Sequence[Mapping[str, Any]], field_map: Mapping[str, str]) -> str:
+    """A plain input: the mapped column's value for a single row, else the rows as pandas-records JSON."""
     if len(records) == 1 and len(field_map) == 1:
         (column,) = field_map
         value = records[0].get(column)
-        text = value if isinstance(value, str) else orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
-    else:
-        text = orjson.dumps([dict(r) for r in records], option=orjson.OPT_SERIALIZE_NUMPY).decode()
-    return orjson.dumps(text)
+        return value if isinstance(value, str) else orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    return orjson.dumps([dict(r) for r in records], option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+def encode_plain(records: Sequence[Mapping[str, Any]], field_map: Mapping[str, str]) -> bytes:
+    """A plain batch item: the text as a JSON string (a batch body is a JSON list of strings)."""
+    return orjson.dumps(plain_text(records, field_map))
+
+
+def encode_plain_direct(records: Sequence[Mapping[str, Any]], field_map: Mapping[str, str]) -> bytes:
+    """A plain direct request: the raw text (sent as ``text/plain``, as the official client does)."""
+    return plain_text(records, field_map).encode()
 
 
 def batch_body(items: Sequence[bytes]) -> bytes:
@@ -303,13 +337,7 @@ def batch_body(items: Sequence[bytes]) -> bytes:
     return b"[" + b",".join(items) + b"]"
 
 
-class _Table(Protocol):
-    num_rows: int
-
-    def slice(self, offset: int, length: int) -> Any: ...
-
-
-def build_ubiops_bodies(cfg: UbiOpsConfig, table: _Table, rows_per_request: int) -> list[PreparedBody]:
+def build_ubiops_bodies(cfg: UbiOpsConfig, table: Any, rows_per_request: int) -> list[PreparedBody]:
     """Pre-encode every input once. Direct mode: a whole request body each. Batch mode: one batch item each
     (a structured batch item is a single object, so rows_per_request must be 1)."""
     if cfg.mode == "batch" and cfg.input_type == "structured" and rows_per_request != 1:
@@ -317,7 +345,10 @@ def build_ubiops_bodies(cfg: UbiOpsConfig, table: _Table, rows_per_request: int)
                          key="data.rows_per_request")
     if rows_per_request < 1:
         raise InputError("must be >= 1", key="data.rows_per_request")
-    encode = encode_structured if cfg.input_type == "structured" else encode_plain
+    from bench.data import records_from_table
+
+    encode = (encode_structured if cfg.input_type == "structured"
+              else encode_plain_direct if cfg.mode == "direct" else encode_plain)
     if cfg.field_map and table.num_rows:
         columns = set(table.slice(0, 1).to_pylist()[0])
         missing = sorted(set(cfg.field_map) - columns)
@@ -325,8 +356,9 @@ def build_ubiops_bodies(cfg: UbiOpsConfig, table: _Table, rows_per_request: int)
             raise InputError(f"dataset has no column {missing[0]!r} (columns: {', '.join(sorted(columns))})",
                              key=f"target.fields.{missing[0]}")
     out: list[PreparedBody] = []
-    for start in range(0, table.num_rows, rows_per_request):
-        records: list[dict[str, Any]] = table.slice(start, rows_per_request).to_pylist()
+    every = records_from_table(table)  # float32 written as float32 text (not float64: 1.75x the bytes)
+    for start in range(0, len(every), rows_per_request):
+        records = every[start:start + rows_per_request]
         out.append(PreparedBody(body=encode(records, cfg.field_map), rows=len(records)))
     if not out:
         raise InputError("the dataset has no rows", key="data.path")

@@ -2,8 +2,10 @@
 
 Every created id is tracked from its create-sent time until the collector first sees it finished; three
 histograms are recorded (client end-to-end, server queue, server processing), and the invariant
-created = completed + failed + cancelled + abandoned is checked and stored. Create / collect / cancel are
-control-plane calls on httpx.
+created = completed + failed + cancelled + abandoned + missing is checked and stored. Every call draws on
+the request budget (bench.targets.ubiops_budget), and the collector spaces its polls to fit it. A collect
+that answers 404 (one unknown id makes the platform return nothing) is bisected until the missing ids are
+isolated; they are counted as ``missing``. Create / collect / cancel are control-plane calls on httpx.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import orjson
 from bench.failures import httpx_kind
 from bench.results import Kind, LoadSpec, StopSignal
 from bench.targets.ubiops import MAX_BATCH, UbiOpsConfig, batch_body, chunks, error_message_of
+from bench.targets.ubiops_cancel import cancel_requests
 from bench.targets.ubiops_plane import (
     CANCEL_DEADLINE_S,
     MAX_COLLECT_CALLS_PER_TICK,
@@ -123,7 +126,7 @@ class Batch:
             items = self._take_chunk()
             if not items:
                 return
-            if not await self.gate.acquire(self.stop, self.load.end_ns):
+            if not await self.gate.acquire(self.stop, self.load.end_ns, purpose="create"):
                 return
             chunk = await self._create(client, items, now_ns())
             if chunk is None:  # refused: do not hammer; wait one poll interval
@@ -145,7 +148,7 @@ class Batch:
             await pace_open_loop(self.load, self.stop, self.creates, partial(drop, self.sink, self.stats), launch)
 
     async def _open_create(self, client: httpx.AsyncClient, items: list[int], intended: int) -> None:
-        if await self.gate.acquire(self.stop, self.load.end_ns):
+        if await self.gate.acquire(self.stop, self.load.end_ns, purpose="create"):
             await self._create(client, items, intended)
         else:
             drop(self.sink, self.stats, intended)
@@ -153,7 +156,6 @@ class Batch:
     async def _create(self, client: httpx.AsyncClient, items: list[int], intended: int) -> _Chunk | None:
         """One batch create call (gate slot already acquired). Returns the chunk when requests were created."""
         body = batch_body([self.inputs[i] for i in items])
-        rows = sum(self.rows[i] for i in items)
         self.creates.up()
         self.stats.sent += 1
         sent = now_ns()
@@ -161,9 +163,9 @@ class Batch:
             # shielded: once sent, the answer (and so the ids) must be read even when the run is cancelled
             with anyio.CancelScope(shield=True):
                 resp = await client.post(self.batch_url, content=body)
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # every failure is counted by kind, never a crashed run
             kind = httpx_kind(exc)
-            self.sink.record(intended, sent, now_ns(), kind, 0, rows, len(body), 0, 0)
+            self._refused(items, intended, sent, now_ns(), kind, 0, 0)
             detail = f"{type(exc).__name__}: {exc}".encode()[:512]
             self.sink.error_detail(kind, 0, detail)
             self.stats.note_error(detail)
@@ -179,7 +181,7 @@ class Batch:
         if ids is None:
             kind = Kind.RATE_LIMITED if resp.status_code == 429 else (
                 Kind.HTTP_ERROR if resp.status_code >= 300 else Kind.BAD_RESPONSE)
-            self.sink.record(intended, sent, done, kind, resp.status_code, rows, len(body), len(resp.content), 0)
+            self._refused(items, intended, sent, done, kind, resp.status_code, len(resp.content))
             detail = error_message_of(resp.content)
             self.sink.error_detail(kind, resp.status_code, detail)
             self.stats.note_error(detail)
@@ -197,6 +199,13 @@ class Batch:
         self.stats.created += len(ids)
         return chunk
 
+    def _refused(self, items: list[int], intended: int, sent: int, done: int, kind: int, status: int,
+                 bytes_in: int) -> None:
+        """A create call that created nothing: each of its items is one request that failed that way."""
+        for k, i in enumerate(items):
+            self.sink.record(intended, sent, done, kind, status, self.rows[i], len(self.inputs[i]),
+                             bytes_in if k == 0 else 0, 0)
+
     def _created_ids(self, resp: httpx.Response) -> list[tuple[str, str]] | None:
         try:
             doc = orjson.loads(resp.content)
@@ -210,52 +219,111 @@ class Batch:
         return out or None
 
     # --- collecting ---------------------------------------------------------------------------------------
+    def _budget_floor_s(self, calls: int) -> float:
+        """The shortest poll interval the budget affords after a tick of ``calls`` collect calls: half the
+        budget while creates still need it, 90 % once only the drain is left (the rest is cancel's reserve)."""
+        budget = self.gate.budget
+        if not budget.limited:
+            return 0.0
+        share = 0.9 if self.all_seen is not None or self.stats.interrupted else 0.5
+        return max(1, calls) / budget.rate_for(share)
+
     async def _collector(self, client: httpx.AsyncClient) -> None:
+        calls = 1
         while True:  # ends when the run cancels it
-            await anyio.sleep(self.interval)
+            interval = max(self.interval, self._budget_floor_s(calls))
+            await anyio.sleep(interval)
             self._ticks += 1
-            self._interval_sum += self.interval
-            self.stats.poll_interval_max_s = max(self.stats.poll_interval_max_s, self.interval)
-            self.sink.gauge("batch_poll_interval_ms", self.interval * 1000)
-            self.sink.record_named("batch_poll_interval", int(self.interval * 1e9))
+            self._interval_sum += interval
+            self.stats.poll_interval_max_s = max(self.stats.poll_interval_max_s, interval)
+            self.sink.gauge("batch_poll_interval_ms", interval * 1000)
+            self.sink.record_named("batch_poll_interval", int(interval * 1e9))
+            before = self.stats.collect_calls
             seen = await self._collect_once(client)
+            calls = self.stats.collect_calls - before
             self.interval = (max(self.interval_lo, self.interval / 2) if seen
                              else min(self.interval_hi, self.interval * 1.5))
 
     async def _collect_once(self, client: httpx.AsyncClient) -> int:
-        """Poll the oldest pending ids; returns how many finished requests were seen."""
+        """Poll the oldest pending ids, group by group while at least half of a group had finished (completions
+        are roughly FIFO: newer groups are unlikely to be done when an older one is not); returns how many
+        finished requests were seen."""
         ids = list(self.pending)[:MAX_BATCH * MAX_COLLECT_CALLS_PER_TICK]
         finished = 0
         for group in chunks(ids, MAX_BATCH):
-            if not await self.gate.acquire(self.stop):
+            seen = await self._collect_group(client, group, bisecting=False)
+            if seen is None:
                 break
-            try:
-                resp = await client.post(self.collect_url, content=orjson.dumps(list(group)))
-            except httpx.HTTPError as exc:
-                self.sink.count("collect_errors")
-                self.stats.note_error(f"collect: {type(exc).__name__}: {exc}".encode()[:512])
+            finished += seen
+            if self.gate.budget.limited and seen * 2 < len(group):
                 break
-            finally:
-                self.gate.release()
-            now = now_ns()
-            self.stats.collect_calls += 1
-            self.gate.observe(resp.headers, resp.status_code)
-            if resp.status_code == 429:
-                self.sink.count("collect_rate_limited")
-                break
-            if not 200 <= resp.status_code < 300:
-                self.sink.count("collect_errors")
-                self.stats.note_error(b"collect: " + error_message_of(resp.content))
-                continue
-            try:
-                details = orjson.loads(resp.content)
-            except orjson.JSONDecodeError:
-                self.sink.count("collect_errors")
-                continue
-            for d in details if isinstance(details, list) else ():
-                if isinstance(d, dict):
-                    finished += self._seen(d, now)
         return finished
+
+    async def _collect_group(self, client: httpx.AsyncClient, group: Sequence[str], *, bisecting: bool) -> int | None:
+        """One collect call; a 404 (one unknown id makes the platform return nothing) is bisected until the
+        missing ids are isolated. Returns finished requests seen, None when the tick should end."""
+        if not await self.gate.acquire(self.stop, purpose="collect"):
+            return None
+        try:
+            resp = await client.post(self.collect_url, content=orjson.dumps(list(group)))
+        except httpx.HTTPError as exc:
+            self.sink.count("collect_errors")
+            self.stats.note_error(f"collect: {type(exc).__name__}: {exc}".encode()[:512])
+            return None
+        finally:
+            self.gate.release()
+        now = now_ns()
+        self.stats.collect_calls += 1
+        if bisecting:
+            self.stats.collect_bisect_calls += 1
+        self.gate.observe(resp.headers, resp.status_code)
+        if resp.status_code == 429:
+            self.sink.count("collect_rate_limited")
+            return None
+        if resp.status_code == 404:
+            if len(group) == 1:
+                self._missing(group[0], resp.content)
+                return 0
+            half = len(group) // 2
+            found = 0
+            for part in (group[:half], group[half:]):
+                seen = await self._collect_group(client, part, bisecting=True)
+                if seen is None:
+                    return None
+                found += seen
+            return found
+        if not 200 <= resp.status_code < 300:
+            self.sink.count("collect_errors")
+            self.stats.note_error(b"collect: " + error_message_of(resp.content))
+            return 0
+        try:
+            details = orjson.loads(resp.content)
+        except orjson.JSONDecodeError:
+            self.sink.count("collect_errors")
+            return 0
+        finished = 0
+        for d in details if isinstance(details, list) else ():
+            if isinstance(d, dict):
+                finished += self._seen(d, now)
+        return finished
+
+    def _missing(self, request_id: str, content: bytes) -> None:
+        """The platform does not know this id any more (deleted, expired): its own kind, never polled again."""
+        tr = self.pending.pop(request_id, None)
+        if tr is None:
+            return
+        self.stats.missing += 1
+        self.sink.count("batch_missing")
+        self.sink.record(tr.intended_ns, tr.sent_ns, now_ns(), Kind.MISSING, 0, tr.rows, tr.bytes_out, 0, 0)
+        self.stats.note_error(b"collect: request not found: " + error_message_of(content))
+        self._settled(tr)
+
+    def _settled(self, tr: _Tracked) -> None:
+        tr.chunk.remaining -= 1
+        if tr.chunk.remaining <= 0:
+            tr.chunk.done.set()
+        if not self.pending and self.all_seen is not None:
+            self.all_seen.set()
 
     def _seen(self, d: Mapping[str, Any], now: int) -> int:
         tr = self.pending.get(str(d.get("id")))
@@ -292,11 +360,8 @@ class Batch:
             self.stats.note_error(detail)
         else:
             self.stats.cancelled += 1
-        tr.chunk.remaining -= 1
-        if tr.chunk.remaining <= 0:
-            tr.chunk.done.set()
-        if not self.pending and self.all_seen is not None:
-            self.all_seen.set()
+            self.sink.record(tr.intended_ns, tr.sent_ns, now, Kind.CANCELLED, 0, tr.rows, tr.bytes_out, bytes_in, 0)
+        self._settled(tr)
         return 1
 
     # --- ending -------------------------------------------------------------------------------------------
@@ -310,26 +375,14 @@ class Batch:
         await first_of(self.stop, self.all_seen, self.cfg.drain_timeout_s)
 
     async def _cancel_leftovers(self, client: httpx.AsyncClient) -> None:
-        """Cancel every still-pending request (≤ 250 ids per call) and count them as abandoned."""
+        """Cancel every still-pending request (batch route, else per-request PATCH) and count them abandoned."""
         leftovers = list(self.pending)
         self.pending.clear()
         self.stats.abandoned += len(leftovers)
-        for group in chunks(leftovers, MAX_BATCH):
-            while True:
-                try:
-                    resp = await client.post(self.cancel_url, content=orjson.dumps(list(group)))
-                except httpx.HTTPError as exc:
-                    self.stats.note_error(f"cancel: {type(exc).__name__}: {exc}".encode()[:512])
-                    self.sink.count("cancel_errors")
-                    break
-                self.stats.cancel_calls += 1
-                self.gate.observe(resp.headers, resp.status_code)
-                if resp.status_code != 429:
-                    if not 200 <= resp.status_code < 300:
-                        self.sink.count("cancel_errors")
-                        self.stats.note_error(b"cancel: " + error_message_of(resp.content))
-                    break
-                await anyio.sleep(max(0.05, (self.gate.reset_at_ns - now_ns()) / 1e9 + 0.02))
+        self.sink.abandoned(len(leftovers), now_ns())  # in flight at the end: errors of kind 'abandoned'
+        if leftovers:
+            await cancel_requests(self.cfg, client, self.gate, self.sink, self.stats, leftovers,
+                                  now_ns() + int(CANCEL_DEADLINE_S * 1e9))
 
     def _finish_counts(self) -> None:
         s = self.stats
@@ -337,7 +390,8 @@ class Batch:
             s.poll_interval_mean_s = self._interval_sum / self._ticks
         for name in ("created", "completed", "failed", "cancelled", "abandoned"):
             self.sink.count(f"batch_{name}", getattr(s, name))
-        s.invariant_ok = s.created == s.completed + s.failed + s.cancelled + s.abandoned
+        s.invariant_ok = s.created == s.completed + s.failed + s.cancelled + s.abandoned + s.missing
+        self.sink.count("sent", s.created + s.create_rejected + s.create_unknown)  # items: the requests
         self.sink.count("batch_invariant_broken", 0 if s.invariant_ok else 1)
         if s.poll_interval_mean_s:
             self.sink.gauge("batch_poll_interval_mean_ms", s.poll_interval_mean_s * 1000)

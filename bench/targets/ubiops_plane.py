@@ -16,6 +16,7 @@ import httpx
 
 from bench.results import LoadSpec, ResultSink, StopSignal
 from bench.targets.ubiops import UbiOpsConfig
+from bench.targets.ubiops_budget import Budget
 
 __all__ = ["CANCEL_DEADLINE_S", "MAX_COLLECT_CALLS_PER_TICK", "MAX_ERROR_SAMPLES", "TERMINAL", "Flight", "RateGate",
            "UbiOpsSink", "UbiOpsStats", "client_for", "drop", "first_of", "header_int", "now_ns", "pace_open_loop"]
@@ -36,6 +37,8 @@ class UbiOpsSink(ResultSink, Protocol):
 
     def gauge(self, name: str, value: float) -> None: ...
 
+    def abandoned(self, n: int, at_ns: int) -> None: ...
+
 
 @dataclass
 class UbiOpsStats:
@@ -54,6 +57,13 @@ class UbiOpsStats:
     create_unknown: int = 0  # batch items whose create call broke off (they may exist unseen)
     collect_calls: int = 0
     cancel_calls: int = 0
+    missing: int = 0  # batch ids the platform no longer knows (a collect of that id alone answered 404)
+    collect_bisect_calls: int = 0  # collect calls spent isolating missing ids
+    cancel_requested: int = 0  # leftovers the run asked the platform to cancel at its end
+    cancel_confirmed: int = 0  # ... that the platform reported cancelled
+    cancel_unconfirmed: int = 0  # ... that it could not cancel (route missing, refused, out of time, finished)
+    cancel_route: str = ""  # "batch" (POST …/requests/cancel) or "patch" (per request, the older API)
+    budget: dict[str, Any] = field(default_factory=dict)  # bench.targets.ubiops_budget.Budget.summary()
     rate_limit_pauses: int = 0
     rate_limit_pause_s: float = 0.0
     poll_interval_mean_s: float = 0.0  # the resolution of batch end-to-end latency
@@ -89,8 +99,9 @@ class RateGate:
     """Follows the x-ratelimit-* headers. In backoff mode it holds sends while the window's remaining budget
     (minus what is already in flight) is spent, until the announced reset; in count mode it only records."""
 
-    def __init__(self, sink: UbiOpsSink, stats: UbiOpsStats, backoff: bool) -> None:
+    def __init__(self, sink: UbiOpsSink, stats: UbiOpsStats, backoff: bool, budget: Budget | None = None) -> None:
         self.sink, self.stats, self.backoff = sink, stats, backoff
+        self.budget = budget or Budget(0)
         self.remaining: int | None = None
         self.reset_at_ns = 0
         self.in_flight = 0
@@ -113,12 +124,21 @@ class RateGate:
             self.reset_at_ns = now_ns() + reset * 1_000_000_000
         if status == 429:
             self.stats.rate_limited += 1
+            self.sink.count("ratelimit_429")
             self.remaining = 0
-            if reset is None:  # no header: hold for a second, then probe again
-                self.reset_at_ns = max(self.reset_at_ns, now_ns() + 1_000_000_000)
+            retry_after = header_int(headers, "retry-after")
+            wait_s = retry_after if retry_after is not None else reset
+            if wait_s is None:  # no header: hold for a second, then probe again
+                wait_s = 1
+            self.reset_at_ns = max(self.reset_at_ns, now_ns() + wait_s * 1_000_000_000)
+            self.budget.honour(wait_s)
 
-    async def acquire(self, stop: StopSignal, until_ns: int | None = None) -> bool:
-        """Wait (backoff mode) until a send fits in the window; False when stopped or past ``until_ns``."""
+    async def acquire(self, stop: StopSignal | None, until_ns: int | None = None, purpose: str = "direct") -> bool:
+        """Wait for the budget's token, then (backoff mode) until a send fits in the server's window; False when
+        stopped or past ``until_ns``. ``purpose`` (create, collect, cancel, direct) is what the budget counts."""
+        if not await self.budget.take(purpose, stop, None if until_ns is None else until_ns / 1e9):
+            return False
+        stop = stop or _NEVER
         while True:
             if stop.is_set() or (until_ns is not None and now_ns() >= until_ns):
                 return False
@@ -150,6 +170,19 @@ class RateGate:
 
     def release(self) -> None:
         self.in_flight -= 1
+
+
+class _Never:
+    """A stop signal that is never set (cleanup calls that must not be stopped by the run's stop)."""
+
+    def is_set(self) -> bool:
+        return False
+
+    async def wait(self) -> None:
+        await anyio.sleep_forever()
+
+
+_NEVER = _Never()
 
 
 class Flight:
@@ -216,4 +249,5 @@ async def pace_open_loop(load: LoadSpec, stop: StopSignal, busy: Flight, drop: C
 def client_for(cfg: UbiOpsConfig, connections: int, read_timeout_s: float) -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     timeout = httpx.Timeout(connect=10.0, read=read_timeout_s, write=30.0, pool=None)
-    return httpx.AsyncClient(headers=cfg.headers(), limits=limits, timeout=timeout)
+    return httpx.AsyncClient(headers=cfg.headers() if cfg.mode == "direct" else cfg.control_headers(),
+                             limits=limits, timeout=timeout)

@@ -14,6 +14,7 @@ from bench.failures import httpx_kind
 from bench.results import Kind, LoadSpec, StopSignal
 from bench.targets.ubiops import UbiOpsConfig, classify_direct, error_message_of
 from bench.targets.ubiops_batch import Batch
+from bench.targets.ubiops_budget import Budget
 from bench.targets.ubiops_plane import (
     Flight,
     RateGate,
@@ -43,11 +44,20 @@ async def run_ubiops(cfg: UbiOpsConfig, inputs: Sequence[bytes], rows_per_input:
     if len(rows) != len(inputs):
         raise ValueError("rows_per_input must have one entry per input")
     stats = UbiOpsStats(mode=cfg.mode)
-    gate = RateGate(sink, stats, cfg.on_rate_limit == "backoff")
-    if cfg.mode == "direct":
-        await _Direct(cfg, inputs, rows, sink, load, stop, stats, gate).run()
-    else:
-        await Batch(cfg, inputs, rows, sink, load, stop, stats, gate).run()
+    # direct + on_rate_limit = "count" is a deliberate overload: sent on schedule, 429s counted, no budget
+    budget = Budget(cfg.calls_per_minute if cfg.mode == "batch" or cfg.on_rate_limit == "backoff" else 0)
+    # batch mode never spends past the server's announced window (its own calls must never cause a 429)
+    gate = RateGate(sink, stats, cfg.on_rate_limit == "backoff" or cfg.mode == "batch", budget)
+    try:
+        if cfg.mode == "direct":
+            await _Direct(cfg, inputs, rows, sink, load, stop, stats, gate).run()
+        else:
+            await Batch(cfg, inputs, rows, sink, load, stop, stats, gate).run()
+    finally:
+        stats.budget = budget.summary()
+        for name, value in stats.budget.items():
+            if name.endswith("_calls") and isinstance(value, int):
+                sink.count(name, value)
     return stats
 
 
@@ -87,8 +97,8 @@ class _Direct:
         with anyio.move_on_after(self.load.drain_s):
             await self.flight.idle.wait()
         self.stats.abandoned = self.flight.n
-        if self.flight.n:
-            self.sink.count("abandoned", self.flight.n)
+        self.sink.abandoned(self.flight.n, now_ns())  # in flight at the end: errors of kind 'abandoned'
+        self.sink.count("sent", self.stats.sent)
         scope.cancel()
 
     def _running(self) -> bool:
@@ -139,7 +149,7 @@ class _Direct:
         self.stats.sent += 1
         try:
             resp = await client.post(self.url, content=body)
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # every failure is counted by kind, never a crashed run
             done = now_ns()
             kind = httpx_kind(exc)
             self.sink.record(intended, sent, done, kind, 0, rows_in, len(body), 0, 0)

@@ -26,7 +26,7 @@ class UbiOpsTarget(Target):
     lag_bound_ms = 10.0  # batch mode is paced in chunks, direct answers take milliseconds: 1 ms of lag is no fault
 
     def config(self, sc: Scenario) -> UbiOpsConfig:
-        return ubiops_config_from_mapping(sc.target.raw, sc.file)
+        return ubiops_config_from_mapping(sc.target.raw, sc.file, ubiops=sc.ubiops)
 
     def bodies(self, sc: Scenario, config: Any) -> list[PreparedBody]:
         return list(build_ubiops_bodies(config, read_table(sc), sc.data.rows_per_request))
@@ -52,6 +52,31 @@ class UbiOpsTarget(Target):
 
     def drain_grace_s(self, config: Any) -> float:
         return float(config.drain_timeout_s) + 5.0
+
+    def end_note(self, extras: Mapping[str, Any]) -> str | None:
+        """How much of the request budget the run used (polling's share), and what its end cancelled."""
+        stats = extras.get("ubiops")
+        if not isinstance(stats, Mapping):
+            return None
+        raw_budget = stats.get("budget")
+        budget: Mapping[str, Any] = raw_budget if isinstance(raw_budget, Mapping) else {}
+        parts = []
+        per_min = budget.get("budget_calls_per_minute")
+        if per_min:
+            used = budget.get("budget_used_fraction")
+            polled = budget.get("budget_collect_fraction")
+            parts.append(f"request budget {per_min}/min: {budget.get('budget_calls', 0)} calls"
+                         + (f" ({used:.0%} of it)" if isinstance(used, float) else "")
+                         + (f", polling {polled:.0%}" if isinstance(polled, float) else ""))
+        if stats.get("rate_limited"):
+            parts.append(f"{stats['rate_limited']} answered 429")
+        if stats.get("missing"):
+            parts.append(f"{stats['missing']} missing on the platform")
+        if stats.get("cancel_requested"):
+            parts.append(f"cancelled {stats.get('cancel_confirmed', 0)} of {stats['cancel_requested']} left over"
+                         + (f", {stats['cancel_unconfirmed']} could not be (they may still run)"
+                            if stats.get("cancel_unconfirmed") else ""))
+        return "ubiops: " + "; ".join(parts) if parts else None
 
     async def run(self, config: Any, bodies: Sequence[PreparedBody], sink: Any, spec: LoadSpec,
                   stop: StopSignal) -> Mapping[str, Any]:

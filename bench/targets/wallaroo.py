@@ -33,8 +33,8 @@ from bench.targets import Request, SectionRules, Target, read_table
 if TYPE_CHECKING:
     from bench.scenario import Scenario, TargetConfig
 
-__all__ = ["ARROW_FILE", "PANDAS_RECORDS", "TARGET", "WallarooTarget", "dataset_params", "error_message",
-           "error_source", "inference_url", "internal_url", "make_classifier", "request_headers",
+__all__ = ["ARROW_FILE", "PANDAS_RECORDS", "TARGET", "WallarooTarget", "dataset_params", "dataset_query",
+           "error_message", "error_source", "inference_url", "internal_url", "make_classifier", "request_headers",
            "with_dataset_params", "with_query"]
 
 PANDAS_RECORDS = "application/json; format=pandas-records"
@@ -148,9 +148,36 @@ def _json_elapsed(body: bytes) -> int:
         return 0
 
 
+def _legacy_rows(body: bytes) -> tuple[int, int]:
+    """(rows, elapsed ns) of an older install's answer — one object per request (alone or in a one-item array)
+    whose ``outputs`` tensors carry ``dim`` = [rows, …]; (-1, 0) when the body is not that shape."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return -1, 0
+    if isinstance(doc, list) and len(doc) == 1:
+        doc = doc[0]
+    if not isinstance(doc, dict) or not isinstance(doc.get("outputs"), list):
+        return -1, 0
+    rows = -1
+    for out in doc["outputs"]:
+        tensor = next(iter(out.values()), None) if isinstance(out, dict) and len(out) == 1 else None
+        dim = tensor.get("dim") if isinstance(tensor, dict) else None
+        if isinstance(dim, list) and dim and isinstance(dim[0], int) and not isinstance(dim[0], bool):
+            rows = dim[0] if rows < 0 else min(rows, dim[0])
+    elapsed = doc.get("elapsed")
+    return rows, elapsed if isinstance(elapsed, int) and not isinstance(elapsed, bool) and elapsed > 0 else 0
+
+
 def _classify_json(status: int, body: bytes, rows_in: int) -> tuple[int, int, int]:
     if 200 <= status < 300:
         rows = _json_rows(body, rows_in)
+        if rows == rows_in and (rows != 1 or body.startswith(_FIRST)):
+            return _OK, rows, _json_elapsed(body)
+        if rows <= 1:  # maybe an older install's one-object answer (rows counted from dim)
+            legacy, elapsed = _legacy_rows(body)
+            if legacy >= 0:
+                return (_OK if legacy == rows_in else _BAD), legacy, elapsed
         if rows < 0:
             return _BAD, 0, 0
         return (_OK if rows == rows_in else _BAD), rows, _json_elapsed(body)
@@ -231,11 +258,49 @@ def _format(target: TargetConfig) -> Literal["pandas-records", "arrow"]:
     return "arrow" if target.format == "arrow" else "pandas-records"
 
 
+def dataset_query(target: TargetConfig, file: str) -> list[tuple[str, str]]:
+    """The ``dataset[]`` / ``dataset.exclude[]`` / ``dataset.separator`` parameters a ``[target]`` asks for.
+
+    ``dataset`` (list: the answer's columns, e.g. ["*"]), ``dataset_exclude`` (list; default none, so the answer
+    keeps ``metadata`` and with it the server-side ``elapsed`` bench reports — the SDK's own default excludes it)
+    and ``dataset_separator`` (e.g. "."). ``dataset_params = true`` still means the SDK's defaults (``dataset[]=*``,
+    ``dataset.exclude[]=metadata``, ``dataset.separator=.``: no server time); nothing given sends nothing.
+    """
+    raw = target.raw
+    given = [k for k in ("dataset", "dataset_exclude", "dataset_separator") if k in raw]
+    if target.dataset_params:
+        if given:
+            raise InputError(f"give dataset_params = true (the SDK's defaults) or {given[0]}, not both; "
+                             "migrate to dataset = [\"*\"], dataset_exclude = [\"metadata\"], "
+                             "dataset_separator = \".\"", file=file, key=f"target.{given[0]}")
+        return dataset_params()
+    if not given:
+        return []
+
+    def names(key: str, default: Sequence[str]) -> list[str]:
+        value = raw.get(key, list(default))
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise InputError(f"expected a list of column names such as [\"*\"], got {value!r}", file=file,
+                             key=f"target.{key}")
+        return value
+
+    separator = raw.get("dataset_separator")
+    if separator is not None and (not isinstance(separator, str) or not separator):
+        raise InputError(f"expected a separator string such as \".\", got {separator!r}", file=file,
+                         key="target.dataset_separator")
+    return dataset_params(names("dataset", ("*",)), names("dataset_exclude", ()), separator)
+
+
 class WallarooTarget(Target):
     """A Wallaroo pipeline's inference endpoint (pandas-records JSON or Arrow IPC)."""
 
     kind = "wallaroo"
     rules = SectionRules(formats=("pandas-records", "arrow"))
+
+    def config(self, sc: Scenario) -> list[tuple[str, str]]:
+        return dataset_query(sc.target, sc.file)
 
     def bodies(self, sc: Scenario, config: Any) -> Sequence[PreparedBody]:
         from bench.payload import build_bodies
@@ -244,7 +309,8 @@ class WallarooTarget(Target):
 
     def request(self, target: TargetConfig, url: str, config: Any) -> Request:
         fmt = _format(target)
-        return Request(url=with_dataset_params(url) if target.dataset_params else url,
+        query = config if isinstance(config, list) else dataset_query(target, "")
+        return Request(url=with_query(url, query),
                        headers=request_headers(fmt), classify=make_classifier(fmt))
 
 

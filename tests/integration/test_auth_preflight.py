@@ -172,7 +172,10 @@ def test_keycloak_grants_and_errors() -> None:
 
 
 def test_mlops_status_starting_then_running() -> None:
-    with emulator(startup_s=0.6, deployment="ccfraud-7") as (url, _app), httpx.Client(base_url=url) as http:
+    # the older platform's shape: flat engine fields, 404 for a wrong name (today's is the default: see
+    # test_emulator_wallaroo_platform)
+    with emulator(startup_s=0.6, deployment="ccfraud-7", engine_info=False, unknown_deployment_status=404) as (
+            url, _app), httpx.Client(base_url=url) as http:
         first = http.post("/v1/api/status/get_deployment", json={"name": "ccfraud-7"})
         assert first.status_code == 200 and first.json()["status"] == "Starting"
         assert first.json()["engines"][0]["status"] == "Pending" and first.json()["sidekicks"] == []
@@ -188,8 +191,9 @@ def test_mlops_status_starting_then_running() -> None:
 
 
 def test_mlops_external_url_and_token_check() -> None:
-    with emulator(require_token=True, workspace_id=5, pipeline="fraud", deployment="fraud-3") as (url, _app), \
-            httpx.Client(base_url=url) as http:
+    # any valid token on MLOps routes, as older emulators (the user-token rule: test_emulator_wallaroo_platform)
+    with emulator(require_token=True, workspace_id=5, pipeline="fraud", deployment="fraud-3",
+                  mlops_user_token=False) as (url, _app), httpx.Client(base_url=url) as http:
         route = "/v1/api/admin/get_pipeline_external_url"
         body = {"workspace_id": 5, "pipeline_name": "fraud"}
         denied = http.post(route, json=body)
@@ -319,7 +323,7 @@ async def test_first_token_failure_is_run_invalid_without_secret() -> None:
 @pytest.mark.anyio
 async def test_preflight_waits_for_running_and_resolves_url() -> None:
     with emulator(require_token=True, startup_s=0.8, workspace_id=3, deployment="ccfraud-9") as (url, _app):
-        source = token_source(url)
+        source = token_source(url, kind="password")  # the MLOps API takes a user's token
         async with anyio.create_task_group() as tg:
             await source.start(tg)
             lines: list[str] = []
@@ -346,7 +350,7 @@ async def test_preflight_gives_up_with_status_and_engines() -> None:
         message = str(info.value)
         assert "Starting" in message and "engine-ccfraud-2-0 Pending (ContainersNotReady)" in message
         assert info.value.exit_code == 3 and lines and all("Starting" in line for line in lines)
-        with pytest.raises(RunInvalid, match="404"):
+        with pytest.raises(RunInvalid, match="HTTP 400"):  # today's answer for a wrong name; no waiting
             await run_preflight(PreflightConfig(api_url=url, deployment="nope-1", wait_s=1), lambda: "",
                                 progress=lines.append, target_url="http://x/infer")
 

@@ -115,8 +115,8 @@ def test_mlops_needs_a_user_token_inference_takes_the_inference_token(start: Any
                                         "refresh_token": user_token["refresh_token"]}).json()
     assert http.post(STATUS, json={"name": "ccfraud-1"},
                      headers={"Authorization": f"Bearer {again['access_token']}"}).status_code == 200
-    # without the option any valid token passes, as before
-    lenient = start(require_token=True)
+    # without the option (now on by default) any valid token passes, as before
+    lenient = start(require_token=True, mlops_user_token=False)
     token = lenient.post(TOKEN_PATH, data={"grant_type": "client_credentials"}, auth=("api-client", SECRET))
     assert lenient.post(STATUS, json={"name": "ccfraud-1"},
                         headers={"Authorization": f"Bearer {token.json()['access_token']}"}).status_code == 200
@@ -143,7 +143,7 @@ def test_deployment_in_error_with_engine_info_and_unknown_name(start: Any) -> No
         seen.append(later.post(STATUS, json={"name": "ccfraud-1"}).json()["status"])
         time.sleep(0.05)
     assert seen[0] == "Starting" and seen[-1] == "Error" and set(seen) == {"Starting", "Error"}
-    flat = start(unknown_deployment_status=400)
+    flat = start(engine_info=False)  # the older shape; a wrong name is 400 by default, as today's platform
     assert flat.post(STATUS, json={"name": "nope-9"}).status_code == 400
     engine = flat.post(STATUS, json={"name": "ccfraud-1"}).json()["engines"][0]
     assert engine["status"] == "Running" and "info" not in engine

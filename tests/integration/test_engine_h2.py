@@ -540,3 +540,33 @@ async def test_a_server_that_never_sends_settings_fails_within_the_connect_timeo
     assert sink.rows and set(sink.kinds()) == {Kind.PROTOCOL_ERROR}
     assert all(b"SETTINGS" in d[2] for d in sink.details)
     assert len(sink.rows) + eng.abandoned >= 2 and len(accepted) >= 1
+
+
+async def test_an_http1_only_server_is_a_protocol_error_not_a_reconnect_loop() -> None:
+    """An HTTP/1.1-only server answers the h2c preface with 400 and closes (uvicorn does; so does the embedded
+    emulator without --http2). Each such connection is a failed connect: the waiting requests are recorded as
+    protocol errors and the slot backs off. Before, they moved to a new connection at once: thousands of
+    connects a second, nothing recorded, and the run ended with every request abandoned."""
+    accepted: list[int] = []
+
+    async def http1(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        await reader.read(24)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 30\r\n"
+                     b"connection: close\r\n\r\nInvalid HTTP request received.")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(http1, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        sink = FakeSink()
+        eng = make(H2Engine, f"http://127.0.0.1:{port}/x", sink)
+        await asyncio.wait_for(eng.run(closed(4, seconds=1.5), Stop()), 20)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert sink.rows and set(sink.kinds()) == {Kind.PROTOCOL_ERROR}, (sink.kinds(), eng.abandoned)
+    assert eng.abandoned <= 4
+    # backoff 1, 2, 4 … 500 ms per consecutive failure: a dozen connects in 1.5 s, never hundreds
+    assert 1 <= len(accepted) <= 40, len(accepted)

@@ -220,3 +220,23 @@ def test_step_scenario_replaces_the_load(tmp_path: Path) -> None:
     assert load.arrival == "poisson" and load.seed == 7  # the arrival process is the scenario's
     assert step.source["load"] == {"arrival": "poisson", "seed": 7, "rate": 123.5, "duration": "3s", "warmup": "1s"}
     assert sc.load.concurrency == 8  # the original is untouched
+
+
+def test_model_capacity_reads_row_counts_without_encoding_bodies() -> None:
+    """`bench capacity`'s ground truth needs the mean rows per request: a lazy data set must not be encoded for it."""
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+
+    from bench.bodies import LazyBodies
+    from bench.commands.capacity import _model_capacity
+    from bench.emulator.config import EmulatorConfig
+
+    def never(part: pa.Table) -> list[bytes]:
+        raise AssertionError("a body was encoded")
+
+    bodies = LazyBodies(pa.table({"x": list(range(25))}), 10, never)  # rows 10, 10, 5
+    cfg = EmulatorConfig(replicas=4, latency_ms=5.0, per_row_us=20.0)
+    got = _model_capacity(SimpleNamespace(emulator_config=cfg, bodies=bodies))
+    assert got == pytest.approx(4 / (0.005 + 20e-6 * 25 / 3))
+    assert bodies.encoded == 0

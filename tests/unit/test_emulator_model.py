@@ -124,13 +124,23 @@ def _call(app: object, path: str) -> tuple[int, bytes]:
     return sent[0]["status"], sent[1]["body"]
 
 
-def test_missing_sub_app_module_answers_404_instead_of_breaking_the_app() -> None:
-    from bench.emulator.app import _optional_sub_app
-    from bench.emulator.context import EmulatorContext
+def test_every_platform_sub_app_is_mounted() -> None:
+    """No "not available in this build" fallback: every sub-app is part of bench and always mounted."""
+    from bench.emulator.app import build_app
+    from bench.emulator.keycloak import KeycloakEmulator
+    from bench.emulator.kserve import KServeEmulator
+    from bench.emulator.mlops import MLOpsEmulator
+    from bench.emulator.tokens import TokenSigner
+    from bench.emulator.ubiops import UbiOpsEmulator
 
-    sub = _optional_sub_app("bench.emulator.no_such_module", "X", EmulatorContext.create(EmulatorConfig()), "Demo")
-    status, body = _call(sub, "/v2.1/anything")
-    assert status == 404 and b"Demo" in body
+    app = build_app(EmulatorConfig(require_token=True))
+    mounted = dict(app.routes)
+    assert isinstance(mounted["/v2.1/"], UbiOpsEmulator) and isinstance(mounted["/v2/"], UbiOpsEmulator)
+    assert isinstance(mounted["/auth/realms/"], KeycloakEmulator)
+    assert isinstance(mounted["/v1/api/status/"], MLOpsEmulator)
+    assert isinstance(mounted["/v2/models/"], KServeEmulator)
+    assert isinstance(app.ctx.tokens, TokenSigner)
+    assert build_app(EmulatorConfig()).ctx.tokens is None
 
 
 def test_app_routes_health_and_unknown_paths() -> None:
@@ -140,12 +150,3 @@ def test_app_routes_health_and_unknown_paths() -> None:
     assert _call(app, "/health")[0] == 200
     status, body = _call(app, "/definitely/not/here")
     assert status == 404 and b'"status":"error"' in body
-
-
-def test_fallback_bearer_check() -> None:
-    from bench.emulator.app import _AnyBearer
-
-    check = _AnyBearer()
-    assert check.verify("Bearer abc") is None
-    assert check.verify(None) == "Jwt is missing"
-    assert check.verify("Basic abc") is not None

@@ -54,7 +54,7 @@ def test_defaults_and_full_table() -> None:
     ({"project": None}, "target.project", "required"),
     ({"timeout": 5}, "target.timeout", "10–3600"),
     ({"timeout": 4000}, "target.timeout", "10–3600"),
-    ({"timeout": 200000, "mode": "batch"}, "target.timeout", "172800"),
+    ({"timeout": 260000, "mode": "batch"}, "target.timeout", "259200"),
     ({"batch_size": 251}, "target.batch_size", "between 1 and 250"),
     ({"mode": "async"}, "target.mode", "'direct'"),
     ({"input": "json"}, "target.input", "'plain'"),

@@ -12,9 +12,8 @@ from __future__ import annotations
 import base64
 import math
 import os
-import re
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from typing import Any
 from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 
@@ -22,79 +21,11 @@ import anyio
 import anyio.abc
 import httpx
 
-from bench.config.auth import AUTH_KINDS, AuthConfig, auth_config_from_mapping, keycloak_token_url
+from bench.auth.config import AuthConfig
+from bench.auth.redaction import Redactor
 from bench.errors import InputError, RunInvalid
 
-__all__ = ["AUTH_KINDS", "AuthConfig", "Redactor", "TokenSource", "auth_config_from_mapping", "emulator_credentials",
-           "keycloak_token_url", "redact", "redact_mapping"]
-
-REDACTED = "[REDACTED]"
-_SECRET_NAME = re.compile(r"(secret|password|passwd|token|api_?key|authorization|credential|^users$)", re.IGNORECASE)
-_POINTER_SUFFIXES = ("_env", "_file", "_url", "_at", "_s", "_ttl")  # name where a secret lives, or a setting
-
-
-def emulator_credentials(cfg: AuthConfig, *, environ: Mapping[str, str] | None = None,
-                         file: str | None = None) -> dict[str, Any]:
-    """EmulatorConfig overrides (client_id, client_secret, users) so an embedded emulator accepts these credentials.
-
-    Use as ``dataclasses.replace(emulator_config, **emulator_credentials(auth_cfg))``; empty for static/none.
-    Missing variables are InputErrors naming the variable (never a value).
-    """
-    if not cfg.uses_keycloak:
-        return {}
-    env = os.environ if environ is None else environ
-
-    def need(name: str | None, key: str) -> str:
-        value = env.get(name or "")
-        if not value:
-            raise InputError(f"environment variable {name} is not set (or empty)", file=file, key=f"auth.{key}")
-        return value
-
-    out: dict[str, Any] = {"client_id": need(cfg.client_id_env, "client_id_env") if cfg.client_id_env
-                           else cfg.client_id, "client_secret": need(cfg.client_secret_env, "client_secret_env")}
-    if cfg.kind == "password":
-        username = need(cfg.username_env, "username_env") if cfg.username_env else cfg.username or ""
-        out["users"] = ((username, need(cfg.password_env, "password_env")),)
-    return out
-
-
-class Redactor:
-    """Replaces every occurrence of any secret (longest first) with ``[REDACTED]``."""
-
-    def __init__(self, secrets: Iterable[str]) -> None:
-        values = sorted({s for s in secrets if s}, key=len, reverse=True)
-        self._pattern = re.compile("|".join(re.escape(s) for s in values)) if values else None
-
-    def __call__(self, text: str) -> str:
-        return self._pattern.sub(REDACTED, text) if self._pattern is not None else text
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every secret value replaced by ``[REDACTED]``."""
-    return Redactor(secrets)(text)
-
-
-def redact_mapping(data: Mapping[str, Any], secrets: Iterable[str] = ()) -> dict[str, Any]:
-    """A copy of a scenario-like mapping fit to store in a report.
-
-    Values under secret-looking keys (``*token*``, ``*secret*``, ``*password*``, ``authorization`` …) are
-    replaced, except the ``*_env`` / ``*_file`` / ``*_url`` forms that only name where a secret lives; any
-    string containing a known secret value is scrubbed.
-    """
-    scrub = Redactor(secrets)
-
-    def walk(value: Any, key: str | None) -> Any:
-        if isinstance(value, Mapping):
-            return {str(k): walk(v, str(k)) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [walk(v, key) for v in value]
-        if not isinstance(value, str):
-            return value
-        if key is not None and _SECRET_NAME.search(key) and not key.lower().endswith(_POINTER_SUFFIXES):
-            return REDACTED
-        return scrub(value)
-
-    return {str(k): walk(v, str(k)) for k, v in data.items()}
+__all__ = ["TokenSource"]
 
 
 def _safe_url(url: str) -> str:
@@ -117,13 +48,14 @@ class TokenSource:
 
     def __init__(self, cfg: AuthConfig, *, count: Callable[[str, int], None] | None = None,
                  environ: Mapping[str, str] | None = None, client: httpx.AsyncClient | None = None,
-                 file: str | None = None, default_token_url: str | None = None) -> None:
+                 file: str | None = None, default_token_url: str | None = None, section: str = "auth") -> None:
         env = os.environ if environ is None else environ
         if cfg.uses_keycloak and cfg.token_url is None and default_token_url is not None:
             cfg = cfg.with_token_url(default_token_url)
         self._cfg = cfg
         self._count = count or (lambda _name, _n: None)
         self._file = file
+        self._section = section
         self._listeners: list[Callable[[str], None]] = []
         self._client = client
         self._own_client = client is None
@@ -152,14 +84,15 @@ class TokenSource:
         elif cfg.uses_keycloak:
             if cfg.token_url is None:
                 raise InputError("no token URL: give token_url or keycloak_prefix + keycloak_suffix",
-                                 file=file, key="auth.token_url")
+                                 file=file, key=f"{section}.token_url")
             self._client_id = self._env(env, cfg.client_id_env) if cfg.client_id_env else cfg.client_id
-            self._client_secret = self._env(env, cfg.client_secret_env)
+            self._client_secret = "" if cfg.public_client else self._env(env, cfg.client_secret_env)
             if cfg.kind == "password":
                 self._username = self._env(env, cfg.username_env) if cfg.username_env else cfg.username or ""
                 self._password = self._env(env, cfg.password_env)
-            self._remember(self._client_secret, self._password,
-                           base64.b64encode(f"{self._client_id}:{self._client_secret}".encode()).decode())
+            if self._client_secret:
+                self._remember(base64.b64encode(f"{self._client_id}:{self._client_secret}".encode()).decode())
+            self._remember(self._client_secret, self._password)
 
     # -- public API -------------------------------------------------------------------------------------------
 
@@ -247,7 +180,7 @@ class TokenSource:
         value = env.get(name or "")
         if not value:
             raise InputError(f"environment variable {name} is not set (or empty)", file=self._file,
-                             key=f"auth.{self._key_for(name)}")
+                             key=f"{self._section}.{self._key_for(name)}")
         return value
 
     def _key_for(self, name: str | None) -> str:
@@ -377,8 +310,11 @@ class TokenSource:
             self._remember(refresh)
             self._refresh = refresh
             refresh_in = answer.get("refresh_expires_in")
-            self._refresh_expires_at = started + (float(refresh_in) if isinstance(refresh_in, int | float)
-                                                  and refresh_in > 0 else expires_in)
+            offline = "offline_access" in str(answer.get("scope", "")).split()
+            if isinstance(refresh_in, int | float) and refresh_in > 0:
+                self._refresh_expires_at = started + float(refresh_in)
+            else:  # Keycloak says 0 for an offline token (no idle expiry); otherwise assume the access lifetime
+                self._refresh_expires_at = math.inf if offline else started + expires_in
         self._expires_at = started + expires_in
         self._next_refresh = started + self._cfg.refresh_at * expires_in
         first = self._access is None
@@ -391,7 +327,10 @@ class TokenSource:
         if use_refresh and self._refresh is not None:
             return {"grant_type": "refresh_token", "refresh_token": self._refresh}
         if self._cfg.kind == "password":
-            return {"grant_type": "password", "username": self._username, "password": self._password}
+            form = {"grant_type": "password", "username": self._username, "password": self._password}
+            if self._cfg.scope:
+                form["scope"] = self._cfg.scope
+            return form
         return {"grant_type": "client_credentials"}
 
     async def _post(self, form: dict[str, str]) -> dict[str, Any]:
@@ -399,9 +338,13 @@ class TokenSource:
         url = _safe_url(self._cfg.token_url)
         scrub = self.redactor()
         try:
-            response = await self._client.post(self._cfg.token_url, data=form,
-                                                auth=(self._client_id, self._client_secret),
-                                                timeout=self._cfg.timeout_s)
+            if self._cfg.public_client:  # a public client identifies itself in the form, with no secret
+                response = await self._client.post(self._cfg.token_url, data={**form, "client_id": self._client_id},
+                                                    timeout=self._cfg.timeout_s)
+            else:
+                response = await self._client.post(self._cfg.token_url, data=form,
+                                                    auth=(self._client_id, self._client_secret),
+                                                    timeout=self._cfg.timeout_s)
         except httpx.HTTPError as exc:
             raise _TokenError(f"token request to {url} failed: {type(exc).__name__}", None) from None
         if response.status_code != 200:
