@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from bench.config.reader import unknown_key
 from bench.errors import InputError
 from bench.tables import TableReader
 
@@ -94,7 +95,7 @@ def auth_config_from_mapping(d: Mapping[str, Any], file: str, section: str = "au
             raise err(key, f"secrets must not be written in a scenario file; use {_SECRET_KEYS[key.lower()]} "
                       "(the name of an environment variable or file holding the value)")
         if key not in _KEYS:
-            raise err(key, f"unknown key (known: {', '.join(sorted(_KEYS))})")
+            raise err(key, unknown_key(key, _KEYS))
     kind = string("kind") or ("none" if not d else None)
     if kind not in AUTH_KINDS:
         raise err("kind", f"expected one of {', '.join(AUTH_KINDS)}" + ("" if kind is None else f", got {kind!r}"))
