@@ -16,7 +16,8 @@ from bench.errors import EXIT_INPUT, EXIT_INTERRUPTED, BenchError
 
 __all__ = ["main"]
 
-COMMANDS = ("run", "serve", "data", "report", "compare", "merge", "calibrate", "capacity", "recover")
+COMMANDS = ("run", "serve", "data", "report", "compare", "merge", "calibrate", "capacity", "recover",
+            "locust_worker")
 
 
 def build_parser() -> argparse.ArgumentParser:

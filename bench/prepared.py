@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from bench.emulator.config import EmulatorConfig
     from bench.preflight import PreflightConfig
     from bench.report.slo import SloObjectives
+    from bench.scrape import ScrapeConfig
 
 __all__ = ["EMBEDDED_PLACEHOLDER", "Endpoints", "Prepared", "point_at", "prepare"]
 
@@ -61,6 +62,7 @@ class Prepared:
     embedded: bool = False  # the target is the embedded emulator (bench.session resolved its URLs)
     endpoints: Endpoints | None = None  # what bench.session.point_at applied
     scrubber: Scrubber = field(default_factory=Scrubber)  # every secret value of the run (bench.secrets)
+    scrape_config: ScrapeConfig | None = None  # [server_metrics]: the server's /metrics, scraped during the run
 
 
 
@@ -72,6 +74,10 @@ def prepare(sc: Scenario) -> Prepared:
     prepared.auth_config = sc.auth
     prepared.preflight_config = sc.wallaroo
     prepared.slo = sc.slo
+    if sc.server_metrics:  # a typed hook: its parser (bench.scrape) needs to know whether the target is embedded
+        from bench.scrape import config_from_mapping
+
+        prepared.scrape_config = config_from_mapping(sc.server_metrics, sc.file, embedded=sc.target.embedded)
     prepared.scrubber = scrubber_for(prepared)
     return prepared
 

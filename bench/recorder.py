@@ -241,17 +241,30 @@ class Recorder:
             self._raw_writer.close()
             self._raw_writer = None
         self._finished = True
+        return self._run_data(end_ns, partial, self._closed_sec, dict(sorted(self._hists.items())))
+
+    def snapshot(self) -> RunData:
+        """The data so far, without finishing (copies; open seconds encoded but kept open): for live streaming
+        of a run's progress, e.g. to a distributed run's master."""
+        self._flush()
+        hdr = dict(self._closed_sec)
+        for sec, h in self._open_sec.items():
+            hdr[sec] = h.encode() if h.total else ""
+        hists = {k: h.copy() for k, h in sorted(self._hists.items())}
+        return self._run_data(self._clock(), True, hdr, hists)
+
+    def _run_data(self, end_ns: int, partial: bool, hdr: dict[int, str], hists: dict[HistKey, Histogram]) -> RunData:
         warm_end = max(0.0, (self.warmup_end_ns - self.start_ns) / 1e9)
         end = max(0.0, (end_ns - self.start_ns) / 1e9)
         phases = [Phase(WARMUP, 0.0, min(warm_end, end)), Phase(MEASURED, min(warm_end, end), end)]
         s = self._series
         secs = np.nonzero(s.used[: s.n])[0].astype(np.int64)
         series = PerSecond(second=secs, **{k: v[secs].copy() for k, v in s.cols.items()},
-                           hdr=[self._closed_sec.get(int(i), "") for i in secs])
+                           hdr=[hdr.get(int(i), "") for i in secs])
         errors = [ErrorCount(k, st, ph, c) for (k, st, ph), c in sorted(self._errors.items())]
         samples = [ErrorSample(kind_name(k), st, _redact_detail(d), c) for (k, st, d), c in self._samples.items()]
         return RunData(start_unix_ns=self.start_unix_ns, phases=phases, partial=partial,
-                       histograms=dict(sorted(self._hists.items())), series=series,
+                       histograms=hists, series=series,
                        totals={k: Totals(**{f: getattr(v, f) for f in Totals.__slots__})
                                for k, v in self._totals.items()},
                        counters=dict(self._counters), gauges={k: dict(v) for k, v in self._gauges.items()},

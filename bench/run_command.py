@@ -152,4 +152,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     from bench.session import run_scenario
 
     sc = scenario_from_args(args)
+    if getattr(args, "locust_master", False):
+        from bench.locust.master import run_master  # imports locust (gevent) only here
+
+        return run_master(args, sc)
     return run_scenario(sc, options_from_args(args, sc))

@@ -62,6 +62,7 @@ class RunControl:
     interrupted: bool = False
     slo_aborted: str | None = None
     token_source: Any = None  # set while a run holds credentials: its secrets() scrub messages
+    on_recorder: Callable[[Any], None] | None = None  # called once with the run's Recorder (live streaming)
     mlops_token_source: Any = None  # the MLOps user's token (Wallaroo preflight), when it is a separate one
 
     def secrets(self) -> list[str]:
@@ -200,11 +201,15 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
         mlops = await _mlops_source(prepared, ctl, counts, tg)
         url = await _preflight(prepared, ctl, url, mlops.authorization if mlops is not None else authorization)
         if start_at_wall is not None:  # a stop signal while waiting for the common start ends the wait
-            with _signals(ctl, stop), anyio.move_on_after(max(0.0, start_at_wall - time.time())):
+            with _signals(ctl, stop), anyio.move_on_after(max(0.0, start_at_wall - time.time() - 0.005)):
                 await stop.wait()
         start_ns = time.monotonic_ns() + 20_000_000  # 20 ms to open connections before the first send
+        if start_at_wall is not None and not stop.is_set():  # the agreed wall-clock instant in this host's
+            start_ns += int(max(0.0, start_at_wall - time.time()) * 1e9)  # monotonic time (timer wake-ups jitter)
         recorder = Recorder(start_ns, start_ns + int(sc.load.warmup_s * 1e9), raw_path=ctl.raw_path)
         counts.attach(recorder)
+        if ctl.on_recorder is not None:
+            ctl.on_recorder(recorder)
         spec = load_spec(sc, start_ns, worker=worker)
         ensure_sockets(sc, spec)
         checkpoint = None
@@ -291,8 +296,13 @@ async def _mlops_source(prepared: Prepared, ctl: RunControl, counts: _Counts, tg
 async def _preflight(prepared: Prepared, ctl: RunControl, url: str,
                      authorization: Callable[[], str]) -> str:
     """Wait for the Wallaroo deployment to be Running (when [wallaroo] asks); returns the URL to load."""
+    if not ctl.preflight:
+        return url
+    target = target_for(prepared.scenario.target.kind)
+    if target.has_preflight(prepared.target_config):  # e.g. KServe: model ready, metadata against the data
+        await target.preflight(prepared.target_config, url, ctl.message)
     preflight = prepared.preflight_config
-    if preflight is None or not preflight.enabled or not ctl.preflight:
+    if preflight is None or not preflight.enabled:
         return url
     from bench.preflight import run_preflight
 

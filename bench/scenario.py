@@ -49,7 +49,8 @@ __all__ = [
 
 _T = TypeVar("_T")
 TARGET_KINDS = KINDS  # the target registry's kinds
-SECTIONS = ("target", "data", "load", "engine", "report", "auth", "wallaroo", "emulator", "slo", "capacity", "ubiops")
+SECTIONS = ("target", "data", "load", "engine", "report", "auth", "wallaroo", "emulator", "slo", "capacity", "ubiops",
+            "server_metrics")
 # the sections bench.config parses into the Scenario field of the same name (a new section: a line here + a field)
 SECTION_PARSERS: Mapping[str, Callable[[Mapping[str, Any], str], object]] = {
     "auth": auth_config_from_mapping, "wallaroo": preflight_config_from_mapping, "slo": slo_from_mapping,
@@ -142,6 +143,7 @@ class Scenario:
     capacity: CapacityConfig | None = None  # [capacity] (bench capacity)
     emulator: Mapping[str, Any] = field(default_factory=dict)  # [emulator] table: the emulator validates it
     ubiops: Mapping[str, Any] = field(default_factory=dict)  # [ubiops] table: the UbiOps target's config reads it
+    server_metrics: Mapping[str, Any] = field(default_factory=dict)  # [server_metrics]: bench.scrape, in prepare
     source: Mapping[str, Any] = field(default_factory=dict)  # the document all of the above was parsed from
 
     def revised(self, values: Mapping[str, Any]) -> Scenario:
@@ -248,7 +250,8 @@ def parse_scenario(doc: Mapping[str, Any], *, file: str, base_dir: Path) -> Scen
     return Scenario(name=name, file=file, base_dir=base_dir, target=target, data=data, load=load, engine=engine,
                     report=report, auth=_typed(sections, "auth", AuthConfig), wallaroo=wallaroo,
                     slo=_typed(sections, "slo", SloObjectives), capacity=_typed(sections, "capacity", CapacityConfig),
-                    emulator=dict(tables["emulator"]), ubiops=dict(tables["ubiops"]), source=doc)
+                    emulator=dict(tables["emulator"]), ubiops=dict(tables["ubiops"]),
+                    server_metrics=dict(tables["server_metrics"]), source=doc)
 
 
 def _typed(sections: Mapping[str, object], key: str, cls: type[_T]) -> _T | None:

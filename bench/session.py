@@ -45,6 +45,7 @@ __all__ = [
     "run_report",
     "run_scenario",
     "run_unwrapped",
+    "server_metrics",
     "unreachable_reason",
     "use_uvloop",
 ]
@@ -108,6 +109,20 @@ def resolved_target(prepared: Prepared, message: Callable[[str], None]) -> Itera
         yield point_at(prepared, Endpoints(
             inference_url=target_for(sc.target.kind).emulator_url(emu.base_url, emu.wallaroo_url),
             api_url=emu.base_url, token_url=f"{emu.base_url}{TOKEN_PATH}", ubiops_token=cfg.ubiops_token))
+
+
+@contextlib.contextmanager
+def server_metrics(prepared: Prepared) -> Iterator[Any]:
+    """The [server_metrics] scraper running for the block (None without the section): the embedded emulator's
+    /metrics for url = "embedded"."""
+    if prepared.scrape_config is None:
+        yield None
+        return
+    from bench.scrape import scraping
+
+    base = prepared.endpoints.api_url if prepared.endpoints is not None else None
+    with scraping(prepared.scrape_config, base) as scraper:
+        yield scraper
 
 
 def run_report(prepared: Prepared, ctl: RunControl, **kwargs: Any) -> tuple[Any, RunFacts]:
@@ -251,8 +266,10 @@ def run_scenario(sc: Scenario, opts: RunOptions) -> int:
     if opts.processes > 1:
         from bench.workers import run_processes
 
-        with resolved_target(prepared, _stderr_message(opts)) as target:
+        with resolved_target(prepared, _stderr_message(opts)) as target, server_metrics(target) as scraper:
             report, facts = run_processes(target, opts, out_path)
+        if scraper is not None:  # the parent scrapes: the server's totals are not per worker
+            scraper.add_to(report)
         return finish(opts, target, report, facts, out_path)
     from bench.checkpoint import checkpoint_path, recover_leftover
 
@@ -262,13 +279,15 @@ def run_scenario(sc: Scenario, opts: RunOptions) -> int:
                      preflight=opts.preflight, checkpoint_path=checkpoint_path(out_path),
                      raw_path=out_path.with_suffix(".raw.tmp") if sc.report.raw else None)
     try:
-        with resolved_target(prepared, view.message) as target:
+        with resolved_target(prepared, view.message) as target, server_metrics(target) as scraper:
             report, facts = run_report(target, ctl)
     except BenchError:  # a run judged invalid: nothing to recover (a second Ctrl-C keeps its checkpoint)
         checkpoint_path(out_path).unlink(missing_ok=True)
         raise
     finally:
         view.close()
+    if scraper is not None:
+        scraper.add_to(report)
     return finish(opts, target, report, facts, out_path)
 
 

@@ -14,8 +14,9 @@ from typing import Any
 
 from bench.scenario import Scenario
 
-__all__ = ["PROBE_S", "Settings", "Step", "StepRunner", "Sweep", "default_objectives", "max_error_rate",
-           "objectives_text", "run_sweep", "slo_failures", "step_scenario"]
+__all__ = ["PROBE_S", "Settings", "Step", "StepRunner", "Sweep", "clients_scenario", "default_objectives",
+           "max_error_rate", "objectives_text", "parse_levels", "run_concurrency", "run_sweep", "slo_failures",
+           "step_scenario"]
 
 PROBE_S = 2.0  # closed loop, one client: the safe start rate is half of what it achieves
 
@@ -42,10 +43,13 @@ class Step:
     summary: dict[str, Any]
     achieved_rps: float
     report: str
+    clients: int | None = None  # a concurrency step: closed loop with this many clients (target_rps unused)
 
     def to_dict(self) -> dict[str, Any]:
         s = self.summary
-        return {"step": self.n, "target_rps": round(self.target_rps, 3), "achieved_rps": round(self.achieved_rps, 3),
+        offered: dict[str, Any] = ({"clients": self.clients} if self.clients is not None
+                                   else {"target_rps": round(self.target_rps, 3)})
+        return {"step": self.n, **offered, "achieved_rps": round(self.achieved_rps, 3),
                 "p50_ms": s["latency_ms"]["p50"], "p99_ms": s["latency_ms"]["p99"], "requests": s["requests"],
                 "error_rate": s["error_rate"], "dropped": s["dropped"], "generator_bound": s["generator_bound"],
                 "verdict": self.verdict, "reasons": self.reasons, "report": self.report}
@@ -57,6 +61,8 @@ class Sweep:
     probe: Step | None = None
     objectives: Any = None  # SloObjectives
     objectives_source: str = ""
+    rows: list[Any] = field(default_factory=list)  # CapacityStep per judged step, for the capacity report
+    load_kind: str = "rate"  # rate (the search) | concurrency (--concurrency levels)
 
 
 def run_sweep(search: Any, runner: StepRunner, sweep: Sweep, checkpoint: Callable[[], None]) -> None:
@@ -85,8 +91,57 @@ def run_sweep(search: Any, runner: StepRunner, sweep: Sweep, checkpoint: Callabl
                                           max_error_rate=max_error_rate(sweep.objectives))
         step.verdict, step.reasons = verdict, reasons
         runner.print_step(step)
+        runner.keep_row(step)
         search.record(rate, verdict)
         checkpoint()
+
+
+def run_concurrency(levels: list[int], runner: StepRunner, sweep: Sweep, checkpoint: Callable[[], None]) -> str:
+    """A closed-loop step per level (perf_analyzer's concurrency range), every level run; the stop reason."""
+    from bench.capacity import judge_step
+
+    sweep.load_kind = "concurrency"
+    for clients in levels:
+        step, measure = runner.step_clients(clients)
+        if step.verdict == "interrupted":
+            runner.print_step(step)
+            runner.keep_row(step)
+            checkpoint()
+            return "interrupted"
+        if sweep.objectives is None:
+            sweep.objectives = default_objectives(step.summary)
+            sweep.objectives_source = "default (5 × the lowest step's p50)"
+            runner.console.print(f"SLO: {objectives_text(sweep.objectives)} ({sweep.objectives_source})")
+        step.verdict, step.reasons = judge_step(measure, slo_failures(sweep.objectives, runner.last_report),
+                                                max_error_rate=max_error_rate(sweep.objectives))
+        runner.print_step(step)
+        runner.keep_row(step)
+        checkpoint()
+    return "swept"
+
+
+def parse_levels(text: str) -> list[int]:
+    """``1,2,4,8`` or a range ``START:END[:STEP]`` (perf_analyzer's --concurrency-range; STEP default 1) →
+    ascending client counts. ValueError with the reason."""
+    text = text.strip()
+    try:
+        if ":" in text:
+            parts = [int(p) for p in text.split(":")]
+            if len(parts) not in (2, 3):
+                raise ValueError
+            start, end, stride = parts[0], parts[1], parts[2] if len(parts) == 3 else 1
+            if stride < 1 or end < start:
+                raise ValueError
+            levels = list(range(start, end + 1, stride))
+        else:
+            levels = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise ValueError(f"expected client counts like 1,2,4,8 or a range START:END[:STEP], got {text!r}") from None
+    if not levels or min(levels) < 1:
+        raise ValueError(f"client counts must be whole numbers >= 1, got {text!r}")
+    if len(levels) > 64:
+        raise ValueError(f"{len(levels)} levels: at most 64 steps per sweep")
+    return sorted(set(levels))
 
 
 class StepRunner:
@@ -134,6 +189,30 @@ class StepRunner:
         self.sweep.steps.append(step)
         return step, _measure(report, rate)
 
+    def step_clients(self, clients: int) -> tuple[Step, Any]:
+        """One closed-loop step with ``clients`` clients; judged like a rate step whose target is what it did."""
+        self.n += 1
+        sc = clients_scenario(self.base.scenario, clients, duration_s=self.settings.step_s,
+                              warmup_s=self.settings.warmup_s)
+        path = self.out_dir / f"step-{self.n:02d}-c{clients}.arrow"
+        report, facts = self._run(sc, path)
+        step = self._step(self.n, 0.0, report, facts, path)
+        step.clients = clients
+        self.sweep.steps.append(step)
+        return step, _measure(report, step.achieved_rps)  # closed loop: no offered rate to fall short of
+
+    def keep_row(self, step: Step) -> None:
+        """The judged step as a capacity-report row (client and, when scraped, server percentiles)."""
+        from bench.report.capacity_report import step_from_report
+
+        if self.last_report is None:
+            return
+        kind = "concurrency" if step.clients is not None else "rate"
+        offered = float(step.clients) if step.clients is not None else step.target_rps
+        self.sweep.rows.append(step_from_report(step.n, offered, self.last_report, verdict=step.verdict,
+                                                reasons=step.reasons, load_kind=kind,
+                                                achieved_rps=step.achieved_rps, path=step.report))
+
     def _run(self, sc: Any, path: Path) -> tuple[Any, Any]:
         from bench.progress import ProgressView
         from bench.report.writer import write_report
@@ -144,10 +223,15 @@ class StepRunner:
                             enabled=not self.quiet)
         ctl = RunControl(progress=view.update, message=view.message, preflight=self.preflight, raw_path=None)
         self.preflight = False  # once per sweep
+        from bench.session import server_metrics
+
         try:
-            report, facts = run_report(replace(self.base, scenario=sc), ctl)
+            with server_metrics(self.base) as scraper:
+                report, facts = run_report(replace(self.base, scenario=sc), ctl)
         finally:
             view.close()
+        if scraper is not None:
+            scraper.add_to(report)
         write_report(path, report)
         self.last_report = report
         return report, facts
@@ -177,8 +261,9 @@ class StepRunner:
                                f"{'errors':>7}  {'verdict':<8} why", style="bold")
         colour = {"pass": "green", "fail": "red"}.get(step.verdict, "yellow")
         s = step.summary
+        offered = f"{step.clients} clients" if step.clients is not None else f"{step.target_rps:,.4g}"
         self.console.print(
-            f"{step.n:>4} {step.target_rps:>10,.4g} {step.achieved_rps:>10,.1f} "
+            f"{step.n:>4} {offered:>10} {step.achieved_rps:>10,.1f} "
             f"{num_text(s['latency_ms']['p50'], '>8.3g'):>8} {num_text(s['latency_ms']['p99'], '>8.3g'):>8} "
             f"{num_text(s['error_rate'], '>7.2%'):>7}  "
             f"[{colour}]{step.verdict:<8}[/] "
@@ -250,6 +335,18 @@ def step_scenario(sc: Scenario, rate: float, *, duration_s: float, warmup_s: flo
     from its document so the typed load and the stored scenario copy cannot disagree."""
     return sc.revised({"load": {**_load_source(sc), "rate": rate, "duration": f"{duration_s:g}s",
                                 "warmup": f"{warmup_s:g}s"}})
+
+
+def clients_scenario(sc: Scenario, clients: int, *, duration_s: float, warmup_s: float) -> Scenario:
+    """The scenario with its load replaced by one closed-loop step of ``clients`` clients."""
+    load = replace(sc.load, concurrency=clients, rate=0.0, stages=(), duration_s=duration_s, warmup_s=warmup_s,
+                   requests=0, processes=1)
+    raw = _load_source(sc)
+    raw.pop("max_in_flight", None)
+    raw.pop("arrival", None)
+    source = {**sc.source, "load": {**raw, "concurrency": clients, "duration": f"{duration_s:g}s",
+                                    "warmup": f"{warmup_s:g}s"}}
+    return replace(sc, load=load, source=source)
 
 
 def _load_source(sc: Scenario) -> dict[str, Any]:

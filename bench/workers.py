@@ -26,6 +26,7 @@ from typing import Any
 from bench.errors import EXIT_INTERRUPTED, EXIT_OK, BenchError, RunInvalid
 from bench.facts import RunFacts
 from bench.runner import Endpoints, Prepared, RunControl
+from bench.targets import target_for
 
 __all__ = ["Share", "hand_off", "run_processes", "run_share", "worker_main"]
 
@@ -148,7 +149,8 @@ def run_processes(prepared: Prepared, opts: Any, out_path: Path) -> tuple[Any, R
 def _preflight_once(prepared: Prepared, opts: Any) -> str:
     """The parent checks the deployment once (workers skip it) and hands them the URL it resolved."""
     cfg = prepared.preflight_config
-    if not opts.preflight or cfg is None or not cfg.enabled:
+    own = target_for(prepared.scenario.target.kind).has_preflight(prepared.target_config)
+    if not opts.preflight or ((cfg is None or not cfg.enabled) and not own):
         return prepared.scenario.target.url
     from bench.run_loop import run_async
     from bench.runner import preflight_url

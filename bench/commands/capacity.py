@@ -39,6 +39,11 @@ def register(sub: Any) -> None:
     p.add_argument("--target-rps", type=float, help="plan replicas for this rate (needs the endpoint's replicas: "
                                                     "[capacity] replicas, --replicas, or the embedded emulator's)")
     p.add_argument("--replicas", type=int, help="replicas the endpoint had during the sweep")
+    p.add_argument("--concurrency", metavar="LEVELS",
+                   help="instead of the rate search, a closed-loop step per client count: 1,2,4,8 or a range "
+                        "START:END[:STEP] (like perf_analyzer's --concurrency-range); every level is run")
+    p.add_argument("--html", metavar="PATH", help="also write the capacity curve (latency–throughput, knee, "
+                                                  "highest load under the SLO) as a self-contained HTML page")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override a scenario key, e.g. --set emulator.replicas=2")
     p.add_argument("--out", "-o", help="output directory (default reports/<UTC time>-<name>-capacity)")
@@ -69,9 +74,18 @@ def _main(args: argparse.Namespace) -> int:
     def checkpoint() -> None:  # capacity.json after every step: a crash or kill -9 still leaves the steps so far
         _write_summary(out_dir, _result(args, sc, prepared, settings, sweep, search, out_dir, interrupted=False)[2])
 
+    levels = _levels(args)
+
+    def checkpoint_all() -> None:
+        _write_capacity_report(out_dir, sc, sweep, "running")
+        if levels is None:
+            checkpoint()
+
     with resolved_target(prepared, lambda m: console.print(m, markup=False)) as base:
         runner = StepRunner(base, settings, out_dir, console, sweep, quiet=bool(args.quiet),
                             preflight=not args.no_preflight)
+        if levels is not None:
+            return _concurrency(args, console, sc, prepared, sweep, runner, levels, out_dir, checkpoint_all)
         try:
             start = settings.start
             if start is None:
@@ -88,7 +102,7 @@ def _main(args: argparse.Namespace) -> int:
                 search = CapacitySearch(start, max_rate=settings.max_rate, precision=settings.precision)
             except ValueError as exc:
                 raise InputError(str(exc), key="--start") from None
-            run_sweep(search, runner, sweep, checkpoint)
+            run_sweep(search, runner, sweep, checkpoint_all)
         except KeyboardInterrupt:
             if search is not None:
                 search.stop("interrupted")
@@ -209,9 +223,88 @@ def _finish(args: argparse.Namespace, console: Any, sc: Any, prepared: Any, sett
 
     code, lines, result = _result(args, sc, prepared, settings, sweep, search, out_dir, interrupted=interrupted)
     _write_summary(out_dir, result)
+    cap_path = _write_capacity_report(out_dir, sc, sweep, str(result["stop_reason"]), html=args.html)
     for line in lines:
         console.print(line, soft_wrap=True)
-    console.print(f"reports: {out_dir}/ (capacity.json)")
+    console.print(f"reports: {out_dir}/ (capacity.json, {cap_path.name})" + (f"; curve: {args.html}" if args.html
+                                                                             else ""))
+    if args.json:
+        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_SORT_KEYS).decode() + "\n")
+    return code
+
+
+def _levels(args: argparse.Namespace) -> list[int] | None:
+    if args.concurrency is None:
+        return None
+    from bench.errors import InputError
+
+    try:
+        return sweep_steps.parse_levels(args.concurrency)
+    except ValueError as exc:
+        raise InputError(str(exc), key="--concurrency") from None
+
+
+def _write_capacity_report(out_dir: Path, sc: Any, sweep: Sweep, stop_reason: str, *,
+                           html: str | None = None) -> Path:
+    """DIR/capacity.arrow: every judged step in one Arrow file (bench report draws its curve); --html too."""
+    from bench.report.capacity_report import read_capacity_report, write_capacity_report
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "capacity.arrow"
+    slo = sweep_steps.objectives_text(sweep.objectives) if sweep.objectives is not None else ""
+    write_capacity_report(path, sweep.rows, scenario_name=sc.name, load_kind=sweep.load_kind, slo=slo,
+                          stop_reason=stop_reason, extra={"slo_source": sweep.objectives_source})
+    if html:
+        from bench.report.capacity_views import capacity_html
+
+        page = Path(html)
+        tmp = page.with_name(f".{page.name}.tmp")
+        tmp.write_text(capacity_html(read_capacity_report(path)), encoding="utf-8")
+        tmp.replace(page)
+    return path
+
+
+def _concurrency(args: argparse.Namespace, console: Any, sc: Any, prepared: Any, sweep: Sweep, runner: StepRunner,
+                 levels: list[int], out_dir: Path, checkpoint: Any) -> int:
+    """--concurrency: every level run; capacity = completions/s of the highest client count that met the SLO."""
+    import orjson
+
+    from bench.capacity import highest_pass
+    from bench.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SLO
+
+    try:
+        reason = sweep_steps.run_concurrency(levels, runner, sweep, checkpoint)
+    except KeyboardInterrupt:
+        reason = "interrupted"
+        console.print("[yellow]interrupted[/]: writing what was measured")
+    rows = sweep.rows
+    best_i = highest_pass([r.offered for r in rows], [r.verdict for r in rows]) if rows else None
+    best = rows[best_i] if best_i is not None else None
+    model = _model_capacity(prepared)
+    if best is not None:
+        head = (f"highest load under the SLO: {int(best.offered)} clients, {best.achieved_rps or 0:,.1f} req/s "
+                f"(p99 {best.p99_ms or 0:.3g} ms)")
+    else:
+        head = "no concurrency level met the SLO"
+    lines = [head]
+    if model is not None:
+        lines.append(f"emulator model capacity (slots / mean service time): {model:,.1f} req/s"
+                     + (f"; the highest passing level did {(best.achieved_rps or 0) / model:.0%} of it"
+                        if best is not None else ""))
+    code = EXIT_INTERRUPTED if reason == "interrupted" else EXIT_OK if best is not None else EXIT_SLO
+    result: dict[str, Any] = {
+        "scenario": sc.name, "load_kind": "concurrency", "levels": levels, "stop_reason": reason, "exit_code": code,
+        "capacity_rps": best.achieved_rps if best is not None else None,
+        "capacity_clients": int(best.offered) if best is not None else None, "model_capacity_rps": model,
+        "slo": sweep_steps.objectives_text(sweep.objectives) if sweep.objectives is not None else None,
+        "slo_source": sweep.objectives_source, "steps": [s.to_dict() for s in sweep.steps],
+        "out_dir": str(out_dir), "message": head}
+    _write_summary(out_dir, result)
+    cap_path = _write_capacity_report(out_dir, sc, sweep, reason, html=args.html)
+    for line in lines:
+        console.print(line, soft_wrap=True)
+    console.print(f"reports: {out_dir}/ (capacity.json, {cap_path.name})" + (f"; curve: {args.html}" if args.html
+                                                                             else ""))
     if args.json:
         sys.stdout.write(orjson.dumps(result, option=orjson.OPT_SORT_KEYS).decode() + "\n")
     return code

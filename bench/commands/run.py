@@ -40,6 +40,9 @@ def register(sub: Any) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.add_argument("--strict", action="store_true", help="exit 3 when the run is generator-bound")
     p.add_argument("--no-preflight", action="store_true", help="skip the Wallaroo deployment status check")
+    from bench.commands.locust_worker import add_master_options
+
+    add_master_options(p)
     p.set_defaults(func=_main)
 
 

@@ -15,7 +15,7 @@ it adds to the report (``lag_bound_ms``; ``run``'s returned extras).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -31,6 +31,7 @@ REGISTRY: Mapping[str, str] = {  # kind -> module defining TARGET
     "wallaroo": "bench.targets.wallaroo",
     "ubiops": "bench.targets.ubiops_target",
     "http": "bench.targets.http",
+    "kserve": "bench.targets.kserve",
 }
 KINDS = tuple(REGISTRY)
 
@@ -81,6 +82,13 @@ class Target:
     def point_at(self, config: Any, ep: Endpoints) -> Any:
         """``config`` pointed at resolved endpoints (e.g. the emulator's URL and token)."""
         return config
+
+    def has_preflight(self, config: Any) -> bool:
+        """True: ``preflight`` checks the target before any load (a multi-process parent runs it once)."""
+        return False
+
+    async def preflight(self, config: Any, url: str, message: Callable[[str], None]) -> None:
+        """Readiness and model checks before any load: InputError (exit 2) or RunInvalid (exit 3)."""
 
     def own_data_plane(self, config: Any) -> bool:
         """True: ``run`` applies the load; False (default): a bench engine does, with ``request``."""

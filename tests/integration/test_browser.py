@@ -75,3 +75,25 @@ def test_html_report_renders_in_chromium(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     assert console_lines(result.stderr) == []
     assert shot.exists() and shot.stat().st_size > 20_000  # a blank page compresses to a few kB
+
+
+def test_html_shows_client_and_server_percentiles_side_by_side(tmp_path: Path) -> None:
+    """A real KServe V2 run with [server_metrics] (the embedded emulator's /metrics): the page's latency table
+    holds the client's service time and the server handler's percentiles in the same columns."""
+    report = tmp_path / "kserve.arrow"
+    run = bench("run", "scenarios/kserve.toml", "--set", 'load.duration="2s"', "--set", 'load.warmup="0.5s"',
+                "-q", "--json", "--out", str(report))
+    assert run.returncode == 0, run.stderr
+    page = tmp_path / "kserve.html"
+    shown = bench("report", str(report), "--html", str(page))
+    assert shown.returncode == 0, shown.stderr
+    dom = chromium(page.as_uri(), tmp_path / "profile", "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert console_lines(dom.stderr) == []
+    html = dom.stdout
+    number = r"\s*<td[^>]*>\s*([0-9][0-9,.]*)\s*</td>"
+    client = re.search(r"service \(sent → done\)\s*</td>" + number * 3, html)
+    server = re.search(r'<span class="server">server handler \(bucket res\.\)</span>\s*</td>' + number * 3, html)
+    assert client is not None and server is not None, html[html.find("<h2>Latency"):][:3000]
+    assert all(float(v.replace(",", "")) > 0 for v in (*client.groups(), *server.groups()))
+    assert "outside the handler" in html

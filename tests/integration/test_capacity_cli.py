@@ -56,6 +56,12 @@ def test_finds_the_known_capacity_and_plans_replicas(tmp_path: Path) -> None:
             assert s["p99_ms"] <= 150 and s["error_rate"] <= 0.01
     assert sorted(p.name for p in out.glob("step-*.arrow")) == sorted(Path(s["report"]).name for s in steps)
     assert json.loads((out / "capacity.json").read_text())["capacity_rps"] == capacity
+    # the capacity report holds every judged step; its highest pass is the capacity found
+    import pyarrow.ipc as ipc
+
+    cap = ipc.open_file(str(out / "capacity.arrow"))
+    assert [r["offered"] for r in cap.read_all().to_pylist()] == [s["target_rps"] for s in steps]
+    assert json.loads(cap.schema.metadata[b"bench.capacity"])["highest_pass"]["offered"] == capacity
     # the embedded emulator was started once for the sweep, not per step
     assert proc.stderr.count("embedded emulator at") == 1
 

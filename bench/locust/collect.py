@@ -1,0 +1,151 @@
+"""The bench report of a stock `locust` run with bench users: one recorder per Locust process, one report.
+
+Single process: written at test stop. Master + workers: at the master's test stop the master asks every
+connected worker for its recorder (``bench_user_finish``), each answers with its report
+(``bench_user_report``), and the master merges them exactly and writes one report; a worker that does not
+answer in time is named and the report marked partial. ``--bench-report PATH`` chooses the file.
+Importing this module imports locust (gevent).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import gevent
+from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
+
+from bench.locust import _core
+from bench.report.model import Report
+
+__all__ = ["add_arguments", "collector_for", "on_init"]
+
+log = logging.getLogger("bench.locust")
+_ANSWER_WAIT_S = 15.0
+
+
+class _Collector:
+    def __init__(self, env: Any) -> None:
+        self.env = env
+        self.plan: _core.UserPlan | None = None
+        self.recorder: Any = None
+        self.cpu0 = self.wall0 = 0.0
+        self.answers: dict[str, Any] = {}
+        self.written = False
+        self.in_flight = 0  # requests sent and not answered (a user stopped mid-request never answers)
+        self.tokens: Any = None  # bench.locust.tokens.UserTokens when the plan has [auth]
+
+    def start(self, **_kw: Any) -> None:
+        self.recorder = _core.new_recorder(time.monotonic_ns())
+        self.cpu0, self.wall0 = time.process_time(), time.monotonic()
+        self.answers.clear()
+        self.written = False
+
+    def own_report(self) -> Report | None:
+        if self.recorder is None or self.plan is None:
+            return None
+        run = self.recorder.finish(time.monotonic_ns(), partial=False)
+        self.recorder = None
+        cpu = (time.process_time() - self.cpu0) / max(1e-9, time.monotonic() - self.wall0)
+        report = _core.users_report(self.plan, run, cpu, self.env.runner.user_count if self.env.runner else 0)
+        report.meta.host = f"{socket.gethostname()}:{os.getpid()}"
+        if self.in_flight:  # sent, never answered: Locust stopped the user mid-request (bench.report.accounting)
+            report.meta.extra["abandoned"] = self.in_flight
+        return report
+
+    # -- single process --------------------------------------------------------------------------------
+    def local_stop(self, **_kw: Any) -> None:
+        if self.written:
+            return
+        report = self.own_report()
+        if report is not None:
+            self._write(report)
+
+    # -- worker ----------------------------------------------------------------------------------------
+    def on_finish_request(self, environment: Any, msg: Any) -> None:
+        environment.runner.stop()  # users first: a request finishing after the report would be lost to it
+        report = self.own_report()
+        data = _core.write_report_bytes(report) if report is not None else None
+        environment.runner.send_message("bench_user_report", {"report": data})
+
+    # -- master ----------------------------------------------------------------------------------------
+    def on_report(self, environment: Any, msg: Any) -> None:
+        self.answers[msg.node_id] = msg.data["report"]
+
+    def master_stop(self, **_kw: Any) -> None:
+        if self.written:
+            return
+        runner = self.env.runner
+        expected = [c.id for c in runner.clients.all if c.state != STATE_MISSING]
+        runner.send_message("bench_user_finish", {})
+        deadline = time.monotonic() + _ANSWER_WAIT_S
+        while any(cid not in self.answers for cid in expected) and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        reports = [_core.read_report_bytes(bytes(d)) for d in self.answers.values() if d]
+        missing = [cid for cid in expected if cid not in self.answers]
+        if not reports:
+            log.warning("bench: no worker sent bench data (no bench users ran?): no bench report written")
+            return
+        merged = _core.merge(reports)
+        merged.run.partial = merged.run.partial or bool(missing)
+        merged.meta.extra["locust"] = {"workers": sorted(self.answers), "lost": missing}
+        merged.meta.load = {"mode": "locust", "workers": len(reports),
+                            "users": sum(int(r.meta.load.get("users", 0)) for r in reports)}
+        if missing:
+            log.warning("bench: no answer from worker(s) %s: the bench report is partial", ", ".join(missing))
+        self._write(merged)
+
+    def _write(self, report: Report) -> None:
+        opts = self.env.parsed_options
+        wanted = getattr(opts, "bench_report", "") if opts is not None else ""
+        path = Path(wanted) if wanted else _core.default_report_path(report.meta.scenario_name or "locust")
+        written = _core.write(report, path)
+        self.written = True
+        print(f"bench report: {written}", file=sys.stderr, flush=True)
+
+
+def _collector(env: Any) -> _Collector:
+    c: _Collector | None = getattr(env, "bench_collector", None)
+    if c is None:
+        c = _Collector(env)
+        env.bench_collector = c
+    return c
+
+
+def on_init(environment: Any, **_kw: Any) -> None:
+    """events.init: wire the collector to this process's runner (master, worker or local)."""
+    c = _collector(environment)
+    runner = environment.runner
+    environment.events.test_start.add_listener(c.start)
+    if isinstance(runner, MasterRunner):
+        runner.register_message("bench_user_report", c.on_report)
+        environment.events.test_stop.add_listener(c.master_stop)
+    elif isinstance(runner, WorkerRunner):
+        runner.register_message("bench_user_finish", c.on_finish_request)
+    elif runner is not None:
+        environment.events.test_stop.add_listener(c.local_stop)
+
+
+def add_arguments(parser: Any) -> None:
+    parser.add_argument("--bench-report", default="", help="bench report file written at test stop "
+                        "(default reports/<UTC time>-<name>.arrow)")
+
+
+def collector_for(environment: Any, plan: _core.UserPlan) -> _Collector:
+    """This process's collector; its recorder starts with the test (a user built outside a test starts one)."""
+    c = _collector(environment)
+    if c.plan is None:
+        c.plan = plan
+    if c.recorder is None:
+        c.start()
+    if plan.auth is not None and c.tokens is None:
+        from bench.locust.tokens import UserTokens
+
+        c.tokens = UserTokens(plan.auth, file=plan.scenario.file,
+                              count=lambda name: c.recorder.count(name) if c.recorder is not None else None)
+    return c

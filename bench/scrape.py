@@ -1,0 +1,145 @@
+"""`[server_metrics]`: the server's Prometheus ``/metrics`` scraped during a run, beside the client's figures.
+
+A control-plane thread (its own blocking httpx client, never the engines' event loop) scrapes every
+``interval``: once just before the load, then on its period, then once after the load. Each good scrape is
+folded by bench.prom into counters, gauges and histograms; a failed one (refused, timeout, non-2xx, text
+that is not the Prometheus format, no samples) is counted with its first reason kept — never fatal. After the
+run, ``add_to(report)`` stores them with bench.report.server_metrics (times relative to the run's start).
+A ``--processes`` run scrapes in the parent only: the server's totals are not per worker.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from bench.prom import PromError, fold, parse
+from bench.tables import TableReader
+from bench.units import parse_duration
+
+__all__ = ["DEFAULT_LATENCY_METRIC", "ScrapeConfig", "Scraper", "config_from_mapping", "scraping"]
+
+DEFAULT_LATENCY_METRIC = "rest_server_request_duration_seconds"  # MLServer's (and the emulator's) REST histogram
+_KEYS = ("url", "interval", "timeout", "latency_metric", "path_contains")
+
+
+@dataclass(frozen=True, slots=True)
+class ScrapeConfig:
+    url: str  # …/metrics, or "embedded" (the embedded emulator's)
+    interval_s: float = 1.0
+    timeout_s: float = 2.0
+    latency_metric: str = DEFAULT_LATENCY_METRIC
+    path_contains: str = "/infer"  # request-duration series of routes whose `path` label holds this
+
+
+def config_from_mapping(d: Mapping[str, Any], file: str, *, embedded: bool) -> ScrapeConfig:
+    """Validate ``[server_metrics]``; problems are InputErrors naming ``server_metrics.<key>``."""
+    r = TableReader(d, file, "server_metrics")
+    for key in d:
+        if key not in _KEYS:
+            raise r.err(key, f"unknown key (known: {', '.join(_KEYS)})")
+    url = r.string("url")
+    if url is None:
+        raise r.err("url", "missing: the server's Prometheus endpoint, e.g. http://127.0.0.1:8082/metrics")
+    if url == "embedded":
+        if not embedded:
+            raise r.err("url", "'embedded' needs target.url = 'embedded'")
+    else:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise r.err("url", f"expected an http:// or https:// URL, got {url!r}")
+
+    def duration(key: str, default: float) -> float:
+        try:
+            seconds = parse_duration(d.get(key, default))
+        except ValueError as exc:
+            raise r.err(key, str(exc)) from None
+        if seconds < 0.05:
+            raise r.err(key, "must be at least 50ms")
+        return seconds
+
+    path = d.get("path_contains", "/infer")
+    if not isinstance(path, str):
+        raise r.err("path_contains", "expected a string ('' keeps every route)")
+    return ScrapeConfig(url=url, interval_s=duration("interval", 1.0), timeout_s=duration("timeout", 2.0),
+                        latency_metric=r.string("latency_metric") or DEFAULT_LATENCY_METRIC, path_contains=path)
+
+
+class Scraper:
+    """Scrapes ``url`` on a thread until ``stop``; ``add_to(report)`` stores what it got."""
+
+    def __init__(self, cfg: ScrapeConfig, url: str) -> None:
+        self.cfg, self.url = cfg, url
+        self.scrapes: list[tuple[int, Any]] = []  # (wall ns, Folded)
+        self.errors = 0
+        self.first_error = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bench-scraper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(self.cfg.timeout_s + 5.0)
+
+    def _loop(self) -> None:
+        import httpx
+
+        with httpx.Client(timeout=self.cfg.timeout_s, follow_redirects=True) as client:
+            while True:
+                t0 = time.monotonic()
+                self.scrape_once(client)
+                if self._stop.wait(max(0.0, self.cfg.interval_s - (time.monotonic() - t0))):
+                    self.scrape_once(client)  # the load has stopped: the closing scrape
+                    return
+
+    def scrape_once(self, client: Any) -> None:
+        import httpx
+
+        wall = time.time_ns()
+        try:
+            r = client.get(self.url)
+            if r.status_code != 200:
+                raise PromError(f"HTTP {r.status_code}")
+            types, samples = parse(r.text)
+            if not samples:
+                raise PromError("no samples")
+        except (httpx.HTTPError, PromError, UnicodeDecodeError) as exc:
+            self.errors += 1
+            if not self.first_error:
+                self.first_error = f"{type(exc).__name__}: {exc}"[:200]
+            return
+        self.scrapes.append((wall, fold(types, samples, path_contains=self.cfg.path_contains)))
+
+    def add_to(self, report: Any) -> None:
+        """Store the scrapes in ``report`` (sections server_metric / server_latency, extra.server_metrics)."""
+        from bench.report.server_metrics import Scrape, add_server_metrics
+
+        start = report.run.start_unix_ns
+        scrapes = [Scrape(t_s=(wall - start) / 1e9, counters=f.counters, gauges=f.gauges, histograms=f.histograms)
+                   for wall, f in self.scrapes]
+        add_server_metrics(report, scrapes, latency_metric=self.cfg.latency_metric, url=self.url,
+                           scrape_errors=self.errors)
+        if self.first_error:
+            report.meta.extra["server_metrics"]["first_error"] = self.first_error
+
+
+@contextmanager
+def scraping(cfg: ScrapeConfig | None, embedded_base: str | None) -> Iterator[Scraper | None]:
+    """A running Scraper for the block (None when the scenario has no [server_metrics]); always stopped."""
+    if cfg is None:
+        yield None
+        return
+    url = f"{embedded_base}/metrics" if cfg.url == "embedded" and embedded_base else cfg.url
+    scraper = Scraper(cfg, url)
+    scraper.start()
+    try:
+        yield scraper
+    finally:
+        scraper.stop()

@@ -1,0 +1,345 @@
+"""Open Inference Protocol v2 (KServe V2 REST): the ``[target]`` config, request encoding, answer judging.
+
+Pure functions (no sockets): the scenario's ``[target]`` table → ``KServeConfig``; an Arrow table → V2 request
+bodies, encoded once; an answer → (kind, rows out). Two layouts:
+
+- ``tensor`` (default): the whole row batch as ONE input — a list column (ccfraud's fixed-size ``tensor``) or
+  several scalar numeric columns stacked — shape ``[rows, width]``;
+- ``columns``: one input per column (shape ``[rows]``, or ``[rows, width]`` for list columns).
+
+Datatypes follow the Arrow types (float32 → FP32, float64 → FP64, int64 → INT64, int32 → INT32, strings →
+BYTES, bool → BOOL) unless the scenario names one. With ``binary = true`` the tensors go as raw little-endian
+bytes after a JSON header (the binary tensor extension); the JSON header of every body is padded with spaces to
+one length so that the one ``Inference-Header-Content-Length`` the engines send fits them all.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+import pyarrow as pa
+
+from bench.errors import InputError
+from bench.results import Kind, PreparedBody
+from bench.tables import TableReader
+from bench.units import parse_duration
+
+__all__ = ["DATATYPES", "HEADER_LENGTH", "InputSpec", "KServeConfig", "Tensor", "classify", "config_from_mapping",
+           "encode_bodies", "tensors_for"]
+
+DATATYPES: dict[str, str] = {"FP32": "<f4", "FP64": "<f8", "FP16": "<f2", "INT64": "<i8", "INT32": "<i4",
+                             "INT16": "<i2", "INT8": "<i1", "UINT8": "<u1", "UINT16": "<u2", "UINT32": "<u4",
+                             "UINT64": "<u8", "BOOL": "|b1", "BYTES": "O"}
+HEADER_LENGTH = "Inference-Header-Content-Length"
+_KEYS = ("kind", "url", "model_name", "model_version", "layout", "input_name", "datatype", "shape", "inputs",
+         "outputs", "binary", "headers", "ready_wait", "preflight")
+_OK, _BAD, _HTTP, _LIMITED = int(Kind.OK), int(Kind.BAD_RESPONSE), int(Kind.HTTP_ERROR), int(Kind.RATE_LIMITED)
+
+
+@dataclass(frozen=True, slots=True)
+class InputSpec:
+    """How one column (or, for the tensor layout, the whole batch) becomes a V2 input."""
+
+    name: str
+    datatype: str | None = None  # None: from the Arrow type
+    shape: tuple[int, ...] | None = None  # -1 = the request's rows; None: [rows] or [rows, width]
+
+
+@dataclass(frozen=True, slots=True)
+class KServeConfig:
+    """The validated ``[target]`` table of ``kind = "kserve"``."""
+
+    url: str  # the server's base URL (…/v2/models/{name}/infer is appended)
+    model_name: str
+    model_version: str | None = None
+    layout: str = "tensor"  # "tensor" | "columns"
+    tensor: InputSpec | None = None  # the tensor layout's one input (name None → the column's name)
+    columns: Mapping[str, InputSpec] = field(default_factory=dict)  # columns layout: per-column overrides
+    outputs: tuple[str, ...] = ()  # ask for these outputs only, and expect them
+    binary: bool = False
+    headers: Mapping[str, str] = field(default_factory=dict)
+    ready_wait_s: float = 30.0
+    preflight: bool = True
+
+    @property
+    def model_path(self) -> str:
+        from urllib.parse import quote
+
+        path = f"/v2/models/{quote(self.model_name, safe='')}"
+        return path + (f"/versions/{quote(self.model_version, safe='')}" if self.model_version else "")
+
+    def infer_url(self, base: str | None = None) -> str:
+        return f"{(base or self.url).rstrip('/')}{self.model_path}/infer"
+
+
+def _datatype(reader: TableReader, key: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or value.upper() not in DATATYPES:
+        raise reader.err(key, f"unknown datatype {value!r} (known: {', '.join(DATATYPES)})")
+    return value.upper()
+
+
+def _shape(reader: TableReader, key: str, value: object) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(d, int) and not isinstance(d, bool) and (d == -1 or d > 0) for d in value)
+            or value.count(-1) > 1):
+        raise reader.err(key, f"expected a list of positive integers with at most one -1 (the rows), got {value!r}")
+    return tuple(value)
+
+
+def config_from_mapping(d: Mapping[str, Any], file: str) -> KServeConfig:
+    """Validate ``[target]``; every problem is an InputError naming ``target.<key>``."""
+    r = TableReader(d, file, "target")
+    for key in d:
+        if key not in _KEYS:
+            raise r.err(key, f"unknown key (known: {', '.join(_KEYS)})")
+    model = r.string("model_name")
+    if model is None:
+        raise r.err("model_name", "missing: the model's name on the server (…/v2/models/{model_name}/infer)")
+    version = d.get("model_version")
+    if version is not None and not isinstance(version, str | int):
+        raise r.err("model_version", f"expected a string, got {type(version).__name__}")
+    layout = d.get("layout", "tensor")
+    if layout not in ("tensor", "columns"):
+        raise r.err("layout", f"expected 'tensor' (one input per row batch) or 'columns' (one per column), "
+                              f"got {layout!r}")
+    tensor = None
+    columns: dict[str, InputSpec] = {}
+    if layout == "tensor":
+        if "inputs" in d:
+            raise r.err("inputs", "is for layout = 'columns'; the tensor layout takes input_name, datatype, shape")
+        tensor = InputSpec(name=r.string("input_name") or "", datatype=_datatype(r, "datatype", d.get("datatype")),
+                           shape=_shape(r, "shape", d.get("shape")))
+    else:
+        for key in ("input_name", "datatype", "shape"):
+            if key in d:
+                raise r.err(key, "is for layout = 'tensor'; with columns use [target.inputs.COLUMN]")
+        inputs = d.get("inputs", {})
+        if not isinstance(inputs, dict):
+            raise r.err("inputs", "expected a table of column = {name, datatype, shape}")
+        for col, spec in inputs.items():
+            if not isinstance(spec, dict) or set(spec) - {"name", "datatype", "shape"}:
+                raise r.err(f"inputs.{col}", "expected a table with name, datatype and/or shape")
+            name = spec.get("name", col)
+            if not isinstance(name, str) or not name:
+                raise r.err(f"inputs.{col}.name", "expected a non-empty string")
+            columns[col] = InputSpec(name, _datatype(r, f"inputs.{col}.datatype", spec.get("datatype")),
+                                     _shape(r, f"inputs.{col}.shape", spec.get("shape")))
+    outputs = d.get("outputs", [])
+    if not isinstance(outputs, list) or not all(isinstance(o, str) and o for o in outputs):
+        raise r.err("outputs", "expected a list of output names")
+    headers = d.get("headers", {})
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        raise r.err("headers", "expected a table of strings")
+    if any(k.lower() == "authorization" for k in headers):
+        raise r.err("headers", "do not put credentials in a scenario file; use [auth]")
+    for key in ("binary", "preflight"):
+        if not isinstance(d.get(key, False), bool):
+            raise r.err(key, "expected true or false")
+    try:
+        wait = parse_duration(d.get("ready_wait", 30.0))
+    except ValueError as exc:
+        raise r.err("ready_wait", str(exc)) from None
+    return KServeConfig(url=str(d.get("url", "embedded")), model_name=model,
+                        model_version=None if version is None else str(version), layout=layout, tensor=tensor,
+                        columns=columns, outputs=tuple(outputs), binary=bool(d.get("binary", False)),
+                        headers=dict(headers), ready_wait_s=wait, preflight=bool(d.get("preflight", True)))
+
+
+@dataclass(slots=True)
+class Tensor:
+    """One V2 input of a whole table: name, datatype, shape with rows first, values (rows first)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # for the whole table: shape[0] == rows
+    values: npt.NDArray[Any]  # shape (rows, ...) ; object array of bytes for BYTES
+
+
+def _arrow_datatype(t: pa.DataType) -> str | None:
+    for test, name in ((pa.types.is_float32, "FP32"), (pa.types.is_float64, "FP64"), (pa.types.is_float16, "FP16"),
+                       (pa.types.is_int64, "INT64"), (pa.types.is_int32, "INT32"), (pa.types.is_int16, "INT16"),
+                       (pa.types.is_int8, "INT8"), (pa.types.is_boolean, "BOOL"), (pa.types.is_string, "BYTES"),
+                       (pa.types.is_large_string, "BYTES"), (pa.types.is_binary, "BYTES")):
+        if test(t):
+            return name
+    return None
+
+
+def _column(col: pa.ChunkedArray, name: str) -> tuple[npt.NDArray[Any], str]:
+    """A column as a numpy array (rows, [width]) and its V2 datatype from the Arrow type."""
+    t = col.type
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        dt = _arrow_datatype(t.value_type)
+        rows = col.to_pylist()
+        widths = {len(r) if r is not None else -1 for r in rows}
+        if dt is None or dt == "BYTES" or len(widths) != 1 or -1 in widths:
+            raise InputError(f"column {name!r}: a list column must hold numbers, every row of one length",
+                             key="data")
+        flat = pa.concat_arrays([c.flatten() for c in col.chunks]).to_numpy(zero_copy_only=False)
+        return flat.reshape(len(rows), widths.pop()), dt
+    dt = _arrow_datatype(t)
+    if dt is None:
+        raise InputError(f"column {name!r}: Arrow type {t} has no V2 datatype", key="data")
+    if col.null_count:
+        raise InputError(f"column {name!r}: {col.null_count} null values (V2 tensors have no nulls)", key="data")
+    if dt == "BYTES":
+        values = [v.encode() if isinstance(v, str) else v for v in col.to_pylist()]
+        return np.array(values, dtype=object), dt
+    return col.to_numpy(), dt
+
+
+def _cast(values: npt.NDArray[Any], have: str, want: str, name: str) -> npt.NDArray[Any]:
+    if have == want:
+        return values
+    if (have == "BYTES") != (want == "BYTES"):
+        raise InputError(f"input {name!r}: cannot send {have} data as {want}", key="target.datatype")
+    if want.startswith(("INT", "UINT")) and have.startswith("FP") and not np.all(np.mod(values, 1) == 0):
+        raise InputError(f"input {name!r}: non-integer values cannot be sent as {want}", key="target.datatype")
+    return values.astype(DATATYPES[want])
+
+
+def _reshape(values: npt.NDArray[Any], shape: tuple[int, ...] | None, name: str, key: str) -> tuple[int, ...]:
+    rows = values.shape[0]
+    if shape is None:
+        return tuple(values.shape)
+    per_row = math.prod(d for d in shape if d != -1)
+    if shape[0] != -1 or per_row * rows != values.size:
+        raise InputError(f"input {name!r}: shape {list(shape)} does not fit {values.size // max(rows, 1)} values "
+                         f"per row (the first dimension must be -1, the rows)", key=key)
+    return (rows, *shape[1:])
+
+
+def tensors_for(table: pa.Table, cfg: KServeConfig) -> list[Tensor]:
+    """The table as the V2 inputs the config asks for (every row), checked before any body is encoded."""
+    if table.num_rows == 0:
+        raise InputError("the dataset has no rows", key="data")
+    if cfg.layout == "columns":
+        unknown = [c for c in cfg.columns if c not in table.column_names]
+        if unknown:
+            raise InputError(f"no column {unknown[0]!r} in the data (columns: {', '.join(table.column_names)})",
+                             key=f"target.inputs.{unknown[0]}")
+        out = []
+        for col in table.column_names:
+            spec = cfg.columns.get(col, InputSpec(col))
+            values, dt = _column(table.column(col), col)
+            values = _cast(values, dt, spec.datatype or dt, spec.name)
+            shape = _reshape(values, spec.shape, spec.name, f"target.inputs.{col}.shape")
+            out.append(Tensor(spec.name, spec.datatype or dt, shape, values.reshape(shape)))
+        return out
+    spec = cfg.tensor or InputSpec("")
+    if table.num_columns == 1:
+        values, dt = _column(table.column(0), table.column_names[0])
+        name = spec.name or table.column_names[0]
+    else:
+        parts = [_column(table.column(c), c) for c in table.column_names]
+        kinds = {dt for _, dt in parts}
+        if "BYTES" in kinds or any(v.ndim != 1 for v, _ in parts):
+            raise InputError("layout = 'tensor' stacks scalar numeric columns; these data need layout = 'columns'",
+                             key="target.layout")
+        values = np.column_stack([v for v, _ in parts])
+        dt = _arrow_datatype(pa.from_numpy_dtype(values.dtype)) or "FP64"
+        name = spec.name or "input-0"
+    values = _cast(values, dt, spec.datatype or dt, name)
+    shape = _reshape(values, spec.shape, name, "target.shape")
+    return [Tensor(name, spec.datatype or dt, shape, values.reshape(shape))]
+
+
+def _binary(values: npt.NDArray[Any], datatype: str) -> bytes:
+    if datatype == "BYTES":
+        return b"".join(struct.pack("<I", len(v)) + v for v in values.reshape(-1))
+    return bytes(np.ascontiguousarray(values, dtype=DATATYPES[datatype]).tobytes())
+
+
+def _json_data(values: npt.NDArray[Any], datatype: str) -> Any:
+    flat = values.reshape(-1)
+    if datatype == "BYTES":
+        return [v.decode("utf-8", "replace") for v in flat]
+    if datatype in ("FP16", "BOOL"):
+        return flat.tolist()
+    return np.ascontiguousarray(flat, dtype=DATATYPES[datatype])  # orjson writes numpy arrays compactly
+
+
+def encode_bodies(tensors: Sequence[Tensor], cfg: KServeConfig, rows_per_request: int) -> tuple[list[PreparedBody],
+                                                                                                 int | None]:
+    """Every request body (rows_per_request rows each, the last shorter), and the binary JSON header length."""
+    if isinstance(rows_per_request, bool) or not isinstance(rows_per_request, int) or rows_per_request < 1:
+        raise InputError(f"must be an integer >= 1, got {rows_per_request!r}", key="data.rows_per_request")
+    rows = tensors[0].shape[0]
+    outputs = [{"name": o} for o in cfg.outputs]
+    heads: list[bytes] = []
+    blobs: list[bytes] = []
+    counts: list[int] = []
+    for start in range(0, rows, rows_per_request):
+        n = min(rows_per_request, rows - start)
+        inputs: list[dict[str, Any]] = []
+        blob = b""
+        for t in tensors:
+            part = t.values[start:start + n]
+            item: dict[str, Any] = {"name": t.name, "shape": [n, *t.shape[1:]], "datatype": t.datatype}
+            if cfg.binary:
+                raw = _binary(part, t.datatype)
+                item["parameters"] = {"binary_data_size": len(raw)}
+                blob += raw
+            else:
+                item["data"] = _json_data(part, t.datatype)
+            inputs.append(item)
+        request: dict[str, Any] = {"inputs": inputs}
+        if outputs:
+            request["outputs"] = outputs
+        heads.append(orjson.dumps(request, option=orjson.OPT_SERIALIZE_NUMPY))
+        blobs.append(blob)
+        counts.append(n)
+    if not cfg.binary:
+        return [PreparedBody(h, n) for h, n in zip(heads, counts, strict=True)], None
+    width = max(len(h) for h in heads)  # JSON allows trailing spaces: one header length for every body
+    return [PreparedBody(h.ljust(width) + b, n) for h, b, n in zip(heads, blobs, counts, strict=True)], width
+
+
+def classify(status: int, body: bytes, rows_in: int, expected: Sequence[str] = ()) -> tuple[int, int, int]:
+    """(kind, rows out, 0): 2xx with ``outputs`` whose first dimension is the rows sent (and data that fills
+    the shape) is ok; anything else 2xx is bad_response; 429 rate_limited; other statuses http_error (the
+    recorder samples the V2 ``error`` body)."""
+    if not 200 <= status < 300:
+        return (_LIMITED if status == 429 else _HTTP), 0, 0
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return _BAD, 0, 0
+    outputs = answer.get("outputs") if isinstance(answer, dict) else None
+    if not isinstance(outputs, list) or not outputs:
+        return _BAD, 0, 0
+    names = set()
+    rows_out = -1
+    for out in outputs:
+        if not isinstance(out, dict):
+            return _BAD, 0, 0
+        shape, data = out.get("shape"), out.get("data")
+        if (not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape)
+                or (data is not None and (not isinstance(data, list) or _count(data) != math.prod(shape)))):
+            return _BAD, 0, 0
+        if rows_out < 0:
+            rows_out = shape[0]
+        elif shape[0] != rows_out:
+            return _BAD, 0, 0
+        names.add(out.get("name"))
+    if any(n not in names for n in expected):
+        return _BAD, max(rows_out, 0), 0
+    return (_OK if rows_out == rows_in else _BAD), rows_out, 0
+
+
+def _count(data: list[Any]) -> int:
+    """Leaf values of flat or nested row-major data."""
+    if not data or not isinstance(data[0], list):
+        return len(data)
+    return sum(_count(d) if isinstance(d, list) else 1 for d in data)

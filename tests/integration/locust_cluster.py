@@ -1,0 +1,72 @@
+"""Helpers for the distributed tests: real Locust master/worker processes (each in its own process group,
+always killed with its children), a free loopback port, and the emulator's own count of the requests it served
+(its /metrics: independent of bench's recorder)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class Cluster:
+    """Processes of one test; ``close`` SIGKILLs every process group (workers' engine children included)."""
+
+    def __init__(self, tmp: Path, env: dict[str, str] | None = None) -> None:
+        self.tmp = tmp
+        self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs: dict[int, Path] = {}
+
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None,
+              stdout: int | None = None) -> subprocess.Popen[bytes]:
+        log = self.tmp / f"{name}.log"
+        with open(log, "wb") as f:
+            proc = subprocess.Popen([sys.executable, *args], cwd=self.tmp, env={**self.env, **(env or {})},
+                                    stdout=stdout if stdout is not None else f, stderr=f, start_new_session=True)
+        self.procs.append(proc)
+        self.logs[proc.pid] = log
+        return proc
+
+    def worker(self, port: int, name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        return self.start(name, "-m", "bench", "locust-worker", "--master-port", str(port), env=env)
+
+    def log(self, proc: subprocess.Popen[bytes]) -> str:
+        return self.logs[proc.pid].read_text(errors="replace")
+
+    def close(self) -> None:
+        for p in self.procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
+
+
+def served(base_url: str) -> int:
+    """Inference requests the emulator answered, by its own count (GET /metrics, rest_server_requests_total)."""
+    with urllib.request.urlopen(f"{base_url}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
+               if line.startswith("rest_server_requests_total{") and 'method="POST"' in line and "/infer" in line)

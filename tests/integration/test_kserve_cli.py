@@ -1,0 +1,161 @@
+"""`kind = "kserve"` with the real `bench run` CLI against the emulator's V2 routes, and [server_metrics] faults."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SHORT = ["--set", 'load.duration="2s"', "--set", 'load.warmup="0.5s"', "--json", "--quiet"]
+
+
+def bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def variant(tmp_path: Path, *edits: tuple[str, str]) -> Path:
+    text = (ROOT / "scenarios/kserve.toml").read_text().replace("../data/", f"{ROOT}/data/")
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    path = tmp_path / "kserve.toml"
+    path.write_text(text)
+    return path
+
+
+def extra(out: Path) -> dict[str, object]:
+    meta = json.loads(ipc.open_file(str(out)).schema.metadata[b"bench.report"])
+    result: dict[str, object] = meta["extra"]
+    return result
+
+
+def test_kserve_scenario_on_embedded_emulator(tmp_path: Path) -> None:
+    out = tmp_path / "r.arrow"
+    proc = bench("run", "scenarios/kserve.toml", *SHORT, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(proc.stdout)
+    assert s["requests"] > 50 and s["errors"] == 0 and s["ok"] == s["requests"]
+    assert s["rows_per_s"] == pytest.approx(s["rps"] * 1001 / 101, rel=0.03)  # right rows came back
+    assert s["server_ms"] is not None  # the emulator's /metrics was scraped
+    sm = extra(out)["server_metrics"]
+    assert isinstance(sm, dict) and sm["scrapes"] >= 2 and sm["scrape_errors"] == 0
+
+
+def test_binary_tensor_extension_on_emulator(tmp_path: Path) -> None:
+    proc = bench("run", str(variant(tmp_path, ('datatype = "FP32"', 'datatype = "FP32"\nbinary = true'))), *SHORT)
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(proc.stdout)
+    assert s["errors"] == 0 and s["ok"] > 50
+
+
+def test_columns_layout_bytes_int64_fp64_on_echo_model(tmp_path: Path) -> None:
+    """One input per column (BYTES, INT64, FP64) against the emulator's echo model: every answer validated."""
+    data = tmp_path / "mixed.arrow"
+    n = 50
+    table = pa.table({"word": pa.array([f"w{i}" for i in range(n)]), "count": pa.array(range(n), pa.int64()),
+                      "score": pa.array([i / 7 for i in range(n)], pa.float64())})
+    with ipc.new_file(str(data), table.schema) as w:
+        w.write_table(table)
+    path = tmp_path / "cols.toml"
+    path.write_text(f"""name = "cols"
+[target]
+kind = "kserve"
+url = "embedded"
+model_name = "echo"
+layout = "columns"
+[target.inputs.score]
+datatype = "FP32"
+[data]
+path = "{data}"
+column = "word"  # the reader checks that this column exists; layout = "columns" sends every column
+rows_per_request = 4
+[load]
+concurrency = 2
+""")
+    proc = bench("run", str(path), *SHORT)
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(proc.stdout)
+    assert s["errors"] == 0 and s["ok"] > 20
+    assert s["rows_per_s"] == pytest.approx(s["rps"] * n / 13, rel=0.05)  # 12 bodies of 4 rows, one of 2
+
+
+@pytest.mark.parametrize(("edit", "needle"), [
+    (('input_name = "tensor"', 'input_name = "features"'), "input 'features'"),
+    (('datatype = "FP32"', 'datatype = "INT64"'), "input 'tensor'"),
+    (('datatype = "FP32"', 'datatype = "FP32"\nshape = [-1, 29, 1]'), "shape mismatch"),
+    (('model_version = "1"', 'model_version = "7"'), "not found"),
+])
+def test_model_disagreeing_with_data_exit_2_one_line(tmp_path: Path, edit: tuple[str, str], needle: str) -> None:
+    out = tmp_path / "never.arrow"
+    proc = bench("run", str(variant(tmp_path, edit)), *SHORT, "--out", str(out))
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("bench: error:") and needle in last and "kserve.toml" in last, last
+    assert not out.exists()  # no load, no report
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_metrics_url_down_is_counted_not_fatal(tmp_path: Path) -> None:
+    out = tmp_path / "r.arrow"
+    path = variant(tmp_path, ('url = "embedded"            # the emulator\'s Prometheus',
+                              f'url = "http://127.0.0.1:{free_port()}/metrics" #'))
+    proc = bench("run", str(path), *SHORT, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(proc.stdout)
+    assert s["errors"] == 0 and s["ok"] > 50 and s["server_ms"] is None  # no server figure: shown as missing
+    sm = extra(out)["server_metrics"]
+    assert isinstance(sm, dict) and sm["scrapes"] == 0 and sm["scrape_errors"] >= 2
+    assert "Connect" in str(sm["first_error"])
+
+
+def test_non_prometheus_metrics_text_is_counted_not_fatal(tmp_path: Path,
+                                                          serve_emulator: Callable[..., str]) -> None:
+    """A URL answering JSON (the emulator's V2 server metadata) is not Prometheus text: counted, run goes on."""
+    base = serve_emulator()
+    out = tmp_path / "r.arrow"
+    path = variant(tmp_path, ('url = "embedded"            # the emulator\'s Prometheus', f'url = "{base}/v2" #'))
+    proc = bench("run", str(path), *SHORT, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    sm = extra(out)["server_metrics"]
+    assert isinstance(sm, dict) and sm["scrapes"] == 0 and sm["scrape_errors"] >= 2
+    assert "PromError" in str(sm["first_error"])
+
+
+def test_processes_run_parent_preflights_and_scrapes(tmp_path: Path) -> None:
+    """--processes 2: the parent checks the model once and scrapes once; the merged report has server figures."""
+    out = tmp_path / "r.arrow"
+    proc = bench("run", "scenarios/kserve.toml", *SHORT, "--processes", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(proc.stdout)
+    assert s["errors"] == 0 and s["ok"] > 50 and s["server_ms"] is not None
+    sm = extra(out)["server_metrics"]
+    assert isinstance(sm, dict) and sm["scrapes"] >= 2
+    bad = variant(tmp_path, ('datatype = "FP32"', 'datatype = "FP64"'))
+    refused = bench("run", str(bad), *SHORT, "--processes", "2")
+    assert refused.returncode == 2 and "datatype mismatch" in refused.stderr.strip().splitlines()[-1]
+
+
+def test_v2_error_bodies_counted_with_the_servers_message(tmp_path: Path) -> None:
+    proc = bench("run", "scenarios/kserve.toml", *SHORT, "--set", "emulator.error_rate=0.1",
+                 "--out", str(tmp_path / "r.arrow"))
+    s = json.loads(proc.stdout)
+    assert s["requests"] == s["ok"] + s["errors"] and s["errors"] > 0
+    assert set(s["errors_by_kind"]) == {"http_error:500"}
+    (top,) = s["top_errors"]
+    assert top["count"] == s["errors"] and "model ccfraud failed (injected error)" in top["sample"]

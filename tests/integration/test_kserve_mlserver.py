@@ -1,0 +1,142 @@
+"""`kind = "kserve"` against a real MLServer 1.7 (mlserver-sklearn) on loopback: the real `bench run` CLI.
+
+MLServer lives in its own venv (/opt/mlserver-venv; .ci/run creates it) because its pins clash with bench's.
+The model is trained at test time by the documented script (examples/mlserver/train.py); the server gets free
+loopback ports for HTTP, gRPC and metrics, is waited on with a deadline, and is always stopped (its whole
+process group) in ``finally``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pyarrow.ipc as ipc
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV = Path(os.environ.get("MLSERVER_VENV", "/opt/mlserver-venv"))
+PYTHON, MLSERVER = VENV / "bin" / "python", VENV / "bin" / "mlserver"
+
+pytestmark = [pytest.mark.mlserver,
+              # skipped on a developer's machine without the venv; in CI (CI=true, .ci/run made the venv) never
+              pytest.mark.skipif(not MLSERVER.exists() and not os.environ.get("CI"),
+                                 reason=f"needs MLServer in {VENV} (.ci/run creates it)")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    base: str
+    metrics: str
+    log: Path
+
+
+@pytest.fixture(scope="module")
+def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    models = tmp_path_factory.mktemp("mlserver")
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    subprocess.run([str(PYTHON), str(ROOT / "examples/mlserver/train.py"), str(models), "--http-port", str(http),
+                    "--grpc-port", str(grpc), "--metrics-port", str(metrics)], check=True, timeout=120,
+                   capture_output=True)
+    log = models / "mlserver.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(MLSERVER), "start", str(models)], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=models)
+    try:
+        base = f"http://127.0.0.1:{http}"
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, f"mlserver exited {proc.returncode}: {log.read_text()[-2000:]}"
+            try:
+                if httpx.get(f"{base}/v2/models/ccfraud/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"mlserver not ready in 90 s: {log.read_text()[-2000:]}"
+            time.sleep(0.2)
+        yield Server(base, f"http://127.0.0.1:{metrics}/metrics", log)
+    finally:
+        with_group = os.getpgid(proc.pid) if proc.poll() is None else None
+        if with_group is not None:
+            os.killpg(with_group, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def scenario(tmp_path: Path, server: Server, *edits: tuple[str, str]) -> Path:
+    """scenarios/kserve-mlserver.toml pointed at this server (and its metrics port), with text ``edits``."""
+    text = (ROOT / "scenarios/kserve-mlserver.toml").read_text()
+    text = text.replace('url = "http://127.0.0.1:8080"', f'url = "{server.base}"')
+    text = text.replace('url = "http://127.0.0.1:8082/metrics"', f'url = "{server.metrics}"')
+    text = text.replace("../data/", f"{ROOT}/data/")
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    path = tmp_path / "kserve-mlserver.toml"
+    path.write_text(text)
+    return path
+
+
+def bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_bench_run_on_mlserver_zero_errors_right_rows_server_metrics(tmp_path: Path, mlserver: Server) -> None:
+    out = tmp_path / "run.arrow"
+    proc = bench("run", str(scenario(tmp_path, mlserver)), "--set", 'load.duration="3s"', "--json", "--quiet",
+                 "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(proc.stdout)
+    assert s["requests"] > 50 and s["ok"] == s["requests"] and s["errors"] == 0, s
+    # 1,001 rows cut into 10-row requests: 100 of 10 rows and one of 1
+    assert s["rows_per_s"] == pytest.approx(s["rps"] * 1001 / 101, rel=0.03), s
+    # the server's own request-duration histogram, scraped during the run, sits beside the client's latency
+    assert s["server_ms"] is not None and s["server_ms"]["p50"] > 0, s
+    report = ipc.open_file(str(out))  # read with pyarrow alone
+    rows = report.read_all().to_pylist()
+    latency = [r for r in rows if r["section"] == "server_latency" and r["phase"] == "measured"]
+    assert latency and latency[0]["name"] == "rest_server_request_duration_seconds", latency
+    # the histogram delta spans the scrapes bracketing the measured phase: it holds (nearly) every measured
+    # inference — a scrape landing just before the phase's last answers misses at most the requests in flight
+    assert latency[0]["count"] >= s["requests"] - 8, (latency, s)
+    assert any(r["section"] == "server_metric" and str(r["name"]).startswith("rest_server_requests_total")
+               for r in rows)
+    sm = json.loads(report.schema.metadata[b"bench.report"])["extra"]["server_metrics"]
+    # a scrape may time out on a loaded machine (counted, never fatal); most must succeed
+    assert sm["scrapes"] >= 3 and sm["scrape_errors"] <= 1, sm
+
+
+def test_metadata_mismatch_is_one_line_exit_2_naming_the_input(tmp_path: Path, mlserver: Server) -> None:
+    proc = bench("run", str(scenario(tmp_path, mlserver, ('datatype = "FP32"', 'datatype = "FP64"'))), "--quiet")
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr
+    assert err[-1].startswith("bench: error:") and "input 'tensor'" in err[-1] and "FP64" in err[-1], err
+
+
+def test_binary_extension_refused_by_mlserver_before_load(tmp_path: Path, mlserver: Server) -> None:
+    """MLServer's GET /v2 lists no binary_tensor_data extension: binary = true stops before any load."""
+    binary = ('datatype = "FP32"', 'datatype = "FP32"\nbinary = true')
+    proc = bench("run", str(scenario(tmp_path, mlserver, binary)), "--quiet")
+    assert proc.returncode == 2, proc.stderr
+    assert "binary_tensor_data" in proc.stderr.strip().splitlines()[-1]

@@ -1,0 +1,137 @@
+"""bench.locust users in a locustfile under the stock `locust` command (single process, master + 2 workers)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.emulator.config import EmulatorConfig
+from bench.report.reader import read_report
+from tests.integration.locust_cluster import ROOT, Cluster, free_port, served
+
+DATA = ROOT / "data" / "ccfraud_1k.df.json"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def locust(cluster: Cluster, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return cluster.start(name, "-m", "locust", "-f", str(cluster.tmp / "locustfile.py"), *args, env=env,
+                         stdout=subprocess.PIPE)
+
+
+def locust_totals(proc: subprocess.Popen[bytes]) -> tuple[int, int]:
+    """(requests, failures) of Locust's own final stats (`--json` on stdout); waits for the process."""
+    out, _ = proc.communicate(timeout=60)
+    entries = json.loads(out)
+    return sum(e["num_requests"] for e in entries), sum(e["num_failures"] for e in entries)
+
+
+def test_stock_locust_master_and_two_workers_leave_one_bench_report(cluster: Cluster,
+                                                                     serve_emulator: Callable[..., str]) -> None:
+    base = serve_emulator("--replicas", "8", "--latency-ms", "2")
+    d = EmulatorConfig()
+    (cluster.tmp / "locustfile.py").write_text(f"""
+from bench.locust import WallarooUser
+
+class Pipeline(WallarooUser):
+    url = "{base}/v1/api/pipelines/infer/{d.deployment}/{d.pipeline}"
+    data = {str(DATA)!r}
+    rows_per_request = 10
+""")
+    port = str(free_port())
+    out = cluster.tmp / "locust.arrow"
+    master = locust(cluster, "master", "--headless", "--master", "--master-bind-host", "127.0.0.1",
+                    "--master-bind-port", port, "--expect-workers", "2", "-u", "4", "-r", "4", "-t", "3s",
+                    "--bench-report", str(out), "--json")
+    workers = [locust(cluster, f"w{i}", "--worker", "--master-port", port) for i in range(2)]
+    locust_stats = locust_totals(master)
+    assert master.returncode == 0, cluster.log(master)
+    for w in workers:
+        assert w.wait(30) == 0, cluster.log(w)
+    answered = served(base)  # the emulator's own count
+    shown = subprocess.run([sys.executable, "-m", "bench", "report", str(out)], capture_output=True, text=True,
+                           cwd=ROOT, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    report = read_report(out)
+    requests = sum(t.requests for t in report.run.totals.values())
+    in_flight = report.meta.extra.get("unrecorded_errors", {}).get("abandoned", 0)  # sent, stopped unanswered
+    assert requests > 0 and report.run.total().errors == 0
+    assert requests <= answered <= requests + in_flight  # every answer the server sent is in the report
+    assert len(report.meta.extra["locust"]["workers"]) == 2 and report.meta.extra["locust"]["lost"] == []
+    assert not report.run.partial
+    assert locust_stats == (requests, 0)  # Locust's stats and bench's agree
+
+
+def test_ubiops_failed_status_is_a_failure_even_with_http_200(cluster: Cluster,
+                                                             serve_emulator: Callable[..., str]) -> None:
+    base = serve_emulator("--error-rate", "0.3", "--latency-ms", "1")
+    d = EmulatorConfig()
+    (cluster.tmp / "locustfile.py").write_text(f"""
+from bench.locust import UbiOpsUser
+
+class Deployment(UbiOpsUser):
+    base_url = "{base}/v2.1"
+    project = "demo"
+    deployment = "ccfraud"
+    token_env = "BENCH_TEST_UBIOPS_TOKEN"
+    data = {str(DATA)!r}
+    fields = {{"tensor": "tensor"}}
+""")
+    out = cluster.tmp / "single.arrow"
+    proc = locust(cluster, "single", "--headless", "-u", "2", "-r", "2", "-t", "2s", "--bench-report", str(out),
+                  "--json", env={"BENCH_TEST_UBIOPS_TOKEN": d.ubiops_token})
+    locust_stats = locust_totals(proc)
+    report = read_report(out)
+    total = report.run.total()
+    by_kind = {(e.kind, e.status): e.count for e in report.run.errors}
+    assert set(by_kind) == {("request_failed", 200)}, by_kind
+    assert total.ok > 0 and total.errors == sum(by_kind.values()) > 0
+    assert 0.15 < total.errors / total.requests < 0.45  # the emulator fails ~30 %
+    assert locust_stats == (total.requests, total.errors)  # Locust's stats count the same failures
+    assert d.ubiops_token.split()[-1] not in out.read_bytes().decode(errors="replace")
+
+
+def test_keycloak_tokens_are_fetched_and_refreshed_for_users(cluster: Cluster,
+                                                             serve_emulator: Callable[..., str]) -> None:
+    base = serve_emulator("--require-token", "--token-ttl", "1", "--latency-ms", "1")
+    d = EmulatorConfig()
+    (cluster.tmp / "sc.toml").write_text(f"""name = "tokens"
+[target]
+kind = "wallaroo"
+url = "{base}/v1/api/pipelines/infer/{d.deployment}/{d.pipeline}"
+[data]
+path = "{DATA}"
+rows_per_request = 10
+[auth]
+kind = "password"
+token_url = "{base}/auth/realms/master/protocol/openid-connect/token"
+client_secret_env = "BENCH_TEST_SECRET"
+username = "admin"
+password_env = "BENCH_TEST_PASSWORD"
+""")
+    (cluster.tmp / "locustfile.py").write_text("""
+from bench.locust import WallarooUser
+
+class Pipeline(WallarooUser):
+    scenario = "sc.toml"
+""")
+    out = cluster.tmp / "tokens.arrow"
+    proc = locust(cluster, "single", "--headless", "-u", "2", "-r", "2", "-t", "4s", "--bench-report", str(out),
+                  "--json", env={"BENCH_TEST_SECRET": d.client_secret, "BENCH_TEST_PASSWORD": "admin"})
+    requests, failures = locust_totals(proc)
+    report = read_report(out)
+    assert report.run.total().ok == requests > 0 and failures == 0  # every request carried a live token
+    assert report.run.counters.get("token_refresh", 0) >= 2  # 1 s tokens, refreshed every 0.8 s, over a run of ~3-4 s
+    assert d.client_secret not in out.read_bytes().decode(errors="replace") + cluster.log(proc)
