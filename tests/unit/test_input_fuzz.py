@@ -29,6 +29,7 @@ from bench.results import Kind
 from bench.scenario import SECTIONS, load_scenario, parse_scenario
 from bench.targets import http as http_target
 from bench.targets import wallaroo as wallaroo_target
+from bench.targets.kserve_codec import classify as classify_kserve
 from bench.targets.ubiops import classify_direct
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -254,7 +255,8 @@ def test_nan_passes_for_arrow_bodies_only(tmp_path: Path) -> None:
 
 CLASSIFIERS = {"wallaroo-json": wallaroo_target.make_classifier("pandas-records"),
                "wallaroo-arrow": wallaroo_target.make_classifier("arrow"),
-               "http": http_target.make_classifier(), "ubiops-direct": classify_direct}
+               "http": http_target.make_classifier(), "ubiops-direct": classify_direct,
+               "kserve": classify_kserve, "kserve-named": lambda s, b, r: classify_kserve(s, b, r, ("out",))}
 KINDS = {int(k) for k in Kind}
 
 
