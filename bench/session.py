@@ -71,7 +71,7 @@ def prepare(sc: Scenario) -> Prepared:
     if sc.target.embedded:
         from bench.emulator.embedded import emulator_config_from_mapping
 
-        cfg = emulator_config_from_mapping(sc.tables["emulator"], sc.file)
+        cfg = emulator_config_from_mapping(sc.emulator, sc.file)
         from bench.auth import emulator_credentials
 
         # the embedded emulator must accept the scenario's credentials (they reach it on stdin, not argv)
@@ -94,7 +94,7 @@ def resolved_target(prepared: Prepared, message: Callable[[str], None]) -> Itera
     stopped on exit (every run, step or worker inside the block shares it)."""
     sc = prepared.scenario
     if not sc.target.embedded:
-        if sc.tables["emulator"]:
+        if sc.emulator:
             message(f"{sc.file}: [emulator] ignored: target.url is not 'embedded'")
         yield prepared
         return
