@@ -84,6 +84,8 @@ def prepare(sc: Scenario) -> Prepared:
                 creds.update(more, **({"users": users} if users else {}))
         if creds:
             cfg = replace(cfg, **creds)
+        if sc.engine.http2 and "http2" not in sc.emulator:  # an HTTP/2 run needs an emulator that speaks h2c
+            cfg = replace(cfg, http2=True)
         prepared.emulator_config = cfg
     return prepared
 
