@@ -16,6 +16,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
+from bench.datacheck import check_names
 from bench.errors import InputError
 
 __all__ = ["CCFRAUD_FEATURES", "generate_ccfraud", "read_dataset", "records_from_table", "write_dataset"]
@@ -61,6 +62,7 @@ def read_dataset(path: str | Path, column: str = "tensor") -> pa.Table:
         raise
     except (pa.ArrowException, ValueError, OSError) as exc:
         raise InputError(f"cannot decode {suffix} data: {_first_line(exc)}", file=file) from None
+    check_names(table, file)
     return _normalise(table, column, file)
 
 

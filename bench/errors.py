@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __all__ = ["EXIT_INPUT", "EXIT_INTERRUPTED", "EXIT_INVALID", "EXIT_OK", "EXIT_SLO", "BenchError", "InputError",
-           "RunInvalid"]
+           "RunInvalid", "one_line"]
 
 EXIT_OK = 0
 EXIT_SLO = 1  # SLO or regression check failed
@@ -28,7 +28,15 @@ class InputError(BenchError):
         self.key = key
         self.problem = problem
         where = ": ".join(p for p in (file, key) if p)
-        super().__init__(f"{where}: {problem}" if where else problem)
+        super().__init__(one_line(f"{where}: {problem}" if where else problem))
+
+
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other unprintable characters escaped (a key or value from a bad file may hold
+    them), so an error stays one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class RunInvalid(BenchError):

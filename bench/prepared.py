@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from bench.errors import InputError
+from bench.config.wallaroo import EMBEDDED_PLACEHOLDER
 from bench.results import PreparedBody
 from bench.scenario import Scenario
 from bench.secrets import Scrubber, scrubber_for
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 __all__ = ["EMBEDDED_PLACEHOLDER", "Endpoints", "Prepared", "point_at", "prepare"]
 
-EMBEDDED_PLACEHOLDER = "http://embedded.invalid"
 
 
 
@@ -68,32 +67,17 @@ class Prepared:
 
 
 def prepare(sc: Scenario) -> Prepared:
-    """Read data and encode every request body once; validate the sections owned by other modules."""
+    """Read data and encode every request body once (the scenario reader has already typed every section)."""
     target = target_for(sc.target.kind)
     config = target.config(sc)
     prepared = Prepared(scenario=sc, bodies=target.bodies(sc, config), target_config=config)
-    if sc.tables["auth"]:
-        from bench.auth import auth_config_from_mapping
-
-        prepared.auth_config = auth_config_from_mapping(sc.tables["auth"], sc.file)
-    if sc.tables["wallaroo"]:
-        from bench.preflight import preflight_config_from_mapping
-
-        table = dict(sc.tables["wallaroo"])
-        if table.get("api_url") == "embedded":  # the embedded emulator's MLOps API, known once it runs
-            if not sc.target.embedded:
-                raise InputError("'embedded' needs target.url = 'embedded'", file=sc.file, key="wallaroo.api_url")
-            table["api_url"] = EMBEDDED_PLACEHOLDER
-        prepared.preflight_config = preflight_config_from_mapping(table, sc.file)
-    if sc.tables["slo"]:
-        from bench.report.slo import slo_from_mapping
-
-        prepared.slo = slo_from_mapping(sc.tables["slo"], sc.file)
-    if sc.tables.get("server_metrics"):
+    prepared.auth_config = sc.auth
+    prepared.preflight_config = sc.wallaroo
+    prepared.slo = sc.slo
+    if sc.server_metrics:  # a typed hook: its parser (bench.scrape) needs to know whether the target is embedded
         from bench.scrape import config_from_mapping
 
-        prepared.scrape_config = config_from_mapping(sc.tables["server_metrics"], sc.file,
-                                                     embedded=sc.target.embedded)
+        prepared.scrape_config = config_from_mapping(sc.server_metrics, sc.file, embedded=sc.target.embedded)
     prepared.scrubber = scrubber_for(prepared)
     return prepared
 

@@ -1,26 +1,39 @@
-"""Load and validate TOML scenarios into typed config. Every error names the file, the key and the problem.
+"""The one scenario reader: a TOML file (plus CLI overrides) parsed once into a fully typed ``Scenario``.
 
-Sections validated here: top level, [target] (wallaroo / http), [data], [load], [engine], [report]. Sections
-owned by other modules ([target] for kind = "ubiops", [auth], [wallaroo], [emulator], [slo], [capacity]) are kept as raw
-tables and validated by those modules before the run starts (see bench.plan).
+Every section is read here — [target], [data], [load], [engine], [report] by this module, [auth], [wallaroo],
+[slo], [capacity] by the pure parsers of ``bench.config`` — and every problem is one ``InputError`` naming the
+file, the key and the problem (exit 2, no traceback). Unknown keys are refused with a did-you-mean.
+
+The one section left as a table is ``[emulator]``: its parser belongs to the emulator (only bench.session may
+import it), which validates it in ``session.prepare`` before any load. A target kind that ``owns_section``
+(UbiOps) reads the rest of its [target] table in its ``Target.config``.
+
+``Scenario.source`` is the document every typed field was parsed from (what `--processes` workers and the
+report's scenario copy get). Typed fields are never edited beside it: ``revised`` applies new values to the
+document and parses again, so the two cannot drift.
 """
 
 from __future__ import annotations
 
-import math
+import re
 import tomllib
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, TypeVar
 
+from bench.config.auth import AuthConfig, auth_config_from_mapping
+from bench.config.capacity import CapacityConfig, capacity_config_from_mapping
+from bench.config.reader import Table, check_url, type_name
+from bench.config.slo import SloObjectives, slo_from_mapping
+from bench.config.wallaroo import EMBEDDED_PLACEHOLDER, PreflightConfig, preflight_config_from_mapping
 from bench.errors import InputError
 from bench.secrets import credential_header_problem, env_name_problem, url_problem
 from bench.targets import KINDS, target_for
-from bench.units import parse_duration
 
 __all__ = [
+    "SECTIONS",
+    "SECTION_PARSERS",
     "DataConfig",
     "EngineSettings",
     "LoadConfig",
@@ -34,9 +47,20 @@ __all__ = [
     "with_values",
 ]
 
+_T = TypeVar("_T")
 TARGET_KINDS = KINDS  # the target registry's kinds
 SECTIONS = ("target", "data", "load", "engine", "report", "auth", "wallaroo", "emulator", "slo", "capacity", "ubiops",
             "server_metrics")
+# the sections bench.config parses into the Scenario field of the same name (a new section: a line here + a field)
+SECTION_PARSERS: Mapping[str, Callable[[Mapping[str, Any], str], object]] = {
+    "auth": auth_config_from_mapping, "wallaroo": preflight_config_from_mapping, "slo": slo_from_mapping,
+    "capacity": capacity_config_from_mapping}
+
+MAX_CONCURRENCY = 100_000  # closed-loop clients (each a connection and a task) on one host
+MAX_RATE = 10_000_000.0  # req/s: no single host issues more; a larger value is a typo
+MAX_PROCESSES = 1024
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
@@ -113,90 +137,44 @@ class Scenario:
     load: LoadConfig
     engine: EngineSettings
     report: ReportConfig
-    tables: Mapping[str, Mapping[str, Any]]  # raw [auth], [wallaroo], [emulator], [slo] tables
-    source: Mapping[str, Any]  # the whole parsed document after overrides (redact before storing)
+    auth: AuthConfig | None = None  # [auth]
+    wallaroo: PreflightConfig | None = None  # [wallaroo]: the preflight (api_url "embedded" → EMBEDDED_PLACEHOLDER)
+    slo: SloObjectives | None = None  # [slo]
+    capacity: CapacityConfig | None = None  # [capacity] (bench capacity)
+    emulator: Mapping[str, Any] = field(default_factory=dict)  # [emulator] table: the emulator validates it
+    ubiops: Mapping[str, Any] = field(default_factory=dict)  # [ubiops] table: the UbiOps target's config reads it
+    server_metrics: Mapping[str, Any] = field(default_factory=dict)  # [server_metrics]: bench.scrape, in prepare
+    source: Mapping[str, Any] = field(default_factory=dict)  # the document all of the above was parsed from
 
-
-class _Table:
-    """Reads typed keys from one TOML table and rejects keys nobody read."""
-
-    def __init__(self, data: Mapping[str, Any], file: str, prefix: str) -> None:
-        self.data, self.file, self.prefix = data, file, prefix
-        self.seen: set[str] = set()
-
-    def err(self, key: str, problem: str) -> InputError:
-        return InputError(problem, file=self.file, key=f"{self.prefix}{key}")
-
-    def get(self, key: str, default: Any = None) -> Any:
-        self.seen.add(key)
-        return self.data.get(key, default)
-
-    def string(self, key: str, default: str | None = None, choices: Sequence[str] = ()) -> str | None:
-        value = self.get(key, default)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            raise self.err(key, f"expected a string, got {_type(value)}")
-        if choices and value not in choices:
-            raise self.err(key, f"must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
-        return value
-
-    def integer(self, key: str, default: int, minimum: int = 0) -> int:
-        value = self.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.err(key, f"expected an integer, got {_type(value)}")
-        if value < minimum:
-            raise self.err(key, f"must be >= {minimum}, got {value}")
-        return value
-
-    def number(self, key: str, default: float, minimum: float = 0.0) -> float:
-        value = self.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.err(key, f"expected a number, got {_type(value)}")
-        if not math.isfinite(value) or value < minimum:
-            raise self.err(key, f"must be a finite number >= {minimum:g}, got {value}")
-        return float(value)
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.get(key, default)
-        if not isinstance(value, bool):
-            raise self.err(key, f"expected true or false, got {_type(value)}")
-        return value
-
-    def duration(self, key: str, default: float) -> float:
-        value = self.get(key, default)
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            raise self.err(key, str(exc)) from None
-
-    def table(self, key: str) -> Mapping[str, Any]:
-        value = self.get(key, {})
-        if not isinstance(value, Mapping):
-            raise self.err(key, f"expected a table, got {_type(value)}")
-        return value
-
-    def done(self, allowed_extra: Sequence[str] = ()) -> None:
-        for key in self.data:
-            if key not in self.seen and key not in allowed_extra:
-                raise self.err(key, "unknown key")
+    def revised(self, values: Mapping[str, Any]) -> Scenario:
+        """This scenario with dotted keys set (``None`` removes one), parsed again from its document: the typed
+        fields and ``source`` stay one thing. A resolved ``target.url`` (point_at) is kept unless set here."""
+        doc = with_values(self.source, values, self.file)
+        out = parse_scenario(doc, file=self.file, base_dir=self.base_dir)
+        return out if "target.url" in values else replace(out, target=replace(out.target, url=self.target.url))
 
 
 def _type(value: object) -> str:
-    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "an array",
-             dict: "a table"}
-    return names.get(type(value), type(value).__name__)
+    return type_name(value)
 
 
 def read_scenario_file(path: str | Path) -> dict[str, Any]:
     """The TOML document of a scenario file; a missing or unreadable file or bad TOML is an InputError."""
     file = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise InputError("file not found", file=file) from None
+    except IsADirectoryError:
+        raise InputError("is a directory, not a scenario file", file=file) from None
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror}", file=file) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise InputError(f"not UTF-8 text (bad byte 0x{raw[exc.start]:02x} on line {line}); TOML files are UTF-8",
+                         file=file) from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -249,9 +227,14 @@ def _deep_copy(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def parse_scenario(doc: Mapping[str, Any], *, file: str, base_dir: Path) -> Scenario:
-    top = _Table(doc, file, "")
-    name = top.string("name", Path(file).stem) or "run"
-    top.get("description")
+    """Every section of ``doc`` parsed once into typed config; the first problem raises an InputError."""
+    if not isinstance(doc, Mapping):
+        raise InputError(f"expected a TOML document (a table), got {_type(doc)}", file=file)
+    top = Table(doc, file, "")
+    name = top.string("name", Path(file).stem or "run") or ""
+    if not name.strip() or len(name) > 200:
+        raise top.err("name", "must be a non-empty name of at most 200 characters")
+    top.string("description")
     tables = {s: top.table(s) for s in SECTIONS}
     top.done()
 
@@ -260,37 +243,55 @@ def parse_scenario(doc: Mapping[str, Any], *, file: str, base_dir: Path) -> Scen
     load = _parse_load(tables["load"], file)
     engine = _parse_engine(tables["engine"], file)
     report = _parse_report(tables["report"], file)
-    raw = {k: tables[k] for k in ("auth", "wallaroo", "emulator", "slo", "capacity", "ubiops", "server_metrics")}
-    return Scenario(name=name, file=file, base_dir=base_dir, target=target, data=data, load=load,
-                    engine=engine, report=report, tables=raw, source=doc)
+    sections = {key: parse(tables[key], file) for key, parse in SECTION_PARSERS.items() if tables[key]}
+    wallaroo = _typed(sections, "wallaroo", PreflightConfig)
+    if wallaroo is not None and wallaroo.api_url == EMBEDDED_PLACEHOLDER and not target.embedded:
+        raise InputError("'embedded' needs target.url = 'embedded'", file=file, key="wallaroo.api_url")
+    return Scenario(name=name, file=file, base_dir=base_dir, target=target, data=data, load=load, engine=engine,
+                    report=report, auth=_typed(sections, "auth", AuthConfig), wallaroo=wallaroo,
+                    slo=_typed(sections, "slo", SloObjectives), capacity=_typed(sections, "capacity", CapacityConfig),
+                    emulator=dict(tables["emulator"]), ubiops=dict(tables["ubiops"]),
+                    server_metrics=dict(tables["server_metrics"]), source=doc)
+
+
+def _typed(sections: Mapping[str, object], key: str, cls: type[_T]) -> _T | None:
+    value = sections.get(key)
+    assert value is None or isinstance(value, cls), (key, value)
+    return value
 
 
 def _parse_target(t: Mapping[str, Any], file: str) -> TargetConfig:
-    tab = _Table(t, file, "target.")
+    tab = Table(t, file, "target.")
     kind = tab.string("kind", "wallaroo", TARGET_KINDS) or "wallaroo"
     url = tab.string("url", "embedded") or "embedded"
     rules = target_for(kind).rules
-    if rules.owns_section:
-        # the target validates the rest of its section (bench.targets: Target.config); only the URL is checked here
-        if url != "embedded":
-            _check_url(url, tab, "url")
-        return TargetConfig(kind=kind, url=url, raw=t)
     if url != "embedded":
         _check_url(url, tab, "url")
-    elif not rules.embeddable:
+    if rules.owns_section:
+        # the target validates the rest of its section (bench.targets: Target.config); only the URL is checked here
+        return TargetConfig(kind=kind, url=url, raw=t)
+    if url == "embedded" and not rules.embeddable:
         embeddable = ", ".join(k for k in TARGET_KINDS if target_for(k).rules.embeddable)
         raise tab.err("url", f"kind = '{kind}' needs a real URL ('embedded' is for {embeddable})")
     fmt = tab.string("format", rules.formats[0] if rules.formats else "pandas-records", rules.formats) or ""
     method = (tab.string("method", "POST") or "POST").upper()
+    if not method.isascii() or not method.isalpha() or len(method) > 20:
+        raise tab.err("method", f"expected an HTTP method such as POST, got {method!r}")
     headers = tab.table("headers")
     for hk, hv in headers.items():
+        if not _HEADER_NAME.match(hk):
+            raise tab.err(f"headers.{hk}", "not a valid HTTP header name")
         if not isinstance(hv, str):
             raise tab.err(f"headers.{hk}", f"expected a string, got {_type(hv)}")
+        if any(c in hv for c in "\r\n\x00"):
+            raise tab.err(f"headers.{hk}", "must not contain line breaks or NUL")
         problem = credential_header_problem(hk)
         if problem:
             raise tab.err(f"headers.{hk}", problem)
     headers_env = tab.table("headers_env")
     for hk, hv in headers_env.items():
+        if not _HEADER_NAME.match(hk):
+            raise tab.err(f"headers_env.{hk}", "not a valid HTTP header name")
         if not isinstance(hv, str) or env_name_problem(hv):
             raise tab.err(f"headers_env.{hk}", "expected the name of an environment variable")
     token_env = tab.string("token_env")
@@ -304,28 +305,22 @@ def _parse_target(t: Mapping[str, Any], file: str) -> TargetConfig:
                         dataset_params=dataset_params, token_env=token_env, headers_env=dict(headers_env), raw=t)
 
 
-def _check_url(url: str, tab: _Table, key: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise tab.err(key, f"URL needs an http:// or https:// scheme, got {url!r}")
-    if url_problem(url):
-        raise tab.err(key, url_problem(url) or "")
-    if not parts.hostname:
-        raise tab.err(key, f"URL has no host: {url!r}")
-    try:
-        parts.port  # noqa: B018 - validates the port
-    except ValueError:
-        raise tab.err(key, f"URL has an invalid port: {url!r}") from None
+def _check_url(url: str, tab: Table, key: str) -> None:
+    problem = check_url(url) or url_problem(url)  # url_problem: the secrets policy (userinfo is refused)
+    if problem:
+        raise tab.err(key, problem)
 
 
 def _parse_data(t: Mapping[str, Any], file: str, base_dir: Path, target: TargetConfig) -> DataConfig:
-    tab = _Table(t, file, "data.")
+    tab = Table(t, file, "data.")
     path = tab.string("path")
     body = tab.string("body")
-    generate = tab.integer("generate", 0)
-    column = tab.string("column", "tensor") or "tensor"
-    rows = tab.integer("rows_per_request", 1, minimum=1)
-    seed = tab.integer("seed", 42)
+    generate = tab.integer("generate", 0, maximum=10_000_000)
+    column = tab.string("column", "tensor") or ""
+    if not column:
+        raise tab.err("column", "must be a non-empty column name")
+    rows = tab.integer("rows_per_request", 1, minimum=1, maximum=1_000_000)
+    seed = tab.integer("seed", 42, maximum=2**32 - 1)
     tab.done()
     if target_for(target.kind).rules.needs_body:
         if not body:
@@ -345,9 +340,9 @@ def _parse_data(t: Mapping[str, Any], file: str, base_dir: Path, target: TargetC
 
 
 def _parse_load(t: Mapping[str, Any], file: str) -> LoadConfig:
-    tab = _Table(t, file, "load.")
-    concurrency = tab.integer("concurrency", 0)
-    rate = tab.number("rate", 0.0)
+    tab = Table(t, file, "load.")
+    concurrency = tab.integer("concurrency", 0, maximum=MAX_CONCURRENCY)
+    rate = tab.number("rate", 0.0, maximum=MAX_RATE)
     arrival = tab.string("arrival", "constant", ("constant", "poisson")) or "constant"
     stages_raw = tab.get("stages", [])
     stages: list[tuple[float, float]] = []
@@ -356,15 +351,15 @@ def _parse_load(t: Mapping[str, Any], file: str) -> LoadConfig:
     for i, st in enumerate(stages_raw):
         if not isinstance(st, Mapping):
             raise tab.err(f"stages[{i}]", "expected a table like {duration = '10s', rate = 100}")
-        stage = _Table(st, file, f"load.stages[{i}].")
-        stages.append((stage.duration("duration", 0.0), stage.number("rate", 0.0)))
+        stage = Table(st, file, f"load.stages[{i}].")
+        stages.append((stage.duration("duration", 0.0), stage.number("rate", 0.0, maximum=MAX_RATE)))
         stage.done()
-    max_in_flight = tab.integer("max_in_flight", 0)
+    max_in_flight = tab.integer("max_in_flight", 0, maximum=10 * MAX_CONCURRENCY)
     duration = tab.duration("duration", 10.0)
     warmup = tab.duration("warmup", 0.0)
     requests = tab.integer("requests", 0)
-    seed = tab.integer("seed", 1)
-    processes = tab.integer("processes", 1, minimum=1)
+    seed = tab.integer("seed", 1, maximum=2**32 - 1)
+    processes = tab.integer("processes", 1, minimum=1, maximum=MAX_PROCESSES)
     drain = tab.duration("drain", 5.0)
     tab.done()
     modes = sum(1 for v in (concurrency > 0, rate > 0, bool(stages)) if v)
@@ -375,6 +370,8 @@ def _parse_load(t: Mapping[str, Any], file: str) -> LoadConfig:
         raise tab.err("rate", "load.concurrency, load.rate and load.stages are exclusive: choose one")
     if stages:
         duration = sum(d for d, _ in stages)
+        if duration <= 0:
+            raise tab.err("stages", "the stages must last > 0 s in total")
     if duration <= 0 and requests == 0:
         raise tab.err("duration", "must be > 0 (or set load.requests)")
     return LoadConfig(concurrency=concurrency, rate=rate, arrival=arrival, stages=tuple(stages),
@@ -383,12 +380,12 @@ def _parse_load(t: Mapping[str, Any], file: str) -> LoadConfig:
 
 
 def _parse_engine(t: Mapping[str, Any], file: str) -> EngineSettings:
-    tab = _Table(t, file, "engine.")
+    tab = Table(t, file, "engine.")
     kind = tab.string("kind", "auto", ("auto", "fast", "httpx")) or "auto"
     http2 = tab.boolean("http2", False)
-    connections = tab.integer("connections", 0)
-    timeout = tab.duration("timeout", 30.0)
-    connect_timeout = tab.duration("connect_timeout", 5.0)
+    connections = tab.integer("connections", 0, maximum=MAX_CONCURRENCY)
+    timeout = tab.duration("timeout", 30.0, maximum=86_400.0)
+    connect_timeout = tab.duration("connect_timeout", 5.0, maximum=86_400.0)
     insecure = tab.boolean("insecure", False)
     ca_bundle = tab.string("ca_bundle")
     loop = tab.string("loop", "auto", ("auto", "asyncio", "uvloop")) or "auto"
@@ -402,7 +399,7 @@ def _parse_engine(t: Mapping[str, Any], file: str) -> EngineSettings:
 
 
 def _parse_report(t: Mapping[str, Any], file: str) -> ReportConfig:
-    tab = _Table(t, file, "report.")
+    tab = Table(t, file, "report.")
     directory = tab.string("dir")
     raw = tab.boolean("raw", False)
     tab.done()

@@ -179,13 +179,15 @@ def scrubber_for(prepared: Prepared, environ: Mapping[str, str] | None = None) -
     if isinstance(headers_env, Mapping):
         for var in headers_env.values():
             from_env(var)
-    wallaroo_auth = sc.tables.get("wallaroo", {}).get("auth")  # [wallaroo.auth]: the MLOps user's credentials
-    tables = [sc.tables.get("auth", {}), wallaroo_auth if isinstance(wallaroo_auth, Mapping) else {}]
-    for key, value in (kv for table in tables for kv in table.items()):
-        if key.endswith("_env"):
-            from_env(value)
-        elif key.endswith("_file"):
-            from_file(value if os.path.isabs(str(value)) else os.path.join(sc.base_dir, str(value)))
+    wallaroo_auth = sc.wallaroo.auth if sc.wallaroo is not None else None  # [wallaroo.auth]: the MLOps user's
+    for auth in (sc.auth, wallaroo_auth):  # typed: names of variables and files (file paths already resolved)
+        if auth is None:
+            continue
+        for name in (auth.token_env, auth.client_id_env, auth.client_secret_env, auth.username_env,
+                     auth.password_env):
+            from_env(name)
+        if auth.token_file is not None:
+            from_file(auth.token_file)
     values += url_secrets(sc.target.url)
     raw_url = sc.target.raw.get("url")
     if isinstance(raw_url, str):

@@ -71,7 +71,7 @@ def prepare(sc: Scenario) -> Prepared:
     if sc.target.embedded:
         from bench.emulator.embedded import emulator_config_from_mapping
 
-        cfg = emulator_config_from_mapping(sc.tables["emulator"], sc.file)
+        cfg = emulator_config_from_mapping(sc.emulator, sc.file)
         from bench.auth import emulator_credentials
 
         # the embedded emulator must accept the scenario's credentials (they reach it on stdin, not argv)
@@ -84,6 +84,8 @@ def prepare(sc: Scenario) -> Prepared:
                 creds.update(more, **({"users": users} if users else {}))
         if creds:
             cfg = replace(cfg, **creds)
+        if sc.engine.http2 and "http2" not in sc.emulator:  # an HTTP/2 run needs an emulator that speaks h2c
+            cfg = replace(cfg, http2=True)
         prepared.emulator_config = cfg
     return prepared
 
@@ -94,7 +96,7 @@ def resolved_target(prepared: Prepared, message: Callable[[str], None]) -> Itera
     stopped on exit (every run, step or worker inside the block shares it)."""
     sc = prepared.scenario
     if not sc.target.embedded:
-        if sc.tables["emulator"]:
+        if sc.emulator:
             message(f"{sc.file}: [emulator] ignored: target.url is not 'embedded'")
         yield prepared
         return

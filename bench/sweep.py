@@ -166,10 +166,8 @@ class StepRunner:
 
     def probe(self) -> Step:
         sc = self.base.scenario
-        load = replace(sc.load, concurrency=1, rate=0.0, stages=(), duration_s=PROBE_S, warmup_s=0.0, requests=0,
-                       processes=1)
-        source = {**sc.source, "load": {"concurrency": 1, "duration": f"{PROBE_S:g}s"}}
-        report, facts = self._run(replace(sc, load=load, source=source), self.out_dir / "probe.arrow")
+        probe = sc.revised({"load": {**_load_source(sc), "concurrency": 1, "duration": f"{PROBE_S:g}s"}})
+        report, facts = self._run(probe, self.out_dir / "probe.arrow")
         step = self._step(0, 0.0, report, facts, self.out_dir / "probe.arrow")
         step.verdict = "probe"
         step.achieved_rps = float(step.summary["rps"])
@@ -333,12 +331,10 @@ def max_error_rate(objectives: Any) -> float:
 
 
 def step_scenario(sc: Scenario, rate: float, *, duration_s: float, warmup_s: float) -> Scenario:
-    """The scenario with its load replaced by one open-loop step at ``rate`` (arrival process kept)."""
-    load = replace(sc.load, concurrency=0, rate=rate, stages=(), duration_s=duration_s, warmup_s=warmup_s,
-                   requests=0, processes=1)
-    source = {**sc.source, "load": {**_load_source(sc), "rate": rate, "duration": f"{duration_s:g}s",
-                                    "warmup": f"{warmup_s:g}s"}}
-    return replace(sc, load=load, source=source)
+    """The scenario with its load replaced by one open-loop step at ``rate`` (arrival process kept), parsed again
+    from its document so the typed load and the stored scenario copy cannot disagree."""
+    return sc.revised({"load": {**_load_source(sc), "rate": rate, "duration": f"{duration_s:g}s",
+                                "warmup": f"{warmup_s:g}s"}})
 
 
 def clients_scenario(sc: Scenario, clients: int, *, duration_s: float, warmup_s: float) -> Scenario:

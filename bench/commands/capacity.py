@@ -57,12 +57,12 @@ def _main(args: argparse.Namespace) -> int:
     from bench.capacity import CapacitySearch
     from bench.errors import InputError
 
-    sc, table = _load(args)
-    settings = _settings(args, table, sc.file)
+    sc = _load(args)
+    settings = _settings(args, sc.capacity)
     objectives, source = _objectives(args, sc)
     from bench.session import prepare, resolved_target
 
-    prepared = prepare(replace(sc, tables={**sc.tables, "slo": {}}))  # the sweep judges the SLO itself
+    prepared = prepare(replace(sc, slo=None))  # the sweep judges the SLO itself
     out_dir = _out_dir(args, sc)
     from bench.outpath import check_output_dir
 
@@ -117,69 +117,58 @@ def _main(args: argparse.Namespace) -> int:
 # --- inputs ---------------------------------------------------------------------------------------------------
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, Mapping[str, Any]]:
-    """The scenario with --set applied, and its optional [capacity] table (which bench.scenario does not know)."""
-    from bench.errors import InputError
+def _load(args: argparse.Namespace) -> Any:
+    """The scenario with --set applied (its optional [capacity] table typed by the scenario reader)."""
     from bench.scenario import apply_overrides, parse_scenario, read_scenario_file
 
     file = args.scenario
     path = Path(file)
     doc = apply_overrides(read_scenario_file(file), args.overrides, file)
-    table = doc.pop("capacity", {})
-    if not isinstance(table, Mapping):
-        raise InputError("expected a table", file=file, key="capacity")
     load = doc.setdefault("load", {})
     if isinstance(load, dict) and not any(k in load for k in ("concurrency", "rate", "stages")):
         load["rate"] = 1.0  # placeholder: every step sets its own rate
-    return parse_scenario(doc, file=file, base_dir=path.resolve().parent), table
+    return parse_scenario(doc, file=file, base_dir=path.resolve().parent)
 
 
-_CAPACITY_KEYS = ("replicas", "target_rps", "start", "max", "step", "warmup", "precision")
-
-
-def _settings(args: argparse.Namespace, table: Mapping[str, Any], file: str) -> Settings:
+def _settings(args: argparse.Namespace, table: Any) -> Settings:
+    """Flags win over the scenario's [capacity] table (a CapacityConfig, or None)."""
     from bench.capacity import parse_precision
+    from bench.config.capacity import CapacityConfig
     from bench.errors import InputError
     from bench.units import parse_duration
 
-    for key in table:
-        if key not in _CAPACITY_KEYS:
-            raise InputError(f"unknown key (known: {', '.join(_CAPACITY_KEYS)})", file=file, key=f"capacity.{key}")
+    cfg: CapacityConfig = table or CapacityConfig()
 
     def number(flag: float | None, key: str, integer: bool = False) -> float | None:
-        value: Any = flag
-        where = f"--{key.replace('_', '-')}"
         if flag is None:
-            where, value = f"capacity.{key}", table.get(key)
-            if value is None:
-                return None
-        bad = isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int))
-        if bad or not math.isfinite(value) or value <= 0:
+            value = getattr(cfg, key)
+            return None if value is None else float(value)
+        bad = isinstance(flag, bool) or not isinstance(flag, int | float) or (integer and not isinstance(flag, int))
+        if bad or not math.isfinite(flag) or flag <= 0:
             kind = "a whole number" if integer else "a number"
-            raise InputError(f"expected {kind} > 0, got {value!r}", file=None if flag is not None else file,
-                             key=where)
-        return float(value)
+            raise InputError(f"expected {kind} > 0, got {flag!r}", key=f"--{key.replace('_', '-')}")
+        return float(flag)
 
     def duration(flag: str | None, key: str, default: float) -> float:
-        raw: object = flag if flag is not None else table.get(key, default)
+        if flag is None:
+            value = getattr(cfg, f"{key}_s")
+            return default if value is None else float(value)
         try:
-            value = parse_duration(raw)
+            return parse_duration(flag)
         except ValueError as exc:
-            raise InputError(str(exc), file=None if flag is not None else file,
-                             key=f"--{key}" if flag is not None else f"capacity.{key}") from None
-        return value
+            raise InputError(str(exc), key=f"--{key}") from None
 
     step_s = duration(args.step, "step", 10.0)
     if step_s <= 0:
         raise InputError("a step must last > 0 s", key="--step")
-    precision_raw: str | float | None = args.precision if args.precision is not None else table.get("precision")
     replicas = number(args.replicas, "replicas", integer=True)
     start = number(args.start, "start")
     max_rate = number(args.max_rate, "max")
     if start is not None and max_rate is not None and start > max_rate:
         raise InputError(f"the start rate {start:g} is above --max {max_rate:g}", key="--start")
+    precision = parse_precision(args.precision) if args.precision is not None else cfg.precision
     return Settings(start=start, max_rate=max_rate, step_s=step_s, warmup_s=duration(args.warmup, "warmup", 2.0),
-                    precision=parse_precision(precision_raw) if precision_raw is not None else 0.05,
+                    precision=precision if precision is not None else 0.05,
                     target_rps=number(args.target_rps, "target_rps"),
                     replicas=int(replicas) if replicas is not None else None)
 
@@ -191,8 +180,8 @@ def _objectives(args: argparse.Namespace, sc: Any) -> tuple[Any, str]:
         from bench.capacity import parse_slo_flag
 
         return slo_from_mapping(parse_slo_flag(args.slo), "--slo"), "--slo"
-    if sc.tables["slo"]:
-        return slo_from_mapping(sc.tables["slo"], sc.file), f"{sc.file} [slo]"
+    if sc.slo is not None:
+        return sc.slo, f"{sc.file} [slo]"
     return None, ""
 
 

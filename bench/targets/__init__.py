@@ -125,8 +125,11 @@ def target_for(kind: str) -> Target:
 def read_table(sc: Scenario) -> Any:
     """The scenario's rows as an Arrow table (its data file, or the synthetic ccfraud set)."""
     from bench.data import generate_ccfraud, read_dataset
+    from bench.datacheck import check_tensors
 
     data = sc.data
     if data.path is not None:
-        return read_dataset(data.path, data.column)
+        table = read_dataset(data.path, data.column)
+        check_tensors(table, data.column, str(data.path), json_body=sc.target.format != "arrow")
+        return table
     return generate_ccfraud(data.generate_rows, data.seed)

@@ -26,7 +26,7 @@ class UbiOpsTarget(Target):
     lag_bound_ms = 10.0  # batch mode is paced in chunks, direct answers take milliseconds: 1 ms of lag is no fault
 
     def config(self, sc: Scenario) -> UbiOpsConfig:
-        return ubiops_config_from_mapping(sc.target.raw, sc.file, ubiops=sc.tables.get("ubiops") or {})
+        return ubiops_config_from_mapping(sc.target.raw, sc.file, ubiops=sc.ubiops)
 
     def bodies(self, sc: Scenario, config: Any) -> list[PreparedBody]:
         return list(build_ubiops_bodies(config, read_table(sc), sc.data.rows_per_request))

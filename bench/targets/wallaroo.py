@@ -211,7 +211,7 @@ def _arrow_elapsed(reader: Any, nested: bool) -> int:
         col = batch.column("metadata").field("elapsed") if nested else batch.column("metadata.elapsed")
         values = col[0].values
         return int(sum(v for v in values.to_pylist() if v is not None)) if values is not None else 0
-    except (pa.ArrowException, KeyError, IndexError, TypeError, AttributeError):
+    except (pa.ArrowException, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
         return 0
 
 

@@ -149,3 +149,12 @@ def test_unreachable_target_exits_3_with_a_report(tmp_path: Path) -> None:
     summary = json.loads(proc.stdout)
     assert summary["ok"] == 0 and summary["errors"] > 0
     assert out.exists()
+
+
+def test_http2_flag_alone_gets_an_embedded_emulator_that_speaks_h2c(tmp_path: Path) -> None:
+    """`--http2` against url = 'embedded' must not meet an HTTP/1.1-only emulator (that is all protocol errors)."""
+    out = tmp_path / "h2.arrow"
+    summary = summary_of(bench("run", "scenarios/quickstart.toml", "--http2", *SHORT, "--json", "--quiet",
+                               "--out", str(out)))
+    assert summary["ok"] > 0  # type: ignore[operator]
+    assert summary["errors"] == 0
