@@ -50,14 +50,17 @@ class LoopMonitor:
 class CpuMeter:
     """Process CPU time over wall time since the last ``start``/``fraction`` (1.0 = one core saturated)."""
 
-    __slots__ = ("_cpu0", "_wall0")
+    __slots__ = ("_cpu", "_cpu0", "_wall", "_wall0")
 
-    def __init__(self) -> None:
-        self._cpu0 = time.process_time()
-        self._wall0 = time.monotonic()
+    def __init__(self, cpu: Callable[[], float] = time.process_time,
+                 wall: Callable[[], float] = time.monotonic) -> None:
+        # the clocks are injectable so the arithmetic is testable exactly, whatever the machine's load
+        self._cpu, self._wall = cpu, wall
+        self._cpu0 = cpu()
+        self._wall0 = wall()
 
     def fraction(self, reset: bool = True) -> float:
-        cpu, wall = time.process_time(), time.monotonic()
+        cpu, wall = self._cpu(), self._wall()
         dw = wall - self._wall0
         frac = (cpu - self._cpu0) / dw if dw > 0 else 0.0
         if reset:

@@ -144,3 +144,42 @@ async def run_through_server_death(eng: Any, sink: FakeSink, kill: Any) -> None:
     assert kinds[Kind.CONNECT_REFUSED] >= 4  # every slot kept trying, one record per attempt
     assert set(kinds) <= {Kind.OK, Kind.RESET, Kind.CONNECT_REFUSED}
     assert kinds[Kind.CONNECT_REFUSED] < 400
+
+
+class LagProbe:
+    """The loop's own timer lateness, sampled every ``period_ns`` alongside a run: the baseline a pacer on the same
+    loop, under the same machine load, cannot beat. Timing tests bound the engine's lag relative to it (plus a
+    fixed allowance) instead of by a wall-clock figure that a busy 2-core machine breaks."""
+
+    def __init__(self, period_ns: int = 2_000_000) -> None:
+        self.period_ns = period_ns
+        self.lateness: list[int] = []
+        self._handle: asyncio.TimerHandle | None = None
+        self._next = 0
+
+    def start(self) -> None:
+        self._next = time.monotonic_ns() + self.period_ns
+        self._arm()
+
+    def _arm(self) -> None:
+        delay = max(0, self._next - time.monotonic_ns()) / 1e9
+        self._handle = asyncio.get_running_loop().call_later(delay, self._tick)
+
+    def _tick(self) -> None:
+        # every tick that fell due is recorded, like the sends of an open-loop schedule: a stall of the process
+        # makes all the ticks due during it late, not only the one that finally ran
+        now = time.monotonic_ns()
+        while self._next <= now:
+            self.lateness.append(now - self._next)
+            self._next += self.period_ns
+        self._arm()
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def quantile(self, q: float) -> int:
+        assert len(self.lateness) >= 100, f"probe took only {len(self.lateness)} samples"
+        s = sorted(self.lateness)
+        return s[min(len(s) - 1, int(len(s) * q))]

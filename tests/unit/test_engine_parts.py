@@ -154,12 +154,32 @@ def test_loop_choice_and_runner() -> None:
     assert select.run_with_loop(answer, "asyncio") == 42
 
 
+def test_cpu_meter_is_cpu_time_over_wall_time_and_resets() -> None:
+    """Injected clocks: exact figures, independent of how loaded the machine is."""
+    cpu, wall = [10.0], [100.0]
+    meter = loopmon.CpuMeter(cpu=lambda: cpu[0], wall=lambda: wall[0])
+    cpu[0], wall[0] = 10.3, 100.4  # 0.3 s of CPU in 0.4 s
+    assert meter.fraction(reset=False) == pytest.approx(0.75)
+    assert meter.fraction() == pytest.approx(0.75)
+    cpu[0], wall[0] = 10.3, 101.4  # idle for a second after the reset
+    assert meter.fraction() == 0.0
+    cpu[0], wall[0] = 11.9, 102.4  # two threads busy: more than one core
+    assert meter.fraction() == pytest.approx(1.6)
+    assert meter.fraction() == 0.0  # no wall time passed
+
+
 def test_cpu_meter_sees_busy_work() -> None:
+    """The real clocks: busy work shows as this process's CPU time. The loop runs until 50 ms of *CPU* are spent
+    (not wall time: a loaded machine gives this process only part of a core), and the meter's figure is checked
+    against the same CPU and wall clocks read around it."""
+    cpu0, wall0 = time.process_time(), time.monotonic()
     meter = loopmon.CpuMeter()
-    end = time.monotonic() + 0.05
-    while time.monotonic() < end:
+    while time.process_time() - cpu0 < 0.05:
         pass
-    assert 0.5 < meter.fraction() <= 1.2
+    frac = meter.fraction()
+    share = (time.process_time() - cpu0) / (time.monotonic() - wall0)  # at least as long an interval
+    assert 0 < frac <= 1.2
+    assert frac == pytest.approx(share, rel=0.2, abs=0.02), (frac, share)
 
 
 class _LatePacer:

@@ -6,11 +6,13 @@ import asyncio
 import select
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench.engine import pacer as pacer_mod
 from bench.engine.pacer import COALESCE_NS, Pacer, ThreadWaker, TimerFdWaker, Waker, estimate_rate, make_waker
 
 pytestmark = pytest.mark.anyio
@@ -115,8 +117,7 @@ async def test_pacer_sends_each_request_at_or_after_its_time_and_sleeps_between(
     cpu = time.process_time() - cpu0
     assert [i for i, _ in eng.sent] == [start + k * 2_000_000 for k in range(100)]
     lags = sorted(t - i for i, t in eng.sent)
-    assert lags[0] >= 0, "never early"
-    assert lags[len(lags) // 2] < 2_000_000
+    assert lags[0] >= 0, "never early"  # how late is scheduling noise on a loaded machine: see the simulated test
     assert pacer.wakes <= 110, "about one wake per send, no spinning"
     assert cpu < 0.15, f"{cpu:.3f} s CPU for 0.2 s of pacing"
 
@@ -135,7 +136,8 @@ async def test_pacer_coalesces_close_sends_into_few_alarms_never_early() -> None
     assert [i for i, _ in eng.sent] == [start + k * step for k in range(n)]
     lags = sorted(t - i for i, t in eng.sent)
     assert lags[0] >= 0, "never early"
-    assert lags[len(lags) // 2] < COALESCE_NS + 2_000_000
+    # how late the sends leave on a real loop is the machine's scheduling as much as the pacer's: the bound on the
+    # added lag is checked exactly on a simulated clock below; here the real waker and loop, and the alarm count
     span = eng.sent[-1][1] - eng.sent[0][1]
     assert pacer.wakes <= span // COALESCE_NS + 5, f"{pacer.wakes} alarms for {n} sends over {span / 1e6:.1f} ms"
     assert eng.batches < n // 2, "several sends leave per alarm"
@@ -178,3 +180,77 @@ async def test_pacer_stops_at_the_end_of_the_schedule() -> None:
     finally:
         pacer.stop()
     assert len(eng.sent) == 30
+
+
+class _SimWaker:
+    """A Waker on a simulated clock: it only remembers the deadline the pacer asked for."""
+
+    fd = -1
+
+    def __init__(self) -> None:
+        self.deadline = -1
+        self.arms = 0
+
+    def arm(self, deadline_ns: int) -> None:
+        self.deadline, self.arms = deadline_ns, self.arms + 1
+
+    def disarm(self) -> None:
+        self.deadline = -1
+
+    def acknowledge(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _SimLoop:
+    def add_reader(self, fd: int, cb: object) -> None:
+        pass
+
+    def remove_reader(self, fd: int) -> None:
+        pass
+
+    def call_soon(self, cb: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("step", "n"), [(20_000, 5000), (2_000_000, 100)])
+def test_pacer_on_a_simulated_clock(monkeypatch: pytest.MonkeyPatch, step: int, n: int) -> None:
+    """Every alarm ringing exactly at its deadline: the pacer's own behaviour, free of scheduler noise. Close sends
+    (50,000/s): alarms ring about once per COALESCE_NS, not once per send, and no send leaves more than COALESCE_NS
+    late. Spaced sends (500/s): one alarm per send, each send leaves within µs of its time. Never early."""
+    clock = [10**12]
+
+    def monotonic_ns() -> int:  # each read advances 1 µs (the wake-early wait in _on_wake polls the clock)
+        clock[0] += 1_000
+        return clock[0]
+
+    monkeypatch.setattr(pacer_mod, "time", SimpleNamespace(monotonic_ns=monotonic_ns))
+    start = clock[0] + 2_000_000
+    sent: list[tuple[int, int]] = []
+
+    class SimRecorder(Recorder):
+        def dispatch(self, intended: int) -> None:
+            sent.append((intended, clock[0]))
+
+    eng = SimRecorder(1 << 61)
+    waker = _SimWaker()
+    pacer = Pacer(eng, _SimLoop(), start, _every(step, n), waker=waker)  # type: ignore[arg-type]
+    pacer.start()
+    pacer.run_due(clock[0])  # the start kick
+    while pacer.next_ns < 1 << 60:
+        assert waker.deadline >= 0, "an alarm is always pending while sends remain"
+        clock[0] = max(clock[0], waker.deadline)  # the alarm rings on time
+        pacer._on_wake()
+    assert [i for i, _ in sent] == [start + k * step for k in range(n)]
+    lags = [t - i for i, t in sent]
+    assert min(lags) >= 0, "never early"
+    span = step * (n - 1)
+    if step < COALESCE_NS:
+        assert max(lags) <= COALESCE_NS + 2_000, f"a send left {max(lags) / 1e3:.0f} µs late on an on-time alarm"
+        assert span // COALESCE_NS - 5 <= pacer.wakes <= span // COALESCE_NS + 5, f"{pacer.wakes} alarms"
+    else:
+        assert max(lags) <= 5_000, f"a send left {max(lags) / 1e3:.0f} µs late on an on-time alarm"
+        assert n - 1 <= pacer.wakes <= n + 1, f"{pacer.wakes} alarms"
+    assert eng.batches <= pacer.wakes + 1
