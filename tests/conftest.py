@@ -12,6 +12,21 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Real-process matrices that each take tens of seconds: kept out of the default run (README's test command, ~5 min
+# on 2 cores) and run by .ci/run right after it with `-m slow`. Listed here, in one place, by module.
+SLOW_MODULES = frozenset({
+    "test_fault_matrix.py", "test_engine_fault_fuzz.py", "test_locust_distributed.py", "test_locust_users.py",
+    "test_session_cli.py", "test_kserve_mlserver.py", "test_capacity_concurrency.py", "test_run_accounting.py",
+    "test_durability.py", "test_ubiops_budget.py", "test_bad_input_cli.py",
+})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
