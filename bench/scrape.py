@@ -25,6 +25,7 @@ from bench.units import parse_duration
 __all__ = ["DEFAULT_LATENCY_METRIC", "ScrapeConfig", "Scraper", "config_from_mapping", "scraping"]
 
 DEFAULT_LATENCY_METRIC = "rest_server_request_duration_seconds"  # MLServer's (and the emulator's) REST histogram
+_CLOSING_TRIES = 3
 _KEYS = ("url", "interval", "timeout", "latency_metric", "path_contains")
 
 
@@ -86,7 +87,7 @@ class Scraper:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(self.cfg.timeout_s + 5.0)
+        self._thread.join(_CLOSING_TRIES * self.cfg.timeout_s + 5.0)
 
     def _loop(self) -> None:
         import httpx
@@ -96,10 +97,15 @@ class Scraper:
                 t0 = time.monotonic()
                 self.scrape_once(client)
                 if self._stop.wait(max(0.0, self.cfg.interval_s - (time.monotonic() - t0))):
-                    self.scrape_once(client)  # the load has stopped: the closing scrape
+                    # the load has stopped: the closing scrape brackets the measured phase, so a failed one
+                    # (counted) is tried again rather than leaving the server's view short of the phase's end
+                    for _ in range(_CLOSING_TRIES):
+                        if self.scrape_once(client):
+                            break
                     return
 
-    def scrape_once(self, client: Any) -> None:
+    def scrape_once(self, client: Any) -> bool:
+        """One scrape; False (and counted) when it failed."""
         import httpx
 
         wall = time.time_ns()
@@ -114,8 +120,9 @@ class Scraper:
             self.errors += 1
             if not self.first_error:
                 self.first_error = f"{type(exc).__name__}: {exc}"[:200]
-            return
+            return False
         self.scrapes.append((wall, fold(types, samples, path_contains=self.cfg.path_contains)))
+        return True
 
     def add_to(self, report: Any) -> None:
         """Store the scrapes in ``report`` (sections server_metric / server_latency, extra.server_metrics)."""
