@@ -87,8 +87,12 @@ class Target:
         """True: ``preflight`` checks the target before any load (a multi-process parent runs it once)."""
         return False
 
-    async def preflight(self, config: Any, url: str, message: Callable[[str], None]) -> None:
-        """Readiness and model checks before any load: InputError (exit 2) or RunInvalid (exit 3)."""
+    async def preflight(self, config: Any, url: str, message: Callable[[str], None],
+                        headers: Callable[[], Mapping[str, str]] = dict) -> None:
+        """Readiness and model checks before any load: InputError (exit 2) or RunInvalid (exit 3).
+
+        ``headers()`` gives what every request carries beyond the target's own (credentials included, current at
+        the call: a token may be refreshed while the preflight waits)."""
 
     def own_data_plane(self, config: Any) -> bool:
         """True: ``run`` applies the load; False (default): a bench engine does, with ``request``."""

@@ -83,14 +83,17 @@ def check_metadata(meta: Mapping[str, Any], signature: Signature, model: str) ->
     return None
 
 
-async def _get(client: httpx.AsyncClient, url: str) -> httpx.Response | str:
+Headers = Callable[[], Mapping[str, str]]
+
+
+async def _get(client: httpx.AsyncClient, url: str, headers: Headers) -> httpx.Response | str:
     try:
-        return await client.get(url)
+        return await client.get(url, headers=headers())
     except httpx.HTTPError as exc:
         return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-async def _wait_ready(client: httpx.AsyncClient, base: str, cfg: KServeConfig,
+async def _wait_ready(client: httpx.AsyncClient, base: str, cfg: KServeConfig, headers: Headers,
                       message: Callable[[str], None], file: str | None) -> None:
     deadline = time.monotonic() + cfg.ready_wait_s
     paths = ("/v2/health/ready", f"{cfg.model_path}/ready")
@@ -98,7 +101,7 @@ async def _wait_ready(client: httpx.AsyncClient, base: str, cfg: KServeConfig,
     told = False
     while True:
         for path in paths:
-            got = await _get(client, base + path)
+            got = await _get(client, base + path, headers)
             if isinstance(got, str):
                 last = f"{path}: {got}"
                 break
@@ -106,6 +109,9 @@ async def _wait_ready(client: httpx.AsyncClient, base: str, cfg: KServeConfig,
                 raise InputError(f"model {cfg.model_name!r}"
                                  f"{f' version {cfg.model_version!r}' if cfg.model_version else ''} "
                                  f"not found on {base} (404 on {path})", file=file, key="target.model_name")
+            if got.status_code in (401, 403):  # waiting will not help: the credentials are wrong or missing
+                raise RunInvalid(f"{base}{path} refused the credentials (HTTP {got.status_code}): check [auth] / "
+                                 f"headers_env")
             if got.status_code != 200:
                 last = f"{path}: HTTP {got.status_code}"
                 break
@@ -119,19 +125,23 @@ async def _wait_ready(client: httpx.AsyncClient, base: str, cfg: KServeConfig,
         await anyio.sleep(0.2)
 
 
-async def preflight(plan: KServePlan, base: str, message: Callable[[str], None], file: str | None = None) -> None:
-    """Ready checks, then the model's metadata against the data (InputError naming the input on a mismatch)."""
+async def preflight(plan: KServePlan, base: str, message: Callable[[str], None], file: str | None = None,
+                    headers: Headers = dict) -> None:
+    """Ready checks, then the model's metadata against the data (InputError naming the input on a mismatch).
+
+    Every call carries ``headers()`` — the requests' own credentials — so a server behind a token-checking
+    gateway is checked as the run will reach it."""
     cfg = plan.config
     async with httpx.AsyncClient(timeout=10.0, headers=dict(cfg.headers)) as client:
-        await _wait_ready(client, base, cfg, message, file)
+        await _wait_ready(client, base, cfg, headers, message, file)
         if cfg.binary:
-            server = await _get(client, f"{base}/v2")
+            server = await _get(client, f"{base}/v2", headers)
             ext = server.json().get("extensions", []) if isinstance(server, httpx.Response) and \
                 server.status_code == 200 else None
             if isinstance(ext, list) and "binary_tensor_data" not in ext:
                 raise InputError(f"{base} does not list the binary_tensor_data extension (GET /v2)", file=file,
                                  key="target.binary")
-        got = await _get(client, base + cfg.model_path)
+        got = await _get(client, base + cfg.model_path, headers)
         if isinstance(got, str) or got.status_code != 200:
             raise RunInvalid(f"model metadata {cfg.model_path}: "
                              f"{got if isinstance(got, str) else f'HTTP {got.status_code}'}")
@@ -184,8 +194,9 @@ class KServeTarget(Target):
     def has_preflight(self, config: Any) -> bool:
         return bool(config.config.preflight)
 
-    async def preflight(self, config: Any, url: str, message: Callable[[str], None]) -> None:
-        await preflight(config, url.rstrip("/"), message, config.file)
+    async def preflight(self, config: Any, url: str, message: Callable[[str], None],
+                        headers: Headers = dict) -> None:
+        await preflight(config, url.rstrip("/"), message, config.file, headers)
 
 
 TARGET = KServeTarget()
