@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import httpx
 
+from bench.bodies import BLOCK
 from bench.errors import InputError, RunInvalid
 from bench.results import PreparedBody
 from bench.targets import Request, SectionRules, Target, read_table
@@ -26,7 +27,7 @@ from bench.targets.kserve_codec import (
     KServeConfig,
     classify,
     config_from_mapping,
-    encode_bodies,
+    lazy_bodies,
     tensors_for,
 )
 
@@ -45,7 +46,7 @@ class KServePlan:
 
     config: KServeConfig
     signature: Signature
-    bodies: list[PreparedBody] = field(repr=False, compare=False)
+    bodies: Sequence[PreparedBody] = field(repr=False, compare=False)  # a LazyBodies: encoded as the run goes
     header_length: int | None = None
     file: str | None = None  # the scenario file, for error lines
 
@@ -168,14 +169,15 @@ class KServeTarget(Target):
         cfg = config_from_mapping(sc.target.raw, sc.file)
         try:
             tensors = tensors_for(read_table(sc), cfg)
-            bodies, width = encode_bodies(tensors, cfg, sc.data.rows_per_request)
+            bodies, width = lazy_bodies(tensors, cfg, sc.data.rows_per_request)
+            bodies.prepare(BLOCK)  # the first block now: a body that cannot be encoded fails before any load
         except InputError as exc:
             raise InputError(exc.problem, file=sc.file, key=exc.key) from None
         signature = tuple((t.name, t.datatype, (-1, *t.shape[1:])) for t in tensors)
         return KServePlan(cfg, signature, bodies, width, sc.file)
 
-    def bodies(self, sc: Scenario, config: Any) -> list[PreparedBody]:
-        return list(config.bodies)
+    def bodies(self, sc: Scenario, config: Any) -> Sequence[PreparedBody]:
+        return config.bodies  # type: ignore[no-any-return]
 
     def request(self, target: TargetConfig, url: str, config: Any) -> Request:
         plan: KServePlan = config
