@@ -101,13 +101,8 @@ def _shape(reader: TableReader, key: str, value: object) -> tuple[int, ...] | No
 
 def config_from_mapping(d: Mapping[str, Any], file: str) -> KServeConfig:
     """Validate ``[target]``; every problem is an InputError naming ``target.<key>``."""
-    r = TableReader(d, file, "target")
-    for key in d:
-        if key not in _KEYS:
-            raise r.err(key, f"unknown key (known: {', '.join(_KEYS)})")
-    model = r.string("model_name")
-    if model is None:
-        raise r.err("model_name", "missing: the model's name on the server (…/v2/models/{model_name}/infer)")
+    r = TableReader(d, file, "target").only(_KEYS)
+    model = r.required_string("model_name", "the model's name on the server (…/v2/models/{model_name}/infer)")
     version = d.get("model_version")
     if version is not None and not isinstance(version, str | int):
         raise r.err("model_version", f"expected a string, got {type(version).__name__}")
