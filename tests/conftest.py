@@ -9,18 +9,22 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.integration.locust_cluster import Cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 # Real-process matrices that each take tens of seconds: kept out of the default run (README's test command, ~5 min
-# on 2 cores) and run by .ci/run right after it with `-m slow`. Listed here, in one place, by module.
+# on 2 cores) and run by .ci/run right after it with `-m slow`. Listed here by module (a single slow test in a fast
+# module carries @pytest.mark.slow itself).
 SLOW_MODULES = frozenset({
     "test_fault_matrix.py", "test_engine_fault_fuzz.py", "test_locust_distributed.py", "test_locust_users.py",
-    "test_session_cli.py", "test_kserve_mlserver.py", "test_capacity_concurrency.py", "test_run_accounting.py",
+    "test_session_cli.py", "test_kserve_mlserver.py", "test_run_accounting.py",
     "test_durability.py", "test_ubiops_budget.py", "test_bad_input_cli.py",
 })
 
@@ -107,3 +111,16 @@ def serve_asgi() -> Iterator[Callable[[Any], str]]:
             server.should_exit = True
             thread.join(10)
             sock.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """Real processes of one test (tests/integration/locust_cluster.py): every process group is killed at the
+    end, pass or fail."""
+    from tests.integration.locust_cluster import Cluster
+
+    c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()

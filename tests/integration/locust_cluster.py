@@ -1,6 +1,7 @@
-"""Helpers for the distributed tests: real Locust master/worker processes (each in its own process group,
-always killed with its children), a free loopback port, and the emulator's own count of the requests it served
-(its /metrics: independent of bench's recorder)."""
+"""Helpers for the real-process tests: real Locust master/worker processes (each in its own process group,
+always killed with its children), a free loopback port, a wait on a condition with a deadline, a signal sent to a
+running `bench` once it is ready, and the emulator's own count of the requests it served (its /metrics:
+independent of bench's recorder). Import as ``from tests.integration.locust_cluster import ...``."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "data" / "ccfraud_1k.df.json"
 
 
 def free_port() -> int:
@@ -25,11 +27,27 @@ def free_port() -> int:
 
 
 def wait_for(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll ``cond`` until true; AssertionError naming ``what`` after ``timeout_s`` (never a bare sleep)."""
     deadline = time.monotonic() + timeout_s
     while not cond():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(0.05)
+
+
+def signal_when(proc: subprocess.Popen[str], ready: Callable[[], bool], what: str, *, timeout_s: float = 30,
+                sig: int = signal.SIGINT) -> tuple[str, str]:
+    """Send ``sig`` to the running ``proc`` once ``ready()`` (``what``, for the timeout message); its (stdout,
+    stderr). ``proc`` is killed and reaped whatever happens."""
+    try:
+        wait_for(lambda: ready() or proc.poll() is not None, timeout_s, what)
+        assert proc.poll() is None, f"exited {proc.returncode} before {what}"
+        proc.send_signal(sig)
+        return proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 class Cluster:

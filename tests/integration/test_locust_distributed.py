@@ -8,7 +8,7 @@ import shutil
 import signal
 import subprocess
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +17,7 @@ import pytest
 from bench.emulator.config import EmulatorConfig
 from bench.report.model import MEASURED, Histogram
 from bench.report.reader import iter_raw, read_report
-from tests.integration.locust_cluster import ROOT, Cluster, free_port, served, wait_for
-
-DATA = ROOT / "data" / "ccfraud_1k.df.json"
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
-    try:
-        yield c
-    finally:
-        c.close()
+from tests.integration.locust_cluster import DATA, ROOT, Cluster, free_port, served, wait_for
 
 
 def scenario(tmp: Path, url: str, load: str, *, raw: bool = True) -> Path:

@@ -5,25 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
-import pytest
+from collections.abc import Callable
 
 from bench.emulator.config import EmulatorConfig
 from bench.report.reader import read_report
-from tests.integration.locust_cluster import ROOT, Cluster, free_port, served
-
-DATA = ROOT / "data" / "ccfraud_1k.df.json"
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
-    try:
-        yield c
-    finally:
-        c.close()
+from tests.integration.locust_cluster import DATA, ROOT, Cluster, free_port, served
 
 
 def locust(cluster: Cluster, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
