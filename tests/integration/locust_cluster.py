@@ -1,7 +1,8 @@
 """Helpers for the real-process tests: real Locust master/worker processes (each in its own process group,
 always killed with its children), a free loopback port, a wait on a condition with a deadline, a signal sent to a
-running `bench` once it is ready, and the emulator's own count of the requests it served (its /metrics:
-independent of bench's recorder). Import as ``from tests.integration.locust_cluster import ...``."""
+running `bench` once it is ready, a shipped scenario copied with edits, and the emulator's own count of the
+requests it served (its /metrics: independent of bench's recorder). Import as
+``from tests.integration.locust_cluster import ...``."""
 
 from __future__ import annotations
 
@@ -24,6 +25,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def scenario_copy(shipped: str, dest: Path, *edits: tuple[str, str]) -> Path:
+    """The shipped ``scenarios/<shipped>`` written to ``dest``, data paths made absolute and each (old, new) text
+    edit applied once (an edit whose old text is missing fails the test: the scenario changed under it)."""
+    text = (ROOT / "scenarios" / shipped).read_text().replace("../data/", f"{ROOT}/data/")
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    dest.write_text(text)
+    return dest
 
 
 def wait_for(cond: Callable[[], bool], timeout_s: float, what: str) -> None:

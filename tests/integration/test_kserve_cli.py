@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -15,6 +14,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
+
+from tests.integration.locust_cluster import free_port, scenario_copy
 
 ROOT = Path(__file__).resolve().parents[2]
 SHORT = ["--set", 'load.duration="2s"', "--set", 'load.warmup="0.5s"', "--json", "--quiet"]
@@ -26,13 +27,7 @@ def bench(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def variant(tmp_path: Path, *edits: tuple[str, str]) -> Path:
-    text = (ROOT / "scenarios/kserve.toml").read_text().replace("../data/", f"{ROOT}/data/")
-    for old, new in edits:
-        assert old in text, old
-        text = text.replace(old, new, 1)
-    path = tmp_path / "kserve.toml"
-    path.write_text(text)
-    return path
+    return scenario_copy("kserve.toml", tmp_path / "kserve.toml", *edits)
 
 
 def extra(out: Path) -> dict[str, object]:
@@ -105,13 +100,6 @@ def test_model_disagreeing_with_data_exit_2_one_line(tmp_path: Path, edit: tuple
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("bench: error:") and needle in last and "kserve.toml" in last, last
     assert not out.exists()  # no load, no report
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def test_metrics_url_down_is_counted_not_fatal(tmp_path: Path) -> None:

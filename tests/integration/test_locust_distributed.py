@@ -257,17 +257,8 @@ def test_ubiops_on_the_embedded_emulator_runs_distributed(cluster: Cluster) -> N
 
 
 def test_keycloak_tokens_of_the_embedded_emulator_reach_every_worker(cluster: Cluster) -> None:
-    sc = cluster.tmp / "auth.toml"
-    sc.write_text(f"""name = "auth"
-[target]
-kind = "wallaroo"
-url = "embedded"
-[data]
-path = "{DATA}"
-rows_per_request = 10
-[load]
-concurrency = 2
-duration = "1s"
+    sc = scenario(cluster.tmp, "embedded", 'concurrency = 2\nduration = "1s"', raw=False)
+    sc.write_text(sc.read_text() + """
 [auth]
 kind = "password"
 client_secret_env = "BENCH_T_SECRET"
