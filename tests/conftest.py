@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -79,38 +76,6 @@ def fault_emulator(serve_emulator: Callable[..., str]) -> Callable[..., str]:
         return serve_emulator("--fault", spec, *args)
 
     return start
-
-
-@pytest.fixture
-def serve_asgi() -> Iterator[Callable[[Any], str]]:
-    """Serve an ASGI app with uvicorn on a free 127.0.0.1 port in a thread; returns its base URL.
-
-    For test servers built in the test (a gateway in front of the emulator's app, say); every server started
-    through the fixture is stopped when the test ends, pass or fail."""
-    import uvicorn
-
-    running: list[tuple[uvicorn.Server, threading.Thread, socket.socket]] = []
-
-    def start(app: Any) -> str:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        running.append((server, thread, sock))
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "test server did not start"
-            time.sleep(0.01)
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-    try:
-        yield start
-    finally:
-        for server, thread, sock in running:
-            server.should_exit = True
-            thread.join(10)
-            sock.close()
 
 
 @pytest.fixture

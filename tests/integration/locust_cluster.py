@@ -1,7 +1,7 @@
 """Helpers for the real-process tests: real Locust master/worker processes (each in its own process group,
 always killed with its children), a free loopback port, a wait on a condition with a deadline, a signal sent to a
-running `bench` once it is ready, a shipped scenario copied with edits, and the emulator's own count of the
-requests it served (its /metrics: independent of bench's recorder). Import as
+running `bench` once it is ready, a shipped scenario copied with edits, an ASGI app served on loopback, and the
+emulator's own count of the requests it served (its /metrics: independent of bench's recorder). Import as
 ``from tests.integration.locust_cluster import ...``."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data" / "ccfraud_1k.df.json"
@@ -25,6 +26,33 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def served_asgi(app: Any) -> Iterator[str]:
+    """Serve an ASGI ``app`` (built in the test: an emulator part, a gateway in front of it) with uvicorn on a free
+    127.0.0.1 port in a thread; yields the base URL; always stopped."""
+    import threading
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "test server did not start"
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
 
 
 def scenario_copy(shipped: str, dest: Path, *edits: tuple[str, str]) -> Path:

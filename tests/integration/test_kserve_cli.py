@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
 
-from tests.integration.locust_cluster import free_port, scenario_copy
+from tests.integration.locust_cluster import free_port, scenario_copy, served_asgi
 
 ROOT = Path(__file__).resolve().parents[2]
 SHORT = ["--set", 'load.duration="2s"', "--set", 'load.warmup="0.5s"', "--json", "--quiet"]
@@ -208,15 +208,15 @@ def run_with_token(*args: str, token: str) -> subprocess.CompletedProcess[str]:
                           timeout=120, env={**os.environ, "BENCH_TEST_KSERVE_TOKEN": token})
 
 
-def test_preflight_sends_the_auth_token_to_a_gateway(tmp_path: Path, serve_asgi: Callable[[Any], str]) -> None:
+def test_preflight_sends_the_auth_token_to_a_gateway(tmp_path: Path) -> None:
     """A V2 server behind a bearer-token gateway: the preflight's ready and metadata calls carry [auth]'s token
     (before, they went bare and the run failed with 401s), the run succeeds, and the token is never written."""
     token = f"kst-{secrets.token_hex(16)}"
     gate = Gateway(token)
-    base = serve_asgi(gate)
     out = tmp_path / "r.arrow"
     html = tmp_path / "r.html"
-    proc = run_with_token("run", str(gateway_scenario(tmp_path, base)), *SHORT, "--out", str(out), token=token)
+    with served_asgi(gate) as base:
+        proc = run_with_token("run", str(gateway_scenario(tmp_path, base)), *SHORT, "--out", str(out), token=token)
     assert proc.returncode == 0, proc.stderr
     assert bench("report", str(out), "--html", str(html)).returncode == 0
     s = json.loads(proc.stdout)
@@ -232,13 +232,12 @@ def test_preflight_sends_the_auth_token_to_a_gateway(tmp_path: Path, serve_asgi:
     assert token.encode() not in out.read_bytes()
 
 
-def test_preflight_wrong_token_fails_at_once_without_echoing_it(tmp_path: Path,
-                                                                serve_asgi: Callable[[Any], str]) -> None:
+def test_preflight_wrong_token_fails_at_once_without_echoing_it(tmp_path: Path) -> None:
     """A refused credential on a ready check is not 'not ready yet': one line at once, no load, no token."""
     gate = Gateway(f"kst-{secrets.token_hex(16)}")
-    base = serve_asgi(gate)
     wrong = f"kst-{secrets.token_hex(16)}"
-    proc = run_with_token("run", str(gateway_scenario(tmp_path, base)), *SHORT, token=wrong)
+    with served_asgi(gate) as base:
+        proc = run_with_token("run", str(gateway_scenario(tmp_path, base)), *SHORT, token=wrong)
     assert proc.returncode not in (0, 2), proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert "refused the credentials (HTTP 401)" in last and "Traceback" not in proc.stderr, proc.stderr
