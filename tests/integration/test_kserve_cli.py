@@ -238,7 +238,7 @@ def test_preflight_wrong_token_fails_at_once_without_echoing_it(tmp_path: Path) 
     wrong = f"kst-{secrets.token_hex(16)}"
     with served_asgi(gate) as base:
         proc = run_with_token("run", str(gateway_scenario(tmp_path, base)), *SHORT, token=wrong)
-    assert proc.returncode not in (0, 2), proc.stderr
+    assert proc.returncode == 3, proc.stderr  # run invalid: nothing measured
     last = proc.stderr.strip().splitlines()[-1]
     assert "refused the credentials (HTTP 401)" in last and "Traceback" not in proc.stderr, proc.stderr
     assert wrong not in proc.stdout + proc.stderr
