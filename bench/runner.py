@@ -74,7 +74,8 @@ def request_set(sc: Scenario, url: str, bodies: Sequence[PreparedBody], authoriz
     """The wire form of an engine-driven target: its headers, the scenario's, and the Authorization value."""
     req = target_for(sc.target.kind).request(sc.target, url, config)
     headers = {**req.headers, **scenario_headers(sc, authorization)}
-    return RequestSet(url=req.url, method=sc.target.method, headers=headers, bodies=bodies), req.classify
+    return (RequestSet(url=req.url, method=sc.target.method, headers=headers, bodies=bodies,
+                       answer_bytes=req.answer_bytes), req.classify)
 
 
 def scenario_headers(sc: Scenario, authorization: str | None) -> dict[str, str]:
