@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -89,3 +90,19 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield c
     finally:
         c.close()
+
+
+@pytest.fixture
+def idle_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """A new, never running event loop for engine parts tested without sockets; the tasks they started on it
+    (connects) are cancelled and the loop closed at the end."""
+    lp = asyncio.new_event_loop()
+    try:
+        yield lp
+    finally:
+        tasks = asyncio.all_tasks(lp)
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            lp.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        lp.close()
