@@ -7,7 +7,6 @@ import ssl
 import time
 
 import httptools
-import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,7 +15,7 @@ from bench.engine import fast, httpx_engine, loopmon, select
 from bench.engine.base import EngineConfig, PreparedBody, RequestSet
 from bench.engine.fast import FastEngine, build_wires, exception_kind, parse_target
 from bench.engine.h2 import H2Engine
-from bench.engine.httpx_engine import HttpxEngine, httpx_kind
+from bench.engine.httpx_engine import HttpxEngine
 from bench.results import Kind
 
 
@@ -113,26 +112,6 @@ def test_set_headers_rebuilds_wires() -> None:
 ])
 def test_exception_kind(exc: BaseException | None, connecting: bool, kind: Kind) -> None:
     assert exception_kind(exc, connecting) == kind
-
-
-def _chained(outer: BaseException, inner: BaseException) -> BaseException:
-    outer.__cause__ = inner
-    return outer
-
-
-@pytest.mark.parametrize(("exc", "kind"), [
-    (httpx.ConnectTimeout("t"), Kind.CONNECT_TIMEOUT),
-    (httpx.ReadTimeout("t"), Kind.READ_TIMEOUT),
-    (_chained(httpx.ConnectError("x"), ConnectionRefusedError()), Kind.CONNECT_REFUSED),
-    (_chained(httpx.ConnectError("x"), ssl.SSLCertVerificationError("v")), Kind.TLS_ERROR),
-    (httpx.RemoteProtocolError("Server disconnected without sending a response."), Kind.RESET),
-    (httpx.RemoteProtocolError("<StreamReset stream_id:1, error_code:2>"), Kind.PROTOCOL_ERROR),
-    (httpx.ReadError("r"), Kind.RESET),
-    (httpx.LocalProtocolError("l"), Kind.PROTOCOL_ERROR),
-    (httpx.TooManyRedirects("r"), Kind.OTHER),
-])
-def test_httpx_kind(exc: BaseException, kind: Kind) -> None:
-    assert httpx_kind(exc) == kind
 
 
 def test_choose_engine() -> None:
