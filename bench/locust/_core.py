@@ -119,9 +119,7 @@ def worker_report(prepared: Any, run: RunData, index: int, workers: int) -> Repo
     """A report of a worker known only by its streamed data (it died): no CPU figure, marked partial."""
     from bench.facts import RunFacts, build_report
 
-    report = build_report(prepared.scenario, run, RunFacts(worker=(index, workers)))
-    report.meta.cpu_fraction = None
-    return report
+    return build_report(prepared.scenario, run, RunFacts(worker=(index, workers)))  # cpu_fraction: None
 
 
 def write_report_bytes(report: Report) -> bytes:
