@@ -83,26 +83,36 @@ def run_share(prepared: Any, index: int, workers: int, epoch: float,
     ``epoch``; ``on_snapshot`` gets a recorder snapshot about every ``interval_s`` (in the engine's thread).
     SIGINT/SIGTERM stop the load and the report comes back marked partial."""
     import time
+    from dataclasses import replace
 
     from bench.facts import build_report
     from bench.run_loop import run_once
     from bench.runner import RunControl
+    from bench.secrets import scrub_report
 
     sc: Scenario = prepared.scenario
     held: dict[str, Any] = {}
     last = [0.0]
+    scrubber = prepared.scrubber  # this host's secrets (its environment, the tokens it is issued): the master
+    # knows only its own, so everything that leaves the worker is scrubbed here, as bench.session does
 
     def progress(_snapshot: Any) -> None:
         now = time.monotonic()
         if "recorder" in held and now - last[0] >= interval_s:
             last[0] = now
-            on_snapshot(held["recorder"].snapshot())
+            snap = held["recorder"].snapshot()
+            scrubber.add(ctl.secrets())
+            snap.error_samples = [replace(e, detail=scrubber.text(e.detail)) for e in snap.error_samples]
+            on_snapshot(snap)
 
-    ctl = RunControl(progress=progress, message=message, preflight=False, raw_path=raw_path,
-                     on_recorder=lambda r: held.__setitem__("recorder", r))
+    ctl = RunControl(progress=progress, message=lambda m: message(scrubber.text(m)), preflight=False,
+                     raw_path=raw_path, on_recorder=lambda r: held.__setitem__("recorder", r))
     run, facts = run_once(prepared, ctl, start_at_wall=epoch + phase_s(sc, index), worker=(index, workers))
     facts.worker = (index, workers)
-    return build_report(sc, run, facts)
+    report = build_report(sc, run, facts)
+    scrubber.add(ctl.secrets())
+    scrub_report(report, scrubber)
+    return report
 
 
 def phase_s(sc: Scenario, index: int) -> float:
