@@ -20,7 +20,7 @@ TOKEN = "wrk-only-s3cret-7f3a9c"  # set in the worker's environment only
 
 
 class _Echo(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         credential = str(self.headers.get("Authorization")).split()[-1]  # bare: no "Bearer" for a pattern to see
         body = f"denied: unknown credential {credential} for this model".encode()
