@@ -187,10 +187,13 @@ class UserPlan:
 
     def __init__(self, sc: Scenario, url: str, method: str, headers: dict[str, str], bodies: list[bytes],
                  rows: list[int], classify: Callable[[int, bytes, int], tuple[int, int, int]],
-                 auth: Any = None) -> None:
+                 auth: Any = None, scrubber: Any = None) -> None:
+        from bench.secrets import Scrubber
+
         self.scenario, self.url, self.method, self.headers = sc, url, method, headers
         self.bodies, self.rows, self.classify = bodies, rows, classify
         self.auth = auth  # bench.auth.AuthConfig of [auth] (tokens per request), or None
+        self.scrubber: Scrubber = scrubber if scrubber is not None else Scrubber()  # this process's secrets
 
 
 def user_plan(doc: Mapping[str, Any], file: str, base_dir: Path) -> UserPlan:
@@ -209,7 +212,8 @@ def user_plan(doc: Mapping[str, Any], file: str, base_dir: Path) -> UserPlan:
     token = os.environ.get(sc.target.token_env) if sc.target.token_env and cfg is None else None
     auth = (token if token.lower().startswith(("bearer ", "token ")) else f"Bearer {token}") if token else None
     requests, classify = request_set(sc, sc.target.url, prepared.bodies, auth, prepared.target_config)
-    return UserPlan(sc, requests.url, requests.method, dict(requests.headers), bodies, rows, classify, cfg)
+    return UserPlan(sc, requests.url, requests.method, dict(requests.headers), bodies, rows, classify, cfg,
+                    prepared.scrubber)
 
 
 def new_recorder(start_ns: int) -> Any:
@@ -219,11 +223,17 @@ def new_recorder(start_ns: int) -> Any:
     return Recorder(start_ns, start_ns)
 
 
-def users_report(plan: UserPlan, run: RunData, cpu_fraction: float, users: int) -> Report:
+def users_report(plan: UserPlan, run: RunData, cpu_fraction: float, users: int,
+                 secrets: Sequence[str] = ()) -> Report:
+    """This process's bench users' report, scrubbed of its secrets (``secrets``: the tokens it was issued) before
+    it is written or sent to a master (which knows only its own)."""
     from bench.facts import RunFacts, build_report
+    from bench.secrets import scrub_report
 
     report = build_report(plan.scenario, run, RunFacts(cpu_fraction=cpu_fraction, url=plan.url))
     report.meta.load = {"mode": "locust", "users": users}
+    plan.scrubber.add(secrets)
+    scrub_report(report, plan.scrubber)
     return report
 
 

@@ -73,3 +73,30 @@ def test_worker_secret_never_leaves_the_worker(tmp_path: Path, echo: str) -> Non
         assert any("***" in d for d in samples), samples
     finally:
         cluster.close()
+
+
+def test_locustfile_users_report_is_scrubbed_of_the_token(tmp_path: Path, echo: str) -> None:
+    """Stock `locust` with bench users: the report it writes holds no token by value."""
+    data = Path(__file__).resolve().parents[2] / "data" / "ccfraud_1k.df.json"
+    (tmp_path / "locustfile.py").write_text(f"""
+from bench.locust import WallarooUser
+
+class Pipeline(WallarooUser):
+    url = {echo!r}
+    data = {str(data)!r}
+    token_env = "BENCH_TEST_TOKEN"
+""")
+    out = tmp_path / "users.arrow"
+    cluster = Cluster(tmp_path, env={"BENCH_TEST_TOKEN": TOKEN})
+    try:
+        proc = cluster.start("locust", "-m", "locust", "-f", str(tmp_path / "locustfile.py"), "--headless", "-u", "1",
+                             "-r", "1", "-t", "3s", "--bench-report", str(out))
+        proc.wait(60)
+        assert out.exists(), cluster.log(proc)
+        report = read_report(out)
+        samples = [s.detail for s in report.run.error_samples]
+        assert samples and all("denied: unknown credential" in d for d in samples), samples
+        assert TOKEN.encode() not in out.read_bytes()
+        assert any("***" in d for d in samples), samples
+    finally:
+        cluster.close()
