@@ -170,12 +170,12 @@ class StepRunner:
         report, facts = self._run(probe, self.out_dir / "probe.arrow")
         step = self._step(0, 0.0, report, facts, self.out_dir / "probe.arrow")
         step.verdict = "probe"
-        step.achieved_rps = float(step.summary["rps"])
-        if not step.summary["ok"]:
+        if not step.summary["ok"] or step.summary["rps"] is None:
             from bench.errors import RunInvalid
 
             kinds = ", ".join(f"{n:,} {k}" for k, n in step.summary["errors_by_kind"].items()) or "no answers"
             raise RunInvalid(f"probe: no request succeeded ({kinds}); is the target up?")
+        step.achieved_rps = float(step.summary["rps"])
         return step
 
     def step(self, rate: float, *, repeat: bool = False) -> tuple[Step, Any]:
