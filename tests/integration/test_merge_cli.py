@@ -62,3 +62,16 @@ def test_a_part_without_a_send_count_leaves_the_merged_sends_unknown(tmp_path: P
     shown = bench("report", str(merged))
     assert shown.returncode == 0, shown.stderr
     assert "MISMATCH" not in shown.stdout and "accounting:" not in shown.stdout
+
+
+
+def test_merge_into_a_bad_out_path_is_one_line_exit_2(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.arrow", tmp_path / "b.arrow"
+    for out in (a, b):
+        proc = run(out)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    for bad in (tmp_path, tmp_path / "missing" / "m.arrow"):  # a directory; a folder that does not exist
+        proc = bench("merge", str(a), str(b), "-o", str(bad))
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "--out" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
