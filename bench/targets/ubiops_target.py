@@ -3,8 +3,8 @@ batch create / collect / cancel (and rate-limit backoff) on its own data plane (
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, overload
 
 from bench.results import LoadSpec, PreparedBody, StopSignal
 from bench.targets import Request, SectionRules, Target, read_table
@@ -28,8 +28,9 @@ class UbiOpsTarget(Target):
     def config(self, sc: Scenario) -> UbiOpsConfig:
         return ubiops_config_from_mapping(sc.target.raw, sc.file, ubiops=sc.ubiops)
 
-    def bodies(self, sc: Scenario, config: Any) -> list[PreparedBody]:
-        return list(build_ubiops_bodies(config, read_table(sc), sc.data.rows_per_request))
+    def bodies(self, sc: Scenario, config: Any) -> Sequence[PreparedBody]:
+        """A ``LazyBodies``: each body is encoded when the run first sends it (a big data set starts at once)."""
+        return build_ubiops_bodies(config, read_table(sc), sc.data.rows_per_request)
 
     def emulator_url(self, base_url: str, wallaroo_url: str) -> str:
         return base_url
@@ -80,8 +81,33 @@ class UbiOpsTarget(Target):
 
     async def run(self, config: Any, bodies: Sequence[PreparedBody], sink: Any, spec: LoadSpec,
                   stop: StopSignal) -> Mapping[str, Any]:
-        stats = await run_ubiops(config, [b.body for b in bodies], [b.rows for b in bodies], sink, spec, stop)
+        rows = getattr(bodies, "rows", None)  # a LazyBodies knows its row counts without encoding
+        stats = await run_ubiops(config, _Inputs(bodies), rows if isinstance(rows, list) else [b.rows for b in bodies],
+                                 sink, spec, stop)
         return {"ubiops": stats.to_dict()}
+
+
+class _Inputs(Sequence[bytes]):
+    """The bodies' bytes, encoded on first use (``LazyBodies.body``), for the UbiOps runner."""
+
+    def __init__(self, bodies: Sequence[PreparedBody]) -> None:
+        self._bodies = bodies
+        get = getattr(bodies, "body", None)
+        self._get: Callable[[int], bytes] = get if callable(get) else (lambda i: bodies[i].body)
+
+    def __len__(self) -> int:
+        return len(self._bodies)
+
+    @overload
+    def __getitem__(self, i: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[bytes]: ...
+
+    def __getitem__(self, i: int | slice) -> bytes | Sequence[bytes]:
+        if isinstance(i, slice):
+            return [self._get(k) for k in range(*i.indices(len(self)))]
+        return self._get(i if i >= 0 else i + len(self))
 
 
 TARGET = UbiOpsTarget()

@@ -141,6 +141,28 @@ def test_build_bodies_direct_batch_and_errors() -> None:
     assert info.value.key == "target.fields.nope"
 
 
+@pytest.mark.parametrize(("mode", "per"), [("direct", 3), ("batch", 1)])
+def test_bodies_are_encoded_on_first_use_and_match_the_eager_encoding(mode: str, per: int) -> None:
+    """A big data set starts at once: only the first block is encoded up front; any body asked for later is the
+    same bytes as encoding its rows directly (block boundaries change nothing)."""
+    from bench.bodies import BLOCK
+    from bench.data import generate_ccfraud, records_from_table
+    from bench.targets.ubiops_target import _Inputs
+
+    table = generate_ccfraud(BLOCK * per * 40 + 7, 3)
+    cfg = parse(mode=mode)
+    bodies = build_ubiops_bodies(cfg, table, per)
+    n = (table.num_rows + per - 1) // per
+    assert len(bodies) == n and getattr(bodies, "encoded", None) == BLOCK
+    for k in (0, BLOCK - 1, BLOCK, 17 * BLOCK + 5, n - 1):
+        rows = records_from_table(table.slice(k * per, per))
+        assert bodies[k].rows == len(rows)
+        assert bodies[k].body == encode_structured(rows, {})  # a batch item: the one object
+    assert getattr(bodies, "encoded", 0) <= 4 * BLOCK  # four blocks touched, not the data set
+    inputs = _Inputs(bodies)
+    assert len(inputs) == n and inputs[-1] == bodies[n - 1].body and inputs[1:3] == [bodies[1].body, bodies[2].body]
+
+
 @pytest.mark.parametrize(("status", "body", "kind"), [
     (200, b'{"status":"completed","result":{"dense_1":[0.1]}}', Kind.OK),
     (200, b'{"status":"failed","error_message":"boom"}', Kind.REQUEST_FAILED),
