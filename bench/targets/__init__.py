@@ -90,6 +90,12 @@ class Target:
     async def preflight(self, config: Any, url: str, message: Callable[[str], None]) -> None:
         """Readiness and model checks before any load: InputError (exit 2) or RunInvalid (exit 3)."""
 
+    def share_doc(self, sc: Scenario, config: Any, worker: tuple[int, int]) -> Mapping[str, Any]:
+        """The scenario document worker ``(i, n)`` of a ``--processes`` run gets (default: all of it; load and
+        connections are split by the runner). A target with a per-run quota (UbiOps' request budget) splits it
+        here so the workers together keep to it. Raises InputError when it cannot be split."""
+        return sc.source
+
     def own_data_plane(self, config: Any) -> bool:
         """True: ``run`` applies the load; False (default): a bench engine does, with ``request``."""
         return False

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
+from bench.errors import InputError
 from bench.results import LoadSpec, PreparedBody, StopSignal
 from bench.targets import Request, SectionRules, Target, read_table
 from bench.targets.ubiops import UbiOpsConfig, build_ubiops_bodies, classify_direct, ubiops_config_from_mapping
@@ -39,6 +40,14 @@ class UbiOpsTarget(Target):
         if ep.ubiops_token is None:
             return config
         return config.with_endpoint(ep.inference_url, ep.ubiops_token)
+
+    def share_doc(self, sc: Scenario, config: Any, worker: tuple[int, int]) -> Mapping[str, Any]:
+        """Worker ``(i, n)`` gets its part of ``[ubiops] calls_per_minute`` (the parts sum to the whole), so
+        ``--processes n`` together keep to the platform's limit (one source address, one limit)."""
+        share = budget_share(config, worker, sc.file)
+        if share is None:
+            return sc.source
+        return {**sc.source, "ubiops": {**sc.source.get("ubiops", {}), "calls_per_minute": share}}
 
     def own_data_plane(self, config: Any) -> bool:
         """Batch mode (create / collect / cancel) and rate-limit backoff (which reads the x-ratelimit-* headers of
@@ -85,6 +94,19 @@ class UbiOpsTarget(Target):
         stats = await run_ubiops(config, _Inputs(bodies), rows if isinstance(rows, list) else [b.rows for b in bodies],
                                  sink, spec, stop)
         return {"ubiops": stats.to_dict()}
+
+
+def budget_share(config: UbiOpsConfig, worker: tuple[int, int], file: str) -> int | None:
+    """Worker ``(i, n)``'s calls a minute (the first ``total % n`` take one more); None when the whole budget
+    stays (one process, no budget, or direct requests that count 429s, which spend none)."""
+    i, n = worker
+    total = config.calls_per_minute
+    if n <= 1 or total <= 0 or (config.mode == "direct" and config.on_rate_limit == "count"):
+        return None
+    if total < n:
+        raise InputError(f"{total} calls a minute cannot be split across {n} processes (each needs at least 1; "
+                         f"0 would mean no budget)", file=file, key="ubiops.calls_per_minute")
+    return total // n + (1 if i < total % n else 0)
 
 
 class _Inputs(Sequence[bytes]):

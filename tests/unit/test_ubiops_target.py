@@ -193,3 +193,34 @@ def test_shipped_scenarios_validate(name: str) -> None:
     cfg = ubiops_config_from_mapping(doc["target"], str(path), environ=ENV)
     assert cfg.project and cfg.deployment and cfg.field_map
     assert doc["data"]["rows_per_request"] == 1
+
+
+@given(st.integers(1, 100_000), st.integers(1, 64))
+def test_budget_shares_sum_to_the_budget(total: int, n: int) -> None:
+    """--processes n: worker k gets its part of calls_per_minute; the parts sum exactly to the whole and differ
+    by at most one; a budget smaller than n cannot be split (0 would mean no budget) and says so."""
+    from bench.targets.ubiops_target import budget_share
+
+    cfg = UbiOpsConfig(project="p", deployment="d", token="t", mode="batch", calls_per_minute=total)
+    if total < n and n > 1:
+        with pytest.raises(InputError) as info:
+            budget_share(cfg, (0, n), "s.toml")
+        assert info.value.key == "ubiops.calls_per_minute" and info.value.file == "s.toml"
+        return
+    parts = [budget_share(cfg, (k, n), "s.toml") for k in range(n)]
+    if n == 1:
+        assert parts == [None]
+        return
+    ints = [p for p in parts if p is not None]
+    assert len(ints) == n and sum(ints) == total and min(ints) >= 1 and max(ints) - min(ints) <= 1
+
+
+def test_budget_share_leaves_unbudgeted_runs_alone() -> None:
+    from bench.targets.ubiops_target import budget_share
+
+    count = UbiOpsConfig(project="p", deployment="d", token="t", calls_per_minute=1)  # direct, count: no budget
+    assert budget_share(count, (1, 4), "s.toml") is None
+    off = UbiOpsConfig(project="p", deployment="d", token="t", mode="batch", calls_per_minute=0)
+    assert budget_share(off, (1, 4), "s.toml") is None
+    backoff = UbiOpsConfig(project="p", deployment="d", token="t", on_rate_limit="backoff", calls_per_minute=7)
+    assert [budget_share(backoff, (k, 3), "s.toml") for k in range(3)] == [3, 2, 2]
