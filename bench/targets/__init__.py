@@ -100,6 +100,11 @@ class Target:
         """True: ``run`` applies the load; False (default): a bench engine does, with ``request``."""
         return False
 
+    def engine_hooks(self, config: Any, engine: Any, sink: Any) -> Callable[[], Mapping[str, Any]] | None:
+        """Before an engine runs this target's requests: set its hooks (``watch_headers``, ``gate_sends``, e.g.
+        UbiOps' rate-limit backoff). Returns what to add to the report's metadata once it has run (or None)."""
+        return None
+
     def read_timeout_s(self, config: Any) -> float | None:
         """The longest an answer may legitimately take on this target, when longer than [engine] timeout."""
         return None

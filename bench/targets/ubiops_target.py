@@ -1,5 +1,6 @@
-"""The UbiOps target in the registry: its section, bodies, emulator endpoint; direct requests on a bench engine,
-batch create / collect / cancel (and rate-limit backoff) on its own data plane (bench.targets.ubiops_runner)."""
+"""The UbiOps target in the registry: its section, bodies, emulator endpoint; direct requests on a bench engine
+(rate-limit backoff as its send gate), batch create / collect / cancel on its own data plane
+(bench.targets.ubiops_runner)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from bench.errors import InputError
 from bench.results import LoadSpec, PreparedBody, StopSignal
 from bench.targets import Request, SectionRules, Target, read_table
 from bench.targets.ubiops import UbiOpsConfig, build_ubiops_bodies, classify_direct, ubiops_config_from_mapping
-from bench.targets.ubiops_runner import run_ubiops
+from bench.targets.ubiops_runner import attach_direct, run_ubiops
 
 if TYPE_CHECKING:
     from bench.prepared import Endpoints
@@ -27,7 +28,11 @@ class UbiOpsTarget(Target):
     lag_bound_ms = 10.0  # batch mode is paced in chunks, direct answers take milliseconds: 1 ms of lag is no fault
 
     def config(self, sc: Scenario) -> UbiOpsConfig:
-        return ubiops_config_from_mapping(sc.target.raw, sc.file, ubiops=sc.ubiops)
+        cfg = ubiops_config_from_mapping(sc.target.raw, sc.file, ubiops=sc.ubiops)
+        if cfg.mode == "direct" and cfg.on_rate_limit == "backoff" and sc.engine.kind == "httpx":
+            raise InputError('on_rate_limit = "backoff" runs on the fast engine (HTTP/1.1, or --http2); the httpx '
+                             'engine has no send gate', file=sc.file, key="engine.kind")
+        return cfg
 
     def bodies(self, sc: Scenario, config: Any) -> Sequence[PreparedBody]:
         """A ``LazyBodies``: each body is encoded when the run first sends it (a big data set starts at once)."""
@@ -50,9 +55,13 @@ class UbiOpsTarget(Target):
         return {**sc.source, "ubiops": {**sc.source.get("ubiops", {}), "calls_per_minute": share}}
 
     def own_data_plane(self, config: Any) -> bool:
-        """Batch mode (create / collect / cancel) and rate-limit backoff (which reads the x-ratelimit-* headers of
-        every answer) run on the UbiOps runner; direct requests that count 429s run on a bench engine."""
-        return bool(config.mode == "batch" or config.on_rate_limit == "backoff")
+        """Batch mode (create / collect / cancel) runs on the UbiOps runner; direct requests on a bench engine."""
+        return bool(config.mode == "batch")
+
+    def engine_hooks(self, config: Any, engine: Any, sink: Any) -> Callable[[], Mapping[str, Any]] | None:
+        """Direct requests: the rate gate reads every answer's x-ratelimit-* headers; with backoff it is also
+        the engine's send gate (request budget + server window)."""
+        return attach_direct(config, engine, sink)
 
     def request(self, target: TargetConfig, url: str, config: Any) -> Request:
         return Request(url=config.direct_url(), headers=config.headers(), classify=classify_direct)
