@@ -32,7 +32,7 @@ from bench.engine.base import Classifier, EngineConfig, LoadSpec, RequestSet, Re
 from bench.engine.common import DEFAULT_OPEN_LIMIT, CallbackEngine, backoff_s
 from bench.engine.pacer import Pacer, Sweeper, estimate_rate
 from bench.failures import exception_kind  # re-exported: the one exception-to-kind mapping
-from bench.results import Kind
+from bench.results import ERROR_DETAIL_BYTES, Kind
 
 __all__ = ["FastEngine", "Target", "body_getter", "build_wires", "exception_kind", "make_ssl_context",
            "parse_target", "request_head", "wire"]
@@ -439,7 +439,7 @@ class FastEngine(CallbackEngine):
         self.sink.record(conn.intended, conn.sent, done, kind, status, rows_out if kind == _OK else rows_in,
                          conn.bytes_out, conn.bytes_in, server_ns)
         if kind != _OK:
-            self.sink.error_detail(kind, status, body[:512])
+            self.sink.error_detail(kind, status, body[:ERROR_DETAIL_BYTES])
         self._inflight -= 1
         if not conn.keep:
             conn.close()
@@ -458,7 +458,7 @@ class FastEngine(CallbackEngine):
                 self._check_drained()
                 return
             pacer = self._pacer
-            if pacer is not None and done >= pacer.next_ns:
+            if pacer is not None and done >= pacer.eager_ns:
                 pacer.run_due(done)  # a send is due and a connection just freed up: send from here
         else:
             self._slot_next(conn, done, 0)
@@ -481,7 +481,7 @@ class FastEngine(CallbackEngine):
         conn.pending = False
         self.sink.record(conn.intended, sent, done, kind, 0, conn.rows_in, 0 if connect_failed else conn.bytes_out,
                          conn.bytes_in, 0)
-        self.sink.error_detail(kind, 0, detail.encode("utf-8", "replace")[:512])
+        self.sink.error_detail(kind, 0, detail.encode("utf-8", "replace")[:ERROR_DETAIL_BYTES])
         self._inflight -= 1
         conn.close()
         if self._open:
