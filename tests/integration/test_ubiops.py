@@ -21,7 +21,7 @@ from bench.engine.base import EngineConfig, LoadSpec
 from bench.engine.fast import FastEngine
 from bench.recorder import Recorder
 from bench.results import PreparedBody, RequestSet
-from bench.targets.ubiops import UbiOpsConfig, encode_plain, encode_plain_direct, encode_structured
+from bench.targets.ubiops import UbiOpsConfig, encode_plain_direct, encode_structured
 from bench.targets.ubiops_target import TARGET
 from bench.ubiops_runner import UbiOpsStats, run_ubiops
 
