@@ -279,7 +279,7 @@ def render_html(report: Report) -> str:
     out.append('<div class="verdicts">' + " ".join(badges) + "</div>")
 
     cards = [("requests", f"{s['requests']:,}"), ("errors", f"{s['errors']:,} ({rate_text(s['error_rate'])})"),
-             ("req/s", f"{s['rps']:,.1f}"), ("rows/s", f"{s['rows_per_s']:,.1f}"),
+             ("req/s", num_text(s["rps"], ",.1f")), ("rows/s", num_text(s["rows_per_s"], ",.1f")),
              ("p50 latency", num_text(s['latency_ms']['p50'], ".2f", " ms")),
              ("p99 latency", num_text(s['latency_ms']['p99'], ".2f", " ms")),
              ("measured", f"{s['duration_s']:.1f} s"), ("dropped", f"{s['dropped']:,}")]

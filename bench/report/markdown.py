@@ -64,7 +64,7 @@ def report_markdown(report: Report) -> str:
         lines += ["> **Partial run** (interrupted): the figures cover only the part that ran.", ""]
     lines += _table(["requests", "errors", "req/s", "rows/s", "measured", "dropped"],
                     [[f"{s['requests']:,}", f"{s['errors']:,} ({rate_text(s['error_rate'])})",
-                      f"{s['rps']:,.1f}", f"{s['rows_per_s']:,.1f}", f"{s['duration_s']:.1f} s",
+                      num_text(s["rps"], ",.1f"), num_text(s["rows_per_s"], ",.1f"), f"{s['duration_s']:.1f} s",
                       f"{s['dropped']:,}"]], "right")
     lines += ["", "**Latency (ms, ok requests)**", ""]
     rows = [[label, *(num_text(s[key][k]) for k in ("p50", "p90", "p99", "p999", "max"))]

@@ -75,11 +75,12 @@ def summarize(report: Report) -> dict[str, Any]:
     run = report.run
     tot = accounted_totals(report)
     service = _views(run.histogram("service", MEASURED, "ok"))
+    timed = run.duration_s(MEASURED) > 0  # a measured window of 0 s (nothing measured): no rate, not a rate of 0
     return {
         "requests": tot.requests,
         "errors": tot.errors,
-        "rps": round(run.rps(MEASURED), 3),  # completed (recorded) requests per second
-        "rows_per_s": round(run.rows_per_s(MEASURED), 3),
+        "rps": round(run.rps(MEASURED), 3) if timed else None,  # completed (recorded) requests per second
+        "rows_per_s": round(run.rows_per_s(MEASURED), 3) if timed else None,
         "latency_ms": _views(run.histogram("latency", MEASURED, "ok")),
         "service_ms": service,
         "errors_by_kind": accounted_errors_by_kind(report),
@@ -133,7 +134,7 @@ def render_summary(report: Report, console: Console) -> None:
     s = summarize(report)
     head = Table(show_header=False, box=None, pad_edge=False)
     head.add_row("requests", f"{s['requests']:,}", "errors", f"{s['errors']:,} ({rate_text(s['error_rate'])})")
-    head.add_row("req/s", f"{s['rps']:,.1f}", "rows/s", f"{s['rows_per_s']:,.1f}")
+    head.add_row("req/s", num_text(s["rps"], ",.1f"), "rows/s", num_text(s["rows_per_s"], ",.1f"))
     head.add_row("measured", f"{s['duration_s']:.1f} s", "dropped", f"{s['dropped']:,}")
     console.print(head)
     lat = Table(title="latency (ms, ok requests)", title_justify="left")
