@@ -199,6 +199,7 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
         header_env_values(sc.target.headers_env, file=sc.file)
     sources: list[Any] = []  # token sources to release, on every path
     checkpoint = None
+    recorder: Recorder | None = None
     try:
         async with anyio.create_task_group() as tg:
             token_source = await _token_source(prepared, ctl, counts, tg)
@@ -243,11 +244,14 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
     finally:  # an error on the way (bad input found late, a refused token, Ctrl-C twice) releases them too
         if checkpoint is not None:
             checkpoint.close()
+        if recorder is not None:
+            recorder.close()  # the raw log's file, if the run ends here without finishing (finish closes it too)
         with anyio.CancelScope(shield=True):
             await _close(sources)
     facts.url = "embedded" if prepared.embedded else url
     facts.interrupted = ctl.interrupted
     facts.slo_aborted = ctl.slo_aborted or None
+    assert recorder is not None  # the load ran (every earlier exit raises)
     return recorder.finish(end_ns, partial=ctl.interrupted), facts
 
 

@@ -285,6 +285,8 @@ def run_scenario(sc: Scenario, opts: RunOptions) -> int:
             report, facts = run_report(target, ctl)
     except BenchError:  # a run judged invalid: nothing to recover (a second Ctrl-C keeps its checkpoint)
         checkpoint_path(out_path).unlink(missing_ok=True)
+        if ctl.raw_path is not None:
+            ctl.raw_path.unlink(missing_ok=True)
         raise
     finally:
         view.close()

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import anyio
 import httpx
 
-from bench.results import LoadSpec, ResultSink, StopSignal
+from bench.results import GATE_HOLDS, LoadSpec, ResultSink, StopSignal
 from bench.targets.ubiops import UbiOpsConfig
 from bench.targets.ubiops_budget import Budget
 
@@ -163,6 +163,7 @@ class RateGate:
             return 0
         if self._pause_started is None:
             self._pause_started = now
+            self.sink.count(GATE_HOLDS)
         return max(1_000_000, self.reset_at_ns + 20_000_000 - now)  # a little past the reset
 
     def _sent(self, now: int) -> None:
@@ -183,6 +184,7 @@ class RateGate:
         if wait_s > 0:
             if self._budget_held_since is None:
                 self._budget_held_since = now
+                self.sink.count(GATE_HOLDS)
             return max(1_000_000, int(wait_s * 1e9))
         wait = self._window_wait(now, in_flight)
         if wait:
