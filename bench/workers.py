@@ -131,11 +131,13 @@ def run_processes(prepared: Prepared, opts: Any, out_path: Path) -> tuple[Any, R
         interrupted = _wait_all(procs)
         missing = [str(i) for i, p in enumerate(parts) if not p.exists()]
         found: dict[int, Any] = {i: read_report(p) for i, p in enumerate(parts) if p.exists()}
+        taken: list[int] = []  # workers whose share comes from their checkpoint
         if interrupted and missing:  # killed by a second Ctrl-C (their checkpoints), or still starting up
             for i in map(int, missing):
                 part = recover_part(ckpts[i], run_id)
                 if part is not None:
                     found[i] = part
+                    taken.append(i)
             if not found:  # nothing measured anywhere: nothing to recover either
                 from bench.checkpoint import discard
 
@@ -152,6 +154,9 @@ def run_processes(prepared: Prepared, opts: Any, out_path: Path) -> tuple[Any, R
         if abandoned:  # requests still in flight at each worker's end: all of them, not the first part's
             merged.meta.extra["abandoned"] = sum(int(n) for n in abandoned)
         merged.meta.extra.pop("worker", None)  # the merged report is the whole run, not worker 0's share
+        merged.meta.extra.pop("recovered", None)  # ... nor worker 0's recovery
+        if taken:  # up to their last checkpoint line (their in-flight requests: kind 'abandoned')
+            merged.meta.extra["from_checkpoints"] = taken
         if raw:
             merged.run.raw_path = merge_raw(
                 [(r, rep.run.start_unix_ns) for r, rep in zip(raws, reports, strict=True) if r is not None],
