@@ -15,8 +15,20 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Literal, Protocol
 
-__all__ = ["ERROR_KINDS", "RECORD_FIELDS", "Classifier", "Kind", "LoadSpec", "PreparedBody", "RequestSet", "ResultSink",
-           "StopSignal", "field_index", "kind_name"]
+__all__ = [
+    "ERROR_DETAIL_BYTES",
+    "ERROR_KINDS",
+    "RECORD_FIELDS",
+    "Classifier",
+    "Kind",
+    "LoadSpec",
+    "PreparedBody",
+    "RequestSet",
+    "ResultSink",
+    "StopSignal",
+    "field_index",
+    "kind_name",
+]
 
 RECORD_FIELDS = ("intended_ns", "sent_ns", "done_ns", "kind", "status", "rows", "bytes_out", "bytes_in",
                  "server_ns")
@@ -63,6 +75,8 @@ class PreparedBody:
     body: bytes
     rows: int
 
+
+ERROR_DETAIL_BYTES = 512  # the evidence an error keeps of its answer (ResultSink.error_detail)
 
 # classify(status, body, rows_in) -> (kind, rows_out, server_ns). ``body`` is the whole answer body (engines
 # keep at most EngineConfig.max_body_bytes of it; classify must then treat a truncated body as its own
@@ -137,3 +151,6 @@ class RequestSet:
     method: str
     headers: dict[str, str]
     bodies: Sequence[PreparedBody]
+    # how much of each answer the classifier reads (None: all of it, up to EngineConfig.max_body_bytes). A target
+    # judged by status alone keeps only ERROR_DETAIL_BYTES: a 20 MiB answer then costs no join and no memory
+    answer_bytes: int | None = None

@@ -81,7 +81,8 @@ def request_set(sc: Scenario, url: str, bodies: Sequence[PreparedBody], authoriz
         headers.update(header_env_values(sc.target.headers_env, file=sc.file))
     if authorization:
         headers["Authorization"] = authorization
-    return RequestSet(url=req.url, method=sc.target.method, headers=headers, bodies=bodies), req.classify
+    return (RequestSet(url=req.url, method=sc.target.method, headers=headers, bodies=bodies,
+                       answer_bytes=req.answer_bytes), req.classify)
 
 
 def offsets_for(sc: Scenario, rate_share: float = 1.0) -> Iterator[int] | None:

@@ -84,6 +84,8 @@ class EngineCore:
                  sink: ResultSink) -> None:
         self.config = config
         self.requests = requests
+        cap = max(0, config.max_body_bytes)  # the answer bytes kept for classify (the rest is counted, not kept)
+        self.max_body = cap if requests.answer_bytes is None else min(cap, max(0, requests.answer_bytes))
         self.classify = classify
         self.sink = sink
         self.abandoned = 0
@@ -125,7 +127,6 @@ class CallbackEngine(EngineCore):
     def __init__(self, config: EngineConfig, requests: RequestSet, classify: Classifier,
                  sink: ResultSink) -> None:
         super().__init__(config, requests, classify, sink)
-        self.max_body = max(0, config.max_body_bytes)
         self._open = False
         self._limit = 0
         self._slots_live = 0

@@ -39,7 +39,7 @@ from bench.engine import h2frames as fr
 from bench.engine.base import Classifier, EngineConfig, LoadSpec, RequestSet, ResultSink
 from bench.engine.common import DEFAULT_OPEN_LIMIT, CallbackEngine, backoff_s
 from bench.engine.fast import Target, body_getter, exception_kind, make_ssl_context, parse_target
-from bench.results import Kind
+from bench.results import ERROR_DETAIL_BYTES, Kind
 
 __all__ = ["H2Engine", "encode_header_block", "h2_header_list", "table_size_update"]
 
@@ -784,7 +784,7 @@ class H2Engine(CallbackEngine):
         self.sink.record(st.intended, st.sent, done, kind, status, rows_out if kind == _OK else rows_in,
                          st.bytes_out, st.bytes_in, server_ns)
         if kind != _OK:
-            self.sink.error_detail(kind, status, body[:512])
+            self.sink.error_detail(kind, status, body[:ERROR_DETAIL_BYTES])
         self._inflight -= 1
         if conn.blocked and st in conn.blocked:  # answered before its body was all sent (e.g. an early 413)
             conn.blocked.remove(st)
@@ -795,7 +795,7 @@ class H2Engine(CallbackEngine):
             if self._inflight <= 0:
                 self._check_drained()
             pacer = self._pacer
-            if pacer is not None and done >= pacer.next_ns and not self._stopping:
+            if pacer is not None and done >= pacer.eager_ns and not self._stopping:
                 pacer.run_due(done)  # a stream freed up and a send is due: send from here
         else:
             self._next(st.slot, done)
@@ -806,7 +806,7 @@ class H2Engine(CallbackEngine):
         sent = st.sent or done
         self.sink.record(st.intended, sent, done, kind, 0, st.rows_in, 0 if connect_failed else st.bytes_out,
                          st.bytes_in, 0)
-        self.sink.error_detail(kind, 0, detail.encode("utf-8", "replace")[:512])
+        self.sink.error_detail(kind, 0, detail.encode("utf-8", "replace")[:ERROR_DETAIL_BYTES])
         self._inflight -= 1
         if self._open:
             if self._inflight <= 0:

@@ -22,7 +22,7 @@ from bench.engine.common import DEFAULT_OPEN_LIMIT, EngineCore, backoff_s
 from bench.engine.fast import body_getter, make_ssl_context
 from bench.engine.loopmon import LoopMonitor
 from bench.failures import httpx_kind  # re-exported: the one exception-to-kind mapping
-from bench.results import Kind
+from bench.results import ERROR_DETAIL_BYTES, Kind
 
 __all__ = ["HttpxEngine", "httpx_kind"]
 
@@ -198,7 +198,7 @@ class HttpxEngine(EngineCore):
         self._inflight += 1
         body_out = self._body(i)
         rows_in = self._rows[i]
-        limit = self.config.max_body_bytes
+        limit = self.max_body
         sent = time.monotonic_ns()
         try:
             request = client.build_request(self._method, self._url, content=body_out, headers=self._headers)
@@ -223,7 +223,7 @@ class HttpxEngine(EngineCore):
             self.sink.record(intended, sent, done, kind, status, rows_out if kind == 0 else rows_in,
                              len(body_out), bytes_in, server_ns)
             if kind != 0:
-                self.sink.error_detail(kind, status, body[:512])
+                self.sink.error_detail(kind, status, body[:ERROR_DETAIL_BYTES])
             return kind
         except asyncio.CancelledError:
             self.abandoned += 1
@@ -233,7 +233,8 @@ class HttpxEngine(EngineCore):
             kind = httpx_kind(exc)
             self.sink.record(intended, sent, done, kind, 0, rows_in,
                              0 if kind in _CONNECT_KINDS else len(body_out), 0, 0)
-            self.sink.error_detail(kind, 0, (repr(exc) or type(exc).__name__).encode("utf-8", "replace")[:512])
+            detail = (repr(exc) or type(exc).__name__).encode("utf-8", "replace")
+            self.sink.error_detail(kind, 0, detail[:ERROR_DETAIL_BYTES])
             return kind
         finally:
             self._inflight -= 1

@@ -233,12 +233,16 @@ COALESCE_NS = 200_000  # closer sends: the alarm rings at most once per this lon
 class Pacer:
     """Loop side of the open-loop schedule: batch-send what is due, then sleep on the waker until the next send.
 
-    ``next_ns`` is the intended time of the next send (a very large number once the schedule is over), so the
-    engine's completion path can test ``now >= pacer.next_ns`` cheaply before calling ``run_due``.
+    ``next_ns`` is the intended time of the next send (a very large number once the schedule is over).
+    ``eager_ns`` is when the engine's completion path should call ``run_due`` (``now >= pacer.eager_ns``, one
+    comparison): ``next_ns`` while sends are far apart (the alarm rings ahead of each, so a completion that finds
+    one due sends it on time), never while they are close: then sends leave in the coalesced alarm's batches, so
+    answers come back in bursts the loop reads in few wake-ups; sending one request per completion spread the
+    traffic into one wake-up per answer and cost ~15 % more CPU per request at 60-80 k req/s.
     """
 
     __slots__ = ("_armed", "_done", "_eng", "_gap", "_loop", "_offsets", "_released", "_start", "_waker",
-                 "late_ns", "next_ns", "wakes")
+                 "eager_ns", "late_ns", "next_ns", "wakes")
 
     def __init__(self, eng: Dispatchable, loop: asyncio.AbstractEventLoop, start_ns: int,
                  offsets: Iterator[int], waker: Waker | None = None) -> None:
@@ -250,6 +254,7 @@ class Pacer:
         self._done = False
         self._released = False
         self.next_ns = -1
+        self.eager_ns = -1
         self.wakes = 0  # alarms that fired (for tests and profiling)
         self.late_ns = 0  # how late the last batch started its oldest due send (see run_due)
 
@@ -261,7 +266,7 @@ class Pacer:
     def stop(self) -> None:
         """Stop pacing and release the waker (idempotent)."""
         self._done = True
-        self.next_ns = _NEVER
+        self.next_ns = self.eager_ns = _NEVER
         if not self._released:
             self._released = True
             self._loop.remove_reader(self._waker.fd)
@@ -278,7 +283,7 @@ class Pacer:
 
     def _finish(self) -> None:
         self._done = True
-        self.next_ns = _NEVER
+        self.next_ns = self.eager_ns = _NEVER
         if self._armed >= 0:
             self._armed = -1
             self._waker.disarm()
@@ -328,6 +333,7 @@ class Pacer:
             return
         if sent:
             self._gap = nxt - prev
+        self.eager_ns = nxt if self._gap >= WAKE_EARLY_MIN_GAP_NS else _NEVER
         # Close sends: every alarm (arm + sleep + wake) costs ~25 µs of CPU on a VM (reprogramming the timer traps
         # to the hypervisor), so then the alarm rings at most every COALESCE_NS and sends all that is due; the lag
         # this adds (< COALESCE_NS) is measured, and latency still counts from the intended time.

@@ -53,6 +53,7 @@ class Request:
     url: str
     headers: Mapping[str, str]
     classify: Classifier
+    answer_bytes: int | None = None  # how much of an answer ``classify`` reads (None: all; see RequestSet)
 
 
 class Target:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from bench.results import Classifier, Kind, PreparedBody
+from bench.results import ERROR_DETAIL_BYTES, Classifier, Kind, PreparedBody
 from bench.targets import Request, SectionRules, Target
 
 if TYPE_CHECKING:
@@ -40,7 +40,8 @@ class HttpTarget(Target):
         return [PreparedBody(body=sc.data.body.read_bytes(), rows=1)]
 
     def request(self, target: TargetConfig, url: str, config: Any) -> Request:
-        return Request(url=url, headers={"Content-Type": "application/octet-stream"}, classify=classify)
+        return Request(url=url, headers={"Content-Type": "application/octet-stream"}, classify=classify,
+                       answer_bytes=ERROR_DETAIL_BYTES)  # judged by status: keep only an error's evidence
 
 
 TARGET = HttpTarget()

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from engine_servers import FakeSink, Stop, bodies, closed, make
 
-from bench.engine.fast import FastEngine, _Conn, _WatchConn
+from bench.engine.fast import FastEngine, _BufferConn, _Conn, _StreamConn, _WatchBufferConn, _WatchConn
 from bench.engine.h2 import H2Engine
 from bench.engine.httpx_engine import HttpxEngine
 from bench.results import Kind
@@ -129,7 +129,8 @@ async def test_without_a_hook_nothing_is_parsed_and_setting_it_late_is_refused()
         with pytest.raises(RuntimeError):
             eng.watch_headers(WANTED, lambda s, h: None)
     # the zero-cost claim: a connection without a hook gives httptools no on_header callback at all
-    assert not hasattr(_Conn, "on_header") and hasattr(_WatchConn, "on_header")
+    assert not any(hasattr(c, "on_header") for c in (_Conn, _StreamConn, _BufferConn))
+    assert hasattr(_WatchConn, "on_header") and hasattr(_WatchBufferConn, "on_header")
 
 
 async def test_a_hook_can_be_removed_before_the_run() -> None:

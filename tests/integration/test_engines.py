@@ -229,6 +229,25 @@ async def test_big_answer_arrives_in_many_chunks_and_is_kept_whole_or_to_the_cap
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+async def test_answer_kept_only_as_far_as_the_classifier_reads(engine: type, server: Server) -> None:
+    """RequestSet.answer_bytes (a target judged by status: the http target) caps the kept prefix below
+    max_body_bytes: a 3 MiB answer hands classify its first bytes only, and every byte still counts."""
+    got: list[bytes] = []
+
+    def keep(status: int, body: bytes, rows: int) -> tuple[int, int, int]:
+        got.append(body)
+        return (0 if status == 200 else 2, rows, 0)
+
+    sink = FakeSink()
+    rs = RequestSet(server.url("/big"), "POST", {}, bodies(1), answer_bytes=100)
+    eng = engine(EngineConfig(max_body_bytes=1 << 30), rs, keep, sink)
+    await asyncio.wait_for(eng.run(closed(2, max_requests=4), Stop()), 30)
+    assert sink.kinds() == {Kind.OK: 4}
+    assert {r[7] for r in sink.rows} == {len(BIG_ANSWER)}
+    assert got == [BIG_ANSWER[:100]] * 4
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 async def test_open_loop_keeps_the_rate(engine: type, server: Server) -> None:
     sink = FakeSink()
     eng = make(engine, server.url("/ok"), sink)

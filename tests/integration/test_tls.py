@@ -112,3 +112,58 @@ async def test_ca_bundle_succeeds(engine: type, https_port: int, ca: trustme.CA,
     ca.cert_pem.write_to_path(str(bundle))
     sink = await _run(engine, https_port, ca_bundle=str(bundle))
     assert sink.kinds == [Kind.OK] * 10
+
+
+async def _echo_big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers each request with 300 KiB made of its body's first byte: which answer went where is checkable."""
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            body = await reader.readexactly(length)
+            answer = body[:1] * (300 * 1024)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(answer) + answer)
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+        pass
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_big_answers_on_many_tls_connections_share_one_read_buffer(ca: trustme.CA, loop_kind: str) -> None:
+    """Over TLS the fast engine reads every connection's answers into one buffer (BufferedProtocol): 8
+    connections with 300 KiB answers in flight at once, each answer split over many reads, must each get
+    exactly their own bytes."""
+    from bench.engine.select import run_with_loop
+
+    seen: list[tuple[int, bytes]] = []
+
+    def check(status: int, body: bytes, rows: int) -> tuple[int, int, int]:
+        seen.append((rows, body))
+        return (0 if status == 200 else int(Kind.HTTP_ERROR), rows, 0)
+
+    async def main() -> tuple[Sink, FastEngine]:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(ctx)
+        server = await asyncio.start_server(_echo_big, "127.0.0.1", 0, ssl=ctx)
+        try:
+            port = server.sockets[0].getsockname()[1]
+            sink = Sink()
+            bodies = [PreparedBody(bytes([ord("a") + i]) * 10, i) for i in range(5)]
+            rs = RequestSet(f"https://127.0.0.1:{port}/x", "POST", {}, bodies)
+            eng = FastEngine(EngineConfig(connect_timeout_s=5.0, verify_tls=False), rs, check, sink)
+            now = time.monotonic_ns()
+            await asyncio.wait_for(eng.run(LoadSpec("closed", now, now + 10**10, concurrency=8, max_requests=80,
+                                                    drain_s=5.0), Stop()), 60)
+            return sink, eng
+        finally:
+            server.close()
+
+    sink, eng = run_with_loop(main, loop_kind)  # type: ignore[arg-type]
+    assert eng._conn_class is not None and eng._conn_class.__name__ == "_BufferConn"
+    assert sink.kinds == [0] * 80
+    assert len(seen) == 80
+    for rows, body in seen:  # body i was b"a"+i ...; its answer is 300 KiB of that byte
+        assert body == bytes([ord("a") + rows]) * (300 * 1024)

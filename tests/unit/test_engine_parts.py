@@ -185,7 +185,7 @@ def test_cpu_meter_sees_busy_work() -> None:
 class _LatePacer:
     def __init__(self, late_ns: int) -> None:
         self.late_ns = late_ns
-        self.next_ns = 1 << 62
+        self.next_ns = self.eager_ns = 1 << 62
 
 
 def test_open_loop_grows_the_pool_only_while_the_pacer_wakes_on_time() -> None:

@@ -13,7 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.engine import pacer as pacer_mod
-from bench.engine.pacer import COALESCE_NS, Pacer, ThreadWaker, TimerFdWaker, Waker, estimate_rate, make_waker
+from bench.engine.pacer import (
+    COALESCE_NS,
+    WAKE_EARLY_MIN_GAP_NS,
+    Pacer,
+    ThreadWaker,
+    TimerFdWaker,
+    Waker,
+    estimate_rate,
+    make_waker,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -219,7 +228,8 @@ class _SimLoop:
 def test_pacer_on_a_simulated_clock(monkeypatch: pytest.MonkeyPatch, step: int, n: int) -> None:
     """Every alarm ringing exactly at its deadline: the pacer's own behaviour, free of scheduler noise. Close sends
     (50,000/s): alarms ring about once per COALESCE_NS, not once per send, and no send leaves more than COALESCE_NS
-    late. Spaced sends (500/s): one alarm per send, each send leaves within µs of its time. Never early."""
+    late, and completions leave the sending to the alarm (``eager_ns`` never). Spaced sends (500/s): one alarm per
+    send, each send leaves within µs of its time, and a completion that finds one due sends it. Never early."""
     clock = [10**12]
 
     def monotonic_ns() -> int:  # each read advances 1 µs (the wake-early wait in _on_wake polls the clock)
@@ -243,6 +253,8 @@ def test_pacer_on_a_simulated_clock(monkeypatch: pytest.MonkeyPatch, step: int, 
         assert waker.deadline >= 0, "an alarm is always pending while sends remain"
         clock[0] = max(clock[0], waker.deadline)  # the alarm rings on time
         pacer._on_wake()
+        # completions send what is due only while sends are spaced; close sends leave in the alarm's batches
+        assert pacer.eager_ns == (pacer.next_ns if step >= WAKE_EARLY_MIN_GAP_NS else 1 << 62)
     assert [i for i, _ in sent] == [start + k * step for k in range(n)]
     lags = [t - i for i, t in sent]
     assert min(lags) >= 0, "never early"
