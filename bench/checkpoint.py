@@ -137,8 +137,10 @@ class Checkpoint:
         self._file.write(orjson.dumps(obj) + b"\n")
         self._file.flush()  # the page cache survives the process: kill -9 loses nothing written here
 
-    def tick(self, recorder: Recorder, *, final_end_ns: int | None = None) -> None:
+    def tick(self, recorder: Recorder, *, final_end_ns: int | None = None, stopping: bool = False) -> None:
         state = recorder.checkpoint(self._after)
+        if stopping:
+            state["stopping"] = True
         if self.sent_probe is not None and "sent" not in state["counters"]:  # read after the flush: consistent
             state["sent"] = int(self.sent_probe())
         if final_end_ns is not None:
@@ -163,12 +165,15 @@ class Checkpoint:
                 self.close()
 
     async def run(self, recorder: Recorder, stop: anyio.Event) -> None:
-        """Once a second until the load stops (the final report supersedes the checkpoint)."""
+        """Once a second until the load stops, and once when it stops (``"stopping"``: the state at a Ctrl-C, in
+        case the drain that follows is cut short by a kill); the final line follows the drain."""
         while not stop.is_set():
             with anyio.move_on_after(1.0):
                 await stop.wait()
             if not stop.is_set() and not self._file.closed:
                 self.tick(recorder)
+        if not self._file.closed:
+            self.tick(recorder, stopping=True)
 
     def close(self) -> None:
         if not self._file.closed:

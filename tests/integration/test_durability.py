@@ -392,6 +392,30 @@ def test_next_processes_run_recovers_only_its_own_parts(spawn: Callable[..., sub
     assert not list(tmp_path.glob(".p.arrow*checkpoint")), list(tmp_path.glob(".p.arrow*"))
 
 
+def test_a_second_sigterm_takes_the_killed_workers_shares_from_their_checkpoints(
+        spawn: Callable[..., subprocess.Popen[str]], tmp_path: Path) -> None:
+    """The second stop kills workers still draining (3 s answers): their shares come from their checkpoints."""
+    out = tmp_path / "p.arrow"
+    proc = spawn("run", "--url", "embedded", "-c", "4", "-d", "60s", "-q", "--processes", "2",
+                 "--set", "emulator.latency_ms=3000", "--out", str(out), cwd=tmp_path, tmp=tmp_path)
+    parts = [out.with_name(f".{out.name}.w{i}.checkpoint") for i in range(2)]
+    wait_for(lambda: all(_measured_ok(p) > 0 for p in parts) or proc.poll() is not None, 90,
+             "both workers' checkpoints to hold answers")
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)  # like Ctrl-C: forwarded; each worker writes its "stopping" line, drains
+    wait_for(lambda: all(any(ln.get("stopping") for ln in _checkpoint_lines(p)) for p in parts)
+             or proc.poll() is not None, 30, "both workers to begin stopping")
+    proc.send_signal(signal.SIGTERM)  # a second one: the workers are killed mid-drain
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    meta = _read_meta(out)
+    assert meta["partial"] is True and meta["load"]["processes"] == 2  # type: ignore[index]
+    assert meta["extra"]["from_checkpoints"] == [0, 1], meta["extra"]  # type: ignore[index]
+    acc = _assert_accounting(meta)
+    assert acc["in_flight_at_end"] > 0  # the answers the kill cut off: sent, never answered
+    assert not list(tmp_path.glob(".p.arrow*checkpoint")) and not list(tmp_path.glob("bench-workers-*"))
+
+
 # -- bench capacity: kill -9 mid-sweep --------------------------------------------------------------------------
 
 def test_kill_9_of_capacity_keeps_the_finished_steps(spawn: Callable[..., subprocess.Popen[str]],
