@@ -333,9 +333,12 @@ async def _apply_load(prepared: Prepared, url: str, authorization: str, token_so
         checkpoint.sent_probe = lambda: engine.sent
     if token_source is not None:
         token_source.on_change(lambda value: engine.set_headers({"Authorization": value}))
+    extras = target.engine_hooks(prepared.target_config, engine, recorder)  # e.g. UbiOps' rate-limit backoff
     try:
         await engine.run(spec, stop)
     finally:  # every request taken on is recorded once or in flight at the end (kind 'abandoned')
+        if extras is not None:
+            facts.target_extras.update(extras())
         facts.abandoned, facts.engine = engine.abandoned, engine_class.__name__
         recorder.count("sent", engine.sent)
         recorder.abandoned(engine.abandoned, min(time.monotonic_ns(), spec.end_ns))

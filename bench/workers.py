@@ -71,7 +71,8 @@ def hand_off(prepared: Prepared, ep: Endpoints, *, worker: tuple[int, int], star
              raw: Path | None = None, checkpoint: Path | None = None, run_id: str = "") -> Share:
     """The share of ``prepared`` (resolved, pointed at ``ep``) that worker ``(i, n)`` runs."""
     sc = prepared.scenario
-    return Share(doc=sc.source, file=sc.file, base_dir=str(sc.base_dir), endpoints=ep, worker=worker,
+    doc = target_for(sc.target.kind).share_doc(sc, prepared.target_config, worker)  # e.g. UbiOps: its budget
+    return Share(doc=doc, file=sc.file, base_dir=str(sc.base_dir), endpoints=ep, worker=worker,
                  start_at_wall=start_at_wall, raw=raw, checkpoint=checkpoint, run_id=run_id)
 
 
