@@ -58,6 +58,7 @@ class RunControl:
     message: Callable[[str], None] = lambda _m: None  # one-line status messages (preflight, emulator)
     raw_path: Path | None = None
     checkpoint_path: Path | None = None  # append the measurements here once a second (bench.checkpoint)
+    checkpoint_tag: dict[str, Any] | None = None  # added to the checkpoint's header (a --processes worker's run id)
     preflight: bool = True
     interrupted: bool = False
     slo_aborted: str | None = None
@@ -226,7 +227,7 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
             if ctl.checkpoint_path is not None:  # kill -9 leaves something `bench recover` can read
                 from bench.checkpoint import Checkpoint
 
-                checkpoint = Checkpoint.start(ctl.checkpoint_path, prepared, recorder, url)
+                checkpoint = Checkpoint.start(ctl.checkpoint_path, prepared, recorder, url, tag=ctl.checkpoint_tag)
                 tg.start_soon(checkpoint.run, recorder, stop)
 
             with _signals(ctl, stop):
@@ -235,24 +236,30 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
                          else None)
                 tg.start_soon(_watch, recorder, ctl, stop, spec, token_source, grace_s, abort)
                 cpu0, wall0 = time.process_time(), time.monotonic()
-                await _apply_load(prepared, url, authorization(), token_source, recorder, spec, stop, facts)
+                await _apply_load(prepared, url, authorization(), token_source, recorder, spec, stop, facts,
+                                  checkpoint)
                 facts.cpu_fraction = (time.process_time() - cpu0) / max(1e-9, time.monotonic() - wall0)
                 stop.set()
             end_ns = min(time.monotonic_ns(), spec.end_ns)  # throughput over the planned window, not the drain
             await _close(sources)
             tg.cancel_scope.cancel()
-    finally:  # an error on the way (bad input found late, a refused token, Ctrl-C twice) releases them too
+    except BaseException:  # an error on the way (bad input found late, a refused token, Ctrl-C twice)
         if checkpoint is not None:
             checkpoint.close()
         if recorder is not None:
-            recorder.close()  # the raw log's file, if the run ends here without finishing (finish closes it too)
+            recorder.close()  # the raw log's file (finish closes it on the normal path)
+        raise
+    finally:  # token sources are released on every path
         with anyio.CancelScope(shield=True):
             await _close(sources)
     facts.url = "embedded" if prepared.embedded else url
     facts.interrupted = ctl.interrupted
     facts.slo_aborted = ctl.slo_aborted or None
     assert recorder is not None  # the load ran (every earlier exit raises)
-    return recorder.finish(end_ns, partial=ctl.interrupted), facts
+    run = recorder.finish(end_ns, partial=ctl.interrupted)
+    if checkpoint is not None:  # the whole run, drained: a kill before the report is written loses nothing
+        checkpoint.final(recorder, end_ns)
+    return run, facts
 
 
 async def _close(sources: Sequence[Any]) -> None:
@@ -333,7 +340,8 @@ async def _preflight(prepared: Prepared, ctl: RunControl, url: str,
 
 
 async def _apply_load(prepared: Prepared, url: str, authorization: str, token_source: Any,
-                      recorder: Any, spec: LoadSpec, stop: anyio.Event, facts: RunFacts) -> None:
+                      recorder: Any, spec: LoadSpec, stop: anyio.Event, facts: RunFacts,
+                      checkpoint: Any = None) -> None:
     """The data plane: the target's own (UbiOps), or a bench engine; notes its facts."""
     sc = prepared.scenario
     target = target_for(sc.target.kind)
@@ -346,6 +354,8 @@ async def _apply_load(prepared: Prepared, url: str, authorization: str, token_so
     cfg_e = engine_config(sc, prepared.target_config)
     engine_class = choose_engine(cfg_e, url)
     engine = engine_class(cfg_e, requests, classify, recorder)
+    if checkpoint is not None:  # requests on the wire at a kill: sent, neither ok nor error (in flight)
+        checkpoint.sent_probe = lambda: engine.sent
     if token_source is not None:
         token_source.on_change(lambda value: engine.set_headers({"Authorization": value}))
     extras = target.engine_hooks(prepared.target_config, engine, recorder)  # e.g. UbiOps' rate-limit backoff

@@ -216,18 +216,28 @@ class StepRunner:
 
         view = ProgressView(sc.load.warmup_s + sc.load.duration_s, warmup_s=sc.load.warmup_s,
                             enabled=not self.quiet)
-        ctl = RunControl(progress=view.update, message=view.message, preflight=self.preflight, raw_path=None)
+        from bench.checkpoint import checkpoint_path, discard
+        from bench.errors import BenchError
+
+        # a kill -9 mid-step leaves the step's checkpoint: `bench recover OUT/step-….arrow` (docs/durability.md)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ctl = RunControl(progress=view.update, message=view.message, preflight=self.preflight, raw_path=None,
+                         checkpoint_path=checkpoint_path(path))
         self.preflight = False  # once per sweep
         from bench.session import server_metrics
 
         try:
             with server_metrics(self.base) as scraper:
                 report, facts = run_report(replace(self.base, scenario=sc), ctl)
+        except BenchError:  # a step judged invalid: nothing to recover
+            discard(path)
+            raise
         finally:
             view.close()
         if scraper is not None:
             scraper.add_to(report)
         write_report(path, report)
+        discard(path)
         self.last_report = report
         return report, facts
 
