@@ -13,6 +13,7 @@ from bench.report.accounting import (
 )
 from bench.report.model import MEASURED, WARMUP, Histogram, Report
 from bench.report.server_metrics import server_latency
+from bench.report.verdict import NOT_JUDGED, judged
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -85,7 +86,7 @@ def summarize(report: Report) -> dict[str, Any]:
         "service_ms": service,
         "errors_by_kind": accounted_errors_by_kind(report),
         "top_errors": [e.to_dict() for e in top_errors(report)],
-        "generator_bound": report.meta.generator_bound,
+        "generator_bound": report.meta.generator_bound if judged(report.meta) else None,  # None: not judged
         "generator_bound_reasons": list(report.meta.generator_bound_reasons),
         "report": str(report.path) if report.path is not None else None,
         "ok": tot.ok,
@@ -168,6 +169,8 @@ def render_summary(report: Report, console: Console) -> None:
         console.print("[bold red]generator-bound[/]: the numbers may describe the harness, not the endpoint")
         for r in s["generator_bound_reasons"]:
             console.print(f"  - {r}")
+    elif s["generator_bound"] is None:
+        console.print(f"generator-bound: {NOT_JUDGED}", markup=False, highlight=False)
     else:
         console.print("generator-bound: no")
     if s["partial"]:

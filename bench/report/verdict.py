@@ -10,10 +10,17 @@ schedule lag means throughput may describe the harness.
 
 from __future__ import annotations
 
-from bench.report.model import MEASURED, Report, RunData
+from bench.report.model import MEASURED, Report, ReportMeta, RunData
 from bench.results import GATE_HOLDS
 
-__all__ = ["apply_verdict", "generator_bound"]
+__all__ = ["NOT_JUDGED", "apply_verdict", "generator_bound", "judged"]
+
+NOT_JUDGED = "not judged (recovered from a checkpoint, which keeps neither the schedule lag nor the CPU use)"
+
+
+def judged(meta: ReportMeta) -> bool:
+    """False for a report recovered from a checkpoint: its generator-bound verdict was never made."""
+    return "recovered" not in meta.extra
 
 
 def generator_bound(run: RunData, *, target_rps: float | None, cpu_fraction: float | None,

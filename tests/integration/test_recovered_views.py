@@ -45,3 +45,10 @@ def test_recovered_report_shows_the_unmeasured_cpu_as_missing(tmp_path: Path) ->
     assert shown.returncode == 0, shown.stderr
     text = html.read_text()
     assert "generator CPU" in text and "0 % of a core" not in text
+    # the generator-bound verdict was never made (no schedule lag, no CPU kept): said so, not shown as a pass
+    assert "not judged (recovered from a checkpoint" in text and "not generator-bound" not in text
+    md = tmp_path / "r.md"
+    shown = subprocess.run([sys.executable, "-m", "bench", "report", str(out), "--markdown", str(md)], cwd=tmp_path,
+                           env=_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "Generator-bound: not judged" in md.read_text() and "generator-bound: not judged" in shown.stdout
