@@ -26,7 +26,8 @@ class RunFacts:
     url: str = ""  # what was loaded ("embedded" for the embedded emulator; never a secret-bearing query)
     interrupted: bool = False  # Ctrl-C / SIGTERM: the report is partial
     slo_aborted: str | None = None  # [slo] abort_on_fail stopped the run early: why
-    cpu_fraction: float = 0.0  # generator CPU use during the load, as a fraction of one core
+    cpu_fraction: float | None = None  # generator CPU use during the load, as a fraction of one core (None:
+    # not measured — a checkpoint's header, a worker known only by its streamed data — never 0)
     engine: str | None = None  # engine class that applied the load (None: the UbiOps runner)
     abandoned: int | None = None  # requests still unanswered after the drain (not recorded)
     target_extras: dict[str, Any] = field(default_factory=dict)  # what the target adds (e.g. "ubiops": stats)

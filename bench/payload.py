@@ -19,7 +19,7 @@ from bench.errors import InputError
 from bench.results import PreparedBody
 
 __all__ = ["FORMATS", "PayloadFormat", "build_bodies", "decode_arrow_file", "decode_pandas_records",
-           "encode_arrow_file", "encode_pandas_records", "rows_as_records"]
+           "encode_arrow_file", "rows_as_records"]
 
 PayloadFormat = Literal["pandas-records", "arrow"]
 FORMATS: tuple[PayloadFormat, ...] = ("pandas-records", "arrow")
@@ -50,11 +50,6 @@ def build_bodies(table: pa.Table, rows_per_request: int, fmt: PayloadFormat,
         bodies = LazyBodies(table, rows_per_request, arrow)
     bodies.prepare(BLOCK, progress)
     return bodies
-
-
-def encode_pandas_records(table: pa.Table) -> bytes:
-    """The whole table as one compact pandas-records JSON body."""
-    return orjson.dumps(records_from_table(table))
 
 
 def encode_arrow_file(table: pa.Table) -> bytes:

@@ -239,11 +239,15 @@ class Recorder:
         self._flush()
         for sec in sorted(self._open_sec):
             self._close_second(sec)
+        self.close()
+        self._finished = True
+        return self._run_data(end_ns, partial, self._closed_sec, dict(sorted(self._hists.items())))
+
+    def close(self) -> None:
+        """Release the raw log's file (idempotent): ``finish`` does, and so must a run that fails before it."""
         if self._raw_writer is not None:
             self._raw_writer.close()
             self._raw_writer = None
-        self._finished = True
-        return self._run_data(end_ns, partial, self._closed_sec, dict(sorted(self._hists.items())))
 
     def snapshot(self) -> RunData:
         """The data so far, without finishing (copies; open seconds encoded but kept open): for live streaming

@@ -18,6 +18,7 @@ from typing import Literal, Protocol
 __all__ = [
     "ERROR_DETAIL_BYTES",
     "ERROR_KINDS",
+    "GATE_HOLDS",
     "RECORD_FIELDS",
     "Classifier",
     "Kind",
@@ -76,6 +77,7 @@ class PreparedBody:
     rows: int
 
 
+GATE_HOLDS = "gate_holds"  # run counter: times a send gate (a client-side rate limit) began holding sends
 ERROR_DETAIL_BYTES = 512  # the evidence an error keeps of its answer (ResultSink.error_detail)
 
 # classify(status, body, rows_in) -> (kind, rows_out, server_ns). ``body`` is the whole answer body (engines

@@ -58,6 +58,7 @@ class RunControl:
     message: Callable[[str], None] = lambda _m: None  # one-line status messages (preflight, emulator)
     raw_path: Path | None = None
     checkpoint_path: Path | None = None  # append the measurements here once a second (bench.checkpoint)
+    checkpoint_tag: dict[str, Any] | None = None  # added to the checkpoint's header (a --processes worker's run id)
     preflight: bool = True
     interrupted: bool = False
     slo_aborted: str | None = None
@@ -199,54 +200,81 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
     if sc.target.embedded:
         raise RuntimeError("target.url is 'embedded': resolve it first (bench.session.resolved_target)")
     url = sc.target.url
-    async with anyio.create_task_group() as tg:
-        token_source = await _token_source(prepared, ctl, counts, tg)
-        static = _static_token(sc)
+    static = _static_token(sc)  # bad input is refused before any request (token endpoint, preflight, load)
+    if sc.target.headers_env:
+        from bench.secrets import header_env_values
 
-        def authorization() -> str:
-            return token_source.authorization() if token_source is not None else (static or "")
+        header_env_values(sc.target.headers_env, file=sc.file)
+    sources: list[Any] = []  # token sources to release, on every path
+    checkpoint = None
+    recorder: Recorder | None = None
+    try:
+        async with anyio.create_task_group() as tg:
+            token_source = await _token_source(prepared, ctl, counts, tg)
+            sources.append(token_source)
 
-        mlops = await _mlops_source(prepared, ctl, counts, tg)
-        url = await _preflight(prepared, ctl, url, authorization,
-                               mlops.authorization if mlops is not None else authorization)
-        if start_at_wall is not None:  # a stop signal while waiting for the common start ends the wait
-            with _signals(ctl, stop), anyio.move_on_after(max(0.0, start_at_wall - time.time() - 0.005)):
-                await stop.wait()
-        start_ns = time.monotonic_ns() + 20_000_000  # 20 ms to open connections before the first send
-        if start_at_wall is not None and not stop.is_set():  # the agreed wall-clock instant in this host's
-            start_ns += int(max(0.0, start_at_wall - time.time()) * 1e9)  # monotonic time (timer wake-ups jitter)
-        recorder = Recorder(start_ns, start_ns + int(sc.load.warmup_s * 1e9), raw_path=ctl.raw_path)
-        counts.attach(recorder)
-        if ctl.on_recorder is not None:
-            ctl.on_recorder(recorder)
-        spec = load_spec(sc, start_ns, worker=worker)
-        ensure_sockets(sc, spec)
-        checkpoint = None
-        if ctl.checkpoint_path is not None:  # kill -9 leaves something `bench recover` can read
-            from bench.checkpoint import Checkpoint
+            def authorization() -> str:
+                return token_source.authorization() if token_source is not None else (static or "")
 
-            checkpoint = Checkpoint.start(ctl.checkpoint_path, prepared, recorder, url)
-            tg.start_soon(checkpoint.run, recorder, stop)
+            mlops = await _mlops_source(prepared, ctl, counts, tg)
+            sources.append(mlops)
+            url = await _preflight(prepared, ctl, url, authorization,
+                                   mlops.authorization if mlops is not None else authorization)
+            if start_at_wall is not None:  # a stop signal while waiting for the common start ends the wait
+                with _signals(ctl, stop), anyio.move_on_after(max(0.0, start_at_wall - time.time() - 0.005)):
+                    await stop.wait()
+            start_ns = time.monotonic_ns() + 20_000_000  # 20 ms to open connections before the first send
+            if start_at_wall is not None and not stop.is_set():  # the agreed wall-clock instant in this host's
+                start_ns += int(max(0.0, start_at_wall - time.time()) * 1e9)  # monotonic time (timer wake-ups jitter)
+            recorder = Recorder(start_ns, start_ns + int(sc.load.warmup_s * 1e9), raw_path=ctl.raw_path)
+            counts.attach(recorder)
+            if ctl.on_recorder is not None:
+                ctl.on_recorder(recorder)
+            spec = load_spec(sc, start_ns, worker=worker)
+            ensure_sockets(sc, spec)
+            if ctl.checkpoint_path is not None:  # kill -9 leaves something `bench recover` can read
+                from bench.checkpoint import Checkpoint
 
-        with _signals(ctl, stop):
-            grace_s = max(spec.drain_s + 1.0, target_for(sc.target.kind).drain_grace_s(prepared.target_config))
-            abort = _SloAbort(prepared.slo, sc) if prepared.slo is not None and prepared.slo.abort_on_fail else None
-            tg.start_soon(_watch, recorder, ctl, stop, spec, token_source, grace_s, abort)
-            cpu0, wall0 = time.process_time(), time.monotonic()
-            await _apply_load(prepared, url, authorization(), token_source, recorder, spec, stop, facts)
-            facts.cpu_fraction = (time.process_time() - cpu0) / max(1e-9, time.monotonic() - wall0)
-            stop.set()
-        end_ns = min(time.monotonic_ns(), spec.end_ns)  # throughput over the planned window, not the drain
-        for source in (token_source, mlops):
-            if source is not None:
-                await source.close()
-        tg.cancel_scope.cancel()
+                checkpoint = Checkpoint.start(ctl.checkpoint_path, prepared, recorder, url, tag=ctl.checkpoint_tag)
+                tg.start_soon(checkpoint.run, recorder, stop)
+
+            with _signals(ctl, stop):
+                grace_s = max(spec.drain_s + 1.0, target_for(sc.target.kind).drain_grace_s(prepared.target_config))
+                abort = (_SloAbort(prepared.slo, sc) if prepared.slo is not None and prepared.slo.abort_on_fail
+                         else None)
+                tg.start_soon(_watch, recorder, ctl, stop, spec, token_source, grace_s, abort)
+                cpu0, wall0 = time.process_time(), time.monotonic()
+                await _apply_load(prepared, url, authorization(), token_source, recorder, spec, stop, facts,
+                                  checkpoint)
+                facts.cpu_fraction = (time.process_time() - cpu0) / max(1e-9, time.monotonic() - wall0)
+                stop.set()
+            end_ns = min(time.monotonic_ns(), spec.end_ns)  # throughput over the planned window, not the drain
+            await _close(sources)
+            tg.cancel_scope.cancel()
+    except BaseException:  # an error on the way (bad input found late, a refused token, Ctrl-C twice)
+        if checkpoint is not None:
+            checkpoint.close()
+        if recorder is not None:
+            recorder.close()  # the raw log's file (finish closes it on the normal path)
+        raise
+    finally:  # token sources are released on every path
+        with anyio.CancelScope(shield=True):
+            await _close(sources)
     facts.url = "embedded" if prepared.embedded else url
     facts.interrupted = ctl.interrupted
     facts.slo_aborted = ctl.slo_aborted or None
-    if checkpoint is not None:
-        checkpoint.close()
-    return recorder.finish(end_ns, partial=ctl.interrupted), facts
+    assert recorder is not None  # the load ran (every earlier exit raises)
+    run = recorder.finish(end_ns, partial=ctl.interrupted)
+    if checkpoint is not None:  # the whole run, drained: a kill before the report is written loses nothing
+        checkpoint.final(recorder, end_ns)
+    return run, facts
+
+
+async def _close(sources: Sequence[Any]) -> None:
+    """Release token sources (their refresh task and HTTP client); closing one twice is harmless."""
+    for source in sources:
+        if source is not None:
+            await source.close()
 
 
 async def preflight_url(prepared: Prepared, ctl: RunControl) -> str:
@@ -323,7 +351,8 @@ async def _preflight(prepared: Prepared, ctl: RunControl, url: str, authorizatio
 
 
 async def _apply_load(prepared: Prepared, url: str, authorization: str, token_source: Any,
-                      recorder: Any, spec: LoadSpec, stop: anyio.Event, facts: RunFacts) -> None:
+                      recorder: Any, spec: LoadSpec, stop: anyio.Event, facts: RunFacts,
+                      checkpoint: Any = None) -> None:
     """The data plane: the target's own (UbiOps), or a bench engine; notes its facts."""
     sc = prepared.scenario
     target = target_for(sc.target.kind)
@@ -336,11 +365,16 @@ async def _apply_load(prepared: Prepared, url: str, authorization: str, token_so
     cfg_e = engine_config(sc, prepared.target_config)
     engine_class = choose_engine(cfg_e, url)
     engine = engine_class(cfg_e, requests, classify, recorder)
+    if checkpoint is not None:  # requests on the wire at a kill: sent, neither ok nor error (in flight)
+        checkpoint.sent_probe = lambda: engine.sent
     if token_source is not None:
         token_source.on_change(lambda value: engine.set_headers({"Authorization": value}))
+    extras = target.engine_hooks(prepared.target_config, engine, recorder)  # e.g. UbiOps' rate-limit backoff
     try:
         await engine.run(spec, stop)
     finally:  # every request taken on is recorded once or in flight at the end (kind 'abandoned')
+        if extras is not None:
+            facts.target_extras.update(extras())
         facts.abandoned, facts.engine = engine.abandoned, engine_class.__name__
         recorder.count("sent", engine.sent)
         recorder.abandoned(engine.abandoned, min(time.monotonic_ns(), spec.end_ns))

@@ -60,7 +60,6 @@ MAX_CONCURRENCY = 100_000  # closed-loop clients (each a connection and a task) 
 MAX_RATE = 10_000_000.0  # req/s: no single host issues more; a larger value is a typo
 MAX_PROCESSES = 1024
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)

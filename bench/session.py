@@ -211,9 +211,9 @@ def finish(opts: RunOptions, prepared: Prepared, report: Any, facts: RunFacts, o
 
     scrub_report(report, prepared.scrubber)  # every byte stored or printed below comes from the scrubbed report
     written = write_report(out_path, report)
-    from bench.checkpoint import checkpoint_path
+    from bench.checkpoint import discard
 
-    checkpoint_path(out_path).unlink(missing_ok=True)  # the report supersedes the run's checkpoint
+    discard(out_path)  # the report supersedes the run's checkpoint (and its workers' parts)
     if report.run.raw_path is not None:  # the recorder's streamed log now lives inside the report
         report.run.raw_path.unlink(missing_ok=True)
     summary = summarize(report)
@@ -265,17 +265,21 @@ def run_scenario(sc: Scenario, opts: RunOptions) -> int:
     out_path = report_path(opts, sc)
     check_report_path(out_path, create_parent=opts.out is None)  # a bad --out must not cost the whole run
     prepared = prepare(sc)  # validates everything once, before the target is touched
+    from bench.checkpoint import checkpoint_path, discard, recover_leftover
+
+    recover_leftover(out_path, _stderr_message(opts))  # a killed earlier run with the same --out
     if opts.processes > 1:
         from bench.workers import run_processes
 
-        with resolved_target(prepared, _stderr_message(opts)) as target, server_metrics(target) as scraper:
-            report, facts = run_processes(target, opts, out_path)
+        try:
+            with resolved_target(prepared, _stderr_message(opts)) as target, server_metrics(target) as scraper:
+                report, facts = run_processes(target, opts, out_path)
+        except BenchError:  # a run judged invalid: nothing to recover
+            discard(out_path)
+            raise
         if scraper is not None:  # the parent scrapes: the server's totals are not per worker
             scraper.add_to(report)
         return finish(opts, target, report, facts, out_path)
-    from bench.checkpoint import checkpoint_path, recover_leftover
-
-    recover_leftover(out_path, _stderr_message(opts))  # a killed earlier run with the same --out
     view = ProgressView(sc.load.warmup_s + sc.load.duration_s, warmup_s=sc.load.warmup_s, enabled=not opts.quiet)
     ctl = RunControl(progress=view.update, message=lambda m: view.message(prepared.scrubber.text(m)),
                      preflight=opts.preflight, checkpoint_path=checkpoint_path(out_path),
@@ -284,7 +288,9 @@ def run_scenario(sc: Scenario, opts: RunOptions) -> int:
         with resolved_target(prepared, view.message) as target, server_metrics(target) as scraper:
             report, facts = run_report(target, ctl)
     except BenchError:  # a run judged invalid: nothing to recover (a second Ctrl-C keeps its checkpoint)
-        checkpoint_path(out_path).unlink(missing_ok=True)
+        discard(out_path)
+        if ctl.raw_path is not None:
+            ctl.raw_path.unlink(missing_ok=True)
         raise
     finally:
         view.close()

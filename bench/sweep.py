@@ -74,12 +74,9 @@ def run_sweep(search: Any, runner: StepRunner, sweep: Sweep, checkpoint: Callabl
             search.stop("interrupted")
             runner.print_step(step)
             return
-        if sweep.objectives is None:  # default: p99 ≤ 5 × the p50 of the lowest step, errors ≤ 1 %
-            sweep.objectives = default_objectives(step.summary)
-            sweep.objectives_source = "default (5 × the lowest step's p50)"
-            runner.console.print(f"SLO: {objectives_text(sweep.objectives)} ({sweep.objectives_source})")
-        verdict, reasons = judge_step(measure, slo_failures(sweep.objectives, runner.last_report),
-                                      max_error_rate=max_error_rate(sweep.objectives))
+        objectives = _objectives_for(sweep, step, runner)
+        verdict, reasons = judge_step(measure, slo_failures(objectives, runner.last_report),
+                                      max_error_rate=max_error_rate(objectives))
         if verdict == "harness" and not runner.retried(rate):
             step.verdict, step.reasons = "harness", [*reasons, "repeating the step once to rule out a hiccup"]
             runner.print_step(step)
@@ -87,8 +84,9 @@ def run_sweep(search: Any, runner: StepRunner, sweep: Sweep, checkpoint: Callabl
             if step.verdict == "interrupted":
                 search.stop("interrupted")
                 return
-            verdict, reasons = judge_step(measure, slo_failures(sweep.objectives, runner.last_report),
-                                          max_error_rate=max_error_rate(sweep.objectives))
+            objectives = _objectives_for(sweep, step, runner)
+            verdict, reasons = judge_step(measure, slo_failures(objectives, runner.last_report),
+                                          max_error_rate=max_error_rate(objectives))
         step.verdict, step.reasons = verdict, reasons
         runner.print_step(step)
         runner.keep_row(step)
@@ -108,12 +106,9 @@ def run_concurrency(levels: list[int], runner: StepRunner, sweep: Sweep, checkpo
             runner.keep_row(step)
             checkpoint()
             return "interrupted"
-        if sweep.objectives is None:
-            sweep.objectives = default_objectives(step.summary)
-            sweep.objectives_source = "default (5 × the lowest step's p50)"
-            runner.console.print(f"SLO: {objectives_text(sweep.objectives)} ({sweep.objectives_source})")
-        step.verdict, step.reasons = judge_step(measure, slo_failures(sweep.objectives, runner.last_report),
-                                                max_error_rate=max_error_rate(sweep.objectives))
+        objectives = _objectives_for(sweep, step, runner)
+        step.verdict, step.reasons = judge_step(measure, slo_failures(objectives, runner.last_report),
+                                                max_error_rate=max_error_rate(objectives))
         runner.print_step(step)
         runner.keep_row(step)
         checkpoint()
@@ -170,12 +165,12 @@ class StepRunner:
         report, facts = self._run(probe, self.out_dir / "probe.arrow")
         step = self._step(0, 0.0, report, facts, self.out_dir / "probe.arrow")
         step.verdict = "probe"
-        step.achieved_rps = float(step.summary["rps"])
-        if not step.summary["ok"]:
+        if not step.summary["ok"] or step.summary["rps"] is None:
             from bench.errors import RunInvalid
 
             kinds = ", ".join(f"{n:,} {k}" for k, n in step.summary["errors_by_kind"].items()) or "no answers"
             raise RunInvalid(f"probe: no request succeeded ({kinds}); is the target up?")
+        step.achieved_rps = float(step.summary["rps"])
         return step
 
     def step(self, rate: float, *, repeat: bool = False) -> tuple[Step, Any]:
@@ -221,18 +216,28 @@ class StepRunner:
 
         view = ProgressView(sc.load.warmup_s + sc.load.duration_s, warmup_s=sc.load.warmup_s,
                             enabled=not self.quiet)
-        ctl = RunControl(progress=view.update, message=view.message, preflight=self.preflight, raw_path=None)
+        from bench.checkpoint import checkpoint_path, discard
+        from bench.errors import BenchError
+
+        # a kill -9 mid-step leaves the step's checkpoint: `bench recover OUT/step-….arrow` (docs/durability.md)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ctl = RunControl(progress=view.update, message=view.message, preflight=self.preflight, raw_path=None,
+                         checkpoint_path=checkpoint_path(path))
         self.preflight = False  # once per sweep
         from bench.session import server_metrics
 
         try:
             with server_metrics(self.base) as scraper:
                 report, facts = run_report(replace(self.base, scenario=sc), ctl)
+        except BenchError:  # a step judged invalid: nothing to recover
+            discard(path)
+            raise
         finally:
             view.close()
         if scraper is not None:
             scraper.add_to(report)
         write_report(path, report)
+        discard(path)
         self.last_report = report
         return report, facts
 
@@ -308,10 +313,28 @@ def _achieved(report: Any) -> tuple[float, float]:
 
 
 def default_objectives(summary: Mapping[str, Any]) -> Any:
+    """p99 ≤ 5 × this step's p50, errors ≤ 1 %; None when the step had no ok answer (no p50 to derive from)."""
     from bench.report.slo import slo_from_mapping
 
-    p50 = float(summary["latency_ms"]["p50"] or 0.0)  # None: no ok request in the probe
-    return slo_from_mapping({"p99_ms": round(max(5 * p50, 1.0), 3), "error_rate": 0.01}, "default")
+    p50 = summary["latency_ms"]["p50"]
+    if p50 is None:
+        return None
+    return slo_from_mapping({"p99_ms": round(max(5 * float(p50), 1.0), 3), "error_rate": 0.01}, "default")
+
+
+def _objectives_for(sweep: Sweep, step: Step, runner: StepRunner) -> Any:
+    """The objectives to judge ``step`` by: the given ones, else the default derived from the lowest step with an
+    ok answer (fixed from then on); a step before any ok answer is judged on errors alone — a latency limit
+    derived from a p50 that was never measured would be made up."""
+    if sweep.objectives is None:
+        sweep.objectives = default_objectives(step.summary)
+        if sweep.objectives is None:
+            from bench.report.slo import slo_from_mapping
+
+            return slo_from_mapping({"error_rate": 0.01}, "default")
+        sweep.objectives_source = "default (5 × the p50 of the lowest step with an ok answer)"
+        runner.console.print(f"SLO: {objectives_text(sweep.objectives)} ({sweep.objectives_source})")
+    return sweep.objectives
 
 
 def objectives_text(objectives: Any) -> str:

@@ -43,13 +43,17 @@ class Share:
     worker: tuple[int, int]  # (i, n): this share of an n-way run
     start_at_wall: float  # every share starts its load at this time.time() instant
     raw: Path | None = None  # keep the raw per-request log here (the parent merges it)
+    checkpoint: Path | None = None  # append this share's measurements here once a second (bench.checkpoint) ...
+    run_id: str = ""  # ... tagged with the run's id, so a recovery never merges another run's parts
 
     def to_json(self) -> bytes:
         import orjson
 
         return orjson.dumps({"doc": dict(self.doc), "file": self.file, "base_dir": self.base_dir,
                              "endpoints": asdict(self.endpoints), "worker": list(self.worker),
-                             "start_at_wall": self.start_at_wall, "raw": str(self.raw) if self.raw else None})
+                             "start_at_wall": self.start_at_wall, "raw": str(self.raw) if self.raw else None,
+                             "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+                             "run_id": self.run_id})
 
     @classmethod
     def from_json(cls, data: bytes) -> Share:
@@ -59,15 +63,17 @@ class Share:
         i, n = d["worker"]
         return cls(doc=d["doc"], file=d["file"], base_dir=d["base_dir"], endpoints=Endpoints(**d["endpoints"]),
                    worker=(int(i), int(n)), start_at_wall=float(d["start_at_wall"]),
-                   raw=Path(d["raw"]) if d["raw"] else None)
+                   raw=Path(d["raw"]) if d["raw"] else None,
+                   checkpoint=Path(d["checkpoint"]) if d.get("checkpoint") else None, run_id=str(d.get("run_id", "")))
 
 
 def hand_off(prepared: Prepared, ep: Endpoints, *, worker: tuple[int, int], start_at_wall: float,
-             raw: Path | None = None) -> Share:
+             raw: Path | None = None, checkpoint: Path | None = None, run_id: str = "") -> Share:
     """The share of ``prepared`` (resolved, pointed at ``ep``) that worker ``(i, n)`` runs."""
     sc = prepared.scenario
-    return Share(doc=sc.source, file=sc.file, base_dir=str(sc.base_dir), endpoints=ep, worker=worker,
-                 start_at_wall=start_at_wall, raw=raw)
+    doc = target_for(sc.target.kind).share_doc(sc, prepared.target_config, worker)  # e.g. UbiOps: its budget
+    return Share(doc=doc, file=sc.file, base_dir=str(sc.base_dir), endpoints=ep, worker=worker,
+                 start_at_wall=start_at_wall, raw=raw, checkpoint=checkpoint, run_id=run_id)
 
 
 def run_share(share: Share) -> Any:
@@ -81,7 +87,8 @@ def run_share(share: Share) -> Any:
 
     sc = parse_scenario(share.doc, file=share.file, base_dir=Path(share.base_dir))
     prepared = point_at(prepare(sc), share.endpoints)
-    ctl = RunControl(preflight=False, raw_path=share.raw)
+    tag = {"run_id": share.run_id, "worker": list(share.worker)}
+    ctl = RunControl(preflight=False, raw_path=share.raw, checkpoint_path=share.checkpoint, checkpoint_tag=tag)
     run, facts = run_once(prepared, ctl, start_at_wall=share.start_at_wall, worker=share.worker)
     facts.worker = share.worker
     report = build_report(prepared.scenario, run, facts)
@@ -96,11 +103,13 @@ def run_share(share: Share) -> Any:
 def run_processes(prepared: Prepared, opts: Any, out_path: Path) -> tuple[Any, RunFacts]:
     """Run ``prepared`` (resolved) in ``opts.processes`` workers; the merged report (not yet written) and facts."""
 
+    from bench.checkpoint import recover_part, start_parts
     from bench.report.merge import merge_reports
     from bench.report.reader import read_report
 
     processes = int(opts.processes)
     url = _preflight_once(prepared, opts)
+    run_id, ckpts = start_parts(out_path, processes)  # kill -9 of this process: `bench recover` merges these
     ep = replace(prepared.endpoints or Endpoints(url), inference_url=url)
     raw = prepared.scenario.report.raw
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
@@ -110,7 +119,8 @@ def run_processes(prepared: Prepared, opts: Any, out_path: Path) -> tuple[Any, R
         raws = [Path(tmp) / f"part-{i}.raw" if raw else None for i in range(processes)]
         procs = []
         for i in range(processes):
-            share = hand_off(prepared, ep, worker=(i, processes), start_at_wall=epoch, raw=raws[i])
+            share = hand_off(prepared, ep, worker=(i, processes), start_at_wall=epoch, raw=raws[i],
+                             checkpoint=ckpts[i], run_id=run_id)
             cpu = cpus[i % len(cpus)] if cpus else None
             proc = subprocess.Popen([sys.executable, "-m", "bench.workers", str(parts[i])], stdin=subprocess.PIPE,
                                     stdout=subprocess.DEVNULL, start_new_session=True,
@@ -121,21 +131,33 @@ def run_processes(prepared: Prepared, opts: Any, out_path: Path) -> tuple[Any, R
             proc.stdin.close()
         interrupted = _wait_all(procs)
         missing = [str(i) for i, p in enumerate(parts) if not p.exists()]
-        if interrupted and missing:  # stopped before they ran (still starting up): merge what there is
-            if len(missing) == len(parts):
+        found: dict[int, Any] = {i: read_report(p) for i, p in enumerate(parts) if p.exists()}
+        taken: list[int] = []  # workers whose share comes from their checkpoint
+        if interrupted and missing:  # killed by a second Ctrl-C (their checkpoints), or still starting up
+            for i in map(int, missing):
+                part = recover_part(ckpts[i], run_id)
+                if part is not None:
+                    found[i] = part
+                    taken.append(i)
+            if not found:  # nothing measured anywhere: nothing to recover either
+                from bench.checkpoint import discard
+
+                discard(out_path)
                 raise KeyboardInterrupt
-            raws = [r for r, p in zip(raws, parts, strict=True) if p.exists()]
-            parts = [p for p in parts if p.exists()]
         elif missing:
             raise RunInvalid(f"worker process(es) {', '.join(missing)} wrote no report "
                              f"(exit codes {[p.returncode for p in procs]})")
-        reports = [read_report(p) for p in parts]
+        raws = [raws[i] if parts[i].exists() else None for i in sorted(found)]
+        reports = [found[i] for i in sorted(found)]
         merged = merge_reports(reports)
         merged.meta.load["processes"] = processes
         abandoned = [r.meta.extra["abandoned"] for r in reports if r.meta.extra.get("abandoned") is not None]
         if abandoned:  # requests still in flight at each worker's end: all of them, not the first part's
             merged.meta.extra["abandoned"] = sum(int(n) for n in abandoned)
         merged.meta.extra.pop("worker", None)  # the merged report is the whole run, not worker 0's share
+        merged.meta.extra.pop("recovered", None)  # ... nor worker 0's recovery
+        if taken:  # up to their last checkpoint line (their in-flight requests: kind 'abandoned')
+            merged.meta.extra["from_checkpoints"] = taken
         if raw:
             merged.run.raw_path = merge_raw(
                 [(r, rep.run.start_unix_ns) for r, rep in zip(raws, reports, strict=True) if r is not None],
@@ -266,8 +288,8 @@ def worker_main(argv: list[str] | None = None) -> int:
         if os.getppid() != parent:
             _discard(out, share.raw)
         return EXIT_INTERRUPTED
-    if os.getppid() != parent:  # the parent died (PR_SET_PDEATHSIG stopped us): nobody will merge this part
-        _discard(out, share.raw)
+    if os.getppid() != parent:  # the parent died (PR_SET_PDEATHSIG stopped us): nobody will merge this part;
+        _discard(out, share.raw)  # its checkpoint (final line: the drained share) is what `bench recover` reads
         return EXIT_OK
     from bench.report.writer import write_report
 

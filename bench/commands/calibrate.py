@@ -170,10 +170,10 @@ class _Counting:
     def record(self, intended_ns: int, sent_ns: int, done_ns: int, kind: int, status: int, rows: int,
                bytes_out: int, bytes_in: int, server_ns: int) -> None:
         self.n += 1
-        if not self.n & 15:  # a 1-in-16 latency sample for p50/p99 (the recorder keeps the full histograms)
-            self.lat.append(done_ns - intended_ns)
         if kind:
             self.errors += 1
+        elif not (self.n - self.errors - 1) & 15:  # 1 in 16 ok answers (the first included) for p50/p99
+            self.lat.append(done_ns - intended_ns)  # (the recorder keeps the full histograms)
         self._record(intended_ns, sent_ns, done_ns, kind, status, rows, bytes_out, bytes_in, server_ns)
 
     def error_detail(self, kind: int, status: int, detail: bytes) -> None:
@@ -237,8 +237,9 @@ def measure(url: str, body: bytes, engine_kind: str, http2: bool, connections: i
         wall = (time.monotonic_ns() - start) / 1e9
         if rec is not None:
             rec.finish(time.monotonic_ns(), partial=False)
-        lat = sorted(sink.lat) or [0]
-        result.update(p50_ms=lat[len(lat) // 2] / 1e6, p99_ms=lat[min(len(lat) - 1, len(lat) * 99 // 100)] / 1e6)
+        lat = sorted(sink.lat)  # ok answers only; none: not measured (None), never 0
+        result.update(p50_ms=lat[len(lat) // 2] / 1e6 if lat else None,
+                      p99_ms=lat[min(len(lat) - 1, len(lat) * 99 // 100)] / 1e6 if lat else None)
         result.update(requests=sink.n, errors=sink.errors, wall_s=wall, cpu_s=cpu, recorder=rec_name,
                       engine=cls.__name__)
 
@@ -247,7 +248,8 @@ def measure(url: str, body: bytes, engine_kind: str, http2: bool, connections: i
     result["req_per_s"] = result["requests"] / result["wall_s"]
     result["cpu_us_per_req"] = result["cpu_s"] / n * 1e6
     result["cpu_fraction"] = result["cpu_s"] / result["wall_s"]
-    result["ceiling_req_per_s_per_core"] = 1e6 / result["cpu_us_per_req"] if result["requests"] else 0.0
+    ok = result["requests"] - result["errors"]  # a path that only fails has no ceiling: None, never a figure
+    result["ceiling_req_per_s_per_core"] = 1e6 / result["cpu_us_per_req"] if ok > 0 else None
     return result
 
 
@@ -270,6 +272,7 @@ def run(args: argparse.Namespace) -> int:
     from urllib.parse import urlsplit
 
     from bench.errors import InputError
+    from bench.report.summary import num_text
 
     duration = _seconds(args.duration)
     if duration <= 0:
@@ -314,19 +317,41 @@ def run(args: argparse.Namespace) -> int:
             os.sched_setaffinity(0, set(cores))
     result.update(url=url, body_bytes=len(body), connections=args.connections, engine_core=engine_core,
                   sink_core=sink_core, built_in_sink=args.url is None)
+    failed = _failed(result)
     if args.json:
         print(json.dumps(result))
-        return 0
+        return _verdict(failed)
     where = f" on CPU {engine_core}" if engine_core is not None else ""
     print(f"engine {result['engine']}{' HTTP/2' if args.http2 else ''}, {args.connections} connections, "
           f"body {len(body):,} B, {duration:g} s{where}; recording: {result['recorder']}")
     print(f"  measured     {result['req_per_s']:>10,.0f} req/s   ({result['errors']:,} errors)")
-    print(f"  latency      p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms")
+    print(f"  latency      p50 {num_text(result['p50_ms'], '.2f')} ms, p99 {num_text(result['p99_ms'], '.2f')} ms"
+          " (ok answers)")
     print(f"  client CPU   {result['cpu_us_per_req']:>10.1f} µs/req  ({result['cpu_fraction']:.0%} of one core)")
-    print(f"  ceiling      {result['ceiling_req_per_s_per_core']:>10,.0f} req/s per core (1e6 / CPU µs per req)")
+    print(f"  ceiling      {num_text(result['ceiling_req_per_s_per_core'], '>10,.0f')} req/s per core "
+          "(1e6 / CPU µs per req)")
     if sink_cpu is not None:
         print(f"  sink CPU     {sink_cpu:>10.1f} s over the whole run (warm-up included)")
     if result["cpu_fraction"] < 0.9:
         print("  note: the client was not CPU-saturated — the target/sink limited the rate; the ceiling is "
               "estimated from CPU per request")
-    return 0
+    return _verdict(failed)
+
+
+def _failed(result: dict[str, Any]) -> str | None:
+    """Why the measurement describes no working request path (nothing answered ok), or None."""
+    n, errors = result["requests"], result["errors"]
+    if n == 0:
+        return "no request completed"
+    if errors >= n:
+        return f"none of {n:,} requests succeeded: the ceiling of a path that only fails is no ceiling"
+    return None
+
+
+def _verdict(failed: str | None) -> int:
+    from bench.errors import EXIT_INVALID, EXIT_OK
+
+    if failed is None:
+        return EXIT_OK
+    print(f"bench: error: calibrate: {failed}", file=sys.stderr)
+    return EXIT_INVALID

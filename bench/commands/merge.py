@@ -26,10 +26,12 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
+    from bench.outpath import check_report_path
     from bench.report.merge import merge_problems, merge_reports
     from bench.report.reader import read_report
     from bench.report.writer import write_report
 
+    check_report_path(Path(args.out))  # a directory or an unwritable place: one line, exit 2 (not a traceback)
     reports = [read_report(Path(p)) for p in args.reports]
     merged = merge_reports(reports, force=args.force)
     for problem in merge_problems(reports) if args.force else []:

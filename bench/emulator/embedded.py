@@ -23,7 +23,7 @@ import orjson
 
 from bench.emulator.config import EmulatorConfig, UbiOpsDeployment
 from bench.emulator.server import LISTENING_PREFIX
-from bench.errors import InputError
+from bench.errors import InputError, RunInvalid
 
 __all__ = ["EmbeddedEmulator", "config_problems", "config_to_json", "emulator_config_from_mapping"]
 
@@ -245,15 +245,15 @@ class EmbeddedEmulator:
                         return text[len(LISTENING_PREFIX):].strip()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise RuntimeError(f"emulator did not start within {self.startup_timeout_s:g} s"
-                                       f"{self._stderr_tail()}")
+                    raise RunInvalid(f"the embedded emulator did not start within {self.startup_timeout_s:g} s"
+                                     f"{self._stderr_tail()}")
                 if not sel.select(remaining):
                     continue
                 chunk = os.read(fd, 65536)
                 if not chunk:
                     proc.wait(timeout=self.stop_timeout_s)
-                    raise RuntimeError(f"emulator exited with code {proc.returncode} before listening"
-                                       f"{self._stderr_tail()}")
+                    raise RunInvalid(f"the embedded emulator exited with code {proc.returncode} before listening"
+                                     f"{self._stderr_tail()}")
                 buf += chunk
 
     def _stderr_tail(self) -> str:

@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from bench.engine.base import Classifier, EngineConfig, LoadSpec, RequestSet, ResultSink, StopSignal
 from bench.engine.loopmon import LoopMonitor
 from bench.engine.pacer import Pacer, Sweeper, sleep_until
 
 __all__ = ["DEFAULT_OPEN_LIMIT", "MAX_BACKOFF_S", "CallbackEngine", "EngineCore", "HeaderWatch", "HeadersHook",
-           "backoff_s"]
+           "SendGate", "backoff_s"]
 
 DEFAULT_OPEN_LIMIT = 1024  # open loop: max_in_flight when the load spec names none
 MAX_BACKOFF_S = 0.5
@@ -29,6 +31,7 @@ def backoff_s(failures: int) -> float:
 
 
 HeadersHook = Callable[[int, dict[str, str]], None]
+SendGate = Callable[[int, int], int]  # (now_ns, in_flight) -> 0: send now (the gate counts it); else ns to hold
 
 
 class HeaderWatch:
@@ -134,6 +137,10 @@ class CallbackEngine(EngineCore):
         self._idle_waiter: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._pacer: Pacer | None = None
+        self._gate: SendGate | None = None
+        self._held: deque[Any] = deque()  # sends (open loop: intended times) or slots (closed) the gate holds
+        self._gate_timer: asyncio.TimerHandle | None = None
+        self._wake_soon = False
 
     async def run(self, load: LoadSpec, stop: StopSignal) -> None:
         loop = asyncio.get_running_loop()
@@ -169,6 +176,7 @@ class CallbackEngine(EngineCore):
             await self._drain(load.drain_s)
         finally:
             end_timer.cancel()
+            self._end_held()
             if pacer is not None:
                 pacer.stop()
             self._pacer = None
@@ -178,6 +186,85 @@ class CallbackEngine(EngineCore):
             for task in list(self._tasks):
                 task.cancel()
             self._release()
+
+    # -- send gate (a client-side rate limit, e.g. UbiOps backoff) ------------------------------------
+    def gate_sends(self, gate: SendGate | None) -> Callable[[], None]:
+        """Before ``run``: ask ``gate(now_ns, in_flight)`` before every send; 0 lets it go (the gate counts it),
+        a positive value holds it that many ns — a closed-loop slot waits, an open-loop send waits in order
+        (counted against ``max_in_flight``; still held at the end: dropped) and leaves late, its latency counted
+        from its intended time. Returns ``wake``: call it when the gate may admit sooner (e.g. from a headers
+        hook); safe from any callback on the run's loop. Without a gate the hot path tests one attribute."""
+        if self._started:
+            raise RuntimeError("gate_sends must be called before run()")
+        self._gate = gate
+        return self._wake
+
+    def _queued(self) -> int:
+        """Sends taken on but not yet counted in ``_inflight`` (the fast engine's connection backlog)."""
+        return 0
+
+    def _holds(self, now: int) -> bool:
+        """With a gate: True when it holds the next send (a wake-up is then armed)."""
+        assert self._gate is not None
+        wait = self._gate(now, self._inflight + self._queued())
+        if wait <= 0:
+            return False
+        loop = self._loop
+        if loop is not None:
+            at = loop.time() + wait / 1e9
+            timer = self._gate_timer
+            if timer is None or timer.when() > at:
+                if timer is not None:
+                    timer.cancel()
+                self._gate_timer = loop.call_at(at, self._release_held)
+        return True
+
+    def _hold_open(self, intended: int) -> bool:
+        """Open loop with a gate: True when the send due at ``intended`` is held (or dropped: no room), in order
+        behind those already held."""
+        held = self._held
+        if not held and not self._holds(time.monotonic_ns()):
+            return False
+        taken = self._inflight + self._queued() + len(held)
+        if taken >= self._limit:
+            self.sink.dropped(intended)
+        elif not self._max_requests or self._seq + self._queued() + len(held) < self._max_requests:
+            held.append(intended)  # (enough are held to reach max_requests: the rest of the schedule is moot)
+        return True
+
+    def _wake(self) -> None:
+        if self._held and not self._wake_soon and not self._stopping and self._loop is not None:
+            self._wake_soon = True
+            self._loop.call_soon(self._release_held)
+
+    def _release_held(self) -> None:
+        """Let held sends go, oldest first, while the gate admits them."""
+        self._wake_soon = False
+        if self._gate_timer is not None:
+            self._gate_timer.cancel()
+            self._gate_timer = None
+        held = self._held
+        now = time.monotonic_ns()
+        while held and not self._stopping and self.may_issue(now) and not self._holds(now):
+            self._resume(held.popleft(), now)
+        self.dispatched()
+
+    def _end_held(self) -> None:
+        """The run stops issuing: held open-loop sends are dropped (never sent), held slots end."""
+        if self._gate_timer is not None:
+            self._gate_timer.cancel()
+            self._gate_timer = None
+        held = self._held
+        if self._open:
+            for intended in held:
+                self.sink.dropped(intended)
+        else:
+            self._slots_live -= len(held)
+        held.clear()
+
+    def _resume(self, item: Any, now: int) -> None:
+        """Send a held item the gate has just admitted (an engine's ``dispatch`` / next-slot path, ungated)."""
+        raise NotImplementedError
 
     # -- once-per-run hooks -------------------------------------------------------------------------
     def _prepare_open(self, load: LoadSpec, offsets: Iterator[int]) -> Iterator[int]:
@@ -215,6 +302,8 @@ class CallbackEngine(EngineCore):
     def _begin_stop(self) -> None:
         if not self._stopping:
             self._stopping = True
+            if self._held or self._gate_timer is not None:
+                self._end_held()
             fut = self._issuing_done
             if not fut.done():
                 fut.set_result(None)

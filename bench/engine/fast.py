@@ -23,6 +23,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
@@ -551,7 +552,7 @@ class FastEngine(CallbackEngine):
             detail = repr(exc) if exc is not None else "connection closed before the answer was complete"
             self.fail(conn, exception_kind(exc, connecting=False) if exc is not None else _RESET, detail)
 
-    def _slot_next(self, conn: _Conn | None, now: int, failures: int) -> None:
+    def _slot_next(self, conn: _Conn | None, now: int, failures: int, admitted: bool = False) -> None:
         """Closed loop: the slot owning ``conn`` (None = needs a new connection) became free at ``now``."""
         if not self.may_issue(now):
             if conn is not None:
@@ -560,18 +561,25 @@ class FastEngine(CallbackEngine):
             if self._inflight <= 0:
                 self._check_drained()
             return
+        if self._gate is not None and not admitted and (self._held or self._holds(now)):
+            self._held.append((conn, failures))  # the send gate holds this slot (see gate_sends)
+            return
         if conn is None or conn.dead:
             conn = self._new_conn(failures)
         self._assign(conn, now)
 
     # -- open loop ------------------------------------------------------------------------------------
-    def dispatch(self, intended: int) -> None:
+    def dispatch(self, intended: int, admitted: bool = False) -> None:
         """Open loop: start the request due at ``intended`` on an idle connection or a new one, queue it for the
-        next free connection, or drop it when ``max_in_flight`` requests are out or waiting."""
+        next free connection, or drop it when ``max_in_flight`` requests are out or waiting (``admitted``: a
+        send the gate held and has now let go)."""
         backlog = self._backlog
-        if self._inflight + len(backlog) >= self._limit:
-            self.sink.dropped(intended)
-            return
+        if not admitted:
+            if self._inflight + len(backlog) >= self._limit:
+                self.sink.dropped(intended)
+                return
+            if self._gate is not None and self._hold_open(intended):
+                return
         if not backlog:
             idle = self._idle
             while idle:
@@ -585,6 +593,15 @@ class FastEngine(CallbackEngine):
         backlog.append(intended)
         if len(backlog) > 1:  # sends wait from an earlier late wake-up: grow for them if the loop caught up
             self._grow()
+
+    def _queued(self) -> int:
+        return len(self._backlog)
+
+    def _resume(self, item: Any, now: int) -> None:
+        if self._open:
+            self.dispatch(item, True)
+        else:
+            self._slot_next(item[0], now, item[1], True)
 
     # -- housekeeping ---------------------------------------------------------------------------------
     def sweep(self, now: int) -> None:

@@ -30,6 +30,7 @@ import asyncio
 import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 from hpack import Decoder, HeaderTuple
 from hpack.exceptions import HPACKError
@@ -586,20 +587,27 @@ class H2Engine(CallbackEngine):
             self._start(conn, st)
         self._mark(conn)
 
-    def _next(self, slot: int, now: int) -> None:
+    def _next(self, slot: int, now: int, admitted: bool = False) -> None:
         """Closed loop: a worker of ``slot`` became free at ``now``."""
         if not self.may_issue(now):
             self._slots_live -= 1
             if self._inflight <= 0:
                 self._check_drained()
             return
+        if self._gate is not None and not admitted and (self._held or self._holds(now)):
+            self._held.append(slot)  # the send gate holds this worker (see gate_sends)
+            return
         self._submit(self._slot_conn(slot), self._new_stream(now, slot))
 
-    def dispatch(self, intended: int) -> None:
-        """Open loop: start the request due at ``intended`` on the least busy connection, or drop it."""
-        if self._inflight >= self._limit:
-            self.sink.dropped(intended)
-            return
+    def dispatch(self, intended: int, admitted: bool = False) -> None:
+        """Open loop: start the request due at ``intended`` on the least busy connection, or drop it
+        (``admitted``: a send the gate held and has now let go)."""
+        if not admitted:
+            if self._inflight >= self._limit:
+                self.sink.dropped(intended)
+                return
+            if self._gate is not None and self._hold_open(intended):
+                return
         best = -1
         best_room = -(1 << 30)
         for k in range(self._nconn):
@@ -617,6 +625,12 @@ class H2Engine(CallbackEngine):
     def dispatched(self) -> None:
         """End of a pacer batch: write what the batch queued now, not on the next loop turn."""
         self.flush()
+
+    def _resume(self, item: Any, now: int) -> None:
+        if self._open:
+            self.dispatch(item, True)
+        else:
+            self._next(item, now, True)
 
     # -- answers --------------------------------------------------------------------------------------
     def receive(self, conn: _Conn, data: bytes, off: int = 0) -> int:

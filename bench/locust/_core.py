@@ -83,26 +83,36 @@ def run_share(prepared: Any, index: int, workers: int, epoch: float,
     ``epoch``; ``on_snapshot`` gets a recorder snapshot about every ``interval_s`` (in the engine's thread).
     SIGINT/SIGTERM stop the load and the report comes back marked partial."""
     import time
+    from dataclasses import replace
 
     from bench.facts import build_report
     from bench.run_loop import run_once
     from bench.runner import RunControl
+    from bench.secrets import scrub_report
 
     sc: Scenario = prepared.scenario
     held: dict[str, Any] = {}
     last = [0.0]
+    scrubber = prepared.scrubber  # this host's secrets (its environment, the tokens it is issued): the master
+    # knows only its own, so everything that leaves the worker is scrubbed here, as bench.session does
 
     def progress(_snapshot: Any) -> None:
         now = time.monotonic()
         if "recorder" in held and now - last[0] >= interval_s:
             last[0] = now
-            on_snapshot(held["recorder"].snapshot())
+            snap = held["recorder"].snapshot()
+            scrubber.add(ctl.secrets())
+            snap.error_samples = [replace(e, detail=scrubber.text(e.detail)) for e in snap.error_samples]
+            on_snapshot(snap)
 
-    ctl = RunControl(progress=progress, message=message, preflight=False, raw_path=raw_path,
-                     on_recorder=lambda r: held.__setitem__("recorder", r))
+    ctl = RunControl(progress=progress, message=lambda m: message(scrubber.text(m)), preflight=False,
+                     raw_path=raw_path, on_recorder=lambda r: held.__setitem__("recorder", r))
     run, facts = run_once(prepared, ctl, start_at_wall=epoch + phase_s(sc, index), worker=(index, workers))
     facts.worker = (index, workers)
-    return build_report(sc, run, facts)
+    report = build_report(sc, run, facts)
+    scrubber.add(ctl.secrets())
+    scrub_report(report, scrubber)
+    return report
 
 
 def phase_s(sc: Scenario, index: int) -> float:
@@ -119,9 +129,7 @@ def worker_report(prepared: Any, run: RunData, index: int, workers: int) -> Repo
     """A report of a worker known only by its streamed data (it died): no CPU figure, marked partial."""
     from bench.facts import RunFacts, build_report
 
-    report = build_report(prepared.scenario, run, RunFacts(worker=(index, workers)))
-    report.meta.cpu_fraction = None
-    return report
+    return build_report(prepared.scenario, run, RunFacts(worker=(index, workers)))  # cpu_fraction: None
 
 
 def write_report_bytes(report: Report) -> bytes:
@@ -179,10 +187,13 @@ class UserPlan:
 
     def __init__(self, sc: Scenario, url: str, method: str, headers: dict[str, str], bodies: list[bytes],
                  rows: list[int], classify: Callable[[int, bytes, int], tuple[int, int, int]],
-                 auth: Any = None) -> None:
+                 auth: Any = None, scrubber: Any = None) -> None:
+        from bench.secrets import Scrubber
+
         self.scenario, self.url, self.method, self.headers = sc, url, method, headers
         self.bodies, self.rows, self.classify = bodies, rows, classify
         self.auth = auth  # bench.auth.AuthConfig of [auth] (tokens per request), or None
+        self.scrubber: Scrubber = scrubber if scrubber is not None else Scrubber()  # this process's secrets
 
 
 def user_plan(doc: Mapping[str, Any], file: str, base_dir: Path) -> UserPlan:
@@ -201,7 +212,8 @@ def user_plan(doc: Mapping[str, Any], file: str, base_dir: Path) -> UserPlan:
     token = os.environ.get(sc.target.token_env) if sc.target.token_env and cfg is None else None
     auth = (token if token.lower().startswith(("bearer ", "token ")) else f"Bearer {token}") if token else None
     requests, classify = request_set(sc, sc.target.url, prepared.bodies, auth, prepared.target_config)
-    return UserPlan(sc, requests.url, requests.method, dict(requests.headers), bodies, rows, classify, cfg)
+    return UserPlan(sc, requests.url, requests.method, dict(requests.headers), bodies, rows, classify, cfg,
+                    prepared.scrubber)
 
 
 def new_recorder(start_ns: int) -> Any:
@@ -211,11 +223,17 @@ def new_recorder(start_ns: int) -> Any:
     return Recorder(start_ns, start_ns)
 
 
-def users_report(plan: UserPlan, run: RunData, cpu_fraction: float, users: int) -> Report:
+def users_report(plan: UserPlan, run: RunData, cpu_fraction: float, users: int,
+                 secrets: Sequence[str] = ()) -> Report:
+    """This process's bench users' report, scrubbed of its secrets (``secrets``: the tokens it was issued) before
+    it is written or sent to a master (which knows only its own)."""
     from bench.facts import RunFacts, build_report
+    from bench.secrets import scrub_report
 
     report = build_report(plan.scenario, run, RunFacts(cpu_fraction=cpu_fraction, url=plan.url))
     report.meta.load = {"mode": "locust", "users": users}
+    plan.scrubber.add(secrets)
+    scrub_report(report, plan.scrubber)
     return report
 
 

@@ -52,7 +52,8 @@ class _Collector:
         run = self.recorder.finish(time.monotonic_ns(), partial=False)
         self.recorder = None
         cpu = (time.process_time() - self.cpu0) / max(1e-9, time.monotonic() - self.wall0)
-        report = _core.users_report(self.plan, run, cpu, self.env.runner.user_count if self.env.runner else 0)
+        report = _core.users_report(self.plan, run, cpu, self.env.runner.user_count if self.env.runner else 0,
+                                    self.tokens.secrets() if self.tokens is not None else ())
         report.meta.host = f"{socket.gethostname()}:{os.getpid()}"
         if self.in_flight:  # sent, never answered: Locust stopped the user mid-request (bench.report.accounting)
             report.meta.extra["abandoned"] = self.in_flight

@@ -35,11 +35,13 @@ class UserTokens:
         self._busy = False
         self._form: dict[str, str] = {}
         self._basic = ""
+        self._issued: set[str] = set()  # every token this process held (one per refresh): scrubbed from reports
         if cfg.kind == "static":
             token = (env.get(cfg.token_env, "") if cfg.token_env else
                      cfg.token_file.read_text().strip() if cfg.token_file and cfg.token_file.exists() else "")
             if not token:
                 raise InputError(f"no token in {cfg.token_env or cfg.token_file}", file=file, key="auth.token_env")
+            self._issued.add(token)
             self._value = self._header(token)
         elif cfg.uses_keycloak:
             if cfg.token_url is None:
@@ -84,6 +86,12 @@ class UserTokens:
                 self._busy = False
         return self._value
 
+    def secrets(self) -> list[str]:
+        """Every secret value this process holds or has held: the tokens, the password, the Basic credential."""
+        out = sorted(self._issued)
+        out += [v for v in (self._basic, self._form.get("password", "")) if v]
+        return out
+
     def unauthorized(self) -> None:
         """A 401: refresh before the next request (a static token cannot be refreshed)."""
         if self._form:
@@ -110,5 +118,6 @@ class UserTokens:
             access, expires_in = answer["access_token"], float(answer["expires_in"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             raise RunInvalid(f"token endpoint {where} answered HTTP {status} without a token") from None
+        self._issued.add(str(access))
         self._value = self._header(str(access))
         self._next_refresh = started + self.cfg.refresh_at * expires_in

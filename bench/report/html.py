@@ -19,6 +19,7 @@ import numpy as np
 from bench.report.markdown import stored_slo
 from bench.report.model import MEASURED, WARMUP, Histogram, Report
 from bench.report.summary import SERVER_LABEL, num_text, outside_handler_text, rate_text, summarize
+from bench.report.verdict import NOT_JUDGED, judged
 
 __all__ = ["Line", "line_chart", "percentile_curve", "render_html"]
 
@@ -271,7 +272,8 @@ def render_html(report: Report) -> str:
     if run.partial:
         badges.append('<span class="badge warn">partial run (interrupted)</span>')
     badges.append('<span class="badge bad">generator-bound</span>' if meta.generator_bound
-                  else '<span class="badge ok">not generator-bound</span>')
+                  else '<span class="badge ok">not generator-bound</span>' if judged(meta)
+                  else f'<span class="badge warn">generator-bound: {_e(NOT_JUDGED)}</span>')
     slo = stored_slo(report)
     if slo is not None:
         badges.append(f'<span class="badge {"ok" if slo.passed else "bad"}">SLO '
@@ -279,7 +281,7 @@ def render_html(report: Report) -> str:
     out.append('<div class="verdicts">' + " ".join(badges) + "</div>")
 
     cards = [("requests", f"{s['requests']:,}"), ("errors", f"{s['errors']:,} ({rate_text(s['error_rate'])})"),
-             ("req/s", f"{s['rps']:,.1f}"), ("rows/s", f"{s['rows_per_s']:,.1f}"),
+             ("req/s", num_text(s["rps"], ",.1f")), ("rows/s", num_text(s["rows_per_s"], ",.1f")),
              ("p50 latency", num_text(s['latency_ms']['p50'], ".2f", " ms")),
              ("p99 latency", num_text(s['latency_ms']['p99'], ".2f", " ms")),
              ("measured", f"{s['duration_s']:.1f} s"), ("dropped", f"{s['dropped']:,}")]
@@ -368,7 +370,8 @@ def render_html(report: Report) -> str:
     out.append("<h2>Verdicts</h2>")
     gb = ('<span class="badge bad">generator-bound</span><ul class="reasons">'
           + "".join(f"<li>{_e(r)}</li>" for r in meta.generator_bound_reasons) + "</ul>"
-          if meta.generator_bound else '<span class="badge ok">no</span>')
+          if meta.generator_bound else '<span class="badge ok">no</span>' if judged(meta)
+          else f'<span class="badge warn">{_e(NOT_JUDGED)}</span>')
     vrows = [("generator-bound", gb),
              ("generator CPU", _e(f"{meta.cpu_fraction * 100:.0f} % of a core") if meta.cpu_fraction is not None
               else "—"),

@@ -16,6 +16,7 @@ from bench.report.compare import Comparison, MetricDelta, format_change
 from bench.report.model import Report
 from bench.report.slo import SloResult
 from bench.report.summary import MISSING, SERVER_LABEL, num_text, outside_handler_text, rate_text, summarize
+from bench.report.verdict import NOT_JUDGED, judged
 
 __all__ = ["append_step_summary", "cell", "comparison_markdown", "report_markdown", "stored_slo"]
 
@@ -64,7 +65,7 @@ def report_markdown(report: Report) -> str:
         lines += ["> **Partial run** (interrupted): the figures cover only the part that ran.", ""]
     lines += _table(["requests", "errors", "req/s", "rows/s", "measured", "dropped"],
                     [[f"{s['requests']:,}", f"{s['errors']:,} ({rate_text(s['error_rate'])})",
-                      f"{s['rps']:,.1f}", f"{s['rows_per_s']:,.1f}", f"{s['duration_s']:.1f} s",
+                      num_text(s["rps"], ",.1f"), num_text(s["rows_per_s"], ",.1f"), f"{s['duration_s']:.1f} s",
                       f"{s['dropped']:,}"]], "right")
     lines += ["", "**Latency (ms, ok requests)**", ""]
     rows = [[label, *(num_text(s[key][k]) for k in ("p50", "p90", "p99", "p999", "max"))]
@@ -89,8 +90,10 @@ def report_markdown(report: Report) -> str:
     if meta.generator_bound:
         lines.append("**Generator-bound**: the numbers may describe the harness, not the endpoint.")
         lines += [f"- {cell(r)}" for r in meta.generator_bound_reasons]
-    else:
+    elif judged(meta):
         lines.append("Generator-bound: no.")
+    else:
+        lines.append(f"Generator-bound: {NOT_JUDGED}.")
     details = [f"target {cell(meta.target.get('kind', ''))} {cell(meta.target.get('url', ''))}".strip(),
                f"load {cell(_load_text(meta.load))}", f"bench {cell(meta.bench_version)}",
                f"host {cell(meta.host)}", f"start {cell(meta.start_utc)}"]

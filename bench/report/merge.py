@@ -93,6 +93,8 @@ def merge_run_data(runs: Sequence[RunData]) -> RunData:
             phase_span[p.name] = (min(lo, p.start_s + offset_s), max(hi, p.end_s + offset_s))
     # Phases: each spans from its earliest start to its latest end across runs (runs made together overlap).
     phases = [Phase(n, lo, hi) for n, (lo, hi) in phase_span.items()]
+    if not all("sent" in r.counters for r in runs):  # a part that did not count its sends (a worker lost
+        counters.pop("sent", None)  # mid-run, an older report): the whole run's sends are unknown, not fewer
     return RunData(
         start_unix_ns=start, phases=phases, partial=any(r.partial for r in runs),
         histograms=dict(sorted(hists.items())), series=_merge_series(runs, base_s), totals=totals,
@@ -169,6 +171,7 @@ def merge_reports(reports: Sequence[Report], *, force: bool = False) -> Report:
     modes = sorted({str(r.meta.load.get("mode")) for r in reports})
     first = reports[0].meta
     run = merge_run_data([r.run for r in reports])
+    own = {k: v for k, v in first.extra.items() if k not in _PER_RUN_VERDICTS}
     end_s = max((p.end_s for p in run.phases), default=0.0)
     reasons = [f"{r.meta.host or r.path}: {why}" for r in reports for why in r.meta.generator_bound_reasons]
     meta = ReportMeta(
@@ -181,9 +184,38 @@ def merge_reports(reports: Sequence[Report], *, force: bool = False) -> Report:
         target=dict(first.target),
         generator_bound=any(r.meta.generator_bound for r in reports), generator_bound_reasons=reasons,
         cpu_fraction=None,
-        extra={**first.extra, "merged_from": [str(r.path) if r.path else r.meta.host for r in reports],
+        extra={**own, "merged_from": [str(r.path) if r.path else r.meta.host for r in reports],
                "unrecorded_errors": _sum_unrecorded(reports), "run_id": uuid.uuid4().hex,
                "merged_run_ids": [run_identity(r) for r in reports]})
     if problems:
         meta.extra["merge_forced"] = problems
-    return Report(meta=meta, run=run)
+    merged = Report(meta=meta, run=run)
+    _judge_again(merged, reports)
+    return merged
+
+
+# a part's verdicts on its own share: never the merged run's (they are judged again on the merged data below)
+_PER_RUN_VERDICTS = ("slo", "failed", "accounting")
+
+
+def _judge_again(merged: Report, reports: Sequence[Report]) -> None:
+    """The merged run's own accounting and, when every part was judged against the same ``[slo]``, its SLO
+    verdict on the merged data (a part's verdict on its share says nothing about the whole run)."""
+    from bench.report.accounting import request_accounting
+    from bench.report.slo import Objective, SloObjectives, SloResult, check_slo
+
+    accounting = request_accounting(merged.run)
+    if accounting is not None:
+        merged.meta.extra["accounting"] = accounting
+    limits: set[tuple[tuple[str, float], ...]] = set()
+    for r in reports:
+        stored = r.meta.extra.get("slo") if isinstance(r.meta.extra, dict) else None
+        if not isinstance(stored, dict):
+            return
+        try:
+            limits.add(tuple((o.key, o.allowed) for o in SloResult.from_dict(stored).results))
+        except (KeyError, TypeError, ValueError):
+            return
+    if len(limits) == 1 and (only := limits.pop()):
+        objectives = SloObjectives(tuple(Objective(k, a) for k, a in only))
+        merged.meta.extra["slo"] = check_slo(objectives, merged).to_dict()

@@ -93,10 +93,10 @@ def _measure(key: str, report: Report | RunData) -> float | None:
     if key == "error_rate":
         return tot.errors / tot.requests if tot.requests else None
     d = run.duration_s(MEASURED)
-    if key == "min_rps":
-        return tot.ok / d if d > 0 else 0.0
+    if key == "min_rps":  # a measured window of 0 s: no rate (not measured), not a rate of 0
+        return tot.ok / d if d > 0 else None
     if key == "min_rows_per_s":
-        return run.rows_per_s(MEASURED)
+        return run.rows_per_s(MEASURED) if d > 0 else None
     if key == "max_dropped":
         return float(tot.dropped)
     raise KeyError(key)

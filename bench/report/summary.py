@@ -13,6 +13,7 @@ from bench.report.accounting import (
 )
 from bench.report.model import MEASURED, WARMUP, Histogram, Report
 from bench.report.server_metrics import server_latency
+from bench.report.verdict import NOT_JUDGED, judged
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -75,16 +76,17 @@ def summarize(report: Report) -> dict[str, Any]:
     run = report.run
     tot = accounted_totals(report)
     service = _views(run.histogram("service", MEASURED, "ok"))
+    timed = run.duration_s(MEASURED) > 0  # a measured window of 0 s (nothing measured): no rate, not a rate of 0
     return {
         "requests": tot.requests,
         "errors": tot.errors,
-        "rps": round(run.rps(MEASURED), 3),  # completed (recorded) requests per second
-        "rows_per_s": round(run.rows_per_s(MEASURED), 3),
+        "rps": round(run.rps(MEASURED), 3) if timed else None,  # completed (recorded) requests per second
+        "rows_per_s": round(run.rows_per_s(MEASURED), 3) if timed else None,
         "latency_ms": _views(run.histogram("latency", MEASURED, "ok")),
         "service_ms": service,
         "errors_by_kind": accounted_errors_by_kind(report),
         "top_errors": [e.to_dict() for e in top_errors(report)],
-        "generator_bound": report.meta.generator_bound,
+        "generator_bound": report.meta.generator_bound if judged(report.meta) else None,  # None: not judged
         "generator_bound_reasons": list(report.meta.generator_bound_reasons),
         "report": str(report.path) if report.path is not None else None,
         "ok": tot.ok,
@@ -133,7 +135,7 @@ def render_summary(report: Report, console: Console) -> None:
     s = summarize(report)
     head = Table(show_header=False, box=None, pad_edge=False)
     head.add_row("requests", f"{s['requests']:,}", "errors", f"{s['errors']:,} ({rate_text(s['error_rate'])})")
-    head.add_row("req/s", f"{s['rps']:,.1f}", "rows/s", f"{s['rows_per_s']:,.1f}")
+    head.add_row("req/s", num_text(s["rps"], ",.1f"), "rows/s", num_text(s["rows_per_s"], ",.1f"))
     head.add_row("measured", f"{s['duration_s']:.1f} s", "dropped", f"{s['dropped']:,}")
     console.print(head)
     lat = Table(title="latency (ms, ok requests)", title_justify="left")
@@ -167,6 +169,8 @@ def render_summary(report: Report, console: Console) -> None:
         console.print("[bold red]generator-bound[/]: the numbers may describe the harness, not the endpoint")
         for r in s["generator_bound_reasons"]:
             console.print(f"  - {r}")
+    elif s["generator_bound"] is None:
+        console.print(f"generator-bound: {NOT_JUDGED}", markup=False, highlight=False)
     else:
         console.print("generator-bound: no")
     if s["partial"]:

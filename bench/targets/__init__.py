@@ -95,9 +95,20 @@ class Target:
         ``headers()`` gives what every request carries beyond the target's own (credentials included, current at
         the call: a token may be refreshed while the preflight waits)."""
 
+    def share_doc(self, sc: Scenario, config: Any, worker: tuple[int, int]) -> Mapping[str, Any]:
+        """The scenario document worker ``(i, n)`` of a ``--processes`` run gets (default: all of it; load and
+        connections are split by the runner). A target with a per-run quota (UbiOps' request budget) splits it
+        here so the workers together keep to it. Raises InputError when it cannot be split."""
+        return sc.source
+
     def own_data_plane(self, config: Any) -> bool:
         """True: ``run`` applies the load; False (default): a bench engine does, with ``request``."""
         return False
+
+    def engine_hooks(self, config: Any, engine: Any, sink: Any) -> Callable[[], Mapping[str, Any]] | None:
+        """Before an engine runs this target's requests: set its hooks (``watch_headers``, ``gate_sends``, e.g.
+        UbiOps' rate-limit backoff). Returns what to add to the report's metadata once it has run (or None)."""
+        return None
 
     def read_timeout_s(self, config: Any) -> float | None:
         """The longest an answer may legitimately take on this target, when longer than [engine] timeout."""

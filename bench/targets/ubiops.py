@@ -337,32 +337,37 @@ def batch_body(items: Sequence[bytes]) -> bytes:
     return b"[" + b",".join(items) + b"]"
 
 
-def build_ubiops_bodies(cfg: UbiOpsConfig, table: Any, rows_per_request: int) -> list[PreparedBody]:
-    """Pre-encode every input once. Direct mode: a whole request body each. Batch mode: one batch item each
-    (a structured batch item is a single object, so rows_per_request must be 1)."""
+def build_ubiops_bodies(cfg: UbiOpsConfig, table: Any, rows_per_request: int) -> Sequence[PreparedBody]:
+    """Every input, encoded once, on first use (a ``LazyBodies``: a big data set starts at once; the first
+    block is encoded now so bad data fails before any load). Direct mode: a whole request body each. Batch mode:
+    one batch item each (a structured batch item is a single object, so rows_per_request must be 1)."""
     if cfg.mode == "batch" and cfg.input_type == "structured" and rows_per_request != 1:
         raise InputError("batch mode with structured input sends one object per request; use 1",
                          key="data.rows_per_request")
     if rows_per_request < 1:
         raise InputError("must be >= 1", key="data.rows_per_request")
+    if not table.num_rows:
+        raise InputError("the dataset has no rows", key="data.path")
+    from bench.bodies import BLOCK, LazyBodies
     from bench.data import records_from_table
 
     encode = (encode_structured if cfg.input_type == "structured"
               else encode_plain_direct if cfg.mode == "direct" else encode_plain)
-    if cfg.field_map and table.num_rows:
+    if cfg.field_map:
         columns = set(table.slice(0, 1).to_pylist()[0])
         missing = sorted(set(cfg.field_map) - columns)
         if missing:
             raise InputError(f"dataset has no column {missing[0]!r} (columns: {', '.join(sorted(columns))})",
                              key=f"target.fields.{missing[0]}")
-    out: list[PreparedBody] = []
-    every = records_from_table(table)  # float32 written as float32 text (not float64: 1.75x the bytes)
-    for start in range(0, len(every), rows_per_request):
-        records = every[start:start + rows_per_request]
-        out.append(PreparedBody(body=encode(records, cfg.field_map), rows=len(records)))
-    if not out:
-        raise InputError("the dataset has no rows", key="data.path")
-    return out
+    field_map = cfg.field_map
+
+    def block(part: Any) -> list[bytes]:
+        every = records_from_table(part)  # float32 written as float32 text (not float64: 1.75x the bytes)
+        return [encode(every[s:s + rows_per_request], field_map) for s in range(0, len(every), rows_per_request)]
+
+    bodies = LazyBodies(table, rows_per_request, block)
+    bodies.prepare(BLOCK)
+    return bodies
 
 
 # --- classification ---------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""What the UbiOps data plane's two modes share: the stats and sink they report to, the rate-limit gate that
-follows the x-ratelimit-* headers, in-flight accounting, open-loop pacing, and the httpx client.
+"""What the UbiOps modes share: the stats and sink they report to, the rate-limit gate that follows the
+x-ratelimit-* headers (the batch plane's coroutines and, for direct requests, a bench engine's send gate), and
+for batch mode in-flight accounting, open-loop pacing and the httpx client.
 
-UbiOps volumes are low (the requests API allows ~300 calls/min per address), so httpx is cheap enough here.
+Batch volumes are low (the requests API allows ~300 calls/min per address), so httpx is cheap enough there.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from typing import Any, Protocol
 import anyio
 import httpx
 
-from bench.results import LoadSpec, ResultSink, StopSignal
+from bench.results import GATE_HOLDS, LoadSpec, ResultSink, StopSignal
 from bench.targets.ubiops import UbiOpsConfig
 from bench.targets.ubiops_budget import Budget
 
-__all__ = ["CANCEL_DEADLINE_S", "MAX_COLLECT_CALLS_PER_TICK", "MAX_ERROR_SAMPLES", "TERMINAL", "Flight", "RateGate",
+__all__ = ["CANCEL_DEADLINE_S", "MAX_COLLECT_CALLS_PER_TICK", "MAX_ERROR_SAMPLES", "PROBE_WAIT_NS", "RATE_HEADERS",
+           "TERMINAL", "Flight", "RateGate",
            "UbiOpsSink", "UbiOpsStats", "client_for", "drop", "first_of", "header_int", "now_ns", "pace_open_loop"]
 
 
@@ -95,9 +97,16 @@ def header_int(headers: Mapping[str, str], name: str) -> int | None:
         return None
 
 
+PROBE_WAIT_NS = 1_000_000_000  # window unknown and a call out: wait this long for its answer at most
+RATE_HEADERS = ("x-ratelimit-*", "retry-after")  # what the gate reads (the engines' headers hook takes these)
+
+
 class RateGate:
     """Follows the x-ratelimit-* headers. In backoff mode it holds sends while the window's remaining budget
-    (minus what is already in flight) is spent, until the announced reset; in count mode it only records."""
+    (minus what is already in flight) is spent, until the announced reset; in count mode it only records.
+
+    Two faces: ``acquire`` / ``release`` for the batch plane's coroutines, and ``admit`` (with ``on_headers``
+    and ``wake``) as the send gate and headers hook of a bench engine for direct requests."""
 
     def __init__(self, sink: UbiOpsSink, stats: UbiOpsStats, backoff: bool, budget: Budget | None = None) -> None:
         self.sink, self.stats, self.backoff = sink, stats, backoff
@@ -105,8 +114,14 @@ class RateGate:
         self.remaining: int | None = None
         self.reset_at_ns = 0
         self.in_flight = 0
+        self.wake: Callable[[], None] | None = None  # the engine's: an answer may let held sends go
         self._pause_started: int | None = None
+        self._budget_held_since: int | None = None
         self._answered = anyio.Event()  # set (and replaced) on every observed answer
+
+    def on_headers(self, status: int, headers: dict[str, str]) -> None:
+        """The engines' headers hook (lower-case names; see bench.engine.common.HeaderWatch)."""
+        self.observe(headers, status)
 
     def observe(self, headers: Mapping[str, str], status: int) -> None:
         self._answered.set()
@@ -132,6 +147,54 @@ class RateGate:
                 wait_s = 1
             self.reset_at_ns = max(self.reset_at_ns, now_ns() + wait_s * 1_000_000_000)
             self.budget.honour(wait_s)
+        if self.wake is not None:
+            self.wake()
+
+    def _window_wait(self, now: int, in_flight: int) -> int:
+        """Backoff mode: ns to hold a send for the server's window (0: it fits). Unknown budget (the start, or a
+        new window): one probe at a time until an answer tells it."""
+        if self.remaining is not None and now >= self.reset_at_ns:
+            self.remaining = None  # a new window: budget unknown until the next answer
+        if not self.backoff:
+            return 0
+        if self.remaining is None:
+            return PROBE_WAIT_NS if in_flight > 0 else 0
+        if self.remaining - in_flight > 0:
+            return 0
+        if self._pause_started is None:
+            self._pause_started = now
+            self.sink.count(GATE_HOLDS)
+        return max(1_000_000, self.reset_at_ns + 20_000_000 - now)  # a little past the reset
+
+    def _sent(self, now: int) -> None:
+        """A send leaves: end the pause it waited out, if any (recorded as how long sending was held)."""
+        if self._pause_started is not None:
+            pause = now - self._pause_started
+            self._pause_started = None
+            self.sink.record_named("rate_limit_pause", pause)
+            self.sink.count("rate_limit_pauses")
+            self.stats.rate_limit_pauses += 1
+            self.stats.rate_limit_pause_s += pause / 1e9
+
+    def admit(self, now: int, in_flight: int) -> int:
+        """The engines' send gate (``gate_sends``): 0 when a direct request may go now (its budget token taken),
+        else ns until it is worth asking again (an answer wakes the engine sooner). Budget first, then window:
+        no token is spent on a send the window holds."""
+        wait_s = self.budget.wait_s()
+        if wait_s > 0:
+            if self._budget_held_since is None:
+                self._budget_held_since = now
+                self.sink.count(GATE_HOLDS)
+            return max(1_000_000, int(wait_s * 1e9))
+        wait = self._window_wait(now, in_flight)
+        if wait:
+            return wait
+        self.budget.try_take("direct")
+        if self._budget_held_since is not None:  # sending was held for the budget (wall time, not per send)
+            self.budget.waited_s += (now - self._budget_held_since) / 1e9
+            self._budget_held_since = None
+        self._sent(now)
+        return 0
 
     async def acquire(self, stop: StopSignal | None, until_ns: int | None = None, purpose: str = "direct") -> bool:
         """Wait for the budget's token, then (backoff mode) until a send fits in the server's window; False when
@@ -140,33 +203,17 @@ class RateGate:
             return False
         stop = stop or _NEVER
         while True:
-            if stop.is_set() or (until_ns is not None and now_ns() >= until_ns):
-                return False
             now = now_ns()
-            if self.remaining is not None and now >= self.reset_at_ns:
-                self.remaining = None  # a new window: budget unknown until the next answer
-            if self.backoff and self.remaining is None and self.in_flight > 0:
-                # budget unknown (start, or a new window): one probe at a time until an answer tells it
-                await first_of(stop, self._answered, 1.0)
-                continue
-            blocked = self.backoff and self.remaining is not None and self.remaining - self.in_flight <= 0
-            if not blocked:
-                if self._pause_started is not None:  # the pause is over: record how long sending was held
-                    pause = now - self._pause_started
-                    self._pause_started = None
-                    self.sink.record_named("rate_limit_pause", pause)
-                    self.sink.count("rate_limit_pauses")
-                    self.stats.rate_limit_pauses += 1
-                    self.stats.rate_limit_pause_s += pause / 1e9
+            if stop.is_set() or (until_ns is not None and now >= until_ns):
+                return False
+            wait = self._window_wait(now, self.in_flight)
+            if not wait:
+                self._sent(now)
                 self.in_flight += 1
                 return True
-            if self._pause_started is None:
-                self._pause_started = now
-            wake = self.reset_at_ns + 20_000_000  # a little past the reset
             if until_ns is not None:
-                wake = min(wake, until_ns)
-            with anyio.move_on_after(max(0.0, (wake - now) / 1e9)):
-                await stop.wait()
+                wait = min(wait, until_ns - now)
+            await first_of(stop, self._answered, wait / 1e9)
 
     def release(self) -> None:
         self.in_flight -= 1
@@ -249,5 +296,4 @@ async def pace_open_loop(load: LoadSpec, stop: StopSignal, busy: Flight, drop: C
 def client_for(cfg: UbiOpsConfig, connections: int, read_timeout_s: float) -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     timeout = httpx.Timeout(connect=10.0, read=read_timeout_s, write=30.0, pool=None)
-    return httpx.AsyncClient(headers=cfg.headers() if cfg.mode == "direct" else cfg.control_headers(),
-                             limits=limits, timeout=timeout)
+    return httpx.AsyncClient(headers=cfg.control_headers(), limits=limits, timeout=timeout)

@@ -1,15 +1,17 @@
-"""The UbiOps target in the registry: its section, bodies, emulator endpoint; direct requests on a bench engine,
-batch create / collect / cancel (and rate-limit backoff) on its own data plane (bench.targets.ubiops_runner)."""
+"""The UbiOps target in the registry: its section, bodies, emulator endpoint; direct requests on a bench engine
+(rate-limit backoff as its send gate), batch create / collect / cancel on its own data plane
+(bench.targets.ubiops_runner)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, overload
 
+from bench.errors import InputError
 from bench.results import LoadSpec, PreparedBody, StopSignal
 from bench.targets import Request, SectionRules, Target, read_table
 from bench.targets.ubiops import UbiOpsConfig, build_ubiops_bodies, classify_direct, ubiops_config_from_mapping
-from bench.targets.ubiops_runner import run_ubiops
+from bench.targets.ubiops_runner import attach_direct, run_ubiops
 
 if TYPE_CHECKING:
     from bench.prepared import Endpoints
@@ -26,10 +28,15 @@ class UbiOpsTarget(Target):
     lag_bound_ms = 10.0  # batch mode is paced in chunks, direct answers take milliseconds: 1 ms of lag is no fault
 
     def config(self, sc: Scenario) -> UbiOpsConfig:
-        return ubiops_config_from_mapping(sc.target.raw, sc.file, ubiops=sc.ubiops)
+        cfg = ubiops_config_from_mapping(sc.target.raw, sc.file, ubiops=sc.ubiops)
+        if cfg.mode == "direct" and cfg.on_rate_limit == "backoff" and sc.engine.kind == "httpx":
+            raise InputError('on_rate_limit = "backoff" runs on the fast engine (HTTP/1.1, or --http2); the httpx '
+                             'engine has no send gate', file=sc.file, key="engine.kind")
+        return cfg
 
-    def bodies(self, sc: Scenario, config: Any) -> list[PreparedBody]:
-        return list(build_ubiops_bodies(config, read_table(sc), sc.data.rows_per_request))
+    def bodies(self, sc: Scenario, config: Any) -> Sequence[PreparedBody]:
+        """A ``LazyBodies``: each body is encoded when the run first sends it (a big data set starts at once)."""
+        return build_ubiops_bodies(config, read_table(sc), sc.data.rows_per_request)
 
     def emulator_url(self, base_url: str, wallaroo_url: str) -> str:
         return base_url
@@ -39,10 +46,22 @@ class UbiOpsTarget(Target):
             return config
         return config.with_endpoint(ep.inference_url, ep.ubiops_token)
 
+    def share_doc(self, sc: Scenario, config: Any, worker: tuple[int, int]) -> Mapping[str, Any]:
+        """Worker ``(i, n)`` gets its part of ``[ubiops] calls_per_minute`` (the parts sum to the whole), so
+        ``--processes n`` together keep to the platform's limit (one source address, one limit)."""
+        share = budget_share(config, worker, sc.file)
+        if share is None:
+            return sc.source
+        return {**sc.source, "ubiops": {**sc.source.get("ubiops", {}), "calls_per_minute": share}}
+
     def own_data_plane(self, config: Any) -> bool:
-        """Batch mode (create / collect / cancel) and rate-limit backoff (which reads the x-ratelimit-* headers of
-        every answer) run on the UbiOps runner; direct requests that count 429s run on a bench engine."""
-        return bool(config.mode == "batch" or config.on_rate_limit == "backoff")
+        """Batch mode (create / collect / cancel) runs on the UbiOps runner; direct requests on a bench engine."""
+        return bool(config.mode == "batch")
+
+    def engine_hooks(self, config: Any, engine: Any, sink: Any) -> Callable[[], Mapping[str, Any]] | None:
+        """Direct requests: the rate gate reads every answer's x-ratelimit-* headers; with backoff it is also
+        the engine's send gate (request budget + server window)."""
+        return attach_direct(config, engine, sink)
 
     def request(self, target: TargetConfig, url: str, config: Any) -> Request:
         return Request(url=config.direct_url(), headers=config.headers(), classify=classify_direct)
@@ -80,8 +99,46 @@ class UbiOpsTarget(Target):
 
     async def run(self, config: Any, bodies: Sequence[PreparedBody], sink: Any, spec: LoadSpec,
                   stop: StopSignal) -> Mapping[str, Any]:
-        stats = await run_ubiops(config, [b.body for b in bodies], [b.rows for b in bodies], sink, spec, stop)
+        rows = getattr(bodies, "rows", None)  # a LazyBodies knows its row counts without encoding
+        stats = await run_ubiops(config, _Inputs(bodies), rows if isinstance(rows, list) else [b.rows for b in bodies],
+                                 sink, spec, stop)
         return {"ubiops": stats.to_dict()}
+
+
+def budget_share(config: UbiOpsConfig, worker: tuple[int, int], file: str) -> int | None:
+    """Worker ``(i, n)``'s calls a minute (the first ``total % n`` take one more); None when the whole budget
+    stays (one process, no budget, or direct requests that count 429s, which spend none)."""
+    i, n = worker
+    total = config.calls_per_minute
+    if n <= 1 or total <= 0 or (config.mode == "direct" and config.on_rate_limit == "count"):
+        return None
+    if total < n:
+        raise InputError(f"{total} calls a minute cannot be split across {n} processes (each needs at least 1; "
+                         f"0 would mean no budget)", file=file, key="ubiops.calls_per_minute")
+    return total // n + (1 if i < total % n else 0)
+
+
+class _Inputs(Sequence[bytes]):
+    """The bodies' bytes, encoded on first use (``LazyBodies.body``), for the UbiOps runner."""
+
+    def __init__(self, bodies: Sequence[PreparedBody]) -> None:
+        self._bodies = bodies
+        get = getattr(bodies, "body", None)
+        self._get: Callable[[int], bytes] = get if callable(get) else (lambda i: bodies[i].body)
+
+    def __len__(self) -> int:
+        return len(self._bodies)
+
+    @overload
+    def __getitem__(self, i: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[bytes]: ...
+
+    def __getitem__(self, i: int | slice) -> bytes | Sequence[bytes]:
+        if isinstance(i, slice):
+            return [self._get(k) for k in range(*i.indices(len(self)))]
+        return self._get(i if i >= 0 else i + len(self))
 
 
 TARGET = UbiOpsTarget()

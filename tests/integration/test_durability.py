@@ -4,7 +4,10 @@
 * ``kill -9`` of a single-process run leaves a checkpoint that ``bench recover`` (or the next run with the same
   --out) turns into a valid report marked partial;
 * ``--processes``: SIGTERM to the parent is Ctrl-C (workers stopped, merged partial report, exit 130, no temp
-  parts left); SIGKILL of the parent takes the workers with it (PR_SET_PDEATHSIG) and they leave no temp parts.
+  parts or checkpoints left); SIGKILL of the parent takes the workers with it (PR_SET_PDEATHSIG), they leave no
+  temp parts, and their checkpoints merge into one partial report whose accounting adds up (``bench recover``,
+  or the next run with the same --out; a part of another run is never merged in);
+* ``bench capacity``: a kill -9 mid-sweep keeps the finished steps and leaves the current one recoverable.
 
 Every wait is on a condition with a deadline; every process started here is killed in ``finally``.
 """
@@ -78,6 +81,42 @@ def spawn() -> Iterator[Callable[..., subprocess.Popen[str]]]:
             if proc.poll() is None:
                 proc.kill()
             proc.communicate(timeout=30)
+
+
+def _checkpoint_lines(path: Path) -> list[dict[str, object]]:
+    """The complete JSON lines of a checkpoint (a line being written is skipped)."""
+    out = []
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    for line in data.split(b"\n")[:-1]:  # the part after the last newline may be mid-write
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            break
+    return out
+
+
+def _measured_ok(path: Path) -> int:
+    """ok requests so far in a checkpoint (its last complete line's totals, both phases)."""
+    lines = _checkpoint_lines(path)
+    if len(lines) < 2:
+        return 0
+    totals = lines[-1].get("totals", {})
+    return sum(int(t["ok"]) for t in totals.values())  # type: ignore[union-attr]
+
+
+def _assert_accounting(meta: dict[str, object]) -> dict[str, int]:
+    """sent = ok + errors + in flight at end, stored in the report and agreeing with its own totals rows."""
+    acc: dict[str, int] = meta["extra"]["accounting"]  # type: ignore[index]
+    assert acc["holds"] is True, acc
+    assert acc["sent"] == acc["ok"] + acc["errors"] + acc["in_flight_at_end"], acc
+    assert acc["sent"] > 0 and acc["ok"] > 0, acc
+    rows = meta["_totals"]
+    assert sum(int(t["ok"]) for t in rows) == acc["ok"]  # type: ignore[attr-defined]
+    assert sum(int(t["errors"]) for t in rows) == acc["errors"] + acc["in_flight_at_end"]  # type: ignore[attr-defined]
+    return acc
 
 
 def _read_meta(path: Path) -> dict[str, object]:
@@ -155,6 +194,7 @@ def test_kill_9_leaves_a_recoverable_checkpoint(spawn: Callable[..., subprocess.
     measured = [t for t in meta["_totals"] if t["phase"] == "measured"]  # type: ignore[union-attr]
     assert measured and measured[0]["requests"] > 0 and measured[0]["ok"] > 0
     assert meta["extra"]["recovered"]["seconds"] >= 2.5  # type: ignore[index]
+    _assert_accounting(meta)
     # the recovered report reads like any other
     shown = bench("report", str(out), cwd=tmp_path, tmp=tmp_path)
     assert shown.returncode == 0 and "partial" in shown.stdout, shown.stderr
@@ -253,6 +293,7 @@ def test_sigterm_to_the_parent_is_ctrl_c(spawn: Callable[..., subprocess.Popen[s
     measured = [t for t in meta["_totals"] if t["phase"] == "measured"]  # type: ignore[union-attr]
     assert measured[0]["ok"] > 0
     assert not list(tmp_path.glob("bench-workers-*")), "temp parts left behind"
+    assert not list(tmp_path.glob(".p.arrow*checkpoint")), "checkpoints left behind a written report"
     # the load stopped with the run: nothing reaches the server any more
     after = counting_server[1][0]
     assert not [w for w in workers if alive(w)] and counting_server[1][0] == after
@@ -274,3 +315,131 @@ def test_sigkill_of_the_parent_takes_the_workers_with_it(spawn: Callable[..., su
     assert not out.exists()
     served = counting_server[1][0]  # the load stopped: the endpoint is no longer hammered
     assert not [p for p in workers if alive(p)] and counting_server[1][0] == served
+
+
+# -- --processes: kill -9 of the parent is recoverable -------------------------------------------------------
+
+def _killed_processes_run(spawn: Callable[..., subprocess.Popen[str]], tmp: Path, out: Path) -> list[int]:
+    """A `--processes 2` run against the embedded emulator, SIGKILLed once both workers' checkpoints hold ok
+    requests; returns the worker pids (gone when this returns)."""
+    proc = spawn("run", "--url", "embedded", "-c", "4", "-d", "60s", "-q", "--processes", "2", "--out", str(out),
+                 cwd=tmp, tmp=tmp)
+    parts = [out.with_name(f".{out.name}.w{i}.checkpoint") for i in range(2)]
+    wait_for(lambda: all(_measured_ok(p) > 0 for p in parts) or proc.poll() is not None, 90,
+             "both workers' checkpoints to hold measurements")
+    assert proc.poll() is None, proc.communicate()
+    workers = [pid for pid in children(proc.pid)
+               if b"bench.workers" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(workers) == 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL
+    wait_for(lambda: not [p for p in workers if alive(p)], 45, "the workers to exit with their parent")
+    assert not out.exists()
+    return workers
+
+
+def test_sigkill_of_the_parent_of_a_processes_run_is_recoverable(spawn: Callable[..., subprocess.Popen[str]],
+                                                                 tmp_path: Path) -> None:
+    out = tmp_path / "p.arrow"
+    _killed_processes_run(spawn, tmp_path, out)
+    rec = bench("recover", str(out), cwd=tmp_path, tmp=tmp_path)
+    assert rec.returncode == 0, rec.stderr
+    assert "partial" in rec.stdout
+    meta = _read_meta(out)
+    assert meta["partial"] is True
+    assert meta["load"]["processes"] == 2  # type: ignore[index]
+    recovered = meta["extra"]["recovered"]  # type: ignore[index]
+    assert recovered["workers"] == 2 and "skipped" not in recovered, recovered
+    acc = _assert_accounting(meta)
+    assert acc["ok"] > 0
+    assert not list(tmp_path.glob(".p.arrow*")), "checkpoints left after recovery"
+    shown = bench("report", str(out), cwd=tmp_path, tmp=tmp_path)
+    assert shown.returncode == 0 and "partial" in shown.stdout and "processes=2" in shown.stdout, shown.stderr
+
+
+def test_next_processes_run_recovers_only_its_own_parts(spawn: Callable[..., subprocess.Popen[str]],
+                                                        tmp_path: Path) -> None:
+    out = tmp_path / "p.arrow"
+    _killed_processes_run(spawn, tmp_path, out)
+    # worker 1's part now claims another run: it must not be merged in
+    stale = tmp_path / ".p.arrow.w1.checkpoint"
+    head, rest = stale.read_bytes().split(b"\n", 1)
+    header = json.loads(head)
+    header["run_id"] = "0" * 32
+    stale.write_bytes(json.dumps(header).encode() + b"\n" + rest)
+    w0_ok = _measured_ok(tmp_path / ".p.arrow.w0.checkpoint")
+    again = bench("run", "--url", "embedded", "-c", "2", "-d", "1s", "--processes", "2", "--out", str(out),
+                  cwd=tmp_path, tmp=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "recovered" in again.stderr, again.stderr
+    recovered = _read_meta(tmp_path / "p.recovered.arrow")
+    assert recovered["partial"] is True
+    assert recovered["extra"]["recovered"]["workers"] == 1  # type: ignore[index]
+    assert recovered["extra"]["recovered"]["skipped"] == [".p.arrow.w1.checkpoint"]  # type: ignore[index]
+    acc = _assert_accounting(recovered)
+    assert acc["ok"] == w0_ok  # worker 0's drained share exactly, nothing of the other run
+    fresh = _read_meta(out)
+    assert fresh["partial"] is False and fresh["load"]["processes"] == 2  # type: ignore[index]
+    # the normal end removed the new run's checkpoints (the new run's w1 replaced the stale one)
+    assert not list(tmp_path.glob(".p.arrow*checkpoint")), list(tmp_path.glob(".p.arrow*"))
+
+
+def test_a_second_sigterm_takes_the_killed_workers_shares_from_their_checkpoints(
+        spawn: Callable[..., subprocess.Popen[str]], tmp_path: Path) -> None:
+    """The second stop kills workers still draining (3 s answers): their shares come from their checkpoints."""
+    out = tmp_path / "p.arrow"
+    proc = spawn("run", "--url", "embedded", "-c", "4", "-d", "60s", "-q", "--processes", "2",
+                 "--set", "emulator.latency_ms=3000", "--out", str(out), cwd=tmp_path, tmp=tmp_path)
+    parts = [out.with_name(f".{out.name}.w{i}.checkpoint") for i in range(2)]
+    wait_for(lambda: all(_measured_ok(p) > 0 for p in parts) or proc.poll() is not None, 90,
+             "both workers' checkpoints to hold answers")
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)  # like Ctrl-C: forwarded; each worker writes its "stopping" line, drains
+    wait_for(lambda: all(any(ln.get("stopping") for ln in _checkpoint_lines(p)) for p in parts)
+             or proc.poll() is not None, 30, "both workers to begin stopping")
+    proc.send_signal(signal.SIGTERM)  # a second one: the workers are killed mid-drain
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    meta = _read_meta(out)
+    assert meta["partial"] is True and meta["load"]["processes"] == 2  # type: ignore[index]
+    assert meta["extra"]["from_checkpoints"] == [0, 1], meta["extra"]  # type: ignore[index]
+    acc = _assert_accounting(meta)
+    assert acc["in_flight_at_end"] > 0  # the answers the kill cut off: sent, never answered
+    assert not list(tmp_path.glob(".p.arrow*checkpoint")) and not list(tmp_path.glob("bench-workers-*"))
+
+
+# -- bench capacity: kill -9 mid-sweep --------------------------------------------------------------------------
+
+def test_kill_9_of_capacity_keeps_the_finished_steps(spawn: Callable[..., subprocess.Popen[str]],
+                                                     tmp_path: Path) -> None:
+    out = tmp_path / "cap"
+    proc = spawn("capacity", str(ROOT / "scenarios" / "capacity.toml"), "--out", str(out), "--start", "50",
+                 "--step", "3s", "--warmup", "0s", "--quiet", cwd=tmp_path, tmp=tmp_path)
+
+    def finished_steps() -> list[dict[str, object]]:
+        try:
+            steps: list[dict[str, object]] = json.loads((out / "capacity.json").read_text())["steps"]
+        except (FileNotFoundError, ValueError, KeyError):
+            return []
+        return steps
+
+    def current() -> list[Path]:  # the step being measured, with a checkpoint holding measurements
+        return [p for p in out.glob(".step-*.arrow.checkpoint") if _measured_ok(p) > 0] if out.exists() else []
+
+    wait_for(lambda: (len(finished_steps()) >= 1 and bool(current())) or proc.poll() is not None, 90,
+             "a finished step and a step in progress")
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    steps = finished_steps()
+    assert steps and all((out / Path(str(st["report"])).name).exists() for st in steps), steps
+    # the step being measured at the kill: a checkpoint and no report (a finished step removes its checkpoint
+    # right after writing its report)
+    [step_report] = [r for r in (out / p.name[1:-len(".checkpoint")] for p in out.glob(".step-*.arrow.checkpoint"))
+                     if not r.exists()]
+    rec = bench("recover", str(step_report), cwd=tmp_path, tmp=tmp_path)
+    assert rec.returncode == 0, rec.stderr
+    meta = _read_meta(step_report)
+    assert meta["partial"] is True
+    _assert_accounting(meta)

@@ -85,3 +85,28 @@ def test_report_bad_input_exits_2(tmp_path: Path) -> None:
     for path in (bogus, tmp_path / "missing.arrow"):
         proc = bench("report", str(path))
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_nothing_measured_shows_rates_as_missing_not_zero(tmp_path: Path) -> None:
+    """Every request fell in the warm-up: the measured window lasted 0 s, so req/s, rows/s and a min_rps objective
+    are not measured (null / —), never 0; the run still fails (exit 3) and so does the objective."""
+    import json
+
+    out = tmp_path / "nm.arrow"
+    proc = bench("run", "scenarios/quickstart.toml", "--requests", "5", "--set", 'load.warmup="5s"',
+                 "--set", "slo.min_rps=1", "--set", "slo.min_rows_per_s=1", "-q", "--json", "--out", str(out))
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    s = json.loads(proc.stdout)
+    assert s["requests"] == 0 and s["warmup_requests"] == 5
+    assert s["rps"] is None and s["rows_per_s"] is None
+    objectives = {o["key"]: o for o in s["slo"]["objectives"]}
+    for key in ("min_rps", "min_rows_per_s"):
+        assert objectives[key]["measured"] is None and objectives[key]["passed"] is False
+        assert "not measured" in objectives[key]["text"]
+    md = tmp_path / "nm.md"
+    shown = bench("report", str(out), "--markdown", str(md))
+    assert shown.returncode == 0, shown.stderr
+    head = next(ln for ln in shown.stdout.splitlines() if ln.startswith("req/s"))
+    assert "—" in head and "0.0" not in head, head
+    row = md.read_text().split("| requests |", 1)[1].splitlines()[2]  # the headline table's figures
+    assert row.count("—") >= 2, row

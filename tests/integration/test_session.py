@@ -182,11 +182,12 @@ def test_merge_raw_keeps_every_row_and_aligns_times(tmp_path: Path) -> None:
     assert table.column("done_ns").to_pylist() == [20] * 3 + [520] * 5
 
 
-@pytest.mark.parametrize(("extra", "engine_path"), [({}, True), ({"on_rate_limit": "backoff"}, False),
+@pytest.mark.parametrize(("extra", "engine_path"), [({}, True), ({"on_rate_limit": "backoff"}, True),
                                                      ({"mode": "batch"}, False)])
 def test_ubiops_direct_requests_run_on_an_engine(tmp_path: Path, extra: dict[str, Any], engine_path: bool) -> None:
-    """Direct requests that count 429s go through a bench engine; backoff (which reads every answer's
-    x-ratelimit-* headers) and batch mode stay on the UbiOps runner. Every request is accounted for either way."""
+    """Direct requests go through a bench engine whether they count 429s or back off (the rate gate is the
+    engine's send gate, fed by its headers hook); batch mode stays on the UbiOps runner. Every request is
+    accounted for either way."""
     target = {"kind": "ubiops", "url": "embedded", "project": "demo", "deployment": "ccfraud",
               "input": "structured", "fields": {"tensor": "tensor"}, "mode": "direct", **extra}
     sc = parse_scenario({"target": target, "data": {"generate": 40},
@@ -196,8 +197,10 @@ def test_ubiops_direct_requests_run_on_an_engine(tmp_path: Path, extra: dict[str
         report, facts = run_report(resolved, RunControl(preflight=False))
     total = report.run.total("measured")
     assert total.requests > 0 and total.ok == total.requests
+    ubiops = report.meta.extra["ubiops"]
     if engine_path:
-        assert facts.engine in ("FastEngine", "HttpxEngine") and facts.abandoned == 0
-        assert "ubiops" not in report.meta.extra
+        assert facts.engine == "FastEngine" and facts.abandoned == 0
+        assert ubiops["mode"] == "direct" and ubiops["rate_limited"] == 0
+        assert ("budget" in ubiops) == ("on_rate_limit" in extra)  # count mode spends no budget
     else:
-        assert facts.engine is None and "ubiops" in report.meta.extra
+        assert facts.engine is None and ubiops["mode"] == "batch"

@@ -17,9 +17,12 @@ import uvicorn
 from bench.emulator.config import EmulatorConfig
 from bench.emulator.context import EmulatorContext
 from bench.emulator.ubiops import UbiOpsEmulator
-from bench.engine.base import LoadSpec
+from bench.engine.base import EngineConfig, LoadSpec
+from bench.engine.fast import FastEngine
 from bench.recorder import Recorder
-from bench.targets.ubiops import UbiOpsConfig, encode_plain, encode_structured
+from bench.results import PreparedBody, RequestSet
+from bench.targets.ubiops import UbiOpsConfig, encode_plain_direct, encode_structured
+from bench.targets.ubiops_target import TARGET
 from bench.ubiops_runner import UbiOpsStats, run_ubiops
 
 TOKEN = "Token test-token-123"
@@ -102,6 +105,27 @@ def hist_count(data: Any, metric: str) -> int:
     return sum(int(h.total) for k, h in data.histograms.items() if k.metric == metric)
 
 
+async def run_direct(c: UbiOpsConfig, bodies: list[bytes], rec: Recorder, load: LoadSpec,
+                     stop: Stop | None = None) -> tuple[Any, dict[str, Any]]:
+    """Direct requests as the runner sends them: the target's request on the fast engine, with the target's
+    engine hooks (headers hook, and with backoff the send gate); returns the engine and ``extra.ubiops``."""
+    req = TARGET.request(None, "", c)  # type: ignore[arg-type]
+    requests = RequestSet(url=req.url, method="POST", headers=req.headers,
+                          bodies=[PreparedBody(b, 1) for b in bodies])
+    config = EngineConfig(read_timeout_s=60.0)
+    engine = FastEngine(config, requests, req.classify, rec)
+    finish = TARGET.engine_hooks(c, engine, rec)
+    assert finish is not None
+    await engine.run(load, stop or Stop())
+    rec.count("sent", engine.sent)
+    rec.abandoned(engine.abandoned, time.monotonic_ns())
+    return engine, dict(finish()["ubiops"])
+
+
+def ok_and_errors(data: Any) -> tuple[int, dict[str, int]]:
+    return data.totals["measured"].ok, data.errors_by_kind("measured")
+
+
 @contextlib.asynccontextmanager
 async def client(url: str) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=url + "/projects/demo/deployments/ccfraud",
@@ -120,12 +144,12 @@ async def listed(c: httpx.AsyncClient, status: str) -> list[Any]:
 async def test_direct_closed_loop_records_every_request() -> None:
     async with serve(emulator()) as url:
         rec = recorder()
-        stats = await run_ubiops(cfg(url, timeout_s=30), [encode_structured([ROW], {})], 1, rec,
-                                 closed(0, 4, max_requests=200), Stop())
+        engine, extra = await run_direct(cfg(url, timeout_s=30), [encode_structured([ROW], {})], rec,
+                                         closed(0, 4, max_requests=200))
         data = rec.finish(time.monotonic_ns(), partial=False)
-    assert stats.completed == 200 and stats.sent == 200 and stats.failed == 0
-    assert data.totals["measured"].requests == 200
-    assert data.totals["measured"].errors == 0
+    assert engine.sent == 200 and engine.abandoned == 0
+    assert data.totals["measured"].requests == 200 and data.totals["measured"].ok == 200
+    assert extra == {"mode": "direct", "on_rate_limit": "count", "rate_limited": 0}  # count mode: no budget
 
 
 @pytest.mark.anyio
@@ -133,10 +157,9 @@ async def test_direct_failed_body_is_request_failed_with_message() -> None:
     bad = orjson.dumps({"wrong": 1})
     async with serve(emulator()) as url:
         rec = recorder()
-        stats = await run_ubiops(cfg(url, version="v1"), [bad], 1, rec, closed(0, 2, max_requests=20), Stop())
+        await run_direct(cfg(url, version="v1"), [bad], rec, closed(0, 2, max_requests=20))
         data = rec.finish(time.monotonic_ns(), partial=False)
-    assert stats.failed == 20 and stats.completed == 0
-    assert stats.error_messages == ["Missing input field(s): tensor"]
+    assert ok_and_errors(data) == (0, {"request_failed:200": 20})  # HTTP 200, "status": "failed"
     assert any(s.kind == "request_failed" and "tensor" in s.detail for s in data.error_samples)
 
 
@@ -148,8 +171,10 @@ async def test_direct_plain_open_loop() -> None:
         load = LoadSpec(mode="open", start_ns=start, end_ns=start + int(0.5e9),
                         offsets_ns=iter(range(0, 10**9, 10_000_000)), max_in_flight=16)
         c = UbiOpsConfig(project="demo", deployment="echo", token=TOKEN, base_url=url, input_type="plain")
-        stats = await run_ubiops(c, [encode_plain([{"x": "hello"}], {"x": "in"})], 1, rec, load, Stop())
-    assert 40 <= stats.completed <= 51 and stats.failed == 0
+        await run_direct(c, [encode_plain_direct([{"x": "hello"}], {"x": "in"})], rec, load)
+        data = rec.finish(time.monotonic_ns(), partial=False)
+    ok, errors = ok_and_errors(data)
+    assert 40 <= ok <= 51 and errors == {}
 
 
 # --- batch ------------------------------------------------------------------------------------------------
@@ -214,17 +239,19 @@ async def test_stop_mid_batch_cancels_everything_pending() -> None:
 async def test_rate_limit_count_mode_counts_429_and_records_headers() -> None:
     async with serve(emulator(rate_limit_per_min=15)) as url:
         rec = recorder()
-        stats = await run_ubiops(cfg(url), [encode_structured([ROW], {})], 1, rec,
-                                 closed(0, 2, max_requests=40), Stop())
+        engine, extra = await run_direct(cfg(url), [encode_structured([ROW], {})], rec,
+                                         closed(0, 2, max_requests=40))
         data = rec.finish(time.monotonic_ns(), partial=False)
-    assert stats.completed == 15 and stats.rate_limited == 25
-    assert sum(e.count for e in data.errors if e.kind == "rate_limited") == 25
+    assert engine.sent == 40 and ok_and_errors(data) == (15, {"rate_limited:429": 25})
+    assert extra["rate_limited"] == 25 and data.counters["ratelimit_429"] == 25
     assert set(data.gauges) >= {"ratelimit_limit", "ratelimit_remaining", "ratelimit_reset_s"}
     assert 15.0 in data.gauges["ratelimit_limit"].values()
 
 
 @pytest.mark.anyio
 async def test_rate_limit_backoff_waits_for_the_reset() -> None:
+    """Backoff on the fast engine: the send gate holds every slot once the window's remaining is spent, until
+    the announced reset; so at most the first call of a window is refused, and every request is accounted."""
     window = 0.6
     async with serve(emulator(rate_limit_per_min=8, window_s=window)) as url:
         async with client(url) as c:  # spend the first window so the run starts with a 429
@@ -233,16 +260,40 @@ async def test_rate_limit_backoff_waits_for_the_reset() -> None:
         rec = recorder()
         t0 = time.monotonic()
         # the server's window is shortened to 0.6 s, which the budget (per minute) cannot know: the header gate alone
-        stats = await run_ubiops(cfg(url, on_rate_limit="backoff", calls_per_minute=0),
-                                 [encode_structured([ROW], {})], 1, rec,
-                                 closed(0, 3, max_requests=30), Stop())
+        engine, extra = await run_direct(cfg(url, on_rate_limit="backoff", calls_per_minute=0),
+                                         [encode_structured([ROW], {})], rec, closed(0, 3, max_requests=30))
         elapsed = time.monotonic() - t0
         data = rec.finish(time.monotonic_ns(), partial=False)
     windows = int(elapsed / window) + 1
-    assert stats.sent == 30 and stats.completed + stats.rate_limited == 30
-    assert 1 <= stats.rate_limited <= windows  # at most the first 429 of each window
-    assert stats.rate_limit_pauses >= 2 and data.counters["rate_limit_pauses"] == stats.rate_limit_pauses
-    assert hist_count(data, "rate_limit_pause") == stats.rate_limit_pauses
+    ok, errors = ok_and_errors(data)
+    assert engine.sent == 30 and engine.abandoned == 0
+    assert ok + errors.get("rate_limited:429", 0) == 30 and set(errors) <= {"rate_limited:429"}
+    assert 1 <= extra["rate_limited"] == errors["rate_limited:429"] <= windows  # at most the first 429 of a window
+    assert ok >= 8 * 2  # it went on through at least two more windows
+    assert extra["rate_limit_pauses"] >= 2 and data.counters["rate_limit_pauses"] == extra["rate_limit_pauses"]
+    assert hist_count(data, "rate_limit_pause") == extra["rate_limit_pauses"]
+    assert extra["budget"]["budget_direct_calls"] == 30  # every send went through the gate once
+
+
+@pytest.mark.anyio
+async def test_rate_limit_backoff_open_loop_holds_sends_in_order_and_drops_what_never_fit() -> None:
+    """Open loop at 100 req/s against 5 calls a 0.5 s window: held sends leave late (latency from their intended
+    time), at most max_in_flight wait, and what is still held at the end is dropped, never sent."""
+    async with serve(emulator(rate_limit_per_min=5, window_s=0.5)) as url:
+        rec = recorder()
+        start = time.monotonic_ns() + 20_000_000
+        load = LoadSpec(mode="open", start_ns=start, end_ns=start + int(1.6e9),
+                        offsets_ns=iter(range(0, 10**10, 10_000_000)), max_in_flight=20, drain_s=5.0)
+        engine, extra = await run_direct(cfg(url, on_rate_limit="backoff", calls_per_minute=0),
+                                         [encode_structured([ROW], {})], rec, load)
+        data = rec.finish(time.monotonic_ns(), partial=False)
+    ok, errors = ok_and_errors(data)
+    tot = data.totals["measured"]
+    assert engine.sent == tot.requests == ok + sum(errors.values()) and engine.abandoned == 0
+    assert set(errors) <= {"rate_limited:429"} and errors.get("rate_limited:429", 0) <= 4  # one per window
+    assert 5 <= ok <= 5 * 4  # each window (about 4 in 1.6 s) let at most its 5 through
+    assert tot.dropped + engine.sent >= 150  # the schedule's ~160 sends: each one sent or dropped
+    assert extra["budget"]["budget_direct_calls"] == engine.sent
 
 
 @pytest.mark.anyio

@@ -9,7 +9,7 @@ import pytest
 
 import bench.engine.fast
 import bench.engine.httpx_engine
-import bench.targets.ubiops_runner
+import bench.targets.ubiops_batch
 from bench.failures import exception_kind, httpx_kind
 from bench.results import Kind
 
@@ -17,7 +17,7 @@ from bench.results import Kind
 def test_every_data_plane_uses_the_same_mapping() -> None:
     assert bench.engine.fast.exception_kind is exception_kind
     assert bench.engine.httpx_engine.httpx_kind is httpx_kind
-    assert bench.targets.ubiops_runner.httpx_kind is httpx_kind
+    assert bench.targets.ubiops_batch.httpx_kind is httpx_kind  # the batch plane; direct requests run on the engines
 
 
 def _chained(outer: BaseException, inner: BaseException) -> BaseException:

@@ -158,6 +158,21 @@ def test_raw_log_streams_every_request(tmp_path: Path) -> None:
     assert table.column("done_ns").to_pylist()[:2] == [2000, 2001]
 
 
+def test_close_releases_the_raw_log_of_a_run_that_never_finished(tmp_path: Path) -> None:
+    """A run that fails after records were folded closes the raw log (a valid stream of what was folded)."""
+    import pyarrow.ipc
+
+    raw = tmp_path / "raw.arrows"
+    rec = Recorder(0, 0, raw_path=raw, batch=100)
+    for i in range(250):
+        rec.record(i, i + 1, i + 2000, Kind.OK, 200, 1, 1, 1, 0)
+    assert rec._raw_writer is not None
+    rec.close()
+    rec.close()  # idempotent: finish (or the run's cleanup) may close again
+    assert rec._raw_writer is None
+    assert pyarrow.ipc.open_stream(str(raw)).read_all().num_rows == 200  # two folds of 100; 50 never folded
+
+
 def test_record_is_cheap() -> None:
     start = time.monotonic_ns()
     rec = Recorder(start, start)

@@ -141,6 +141,28 @@ def test_build_bodies_direct_batch_and_errors() -> None:
     assert info.value.key == "target.fields.nope"
 
 
+@pytest.mark.parametrize(("mode", "per"), [("direct", 3), ("batch", 1)])
+def test_bodies_are_encoded_on_first_use_and_match_the_eager_encoding(mode: str, per: int) -> None:
+    """A big data set starts at once: only the first block is encoded up front; any body asked for later is the
+    same bytes as encoding its rows directly (block boundaries change nothing)."""
+    from bench.bodies import BLOCK
+    from bench.data import generate_ccfraud, records_from_table
+    from bench.targets.ubiops_target import _Inputs
+
+    table = generate_ccfraud(BLOCK * per * 40 + 7, 3)
+    cfg = parse(mode=mode)
+    bodies = build_ubiops_bodies(cfg, table, per)
+    n = (table.num_rows + per - 1) // per
+    assert len(bodies) == n and getattr(bodies, "encoded", None) == BLOCK
+    for k in (0, BLOCK - 1, BLOCK, 17 * BLOCK + 5, n - 1):
+        rows = records_from_table(table.slice(k * per, per))
+        assert bodies[k].rows == len(rows)
+        assert bodies[k].body == encode_structured(rows, {})  # a batch item: the one object
+    assert getattr(bodies, "encoded", 0) <= 4 * BLOCK  # four blocks touched, not the data set
+    inputs = _Inputs(bodies)
+    assert len(inputs) == n and inputs[-1] == bodies[n - 1].body and inputs[1:3] == [bodies[1].body, bodies[2].body]
+
+
 @pytest.mark.parametrize(("status", "body", "kind"), [
     (200, b'{"status":"completed","result":{"dense_1":[0.1]}}', Kind.OK),
     (200, b'{"status":"failed","error_message":"boom"}', Kind.REQUEST_FAILED),
@@ -171,3 +193,34 @@ def test_shipped_scenarios_validate(name: str) -> None:
     cfg = ubiops_config_from_mapping(doc["target"], str(path), environ=ENV)
     assert cfg.project and cfg.deployment and cfg.field_map
     assert doc["data"]["rows_per_request"] == 1
+
+
+@given(st.integers(1, 100_000), st.integers(1, 64))
+def test_budget_shares_sum_to_the_budget(total: int, n: int) -> None:
+    """--processes n: worker k gets its part of calls_per_minute; the parts sum exactly to the whole and differ
+    by at most one; a budget smaller than n cannot be split (0 would mean no budget) and says so."""
+    from bench.targets.ubiops_target import budget_share
+
+    cfg = UbiOpsConfig(project="p", deployment="d", token="t", mode="batch", calls_per_minute=total)
+    if total < n and n > 1:
+        with pytest.raises(InputError) as info:
+            budget_share(cfg, (0, n), "s.toml")
+        assert info.value.key == "ubiops.calls_per_minute" and info.value.file == "s.toml"
+        return
+    parts = [budget_share(cfg, (k, n), "s.toml") for k in range(n)]
+    if n == 1:
+        assert parts == [None]
+        return
+    ints = [p for p in parts if p is not None]
+    assert len(ints) == n and sum(ints) == total and min(ints) >= 1 and max(ints) - min(ints) <= 1
+
+
+def test_budget_share_leaves_unbudgeted_runs_alone() -> None:
+    from bench.targets.ubiops_target import budget_share
+
+    count = UbiOpsConfig(project="p", deployment="d", token="t", calls_per_minute=1)  # direct, count: no budget
+    assert budget_share(count, (1, 4), "s.toml") is None
+    off = UbiOpsConfig(project="p", deployment="d", token="t", mode="batch", calls_per_minute=0)
+    assert budget_share(off, (1, 4), "s.toml") is None
+    backoff = UbiOpsConfig(project="p", deployment="d", token="t", on_rate_limit="backoff", calls_per_minute=7)
+    assert [budget_share(backoff, (k, 3), "s.toml") for k in range(3)] == [3, 2, 2]

@@ -1,0 +1,25 @@
+"""`bench calibrate` through the real CLI against a loopback port that refuses every connection."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+
+def test_calibrate_where_nothing_succeeds_exits_3_with_no_figures_made_up() -> None:
+    """Every request refused: no latency, no ceiling (null / "—", never 0 or a figure of failures), exit 3."""
+    with socket.socket() as s:  # a loopback port nothing listens on (bound, never listening: connects refused)
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/x"
+        args = [sys.executable, "-m", "bench", "calibrate", "--url", url, "--duration", "0.3s", "--connections", "2"]
+        out = subprocess.run([*args, "--json"], capture_output=True, text=True, timeout=60)
+        shown = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3, out.stdout + out.stderr
+    r = json.loads(out.stdout)
+    assert r["requests"] > 0 and r["errors"] == r["requests"]
+    assert r["p50_ms"] is None and r["p99_ms"] is None and r["ceiling_req_per_s_per_core"] is None
+    assert "none of" in out.stderr and "succeeded" in out.stderr and "Traceback" not in out.stderr
+    assert shown.returncode == 3, shown.stdout + shown.stderr
+    assert "p50 — ms" in shown.stdout and "ceiling" in shown.stdout and "Traceback" not in shown.stderr
