@@ -124,8 +124,16 @@ class BenchWorker:
         self.tmp.cleanup()
 
 
+MASTER_SILENCE_S = 5  # no heartbeat from the master (it sends one a second) this long: stop loading and quit
+
+
 def run_worker(master_host: str, master_port: int) -> int:
     """Connect to the master and serve runs until it says quit (or stops answering heartbeats)."""
+    import locust.runners
+
+    # Locust's workers wait 60 s for a master that died (kill -9, lost host) and load the target all the while,
+    # uncontrolled; this process is a worker and nothing else, so its runner module's limit is ours to set
+    locust.runners.MASTER_HEARTBEAT_TIMEOUT = MASTER_SILENCE_S
     env = Environment(user_classes=[])
     try:
         env.create_worker_runner(master_host, master_port)

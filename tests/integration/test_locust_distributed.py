@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -200,6 +201,26 @@ def test_sigterm_of_the_master_stops_the_workers_and_writes_a_partial_report(
     assert report.run.partial and summary["partial"] is True
     assert [w["state"] for w in report.meta.extra["locust"]["workers"]] == ["final", "final"]
     assert sum(t.requests for t in report.run.totals.values()) == at_end
+
+
+def test_a_master_killed_outright_leaves_no_worker_loading_the_target(
+        cluster: Cluster, serve_emulator: Callable[..., str]) -> None:
+    """kill -9 of the master: its workers hear no heartbeat and stop within seconds (Locust's own limit is 60 s
+    of uncontrolled load), taking their engine processes with them."""
+    base = serve_emulator()
+    port = free_port()
+    sc = scenario(cluster.tmp, infer_url(base), 'concurrency = 4\nduration = "120s"', raw=False)
+    web = free_port()
+    master = run_master(cluster, sc, port, 2, "--locust-web-port", str(web))
+    workers = [cluster.worker(port, "w0"), cluster.worker(port, "w1")]
+    wait_for(lambda: live_requests(web) > 200, 30, "live numbers in Locust's web UI")
+    os.killpg(master.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    wait_for(lambda: all(w.poll() is not None for w in workers), 20, "the workers to quit after the master died")
+    assert time.monotonic() - killed_at < 15
+    settled = served(base)
+    time.sleep(0.5)  # measuring that nothing more arrives needs an interval; not used to synchronise
+    assert served(base) == settled, "no engine process outlived its worker"
 
 
 def test_a_worker_that_cannot_read_the_data_is_named_with_the_reason(cluster: Cluster,
