@@ -15,20 +15,32 @@ for their block, which gives the same bytes.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import overload
+from typing import Any, Generic, Protocol, TypeVar, overload
 
 import orjson
 import pyarrow as pa
 
 from bench.results import PreparedBody
 
-__all__ = ["BLOCK", "LazyBodies", "Progress", "encode_records_block", "records_encoder", "vectorisable"]
+__all__ = ["BLOCK", "LazyBodies", "Progress", "Rows", "encode_records_block", "records_encoder", "vectorisable"]
 
 BLOCK = 256  # bodies encoded together: one block costs well under a millisecond of loop time at one row a body
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 _SCALARS = (pa.types.is_float32, pa.types.is_float64, pa.types.is_integer, pa.types.is_boolean)
 
 Progress = Callable[[int, int], None]  # (rows prepared, rows in all) — the caller shows it, the library never prints
+
+
+class Rows(Protocol):
+    """What ``LazyBodies`` cuts blocks from: an Arrow table, or any rows that slice like one (KServe's tensors)."""
+
+    @property
+    def num_rows(self) -> int: ...
+
+    def slice(self, offset: int = 0, length: int | None = None) -> Any: ...
+
+
+T = TypeVar("T", bound=Rows)
 
 
 def _scalar_ok(typ: pa.DataType) -> bool:
@@ -91,14 +103,15 @@ def encode_records_block(table: pa.Table, rows_per_body: int) -> list[bytes]:
     return [b"[" + b",".join(rows[s:s + rows_per_body]) + b"]" for s in range(0, n, rows_per_body)]
 
 
-class LazyBodies(Sequence[PreparedBody]):
+class LazyBodies(Sequence[PreparedBody], Generic[T]):
     """The bodies of ``table`` cut into ``rows_per_body``-row requests; each encoded when first asked for.
 
-    ``encode(part)`` turns a table slice into its bodies (``rows_per_body`` rows each). ``rows`` (per body) is
-    known without encoding. ``body(i)`` is the cheap accessor; indexing builds a ``PreparedBody``.
+    ``encode(part)`` turns a table slice (``table.slice``: an Arrow table's, or any ``Rows``) into its bodies
+    (``rows_per_body`` rows each). ``rows`` (per body) is known without encoding. ``body(i)`` is the cheap
+    accessor; indexing builds a ``PreparedBody``.
     """
 
-    def __init__(self, table: pa.Table, rows_per_body: int, encode: Callable[[pa.Table], list[bytes]],
+    def __init__(self, table: T, rows_per_body: int, encode: Callable[[T], list[bytes]],
                  block: int = BLOCK) -> None:
         self._table = table
         self._per = rows_per_body

@@ -32,12 +32,7 @@ def check_report_path(path: Path, *, flag: str = "--out", create_parent: bool = 
         raise InputError(f"{path} is a directory; give a report file path (e.g. {path / 'report.arrow'})", key=flag)
     parent = path.parent
     if not parent.exists():
-        if not create_parent:
-            raise InputError(f"{path}: directory {parent} does not exist", key=flag)
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"{path}: cannot create {parent}: {exc.strerror or exc}", key=flag) from None
+        _make_parent(path, flag, create_parent)
     elif not parent.is_dir():
         raise InputError(f"{path}: {parent} is not a directory", key=flag)
     if path.exists() and not os.access(path, os.W_OK):
@@ -52,10 +47,16 @@ def check_output_dir(path: Path, *, flag: str = "--out", create_parent: bool = F
         raise InputError(f"{path} exists and is not a directory", key=flag)
     parent = path.parent
     if not path.exists() and not parent.is_dir():
-        if not create_parent:
-            raise InputError(f"{path}: directory {parent} does not exist", key=flag)
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"{path}: cannot create {parent}: {exc.strerror or exc}", key=flag) from None
+        _make_parent(path, flag, create_parent)
     _probe(path if path.is_dir() else parent, flag, path)
+
+
+def _make_parent(path: Path, flag: str, create: bool) -> None:
+    """The missing directory ``path`` goes in, made when ``create`` (--out-dir style flags), else refused."""
+    parent = path.parent
+    if not create:
+        raise InputError(f"{path}: directory {parent} does not exist", key=flag)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot create {parent}: {exc.strerror or exc}", key=flag) from None

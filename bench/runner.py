@@ -27,7 +27,7 @@ from bench.scenario import Scenario
 from bench.targets import target_for
 
 __all__ = ["EMBEDDED_PLACEHOLDER", "Endpoints", "Prepared", "RunControl", "execute", "load_spec", "offsets_for",
-           "point_at", "preflight_url", "prepare"]
+           "point_at", "preflight_url", "prepare", "scenario_headers"]
 
 
 class _Counts:
@@ -74,15 +74,22 @@ def request_set(sc: Scenario, url: str, bodies: Sequence[PreparedBody], authoriz
                 config: Any = None) -> tuple[RequestSet, Classifier]:
     """The wire form of an engine-driven target: its headers, the scenario's, and the Authorization value."""
     req = target_for(sc.target.kind).request(sc.target, url, config)
-    headers = {**req.headers, **sc.target.headers}
+    headers = {**req.headers, **scenario_headers(sc, authorization)}
+    return (RequestSet(url=req.url, method=sc.target.method, headers=headers, bodies=bodies,
+                       answer_bytes=req.answer_bytes), req.classify)
+
+
+def scenario_headers(sc: Scenario, authorization: str | None) -> dict[str, str]:
+    """The headers every request carries beyond the target's own: ``[target] headers``, the secret ``headers_env``
+    values and the Authorization value. A target's preflight sends them too: a gateway checks it like any request."""
+    headers = dict(sc.target.headers)
     if sc.target.headers_env:  # secret header values, read from the environment at run time
         from bench.secrets import header_env_values
 
         headers.update(header_env_values(sc.target.headers_env, file=sc.file))
     if authorization:
         headers["Authorization"] = authorization
-    return (RequestSet(url=req.url, method=sc.target.method, headers=headers, bodies=bodies,
-                       answer_bytes=req.answer_bytes), req.classify)
+    return headers
 
 
 def offsets_for(sc: Scenario, rate_share: float = 1.0) -> Iterator[int] | None:
@@ -211,7 +218,8 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
 
             mlops = await _mlops_source(prepared, ctl, counts, tg)
             sources.append(mlops)
-            url = await _preflight(prepared, ctl, url, mlops.authorization if mlops is not None else authorization)
+            url = await _preflight(prepared, ctl, url, authorization,
+                                   mlops.authorization if mlops is not None else authorization)
             if start_at_wall is not None:  # a stop signal while waiting for the common start ends the wait
                 with _signals(ctl, stop), anyio.move_on_after(max(0.0, start_at_wall - time.time() - 0.005)):
                     await stop.wait()
@@ -279,7 +287,7 @@ async def preflight_url(prepared: Prepared, ctl: RunControl) -> str:
             return token_source.authorization() if token_source is not None else (static or "")
 
         mlops = await _mlops_source(prepared, ctl, _Counts(), tg)
-        url = await _preflight(prepared, ctl, prepared.scenario.target.url,
+        url = await _preflight(prepared, ctl, prepared.scenario.target.url, authorization,
                                mlops.authorization if mlops is not None else authorization)
         for source in (token_source, mlops):
             if source is not None:
@@ -322,20 +330,23 @@ async def _mlops_source(prepared: Prepared, ctl: RunControl, counts: _Counts, tg
     return source
 
 
-async def _preflight(prepared: Prepared, ctl: RunControl, url: str,
-                     authorization: Callable[[], str]) -> str:
-    """Wait for the Wallaroo deployment to be Running (when [wallaroo] asks); returns the URL to load."""
+async def _preflight(prepared: Prepared, ctl: RunControl, url: str, authorization: Callable[[], str],
+                     mlops_authorization: Callable[[], str]) -> str:
+    """The target's own checks (with the requests' credentials), then the Wallaroo deployment's wait for Running
+    (when [wallaroo] asks, with the MLOps credentials); returns the URL to load."""
     if not ctl.preflight:
         return url
     target = target_for(prepared.scenario.target.kind)
     if target.has_preflight(prepared.target_config):  # e.g. KServe: model ready, metadata against the data
-        await target.preflight(prepared.target_config, url, ctl.message)
+        sc = prepared.scenario
+        await target.preflight(prepared.target_config, url, ctl.message,
+                               headers=lambda: scenario_headers(sc, authorization()))
     preflight = prepared.preflight_config
     if preflight is None or not preflight.enabled:
         return url
     from bench.preflight import run_preflight
 
-    resolved = await run_preflight(preflight, authorization, progress=ctl.message, target_url=url)
+    resolved = await run_preflight(preflight, mlops_authorization, progress=ctl.message, target_url=url)
     return resolved or url
 
 

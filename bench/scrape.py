@@ -40,13 +40,8 @@ class ScrapeConfig:
 
 def config_from_mapping(d: Mapping[str, Any], file: str, *, embedded: bool) -> ScrapeConfig:
     """Validate ``[server_metrics]``; problems are InputErrors naming ``server_metrics.<key>``."""
-    r = TableReader(d, file, "server_metrics")
-    for key in d:
-        if key not in _KEYS:
-            raise r.err(key, f"unknown key (known: {', '.join(_KEYS)})")
-    url = r.string("url")
-    if url is None:
-        raise r.err("url", "missing: the server's Prometheus endpoint, e.g. http://127.0.0.1:8082/metrics")
+    r = TableReader(d, file, "server_metrics").only(_KEYS)
+    url = r.required_string("url", "the server's Prometheus endpoint, e.g. http://127.0.0.1:8082/metrics")
     if url == "embedded":
         if not embedded:
             raise r.err("url", "'embedded' needs target.url = 'embedded'")

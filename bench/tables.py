@@ -5,12 +5,21 @@ Every problem is an InputError naming ``<section>.<key>`` so the CLI can point a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from bench.errors import InputError
 
-__all__ = ["TableReader"]
+__all__ = ["TableReader", "unknown_key"]
+
+
+def unknown_key(key: str, known: Collection[str]) -> str:
+    """'unknown key' with the closest known key, or the known keys when none is close."""
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    if close:
+        return f"unknown key (did you mean {close[0]!r}?)"
+    return f"unknown key (known: {', '.join(sorted(known))})" if known else "unknown key"
 
 
 class TableReader:
@@ -29,3 +38,17 @@ class TableReader:
         if not isinstance(value, str) or not value.strip():
             raise self.err(key, f"expected a non-empty string, got {type(value).__name__}")
         return value.strip()
+
+    def only(self, known: Collection[str]) -> TableReader:
+        """``self``, once no key outside ``known`` is set (an unknown key is refused with a did-you-mean)."""
+        for key in self.data:
+            if key not in known:
+                raise self.err(key, unknown_key(key, known))
+        return self
+
+    def required_string(self, key: str, what: str) -> str:
+        """``string(key)``, which must be set: ``what`` says what it is, for the 'missing' message."""
+        value = self.string(key)
+        if value is None:
+            raise self.err(key, f"missing: {what}")
+        return value

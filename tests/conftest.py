@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.integration.locust_cluster import Cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 # Real-process matrices that each take tens of seconds: kept out of the default run (README's test command, ~5 min
-# on 2 cores) and run by .ci/run right after it with `-m slow`. Listed here, in one place, by module.
+# on 2 cores) and run by .ci/run right after it with `-m slow`. Listed here by module (a single slow test in a fast
+# module carries @pytest.mark.slow itself).
 SLOW_MODULES = frozenset({
     "test_fault_matrix.py", "test_engine_fault_fuzz.py", "test_locust_distributed.py", "test_locust_users.py",
-    "test_session_cli.py", "test_kserve_mlserver.py", "test_capacity_concurrency.py", "test_run_accounting.py",
+    "test_session_cli.py", "test_kserve_mlserver.py", "test_run_accounting.py",
     "test_durability.py", "test_ubiops_budget.py", "test_bad_input_cli.py", "test_ubiops_backoff_cli.py",
 })
 
@@ -71,3 +77,32 @@ def fault_emulator(serve_emulator: Callable[..., str]) -> Callable[..., str]:
         return serve_emulator("--fault", spec, *args)
 
     return start
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """Real processes of one test (tests/integration/locust_cluster.py): every process group is killed at the
+    end, pass or fail."""
+    from tests.integration.locust_cluster import Cluster
+
+    c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def idle_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """A new, never running event loop for engine parts tested without sockets; the tasks they started on it
+    (connects) are cancelled and the loop closed at the end."""
+    lp = asyncio.new_event_loop()
+    try:
+        yield lp
+    finally:
+        tasks = asyncio.all_tasks(lp)
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            lp.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        lp.close()

@@ -1,10 +1,12 @@
-"""Credentials for the measured endpoint and the platform's API: the scenario's tables (``config``), the live
-tokens (``source``: static tokens, Keycloak client-credentials / password grants, refresh) and secret scrubbing
-(``redaction``). Import from here; the submodules are the implementation."""
+"""Credentials for the measured endpoint and the platform's API: the ``[auth]`` table's config (``bench.config.auth``,
+a leaf the scenario reader imports without httpx; re-exported here), the live tokens (``source``: static tokens,
+Keycloak client-credentials / password grants, refresh) and secret scrubbing (``redaction``). Import from here."""
 
 from __future__ import annotations
 
-from bench.auth.config import (
+from bench.auth.redaction import REDACTED, Redactor, redact, redact_mapping
+from bench.auth.source import TokenSource
+from bench.config.auth import (
     AUTH_KINDS,
     PUBLIC_CLIENT,
     AuthConfig,
@@ -12,8 +14,6 @@ from bench.auth.config import (
     emulator_credentials,
     keycloak_token_url,
 )
-from bench.auth.redaction import REDACTED, Redactor, redact, redact_mapping
-from bench.auth.source import TokenSource
 
 __all__ = ["AUTH_KINDS", "PUBLIC_CLIENT", "REDACTED", "AuthConfig", "Redactor", "TokenSource",
            "auth_config_from_mapping", "emulator_credentials", "keycloak_token_url", "redact", "redact_mapping"]

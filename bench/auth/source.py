@@ -21,8 +21,8 @@ import anyio
 import anyio.abc
 import httpx
 
-from bench.auth.config import AuthConfig
 from bench.auth.redaction import Redactor
+from bench.config.auth import AuthConfig
 from bench.errors import InputError, RunInvalid
 
 __all__ = ["TokenSource"]

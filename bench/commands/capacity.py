@@ -219,9 +219,17 @@ def _model_capacity(prepared: Any) -> float | None:
 def _finish(args: argparse.Namespace, console: Any, sc: Any, prepared: Any, settings: Settings, sweep: Sweep,
             search: Any, out_dir: Path, *, interrupted: bool) -> int:
     """Write capacity.json, print the verdict lines (and the JSON with --json); the exit code."""
-    import orjson
 
     code, lines, result = _result(args, sc, prepared, settings, sweep, search, out_dir, interrupted=interrupted)
+    _publish(args, console, sc, sweep, out_dir, result, lines)
+    return code
+
+
+def _publish(args: argparse.Namespace, console: Any, sc: Any, sweep: Sweep, out_dir: Path,
+             result: Mapping[str, Any], lines: list[str]) -> None:
+    """capacity.json and capacity.arrow (and --html), the verdict lines, and the JSON with --json."""
+    import orjson
+
     _write_summary(out_dir, result)
     cap_path = _write_capacity_report(out_dir, sc, sweep, str(result["stop_reason"]), html=args.html)
     for line in lines:
@@ -230,7 +238,6 @@ def _finish(args: argparse.Namespace, console: Any, sc: Any, prepared: Any, sett
                                                                              else ""))
     if args.json:
         sys.stdout.write(orjson.dumps(result, option=orjson.OPT_SORT_KEYS).decode() + "\n")
-    return code
 
 
 def _levels(args: argparse.Namespace) -> list[int] | None:
@@ -267,7 +274,6 @@ def _write_capacity_report(out_dir: Path, sc: Any, sweep: Sweep, stop_reason: st
 def _concurrency(args: argparse.Namespace, console: Any, sc: Any, prepared: Any, sweep: Sweep, runner: StepRunner,
                  levels: list[int], out_dir: Path, checkpoint: Any) -> int:
     """--concurrency: every level run; capacity = completions/s of the highest client count that met the SLO."""
-    import orjson
 
     from bench.capacity import highest_pass
     from bench.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SLO
@@ -299,14 +305,7 @@ def _concurrency(args: argparse.Namespace, console: Any, sc: Any, prepared: Any,
         "slo": sweep_steps.objectives_text(sweep.objectives) if sweep.objectives is not None else None,
         "slo_source": sweep.objectives_source, "steps": [s.to_dict() for s in sweep.steps],
         "out_dir": str(out_dir), "message": head}
-    _write_summary(out_dir, result)
-    cap_path = _write_capacity_report(out_dir, sc, sweep, reason, html=args.html)
-    for line in lines:
-        console.print(line, soft_wrap=True)
-    console.print(f"reports: {out_dir}/ (capacity.json, {cap_path.name})" + (f"; curve: {args.html}" if args.html
-                                                                             else ""))
-    if args.json:
-        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_SORT_KEYS).decode() + "\n")
+    _publish(args, console, sc, sweep, out_dir, result, lines)
     return code
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from bench.errors import InputError
+from bench.tables import unknown_key
 from bench.units import parse_duration
 
 __all__ = ["MAX_DURATION_S", "Table", "check_url", "safe_url", "type_name", "unknown_key"]
@@ -24,14 +25,6 @@ def type_name(value: object) -> str:
     names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "an array",
              dict: "a table"}
     return names.get(type(value), type(value).__name__)
-
-
-def unknown_key(key: str, known: Collection[str]) -> str:
-    """'unknown key' with the closest known key, or the known keys when none is close."""
-    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
-    if close:
-        return f"unknown key (did you mean {close[0]!r}?)"
-    return f"unknown key (known: {', '.join(sorted(known))})" if known else "unknown key"
 
 
 def safe_url(url: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import pyarrow.ipc
 from bench.capacity import highest_pass, knee_index
 from bench.errors import InputError
 from bench.report.model import Report
+from bench.report.writer import write_arrow_file
 
 __all__ = ["CAPACITY_SCHEMA", "CAPACITY_VERSION", "CapacityReport", "CapacityStep", "is_capacity_report",
            "read_capacity_report", "step_from_report", "write_capacity_report"]
@@ -130,18 +130,7 @@ def write_capacity_report(path: Path | str, steps: Sequence[CapacityStep], *, sc
     schema = CAPACITY_SCHEMA.with_metadata({VERSION_KEY: str(CAPACITY_VERSION).encode(),
                                             META_KEY: json.dumps(info, default=str).encode()})
     table = pa.table({f.name: pa.array(cols[f.name], f.type) for f in CAPACITY_SCHEMA}, schema=schema)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as sink:
-            with pyarrow.ipc.new_file(sink, schema) as writer:
-                writer.write_table(table)
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_arrow_file(path, schema, table.to_batches())
     return path
 
 

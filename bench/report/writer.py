@@ -15,7 +15,7 @@ import re
 import socket
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,8 @@ import pyarrow.ipc
 from bench.report.model import SCHEMA_VERSION, Histogram, Report, ReportMeta, RunData
 from bench.results import Kind, kind_name
 
-__all__ = ["SCHEMA", "default_report_path", "make_meta", "redact_scenario", "utc_iso", "write_report"]
+__all__ = ["SCHEMA", "default_report_path", "make_meta", "redact_scenario", "utc_iso", "write_arrow_file",
+           "write_report"]
 
 META_KEY = b"bench.report"  # schema metadata key holding the JSON metadata
 VERSION_KEY = b"bench.schema_version"
@@ -239,17 +240,27 @@ def write_report(path: Path, report: Report) -> Path:
     path = Path(path)
     if not report.meta.extra.get("run_id"):  # lets merge tell two runs from one run given twice
         report.meta.extra["run_id"] = uuid.uuid4().hex
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     schema = SCHEMA.with_metadata({VERSION_KEY: str(SCHEMA_VERSION).encode(),
                                    META_KEY: json.dumps({**report.meta.to_json_dict(), "partial": report.run.partial,
                                                          "start_unix_ns": report.run.start_unix_ns}).encode()})
-    options = pyarrow.ipc.IpcWriteOptions(compression="zstd")
+    write_arrow_file(path, schema, (b.replace_schema_metadata(schema.metadata) for b in _batches(report)),
+                     compression="zstd")
+    report.path = path
+    return path
+
+
+def write_arrow_file(path: Path, schema: pa.Schema, batches: Iterable[pa.RecordBatch], *,
+                     compression: str | None = None) -> None:
+    """An Arrow IPC file written atomically: a temp file in the same directory, fsync, rename, fsync of the
+    directory — a crash leaves the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    options = pyarrow.ipc.IpcWriteOptions(compression=compression)
     try:
         with open(tmp, "wb") as sink:
             with pyarrow.ipc.new_file(sink, schema, options=options) as writer:
-                for b in _batches(report):
-                    writer.write_batch(b.replace_schema_metadata(schema.metadata))
+                for b in batches:
+                    writer.write_batch(b)
             sink.flush()
             os.fsync(sink.fileno())
         os.replace(tmp, path)
@@ -262,5 +273,3 @@ def write_report(path: Path, report: Report) -> Path:
             os.fsync(fd)
         finally:
             os.close(fd)
-    report.path = path
-    return path

@@ -88,8 +88,12 @@ class Target:
         """True: ``preflight`` checks the target before any load (a multi-process parent runs it once)."""
         return False
 
-    async def preflight(self, config: Any, url: str, message: Callable[[str], None]) -> None:
-        """Readiness and model checks before any load: InputError (exit 2) or RunInvalid (exit 3)."""
+    async def preflight(self, config: Any, url: str, message: Callable[[str], None],
+                        headers: Callable[[], Mapping[str, str]] = dict) -> None:
+        """Readiness and model checks before any load: InputError (exit 2) or RunInvalid (exit 3).
+
+        ``headers()`` gives what every request carries beyond the target's own (credentials included, current at
+        the call: a token may be refreshed while the preflight waits)."""
 
     def share_doc(self, sc: Scenario, config: Any, worker: tuple[int, int]) -> Mapping[str, Any]:
         """The scenario document worker ``(i, n)`` of a ``--processes`` run gets (default: all of it; load and

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import httpx
 
+from bench.bodies import BLOCK
 from bench.errors import InputError, RunInvalid
 from bench.results import PreparedBody
 from bench.targets import Request, SectionRules, Target, read_table
@@ -26,7 +27,7 @@ from bench.targets.kserve_codec import (
     KServeConfig,
     classify,
     config_from_mapping,
-    encode_bodies,
+    lazy_bodies,
     tensors_for,
 )
 
@@ -45,7 +46,7 @@ class KServePlan:
 
     config: KServeConfig
     signature: Signature
-    bodies: list[PreparedBody] = field(repr=False, compare=False)
+    bodies: Sequence[PreparedBody] = field(repr=False, compare=False)  # a LazyBodies: encoded as the run goes
     header_length: int | None = None
     file: str | None = None  # the scenario file, for error lines
 
@@ -83,14 +84,17 @@ def check_metadata(meta: Mapping[str, Any], signature: Signature, model: str) ->
     return None
 
 
-async def _get(client: httpx.AsyncClient, url: str) -> httpx.Response | str:
+Headers = Callable[[], Mapping[str, str]]
+
+
+async def _get(client: httpx.AsyncClient, url: str, headers: Headers) -> httpx.Response | str:
     try:
-        return await client.get(url)
+        return await client.get(url, headers=headers())
     except httpx.HTTPError as exc:
         return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-async def _wait_ready(client: httpx.AsyncClient, base: str, cfg: KServeConfig,
+async def _wait_ready(client: httpx.AsyncClient, base: str, cfg: KServeConfig, headers: Headers,
                       message: Callable[[str], None], file: str | None) -> None:
     deadline = time.monotonic() + cfg.ready_wait_s
     paths = ("/v2/health/ready", f"{cfg.model_path}/ready")
@@ -98,7 +102,7 @@ async def _wait_ready(client: httpx.AsyncClient, base: str, cfg: KServeConfig,
     told = False
     while True:
         for path in paths:
-            got = await _get(client, base + path)
+            got = await _get(client, base + path, headers)
             if isinstance(got, str):
                 last = f"{path}: {got}"
                 break
@@ -106,6 +110,9 @@ async def _wait_ready(client: httpx.AsyncClient, base: str, cfg: KServeConfig,
                 raise InputError(f"model {cfg.model_name!r}"
                                  f"{f' version {cfg.model_version!r}' if cfg.model_version else ''} "
                                  f"not found on {base} (404 on {path})", file=file, key="target.model_name")
+            if got.status_code in (401, 403):  # waiting will not help: the credentials are wrong or missing
+                raise RunInvalid(f"{base}{path} refused the credentials (HTTP {got.status_code}): check [auth] / "
+                                 f"headers_env")
             if got.status_code != 200:
                 last = f"{path}: HTTP {got.status_code}"
                 break
@@ -119,19 +126,23 @@ async def _wait_ready(client: httpx.AsyncClient, base: str, cfg: KServeConfig,
         await anyio.sleep(0.2)
 
 
-async def preflight(plan: KServePlan, base: str, message: Callable[[str], None], file: str | None = None) -> None:
-    """Ready checks, then the model's metadata against the data (InputError naming the input on a mismatch)."""
+async def preflight(plan: KServePlan, base: str, message: Callable[[str], None], file: str | None = None,
+                    headers: Headers = dict) -> None:
+    """Ready checks, then the model's metadata against the data (InputError naming the input on a mismatch).
+
+    Every call carries ``headers()`` — the requests' own credentials — so a server behind a token-checking
+    gateway is checked as the run will reach it."""
     cfg = plan.config
     async with httpx.AsyncClient(timeout=10.0, headers=dict(cfg.headers)) as client:
-        await _wait_ready(client, base, cfg, message, file)
+        await _wait_ready(client, base, cfg, headers, message, file)
         if cfg.binary:
-            server = await _get(client, f"{base}/v2")
+            server = await _get(client, f"{base}/v2", headers)
             ext = server.json().get("extensions", []) if isinstance(server, httpx.Response) and \
                 server.status_code == 200 else None
             if isinstance(ext, list) and "binary_tensor_data" not in ext:
                 raise InputError(f"{base} does not list the binary_tensor_data extension (GET /v2)", file=file,
                                  key="target.binary")
-        got = await _get(client, base + cfg.model_path)
+        got = await _get(client, base + cfg.model_path, headers)
         if isinstance(got, str) or got.status_code != 200:
             raise RunInvalid(f"model metadata {cfg.model_path}: "
                              f"{got if isinstance(got, str) else f'HTTP {got.status_code}'}")
@@ -158,14 +169,15 @@ class KServeTarget(Target):
         cfg = config_from_mapping(sc.target.raw, sc.file)
         try:
             tensors = tensors_for(read_table(sc), cfg)
-            bodies, width = encode_bodies(tensors, cfg, sc.data.rows_per_request)
+            bodies, width = lazy_bodies(tensors, cfg, sc.data.rows_per_request)
+            bodies.prepare(BLOCK)  # the first block now: a body that cannot be encoded fails before any load
         except InputError as exc:
             raise InputError(exc.problem, file=sc.file, key=exc.key) from None
         signature = tuple((t.name, t.datatype, (-1, *t.shape[1:])) for t in tensors)
         return KServePlan(cfg, signature, bodies, width, sc.file)
 
-    def bodies(self, sc: Scenario, config: Any) -> list[PreparedBody]:
-        return list(config.bodies)
+    def bodies(self, sc: Scenario, config: Any) -> Sequence[PreparedBody]:
+        return config.bodies  # type: ignore[no-any-return]
 
     def request(self, target: TargetConfig, url: str, config: Any) -> Request:
         plan: KServePlan = config
@@ -184,8 +196,9 @@ class KServeTarget(Target):
     def has_preflight(self, config: Any) -> bool:
         return bool(config.config.preflight)
 
-    async def preflight(self, config: Any, url: str, message: Callable[[str], None]) -> None:
-        await preflight(config, url.rstrip("/"), message, config.file)
+    async def preflight(self, config: Any, url: str, message: Callable[[str], None],
+                        headers: Headers = dict) -> None:
+        await preflight(config, url.rstrip("/"), message, config.file, headers)
 
 
 TARGET = KServeTarget()

@@ -1,7 +1,7 @@
 """Open Inference Protocol v2 (KServe V2 REST): the ``[target]`` config, request encoding, answer judging.
 
 Pure functions (no sockets): the scenario's ``[target]`` table → ``KServeConfig``; an Arrow table → V2 request
-bodies, encoded once; an answer → (kind, rows out). Two layouts:
+bodies, each encoded once, a block at a time when the run first reaches it; an answer → (kind, rows out). Two layouts:
 
 - ``tensor`` (default): the whole row batch as ONE input — a list column (ccfraud's fixed-size ``tensor``) or
   several scalar numeric columns stacked — shape ``[rows, width]``;
@@ -10,7 +10,7 @@ bodies, encoded once; an answer → (kind, rows out). Two layouts:
 Datatypes follow the Arrow types (float32 → FP32, float64 → FP64, int64 → INT64, int32 → INT32, strings →
 BYTES, bool → BOOL) unless the scenario names one. With ``binary = true`` the tensors go as raw little-endian
 bytes after a JSON header (the binary tensor extension); the JSON header of every body is padded with spaces to
-one length so that the one ``Inference-Header-Content-Length`` the engines send fits them all.
+one length, bounded up front, so that the one ``Inference-Header-Content-Length`` the engines send fits them all.
 """
 
 from __future__ import annotations
@@ -25,14 +25,16 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from bench.bodies import BLOCK, LazyBodies
 from bench.errors import InputError
 from bench.results import Kind, PreparedBody
 from bench.tables import TableReader
 from bench.units import parse_duration
 
-__all__ = ["DATATYPES", "HEADER_LENGTH", "InputSpec", "KServeConfig", "Tensor", "classify", "config_from_mapping",
-           "encode_bodies", "tensors_for"]
+__all__ = ["DATATYPES", "HEADER_LENGTH", "BodyEncoder", "InputSpec", "KServeConfig", "Tensor", "TensorRows",
+           "classify", "config_from_mapping", "encode_bodies", "lazy_bodies", "tensors_for"]
 
 DATATYPES: dict[str, str] = {"FP32": "<f4", "FP64": "<f8", "FP16": "<f2", "INT64": "<i8", "INT32": "<i4",
                              "INT16": "<i2", "INT8": "<i1", "UINT8": "<u1", "UINT16": "<u2", "UINT32": "<u4",
@@ -99,13 +101,8 @@ def _shape(reader: TableReader, key: str, value: object) -> tuple[int, ...] | No
 
 def config_from_mapping(d: Mapping[str, Any], file: str) -> KServeConfig:
     """Validate ``[target]``; every problem is an InputError naming ``target.<key>``."""
-    r = TableReader(d, file, "target")
-    for key in d:
-        if key not in _KEYS:
-            raise r.err(key, f"unknown key (known: {', '.join(_KEYS)})")
-    model = r.string("model_name")
-    if model is None:
-        raise r.err("model_name", "missing: the model's name on the server (…/v2/models/{model_name}/infer)")
+    r = TableReader(d, file, "target").only(_KEYS)
+    model = r.required_string("model_name", "the model's name on the server (…/v2/models/{model_name}/infer)")
     version = d.get("model_version")
     if version is not None and not isinstance(version, str | int):
         raise r.err("model_version", f"expected a string, got {type(version).__name__}")
@@ -181,13 +178,14 @@ def _column(col: pa.ChunkedArray, name: str) -> tuple[npt.NDArray[Any], str]:
     t = col.type
     if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
         dt = _arrow_datatype(t.value_type)
-        rows = col.to_pylist()
-        widths = {len(r) if r is not None else -1 for r in rows}
-        if dt is None or dt == "BYTES" or len(widths) != 1 or -1 in widths:
+        lengths = pc.list_value_length(col)  # in Arrow: no Python object per value (a big data set starts fast)
+        widths = pc.min_max(lengths)
+        if (dt is None or dt == "BYTES" or lengths.null_count
+                or widths["min"].as_py() != widths["max"].as_py()):
             raise InputError(f"column {name!r}: a list column must hold numbers, every row of one length",
                              key="data")
         flat = pa.concat_arrays([c.flatten() for c in col.chunks]).to_numpy(zero_copy_only=False)
-        return flat.reshape(len(rows), widths.pop()), dt
+        return flat.reshape(len(col), widths["max"].as_py()), dt
     dt = _arrow_datatype(t)
     if dt is None:
         raise InputError(f"column {name!r}: Arrow type {t} has no V2 datatype", key="data")
@@ -270,40 +268,96 @@ def _json_data(values: npt.NDArray[Any], datatype: str) -> Any:
     return np.ascontiguousarray(flat, dtype=DATATYPES[datatype])  # orjson writes numpy arrays compactly
 
 
+@dataclass(frozen=True, slots=True)
+class TensorRows:
+    """Rows of the V2 inputs (numpy views, no copy): what ``LazyBodies`` slices a block out of."""
+
+    tensors: tuple[Tensor, ...]
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.tensors[0].values.shape[0])
+
+    def slice(self, offset: int = 0, length: int | None = None) -> TensorRows:
+        stop = self.num_rows if length is None else offset + length
+        return TensorRows(tuple(Tensor(t.name, t.datatype, t.shape, t.values[offset:stop]) for t in self.tensors))
+
+
+def _binary_bound(t: Tensor, rows: int) -> int:
+    """At least the binary size of any ``rows`` rows of ``t`` (exact for fixed-size datatypes)."""
+    if t.datatype == "BYTES":  # 4-byte length prefixes plus every value: the whole table's size bounds any body
+        return 4 * t.values.size + sum(map(len, t.values.reshape(-1)))
+    return rows * math.prod(t.shape[1:]) * np.dtype(DATATYPES[t.datatype]).itemsize
+
+
+class BodyEncoder:
+    """V2 request bodies of ``rows_per_request`` rows (the last of a block may be shorter) from ``TensorRows``.
+
+    With ``binary``, every JSON header is padded with spaces to ``width`` — fixed up front from the largest
+    header any body can have (the most rows, the largest binary sizes), so bodies can be encoded lazily, block by
+    block, and still share the one ``Inference-Header-Content-Length`` the engines send."""
+
+    def __init__(self, rows: TensorRows, cfg: KServeConfig, rows_per_request: int) -> None:
+        if isinstance(rows_per_request, bool) or not isinstance(rows_per_request, int) or rows_per_request < 1:
+            raise InputError(f"must be an integer >= 1, got {rows_per_request!r}", key="data.rows_per_request")
+        self.per = rows_per_request
+        self._outputs = [{"name": o} for o in cfg.outputs]
+        self.width: int | None = None
+        if cfg.binary:
+            n = min(rows_per_request, rows.num_rows)
+            largest = [{"name": t.name, "shape": [n, *t.shape[1:]], "datatype": t.datatype,
+                        "parameters": {"binary_data_size": _binary_bound(t, n)}} for t in rows.tensors]
+            self.width = len(self._head(largest))
+
+    def _head(self, inputs: list[dict[str, Any]]) -> bytes:
+        request: dict[str, Any] = {"inputs": inputs}
+        if self._outputs:
+            request["outputs"] = self._outputs
+        return orjson.dumps(request, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    def __call__(self, part: TensorRows) -> list[bytes]:
+        out: list[bytes] = []
+        rows = part.num_rows
+        for start in range(0, rows, self.per):
+            n = min(self.per, rows - start)
+            inputs: list[dict[str, Any]] = []
+            blob: list[bytes] = []
+            for t in part.tensors:
+                values = t.values[start:start + n]
+                item: dict[str, Any] = {"name": t.name, "shape": [n, *t.shape[1:]], "datatype": t.datatype}
+                if self.width is not None:
+                    raw = _binary(values, t.datatype)
+                    item["parameters"] = {"binary_data_size": len(raw)}
+                    blob.append(raw)
+                else:
+                    item["data"] = _json_data(values, t.datatype)
+                inputs.append(item)
+            head = self._head(inputs)
+            if self.width is not None:
+                if len(head) > self.width:
+                    raise AssertionError(f"binary header of {len(head)} bytes over the bound {self.width}")
+                head = head.ljust(self.width) + b"".join(blob)  # JSON allows trailing spaces
+            out.append(head)
+        return out
+
+
+def lazy_bodies(tensors: Sequence[Tensor], cfg: KServeConfig, rows_per_request: int,
+                block: int = BLOCK) -> tuple[LazyBodies[TensorRows], int | None]:
+    """Every request body, each encoded when the run first reaches its block (``bench.bodies.LazyBodies``), and
+    the binary JSON header length (None for JSON bodies)."""
+    rows = TensorRows(tuple(tensors))
+    encode = BodyEncoder(rows, cfg, rows_per_request)
+    return LazyBodies(rows, rows_per_request, encode, block), encode.width
+
+
 def encode_bodies(tensors: Sequence[Tensor], cfg: KServeConfig, rows_per_request: int) -> tuple[list[PreparedBody],
                                                                                                  int | None]:
-    """Every request body (rows_per_request rows each, the last shorter), and the binary JSON header length."""
-    if isinstance(rows_per_request, bool) or not isinstance(rows_per_request, int) or rows_per_request < 1:
-        raise InputError(f"must be an integer >= 1, got {rows_per_request!r}", key="data.rows_per_request")
-    rows = tensors[0].shape[0]
-    outputs = [{"name": o} for o in cfg.outputs]
-    heads: list[bytes] = []
-    blobs: list[bytes] = []
-    counts: list[int] = []
-    for start in range(0, rows, rows_per_request):
-        n = min(rows_per_request, rows - start)
-        inputs: list[dict[str, Any]] = []
-        blob = b""
-        for t in tensors:
-            part = t.values[start:start + n]
-            item: dict[str, Any] = {"name": t.name, "shape": [n, *t.shape[1:]], "datatype": t.datatype}
-            if cfg.binary:
-                raw = _binary(part, t.datatype)
-                item["parameters"] = {"binary_data_size": len(raw)}
-                blob += raw
-            else:
-                item["data"] = _json_data(part, t.datatype)
-            inputs.append(item)
-        request: dict[str, Any] = {"inputs": inputs}
-        if outputs:
-            request["outputs"] = outputs
-        heads.append(orjson.dumps(request, option=orjson.OPT_SERIALIZE_NUMPY))
-        blobs.append(blob)
-        counts.append(n)
-    if not cfg.binary:
-        return [PreparedBody(h, n) for h, n in zip(heads, counts, strict=True)], None
-    width = max(len(h) for h in heads)  # JSON allows trailing spaces: one header length for every body
-    return [PreparedBody(h.ljust(width) + b, n) for h, b, n in zip(heads, blobs, counts, strict=True)], width
+    """Every body now, in one pass (tests, small data); the same bytes as ``lazy_bodies`` gives."""
+    rows = TensorRows(tuple(tensors))
+    encode = BodyEncoder(rows, cfg, rows_per_request)
+    bodies = encode(rows)
+    counts = [min(rows_per_request, rows.num_rows - s) for s in range(0, rows.num_rows, rows_per_request)]
+    return [PreparedBody(b, n) for b, n in zip(bodies, counts, strict=True)], encode.width
 
 
 def classify(status: int, body: bytes, rows_in: int, expected: Sequence[str] = ()) -> tuple[int, int, int]:

@@ -9,16 +9,18 @@ server answers 500).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from bench.engine.base import EngineConfig, LoadSpec, PreparedBody, RequestSet
 from bench.results import Kind
 
-__all__ = ["FakeSink", "Stop", "bodies", "classify", "closed", "constant_rate", "make", "run_through_server_death",
-           "run_with_header_refresh"]
+__all__ = ["FakeSink", "Stop", "bodies", "check_open_loop_keeps_the_rate", "classify", "closed", "constant_rate",
+           "make", "run_through_server_death", "run_with_header_refresh", "served_by_hypercorn"]
 
 
 class FakeSink:
@@ -183,3 +185,54 @@ class LagProbe:
         assert len(self.lateness) >= 100, f"probe took only {len(self.lateness)} samples"
         s = sorted(self.lateness)
         return s[min(len(s) - 1, int(len(s) * q))]
+
+
+@contextlib.asynccontextmanager
+async def served_by_hypercorn(app: Any, **options: Any) -> AsyncIterator[int]:
+    """``app`` served by hypercorn (a third-party HTTP/1.1 + h2 stack) on a free 127.0.0.1 port, with Config
+    ``options``; yields the port once it accepts connections; always shut down."""
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    cfg = Config()
+    cfg.bind = [f"127.0.0.1:{port}"]
+    cfg.accesslog = None
+    cfg.errorlog = None
+    for k, v in options.items():
+        setattr(cfg, k, v)
+    shutdown = asyncio.Event()
+    task = asyncio.create_task(serve(app, cfg, shutdown_trigger=shutdown.wait))  # type: ignore[arg-type]
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                _, w = await asyncio.open_connection("127.0.0.1", port)
+                w.close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.02)
+        yield port
+    finally:
+        shutdown.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 10)
+
+
+async def check_open_loop_keeps_the_rate(eng: Any, sink: FakeSink) -> None:
+    """400 req/s for 1 s: every send made (no drops on slow answers), on time (median lateness within 5 ms, or of
+    the loop's own timer lateness when the machine is loaded)."""
+    probe = LagProbe()
+    probe.start()
+    try:
+        await asyncio.wait_for(eng.run(constant_rate(400, 1.0, 1000), Stop()), 20)
+    finally:
+        probe.stop()
+    assert not sink.drops
+    assert 396 <= len(sink.rows) <= 404
+    lateness = sorted(r[1] - r[0] for r in sink.rows)
+    assert lateness[len(lateness) // 2] < max(5_000_000, 2 * probe.quantile(0.5) + 5_000_000)

@@ -1,6 +1,8 @@
-"""Helpers for the distributed tests: real Locust master/worker processes (each in its own process group,
-always killed with its children), a free loopback port, and the emulator's own count of the requests it served
-(its /metrics: independent of bench's recorder)."""
+"""Helpers for the real-process tests: real Locust master/worker processes (each in its own process group,
+always killed with its children), a free loopback port, a wait on a condition with a deadline, a signal sent to a
+running `bench` once it is ready, a shipped scenario copied with edits, an ASGI app served on loopback, and the
+emulator's own count of the requests it served (its /metrics: independent of bench's recorder). Import as
+``from tests.integration.locust_cluster import ...``."""
 
 from __future__ import annotations
 
@@ -12,10 +14,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "data" / "ccfraud_1k.df.json"
 
 
 def free_port() -> int:
@@ -24,12 +28,66 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@contextlib.contextmanager
+def served_asgi(app: Any) -> Iterator[str]:
+    """Serve an ASGI ``app`` (built in the test: an emulator part, a gateway in front of it) with uvicorn on a free
+    127.0.0.1 port in a thread; yields the base URL; always stopped."""
+    import threading
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "test server did not start"
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def scenario_copy(shipped: str, dest: Path, *edits: tuple[str, str]) -> Path:
+    """The shipped ``scenarios/<shipped>`` written to ``dest``, data paths made absolute and each (old, new) text
+    edit applied once (an edit whose old text is missing fails the test: the scenario changed under it)."""
+    text = (ROOT / "scenarios" / shipped).read_text().replace("../data/", f"{ROOT}/data/")
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    dest.write_text(text)
+    return dest
+
+
 def wait_for(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll ``cond`` until true; AssertionError naming ``what`` after ``timeout_s`` (never a bare sleep)."""
     deadline = time.monotonic() + timeout_s
     while not cond():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(0.05)
+
+
+def signal_when(proc: subprocess.Popen[str], ready: Callable[[], bool], what: str, *, timeout_s: float = 30,
+                sig: int = signal.SIGINT) -> tuple[str, str]:
+    """Send ``sig`` to the running ``proc`` once ``ready()`` (``what``, for the timeout message); its (stdout,
+    stderr). ``proc`` is killed and reaped whatever happens."""
+    try:
+        wait_for(lambda: ready() or proc.poll() is not None, timeout_s, what)
+        assert proc.poll() is None, f"exited {proc.returncode} before {what}"
+        proc.send_signal(sig)
+        return proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 class Cluster:

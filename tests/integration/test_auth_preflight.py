@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
@@ -14,7 +12,6 @@ from urllib.parse import parse_qs
 import anyio
 import httpx
 import pytest
-import uvicorn
 
 from bench.auth import TokenSource, auth_config_from_mapping
 from bench.emulator.config import EmulatorConfig
@@ -24,6 +21,7 @@ from bench.emulator.mlops import MLOpsEmulator
 from bench.emulator.tokens import EXPIRED, TokenSigner
 from bench.errors import RunInvalid
 from bench.preflight import PreflightConfig, run_preflight
+from tests.integration.locust_cluster import served_asgi
 
 SECRET = "kc-Secret-4f9e2b"
 PASSWORD = "pw-Alice-77c1"
@@ -78,35 +76,13 @@ class Emulator:
 
 
 @contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on a free loopback port in a thread; always stopped."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "emulator did not start"
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-
-
-@contextmanager
 def emulator(**config: Any) -> Iterator[tuple[str, Emulator]]:
     settings: dict[str, Any] = {"client_secret": SECRET, "users": (("alice", PASSWORD),)} | config
     ctx = EmulatorContext.create(EmulatorConfig(**settings))
     if ctx.config.require_token:
         ctx.tokens = TokenSigner(ctx.config)
     app = Emulator(ctx)
-    with serve(app) as url:
+    with served_asgi(app) as url:
         yield url, app
 
 

@@ -39,6 +39,21 @@ def bench(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=90, env=clean)
 
 
+def rendered(tmp_path: Path, name: str, scenario: str, *run_args: str) -> tuple[Path, str]:
+    """A 2 s run of ``scenario``, its HTML report, and the DOM Chromium made of it (no console message allowed)."""
+    report = tmp_path / f"{name}.arrow"
+    run = bench("run", scenario, "--set", 'load.duration="2s"', "--set", 'load.warmup="0.5s"', *run_args,
+                "-q", "--json", "--out", str(report))
+    assert run.returncode == 0, run.stderr
+    page = tmp_path / f"{name}.html"
+    shown = bench("report", str(report), "--html", str(page))
+    assert shown.returncode == 0, shown.stderr
+    dom = chromium(page.as_uri(), tmp_path / "profile", "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert console_lines(dom.stderr) == []
+    return page, dom.stdout
+
+
 def test_console_detection_works(tmp_path: Path) -> None:
     """The check below would see a broken page (guards against a silent logging change in Chromium)."""
     probe = tmp_path / "probe.html"
@@ -48,18 +63,8 @@ def test_console_detection_works(tmp_path: Path) -> None:
 
 
 def test_html_report_renders_in_chromium(tmp_path: Path) -> None:
-    report = tmp_path / "run.arrow"
-    run = bench("run", "scenarios/quickstart.toml", "--set", 'load.duration="2s"', "--set", 'load.warmup="0.5s"',
-                "--set", "emulator.error_rate=0.05", "--raw", "-q", "--json", "--out", str(report))
-    assert run.returncode == 0, run.stderr
-    page = tmp_path / "report.html"
-    shown = bench("report", str(report), "--html", str(page))
-    assert shown.returncode == 0, shown.stderr
-
-    dom = chromium(page.as_uri(), tmp_path / "profile", "--dump-dom")
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    assert console_lines(dom.stderr) == []
-    html = dom.stdout
+    page, html = rendered(tmp_path, "report", "scenarios/quickstart.toml", "--set", "emulator.error_rate=0.05",
+                          "--raw")
     assert html.count("<svg") >= 5  # distribution, latency, throughput, rows, errors
     series = dict(re.findall(r'<polyline class="series" data-name="([^"]*)" data-points="(\d+)"', html))
     for name in ("from intended time", "service time", "p50", "p99", "requests/s", "rows/s"):
@@ -80,17 +85,7 @@ def test_html_report_renders_in_chromium(tmp_path: Path) -> None:
 def test_html_shows_client_and_server_percentiles_side_by_side(tmp_path: Path) -> None:
     """A real KServe V2 run with [server_metrics] (the embedded emulator's /metrics): the page's latency table
     holds the client's service time and the server handler's percentiles in the same columns."""
-    report = tmp_path / "kserve.arrow"
-    run = bench("run", "scenarios/kserve.toml", "--set", 'load.duration="2s"', "--set", 'load.warmup="0.5s"',
-                "-q", "--json", "--out", str(report))
-    assert run.returncode == 0, run.stderr
-    page = tmp_path / "kserve.html"
-    shown = bench("report", str(report), "--html", str(page))
-    assert shown.returncode == 0, shown.stderr
-    dom = chromium(page.as_uri(), tmp_path / "profile", "--dump-dom")
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    assert console_lines(dom.stderr) == []
-    html = dom.stdout
+    _, html = rendered(tmp_path, "kserve", "scenarios/kserve.toml")
     number = r"\s*<td[^>]*>\s*([0-9][0-9,.]*)\s*</td>"
     client = re.search(r"service \(sent → done\)\s*</td>" + number * 3, html)
     server = re.search(r'<span class="server">server handler \(bucket res\.\)</span>\s*</td>' + number * 3, html)

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.integration.locust_cluster import ROOT, wait_for
+
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="process-death signals are Linux-only")
 
 
@@ -38,14 +39,6 @@ def _env(tmp: Path) -> dict[str, str]:
 def bench(*args: str, cwd: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=120, env=_env(tmp))
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def alive(pid: int) -> bool:

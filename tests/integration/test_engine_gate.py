@@ -7,8 +7,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from engine_servers import FakeSink, Stop, bodies, closed, constant_rate, make
-from test_engine_headers import RateLimitedApp, hypercorn_app
+from engine_servers import FakeSink, Stop, bodies, closed, constant_rate, make, served_by_hypercorn
+from test_engine_headers import RateLimitedApp
 
 from bench.engine.fast import FastEngine
 from bench.engine.h2 import H2Engine
@@ -41,7 +41,7 @@ async def test_closed_loop_slots_wait_for_the_wake(name: str) -> None:
     """Two tokens, one more per answer (given in the headers hook, which then wakes the engine): four slots,
     never more than two requests out, all twelve done long before the 30 s hold would end."""
     cls, http2 = ENGINES[name]
-    async with hypercorn_app(RateLimitedApp()) as port:
+    async with served_by_hypercorn(RateLimitedApp()) as port:
         sink = FakeSink()
         eng = make(cls, f"http://127.0.0.1:{port}/gate-{name}", sink, bodies(1), http2=http2)
         gate = Tokens(2)
@@ -67,7 +67,7 @@ async def test_open_loop_holds_sends_in_order_then_lets_them_go_late(name: str) 
     """200/s for 0.5 s; five sends pass, then the gate is shut until 200 ms in: up to max_in_flight sends wait
     (the rest are dropped) and leave in their intended order once it opens, their latency counted from then."""
     cls, http2 = ENGINES[name]
-    async with hypercorn_app(RateLimitedApp()) as port:
+    async with served_by_hypercorn(RateLimitedApp()) as port:
         sink = FakeSink()
         eng = make(cls, f"http://127.0.0.1:{port}/open-{name}", sink, bodies(1), http2=http2)
         load = constant_rate(200, 0.5, max_in_flight=20)
@@ -85,7 +85,7 @@ async def test_open_loop_holds_sends_in_order_then_lets_them_go_late(name: str) 
 @pytest.mark.parametrize("name", list(ENGINES))
 async def test_sends_still_held_at_the_end_are_dropped_not_sent(name: str) -> None:
     cls, http2 = ENGINES[name]
-    async with hypercorn_app(RateLimitedApp()) as port:
+    async with served_by_hypercorn(RateLimitedApp()) as port:
         sink = FakeSink()
         eng = make(cls, f"http://127.0.0.1:{port}/end-{name}", sink, bodies(1), http2=http2)
         eng.gate_sends(Tokens(3))

@@ -3,16 +3,12 @@ headers for the same answers, against one real server (hypercorn: HTTP/1.1 and h
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import socket
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from engine_servers import FakeSink, Stop, bodies, closed, make
+from engine_servers import FakeSink, Stop, bodies, closed, make, served_by_hypercorn
 
 from bench.engine.fast import FastEngine, _BufferConn, _Conn, _StreamConn, _WatchBufferConn, _WatchConn
 from bench.engine.h2 import H2Engine
@@ -53,38 +49,6 @@ class RateLimitedApp:
         await send({"type": "http.response.body", "body": payload})
 
 
-@contextlib.asynccontextmanager
-async def hypercorn_app(app: RateLimitedApp) -> AsyncIterator[int]:
-    from hypercorn.asyncio import serve
-    from hypercorn.config import Config
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    cfg = Config()
-    cfg.bind = [f"127.0.0.1:{port}"]
-    cfg.accesslog = None
-    cfg.errorlog = None
-    shutdown = asyncio.Event()
-    task = asyncio.create_task(serve(app, cfg, shutdown_trigger=shutdown.wait))  # type: ignore[arg-type]
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                _, w = await asyncio.open_connection("127.0.0.1", port)
-                w.close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.02)
-        yield port
-    finally:
-        shutdown.set()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 10)
-
-
 ENGINES: dict[str, tuple[type, bool]] = {
     "fast": (FastEngine, False),
     "h2": (H2Engine, True),
@@ -106,7 +70,7 @@ def expected() -> list[tuple[int, dict[str, str]]]:
 
 async def test_every_engine_reports_the_same_chosen_headers() -> None:
     app = RateLimitedApp()
-    async with hypercorn_app(app) as port:
+    async with served_by_hypercorn(app) as port:
         for name, (cls, http2) in ENGINES.items():
             sink = FakeSink()
             seen: list[tuple[int, dict[str, str]]] = []
@@ -121,7 +85,7 @@ async def test_every_engine_reports_the_same_chosen_headers() -> None:
 
 async def test_without_a_hook_nothing_is_parsed_and_setting_it_late_is_refused() -> None:
     app = RateLimitedApp()
-    async with hypercorn_app(app) as port:
+    async with served_by_hypercorn(app) as port:
         sink = FakeSink()
         eng = make(FastEngine, f"http://127.0.0.1:{port}/plain", sink, bodies(1))
         await eng.run(closed(2, max_requests=6), Stop())
@@ -135,7 +99,7 @@ async def test_without_a_hook_nothing_is_parsed_and_setting_it_late_is_refused()
 
 async def test_a_hook_can_be_removed_before_the_run() -> None:
     app = RateLimitedApp()
-    async with hypercorn_app(app) as port:
+    async with served_by_hypercorn(app) as port:
         seen: list[int] = []
         sink = FakeSink()
         eng = make(H2Engine, f"http://127.0.0.1:{port}/h2-off", sink, bodies(1), http2=True)

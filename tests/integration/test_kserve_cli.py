@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
-import socket
+import os
+import secrets
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
+
+from tests.integration.locust_cluster import free_port, scenario_copy, served_asgi
 
 ROOT = Path(__file__).resolve().parents[2]
 SHORT = ["--set", 'load.duration="2s"', "--set", 'load.warmup="0.5s"', "--json", "--quiet"]
@@ -23,13 +27,7 @@ def bench(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def variant(tmp_path: Path, *edits: tuple[str, str]) -> Path:
-    text = (ROOT / "scenarios/kserve.toml").read_text().replace("../data/", f"{ROOT}/data/")
-    for old, new in edits:
-        assert old in text, old
-        text = text.replace(old, new, 1)
-    path = tmp_path / "kserve.toml"
-    path.write_text(text)
-    return path
+    return scenario_copy("kserve.toml", tmp_path / "kserve.toml", *edits)
 
 
 def extra(out: Path) -> dict[str, object]:
@@ -104,13 +102,6 @@ def test_model_disagreeing_with_data_exit_2_one_line(tmp_path: Path, edit: tuple
     assert not out.exists()  # no load, no report
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def test_metrics_url_down_is_counted_not_fatal(tmp_path: Path) -> None:
     out = tmp_path / "r.arrow"
     path = variant(tmp_path, ('url = "embedded"            # the emulator\'s Prometheus',
@@ -159,3 +150,96 @@ def test_v2_error_bodies_counted_with_the_servers_message(tmp_path: Path) -> Non
     assert set(s["errors_by_kind"]) == {"http_error:500"}
     (top,) = s["top_errors"]
     assert top["count"] == s["errors"] and "model ccfraud failed (injected error)" in top["sample"]
+
+
+class Gateway:
+    """A token-checking gateway in front of the emulator's whole app: 401 unless ``Authorization: Bearer TOKEN``;
+    notes every call as (method, path, token right)."""
+
+    def __init__(self, token: str) -> None:
+        from bench.emulator.app import build_app
+        from bench.emulator.config import EmulatorConfig
+
+        self.app = build_app(EmulatorConfig())
+        self.want = f"Bearer {token}".encode()
+        self.calls: list[tuple[str, str, bool]] = []
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            return
+        ok = dict(scope["headers"]).get(b"authorization") == self.want
+        self.calls.append((scope["method"], scope["path"], ok))
+        if ok:
+            await self.app(scope, receive, send)
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b'{"error": "a valid bearer token is required"}'})
+
+
+def gateway_scenario(tmp_path: Path, base: str) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(f"""name = "kserve-behind-gateway"
+[target]
+kind = "kserve"
+url = "{base}"
+model_name = "ccfraud"
+model_version = "1"
+input_name = "tensor"
+datatype = "FP32"
+outputs = ["dense_1"]
+[auth]
+kind = "static"
+token_env = "BENCH_TEST_KSERVE_TOKEN"
+[data]
+path = "{ROOT}/data/ccfraud_1k.df.json"
+rows_per_request = 10
+[load]
+concurrency = 2
+""")
+    return path
+
+
+def run_with_token(*args: str, token: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "BENCH_TEST_KSERVE_TOKEN": token})
+
+
+def test_preflight_sends_the_auth_token_to_a_gateway(tmp_path: Path) -> None:
+    """A V2 server behind a bearer-token gateway: the preflight's ready and metadata calls carry [auth]'s token
+    (before, they went bare and the run failed with 401s), the run succeeds, and the token is never written."""
+    token = f"kst-{secrets.token_hex(16)}"
+    gate = Gateway(token)
+    out = tmp_path / "r.arrow"
+    html = tmp_path / "r.html"
+    with served_asgi(gate) as base:
+        proc = run_with_token("run", str(gateway_scenario(tmp_path, base)), *SHORT, "--out", str(out), token=token)
+    assert proc.returncode == 0, proc.stderr
+    assert bench("report", str(out), "--html", str(html)).returncode == 0
+    s = json.loads(proc.stdout)
+    assert s["ok"] > 20 and s["errors"] == 0
+    gets = [(path, ok) for method, path, ok in gate.calls if method == "GET"]
+    assert ("/v2/health/ready", True) in gets and ("/v2/models/ccfraud/versions/1/ready", True) in gets
+    assert ("/v2/models/ccfraud/versions/1", True) in gets  # the metadata, checked against the data
+    assert all(ok for _, _, ok in gate.calls), [c for c in gate.calls if not c[2]]
+    table = ipc.open_file(str(out)).read_all()
+    written = [proc.stdout, proc.stderr, html.read_text(), repr(table.schema.metadata),
+               *(repr(c.to_pylist()) for c in table.columns)]
+    assert not any(token in text for text in written)
+    assert token.encode() not in out.read_bytes()
+
+
+def test_preflight_wrong_token_fails_at_once_without_echoing_it(tmp_path: Path) -> None:
+    """A refused credential on a ready check is not 'not ready yet': one line at once, no load, no token."""
+    gate = Gateway(f"kst-{secrets.token_hex(16)}")
+    wrong = f"kst-{secrets.token_hex(16)}"
+    with served_asgi(gate) as base:
+        proc = run_with_token("run", str(gateway_scenario(tmp_path, base)), *SHORT, token=wrong)
+    assert proc.returncode == 3, proc.stderr  # run invalid: nothing measured
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "refused the credentials (HTTP 401)" in last and "Traceback" not in proc.stderr, proc.stderr
+    assert wrong not in proc.stdout + proc.stderr
+    assert not any(method == "POST" for method, _, _ in gate.calls)  # no load was sent

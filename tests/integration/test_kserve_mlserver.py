@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ import httpx
 import pyarrow.ipc as ipc
 import pytest
 
+from tests.integration.locust_cluster import free_port, scenario_copy
+
 ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("MLSERVER_VENV", "/opt/mlserver-venv"))
 PYTHON, MLSERVER = VENV / "bin" / "python", VENV / "bin" / "mlserver"
@@ -33,11 +34,6 @@ pytestmark = [pytest.mark.mlserver,
                                  reason=f"needs MLServer in {VENV} (.ci/run creates it)")]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -84,16 +80,9 @@ def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 def scenario(tmp_path: Path, server: Server, *edits: tuple[str, str]) -> Path:
     """scenarios/kserve-mlserver.toml pointed at this server (and its metrics port), with text ``edits``."""
-    text = (ROOT / "scenarios/kserve-mlserver.toml").read_text()
-    text = text.replace('url = "http://127.0.0.1:8080"', f'url = "{server.base}"')
-    text = text.replace('url = "http://127.0.0.1:8082/metrics"', f'url = "{server.metrics}"')
-    text = text.replace("../data/", f"{ROOT}/data/")
-    for old, new in edits:
-        assert old in text, old
-        text = text.replace(old, new, 1)
-    path = tmp_path / "kserve-mlserver.toml"
-    path.write_text(text)
-    return path
+    return scenario_copy("kserve-mlserver.toml", tmp_path / "kserve-mlserver.toml",
+                         ('url = "http://127.0.0.1:8080"', f'url = "{server.base}"'),
+                         ('url = "http://127.0.0.1:8082/metrics"', f'url = "{server.metrics}"'), *edits)
 
 
 def bench(*args: str) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,18 +18,7 @@ import pytest
 from bench.emulator.config import EmulatorConfig
 from bench.report.model import MEASURED, Histogram
 from bench.report.reader import iter_raw, read_report
-from tests.integration.locust_cluster import ROOT, Cluster, free_port, served, wait_for
-
-DATA = ROOT / "data" / "ccfraud_1k.df.json"
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
-    try:
-        yield c
-    finally:
-        c.close()
+from tests.integration.locust_cluster import DATA, ROOT, Cluster, free_port, served, wait_for
 
 
 def scenario(tmp: Path, url: str, load: str, *, raw: bool = True) -> Path:
@@ -290,17 +279,8 @@ def test_ubiops_on_the_embedded_emulator_runs_distributed(cluster: Cluster) -> N
 
 
 def test_keycloak_tokens_of_the_embedded_emulator_reach_every_worker(cluster: Cluster) -> None:
-    sc = cluster.tmp / "auth.toml"
-    sc.write_text(f"""name = "auth"
-[target]
-kind = "wallaroo"
-url = "embedded"
-[data]
-path = "{DATA}"
-rows_per_request = 10
-[load]
-concurrency = 2
-duration = "1s"
+    sc = scenario(cluster.tmp, "embedded", 'concurrency = 2\nduration = "1s"', raw=False)
+    sc.write_text(sc.read_text() + """
 [auth]
 kind = "password"
 client_secret_env = "BENCH_T_SECRET"

@@ -5,25 +5,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
-import pytest
+from collections.abc import Callable
 
 from bench.emulator.config import EmulatorConfig
 from bench.report.reader import read_report
-from tests.integration.locust_cluster import ROOT, Cluster, free_port, served
-
-DATA = ROOT / "data" / "ccfraud_1k.df.json"
+from tests.integration.locust_cluster import DATA, ROOT, Cluster, free_port, served
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
-    try:
-        yield c
-    finally:
-        c.close()
+def locustfile(cluster: Cluster, user: str, attributes: str) -> None:
+    """A locustfile with one user class: bench.locust's ``user`` with ``attributes`` (one per line)."""
+    body = "".join(f"    {line}\n" for line in attributes.strip().splitlines())
+    text = f"from bench.locust import {user}\n\n\nclass Test{user}({user}):\n{body}"
+    (cluster.tmp / "locustfile.py").write_text(text)
 
 
 def locust(cluster: Cluster, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -42,13 +35,10 @@ def test_stock_locust_master_and_two_workers_leave_one_bench_report(cluster: Clu
                                                                      serve_emulator: Callable[..., str]) -> None:
     base = serve_emulator("--replicas", "8", "--latency-ms", "2")
     d = EmulatorConfig()
-    (cluster.tmp / "locustfile.py").write_text(f"""
-from bench.locust import WallarooUser
-
-class Pipeline(WallarooUser):
-    url = "{base}/v1/api/pipelines/infer/{d.deployment}/{d.pipeline}"
-    data = {str(DATA)!r}
-    rows_per_request = 10
+    locustfile(cluster, "WallarooUser", f"""
+url = "{base}/v1/api/pipelines/infer/{d.deployment}/{d.pipeline}"
+data = {str(DATA)!r}
+rows_per_request = 10
 """)
     port = str(free_port())
     out = cluster.tmp / "locust.arrow"
@@ -78,16 +68,13 @@ def test_ubiops_failed_status_is_a_failure_even_with_http_200(cluster: Cluster,
                                                              serve_emulator: Callable[..., str]) -> None:
     base = serve_emulator("--error-rate", "0.3", "--latency-ms", "1")
     d = EmulatorConfig()
-    (cluster.tmp / "locustfile.py").write_text(f"""
-from bench.locust import UbiOpsUser
-
-class Deployment(UbiOpsUser):
-    base_url = "{base}/v2.1"
-    project = "demo"
-    deployment = "ccfraud"
-    token_env = "BENCH_TEST_UBIOPS_TOKEN"
-    data = {str(DATA)!r}
-    fields = {{"tensor": "tensor"}}
+    locustfile(cluster, "UbiOpsUser", f"""
+base_url = "{base}/v2.1"
+project = "demo"
+deployment = "ccfraud"
+token_env = "BENCH_TEST_UBIOPS_TOKEN"
+data = {str(DATA)!r}
+fields = {{"tensor": "tensor"}}
 """)
     out = cluster.tmp / "single.arrow"
     proc = locust(cluster, "single", "--headless", "-u", "2", "-r", "2", "-t", "2s", "--bench-report", str(out),
@@ -121,11 +108,8 @@ client_secret_env = "BENCH_TEST_SECRET"
 username = "admin"
 password_env = "BENCH_TEST_PASSWORD"
 """)
-    (cluster.tmp / "locustfile.py").write_text("""
-from bench.locust import WallarooUser
-
-class Pipeline(WallarooUser):
-    scenario = "sc.toml"
+    locustfile(cluster, "WallarooUser", """
+scenario = "sc.toml"
 """)
     out = cluster.tmp / "tokens.arrow"
     proc = locust(cluster, "single", "--headless", "-u", "2", "-r", "2", "-t", "4s", "--bench-report", str(out),

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from fault_servers import FaultServer
 
+from tests.integration.locust_cluster import signal_when
+
 ROOT = Path(__file__).resolve().parents[2]
 MARGIN_S = 6.0  # interpreter start, report write, a loaded 2-core machine
 
@@ -161,7 +163,6 @@ def test_every_mode_and_ending_stores_an_accounting_that_holds(mode: str, body: 
 
 def test_sigint_against_a_silent_server_counts_the_in_flight_requests(body: Path, tmp_path: Path) -> None:
     """Ctrl-C mid-run: exit 130, a partial report whose in-flight requests are errors, and the check holds."""
-    import signal
 
     with FaultServer("silent") as srv:
         out = tmp_path / "r.arrow"
@@ -169,16 +170,7 @@ def test_sigint_against_a_silent_server_counts_the_in_flight_requests(body: Path
                                  "--body", str(body), "-c", "6", "-d", "60s", "--set", 'load.drain="0.5s"', "-q",
                                  "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
-        try:
-            deadline = time.monotonic() + 30
-            while srv.requests < 6 and time.monotonic() < deadline:  # all six requests are out
-                time.sleep(0.05)
-            proc.send_signal(signal.SIGINT)
-            stdout, stderr = proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        stdout, stderr = signal_when(proc, lambda: srv.requests >= 6, "all six requests to be out")
     assert proc.returncode == 130, stdout + stderr
     assert "in flight at end 6" in stdout and "(holds)" in stdout, stdout
     extra = _stored(out)

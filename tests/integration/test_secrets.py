@@ -16,6 +16,8 @@ import secrets
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
@@ -191,17 +193,37 @@ def _haystacks(tmp_path: Path, before: set[Path], procs: list[subprocess.Complet
     return out
 
 
-def test_values_a_server_echoes_never_reach_anything_written(tmp_path: Path) -> None:
+def _assert_no_leak(haystacks: dict[str, bytes], values: list[str]) -> None:
+    leaks = [(where, needle.decode()[:6] + "…") for where, data in haystacks.items() for needle in _needles(values)
+             if needle in data]
+    assert not leaks, f"secrets leaked: {leaks}"
+
+
+@contextmanager
+def _echo_setup(tmp_path: Path, duration: str = "1s") -> Iterator[tuple[list[str], dict[str, str],
+                                                                      list[dict[str, str]]]]:
+    """Fresh secret values (token, API key, query key), the echo server, its scenario and body in ``tmp_path``;
+    yields (values, the run's environment, the requests the server saw). The server is always shut down."""
     token = f"tk-{secrets.token_urlsafe(18)}"
     api_key = f"ak-{secrets.token_urlsafe(18)}"
     query_key = f"qk{secrets.token_hex(12)}"
     (tmp_path / "body.json").write_text('{"x": 1}')
     srv, port, seen = _echo_server()
     try:
-        (tmp_path / "scenario.toml").write_text(ECHO_SCENARIO.format(port=port, query_key=query_key))
-        before = set(tmp_path.rglob("*"))
+        (tmp_path / "scenario.toml").write_text(
+            ECHO_SCENARIO.format(port=port, query_key=query_key).replace('duration = "1s"', f'duration = "{duration}"'))
         env = dict(os.environ, BENCH_TEST_TOKEN=token, BENCH_TEST_API_KEY=api_key, PYTHONPATH=str(ROOT),
                    HOME=str(tmp_path))
+        yield [token, api_key, query_key], env, seen
+    finally:
+        srv.shutdown()  # type: ignore[attr-defined]
+        srv.server_close()  # type: ignore[attr-defined]
+
+
+def test_values_a_server_echoes_never_reach_anything_written(tmp_path: Path) -> None:
+    with _echo_setup(tmp_path) as (values, env, seen):
+        token, api_key, query_key = values
+        before = set(tmp_path.rglob("*"))
         run = subprocess.run([sys.executable, "-m", "bench", "run", "scenario.toml", "--out", "r.arrow"],
                              cwd=tmp_path, env=env, capture_output=True, timeout=90, check=False)
         assert (tmp_path / "r.arrow").exists(), run.stderr.decode(errors="replace")[-2000:]
@@ -211,19 +233,13 @@ def test_values_a_server_echoes_never_reach_anything_written(tmp_path: Path) -> 
         views = subprocess.run([sys.executable, "-m", "bench", "report", "r.arrow", "--html", "r.html",
                                 "--markdown", "r.md"], cwd=tmp_path, env=env, capture_output=True, timeout=90,
                                check=False)
-    finally:
-        srv.shutdown()  # type: ignore[attr-defined]
-        srv.server_close()  # type: ignore[attr-defined]
     # the values really went out (so a clean result means scrubbed, not unsent)
     assert seen and seen[0]["authorization"] == f"Bearer {token}" and seen[0]["x-api-key"] == api_key
     assert query_key in seen[0]["path"]
     assert views.returncode == 0, views.stderr
     haystacks = _haystacks(tmp_path, before, [run, as_json, views])
     assert {"r.html", "r.md", "r.arrow (decoded)"} <= set(haystacks)
-    needles = _needles([token, api_key, query_key])
-    leaks = [(where, needle.decode()[:6] + "…") for where, data in haystacks.items() for needle in needles
-             if needle in data]
-    assert not leaks, f"secrets leaked: {leaks}"
+    _assert_no_leak(haystacks, values)
     # the echoed answers were kept as evidence — with the values blanked
     assert b"denied" in haystacks["r.arrow (decoded)"] and b"***" in haystacks["r.arrow (decoded)"]
 
@@ -268,33 +284,23 @@ def test_a_killed_runs_checkpoint_and_recovered_report_hold_no_secret(tmp_path: 
     import signal
     import time
 
-    token = f"tk-{secrets.token_urlsafe(18)}"
-    api_key = f"ak-{secrets.token_urlsafe(18)}"
-    query_key = f"qk{secrets.token_hex(12)}"
-    (tmp_path / "body.json").write_text('{"x": 1}')
-    srv, port, seen = _echo_server()
     ckpt = tmp_path / ".r.arrow.checkpoint"
-    env = dict(os.environ, BENCH_TEST_TOKEN=token, BENCH_TEST_API_KEY=api_key, PYTHONPATH=str(ROOT))
-    proc = None
-    try:
-        (tmp_path / "scenario.toml").write_text(
-            ECHO_SCENARIO.format(port=port, query_key=query_key).replace('duration = "1s"', 'duration = "60s"'))
+    with _echo_setup(tmp_path, duration="60s") as (values, env, seen):
         before = set(tmp_path.rglob("*"))
         proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "scenario.toml", "--out", "r.arrow", "-q"],
                                 cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while not (ckpt.exists() and ckpt.read_bytes().count(b"\n") >= 3) and proc.poll() is None:
-            assert time.monotonic() < deadline, "no checkpoint ticks"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=30)
-        srv.shutdown()  # type: ignore[attr-defined]
-        srv.server_close()  # type: ignore[attr-defined]
-    assert seen and seen[0]["x-api-key"] == api_key
+        try:
+            deadline = time.monotonic() + 60
+            while not (ckpt.exists() and ckpt.read_bytes().count(b"\n") >= 3) and proc.poll() is None:
+                assert time.monotonic() < deadline, "no checkpoint ticks"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGKILL)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=30)
+    assert seen and seen[0]["x-api-key"] == values[1]
     checkpoint = ckpt.read_bytes()
     assert b"denied" in checkpoint  # the echoed answer is in it, as evidence
     rec = subprocess.run([sys.executable, "-m", "bench", "recover", "r.arrow"], cwd=tmp_path, env=env,
@@ -302,6 +308,4 @@ def test_a_killed_runs_checkpoint_and_recovered_report_hold_no_secret(tmp_path: 
     assert rec.returncode == 0, rec.stderr
     haystacks = _haystacks(tmp_path, before, [rec])
     haystacks.update({"checkpoint": checkpoint, "killed stdout": out, "killed stderr": err})
-    leaks = [(where, needle.decode()[:6] + "…") for where, data in haystacks.items()
-             for needle in _needles([token, api_key, query_key]) if needle in data]
-    assert not leaks, f"secrets leaked: {leaks}"
+    _assert_no_leak(haystacks, values)

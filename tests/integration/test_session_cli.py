@@ -7,14 +7,14 @@ import json
 import os
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.integration.locust_cluster import ROOT, wait_for
+
 SHORT = ["--set", 'load.duration="1s"', "--set", 'load.warmup="0.5s"']
 # shipped scenarios that run without a cloud account (*.example.toml need real endpoints; a scenario whose
 # target is a real local server, e.g. kserve-mlserver.toml, is tested where that server is started)
@@ -84,14 +84,6 @@ def test_two_processes_with_embedded_preflight(tmp_path: Path) -> None:
     assert report.meta.extra["abandoned"] == 0 and "worker" not in report.meta.extra  # the whole run's facts
 
 
-def _wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_workers_die_with_a_killed_parent(serve_emulator: Callable[..., str], tmp_path: Path) -> None:
     import psutil
 
@@ -108,11 +100,11 @@ def test_workers_die_with_a_killed_parent(serve_emulator: Callable[..., str], tm
         def workers() -> list[psutil.Process]:
             return [c for c in me.children() if "bench.workers" in " ".join(c.cmdline())]
 
-        _wait_for(lambda: len(workers()) == 2, 60, "two workers")
+        wait_for(lambda: len(workers()) == 2, 60, "two workers")
         pids = workers()
         parent.kill()  # SIGKILL: no chance to forward anything
         parent.wait(10)
-        _wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in pids), 30,
+        wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in pids), 30,
                   "the workers to exit after their parent died")
     finally:
         if parent.poll() is None:

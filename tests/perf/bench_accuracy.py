@@ -31,17 +31,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pyarrow.compute as pc
 import pyarrow.ipc
-from bench_peers import make_body  # the reference 5.6 KB payload (this folder is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 SERVER_CPU = 0
 CLIENT_CPU = 1
-NGINX_CONF = """
+
+
+def nginx_conf(port: int, locations: str, *, cpu: int = SERVER_CPU, listen: str = "", main: str = "",
+               http: str = "") -> str:
+    """An nginx config for load tests: one worker pinned to ``cpu``, keep-alive without limits, no access log,
+    temp files in the prefix; ``locations`` served on 127.0.0.1:``port`` (``listen``: e.g. " ssl http2")."""
+    return f"""{main}
 worker_processes 1;
-worker_cpu_affinity {mask};
+worker_cpu_affinity {1 << cpu:b};
 pid nginx.pid;
 error_log error.log warn;
 worker_rlimit_nofile 16384;
@@ -57,12 +63,22 @@ http {{
     fastcgi_temp_path fastcgi;
     uwsgi_temp_path uwsgi;
     scgi_temp_path scgi;
+    {http}
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        location /infer {{ default_type application/json; return 200 '{{"outputs":[0.1]}}'; }}
+        listen 127.0.0.1:{port}{listen} backlog=4096;
+        {locations}
     }}
 }}
 """
+
+
+def make_body(path: Path) -> int:
+    """10 rows × 29 floats as pandas-records JSON (the reference payload), written inline."""
+    golden = 0.6180339887498949
+    rows = [{f"f{j}": round(((i * 29 + j + 1) * golden) % 1 * 100, 10) for j in range(29)} for i in range(10)]
+    data = json.dumps(rows, separators=(",", ":")).encode()
+    path.write_bytes(data)
+    return len(data)
 
 
 def free_port() -> int:
@@ -96,20 +112,52 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def nginx(tmp: Path, cpu: int = SERVER_CPU) -> Iterator[str]:
-    """nginx (one worker pinned to ``cpu``) on a free loopback port; yields the /infer URL."""
-    prefix = tmp / "nginx"
-    prefix.mkdir(exist_ok=True)
-    port = free_port()
-    conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(port=port, mask=format(1 << cpu, "b")))
-    proc = subprocess.Popen(["taskset", "-c", str(cpu), "nginx", "-p", f"{prefix}/", "-c", str(conf),
+def run_nginx(prefix: Path, conf: str, port: int, cpu: int = SERVER_CPU) -> Iterator[subprocess.Popen[bytes]]:
+    """nginx with ``conf`` (listening on ``port``) in ``prefix``, pinned to ``cpu``; always stopped."""
+    prefix.mkdir(parents=True, exist_ok=True)
+    path = prefix / "nginx.conf"
+    path.write_text(conf)
+    proc = subprocess.Popen(["taskset", "-c", str(cpu), "nginx", "-p", f"{prefix}/", "-c", str(path),
                              "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_port(port, proc)
-        yield f"http://127.0.0.1:{port}/infer"
+        yield proc
     finally:
         _stop(proc)
+
+
+@contextmanager
+def nginx(tmp: Path, cpu: int = SERVER_CPU) -> Iterator[str]:
+    """nginx (one worker pinned to ``cpu``) on a free loopback port; yields the /infer URL."""
+    port = free_port()
+    locations = """location /infer { default_type application/json; return 200 '{"outputs":[0.1]}'; }"""
+    with run_nginx(tmp / "nginx", nginx_conf(port, locations, cpu=cpu), port, cpu):
+        yield f"http://127.0.0.1:{port}/infer"
+
+
+def sampled_run(cmd: list[str], interval: float) -> tuple[dict[str, Any], list[tuple[float, int, int]]]:
+    """A bench command printing one JSON summary, with its RSS and open file descriptors (≈ connections)
+    sampled every ``interval`` s as (seconds since start, RSS bytes, fds); the process is always reaped."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    samples: list[tuple[float, int, int]] = []
+    try:
+        ps = psutil.Process(proc.pid)
+        t0 = time.monotonic()
+        while proc.poll() is None:
+            try:
+                samples.append((time.monotonic() - t0, ps.memory_info().rss, ps.num_fds()))
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(interval)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if proc.returncode not in (0, 3):  # 3 = generator-bound (with --strict): still a measurement
+        raise RuntimeError(f"bench run exited {proc.returncode}: {stderr.decode()[-800:]}")
+    summary: dict[str, Any] = json.loads(stdout.decode().strip().splitlines()[-1])
+    return summary, samples
 
 
 @contextmanager

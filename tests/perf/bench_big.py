@@ -27,33 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from bench_accuracy import ROOT, SERVER_CPU, _stop, _wait_port, bench_cmd, free_port, med, run_json
+from bench_accuracy import ROOT, bench_cmd, free_port, med, nginx_conf, run_json, run_nginx, sampled_run
 
 MB = 1024 * 1024
-BIG_CONF = """
-worker_processes 1;
-worker_cpu_affinity {mask};
-pid nginx.pid;
-error_log error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    sendfile on;
-    tcp_nodelay on;
-    keepalive_requests 1000000;
-    client_body_buffer_size 64k;
-    client_body_temp_path body;
-    proxy_temp_path proxy;
-    fastcgi_temp_path fastcgi;
-    uwsgi_temp_path uwsgi;
-    scgi_temp_path scgi;
-    server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        root {root};
-        location = /big.json {{ error_page 405 =200 $uri; }}
-    }}
-}}
-"""
 
 
 @contextmanager
@@ -70,15 +46,10 @@ def big_nginx(tmp: Path, size: int) -> Iterator[str]:
     for p in (tmp, prefix, root, root / "big.json"):  # a root-started nginx's worker runs as nobody
         p.chmod(0o755)
     port = free_port()
-    conf = prefix / "nginx.conf"
-    conf.write_text(BIG_CONF.format(port=port, mask=format(1 << SERVER_CPU, "b"), root=root))
-    proc = subprocess.Popen(["taskset", "-c", str(SERVER_CPU), "nginx", "-p", f"{prefix}/", "-c", str(conf),
-                             "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_port(port, proc)
+    conf = nginx_conf(port, f"root {root};\n        location = /big.json {{ error_page 405 =200 $uri; }}",
+                      http="sendfile on;")
+    with run_nginx(prefix, conf, port):
         yield f"http://127.0.0.1:{port}/big.json"
-    finally:
-        _stop(proc)
 
 
 def curl_p50(url: str, body: Path, n: int) -> float:
@@ -105,26 +76,8 @@ def rss_run(url: str, body: Path, rate: float, seconds: int) -> dict[str, Any]:
     """`bench run -r RATE` with the process's RSS sampled every 0.5 s."""
     cmd = bench_cmd(["run", "--url", url, "--body", str(body), "--rate", f"{rate:g}", "--duration", f"{seconds}s",
                      "--warmup", "0s", "--json", "--quiet", "--out", str(body.parent / "r200.arrow")])
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
-    samples: list[tuple[float, int]] = []
-    try:
-        ps = psutil.Process(proc.pid)
-        t0 = time.monotonic()
-        while proc.poll() is None:
-            try:
-                samples.append((time.monotonic() - t0, ps.memory_info().rss))
-            except psutil.NoSuchProcess:
-                break
-            time.sleep(0.5)
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    if proc.returncode not in (0, 3):
-        raise RuntimeError(f"bench run exited {proc.returncode}: {stderr.decode()[-800:]}")
-    s = json.loads(stdout.decode().strip().splitlines()[-1])
-    steady = [r / MB for t, r in samples if t >= 3]
+    s, samples = sampled_run(cmd, 0.5)
+    steady = [r / MB for t, r, _ in samples if t >= 3]
     return {"rss_first_mb": steady[0] if steady else float("nan"), "rss_max_mb": max(steady, default=float("nan")),
             "rss_last_mb": steady[-1] if steady else float("nan"), "requests": s["requests"], "rps": s["rps"],
             "errors": s["errors"], "dropped": s["dropped"], "p50_ms": s["latency_ms"]["p50"],

@@ -58,7 +58,7 @@ def single(body: Path, d: int, tmp: Path) -> float:
 
 def distributed(body: Path, d: int, tmp: Path, workers: int) -> tuple[float, float]:
     """(merged req/s, master CPU as a fraction of one core over the load window)."""
-    port = bench_peers_free_port()
+    port = bench_peers.free_port()
     master = subprocess.Popen(["taskset", "-c", "0", *_bench_cmd(body, d, tmp / "dist.arrow"), "--locust-master",
                                "--expect-workers", str(workers), "--master-bind-port", str(port)],
                               stdout=subprocess.PIPE, text=True, env=ENV, cwd=ROOT, start_new_session=True)
@@ -85,13 +85,6 @@ def distributed(body: Path, d: int, tmp: Path, workers: int) -> tuple[float, flo
                 os.killpg(p.pid, signal.SIGKILL)
             p.wait()
 
-
-def bench_peers_free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def bench_user(body: Path, d: int, tmp: Path) -> float:

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,35 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from bench_accuracy import _stop, _wait_port, free_port, make_body, nginx_conf  # this folder is on sys.path
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT / ".." / "shared" / "perf"
 H1 = "http://127.0.0.1:18080/infer"
 H2C = "http://127.0.0.1:18081/infer"
-TLS_CONF = """
-load_module /usr/lib/nginx/modules/ndk_http_module.so;
-load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
-worker_processes 1;
-worker_cpu_affinity 01;
-pid nginx.pid;
-error_log error.log warn;
-worker_rlimit_nofile 16384;
-events {{ worker_connections 8192; multi_accept on; }}
-http {{
-    access_log off;
-    tcp_nodelay on;
-    keepalive_timeout 300s;
-    keepalive_requests 1000000;
-    client_body_buffer_size 64k;
-    client_max_body_size 1m;
-    client_body_temp_path body;
-    proxy_temp_path proxy;
-    fastcgi_temp_path fastcgi;
-    uwsgi_temp_path uwsgi;
-    scgi_temp_path scgi;
-    server {{
-        listen 127.0.0.1:{port} ssl http2 backlog=4096;
-        ssl_certificate {cert};
+TLS_LOCATIONS = """ssl_certificate {cert};
         ssl_certificate_key {key};
         http2_max_concurrent_streams 256;
         location /infer {{
@@ -69,10 +46,9 @@ http {{
                 ngx.header.content_length = 17
                 ngx.print('{{"outputs":[0.1]}}')
             }}
-        }}
-    }}
-}}
-"""
+        }}"""
+LUA_MODULES = """load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;"""
 K6_SCRIPT = """
 import http from 'k6/http';
 const body = open(__ENV.BODY_FILE);
@@ -93,15 +69,6 @@ class U(FastHttpUser):
 """
 
 
-def make_body(path: Path) -> int:
-    """10 rows × 29 floats as pandas-records JSON (the reference payload), written inline."""
-    golden = 0.6180339887498949
-    rows = [{f"f{j}": round(((i * 29 + j + 1) * golden) % 1 * 100, 10) for j in range(29)} for i in range(10)]
-    data = json.dumps(rows, separators=(",", ":")).encode()
-    path.write_bytes(data)
-    return len(data)
-
-
 class Nginx:
     """The shared sink config (ports 18080/18081), or ``conf`` rendered into ``prefix`` (must listen on ``port``)."""
 
@@ -120,16 +87,12 @@ class Nginx:
             conf.write_text(self.conf_text)
         self.proc = subprocess.Popen(["taskset", "-c", "0", "nginx", "-p", f"{self.prefix}/", "-c", str(conf),
                                       "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nginx exited with {self.proc.returncode} (see {self.prefix}/error.log)")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"nginx did not start (is port {self.port} free?)")
+        try:
+            _wait_port(self.port, self.proc)
+        except RuntimeError as exc:
+            _stop(self.proc)
+            raise RuntimeError(f"nginx: {exc} (is port {self.port} free? see {self.prefix}/error.log)") from None
+        return self
 
     def workers(self) -> list[psutil.Process]:
         assert self.proc is not None
@@ -138,8 +101,7 @@ class Nginx:
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
+            _stop(self.proc)
 
 
 def tls_nginx(tmp: Path) -> tuple[Nginx, str]:
@@ -153,12 +115,11 @@ def tls_nginx(tmp: Path) -> tuple[Nginx, str]:
     certfile, keyfile = prefix / "cert.pem", prefix / "key.pem"
     cert.private_key_pem.write_to_path(str(keyfile))
     cert.cert_chain_pems[0].write_to_path(str(certfile))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     for p in (tmp, prefix, certfile, keyfile):  # a root-started nginx's worker runs as nobody
         p.chmod(0o755)
-    conf = TLS_CONF.format(port=port, cert=certfile, key=keyfile)
+    conf = nginx_conf(port, TLS_LOCATIONS.format(cert=certfile, key=keyfile), cpu=0, listen=" ssl http2",
+                      main=LUA_MODULES, http="client_max_body_size 1m;")
     return Nginx(prefix, conf, port), f"https://127.0.0.1:{port}/infer"
 
 

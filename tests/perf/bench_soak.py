@@ -12,15 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-from bench_accuracy import ROOT, bench_cmd, make_body, nginx, read_report
+from bench_accuracy import bench_cmd, make_body, nginx, read_report, sampled_run
 
 MB = 1024 * 1024
 
@@ -29,31 +26,12 @@ def soak(duration: int, rate: float, interval: float, tmp: Path) -> dict[str, An
     body = tmp / "body.json"
     make_body(body)
     out = tmp / "soak.arrow"
-    samples: list[tuple[float, int]] = []
-    fds: list[tuple[float, int]] = []  # open file descriptors ≈ connections (explains RSS steps)
     with nginx(tmp) as url:
         cmd = bench_cmd(["run", "--url", url, "--body", str(body), "--rate", f"{rate:g}", "--duration",
                          f"{duration}s", "--warmup", "0s", "--json", "--quiet", "--out", str(out)])
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
-        try:
-            ps = psutil.Process(proc.pid)
-            t0 = time.monotonic()
-            while proc.poll() is None:
-                try:
-                    now = time.monotonic() - t0
-                    samples.append((now, ps.memory_info().rss))
-                    fds.append((now, ps.num_fds()))
-                except psutil.NoSuchProcess:
-                    break
-                time.sleep(interval)
-            stdout, stderr = proc.communicate(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    if proc.returncode not in (0, 3):
-        raise RuntimeError(f"bench run exited {proc.returncode}: {stderr.decode()[-800:]}")
-    summary = json.loads(stdout.decode().strip().splitlines()[-1])
+        summary, sampled = sampled_run(cmd, interval)
+    samples = [(t, rss) for t, rss, _ in sampled]
+    fds = [(t, n) for t, _, n in sampled]  # open file descriptors ≈ connections (explains RSS steps)
     rep = read_report(out)
     return {"samples": samples, "fds": fds, "summary": summary, "cpu_fraction": rep["meta"].get("cpu_fraction"),
             "lag_p99": rep["hist"].get(("schedule_lag", "measured"), {}).get("p99_ms")}

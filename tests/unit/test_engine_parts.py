@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import time
 
 import httptools
-import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -15,7 +15,7 @@ from bench.engine import fast, httpx_engine, loopmon, select
 from bench.engine.base import EngineConfig, PreparedBody, RequestSet
 from bench.engine.fast import FastEngine, build_wires, exception_kind, parse_target
 from bench.engine.h2 import H2Engine
-from bench.engine.httpx_engine import HttpxEngine, httpx_kind
+from bench.engine.httpx_engine import HttpxEngine
 from bench.results import Kind
 
 
@@ -114,26 +114,6 @@ def test_exception_kind(exc: BaseException | None, connecting: bool, kind: Kind)
     assert exception_kind(exc, connecting) == kind
 
 
-def _chained(outer: BaseException, inner: BaseException) -> BaseException:
-    outer.__cause__ = inner
-    return outer
-
-
-@pytest.mark.parametrize(("exc", "kind"), [
-    (httpx.ConnectTimeout("t"), Kind.CONNECT_TIMEOUT),
-    (httpx.ReadTimeout("t"), Kind.READ_TIMEOUT),
-    (_chained(httpx.ConnectError("x"), ConnectionRefusedError()), Kind.CONNECT_REFUSED),
-    (_chained(httpx.ConnectError("x"), ssl.SSLCertVerificationError("v")), Kind.TLS_ERROR),
-    (httpx.RemoteProtocolError("Server disconnected without sending a response."), Kind.RESET),
-    (httpx.RemoteProtocolError("<StreamReset stream_id:1, error_code:2>"), Kind.PROTOCOL_ERROR),
-    (httpx.ReadError("r"), Kind.RESET),
-    (httpx.LocalProtocolError("l"), Kind.PROTOCOL_ERROR),
-    (httpx.TooManyRedirects("r"), Kind.OTHER),
-])
-def test_httpx_kind(exc: BaseException, kind: Kind) -> None:
-    assert httpx_kind(exc) == kind
-
-
 def test_choose_engine() -> None:
     assert select.choose_engine(EngineConfig(), "http://h/") is FastEngine
     assert select.choose_engine(EngineConfig(), "https://h/") is FastEngine
@@ -188,31 +168,20 @@ class _LatePacer:
         self.next_ns = self.eager_ns = 1 << 62
 
 
-def test_open_loop_grows_the_pool_only_while_the_pacer_wakes_on_time() -> None:
+def test_open_loop_grows_the_pool_only_while_the_pacer_wakes_on_time(idle_loop: asyncio.AbstractEventLoop) -> None:
     """A loop that woke late is busy (e.g. reading big answers): sends queue for a free connection instead of
     opening more; once a wake-up is on time again, the queued sends get connections."""
-    import asyncio
-
-    loop = asyncio.new_event_loop()
-    try:
-        rs = RequestSet("http://127.0.0.1:9/", "POST", {}, [PreparedBody(b"x", 1)])
-        eng = FastEngine(EngineConfig(), rs, lambda s, b, r: (0, r, 0), None)  # type: ignore[arg-type]
-        eng._open, eng._limit, eng._loop = True, 100, loop
-        pacer = _LatePacer(fast.GROW_MAX_LAG_NS + 1)
-        eng._pacer = pacer  # type: ignore[assignment]
-        eng.dispatch(1)
-        eng.dispatch(2)
-        assert len(eng._conns) == 0 and list(eng._backlog) == [1, 2]
-        pacer.late_ns = 0
-        eng.dispatch(3)
-        assert len(eng._conns) == 3 and not eng._backlog  # every waiting send got a connection
-    finally:
-        tasks = asyncio.all_tasks(loop)
-        for t in tasks:
-            t.cancel()
-        if tasks:
-            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-        loop.close()
+    rs = RequestSet("http://127.0.0.1:9/", "POST", {}, [PreparedBody(b"x", 1)])
+    eng = FastEngine(EngineConfig(), rs, lambda s, b, r: (0, r, 0), None)  # type: ignore[arg-type]
+    eng._open, eng._limit, eng._loop = True, 100, idle_loop
+    pacer = _LatePacer(fast.GROW_MAX_LAG_NS + 1)
+    eng._pacer = pacer  # type: ignore[assignment]
+    eng.dispatch(1)
+    eng.dispatch(2)
+    assert len(eng._conns) == 0 and list(eng._backlog) == [1, 2]
+    pacer.late_ns = 0
+    eng.dispatch(3)
+    assert len(eng._conns) == 3 and not eng._backlog  # every waiting send got a connection
 
 
 def test_open_loop_stops_growing_while_answers_in_flight_would_hold_too_much() -> None:

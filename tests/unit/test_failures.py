@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+
 import httpx
 import pytest
 
@@ -18,6 +20,11 @@ def test_every_data_plane_uses_the_same_mapping() -> None:
     assert bench.targets.ubiops_batch.httpx_kind is httpx_kind  # the batch plane; direct requests run on the engines
 
 
+def _chained(outer: BaseException, inner: BaseException) -> BaseException:
+    outer.__cause__ = inner
+    return outer
+
+
 @pytest.mark.parametrize(("exc", "kind"), [
     # the two cases the UbiOps runner used to count differently from the httpx engine
     (httpx.PoolTimeout("no connection free in time"), Kind.READ_TIMEOUT),
@@ -25,6 +32,14 @@ def test_every_data_plane_uses_the_same_mapping() -> None:
     (httpx.WriteTimeout("w"), Kind.READ_TIMEOUT),
     (httpx.ConnectTimeout("c"), Kind.CONNECT_TIMEOUT),
     (httpx.CloseError("c"), Kind.RESET),
+    (httpx.ReadTimeout("t"), Kind.READ_TIMEOUT),
+    (_chained(httpx.ConnectError("x"), ConnectionRefusedError()), Kind.CONNECT_REFUSED),
+    (_chained(httpx.ConnectError("x"), ssl.SSLCertVerificationError("v")), Kind.TLS_ERROR),
+    (httpx.RemoteProtocolError("Server disconnected without sending a response."), Kind.RESET),
+    (httpx.RemoteProtocolError("<StreamReset stream_id:1, error_code:2>"), Kind.PROTOCOL_ERROR),
+    (httpx.ReadError("r"), Kind.RESET),
+    (httpx.LocalProtocolError("l"), Kind.PROTOCOL_ERROR),
+    (httpx.TooManyRedirects("r"), Kind.OTHER),
 ])
 def test_httpx_faults_map_to_one_kind(exc: BaseException, kind: Kind) -> None:
     assert httpx_kind(exc) == kind

@@ -4,7 +4,6 @@ frame sequences (padding, priority, CONTINUATION, 1xx, trailers, windows, SETTIN
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -138,18 +137,9 @@ class Transport:
 
 
 @pytest.fixture(autouse=True)
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """The (never running) loop the engines under test hold: connects they start are cancelled at the end."""
-    lp = asyncio.new_event_loop()
-    try:
-        yield lp
-    finally:
-        tasks = asyncio.all_tasks(lp)
-        for t in tasks:
-            t.cancel()
-        if tasks:
-            lp.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-        lp.close()
+def loop(idle_loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
+    """The (never running) loop the engines under test hold (conftest's idle_loop: cleaned up at the end)."""
+    return idle_loop
 
 
 def engine_with_streams(loop: asyncio.AbstractEventLoop, n: int) -> tuple[H2Engine, _Conn, Sink, list[bytes]]:

@@ -219,6 +219,10 @@ def test_generated_json_records(tmp_path: Path, doc: Any) -> None:
 @SHORT
 @given(data=st.binary(max_size=300), suffix=st.sampled_from(SUFFIXES))
 def test_random_bytes_as_data(tmp_path: Path, data: bytes, suffix: str) -> None:
+    _bytes_property(tmp_path, data, suffix)
+
+
+def _bytes_property(tmp_path: Path, data: bytes, suffix: str) -> None:
     path = tmp_path / f"r{suffix}"
     path.write_bytes(data)
     _read_property(path)
@@ -325,9 +329,7 @@ def test_mutated_shipped_scenarios_long(tmp_path: Path, index: int, ed: list[tup
 @LONG
 @given(data=st.binary(max_size=2000), suffix=st.sampled_from(SUFFIXES))
 def test_random_bytes_as_data_long(tmp_path: Path, data: bytes, suffix: str) -> None:
-    path = tmp_path / f"r{suffix}"
-    path.write_bytes(data)
-    _read_property(path)
+    _bytes_property(tmp_path, data, suffix)
 
 
 @pytest.mark.fuzz

@@ -3,6 +3,8 @@ answers are judged by rows, the model's metadata is checked against the data, co
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import orjson
 import pyarrow as pa
@@ -14,7 +16,7 @@ from bench.emulator.kserve import decode_request
 from bench.errors import InputError
 from bench.results import Kind
 from bench.targets.kserve import check_metadata
-from bench.targets.kserve_codec import classify, config_from_mapping, encode_bodies, tensors_for
+from bench.targets.kserve_codec import classify, config_from_mapping, encode_bodies, lazy_bodies, tensors_for
 
 FILE = "s.toml"
 
@@ -57,6 +59,45 @@ def test_columns_layout_bytes_and_int64(words: list[str], binary: bool, per: int
         ws += list(tw.values)
         ns += tn.values.tolist()
     assert ws == [w.encode() for w in words] and ns == list(range(len(words)))
+
+
+@st.composite
+def mixed_tables(draw: st.DrawFn) -> pa.Table:
+    """A few rows of a float list column (tensor-layout data) plus, sometimes, string and int columns."""
+    rows = draw(st.integers(1, 40))
+    width = draw(st.integers(1, 4))
+    floats = draw(st.lists(st.floats(-1e6, 1e6, width=32), min_size=rows * width, max_size=rows * width))
+    cols = {"x": pa.FixedSizeListArray.from_arrays(pa.array(floats, pa.float32()), width)}
+    if draw(st.booleans()):
+        cols["w"] = pa.array(draw(st.lists(st.text(max_size=6), min_size=rows, max_size=rows)))
+        cols["n"] = pa.array(draw(st.lists(st.integers(-2**40, 2**40), min_size=rows, max_size=rows)), pa.int64())
+    return pa.table(cols)
+
+
+@settings(max_examples=80, deadline=None)
+@given(table=mixed_tables(), per=st.integers(1, 9), block=st.integers(1, 7), binary=st.booleans(),
+       outputs=st.booleans(), order=st.randoms(use_true_random=False))
+def test_lazy_bodies_equal_eager_bodies(table: pa.Table, per: int, block: int, binary: bool, outputs: bool,
+                                        order: Any) -> None:
+    """Bodies encoded a block at a time, in any order the run reaches them, are the bytes of the one-pass encoding
+    (same header length too); nothing is encoded before it is asked for."""
+    layout = {"layout": "columns"} if table.num_columns > 1 else {"input_name": "t"}
+    c = cfg(binary=binary, outputs=["o"] if outputs else [], **layout)
+    tensors = tensors_for(table, c)  # type: ignore[arg-type]
+    eager, eager_width = encode_bodies(tensors, c, per)  # type: ignore[arg-type]
+    lazy, lazy_width = lazy_bodies(tensors, c, per, block=block)  # type: ignore[arg-type]
+    assert lazy_width == eager_width and len(lazy) == len(eager) and lazy.encoded == 0
+    assert lazy.rows == [b.rows for b in eager]
+    wanted = list(range(len(eager)))
+    order.shuffle(wanted)
+    for i in wanted[:len(wanted) // 2]:
+        assert lazy.body(i) == eager[i].body
+    assert lazy.encoded <= min(len(eager), block * (len(wanted) // 2))
+    assert list(lazy) == eager  # the rest, in order (and the first half again, from the cache)
+    if binary:  # every header within the one length the engines send
+        for b in eager:
+            _, decoded = decode_request(b.body, str(eager_width))
+            assert [t.shape[0] for t in decoded] == [b.rows] * len(decoded)
 
 
 def test_config_errors_name_the_key() -> None:
