@@ -74,6 +74,7 @@ class Scraper:
         self.scrapes: list[tuple[int, Any]] = []  # (wall ns, Folded)
         self.errors = 0
         self.first_error = ""
+        self.with_samples = 0  # scrapes that held at least one sample
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bench-scraper", daemon=True)
 
@@ -109,14 +110,16 @@ class Scraper:
             if r.status_code != 200:
                 raise PromError(f"HTTP {r.status_code}")
             types, samples = parse(r.text)
-            if not samples:
-                raise PromError("no samples")
         except (httpx.HTTPError, PromError, UnicodeDecodeError) as exc:
             self.errors += 1
             if not self.first_error:
                 self.first_error = f"{type(exc).__name__}: {exc}"[:200]
             return False
+        # no samples is a valid answer (labelled metrics before the server's first request, e.g. a scrape just
+        # before the load): kept; a view made only of empty scrapes is flagged in add_to
         self.scrapes.append((wall, fold(types, samples, path_contains=self.cfg.path_contains)))
+        if samples:
+            self.with_samples += 1
         return True
 
     def add_to(self, report: Any) -> None:
@@ -130,6 +133,8 @@ class Scraper:
                            scrape_errors=self.errors)
         if self.first_error:
             report.meta.extra["server_metrics"]["first_error"] = self.first_error
+        elif self.scrapes and not self.with_samples:
+            report.meta.extra["server_metrics"]["first_error"] = "no samples in any scrape"
 
 
 @contextmanager
