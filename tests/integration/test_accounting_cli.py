@@ -53,6 +53,7 @@ def bench(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=120, env=env)
 
 
+@pytest.mark.slow  # over 5 s of real processes: in CI's slow step, not the default run
 def test_never_answering_server_counts_in_flight_as_errors(silent_server: int, tmp_path: Path) -> None:
     body = tmp_path / "body.json"
     body.write_text('{"x": 1}')

@@ -33,6 +33,7 @@ def bench(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
                           timeout=timeout)
 
 
+@pytest.mark.slow  # over 5 s of real processes: in CI's slow step, not the default run
 def test_finds_the_known_capacity_and_plans_replicas(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     proc = bench("capacity", "scenarios/capacity.toml", *KNOWN, "--slo", "p99_ms=150,error_rate=0.01",

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench.report.reader import read_report
 from bench.report.writer import write_report
 
@@ -27,6 +29,7 @@ def run(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
                  "--out", str(out))
 
 
+@pytest.mark.slow  # over 5 s of real processes: in CI's slow step, not the default run
 def test_merged_report_carries_its_own_slo_verdict_not_the_first_parts(tmp_path: Path) -> None:
     good, bad, merged = tmp_path / "good.arrow", tmp_path / "bad.arrow", tmp_path / "merged.arrow"
     first = run(good)
@@ -47,6 +50,7 @@ def test_merged_report_carries_its_own_slo_verdict_not_the_first_parts(tmp_path:
     assert acc["errors"] > 0 and acc["ok"] > 0
 
 
+@pytest.mark.slow  # over 5 s of real processes: in CI's slow step, not the default run
 def test_a_part_without_a_send_count_leaves_the_merged_sends_unknown(tmp_path: Path) -> None:
     a, b, merged = tmp_path / "a.arrow", tmp_path / "b.arrow", tmp_path / "merged.arrow"
     for out in (a, b):
@@ -65,6 +69,7 @@ def test_a_part_without_a_send_count_leaves_the_merged_sends_unknown(tmp_path: P
 
 
 
+@pytest.mark.slow  # over 5 s of real processes: in CI's slow step, not the default run
 def test_merge_into_a_bad_out_path_is_one_line_exit_2(tmp_path: Path) -> None:
     a, b = tmp_path / "a.arrow", tmp_path / "b.arrow"
     for out in (a, b):

@@ -45,6 +45,7 @@ def rows(path: Path, section: str) -> list[dict[str, object]]:
     return [r for r in table.to_pylist() if r["section"] == section]
 
 
+@pytest.mark.slow  # over 5 s of real processes: in CI's slow step, not the default run
 def test_token_refresh_keeps_load_going_without_401(tmp_path: Path) -> None:
     extra = '\n[auth]\nkind = "client_credentials"\nclient_secret_env = "BENCH_FEATURE_SECRET"\n'
     # the acceptance run: 12 s against tokens that live 3 s

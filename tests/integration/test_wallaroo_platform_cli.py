@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pyarrow.ipc as ipc
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data" / "ccfraud_1k.df.json"
@@ -67,6 +68,7 @@ latency_ms = 2.0
 """
 
 
+@pytest.mark.slow  # over 5 s of real processes: in CI's slow step, not the default run
 def test_two_tokens_through_the_public_client_refresh_on_their_own_with_no_errors(tmp_path: Path) -> None:
     # [auth] names no client secret: the SDK's public sdk-client; the MLOps user's token is its own source
     proc, out, _ = run(tmp_path, USER_AUTH + STRICT, duration="5s")
