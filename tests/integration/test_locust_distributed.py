@@ -182,15 +182,23 @@ def test_a_worker_of_another_bench_version_is_refused(cluster: Cluster, serve_em
     assert "Traceback" not in log
 
 
-def test_sigterm_of_the_master_stops_the_workers_and_writes_a_partial_report(
-        cluster: Cluster, serve_emulator: Callable[..., str]) -> None:
+def _loading(cluster: Cluster, serve_emulator: Callable[..., str],
+             duration_s: int) -> tuple[str, subprocess.Popen[bytes], list[subprocess.Popen[bytes]]]:
+    """A master and two workers loading the emulator, once Locust's web UI shows live numbers: (emulator URL,
+    master, workers)."""
     base = serve_emulator()
     port = free_port()
-    sc = scenario(cluster.tmp, infer_url(base), 'concurrency = 4\nduration = "60s"', raw=False)
+    sc = scenario(cluster.tmp, infer_url(base), f'concurrency = 4\nduration = "{duration_s}s"', raw=False)
     web = free_port()
     master = run_master(cluster, sc, port, 2, "--locust-web-port", str(web))
     workers = [cluster.worker(port, "w0"), cluster.worker(port, "w1")]
     wait_for(lambda: live_requests(web) > 200, 30, "live numbers in Locust's web UI")
+    return base, master, workers
+
+
+def test_sigterm_of_the_master_stops_the_workers_and_writes_a_partial_report(
+        cluster: Cluster, serve_emulator: Callable[..., str]) -> None:
+    base, master, workers = _loading(cluster, serve_emulator, 60)
     master.send_signal(signal.SIGTERM)
     code, summary = finish(master, timeout=30)
     assert code == 130, cluster.log(master)
@@ -207,13 +215,7 @@ def test_a_master_killed_outright_leaves_no_worker_loading_the_target(
         cluster: Cluster, serve_emulator: Callable[..., str]) -> None:
     """kill -9 of the master: its workers hear no heartbeat and stop within seconds (Locust's own limit is 60 s
     of uncontrolled load), taking their engine processes with them."""
-    base = serve_emulator()
-    port = free_port()
-    sc = scenario(cluster.tmp, infer_url(base), 'concurrency = 4\nduration = "120s"', raw=False)
-    web = free_port()
-    master = run_master(cluster, sc, port, 2, "--locust-web-port", str(web))
-    workers = [cluster.worker(port, "w0"), cluster.worker(port, "w1")]
-    wait_for(lambda: live_requests(web) > 200, 30, "live numbers in Locust's web UI")
+    base, master, workers = _loading(cluster, serve_emulator, 120)
     os.killpg(master.pid, signal.SIGKILL)
     killed_at = time.monotonic()
     wait_for(lambda: all(w.poll() is not None for w in workers), 20, "the workers to quit after the master died")
