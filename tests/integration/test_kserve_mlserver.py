@@ -106,9 +106,13 @@ def test_bench_run_on_mlserver_zero_errors_right_rows_server_metrics(tmp_path: P
     latency = [r for r in rows if r["section"] == "server_latency" and r["phase"] == "measured"]
     assert latency and latency[0]["name"] == "rest_server_request_duration_seconds", latency
     # the histogram delta spans the scrapes bracketing the measured phase (the one before it may fall in the
-    # warm-up): it holds the measured inferences and never more than the run sent; on a loaded 2-core machine
-    # MLServer has been seen to publish the last ~20 % of a 3 s phase after the closing scrape, so the floor is half
-    assert s["requests"] // 2 <= latency[0]["count"] <= s["accounting"]["sent"], (latency, s)
+    # warm-up): some of the measured inferences and never more than the run sent. No floor beyond "some": on a
+    # loaded 2-core machine MLServer's /metrics lags its traffic by seconds (seen in CI: its infer counter did not
+    # move between two scrapes 2 s apart while ~2,000 req/s were answered, and the measured delta held 48 % of
+    # the phase's requests) -- bench reports what the server says, and the test cannot ask the server for more
+    assert 0 < latency[0]["count"] <= s["accounting"]["sent"], (latency, s)
+    warm = [r for r in rows if r["section"] == "server_latency" and r["phase"] == "warmup"]
+    assert sum(r["count"] for r in latency + warm) <= 2 * s["accounting"]["sent"]  # no double count beyond overlap
     assert any(r["section"] == "server_metric" and str(r["name"]).startswith("rest_server_requests_total")
                for r in rows)
     sm = json.loads(report.schema.metadata[b"bench.report"])["extra"]["server_metrics"]
