@@ -27,6 +27,7 @@ __all__ = [
     "RequestSet",
     "ResultSink",
     "StopSignal",
+    "body_getter",
     "field_index",
     "kind_name",
 ]
@@ -75,6 +76,14 @@ class PreparedBody:
 
     body: bytes
     rows: int
+
+
+def body_getter(bodies: Sequence[PreparedBody]) -> Callable[[int], bytes]:
+    """Body ``i`` without building every body first (``LazyBodies.body`` encodes on first use)."""
+    get = getattr(bodies, "body", None)
+    if callable(get):
+        return get  # type: ignore[no-any-return]
+    return lambda i: bodies[i].body
 
 
 GATE_HOLDS = "gate_holds"  # run counter: times a send gate (a client-side rate limit) began holding sends

@@ -22,7 +22,7 @@ import math
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,9 +32,9 @@ from bench.engine.base import Classifier, EngineConfig, LoadSpec, RequestSet, Re
 from bench.engine.common import DEFAULT_OPEN_LIMIT, CallbackEngine, backoff_s
 from bench.engine.pacer import Pacer, Sweeper, estimate_rate
 from bench.failures import exception_kind  # re-exported: the one exception-to-kind mapping
-from bench.results import ERROR_DETAIL_BYTES, Kind
+from bench.results import ERROR_DETAIL_BYTES, Kind, body_getter
 
-__all__ = ["FastEngine", "Target", "body_getter", "build_wires", "exception_kind", "make_ssl_context",
+__all__ = ["FastEngine", "Target", "build_wires", "exception_kind", "make_ssl_context",
            "parse_target", "request_head", "wire"]
 
 _OK = int(Kind.OK)
@@ -81,15 +81,6 @@ def build_wires(requests: RequestSet, target: Target, headers: Mapping[str, str]
 def wire(head: bytes, body: bytes) -> bytes:
     """``head`` (from ``request_head``) completed with Content-Length, and the body: one write."""
     return head + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-
-
-def body_getter(requests: RequestSet) -> Callable[[int], bytes]:
-    """Body ``i`` without building every body first (``LazyBodies.body`` encodes on first use)."""
-    get = getattr(requests.bodies, "body", None)
-    if callable(get):
-        return get  # type: ignore[no-any-return]
-    bodies = requests.bodies
-    return lambda i: bodies[i].body
 
 
 def request_head(requests: RequestSet, target: Target, headers: Mapping[str, str]) -> bytes:
@@ -277,7 +268,7 @@ class FastEngine(CallbackEngine):
         self.target = parse_target(requests.url)
         self._headers: dict[str, str] = dict(requests.headers)
         self._nbodies = len(requests.bodies)
-        self._body = body_getter(requests)
+        self._body = body_getter(requests.bodies)
         self._head = request_head(requests, self.target, self._headers)
         # wires (head + body) are built on first use: a big data set's bodies are encoded as the run reaches them
         self._wires: list[bytes | None] = [None] * self._nbodies

@@ -39,8 +39,8 @@ from hpack.table import HeaderTable
 from bench.engine import h2frames as fr
 from bench.engine.base import Classifier, EngineConfig, LoadSpec, RequestSet, ResultSink
 from bench.engine.common import DEFAULT_OPEN_LIMIT, CallbackEngine, backoff_s
-from bench.engine.fast import Target, body_getter, exception_kind, make_ssl_context, parse_target
-from bench.results import ERROR_DETAIL_BYTES, Kind
+from bench.engine.fast import Target, exception_kind, make_ssl_context, parse_target
+from bench.results import ERROR_DETAIL_BYTES, Kind, body_getter
 
 __all__ = ["H2Engine", "encode_header_block", "h2_header_list", "table_size_update"]
 
@@ -321,7 +321,7 @@ class H2Engine(CallbackEngine):
         super().__init__(config, requests, classify, sink)
         self.target = parse_target(requests.url)
         self._nbodies = len(requests.bodies)
-        self._body: Callable[[int], bytes] = body_getter(requests)
+        self._body: Callable[[int], bytes] = body_getter(requests.bodies)
         self._headers: dict[str, str] = dict(requests.headers)
         h2_header_list(requests.method, self.target, self._headers, 0)  # bad headers fail here, not mid-run
         # request frames per body, built on first use (a big data set's bodies are encoded as the run reaches

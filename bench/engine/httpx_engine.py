@@ -19,10 +19,10 @@ import httpx
 
 from bench.engine.base import Classifier, EngineConfig, LoadSpec, RequestSet, ResultSink, StopSignal
 from bench.engine.common import DEFAULT_OPEN_LIMIT, EngineCore, backoff_s
-from bench.engine.fast import body_getter, make_ssl_context
+from bench.engine.fast import make_ssl_context
 from bench.engine.loopmon import LoopMonitor
 from bench.failures import httpx_kind  # re-exported: the one exception-to-kind mapping
-from bench.results import ERROR_DETAIL_BYTES, Kind
+from bench.results import ERROR_DETAIL_BYTES, Kind, body_getter
 
 __all__ = ["HttpxEngine", "httpx_kind"]
 
@@ -41,7 +41,7 @@ class HttpxEngine(EngineCore):
         self._tls = parts.scheme == "https"
         self._url = httpx.URL(requests.url)
         self._method = requests.method.upper()
-        self._body = body_getter(requests)  # a LazyBodies encodes each body when the run first reaches it
+        self._body = body_getter(requests.bodies)  # a LazyBodies encodes each body when the run first reaches it
         self._nbodies = len(requests.bodies)
         self._headers = self._clean(requests.headers)
         self._clients: list[httpx.AsyncClient] = []

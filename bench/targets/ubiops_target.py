@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
 from bench.errors import InputError
-from bench.results import LoadSpec, PreparedBody, StopSignal
+from bench.results import LoadSpec, PreparedBody, StopSignal, body_getter
 from bench.targets import Request, SectionRules, Target, read_table
 from bench.targets.ubiops import UbiOpsConfig, build_ubiops_bodies, classify_direct, ubiops_config_from_mapping
 from bench.targets.ubiops_runner import attach_direct, run_ubiops
@@ -123,8 +123,7 @@ class _Inputs(Sequence[bytes]):
 
     def __init__(self, bodies: Sequence[PreparedBody]) -> None:
         self._bodies = bodies
-        get = getattr(bodies, "body", None)
-        self._get: Callable[[int], bytes] = get if callable(get) else (lambda i: bodies[i].body)
+        self._get = body_getter(bodies)
 
     def __len__(self) -> int:
         return len(self._bodies)
