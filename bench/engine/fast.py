@@ -517,8 +517,10 @@ class FastEngine(CallbackEngine):
             pacer = self._pacer
             if pacer is not None and done >= pacer.eager_ns:
                 pacer.run_due(done)  # a send is due and a connection just freed up: send from here
-        else:
+        elif self._stopping or done >= self._end_ns or self._max_requests or self._gate is not None or conn.dead:
             self._slot_next(conn, done, 0)
+        else:  # _slot_next's common case, inlined: the slot sends its next request on this connection
+            self._assign(conn, done)
 
     def _check_drained(self) -> None:
         if self._backlog:
