@@ -388,6 +388,9 @@ class Recorder:
         lo, hi = int(sec.min()), int(sec.max())
         s = self._series
         s.ensure(hi + 1)
+        if lo == hi:  # the common case (a batch within one second): sums, not weighted bincounts (~35 µs less)
+            self._fold_second(lo, ok, rows, b_out, b_in, lat_idx, lat)
+            return
         rel = sec - lo
         width = hi - lo + 1
         cols = s.cols
@@ -397,18 +400,46 @@ class Recorder:
         cols["bytes_out"][lo:hi + 1] += np.bincount(rel, weights=b_out, minlength=width).astype(np.int64)
         cols["bytes_in"][lo:hi + 1] += np.bincount(rel, weights=b_in, minlength=width).astype(np.int64)
         s.used[lo:hi + 1] |= np.bincount(rel, minlength=width) > 0
-        for second in np.unique(sec[ok]).tolist() if lo != hi else ([lo] if ok.any() else []):
-            m = ok & (sec == second) if lo != hi else ok
-            sel = np.nonzero(m)[0]
-            h = self._open_sec.get(second)
-            if h is None:
-                h = self._spare.pop() if self._spare else Histogram()
-                old = self._closed_sec.pop(second, None)
-                if old:  # a late answer for a second already encoded: reopen it (rare)
-                    h.add(Histogram.decode(old))
-                self._open_sec[second] = h
+        for second in np.unique(sec[ok]).tolist():
+            sel = np.nonzero(ok & (sec == second))[0]
+            h = self._second_hist(second)
             lv = lat[sel]
             h.record_indices(lat_idx[sel], int(lv.min()), int(lv.max()))
+        self._end_fold(hi)
+
+    def _fold_second(self, sec: int, ok: npt_bool, rows: IntArray, b_out: IntArray, b_in: IntArray,
+                     lat_idx: IntArray, lat: IntArray) -> None:
+        """``_fold_series`` for a batch whose answers all came in second ``sec``."""
+        cols = self._series.cols
+        n = len(ok)
+        n_ok = int(np.count_nonzero(ok))
+        cols["requests"][sec] += n
+        cols["errors"][sec] += n - n_ok
+        cols["rows"][sec] += int(rows.sum()) if n_ok == n else int(rows[ok].sum())
+        cols["bytes_out"][sec] += int(b_out.sum())
+        cols["bytes_in"][sec] += int(b_in.sum())
+        self._series.used[sec] = True
+        if n_ok:
+            h = self._second_hist(sec)
+            if n_ok == n:
+                h.record_indices(lat_idx, int(lat.min()), int(lat.max()))
+            else:
+                lv = lat[ok]
+                h.record_indices(lat_idx[ok], int(lv.min()), int(lv.max()))
+        self._end_fold(sec)
+
+    def _second_hist(self, second: int) -> Histogram:
+        """The open latency histogram of ``second`` (recycled, or reopened from its encoding: a late answer)."""
+        h = self._open_sec.get(second)
+        if h is None:
+            h = self._spare.pop() if self._spare else Histogram()
+            old = self._closed_sec.pop(second, None)
+            if old:  # a late answer for a second already encoded: reopen it (rare)
+                h.add(Histogram.decode(old))
+            self._open_sec[second] = h
+        return h
+
+    def _end_fold(self, hi: int) -> None:
         self._max_sec = max(self._max_sec, hi)
         for second in [x for x in self._open_sec if x <= self._max_sec - _OPEN_SECONDS]:
             self._close_second(second)
