@@ -340,3 +340,31 @@ def test_memory_flat_over_a_long_simulated_run_without_gc() -> None:
     assert traced_end - traced_q < span * 3_000, (traced_q, traced_end)  # before the fix: ~190 KB/s
     assert rss_end - rss_q < 20 * 1024 * 1024, (rss_q, rss_end)
     assert rec.finish(secs * S, partial=False).total(MEASURED).requests == rate * secs
+
+
+_rec = st.tuples(st.integers(0, 6 * S), st.integers(0, 3 * MS), st.integers(0, 2 * S),
+                 st.sampled_from([int(Kind.OK), int(Kind.OK), int(Kind.HTTP_ERROR), int(Kind.RESET)]),
+                 st.integers(0, 100), st.integers(0, 9000), st.integers(0, 9000), st.sampled_from([0, 0, 4000]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(records=st.lists(_rec, min_size=1, max_size=300), batch=st.integers(1, 64))
+def test_folding_in_small_batches_equals_one_big_fold(records: list[tuple[int, ...]], batch: int) -> None:
+    """Small batches mostly fall within one second (the recorder's fast path); one big batch spans seconds
+    (the general path): both must give the same histograms, totals and per-second series."""
+    start = 100 * S
+    recs = sorted(records)
+
+    def run(b: int) -> object:
+        rec = Recorder(start, start + S, batch=b)
+        for intended, svc_lag, latency, kind, rows, b_out, b_in, server in recs:
+            t = start + intended
+            sent = t + svc_lag
+            rec.record(t, sent, sent + latency, kind, 200 if kind == Kind.OK else 503, rows, b_out, b_in, server)
+        data = rec.finish(start + 10 * S, partial=False)
+        return ({k: (h.total, h.min_us, h.max_us, h.counts.tobytes()) for k, h in data.histograms.items()},
+                {k: str(v) for k, v in data.totals.items()}, data.errors, data.series.hdr,
+                [getattr(data.series, c).tolist() for c in ("second", "requests", "errors", "rows", "bytes_out",
+                                                            "bytes_in")])
+
+    assert run(batch) == run(10_000)
