@@ -23,6 +23,9 @@ its header carrying the run id). Recovering the manifest merges the parts of tha
 count, so requests on the wire at the kill are counted in flight at the end and ``sent = ok + errors + in
 flight`` holds in the recovered report; a worker stopped by its parent's death drains and writes a final line
 (the whole of its share) before it exits.
+
+A Locust master (bench.locust.parts) writes the same manifest and parts: its workers' engines checkpoint on
+their own hosts and send the lines, which the master appends beside its report.
 """
 
 from __future__ import annotations
