@@ -129,25 +129,55 @@ def read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def test_kill_9_of_the_master_is_recoverable(tmp_path: Path, target: _Target) -> None:
-    body = tmp_path / "body.json"
-    body.write_text('[{"tensor": [1.0]}]')
-    url = f"http://127.0.0.1:{target.server_address[1]}/infer"
-    sc = tmp_path / "s.toml"
-    sc.write_text(f'name = "kill9"\n[target]\nkind = "http"\nurl = "{url}"\ntoken_env = "BENCH_TEST_TOKEN"\n'
-                  f'[data]\nbody = "{body}"\n[load]\nconcurrency = 4\nduration = "120s"\n')
-    out = tmp_path / "run.arrow"
-    manifest = tmp_path / ".run.arrow.checkpoint"
-    parts = [tmp_path / f".run.arrow.w{i}.checkpoint" for i in range(2)]
-    cluster = Cluster(tmp_path, env={"BENCH_TEST_TOKEN": ""})  # the master's environment does not hold it
-    try:
+def assert_recovered(path: Path, answered: int) -> None:
+    """A recovered Locust run: partial, both workers' shares, accounting adding up, no token by value."""
+    meta = read_meta(path)  # opens with pyarrow
+    assert meta["partial"] is True and meta["extra"]["interrupted"] is True
+    assert meta["load"]["processes"] == 2
+    assert meta["extra"]["recovered"]["workers"] == 2 and "skipped" not in meta["extra"]["recovered"]
+    assert meta["extra"]["locust"]["expected_workers"] == 2
+    acc = meta["extra"]["accounting"]
+    assert acc["holds"] is True, acc
+    assert acc["sent"] == acc["ok"] + acc["errors"] + acc["in_flight_at_end"], acc
+    assert acc["ok"] > 0 and acc["errors"] > 0, acc  # the echoed 500s are counted by kind
+    rows = meta["_totals"]  # the stored totals agree with the accounting (in flight: kind 'abandoned')
+    assert sum(int(t["ok"]) for t in rows) == acc["ok"]
+    assert sum(int(t["errors"]) for t in rows) == acc["errors"] + acc["in_flight_at_end"]
+    assert acc["ok"] + acc["errors"] <= answered  # nothing counted that the target did not answer
+    assert TOKEN.encode() not in path.read_bytes()
+
+
+class _Run:
+    """A distributed run against ``target`` writing ``run.arrow`` in ``tmp``: the scenario, paths and cluster."""
+
+    def __init__(self, tmp: Path, target: _Target) -> None:
+        body = tmp / "body.json"
+        body.write_text('[{"tensor": [1.0]}]')
+        url = f"http://127.0.0.1:{target.server_address[1]}/infer"
+        self.sc = tmp / "s.toml"
+        self.sc.write_text(f'name = "kill9"\n[target]\nkind = "http"\nurl = "{url}"\n'
+                           f'token_env = "BENCH_TEST_TOKEN"\n[data]\nbody = "{body}"\n'
+                           '[load]\nconcurrency = 4\nduration = "120s"\n')
+        self.out = tmp / "run.arrow"
+        self.manifest = tmp / ".run.arrow.checkpoint"
+        self.parts = [tmp / f".run.arrow.w{i}.checkpoint" for i in range(2)]
+        self.cluster = Cluster(tmp, env={"BENCH_TEST_TOKEN": ""})  # the master's environment does not hold it
+
+    def start(self, name: str, *extra: str) -> tuple[subprocess.Popen[bytes], list[subprocess.Popen[bytes]]]:
         port = free_port()
-        master = cluster.start("master", "-m", "bench", "run", str(sc), "--locust-master", "--expect-workers", "2",
-                               "--master-bind-port", str(port), "--worker-wait", "30", "-q", "-o", str(out))
-        workers = [cluster.worker(port, f"w{i}", env={"BENCH_TEST_TOKEN": TOKEN}) for i in range(2)]
-        wait_for(lambda: all(checkpoint_ok(p) > 0 for p in parts) or master.poll() is not None, 60,
+        master = self.cluster.start(name, "-m", "bench", "run", str(self.sc), "--locust-master", "--expect-workers",
+                                    "2", "--master-bind-port", str(port), "--worker-wait", "30",
+                                    "-o", str(self.out), *extra)
+        workers = [self.cluster.worker(port, f"{name}-w{i}", env={"BENCH_TEST_TOKEN": TOKEN}) for i in range(2)]
+        return master, workers
+
+    def killed(self) -> None:
+        """Start a run, SIGKILL its master once both workers' checkpoints on its disk hold answers; the workers
+        and their engine processes must quit on their own; the master's disk keeps the manifest and parts."""
+        master, workers = self.start("master", "-q")
+        wait_for(lambda: all(checkpoint_ok(p) > 0 for p in self.parts) or master.poll() is not None, 60,
                  "both workers' checkpoints to hold answers on the master's disk")
-        assert master.poll() is None, cluster.log(master)
+        assert master.poll() is None, self.cluster.log(master)
         engines = [pid for w in workers for pid in engine_children(w.pid)]
         assert len(engines) == 2, engines
 
@@ -155,35 +185,43 @@ def test_kill_9_of_the_master_is_recoverable(tmp_path: Path, target: _Target) ->
         assert master.wait(10) == -signal.SIGKILL
         wait_for(lambda: not any(alive(p) for p in [w.pid for w in workers] + engines), 30,
                  "the workers and their engine processes to quit after the master died")
-        assert not out.exists()  # the master never wrote a report
-        assert manifest.exists() and all(p.exists() for p in parts)
-        kept = b"".join(p.read_bytes() for p in (manifest, *parts))
+        assert not self.out.exists()  # the master never wrote a report
+        assert self.manifest.exists() and all(p.exists() for p in self.parts)
+        kept = b"".join(p.read_bytes() for p in (self.manifest, *self.parts))
         assert TOKEN.encode() not in kept, "a worker's token reached the master's checkpoints by value"
         assert b"denied: unknown credential ***" in kept  # the echoed credential was there, masked
 
-        rec = subprocess.run([sys.executable, "-m", "bench", "recover", str(out)], cwd=tmp_path, env=cluster.env,
-                             capture_output=True, text=True, timeout=60)
+    def bench(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "bench", *args], cwd=self.cluster.tmp, env=self.cluster.env,
+                              capture_output=True, text=True, timeout=60)
+
+
+def test_kill_9_of_the_master_is_recoverable(tmp_path: Path, target: _Target) -> None:
+    run = _Run(tmp_path, target)
+    try:
+        run.killed()
+        rec = run.bench("recover", str(run.out))
         assert rec.returncode == 0, rec.stderr
         assert "partial" in rec.stdout and "Traceback" not in rec.stderr
-        assert not manifest.exists() and not any(p.exists() for p in parts)  # consumed by the recovery
-
-        meta = read_meta(out)
-        assert meta["partial"] is True and meta["extra"]["interrupted"] is True
-        assert meta["load"]["processes"] == 2
-        assert meta["extra"]["recovered"]["workers"] == 2 and "skipped" not in meta["extra"]["recovered"]
-        assert meta["extra"]["locust"]["expected_workers"] == 2
-        acc = meta["extra"]["accounting"]
-        assert acc["holds"] is True, acc
-        assert acc["sent"] == acc["ok"] + acc["errors"] + acc["in_flight_at_end"], acc
-        assert acc["ok"] > 0 and acc["errors"] > 0, acc  # the echoed 500s are counted by kind
-        rows = meta["_totals"]  # the stored totals agree with the accounting (in flight: kind 'abandoned')
-        assert sum(int(t["ok"]) for t in rows) == acc["ok"]
-        assert sum(int(t["errors"]) for t in rows) == acc["errors"] + acc["in_flight_at_end"]
-        assert acc["ok"] + acc["errors"] <= target.answered  # nothing counted that the target did not answer
-        assert TOKEN.encode() not in out.read_bytes()
-        shown = subprocess.run([sys.executable, "-m", "bench", "report", str(out)], cwd=tmp_path, env=cluster.env,
-                               capture_output=True, text=True, timeout=60)
+        assert not run.manifest.exists() and not any(p.exists() for p in run.parts)  # consumed by the recovery
+        assert_recovered(run.out, target.answered)
+        shown = run.bench("report", str(run.out))
         assert shown.returncode == 0 and "partial" in shown.stdout, shown.stderr
         assert TOKEN not in shown.stdout
     finally:
-        cluster.close()
+        run.cluster.close()
+
+
+def test_the_next_master_with_the_same_out_recovers_the_leftover(tmp_path: Path, target: _Target) -> None:
+    run = _Run(tmp_path, target)
+    try:
+        run.killed()
+        master, _ = run.start("again", "--duration", "1s")  # not quiet: it says what it recovered
+        assert master.wait(60) == 0, run.cluster.log(master)
+        log = run.cluster.log(master)
+        assert "recovered the checkpoint of an earlier, killed run" in log, log
+        assert_recovered(tmp_path / "run.recovered.arrow", target.answered)
+        assert read_meta(run.out)["partial"] is False  # the new run's own report
+        assert not list(tmp_path.glob(".run.arrow*")), "checkpoints left after the new run's report"
+    finally:
+        run.cluster.close()
