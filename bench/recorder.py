@@ -1,6 +1,8 @@
 """The recorder: the engines' ResultSink. Cheap on the hot path, exact in the histograms.
 
-``record`` only appends nine ints to a flat ``array('q')``; every ``batch`` records the buffer is folded into
+``record`` only packs nine ints into a preallocated buffer (``struct.pack_into``: ~0.3 µs less per record than
+extending an ``array('q')`` from a tuple, which converts and appends one item at a time); every ``batch``
+records the buffer is folded into
 the HDR histograms and per-second series with numpy (vectorised bucket indices, in-place ``np.add.at``). Memory
 stays flat: nothing per request is kept after a fold (the optional raw log is streamed to an Arrow IPC stream
 file), and nothing dense is allocated per second either -- the few open per-second histograms are recycled
@@ -10,6 +12,7 @@ through a small pool and a closed second keeps only its ~1 KB encoding (see docs
 from __future__ import annotations
 
 import re
+import struct
 import time
 from array import array
 from collections.abc import Callable
@@ -27,6 +30,8 @@ __all__ = ["FOLD_BATCH", "MAX_ERROR_SAMPLES", "Progress", "Recorder"]
 
 MAX_ERROR_SAMPLES = 20
 _NFIELDS = len(RECORD_FIELDS)  # one row of the buffer per record
+_ROW = struct.Struct(f"={_NFIELDS}q")  # native-endian int64s, no padding: what np.frombuffer(int64) reads
+_ROW_BYTES = _ROW.size
 FOLD_BATCH = 2048  # records per fold: a fold blocks the loop ~0.2 ms (8192: ~0.7 ms, a visible stall in open-loop
 # schedule lag at high rates) for ~105 ns per record (8192: ~89 ns)
 _OPEN_SECONDS = 3  # per-second histograms kept dense (others encoded) — answers arrive slightly out of order
@@ -99,8 +104,9 @@ class Recorder:
         self.warmup_end_ns = warmup_end_ns
         self.start_unix_ns = time.time_ns() - (time.monotonic_ns() - start_ns)
         self._clock = clock
-        self._batch_len = batch * _NFIELDS
-        self._buf = array("q")
+        self._rows_mem = bytearray(max(1, batch) * _ROW.size)  # records since the last fold, packed
+        self._rows_end = 0  # bytes of _rows_mem in use
+        self._pack = _ROW.pack_into
         self._dropped_buf = array("q")
         self._lag_buf = array("q")
         self._named_buf: dict[str, array[int]] = {}
@@ -123,9 +129,12 @@ class Recorder:
     # -- ResultSink (hot path) -------------------------------------------------------------------------
     def record(self, intended_ns: int, sent_ns: int, done_ns: int, kind: int, status: int, rows: int,
                bytes_out: int, bytes_in: int, server_ns: int) -> None:
-        buf = self._buf
-        buf.extend((intended_ns, sent_ns, done_ns, kind, status, rows, bytes_out, bytes_in, server_ns))
-        if len(buf) >= self._batch_len:
+        end = self._rows_end
+        self._pack(self._rows_mem, end, intended_ns, sent_ns, done_ns, kind, status, rows, bytes_out, bytes_in,
+                   server_ns)
+        end += _ROW_BYTES
+        self._rows_end = end
+        if end >= len(self._rows_mem):
             self._flush()
 
     def error_detail(self, kind: int, status: int, detail: bytes) -> None:
@@ -288,12 +297,14 @@ class Recorder:
 
     def _flush(self) -> None:
         if self._finished:  # a straggler answer after finish(): ignore it rather than break the engine
-            self._buf, self._dropped_buf, self._lag_buf = array("q"), array("q"), array("q")
+            self._rows_end = 0
+            self._dropped_buf, self._lag_buf = array("q"), array("q")
             self._named_buf.clear()
             return
-        if self._buf:
-            buf, self._buf = self._buf, array("q")
-            self._fold(np.frombuffer(buf, dtype=np.int64).reshape(-1, _NFIELDS))
+        if self._rows_end:
+            n, self._rows_end = self._rows_end, 0
+            # a view of the buffer: the fold copies what it keeps, and the buffer is refilled only after it
+            self._fold(np.frombuffer(self._rows_mem, dtype=np.int64, count=n // 8).reshape(-1, _NFIELDS))
         if self._dropped_buf:
             buf, self._dropped_buf = self._dropped_buf, array("q")
             self._fold_dropped(np.frombuffer(buf, dtype=np.int64))

@@ -28,8 +28,11 @@ def _check_rate(rate: float, name: str = "rate") -> float:
 def constant_offsets(rate: float) -> Iterator[int]:
     """Request k at round(k * 1e9 / rate) ns: 0, 1/rate, 2/rate, … (endless)."""
     r = _check_rate(rate)
-    for k in count():
-        yield round(k * _NS / r)
+    for k in count(0, _BLOCK):
+        # in numpy blocks (the same IEEE operations as ``round(k * _NS / r)``: k * 1e9 rounded once, divided,
+        # rounded half to even): ~0.1 µs less per send than a Python expression per offset
+        ks = np.arange(k, k + _BLOCK, dtype=np.float64)
+        yield from np.rint(ks * _NS / r).astype(np.int64).tolist()
 
 
 def poisson_offsets(rate: float, seed: int) -> Iterator[int]:

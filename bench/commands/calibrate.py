@@ -157,35 +157,6 @@ def _start_sink(http2: bool, core: int | None) -> tuple[subprocess.Popen[Any], s
 
 
 # -- measuring -----------------------------------------------------------------------------------------------
-class _Counting:
-    """Counts measured requests and forwards everything to the real recorder (full recording stays on)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.n = 0
-        self.errors = 0
-        self.lat: list[int] = []
-        self._record = inner.record
-
-    def record(self, intended_ns: int, sent_ns: int, done_ns: int, kind: int, status: int, rows: int,
-               bytes_out: int, bytes_in: int, server_ns: int) -> None:
-        self.n += 1
-        if kind:
-            self.errors += 1
-        elif not (self.n - self.errors - 1) & 15:  # 1 in 16 ok answers (the first included) for p50/p99
-            self.lat.append(done_ns - intended_ns)  # (the recorder keeps the full histograms)
-        self._record(intended_ns, sent_ns, done_ns, kind, status, rows, bytes_out, bytes_in, server_ns)
-
-    def error_detail(self, kind: int, status: int, detail: bytes) -> None:
-        self.inner.error_detail(kind, status, detail)
-
-    def dropped(self, intended_ns: int) -> None:
-        self.inner.dropped(intended_ns)
-
-    def loop_lag(self, lag_ns: int) -> None:
-        self.inner.loop_lag(lag_ns)
-
-
 class _NoStop:
     def is_set(self) -> bool:
         return False
@@ -194,14 +165,6 @@ class _NoStop:
         import asyncio
 
         await asyncio.Event().wait()
-
-
-def _recorder(start_ns: int) -> tuple[Any, str]:
-    try:
-        from bench.recorder import Recorder
-    except ImportError:
-        return None, "none"
-    return Recorder(start_ns, start_ns), "bench.recorder.Recorder"
 
 
 def measure(url: str, body: bytes, engine_kind: str, http2: bool, connections: int, duration_s: float,
@@ -222,26 +185,29 @@ def measure(url: str, body: bytes, engine_kind: str, http2: bool, connections: i
     concurrency = max(streams, connections) if http2 else connections
 
     async def go() -> None:
+        from bench.recorder import Recorder
+        from bench.rundata import MEASURED, HistKey
+
         now = time.monotonic_ns()
-        warm = cls(config, requests, classify, _Counting(_recorder(now)[0] or _Null()))
+        warm = cls(config, requests, classify, Recorder(now, now))
         await warm.run(LoadSpec("closed", now, now + 1_000_000_000, concurrency=concurrency, drain_s=2),
                        _NoStop())
         start = time.monotonic_ns()
-        rec, rec_name = _recorder(start)
-        sink = _Counting(rec if rec is not None else _Null())
-        eng = cls(config, requests, classify, sink)
+        # the run's own recorder is the only sink (what `bench run` pays per request); the figures come from it
+        rec = Recorder(start, start)
+        eng = cls(config, requests, classify, rec)
         cpu0 = time.process_time()
         await eng.run(LoadSpec("closed", start, start + int(duration_s * 1e9), concurrency=concurrency,
                                drain_s=2), _NoStop())
         cpu = time.process_time() - cpu0
         wall = (time.monotonic_ns() - start) / 1e9
-        if rec is not None:
-            rec.finish(time.monotonic_ns(), partial=False)
-        lat = sorted(sink.lat)  # ok answers only; none: not measured (None), never 0
-        result.update(p50_ms=lat[len(lat) // 2] / 1e6 if lat else None,
-                      p99_ms=lat[min(len(lat) - 1, len(lat) * 99 // 100)] / 1e6 if lat else None)
-        result.update(requests=sink.n, errors=sink.errors, wall_s=wall, cpu_s=cpu, recorder=rec_name,
-                      engine=cls.__name__)
+        data = rec.finish(time.monotonic_ns(), partial=False)
+        totals = data.totals[MEASURED]
+        ok_hist = data.histograms.get(HistKey("latency", MEASURED, "ok"))
+        pct = ok_hist.percentiles_ms((50, 99)) if ok_hist is not None and ok_hist.total else {}
+        # ok answers only; none: not measured (None), never 0
+        result.update(p50_ms=pct.get(50), p99_ms=pct.get(99), requests=totals.requests, errors=totals.errors,
+                      wall_s=wall, cpu_s=cpu, recorder="bench.recorder.Recorder", engine=cls.__name__)
 
     run_with_loop(go, resolve_loop(loop_kind))  # type: ignore[arg-type]
     n = max(1, result["requests"])
@@ -251,20 +217,6 @@ def measure(url: str, body: bytes, engine_kind: str, http2: bool, connections: i
     ok = result["requests"] - result["errors"]  # a path that only fails has no ceiling: None, never a figure
     result["ceiling_req_per_s_per_core"] = 1e6 / result["cpu_us_per_req"] if ok > 0 else None
     return result
-
-
-class _Null:
-    def record(self, *a: int) -> None:
-        pass
-
-    def error_detail(self, kind: int, status: int, detail: bytes) -> None:
-        pass
-
-    def dropped(self, intended_ns: int) -> None:
-        pass
-
-    def loop_lag(self, lag_ns: int) -> None:
-        pass
 
 
 def run(args: argparse.Namespace) -> int:

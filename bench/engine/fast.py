@@ -37,6 +37,7 @@ from bench.results import ERROR_DETAIL_BYTES, Kind, body_getter
 __all__ = ["FastEngine", "Target", "build_wires", "exception_kind", "make_ssl_context",
            "parse_target", "request_head", "wire"]
 
+_now = time.monotonic_ns  # bound once: two reads per request on the hot path
 _OK = int(Kind.OK)
 _RESET = int(Kind.RESET)
 _PROTOCOL = int(Kind.PROTOCOL_ERROR)
@@ -346,14 +347,15 @@ class FastEngine(CallbackEngine):
         conn.intended = intended
         conn.rows_in = self._rows[i]
         conn.bytes_in = 0
-        conn.drop_body()
+        if conn.kept:  # (finish and fail already dropped it: this is for an answer cut short some other way)
+            conn.drop_body()
         if conn.transport is None:
             conn.pending = True
             conn.idx = i
             return
         w = self._wires[i] or self._wire(i)
         conn.bytes_out = self._sizes[i]
-        conn.sent = time.monotonic_ns()
+        conn.sent = _now()
         conn.transport.write(w)
 
     def _write_pending(self, conn: _Conn) -> None:
@@ -469,14 +471,26 @@ class FastEngine(CallbackEngine):
     # -- completion -----------------------------------------------------------------------------------
     def finish(self, conn: _Conn) -> None:
         """A whole answer arrived: classify, record, and hand the connection on. The hot path."""
-        done = time.monotonic_ns()
+        done = _now()
         if not conn.busy:  # an answer nobody asked for
             conn.close()
             return
         conn.busy = False
         parser = conn.parser
         status = parser.get_status_code()
-        body = conn.take_body()
+        kept = conn.kept  # the kept prefix, and reset for the next answer (take_body, inlined: the hot path)
+        if kept:
+            parts = conn.parts
+            if parts is None:
+                body = conn.body
+            else:
+                body = b"".join(parts)
+                conn.parts = None
+            conn.body = b""
+            conn.kept = 0
+            self.kept_inflight -= kept
+        else:
+            body = b""
         rows_in = conn.rows_in
         kind, rows_out, server_ns = self.classify(status, body, rows_in)
         self.sink.record(conn.intended, conn.sent, done, kind, status, rows_out if kind == _OK else rows_in,
@@ -503,8 +517,10 @@ class FastEngine(CallbackEngine):
             pacer = self._pacer
             if pacer is not None and done >= pacer.eager_ns:
                 pacer.run_due(done)  # a send is due and a connection just freed up: send from here
-        else:
+        elif self._stopping or done >= self._end_ns or self._max_requests or self._gate is not None or conn.dead:
             self._slot_next(conn, done, 0)
+        else:  # _slot_next's common case, inlined: the slot sends its next request on this connection
+            self._assign(conn, done)
 
     def _check_drained(self) -> None:
         if self._backlog:
@@ -543,7 +559,7 @@ class FastEngine(CallbackEngine):
 
     def _slot_next(self, conn: _Conn | None, now: int, failures: int, admitted: bool = False) -> None:
         """Closed loop: the slot owning ``conn`` (None = needs a new connection) became free at ``now``."""
-        if not self.may_issue(now):
+        if (self._stopping or now >= self._end_ns or self._max_requests) and not self.may_issue(now):
             if conn is not None:
                 self._idle.append(conn)
             self._slots_live -= 1

@@ -317,16 +317,21 @@ class Pacer:
         self.late_ns = now - nxt if nxt <= now else 0
         prev = nxt
         sent = 0
-        while nxt <= now and sent < MAX_BATCH:
-            if not eng.may_issue(nxt):
-                self._finish()
-                break
-            eng.dispatch(nxt)
-            sent += 1
-            prev = nxt
-            if not self._pull():
-                break
-            nxt = self.next_ns
+        if nxt <= now:
+            may_issue, dispatch, offsets, start = eng.may_issue, eng.dispatch, self._offsets, self._start
+            while nxt <= now and sent < MAX_BATCH:
+                if not may_issue(nxt):
+                    self._finish()
+                    break
+                dispatch(nxt)
+                sent += 1
+                prev = nxt
+                try:  # _pull, inlined: this loop runs once per send
+                    nxt = self.next_ns = start + offsets()
+                except StopIteration:
+                    self._finish()
+                    eng.open_finished()
+                    break
         if sent:
             eng.dispatched()
         if self._done:
