@@ -23,6 +23,9 @@ its header carrying the run id). Recovering the manifest merges the parts of tha
 count, so requests on the wire at the kill are counted in flight at the end and ``sent = ok + errors + in
 flight`` holds in the recovered report; a worker stopped by its parent's death drains and writes a final line
 (the whole of its share) before it exits.
+
+A Locust master (bench.locust.parts) writes the same manifest and parts: its workers' engines checkpoint on
+their own hosts and send the lines, which the master appends beside its report.
 """
 
 from __future__ import annotations
@@ -73,14 +76,16 @@ def report_path_for(checkpoint: Path) -> Path:
     return checkpoint.with_name(f"{checkpoint.stem}.recovered.arrow")
 
 
-def start_parts(report: Path, processes: int) -> tuple[str, list[Path]]:
-    """The parent of a ``--processes`` run: write the manifest at ``checkpoint_path(report)`` (run id, part names)
-    before any worker starts; returns the run id and each worker's checkpoint path."""
+def start_parts(report: Path, processes: int, extra: dict[str, Any] | None = None) -> tuple[str, list[Path]]:
+    """The parent of a ``--processes`` run (or a Locust master): write the manifest at ``checkpoint_path(report)``
+    (run id, part names; ``extra``: added to the recovered report's ``meta.extra``) before any worker starts;
+    returns the run id and each worker's checkpoint path."""
     import uuid
 
     run_id = uuid.uuid4().hex
     parts = [part_path(report, i) for i in range(processes)]
-    manifest = {"bench_checkpoint": 1, "run_id": run_id, "processes": processes, "parts": [p.name for p in parts]}
+    manifest = {"bench_checkpoint": 1, "run_id": run_id, "processes": processes, "parts": [p.name for p in parts],
+                **({"extra": extra} if extra else {})}
     path = checkpoint_path(report)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(orjson.dumps(manifest) + b"\n")
@@ -256,6 +261,8 @@ def _recover_parts(path: Path, header: dict[str, Any]) -> tuple[Report, list[Pat
         "from": str(path), "seconds": round(seconds, 3), "workers": len(parts), "processes": len(names),
         **({"skipped": skipped} if skipped else {})})
     merged.meta.extra.pop("merged_from", None)
+    if isinstance(header.get("extra"), dict):  # e.g. a Locust master's {"locust": {...}}
+        merged.meta.extra.update({str(k): v for k, v in header["extra"].items() if k not in ("recovered",)})
     accounting = request_accounting(merged.run)
     if accounting is not None:
         merged.meta.extra["accounting"] = accounting

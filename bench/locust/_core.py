@@ -18,9 +18,9 @@ from typing import Any
 from bench.report.model import Report, RunData
 from bench.scenario import Scenario
 
-__all__ = ["finish", "merge", "prepare", "prepare_share", "read_report_bytes", "report_path",
-           "resolve", "run_share",
-           "scenario_job", "shared_target", "worker_report", "write_report_bytes"]
+__all__ = ["check_out", "discard_checkpoint", "finish", "merge", "prepare", "prepare_share", "read_report_bytes",
+           "recover_leftover", "report_path", "resolve", "run_share", "scenario_job", "shared_target",
+           "start_parts", "worker_report", "write_report_bytes"]
 
 
 def scenario_job(sc: Scenario) -> dict[str, Any]:
@@ -78,10 +78,13 @@ def shared_target(prepared: Any, message: Callable[[str], None] = lambda _m: Non
 
 def run_share(prepared: Any, index: int, workers: int, epoch: float,
               on_snapshot: Callable[[RunData], None], *, interval_s: float = 1.0,
-              message: Callable[[str], None] = lambda _m: None, raw_path: Path | None = None) -> Report:
+              message: Callable[[str], None] = lambda _m: None, raw_path: Path | None = None,
+              checkpoint: Path | None = None, run_id: str = "") -> Report:
     """Run worker ``index`` of ``workers`` (its share of concurrency / open-loop schedule) from wall-clock
     ``epoch``; ``on_snapshot`` gets a recorder snapshot about every ``interval_s`` (in the engine's thread).
-    SIGINT/SIGTERM stop the load and the report comes back marked partial."""
+    ``checkpoint``: append the share's measurements there once a second (bench.checkpoint, header tagged with
+    ``run_id`` and the worker), for the master to keep beside its report. SIGINT/SIGTERM stop the load and the
+    report comes back marked partial."""
     import time
     from dataclasses import replace
 
@@ -106,7 +109,8 @@ def run_share(prepared: Any, index: int, workers: int, epoch: float,
             on_snapshot(snap)
 
     ctl = RunControl(progress=progress, message=lambda m: message(scrubber.text(m)), preflight=False,
-                     raw_path=raw_path, on_recorder=lambda r: held.__setitem__("recorder", r))
+                     raw_path=raw_path, on_recorder=lambda r: held.__setitem__("recorder", r),
+                     checkpoint_path=checkpoint, checkpoint_tag={"run_id": run_id, "worker": [index, workers]})
     run, facts = run_once(prepared, ctl, start_at_wall=epoch + phase_s(sc, index), worker=(index, workers))
     facts.worker = (index, workers)
     report = build_report(sc, run, facts)
@@ -169,6 +173,34 @@ def report_path(args: argparse.Namespace, sc: Scenario) -> Path:
     from bench.session import report_path as session_report_path
 
     return session_report_path(_options(args), sc)
+
+
+def check_out(args: argparse.Namespace, path: Path) -> None:
+    """A bad --out is refused before any worker is involved (the default reports/ directory is created)."""
+    from bench.outpath import check_report_path
+
+    check_report_path(path, create_parent=not args.out)
+
+
+def recover_leftover(path: Path, message: Callable[[str], None]) -> None:
+    """A checkpoint left at ``path`` by a killed run is recovered beside it first, never overwritten."""
+    from bench.checkpoint import recover_leftover as core_recover_leftover
+
+    core_recover_leftover(path, message)
+
+
+def start_parts(path: Path, workers: int, extra: dict[str, Any]) -> tuple[str, list[Path]]:
+    """The run's checkpoint manifest at ``path`` (bench.checkpoint): its run id and each worker's part path."""
+    from bench.checkpoint import start_parts as core_start_parts
+
+    return core_start_parts(path, workers, extra)
+
+
+def discard_checkpoint(path: Path) -> None:
+    """The run was judged invalid (or its report written): remove its manifest and parts."""
+    from bench.checkpoint import discard
+
+    discard(path)
 
 
 def finish(args: argparse.Namespace, prepared: Any, report: Report, facts: dict[str, Any], out_path: Path) -> int:

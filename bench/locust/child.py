@@ -1,8 +1,10 @@
 """The engine process of a Locust worker: bench's own engine (asyncio/uvloop), away from gevent.
 
 ``python -m bench.locust.child`` reads JSON lines on stdin -- the job, then ``{"go": EPOCH}`` or
-``{"stop": true}`` -- and writes JSON lines on stdout: ``ready`` (scenario read and prepared), ``delta``
-(about once a second), then ``final`` (the path of its report file) or ``error`` (one line: why). When stdin
+``{"stop": true}`` -- and writes JSON lines on stdout: ``ready`` (scenario read and prepared), ``delta`` and
+``checkpoint`` (about once a second: the new lines of its bench.checkpoint, which the master keeps beside its
+report so that its ``kill -9`` is recoverable; bench.locust.parts), then ``final`` (the path of its report file)
+or ``error`` (one line: why). When stdin
 closes (its Locust worker died) the load stops as on SIGTERM, so the process never outlives its parent for
 long. Never imports locust.
 """
@@ -50,6 +52,29 @@ def _read_stdin(lines: IO[bytes], go: dict[str, Any], ready: threading.Event) ->
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+class _Tail:
+    """The complete lines appended to a file since the last read (the checkpoint, written by the engine)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._lock = threading.Lock()  # the engine thread reads it each second, the main thread once at the end
+
+    def read(self) -> list[str]:
+        with self._lock:
+            try:
+                with open(self.path, "rb") as f:
+                    f.seek(self._offset)
+                    data = f.read()
+            except FileNotFoundError:
+                return []
+            end = data.rfind(b"\n")  # a line being written is sent with the next read
+            if end < 0:
+                return []
+            self._offset += end + 1
+            return [line.decode() for line in data[:end].split(b"\n") if line.strip()]
+
+
 def main() -> int:
     from bench.errors import BenchError
     from bench.locust import _core
@@ -80,19 +105,32 @@ def main() -> int:
         out.send({"type": "error", "message": "stopped before the start"})
         return 130
     prev: list[Any] = [None]
+    ckpt = _Tail(Path(job["out"]).with_suffix(".checkpoint")) if job.get("run_id") else None  # the worker's tmp
+
+    def relay_checkpoint() -> None:
+        lines = ckpt.read() if ckpt is not None else []
+        if lines:
+            out.send({"type": "checkpoint", "lines": lines})
 
     def on_snapshot(snap: Any) -> None:
         out.send({"type": "delta", "delta": delta(prev[0], snap)})
         prev[0] = snap
+        relay_checkpoint()
 
     with tempfile.TemporaryDirectory(prefix="bench-locust-child-") as tmp:
         raw = Path(tmp) / "raw.arrows" if sc.report.raw else None
         try:
             report = _core.run_share(prepared, int(job["index"]), int(job["workers"]), go["epoch"], on_snapshot,
-                                     raw_path=raw, message=lambda m: out.send({"type": "message", "message": m}))
+                                     raw_path=raw, message=lambda m: out.send({"type": "message", "message": m}),
+                                     checkpoint=ckpt.path if ckpt is not None else None,
+                                     run_id=str(job.get("run_id") or ""))
+            relay_checkpoint()  # the drained share's last lines precede its report
         except BenchError as exc:
             out.send({"type": "error", "message": str(exc)})
             return exc.exit_code
+        finally:
+            if ckpt is not None:
+                ckpt.path.unlink(missing_ok=True)
         if os.getppid() != parent:  # the Locust worker is gone: nobody will read a report
             return 130
         path = Path(job["out"])

@@ -5,7 +5,8 @@ resolved scenario and its index, prepares (a worker that cannot read the scenari
 version says so and the run is refused), all start at one wall-clock instant, stream deltas about once a
 second and end with their whole report. The master merges exactly and writes the standard report, with each
 worker's identity and health; a worker lost mid-run keeps its streamed data and marks the run partial.
-Importing this module imports locust (gevent).
+The workers' checkpoints are kept beside the report while it runs (bench.locust.parts): ``kill -9`` of the
+master leaves what ``bench recover`` turns into a partial report. Importing this module imports locust (gevent).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import gevent
@@ -24,8 +26,9 @@ from locust.env import Environment
 from locust.runners import STATE_MISSING
 
 from bench import __version__
-from bench.errors import EXIT_INVALID, EXIT_OK, InputError, RunInvalid
+from bench.errors import EXIT_INVALID, EXIT_OK, BenchError, InputError, RunInvalid
 from bench.locust import _core, live
+from bench.locust.parts import WorkerParts
 from bench.locust.wire import LiveRun, delta
 from bench.report.model import Report
 from bench.scenario import Scenario
@@ -61,8 +64,10 @@ class _Master:
         self.expected = expected
         self.workers: dict[str, _Worker] = {}
         self.signals = 0
+        self.parts: WorkerParts | None = None  # the workers' checkpoints, kept beside the report
         for name, fn in (("bench_ready", self._ready), ("bench_error", self._error),
-                         ("bench_delta", self._delta), ("bench_final", self._final)):
+                         ("bench_delta", self._delta), ("bench_checkpoint", self._checkpoint),
+                         ("bench_final", self._final)):
             self.runner.register_message(name, fn)
 
     # -- messages from workers (run in the master's listener greenlet) -----------------------------------
@@ -87,6 +92,11 @@ class _Master:
         if w is not None and w.state == "ready":
             w.live.apply(msg.data)
             live.feed(self.env.stats, msg.data)
+
+    def _checkpoint(self, environment: Environment, msg: Any) -> None:
+        w = self._ours(msg)
+        if w is not None and w.state == "ready" and self.parts is not None:
+            self.parts.append(w.index, [str(line) for line in msg.data["lines"]])
 
     def _final(self, environment: Environment, msg: Any) -> None:
         w = self._ours(msg)
@@ -136,6 +146,7 @@ def run_master(args: argparse.Namespace, sc: Scenario) -> int:
     if expected < 1:
         raise InputError("must be >= 1", key="--expect-workers")
     out_path = _core.report_path(args, sc)
+    _core.check_out(args, out_path)  # a bad --out must not cost the whole run
     _check_port(args.master_bind_host, args.master_bind_port)
     env = Environment(user_classes=[])
     env.create_master_runner(args.master_bind_host, args.master_bind_port)
@@ -149,10 +160,16 @@ def run_master(args: argparse.Namespace, sc: Scenario) -> int:
         if not quiet:
             print(f"bench: {message}", file=sys.stderr, flush=True)
 
+    _core.recover_leftover(out_path, say)  # a killed earlier run with this --out: recovered, never overwritten
     try:
         with _core.shared_target(prepared, say) as endpoints:
-            report, facts = _drive(master, prepared, endpoints, args, say)
+            report, facts = _drive(master, prepared, endpoints, args, say, out_path)
+    except BenchError:  # a run judged invalid (or refused): nothing to recover
+        _core.discard_checkpoint(out_path)
+        raise
     finally:
+        if master.parts is not None:
+            master.parts.close()
         env.runner.quit()  # type: ignore[union-attr]
         if env.web_ui is not None:
             env.web_ui.stop()  # type: ignore[no-untyped-call]
@@ -192,7 +209,7 @@ def _check_port(host: str, port: int) -> None:
 
 
 def _drive(master: _Master, prepared: Any, endpoints: dict[str, Any], args: argparse.Namespace,
-           say: Callable[[str], None]) -> tuple[Report, dict[str, Any]]:
+           say: Callable[[str], None], out_path: Path) -> tuple[Report, dict[str, Any]]:
     sc: Scenario = prepared.scenario
     expected = master.expected
     bind = f"{args.master_bind_host}:{args.master_bind_port}"
@@ -205,7 +222,11 @@ def _drive(master: _Master, prepared: Any, endpoints: dict[str, Any], args: argp
         gevent.sleep(_TICK_S)
     for i, cid in enumerate(sorted(master.connected())[:expected]):
         master.workers[cid] = _Worker(cid, i)
-    job = {"scenario": _core.scenario_job(sc), "workers": expected, "bench_version": __version__, **endpoints}
+    ids = [{"id": w.client_id, "index": w.index} for w in master.workers.values()]
+    run_id, paths = _core.start_parts(out_path, expected, {"locust": {"workers": ids, "expected_workers": expected}})
+    master.parts = WorkerParts(run_id, paths, prepared.scrubber.data)  # before any load: kill -9 loses nothing
+    job = {"scenario": _core.scenario_job(sc), "workers": expected, "bench_version": __version__, "run_id": run_id,
+           **endpoints}
     for w in master.workers.values():
         master.runner.send_message("bench_prepare", {**job, "index": w.index}, client_id=w.client_id)
     if not master.wait(("assigned",), time.monotonic() + float(args.worker_wait)):

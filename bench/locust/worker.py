@@ -3,7 +3,8 @@
 Locust brings the connection to the master (discovery, heartbeats, quit); the load runs in
 ``python -m bench.locust.child`` (asyncio/uvloop, no gevent), and this process relays between the two: the
 master's ``bench_prepare`` / ``bench_go`` / ``bench_stop`` go to the child's stdin, the child's ready / delta /
-final / error lines go to the master as ``bench_*`` messages. Importing this module imports locust (gevent).
+checkpoint / final / error lines go to the master as ``bench_*`` messages. Importing this module imports locust
+(gevent).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class BenchWorker:
         job["out"] = str(out)
         self.child = subprocess.Popen([sys.executable, "-m", "bench.locust.child"], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, bufsize=0)
-        self._write({k: job.get(k) for k in ("scenario", "endpoints", "index", "workers", "out")})
+        self._write({k: job.get(k) for k in ("scenario", "endpoints", "index", "workers", "out", "run_id")})
         self.relay = gevent.spawn(self._relay, self.child, ident)
 
     def _go(self, environment: Environment, msg: Any) -> None:
@@ -83,6 +84,8 @@ class BenchWorker:
                 self.send("bench_ready", {**ident, "time": time.time()})  # lets the master estimate clock offset
             elif kind == "delta":
                 self.send("bench_delta", msg["delta"])
+            elif kind == "checkpoint":  # the master keeps them beside its report (bench.locust.parts)
+                self.send("bench_checkpoint", {"lines": msg["lines"]})
             elif kind == "final":
                 path = Path(msg["path"])
                 self.send("bench_final", {**ident, "report": path.read_bytes()})

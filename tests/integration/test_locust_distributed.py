@@ -108,6 +108,7 @@ def test_master_and_two_workers_merge_exactly(cluster: Cluster, serve_emulator: 
     assert merged == sum(total_requests(p) for p in parts) == served(base) > 0  # the emulator's own count
     workers = report.meta.extra["locust"]["workers"]
     assert [w["state"] for w in workers] == ["final", "final"] and not report.run.partial
+    assert not list(cluster.tmp.glob(".run.arrow*")), "the workers' checkpoints outlived the report"
     assert sum(w["requests"] for w in workers) == merged
     assert all(w["cpu_fraction"] is not None and w["generator_bound"] is not None for w in workers)
     mine = report.run.histogram("latency", MEASURED, "ok")
@@ -209,6 +210,7 @@ def test_sigterm_of_the_master_stops_the_workers_and_writes_a_partial_report(
     assert report.run.partial and summary["partial"] is True
     assert [w["state"] for w in report.meta.extra["locust"]["workers"]] == ["final", "final"]
     assert sum(t.requests for t in report.run.totals.values()) == at_end
+    assert not list(cluster.tmp.glob(".run.arrow*")), "the workers' checkpoints outlived the report"
 
 
 def test_a_master_killed_outright_leaves_no_worker_loading_the_target(

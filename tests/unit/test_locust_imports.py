@@ -9,7 +9,7 @@ import sys
 CHECK = """
 import importlib, pkgutil, sys
 import bench.locust
-for name in ("bench.locust", "bench.locust._core", "bench.locust.child", "bench.locust.wire"):
+for name in ("bench.locust", "bench.locust._core", "bench.locust.child", "bench.locust.parts", "bench.locust.wire"):
     importlib.import_module(name)
 clean = [m for m in ("locust", "gevent") if m in sys.modules]
 names = sorted(m.name for m in pkgutil.walk_packages(bench.locust.__path__, "bench.locust."))
