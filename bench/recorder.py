@@ -129,13 +129,14 @@ class Recorder:
     # -- ResultSink (hot path) -------------------------------------------------------------------------
     def record(self, intended_ns: int, sent_ns: int, done_ns: int, kind: int, status: int, rows: int,
                bytes_out: int, bytes_in: int, server_ns: int) -> None:
-        end = self._rows_end
-        self._pack(self._rows_mem, end, intended_ns, sent_ns, done_ns, kind, status, rows, bytes_out, bytes_in,
-                   server_ns)
-        end += _ROW_BYTES
-        self._rows_end = end
-        if end >= len(self._rows_mem):
+        try:
+            self._pack(self._rows_mem, self._rows_end, intended_ns, sent_ns, done_ns, kind, status, rows, bytes_out,
+                       bytes_in, server_ns)
+        except struct.error:  # the buffer is full (or a value is out of range: then the second pack raises too)
             self._flush()
+            self._pack(self._rows_mem, 0, intended_ns, sent_ns, done_ns, kind, status, rows, bytes_out, bytes_in,
+                       server_ns)
+        self._rows_end += _ROW_BYTES
 
     def error_detail(self, kind: int, status: int, detail: bytes) -> None:
         key = (kind, status, detail[:512])

@@ -167,7 +167,13 @@ class _Conn(asyncio.BaseProtocol):
         """Keep at most ``truncate_at`` bytes, as chunks: copying the kept prefix per chunk was quadratic."""
         n = len(body)
         self.bytes_in += n
-        room = self.truncate_at - self.kept
+        kept = self.kept
+        if not kept and n <= self.truncate_at:  # the common case: the first chunk, kept whole
+            self.body = body
+            self.kept = n
+            self.eng.kept_inflight += n
+            return
+        room = self.truncate_at - kept
         if room <= 0:
             return
         if n > room:
