@@ -32,8 +32,8 @@ MAX_ERROR_SAMPLES = 20
 _NFIELDS = len(RECORD_FIELDS)  # one row of the buffer per record
 _ROW = struct.Struct(f"={_NFIELDS}q")  # native-endian int64s, no padding: what np.frombuffer(int64) reads
 _ROW_BYTES = _ROW.size
-FOLD_BATCH = 2048  # records per fold: a fold blocks the loop ~0.2 ms (8192: ~0.7 ms, a visible stall in open-loop
-# schedule lag at high rates) for ~105 ns per record (8192: ~89 ns)
+FOLD_BATCH = 2048  # records per fold: a fold blocks the loop ~0.1 ms, ~52 ns per record (8192 records blocked it
+# ~0.7 ms before the fold got cheaper: a visible stall in open-loop schedule lag at high rates)
 _OPEN_SECONDS = 3  # per-second histograms kept dense (others encoded) — answers arrive slightly out of order
 _SPARE_HISTOGRAMS = 4  # cleared per-second histograms kept for reuse (each holds a ~184 KB count array)
 _SECRET_IN_TEXT = re.compile(rb"(?i)(bearer\s+|token[\"'=:\s]+|secret[\"'=:\s]+|password[\"'=:\s]+)[^\s\"',}]+")

@@ -1,7 +1,7 @@
 """Intended send times for open-loop load: pure generators of offsets in ns from the start of a phase.
 
 Each offset is computed from its index (never by adding periods), so rounding never accumulates into drift.
-Poisson and ramp offsets are drawn in numpy blocks, keeping the per-send cost far below the engine's.
+Offsets are drawn in numpy blocks, keeping the per-send cost far below the engine's.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Helpers for the real-process tests: real Locust master/worker processes (each in its own process group,
 always killed with its children), a free loopback port, a wait on a condition with a deadline, a signal sent to a
 running `bench` once it is ready, a shipped scenario copied with edits, an ASGI app served on loopback, and the
-emulator's own count of the requests it served (its /metrics: independent of bench's recorder). Import as
+emulator's own count of the requests it served (its /metrics: independent of bench's recorder), and /proc
+checks of which processes are alive. Import as
 ``from tests.integration.locust_cluster import ...``."""
 
 from __future__ import annotations
@@ -20,6 +21,31 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data" / "ccfraud_1k.df.json"
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie — exited, not yet reaped by its parent — counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def children(pid: int, cmdline_has: bytes = b"") -> list[int]:
+    """Direct children of ``pid`` whose command line contains ``cmdline_has`` (from /proc: no psutil needed)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes() if cmdline_has else b""
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and cmdline_has in cmdline:
+            out.append(int(entry.name))
+    return out
 
 
 def free_port() -> int:

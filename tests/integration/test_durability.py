@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.locust_cluster import ROOT, wait_for
+from tests.integration.locust_cluster import ROOT, alive, children, wait_for
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="process-death signals are Linux-only")
 
@@ -39,29 +39,6 @@ def _env(tmp: Path) -> dict[str, str]:
 def bench(*args: str, cwd: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=120, env=_env(tmp))
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie — exited, not yet reaped by its parent — counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-
-
-def children(pid: int) -> list[int]:
-    """Direct children of ``pid`` (from /proc: no psutil needed)."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry.name))
-    return out
 
 
 @pytest.fixture

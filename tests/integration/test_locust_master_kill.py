@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.locust_cluster import Cluster, free_port, wait_for
+from tests.integration.locust_cluster import Cluster, alive, children, free_port, wait_for
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(sys.platform != "linux", reason="process checks read /proc (Linux)")]
@@ -75,29 +75,9 @@ def target() -> Iterator[_Target]:
         thread.join(10)
 
 
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie -- exited, not yet reaped -- counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-
-
 def engine_children(pid: int) -> list[int]:
-    """The worker ``pid``'s engine processes (``python -m bench.locust.child``), from /proc."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if ppid == pid and b"bench.locust.child" in cmdline:
-            out.append(int(entry.name))
-    return out
+    """The worker ``pid``'s engine processes (``python -m bench.locust.child``)."""
+    return children(pid, b"bench.locust.child")
 
 
 def checkpoint_ok(path: Path) -> int:
