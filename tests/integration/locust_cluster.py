@@ -13,9 +13,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,54 @@ def children(pid: int, cmdline_has: bytes = b"") -> list[int]:
         if ppid == pid and cmdline_has in cmdline:
             out.append(int(entry.name))
     return out
+
+
+class EchoingTarget(ThreadingHTTPServer):
+    """A loopback target that answers every ``echo_every``-th POST with a 500 echoing the bare credential it got
+    (where no redaction pattern finds it, as a careless server might), the others with 200; counts what it
+    answered. Use as a context manager: serving in a thread, always stopped."""
+
+    daemon_threads = True
+
+    def __init__(self, echo_every: int = 1) -> None:
+        super().__init__(("127.0.0.1", 0), _EchoHandler)
+        self.echo_every = echo_every
+        self.lock = threading.Lock()
+        self.answered = 0
+        self.url = f"http://127.0.0.1:{self.server_address[1]}/infer"
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    def __enter__(self) -> EchoingTarget:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+        self.server_close()
+        self._thread.join(10)
+
+
+class _EchoHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: EchoingTarget
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with self.server.lock:
+            self.server.answered += 1
+            n = self.server.answered
+        if n % self.server.echo_every:
+            status, body = 200, b'{"ok": true}'
+        else:
+            credential = str(self.headers.get("Authorization")).split()[-1]  # bare: no "Bearer" for a pattern
+            status, body = 500, f"denied: unknown credential {credential} for this model".encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
 
 
 def free_port() -> int:

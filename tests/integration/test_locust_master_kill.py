@@ -13,15 +13,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.locust_cluster import Cluster, alive, children, free_port, wait_for
+from tests.integration.locust_cluster import Cluster, EchoingTarget, alive, children, free_port, wait_for
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(sys.platform != "linux", reason="process checks read /proc (Linux)")]
@@ -30,49 +28,10 @@ TOKEN = "wrk-only-kill9-s3cret-5d1e"  # in the workers' environment only
 ECHO_EVERY = 7  # every 7th request is refused with the credential echoed back
 
 
-class _Target(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.lock = threading.Lock()
-        self.answered = 0
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Target
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        with self.server.lock:
-            self.server.answered += 1
-            n = self.server.answered
-        if n % ECHO_EVERY:
-            status, body = 200, b'{"ok": true}'
-        else:
-            credential = str(self.headers.get("Authorization")).split()[-1]  # bare: no "Bearer" for a pattern
-            status, body = 500, f"denied: unknown credential {credential} for this model".encode()
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
-def target() -> Iterator[_Target]:
-    server = _Target()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+def target() -> Iterator[EchoingTarget]:
+    with EchoingTarget(ECHO_EVERY) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
 
 
 def engine_children(pid: int) -> list[int]:
@@ -130,10 +89,10 @@ def assert_recovered(path: Path, answered: int) -> None:
 class _Run:
     """A distributed run against ``target`` writing ``run.arrow`` in ``tmp``: the scenario, paths and cluster."""
 
-    def __init__(self, tmp: Path, target: _Target) -> None:
+    def __init__(self, tmp: Path, target: EchoingTarget) -> None:
         body = tmp / "body.json"
         body.write_text('[{"tensor": [1.0]}]')
-        url = f"http://127.0.0.1:{target.server_address[1]}/infer"
+        url = target.url
         self.sc = tmp / "s.toml"
         self.sc.write_text(f'name = "kill9"\n[target]\nkind = "http"\nurl = "{url}"\n'
                            f'token_env = "BENCH_TEST_TOKEN"\n[data]\nbody = "{body}"\n'
@@ -176,7 +135,7 @@ class _Run:
                               capture_output=True, text=True, timeout=60)
 
 
-def test_kill_9_of_the_master_is_recoverable(tmp_path: Path, target: _Target) -> None:
+def test_kill_9_of_the_master_is_recoverable(tmp_path: Path, target: EchoingTarget) -> None:
     run = _Run(tmp_path, target)
     try:
         run.killed()
@@ -192,7 +151,7 @@ def test_kill_9_of_the_master_is_recoverable(tmp_path: Path, target: _Target) ->
         run.cluster.close()
 
 
-def test_the_next_master_with_the_same_out_recovers_the_leftover(tmp_path: Path, target: _Target) -> None:
+def test_the_next_master_with_the_same_out_recovers_the_leftover(tmp_path: Path, target: EchoingTarget) -> None:
     run = _Run(tmp_path, target)
     try:
         run.killed()

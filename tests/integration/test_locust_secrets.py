@@ -6,44 +6,21 @@ server does."""
 from __future__ import annotations
 
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from bench.report.reader import read_report
-from tests.integration.locust_cluster import Cluster, free_port
+from tests.integration.locust_cluster import Cluster, EchoingTarget, free_port
 
 TOKEN = "wrk-only-s3cret-7f3a9c"  # set in the worker's environment only
 
 
-class _Echo(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        credential = str(self.headers.get("Authorization")).split()[-1]  # bare: no "Bearer" for a pattern to see
-        body = f"denied: unknown credential {credential} for this model".encode()
-        self.send_response(500)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def echo() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/infer"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with EchoingTarget() as server:  # every answer a 500 with the credential echoed
+        yield server.url
 
 
 def test_worker_secret_never_leaves_the_worker(tmp_path: Path, echo: str) -> None:
