@@ -368,7 +368,8 @@ class FastEngine(CallbackEngine):
         conn.pending = False
         w = self._wires[conn.idx] or self._wire(conn.idx)
         conn.bytes_out = self._sizes[conn.idx]
-        conn.sent = time.monotonic_ns()
+        if not conn.sent:  # (open loop: the send leaves now, late by the connect)
+            conn.sent = _now()
         assert conn.transport is not None
         conn.transport.write(w)
 
@@ -472,6 +473,10 @@ class FastEngine(CallbackEngine):
             return
         conn.failures = 0
         if conn.pending:
+            if not self._open:
+                # closed loop: the slot began its request when it began connecting; the connect (a TLS handshake
+                # can take ms) is the target's time, in the service time, not lateness of the generator's
+                conn.sent = started
             self._write_pending(conn)
 
     # -- completion -----------------------------------------------------------------------------------

@@ -518,6 +518,10 @@ class H2Engine(CallbackEngine):
             self._start(conn, st)
             self._mark(conn)
         else:
+            if not self._open and not st.sent:
+                # closed loop: the worker acted on its request now; waiting for the connection's setup or a
+                # stream the server allows is the target's time (service time), not the generator's lateness
+                st.sent = time.monotonic_ns()
             conn.waiting.append(st)
 
     def _start(self, conn: _Conn, st: _Stream) -> None:

@@ -550,3 +550,42 @@ async def test_an_http1_only_server_is_a_protocol_error_not_a_reconnect_loop() -
     assert eng.abandoned <= 4
     # backoff 1, 2, 4 … 500 ms per consecutive failure: a dozen connects in 1.5 s, never hundreds
     assert 1 <= len(accepted) <= 40, len(accepted)
+
+
+async def test_closed_loop_counts_connection_setup_as_service_time_not_schedule_lag() -> None:
+    """Streams of a closed loop that wait for the connection's setup (here a server whose first bytes arrive
+    100 ms late) are slow requests, not a late load generator: before, the wait was schedule lag, and a short
+    run against a slow-to-connect server was flagged generator-bound."""
+    delay_s = 0.1
+
+    async with hypercorn() as hyper:
+
+        async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", hyper.port)
+
+            async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, delay: float) -> None:
+                with contextlib.suppress(OSError):
+                    first = True
+                    while data := await src.read(65536):
+                        if first:
+                            await asyncio.sleep(delay)  # the server's SETTINGS come late
+                            first = False
+                        dst.write(data)
+                        await dst.drain()
+                dst.close()
+
+            await asyncio.gather(pipe(reader, up_w, 0.0), pipe(up_r, writer, delay_s))
+
+        server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            sink = FakeSink()
+            eng = make(H2Engine, f"http://127.0.0.1:{port}/infer", sink, bodies(1), connections=1)
+            await asyncio.wait_for(eng.run(closed(4, max_requests=20), Stop()), 30)
+        finally:
+            server.close()
+    assert sink.kinds() == {Kind.OK: 20}
+    lags_ms = [(r[1] - r[0]) / 1e6 for r in sink.rows]
+    services_ms = sorted((r[2] - r[1]) / 1e6 for r in sink.rows)
+    assert max(lags_ms) < delay_s * 1000 / 2, lags_ms
+    assert services_ms[-4] >= delay_s * 1000 * 0.9, services_ms  # the four first requests waited for the setup

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import ssl
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -167,3 +170,68 @@ def test_big_answers_on_many_tls_connections_share_one_read_buffer(ca: trustme.C
     assert len(seen) == 80
     for rows, body in seen:  # body i was b"a"+i ...; its answer is 300 KiB of that byte
         assert body == bytes([ord("a") + rows]) * (300 * 1024)
+
+
+class _TimedSink(Sink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[tuple[int, int, int]] = []
+
+    def record(self, intended_ns: int, sent_ns: int, done_ns: int, kind: int, status: int, rows: int,
+               bytes_out: int, bytes_in: int, server_ns: int) -> None:
+        super().record(intended_ns, sent_ns, done_ns, kind, status, rows, bytes_out, bytes_in, server_ns)
+        self.times.append((intended_ns, sent_ns, done_ns))
+
+
+HANDSHAKE_DELAY_S = 0.1
+
+
+async def test_closed_loop_counts_a_slow_handshake_as_service_time_not_schedule_lag(ca: trustme.CA) -> None:
+    """A closed-loop slot acts on its first request when it starts connecting; a server slow to shake hands
+    makes that request slow (service time), not the load generator late (schedule lag). Before, the connect
+    was schedule lag: 100 ms here, and a short run against a slow-handshaking server was flagged
+    generator-bound."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+
+    def serve(conn: socket.socket) -> None:
+        time.sleep(HANDSHAKE_DELAY_S)  # the client's ClientHello waits, unread, in the socket
+        try:
+            with ctx.wrap_socket(conn, server_side=True) as tls, tls.makefile("rwb") as f:
+                while head := f.readline():
+                    length = 0
+                    while head not in (b"\r\n", b""):
+                        if head.lower().startswith(b"content-length:"):
+                            length = int(head.split(b":")[1])
+                        head = f.readline()
+                    f.read(length)
+                    f.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1")
+                    f.flush()
+        except (OSError, ValueError):
+            pass
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                threading.Thread(target=serve, args=(listener.accept()[0],), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        sink = _TimedSink()
+        rs = RequestSet(f"https://127.0.0.1:{port}/x", "POST", {}, [PreparedBody(b"abc", 1)])
+        eng = FastEngine(EngineConfig(verify_tls=False, connect_timeout_s=5.0), rs, classify, sink)
+        now = time.monotonic_ns()
+        await asyncio.wait_for(eng.run(LoadSpec("closed", now, now + 10**10, concurrency=2, max_requests=10,
+                                                drain_s=1.0), Stop()), 20)
+    finally:
+        listener.close()
+    assert sink.kinds == [Kind.OK] * 10, sink.details
+    lags_ms = [(sent - intended) / 1e6 for intended, sent, _ in sink.times]
+    services_ms = sorted((done - sent) / 1e6 for _, sent, done in sink.times)
+    assert max(lags_ms) < HANDSHAKE_DELAY_S * 1000 / 2, lags_ms
+    assert services_ms[-2] >= HANDSHAKE_DELAY_S * 1000 * 0.9, services_ms  # each connection's first request
