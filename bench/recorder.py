@@ -35,7 +35,7 @@ _ROW_BYTES = _ROW.size
 # columns of a record row (RECORD_FIELDS): latency, service time and schedule lag are ends minus starts
 _OK = int(Kind.OK)
 _ENDS, _STARTS = (2, 2, 1), (0, 1, 0)  # (done, done, sent) - (intended, sent, intended)
-_SUMMED = slice(5, 8)  # rows, bytes_out, bytes_in
+_SUMMED = slice(5, 8)  # rows, bytes_out, bytes_in: summed in one call
 FOLD_BATCH = 2048  # records per fold: a fold blocks the loop ~0.1 ms, ~52 ns per record (8192 records blocked it
 # ~0.7 ms before the fold got cheaper: a visible stall in open-loop schedule lag at high rates)
 _OPEN_SECONDS = 3  # per-second histograms kept dense (others encoded) — answers arrive slightly out of order
@@ -383,13 +383,14 @@ class Recorder:
 
     def _fold_uniform(self, a: IntArray, phase: str, us: IntArray, idx: IntArray) -> None:
         """``_fold`` of a batch of one phase whose answers are all ok."""
+        _, _, done, _, _, rows_col, out_col, in_col, server = a.T  # RECORD_FIELDS, in order
         lo, hi = us.min(axis=0).tolist(), us.max(axis=0).tolist()
         lat_idx, svc_idx, lag_idx = idx.T
         self._hist("latency", phase, "ok").record_indices(lat_idx, lo[0], hi[0])
         self._hist("service", phase, "ok").record_indices(svc_idx, lo[1], hi[1])
         self._hist("schedule_lag", phase, "all").record_indices(lag_idx, min(lo[2], HDR_HIGHEST_US),
                                                                  min(hi[2], HDR_HIGHEST_US))
-        self._fold_server(a[:, 8], phase)
+        self._fold_server(server, phase)
         n = len(a)
         rows, b_out, b_in = a[:, _SUMMED].sum(axis=0).tolist()
         tot = self._totals[phase]
@@ -398,10 +399,9 @@ class Recorder:
         tot.rows += rows
         tot.bytes_out += b_out
         tot.bytes_in += b_in
-        done = a[:, 2]
         first, last = self._second_of(int(done.min())), self._second_of(int(done.max()))
         if first != last:
-            self._fold_series(done, np.ones(n, dtype=bool), a[:, 5], a[:, 6], a[:, 7], lat_idx, us[:, 0])
+            self._fold_series(done, np.ones(n, dtype=bool), rows_col, out_col, in_col, lat_idx, us[:, 0])
         else:
             self._series.ensure(first + 1)
             self._add_second(first, n, 0, rows, b_out, b_in)
