@@ -1,8 +1,8 @@
 """Helpers for the real-process tests: real Locust master/worker processes (each in its own process group,
 always killed with its children), a free loopback port, a wait on a condition with a deadline, a signal sent to a
 running `bench` once it is ready, a shipped scenario copied with edits, an ASGI app served on loopback, and the
-emulator's own count of the requests it served (its /metrics: independent of bench's recorder), and /proc
-checks of which processes are alive. Import as
+emulator's own count of the requests it served (its /metrics: independent of bench's recorder), /proc
+checks of which processes are alive, and a standard-library HTTP server serving in a thread (``serving``). Import as
 ``from tests.integration.locust_cluster import ...``."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data" / "ccfraud_1k.df.json"
@@ -50,10 +50,27 @@ def children(pid: int, cmdline_has: bytes = b"") -> list[int]:
     return out
 
 
+S = TypeVar("S", bound=ThreadingHTTPServer)
+
+
+@contextlib.contextmanager
+def serving(server: S) -> Iterator[S]:
+    """``server`` (bound to 127.0.0.1) serving in a thread; always shut down and closed, even when a test fails."""
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
 class EchoingTarget(ThreadingHTTPServer):
     """A loopback target that answers every ``echo_every``-th POST with a 500 echoing the bare credential it got
     (where no redaction pattern finds it, as a careless server might), the others with 200; counts what it
-    answered. Use as a context manager: serving in a thread, always stopped."""
+    answered. Serve it with ``serving``."""
 
     daemon_threads = True
 
@@ -63,16 +80,6 @@ class EchoingTarget(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.answered = 0
         self.url = f"http://127.0.0.1:{self.server_address[1]}/infer"
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
-
-    def __enter__(self) -> EchoingTarget:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.shutdown()
-        self.server_close()
-        self._thread.join(10)
 
 
 class _EchoHandler(BaseHTTPRequestHandler):

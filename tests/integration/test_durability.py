@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.locust_cluster import ROOT, alive, children, wait_for
+from tests.integration.locust_cluster import ROOT, alive, children, serving, wait_for
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="process-death signals are Linux-only")
 
@@ -216,16 +216,8 @@ def counting_server() -> Iterator[tuple[int, list[int]]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    srv.daemon_threads = True
-    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    t.start()
-    try:
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as srv:
         yield srv.server_address[1], served
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        t.join(5)
 
 
 def _loading_workers(spawn: Callable[..., subprocess.Popen[str]], tmp: Path, out: Path,

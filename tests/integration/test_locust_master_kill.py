@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.locust_cluster import Cluster, EchoingTarget, alive, children, free_port, wait_for
+from tests.integration.locust_cluster import Cluster, EchoingTarget, alive, children, free_port, serving, wait_for
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(sys.platform != "linux", reason="process checks read /proc (Linux)")]
@@ -30,7 +30,7 @@ ECHO_EVERY = 7  # every 7th request is refused with the credential echoed back
 
 @pytest.fixture
 def target() -> Iterator[EchoingTarget]:
-    with EchoingTarget(ECHO_EVERY) as server:
+    with serving(EchoingTarget(ECHO_EVERY)) as server:
         yield server
 
 

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from bench.report.reader import read_report
-from tests.integration.locust_cluster import Cluster, EchoingTarget, free_port
+from tests.integration.locust_cluster import Cluster, EchoingTarget, free_port, serving
 
 TOKEN = "wrk-only-s3cret-7f3a9c"  # set in the worker's environment only
 
 
 @pytest.fixture
 def echo() -> Iterator[str]:
-    with EchoingTarget() as server:  # every answer a 500 with the credential echoed
+    with serving(EchoingTarget()) as server:  # every answer a 500 with the credential echoed
         yield server.url
 
 

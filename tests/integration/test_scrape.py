@@ -4,7 +4,6 @@ empty scrapes says so."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -12,6 +11,7 @@ import httpx
 import pytest
 
 from bench.scrape import ScrapeConfig, Scraper
+from tests.integration.locust_cluster import serving
 
 EMPTY = b"# HELP model_infer_request_duration Time spent.\n# TYPE model_infer_request_duration histogram\n"
 FULL = EMPTY + (b'model_infer_request_duration_bucket{le="0.01"} 3\nmodel_infer_request_duration_bucket{le="+Inf"} 4\n'
@@ -34,15 +34,8 @@ def metrics_server() -> Iterator[tuple[str, list[bytes]]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as server:
         yield f"http://127.0.0.1:{server.server_address[1]}/metrics", answers
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 def test_an_empty_exposition_is_a_scrape_not_an_error(metrics_server: tuple[str, list[bytes]]) -> None:

@@ -18,10 +18,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 import pytest
+
+from tests.integration.locust_cluster import serving
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data" / "ccfraud_1k.df.json"
@@ -146,10 +149,8 @@ raw = true
 """
 
 
-def _echo_server() -> tuple[object, int, list[dict[str, str]]]:
+def _echo_server() -> tuple[ThreadingHTTPServer, list[dict[str, str]]]:
     """127.0.0.1: answers 500 with the request's Authorization, X-Api-Key and path (query) in the body."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     seen: list[dict[str, str]] = []
 
@@ -173,10 +174,7 @@ def _echo_server() -> tuple[object, int, list[dict[str, str]]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
-    return srv, srv.server_address[1], seen
+    return ThreadingHTTPServer(("127.0.0.1", 0), Echo), seen
 
 
 def _haystacks(tmp_path: Path, before: set[Path], procs: list[subprocess.CompletedProcess[bytes]]
@@ -208,16 +206,14 @@ def _echo_setup(tmp_path: Path, duration: str = "1s") -> Iterator[tuple[list[str
     api_key = f"ak-{secrets.token_urlsafe(18)}"
     query_key = f"qk{secrets.token_hex(12)}"
     (tmp_path / "body.json").write_text('{"x": 1}')
-    srv, port, seen = _echo_server()
-    try:
+    srv, seen = _echo_server()
+    with serving(srv):
+        port = srv.server_address[1]
         (tmp_path / "scenario.toml").write_text(
             ECHO_SCENARIO.format(port=port, query_key=query_key).replace('duration = "1s"', f'duration = "{duration}"'))
         env = dict(os.environ, BENCH_TEST_TOKEN=token, BENCH_TEST_API_KEY=api_key, PYTHONPATH=str(ROOT),
                    HOME=str(tmp_path))
         yield [token, api_key, query_key], env, seen
-    finally:
-        srv.shutdown()  # type: ignore[attr-defined]
-        srv.server_close()  # type: ignore[attr-defined]
 
 
 def test_values_a_server_echoes_never_reach_anything_written(tmp_path: Path) -> None:
