@@ -188,13 +188,6 @@ class _Conn(asyncio.BaseProtocol):
         self.kept += n
         self.eng.kept_inflight += n
 
-    def take_body(self) -> bytes:
-        """The kept prefix as one ``bytes`` (one join per answer), and reset for the next answer."""
-        parts = self.parts
-        body = self.body if parts is None else b"".join(parts)
-        self.drop_body()
-        return body
-
     def drop_body(self) -> None:
         self.eng.kept_inflight -= self.kept
         self.body = b""
@@ -489,7 +482,7 @@ class FastEngine(CallbackEngine):
         conn.busy = False
         parser = conn.parser
         status = parser.get_status_code()
-        kept = conn.kept  # the kept prefix, and reset for the next answer (take_body, inlined: the hot path)
+        kept = conn.kept  # the kept prefix as one bytes (one join per answer), reset for the next answer
         if kept:
             parts = conn.parts
             if parts is None:
@@ -570,7 +563,7 @@ class FastEngine(CallbackEngine):
 
     def _slot_next(self, conn: _Conn | None, now: int, failures: int, admitted: bool = False) -> None:
         """Closed loop: the slot owning ``conn`` (None = needs a new connection) became free at ``now``."""
-        if (self._stopping or now >= self._end_ns or self._max_requests) and not self.may_issue(now):
+        if not self.may_issue(now):
             if conn is not None:
                 self._idle.append(conn)
             self._slots_live -= 1
