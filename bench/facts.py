@@ -33,12 +33,17 @@ class RunFacts:
     target_extras: dict[str, Any] = field(default_factory=dict)  # what the target adds (e.g. "ubiops": stats)
     processes: int = 1  # load-generator processes whose reports were merged into this one
     worker: tuple[int, int] | None = None  # (i, n): this is worker i of an n-process run
+    spin_s: float = 0.0  # open loop: seconds the pacer spun instead of sleeping (bench.engine.pacer) ...
+    spin_idle_s: float = 0.0  # ... of which idle: left out of cpu_fraction
 
     def extra(self) -> dict[str, Any]:
         """What the report's ``extra`` metadata carries (absent facts left out)."""
         out: dict[str, Any] = {"abandoned": self.abandoned, "interrupted": self.interrupted,
                                "worker": list(self.worker) if self.worker else None,
                                "slo_aborted": self.slo_aborted, **self.target_extras}
+        if self.spin_s:
+            out["pacer_spin_s"] = round(self.spin_s, 3)
+            out["pacer_spin_idle_s"] = round(self.spin_idle_s, 3)
         return {k: v for k, v in out.items() if v is not None}
 
 

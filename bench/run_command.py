@@ -107,7 +107,7 @@ def _flag_values(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             out[key] = _number_or_text(value)
     flags = {"requests": "load.requests", "engine": "engine.kind", "connections": "engine.connections",
-             "loop": "engine.loop"}
+             "loop": "engine.loop", "pacing": "engine.pacing"}
     for flag, key in flags.items():
         if getattr(args, flag) is not None:
             out[key] = getattr(args, flag)

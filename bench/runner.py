@@ -171,7 +171,8 @@ def engine_config(sc: Scenario, target_config: Any = None) -> EngineConfig:
     read_timeout_s = max(e.timeout_s, target_for(sc.target.kind).read_timeout_s(target_config) or 0.0)
     return EngineConfig(kind=e.kind, http2=e.http2, connections=e.connections,  # type: ignore[arg-type]
                         connect_timeout_s=e.connect_timeout_s, read_timeout_s=read_timeout_s,
-                        verify_tls=not e.insecure, ca_bundle=e.ca_bundle, loop=e.loop)  # type: ignore[arg-type]
+                        verify_tls=not e.insecure, ca_bundle=e.ca_bundle, loop=e.loop,  # type: ignore[arg-type]
+                        pacing=e.pacing)  # type: ignore[arg-type]
 
 
 def _static_token(sc: Scenario) -> str | None:
@@ -246,7 +247,9 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
                 cpu0, wall0 = time.process_time(), time.monotonic()
                 await _apply_load(prepared, url, authorization(), token_source, recorder, spec, stop, facts,
                                   checkpoint)
-                facts.cpu_fraction = (time.process_time() - cpu0) / max(1e-9, time.monotonic() - wall0)
+                # a spinning pacer's idle turns are CPU spent waiting, not load generation: left out
+                busy = max(0.0, time.process_time() - cpu0 - facts.spin_idle_s)
+                facts.cpu_fraction = busy / max(1e-9, time.monotonic() - wall0)
                 stop.set()
             end_ns = min(time.monotonic_ns(), spec.end_ns)  # throughput over the planned window, not the drain
             await _close(sources)
@@ -376,6 +379,7 @@ async def _apply_load(prepared: Prepared, url: str, authorization: str, token_so
         if extras is not None:
             facts.target_extras.update(extras())
         facts.abandoned, facts.engine = engine.abandoned, engine_class.__name__
+        facts.spin_s, facts.spin_idle_s = engine.spin_ns / 1e9, engine.spin_idle_ns / 1e9
         recorder.count("sent", engine.sent)
         recorder.abandoned(engine.abandoned, min(time.monotonic_ns(), spec.end_ns))
 

@@ -118,6 +118,7 @@ class EngineSettings:
     insecure: bool = False
     ca_bundle: str | None = None
     loop: str = "auto"
+    pacing: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -388,13 +389,15 @@ def _parse_engine(t: Mapping[str, Any], file: str) -> EngineSettings:
     insecure = tab.boolean("insecure", False)
     ca_bundle = tab.string("ca_bundle")
     loop = tab.string("loop", "auto", ("auto", "asyncio", "uvloop")) or "auto"
+    pacing = tab.string("pacing", "auto", ("auto", "sleep", "spin")) or "auto"
     tab.done()
     if kind == "fast" and http2:
         raise tab.err("http2", "the fast engine speaks HTTP/1.1 only; use kind = 'httpx' or 'auto' for HTTP/2")
     if timeout <= 0 or connect_timeout <= 0:
         raise tab.err("timeout", "timeouts must be > 0")
     return EngineSettings(kind=kind, http2=http2, connections=connections, timeout_s=timeout,
-                          connect_timeout_s=connect_timeout, insecure=insecure, ca_bundle=ca_bundle, loop=loop)
+                          connect_timeout_s=connect_timeout, insecure=insecure, ca_bundle=ca_bundle, loop=loop,
+                          pacing=pacing)
 
 
 def _parse_report(t: Mapping[str, Any], file: str) -> ReportConfig:

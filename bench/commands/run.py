@@ -31,6 +31,9 @@ def register(sub: Any) -> None:
     p.add_argument("--connections", type=int, help="connections (HTTP/2: streams are multiplexed over them)")
     p.add_argument("--insecure", action="store_true", default=None, help="do not verify TLS certificates")
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), help="event loop")
+    p.add_argument("--pacing", choices=("auto", "sleep", "spin"),
+                   help="open loop: sleep in epoll between sends, spin (poll without sleeping: sends on time, "
+                        "a whole core), or auto (spin while the loop is over ~60%% busy)")
     p.add_argument("--processes", help="load-generator processes on this host (N or 'auto')")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override a scenario key, e.g. --set load.concurrency=16")

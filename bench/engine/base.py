@@ -28,6 +28,7 @@ class EngineConfig:
     verify_tls: bool = True
     ca_bundle: str | None = None
     loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    pacing: Literal["auto", "sleep", "spin"] = "auto"  # open loop: see bench.engine.pacer
     max_body_bytes: int = 16 * 1024 * 1024
     extra: Mapping[str, object] = field(default_factory=dict)
 
@@ -36,6 +37,8 @@ class Engine(Protocol):
     """An engine instance serves one run. Constructed as ``EngineClass(config, requests, classify, sink)``."""
 
     abandoned: int  # requests taken on and still unanswered when the run ended (the runner records them)
+    spin_ns: int  # open loop: time the pacer spun instead of sleeping in epoll (0: it never did) ...
+    spin_idle_ns: int  # ... of which it had nothing else to do: CPU burnt waiting, not the run's CPU use
 
     @property
     def sent(self) -> int:

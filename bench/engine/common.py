@@ -92,6 +92,8 @@ class EngineCore:
         self.classify = classify
         self.sink = sink
         self.abandoned = 0
+        self.spin_ns = 0  # open loop: time the pacer spun instead of sleeping (bench.engine.pacer) ...
+        self.spin_idle_ns = 0  # ... and of that, time with nothing else to do (not the run's CPU use)
         if not requests.bodies:
             raise ValueError("RequestSet has no bodies")
         rows = getattr(requests.bodies, "rows", None)  # a LazyBodies knows its row counts without encoding
@@ -167,7 +169,7 @@ class CallbackEngine(EngineCore):
             if stop.is_set():
                 self._begin_stop()
             elif offsets is not None:
-                pacer = self._pacer = Pacer(self, loop, load.start_ns, offsets)
+                pacer = self._pacer = Pacer(self, loop, load.start_ns, offsets, pacing=self.config.pacing)
                 pacer.start()
             else:
                 self._slots_live = max(1, load.concurrency)
@@ -179,6 +181,7 @@ class CallbackEngine(EngineCore):
             self._end_held()
             if pacer is not None:
                 pacer.stop()
+                self.spin_ns, self.spin_idle_ns = pacer.spin_ns, pacer.spin_idle_ns
             self._pacer = None
             sweep.stop()
             monitor.stop()

@@ -117,3 +117,25 @@ def test_slo_abort_on_fail_stops_early_and_exits_1(tmp_path: Path) -> None:
     assert summary["slo"]["passed"] is False
     assert "error_rate" in proc.stderr  # the reason for stopping was said
     assert out.exists()
+
+
+def test_spinning_pacer_is_not_counted_as_load_generation(tmp_path: Path) -> None:
+    """`--pacing spin` polls the loop without sleeping, a whole core: the report says how long it spun and how much
+    of that was idle, and the run's CPU figure (the generator-bound verdict's input) leaves the idle spinning out."""
+    proc, out = run(tmp_path, "", "--rate", "400", "--pacing", "spin", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["errors"] == 0 and summary["generator_bound"] is False
+    meta = {r["name"]: json.loads(str(r["text"])) for r in rows(out, "meta")}
+    extra = meta["extra"]
+    assert extra["pacer_spin_s"] > 1.5  # the whole 2 s schedule
+    assert extra["pacer_spin_idle_s"] > extra["pacer_spin_s"] / 2  # 400 req/s leaves the loop mostly idle
+    assert meta["cpu_fraction"] < 0.6, meta["cpu_fraction"]  # spinning used ~100 % of a core; most was waiting
+
+
+def test_pacing_must_be_one_of_the_modes(tmp_path: Path) -> None:
+    proc, out = run(tmp_path, "\n[engine]\npacing = \"busy\"\n", "--rate", "100")
+    assert proc.returncode == 2
+    assert "engine.pacing" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists()

@@ -124,7 +124,7 @@ def open_loop(n: int, batch: int = 32, rate: float = 100_000.0) -> float:
     eng._open = True
     eng._limit = 4096
     eng._idle.extend(conns)
-    pacer = Pacer(eng, None, start, constant_offsets(rate), waker=_NoAlarm())  # type: ignore[arg-type]
+    pacer = Pacer(eng, None, start, constant_offsets(rate), waker=_NoAlarm(), pacing="sleep")  # type: ignore[arg-type]
     eng._pacer = pacer
     pacer._pull()  # the first intended time
     step = round(batch * 1e9 / rate)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import select
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -87,6 +87,8 @@ class Recorder:
 
     def __init__(self, end_ns: int) -> None:
         self.end_ns = end_ns
+        self._seq = 0  # what a spinning pacer watches for activity (see Dispatchable)
+        self._inflight = 0
         self.sent: list[tuple[int, int]] = []
         self.batches = 0
         self.finished = asyncio.Event()
@@ -98,6 +100,7 @@ class Recorder:
         return True
 
     def dispatch(self, intended: int) -> None:
+        self._seq += 1
         self.sent.append((intended, time.monotonic_ns()))
 
     def dispatched(self) -> None:
@@ -116,7 +119,7 @@ async def test_pacer_sends_each_request_at_or_after_its_time_and_sleeps_between(
     loop = asyncio.get_running_loop()
     start = time.monotonic_ns() + 5_000_000
     eng = Recorder(start + 10**10)
-    pacer = Pacer(eng, loop, start, _every(2_000_000, 100), waker=waker_kind())  # 500/s for 0.2 s
+    pacer = Pacer(eng, loop, start, _every(2_000_000, 100), waker=waker_kind(), pacing="sleep")  # 500/s, 0.2 s
     cpu0 = time.process_time()
     pacer.start()
     try:
@@ -136,7 +139,7 @@ async def test_pacer_coalesces_close_sends_into_few_alarms_never_early() -> None
     start = time.monotonic_ns() + 2_000_000
     eng = Recorder(start + 10**10)
     step, n = 20_000, 5000  # 50,000/s for 0.1 s
-    pacer = Pacer(eng, loop, start, _every(step, n))
+    pacer = Pacer(eng, loop, start, _every(step, n), pacing="sleep")
     pacer.start()
     try:
         await asyncio.wait_for(eng.finished.wait(), 5)
@@ -246,7 +249,7 @@ def test_pacer_on_a_simulated_clock(monkeypatch: pytest.MonkeyPatch, step: int, 
 
     eng = SimRecorder(1 << 61)
     waker = _SimWaker()
-    pacer = Pacer(eng, _SimLoop(), start, _every(step, n), waker=waker)  # type: ignore[arg-type]
+    pacer = Pacer(eng, _SimLoop(), start, _every(step, n), waker=waker, pacing="sleep")  # type: ignore[arg-type]
     pacer.start()
     pacer.run_due(clock[0])  # the start kick
     while pacer.next_ns < 1 << 60:
@@ -266,3 +269,95 @@ def test_pacer_on_a_simulated_clock(monkeypatch: pytest.MonkeyPatch, step: int, 
         assert max(lags) <= 5_000, f"a send left {max(lags) / 1e3:.0f} µs late on an on-time alarm"
         assert n - 1 <= pacer.wakes <= n + 1, f"{pacer.wakes} alarms"
     assert eng.batches <= pacer.wakes + 1
+
+
+# -- spinning (pacing "spin", and "auto" while the loop is busy) ----------------------------------------------
+async def _until(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.002)
+
+
+async def test_spinning_pacer_sends_on_time_without_alarms_and_counts_its_idle_turns() -> None:
+    """Spinning: no alarm at all, every send at or after its time and (median) well inside the alarm period that
+    sleeping would coalesce to; the turns with nothing to do are counted as idle, and are most of the time here."""
+    loop = asyncio.get_running_loop()
+    start = time.monotonic_ns() + 2_000_000
+    eng = Recorder(start + 10**10)
+    step, n = 100_000, 1000  # 10,000/s for 0.1 s
+    pacer = Pacer(eng, loop, start, _every(step, n), pacing="spin")
+    pacer.start()
+    try:
+        await asyncio.wait_for(eng.finished.wait(), 5)
+    finally:
+        pacer.stop()
+    assert [i for i, _ in eng.sent] == [start + k * step for k in range(n)]
+    lags = sorted(t - i for i, t in eng.sent)
+    assert lags[0] >= 0, "never early"
+    assert lags[n // 2] < COALESCE_NS, f"median lag {lags[n // 2] / 1e3:.0f} µs"
+    assert pacer.wakes == 0 and not pacer.spinning
+    assert pacer.spin_ns >= step * (n - 1)
+    assert pacer.spin_ns / 2 < pacer.spin_idle_ns <= pacer.spin_ns, "a stub engine leaves the loop mostly idle"
+
+
+def _busy_cpu(state: dict[str, bool]) -> tuple[Callable[[], int], list[Pacer]]:
+    """A process-CPU clock for ``Pacer(cpu_ns=...)``: while ``state["busy"]`` it runs as fast as the wall clock
+    plus the pacer's idle spinning (the share the pacer judges is then 100 %); otherwise it stands still (0 %)."""
+    holder: list[Pacer] = []
+    t0 = time.monotonic_ns()
+    frozen = [0]
+
+    def cpu_ns() -> int:
+        if state["busy"]:
+            frozen[0] = time.monotonic_ns() - t0 + (holder[0].spin_idle_ns if holder else 0)
+        return frozen[0]
+
+    return cpu_ns, holder
+
+
+async def test_auto_pacing_spins_while_the_loop_is_busy_and_sleeps_again_when_it_is_not() -> None:
+    loop = asyncio.get_running_loop()
+    start = time.monotonic_ns() + 2_000_000
+    eng = Recorder(start + 10**10)
+    step, n = 50_000, 40_000  # 20,000/s: close sends, for up to 2 s
+    state = {"busy": True}
+    cpu_ns, holder = _busy_cpu(state)
+    pacer = Pacer(eng, loop, start, _every(step, n), pacing="auto", cpu_ns=cpu_ns)
+    holder.append(pacer)
+    pacer.start()
+    try:
+        await _until(lambda: pacer.spinning)
+        wakes = pacer.wakes
+        sent = len(eng.sent)
+        await asyncio.sleep(0.03)
+        assert pacer.spinning
+        # the alarm that fired before the switch was cleared: a readable timerfd would call back every turn
+        assert pacer.wakes == wakes, "no alarm rings while spinning"
+        assert len(eng.sent) > sent
+        state["busy"] = False
+        await _until(lambda: not pacer.spinning)
+        await _until(lambda: pacer.wakes > wakes)  # sleeping on alarms again
+    finally:
+        pacer.stop()
+    lags = [t - i for i, t in eng.sent]
+    assert min(lags) >= 0, "never early"
+    assert [i for i, _ in eng.sent] == [start + k * step for k in range(len(eng.sent))]
+    assert pacer.spin_ns > 0
+
+
+async def test_auto_pacing_does_not_spin_for_spaced_sends_however_busy() -> None:
+    """Sends 1 ms apart leave on precise alarms: spinning between them would burn a core for nothing."""
+    loop = asyncio.get_running_loop()
+    start = time.monotonic_ns() + 2_000_000
+    eng = Recorder(start + 10**10)
+    cpu_ns, holder = _busy_cpu({"busy": True})
+    pacer = Pacer(eng, loop, start, _every(1_000_000, 300), pacing="auto", cpu_ns=cpu_ns)
+    holder.append(pacer)
+    pacer.start()
+    try:
+        await asyncio.wait_for(eng.finished.wait(), 5)
+    finally:
+        pacer.stop()
+    assert len(eng.sent) == 300
+    assert pacer.spin_ns == 0 and pacer.wakes >= 250
