@@ -15,7 +15,7 @@ import re
 import struct
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,6 +226,24 @@ class Recorder:
         """Non-ok answers with this HTTP status so far (e.g. 401 to trigger a token refresh); flushes first."""
         self._flush()
         return sum(n for (_, st, _), n in self._errors.items() if st == status)
+
+    def fold_pending(self) -> None:
+        """Fold the buffered records now: a caller about to ask for figures does it in a loop turn of its own
+        (in a busy run a fold blocks the event loop for ~0.3 ms, and figures asked for right after find it done)."""
+        self._flush()
+
+    def checkpoint_steps(self) -> Iterator[None]:
+        """The slow parts of ``checkpoint`` done ahead, one per step (the caller yields to the event loop between
+        steps): fold what is buffered, then encode each open second but the newest. Each blocks the loop for
+        ~0.3 ms in a busy run; together, in one turn, they made a >1 ms stall that left the sends due in it late.
+        ``checkpoint`` then finds the encodings kept (``Histogram.encode``) unless an answer arrived for that
+        second since."""
+        self.fold_pending()
+        for sec in sorted(self._open_sec)[:-1]:  # not the newest: answers keep coming for it
+            yield
+            h = self._open_sec.get(sec)
+            if h is not None and h.total:
+                h.encode()
 
     def checkpoint(self, after_second: int) -> dict[str, Any]:
         """What bench.checkpoint appends once a second (flushes first): cumulative totals, errors, counters and

@@ -414,6 +414,8 @@ async def _watch(recorder: Any, ctl: RunControl, stop: anyio.Event, spec: LoadSp
     while not stop.is_set():
         with anyio.move_on_after(0.5):
             await stop.wait()
+        recorder.fold_pending()  # in a loop turn of its own: see Recorder.fold_pending
+        await anyio.sleep(0)
         snapshot = recorder.progress()
         if ctl.progress is not None:
             ctl.progress(snapshot)

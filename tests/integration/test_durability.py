@@ -170,7 +170,7 @@ def test_kill_9_leaves_a_recoverable_checkpoint(spawn: Callable[..., subprocess.
     assert meta["partial"] is True
     measured = [t for t in meta["_totals"] if t["phase"] == "measured"]  # type: ignore[union-attr]
     assert measured and measured[0]["requests"] > 0 and measured[0]["ok"] > 0
-    assert meta["extra"]["recovered"]["seconds"] >= 2.5  # type: ignore[index]
+    assert meta["extra"]["recovered"]["seconds"] >= 2.0  # three ticks, a second apart  # type: ignore[index]
     _assert_accounting(meta)
     # the recovered report reads like any other
     shown = bench("report", str(out), cwd=tmp_path, tmp=tmp_path)

@@ -243,10 +243,11 @@ def calibrate(url: str, body: Path, duration: int) -> dict[str, Any]:
     return result
 
 
-def open_loop_round(url: str, body: Path, rate: float, duration: int, warmup: int, out: Path) -> dict[str, Any]:
+def open_loop_round(url: str, body: Path, rate: float, duration: int, warmup: int, out: Path,
+                    pacing: str = "auto") -> dict[str, Any]:
     summary, _ = run_json(bench_cmd(["run", "--url", url, "--body", str(body), "--rate", f"{rate:.0f}",
                                      "--duration", f"{duration}s", "--warmup", f"{warmup}s", "--json",
-                                     "--quiet", "--out", str(out)]))
+                                     "--quiet", "--pacing", pacing, "--out", str(out)]))
     rep = read_report(out)
     achieved = achieved_rate(rep)
     lag = rep["hist"].get(("schedule_lag", "measured"), {})
@@ -255,12 +256,15 @@ def open_loop_round(url: str, body: Path, rate: float, duration: int, warmup: in
             "summary_rps": summary["rps"], "dropped": summary["dropped"],
             "lag_p50": lag.get("p50_ms"), "lag_p99": lag.get("p99_ms"), "lag_max": lag.get("max_ms"),
             "loop_lag_p99": loop_lag.get("p99_ms"), "cpu_fraction": rep["meta"].get("cpu_fraction"),
-            "generator_bound": summary["generator_bound"], "p50": summary["latency_ms"]["p50"],
+            "generator_bound": summary["generator_bound"], "p50": summary["latency_ms"]["p50"], "pacing": pacing,
             "p99": summary["latency_ms"]["p99"]}
 
 
-def bench_open_loop(tmp: Path, body: Path, duration: int, rounds: int, fraction: float = 0.8,
-                    rate: float | None = None, calibrate_s: int = 5) -> list[dict[str, Any]]:
+def bench_open_loop(tmp: Path, body: Path, duration: int, rounds: int, fractions: tuple[float, ...] = (0.8,),
+                    rate: float | None = None, calibrate_s: int = 5,
+                    pacings: tuple[str, ...] = ("auto",)) -> list[dict[str, Any]]:
+    """Per round: the closed-loop ceiling (``bench calibrate``), then an open-loop run at each fraction of it with
+    each pacing, interleaved."""
     rows = []
     with nginx(tmp) as url:
         for i in range(rounds):
@@ -268,26 +272,34 @@ def bench_open_loop(tmp: Path, body: Path, duration: int, rounds: int, fraction:
                 cal = calibrate(url, body, calibrate_s)
                 ceiling = min(cal["req_per_s"], cal["ceiling_req_per_s_per_core"])
             else:
-                cal, ceiling = {}, rate / fraction
-            row = open_loop_round(url, body, fraction * ceiling, duration, 2, tmp / f"open-{i}.arrow")
-            row["ceiling"] = ceiling
-            row["calibrate_cpu_fraction"] = cal.get("cpu_fraction")
-            rows.append(row)
-            print(f"  open loop round {i + 1}: {json.dumps(row)}", file=sys.stderr)
+                cal, ceiling = {}, rate / fractions[0]
+            for fraction in fractions:
+                for pacing in pacings:
+                    row = open_loop_round(url, body, fraction * ceiling, duration, 2, tmp / f"open-{i}.arrow",
+                                          pacing)
+                    row["ceiling"] = ceiling
+                    row["fraction"] = fraction
+                    row["calibrate_cpu_fraction"] = cal.get("cpu_fraction")
+                    rows.append(row)
+                    print(f"  open loop round {i + 1}: {json.dumps(row)}", file=sys.stderr)
     return rows
 
 
 def print_open_loop(rows: list[dict[str, Any]]) -> None:
-    print("| ceiling req/s | target req/s | achieved req/s | error % | dropped | schedule-lag p50 ms | "
-          "schedule-lag p99 ms | loop-lag p99 ms | client CPU | generator_bound |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['ceiling']:,.0f} | {r['target']:,.0f} | {r['achieved']:,.0f} | {r['error_pct']:+.2f} | "
-              f"{r['dropped']:,} | {r['lag_p50']:.3f} | {r['lag_p99']:.3f} | {r['loop_lag_p99']:.3f} | "
-              f"{r['cpu_fraction']:.0%} | {r['generator_bound']} |")
-    print(f"| median | {med([r['target'] for r in rows])} | {med([r['achieved'] for r in rows])} | "
-          f"{med([r['error_pct'] for r in rows])} | | | {med([r['lag_p99'] for r in rows])} | "
-          f"{med([r['loop_lag_p99'] for r in rows])} | | |")
+    print("| fraction | pacing | ceiling req/s | target req/s | achieved req/s | error % | dropped | "
+          "schedule-lag p50 ms | schedule-lag p99 ms | loop-lag p99 ms | client CPU | generator_bound |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in sorted(rows, key=lambda r: (r.get("fraction", 0.8), r.get("pacing", "auto"))):
+        print(f"| {r.get('fraction', 0.8):.0%} | {r.get('pacing', 'auto')} | {r['ceiling']:,.0f} | "
+              f"{r['target']:,.0f} | {r['achieved']:,.0f} | {r['error_pct']:+.2f} | {r['dropped']:,} | "
+              f"{r['lag_p50']:.3f} | {r['lag_p99']:.3f} | {r['loop_lag_p99']:.3f} | {r['cpu_fraction']:.0%} | "
+              f"{r['generator_bound']} |")
+    groups = sorted({(r.get("fraction", 0.8), r.get("pacing", "auto")) for r in rows})
+    for fraction, pacing in groups:
+        g = [r for r in rows if (r.get("fraction", 0.8), r.get("pacing", "auto")) == (fraction, pacing)]
+        print(f"| median | {fraction:.0%} {pacing} | | {med([r['target'] for r in g])} | "
+              f"{med([r['achieved'] for r in g])} | {med([r['error_pct'] for r in g])} | | | "
+              f"{med([r['lag_p99'] for r in g])} | {med([r['loop_lag_p99'] for r in g])} | | |")
 
 
 # -- (b) latency overhead against a fixed 10 ms server --------------------------------------------------------
@@ -378,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=int, default=15, help="measured seconds per run")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--rate", type=float, default=None, help="open-loop: fixed rate instead of 0.8 × calibrated")
+    ap.add_argument("--fractions", default="0.8", help="open-loop: fractions of the ceiling, e.g. 0.6,0.7,0.8")
+    ap.add_argument("--pacing", default="auto", help="open-loop: pacing modes to compare, e.g. auto,sleep")
     ap.add_argument("--delay-rate", type=float, default=500, help="fixed-delay: open-loop rate")
     ap.add_argument("--json-out", type=Path, default=None, help="also write every round's figures as JSON here")
     args = ap.parse_args(argv)
@@ -389,8 +403,10 @@ def main(argv: list[str] | None = None) -> int:
         body = tmp / "body.json"
         make_body(body)
         if args.what in ("open-loop", "all"):
-            results["open_loop"] = rows = bench_open_loop(tmp, body, args.duration, args.rounds, rate=args.rate)
-            print("\n### Open loop at 80 % of the ceiling\n")
+            fractions = tuple(float(f) for f in args.fractions.split(","))
+            results["open_loop"] = rows = bench_open_loop(tmp, body, args.duration, args.rounds, fractions,
+                                                          rate=args.rate, pacings=tuple(args.pacing.split(",")))
+            print(f"\n### Open loop at {', '.join(f'{f:.0%}' for f in fractions)} of the ceiling\n")
             print_open_loop(rows)
         if args.what in ("fixed-delay", "all"):
             rows = []

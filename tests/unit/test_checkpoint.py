@@ -159,3 +159,25 @@ def test_a_manifest_whose_parts_hold_nothing_is_refused(tmp_path: Path) -> None:
     start_parts(out, 2)
     with pytest.raises(InputError, match="nothing to recover"):
         recover(checkpoint_path(out))
+
+
+def test_checkpoint_steps_change_nothing_in_the_checkpoint() -> None:
+    """The work done ahead in separate loop turns (fold, encodings) gives the very checkpoint a tick without it
+    gives, and leaves every open second but the newest encoded."""
+    clocks, recs = [Clock(), Clock()], []
+    for clock in clocks:
+        rec = Recorder(0, 1_000_000_000, batch=16, clock=clock)
+        for i in range(400):  # answers across four seconds, the last batch still buffered
+            t = i * 9_000_000
+            rec.record(t, t, t + 1_000_000 + (i % 7) * 50_000, Kind.OK if i % 13 else Kind.HTTP_ERROR,
+                       200 if i % 13 else 500, 1, 10, 20, 0)
+        clock.now = 3_700_000_000
+        recs.append(rec)
+    ahead, plain = recs
+    steps = list(ahead.checkpoint_steps())
+    assert len(steps) == len(ahead._open_sec) - 1 >= 2
+    newest = max(ahead._open_sec)
+    for sec, h in ahead._open_sec.items():
+        assert (h._encoded_at[0] == h.total) is (sec != newest)  # encoded ahead, but not the newest
+    got, want = ahead.checkpoint(-1), plain.checkpoint(-1)
+    assert got == want

@@ -47,6 +47,30 @@ def test_encode_decode_round_trip_and_hdrh_agrees(vals: list[int]) -> None:
             assert min(other.get_value_at_percentile(p), h.max_us) == h.percentile_us(p)
 
 
+@given(st.lists(st.tuples(st.sampled_from(["record", "add", "clear", "encode"]), values), max_size=8))
+@settings(max_examples=80, deadline=None)
+def test_a_kept_encoding_is_never_stale(steps: list[tuple[str, list[int]]]) -> None:
+    """encode() keeps its result until the histogram changes: after any mix of recording, merging, clearing and
+    encoding it equals the encoding of a fresh histogram of the same values."""
+    h, fresh = Histogram(), Histogram()
+    for op, vals in steps:
+        a = np.array(vals, dtype=np.int64)
+        if op == "record":
+            h.record_us(a)
+            fresh.record_us(a)
+        elif op == "add":
+            other = Histogram()
+            other.record_us(a)
+            h.add(other)
+            fresh.record_us(a)
+        elif op == "clear":
+            h.clear()
+            fresh = Histogram()
+        else:
+            h.encode()
+        assert h.encode() == fresh.encode()
+
+
 def test_percentiles_match_hdrh_and_are_capped_at_max() -> None:
     rng = np.random.default_rng(1)
     vals = rng.integers(0, 5_000_000, 5000)
