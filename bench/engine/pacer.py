@@ -23,7 +23,9 @@ in wake-ups that each read a few answers), and coalesced alarms leave sends up t
 pacer re-queues itself with ``call_soon`` instead: the loop polls epoll without sleeping, answers are read as they
 come and sends leave µs after their time. The time it spends spinning with nothing to do is counted
 (``spin_idle_ns``) and left out of the run's CPU figure, so a spinning run is not judged generator-bound for the CPU
-it burns waiting. Below ~30 % it goes back to sleeping. ``pacing = "spin"`` / ``"sleep"`` force either.
+it burns waiting. An idle turn yields the CPU (``sched_yield``): another process that wants this core, such as
+an emulator or a server on the same host, runs first. Below ~30 % busy the pacer goes back to sleeping.
+``pacing = "spin"`` / ``"sleep"`` force either.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ __all__ = [
 ]
 
 _NEVER = 1 << 62
+_sched_yield: Callable[[], None] = getattr(os, "sched_yield", lambda: None)  # POSIX only
 MAX_BATCH = 256  # sends per batch: a late pacer yields to the loop so answers can free connections
 
 
@@ -439,6 +442,7 @@ class Pacer:
         seq, inflight = eng._seq, eng._inflight
         if seq == self._mark_seq and inflight == self._mark_inflight:
             self.spin_idle_ns += now - self._last
+            _sched_yield()  # polite: a process waiting for this CPU (an emulator, a server) runs first
         self._last = now
         if now >= self.next_ns or now >= self._judge_ns:
             self.run_due(now)
