@@ -7,11 +7,11 @@ coroutine, future or timer per request. Read timeouts are found by a periodic sw
 
 Closed loop: ``concurrency`` slots, each owning one connection; a slot sends its next request from the callback
 that completed the previous one. Open loop: the pacer (``bench.engine.pacer``) sleeps in epoll on a precise alarm
-and sends every request that is due to an idle connection; a completion that frees a connection also sends what is
-due. A warm pool is opened before the first send; beyond it connections open on demand up to ``max_in_flight``,
-at most ``CONNECT_CAP`` at a time — a send that finds no idle connection waits in a FIFO backlog for the next free
-one (it leaves late, and its latency counts from the intended time). A send is dropped only when
-``max_in_flight`` requests are already out or waiting.
+(or, while the loop is busy, spins) and sends every request that is due to an idle connection; a completion that
+frees a connection also sends what is due. A warm pool is opened before the first send; beyond it connections
+open on demand up to ``max_in_flight``, at most ``CONNECT_CAP`` at a time — a send that finds no idle connection
+waits in a FIFO backlog for the next free one (it leaves late, and its latency counts from the intended time). A
+send is dropped only when ``max_in_flight`` requests are already out or waiting.
 """
 
 from __future__ import annotations

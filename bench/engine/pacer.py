@@ -283,7 +283,7 @@ class Pacer:
         self.wakes = 0  # alarms that fired (for tests and profiling)
         self.late_ns = 0  # how late the last batch started its oldest due send (see run_due)
         self.spinning = False
-        self.spin_ns = 0  # time spent spinning (closed spells; see spin_stats)
+        self.spin_ns = 0  # time spent spinning (added when a spell ends)
         self.spin_idle_ns = 0  # of which the loop had nothing else to do
         self._spin_from = 0
         self._last = 0  # when the spinner last ran
