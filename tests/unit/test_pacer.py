@@ -7,6 +7,7 @@ import select
 import time
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -134,12 +135,16 @@ async def test_pacer_sends_each_request_at_or_after_its_time_and_sleeps_between(
     assert cpu < 0.15, f"{cpu:.3f} s CPU for 0.2 s of pacing"
 
 
-async def test_pacer_coalesces_close_sends_into_few_alarms_never_early() -> None:
+async def _paced(step: int, n: int, holder: list[Pacer] | None = None,
+                 **options: Any) -> tuple[Recorder, Pacer, list[int]]:
+    """A pacer on the running loop sending ``n`` requests ``step`` ns apart, to the end of the schedule; every
+    send checked in order and never early. Returns the stub engine, the pacer and the sorted lags."""
     loop = asyncio.get_running_loop()
     start = time.monotonic_ns() + 2_000_000
     eng = Recorder(start + 10**10)
-    step, n = 20_000, 5000  # 50,000/s for 0.1 s
-    pacer = Pacer(eng, loop, start, _every(step, n), pacing="sleep")
+    pacer = Pacer(eng, loop, start, _every(step, n), **options)
+    if holder is not None:  # (_busy_cpu's clock reads the pacer's idle time)
+        holder.append(pacer)
     pacer.start()
     try:
         await asyncio.wait_for(eng.finished.wait(), 5)
@@ -148,6 +153,12 @@ async def test_pacer_coalesces_close_sends_into_few_alarms_never_early() -> None
     assert [i for i, _ in eng.sent] == [start + k * step for k in range(n)]
     lags = sorted(t - i for i, t in eng.sent)
     assert lags[0] >= 0, "never early"
+    return eng, pacer, lags
+
+
+async def test_pacer_coalesces_close_sends_into_few_alarms_never_early() -> None:
+    step, n = 20_000, 5000  # 50,000/s for 0.1 s
+    eng, pacer, _ = await _paced(step, n, pacing="sleep")
     # how late the sends leave on a real loop is the machine's scheduling as much as the pacer's: the bound on the
     # added lag is checked exactly on a simulated clock below; here the real waker and loop, and the alarm count
     span = eng.sent[-1][1] - eng.sent[0][1]
@@ -282,19 +293,8 @@ async def _until(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
 async def test_spinning_pacer_sends_on_time_without_alarms_and_counts_its_idle_turns() -> None:
     """Spinning: no alarm at all, every send at or after its time and (median) well inside the alarm period that
     sleeping would coalesce to; the turns with nothing to do are counted as idle, and are most of the time here."""
-    loop = asyncio.get_running_loop()
-    start = time.monotonic_ns() + 2_000_000
-    eng = Recorder(start + 10**10)
     step, n = 100_000, 1000  # 10,000/s for 0.1 s
-    pacer = Pacer(eng, loop, start, _every(step, n), pacing="spin")
-    pacer.start()
-    try:
-        await asyncio.wait_for(eng.finished.wait(), 5)
-    finally:
-        pacer.stop()
-    assert [i for i, _ in eng.sent] == [start + k * step for k in range(n)]
-    lags = sorted(t - i for i, t in eng.sent)
-    assert lags[0] >= 0, "never early"
+    _, pacer, lags = await _paced(step, n, pacing="spin")
     assert lags[n // 2] < COALESCE_NS, f"median lag {lags[n // 2] / 1e3:.0f} µs"
     assert pacer.wakes == 0 and not pacer.spinning
     assert pacer.spin_ns >= step * (n - 1)
@@ -348,16 +348,6 @@ async def test_auto_pacing_spins_while_the_loop_is_busy_and_sleeps_again_when_it
 
 async def test_auto_pacing_does_not_spin_for_spaced_sends_however_busy() -> None:
     """Sends 1 ms apart leave on precise alarms: spinning between them would burn a core for nothing."""
-    loop = asyncio.get_running_loop()
-    start = time.monotonic_ns() + 2_000_000
-    eng = Recorder(start + 10**10)
     cpu_ns, holder = _busy_cpu({"busy": True})
-    pacer = Pacer(eng, loop, start, _every(1_000_000, 300), pacing="auto", cpu_ns=cpu_ns)
-    holder.append(pacer)
-    pacer.start()
-    try:
-        await asyncio.wait_for(eng.finished.wait(), 5)
-    finally:
-        pacer.stop()
-    assert len(eng.sent) == 300
+    _, pacer, _ = await _paced(1_000_000, 300, pacing="auto", cpu_ns=cpu_ns, holder=holder)
     assert pacer.spin_ns == 0 and pacer.wakes >= 250
