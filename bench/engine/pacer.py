@@ -263,8 +263,8 @@ class Pacer:
     """
 
     __slots__ = ("_armed", "_cpu", "_cpu0", "_done", "_eng", "_gap", "_idle0", "_judge_ns", "_last", "_loop",
-                 "_mark_inflight", "_mark_seq", "_offsets", "_pacing", "_released", "_spin_from", "_start", "_waker",
-                 "_wall0", "eager_ns", "late_ns", "next_ns", "spin_idle_ns", "spin_ns", "spinning", "wakes")
+                 "_mark_inflight", "_mark_seq", "_offsets", "_pacing", "_released", "_seq0", "_spin_from", "_start",
+                 "_waker", "_wall0", "eager_ns", "late_ns", "next_ns", "spin_idle_ns", "spin_ns", "spinning", "wakes")
 
     def __init__(self, eng: Dispatchable, loop: asyncio.AbstractEventLoop, start_ns: int,
                  offsets: Iterator[int], waker: Waker | None = None, pacing: Pacing = "auto",
@@ -289,7 +289,7 @@ class Pacer:
         self._last = 0  # when the spinner last ran
         self._mark_seq = self._mark_inflight = -1
         self._judge_ns = _NEVER if pacing != "auto" else 0  # next busy-share judgement (auto only)
-        self._wall0 = self._cpu0 = self._idle0 = 0
+        self._wall0 = self._cpu0 = self._idle0 = self._seq0 = 0
 
     def start(self) -> None:
         self._loop.add_reader(self._waker.fd, self._on_wake)
@@ -403,13 +403,14 @@ class Pacer:
     # -- spinning (see the module docstring) -----------------------------------------------------------
     def _window(self, now: int) -> None:
         self._judge_ns = now + SPIN_WINDOW_NS
-        self._wall0, self._cpu0, self._idle0 = now, self._cpu(), self.spin_idle_ns
+        self._wall0, self._cpu0, self._idle0, self._seq0 = now, self._cpu(), self.spin_idle_ns, self._eng._seq
 
     def _judge(self, now: int) -> None:
-        """Pacing "auto", once per SPIN_WINDOW_NS: spin while the loop is busy and sends are close, else sleep."""
+        """Pacing "auto", once per SPIN_WINDOW_NS: spin while the loop is busy and sends are close (on average
+        over the window: one gap of a Poisson schedule says little), else sleep."""
         wall = now - self._wall0
         busy = (self._cpu() - self._cpu0 - (self.spin_idle_ns - self._idle0)) / wall if wall > 0 else 0.0
-        close = self._gap < COALESCE_NS
+        close = wall < COALESCE_NS * (self._eng._seq - self._seq0)
         if not self.spinning and busy >= SPIN_ON_BUSY and close:
             self._begin_spin(now)
         elif self.spinning and (busy < SPIN_OFF_BUSY or not close):

@@ -351,3 +351,26 @@ async def test_auto_pacing_does_not_spin_for_spaced_sends_however_busy() -> None
     cpu_ns, holder = _busy_cpu({"busy": True})
     _, pacer, _ = await _paced(1_000_000, 300, pacing="auto", cpu_ns=cpu_ns, holder=holder)
     assert pacer.spin_ns == 0 and pacer.wakes >= 250
+
+
+async def test_auto_pacing_judges_the_average_gap_not_the_last_one() -> None:
+    """Sends alternately 10 µs and 290 µs apart (150 µs on average, as bursty or Poisson schedules are): a busy
+    loop keeps spinning, whichever gap the judgement happens to follow."""
+    loop = asyncio.get_running_loop()
+    start = time.monotonic_ns() + 2_000_000
+    eng = Recorder(start + 10**10)
+    offsets = iter([k // 2 * 300_000 + (10_000 if k % 2 else 0) for k in range(20_000)])  # 3 s of schedule
+    cpu_ns, holder = _busy_cpu({"busy": True})
+    pacer = Pacer(eng, loop, start, offsets, pacing="auto", cpu_ns=cpu_ns)
+    holder.append(pacer)
+    pacer.start()
+    try:
+        await _until(lambda: pacer.spinning)
+        spun_from = pacer.spin_ns
+        deadline = time.monotonic() + 0.6  # six judgements
+        while time.monotonic() < deadline:
+            assert pacer.spinning, "stopped spinning on one long gap"
+            await asyncio.sleep(0.01)
+        assert pacer.spin_ns == spun_from  # one unbroken spell: none ended
+    finally:
+        pacer.stop()
