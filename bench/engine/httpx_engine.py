@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
 import httpx
 
 from bench.engine.base import Classifier, EngineConfig, LoadSpec, RequestSet, ResultSink, StopSignal
-from bench.engine.common import DEFAULT_OPEN_LIMIT, EngineCore, backoff_s
+from bench.engine.common import DEFAULT_OPEN_LIMIT, EngineCore, SendGate, backoff_s
 from bench.engine.fast import make_ssl_context
 from bench.engine.loopmon import LoopMonitor
 from bench.failures import httpx_kind  # re-exported: the one exception-to-kind mapping
@@ -47,6 +48,8 @@ class HttpxEngine(EngineCore):
         self._clients: list[httpx.AsyncClient] = []
         # one context for all clients: httpx would load the CA store per client (tens of ms each)
         self._ssl = make_ssl_context(config, ["h2", "http/1.1"] if config.http2 else ["http/1.1"])
+        self._gate: SendGate | None = None
+        self._gate_wake: asyncio.Event | None = None  # set by the gate's wake (and at the stop)
 
     @staticmethod
     def _clean(headers: Mapping[str, str]) -> dict[str, str]:
@@ -70,6 +73,44 @@ class HttpxEngine(EngineCore):
         self._clients.append(client)
         return client
 
+    # -- send gate (a client-side rate limit, e.g. UbiOps backoff): CallbackEngine.gate_sends' contract ----------
+    def gate_sends(self, gate: SendGate | None) -> Callable[[], None]:
+        """Before ``run``: ask ``gate(now_ns, in_flight)`` before every send; 0 lets it go (the gate counts it), a
+        positive value holds it that many ns — a closed-loop slot waits, an open-loop send waits in order (counted
+        against ``max_in_flight``; still held at the end: dropped) and leaves late, its latency counted from its
+        intended time. Returns ``wake``: call it when the gate may admit sooner (from the run's loop)."""
+        if self._started:
+            raise RuntimeError("gate_sends must be called before run()")
+        self._gate = gate
+        return self._wake
+
+    def _wake(self) -> None:
+        if self._gate_wake is not None:
+            self._gate_wake.set()
+
+    async def _gate_hold(self, wait_ns: int) -> None:
+        """Wait ``wait_ns`` (at most until the run's end), or less when woken."""
+        assert self._gate_wake is not None
+        timeout = min(wait_ns, max(0, self._end_ns - time.monotonic_ns())) / 1e9
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._gate_wake.wait(), timeout)
+
+    def _ask_gate(self) -> int:
+        """0: the gate admitted a send now; else ns to hold it. Clears the wake first: a wake after this ask
+        is for the next one (the loop runs nothing between the two)."""
+        assert self._gate is not None and self._gate_wake is not None
+        self._gate_wake.clear()
+        return self._gate(time.monotonic_ns(), self._inflight)
+
+    async def _admitted(self) -> bool:
+        """Closed loop with a gate: wait until it lets this slot's send go; False when the run stopped issuing."""
+        while self._may_issue(time.monotonic_ns()):
+            wait = self._ask_gate()
+            if wait <= 0:
+                return True
+            await self._gate_hold(wait)
+        return False
+
     def _may_issue(self, now: int) -> bool:
         if self._stopping:
             return False
@@ -85,11 +126,14 @@ class HttpxEngine(EngineCore):
         self._max_requests = load.max_requests
         monitor = LoopMonitor(self.sink.loop_lag)
         monitor.start()
+        if self._gate is not None:
+            self._gate_wake = asyncio.Event()
         stop_task = loop.create_task(stop.wait())
         issuing_done: asyncio.Future[None] = loop.create_future()
 
         def on_stop(_t: object) -> None:
             self._stopping = True
+            self._wake()  # held sends and slots see the stop now
             if not issuing_done.done():
                 issuing_done.set_result(None)
 
@@ -145,6 +189,8 @@ class HttpxEngine(EngineCore):
         intended = time.monotonic_ns()
         failures = 0
         while self._may_issue(intended):
+            if self._gate is not None and not await self._admitted():
+                return
             kind = await self._one(client, intended)
             if kind in _CONNECT_KINDS:  # target down: back off instead of spinning, don't bill the pause
                 failures += 1
@@ -160,19 +206,11 @@ class HttpxEngine(EngineCore):
         h2 = self.config.http2
         n_clients = max(1, self.config.connections or 1) if h2 else limit
         idle: list[httpx.AsyncClient] = []
+        held: deque[int] = deque()  # with a gate: intended times of due sends it holds, oldest first
         rr = 0
-        for off in load.offsets_ns:
-            intended = load.start_ns + off
-            if not self._may_issue(intended):
-                return
-            wait = (intended - time.monotonic_ns()) / 1e9
-            if wait > 0:
-                await asyncio.sleep(wait)
-            if self._stopping:
-                return
-            if self._inflight >= limit:
-                self.sink.dropped(intended)
-                continue
+
+        def send(intended: int) -> None:
+            nonlocal rr
             if h2:
                 if len(self._clients) < n_clients:
                     client = self._client()
@@ -184,6 +222,40 @@ class HttpxEngine(EngineCore):
             t = loop.create_task(self._open_one(client, intended, idle, h2))
             tasks.add(t)
             t.add_done_callback(tasks.discard)
+
+        async def release_until(deadline_ns: int) -> None:
+            """Let held sends go while the gate admits them, until ``deadline_ns`` (the next send's time)."""
+            while held and not self._stopping:
+                wait = self._ask_gate()
+                if wait <= 0:
+                    send(held.popleft())
+                    continue
+                left = deadline_ns - time.monotonic_ns()
+                if left <= 0:
+                    return
+                await self._gate_hold(min(wait, left))
+
+        try:
+            for off in load.offsets_ns:
+                intended = load.start_ns + off
+                if not self._may_issue(intended):
+                    break
+                await release_until(intended)
+                wait = (intended - time.monotonic_ns()) / 1e9
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                if self._stopping:
+                    break
+                if self._inflight + len(held) >= limit:  # (held: 0 without a gate)
+                    self.sink.dropped(intended)
+                elif self._gate is not None and (held or self._ask_gate() > 0):
+                    held.append(intended)  # behind those already held, or the gate holds it
+                else:
+                    send(intended)
+            await release_until(self._end_ns)  # the schedule is over: what is held may still go until the end
+        finally:
+            for intended in held:  # still held when issuing stopped: never sent
+                self.sink.dropped(intended)
 
     async def _open_one(self, client: httpx.AsyncClient, intended: int, idle: list[httpx.AsyncClient],
                         h2: bool) -> None:

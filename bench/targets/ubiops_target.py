@@ -28,11 +28,7 @@ class UbiOpsTarget(Target):
     lag_bound_ms = 10.0  # batch mode is paced in chunks, direct answers take milliseconds: 1 ms of lag is no fault
 
     def config(self, sc: Scenario) -> UbiOpsConfig:
-        cfg = ubiops_config_from_mapping(sc.target.raw, sc.file, ubiops=sc.ubiops)
-        if cfg.mode == "direct" and cfg.on_rate_limit == "backoff" and sc.engine.kind == "httpx":
-            raise InputError('on_rate_limit = "backoff" runs on the fast engine (HTTP/1.1, or --http2); the httpx '
-                             'engine has no send gate', file=sc.file, key="engine.kind")
-        return cfg
+        return ubiops_config_from_mapping(sc.target.raw, sc.file, ubiops=sc.ubiops)
 
     def bodies(self, sc: Scenario, config: Any) -> Sequence[PreparedBody]:
         """A ``LazyBodies``: each body is encoded when the run first sends it (a big data set starts at once)."""

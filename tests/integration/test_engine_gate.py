@@ -1,6 +1,6 @@
-"""The send gate (``CallbackEngine.gate_sends``) of the lean engines, against a real server (hypercorn: HTTP/1.1
-and h2c): a held closed-loop slot waits for its wake, held open-loop sends leave in order and late, what is still
-held at the end is dropped, and every send is recorded or dropped exactly once."""
+"""The send gate (``gate_sends``) of the lean engines and the httpx engine, against a real server (hypercorn:
+HTTP/1.1 and h2c): a held closed-loop slot waits for its wake, held open-loop sends leave in order and late, what
+is still held at the end is dropped, and every send is recorded or dropped exactly once."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from test_engine_headers import RateLimitedApp
 
 from bench.engine.fast import FastEngine
 from bench.engine.h2 import H2Engine
+from bench.engine.httpx_engine import HttpxEngine
 
 pytestmark = pytest.mark.anyio
 
-ENGINES = {"fast": (FastEngine, False), "h2": (H2Engine, True)}
+ENGINES = {"fast": (FastEngine, False), "h2": (H2Engine, True), "httpx": (HttpxEngine, False),
+           "httpx-h2": (HttpxEngine, True)}
 LONG_NS = 30_000_000_000  # a hold only a wake (or the run's end) cuts short
 
 
@@ -57,7 +59,9 @@ async def test_closed_loop_slots_wait_for_the_wake(name: str) -> None:
         await eng.run(closed(4, max_requests=12), Stop())
         elapsed = time.monotonic() - t0
     assert len(sink.rows) == 12 == gate.admitted == eng.sent and eng.abandoned == 0 and sink.drops == []
-    assert max(gate.in_flight_seen) <= 1  # admitted only while fewer than two were out
+    # admitted only while fewer than two were out; the httpx engine counts a request out until its body is read,
+    # and its headers hook (the token) fires before that, so a slot may be admitted beside one finishing
+    assert max(gate.in_flight_seen) <= (2 if name.startswith("httpx") else 1)
     assert elapsed < 10  # woken by answers, not by the 30 s hold
     with pytest.raises(RuntimeError):
         eng.gate_sends(None)

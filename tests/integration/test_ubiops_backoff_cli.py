@@ -53,16 +53,16 @@ def run(tmp_path: Path, name: str, *args: str, **values: Any) -> tuple[dict[str,
     return summary, read_report(out)
 
 
-@pytest.mark.parametrize("http2", [False, True])
-def test_backoff_on_the_engines_accounts_for_everything_with_far_fewer_429s(tmp_path: Path, http2: bool) -> None:
+@pytest.mark.parametrize(("flags", "engine"), [([], "FastEngine"), (["--http2"], "H2Engine"),
+                                               (["--engine", "httpx"], "HttpxEngine")])
+def test_backoff_on_the_engines_accounts_for_everything_with_far_fewer_429s(tmp_path: Path, flags: list[str],
+                                                                           engine: str) -> None:
     """20 calls a 1 s window, 4 closed-loop slots for 3 s. Backoff: the engine's send gate holds every slot once
     the window is spent (the header says reset in 1 s), so at most about one 429 a window; count mode hammers the
-    limit. Both accounted exactly, both on the lean engine of their protocol."""
-    flags = ["--http2"] if http2 else []
+    limit. Both accounted exactly: on the lean engine of each protocol, and on the httpx engine."""
     common = {"budget": 0, "duration": 3, "limit": 20, "window": 1.0}
     back, back_report = run(tmp_path, "backoff", *flags, mode="backoff", **common)
     count, count_report = run(tmp_path, "count", *flags, mode="count", **common)
-    engine = "H2Engine" if http2 else "FastEngine"
     assert back_report.meta.target["engine"] == engine == count_report.meta.target["engine"]
     windows = 3 + 2  # windows the run (and its start-up) can touch
     back_429 = back["errors_by_kind"].get("rate_limited:429", 0)
