@@ -75,10 +75,8 @@ class HttpxEngine(EngineCore):
 
     # -- send gate (a client-side rate limit, e.g. UbiOps backoff): CallbackEngine.gate_sends' contract ----------
     def gate_sends(self, gate: SendGate | None) -> Callable[[], None]:
-        """Before ``run``: ask ``gate(now_ns, in_flight)`` before every send; 0 lets it go (the gate counts it), a
-        positive value holds it that many ns — a closed-loop slot waits, an open-loop send waits in order (counted
-        against ``max_in_flight``; still held at the end: dropped) and leaves late, its latency counted from its
-        intended time. Returns ``wake``: call it when the gate may admit sooner (from the run's loop)."""
+        """Before ``run``: the send gate, with ``CallbackEngine.gate_sends``' contract (a held slot waits, held
+        open-loop sends wait in order and leave late, what is still held at the end is dropped). Returns ``wake``."""
         if self._started:
             raise RuntimeError("gate_sends must be called before run()")
         self._gate = gate
@@ -240,7 +238,8 @@ class HttpxEngine(EngineCore):
                 intended = load.start_ns + off
                 if not self._may_issue(intended):
                     break
-                await release_until(intended)
+                if held:
+                    await release_until(intended)
                 wait = (intended - time.monotonic_ns()) / 1e9
                 if wait > 0:
                     await asyncio.sleep(wait)
