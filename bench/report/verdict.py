@@ -35,7 +35,12 @@ def generator_bound(run: RunData, *, target_rps: float | None, cpu_fraction: flo
         # a client-side rate limit (the UbiOps backoff's send gate, counter GATE_HOLDS) makes sends leave late on
         # purpose: that lag is the platform's limit, shown as its pauses, not the harness's
         if lag_p99 > lag_bound_ms and not run.counters.get(GATE_HOLDS):
-            reasons.append(f"schedule lag p99 {lag_p99:.3g} ms > {lag_bound_ms:g} ms: sends left late")
+            why = f"schedule lag p99 {lag_p99:.3g} ms > {lag_bound_ms:g} ms: sends left late"
+            if cpu_fraction is not None:  # what to do about it depends on whether the generator's core was full
+                why += (f"; the generator's loop was {cpu_fraction * 100:.0f} % busy"
+                        + (" (a lower rate per process, or --processes N, keeps the schedule)"
+                           if cpu_fraction >= cpu_saturated else ""))
+            reasons.append(why)
     cpu = cpu_fraction if cpu_fraction is not None else 0.0  # only read when saturated (so measured)
     saturated = cpu_fraction is not None and cpu_fraction >= cpu_saturated
     if target_rps is not None and target_rps > 0:

@@ -60,7 +60,10 @@ def _open_loop_run(lag_ms: float, n: int) -> Recorder:
 def test_verdict_schedule_lag() -> None:
     run = _open_loop_run(5.0, 1000).finish(S, partial=False)
     bound, reasons = generator_bound(run, target_rps=1000, cpu_fraction=0.2)
-    assert bound and "schedule lag" in reasons[0]
+    assert bound and "schedule lag" in reasons[0] and "20 % busy" in reasons[0] and "--processes" not in reasons[0]
+    busy = generator_bound(run, target_rps=1000, cpu_fraction=0.95)[1][0]
+    assert "95 % busy" in busy and "--processes N" in busy  # the core was full: say what keeps the schedule
+    assert "busy" not in generator_bound(run, target_rps=1000, cpu_fraction=None)[1][0]  # not measured: not said
     ok_run = _open_loop_run(0.05, 1000).finish(S, partial=False)
     assert generator_bound(ok_run, target_rps=1000, cpu_fraction=0.2) == (False, [])
 
