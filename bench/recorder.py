@@ -172,7 +172,7 @@ class Recorder:
         key = (kind_name(Kind.ABANDONED), 0, phase)
         self._errors[key] = self._errors.get(key, 0) + n
         self.count("in_flight_at_end", n)
-        sec = max(0, (at_ns - self.start_ns) // 1_000_000_000)
+        sec = self._second_of(at_ns)
         s = self._series
         s.ensure(sec + 1)
         s.cols["requests"][sec] += n
@@ -194,7 +194,7 @@ class Recorder:
 
     def gauge(self, name: str, value: float) -> None:
         """Set a per-second last-value series (e.g. a rate-limit header)."""
-        sec = max(0, (self._clock() - self.start_ns) // 1_000_000_000)
+        sec = self._second_of(self._clock())
         self._gauges.setdefault(name, {})[sec] = float(value)
 
     def progress(self) -> Progress:

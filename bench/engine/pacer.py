@@ -288,7 +288,7 @@ class Pacer:
         self._spin_from = 0
         self._last = 0  # when the spinner last ran
         self._mark_seq = self._mark_inflight = -1
-        self._judge_ns = _NEVER if pacing != "auto" else 0  # next busy-share judgement (auto only)
+        self._judge_ns = _NEVER  # next busy-share judgement (pacing "auto": set by start)
         self._wall0 = self._cpu0 = self._idle0 = self._seq0 = 0
 
     def start(self) -> None:
@@ -296,8 +296,8 @@ class Pacer:
         if not self._pull():
             return
         now = time.monotonic_ns()
-        if self._judge_ns == 0:
-            self._window(now)
+        if self._pacing == "auto":
+            self._window(now, self._cpu())
         if self._pacing == "spin":
             self._begin_spin(now)
         else:
@@ -401,15 +401,15 @@ class Pacer:
             self._waker.arm(target)
 
     # -- spinning (see the module docstring) -----------------------------------------------------------
-    def _window(self, now: int) -> None:
+    def _window(self, now: int, cpu: int) -> None:
         self._judge_ns = now + SPIN_WINDOW_NS
-        self._wall0, self._cpu0, self._idle0, self._seq0 = now, self._cpu(), self.spin_idle_ns, self._eng._seq
+        self._wall0, self._cpu0, self._idle0, self._seq0 = now, cpu, self.spin_idle_ns, self._eng._seq
 
     def _judge(self, now: int) -> None:
         """Pacing "auto", once per SPIN_WINDOW_NS: spin while the loop is busy and sends are close (on average
         over the window: one gap of a Poisson schedule says little), else sleep."""
-        wall = now - self._wall0
-        busy = (self._cpu() - self._cpu0 - (self.spin_idle_ns - self._idle0)) / wall if wall > 0 else 0.0
+        wall, cpu = now - self._wall0, self._cpu()
+        busy = (cpu - self._cpu0 - (self.spin_idle_ns - self._idle0)) / wall if wall > 0 else 0.0
         close = wall < COALESCE_NS * (self._eng._seq - self._seq0)
         if not self.spinning and busy >= SPIN_ON_BUSY and close:
             self._begin_spin(now)
@@ -417,7 +417,7 @@ class Pacer:
             self._end_spin(now)
             self._armed = -1
             self._loop.call_soon(self._kick)  # back to alarms: the next run_due arms one
-        self._window(now)
+        self._window(now, cpu)
 
     def _begin_spin(self, now: int) -> None:
         self.spinning = True

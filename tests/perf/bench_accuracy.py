@@ -289,14 +289,16 @@ def print_open_loop(rows: list[dict[str, Any]]) -> None:
     print("| fraction | pacing | ceiling req/s | target req/s | achieved req/s | error % | dropped | "
           "schedule-lag p50 ms | schedule-lag p99 ms | loop-lag p99 ms | client CPU | generator_bound |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in sorted(rows, key=lambda r: (r.get("fraction", 0.8), r.get("pacing", "auto"))):
-        print(f"| {r.get('fraction', 0.8):.0%} | {r.get('pacing', 'auto')} | {r['ceiling']:,.0f} | "
+    def group(r: dict[str, Any]) -> tuple[float, str]:
+        return r["fraction"], r["pacing"]
+
+    for r in sorted(rows, key=group):
+        print(f"| {r['fraction']:.0%} | {r['pacing']} | {r['ceiling']:,.0f} | "
               f"{r['target']:,.0f} | {r['achieved']:,.0f} | {r['error_pct']:+.2f} | {r['dropped']:,} | "
               f"{r['lag_p50']:.3f} | {r['lag_p99']:.3f} | {r['loop_lag_p99']:.3f} | {r['cpu_fraction']:.0%} | "
               f"{r['generator_bound']} |")
-    groups = sorted({(r.get("fraction", 0.8), r.get("pacing", "auto")) for r in rows})
-    for fraction, pacing in groups:
-        g = [r for r in rows if (r.get("fraction", 0.8), r.get("pacing", "auto")) == (fraction, pacing)]
+    for fraction, pacing in sorted({group(r) for r in rows}):
+        g = [r for r in rows if group(r) == (fraction, pacing)]
         print(f"| median | {fraction:.0%} {pacing} | | {med([r['target'] for r in g])} | "
               f"{med([r['achieved'] for r in g])} | {med([r['error_pct'] for r in g])} | | | "
               f"{med([r['lag_p99'] for r in g])} | {med([r['loop_lag_p99'] for r in g])} | | |")
