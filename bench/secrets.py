@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from bench.prepared import Prepared
 
 __all__ = ["MASK", "Scrubber", "credential_header_problem", "env_name_problem", "header_env_values",
-           "scrub_report", "scrubber_for", "url_problem", "url_secrets"]
+           "header_value_problem", "scrub_report", "scrubber_for", "url_problem", "url_secrets"]
 
 MASK = "***"
 _MIN_LEN = 4  # shorter "secrets" would blank ordinary text (and are not secrets worth the name)
@@ -65,6 +65,20 @@ def env_name_problem(name: str) -> str | None:
             "that are not one — not shown, in case it is the secret itself)")
 
 
+def header_value_problem(value: str) -> str | None:
+    """Why ``value`` cannot be sent as an HTTP header value, or None; the value itself is never repeated.
+
+    A token file or variable with a line break inside, a control or a non-ASCII character (a binary file, another
+    encoding) is refused up front: the engines would otherwise fail on it once per request."""
+    for i, ch in enumerate(value):
+        if " " <= ch <= "~" or ch == "\t":
+            continue
+        what = "a line break" if ch in "\r\n" else "a control character" if ch < "\x80" else "a non-ASCII character"
+        return (f"holds {what} at character {i + 1} of {len(value)} (value not shown): "
+                "a header value must be one line of ASCII text")
+    return None
+
+
 def url_problem(url: str) -> str | None:
     """URL userinfo is refused: bench does not send it, and a password in a URL ends up in logs."""
     try:
@@ -98,10 +112,13 @@ def header_env_values(headers_env: Mapping[str, str], environ: Mapping[str, str]
     env = os.environ if environ is None else environ
     out: dict[str, str] = {}
     for header, var in headers_env.items():
-        value = env.get(var, "")
+        value = env.get(var, "").strip()
         if not value:
             raise InputError(f"environment variable {var} is not set (it should hold the {header} header)",
                              file=file, key=f"target.headers_env.{header}")
+        problem = header_value_problem(value)
+        if problem:
+            raise InputError(f"environment variable {var} {problem}", file=file, key=f"target.headers_env.{header}")
         out[header] = value
     return out
 

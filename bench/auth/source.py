@@ -24,6 +24,7 @@ import httpx
 from bench.auth.redaction import Redactor
 from bench.config.auth import AuthConfig
 from bench.errors import InputError, RunInvalid
+from bench.secrets import header_value_problem
 
 __all__ = ["TokenSource"]
 
@@ -192,15 +193,23 @@ class TokenSource:
     def _read_static(self, env: Mapping[str, str]) -> str:
         if self._cfg.token_file is not None:
             try:
-                token = self._cfg.token_file.read_text().strip()
+                token = self._cfg.token_file.read_text(encoding="utf-8").strip()
             except OSError as exc:
                 raise InputError(f"cannot read token file {self._cfg.token_file}: {exc.strerror}",
                                  file=self._file, key="auth.token_file") from None
+            except UnicodeDecodeError:
+                raise InputError(f"token file {self._cfg.token_file} is not UTF-8 text", file=self._file,
+                                 key="auth.token_file") from None
             if not token:
                 raise InputError(f"token file {self._cfg.token_file} is empty", file=self._file,
                                  key="auth.token_file")
+            where, key = f"token file {self._cfg.token_file}", "auth.token_file"
         else:
             token = self._env(env, self._cfg.token_env).strip()
+            where, key = f"environment variable {self._cfg.token_env}", f"{self._section}.token_env"
+        problem = header_value_problem(token)
+        if problem:
+            raise InputError(f"{where} {problem}", file=self._file, key=key)
         self._remember(token, token.partition(" ")[2].strip())  # with and without a "Token " prefix
         return token
 

@@ -153,7 +153,7 @@ def authorization_value(token: str) -> str:
 
 def read_token(env_name: str, *, file: str | None = None, environ: Mapping[str, str] | None = None) -> str:
     """The token from the environment variable ``env_name``; the error names the variable, never a value."""
-    from bench.secrets import env_name_problem
+    from bench.secrets import env_name_problem, header_value_problem
 
     if env_name_problem(env_name):  # a token pasted where its variable's name belongs: never echo it
         raise InputError(env_name_problem(env_name) or "", file=file, key="target.token_env")
@@ -162,6 +162,9 @@ def read_token(env_name: str, *, file: str | None = None, environ: Mapping[str, 
     if not value:
         raise InputError(f"environment variable {env_name} is not set (it should hold the UbiOps API token)",
                          file=file, key="target.token_env")
+    problem = header_value_problem(value)
+    if problem:
+        raise InputError(f"environment variable {env_name} {problem}", file=file, key="target.token_env")
     return value
 
 

@@ -8,7 +8,15 @@ from urllib.parse import quote
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.secrets import MASK, Scrubber, credential_header_problem, env_name_problem, url_problem, url_secrets
+from bench.secrets import (
+    MASK,
+    Scrubber,
+    credential_header_problem,
+    env_name_problem,
+    header_value_problem,
+    url_problem,
+    url_secrets,
+)
 
 SECRET = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=0x2FF), min_size=4, max_size=40)
 
@@ -59,3 +67,12 @@ def test_a_value_given_as_an_env_name_is_not_echoed() -> None:
 @given(values=st.lists(st.text(max_size=20), max_size=5), text=st.text(max_size=60))
 def test_any_values_build_a_scrubber(values: list[str], text: str) -> None:
     Scrubber(values).text(text)  # never raises, whatever the environment held
+
+
+@given(value=st.text(max_size=40))
+def test_a_header_value_is_refused_exactly_when_it_is_not_one_line_of_ascii_and_never_repeated(value: str) -> None:
+    problem = header_value_problem(value)
+    sendable = all(" " <= ch <= "~" or ch == "\t" for ch in value)
+    assert (problem is None) == sendable
+    if problem is not None and len(value.strip()) >= 4:
+        assert value.strip() not in problem
