@@ -200,7 +200,22 @@ def apply_overrides(doc: Mapping[str, Any], overrides: Sequence[str], file: str)
             values[key] = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
             values[key] = raw
-    return with_values(doc, values, file)
+    return with_values(doc, {**_other_load_modes_cleared(values), **values}, file)
+
+
+_LOAD_MODE_KEYS = ("load.concurrency", "load.rate", "load.stages")
+
+
+def _other_load_modes_cleared(values: Mapping[str, Any]) -> dict[str, None]:
+    """``--set`` of one load mode replaces the file's other one, as ``-c``/``--rate`` do: ``--set load.rate=50``
+    on a closed-loop scenario is an open loop, not a conflict. Two modes in ``--set`` still conflict."""
+    chosen = [k for k in _LOAD_MODE_KEYS if values.get(k)]
+    if len(chosen) != 1:
+        return {}
+    cleared: dict[str, None] = {k: None for k in _LOAD_MODE_KEYS if k != chosen[0]}
+    if chosen[0] == "load.concurrency":
+        cleared["load.arrival"] = None  # an open loop's arrival process means nothing to a closed one
+    return cleared
 
 
 def with_values(doc: Mapping[str, Any], values: Mapping[str, Any], file: str) -> dict[str, Any]:
@@ -367,7 +382,9 @@ def _parse_load(t: Mapping[str, Any], file: str) -> LoadConfig:
         raise tab.err("concurrency", "set one of load.concurrency (closed loop), load.rate or load.stages "
                       "(open loop)")
     if modes > 1:
-        raise tab.err("rate", "load.concurrency, load.rate and load.stages are exclusive: choose one")
+        both = [k for k, v in (("concurrency", concurrency > 0), ("rate", rate > 0), ("stages", bool(stages))) if v]
+        raise tab.err(both[-1], f"load.{both[0]} and load.{both[1]} are exclusive (closed loop, open loop at "
+                      "one rate, or stages): choose one")
     if stages:
         duration = sum(d for d, _ in stages)
         if duration <= 0:

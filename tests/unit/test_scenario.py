@@ -50,6 +50,27 @@ def test_overrides_change_values_and_types(tmp_path: Path) -> None:
     assert sc.name == "other"
 
 
+@pytest.mark.parametrize(("override", "rate", "stages"), [
+    ("load.rate=50", 50.0, ()),
+    ("load.stages=[{duration = '2s', rate = 10}]", 0.0, ((2.0, 10.0),)),
+])
+def test_set_of_another_load_mode_replaces_the_files_as_the_flags_do(tmp_path: Path, override: str, rate: float,
+                                                                     stages: tuple[tuple[float, float], ...]) -> None:
+    """README: every key can be overridden with --set; on a closed-loop file, --set load.rate is an open loop."""
+    sc = load_scenario(write(tmp_path, BASE), [override])
+    assert sc.load.mode == "open" and sc.load.concurrency == 0
+    assert sc.load.rate == rate and sc.load.stages == stages
+
+
+def test_set_of_concurrency_turns_an_open_loop_closed_and_two_modes_in_set_still_conflict(tmp_path: Path) -> None:
+    opened = BASE.replace("concurrency = 4", 'rate = 20.0\narrival = "poisson"')
+    sc = load_scenario(write(tmp_path, opened), ["load.concurrency=3"])
+    assert sc.load.mode == "closed" and sc.load.concurrency == 3 and sc.load.rate == 0.0
+    assert sc.load.arrival == "constant"
+    with pytest.raises(InputError, match="exclusive"):
+        load_scenario(write(tmp_path, BASE), ["load.rate=50", "load.concurrency=2"])
+
+
 @pytest.mark.parametrize(
     ("patch", "key", "words"),
     [
@@ -59,6 +80,8 @@ def test_overrides_change_values_and_types(tmp_path: Path) -> None:
         (('url = "http://127.0.0.1:9/v1/api/pipelines/infer/ccfraud-1/ccfraud"', 'url = "127.0.0.1:9/x"'),
          "target.url", "scheme"),
         (("concurrency = 4", "concurrency = 4\nrate = 10.0"), "load.rate", "exclusive"),
+        (("concurrency = 4", "concurrency = 4\nstages = [{duration = '1s', rate = 5}]"), "load.stages",
+         "load.concurrency and load.stages are exclusive"),
         (('duration = "3s"', 'duration = "three"'), "load.duration", "duration"),
         (('kind = "wallaroo"', 'kind = "triton"'), "target.kind", "one of"),
         (("concurrency = 4", 'concurrency = "4"'), "load.concurrency", "integer"),
