@@ -27,7 +27,8 @@ def register(sub: Any) -> None:
     p.add_argument("--warmup", help="warm-up before measuring, e.g. 2s")
     p.add_argument("--requests", "-n", type=int, help="stop after this many requests")
     p.add_argument("--engine", choices=("auto", "fast", "httpx"), help="data-plane engine")
-    p.add_argument("--http2", action="store_true", default=None, help="use HTTP/2 (httpx engine)")
+    p.add_argument("--http2", action="store_true", default=None,
+                   help="use HTTP/2 (h2c for http://): the lean h2 engine, or httpx with --engine httpx")
     p.add_argument("--connections", type=int, help="connections (HTTP/2: streams are multiplexed over them)")
     p.add_argument("--insecure", action="store_true", default=None, help="do not verify TLS certificates")
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), help="event loop")

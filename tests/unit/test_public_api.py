@@ -31,3 +31,17 @@ def test_cli_help_is_fast_and_imports_no_heavy_parts() -> None:
             "print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
+
+
+def test_run_http2_help_names_the_engine_a_run_gets() -> None:
+    """`bench run --help` said --http2 ran on the httpx engine; auto picks the lean h2 engine (README: Engines)."""
+    import argparse
+
+    from bench.cli import build_parser
+    from bench.engine.base import EngineConfig
+    from bench.engine.select import choose_engine
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    help_text = next(a.help for a in sub.choices["run"]._actions if "--http2" in a.option_strings) or ""
+    assert choose_engine(EngineConfig(http2=True), "http://127.0.0.1/").__name__ == "H2Engine"
+    assert "h2 engine" in help_text and "(httpx engine)" not in help_text
