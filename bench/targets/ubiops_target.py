@@ -32,7 +32,11 @@ class UbiOpsTarget(Target):
 
     def bodies(self, sc: Scenario, config: Any) -> Sequence[PreparedBody]:
         """A ``LazyBodies``: each body is encoded when the run first sends it (a big data set starts at once)."""
-        return build_ubiops_bodies(config, read_table(sc), sc.data.rows_per_request)
+        table = read_table(sc)
+        try:
+            return build_ubiops_bodies(config, table, sc.data.rows_per_request)
+        except InputError as exc:  # a key of the scenario (target.fields, data.rows_per_request): name the file
+            raise InputError(exc.problem, file=sc.file, key=exc.key) from None
 
     def emulator_url(self, base_url: str, wallaroo_url: str) -> str:
         return base_url

@@ -76,6 +76,18 @@ def test_strings_where_floats_are_expected(tmp_path: Path) -> None:
                        str(data), "'two'")
 
 
+@pytest.mark.parametrize(("override", "key"), [
+    ('target.fields={tensr = "tensor"}', "target.fields.tensr"),
+    ("data.rows_per_request=2", "data.rows_per_request"),
+])
+def test_ubiops_data_errors_name_the_scenario_file(tmp_path: Path, override: str, key: str) -> None:
+    """A UbiOps key checked against the data set named no file ('bench: error: target.fields.tensr: ...')."""
+    scenario = ROOT / "scenarios" / "ubiops-batch.toml"
+    proc = bench("run", str(scenario), "-d", "1s", "-q", "--set", override, "--out", str(tmp_path / "r.arrow"),
+                 cwd=tmp_path)
+    assert_input_error(proc, f"{scenario}: {key}: ")
+
+
 def test_bad_capacity_table(tmp_path: Path) -> None:
     sc = tmp_path / "c.toml"
     sc.write_text('[target]\nurl = "embedded"\n[capacity]\nprecison = "5%"\n')
