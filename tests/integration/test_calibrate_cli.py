@@ -23,3 +23,16 @@ def test_calibrate_where_nothing_succeeds_exits_3_with_no_figures_made_up() -> N
     assert "none of" in out.stderr and "succeeded" in out.stderr and "Traceback" not in out.stderr
     assert shown.returncode == 3, shown.stdout + shown.stderr
     assert "p50 — ms" in shown.stdout and "ceiling" in shown.stdout and "Traceback" not in shown.stderr
+
+
+def test_http2_sink_cpu_counts_the_worker_that_serves() -> None:
+    """The --http2 sink is hypercorn, which serves from a child process: its CPU must be counted (the report
+    said ~0.1 s for seconds of serving). Any sink spends well over 100 µs of CPU per answered request
+    (hypercorn: several hundred)."""
+    args = [sys.executable, "-m", "bench", "calibrate", "--http2", "--duration", "1s", "--connections", "2",
+            "--streams", "8", "--json"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    r = json.loads(out.stdout)
+    assert r["built_in_sink"] and r["requests"] > 100, r
+    assert r["sink_cpu_s"] >= 100e-6 * r["requests"], r
