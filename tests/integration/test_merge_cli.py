@@ -80,3 +80,18 @@ def test_merge_into_a_bad_out_path_is_one_line_exit_2(tmp_path: Path) -> None:
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and "--out" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_merge_onto_one_of_its_inputs_is_refused_and_the_input_kept(tmp_path: Path) -> None:
+    """`bench merge a.arrow b.arrow -o b.arrow` overwrote b's own report with the merge (a run's data lost)."""
+    a, b = tmp_path / "a.arrow", tmp_path / "b.arrow"
+    proc = run(a)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    b.write_bytes(a.read_bytes())  # the same run twice: --force merges it anyway, the case a typo meets
+    before = b.read_bytes()
+    for out in (b, tmp_path / "." / "b.arrow"):
+        proc = bench("merge", str(a), str(b), "-o", str(out), "--force")
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "--out" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+        assert b.read_bytes() == before
