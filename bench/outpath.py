@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bench.errors import InputError
 
-__all__ = ["check_output_dir", "check_report_path"]
+__all__ = ["check_output_dir", "check_report_path", "refuse_overwriting_inputs"]
 
 
 def _probe(directory: Path, flag: str, shown: Path) -> None:
@@ -38,6 +38,17 @@ def check_report_path(path: Path, *, flag: str = "--out", create_parent: bool = 
     if path.exists() and not os.access(path, os.W_OK):
         raise InputError(f"{path} exists and is not writable", key=flag)
     _probe(parent, flag, path)
+
+
+def refuse_overwriting_inputs(out: str | Path | None, inputs: list[str], *, flag: str) -> None:
+    """An output that is one of the command's input reports would replace a run's report (`bench merge a b -o b`,
+    `bench report r.arrow --html r.arrow`): refused, one line naming ``flag``."""
+    if not out or not Path(out).exists():
+        return
+    for p in inputs:
+        if Path(p).exists() and os.path.samefile(p, out):
+            raise InputError(f"{out} is also an input report; writing there would replace that run's report: "
+                             "give another path", key=flag)
 
 
 def check_output_dir(path: Path, *, flag: str = "--out", create_parent: bool = False) -> None:

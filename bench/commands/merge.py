@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 from typing import Any
 
 __all__ = ["register"]
@@ -24,28 +22,17 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _refuse_out_among_inputs(out: Path, inputs: list[Path]) -> None:
-    """Writing the merge over one of its parts would replace that run's report with the merge: refused."""
-    from bench.errors import InputError
-
-    if not out.exists():
-        return
-    for p in inputs:
-        if p.exists() and os.path.samefile(p, out):
-            raise InputError(f"{out} is also one of the reports to merge; writing there would replace that run's "
-                             "report: give another path", key="--out")
-
-
 def run(args: argparse.Namespace) -> int:
     import sys
+    from pathlib import Path
 
-    from bench.outpath import check_report_path
+    from bench.outpath import check_report_path, refuse_overwriting_inputs
     from bench.report.merge import merge_problems, merge_reports
     from bench.report.reader import read_report
     from bench.report.writer import write_report
 
     check_report_path(Path(args.out))  # a directory or an unwritable place: one line, exit 2 (not a traceback)
-    _refuse_out_among_inputs(Path(args.out), [Path(p) for p in args.reports])
+    refuse_overwriting_inputs(args.out, args.reports, flag="--out")
     reports = [read_report(Path(p)) for p in args.reports]
     merged = merge_reports(reports, force=args.force)
     for problem in merge_problems(reports) if args.force else []:

@@ -24,11 +24,14 @@ def run(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
+    from bench.outpath import refuse_overwriting_inputs
     from bench.report.capacity_report import is_capacity_report
     from bench.report.markdown import append_step_summary, report_markdown
     from bench.report.reader import read_report
     from bench.report.terminal import render_report
 
+    for flag, path in (("--html", args.html), ("--markdown", args.markdown)):
+        refuse_overwriting_inputs(path, [args.report], flag=flag)
     console = Console()
     if is_capacity_report(args.report):
         return _capacity(args, console)

@@ -69,3 +69,12 @@ def test_bad_input_exits_2(runs: dict[str, Path], tmp_path: Path) -> None:
     assert proc.returncode == 2 and "--max-regression" in proc.stderr
     proc = bench("compare", str(runs["base"]), str(tmp_path / "missing.arrow"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_markdown_over_a_compared_report_is_refused(runs: dict[str, Path], tmp_path: Path) -> None:
+    """`bench compare a b --markdown b` replaced the new run's report with the comparison."""
+    new = tmp_path / "new.arrow"
+    new.write_bytes(runs["again"].read_bytes())
+    proc = bench("compare", str(runs["base"]), str(new), "--markdown", str(new))
+    assert proc.returncode == 2 and "--markdown" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert new.read_bytes() == runs["again"].read_bytes()

@@ -110,3 +110,17 @@ def test_nothing_measured_shows_rates_as_missing_not_zero(tmp_path: Path) -> Non
     assert "—" in head and "0.0" not in head, head
     row = md.read_text().split("| requests |", 1)[1].splitlines()[2]  # the headline table's figures
     assert row.count("—") >= 2, row
+
+
+@pytest.mark.parametrize("flag", ["--html", "--markdown"])
+def test_a_view_written_over_its_own_report_is_refused(passing_run: tuple[Path, subprocess.CompletedProcess[str]],
+                                                       tmp_path: Path, flag: str) -> None:
+    """`bench report r.arrow --html r.arrow` replaced the run's report with its HTML page."""
+    report = tmp_path / "r.arrow"
+    report.write_bytes(passing_run[0].read_bytes())
+    before = report.read_bytes()
+    proc = bench("report", str(report), flag, str(report))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and flag in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    assert report.read_bytes() == before
