@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import typing
 from collections.abc import Sequence
 
 from bench import __version__
@@ -20,8 +21,16 @@ COMMANDS = ("run", "serve", "data", "report", "compare", "merge", "calibrate", "
             "locust_worker")
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage mistake (`-c abc`, an unknown flag) is one line on stderr and exit 2, like every other bad input;
+    argparse's default printed the whole usage block (15 lines for `bench run`) before it."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bench", description="Load generator and benchmark harness for ML "
+    parser = _Parser(prog="bench", description="Load generator and benchmark harness for ML "
                                      "inference endpoints (Wallaroo pipelines, UbiOps deployments).")
     parser.add_argument("--version", action="version", version=f"bench {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

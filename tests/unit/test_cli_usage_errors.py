@@ -1,0 +1,29 @@
+"""Mistakes on the command line are bad input like any other: one line on stderr, exit 2 (not argparse's usage
+block), naming the command and the argument."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.cli import main
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["run", "-c", "abc", "s.toml"], ("bench run", "--concurrency", "'abc'")),
+    (["run", "-d", "-3s", "s.toml"], ("bench run", "--duration")),
+    (["capacity", "s.toml", "--target-rps", "many"], ("bench capacity", "--target-rps")),
+    (["serve", "--port", "http"], ("bench serve", "--port")),
+    (["run", "s.toml", "--no-such-flag"], ("unrecognized arguments", "--no-such-flag")),
+    (["frobnicate"], ("invalid choice", "frobnicate")),
+])
+def test_usage_error_is_one_line_exit_2(argv: list[str], words: tuple[str, ...],
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert "usage:" not in captured.err and captured.out == ""
+    for word in words:
+        assert word in lines[0]
