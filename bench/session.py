@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench.errors import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_SLO, BenchError
+from bench.errors import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_SLO, BenchError, InputError
 from bench.facts import RunFacts
 from bench.run_loop import run_async, run_once, run_unwrapped, use_uvloop
 from bench.runner import Endpoints, Prepared, RunControl, point_at
@@ -263,7 +263,12 @@ def run_scenario(sc: Scenario, opts: RunOptions) -> int:
     from bench.progress import ProgressView
 
     out_path = report_path(opts, sc)
-    check_report_path(out_path, create_parent=opts.out is None)  # a bad --out must not cost the whole run
+    try:
+        check_report_path(out_path, create_parent=opts.out is None)  # a bad --out must not cost the whole run
+    except InputError as exc:
+        if opts.out is not None:
+            raise
+        raise InputError(exc.problem, file=sc.file, key="report.dir") from None  # the scenario's [report] dir
     prepared = prepare(sc)  # validates everything once, before the target is touched
     from bench.checkpoint import checkpoint_path, discard, recover_leftover
 

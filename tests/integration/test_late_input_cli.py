@@ -101,3 +101,16 @@ def test_unsendable_secret_is_refused_before_any_request(tmp_path: Path, target:
     assert _TOKEN[:6] not in proc.stderr + proc.stdout and _TOKEN[6:] not in proc.stderr + proc.stdout
     assert seen == []  # nothing reached the target
     assert not out.exists()
+
+
+def test_an_unusable_report_dir_names_the_scenario_key_not_out(tmp_path: Path) -> None:
+    """[report] dir that cannot be made was reported as a bad `--out`, a flag the user never gave."""
+    (tmp_path / "afile").write_text("")
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('name = "t"\n[target]\nurl = "embedded"\n[load]\nconcurrency = 1\nduration = "1s"\n'
+                        '[report]\ndir = "afile/sub"\n')
+    proc = subprocess.run([sys.executable, "-m", "bench", "run", str(scenario), "-q"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{scenario}: report.dir: " in lines[0] and "--out" not in lines[0], proc.stderr
