@@ -251,6 +251,9 @@ def _wait_all(procs: list[subprocess.Popen[bytes]]) -> bool:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_term)
+    # SIGINT explicitly too, as a single-process run does: a parent started with SIGINT ignored (a background
+    # job of a script, some CI runners) would otherwise ignore Ctrl-C / kill -INT and run to the end
+    previous_int = signal.signal(signal.SIGINT, on_term)
     try:
         for p in procs:
             while True:
@@ -269,6 +272,7 @@ def _wait_all(procs: list[subprocess.Popen[bytes]]) -> bool:
                     interrupted = True
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     return interrupted
 
 

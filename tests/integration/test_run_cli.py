@@ -140,6 +140,33 @@ def test_sigint_writes_partial_report(tmp_path: Path) -> None:
     assert summary["partial"] is True
 
 
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_sigint_stops_a_run_started_with_sigint_ignored(tmp_path: Path, processes: str) -> None:
+    """A background job of a script (or a CI runner) starts with SIGINT ignored; `kill -INT` must still stop the
+    run with a partial report, as it did for one process: `--processes 2` ran to its end and exited 0."""
+    out = tmp_path / "bg.arrow"
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "scenarios/quickstart.toml", "--set",
+                             'load.duration="60s"', "--set", 'load.warmup="0s"', "--processes", processes, "-q",
+                             "--out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 30  # the load is flowing once every process has checkpointed
+        names = [f".bg.arrow.w{i}.checkpoint" for i in range(int(processes))] if processes != "1" else \
+            [".bg.arrow.checkpoint"]
+        while time.monotonic() < deadline and not all((tmp_path / n).exists() and (tmp_path / n).stat().st_size
+                                                       for n in names):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    meta = {r["name"]: json.loads(r["text"]) for r in section(out, "meta")}
+    assert meta["partial"] is True
+
+
 def test_unreachable_target_exits_3_with_a_report(tmp_path: Path) -> None:
     out = tmp_path / "u.arrow"
     proc = bench("run", "--url", "http://127.0.0.1:9/infer", "--body", "data/ccfraud_1k.df.json", "-c", "2",
