@@ -188,7 +188,8 @@ def _static_token(sc: Scenario) -> str | None:
                          key="target.token_env")
     problem = header_value_problem(value)
     if problem:
-        raise InputError(f"environment variable {name} {problem}", file=sc.file, key="target.token_env")
+        raise InputError(f"environment variable {name} {problem} (value not shown)", file=sc.file,
+                         key="target.token_env")
     return value if value.lower().startswith(("bearer ", "token ")) else f"Bearer {value}"
 
 

@@ -28,7 +28,7 @@ from bench.config.reader import Table, check_url, type_name
 from bench.config.slo import SloObjectives, slo_from_mapping
 from bench.config.wallaroo import EMBEDDED_PLACEHOLDER, PreflightConfig, preflight_config_from_mapping
 from bench.errors import InputError
-from bench.secrets import credential_header_problem, env_name_problem, url_problem
+from bench.secrets import credential_header_problem, env_name_problem, header_value_problem, url_problem
 from bench.targets import KINDS, target_for
 
 __all__ = [
@@ -300,6 +300,8 @@ def _parse_target(t: Mapping[str, Any], file: str) -> TargetConfig:
             raise tab.err(f"headers.{hk}", f"expected a string, got {_type(hv)}")
         if any(c in hv for c in "\r\n\x00"):
             raise tab.err(f"headers.{hk}", "must not contain line breaks or NUL")
+        if header_value_problem(hv):  # a control or non-ASCII character: the engines cannot send it
+            raise tab.err(f"headers.{hk}", f"{header_value_problem(hv)}; got {hv!r}")
         problem = credential_header_problem(hk)
         if problem:
             raise tab.err(f"headers.{hk}", problem)

@@ -74,8 +74,7 @@ def header_value_problem(value: str) -> str | None:
         if " " <= ch <= "~" or ch == "\t":
             continue
         what = "a line break" if ch in "\r\n" else "a control character" if ch < "\x80" else "a non-ASCII character"
-        return (f"holds {what} at character {i + 1} of {len(value)} (value not shown): "
-                "a header value must be one line of ASCII text")
+        return f"holds {what} at character {i + 1} of {len(value)}: a header value must be one line of ASCII text"
     return None
 
 
@@ -118,7 +117,8 @@ def header_env_values(headers_env: Mapping[str, str], environ: Mapping[str, str]
                              file=file, key=f"target.headers_env.{header}")
         problem = header_value_problem(value)
         if problem:
-            raise InputError(f"environment variable {var} {problem}", file=file, key=f"target.headers_env.{header}")
+            raise InputError(f"environment variable {var} {problem} (value not shown)", file=file,
+                             key=f"target.headers_env.{header}")
         out[header] = value
     return out
 

@@ -209,7 +209,7 @@ class TokenSource:
             where, key = f"environment variable {self._cfg.token_env}", f"{self._section}.token_env"
         problem = header_value_problem(token)
         if problem:
-            raise InputError(f"{where} {problem}", file=self._file, key=key)
+            raise InputError(f"{where} {problem} (value not shown)", file=self._file, key=key)
         self._remember(token, token.partition(" ")[2].strip())  # with and without a "Token " prefix
         return token
 

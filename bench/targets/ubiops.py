@@ -164,7 +164,8 @@ def read_token(env_name: str, *, file: str | None = None, environ: Mapping[str, 
                          file=file, key="target.token_env")
     problem = header_value_problem(value)
     if problem:
-        raise InputError(f"environment variable {env_name} {problem}", file=file, key="target.token_env")
+        raise InputError(f"environment variable {env_name} {problem} (value not shown)", file=file,
+                         key="target.token_env")
     return value
 
 

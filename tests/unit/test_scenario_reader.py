@@ -146,6 +146,16 @@ def test_header_injection_and_bad_names_are_refused(tmp_path: Path) -> None:
     assert err.key == "target.headers.X A" and "header name" in err.problem
 
 
+@pytest.mark.parametrize("value", ["caf\\u00e9", "a\\u2615", "bell\\u0007"])
+def test_header_values_the_engines_cannot_send_are_refused(tmp_path: Path, value: str) -> None:
+    """A non-ASCII or control character in a literal header crashed the lean engine with a traceback and made
+    the httpx engine fail every request (as 'other', tens of thousands a second)."""
+    err = error_of(write(tmp_path, BASE + f'[target.headers]\n"X-Note" = "{value}"\n'))
+    assert err.key == "target.headers.X-Note" and "ASCII" in err.problem, str(err)
+    sc = load_scenario(write(tmp_path, BASE + '[target.headers]\n"X-Note" = "tab\\tand ~ fine"\n'))
+    assert sc.target.headers["X-Note"] == "tab\tand ~ fine"
+
+
 def test_non_utf8_scenario_names_the_line(tmp_path: Path) -> None:
     p = tmp_path / "latin1.toml"
     p.write_bytes(b'name = "x"\n# caf\xe9\n')
