@@ -16,6 +16,7 @@ one length, bounded up front, so that the one ``Inference-Header-Content-Length`
 from __future__ import annotations
 
 import math
+import re
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ import pyarrow.compute as pc
 from bench.bodies import BLOCK, LazyBodies
 from bench.errors import InputError
 from bench.results import Kind, PreparedBody
+from bench.secrets import credential_header_problem, header_value_problem
 from bench.tables import TableReader
 from bench.units import parse_duration
 
@@ -43,6 +45,7 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 _KEYS = ("kind", "url", "model_name", "model_version", "layout", "input_name", "datatype", "shape", "inputs",
          "outputs", "binary", "headers", "ready_wait", "preflight")
 _OK, _BAD, _HTTP, _LIMITED = int(Kind.OK), int(Kind.BAD_RESPONSE), int(Kind.HTTP_ERROR), int(Kind.RATE_LIMITED)
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +143,13 @@ def config_from_mapping(d: Mapping[str, Any], file: str) -> KServeConfig:
         raise r.err("headers", "expected a table of strings")
     if any(k.lower() == "authorization" for k in headers):
         raise r.err("headers", "do not put credentials in a scenario file; use [auth]")
+    for name, value in headers.items():  # the rules of any target's [target] headers (bench.scenario)
+        if credential_header_problem(name):  # this target takes no headers_env: its credentials come from [auth]
+            raise r.err(f"headers.{name}", f"a literal {name} header would store a credential in the scenario "
+                        "and its report; kind = 'kserve' takes credentials from [auth]")
+        problem = header_value_problem(value) if _HEADER_NAME.fullmatch(name) else "not a valid HTTP header name"
+        if problem:
+            raise r.err(f"headers.{name}", problem)
     for key in ("binary", "preflight"):
         if not isinstance(d.get(key, False), bool):
             raise r.err(key, "expected true or false")

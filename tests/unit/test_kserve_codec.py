@@ -120,6 +120,22 @@ def test_config_errors_name_the_key() -> None:
         tensors_for(pa.table({"t": pa.array([1.5])}), c)
 
 
+@pytest.mark.parametrize(("headers", "words"), [
+    ({"X-Api-Key": "s3cret-value"}, "[auth]"),          # docs/secrets.md: literal credential headers are refused
+    ({"Cookie": "session=s3cret-value"}, "[auth]"),
+    ({"X-Note": "caf\u00e9"}, "ASCII"),                  # crashed the preflight's client with a traceback
+    ({"X-Note": "a\r\nX-Injected: 1"}, "line break"),
+    ({"X Note": "v"}, "header name"),
+])
+def test_header_rules_of_every_target_apply_to_kserve(headers: dict[str, str], words: str) -> None:
+    """kind = 'kserve' checks its own [target]; it refused only a literal Authorization header."""
+    with pytest.raises(InputError) as exc:
+        cfg(headers=headers)
+    assert exc.value.key == f"target.headers.{next(iter(headers))}" and words in exc.value.problem
+    assert "s3cret-value" not in str(exc.value)
+    assert cfg(headers={"X-Trace": "ok\tfine"}).headers == {"X-Trace": "ok\tfine"}  # type: ignore[attr-defined]
+
+
 def answer(*outputs: dict[str, object]) -> bytes:
     return orjson.dumps({"model_name": "m", "outputs": list(outputs)})
 
