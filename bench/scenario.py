@@ -283,7 +283,11 @@ def _parse_target(t: Mapping[str, Any], file: str) -> TargetConfig:
     if url != "embedded":
         _check_url(url, tab, "url")
     if rules.owns_section:
-        # the target validates the rest of its section (bench.targets: Target.config); only the URL is checked here
+        # the target validates the rest of its section (bench.targets: Target.config); only the URL is checked here,
+        # and the secrets from the environment the run core adds to the requests (env_credentials)
+        if rules.env_credentials:
+            token_env, headers_env = _env_credentials(tab)
+            return TargetConfig(kind=kind, url=url, token_env=token_env, headers_env=headers_env, raw=t)
         return TargetConfig(kind=kind, url=url, raw=t)
     if url == "embedded" and not rules.embeddable:
         embeddable = ", ".join(k for k in TARGET_KINDS if target_for(k).rules.embeddable)
@@ -305,6 +309,17 @@ def _parse_target(t: Mapping[str, Any], file: str) -> TargetConfig:
         problem = credential_header_problem(hk)
         if problem:
             raise tab.err(f"headers.{hk}", problem)
+    token_env, headers_env = _env_credentials(tab)
+    dataset_params = tab.boolean("dataset_params", False)
+    for key in ("dataset", "dataset_exclude", "dataset_separator"):
+        tab.get(key)  # the target checks them (bench.targets.wallaroo: dataset query parameters)
+    tab.done()
+    return TargetConfig(kind=kind, url=url, format=fmt, method=method, headers=dict(headers),
+                        dataset_params=dataset_params, token_env=token_env, headers_env=headers_env, raw=t)
+
+
+def _env_credentials(tab: Table) -> tuple[str | None, dict[str, str]]:
+    """``token_env`` and ``headers_env``: the NAMES of the variables holding a token and secret header values."""
     headers_env = tab.table("headers_env")
     for hk, hv in headers_env.items():
         if not _HEADER_NAME.match(hk):
@@ -314,12 +329,7 @@ def _parse_target(t: Mapping[str, Any], file: str) -> TargetConfig:
     token_env = tab.string("token_env")
     if token_env is not None and env_name_problem(token_env):
         raise tab.err("token_env", env_name_problem(token_env) or "")
-    dataset_params = tab.boolean("dataset_params", False)
-    for key in ("dataset", "dataset_exclude", "dataset_separator"):
-        tab.get(key)  # the target checks them (bench.targets.wallaroo: dataset query parameters)
-    tab.done()
-    return TargetConfig(kind=kind, url=url, format=fmt, method=method, headers=dict(headers),
-                        dataset_params=dataset_params, token_env=token_env, headers_env=dict(headers_env), raw=t)
+    return token_env, dict(headers_env)
 
 
 def _check_url(url: str, tab: Table, key: str) -> None:

@@ -44,6 +44,7 @@ class SectionRules:
     embeddable: bool = True  # url = "embedded" (the built-in emulator) is allowed
     formats: tuple[str, ...] = ()  # allowed target.format values (empty: any)
     needs_body: bool = False  # data.body (a raw body file) instead of a dataset
+    env_credentials: bool = False  # an owns_section kind whose requests still carry [target] token_env/headers_env
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,7 @@ class KServeTarget(Target):
     """A model behind the Open Inference Protocol v2 REST API (KServe, MLServer, Triton, Seldon)."""
 
     kind = "kserve"
-    rules = SectionRules(owns_section=True)
+    rules = SectionRules(owns_section=True, env_credentials=True)
 
     def config(self, sc: Scenario) -> KServePlan:
         cfg = config_from_mapping(sc.target.raw, sc.file)

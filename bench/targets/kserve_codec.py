@@ -43,7 +43,7 @@ DATATYPES: dict[str, str] = {"FP32": "<f4", "FP64": "<f8", "FP16": "<f2", "INT64
                              "UINT64": "<u8", "BOOL": "|b1", "BYTES": "O"}
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _KEYS = ("kind", "url", "model_name", "model_version", "layout", "input_name", "datatype", "shape", "inputs",
-         "outputs", "binary", "headers", "ready_wait", "preflight")
+         "outputs", "binary", "headers", "ready_wait", "preflight", "token_env", "headers_env")
 _OK, _BAD, _HTTP, _LIMITED = int(Kind.OK), int(Kind.BAD_RESPONSE), int(Kind.HTTP_ERROR), int(Kind.RATE_LIMITED)
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
 
@@ -144,10 +144,8 @@ def config_from_mapping(d: Mapping[str, Any], file: str) -> KServeConfig:
     if any(k.lower() == "authorization" for k in headers):
         raise r.err("headers", "do not put credentials in a scenario file; use [auth]")
     for name, value in headers.items():  # the rules of any target's [target] headers (bench.scenario)
-        if credential_header_problem(name):  # this target takes no headers_env: its credentials come from [auth]
-            raise r.err(f"headers.{name}", f"a literal {name} header would store a credential in the scenario "
-                        "and its report; kind = 'kserve' takes credentials from [auth]")
-        problem = header_value_problem(value) if _HEADER_NAME.fullmatch(name) else "not a valid HTTP header name"
+        problem = (credential_header_problem(name) or header_value_problem(value)) if _HEADER_NAME.fullmatch(name) \
+            else "not a valid HTTP header name"
         if problem:
             raise r.err(f"headers.{name}", problem)
     for key in ("binary", "preflight"):

@@ -243,3 +243,40 @@ def test_preflight_wrong_token_fails_at_once_without_echoing_it(tmp_path: Path) 
     assert "refused the credentials (HTTP 401)" in last and "Traceback" not in proc.stderr, proc.stderr
     assert wrong not in proc.stdout + proc.stderr
     assert not any(method == "POST" for method, _, _ in gate.calls)  # no load was sent
+
+
+class KeyGateway(Gateway):
+    """A gateway that wants an ``X-Api-Key`` as well as the bearer token."""
+
+    def __init__(self, token: str, key: str) -> None:
+        super().__init__(token)
+        self.key = key.encode()
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        if scope["type"] == "http" and dict(scope["headers"]).get(b"x-api-key") != self.key:
+            scope = {**scope, "headers": [h for h in scope["headers"] if h[0] != b"authorization"]}  # → 401
+        await super().__call__(scope, receive, send)
+
+
+def test_token_env_and_headers_env_reach_a_kserve_gateway(tmp_path: Path) -> None:
+    """docs/secrets.md and docs/kserve.md: [target] token_env and headers_env carry secrets for any target; kind =
+    'kserve' refused both as unknown keys, so a V2 server behind an API-key gateway could not be loaded."""
+    token, key = f"kst-{secrets.token_hex(16)}", f"ksk-{secrets.token_hex(16)}"
+    gate = KeyGateway(token, key)
+    out = tmp_path / "r.arrow"
+    with served_asgi(gate) as base:
+        path = gateway_scenario(tmp_path, base)
+        path.write_text(path.read_text().replace(
+            '[auth]\nkind = "static"\ntoken_env = "BENCH_TEST_KSERVE_TOKEN"\n',
+            'token_env = "BENCH_TEST_KSERVE_TOKEN"\nheaders_env = { "X-Api-Key" = "BENCH_TEST_KSERVE_KEY" }\n'))
+        proc = subprocess.run([sys.executable, "-m", "bench", "run", str(path), *SHORT, "--out", str(out)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "BENCH_TEST_KSERVE_TOKEN": token, "BENCH_TEST_KSERVE_KEY": key})
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(proc.stdout)
+    assert s["ok"] > 20 and s["errors"] == 0
+    assert ("GET", "/v2/health/ready", True) in gate.calls and all(ok for _, _, ok in gate.calls)
+    table = ipc.open_file(str(out)).read_all()
+    written = [proc.stdout, proc.stderr, repr(table.schema.metadata), *(repr(c.to_pylist()) for c in table.columns)]
+    assert not any(secret in text for secret in (token, key) for text in written)

@@ -121,8 +121,8 @@ def test_config_errors_name_the_key() -> None:
 
 
 @pytest.mark.parametrize(("headers", "words"), [
-    ({"X-Api-Key": "s3cret-value"}, "[auth]"),          # docs/secrets.md: literal credential headers are refused
-    ({"Cookie": "session=s3cret-value"}, "[auth]"),
+    ({"X-Api-Key": "s3cret-value"}, "headers_env"),     # docs/secrets.md: literal credential headers are refused
+    ({"Cookie": "session=s3cret-value"}, "headers_env"),
     ({"X-Note": "caf\u00e9"}, "ASCII"),                  # crashed the preflight's client with a traceback
     ({"X-Note": "a\r\nX-Injected: 1"}, "line break"),
     ({"X Note": "v"}, "header name"),
