@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.errors import InputError
-from bench.scenario import Scenario, apply_overrides, parse_scenario, read_scenario_file, with_values
+from bench.scenario import (
+    Scenario,
+    apply_overrides,
+    closed_loop_clears,
+    parse_scenario,
+    read_scenario_file,
+    with_values,
+)
 
 if TYPE_CHECKING:
     from bench.session import RunOptions
@@ -34,8 +42,9 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
         base_dir = Path.cwd()
     else:
         raise InputError("give a scenario file, or --url (with --body) for an ad-hoc run", key="scenario")
-    doc = with_values(doc, _flag_values(args), file)
+    doc = with_values(doc, _flag_values(args, doc), file)
     doc = apply_overrides(doc, args.overrides, file)
+    _refuse_open_loop_flags(args, doc)
     return parse_scenario(doc, file=file, base_dir=base_dir)
 
 
@@ -92,11 +101,11 @@ def _guess_content_type(body: str) -> str:
     return _CONTENT_TYPES.get(Path(body).suffix, "application/octet-stream")
 
 
-def _flag_values(args: argparse.Namespace) -> dict[str, Any]:
+def _flag_values(args: argparse.Namespace, doc: Mapping[str, Any]) -> dict[str, Any]:
     """CLI flags as typed scenario values (they win over the file's keys; ``None`` removes a key)."""
     out: dict[str, Any] = {}
     if args.concurrency is not None:  # closed loop: the file's open-loop keys no longer apply
-        out.update({"load.rate": None, "load.stages": None, "load.arrival": None,
+        out.update({**closed_loop_clears(doc), "load.rate": None, "load.stages": None,
                     "load.concurrency": args.concurrency})
     if args.rate is not None:
         out.update({"load.concurrency": None, "load.stages": None, "load.rate": args.rate})
@@ -115,6 +124,23 @@ def _flag_values(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, flag):
             out[key] = True
     return out
+
+
+def _refuse_open_loop_flags(args: argparse.Namespace, doc: Mapping[str, Any]) -> None:
+    """``--poisson`` or ``--pacing sleep|spin`` on a run that is a closed loop (``-c``, the file's
+    load.concurrency, or the ad-hoc default) would be ignored: refused naming the flag (the scenario reader names
+    a file's key)."""
+    load = doc.get("load")
+    concurrency = load.get("concurrency") if isinstance(load, Mapping) else None
+    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency <= 0:
+        return  # an open loop, or a load the scenario reader refuses with its own message
+    if isinstance(load, Mapping) and (load.get("rate") or load.get("stages")):
+        return  # two modes: the reader says they are exclusive
+    for flag, given in (("--poisson", args.poisson), ("--pacing", args.pacing not in (None, "auto"))):
+        if given:
+            raise InputError(f"applies to an open loop (--rate, load.rate or load.stages) only, and this run is a "
+                             f"closed loop of {concurrency} clients (-c / load.concurrency), which would ignore it",
+                             key=flag)
 
 
 def _number_or_text(value: str) -> float | str:

@@ -32,6 +32,7 @@ from bench.secrets import credential_header_problem, env_name_problem, header_va
 from bench.targets import KINDS, target_for
 
 __all__ = [
+    "OPEN_LOOP_ONLY",
     "SECTIONS",
     "SECTION_PARSERS",
     "DataConfig",
@@ -41,6 +42,7 @@ __all__ = [
     "Scenario",
     "TargetConfig",
     "apply_overrides",
+    "closed_loop_clears",
     "load_scenario",
     "parse_scenario",
     "read_scenario_file",
@@ -200,13 +202,17 @@ def apply_overrides(doc: Mapping[str, Any], overrides: Sequence[str], file: str)
             values[key] = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
             values[key] = raw
-    return with_values(doc, {**_other_load_modes_cleared(values), **values}, file)
+    return with_values(doc, {**_other_load_modes_cleared(doc, values), **values}, file)
 
 
 _LOAD_MODE_KEYS = ("load.concurrency", "load.rate", "load.stages")
 
+# keys that shape an open loop only, with the value that changes nothing: any other value on a closed loop would be
+# ignored, so the run would not be the test asked for
+OPEN_LOOP_ONLY = (("load", "arrival", "constant"), ("load", "max_in_flight", 0), ("engine", "pacing", "auto"))
 
-def _other_load_modes_cleared(values: Mapping[str, Any]) -> dict[str, None]:
+
+def _other_load_modes_cleared(doc: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, None]:
     """``--set`` of one load mode replaces the file's other one, as ``-c``/``--rate`` do: ``--set load.rate=50``
     on a closed-loop scenario is an open loop, not a conflict. Two modes in ``--set`` still conflict."""
     chosen = [k for k in _LOAD_MODE_KEYS if values.get(k)]
@@ -214,8 +220,19 @@ def _other_load_modes_cleared(values: Mapping[str, Any]) -> dict[str, None]:
         return {}
     cleared: dict[str, None] = {k: None for k in _LOAD_MODE_KEYS if k != chosen[0]}
     if chosen[0] == "load.concurrency":
-        cleared["load.arrival"] = None  # an open loop's arrival process means nothing to a closed one
+        cleared.update(closed_loop_clears(doc))
     return cleared
+
+
+def closed_loop_clears(doc: Mapping[str, Any]) -> dict[str, None]:
+    """The open-loop keys to drop when the command line makes ``doc`` a closed loop: they were written for the
+    file's open loop (or for `bench capacity`'s rate steps), and mean nothing to the closed loop asked for. A file
+    that is a closed loop already keeps them, so its own contradiction is refused as written."""
+    load = doc.get("load")
+    concurrency = load.get("concurrency") if isinstance(load, Mapping) else None
+    if isinstance(concurrency, int) and not isinstance(concurrency, bool) and concurrency > 0:
+        return {}
+    return {f"{section}.{key}": None for section, key, _ in OPEN_LOOP_ONLY}
 
 
 def with_values(doc: Mapping[str, Any], values: Mapping[str, Any], file: str) -> dict[str, Any]:
@@ -257,6 +274,8 @@ def parse_scenario(doc: Mapping[str, Any], *, file: str, base_dir: Path) -> Scen
     data = _parse_data(tables["data"], file, base_dir, target)
     load = _parse_load(tables["load"], file)
     engine = _parse_engine(tables["engine"], file)
+    if load.mode == "closed":
+        _refuse_open_loop_keys(tables, load.concurrency, file)
     report = _parse_report(tables["report"], file)
     sections = {key: parse(tables[key], file) for key, parse in SECTION_PARSERS.items() if tables[key]}
     wallaroo = _typed(sections, "wallaroo", PreflightConfig)
@@ -267,6 +286,15 @@ def parse_scenario(doc: Mapping[str, Any], *, file: str, base_dir: Path) -> Scen
                     slo=_typed(sections, "slo", SloObjectives), capacity=_typed(sections, "capacity", CapacityConfig),
                     emulator=dict(tables["emulator"]), ubiops=dict(tables["ubiops"]),
                     server_metrics=dict(tables["server_metrics"]), source=doc)
+
+
+def _refuse_open_loop_keys(tables: Mapping[str, Mapping[str, Any]], concurrency: int, file: str) -> None:
+    for section, key, neutral in OPEN_LOOP_ONLY:
+        value = tables[section].get(key, neutral)
+        if value != neutral:
+            raise InputError(f"{value!r} applies to an open loop (load.rate or load.stages) only, and load.concurrency "
+                             f"= {concurrency} is a closed loop, which would ignore it: remove it, or set load.rate",
+                             file=file, key=f"{section}.{key}")
 
 
 def _typed(sections: Mapping[str, object], key: str, cls: type[_T]) -> _T | None:

@@ -15,8 +15,8 @@ from typing import Any
 from bench.scenario import Scenario
 
 __all__ = ["PROBE_S", "Settings", "Step", "StepRunner", "Sweep", "clients_scenario", "default_objectives",
-           "max_error_rate", "objectives_text", "parse_levels", "run_concurrency", "run_sweep", "slo_failures",
-           "step_scenario"]
+           "max_error_rate", "objectives_text", "parse_levels", "probe_scenario", "run_concurrency", "run_sweep",
+           "slo_failures", "step_scenario"]
 
 PROBE_S = 2.0  # closed loop, one client: the safe start rate is half of what it achieves
 
@@ -161,7 +161,7 @@ class StepRunner:
 
     def probe(self) -> Step:
         sc = self.base.scenario
-        probe = sc.revised({"load": {**_load_source(sc), "concurrency": 1, "duration": f"{PROBE_S:g}s"}})
+        probe = probe_scenario(sc)
         report, facts = self._run(probe, self.out_dir / "probe.arrow")
         step = self._step(0, 0.0, report, facts, self.out_dir / "probe.arrow")
         step.verdict = "probe"
@@ -358,6 +358,13 @@ def step_scenario(sc: Scenario, rate: float, *, duration_s: float, warmup_s: flo
     from its document so the typed load and the stored scenario copy cannot disagree."""
     return sc.revised({"load": {**_load_source(sc), "rate": rate, "duration": f"{duration_s:g}s",
                                 "warmup": f"{warmup_s:g}s"}})
+
+
+def probe_scenario(sc: Scenario) -> Scenario:
+    """The probe: one closed-loop client for PROBE_S. The scenario's open-loop keys (arrival, max_in_flight,
+    engine.pacing) are for the rate steps; a closed loop refuses them, so the probe leaves them out."""
+    closed = {k: v for k, v in _load_source(sc).items() if k not in ("arrival", "max_in_flight")}
+    return sc.revised({"load": {**closed, "concurrency": 1, "duration": f"{PROBE_S:g}s"}, "engine.pacing": None})
 
 
 def clients_scenario(sc: Scenario, clients: int, *, duration_s: float, warmup_s: float) -> Scenario:

@@ -22,7 +22,7 @@ from bench.capacity import (
 )
 from bench.errors import InputError
 from bench.scenario import parse_scenario
-from bench.sweep import step_scenario
+from bench.sweep import PROBE_S, probe_scenario, step_scenario
 
 rates = st.floats(min_value=0.1, max_value=1e5, allow_nan=False, allow_infinity=False)
 precisions = st.floats(min_value=0.005, max_value=0.5)
@@ -211,7 +211,7 @@ def test_parsers() -> None:
 
 def test_step_scenario_replaces_the_load(tmp_path: Path) -> None:
     doc = {"name": "s", "target": {"url": "embedded"}, "data": {"generate": 10},
-           "load": {"concurrency": 8, "duration": "1m", "requests": 100, "arrival": "poisson", "seed": 7}}
+           "load": {"rate": 8.0, "duration": "1m", "requests": 100, "arrival": "poisson", "seed": 7}}
     sc = parse_scenario(doc, file="s.toml", base_dir=tmp_path)
     step = step_scenario(sc, 123.5, duration_s=3.0, warmup_s=1.0)
     load = step.load
@@ -219,7 +219,20 @@ def test_step_scenario_replaces_the_load(tmp_path: Path) -> None:
     assert (load.duration_s, load.warmup_s, load.requests) == (3.0, 1.0, 0)
     assert load.arrival == "poisson" and load.seed == 7  # the arrival process is the scenario's
     assert step.source["load"] == {"arrival": "poisson", "seed": 7, "rate": 123.5, "duration": "3s", "warmup": "1s"}
-    assert sc.load.concurrency == 8  # the original is untouched
+    assert sc.load.rate == 8.0 and sc.load.duration_s == 60.0  # the original is untouched
+
+
+def test_probe_is_a_closed_loop_without_the_steps_open_loop_keys(tmp_path: Path) -> None:
+    """The probe (one closed-loop client) leaves out arrival, max_in_flight and pacing, which a closed loop refuses;
+    the rate steps keep them."""
+    doc = {"name": "s", "target": {"url": "embedded"}, "data": {"generate": 10}, "engine": {"pacing": "spin"},
+           "load": {"rate": 1.0, "arrival": "poisson", "max_in_flight": 16, "seed": 7}}
+    sc = parse_scenario(doc, file="s.toml", base_dir=tmp_path)
+    probe = probe_scenario(sc)
+    assert probe.load.mode == "closed" and probe.load.concurrency == 1 and probe.load.duration_s == PROBE_S
+    assert probe.load.seed == 7 and probe.engine.pacing == "auto" and probe.load.max_in_flight == 0
+    step = step_scenario(sc, 50.0, duration_s=3.0, warmup_s=1.0)
+    assert (step.load.arrival, step.load.max_in_flight, step.engine.pacing) == ("poisson", 16, "spin")
 
 
 def test_model_capacity_reads_row_counts_without_encoding_bodies() -> None:

@@ -125,3 +125,52 @@ def test_parse_duration_compound_and_errors() -> None:
     for bad in ("10 parsecs", "-1s", "", True):
         with pytest.raises(ValueError):
             parse_duration(bad)
+
+
+OPEN = (BASE.replace("concurrency = 4", 'rate = 20.0\narrival = "poisson"\nmax_in_flight = 32')
+        + '[engine]\npacing = "spin"\n')
+
+
+@pytest.mark.parametrize(("patch", "key", "value"), [
+    (("concurrency = 4", 'concurrency = 4\narrival = "poisson"'), "load.arrival", "'poisson'"),
+    (("concurrency = 4", "concurrency = 4\nmax_in_flight = 64"), "load.max_in_flight", "64"),
+    (("[load]", '[engine]\npacing = "spin"\n[load]'), "engine.pacing", "'spin'"),
+])
+def test_open_loop_keys_on_a_closed_loop_are_refused(tmp_path: Path, patch: tuple[str, str], key: str,
+                                                     value: str) -> None:
+    """A closed loop would ignore them: the run would not be the test asked for."""
+    path = write(tmp_path, BASE.replace(*patch))
+    with pytest.raises(InputError) as info:
+        load_scenario(path)
+    assert info.value.key == key and info.value.file == str(path)
+    assert value in str(info.value) and "open loop (load.rate or load.stages) only" in str(info.value)
+    assert "load.concurrency = 4" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_open_loop_keys_at_their_neutral_value_are_accepted_on_a_closed_loop(tmp_path: Path) -> None:
+    text = BASE.replace("concurrency = 4", 'concurrency = 4\narrival = "constant"\nmax_in_flight = 0')
+    sc = load_scenario(write(tmp_path, text + '[engine]\npacing = "auto"\n'))
+    assert sc.load.mode == "closed" and sc.load.arrival == "constant" and sc.engine.pacing == "auto"
+
+
+def test_set_of_concurrency_on_an_open_loop_file_drops_its_open_loop_keys(tmp_path: Path) -> None:
+    """The user's switch to a closed loop replaces the file's open loop with everything that shaped it."""
+    sc = load_scenario(write(tmp_path, OPEN), ["load.concurrency=3"])
+    assert sc.load.mode == "closed" and sc.load.concurrency == 3
+    assert (sc.load.arrival, sc.load.max_in_flight, sc.engine.pacing) == ("constant", 0, "auto")
+    assert "arrival" not in sc.source["load"] and "pacing" not in sc.source["engine"]
+    assert load_scenario(write(tmp_path, OPEN)).load.max_in_flight == 32  # the file alone is an open loop
+
+
+def test_set_of_concurrency_with_an_open_loop_key_in_set_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InputError) as info:
+        load_scenario(write(tmp_path, OPEN), ["load.concurrency=3", 'load.arrival="poisson"'])
+    assert info.value.key == "load.arrival"
+
+
+def test_set_of_concurrency_on_a_closed_loop_file_keeps_its_contradiction(tmp_path: Path) -> None:
+    """A file that is a closed loop with an open-loop key is refused as written; --set of N does not hide it."""
+    path = write(tmp_path, BASE.replace("concurrency = 4", "concurrency = 4\nmax_in_flight = 64"))
+    with pytest.raises(InputError) as info:
+        load_scenario(path, ["load.concurrency=16"])
+    assert info.value.key == "load.max_in_flight" and "load.concurrency = 16" in str(info.value)

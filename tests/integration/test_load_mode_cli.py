@@ -1,0 +1,78 @@
+"""`bench run` refuses open-loop settings on a closed loop (they would be ignored: a different test than asked
+for), naming the flag or the file's key, exit 2; a switch to a closed loop from the command line drops the file's
+open-loop keys instead. The real CLI, the embedded emulator on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.ipc as ipc
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+OPEN = """name = "open"
+[target]
+url = "embedded"
+[data]
+generate = 50
+[load]
+rate = 200
+arrival = "poisson"
+max_in_flight = 16
+duration = "1s"
+[engine]
+pacing = "spin"
+"""
+CLOSED = OPEN.replace('rate = 200\narrival = "poisson"\nmax_in_flight = 16', "concurrency = 2").replace(
+    '[engine]\npacing = "spin"\n', "")
+
+
+def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=90, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str], *words: str) -> None:
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, (proc.returncode, err[-2000:])
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for word in words:
+        assert word in err, err
+
+
+@pytest.mark.parametrize(("text", "args", "words"), [
+    (CLOSED, ["--poisson"], ("--poisson", "open loop", "closed loop of 2 clients")),
+    (CLOSED, ["--pacing", "spin"], ("--pacing", "open loop")),
+    (OPEN, ["-c", "3", "--poisson"], ("--poisson", "closed loop of 3 clients")),
+    (OPEN, ["--set", "load.concurrency=3", "--pacing", "sleep"], ("--pacing",)),
+    (CLOSED, ["--set", "load.max_in_flight=8"], ("s.toml", "load.max_in_flight", "open loop")),
+    (CLOSED.replace("concurrency = 2", 'concurrency = 2\narrival = "poisson"'), [], ("s.toml", "load.arrival")),
+    (CLOSED.replace("concurrency = 2", 'concurrency = 2\narrival = "poisson"'), ["-c", "4"],
+     ("s.toml", "load.arrival")),  # the file's own contradiction is not hidden by -c
+], ids=["poisson", "pacing", "c-poisson", "set-c-pacing", "set-max-in-flight", "file-arrival", "file-arrival-c"])
+def test_open_loop_settings_on_a_closed_loop_are_refused(tmp_path: Path, text: str, args: list[str],
+                                                         words: tuple[str, ...]) -> None:
+    (tmp_path / "s.toml").write_text(text)
+    one_line_error(bench("run", "s.toml", *args, cwd=tmp_path), *words)
+
+
+def test_adhoc_default_closed_loop_refuses_poisson(tmp_path: Path) -> None:
+    (tmp_path / "b.json").write_text("{}")
+    one_line_error(bench("run", "--url", "http://127.0.0.1:9/x", "--body", "b.json", "--poisson", cwd=tmp_path),
+                   "--poisson", "closed loop of 8 clients")
+
+
+@pytest.mark.parametrize("switch", [["-c", "2"], ["--set", "load.concurrency=2"]])
+def test_switch_to_a_closed_loop_drops_the_files_open_loop_keys(tmp_path: Path, switch: list[str]) -> None:
+    (tmp_path / "s.toml").write_text(OPEN)
+    proc = bench("run", "s.toml", *switch, "-n", "20", "--json", "--quiet", "--out", "r.arrow", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["accounting"]["sent"] == 20
+    rows = ipc.open_file(str(tmp_path / "r.arrow")).read_all().to_pylist()
+    load = json.loads(next(r["text"] for r in rows if r["section"] == "meta" and r["name"] == "load"))
+    assert (load["mode"], load["concurrency"], load["arrival"], load["max_in_flight"]) == ("closed", 2, "constant", 0)
