@@ -215,7 +215,7 @@ OPEN_LOOP_ONLY = (("load", "arrival", "constant"), ("load", "max_in_flight", 0),
 def _other_load_modes_cleared(doc: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, None]:
     """``--set`` of one load mode replaces the file's other one, as ``-c``/``--rate`` do: ``--set load.rate=50``
     on a closed-loop scenario is an open loop, not a conflict. Two modes in ``--set`` still conflict."""
-    chosen = [k for k in _LOAD_MODE_KEYS if values.get(k)]
+    chosen = [k for k in _LOAD_MODE_KEYS if values.get(k) is not None]  # --set load.rate=0 asks for rate 0
     if len(chosen) != 1:
         return {}
     cleared: dict[str, None] = {k: None for k in _LOAD_MODE_KEYS if k != chosen[0]}
@@ -419,6 +419,12 @@ def _parse_load(t: Mapping[str, Any], file: str) -> LoadConfig:
     tab.done()
     modes = sum(1 for v in (concurrency > 0, rate > 0, bool(stages)) if v)
     if modes == 0:
+        if "rate" in t:  # rate = 0 (--rate 0) is the mode asked for, not a missing concurrency
+            raise tab.err("rate", "must be > 0 requests/s (an open loop at rate 0 sends nothing)")
+        if "concurrency" in t:
+            raise tab.err("concurrency", "must be >= 1 (a closed loop of 0 clients sends nothing)")
+        if "stages" in t:
+            raise tab.err("stages", "must not be empty (give {duration, rate} tables)")
         raise tab.err("concurrency", "set one of load.concurrency (closed loop), load.rate or load.stages "
                       "(open loop)")
     if modes > 1:
@@ -429,6 +435,9 @@ def _parse_load(t: Mapping[str, Any], file: str) -> LoadConfig:
         duration = sum(d for d, _ in stages)
         if duration <= 0:
             raise tab.err("stages", "the stages must last > 0 s in total")
+        if not any(r > 0 for _, r in stages):
+            raise tab.err("stages", "every stage's rate is 0, so nothing would be sent: a stage of rate 0 is a "
+                          "pause; give at least one a rate > 0 requests/s")
     if duration <= 0 and requests == 0:
         raise tab.err("duration", "must be > 0 (or set load.requests)")
     return LoadConfig(concurrency=concurrency, rate=rate, arrival=arrival, stages=tuple(stages),

@@ -76,3 +76,15 @@ def test_switch_to_a_closed_loop_drops_the_files_open_loop_keys(tmp_path: Path, 
     rows = ipc.open_file(str(tmp_path / "r.arrow")).read_all().to_pylist()
     load = json.loads(next(r["text"] for r in rows if r["section"] == "meta" and r["name"] == "load"))
     assert (load["mode"], load["concurrency"], load["arrival"], load["max_in_flight"]) == ("closed", 2, "constant", 0)
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--rate", "0"], ("s.toml", "load.rate", "must be > 0")),
+    (["--set", "load.rate=0"], ("s.toml", "load.rate", "must be > 0")),
+    (["--set", "load.stages=[{duration='1s', rate=0}]"], ("s.toml", "load.stages", "every stage's rate is 0")),
+], ids=["rate-flag", "set-rate", "zero-stages"])
+def test_a_zero_rate_names_load_rate(tmp_path: Path, args: list[str], words: tuple[str, ...]) -> None:
+    (tmp_path / "s.toml").write_text(CLOSED)
+    proc = bench("run", "s.toml", *args, "--out", "r.arrow", cwd=tmp_path)
+    one_line_error(proc, *words)
+    assert "load.concurrency" not in proc.stderr and not (tmp_path / "r.arrow").exists()

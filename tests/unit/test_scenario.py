@@ -174,3 +174,36 @@ def test_set_of_concurrency_on_a_closed_loop_file_keeps_its_contradiction(tmp_pa
     with pytest.raises(InputError) as info:
         load_scenario(path, ["load.concurrency=16"])
     assert info.value.key == "load.max_in_flight" and "load.concurrency = 16" in str(info.value)
+
+
+@pytest.mark.parametrize(("patch", "key", "words"), [
+    (("concurrency = 4", "rate = 0"), "load.rate", "must be > 0"),
+    (("concurrency = 4", "rate = 0.0"), "load.rate", "must be > 0"),
+    (("concurrency = 4", "concurrency = 0"), "load.concurrency", "must be >= 1"),
+    (("concurrency = 4", "stages = []"), "load.stages", "must not be empty"),
+    (("concurrency = 4", "stages = [{duration = '1s', rate = 0}, {duration = '2s', rate = 0.0}]"), "load.stages",
+     "every stage's rate is 0"),
+    (("concurrency = 4", "stages = [{duration = '1s', rate = -1}]"), "load.stages[0].rate", ">= 0"),
+])
+def test_a_zero_load_names_the_key_that_set_it(tmp_path: Path, patch: tuple[str, str], key: str, words: str) -> None:
+    """rate = 0 was reported as a load.concurrency problem; an all-zero ramp ran and sent nothing (exit 3)."""
+    with pytest.raises(InputError) as info:
+        load_scenario(write(tmp_path, BASE.replace(*patch)))
+    assert info.value.key == key and words in str(info.value)
+
+
+def test_a_pause_stage_and_rate_0_beside_concurrency_are_still_accepted(tmp_path: Path) -> None:
+    ramp = "stages = [{duration = '1s', rate = 0}, {duration = '1s', rate = 20}]"
+    assert load_scenario(write(tmp_path, BASE.replace("concurrency = 4", ramp))).load.stages == ((1.0, 0.0),
+                                                                                                 (1.0, 20.0))
+    assert load_scenario(write(tmp_path, BASE.replace("concurrency = 4", "concurrency = 4\nrate = 0"))).load.mode \
+        == "closed"
+
+
+@pytest.mark.parametrize(("override", "key"), [("load.rate=0", "load.rate"), ("load.stages=[]", "load.stages")])
+def test_set_of_a_zero_load_mode_on_a_closed_loop_file_is_refused_not_ignored(tmp_path: Path, override: str,
+                                                                             key: str) -> None:
+    """--set load.rate=0 on a closed-loop file ran the file's closed loop."""
+    with pytest.raises(InputError) as info:
+        load_scenario(write(tmp_path, BASE), [override])
+    assert info.value.key == key
