@@ -16,6 +16,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
+from bench.csvdata import feature_matrix
 from bench.datacheck import check_names
 from bench.errors import InputError
 
@@ -101,7 +102,8 @@ def _read_arrow(raw: bytes) -> pa.Table:
 
 
 def _read_csv(p: Path, column: str, file: str) -> pa.Table:
-    """A CSV holds either ``column`` as JSON-array strings, or numeric features packed into ``column``."""
+    """A CSV holds either ``column`` as JSON-array strings (its other columns kept as they are), or numeric features
+    packed into ``column`` (every column must be numbers: bench.csvdata)."""
     import pyarrow.csv as csv
 
     table = csv.read_csv(p)
@@ -115,16 +117,7 @@ def _read_csv(p: Path, column: str, file: str) -> pa.Table:
         except (ValueError, pa.ArrowException) as exc:
             raise InputError(f"values are not JSON arrays: {_first_line(exc)}", file=file, key=column) from None
         return table.set_column(table.column_names.index(column), column, arr)
-    numeric = [n for n, t in zip(table.column_names, table.schema.types, strict=True)
-               if pa.types.is_integer(t) or pa.types.is_floating(t)]
-    if not numeric:
-        raise InputError(f"no column {column!r} and no numeric feature columns to pack into it "
-                         f"(columns: {', '.join(table.column_names) or 'none'})", file=file, key=column)
-    matrix = np.column_stack([table.column(n).to_numpy(zero_copy_only=False).astype(np.float32)
-                              for n in numeric])
-    if np.isnan(matrix).any():
-        raise InputError("a numeric feature column has empty or NaN cells", file=file, key=column)
-    return pa.table({column: _fixed_list(matrix)})
+    return pa.table({column: _fixed_list(feature_matrix(table, column, file))})
 
 
 def _has_nan(values: np.ndarray, step: int = 1 << 20) -> bool:
