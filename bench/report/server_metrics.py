@@ -7,13 +7,13 @@ sections (see docs/report-format.md):
   rate over the scrape interval ending in that second, or a gauge's last value), ``text`` = ``counter``|``gauge``.
 * ``server_latency`` — one row per phase: ``name`` (the server's request-duration histogram), ``phase``,
   ``count``, ``p50_ms``/``p90_ms``/``p99_ms``, and ``text``, a JSON object ``{"resolution": "bucket",
-  "bounds_ms": {"p50": [lo, hi], ...}, "buckets_ms": [...]}``. The percentiles come from the histogram's
-  cumulative buckets (the delta between the scrapes bracketing the phase), interpolated linearly inside the
-  bucket as Prometheus' ``histogram_quantile`` does: they are only as exact as the bucket bounds, and the
-  views say so.
+  "bounds_ms": {"p50": [lo, hi], ...}, "buckets_ms": [...], "count_resolution": "scrape", "count_bounds":
+  [inner, outer]}``. The buckets are the phase's share of each interval between scrapes (``_attributed``);
+  the percentiles are interpolated linearly inside the bucket as Prometheus' ``histogram_quantile`` does: they
+  are only as exact as the bucket bounds, and ``count`` only to the scrape interval. The views say so.
 
-The views show the server percentiles next to the client's service time (sent → done) and name the gap:
-network + queueing outside the handler.
+The views show the server percentiles next to the client's service time (sent → done) and the gap between
+them (network + queueing outside the handler) as the range the bucket allows (``handler_gap``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 from bench.report.model import MEASURED, WARMUP, Report
 
 __all__ = ["SERVER_LATENCY", "SERVER_METRIC", "Scrape", "ServerLatency", "add_server_metrics",
-           "bucket_quantile", "server_latency", "server_series"]
+           "bucket_quantile", "handler_gap", "server_latency", "server_series"]
 
 SERVER_METRIC = "server_metric"
 SERVER_LATENCY = "server_latency"
@@ -62,9 +62,33 @@ class ServerLatency:
     p90_ms: float | None
     p99_ms: float | None
     bounds_ms: Mapping[str, tuple[float, float]]  # 'p50' -> (bucket low, bucket high); high may be inf
+    # (inner, outer): the phase's count is between them, to the scrape interval; None in reports before them,
+    # whose ``count`` was the outer one
+    count_bounds: tuple[int, int] | None = None
 
     def ms(self) -> dict[str, float | None]:
         return {"p50": self.p50_ms, "p90": self.p90_ms, "p99": self.p99_ms}
+
+
+def handler_gap(client_ms: float | None, bucket_ms: tuple[float, float] | None) -> dict[str, Any] | None:
+    """Client service time − server time at one percentile, as far as the server's bucket tells it.
+
+    The server's percentile is only known to lie in its bucket [lo, hi] (the interpolated value inside it is a
+    guess), so the gap lies in [client − hi, client − lo], and time outside the handler cannot be negative:
+    ``resolved`` when even the bucket's top leaves a positive gap; ``within_bucket`` when the client's figure is
+    inside the bucket (the gap is 0 … client − lo: never a negative network time); ``not_comparable`` when the
+    client's figure is below the bucket (no request set takes longer in its handler than end to end: the two
+    figures do not describe the same requests). None without a client figure or a bucket."""
+    if client_ms is None or bucket_ms is None:
+        return None
+    lo, hi = bucket_ms
+    high = client_ms - lo
+    if high < 0:
+        return {"low_ms": None, "high_ms": None, "status": "not_comparable"}
+    low = client_ms - hi
+    if low > 0:
+        return {"low_ms": round(low, 3), "high_ms": round(high, 3), "status": "resolved"}
+    return {"low_ms": 0.0, "high_ms": round(high, 3), "status": "within_bucket"}
 
 
 def bucket_quantile(q: float, buckets: Mapping[float, float]) -> tuple[float, float, float] | None:
@@ -98,37 +122,56 @@ def _delta(end: Mapping[float, float], start: Mapping[float, float] | None) -> d
     return dict(end) if any(v < 0 for v in out.values()) else out  # a counter reset (server restart)
 
 
-def _bracket(scrapes: Sequence[Scrape], start_s: float, end_s: float) -> tuple[Scrape | None, Scrape] | None:
-    """The last scrape at or before the phase's start (None: use the counters as they are) and the first at
-    or after its end (else the last one)."""
-    if not scrapes:
+def _attributed(scrapes: Sequence[Scrape], name: str, start_s: float,
+                end_s: float) -> tuple[dict[float, float], float, float] | None:
+    """The histogram ``name`` of the phase [start_s, end_s]: (buckets, inner, outer).
+
+    The server's counts are known only at the scrapes, so a phase's share of each interval between two scrapes is
+    taken as its share of the interval's time (a steady rate inside an interval): two phases meeting inside an
+    interval split it instead of both counting it whole (the warm-up had counted ~2x its requests). ``inner``
+    counts the intervals wholly inside the phase, ``outer`` every interval touching it: the phase's true count is
+    between them. A scrape without the histogram counts as zero (a server creates a labelled series at its first
+    request: the scrape just before the load has none). None when no scrape has it or no interval overlaps."""
+    if not any(name in s.histograms for s in scrapes):
         return None
-    before = [s for s in scrapes if s.t_s <= start_s + 1e-9]
-    after = [s for s in scrapes if s.t_s >= end_s - 1e-9]
-    first = before[-1] if before else None
-    last = after[0] if after else scrapes[-1]
-    if first is not None and last.t_s <= first.t_s:
-        return None
-    return first, last
+    empty: Mapping[float, float] = {}
+    buckets: dict[float, float] = {}
+    inner = outer = 0.0
+    touched = False
+    for prev, cur in itertools.pairwise(scrapes):
+        dt = cur.t_s - prev.t_s
+        overlap = min(cur.t_s, end_s) - max(prev.t_s, start_s)
+        if dt <= 0 or overlap <= 1e-9:
+            continue
+        touched = True
+        delta = _delta(cur.histograms.get(name, empty), prev.histograms.get(name, empty))
+        share = min(1.0, overlap / dt)
+        for le, n in delta.items():
+            buckets[le] = buckets.get(le, 0.0) + n * share
+        count = max(delta.values(), default=0.0)
+        outer += count
+        if prev.t_s >= start_s - 1e-9 and cur.t_s <= end_s + 1e-9:
+            inner += count
+    return (buckets, inner, outer) if touched else None
 
 
 def _latency_row(name: str, phase: str, scrapes: Sequence[Scrape], start_s: float,
                  end_s: float) -> dict[str, Any] | None:
-    span = _bracket([s for s in scrapes if name in s.histograms], start_s, end_s)
-    if span is None:
+    got = _attributed(scrapes, name, start_s, end_s)
+    if got is None:
         return None
-    first, last = span
-    buckets = _delta(last.histograms[name], None if first is None else first.histograms[name])
+    buckets, inner, outer = got
     total = max(buckets.values(), default=0.0)
-    row: dict[str, Any] = {"name": name, "phase": phase, "count": int(total)}
+    row: dict[str, Any] = {"name": name, "phase": phase, "count": round(total)}
     bounds: dict[str, list[float | None]] = {}
     for p, key in _QUANTILES:
-        got = bucket_quantile(p / 100.0, buckets)
-        row[f"{key}_ms"] = None if got is None else got[0] * 1000.0
-        if got is not None:
-            bounds[key] = [got[1] * 1000.0, None if math.isinf(got[2]) else got[2] * 1000.0]
+        q = bucket_quantile(p / 100.0, buckets)
+        row[f"{key}_ms"] = None if q is None else q[0] * 1000.0
+        if q is not None:
+            bounds[key] = [q[1] * 1000.0, None if math.isinf(q[2]) else q[2] * 1000.0]
     finite = sorted(le * 1000.0 for le in buckets if not math.isinf(le))
-    row["text"] = json.dumps({"resolution": "bucket", "bounds_ms": bounds, "buckets_ms": finite})
+    row["text"] = json.dumps({"resolution": "bucket", "bounds_ms": bounds, "buckets_ms": finite,
+                              "count_resolution": "scrape", "count_bounds": [round(inner), round(outer)]})
     return row
 
 
@@ -201,8 +244,11 @@ def server_latency(report: Report, phase: str = MEASURED) -> ServerLatency | Non
                 hi = _float(pair[1])
                 bounds[str(key)] = (float(pair[0]), math.inf if hi is None else hi)
         count = r.get("count")
+        cb = info.get("count_bounds") if isinstance(info, dict) else None
+        count_bounds = (int(cb[0]), int(cb[1])) if isinstance(cb, list) and len(cb) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in cb) else None
         return ServerLatency(r["name"], count if isinstance(count, int) else 0, _float(r.get("p50_ms")),
-                             _float(r.get("p90_ms")), _float(r.get("p99_ms")), bounds)
+                             _float(r.get("p90_ms")), _float(r.get("p99_ms")), bounds, count_bounds)
     return None
 
 

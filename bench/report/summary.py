@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from bench.report.accounting import (
@@ -12,7 +13,7 @@ from bench.report.accounting import (
     top_errors,
 )
 from bench.report.model import MEASURED, WARMUP, Histogram, Report
-from bench.report.server_metrics import server_latency
+from bench.report.server_metrics import handler_gap, server_latency
 from bench.report.verdict import NOT_JUDGED, judged
 
 if TYPE_CHECKING:
@@ -29,7 +30,9 @@ SERVER_LABEL = "server handler (bucket res.)"
 
 
 def outside_handler_text(s: dict[str, Any]) -> str:
-    """One sentence naming the client - server gap (from ``summarize``'s output)."""
+    """One sentence naming the client - server gap (from ``summarize``'s output): the server's percentiles with
+    the bucket each is known to lie in, its request count to the scrape interval, and the gap as the range the
+    bucket allows, never a negative network time."""
     gap = s["outside_handler_ms"] or {}
     srv = s["server_ms"] or {}
     bounds = srv.get("bounds_ms", {})
@@ -38,10 +41,22 @@ def outside_handler_text(s: dict[str, Any]) -> str:
         lo, hi = (bounds.get(k) or [None, None])[:2]
         return "" if lo is None else f" (bucket {lo:g}–{'∞' if hi is None else f'{hi:g}'} ms)"
 
-    return (f"server {srv.get('metric', '')}: p50 {num_text(srv.get('p50'))} ms{b('p50')}, p99 "
-            f"{num_text(srv.get('p99'))} ms{b('p99')}; client service − server: p50 "
-            f"{num_text(gap.get('p50'), '+.3f')} ms, p99 {num_text(gap.get('p99'), '+.3f')} ms = network + "
-            "queueing outside the handler (server figures at bucket resolution)")
+    def g(k: str) -> str:
+        one = gap.get(k)
+        if not one:
+            return MISSING
+        if one["status"] == "not_comparable":
+            return f"{MISSING} (client {k} below the server's bucket: not the same requests)"
+        if one["status"] == "within_bucket":
+            return f"0–{one['high_ms']:.3f} ms (within bucket resolution)"
+        return f"{one['low_ms']:.3f}–{one['high_ms']:.3f} ms"
+
+    cb = srv.get("count_bounds")
+    count = ("" if srv.get("count") is None else f" ≈{srv['count']:,} requests" +
+             (f" ({cb[0]:,}–{cb[1]:,} to the scrape interval)" if cb else " (to the scrape interval)") + ";")
+    return (f"server {srv.get('metric', '')}:{count} p50 {num_text(srv.get('p50'))} ms{b('p50')}, p99 "
+            f"{num_text(srv.get('p99'))} ms{b('p99')}; client service − server: p50 {g('p50')}, p99 {g('p99')} = "
+            "network + queueing outside the handler (server figures at bucket resolution)")
 
 
 def rate_text(rate: float | None) -> str:
@@ -103,19 +118,20 @@ def summarize(report: Report) -> dict[str, Any]:
 
 
 def _server(report: Report, service: dict[str, float | None]) -> dict[str, Any]:
-    """``server_ms`` (the server's request-duration percentiles, bucket resolution) and ``outside_handler_ms``
-    (client service time minus server time: network + queueing outside the handler); None without them."""
+    """``server_ms`` (the server's request-duration percentiles, bucket resolution; ``count`` to the scrape
+    interval, ``count_bounds`` [inner, outer]) and ``outside_handler_ms`` (client service time minus server time:
+    network + queueing outside the handler, per percentile ``{low_ms, high_ms, status}`` from ``handler_gap``);
+    None without them."""
     srv = server_latency(report)
     if srv is None:
         return {"server_ms": None, "outside_handler_ms": None}
     ms = srv.ms()
-    gap: dict[str, float | None] = {}
-    for k in ("p50", "p99"):
-        client, server = service[k], ms[k]
-        gap[k] = None if client is None or server is None else round(client - server, 3)
+    gap = {k: handler_gap(service[k], srv.bounds_ms.get(k) if ms[k] is not None else None) for k in ("p50", "p99")}
     return {"server_ms": {**{k: None if v is None else round(v, 3) for k, v in ms.items()}, "count": srv.count,
+                          "count_bounds": None if srv.count_bounds is None else list(srv.count_bounds),
                           "metric": srv.metric, "resolution": "bucket",
-                          "bounds_ms": {k: list(v) for k, v in srv.bounds_ms.items()}},
+                          "bounds_ms": {k: [lo, None if math.isinf(hi) else hi] for k, (lo, hi) in
+                                        srv.bounds_ms.items()}},
             "outside_handler_ms": gap}
 
 
