@@ -226,9 +226,9 @@ def finish(opts: RunOptions, prepared: Prepared, report: Any, facts: RunFacts, o
 
         sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_SORT_KEYS).decode() + "\n")
     else:
-        from rich.console import Console
+        from bench.report.console import make_console
 
-        console = Console()
+        console = make_console()
         render_summary(report, console)
         if slo_result is not None:
             console.print(slo_result.render())

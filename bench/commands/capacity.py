@@ -196,9 +196,9 @@ def _out_dir(args: argparse.Namespace, sc: Any) -> Path:
 
 
 def _console(args: argparse.Namespace) -> Any:
-    from rich.console import Console
+    from bench.report.console import make_console
 
-    return Console(stderr=bool(args.json), highlight=False)
+    return make_console(stderr=bool(args.json), highlight=False)
 
 
 # --- result ---------------------------------------------------------------------------------------------------

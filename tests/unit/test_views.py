@@ -85,3 +85,11 @@ def test_percentile_curve_is_monotonic_and_ends_at_max() -> None:
     assert xs[0] == 0.0 and all(b >= a for a, b in itertools.pairwise(xs))
     assert all(b >= a for a, b in itertools.pairwise(ys))
     assert ys[-1] == h.max_us / 1000.0 and names[-1] == "p100"
+
+
+def test_pipe_width_rules() -> None:
+    from bench.report.console import PIPE_WIDTH, pipe_width
+
+    assert pipe_width(True, {}) is None and pipe_width(True, {"COLUMNS": "100"}) is None  # a terminal: rich decides
+    assert pipe_width(False, {}) == PIPE_WIDTH and pipe_width(False, {"COLUMNS": " "}) == PIPE_WIDTH
+    assert pipe_width(False, {"COLUMNS": "200"}) == 200 and pipe_width(False, {"COLUMNS": "0"}) == PIPE_WIDTH
