@@ -63,6 +63,9 @@ def report_markdown(report: Report) -> str:
     lines = [f"### bench run: {cell(meta.scenario_name)}", ""]
     if s["partial"]:
         lines += ["> **Partial run** (interrupted): the figures cover only the part that ran.", ""]
+    failed = meta.extra.get("failed")
+    if isinstance(failed, str) and failed:
+        lines += [f"> **Run failed:** {cell(failed)}", ""]
     lines += _table(["requests", "errors", "req/s", "rows/s", "measured", "dropped"],
                     [[f"{s['requests']:,}", f"{s['errors']:,} ({rate_text(s['error_rate'])})",
                       num_text(s["rps"], ",.1f"), num_text(s["rows_per_s"], ",.1f"), f"{s['duration_s']:.1f} s",
