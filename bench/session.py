@@ -281,7 +281,7 @@ def run_scenario(sc: Scenario, opts: RunOptions) -> int:
 
     out_path = report_path(opts, sc)
     try:
-        check_report_path(out_path, create_parent=opts.out is None)  # a bad --out must not cost the whole run
+        check_report_path(out_path)  # a bad --out must not cost the whole run
     except InputError as exc:
         if opts.out is not None:
             raise

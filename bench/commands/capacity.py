@@ -66,7 +66,7 @@ def _main(args: argparse.Namespace) -> int:
     out_dir = _out_dir(args, sc)
     from bench.outpath import check_output_dir
 
-    check_output_dir(out_dir, create_parent=not args.out)  # before any load: a bad --out must not cost the sweep
+    check_output_dir(out_dir)  # before any load: a bad --out must not cost the sweep
     console = _console(args)
     sweep = Sweep(objectives=objectives, objectives_source=source)
     search: CapacitySearch | None = None

@@ -32,10 +32,12 @@ def run(args: argparse.Namespace) -> int:
     from bench.report.reader import read_report
     from bench.report.writer import write_report
 
-    check_report_path(Path(args.out))  # a directory or an unwritable place: one line, exit 2 (not a traceback)
     refuse_overwriting_inputs(args.out, args.reports, flag="--out")
     reports = [read_report(Path(p)) for p in args.reports]
     merged = merge_reports(reports, force=args.force)
+    # a directory or an unwritable place: one line, exit 2 (not a traceback); missing folders are created, once
+    # the inputs are known to merge
+    check_report_path(Path(args.out))
     for problem in merge_problems(reports) if args.force else []:
         print(f"bench merge: warning: merging anyway (--force): {problem}", file=sys.stderr)
     out = write_report(Path(args.out), merged)

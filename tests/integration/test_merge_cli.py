@@ -91,7 +91,8 @@ def test_merge_into_a_bad_out_path_is_one_line_exit_2(tmp_path: Path) -> None:
     a, b = tmp_path / "a.arrow", tmp_path / "b.arrow"
     for proc in run_together((a, []), (b, [])):
         assert proc.returncode == 0, proc.stdout + proc.stderr
-    for bad in (tmp_path, tmp_path / "missing" / "m.arrow"):  # a directory; a folder that does not exist
+    (tmp_path / "afile").write_text("x")
+    for bad in (tmp_path, tmp_path / "afile" / "sub" / "m.arrow"):  # a directory; a file where a folder must go
         proc = bench("merge", str(a), str(b), "-o", str(bad))
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
