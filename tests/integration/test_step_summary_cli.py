@@ -1,5 +1,6 @@
-"""`bench run` appends its Markdown to $GITHUB_STEP_SUMMARY (as report/compare/capacity do), through the real CLI:
-on success, on a failed SLO gate (exit 1) and on a failed run (exit 3), once per run with --processes."""
+"""`bench run` and `bench capacity` append their Markdown to $GITHUB_STEP_SUMMARY (as report/compare do), through
+the real CLI: on success, on a failed SLO gate (exit 1) and on a failed run (exit 3), once per run with
+--processes, once per sweep."""
 
 from __future__ import annotations
 
@@ -58,3 +59,13 @@ def test_unwritable_summary_is_a_warning_not_a_crash(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "warning: cannot append to $GITHUB_STEP_SUMMARY" in proc.stderr and "Traceback" not in proc.stderr
     assert (tmp_path / "w.arrow").exists()
+
+
+def test_capacity_appends_its_sweep(tmp_path: Path) -> None:
+    summary = tmp_path / "summary.md"
+    proc = bench("capacity", "scenarios/capacity.toml", "--concurrency", "1", "--step", "1s", "--warmup", "0s",
+                 "--quiet", "--out", str(tmp_path / "cap"), summary=summary)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = summary.read_text()
+    assert text.startswith("### bench capacity: capacity") and text.count("### bench") == 1, text  # not per step
+    assert "| step | offered |" in text
