@@ -103,12 +103,13 @@ def build_report(sc: Scenario, run: RunData, facts: RunFacts) -> Report:
                                  "processes": facts.processes}
     target_meta = {"kind": sc.target.kind, "url": facts.url or sc.target.url, "format": sc.target.format,
                    "engine": facts.engine or sc.engine.kind, "http2": sc.engine.http2}
-    meta = make_meta(sc.name, run=run, scenario_text=scenario_toml(sc.source), load=load_meta,
-                     target=target_meta, extra=facts.extra())
-    report = Report(meta=meta, run=run)
     from bench.targets import target_for
 
-    lag_bound_ms = target_for(sc.target.kind).lag_bound_ms
+    target = target_for(sc.target.kind)
+    meta = make_meta(sc.name, run=run, scenario_text=scenario_toml(sc.source), load=load_meta,
+                     target=target_meta, extra={**facts.extra(), **target.report_extras(sc)})
+    report = Report(meta=meta, run=run)
+    lag_bound_ms = target.lag_bound_ms
     apply_verdict(report, target_rps=target_rps, cpu_fraction=facts.cpu_fraction,
                   lag_bound_ms=lag_bound_ms)
     return report

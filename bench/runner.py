@@ -18,8 +18,8 @@ from typing import Any
 
 import anyio
 
-from bench.engine.base import Classifier, EngineConfig, LoadSpec, PreparedBody, RequestSet
-from bench.errors import InputError
+from bench.engine.base import Classifier, EngineConfig, LoadSpec, PreparedBody, RequestBuildError, RequestSet
+from bench.errors import InputError, RunInvalid
 from bench.facts import RunFacts
 from bench.prepared import EMBEDDED_PLACEHOLDER, Endpoints, Prepared, point_at, prepare
 from bench.rundata import RunData
@@ -371,7 +371,10 @@ async def _apply_load(prepared: Prepared, url: str, authorization: str, token_so
     requests, classify = request_set(sc, url, prepared.bodies, authorization, prepared.target_config)
     cfg_e = engine_config(sc, prepared.target_config)
     engine_class = choose_engine(cfg_e, url)
-    engine = engine_class(cfg_e, requests, classify, recorder)
+    try:
+        engine = engine_class(cfg_e, requests, classify, recorder)
+    except RequestBuildError as exc:  # the scenario reader refuses bad headers: this is a last line of defence
+        raise InputError(str(exc), file=sc.file) from None
     if checkpoint is not None:  # requests on the wire at a kill: sent, neither ok nor error (in flight)
         checkpoint.sent_probe = lambda: engine.sent
     if token_source is not None:
@@ -379,6 +382,8 @@ async def _apply_load(prepared: Prepared, url: str, authorization: str, token_so
     extras = target.engine_hooks(prepared.target_config, engine, recorder)  # e.g. UbiOps' rate-limit backoff
     try:
         await engine.run(spec, stop)
+    except RequestBuildError as exc:  # e.g. a header that changed mid-run: one line, not a traceback
+        raise RunInvalid(f"the run stopped: {exc}") from None
     finally:  # every request taken on is recorded once or in flight at the end (kind 'abandoned')
         if extras is not None:
             facts.target_extras.update(extras())

@@ -375,6 +375,9 @@ class TokenSource:
         except ValueError:
             raise _TokenError(f"token endpoint {url} answered HTTP 200 without access_token/expires_in",
                               200) from None
+        problem = header_value_problem(answer["access_token"])
+        if problem:  # it would fail every request (or crash an engine building its header): a failed fetch
+            raise _TokenError(f"token endpoint {url} answered an access_token that {problem}", 200)
         return answer
 
 

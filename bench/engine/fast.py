@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from bench.engine.base import Classifier, EngineConfig, LoadSpec, RequestSet, ResultSink
+from bench.engine.base import Classifier, EngineConfig, LoadSpec, RequestSet, ResultSink, check_header
 from bench.engine.common import DEFAULT_OPEN_LIMIT, CallbackEngine, backoff_s
 from bench.engine.pacer import Pacer, Sweeper, estimate_rate
 from bench.failures import exception_kind  # re-exported: the one exception-to-kind mapping
@@ -91,8 +91,7 @@ def request_head(requests: RequestSet, target: Target, headers: Mapping[str, str
         low = name.lower()
         if low in ("host", "content-length", "transfer-encoding", "connection"):
             continue
-        if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
-            raise ValueError(f"header {name!r} contains a line break")
+        check_header(name, value)
         lines.append(f"{name}: {value}")
     return "\r\n".join(lines).encode("latin-1")
 

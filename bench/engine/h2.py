@@ -37,7 +37,15 @@ from hpack.exceptions import HPACKError
 from hpack.table import HeaderTable
 
 from bench.engine import h2frames as fr
-from bench.engine.base import Classifier, EngineConfig, LoadSpec, RequestSet, ResultSink
+from bench.engine.base import (
+    Classifier,
+    EngineConfig,
+    LoadSpec,
+    RequestBuildError,
+    RequestSet,
+    ResultSink,
+    check_header,
+)
 from bench.engine.common import DEFAULT_OPEN_LIMIT, CallbackEngine, backoff_s
 from bench.engine.fast import Target, exception_kind, make_ssl_context, parse_target
 from bench.results import ERROR_DETAIL_BYTES, Kind, body_getter
@@ -121,8 +129,9 @@ def h2_header_list(method: str, target: Target, headers: Mapping[str, str], body
         low = name.lower()
         if low in _DROP:
             continue
-        if any(c in value for c in "\r\n\0") or any(c in low for c in "\r\n\0: "):
-            raise ValueError(f"header {name!r} contains a forbidden character")
+        check_header(name, value)
+        if any(c in low for c in ": "):
+            raise RequestBuildError(f"header {name!r}: its name holds a colon or a space")
         out.append((low.encode("latin-1"), value.encode("latin-1")))
     out.append((b"content-length", str(body_len).encode()))
     return out

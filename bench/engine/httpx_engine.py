@@ -18,7 +18,16 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from bench.engine.base import Classifier, EngineConfig, LoadSpec, RequestSet, ResultSink, StopSignal
+from bench.engine.base import (
+    Classifier,
+    EngineConfig,
+    LoadSpec,
+    RequestBuildError,
+    RequestSet,
+    ResultSink,
+    StopSignal,
+    check_header,
+)
 from bench.engine.common import DEFAULT_OPEN_LIMIT, EngineCore, SendGate, backoff_s
 from bench.engine.fast import make_ssl_context
 from bench.engine.loopmon import LoopMonitor
@@ -27,6 +36,7 @@ from bench.results import ERROR_DETAIL_BYTES, Kind, body_getter
 
 __all__ = ["HttpxEngine", "httpx_kind"]
 
+_NOT_BUILT = -1  # _one's answer when the request could not be built (not taken on, not recorded)
 _CONNECT_KINDS = frozenset({int(Kind.CONNECT_REFUSED), int(Kind.CONNECT_TIMEOUT), int(Kind.TLS_ERROR)})
 
 
@@ -50,10 +60,13 @@ class HttpxEngine(EngineCore):
         self._ssl = make_ssl_context(config, ["h2", "http/1.1"] if config.http2 else ["http/1.1"])
         self._gate: SendGate | None = None
         self._gate_wake: asyncio.Event | None = None  # set by the gate's wake (and at the stop)
+        self._fatal: RequestBuildError | None = None  # a request could not be built: the run ends with it
 
     @staticmethod
     def _clean(headers: Mapping[str, str]) -> dict[str, str]:
         drop = ("host", "content-length", "transfer-encoding", "connection")
+        for name, value in headers.items():
+            check_header(name, value)
         return {k: v for k, v in headers.items() if k.lower() not in drop}
 
     def set_headers(self, headers: Mapping[str, str]) -> None:
@@ -181,6 +194,8 @@ class HttpxEngine(EngineCore):
                 with contextlib.suppress(Exception):
                     await client.aclose()
             self._clients.clear()
+        if self._fatal is not None:
+            raise self._fatal
 
     async def _worker(self, client: httpx.AsyncClient) -> None:
         """Closed loop: one slot; the next request goes as soon as the previous answer is in."""
@@ -190,6 +205,8 @@ class HttpxEngine(EngineCore):
             if self._gate is not None and not await self._admitted():
                 return
             kind = await self._one(client, intended)
+            if kind == _NOT_BUILT:
+                return
             if kind in _CONNECT_KINDS:  # target down: back off instead of spinning, don't bill the pause
                 failures += 1
                 await asyncio.sleep(backoff_s(failures))
@@ -263,16 +280,23 @@ class HttpxEngine(EngineCore):
             idle.append(client)
 
     async def _one(self, client: httpx.AsyncClient, intended: int) -> int:
-        """Send one request and record it; returns its kind. Cancelled = abandoned (not recorded)."""
+        """Send one request and record it; returns its kind (_NOT_BUILT: the run ends, see ``_fatal``).
+        Cancelled = abandoned (not recorded)."""
         i = self._seq % self._nbodies
+        body_out = self._body(i)
+        try:
+            request = client.build_request(self._method, self._url, content=body_out, headers=self._headers)
+        except Exception as exc:  # the same for every request: end the run (see RequestBuildError), don't count
+            self._fatal = RequestBuildError(f"cannot build the request: {type(exc).__name__}")
+            self._stopping = True
+            self._wake()
+            return _NOT_BUILT
         self._seq += 1
         self._inflight += 1
-        body_out = self._body(i)
         rows_in = self._rows[i]
         limit = self.max_body
         sent = time.monotonic_ns()
         try:
-            request = client.build_request(self._method, self._url, content=body_out, headers=self._headers)
             response = await client.send(request, stream=True)
             watch = self._watch
             if watch is not None:

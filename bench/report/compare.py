@@ -211,7 +211,8 @@ def _point(report: Report | RunData) -> dict[str, float | None]:
             out[prefix + k] = None if not h.total else h.max_us / 1000.0 if k == "max" else pct[p]
     tot = accounted_totals(report)
     out["rps"] = run.rps(MEASURED)
-    out["rows_per_s"] = run.rows_per_s(MEASURED)
+    counted = report.meta.rows_counted if isinstance(report, Report) else True
+    out["rows_per_s"] = run.rows_per_s(MEASURED) if counted else None  # rows not counted: not measured
     out["error_rate"] = tot.errors / tot.requests if tot.requests else None
     return out
 

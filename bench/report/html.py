@@ -347,10 +347,11 @@ def render_html(report: Report) -> str:
     out.append('<div class="panel">' + line_chart("Throughput per second (by completion time)", thr,
                                                   x_label="second of the run", y_label="per second", shade=shade,
                                                   shade_label="warm-up") + "</div>")
-    rows_line = [Line("rows/s", secs, rate(series.rows), _COLORS[2], "rows/s")]
-    out.append('<div class="panel">' + line_chart("Rows per second (ok requests)", rows_line,
-                                                  x_label="second of the run", y_label="rows per second",
-                                                  shade=shade, shade_label="warm-up") + "</div>")
+    if report.meta.rows_counted:  # (else rows were not counted: no chart of made-up rows)
+        rows_line = [Line("rows/s", secs, rate(series.rows), _COLORS[2], "rows/s")]
+        out.append('<div class="panel">' + line_chart("Rows per second (ok requests)", rows_line,
+                                                      x_label="second of the run", y_label="rows per second",
+                                                      shade=shade, shade_label="warm-up") + "</div>")
 
     # errors
     out.append("<h2>Errors</h2>")

@@ -61,6 +61,12 @@ class ReportMeta:
     extra: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
+    @property
+    def rows_counted(self) -> bool:
+        """False when the run sent bodies whose rows bench could not count (an ad hoc ``--body`` of a format it
+        does not read, ``extra.rows = "not counted"``): rows/s is then not measured (shown as missing)."""
+        return self.extra.get("rows") != "not counted"
+
     def to_json_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
 

@@ -95,8 +95,9 @@ def _measure(key: str, report: Report | RunData) -> float | None:
     d = run.duration_s(MEASURED)
     if key == "min_rps":  # a measured window of 0 s: no rate (not measured), not a rate of 0
         return tot.ok / d if d > 0 else None
-    if key == "min_rows_per_s":
-        return run.rows_per_s(MEASURED) if d > 0 else None
+    if key == "min_rows_per_s":  # (rows not counted, e.g. an opaque ad hoc body: not measured)
+        counted = report.meta.rows_counted if isinstance(report, Report) else True
+        return run.rows_per_s(MEASURED) if d > 0 and counted else None
     if key == "max_dropped":
         return float(tot.dropped)
     raise KeyError(key)

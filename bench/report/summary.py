@@ -92,7 +92,7 @@ def summarize(report: Report) -> dict[str, Any]:
         "requests": tot.requests,
         "errors": tot.errors,
         "rps": round(run.rps(MEASURED), 3) if timed else None,  # completed (recorded) requests per second
-        "rows_per_s": round(run.rows_per_s(MEASURED), 3) if timed else None,
+        "rows_per_s": round(run.rows_per_s(MEASURED), 3) if timed and report.meta.rows_counted else None,
         "latency_ms": _views(run.histogram("latency", MEASURED, "ok")),
         "service_ms": service,
         "errors_by_kind": accounted_errors_by_kind(report),

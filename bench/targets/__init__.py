@@ -111,6 +111,11 @@ class Target:
         UbiOps' rate-limit backoff). Returns what to add to the report's metadata once it has run (or None)."""
         return None
 
+    def report_extras(self, sc: Scenario) -> Mapping[str, Any]:
+        """What every report of a run of ``sc`` adds to its ``extra`` metadata, on every path (one process, the
+        workers, Locust), e.g. the http target's ``rows: "not counted"``."""
+        return {}
+
     def read_timeout_s(self, config: Any) -> float | None:
         """The longest an answer may legitimately take on this target, when longer than [engine] timeout."""
         return None

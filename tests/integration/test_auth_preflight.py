@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
@@ -291,6 +292,31 @@ async def test_first_token_failure_is_run_invalid_without_secret() -> None:
         with pytest.raises(RunInvalid, match=r"127\.0\.0\.1"):
             await source.start(tg)
     await source.close()
+
+
+@pytest.mark.anyio
+async def test_unsendable_access_token_is_run_invalid_without_the_token() -> None:
+    """A token endpoint whose access_token cannot be a header value (a line break inside) is a failed fetch:
+    a clean RunInvalid naming the endpoint, not an engine crashing on the header (nor the token shown)."""
+    token = "tok-Line1\ntok-Line2"
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        body = json.dumps({"access_token": token, "expires_in": 60, "token_type": "Bearer"}).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+    with served_asgi(app) as url:
+        source = token_source(url)
+        async with anyio.create_task_group() as tg:
+            with pytest.raises(RunInvalid) as info:
+                await source.start(tg)
+        await source.close()
+    message = str(info.value)
+    assert url + TOKEN_PATH in message and "line break" in message
+    assert "tok-Line1" not in message and "tok-Line2" not in message
 
 
 # -- preflight --------------------------------------------------------------------------------------------------

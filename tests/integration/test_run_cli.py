@@ -10,9 +10,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyarrow.ipc as ipc
 import pytest
+
+from tests.integration.locust_cluster import served_asgi
 
 ROOT = Path(__file__).resolve().parents[2]
 SHORT = ["--set", 'load.duration="2s"', "--set", 'load.warmup="0.5s"']
@@ -114,6 +117,39 @@ def test_adhoc_run_against_bench_serve(serve_emulator: Callable[..., str], tmp_p
                          "--json", "--out", str(tmp_path / "h.arrow")))
     assert int(s["requests"]) > 10  # type: ignore[call-overload]
     assert s["errors"] == 0
+    # the body is pandas records of 1,001 rows: rows are counted, 1,001 per ok request
+    assert s["rows_per_s"] == pytest.approx(1001 * float(s["rps"]), rel=1e-6)  # type: ignore[arg-type]
+
+
+async def _accept_anything(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An endpoint that answers 200 to any body (an ad hoc target bench knows nothing about)."""
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_adhoc_rows_of_an_opaque_body_are_missing_not_made_up(tmp_path: Path) -> None:
+    """A body bench cannot count rows in: rows/s is not measured — missing in --json, the terminal, Markdown
+    and the report's metadata — rather than req/s (1 row a request) or 0."""
+    body = tmp_path / "opaque.bin"
+    body.write_bytes(b"\x08\x96\x01 not a format bench reads")
+    out = tmp_path / "o.arrow"
+    with served_asgi(_accept_anything) as base:
+        proc = bench("run", "--url", f"{base}/predict", "--body", str(body), "-c", "2", "-d", "1s", "--json",
+                     "--out", str(out))
+    s = summary_of(proc)
+    assert int(s["requests"]) > 10 and s["rps"]  # type: ignore[call-overload]
+    assert s["rows_per_s"] is None
+    meta = json.loads(ipc.open_file(out).schema.metadata[b"bench.report"])
+    assert meta["extra"]["rows"] == "not counted"
+    md = bench("report", str(out), "--markdown", str(tmp_path / "o.md"))
+    assert md.returncode == 0, md.stderr
+    row = next(line for line in (tmp_path / "o.md").read_text().splitlines() if "req/s" not in line and "|" in line
+               and line.count("|") > 5 and "---" not in line)
+    assert "—" in row
 
 
 def test_sigint_writes_partial_report(tmp_path: Path) -> None:

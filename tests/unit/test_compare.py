@@ -141,3 +141,20 @@ def test_scaled_latency_is_caught_property(seed: int, median: float, sigma: floa
     base = synth_run(seed, seconds=8, rps=150, median_ms=median, sigma=sigma)
     new = synth_run(seed + 1, seconds=8, rps=150, median_ms=median * 1.25, sigma=sigma)
     assert "p50" in {m.key for m in compare_reports(base, new).regressions}
+
+
+def test_rows_not_counted_are_not_judged() -> None:
+    """A run whose rows were not counted (an opaque ad hoc body) has no rows/s to compare: not judged, and said
+    so — while the same runs with counted rows are compared on rows/s."""
+    from bench.report.model import Report, ReportMeta
+
+    base, new = synth_run(1, rps=200), synth_run(2, rps=150)
+    counted = compare_reports(Report(ReportMeta("b"), base), Report(ReportMeta("n"), new))
+    rows = next(m for m in counted.metrics if m.key == "rows_per_s")
+    assert rows.base is not None and rows.new is not None and rows.change is not None
+    opaque = compare_reports(Report(ReportMeta("b", extra={"rows": "not counted"}), base),
+                             Report(ReportMeta("n", extra={"rows": "not counted"}), new))
+    rows = next(m for m in opaque.metrics if m.key == "rows_per_s")
+    assert rows.base is None and rows.new is None and not rows.regression
+    assert any("rows_per_s (base and new)" in note for note in opaque.notes)
+    assert "rps" in {m.key for m in opaque.regressions}

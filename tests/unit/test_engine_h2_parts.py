@@ -7,7 +7,7 @@ from hpack import Decoder, Encoder
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.engine.base import EngineConfig
+from bench.engine.base import EngineConfig, RequestBuildError
 from bench.engine.fast import FastEngine, parse_target
 from bench.engine.h2 import (
     H2Engine,
@@ -56,7 +56,7 @@ def test_header_list_pseudo_first_lowercase_and_connection_fields_dropped() -> N
                    (b":path", b"/v1/infer?x=1"), (b"content-type", b"a/b"), (b"x-token", b"t"),
                    (b"content-length", b"12")]
     assert h2_header_list("GET", parse_target("https://h/"), {}, 0)[1] == (b":scheme", b"https")
-    with pytest.raises(ValueError, match="forbidden"):
+    with pytest.raises(RequestBuildError, match="line break"):
         h2_header_list("GET", t, {"X-A": "a\r\nb"}, 0)
 
 

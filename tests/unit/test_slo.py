@@ -85,3 +85,13 @@ def test_hopeless_dropped() -> None:
     start = Snap(1.0, 10, 0, 2)
     assert hopeless(o, Snap(2.0, 20, 0, 5), measured_from=start, end_s=5, max_rps=10) is None
     assert "max_dropped" in (hopeless(o, Snap(2.0, 20, 0, 6), measured_from=start, end_s=5, max_rps=10) or "")
+
+
+def test_rows_objective_is_not_measured_when_rows_were_not_counted() -> None:
+    """An opaque ad hoc body (extra.rows = "not counted"): min_rows_per_s fails as not measured, whatever the
+    rows columns hold; the same run with counted rows is judged on its rows."""
+    run = synth_run(1, seconds=2)
+    objectives = slo_from_mapping({"min_rows_per_s": 1.0}, "s")
+    assert check_slo(objectives, Report(ReportMeta("x"), run)).passed
+    res = check_slo(objectives, Report(ReportMeta("x", extra={"rows": "not counted"}), run))
+    assert not res.passed and "not measured" in res.render()
