@@ -24,15 +24,15 @@ def _probe(directory: Path, flag: str, shown: Path) -> None:
     probe.unlink(missing_ok=True)
 
 
-def check_report_path(path: Path, *, flag: str = "--out", create_parent: bool = False) -> None:
-    """``path`` can take a report file: not a directory, parent directory present (created when
-    ``create_parent``: the default reports/ directory) and writable."""
+def check_report_path(path: Path, *, flag: str = "--out") -> None:
+    """``path`` can take a report file: not a directory, parent directory present (missing ones are created, as
+    for --html/--markdown and `bench data --out`) and writable."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path} is a directory; give a report file path (e.g. {path / 'report.arrow'})", key=flag)
     parent = path.parent
     if not parent.exists():
-        _make_parent(path, flag, create_parent)
+        _make_parent(path, flag)
     elif not parent.is_dir():
         raise InputError(f"{path}: {parent} is not a directory", key=flag)
     if path.exists() and not os.access(path, os.W_OK):
@@ -51,22 +51,21 @@ def refuse_overwriting_inputs(out: str | Path | None, inputs: list[str], *, flag
                              "give another path", key=flag)
 
 
-def check_output_dir(path: Path, *, flag: str = "--out", create_parent: bool = False) -> None:
+def check_output_dir(path: Path, *, flag: str = "--out") -> None:
     """``path`` can be (or become) a directory of reports bench writes into."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InputError(f"{path} exists and is not a directory", key=flag)
     parent = path.parent
     if not path.exists() and not parent.is_dir():
-        _make_parent(path, flag, create_parent)
+        _make_parent(path, flag)
     _probe(path if path.is_dir() else parent, flag, path)
 
 
-def _make_parent(path: Path, flag: str, create: bool) -> None:
-    """The missing directory ``path`` goes in, made when ``create`` (--out-dir style flags), else refused."""
+def _make_parent(path: Path, flag: str) -> None:
+    """The missing directories ``path`` goes in, made (what users expect of an output path); a place where they
+    cannot be made (a file in the way, permissions, a read-only mount) is one line naming ``flag``."""
     parent = path.parent
-    if not create:
-        raise InputError(f"{path}: directory {parent} does not exist", key=flag)
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -226,12 +226,13 @@ def finish(opts: RunOptions, prepared: Prepared, report: Any, facts: RunFacts, o
 
         sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_SORT_KEYS).decode() + "\n")
     else:
-        from rich.console import Console
+        from bench.report.console import make_console
 
-        console = Console()
+        console = make_console()
         render_summary(report, console)
         if slo_result is not None:
             console.print(slo_result.render())
+    _append_step_summary(report, opts)
     from bench.targets import target_for
 
     note = target_for(prepared.scenario.target.kind).end_note(report.meta.extra)
@@ -257,6 +258,22 @@ def finish(opts: RunOptions, prepared: Prepared, report: Any, facts: RunFacts, o
     return EXIT_OK
 
 
+def _append_step_summary(report: Any, opts: RunOptions) -> None:
+    """The run's Markdown appended to $GITHUB_STEP_SUMMARY when set (as report/compare/capacity do), on every
+    exit path that wrote a report (a failed gate most of all); only here, in the process that wrote the final
+    report, never in --processes or Locust workers. A summary file that cannot be written is a warning: the run
+    and its report stand."""
+    from bench.report.markdown import append_step_summary, report_markdown
+
+    try:
+        written = append_step_summary(report_markdown(report))
+    except OSError as exc:
+        print(f"bench: warning: cannot append to $GITHUB_STEP_SUMMARY: {exc.strerror or exc}", file=sys.stderr)
+        return
+    if written is not None and not opts.quiet:
+        print(f"appended to $GITHUB_STEP_SUMMARY ({written})", file=sys.stderr)
+
+
 def run_scenario(sc: Scenario, opts: RunOptions) -> int:
     """`bench run`: prepare, resolve, run in one or ``opts.processes`` processes, finish → exit code."""
     from bench.outpath import check_report_path
@@ -264,7 +281,7 @@ def run_scenario(sc: Scenario, opts: RunOptions) -> int:
 
     out_path = report_path(opts, sc)
     try:
-        check_report_path(out_path, create_parent=opts.out is None)  # a bad --out must not cost the whole run
+        check_report_path(out_path)  # a bad --out must not cost the whole run
     except InputError as exc:
         if opts.out is not None:
             raise

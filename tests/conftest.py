@@ -27,6 +27,13 @@ SLOW_MODULES = frozenset({
 })
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Runs made by the tests must not append to the CI job's own step summary (`bench run` writes it when set)."""
+    import os
+
+    os.environ.pop("GITHUB_STEP_SUMMARY", None)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.name in SLOW_MODULES:

@@ -66,7 +66,7 @@ def _main(args: argparse.Namespace) -> int:
     out_dir = _out_dir(args, sc)
     from bench.outpath import check_output_dir
 
-    check_output_dir(out_dir, create_parent=not args.out)  # before any load: a bad --out must not cost the sweep
+    check_output_dir(out_dir)  # before any load: a bad --out must not cost the sweep
     console = _console(args)
     sweep = Sweep(objectives=objectives, objectives_source=source)
     search: CapacitySearch | None = None
@@ -196,9 +196,9 @@ def _out_dir(args: argparse.Namespace, sc: Any) -> Path:
 
 
 def _console(args: argparse.Namespace) -> Any:
-    from rich.console import Console
+    from bench.report.console import make_console
 
-    return Console(stderr=bool(args.json), highlight=False)
+    return make_console(stderr=bool(args.json), highlight=False)
 
 
 # --- result ---------------------------------------------------------------------------------------------------
@@ -236,8 +236,26 @@ def _publish(args: argparse.Namespace, console: Any, sc: Any, sweep: Sweep, out_
         console.print(line, soft_wrap=True)
     console.print(f"reports: {out_dir}/ (capacity.json, {cap_path.name})" + (f"; curve: {args.html}" if args.html
                                                                              else ""))
+    _append_step_summary(cap_path)
     if args.json:
         sys.stdout.write(orjson.dumps(result, option=orjson.OPT_SORT_KEYS).decode() + "\n")
+
+
+def _append_step_summary(cap_path: Path) -> None:
+    """The sweep's Markdown (as `bench report capacity.arrow` writes it) appended to $GITHUB_STEP_SUMMARY when
+    set; a summary file that cannot be written is a warning (the sweep's reports stand)."""
+    import os
+
+    if not os.environ.get("GITHUB_STEP_SUMMARY"):
+        return
+    from bench.report.capacity_report import read_capacity_report
+    from bench.report.capacity_views import capacity_markdown
+    from bench.report.markdown import append_step_summary
+
+    try:
+        append_step_summary(capacity_markdown(read_capacity_report(cap_path)))
+    except OSError as exc:
+        print(f"bench: warning: cannot append to $GITHUB_STEP_SUMMARY: {exc.strerror or exc}", file=sys.stderr)
 
 
 def _levels(args: argparse.Namespace) -> list[int] | None:

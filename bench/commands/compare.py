@@ -26,12 +26,11 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from rich.console import Console
-
     from bench.commands.report import write_view
     from bench.errors import EXIT_OK, EXIT_SLO
     from bench.outpath import refuse_overwriting_inputs
     from bench.report.compare import compare_reports, parse_thresholds
+    from bench.report.console import make_console
     from bench.report.markdown import append_step_summary, comparison_markdown
     from bench.report.reader import read_report
     from bench.report.terminal import render_comparison
@@ -40,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     thresholds = parse_thresholds(args.max_regression)
     base, new = read_report(Path(args.base)), read_report(Path(args.new))
     cmp = compare_reports(base, new, thresholds)
-    console = Console()
+    console = make_console()
     render_comparison(cmp, console, args.base, args.new)
     md = comparison_markdown(cmp, Path(args.base).name, Path(args.new).name)
     if args.markdown:

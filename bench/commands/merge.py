@@ -12,13 +12,14 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("merge", help="merge reports from runs made at the same time (hosts/processes)",
                               description="Exactly merge histograms, per-second series (aligned by wall-clock "
                               "second), counters and errors of several reports into one. Refuses (exit 2) "
-                              "reports of different scenarios, load modes or targets, or the same run twice, "
-                              "unless --force.")
+                              "reports of different scenarios, load modes or targets, the same run twice, or runs not "
+                              "made at the same time (each run's measured window must share at least half of the "
+                              "shorter with the others'), unless --force.")
     p.add_argument("reports", nargs="+", metavar="REPORT.arrow")
     p.add_argument("-o", "--out", required=True, metavar="ALL.arrow", help="merged report to write")
     p.add_argument("--force", action="store_true", help="merge reports that do not belong together (different "
-                   "scenarios, load modes or targets, or one run given twice); the reason is printed and kept "
-                   "in the merged report")
+                   "scenarios, load modes or targets, one run given twice, or runs not made at the same time); the "
+                   "reason is printed and kept in the merged report")
     p.set_defaults(func=run)
 
 
@@ -31,10 +32,12 @@ def run(args: argparse.Namespace) -> int:
     from bench.report.reader import read_report
     from bench.report.writer import write_report
 
-    check_report_path(Path(args.out))  # a directory or an unwritable place: one line, exit 2 (not a traceback)
     refuse_overwriting_inputs(args.out, args.reports, flag="--out")
     reports = [read_report(Path(p)) for p in args.reports]
     merged = merge_reports(reports, force=args.force)
+    # a directory or an unwritable place: one line, exit 2 (not a traceback); missing folders are created, once
+    # the inputs are known to merge
+    check_report_path(Path(args.out))
     for problem in merge_problems(reports) if args.force else []:
         print(f"bench merge: warning: merging anyway (--force): {problem}", file=sys.stderr)
     out = write_report(Path(args.out), merged)

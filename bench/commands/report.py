@@ -22,17 +22,16 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from rich.console import Console
-
     from bench.outpath import refuse_overwriting_inputs
     from bench.report.capacity_report import is_capacity_report
+    from bench.report.console import make_console
     from bench.report.markdown import append_step_summary, report_markdown
     from bench.report.reader import read_report
     from bench.report.terminal import render_report
 
     for flag, path in (("--html", args.html), ("--markdown", args.markdown)):
         refuse_overwriting_inputs(path, [args.report], flag=flag)
-    console = Console()
+    console = make_console()
     if is_capacity_report(args.report):
         return _capacity(args, console)
     report = read_report(Path(args.report))

@@ -179,7 +179,7 @@ def check_out(args: argparse.Namespace, path: Path) -> None:
     """A bad --out is refused before any worker is involved (the default reports/ directory is created)."""
     from bench.outpath import check_report_path
 
-    check_report_path(path, create_parent=not args.out)
+    check_report_path(path)
 
 
 def recover_leftover(path: Path, message: Callable[[str], None]) -> None:

@@ -18,7 +18,15 @@ import numpy as np
 
 from bench.report.markdown import stored_slo
 from bench.report.model import MEASURED, WARMUP, Histogram, Report
-from bench.report.summary import SERVER_LABEL, num_text, outside_handler_text, rate_text, summarize
+from bench.report.summary import (
+    OTHER_TITLE,
+    SERVER_LABEL,
+    num_text,
+    other_label,
+    outside_handler_text,
+    rate_text,
+    summarize,
+)
 from bench.report.verdict import NOT_JUDGED, judged
 
 __all__ = ["Line", "line_chart", "percentile_curve", "render_html"]
@@ -298,6 +306,11 @@ def render_html(report: Report) -> str:
     out.append(_grid_table(["view (ms, ok requests)", "p50", "p90", "p99", "p99.9", "max"], rows))
     if s["server_ms"] is not None:
         out.append(f'<p class="server-gap">{_e(outside_handler_text(s))}</p>')
+    if s["other_ms"]:
+        out.append('<div class="other-timings">' + _grid_table(
+            [OTHER_TITLE, "p50", "p90", "p99", "p99.9", "max"],
+            [[_e(other_label(name)), *(num_text(v[k]) for k in ("p50", "p90", "p99", "p999", "max"))]
+             for name, v in s["other_ms"].items()]) + "</div>")
     lines = []
     xmax = 1.0
     for i, (name, metric) in enumerate((("from intended time", "latency"), ("service time", "service"))):

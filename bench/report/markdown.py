@@ -15,7 +15,16 @@ from typing import Any
 from bench.report.compare import Comparison, MetricDelta, format_change
 from bench.report.model import Report
 from bench.report.slo import SloResult
-from bench.report.summary import MISSING, SERVER_LABEL, num_text, outside_handler_text, rate_text, summarize
+from bench.report.summary import (
+    MISSING,
+    OTHER_TITLE,
+    SERVER_LABEL,
+    num_text,
+    other_label,
+    outside_handler_text,
+    rate_text,
+    summarize,
+)
 from bench.report.verdict import NOT_JUDGED, judged
 
 __all__ = ["append_step_summary", "cell", "comparison_markdown", "report_markdown", "stored_slo"]
@@ -63,6 +72,9 @@ def report_markdown(report: Report) -> str:
     lines = [f"### bench run: {cell(meta.scenario_name)}", ""]
     if s["partial"]:
         lines += ["> **Partial run** (interrupted): the figures cover only the part that ran.", ""]
+    failed = meta.extra.get("failed")
+    if isinstance(failed, str) and failed:
+        lines += [f"> **Run failed:** {cell(failed)}", ""]
     lines += _table(["requests", "errors", "req/s", "rows/s", "measured", "dropped"],
                     [[f"{s['requests']:,}", f"{s['errors']:,} ({rate_text(s['error_rate'])})",
                       num_text(s["rps"], ",.1f"), num_text(s["rows_per_s"], ",.1f"), f"{s['duration_s']:.1f} s",
@@ -75,6 +87,11 @@ def report_markdown(report: Report) -> str:
     lines += _table(["view", "p50", "p90", "p99", "p99.9", "max"], rows, "right")
     if s["server_ms"] is not None:
         lines += ["", cell(outside_handler_text(s))]
+    if s["other_ms"]:
+        lines += ["", f"**{OTHER_TITLE[0].upper()}{OTHER_TITLE[1:]}**", ""]
+        lines += _table(["timing", "p50", "p90", "p99", "p99.9", "max"],
+                        [[cell(other_label(name)), *(num_text(v[k]) for k in ("p50", "p90", "p99", "p999", "max"))]
+                         for name, v in s["other_ms"].items()], "right")
     if s["errors_by_kind"]:
         lines += ["", "**Errors by kind**", ""]
         samples = {e["kind"]: e["sample"] for e in s["top_errors"]}

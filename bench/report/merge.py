@@ -3,8 +3,9 @@
 Histograms add bucket by bucket (same HDR setting everywhere), so merged percentiles equal those of one
 histogram of all values. Series are aligned by the wall-clock second of each run's start.
 
-Only reports that belong together merge: the same scenario, load mode and target kind, each run once
-(``merge_problems`` says what is wrong; ``force`` merges anyway and records why). Reports made with other HDR
+Only reports that belong together merge: the same scenario, load mode and target kind, each run once, measured
+at the same time (each run's measured window shares at least half of the shorter with the others'; ``MIN_OVERLAP``).
+``merge_problems`` says what is wrong; ``force`` merges anyway and records why. Reports made with other HDR
 settings never reach this module: the reader refuses them, as their buckets cannot be added exactly.
 """
 
@@ -31,8 +32,9 @@ from bench.report.model import (
     Totals,
 )
 from bench.report.writer import utc_iso
+from bench.rundata import MEASURED
 
-__all__ = ["merge_problems", "merge_reports", "merge_run_data", "run_identity"]
+__all__ = ["MIN_OVERLAP", "merge_problems", "merge_reports", "merge_run_data", "run_identity"]
 
 _MAX_SAMPLES = 20
 
@@ -139,12 +141,58 @@ def _differ(label: str, reports: Sequence[Report], value: Callable[[Report], obj
     return f"different {label}: {shown}"
 
 
+# A merge adds runs made at the same time. Each run's measured window must share with the union of the other runs'
+# measured windows at least this fraction of the shorter of the two (its own length, the others' covered length):
+# two back-to-back runs share 0 %; a part that stopped early, wholly inside the others' windows, shares 100 % (and
+# the others share all of its length). Runs without a measured window are not judged.
+MIN_OVERLAP = 0.5
+
+
+def _window(r: Report) -> tuple[float, float] | None:
+    """The measured phase in Unix seconds, or None when the run has none."""
+    ph = next((p for p in r.run.phases if p.name == MEASURED), None)
+    if ph is None or ph.end_s <= ph.start_s:
+        return None
+    t0 = r.run.start_unix_ns / 1e9
+    return t0 + ph.start_s, t0 + ph.end_s
+
+
+def _union(windows: Sequence[tuple[float, float]], within: tuple[float, float] = (-np.inf, np.inf)) -> float:
+    """Seconds covered by the union of ``windows`` inside ``within``."""
+    covered, reach = 0.0, within[0]
+    for lo, hi in sorted(windows):
+        lo, hi = max(lo, reach), min(hi, within[1])
+        if hi > lo:
+            covered += hi - lo
+            reach = hi
+    return float(covered)
+
+
+def _not_simultaneous(reports: Sequence[Report]) -> str | None:
+    windows = [(r, w) for r in reports if (w := _window(r)) is not None]
+    if len(windows) < 2:
+        return None
+    apart = []
+    for i, (r, w) in enumerate(windows):
+        others = [o for j, (_, o) in enumerate(windows) if j != i]
+        share = _union(others, w) / min(w[1] - w[0], _union(others))
+        if share < MIN_OVERLAP:
+            apart.append(f"{_name(r)} {share:.0%}")
+    if not apart:
+        return None
+    shown = ", ".join(f"{_name(r)} {utc_iso(int(w[0] * 1e9))[11:23]}–{utc_iso(int(w[1] * 1e9))[11:23]}"
+                      for r, w in windows)
+    return (f"not simultaneous: measured windows (UTC) {shown}; shared with the other runs: {', '.join(apart)} "
+            f"(needs {MIN_OVERLAP:.0%} of the shorter: merge adds runs made at the same time)")
+
+
 def merge_problems(reports: Sequence[Report]) -> list[str]:
     """Why these reports do not belong in one merged report ([] when they do)."""
     out = [p for p in (
         _differ("scenarios", reports, lambda r: r.meta.scenario_name),
         _differ("load modes", reports, lambda r: r.meta.load.get("mode")),
         _differ("target kinds", reports, lambda r: r.meta.target.get("kind")),
+        _not_simultaneous(reports),
     ) if p]
     seen: dict[str, Report] = {}
     for r in reports:

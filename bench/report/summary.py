@@ -19,14 +19,25 @@ from bench.report.verdict import NOT_JUDGED, judged
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["MISSING", "SERVER_LABEL", "num_text", "outside_handler_text", "rate_text", "render_summary",
-           "summarize"]
+__all__ = ["MISSING", "OTHER_TITLE", "SERVER_LABEL", "num_text", "other_label", "outside_handler_text", "rate_text",
+           "render_summary", "summarize"]
 
 _PCTS = ((50, "p50"), (90, "p90"), (99, "p99"), (99.9, "p999"))
 MISSING = "—"  # what every view prints for a figure that was not measured (never 0)
 
 
 SERVER_LABEL = "server handler (bucket res.)"
+
+# Target-specific histograms (``summary['other_ms']``): the same labels in the terminal, HTML and Markdown.
+OTHER_TITLE = "target-specific timings (ms, all answers)"
+_OTHER_LABELS = {"server": "server-reported (per answer)", "batch_e2e": "batch: created → result collected",
+                 "queue": "batch: queued (created → started)", "processing": "batch: processing (started → done)",
+                 "batch_create": "batch: create call", "batch_poll_interval": "batch: poll interval",
+                 "rate_limit_pause": "rate-limit pause"}
+
+
+def other_label(name: str) -> str:
+    return _OTHER_LABELS.get(name, name.replace("_", " "))
 
 
 def outside_handler_text(s: dict[str, Any]) -> str:
@@ -159,7 +170,7 @@ def render_summary(report: Report, console: Console) -> None:
     for name in ("p50", "p90", "p99", "p99.9", "max"):
         lat.add_column(name, justify="right")
     rows = [("from intended time", s["latency_ms"]), ("service (sent→done)", s["service_ms"])]
-    rows += [(name.replace("_", " "), v) for name, v in s["other_ms"].items()]
+    rows += [(other_label(name), v) for name, v in s["other_ms"].items()]
     for label, v in rows:
         lat.add_row(label, *(num_text(v[k]) for k in ("p50", "p90", "p99", "p999", "max")))
     if s["server_ms"] is not None:

@@ -71,6 +71,7 @@ def test_html_report_renders_in_chromium(tmp_path: Path) -> None:
         assert int(series.get(name, 0)) >= 2, (name, series)
     assert any(k.startswith("http_error:50") for k in series), series  # errors by kind over time (raw log)
     assert len(re.findall(r"<circle ", html)) > 20
+    assert _other_timings(html).keys() == {"server-reported (per answer)"}  # the emulator's per-answer time
 
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "report.png"
@@ -92,3 +93,29 @@ def test_html_shows_client_and_server_percentiles_side_by_side(tmp_path: Path) -
     assert client is not None and server is not None, html[html.find("<h2>Latency"):][:3000]
     assert all(float(v.replace(",", "")) > 0 for v in (*client.groups(), *server.groups()))
     assert "outside the handler" in html
+
+
+def _other_timings(dom: str) -> dict[str, list[float]]:
+    """The target-specific timings table of the rendered page: label -> p50 … max (ms)."""
+    m = re.search(r'<div class="other-timings">(.*?)</table>', dom, re.S)
+    assert m is not None, dom[dom.find("<h2>Latency"):][:3000]
+    rows = re.findall(r"<tr><td>([^<]+)</td>((?:<td>[^<]*</td>){5})</tr>", m.group(1))
+    return {label: [float(v.replace(",", "")) for v in re.findall(r"<td>([^<]*)</td>", cells)]
+            for label, cells in rows}
+
+
+def test_html_shows_ubiops_batch_timings(tmp_path: Path) -> None:
+    """A real UbiOps batch run: batch_e2e, queue and processing (terminal and --json only before) are a table
+    on the page, with sane percentiles; the Markdown view has them too."""
+    page, html = rendered(tmp_path, "batch", "scenarios/ubiops-batch.toml")
+    timings = _other_timings(html)
+    assert set(timings) >= {"batch: created → result collected", "batch: queued (created → started)",
+                            "batch: processing (started → done)", "batch: create call",
+                            "batch: poll interval"}, timings
+    for label, (p50, p90, p99, p999, top) in timings.items():
+        assert 0 < p50 <= p90 <= p99 <= p999 <= top, (label, timings)
+    e2e, processing = timings["batch: created → result collected"], timings["batch: processing (started → done)"]
+    assert e2e[0] >= processing[0]  # created → collected holds the processing
+    md = tmp_path / "batch.md"
+    assert bench("report", str(page.with_suffix(".arrow")), "--markdown", str(md)).returncode == 0
+    assert "| batch: queued (created → started) |" in md.read_text()

@@ -110,9 +110,14 @@ def _read_meta(path: Path) -> dict[str, object]:
 
 # -- --out checked before any load --------------------------------------------------------------------------
 
+def _file(path: Path) -> Path:
+    path.write_text("x")
+    return path
+
+
 BAD_OUTS = {
     "a directory": lambda tmp: str(tmp),
-    "parent missing": lambda tmp: str(tmp / "missing" / "r.arrow"),
+    "a file in the way": lambda tmp: str(_file(tmp / "afile") / "sub" / "r.arrow"),  # its parent cannot be made
     "unwritable": lambda tmp: "/proc/bench-report.arrow",  # root can write anywhere chmod allows; not in /proc
 }
 

@@ -25,16 +25,34 @@ def bench(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def run(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return bench("run", "scenarios/quickstart.toml", *OPEN, "--set", "slo.error_rate=0.2", *extra,
-                 "--out", str(out))
+    return bench("run", *_run_args(out, *extra))
+
+
+def _run_args(out: Path, *extra: str) -> list[str]:
+    return ["scenarios/quickstart.toml", *OPEN, "--set", "slo.error_rate=0.2", *extra, "--out", str(out)]
+
+
+def run_together(*runs: tuple[Path, list[str]]) -> list[subprocess.CompletedProcess[str]]:
+    """Runs started at the same time, as bench merge expects (sequential runs are refused)."""
+    clean = {k: v for k, v in os.environ.items() if k != "GITHUB_STEP_SUMMARY"}
+    procs = [(args, subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**clean, "COLUMNS": "160"}))
+             for args in ([sys.executable, "-m", "bench", "run", *_run_args(out, *extra)] for out, extra in runs)]
+    done = []
+    for args, p in procs:
+        try:
+            out, err = p.communicate(timeout=90)
+        finally:
+            p.kill()
+        done.append(subprocess.CompletedProcess(args, p.returncode, out, err))
+    return done
 
 
 @pytest.mark.slow  # over 5 s of real processes: in CI's slow step, not the default run
 def test_merged_report_carries_its_own_slo_verdict_not_the_first_parts(tmp_path: Path) -> None:
     good, bad, merged = tmp_path / "good.arrow", tmp_path / "bad.arrow", tmp_path / "merged.arrow"
-    first = run(good)
+    first, second = run_together((good, []), (bad, ["--set", "emulator.error_rate=1.0"]))  # bad: every answer a 500
     assert first.returncode == 0 and "SLO: passed" in first.stdout, first.stdout + first.stderr
-    second = run(bad, "--set", "emulator.error_rate=1.0")  # every answer a 500: nothing succeeded
     assert second.returncode == 3, second.stdout + second.stderr
     proc = bench("merge", str(good), str(bad), "-o", str(merged))
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -53,8 +71,7 @@ def test_merged_report_carries_its_own_slo_verdict_not_the_first_parts(tmp_path:
 @pytest.mark.slow  # over 5 s of real processes: in CI's slow step, not the default run
 def test_a_part_without_a_send_count_leaves_the_merged_sends_unknown(tmp_path: Path) -> None:
     a, b, merged = tmp_path / "a.arrow", tmp_path / "b.arrow", tmp_path / "merged.arrow"
-    for out in (a, b):
-        proc = run(out)
+    for proc in run_together((a, []), (b, [])):
         assert proc.returncode == 0, proc.stdout + proc.stderr
     part = read_report(b)  # as a worker lost mid-run leaves it: its streamed data, no count of its sends
     del part.run.counters["sent"]
@@ -72,10 +89,10 @@ def test_a_part_without_a_send_count_leaves_the_merged_sends_unknown(tmp_path: P
 @pytest.mark.slow  # over 5 s of real processes: in CI's slow step, not the default run
 def test_merge_into_a_bad_out_path_is_one_line_exit_2(tmp_path: Path) -> None:
     a, b = tmp_path / "a.arrow", tmp_path / "b.arrow"
-    for out in (a, b):
-        proc = run(out)
+    for proc in run_together((a, []), (b, [])):
         assert proc.returncode == 0, proc.stdout + proc.stderr
-    for bad in (tmp_path, tmp_path / "missing" / "m.arrow"):  # a directory; a folder that does not exist
+    (tmp_path / "afile").write_text("x")
+    for bad in (tmp_path, tmp_path / "afile" / "sub" / "m.arrow"):  # a directory; a file where a folder must go
         proc = bench("merge", str(a), str(b), "-o", str(bad))
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
@@ -95,3 +112,21 @@ def test_merge_onto_one_of_its_inputs_is_refused_and_the_input_kept(tmp_path: Pa
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and "--out" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
         assert b.read_bytes() == before
+
+
+def test_sequential_runs_are_refused_unless_forced(tmp_path: Path) -> None:
+    """Two runs one after the other are not one run of twice the load: merging them reported a window as long as
+    both and half their rate. Refused, one line, exit 2; --force merges and says why."""
+    a, b, merged = tmp_path / "a.arrow", tmp_path / "b.arrow", tmp_path / "merged.arrow"
+    for out in (a, b):
+        proc = bench("run", "scenarios/quickstart.toml", "-d", "1s", "--warmup", "0s", "-q", "--out", str(out))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = bench("merge", str(a), str(b), "-o", str(merged))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not simultaneous" in lines[0] and "a.arrow 0%" in lines[0], proc.stderr
+    assert not merged.exists()
+    forced = bench("merge", "--force", str(a), str(b), "-o", str(merged))
+    assert forced.returncode == 0, forced.stderr
+    assert "merging anyway (--force): not simultaneous" in forced.stderr
+    assert any("not simultaneous" in p for p in read_report(merged).meta.extra["merge_forced"])

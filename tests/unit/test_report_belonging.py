@@ -117,3 +117,34 @@ def test_compare_warns_on_other_mode_target_and_partial() -> None:
     render_comparison(cmp, Console(file=buf, width=200, color_system=None), "a", "b")
     assert buf.getvalue().count("warning:") == 3
     assert comparison_markdown(cmp, "a", "b").count("**warning:**") == 3
+
+
+def _at(offset_s: float, measured: tuple[float, float] | None = None) -> object:
+    from bench.rundata import MEASURED, Phase
+
+    r = make_report(make_run(3, n=200, start_unix_ns=T0 + int(offset_s * 1e9)))
+    if measured is not None:
+        r.run.phases = [p for p in r.run.phases if p.name != MEASURED] + [Phase(MEASURED, *measured)]
+    return r
+
+
+@pytest.mark.parametrize(("offset_s", "measured_b", "simultaneous"), [
+    (0.0, None, True),  # started together
+    (1.0, None, True),  # 3 s windows 1 s apart: 2/3 of each overlaps the other
+    (2.0, None, False),  # 1/3 overlaps
+    (3.0, None, False),  # back to back: 0 %
+    (0.0, (1.0, 1.5), True),  # a part that stopped early, wholly inside the other's window
+    (5.0, (0.0, 0.5), False),  # a short run after the other
+    (10.0, (0.0, 0.0), True),  # no measured window: not judged
+])
+def test_merge_wants_runs_measured_at_the_same_time(offset_s: float, measured_b: tuple[float, float] | None,
+                                                   simultaneous: bool) -> None:
+    a, b = _at(0.0), _at(offset_s, measured_b)
+    problems = [p for p in merge_problems([a, b]) if "simultaneous" in p]  # type: ignore[list-item]
+    assert (problems == []) is simultaneous, problems
+    if not simultaneous:
+        assert "needs 50% of the shorter" in problems[0]
+        with pytest.raises(InputError, match="not simultaneous"):
+            merge_reports([a, b])  # type: ignore[list-item]
+        forced = merge_reports([a, b], force=True)  # type: ignore[list-item]
+        assert any("not simultaneous" in p for p in forced.meta.extra["merge_forced"])

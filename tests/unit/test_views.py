@@ -6,6 +6,7 @@ import itertools
 import re
 from pathlib import Path
 
+import numpy as np
 from test_compare import synth_run
 
 from bench.report.compare import compare_reports
@@ -85,3 +86,34 @@ def test_percentile_curve_is_monotonic_and_ends_at_max() -> None:
     assert xs[0] == 0.0 and all(b >= a for a, b in itertools.pairwise(xs))
     assert all(b >= a for a, b in itertools.pairwise(ys))
     assert ys[-1] == h.max_us / 1000.0 and names[-1] == "p100"
+
+
+def test_pipe_width_rules() -> None:
+    from bench.report.console import PIPE_WIDTH, pipe_width
+
+    assert pipe_width(True, {}) is None and pipe_width(True, {"COLUMNS": "100"}) is None  # a terminal: rich decides
+    assert pipe_width(False, {}) == PIPE_WIDTH and pipe_width(False, {"COLUMNS": " "}) == PIPE_WIDTH
+    assert pipe_width(False, {"COLUMNS": "200"}) == 200 and pipe_width(False, {"COLUMNS": "0"}) == PIPE_WIDTH
+
+
+def test_target_specific_histograms_are_in_markdown_and_html() -> None:
+    """UbiOps batch_e2e / queue / processing (and a target's server-reported time) were only in the terminal and
+    --json: both views now carry them as a table, with the same percentiles as the summary."""
+    from bench.hdr import Histogram
+    from bench.report.model import HistKey
+    from bench.report.summary import summarize
+
+    report = _report()
+    for name, us in (("batch_e2e", 90_000), ("queue", 30_000), ("processing", 55_000)):
+        h = Histogram()
+        h.record_us(np.array([us, us + 1000, us * 2], dtype=np.int64))
+        report.run.histograms[HistKey(name, "measured", "all")] = h
+    s = summarize(report)
+    md, page = report_markdown(report), render_html(report)
+    assert "**Target-specific timings (ms, all answers)**" in md
+    for label, name in (("batch: created → result collected", "batch_e2e"), ("batch: queued (created → started)",
+                        "queue"), ("batch: processing (started → done)", "processing")):
+        p50, p99 = (f"{s['other_ms'][name][k]:.3f}" for k in ("p50", "p99"))
+        assert re.search(rf"\| {re.escape(label)} \| {p50} \| [0-9.]+ \| {p99} \|", md), md
+        assert re.search(rf"<td>{re.escape(label)}</td><td>{p50}</td><td>[0-9.]+</td><td>{p99}</td>", page)
+    assert "Target-specific" not in report_markdown(_report()) and "other-timings" not in render_html(_report())
