@@ -34,6 +34,18 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     os.environ.pop("GITHUB_STEP_SUMMARY", None)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _checkout_reports_untouched() -> Iterator[None]:
+    """A test's runs write their reports under tmp_path (``--out``), never into the checkout's reports/: a default
+    report dir there would pile up files across test runs (and a user's own reports could be mixed in)."""
+    before = set((ROOT / "reports").glob("*.arrow"))
+    yield
+    added = sorted(p.name for p in set((ROOT / "reports").glob("*.arrow")) - before)
+    for name in added:
+        (ROOT / "reports" / name).unlink(missing_ok=True)
+    assert not added, f"tests wrote reports into the checkout's reports/ (give them --out): {added}"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.name in SLOW_MODULES:

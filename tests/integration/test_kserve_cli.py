@@ -49,7 +49,8 @@ def test_kserve_scenario_on_embedded_emulator(tmp_path: Path) -> None:
 
 
 def test_binary_tensor_extension_on_emulator(tmp_path: Path) -> None:
-    proc = bench("run", str(variant(tmp_path, ('datatype = "FP32"', 'datatype = "FP32"\nbinary = true'))), *SHORT)
+    proc = bench("run", str(variant(tmp_path, ('datatype = "FP32"', 'datatype = "FP32"\nbinary = true'))), *SHORT,
+                 "--out", str(tmp_path / "r.arrow"))  # (never the checkout's reports/)
     assert proc.returncode == 0, proc.stderr
     s = json.loads(proc.stdout)
     assert s["errors"] == 0 and s["ok"] > 50
@@ -79,7 +80,7 @@ rows_per_request = 4
 [load]
 concurrency = 2
 """)
-    proc = bench("run", str(path), *SHORT)
+    proc = bench("run", str(path), *SHORT, "--out", str(tmp_path / "r.arrow"))
     assert proc.returncode == 0, proc.stderr
     s = json.loads(proc.stdout)
     assert s["errors"] == 0 and s["ok"] > 20

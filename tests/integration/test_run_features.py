@@ -125,7 +125,11 @@ def test_spinning_pacer_is_not_counted_as_load_generation(tmp_path: Path) -> Non
     proc, out = run(tmp_path, "", "--rate", "400", "--pacing", "spin", "--quiet", duration="1s")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
-    assert summary["errors"] == 0 and summary["generator_bound"] is False
+    assert summary["errors"] == 0
+    # the idle spinning never makes the verdict blame the generator's CPU (on a loaded machine sends may still
+    # leave late, a schedule-lag reason of its own: not this test's subject)
+    reasons = summary["generator_bound_reasons"]
+    assert not any("generator CPU" in r or "lower rate per process" in r for r in reasons), reasons
     meta = {r["name"]: json.loads(str(r["text"])) for r in rows(out, "meta")}
     extra = meta["extra"]
     assert extra["pacer_spin_s"] > 0.75  # the whole 1 s schedule
