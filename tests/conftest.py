@@ -24,6 +24,7 @@ SLOW_MODULES = frozenset({
     "test_fault_matrix.py", "test_engine_fault_fuzz.py", "test_locust_distributed.py", "test_locust_users.py",
     "test_session_cli.py", "test_kserve_mlserver.py", "test_run_accounting.py",
     "test_durability.py", "test_ubiops_budget.py", "test_bad_input_cli.py", "test_ubiops_backoff_cli.py",
+    "test_step_summary_cli.py",
 })
 
 

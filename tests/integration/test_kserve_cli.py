@@ -48,6 +48,7 @@ def test_kserve_scenario_on_embedded_emulator(tmp_path: Path) -> None:
     assert isinstance(sm, dict) and sm["scrapes"] >= 2 and sm["scrape_errors"] == 0
 
 
+@pytest.mark.slow  # a real run of a few seconds: the default suite keeps the scenario's own
 def test_binary_tensor_extension_on_emulator(tmp_path: Path) -> None:
     proc = bench("run", str(variant(tmp_path, ('datatype = "FP32"', 'datatype = "FP32"\nbinary = true'))), *SHORT,
                  "--out", str(tmp_path / "r.arrow"))  # (never the checkout's reports/)
@@ -56,6 +57,7 @@ def test_binary_tensor_extension_on_emulator(tmp_path: Path) -> None:
     assert s["errors"] == 0 and s["ok"] > 50
 
 
+@pytest.mark.slow  # a real run of a few seconds: the default suite keeps the scenario's own
 def test_columns_layout_bytes_int64_fp64_on_echo_model(tmp_path: Path) -> None:
     """One input per column (BYTES, INT64, FP64) against the emulator's echo model: every answer validated."""
     data = tmp_path / "mixed.arrow"
@@ -103,6 +105,7 @@ def test_model_disagreeing_with_data_exit_2_one_line(tmp_path: Path, edit: tuple
     assert not out.exists()  # no load, no report
 
 
+@pytest.mark.slow  # a real run of a few seconds: the default suite keeps the scenario's own
 def test_metrics_url_down_is_counted_not_fatal(tmp_path: Path) -> None:
     out = tmp_path / "r.arrow"
     path = variant(tmp_path, ('url = "embedded"            # the emulator\'s Prometheus',
@@ -116,6 +119,7 @@ def test_metrics_url_down_is_counted_not_fatal(tmp_path: Path) -> None:
     assert "Connect" in str(sm["first_error"])
 
 
+@pytest.mark.slow  # a real run of a few seconds: the default suite keeps the scenario's own
 def test_non_prometheus_metrics_text_is_counted_not_fatal(tmp_path: Path,
                                                           serve_emulator: Callable[..., str]) -> None:
     """A URL answering JSON (the emulator's V2 server metadata) is not Prometheus text: counted, run goes on."""
@@ -129,6 +133,7 @@ def test_non_prometheus_metrics_text_is_counted_not_fatal(tmp_path: Path,
     assert "PromError" in str(sm["first_error"])
 
 
+@pytest.mark.slow  # a real run of a few seconds: the default suite keeps the scenario's own
 def test_processes_run_parent_preflights_and_scrapes(tmp_path: Path) -> None:
     """--processes 2: the parent checks the model once and scrapes once; the merged report has server figures."""
     out = tmp_path / "r.arrow"
@@ -143,6 +148,7 @@ def test_processes_run_parent_preflights_and_scrapes(tmp_path: Path) -> None:
     assert refused.returncode == 2 and "datatype mismatch" in refused.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow  # a real run of a few seconds: the default suite keeps the scenario's own
 def test_v2_error_bodies_counted_with_the_servers_message(tmp_path: Path) -> None:
     proc = bench("run", "scenarios/kserve.toml", *SHORT, "--set", "emulator.error_rate=0.1",
                  "--out", str(tmp_path / "r.arrow"))

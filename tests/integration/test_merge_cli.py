@@ -114,6 +114,7 @@ def test_merge_onto_one_of_its_inputs_is_refused_and_the_input_kept(tmp_path: Pa
         assert b.read_bytes() == before
 
 
+@pytest.mark.slow  # two real runs one after the other
 def test_sequential_runs_are_refused_unless_forced(tmp_path: Path) -> None:
     """Two runs one after the other are not one run of twice the load: merging them reported a window as long as
     both and half their rate. Refused, one line, exit 2; --force merges and says why."""
