@@ -136,7 +136,7 @@ class Checkpoint:
                         partial=True, histograms={}, series=PerSecond(),
                         totals={WARMUP: Totals(), MEASURED: Totals()})
         facts = RunFacts(url="embedded" if prepared.embedded else url)
-        meta = build_report(prepared.scenario, empty, facts).meta
+        meta = build_report(prepared.scenario, empty, facts, prepared.target_config).meta
         scrubber = prepared.scrubber
         header = {"bench_checkpoint": 1, "start_unix_ns": recorder.start_unix_ns,
                   "warmup_s": (recorder.warmup_end_ns - recorder.start_ns) / 1e9,

@@ -85,8 +85,9 @@ def _value(value: Any) -> str:
     return json.dumps(str(value), ensure_ascii=False)
 
 
-def build_report(sc: Scenario, run: RunData, facts: RunFacts) -> Report:
-    """Metadata (redacted scenario, versions, host, load, target) plus the generator-bound verdict."""
+def build_report(sc: Scenario, run: RunData, facts: RunFacts, target_config: Any) -> Report:
+    """Metadata (redacted scenario, versions, host, load, target) plus the generator-bound verdict.
+    ``target_config``: what the target read from the scenario when the run was prepared (its report extras)."""
     from bench.report.model import Report
     from bench.report.verdict import apply_verdict
     from bench.report.writer import make_meta
@@ -107,7 +108,7 @@ def build_report(sc: Scenario, run: RunData, facts: RunFacts) -> Report:
 
     target = target_for(sc.target.kind)
     meta = make_meta(sc.name, run=run, scenario_text=scenario_toml(sc.source), load=load_meta,
-                     target=target_meta, extra={**facts.extra(), **target.report_extras(sc)})
+                     target=target_meta, extra={**facts.extra(), **target.report_extras(target_config)})
     report = Report(meta=meta, run=run)
     lag_bound_ms = target.lag_bound_ms
     apply_verdict(report, target_rps=target_rps, cpu_fraction=facts.cpu_fraction,

@@ -29,6 +29,7 @@ __all__ = [
     "StopSignal",
     "body_getter",
     "field_index",
+    "header_value_problem",
     "kind_name",
 ]
 
@@ -149,6 +150,21 @@ class LoadSpec:
     max_requests: int = 0
     drain_s: float = 5.0
 
+
+
+def header_value_problem(value: str) -> str | None:
+    """Why ``value`` cannot be sent as an HTTP header value (``RequestSet.headers``), or None; the value itself is
+    never repeated (it may be a credential). Every engine can send one line of printable ASCII (tabs allowed):
+    httpx encodes header values as ASCII, HTTP/1.1 and HPACK send bytes."""
+    text = value.replace("\t", " ")
+    if text.isascii() and text.isprintable():  # the common case, checked in C
+        return None
+    for i, ch in enumerate(value):
+        if " " <= ch <= "~" or ch == "\t":
+            continue
+        what = "a line break" if ch in "\r\n" else "a control character" if ch < "\x80" else "a non-ASCII character"
+        return f"holds {what} at character {i + 1} of {len(value)}: a header value must be one line of ASCII text"
+    return None
 
 @dataclass(slots=True)
 class RequestSet:

@@ -179,17 +179,12 @@ def _static_token(sc: Scenario) -> str | None:
     name = sc.target.token_env
     if not name:
         return None
-    from bench.secrets import env_name_problem, header_value_problem
+    from bench.secrets import env_header_value, env_name_problem
 
     problem = env_name_problem(name)  # a token pasted where its variable's name belongs: never echo it
-    value = None if problem else os.environ.get(name, "").strip()
-    if not value:
-        raise InputError(problem or f"environment variable {name} is not set", file=sc.file,
-                         key="target.token_env")
-    problem = header_value_problem(value)
     if problem:
-        raise InputError(f"environment variable {name} {problem} (value not shown)", file=sc.file,
-                         key="target.token_env")
+        raise InputError(problem, file=sc.file, key="target.token_env")
+    value = env_header_value(name, os.environ, file=sc.file, key="target.token_env")
     return value if value.lower().startswith(("bearer ", "token ")) else f"Bearer {value}"
 
 

@@ -15,7 +15,6 @@ document and parses again, so the two cannot drift.
 
 from __future__ import annotations
 
-import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -28,7 +27,13 @@ from bench.config.reader import Table, check_url, type_name
 from bench.config.slo import SloObjectives, slo_from_mapping
 from bench.config.wallaroo import EMBEDDED_PLACEHOLDER, PreflightConfig, preflight_config_from_mapping
 from bench.errors import InputError
-from bench.secrets import credential_header_problem, env_name_problem, header_value_problem, url_problem
+from bench.secrets import (
+    credential_header_problem,
+    env_name_problem,
+    header_name_problem,
+    header_value_problem,
+    url_problem,
+)
 from bench.targets import KINDS, target_for
 
 __all__ = [
@@ -61,7 +66,6 @@ SECTION_PARSERS: Mapping[str, Callable[[Mapping[str, Any], str], object]] = {
 MAX_CONCURRENCY = 100_000  # closed-loop clients (each a connection and a task) on one host
 MAX_RATE = 10_000_000.0  # req/s: no single host issues more; a larger value is a typo
 MAX_PROCESSES = 1024
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 @dataclass(frozen=True)
@@ -326,14 +330,15 @@ def _parse_target(t: Mapping[str, Any], file: str) -> TargetConfig:
         raise tab.err("method", f"expected an HTTP method such as POST, got {method!r}")
     headers = tab.table("headers")
     for hk, hv in headers.items():
-        if not _HEADER_NAME.match(hk):
-            raise tab.err(f"headers.{hk}", "not a valid HTTP header name")
+        if header_name_problem(hk):
+            raise tab.err(f"headers.{hk}", header_name_problem(hk) or "")
         if not isinstance(hv, str):
             raise tab.err(f"headers.{hk}", f"expected a string, got {_type(hv)}")
         if any(c in hv for c in "\r\n\x00"):
             raise tab.err(f"headers.{hk}", "must not contain line breaks or NUL")
-        if header_value_problem(hv):  # a control or non-ASCII character: the engines cannot send it
-            raise tab.err(f"headers.{hk}", f"{header_value_problem(hv)}; got {hv!r}")
+        problem = header_value_problem(hv)  # a control or non-ASCII character: the engines cannot send it
+        if problem:
+            raise tab.err(f"headers.{hk}", f"{problem}; got {hv!r}")
         problem = credential_header_problem(hk)
         if problem:
             raise tab.err(f"headers.{hk}", problem)
@@ -350,8 +355,8 @@ def _env_credentials(tab: Table) -> tuple[str | None, dict[str, str]]:
     """``token_env`` and ``headers_env``: the NAMES of the variables holding a token and secret header values."""
     headers_env = tab.table("headers_env")
     for hk, hv in headers_env.items():
-        if not _HEADER_NAME.match(hk):
-            raise tab.err(f"headers_env.{hk}", "not a valid HTTP header name")
+        if header_name_problem(hk):
+            raise tab.err(f"headers_env.{hk}", header_name_problem(hk) or "")
         if not isinstance(hv, str) or env_name_problem(hv):
             raise tab.err(f"headers_env.{hk}", "expected the name of an environment variable")
     token_env = tab.string("token_env")

@@ -23,11 +23,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
 
+from bench.results import header_value_problem  # the one rule, shared with the engines (re-exported)
+
 if TYPE_CHECKING:
     from bench.prepared import Prepared
 
-__all__ = ["MASK", "Scrubber", "credential_header_problem", "env_name_problem", "header_env_values",
-           "header_value_problem", "scrub_report", "scrubber_for", "url_problem", "url_secrets"]
+__all__ = [
+    "MASK",
+    "Scrubber",
+    "credential_header_problem",
+    "env_header_value",
+    "env_name_problem",
+    "header_env_values",
+    "header_name_problem",
+    "header_value_problem",
+    "scrub_report",
+    "scrubber_for",
+    "url_problem",
+    "url_secrets",
+]
 
 MASK = "***"
 _MIN_LEN = 4  # shorter "secrets" would blank ordinary text (and are not secrets worth the name)
@@ -55,6 +69,14 @@ def credential_header_problem(name: str) -> str | None:
             f"put the value in an environment variable and name it with {alternative}")
 
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
+
+
+def header_name_problem(name: str) -> str | None:
+    """Why ``name`` is not an HTTP header name (an RFC 9110 token), or None."""
+    return None if _HEADER_NAME.fullmatch(name) else "not a valid HTTP header name"
+
+
 def env_name_problem(name: str) -> str | None:
     """Why ``name`` cannot be an environment variable name (the value itself is never repeated), or None.
 
@@ -63,19 +85,6 @@ def env_name_problem(name: str) -> str | None:
         return None
     return (f"expected the NAME of an environment variable (letters, digits, '_'; got {len(name)} characters "
             "that are not one — not shown, in case it is the secret itself)")
-
-
-def header_value_problem(value: str) -> str | None:
-    """Why ``value`` cannot be sent as an HTTP header value, or None; the value itself is never repeated.
-
-    A token file or variable with a line break inside, a control or a non-ASCII character (a binary file, another
-    encoding) is refused up front: the engines would otherwise fail on it once per request."""
-    for i, ch in enumerate(value):
-        if " " <= ch <= "~" or ch == "\t":
-            continue
-        what = "a line break" if ch in "\r\n" else "a control character" if ch < "\x80" else "a non-ASCII character"
-        return f"holds {what} at character {i + 1} of {len(value)}: a header value must be one line of ASCII text"
-    return None
 
 
 def url_problem(url: str) -> str | None:
@@ -106,21 +115,25 @@ def url_secrets(url: str) -> list[str]:
 def header_env_values(headers_env: Mapping[str, str], environ: Mapping[str, str] | None = None,
                       *, file: str | None = None) -> dict[str, str]:
     """``{header: value}`` read from the environment variables ``headers_env`` names (InputError if unset)."""
+    env = os.environ if environ is None else environ
+    return {header: env_header_value(var, env, file=file, key=f"target.headers_env.{header}",
+                                     holds=f"the {header} header") for header, var in headers_env.items()}
+
+
+def env_header_value(var: str, environ: Mapping[str, str], *, file: str | None, key: str, holds: str = "") -> str:
+    """The value of environment variable ``var``, surrounding blanks stripped (a trailing newline is common in
+    mounted secrets), to be sent as a header; else one InputError naming the variable, never the value: unset or
+    empty (``holds``: what it should hold), or not one line of ASCII."""
     from bench.errors import InputError
 
-    env = os.environ if environ is None else environ
-    out: dict[str, str] = {}
-    for header, var in headers_env.items():
-        value = env.get(var, "").strip()
-        if not value:
-            raise InputError(f"environment variable {var} is not set (it should hold the {header} header)",
-                             file=file, key=f"target.headers_env.{header}")
-        problem = header_value_problem(value)
-        if problem:
-            raise InputError(f"environment variable {var} {problem} (value not shown)", file=file,
-                             key=f"target.headers_env.{header}")
-        out[header] = value
-    return out
+    value = environ.get(var, "").strip()
+    if not value:
+        raise InputError(f"environment variable {var} is not set" + (f" (it should hold {holds})" if holds else ""),
+                         file=file, key=key)
+    problem = header_value_problem(value)
+    if problem:
+        raise InputError(f"environment variable {var} {problem} (value not shown)", file=file, key=key)
+    return value
 
 
 class Scrubber:

@@ -133,7 +133,7 @@ def run_report(prepared: Prepared, ctl: RunControl, **kwargs: Any) -> tuple[Any,
     from bench.secrets import scrub_report
 
     run, facts = run_once(prepared, ctl, **kwargs)
-    report = build_report(prepared.scenario, run, facts)
+    report = build_report(prepared.scenario, run, facts, prepared.target_config)
     prepared.scrubber.add(ctl.secrets())  # tokens issued during the run
     scrub_report(report, prepared.scrubber)
     return report, facts
@@ -263,13 +263,9 @@ def _append_step_summary(report: Any, opts: RunOptions) -> None:
     exit path that wrote a report (a failed gate most of all); only here, in the process that wrote the final
     report, never in --processes or Locust workers. A summary file that cannot be written is a warning: the run
     and its report stand."""
-    from bench.report.markdown import append_step_summary, report_markdown
+    from bench.report.markdown import append_step_summary_or_warn, report_markdown
 
-    try:
-        written = append_step_summary(report_markdown(report))
-    except OSError as exc:
-        print(f"bench: warning: cannot append to $GITHUB_STEP_SUMMARY: {exc.strerror or exc}", file=sys.stderr)
-        return
+    written = append_step_summary_or_warn(lambda: report_markdown(report))
     if written is not None and not opts.quiet:
         print(f"appended to $GITHUB_STEP_SUMMARY ({written})", file=sys.stderr)
 

@@ -91,7 +91,7 @@ def run_share(share: Share) -> Any:
     ctl = RunControl(preflight=False, raw_path=share.raw, checkpoint_path=share.checkpoint, checkpoint_tag=tag)
     run, facts = run_once(prepared, ctl, start_at_wall=share.start_at_wall, worker=share.worker)
     facts.worker = share.worker
-    report = build_report(prepared.scenario, run, facts)
+    report = build_report(prepared.scenario, run, facts, prepared.target_config)
     from bench.secrets import scrub_report
 
     prepared.scrubber.add(ctl.secrets())

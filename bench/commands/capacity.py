@@ -244,18 +244,11 @@ def _publish(args: argparse.Namespace, console: Any, sc: Any, sweep: Sweep, out_
 def _append_step_summary(cap_path: Path) -> None:
     """The sweep's Markdown (as `bench report capacity.arrow` writes it) appended to $GITHUB_STEP_SUMMARY when
     set; a summary file that cannot be written is a warning (the sweep's reports stand)."""
-    import os
-
-    if not os.environ.get("GITHUB_STEP_SUMMARY"):
-        return
     from bench.report.capacity_report import read_capacity_report
     from bench.report.capacity_views import capacity_markdown
-    from bench.report.markdown import append_step_summary
+    from bench.report.markdown import append_step_summary_or_warn
 
-    try:
-        append_step_summary(capacity_markdown(read_capacity_report(cap_path)))
-    except OSError as exc:
-        print(f"bench: warning: cannot append to $GITHUB_STEP_SUMMARY: {exc.strerror or exc}", file=sys.stderr)
+    append_step_summary_or_warn(lambda: capacity_markdown(read_capacity_report(cap_path)))
 
 
 def _levels(args: argparse.Namespace) -> list[int] | None:

@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 # the contracts live in the leaf bench.results (the recorder and the targets use them without the engines)
-from bench.results import Classifier, LoadSpec, PreparedBody, RequestSet, ResultSink, StopSignal
+from bench.results import (
+    Classifier,
+    LoadSpec,
+    PreparedBody,
+    RequestSet,
+    ResultSink,
+    StopSignal,
+    header_value_problem,
+)
 
 __all__ = ["Classifier", "Engine", "EngineConfig", "LoadSpec", "PreparedBody", "RequestBuildError", "RequestSet",
            "ResultSink", "StopSignal", "check_header"]
@@ -28,10 +36,12 @@ def check_header(name: str, value: str) -> None:
     """Raise RequestBuildError unless ``name: value`` can be sent as is by every engine (printable ASCII; httpx
     encodes header values as ASCII, HTTP/1.1 and HPACK as bytes). The scenario reader refuses such headers up
     front; this keeps a value that arrives another way (a token refreshed mid-run) from breaking an engine."""
-    for what, text in (("name", name), ("value", value.replace("\t", " "))):  # (a tab may separate words)
-        if not (text.isascii() and text.isprintable()):  # printable ASCII is 0x20-0x7E; checked in C
-            raise RequestBuildError(f"header {name.encode('ascii', 'replace').decode()!r}: its {what} holds a "
-                                    "line break, a control or a non-ASCII character (not shown)")
+    if not (name.isascii() and name.isprintable()):
+        problem = "its name holds a line break, a control or a non-ASCII character"
+    else:
+        problem = header_value_problem(value) or ""
+    if problem:
+        raise RequestBuildError(f"header {name.encode('ascii', 'replace').decode()!r}: {problem} (not shown)")
 
 
 @dataclass(frozen=True, slots=True)

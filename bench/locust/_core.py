@@ -113,7 +113,7 @@ def run_share(prepared: Any, index: int, workers: int, epoch: float,
                      checkpoint_path=checkpoint, checkpoint_tag={"run_id": run_id, "worker": [index, workers]})
     run, facts = run_once(prepared, ctl, start_at_wall=epoch + phase_s(sc, index), worker=(index, workers))
     facts.worker = (index, workers)
-    report = build_report(sc, run, facts)
+    report = build_report(sc, run, facts, prepared.target_config)
     scrubber.add(ctl.secrets())
     scrub_report(report, scrubber)
     return report
@@ -133,7 +133,8 @@ def worker_report(prepared: Any, run: RunData, index: int, workers: int) -> Repo
     """A report of a worker known only by its streamed data (it died): no CPU figure, marked partial."""
     from bench.facts import RunFacts, build_report
 
-    return build_report(prepared.scenario, run, RunFacts(worker=(index, workers)))  # cpu_fraction: None
+    facts = RunFacts(worker=(index, workers))  # cpu_fraction: None
+    return build_report(prepared.scenario, run, facts, prepared.target_config)
 
 
 def write_report_bytes(report: Report) -> bytes:
@@ -219,13 +220,14 @@ class UserPlan:
 
     def __init__(self, sc: Scenario, url: str, method: str, headers: dict[str, str], bodies: list[bytes],
                  rows: list[int], classify: Callable[[int, bytes, int], tuple[int, int, int]],
-                 auth: Any = None, scrubber: Any = None) -> None:
+                 auth: Any = None, scrubber: Any = None, target_config: Any = None) -> None:
         from bench.secrets import Scrubber
 
         self.scenario, self.url, self.method, self.headers = sc, url, method, headers
         self.bodies, self.rows, self.classify = bodies, rows, classify
         self.auth = auth  # bench.auth.AuthConfig of [auth] (tokens per request), or None
         self.scrubber: Scrubber = scrubber if scrubber is not None else Scrubber()  # this process's secrets
+        self.target_config = target_config  # the target's config of the scenario (its report extras)
 
 
 def user_plan(doc: Mapping[str, Any], file: str, base_dir: Path) -> UserPlan:
@@ -245,7 +247,7 @@ def user_plan(doc: Mapping[str, Any], file: str, base_dir: Path) -> UserPlan:
     auth = (token if token.lower().startswith(("bearer ", "token ")) else f"Bearer {token}") if token else None
     requests, classify = request_set(sc, sc.target.url, prepared.bodies, auth, prepared.target_config)
     return UserPlan(sc, requests.url, requests.method, dict(requests.headers), bodies, rows, classify, cfg,
-                    prepared.scrubber)
+                    prepared.scrubber, prepared.target_config)
 
 
 def new_recorder(start_ns: int) -> Any:
@@ -262,7 +264,7 @@ def users_report(plan: UserPlan, run: RunData, cpu_fraction: float, users: int,
     from bench.facts import RunFacts, build_report
     from bench.secrets import scrub_report
 
-    report = build_report(plan.scenario, run, RunFacts(cpu_fraction=cpu_fraction, url=plan.url))
+    report = build_report(plan.scenario, run, RunFacts(cpu_fraction=cpu_fraction, url=plan.url), plan.target_config)
     report.meta.load = {"mode": "locust", "users": users}
     plan.scrubber.add(secrets)
     scrub_report(report, plan.scrubber)

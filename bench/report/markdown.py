@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import html
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +161,15 @@ def append_step_summary(text: str, env: Mapping[str, str] | None = None) -> Path
     with path.open("a", encoding="utf-8") as f:
         f.write(text if text.endswith("\n") else text + "\n")
     return path
+
+
+def append_step_summary_or_warn(make_text: Callable[[], str]) -> Path | None:
+    """``append_step_summary`` for a command whose own result stands whatever happens to the summary: the text is
+    made only when $GITHUB_STEP_SUMMARY is set, and a file that cannot be written is a warning on stderr."""
+    if not os.environ.get("GITHUB_STEP_SUMMARY"):
+        return None
+    try:
+        return append_step_summary(make_text())
+    except OSError as exc:
+        print(f"bench: warning: cannot append to $GITHUB_STEP_SUMMARY: {exc.strerror or exc}", file=sys.stderr)
+        return None

@@ -111,9 +111,10 @@ class Target:
         UbiOps' rate-limit backoff). Returns what to add to the report's metadata once it has run (or None)."""
         return None
 
-    def report_extras(self, sc: Scenario) -> Mapping[str, Any]:
-        """What every report of a run of ``sc`` adds to its ``extra`` metadata, on every path (one process, the
-        workers, Locust), e.g. the http target's ``rows: "not counted"``."""
+    def report_extras(self, config: Any) -> Mapping[str, Any]:
+        """What every report of a run with this ``config`` (from ``config``, read when the run was prepared) adds
+        to its ``extra`` metadata, on every path (one process, the workers, Locust), e.g. the http target's
+        ``rows: "not counted"``."""
         return {}
 
     def read_timeout_s(self, config: Any) -> float | None:

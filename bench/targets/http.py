@@ -94,12 +94,8 @@ class HttpTarget(Target):
     def bodies(self, sc: Scenario, config: HttpConfig) -> list[PreparedBody]:
         return [PreparedBody(body=config.body, rows=config.rows or 0)]
 
-    def report_extras(self, sc: Scenario) -> Mapping[str, Any]:
-        assert sc.data.body is not None
-        try:
-            return ROWS_NOT_COUNTED if counted_rows(sc.data.body.read_bytes()) is None else {}
-        except OSError:  # gone since the run read it: its rows are not known now
-            return ROWS_NOT_COUNTED
+    def report_extras(self, config: HttpConfig) -> Mapping[str, Any]:
+        return ROWS_NOT_COUNTED if config.rows is None else {}
 
     def request(self, target: TargetConfig, url: str, config: Any) -> Request:
         return Request(url=url, headers={"Content-Type": "application/octet-stream"}, classify=classify,

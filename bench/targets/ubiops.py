@@ -153,20 +153,13 @@ def authorization_value(token: str) -> str:
 
 def read_token(env_name: str, *, file: str | None = None, environ: Mapping[str, str] | None = None) -> str:
     """The token from the environment variable ``env_name``; the error names the variable, never a value."""
-    from bench.secrets import env_name_problem, header_value_problem
+    from bench.secrets import env_header_value, env_name_problem
 
-    if env_name_problem(env_name):  # a token pasted where its variable's name belongs: never echo it
-        raise InputError(env_name_problem(env_name) or "", file=file, key="target.token_env")
-    env = os.environ if environ is None else environ
-    value = env.get(env_name, "").strip()
-    if not value:
-        raise InputError(f"environment variable {env_name} is not set (it should hold the UbiOps API token)",
-                         file=file, key="target.token_env")
-    problem = header_value_problem(value)
+    problem = env_name_problem(env_name)  # a token pasted where its variable's name belongs: never echo it
     if problem:
-        raise InputError(f"environment variable {env_name} {problem} (value not shown)", file=file,
-                         key="target.token_env")
-    return value
+        raise InputError(problem, file=file, key="target.token_env")
+    return env_header_value(env_name, os.environ if environ is None else environ, file=file,
+                            key="target.token_env", holds="the UbiOps API token")
 
 
 def _normalise_base(url: str) -> str:
