@@ -18,6 +18,7 @@ from typing import Any
 __all__ = ["default_body", "measure", "register", "serve_sink", "sink_app"]
 
 _ANSWER = b'{"outputs":[0.1]}'
+OPEN_LOOP_SHARE = 0.5  # of the closed-loop ceiling: the open-loop rate per process that kept a 1 ms schedule
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
@@ -283,6 +284,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"  client CPU   {result['cpu_us_per_req']:>10.1f} µs/req  ({result['cpu_fraction']:.0%} of one core)")
     print(f"  ceiling      {num_text(result['ceiling_req_per_s_per_core'], '>10,.0f')} req/s per core "
           "(1e6 / CPU µs per req)")
+    ceiling = result["ceiling_req_per_s_per_core"]
+    if ceiling is not None:
+        # measured (docs/performance.md): an open loop costs ~1.2 x a closed loop per request (one poll per
+        # answer); at 60-70 % of this ceiling it ran 70-88 % busy and any stall became tens of ms of late sends
+        print(f"  open loop    at most {ceiling * OPEN_LOOP_SHARE:,.0f} req/s per process ({OPEN_LOOP_SHARE:.0%} of "
+              "the ceiling) keeps sends on time; more with --processes N")
     if sink_cpu is not None:
         print(f"  sink CPU     {sink_cpu:>10.1f} s over the whole run (warm-up included)")
     if result["cpu_fraction"] < 0.9:

@@ -23,6 +23,21 @@ def test_calibrate_where_nothing_succeeds_exits_3_with_no_figures_made_up() -> N
     assert "none of" in out.stderr and "succeeded" in out.stderr and "Traceback" not in out.stderr
     assert shown.returncode == 3, shown.stdout + shown.stderr
     assert "p50 — ms" in shown.stdout and "ceiling" in shown.stdout and "Traceback" not in shown.stderr
+    assert "open loop" not in shown.stdout  # no ceiling measured: no rate advised from it
+
+
+def test_calibrate_text_advises_an_open_loop_rate_from_the_measured_ceiling() -> None:
+    """The text output turns the measured ceiling into the open-loop rate per process to plan for: half of it
+    (docs/performance.md: above that, sends left late), computed from the same figure it prints."""
+    args = [sys.executable, "-m", "bench", "calibrate", "--duration", "0.3s", "--connections", "4"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = {line.split()[0]: line for line in out.stdout.splitlines() if line.startswith("  ")}
+    ceiling = float(lines["ceiling"].split()[1].replace(",", ""))
+    plan = lines["open"]
+    advised = float(plan.split("at most")[1].split()[0].replace(",", ""))
+    assert ceiling > 0 and abs(advised - ceiling / 2) <= 1, (ceiling, plan)
+    assert "--processes" in plan
 
 
 def test_http2_sink_cpu_counts_the_worker_that_serves() -> None:

@@ -5,6 +5,7 @@
 * open-loop: the ceiling from `bench calibrate --url <nginx>` (closed loop, 64 connections), then `bench run
   --rate 0.8×ceiling`; achieved rate (completions per second over the whole seconds inside the measured phase,
   from the report's series) vs target, dropped sends, schedule-lag and loop-lag p99 (report histograms).
+  ``--server-work N`` gives nginx N Lua loop steps per answer, so the server sets the ceiling, not the client.
 * fixed-delay: `bench run --rate R` against tests/perf/fixed_delay_server.py (answers 10 ms after arrival);
   bench's p50 minus 10 ms, beside the server's own measured delay (its /stats).
 * processes: `bench run -c 64 --processes N` against nginx, N = 1 and 2, pinned three ways (see docs).
@@ -126,12 +127,25 @@ def run_nginx(prefix: Path, conf: str, port: int, cpu: int = SERVER_CPU) -> Iter
         _stop(proc)
 
 
+LUA_MODULES = """load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;"""
+
+
 @contextmanager
-def nginx(tmp: Path, cpu: int = SERVER_CPU) -> Iterator[str]:
-    """nginx (one worker pinned to ``cpu``) on a free loopback port; yields the /infer URL."""
+def nginx(tmp: Path, cpu: int = SERVER_CPU, work: int = 0) -> Iterator[str]:
+    """nginx (one worker pinned to ``cpu``) on a free loopback port; yields the /infer URL. ``work`` > 0: each
+    answer first reads the body and runs a Lua loop of that many steps (Debian's libnginx-mod-http-lua), so the
+    server, not the client, sets the closed-loop ceiling, as a model server does."""
     port = free_port()
-    locations = """location /infer { default_type application/json; return 200 '{"outputs":[0.1]}'; }"""
-    with run_nginx(tmp / "nginx", nginx_conf(port, locations, cpu=cpu), port, cpu):
+    main = ""
+    if work:
+        main = LUA_MODULES
+        locations = ("location /infer { default_type application/json; content_by_lua_block { "
+                     f"ngx.req.read_body() local x = 0 for i = 1, {work} do x = x + i end "
+                     "ngx.print('{\"outputs\":[0.1]}') } }")
+    else:
+        locations = """location /infer { default_type application/json; return 200 '{"outputs":[0.1]}'; }"""
+    with run_nginx(tmp / "nginx", nginx_conf(port, locations, cpu=cpu, main=main), port, cpu):
         yield f"http://127.0.0.1:{port}/infer"
 
 
@@ -262,11 +276,12 @@ def open_loop_round(url: str, body: Path, rate: float, duration: int, warmup: in
 
 def bench_open_loop(tmp: Path, body: Path, duration: int, rounds: int, fractions: tuple[float, ...] = (0.8,),
                     rate: float | None = None, calibrate_s: int = 5,
-                    pacings: tuple[str, ...] = ("auto",)) -> list[dict[str, Any]]:
+                    pacings: tuple[str, ...] = ("auto",), server_work: int = 0) -> list[dict[str, Any]]:
     """Per round: the closed-loop ceiling (``bench calibrate``), then an open-loop run at each fraction of it with
-    each pacing, interleaved."""
+    each pacing, interleaved. The ceiling is the lower of what calibrate achieved and its per-core figure: the
+    client's limit against the plain sink, the server's with ``server_work``."""
     rows = []
-    with nginx(tmp) as url:
+    with nginx(tmp, work=server_work) as url:
         for i in range(rounds):
             if rate is None:
                 cal = calibrate(url, body, calibrate_s)
@@ -280,6 +295,7 @@ def bench_open_loop(tmp: Path, body: Path, duration: int, rounds: int, fractions
                     row["ceiling"] = ceiling
                     row["fraction"] = fraction
                     row["calibrate_cpu_fraction"] = cal.get("cpu_fraction")
+                    row["server_work"] = server_work
                     rows.append(row)
                     print(f"  open loop round {i + 1}: {json.dumps(row)}", file=sys.stderr)
     return rows
@@ -394,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=None, help="open-loop: fixed rate instead of 0.8 × calibrated")
     ap.add_argument("--fractions", default="0.8", help="open-loop: fractions of the ceiling, e.g. 0.6,0.7,0.8")
     ap.add_argument("--pacing", default="auto", help="open-loop: pacing modes to compare, e.g. auto,sleep")
+    ap.add_argument("--server-work", type=int, default=0,
+                    help="open-loop: Lua loop steps per answer in nginx, so the server sets the ceiling "
+                         "(0: the plain sink, where the client does)")
     ap.add_argument("--delay-rate", type=float, default=500, help="fixed-delay: open-loop rate")
     ap.add_argument("--json-out", type=Path, default=None, help="also write every round's figures as JSON here")
     args = ap.parse_args(argv)
@@ -407,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.what in ("open-loop", "all"):
             fractions = tuple(float(f) for f in args.fractions.split(","))
             results["open_loop"] = rows = bench_open_loop(tmp, body, args.duration, args.rounds, fractions,
-                                                          rate=args.rate, pacings=tuple(args.pacing.split(",")))
+                                                          rate=args.rate, pacings=tuple(args.pacing.split(",")),
+                                                          server_work=args.server_work)
             print(f"\n### Open loop at {', '.join(f'{f:.0%}' for f in fractions)} of the ceiling\n")
             print_open_loop(rows)
         if args.what in ("fixed-delay", "all"):
