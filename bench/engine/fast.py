@@ -31,10 +31,11 @@ import httptools
 from bench.engine.base import Classifier, EngineConfig, LoadSpec, RequestSet, ResultSink, check_header
 from bench.engine.common import DEFAULT_OPEN_LIMIT, CallbackEngine, backoff_s
 from bench.engine.pacer import Pacer, Sweeper, estimate_rate
+from bench.engine.tls import make_ssl_context
 from bench.failures import exception_kind  # re-exported: the one exception-to-kind mapping
 from bench.results import ERROR_DETAIL_BYTES, Kind, body_getter
 
-__all__ = ["FastEngine", "Target", "build_wires", "exception_kind", "make_ssl_context",
+__all__ = ["FastEngine", "Target", "build_wires", "exception_kind",
            "parse_target", "request_head", "wire"]
 
 _now = time.monotonic_ns  # bound once: two reads per request on the hot path
@@ -94,17 +95,6 @@ def request_head(requests: RequestSet, target: Target, headers: Mapping[str, str
         check_header(name, value)
         lines.append(f"{name}: {value}")
     return "\r\n".join(lines).encode("latin-1")
-
-
-def make_ssl_context(config: EngineConfig, alpn: list[str] | None = None) -> ssl.SSLContext:
-    """Verification on by default; ``ca_bundle`` adds a trust root; ``verify_tls=False`` is --insecure."""
-    ctx = ssl.create_default_context(cafile=config.ca_bundle)
-    if not config.verify_tls:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    if alpn:
-        ctx.set_alpn_protocols(alpn)
-    return ctx
 
 
 class _Conn(asyncio.BaseProtocol):

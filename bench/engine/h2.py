@@ -47,7 +47,8 @@ from bench.engine.base import (
     check_header,
 )
 from bench.engine.common import DEFAULT_OPEN_LIMIT, CallbackEngine, backoff_s
-from bench.engine.fast import Target, exception_kind, make_ssl_context, parse_target
+from bench.engine.fast import Target, exception_kind, parse_target
+from bench.engine.tls import make_ssl_context
 from bench.results import ERROR_DETAIL_BYTES, Kind, body_getter
 
 __all__ = ["H2Engine", "encode_header_block", "h2_header_list", "table_size_update"]

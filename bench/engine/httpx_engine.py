@@ -29,8 +29,8 @@ from bench.engine.base import (
     check_header,
 )
 from bench.engine.common import DEFAULT_OPEN_LIMIT, EngineCore, SendGate, backoff_s
-from bench.engine.fast import make_ssl_context
 from bench.engine.loopmon import LoopMonitor
+from bench.engine.tls import make_ssl_context
 from bench.failures import httpx_kind  # re-exported: the one exception-to-kind mapping
 from bench.results import ERROR_DETAIL_BYTES, Kind, body_getter
 

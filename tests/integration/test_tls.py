@@ -8,7 +8,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -170,6 +170,57 @@ def test_big_answers_on_many_tls_connections_share_one_read_buffer(ca: trustme.C
     assert len(seen) == 80
     for rows, body in seen:  # body i was b"a"+i ...; its answer is 300 KiB of that byte
         assert body == bytes([ord("a") + rows]) * (300 * 1024)
+
+
+def _closing_server(resumed: list[bool], per_connection: int) -> Callable[..., Awaitable[None]]:
+    """A handler that answers ``per_connection`` requests, the last with ``Connection: close``, and notes whether
+    the connection's handshake resumed an earlier session (as nginx's ``keepalive_requests`` limit makes clients
+    reconnect all run long)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        resumed.append(writer.get_extra_info("ssl_object").session_reused)
+        try:
+            for n in range(1, per_connection + 1):
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:"))
+                await reader.readexactly(length)
+                close = b"Connection: close\r\n" if n == per_connection else b""
+                writer.write(b"HTTP/1.1 200 OK\r\n" + close + b"Content-Length: 1\r\n\r\n1")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    return handle
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+@pytest.mark.parametrize("engine", [FastEngine, HttpxEngine])
+async def test_reconnects_resume_the_tls_session(engine: type, version: ssl.TLSVersion, ca: trustme.CA) -> None:
+    """A server that closes connections makes the engine reconnect: as wrk does, each new connection offers the
+    session of an earlier one and the server resumes it (a full handshake costs both sides key exchange and
+    signatures: ~0.3 ms more client CPU per connection measured against nginx). TLS 1.3 sends its resumable
+    ticket only after the handshake; both versions must resume."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.maximum_version = version
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    resumed: list[bool] = []
+    server = await asyncio.start_server(_closing_server(resumed, 2), "127.0.0.1", 0, ssl=ctx)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        sink = Sink()
+        rs = RequestSet(f"https://127.0.0.1:{port}/x", "POST", {}, [PreparedBody(b"abc", 1)])
+        eng = engine(EngineConfig(connect_timeout_s=5.0, verify_tls=False), rs, classify, sink)
+        now = time.monotonic_ns()
+        await asyncio.wait_for(eng.run(LoadSpec("closed", now, now + 10**10, concurrency=1, max_requests=20,
+                                                drain_s=5.0), Stop()), 60)
+    finally:
+        server.close()
+    assert sink.kinds == [Kind.OK] * 20
+    assert len(resumed) >= 10  # a new connection every two requests
+    assert not resumed[0] and all(resumed[1:]), resumed  # the first one has nothing to resume
 
 
 class _TimedSink(Sink):

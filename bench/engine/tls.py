@@ -1,0 +1,76 @@
+"""Client TLS contexts for the engines: verification on by default, and sessions resumed on reconnect.
+
+Why resume: a server that closes keep-alive connections (nginx closes one after 1,000 requests by default, and
+ingresses built on it do too) makes a load generator reconnect all run long. A full handshake costs both sides
+key exchange and signatures; wrk offers the session of an earlier connection and the server resumes it (seen in
+nginx's ``$ssl_session_reused`` log: wrk 256 resumed of 320 handshakes, bench 0 of 256 before this). So does
+every browser and most HTTP clients that keep a session cache. Python's ``ssl`` resumes only when a session is
+passed to ``wrap_bio``, which the event loops' TLS layers (uvloop's, asyncio's, anyio's for httpx) call without
+one; ``ResumingContext`` passes one.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import sys
+
+from bench.engine.base import EngineConfig
+
+__all__ = ["ResumingContext", "make_ssl_context"]
+
+
+class ResumingContext(ssl.SSLContext):
+    """An ``SSLContext`` whose client connections offer the last resumable session a connection of it received.
+
+    The donor is the most recent connection: by the time another one opens it has usually finished its handshake
+    (TLS 1.2) or read the session ticket the server sends after it (TLS 1.3). A session is taken only once it can
+    be resumed, so a connect storm, where the donor has not got that far, keeps offering the last good one; a
+    session the server no longer accepts costs one full handshake, which then yields a fresh session.
+    """
+
+    _donor: ssl.SSLObject | None = None
+    session: ssl.SSLSession | None = None  # offered by the next connection (None: a full handshake)
+
+    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
+                 server_hostname: str | bytes | None = None, session: ssl.SSLSession | None = None) -> ssl.SSLObject:
+        if server_side:
+            return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+        self._harvest()
+        offer = session if session is not None else self.session
+        obj = super().wrap_bio(incoming, outgoing, server_side, server_hostname, offer)
+        self._donor = obj
+        return obj
+
+    def _harvest(self) -> None:
+        donor = self._donor
+        if donor is None:
+            return
+        try:
+            version = donor.version()  # None until its handshake is done
+            got = donor.session if version is not None else None
+        except (ValueError, ssl.SSLError):
+            return
+        # TLS 1.3 gives a session an id before the ticket that makes it resumable arrives; older versions can
+        # also resume by id from the server's cache
+        if got is not None and (got.has_ticket or (version != "TLSv1.3" and got.id)):
+            self.session = got
+
+
+def make_ssl_context(config: EngineConfig, alpn: list[str] | None = None) -> ssl.SSLContext:
+    """Verification on by default; ``ca_bundle`` adds a trust root; ``verify_tls=False`` is --insecure. Built as
+    ``ssl.create_default_context`` builds a client context (SSLKEYLOGFILE included), as a ``ResumingContext``."""
+    ctx = ResumingContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname, as the default context
+    if config.ca_bundle:
+        ctx.load_verify_locations(cafile=config.ca_bundle)
+    else:
+        ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    keylog = os.environ.get("SSLKEYLOGFILE")
+    if keylog and not sys.flags.ignore_environment:
+        ctx.keylog_filename = keylog
+    if not config.verify_tls:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return ctx
