@@ -79,4 +79,5 @@ def test_a_verifying_context_is_the_default_contexts_equal() -> None:
     assert made.verify_mode == default.verify_mode == ssl.CERT_REQUIRED
     assert made.check_hostname and made.options == default.options
     assert made.minimum_version == default.minimum_version and made.verify_flags == default.verify_flags
-    assert made.get_ca_certs() == default.get_ca_certs()
+    assert made.get_ca_certs() == default.get_ca_certs() and made.get_ciphers() == default.get_ciphers()
+    assert made.maximum_version == default.maximum_version
