@@ -7,6 +7,7 @@ gives up with exit 3 (RunInvalid) after ``wait``, naming the status and the engi
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -36,7 +37,7 @@ def deployment_from_url(url: str) -> str | None:
 
 async def run_preflight(cfg: PreflightConfig, authorization: Callable[[], str], *,
                         progress: Callable[[str], None], target_url: str | None = None,
-                        client: httpx.AsyncClient | None = None) -> str | None:
+                        client: httpx.AsyncClient | None = None, verify: ssl.SSLContext | bool = True) -> str | None:
     """Wait for the deployment to be Running; return the resolved inference URL when one had to be looked up.
 
     ``authorization()`` gives the current header value ("" for none). ``target_url``: the scenario's
@@ -47,7 +48,7 @@ async def run_preflight(cfg: PreflightConfig, authorization: Callable[[], str], 
     if not cfg.enabled:
         return None
     owned = client is None
-    http = client or httpx.AsyncClient(timeout=cfg.timeout_s)
+    http = client or httpx.AsyncClient(timeout=cfg.timeout_s, verify=verify)
     try:
         resolved = None
         if not target_url:

@@ -304,7 +304,8 @@ async def _token_source(prepared: Prepared, ctl: RunControl, counts: _Counts, tg
         return None
     from bench.auth import TokenSource
 
-    source = TokenSource(prepared.auth_config, count=counts.count, file=prepared.scenario.file)
+    source = TokenSource(prepared.auth_config, count=counts.count, file=prepared.scenario.file,
+                         verify=prepared.scenario.engine.trust().context(target=False))
     ctl.token_source = source
     await source.start(tg)
     return source
@@ -326,7 +327,8 @@ async def _mlops_source(prepared: Prepared, ctl: RunControl, counts: _Counts, tg
         default_url = prepared.auth_config.token_url  # the same Keycloak as [auth]
     section = "wallaroo.auth" if preflight.auth is not None else "auth"
     source = TokenSource(cfg, count=lambda name, n: counts.count(f"mlops_{name}", n), file=prepared.scenario.file,
-                         default_token_url=default_url, section=section)
+                         default_token_url=default_url, section=section,
+                         verify=prepared.scenario.engine.trust().context(target=False))
     ctl.mlops_token_source = source
     await source.start(tg)
     return source
@@ -342,13 +344,15 @@ async def _preflight(prepared: Prepared, ctl: RunControl, url: str, authorizatio
     if target.has_preflight(prepared.target_config):  # e.g. KServe: model ready, metadata against the data
         sc = prepared.scenario
         await target.preflight(prepared.target_config, url, ctl.message,
-                               headers=lambda: scenario_headers(sc, authorization()))
+                               headers=lambda: scenario_headers(sc, authorization()),
+                               verify=sc.engine.trust().context(target=True))
     preflight = prepared.preflight_config
     if preflight is None or not preflight.enabled:
         return url
     from bench.preflight import run_preflight
 
-    resolved = await run_preflight(preflight, mlops_authorization, progress=ctl.message, target_url=url)
+    resolved = await run_preflight(preflight, mlops_authorization, progress=ctl.message, target_url=url,
+                                   verify=prepared.scenario.engine.trust().context(target=False))
     return resolved or url
 
 
@@ -359,7 +363,8 @@ async def _apply_load(prepared: Prepared, url: str, authorization: str, token_so
     sc = prepared.scenario
     target = target_for(sc.target.kind)
     if target.own_data_plane(prepared.target_config):  # it records its in-flight-at-end and 'sent' itself
-        facts.target_extras.update(await target.run(prepared.target_config, prepared.bodies, recorder, spec, stop))
+        facts.target_extras.update(await target.run(prepared.target_config, prepared.bodies, recorder, spec, stop,
+                                                    sc.engine.trust().context(target=True)))
         return
     from bench.engine.select import choose_engine
 

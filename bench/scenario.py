@@ -35,6 +35,7 @@ from bench.secrets import (
     url_problem,
 )
 from bench.targets import KINDS, target_for
+from bench.tlstrust import TlsTrust, ca_bundle_problem
 
 __all__ = [
     "OPEN_LOOP_ONLY",
@@ -125,6 +126,10 @@ class EngineSettings:
     ca_bundle: str | None = None
     loop: str = "auto"
     pacing: str = "auto"
+
+    def trust(self) -> TlsTrust:
+        """The certificates every HTTPS client of the run trusts (bench.tlstrust)."""
+        return TlsTrust(self.insecure, self.ca_bundle)
 
 
 @dataclass(frozen=True)
@@ -277,7 +282,7 @@ def parse_scenario(doc: Mapping[str, Any], *, file: str, base_dir: Path) -> Scen
     target = _parse_target(tables["target"], file)
     data = _parse_data(tables["data"], file, base_dir, target)
     load = _parse_load(tables["load"], file)
-    engine = _parse_engine(tables["engine"], file)
+    engine = _parse_engine(tables["engine"], file, base_dir)
     if load.mode == "closed":
         _refuse_open_loop_keys(tables, load.concurrency, file)
     report = _parse_report(tables["report"], file)
@@ -450,7 +455,7 @@ def _parse_load(t: Mapping[str, Any], file: str) -> LoadConfig:
                       seed=seed, processes=processes, drain_s=drain)
 
 
-def _parse_engine(t: Mapping[str, Any], file: str) -> EngineSettings:
+def _parse_engine(t: Mapping[str, Any], file: str, base_dir: Path) -> EngineSettings:
     tab = Table(t, file, "engine.")
     kind = tab.string("kind", "auto", ("auto", "fast", "httpx")) or "auto"
     http2 = tab.boolean("http2", False)
@@ -459,6 +464,11 @@ def _parse_engine(t: Mapping[str, Any], file: str) -> EngineSettings:
     connect_timeout = tab.duration("connect_timeout", 5.0, maximum=86_400.0)
     insecure = tab.boolean("insecure", False)
     ca_bundle = tab.string("ca_bundle")
+    if ca_bundle is not None:  # relative to the scenario file, as data paths are; checked now, not at first use
+        ca_bundle = str(base_dir / Path(ca_bundle).expanduser())
+        problem = ca_bundle_problem(ca_bundle)
+        if problem is not None:
+            raise tab.err("ca_bundle", problem)
     loop = tab.string("loop", "auto", ("auto", "asyncio", "uvloop")) or "auto"
     pacing = tab.string("pacing", "auto", ("auto", "sleep", "spin")) or "auto"
     tab.done()

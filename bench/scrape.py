@@ -10,6 +10,7 @@ A ``--processes`` run scrapes in the parent only: the server's totals are not pe
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -69,8 +70,9 @@ def config_from_mapping(d: Mapping[str, Any], file: str, *, embedded: bool) -> S
 class Scraper:
     """Scrapes ``url`` on a thread until ``stop``; ``add_to(report)`` stores what it got."""
 
-    def __init__(self, cfg: ScrapeConfig, url: str) -> None:
+    def __init__(self, cfg: ScrapeConfig, url: str, verify: ssl.SSLContext | bool = True) -> None:
         self.cfg, self.url = cfg, url
+        self._verify = verify  # the run's TLS trust for the target's server (bench.tlstrust)
         self.scrapes: list[tuple[int, Any]] = []  # (wall ns, Folded)
         self.errors = 0
         self.first_error = ""
@@ -88,7 +90,7 @@ class Scraper:
     def _loop(self) -> None:
         import httpx
 
-        with httpx.Client(timeout=self.cfg.timeout_s, follow_redirects=True) as client:
+        with httpx.Client(timeout=self.cfg.timeout_s, follow_redirects=True, verify=self._verify) as client:
             while True:
                 t0 = time.monotonic()
                 self.scrape_once(client)
@@ -138,13 +140,14 @@ class Scraper:
 
 
 @contextmanager
-def scraping(cfg: ScrapeConfig | None, embedded_base: str | None) -> Iterator[Scraper | None]:
+def scraping(cfg: ScrapeConfig | None, embedded_base: str | None,
+             verify: ssl.SSLContext | bool = True) -> Iterator[Scraper | None]:
     """A running Scraper for the block (None when the scenario has no [server_metrics]); always stopped."""
     if cfg is None:
         yield None
         return
     url = f"{embedded_base}/metrics" if cfg.url == "embedded" and embedded_base else cfg.url
-    scraper = Scraper(cfg, url)
+    scraper = Scraper(cfg, url, verify)
     scraper.start()
     try:
         yield scraper

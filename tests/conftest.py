@@ -1,13 +1,18 @@
-"""Shared test fixtures: the anyio backend, and the repository root."""
+"""Shared test fixtures: the anyio backend, the repository root, emulators and a TLS proxy in front of them."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -126,3 +131,54 @@ def idle_loop() -> Iterator[asyncio.AbstractEventLoop]:
         if tasks:
             lp.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
         lp.close()
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := src.recv(65536):
+            dst.sendall(data)
+    for s in (src, dst):
+        with contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture
+def tls_proxy(tmp_path: Path) -> Iterator[Callable[[str], tuple[str, Path]]]:
+    """``start(plain_base_url)`` -> (https base URL, the private CA's PEM file). Stopped after the test."""
+    listeners: list[socket.socket] = []
+
+    def start(plain: str) -> tuple[str, Path]:
+        up = urlsplit(plain)
+        import trustme
+
+        ca = trustme.CA()
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(ctx)
+        ca_file = tmp_path / "private-ca.pem"
+        ca.cert_pem.write_to_path(str(ca_file))
+        lsock = socket.create_server(("127.0.0.1", 0))
+        listeners.append(lsock)
+
+        def accept() -> None:
+            while True:
+                try:
+                    raw, _ = lsock.accept()
+                except OSError:
+                    return
+                try:
+                    tls = ctx.wrap_socket(raw, server_side=True)
+                except (OSError, ssl.SSLError):  # a client that refused our certificate
+                    raw.close()
+                    continue
+                back = socket.create_connection((up.hostname or "127.0.0.1", up.port or 80))
+                threading.Thread(target=_pipe, args=(tls, back), daemon=True).start()
+                threading.Thread(target=_pipe, args=(back, tls), daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+        return f"https://127.0.0.1:{lsock.getsockname()[1]}", ca_file
+
+    try:
+        yield start
+    finally:
+        for lsock in listeners:
+            lsock.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import math
 import os
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from typing import Any
@@ -49,7 +50,8 @@ class TokenSource:
 
     def __init__(self, cfg: AuthConfig, *, count: Callable[[str, int], None] | None = None,
                  environ: Mapping[str, str] | None = None, client: httpx.AsyncClient | None = None,
-                 file: str | None = None, default_token_url: str | None = None, section: str = "auth") -> None:
+                 file: str | None = None, default_token_url: str | None = None, section: str = "auth",
+                 verify: ssl.SSLContext | bool = True) -> None:
         env = os.environ if environ is None else environ
         if cfg.uses_keycloak and cfg.token_url is None and default_token_url is not None:
             cfg = cfg.with_token_url(default_token_url)
@@ -59,6 +61,7 @@ class TokenSource:
         self._section = section
         self._listeners: list[Callable[[str], None]] = []
         self._client = client
+        self._verify = verify  # the run's trust (bench.tlstrust) for the client made here
         self._own_client = client is None
         self._secrets: list[str] = []  # everything we ever held, newest last (bounded)
         self._authorization = ""
@@ -297,7 +300,7 @@ class TokenSource:
     async def _fetch(self) -> None:
         """One token request (refresh grant when we hold a live refresh token); updates state or raises."""
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self._cfg.timeout_s)
+            self._client = httpx.AsyncClient(timeout=self._cfg.timeout_s, verify=self._verify)
         started = time.monotonic()
         use_refresh = self._refresh is not None and started < self._refresh_expires_at - 1.0
         try:

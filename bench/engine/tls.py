@@ -11,11 +11,10 @@ one; ``ResumingContext`` passes one.
 
 from __future__ import annotations
 
-import os
 import ssl
-import sys
 
 from bench.engine.base import EngineConfig
+from bench.tlstrust import client_context
 
 __all__ = ["ResumingContext", "make_ssl_context"]
 
@@ -58,19 +57,9 @@ class ResumingContext(ssl.SSLContext):
 
 
 def make_ssl_context(config: EngineConfig, alpn: list[str] | None = None) -> ssl.SSLContext:
-    """Verification on by default; ``ca_bundle`` adds a trust root; ``verify_tls=False`` is --insecure. Built as
-    ``ssl.create_default_context`` builds a client context (SSLKEYLOGFILE included), as a ``ResumingContext``."""
-    ctx = ResumingContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname, as the default context
-    if config.ca_bundle:
-        ctx.load_verify_locations(cafile=config.ca_bundle)
-    else:
-        ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
-    keylog = os.environ.get("SSLKEYLOGFILE")
-    if keylog and not sys.flags.ignore_environment:
-        ctx.keylog_filename = keylog
-    if not config.verify_tls:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
+    """Verification on by default; ``ca_bundle`` is the trust root; ``verify_tls=False`` is --insecure; sessions
+    resumed (``ResumingContext``)."""
+    ctx = client_context(config.verify_tls, config.ca_bundle, ResumingContext)
     if alpn:
         ctx.set_alpn_protocols(alpn)
     return ctx

@@ -57,6 +57,22 @@ def _failure_kind(exc: BaseException) -> int:
     return Kind.PROTOCOL_ERROR
 
 
+def _tls_options(plan: _core.UserPlan) -> dict[str, Any]:
+    """geventhttpclient options for the scenario's ``[engine] insecure`` / ``ca_bundle`` (bench.tlstrust), as
+    bench's own engines have them; none when it set neither (the client's default trust store)."""
+    trust = plan.scenario.engine.trust()
+    if not plan.url.startswith("https:") or (trust.ca_bundle is None and not trust.insecure):
+        return {}
+    import gevent.ssl
+
+    from bench.tlstrust import client_context
+
+    def factory(**_: Any) -> gevent.ssl.SSLContext:
+        return client_context(not trust.insecure, trust.ca_bundle, gevent.ssl.SSLContext)
+
+    return {"ssl_context_factory": factory, "insecure": trust.insecure}
+
+
 class BenchUser(User):
     """A closed-loop user sending bench's payloads as fast as answers come back (override ``wait_time``)."""
 
@@ -79,7 +95,7 @@ class BenchUser(User):
         parts = urlsplit(self._plan.url)
         self._path = parts.path + (f"?{parts.query}" if parts.query else "")
         self._client = HTTPClient.from_url(self._plan.url, concurrency=1, connection_timeout=self.timeout_s,
-                                           network_timeout=self.timeout_s)
+                                           network_timeout=self.timeout_s, **_tls_options(self._plan))
         self._label = self.name or type(self).__name__
         self._bench = collect.collector_for(environment, self._plan)
         self._headers = dict(self._plan.headers)

@@ -15,6 +15,7 @@ it adds to the report (``lag_bound_ms``; ``run``'s returned extras).
 from __future__ import annotations
 
 import importlib
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -90,11 +91,13 @@ class Target:
         return False
 
     async def preflight(self, config: Any, url: str, message: Callable[[str], None],
-                        headers: Callable[[], Mapping[str, str]] = dict) -> None:
+                        headers: Callable[[], Mapping[str, str]] = dict,
+                        verify: ssl.SSLContext | bool = True) -> None:
         """Readiness and model checks before any load: InputError (exit 2) or RunInvalid (exit 3).
 
         ``headers()`` gives what every request carries beyond the target's own (credentials included, current at
-        the call: a token may be refreshed while the preflight waits)."""
+        the call: a token may be refreshed while the preflight waits); ``verify``: the run's TLS trust for the
+        target's server (bench.tlstrust)."""
 
     def share_doc(self, sc: Scenario, config: Any, worker: tuple[int, int]) -> Mapping[str, Any]:
         """The scenario document worker ``(i, n)`` of a ``--processes`` run gets (default: all of it; load and
@@ -130,8 +133,9 @@ class Target:
         return None
 
     async def run(self, config: Any, bodies: Sequence[PreparedBody], sink: Any, spec: LoadSpec,
-                  stop: StopSignal) -> Mapping[str, Any]:
-        """Targets with their own data plane apply the load here; returns what they add to the report's metadata."""
+                  stop: StopSignal, verify: ssl.SSLContext | bool = True) -> Mapping[str, Any]:
+        """Targets with their own data plane apply the load here (``verify``: the run's TLS trust for the target's
+        server); returns what they add to the report's metadata."""
         raise NotImplementedError
 
 

@@ -9,6 +9,7 @@ match is one line naming the input, exit 2 — a run of 400s measures nothing. M
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -127,13 +128,13 @@ async def _wait_ready(client: httpx.AsyncClient, base: str, cfg: KServeConfig, h
 
 
 async def preflight(plan: KServePlan, base: str, message: Callable[[str], None], file: str | None = None,
-                    headers: Headers = dict) -> None:
+                    headers: Headers = dict, verify: ssl.SSLContext | bool = True) -> None:
     """Ready checks, then the model's metadata against the data (InputError naming the input on a mismatch).
 
     Every call carries ``headers()`` — the requests' own credentials — so a server behind a token-checking
     gateway is checked as the run will reach it."""
     cfg = plan.config
-    async with httpx.AsyncClient(timeout=10.0, headers=dict(cfg.headers)) as client:
+    async with httpx.AsyncClient(timeout=10.0, headers=dict(cfg.headers), verify=verify) as client:
         await _wait_ready(client, base, cfg, headers, message, file)
         if cfg.binary:
             server = await _get(client, f"{base}/v2", headers)
@@ -197,8 +198,8 @@ class KServeTarget(Target):
         return bool(config.config.preflight)
 
     async def preflight(self, config: Any, url: str, message: Callable[[str], None],
-                        headers: Headers = dict) -> None:
-        await preflight(config, url.rstrip("/"), message, config.file, headers)
+                        headers: Headers = dict, verify: ssl.SSLContext | bool = True) -> None:
+        await preflight(config, url.rstrip("/"), message, config.file, headers, verify)
 
 
 TARGET = KServeTarget()

@@ -11,6 +11,7 @@ isolated; they are counted as ``missing``. Create / collect / cancel are control
 from __future__ import annotations
 
 import math
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -71,8 +72,10 @@ def _ts_ns(value: Any) -> int | None:
 
 class Batch:
     def __init__(self, cfg: UbiOpsConfig, inputs: Sequence[bytes], rows: list[int], sink: UbiOpsSink,
-                 load: LoadSpec, stop: StopSignal, stats: UbiOpsStats, gate: RateGate) -> None:
+                 load: LoadSpec, stop: StopSignal, stats: UbiOpsStats, gate: RateGate,
+                 verify: ssl.SSLContext | bool = True) -> None:
         self.cfg, self.inputs, self.rows, self.sink = cfg, inputs, rows, sink
+        self.verify = verify  # the run's TLS trust for the API (bench.tlstrust)
         self.load, self.stop, self.stats, self.gate = load, stop, stats, gate
         self.pending: dict[str, _Tracked] = {}
         self.creates = Flight()  # create calls in flight
@@ -87,7 +90,7 @@ class Batch:
 
     async def run(self) -> None:
         connections = max(1, self.load.concurrency if self.load.mode == "closed" else 8) + 2
-        async with client_for(self.cfg, connections, 120.0) as client:
+        async with client_for(self.cfg, connections, 120.0, self.verify) as client:
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._collector, client)

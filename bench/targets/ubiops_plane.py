@@ -7,6 +7,7 @@ Batch volumes are low (the requests API allows ~300 calls/min per address), so h
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -293,7 +294,8 @@ async def pace_open_loop(load: LoadSpec, stop: StopSignal, busy: Flight, drop: C
             return
 
 
-def client_for(cfg: UbiOpsConfig, connections: int, read_timeout_s: float) -> httpx.AsyncClient:
+def client_for(cfg: UbiOpsConfig, connections: int, read_timeout_s: float,
+               verify: ssl.SSLContext | bool = True) -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     timeout = httpx.Timeout(connect=10.0, read=read_timeout_s, write=30.0, pool=None)
-    return httpx.AsyncClient(headers=cfg.control_headers(), limits=limits, timeout=timeout)
+    return httpx.AsyncClient(headers=cfg.control_headers(), limits=limits, timeout=timeout, verify=verify)

@@ -5,6 +5,7 @@ budget and the rate-limit backoff as its send gate and headers hook (``attach_di
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -18,7 +19,8 @@ __all__ = ["UbiOpsSink", "UbiOpsStats", "attach_direct", "run_ubiops"]
 
 
 async def run_ubiops(cfg: UbiOpsConfig, inputs: Sequence[bytes], rows_per_input: Sequence[int] | int,
-                     sink: UbiOpsSink, load: LoadSpec, stop: StopSignal) -> UbiOpsStats:
+                     sink: UbiOpsSink, load: LoadSpec, stop: StopSignal,
+                     verify: ssl.SSLContext | bool = True) -> UbiOpsStats:
     """Apply ``load`` to a UbiOps deployment in batch mode; returns the run facts.
 
     ``inputs`` are pre-encoded single batch items (a ``Sequence`` that may encode on first use). ``load`` paces
@@ -37,7 +39,7 @@ async def run_ubiops(cfg: UbiOpsConfig, inputs: Sequence[bytes], rows_per_input:
     # batch mode never spends past the server's announced window (its own calls must never cause a 429)
     gate = RateGate(sink, stats, True, budget)
     try:
-        await Batch(cfg, inputs, rows, sink, load, stop, stats, gate).run()
+        await Batch(cfg, inputs, rows, sink, load, stop, stats, gate, verify).run()
     finally:
         _store_budget(stats, budget, sink)
     return stats

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
@@ -98,10 +99,10 @@ class UbiOpsTarget(Target):
         return "ubiops: " + "; ".join(parts) if parts else None
 
     async def run(self, config: Any, bodies: Sequence[PreparedBody], sink: Any, spec: LoadSpec,
-                  stop: StopSignal) -> Mapping[str, Any]:
+                  stop: StopSignal, verify: ssl.SSLContext | bool = True) -> Mapping[str, Any]:
         rows = getattr(bodies, "rows", None)  # a LazyBodies knows its row counts without encoding
         stats = await run_ubiops(config, _Inputs(bodies), rows if isinstance(rows, list) else [b.rows for b in bodies],
-                                 sink, spec, stop)
+                                 sink, spec, stop, verify)
         return {"ubiops": stats.to_dict()}
 
 

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from bench.emulator.config import EmulatorConfig
 from bench.report.reader import read_report
@@ -119,3 +120,32 @@ scenario = "sc.toml"
     assert report.run.total().ok == requests > 0 and failures == 0  # every request carried a live token
     assert report.run.counters.get("token_refresh", 0) >= 2  # 1 s tokens, refreshed every 0.8 s, over a run of ~3-4 s
     assert d.client_secret not in out.read_bytes().decode(errors="replace") + cluster.log(proc)
+
+
+def test_users_trust_the_scenarios_ca_bundle_and_insecure(cluster: Cluster, serve_emulator: Callable[..., str],
+                                                          tls_proxy: Callable[[str], tuple[str, Path]]) -> None:
+    """A scenario's `[engine] ca_bundle` / `insecure` reach a Locust user's HTTPS client as they reach bench's
+    engines: against a private CA, both succeed and a user given neither gets only certificate failures."""
+    https, ca_file = tls_proxy(serve_emulator("--latency-ms", "1"))
+    d = EmulatorConfig()
+    results = {}
+    for name, engine in (("bundle", f'ca_bundle = "{ca_file}"'), ("insecure", "insecure = true"), ("none", "")):
+        (cluster.tmp / "sc.toml").write_text(f"""name = "tls"
+[target]
+kind = "wallaroo"
+url = "{https}/v1/api/pipelines/infer/{d.deployment}/{d.pipeline}"
+[data]
+path = "{DATA}"
+rows_per_request = 10
+[engine]
+{engine}
+""")
+        locustfile(cluster, "WallarooUser", 'scenario = "sc.toml"')
+        proc = locust(cluster, name, "--headless", "-u", "2", "-r", "2", "-t", "2s", "--bench-report",
+                      str(cluster.tmp / f"{name}.arrow"), "--json")
+        results[name] = locust_totals(proc)
+    for name in ("bundle", "insecure"):
+        requests, failures = results[name]
+        assert requests > 0 and failures == 0, (name, results)
+    requests, failures = results["none"]
+    assert requests > 0 and failures == requests, results  # verification stays on by default

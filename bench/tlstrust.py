@@ -1,0 +1,67 @@
+"""Which TLS certificates a run trusts, for every HTTPS client it opens: the engines' and the side channels'.
+
+Why one place: a scenario's ``[engine] insecure`` / ``ca_bundle`` used to reach the engines only. A KServe server
+with a private CA then failed its readiness check (httpx's default trust store) before any load; UbiOps batch
+mode, the token endpoint, the Wallaroo API, the metrics scrape and Locust users ignored the bundle too.
+``ca_bundle`` is the trust root of every client of the run. ``insecure`` skips verification only on connections
+to the target's own server (its inference, readiness and metrics routes): credentials sent to another host (a
+token endpoint, the MLOps API) are never sent unverified. A client whose scenario sets neither keeps its own
+default trust store (httpx's and geventhttpclient's: certifi's; the engines': the system's).
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import sys
+from dataclasses import dataclass
+
+__all__ = ["TlsTrust", "ca_bundle_problem", "client_context"]
+
+def client_context(verify: bool, ca_bundle: str | None, cls: type[ssl.SSLContext] = ssl.SSLContext) -> ssl.SSLContext:
+    """A client context built as ``ssl.create_default_context`` builds one (SSLKEYLOGFILE included), of class
+    ``cls``: ``ca_bundle`` (a PEM file) replaces the system's trust roots; ``verify=False`` checks nothing."""
+    ctx = cls(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname, as the default context
+    if ca_bundle:
+        ctx.load_verify_locations(cafile=ca_bundle)
+    else:
+        ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    keylog = os.environ.get("SSLKEYLOGFILE")
+    if keylog and not sys.flags.ignore_environment:
+        ctx.keylog_filename = keylog
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def ca_bundle_problem(path: str) -> str | None:
+    """Why ``path`` cannot serve as a trust root (None when it loads): checked when the scenario is read, so a
+    wrong path is one line and exit 2, not a traceback when the first connection opens."""
+    try:
+        ssl.create_default_context(cafile=path)
+    except FileNotFoundError:
+        return f"no such file: {path}"
+    except IsADirectoryError:
+        return f"a directory, not a PEM file: {path}"
+    except PermissionError:
+        return f"not readable: {path}"
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        return f"no PEM certificate could be read from {path} ({type(exc).__name__})"
+    return None
+
+
+@dataclass(frozen=True)
+class TlsTrust:
+    """A run's TLS trust (the scenario's ``[engine] insecure`` and ``ca_bundle``)."""
+
+    insecure: bool = False
+    ca_bundle: str | None = None
+
+    def context(self, *, target: bool) -> ssl.SSLContext | bool:
+        """What a side-channel client gets as ``verify`` (httpx), for the target's own server (``target``) or
+        another host (never unverified): True, the client's own default trust store, when the scenario set
+        neither; else a context with the bundle as its trust root, or checking nothing."""
+        if self.ca_bundle is None and not (self.insecure and target):
+            return True
+        return client_context(not (self.insecure and target), self.ca_bundle)
