@@ -123,6 +123,8 @@ def _flag_values(args: argparse.Namespace, doc: Mapping[str, Any]) -> dict[str, 
     for flag, key in (("http2", "engine.http2"), ("insecure", "engine.insecure"), ("raw", "report.raw")):
         if getattr(args, flag):
             out[key] = True
+    if args.ca_bundle:  # typed on the command line: relative to where it was typed, as curl's --cacert
+        out["engine.ca_bundle"] = str(Path(args.ca_bundle).expanduser().resolve())
     return out
 
 

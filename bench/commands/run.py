@@ -30,7 +30,10 @@ def register(sub: Any) -> None:
     p.add_argument("--http2", action="store_true", default=None,
                    help="use HTTP/2 (h2c for http://): the lean h2 engine, or httpx with --engine httpx")
     p.add_argument("--connections", type=int, help="connections (HTTP/2: streams are multiplexed over them)")
-    p.add_argument("--insecure", action="store_true", default=None, help="do not verify TLS certificates")
+    p.add_argument("--insecure", action="store_true", default=None,
+                   help="do not verify the target's TLS certificate (other hosts, e.g. a token endpoint, still are)")
+    p.add_argument("--ca-bundle", metavar="PEM", dest="ca_bundle",
+                   help="trust this CA bundle (PEM) for every HTTPS connection of the run, as curl's --cacert")
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), help="event loop")
     p.add_argument("--pacing", choices=("auto", "sleep", "spin"),
                    help="open loop: sleep in epoll between sends, spin (poll without sleeping: sends on time, "

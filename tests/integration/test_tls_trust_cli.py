@@ -87,3 +87,20 @@ def test_ubiops_batch_mode_trusts_the_ca_bundle(serve_emulator: Callable[..., st
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["ok"] > 0 and summary["errors"] == 0, summary
+
+
+def test_ca_bundle_flag_of_an_ad_hoc_run_is_relative_to_where_it_was_typed(
+        serve_emulator: Callable[..., str], tls_proxy: Callable[[str], tuple[str, Path]], tmp_path: Path) -> None:
+    from bench.emulator.config import EmulatorConfig
+
+    https, ca_file = tls_proxy(serve_emulator("--latency-ms", "1"))
+    d = EmulatorConfig()
+    url = f"{https}/v1/api/pipelines/infer/{d.deployment}/{d.pipeline}"
+    args = [sys.executable, "-m", "bench", "run", "--url", url, "--body", str(ROOT / "data" / "ccfraud_1k.df.json"),
+            "-c", "2", "-d", "1s", "--warmup", "0s", "--quiet", "--json", "--out", str(tmp_path / "r.arrow")]
+    trusted = subprocess.run([*args, "--ca-bundle", ca_file.name], capture_output=True, text=True, timeout=120,
+                             cwd=ca_file.parent)
+    assert trusted.returncode == 0, trusted.stderr
+    assert json.loads(trusted.stdout)["ok"] > 0
+    refused = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=ca_file.parent)
+    assert refused.returncode == 3 and "tls_error" in refused.stderr, refused.stderr  # verification is on
