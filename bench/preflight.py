@@ -78,6 +78,9 @@ async def _call(http: httpx.AsyncClient, cfg: PreflightConfig, route: str, body:
     try:
         response = await http.post(url, json=body, headers=headers, timeout=cfg.timeout_s)
     except httpx.HTTPError as exc:
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):  # waiting will not change it
+            raise RunInvalid(f"preflight: {url}: the server's certificate is not trusted; give its CA with "
+                             f"--ca-bundle or [engine] ca_bundle") from None
         raise _Transient(f"{url} unreachable ({type(exc).__name__})") from None
     try:
         answer = response.json()

@@ -160,7 +160,12 @@ def unreachable_reason(summary: dict[str, Any]) -> str | None:
     # 'abandoned' beside connect failures only: typically still connecting when the run ended
     if all(kind.split(":")[0] in (*_CONNECT_KINDS, "abandoned") for kind in by_kind) and any(
             kind.split(":")[0] in _CONNECT_KINDS for kind in by_kind):
-        return ", ".join(f"{n:,} {kind}" for kind, n in by_kind.items())
+        reason = ", ".join(f"{n:,} {kind}" for kind, n in by_kind.items())
+        samples = " ".join(str(e.get("sample", "")) for e in summary.get("top_errors", []))
+        if "CERTIFICATE_VERIFY_FAILED" in samples:
+            reason += (" (its certificate is not trusted: give its CA with --ca-bundle or [engine] ca_bundle, or "
+                       "skip the check with --insecure)")
+        return reason
     return None
 
 

@@ -358,7 +358,10 @@ class TokenSource:
                                                     auth=(self._client_id, self._client_secret),
                                                     timeout=self._cfg.timeout_s)
         except httpx.HTTPError as exc:
-            raise _TokenError(f"token request to {url} failed: {type(exc).__name__}", None) from None
+            why = type(exc).__name__
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                why += " (its certificate is not trusted: give its CA with --ca-bundle or [engine] ca_bundle)"
+            raise _TokenError(f"token request to {url} failed: {why}", None) from None
         if response.status_code != 200:
             detail = ""
             try:

@@ -104,6 +104,9 @@ async def _wait_ready(client: httpx.AsyncClient, base: str, cfg: KServeConfig, h
     while True:
         for path in paths:
             got = await _get(client, base + path, headers)
+            if isinstance(got, str) and "CERTIFICATE_VERIFY_FAILED" in got:  # waiting will not help either
+                raise RunInvalid(f"{base}{path}: the server's certificate is not trusted ({got}); give its CA with "
+                                 f"--ca-bundle or [engine] ca_bundle, or skip the check with --insecure")
             if isinstance(got, str):
                 last = f"{path}: {got}"
                 break

@@ -50,9 +50,10 @@ def test_without_trust_the_private_certificate_is_refused_before_any_load(
         serve_emulator: Callable[..., str], tls_proxy: Callable[[str], tuple[str, Path]], tmp_path: Path) -> None:
     """Verification stays on by default: the readiness check names the certificate failure, exit 3."""
     https, _ = tls_proxy(serve_emulator())
-    proc = _run(tmp_path, https, "--set", "target.ready_wait=1s")
+    proc = _run(tmp_path, https)  # (the readiness wait is 30 s: a certificate failure must not wait it out)
     assert proc.returncode == 3, proc.stderr
     assert "CERTIFICATE_VERIFY_FAILED" in proc.stderr and "Traceback" not in proc.stderr
+    assert "--ca-bundle" in proc.stderr and "not ready after" not in proc.stderr
 
 
 @pytest.mark.parametrize(("value", "problem"), [("missing.pem", "no such file"),
@@ -104,3 +105,29 @@ def test_ca_bundle_flag_of_an_ad_hoc_run_is_relative_to_where_it_was_typed(
     assert json.loads(trusted.stdout)["ok"] > 0
     refused = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=ca_file.parent)
     assert refused.returncode == 3 and "tls_error" in refused.stderr, refused.stderr  # verification is on
+    assert "--ca-bundle" in refused.stderr.strip().splitlines()[-1]  # and the error line says what to do
+
+
+@pytest.mark.anyio
+async def test_wallaroo_preflight_trusts_the_bundle_and_fails_at_once_without(
+        serve_emulator: Callable[..., str], tls_proxy: Callable[[str], tuple[str, Path]]) -> None:
+    """The MLOps API over TLS: trusted through the bundle; without it a certificate failure is final at once
+    (it used to be retried as 'unreachable' for the whole wait)."""
+    import time
+
+    from bench.emulator.config import EmulatorConfig
+    from bench.errors import RunInvalid
+    from bench.preflight import PreflightConfig, run_preflight
+    from bench.tlstrust import TlsTrust
+
+    https, ca_file = tls_proxy(serve_emulator())
+    cfg = PreflightConfig(api_url=https, deployment=EmulatorConfig().deployment, wait_s=30, poll_interval_s=0.1)
+    lines: list[str] = []
+    trusted = TlsTrust(ca_bundle=str(ca_file)).context(target=False)
+    assert await run_preflight(cfg, lambda: "", progress=lines.append, target_url="https://x/i", verify=trusted) \
+        is None
+    assert lines and lines[-1].endswith("is Running")
+    started = time.monotonic()
+    with pytest.raises(RunInvalid, match="certificate is not trusted"):
+        await run_preflight(cfg, lambda: "", progress=lines.append, target_url="https://x/i")
+    assert time.monotonic() - started < 10  # not the 30 s wait
