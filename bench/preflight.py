@@ -18,6 +18,7 @@ import httpx
 
 from bench.config.wallaroo import PreflightConfig, preflight_config_from_mapping
 from bench.errors import InputError, RunInvalid
+from bench.tlstrust import UNTRUSTED_HINT, untrusted
 from bench.units import format_duration
 
 if TYPE_CHECKING:
@@ -78,9 +79,8 @@ async def _call(http: httpx.AsyncClient, cfg: PreflightConfig, route: str, body:
     try:
         response = await http.post(url, json=body, headers=headers, timeout=cfg.timeout_s)
     except httpx.HTTPError as exc:
-        if "CERTIFICATE_VERIFY_FAILED" in str(exc):  # waiting will not change it
-            raise RunInvalid(f"preflight: {url}: the server's certificate is not trusted; give its CA with "
-                             f"--ca-bundle or [engine] ca_bundle") from None
+        if untrusted(str(exc)):  # waiting will not change it
+            raise RunInvalid(f"preflight: {url}: {UNTRUSTED_HINT}") from None
         raise _Transient(f"{url} unreachable ({type(exc).__name__})") from None
     try:
         answer = response.json()

@@ -16,7 +16,15 @@ import ssl
 import sys
 from dataclasses import dataclass
 
-__all__ = ["TlsTrust", "ca_bundle_problem", "client_context"]
+__all__ = ["UNTRUSTED_HINT", "TlsTrust", "ca_bundle_problem", "client_context", "untrusted"]
+
+UNTRUSTED_HINT = "its certificate is not trusted: give its CA with --ca-bundle or [engine] ca_bundle"
+
+
+def untrusted(error_text: str) -> bool:
+    """Whether an error's text is a certificate verification failure: final, unlike a server not up yet, so
+    callers stop waiting and say ``UNTRUSTED_HINT``."""
+    return "CERTIFICATE_VERIFY_FAILED" in error_text
 
 def client_context(verify: bool, ca_bundle: str | None, cls: type[ssl.SSLContext] = ssl.SSLContext) -> ssl.SSLContext:
     """A client context built as ``ssl.create_default_context`` builds one (SSLKEYLOGFILE included), of class

@@ -26,6 +26,7 @@ from bench.auth.redaction import Redactor
 from bench.config.auth import AuthConfig
 from bench.errors import InputError, RunInvalid
 from bench.secrets import header_value_problem
+from bench.tlstrust import UNTRUSTED_HINT, untrusted
 
 __all__ = ["TokenSource"]
 
@@ -359,8 +360,8 @@ class TokenSource:
                                                     timeout=self._cfg.timeout_s)
         except httpx.HTTPError as exc:
             why = type(exc).__name__
-            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-                why += " (its certificate is not trusted: give its CA with --ca-bundle or [engine] ca_bundle)"
+            if untrusted(str(exc)):
+                why += f" ({UNTRUSTED_HINT})"
             raise _TokenError(f"token request to {url} failed: {why}", None) from None
         if response.status_code != 200:
             detail = ""

@@ -31,6 +31,7 @@ from bench.targets.kserve_codec import (
     lazy_bodies,
     tensors_for,
 )
+from bench.tlstrust import UNTRUSTED_HINT, untrusted
 
 if TYPE_CHECKING:
     from bench.prepared import Endpoints
@@ -104,9 +105,8 @@ async def _wait_ready(client: httpx.AsyncClient, base: str, cfg: KServeConfig, h
     while True:
         for path in paths:
             got = await _get(client, base + path, headers)
-            if isinstance(got, str) and "CERTIFICATE_VERIFY_FAILED" in got:  # waiting will not help either
-                raise RunInvalid(f"{base}{path}: the server's certificate is not trusted ({got}); give its CA with "
-                                 f"--ca-bundle or [engine] ca_bundle, or skip the check with --insecure")
+            if isinstance(got, str) and untrusted(got):  # waiting will not help either
+                raise RunInvalid(f"{base}{path}: {UNTRUSTED_HINT}, or skip the check with --insecure ({got})")
             if isinstance(got, str):
                 last = f"{path}: {got}"
                 break
