@@ -38,6 +38,9 @@ def test_calibrate_text_advises_an_open_loop_rate_from_the_measured_ceiling() ->
     advised = float(plan.split("at most")[1].split()[0].replace(",", ""))
     assert ceiling > 0 and abs(advised - ceiling / 2) <= 1, (ceiling, plan)
     assert "--processes" in plan
+    # measured for the HTTP/1.1 engine only: no advice is made up for another
+    other = subprocess.run([*args, "--engine", "httpx"], capture_output=True, text=True, timeout=60)
+    assert other.returncode == 0 and "ceiling" in other.stdout and "open loop" not in other.stdout, other.stdout
 
 
 def test_http2_sink_cpu_counts_the_worker_that_serves() -> None:
