@@ -8,6 +8,7 @@ emulator (its config type is named for the type checker only).
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -63,6 +64,10 @@ class Prepared:
     endpoints: Endpoints | None = None  # what bench.session.point_at applied
     scrubber: Scrubber = field(default_factory=Scrubber)  # every secret value of the run (bench.secrets)
     scrape_config: ScrapeConfig | None = None  # [server_metrics]: the server's /metrics, scraped during the run
+    # what the run's own HTTPS clients (readiness checks, scrape, UbiOps batch; token endpoint, MLOps API) verify
+    # with, towards the target's server and towards other hosts (bench.tlstrust), built once per run
+    verify_target: ssl.SSLContext | bool = True
+    verify_other: ssl.SSLContext | bool = True
 
 
 
@@ -79,6 +84,8 @@ def prepare(sc: Scenario) -> Prepared:
 
         prepared.scrape_config = config_from_mapping(sc.server_metrics, sc.file, embedded=sc.target.embedded)
     prepared.scrubber = scrubber_for(prepared)
+    trust = sc.engine.trust()
+    prepared.verify_target, prepared.verify_other = trust.context(target=True), trust.context(target=False)
     return prepared
 
 

@@ -14,6 +14,7 @@ from bench.scenario import (
     Scenario,
     apply_overrides,
     closed_loop_clears,
+    closed_loop_concurrency,
     parse_scenario,
     read_scenario_file,
     with_values,
@@ -132,11 +133,11 @@ def _refuse_open_loop_flags(args: argparse.Namespace, doc: Mapping[str, Any]) ->
     """``--poisson`` or ``--pacing sleep|spin`` on a run that is a closed loop (``-c``, the file's
     load.concurrency, or the ad-hoc default) would be ignored: refused naming the flag (the scenario reader names
     a file's key)."""
-    load = doc.get("load")
-    concurrency = load.get("concurrency") if isinstance(load, Mapping) else None
-    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency <= 0:
+    concurrency = closed_loop_concurrency(doc)
+    if concurrency is None:
         return  # an open loop, or a load the scenario reader refuses with its own message
-    if isinstance(load, Mapping) and (load.get("rate") or load.get("stages")):
+    load = doc["load"]
+    if load.get("rate") or load.get("stages"):
         return  # two modes: the reader says they are exclusive
     for flag, given in (("--poisson", args.poisson), ("--pacing", args.pacing not in (None, "auto"))):
         if given:

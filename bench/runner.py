@@ -179,11 +179,8 @@ def _static_token(sc: Scenario) -> str | None:
     name = sc.target.token_env
     if not name:
         return None
-    from bench.secrets import env_header_value, env_name_problem
+    from bench.secrets import env_header_value
 
-    problem = env_name_problem(name)  # a token pasted where its variable's name belongs: never echo it
-    if problem:
-        raise InputError(problem, file=sc.file, key="target.token_env")
     value = env_header_value(name, os.environ, file=sc.file, key="target.token_env")
     return value if value.lower().startswith(("bearer ", "token ")) else f"Bearer {value}"
 
@@ -305,7 +302,7 @@ async def _token_source(prepared: Prepared, ctl: RunControl, counts: _Counts, tg
     from bench.auth import TokenSource
 
     source = TokenSource(prepared.auth_config, count=counts.count, file=prepared.scenario.file,
-                         verify=prepared.scenario.engine.trust().context(target=False))
+                         verify=prepared.verify_other)
     ctl.token_source = source
     await source.start(tg)
     return source
@@ -327,8 +324,7 @@ async def _mlops_source(prepared: Prepared, ctl: RunControl, counts: _Counts, tg
         default_url = prepared.auth_config.token_url  # the same Keycloak as [auth]
     section = "wallaroo.auth" if preflight.auth is not None else "auth"
     source = TokenSource(cfg, count=lambda name, n: counts.count(f"mlops_{name}", n), file=prepared.scenario.file,
-                         default_token_url=default_url, section=section,
-                         verify=prepared.scenario.engine.trust().context(target=False))
+                         default_token_url=default_url, section=section, verify=prepared.verify_other)
     ctl.mlops_token_source = source
     await source.start(tg)
     return source
@@ -345,14 +341,14 @@ async def _preflight(prepared: Prepared, ctl: RunControl, url: str, authorizatio
         sc = prepared.scenario
         await target.preflight(prepared.target_config, url, ctl.message,
                                headers=lambda: scenario_headers(sc, authorization()),
-                               verify=sc.engine.trust().context(target=True))
+                               verify=prepared.verify_target)
     preflight = prepared.preflight_config
     if preflight is None or not preflight.enabled:
         return url
     from bench.preflight import run_preflight
 
     resolved = await run_preflight(preflight, mlops_authorization, progress=ctl.message, target_url=url,
-                                   verify=prepared.scenario.engine.trust().context(target=False))
+                                   verify=prepared.verify_other)
     return resolved or url
 
 
@@ -364,7 +360,7 @@ async def _apply_load(prepared: Prepared, url: str, authorization: str, token_so
     target = target_for(sc.target.kind)
     if target.own_data_plane(prepared.target_config):  # it records its in-flight-at-end and 'sent' itself
         facts.target_extras.update(await target.run(prepared.target_config, prepared.bodies, recorder, spec, stop,
-                                                    sc.engine.trust().context(target=True)))
+                                                    prepared.verify_target))
         return
     from bench.engine.select import choose_engine
 

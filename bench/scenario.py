@@ -49,6 +49,7 @@ __all__ = [
     "TargetConfig",
     "apply_overrides",
     "closed_loop_clears",
+    "closed_loop_concurrency",
     "load_scenario",
     "parse_scenario",
     "read_scenario_file",
@@ -237,11 +238,19 @@ def closed_loop_clears(doc: Mapping[str, Any]) -> dict[str, None]:
     """The open-loop keys to drop when the command line makes ``doc`` a closed loop: they were written for the
     file's open loop (or for `bench capacity`'s rate steps), and mean nothing to the closed loop asked for. A file
     that is a closed loop already keeps them, so its own contradiction is refused as written."""
+    if closed_loop_concurrency(doc):
+        return {}
+    return {f"{section}.{key}": None for section, key, _ in OPEN_LOOP_ONLY}
+
+
+def closed_loop_concurrency(doc: Mapping[str, Any]) -> int | None:
+    """``doc``'s load.concurrency when it is a closed loop's (an int >= 1), else None (an open loop, or a value the
+    scenario reader refuses with its own message)."""
     load = doc.get("load")
     concurrency = load.get("concurrency") if isinstance(load, Mapping) else None
     if isinstance(concurrency, int) and not isinstance(concurrency, bool) and concurrency > 0:
-        return {}
-    return {f"{section}.{key}": None for section, key, _ in OPEN_LOOP_ONLY}
+        return concurrency
+    return None
 
 
 def with_values(doc: Mapping[str, Any], values: Mapping[str, Any], file: str) -> dict[str, Any]:
@@ -335,8 +344,8 @@ def _parse_target(t: Mapping[str, Any], file: str) -> TargetConfig:
         raise tab.err("method", f"expected an HTTP method such as POST, got {method!r}")
     headers = tab.table("headers")
     for hk, hv in headers.items():
-        if header_name_problem(hk):
-            raise tab.err(f"headers.{hk}", header_name_problem(hk) or "")
+        if problem := header_name_problem(hk):
+            raise tab.err(f"headers.{hk}", problem)
         if not isinstance(hv, str):
             raise tab.err(f"headers.{hk}", f"expected a string, got {_type(hv)}")
         if any(c in hv for c in "\r\n\x00"):
@@ -360,8 +369,8 @@ def _env_credentials(tab: Table) -> tuple[str | None, dict[str, str]]:
     """``token_env`` and ``headers_env``: the NAMES of the variables holding a token and secret header values."""
     headers_env = tab.table("headers_env")
     for hk, hv in headers_env.items():
-        if header_name_problem(hk):
-            raise tab.err(f"headers_env.{hk}", header_name_problem(hk) or "")
+        if problem := header_name_problem(hk):
+            raise tab.err(f"headers_env.{hk}", problem)
         if not isinstance(hv, str) or env_name_problem(hv):
             raise tab.err(f"headers_env.{hk}", "expected the name of an environment variable")
     token_env = tab.string("token_env")

@@ -122,10 +122,14 @@ def header_env_values(headers_env: Mapping[str, str], environ: Mapping[str, str]
 
 def env_header_value(var: str, environ: Mapping[str, str], *, file: str | None, key: str, holds: str = "") -> str:
     """The value of environment variable ``var``, surrounding blanks stripped (a trailing newline is common in
-    mounted secrets), to be sent as a header; else one InputError naming the variable, never the value: unset or
-    empty (``holds``: what it should hold), or not one line of ASCII."""
+    mounted secrets), to be sent as a header; else one InputError naming the variable, never the value: not a
+    variable's name (a token pasted in its place), unset or empty (``holds``: what it should hold), or not one line
+    of ASCII."""
     from bench.errors import InputError
 
+    problem = env_name_problem(var)  # a token pasted where its variable's name belongs: never echo it
+    if problem:
+        raise InputError(problem, file=file, key=key)
     value = environ.get(var, "").strip()
     if not value:
         raise InputError(f"environment variable {var} is not set" + (f" (it should hold {holds})" if holds else ""),

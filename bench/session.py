@@ -124,7 +124,7 @@ def server_metrics(prepared: Prepared) -> Iterator[Any]:
     from bench.scrape import scraping
 
     base = prepared.endpoints.api_url if prepared.endpoints is not None else None
-    with scraping(prepared.scrape_config, base, prepared.scenario.engine.trust().context(target=True)) as scraper:
+    with scraping(prepared.scrape_config, base, prepared.verify_target) as scraper:
         yield scraper
 
 

@@ -66,10 +66,15 @@ class TlsTrust:
     insecure: bool = False
     ca_bundle: str | None = None
 
+    @property
+    def default(self) -> bool:
+        """The scenario set neither: every client keeps its own default trust store."""
+        return self.ca_bundle is None and not self.insecure
+
     def context(self, *, target: bool) -> ssl.SSLContext | bool:
         """What a side-channel client gets as ``verify`` (httpx), for the target's own server (``target``) or
         another host (never unverified): True, the client's own default trust store, when the scenario set
         neither; else a context with the bundle as its trust root, or checking nothing."""
-        if self.ca_bundle is None and not (self.insecure and target):
+        if self.default or (self.ca_bundle is None and not target):
             return True
         return client_context(not (self.insecure and target), self.ca_bundle)

@@ -61,7 +61,7 @@ def _tls_options(plan: _core.UserPlan) -> dict[str, Any]:
     """geventhttpclient options for the scenario's ``[engine] insecure`` / ``ca_bundle`` (bench.tlstrust), as
     bench's own engines have them; none when it set neither (the client's default trust store)."""
     trust = plan.scenario.engine.trust()
-    if not plan.url.startswith("https:") or (trust.ca_bundle is None and not trust.insecure):
+    if not plan.url.startswith("https:") or trust.default:
         return {}
     import gevent.ssl
 

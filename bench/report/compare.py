@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from bench.errors import InputError
 from bench.report.accounting import accounted_totals, unrecorded_errors
-from bench.report.model import MEASURED, Report, RunData
+from bench.report.model import MEASURED, Report, RunData, measured_rows_per_s
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -211,8 +211,7 @@ def _point(report: Report | RunData) -> dict[str, float | None]:
             out[prefix + k] = None if not h.total else h.max_us / 1000.0 if k == "max" else pct[p]
     tot = accounted_totals(report)
     out["rps"] = run.rps(MEASURED)
-    counted = report.meta.rows_counted if isinstance(report, Report) else True
-    out["rows_per_s"] = run.rows_per_s(MEASURED) if counted else None  # rows not counted: not measured
+    out["rows_per_s"] = measured_rows_per_s(report)
     out["error_rate"] = tot.errors / tot.requests if tot.requests else None
     return out
 

@@ -19,10 +19,11 @@ import numpy as np
 from bench.report.markdown import stored_slo
 from bench.report.model import MEASURED, WARMUP, Histogram, Report
 from bench.report.summary import (
+    OTHER_COLUMNS,
     OTHER_TITLE,
     SERVER_LABEL,
     num_text,
-    other_label,
+    other_rows,
     outside_handler_text,
     rate_text,
     summarize,
@@ -308,9 +309,7 @@ def render_html(report: Report) -> str:
         out.append(f'<p class="server-gap">{_e(outside_handler_text(s))}</p>')
     if s["other_ms"]:
         out.append('<div class="other-timings">' + _grid_table(
-            [OTHER_TITLE, "p50", "p90", "p99", "p99.9", "max"],
-            [[_e(other_label(name)), *(num_text(v[k]) for k in ("p50", "p90", "p99", "p999", "max"))]
-             for name, v in s["other_ms"].items()]) + "</div>")
+            [OTHER_TITLE, *OTHER_COLUMNS], [[_e(label), *figures] for label, *figures in other_rows(s)]) + "</div>")
     lines = []
     xmax = 1.0
     for i, (name, metric) in enumerate((("from intended time", "latency"), ("service time", "service"))):

@@ -18,10 +18,11 @@ from bench.report.model import Report
 from bench.report.slo import SloResult
 from bench.report.summary import (
     MISSING,
+    OTHER_COLUMNS,
     OTHER_TITLE,
     SERVER_LABEL,
     num_text,
-    other_label,
+    other_rows,
     outside_handler_text,
     rate_text,
     summarize,
@@ -90,9 +91,8 @@ def report_markdown(report: Report) -> str:
         lines += ["", cell(outside_handler_text(s))]
     if s["other_ms"]:
         lines += ["", f"**{OTHER_TITLE[0].upper()}{OTHER_TITLE[1:]}**", ""]
-        lines += _table(["timing", "p50", "p90", "p99", "p99.9", "max"],
-                        [[cell(other_label(name)), *(num_text(v[k]) for k in ("p50", "p90", "p99", "p999", "max"))]
-                         for name, v in s["other_ms"].items()], "right")
+        lines += _table(["timing", *OTHER_COLUMNS], [[cell(label), *figures] for label, *figures in other_rows(s)],
+                        "right")
     if s["errors_by_kind"]:
         lines += ["", "**Errors by kind**", ""]
         samples = {e["kind"]: e["sample"] for e in s["top_errors"]}

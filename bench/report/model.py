@@ -36,7 +36,8 @@ from bench.rundata import (
 
 __all__ = ["HDR_HIGHEST_US", "HDR_LOWEST_US", "HDR_SIGNIFICANT_FIGURES", "MEASURED", "OUTCOMES", "PHASES",
            "SCHEMA_VERSION", "WARMUP", "ErrorCount", "ErrorSample", "HistKey", "Histogram", "IntArray", "PerSecond",
-           "Phase", "Report", "ReportMeta", "RunData", "Totals", "counts_index", "value_from_index"]
+           "Phase", "Report", "ReportMeta", "RunData", "Totals", "counts_index", "measured_rows_per_s",
+           "value_from_index"]
 
 SCHEMA_VERSION = 1
 
@@ -86,3 +87,11 @@ class Report:
     # rows of the sections the run model does not interpret (e.g. server_metric, server_latency), by section
     # name; written and read back as they are (bench.report.server_metrics builds and reads them)
     sections: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+def measured_rows_per_s(data: Report | RunData) -> float | None:
+    """Rows/s of the measured phase; None when the rows were not counted (``ReportMeta.rows_counted``; bare run
+    data has no metadata and counts its rows)."""
+    if isinstance(data, Report):
+        return data.run.rows_per_s(MEASURED) if data.meta.rows_counted else None
+    return data.rows_per_s(MEASURED)

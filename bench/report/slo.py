@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from bench.config.slo import KEYS, PCT, Objective, SloObjectives, slo_from_mapping
 from bench.report.accounting import accounted_totals
-from bench.report.model import MEASURED, Report, RunData
+from bench.report.model import MEASURED, Report, RunData, measured_rows_per_s
 
 __all__ = ["KEYS", "Objective", "ObjectiveResult", "ProgressLike", "SloObjectives", "SloResult", "check_slo",
            "hopeless", "slo_from_mapping"]
@@ -96,8 +96,7 @@ def _measure(key: str, report: Report | RunData) -> float | None:
     if key == "min_rps":  # a measured window of 0 s: no rate (not measured), not a rate of 0
         return tot.ok / d if d > 0 else None
     if key == "min_rows_per_s":  # (rows not counted, e.g. an opaque ad hoc body: not measured)
-        counted = report.meta.rows_counted if isinstance(report, Report) else True
-        return run.rows_per_s(MEASURED) if d > 0 and counted else None
+        return measured_rows_per_s(report) if d > 0 else None
     if key == "max_dropped":
         return float(tot.dropped)
     raise KeyError(key)

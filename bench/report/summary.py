@@ -19,8 +19,8 @@ from bench.report.verdict import NOT_JUDGED, judged
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["MISSING", "OTHER_TITLE", "SERVER_LABEL", "num_text", "other_label", "outside_handler_text", "rate_text",
-           "render_summary", "summarize"]
+__all__ = ["MISSING", "OTHER_COLUMNS", "OTHER_TITLE", "SERVER_LABEL", "num_text", "other_label", "other_rows",
+           "outside_handler_text", "rate_text", "render_summary", "summarize"]
 
 _PCTS = ((50, "p50"), (90, "p90"), (99, "p99"), (99.9, "p999"))
 MISSING = "—"  # what every view prints for a figure that was not measured (never 0)
@@ -38,6 +38,16 @@ _OTHER_LABELS = {"server": "server-reported (per answer)", "batch_e2e": "batch: 
 
 def other_label(name: str) -> str:
     return _OTHER_LABELS.get(name, name.replace("_", " "))
+
+
+OTHER_COLUMNS = ("p50", "p90", "p99", "p99.9", "max")
+
+
+def other_rows(s: dict[str, Any]) -> list[list[str]]:
+    """``summarize``'s target-specific timings as table rows of text (label, then ``OTHER_COLUMNS``), for the HTML
+    and Markdown views (each escapes the label its own way)."""
+    return [[other_label(name), *(num_text(v[k]) for k in ("p50", "p90", "p99", "p999", "max"))]
+            for name, v in s["other_ms"].items()]
 
 
 def outside_handler_text(s: dict[str, Any]) -> str:

@@ -153,11 +153,8 @@ def authorization_value(token: str) -> str:
 
 def read_token(env_name: str, *, file: str | None = None, environ: Mapping[str, str] | None = None) -> str:
     """The token from the environment variable ``env_name``; the error names the variable, never a value."""
-    from bench.secrets import env_header_value, env_name_problem
+    from bench.secrets import env_header_value
 
-    problem = env_name_problem(env_name)  # a token pasted where its variable's name belongs: never echo it
-    if problem:
-        raise InputError(problem, file=file, key="target.token_env")
     return env_header_value(env_name, os.environ if environ is None else environ, file=file,
                             key="target.token_env", holds="the UbiOps API token")
 
