@@ -143,6 +143,7 @@ class CallbackEngine(EngineCore):
         self._held: deque[Any] = deque()  # sends (open loop: intended times) or slots (closed) the gate holds
         self._gate_timer: asyncio.TimerHandle | None = None
         self._wake_soon = False
+        self._fast_end = -1
 
     async def run(self, load: LoadSpec, stop: StopSignal) -> None:
         loop = asyncio.get_running_loop()
@@ -150,6 +151,7 @@ class CallbackEngine(EngineCore):
         self._loop = loop
         self._end_ns = load.end_ns
         self._max_requests = load.max_requests
+        self._fast_end = -1 if self._max_requests or self._gate is not None else load.end_ns
         self._open = load.mode == "open"
         monitor = LoopMonitor(self.sink.loop_lag)
         monitor.start()
@@ -305,6 +307,7 @@ class CallbackEngine(EngineCore):
     def _begin_stop(self) -> None:
         if not self._stopping:
             self._stopping = True
+            self._fast_end = -1
             if self._held or self._gate_timer is not None:
                 self._end_held()
             fut = self._issuing_done

@@ -101,7 +101,7 @@ class _Conn(asyncio.BaseProtocol):
     """One connection with at most one request in flight. Hot-path state lives in plain slots. The subclasses below
     differ only in how answer bytes reach ``feed``."""
 
-    __slots__ = ("body", "busy", "bytes_in", "bytes_out", "complete", "dead", "eng", "failures", "hdrs", "idx",
+    __slots__ = ("body", "busy", "bytes_in", "bytes_out", "dead", "eng", "failures", "hdrs", "idx",
                  "intended", "keep", "kept", "parser", "parts", "pending", "rows_in", "sent", "transport",
                  "truncate_at")
 
@@ -111,7 +111,6 @@ class _Conn(asyncio.BaseProtocol):
         self.parser = httptools.HttpResponseParser(self)
         self.busy = False  # a request is assigned and not yet recorded
         self.pending = False  # assigned, waiting for the connection to open
-        self.complete = False
         self.keep = True  # the last answer allows keep-alive (read in the callback: llhttp resets after)
         self.dead = False
         self.failures = failures  # consecutive failed connects of this slot (closed-loop backoff)
@@ -132,17 +131,21 @@ class _Conn(asyncio.BaseProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def feed(self, data: bytes | memoryview) -> None:
-        """Answer bytes as they arrive (``data_received``, or ``buffer_updated`` for a buffered connection)."""
+        """Answer bytes as they arrive (``data_received``). A whole answer is handled (``finish``) from the
+        parser's ``on_message_complete``, inside this call: no flag to test after every read."""
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            if self.busy:
-                self.eng.fail(self, _PROTOCOL, f"unparseable HTTP answer: {exc}")
-            self.close()
-            return
-        if self.complete:
-            self.complete = False
-            self.eng.finish(self)
+            self.unparseable(exc)
+
+    def unparseable(self, exc: httptools.HttpParserError) -> None:
+        """The parser stopped: a malformed answer fails the request. bench's own callback failing is a bug: it is
+        raised as itself (httptools wraps it), not counted against the target."""
+        if isinstance(exc, httptools.HttpParserCallbackError) and isinstance(exc.__context__, Exception):
+            raise exc.__context__
+        if self.busy:
+            self.eng.fail(self, _PROTOCOL, f"unparseable HTTP answer: {exc}")
+        self.close()
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost reports
@@ -184,8 +187,8 @@ class _Conn(asyncio.BaseProtocol):
         self.kept = 0
 
     def on_message_complete(self) -> None:
-        self.complete = True
-        self.keep = self.parser.should_keep_alive()
+        self.keep = self.parser.should_keep_alive()  # (llhttp resets once this callback returns)
+        self.eng.finish(self)
 
     def close(self) -> None:
         if self.transport is not None and not self.dead:
@@ -213,7 +216,10 @@ class _BufferConn(_Conn, asyncio.BufferedProtocol):
         return self.eng.read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.feed(self.eng.read_buffer[:nbytes])
+        try:  # feed's body, not a call to it: one Python call less per read on the TLS hot path
+            self.parser.feed_data(self.eng.read_buffer[:nbytes])
+        except httptools.HttpParserError as exc:
+            self.unparseable(exc)
 
 
 class _WatchHeaders:
@@ -468,9 +474,10 @@ class FastEngine(CallbackEngine):
         if not conn.busy:  # an answer nobody asked for
             conn.close()
             return
+        status = conn.parser.get_status_code()
+        if status < 200:  # an interim answer (103 Early Hints, an unasked-for 100): the final one follows
+            return
         conn.busy = False
-        parser = conn.parser
-        status = parser.get_status_code()
         kept = conn.kept  # the kept prefix as one bytes (one join per answer), reset for the next answer
         if kept:
             parts = conn.parts
@@ -510,7 +517,7 @@ class FastEngine(CallbackEngine):
             pacer = self._pacer
             if pacer is not None and done >= pacer.eager_ns:
                 pacer.run_due(done)  # a send is due and a connection just freed up: send from here
-        elif self._stopping or done >= self._end_ns or self._max_requests or self._gate is not None or conn.dead:
+        elif done >= self._fast_end or conn.dead:  # stopping, past the end, a request cap or a gate: _slot_next
             self._slot_next(conn, done, 0)
         else:  # _slot_next's common case, inlined: the slot sends its next request on this connection
             self._assign(conn, done)

@@ -45,7 +45,8 @@ class Server:
     """Loopback HTTP/1.1 server. Path decides behaviour:
     /ok → 200 with body = rows (the request body is b"rows=N" or b"bad" → 500); /chunked → same, chunked;
     /close → same plus Connection: close; /slow → after 0.2 s; /hang → never answers; /big → BIG_ANSWER, written
-    in 64 KiB pieces.
+    in 64 KiB pieces; /hints → a 103 Early Hints interim answer before the final one, in the same write;
+    /hints-apart → the same, the final answer written 5 ms later.
     """
 
     def __init__(self, ssl: Any = None) -> None:
@@ -124,6 +125,11 @@ class Server:
         else:
             status, payload = b"500 Internal Server Error", b"boom: " + body[:20]
         extra = b"Connection: close\r\n" if url == b"/close" else b""
+        if url.startswith(b"/hints"):
+            writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+            if url == b"/hints-apart":
+                await writer.drain()
+                await asyncio.sleep(0.005)
         if url == b"/big":
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BIG_ANSWER))
             for i in range(0, len(BIG_ANSWER), 65536):
@@ -195,6 +201,20 @@ async def test_connection_close_reconnects(engine: type, server: Server) -> None
     await asyncio.wait_for(eng.run(closed(2, max_requests=30), Stop()), 20)
     assert sink.kinds() == {Kind.OK: 30}
     assert server.connections >= 29  # one connection per request, as the server asked
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("path", ["/hints", "/hints-apart"])
+async def test_an_interim_answer_is_not_the_answer(engine: type, server: Server, path: str) -> None:
+    """A 1xx answer (103 Early Hints) comes before the final one: the request ends with the final answer, whether
+    both arrive in one read or apart."""
+    sink = FakeSink()
+    eng = make(engine, server.url(path), sink, bodies(7, bad=True))
+    await asyncio.wait_for(eng.run(closed(2, max_requests=20), Stop()), 20)
+    assert len(sink.rows) == 20 == server.requests
+    assert sink.statuses() == {200: 10, 500: 10}
+    assert sum(r[5] for r in sink.rows if r[3] == Kind.OK) == 70
+    assert server.connections <= 2  # nothing was taken for a broken answer
 
 
 async def test_body_kept_only_up_to_max_body_bytes(server: Server) -> None:

@@ -79,7 +79,7 @@ def _engine(start: int, conns: int, cls: type[_Conn]) -> tuple[FastEngine, list[
     rs = RequestSet("http://127.0.0.1:9/infer", "POST", {"Content-Type": "application/json"},
                     [PreparedBody(BODY, 10)])
     eng = FastEngine(EngineConfig(kind="fast", connections=0), rs, classify, Recorder(start, start))
-    eng._end_ns = 1 << 62
+    eng._end_ns = eng._fast_end = 1 << 62
     out = []
     for _ in range(conns):
         conn = cls(eng, 0)
