@@ -143,7 +143,7 @@ class CallbackEngine(EngineCore):
         self._held: deque[Any] = deque()  # sends (open loop: intended times) or slots (closed) the gate holds
         self._gate_timer: asyncio.TimerHandle | None = None
         self._wake_soon = False
-        self._fast_end = -1
+        self._fast_end = -1  # closed loop: until then (no request cap, no gate, not stopping) a freed slot sends again
 
     async def run(self, load: LoadSpec, stop: StopSignal) -> None:
         loop = asyncio.get_running_loop()
