@@ -37,6 +37,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--duration", default="5s", help="measured time, e.g. 5s (after a 1 s warm-up)")
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
     p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+    p.add_argument("--ca-bundle", metavar="PEM", dest="ca_bundle",
+                   help="trust this CA bundle (PEM) for an https --url, as curl's --cacert")
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --url")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=run)
@@ -169,7 +171,7 @@ class _NoStop:
 
 
 def measure(url: str, body: bytes, engine_kind: str, http2: bool, connections: int, duration_s: float,
-            loop_kind: str, verify: bool, streams: int = 64) -> dict[str, Any]:
+            loop_kind: str, verify: bool, streams: int = 64, ca_bundle: str | None = None) -> dict[str, Any]:
     """Run closed loop at ``connections`` for a 1 s warm-up and then ``duration_s``; CPU and req/s of this process
     over the measured part only. One engine does both, so the measured part starts on open, warm connections
     (steady state, as `bench run` measures after its warm-up): a second engine spent the first ~65 ms of a 4 s
@@ -178,7 +180,7 @@ def measure(url: str, body: bytes, engine_kind: str, http2: bool, connections: i
     from bench.engine.select import choose_engine, resolve_loop, run_with_loop
 
     config = EngineConfig(kind=engine_kind, http2=http2, connections=connections if http2 else 0,  # type: ignore[arg-type]
-                          verify_tls=verify, loop=loop_kind)  # type: ignore[arg-type]
+                          verify_tls=verify, ca_bundle=ca_bundle, loop=loop_kind)  # type: ignore[arg-type]
     cls = choose_engine(config, url)
     requests = RequestSet(url, "POST", {"Content-Type": "application/json"}, [PreparedBody(body, 10)])
 
@@ -213,8 +215,10 @@ def measure(url: str, body: bytes, engine_kind: str, http2: bool, connections: i
         ok_hist = data.histograms.get(HistKey("latency", MEASURED, "ok"))
         pct = ok_hist.percentiles_ms((50, 99)) if ok_hist is not None and ok_hist.total else {}
         # ok answers only; none: not measured (None), never 0
+        commonest = max(data.error_samples, key=lambda e: e.count, default=None)
         result.update(p50_ms=pct.get(50), p99_ms=pct.get(99), requests=totals.requests, errors=totals.errors,
-                      wall_s=wall, cpu_s=cpu, recorder="bench.recorder.Recorder", engine=cls.__name__)
+                      wall_s=wall, cpu_s=cpu, recorder="bench.recorder.Recorder", engine=cls.__name__,
+                      commonest_error=None if commonest is None else f"{commonest.kind}: {commonest.detail}")
 
     run_with_loop(go, resolve_loop(loop_kind))  # type: ignore[arg-type]
     n = max(1, result["requests"])
@@ -232,6 +236,7 @@ def run(args: argparse.Namespace) -> int:
 
     from bench.errors import InputError
     from bench.report.summary import num_text
+    from bench.tlstrust import ca_bundle_problem
 
     duration = _seconds(args.duration)
     if duration <= 0:
@@ -245,6 +250,12 @@ def run(args: argparse.Namespace) -> int:
         if parts.hostname not in _LOOPBACK and not args.allow_remote:
             raise InputError("calibrate drives a target at full speed; only loopback URLs are allowed without "
                              "--allow-remote", key="--url")
+    ca_bundle = None
+    if args.ca_bundle:  # typed on the command line: relative to where it was typed
+        ca_bundle = str(Path(args.ca_bundle).expanduser().resolve())
+        problem = ca_bundle_problem(ca_bundle)
+        if problem is not None:
+            raise InputError(problem, key="--ca-bundle")
     if args.body is not None:
         try:
             body = args.body.read_bytes()
@@ -261,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
             proc, url = _start_sink(args.http2, sink_core)
         _pin(engine_core)
         result = measure(url, body, args.engine, args.http2, args.connections, duration, args.loop,
-                         not args.insecure, args.streams)
+                         not args.insecure, args.streams, ca_bundle)
         sink_cpu = None if proc is None else _tree_cpu_s(proc.pid)
     finally:
         if proc is not None:
@@ -293,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
               "the ceiling) keeps sends on time; more with --processes N")
     if sink_cpu is not None:
         print(f"  sink CPU     {sink_cpu:>10.1f} s over the whole run (warm-up included)")
-    if result["cpu_fraction"] < 0.9:
+    if result["cpu_fraction"] < 0.9 and ceiling is not None:
         print("  note: the client was not CPU-saturated — the target/sink limited the rate; the ceiling is "
               "estimated from CPU per request")
     return _verdict(failed)
@@ -318,10 +329,16 @@ def _tree_cpu_s(pid: int) -> float:
 def _failed(result: dict[str, Any]) -> str | None:
     """Why the measurement describes no working request path (nothing answered ok), or None."""
     n, errors = result["requests"], result["errors"]
+    from bench.tlstrust import untrusted
+
     if n == 0:
         return "no request completed"
     if errors >= n:
-        return f"none of {n:,} requests succeeded: the ceiling of a path that only fails is no ceiling"
+        commonest = result.get("commonest_error") or ""
+        why = ""
+        if untrusted(commonest):
+            why = " (its certificate is not trusted: give its CA with --ca-bundle, or --insecure)"
+        return f"none of {n:,} requests succeeded{why}: the ceiling of a path that only fails is no ceiling"
     return None
 
 

@@ -108,6 +108,31 @@ def test_ca_bundle_flag_of_an_ad_hoc_run_is_relative_to_where_it_was_typed(
     assert "--ca-bundle" in refused.stderr.strip().splitlines()[-1]  # and the error line says what to do
 
 
+def test_calibrate_trusts_a_ca_bundle_and_says_what_to_do_without(
+        serve_emulator: Callable[..., str], tls_proxy: Callable[[str], tuple[str, Path]], tmp_path: Path) -> None:
+    """`bench calibrate --url https://...` against a private CA: with --ca-bundle it measures; without, every
+    request fails on the certificate and the error line says so (exit 3); a bundle it cannot read: exit 2."""
+    from bench.emulator.config import EmulatorConfig
+
+    https, ca_file = tls_proxy(serve_emulator("--latency-ms", "1"))
+    d = EmulatorConfig()
+    url = f"{https}/v1/api/pipelines/infer/{d.deployment}/{d.pipeline}"
+    args = [sys.executable, "-m", "bench", "calibrate", "--url", url, "--body",
+            str(ROOT / "data" / "ccfraud_1k.df.json"), "--connections", "2", "--duration", "0.5s", "--json"]
+    trusted = subprocess.run([*args, "--ca-bundle", ca_file.name], capture_output=True, text=True, timeout=120,
+                             cwd=ca_file.parent)
+    assert trusted.returncode == 0, trusted.stderr
+    r = json.loads(trusted.stdout)
+    assert r["requests"] > 0 and r["errors"] == 0 and r["ceiling_req_per_s_per_core"] is not None, r
+    refused = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=ca_file.parent)
+    assert refused.returncode == 3, refused.stderr
+    assert "--ca-bundle" in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+    bad = subprocess.run([*args, "--ca-bundle", "nowhere.pem"], capture_output=True, text=True, timeout=60,
+                         cwd=tmp_path)
+    assert bad.returncode == 2 and "--ca-bundle" in bad.stderr and "no such file" in bad.stderr, bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+
+
 @pytest.mark.anyio
 async def test_wallaroo_preflight_trusts_the_bundle_and_fails_at_once_without(
         serve_emulator: Callable[..., str], tls_proxy: Callable[[str], tuple[str, Path]]) -> None:
