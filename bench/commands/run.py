@@ -29,7 +29,8 @@ def register(sub: Any) -> None:
     p.add_argument("--engine", choices=("auto", "fast", "httpx"), help="data-plane engine")
     p.add_argument("--http2", action="store_true", default=None,
                    help="use HTTP/2 (h2c for http://): the lean h2 engine, or httpx with --engine httpx")
-    p.add_argument("--connections", type=int, help="connections (HTTP/2: streams are multiplexed over them)")
+    p.add_argument("--connections", type=int, help="HTTP/2: connections the streams share; HTTP/1.1 open loop: "
+                   "the most connections (sends beyond wait for a free one); closed loop: one per -c slot")
     p.add_argument("--insecure", action="store_true", default=None,
                    help="do not verify the target's TLS certificate (other hosts, e.g. a token endpoint, still are)")
     p.add_argument("--ca-bundle", metavar="PEM", dest="ca_bundle",

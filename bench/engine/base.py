@@ -48,7 +48,7 @@ def check_header(name: str, value: str) -> None:
 class EngineConfig:
     kind: Literal["auto", "fast", "httpx"] = "auto"
     http2: bool = False
-    connections: int = 0  # 0 = one per concurrency slot (HTTP/1.1) or 1 (HTTP/2)
+    connections: int = 0  # HTTP/2: connections (0 = 1); HTTP/1.1 open loop: the most (0 = up to max_in_flight)
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 30.0
     verify_tls: bool = True

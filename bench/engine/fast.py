@@ -5,13 +5,13 @@ request (head + body) is serialised to one ``bytes`` per body before the run (ag
 token changes), answers are parsed in C (llhttp via httptools), and the hot path is transport callbacks — no
 coroutine, future or timer per request. Read timeouts are found by a periodic sweep, not one timer per request.
 
-Closed loop: ``concurrency`` slots, each owning one connection; a slot sends its next request from the callback
-that completed the previous one. Open loop: the pacer (``bench.engine.pacer``) sleeps in epoll on a precise alarm
-(or, while the loop is busy, spins) and sends every request that is due to an idle connection; a completion that
-frees a connection also sends what is due. A warm pool is opened before the first send; beyond it connections
-open on demand up to ``max_in_flight``, at most ``CONNECT_CAP`` at a time — a send that finds no idle connection
-waits in a FIFO backlog for the next free one (it leaves late, and its latency counts from the intended time). A
-send is dropped only when ``max_in_flight`` requests are already out or waiting.
+Closed loop: ``concurrency`` slots, each owning one connection; a slot sends its next request from the callback that
+completed the previous one. Open loop: the pacer (``bench.engine.pacer``) sleeps in epoll on a precise alarm (or,
+while the loop is busy, spins) and sends every request that is due to an idle connection; a completion that frees a
+connection also sends what is due. A warm pool is opened before the first send; beyond it connections open on demand
+up to ``engine.connections`` (else ``max_in_flight``), at most ``CONNECT_CAP`` at a time — a send that finds no idle
+connection waits in a FIFO backlog for the next free one (it leaves late, and its latency counts from the intended
+time). A send is dropped only when ``max_in_flight`` requests are already out or waiting.
 """
 
 from __future__ import annotations
@@ -276,6 +276,7 @@ class FastEngine(CallbackEngine):
         self._backlog: deque[int] = deque()  # open loop: intended times waiting for a free connection
         self._connecting = 0
         self.kept_inflight = 0  # answer bytes kept by connections still reading (open-loop growth limit)
+        self._pool_max = 0  # open loop: most connections (engine.connections when set, else max_in_flight)
         self._avg_in = 0.0  # recent answer size (moving average, open loop only)
         self.peak_connecting = 0  # most connects in progress at once (open loop; tests and diagnostics)
 
@@ -298,6 +299,7 @@ class FastEngine(CallbackEngine):
     # -- lifecycle (run() is CallbackEngine's) --------------------------------------------------------
     def _prepare_open(self, load: LoadSpec, offsets: Iterator[int]) -> Iterator[int]:
         self._limit = load.max_in_flight or self.config.connections or DEFAULT_OPEN_LIMIT
+        self._pool_max = min(self._limit, self.config.connections or self._limit)
         rate, offsets = estimate_rate(offsets)
         self._warm(rate)
         return offsets
@@ -401,12 +403,13 @@ class FastEngine(CallbackEngine):
         if rate <= 0:
             return
         want = 2 * rate * _WARM_LATENCY_S
-        n = min(self._limit, CONNECT_CAP, max(1, math.ceil(want) if math.isfinite(want) else CONNECT_CAP))
+        n = min(self._pool_max, CONNECT_CAP, max(1, math.ceil(want) if math.isfinite(want) else CONNECT_CAP))
         for _ in range(n):
             self._idle.append(self._new_conn(0))
 
     def _may_grow(self) -> bool:
-        """Open loop: room for one more connection, and the loop keeps up with the schedule.
+        """Open loop: room for one more connection (``engine.connections``, else ``max_in_flight``), and the loop
+        keeps up with the schedule.
 
         A loop that starts due sends late is busy (e.g. CPU-bound on reading answers), and answers in flight that
         hold (or, at the recent answer size, will hold) GROW_MAX_KEPT bytes arrive faster than the engine takes
@@ -414,7 +417,7 @@ class FastEngine(CallbackEngine):
         latency. Then sends wait for a free
         connection instead, leave late, and the schedule lag flags the run generator-bound.
         """
-        if len(self._conns) >= self._limit or self._connecting >= CONNECT_CAP:
+        if len(self._conns) >= self._pool_max or self._connecting >= CONNECT_CAP:
             return False
         if max(self.kept_inflight, self._inflight * min(self._avg_in, self.max_body)) > GROW_MAX_KEPT:
             return False  # the answers in flight hold (or will hold, at the recent answer size) too much

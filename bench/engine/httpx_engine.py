@@ -56,6 +56,7 @@ class HttpxEngine(EngineCore):
         self._nbodies = len(requests.bodies)
         self._headers = self._clean(requests.headers)
         self._clients: list[httpx.AsyncClient] = []
+        self._waiting: deque[int] = deque()  # HTTP/1.1 open loop: intended times waiting for a free connection
         # one context for all clients: httpx would load the CA store per client (tens of ms each)
         self._ssl = make_ssl_context(config, ["h2", "http/1.1"] if config.http2 else ["http/1.1"])
         self._gate: SendGate | None = None
@@ -125,7 +126,7 @@ class HttpxEngine(EngineCore):
     def _may_issue(self, now: int) -> bool:
         if self._stopping:
             return False
-        if now >= self._end_ns or (self._max_requests and self._seq >= self._max_requests):
+        if now >= self._end_ns or (self._max_requests and self._seq + len(self._waiting) >= self._max_requests):
             self._stopping = True
             return False
         return True
@@ -186,6 +187,9 @@ class HttpxEngine(EngineCore):
                 t.cancel()
             if tasks:
                 await asyncio.wait(list(tasks))
+            self._queued_at_end += len(self._waiting)  # taken on, never sent: sent (in the accounting), abandoned
+            self.abandoned += len(self._waiting)
+            self._waiting.clear()
             if end_timer is not None:
                 end_timer.cancel()
             monitor.stop()
@@ -219,7 +223,10 @@ class HttpxEngine(EngineCore):
         limit = load.max_in_flight or DEFAULT_OPEN_LIMIT
         loop = asyncio.get_running_loop()
         h2 = self.config.http2
-        n_clients = max(1, self.config.connections or 1) if h2 else limit
+        # HTTP/2: the connections the streams share; HTTP/1.1: one connection per request out, at most
+        # engine.connections when set (then sends wait for a free one, in order, as the lean engine's do)
+        n_clients = max(1, self.config.connections or 1) if h2 else min(limit, self.config.connections or limit)
+        waiting = self._waiting
         idle: list[httpx.AsyncClient] = []
         held: deque[int] = deque()  # with a gate: intended times of due sends it holds, oldest first
         rr = 0
@@ -232,8 +239,13 @@ class HttpxEngine(EngineCore):
                 else:
                     client = self._clients[rr % n_clients]
                     rr += 1
+            elif idle:
+                client = idle.pop()
+            elif len(self._clients) < n_clients:
+                client = self._client()
             else:
-                client = idle.pop() if idle else self._client()
+                waiting.append(intended)  # the next connection to come free sends it (_open_one)
+                return
             t = loop.create_task(self._open_one(client, intended, idle, h2))
             tasks.add(t)
             t.add_done_callback(tasks.discard)
@@ -262,7 +274,7 @@ class HttpxEngine(EngineCore):
                     await asyncio.sleep(wait)
                 if self._stopping:
                     break
-                if self._inflight + len(held) >= limit:  # (held: 0 without a gate)
+                if self._inflight + len(held) + len(waiting) >= limit:  # (held: 0 without a gate)
                     self.sink.dropped(intended)
                 elif self._gate is not None and (held or self._ask_gate() > 0):
                     held.append(intended)  # behind those already held, or the gate holds it
@@ -276,6 +288,8 @@ class HttpxEngine(EngineCore):
     async def _open_one(self, client: httpx.AsyncClient, intended: int, idle: list[httpx.AsyncClient],
                         h2: bool) -> None:
         await self._one(client, intended)
+        while self._waiting and not h2 and self._fatal is None:  # the oldest waiting first: it is already late
+            await self._one(client, self._waiting.popleft())
         if not h2:
             idle.append(client)
 

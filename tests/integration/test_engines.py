@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -511,3 +512,37 @@ async def test_sends_wait_for_a_free_connection_instead_of_dropping(server: Serv
     assert sink.kinds() == {Kind.OK: 50}
     assert min(r[2] - r[0] for r in sink.rows) >= 190_000_000
     assert server.connections <= 64
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("cap", [2, 0])
+async def test_engine_connections_caps_the_open_loop_pool(engine: type, server: Server, cap: int) -> None:
+    """``engine.connections`` caps an HTTP/1.1 open loop's pool (it used to be ignored: the pool grew to
+    max_in_flight). 0.2 s answers at 20 req/s need ~4 connections: with 2, sends wait for a free one and leave
+    late — the wait shows in the latency from the intended time, not in the service time — and none is dropped.
+    Without the cap the pool grows past 2."""
+    sink = FakeSink()
+    eng = make(engine, server.url("/slow"), sink, connections=cap)
+    await asyncio.wait_for(eng.run(constant_rate(20, 0.5, 64), Stop()), 20)
+    assert len(sink.rows) == 10 and not sink.drops
+    assert sink.kinds() == {Kind.OK: 10} and eng.sent == 10 and eng.abandoned == 0
+    if cap:
+        assert server.connections <= cap
+        assert max(r[2] - r[0] for r in sink.rows) >= 500_000_000  # the last sends waited for a connection
+        assert max(r[2] - r[1] for r in sink.rows) < 350_000_000  # ... and the wait is not the server's time
+    else:
+        assert server.connections > 2
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_sends_still_waiting_for_a_connection_at_the_end_are_sent_and_abandoned(engine: type,
+                                                                                     server: Server) -> None:
+    """One connection to a server that never answers: the first send hangs, the rest wait for the connection.
+    At the end every one of them is accounted for: taken on (sent), none answered, all abandoned."""
+    sink = FakeSink()
+    eng = make(engine, server.url("/hang"), sink, connections=1)
+    spec = dataclasses.replace(constant_rate(20, 0.3, 64), drain_s=0.2)
+    await asyncio.wait_for(eng.run(spec, Stop()), 20)
+    assert not sink.rows and not sink.drops
+    assert eng.sent == 6 == eng.abandoned
+    assert server.connections == 1

@@ -122,7 +122,7 @@ def open_loop(n: int, batch: int = 32, rate: float = 100_000.0) -> float:
     start = time.monotonic_ns()
     eng, conns = _engine(start, batch, _StreamConn)
     eng._open = True
-    eng._limit = 4096
+    eng._limit = eng._pool_max = 4096
     eng._idle.extend(conns)
     pacer = Pacer(eng, None, start, constant_offsets(rate), waker=_NoAlarm(), pacing="sleep")  # type: ignore[arg-type]
     eng._pacer = pacer

@@ -173,7 +173,7 @@ def test_open_loop_grows_the_pool_only_while_the_pacer_wakes_on_time(idle_loop: 
     opening more; once a wake-up is on time again, the queued sends get connections."""
     rs = RequestSet("http://127.0.0.1:9/", "POST", {}, [PreparedBody(b"x", 1)])
     eng = FastEngine(EngineConfig(), rs, lambda s, b, r: (0, r, 0), None)  # type: ignore[arg-type]
-    eng._open, eng._limit, eng._loop = True, 100, idle_loop
+    eng._open, eng._limit, eng._pool_max, eng._loop = True, 100, 100, idle_loop
     pacer = _LatePacer(fast.GROW_MAX_LAG_NS + 1)
     eng._pacer = pacer  # type: ignore[assignment]
     eng.dispatch(1)
@@ -189,7 +189,7 @@ def test_open_loop_stops_growing_while_answers_in_flight_would_hold_too_much() -
     hold) more than GROW_MAX_KEPT bytes, however punctual the pacer is."""
     rs = RequestSet("http://127.0.0.1:9/", "POST", {}, [PreparedBody(b"x", 1)])
     eng = FastEngine(EngineConfig(), rs, lambda s, b, r: (0, r, 0), None)  # type: ignore[arg-type]
-    eng._open, eng._limit = True, 100
+    eng._open, eng._limit, eng._pool_max = True, 100, 100
     eng._pacer = _LatePacer(0)  # type: ignore[assignment]
     assert eng._may_grow()
     eng._inflight, eng._avg_in = 4, 20.0 * 2**20  # four 20 MiB answers coming, each kept to 16 MiB
