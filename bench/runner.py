@@ -385,6 +385,7 @@ async def _apply_load(prepared: Prepared, url: str, authorization: str, token_so
             facts.target_extras.update(extras())
         facts.abandoned, facts.engine = engine.abandoned, engine_class.__name__
         facts.spin_s, facts.spin_idle_s = engine.spin_ns / 1e9, engine.spin_idle_ns / 1e9
+        facts.connections_opened = engine.connections_opened
         recorder.count("sent", engine.sent)
         recorder.abandoned(engine.abandoned, min(time.monotonic_ns(), spec.end_ns))
 

@@ -67,6 +67,10 @@ class Engine(Protocol):
     spin_idle_ns: int  # ... of which it had nothing else to do: CPU burnt waiting, not the run's CPU use
 
     @property
+    def connections_opened(self) -> int | None:
+        """Connects attempted during the run (None: the engine does not count them)."""
+
+    @property
     def sent(self) -> int:
         """Requests taken on (every one ends recorded once or counted in ``abandoned``)."""
 

@@ -143,6 +143,7 @@ class CallbackEngine(EngineCore):
         self._held: deque[Any] = deque()  # sends (open loop: intended times) or slots (closed) the gate holds
         self._gate_timer: asyncio.TimerHandle | None = None
         self._wake_soon = False
+        self._connects = 0  # connects attempted (connections_opened)
         self._fast_end = -1  # closed loop: until then (no request cap, no gate, not stopping) a freed slot sends again
 
     async def run(self, load: LoadSpec, stop: StopSignal) -> None:
@@ -191,6 +192,10 @@ class CallbackEngine(EngineCore):
             for task in list(self._tasks):
                 task.cancel()
             self._release()
+
+    @property
+    def connections_opened(self) -> int:
+        return self._connects
 
     # -- send gate (a client-side rate limit, e.g. UbiOps backoff) ------------------------------------
     def gate_sends(self, gate: SendGate | None) -> Callable[[], None]:

@@ -446,6 +446,7 @@ class FastEngine(CallbackEngine):
                     self._check_drained()
                 return
             started = conn.intended = time.monotonic_ns()
+        self._connects += 1
         try:
             async with asyncio.timeout(self.config.connect_timeout_s):
                 await self._loop.create_connection(lambda: conn, t.host, t.port, ssl=self._ssl,

@@ -430,6 +430,7 @@ class H2Engine(CallbackEngine):
             started = conn.t_connect = time.monotonic_ns()
             for st in conn.waiting:
                 st.intended = max(st.intended, started)
+        self._connects += 1
         try:
             async with asyncio.timeout(self.config.connect_timeout_s):
                 await self._loop.create_connection(lambda: conn, t.host, t.port, ssl=self._ssl,

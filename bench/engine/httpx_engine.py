@@ -131,6 +131,10 @@ class HttpxEngine(EngineCore):
             return False
         return True
 
+    @property
+    def connections_opened(self) -> None:
+        return None  # httpx opens them inside its clients: not counted
+
     async def run(self, load: LoadSpec, stop: StopSignal) -> None:
         loop = asyncio.get_running_loop()
         self._started = True

@@ -13,8 +13,9 @@ from __future__ import annotations
 from bench.report.model import MEASURED, Report, ReportMeta, RunData
 from bench.results import GATE_HOLDS
 
-__all__ = ["NOT_JUDGED", "apply_verdict", "generator_bound", "judged"]
+__all__ = ["NOT_JUDGED", "POOL_ADVICE", "apply_verdict", "generator_bound", "judged"]
 
+POOL_ADVICE = 64  # open-loop connections past which a busy, late loop is advised to cap its pool (see below)
 NOT_JUDGED = "not judged (recovered from a checkpoint, which keeps neither the schedule lag nor the CPU use)"
 
 
@@ -24,14 +25,16 @@ def judged(meta: ReportMeta) -> bool:
 
 
 def generator_bound(run: RunData, *, target_rps: float | None, cpu_fraction: float | None,
-                    lag_bound_ms: float = 1.0, rate_tolerance: float = 0.01,
+                    connections: int | None = None, lag_bound_ms: float = 1.0, rate_tolerance: float = 0.01,
                     cpu_saturated: float = 0.9, lag_busy: float = 0.6) -> tuple[bool, list[str]]:
     """(bound?, reasons). cpu_fraction: generator CPU time / wall time over the run, as a fraction of one core
     (None when not measured: then only the schedule lag can tell). ``lag_busy``: from this busy share on, a
     late schedule is put down to the loop's load: on a 2-vCPU VM (docs/performance.md) an open loop 87-90 % busy
     turned every hiccup of a ms or two (the target's, the kernel's, its own) into a backlog that drained at the
     loop's spare ~10 %, tens of ms of late sends; at 62-73 % busy it held a 1 ms lag p99 in 3 of 6 runs, at
-    36-57 % busy in 18 of 18."""
+    36-57 % busy in 18 of 18. ``connections``: how many an open loop opened (None: not counted); a busy loop whose
+    pool grew past POOL_ADVICE is told to cap it: at 80 % of the ceiling against a fast server, 32 or 64
+    connections held the lag p99 to 1.2-3.2 ms where the growing pool's reached 2.9-84 ms (docs/performance.md)."""
     reasons: list[str] = []
     lag = run.histogram("schedule_lag", MEASURED, "all")
     if lag.total:
@@ -46,6 +49,9 @@ def generator_bound(run: RunData, *, target_rps: float | None, cpu_fraction: flo
                         "keeps the schedule)" if cpu_fraction >= lag_busy else
                         " (it had room: likely stalls from outside it, e.g. another process on its core; "
                         "pin it with taskset)")
+                if cpu_fraction >= lag_busy and connections is not None and connections > POOL_ADVICE:
+                    why += (f"; it opened {connections:,} connections: against a fast server, --connections "
+                            "32-64 keeps the pool small and the catch-up bursts short")
             reasons.append(why)
     cpu = cpu_fraction if cpu_fraction is not None else 0.0  # only read when saturated (so measured)
     saturated = cpu_fraction is not None and cpu_fraction >= cpu_saturated
@@ -65,9 +71,10 @@ def generator_bound(run: RunData, *, target_rps: float | None, cpu_fraction: flo
 
 
 def apply_verdict(report: Report, *, target_rps: float | None, cpu_fraction: float | None,
-                  **bounds: float) -> bool:
+                  connections: int | None = None, **bounds: float) -> bool:
     """Judge the run and store the verdict, its reasons and the CPU figure in the report's metadata."""
-    bound, reasons = generator_bound(report.run, target_rps=target_rps, cpu_fraction=cpu_fraction, **bounds)
+    bound, reasons = generator_bound(report.run, target_rps=target_rps, cpu_fraction=cpu_fraction,
+                                     connections=connections, **bounds)
     report.meta.generator_bound = bound
     report.meta.generator_bound_reasons = reasons
     report.meta.cpu_fraction = cpu_fraction

@@ -143,3 +143,15 @@ def test_pacing_must_be_one_of_the_modes(tmp_path: Path) -> None:
     assert "engine.pacing" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("args", "most"), [(("--connections", "3"), 3), ((), None)])
+def test_report_says_how_many_connections_an_open_loop_opened(tmp_path: Path, args: tuple[str, ...],
+                                                              most: int | None) -> None:
+    """`extra.connections_opened`: the connects the engine attempted. `--connections N` caps an open loop's
+    pool (HTTP/1.1) at N; without it, 2,000 req/s opens a warm pool of 20 before the first send."""
+    proc, out = run(tmp_path, "", "--rate", "2000", "--quiet", *args, duration="1s")
+    assert proc.returncode == 0, proc.stderr
+    extra = {r["name"]: json.loads(str(r["text"])) for r in rows(out, "meta")}["extra"]
+    opened = extra["connections_opened"]
+    assert 1 <= opened <= most if most is not None else opened >= 20, opened

@@ -11,7 +11,7 @@ from test_report_helpers import S, make_report, make_run
 
 from bench.recorder import Recorder
 from bench.report.summary import render_summary, summarize
-from bench.report.verdict import apply_verdict, generator_bound
+from bench.report.verdict import POOL_ADVICE, apply_verdict, generator_bound
 from bench.report.writer import write_report
 from bench.results import Kind
 
@@ -70,6 +70,19 @@ def test_verdict_schedule_lag() -> None:
     assert "busy" not in generator_bound(run, target_rps=1000, cpu_fraction=None)[1][0]  # not measured: not said
     ok_run = _open_loop_run(0.05, 1000).finish(S, partial=False)
     assert generator_bound(ok_run, target_rps=1000, cpu_fraction=0.2) == (False, [])
+
+
+def test_verdict_advises_capping_a_pool_that_grew_while_the_loop_was_busy() -> None:
+    """A late, busy open loop that opened more than POOL_ADVICE connections is told to cap them (measured: a
+    smaller pool kept the catch-up bursts short); not when it opened few, had room, or nobody counted."""
+    run = _open_loop_run(5.0, 1000).finish(S, partial=False)
+    many = generator_bound(run, target_rps=1000, cpu_fraction=0.9, connections=POOL_ADVICE + 1)[1][0]
+    assert f"opened {POOL_ADVICE + 1:,} connections" in many and "--connections" in many
+    for connections, busy in ((POOL_ADVICE, 0.9), (POOL_ADVICE + 1, 0.3), (None, 0.9)):
+        reason = generator_bound(run, target_rps=1000, cpu_fraction=busy, connections=connections)[1][0]
+        assert "--connections" not in reason, (connections, busy)
+    ok_run = _open_loop_run(0.05, 1000).finish(S, partial=False)  # on schedule: nothing to advise
+    assert generator_bound(ok_run, target_rps=1000, cpu_fraction=0.9, connections=1000) == (False, [])
 
 
 def test_verdict_rate_short_only_when_cpu_saturated() -> None:
