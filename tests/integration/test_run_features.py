@@ -82,6 +82,7 @@ def test_two_processes_merge_into_one_report(tmp_path: Path) -> None:
     summary = json.loads(proc.stdout)
     meta = {r["name"]: json.loads(str(r["text"])) for r in rows(out, "meta")}
     assert meta["load"]["processes"] == 2
+    assert meta["extra"]["connections_opened"] == 4  # both workers' 2 (concurrency 4 in all), not one part's
     latency = [r for r in rows(out, "histogram") if r["name"] == "latency" and r["phase"] == "measured"]
     assert sum(int(str(r["count"])) for r in latency) == summary["requests"] > 100
 
