@@ -5,7 +5,8 @@
 * open-loop: the ceiling from `bench calibrate --url <nginx>` (closed loop, 64 connections), then `bench run
   --rate 0.8×ceiling`; achieved rate (completions per second over the whole seconds inside the measured phase,
   from the report's series) vs target, dropped sends, schedule-lag and loop-lag p99 (report histograms).
-  ``--server-work N`` gives nginx N Lua loop steps per answer, so the server sets the ceiling, not the client.
+  ``--server-work N`` gives nginx N Lua loop steps per answer, so the server sets the ceiling, not the client;
+  ``--connections 0,32`` compares pool caps (`bench run --connections`; 0: the pool grows as sends need it).
 * fixed-delay: `bench run --rate R` against tests/perf/fixed_delay_server.py (answers 10 ms after arrival);
   bench's p50 minus 10 ms, beside the server's own measured delay (its /stats).
 * processes: `bench run -c 64 --processes N` against nginx, N = 1 and 2, pinned three ways (see docs).
@@ -17,6 +18,7 @@ CPU 1 (unless a row says otherwise); loopback only; servers are always stopped. 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -258,10 +260,11 @@ def calibrate(url: str, body: Path, duration: int) -> dict[str, Any]:
 
 
 def open_loop_round(url: str, body: Path, rate: float, duration: int, warmup: int, out: Path,
-                    pacing: str = "auto") -> dict[str, Any]:
+                    pacing: str = "auto", connections: int = 0) -> dict[str, Any]:
+    cap = ["--connections", str(connections)] if connections else []  # 0: the pool grows as sends need it
     summary, _ = run_json(bench_cmd(["run", "--url", url, "--body", str(body), "--rate", f"{rate:.0f}",
                                      "--duration", f"{duration}s", "--warmup", f"{warmup}s", "--json",
-                                     "--quiet", "--pacing", pacing, "--out", str(out)]))
+                                     "--quiet", "--pacing", pacing, "--out", str(out), *cap]))
     rep = read_report(out)
     achieved = achieved_rate(rep)
     lag = rep["hist"].get(("schedule_lag", "measured"), {})
@@ -271,12 +274,14 @@ def open_loop_round(url: str, body: Path, rate: float, duration: int, warmup: in
             "lag_p50": lag.get("p50_ms"), "lag_p99": lag.get("p99_ms"), "lag_max": lag.get("max_ms"),
             "loop_lag_p99": loop_lag.get("p99_ms"), "cpu_fraction": rep["meta"].get("cpu_fraction"),
             "generator_bound": summary["generator_bound"], "p50": summary["latency_ms"]["p50"], "pacing": pacing,
-            "p99": summary["latency_ms"]["p99"]}
+            "p99": summary["latency_ms"]["p99"], "connections": connections,
+            "connections_opened": rep["meta"].get("extra", {}).get("connections_opened")}
 
 
 def bench_open_loop(tmp: Path, body: Path, duration: int, rounds: int, fractions: tuple[float, ...] = (0.8,),
                     rate: float | None = None, calibrate_s: int = 5,
-                    pacings: tuple[str, ...] = ("auto",), server_work: int = 0) -> list[dict[str, Any]]:
+                    pacings: tuple[str, ...] = ("auto",), server_work: int = 0,
+                    connections: tuple[int, ...] = (0,)) -> list[dict[str, Any]]:
     """Per round: the closed-loop ceiling (``bench calibrate``), then an open-loop run at each fraction of it with
     each pacing, interleaved. The ceiling is the lower of what calibrate achieved and its per-core figure: the
     client's limit against the plain sink, the server's with ``server_work``."""
@@ -289,9 +294,9 @@ def bench_open_loop(tmp: Path, body: Path, duration: int, rounds: int, fractions
             else:
                 cal, ceiling = {}, rate / fractions[0]
             for fraction in fractions:
-                for pacing in pacings:
+                for pacing, cap in itertools.product(pacings, connections):
                     row = open_loop_round(url, body, fraction * ceiling, duration, 2, tmp / f"open-{i}.arrow",
-                                          pacing)
+                                          pacing, cap)
                     row["ceiling"] = ceiling
                     row["fraction"] = fraction
                     row["calibrate_cpu_fraction"] = cal.get("cpu_fraction")
@@ -305,11 +310,12 @@ def print_open_loop(rows: list[dict[str, Any]]) -> None:
     print("| fraction | pacing | ceiling req/s | target req/s | achieved req/s | error % | dropped | "
           "schedule-lag p50 ms | schedule-lag p99 ms | loop-lag p99 ms | client CPU | generator_bound |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    def group(r: dict[str, Any]) -> tuple[float, str]:
-        return r["fraction"], r["pacing"]
+    def group(r: dict[str, Any]) -> tuple[float, str]:  # the pacing, and the connections cap when one was set
+        cap = r.get("connections")
+        return r["fraction"], r["pacing"] + (f", {cap} conns" if cap else "")
 
     for r in sorted(rows, key=group):
-        print(f"| {r['fraction']:.0%} | {r['pacing']} | {r['ceiling']:,.0f} | "
+        print(f"| {r['fraction']:.0%} | {group(r)[1]} | {r['ceiling']:,.0f} | "
               f"{r['target']:,.0f} | {r['achieved']:,.0f} | {r['error_pct']:+.2f} | {r['dropped']:,} | "
               f"{r['lag_p50']:.3f} | {r['lag_p99']:.3f} | {r['loop_lag_p99']:.3f} | {r['cpu_fraction']:.0%} | "
               f"{r['generator_bound']} |")
@@ -410,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=None, help="open-loop: fixed rate instead of 0.8 × calibrated")
     ap.add_argument("--fractions", default="0.8", help="open-loop: fractions of the ceiling, e.g. 0.6,0.7,0.8")
     ap.add_argument("--pacing", default="auto", help="open-loop: pacing modes to compare, e.g. auto,sleep")
+    ap.add_argument("--connections", default="0",
+                    help="open-loop: connection caps to compare, e.g. 0,32 (0: the pool grows as sends need it)")
     ap.add_argument("--server-work", type=int, default=0,
                     help="open-loop: Lua loop steps per answer in nginx, so the server sets the ceiling "
                          "(0: the plain sink, where the client does)")
@@ -425,9 +433,11 @@ def main(argv: list[str] | None = None) -> int:
         make_body(body)
         if args.what in ("open-loop", "all"):
             fractions = tuple(float(f) for f in args.fractions.split(","))
+            caps = tuple(int(c) for c in args.connections.split(","))
             results["open_loop"] = rows = bench_open_loop(tmp, body, args.duration, args.rounds, fractions,
                                                           rate=args.rate, pacings=tuple(args.pacing.split(",")),
-                                                          server_work=args.server_work)
+                                                          server_work=args.server_work,
+                                                          connections=caps)
             print(f"\n### Open loop at {', '.join(f'{f:.0%}' for f in fractions)} of the ceiling\n")
             print_open_loop(rows)
         if args.what in ("fixed-delay", "all"):
