@@ -34,7 +34,8 @@ def generator_bound(run: RunData, *, target_rps: float | None, cpu_fraction: flo
     loop's spare ~10 %, tens of ms of late sends; at 62-73 % busy it held a 1 ms lag p99 in 3 of 6 runs, at
     36-57 % busy in 18 of 18. ``connections``: how many an open loop opened (None: not counted); a busy loop whose
     pool grew past POOL_ADVICE is told to cap it: at 80 % of the ceiling against a fast server, 32 or 64
-    connections held the lag p99 to 1.2-3.2 ms where the growing pool's reached 2.9-84 ms (docs/performance.md)."""
+    connections held the lag p99 to 1.2-3.2 ms in 10 of 11 rounds, the growing pool's was 1.7-122 ms
+    (docs/performance.md)."""
     reasons: list[str] = []
     lag = run.histogram("schedule_lag", MEASURED, "all")
     if lag.total:
