@@ -36,13 +36,15 @@ class RunFacts:
     spin_s: float = 0.0  # open loop: seconds the pacer spun instead of sleeping (bench.engine.pacer) ...
     spin_idle_s: float = 0.0  # ... of which idle: left out of cpu_fraction
     connections_opened: int | None = None  # connects the engine attempted (None: not counted, the httpx engine)
+    waited_at_cap: int = 0  # open loop: sends that waited for one of the engine.connections connections
+    connections_cap: int = 0  # engine.connections (0: none)
 
     def extra(self) -> dict[str, Any]:
         """What the report's ``extra`` metadata carries (absent facts left out)."""
         out: dict[str, Any] = {"abandoned": self.abandoned, "interrupted": self.interrupted,
                                "worker": list(self.worker) if self.worker else None,
                                "slo_aborted": self.slo_aborted, "connections_opened": self.connections_opened,
-                               **self.target_extras}
+                               "waited_at_cap": self.waited_at_cap or None, **self.target_extras}
         if self.spin_s:
             out["pacer_spin_s"] = round(self.spin_s, 3)
             out["pacer_spin_idle_s"] = round(self.spin_idle_s, 3)
@@ -113,6 +115,7 @@ def build_report(sc: Scenario, run: RunData, facts: RunFacts, target_config: Any
                      target=target_meta, extra={**facts.extra(), **target.report_extras(target_config)})
     report = Report(meta=meta, run=run)
     lag_bound_ms = target.lag_bound_ms
-    apply_verdict(report, target_rps=target_rps, cpu_fraction=facts.cpu_fraction,
-                  connections=facts.connections_opened if load.mode == "open" else None, lag_bound_ms=lag_bound_ms)
+    opened = facts.connections_opened if load.mode == "open" else None
+    apply_verdict(report, target_rps=target_rps, cpu_fraction=facts.cpu_fraction, connections=opened,
+                  waited_at_cap=(facts.waited_at_cap, facts.connections_cap), lag_bound_ms=lag_bound_ms)
     return report

@@ -71,6 +71,10 @@ class Engine(Protocol):
         """Connects attempted during the run (None: the engine does not count them)."""
 
     @property
+    def waited_at_cap(self) -> int:
+        """HTTP/1.1 open loop: sends that found all ``EngineConfig.connections`` busy and waited for one."""
+
+    @property
     def sent(self) -> int:
         """Requests taken on (every one ends recorded once or counted in ``abandoned``)."""
 

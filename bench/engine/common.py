@@ -100,6 +100,7 @@ class EngineCore:
         self._rows = list(rows) if isinstance(rows, list) else [b.rows for b in requests.bodies]
         self._seq = 0  # requests taken on (put on the wire or waiting for a connection): see ``sent``
         self._queued_at_end = 0  # set by an engine whose queued sends were counted abandoned at the end
+        self.waited_at_cap = 0  # open loop: sends that waited because the pool was at engine.connections
         self._inflight = 0
         self._stopping = False
         self._max_requests = 0

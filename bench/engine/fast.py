@@ -600,6 +600,8 @@ class FastEngine(CallbackEngine):
                 self._assign(self._new_conn(0), intended)
                 return
         backlog.append(intended)
+        if self.config.connections and len(self._conns) >= self._pool_max:
+            self.waited_at_cap += 1  # the user's cap, not the loop's own lag, kept it waiting
         if len(backlog) > 1:  # sends wait from an earlier late wake-up: grow for them if the loop caught up
             self._grow()
 

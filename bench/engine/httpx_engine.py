@@ -249,6 +249,7 @@ class HttpxEngine(EngineCore):
                 client = self._client()
             else:
                 waiting.append(intended)  # the next connection to come free sends it (_open_one)
+                self.waited_at_cap += 1
                 return
             t = loop.create_task(self._open_one(client, intended, idle, h2))
             tasks.add(t)

@@ -25,7 +25,8 @@ def judged(meta: ReportMeta) -> bool:
 
 
 def generator_bound(run: RunData, *, target_rps: float | None, cpu_fraction: float | None,
-                    connections: int | None = None, lag_bound_ms: float = 1.0, rate_tolerance: float = 0.01,
+                    connections: int | None = None, waited_at_cap: tuple[int, int] = (0, 0),
+                    lag_bound_ms: float = 1.0, rate_tolerance: float = 0.01,
                     cpu_saturated: float = 0.9, lag_busy: float = 0.6) -> tuple[bool, list[str]]:
     """(bound?, reasons). cpu_fraction: generator CPU time / wall time over the run, as a fraction of one core
     (None when not measured: then only the schedule lag can tell). ``lag_busy``: from this busy share on, a
@@ -35,7 +36,8 @@ def generator_bound(run: RunData, *, target_rps: float | None, cpu_fraction: flo
     36-57 % busy in 18 of 18. ``connections``: how many an open loop opened (None: not counted); a busy loop whose
     pool grew past POOL_ADVICE is told to cap it: at 80 % of the ceiling against a fast server, 32 or 64
     connections held the lag p99 to 1.2-3.2 ms in 10 of 11 rounds, the growing pool's was 1.7-122 ms
-    (docs/performance.md)."""
+    (docs/performance.md). ``waited_at_cap``: (sends that waited for a free connection because the pool was at
+    ``engine.connections``, that cap): the lag then is the cap's as much as the loop's, and the reason says so."""
     reasons: list[str] = []
     lag = run.histogram("schedule_lag", MEASURED, "all")
     if lag.total:
@@ -44,15 +46,21 @@ def generator_bound(run: RunData, *, target_rps: float | None, cpu_fraction: flo
         # purpose: that lag is the platform's limit, shown as its pauses, not the harness's
         if lag_p99 > lag_bound_ms and not run.counters.get(GATE_HOLDS):
             why = f"schedule lag p99 {lag_p99:.3g} ms > {lag_bound_ms:g} ms: sends left late"
+            waited, cap = waited_at_cap
             if cpu_fraction is not None:  # what to do about it depends on whether the generator's core was full
                 why += f"; the generator's loop was {cpu_fraction * 100:.0f} % busy"
-                why += (" (too busy to catch up after a stall: a lower rate per process, or --processes N, "
-                        "keeps the schedule)" if cpu_fraction >= lag_busy else
-                        " (it had room: likely stalls from outside it, e.g. another process on its core; "
-                        "pin it with taskset)")
+                if cpu_fraction >= lag_busy:
+                    why += (" (too busy to catch up after a stall: a lower rate per process, or --processes N, "
+                            "keeps the schedule)")
+                elif not (waited and cap):  # (with sends held by the cap, the cap is the likelier cause)
+                    why += (" (it had room: likely stalls from outside it, e.g. another process on its core; "
+                            "pin it with taskset)")
                 if cpu_fraction >= lag_busy and connections is not None and connections > POOL_ADVICE:
                     why += (f"; it opened {connections:,} connections: against a fast server, --connections "
                             "32-64 keeps the pool small and the catch-up bursts short")
+            if waited and cap:
+                why += (f"; {waited:,} sends waited for one of the {cap:,} connections --connections allows: "
+                        "a target slower than that pool can serve at this rate needs more")
             reasons.append(why)
     cpu = cpu_fraction if cpu_fraction is not None else 0.0  # only read when saturated (so measured)
     saturated = cpu_fraction is not None and cpu_fraction >= cpu_saturated
@@ -72,10 +80,10 @@ def generator_bound(run: RunData, *, target_rps: float | None, cpu_fraction: flo
 
 
 def apply_verdict(report: Report, *, target_rps: float | None, cpu_fraction: float | None,
-                  connections: int | None = None, **bounds: float) -> bool:
+                  connections: int | None = None, waited_at_cap: tuple[int, int] = (0, 0), **bounds: float) -> bool:
     """Judge the run and store the verdict, its reasons and the CPU figure in the report's metadata."""
     bound, reasons = generator_bound(report.run, target_rps=target_rps, cpu_fraction=cpu_fraction,
-                                     connections=connections, **bounds)
+                                     connections=connections, waited_at_cap=waited_at_cap, **bounds)
     report.meta.generator_bound = bound
     report.meta.generator_bound_reasons = reasons
     report.meta.cpu_fraction = cpu_fraction

@@ -526,6 +526,7 @@ async def test_engine_connections_caps_the_open_loop_pool(engine: type, server: 
     await asyncio.wait_for(eng.run(constant_rate(20, 0.5, 64), Stop()), 20)
     assert len(sink.rows) == 10 and not sink.drops
     assert sink.kinds() == {Kind.OK: 10} and eng.sent == 10 and eng.abandoned == 0
+    assert (eng.waited_at_cap > 0) == bool(cap)  # counted only when the user's cap held sends back
     if cap:
         assert server.connections <= cap
         assert max(r[2] - r[0] for r in sink.rows) >= 500_000_000  # the last sends waited for a connection

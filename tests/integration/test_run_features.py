@@ -150,9 +150,16 @@ def test_pacing_must_be_one_of_the_modes(tmp_path: Path) -> None:
 def test_report_says_how_many_connections_an_open_loop_opened(tmp_path: Path, args: tuple[str, ...],
                                                               most: int | None) -> None:
     """`extra.connections_opened`: the connects the engine attempted. `--connections N` caps an open loop's
-    pool (HTTP/1.1) at N; without it, 2,000 req/s opens a warm pool of 20 before the first send."""
+    pool (HTTP/1.1) at N; without it, 2,000 req/s opens a warm pool of 20 before the first send. 3 connections
+    to a 2 ms server serve at most 1,500 req/s: sends wait for one (`extra.waited_at_cap`), and the verdict's
+    reason names the cap."""
     proc, out = run(tmp_path, "", "--rate", "2000", "--quiet", *args, duration="1s")
     assert proc.returncode == 0, proc.stderr
     extra = {r["name"]: json.loads(str(r["text"])) for r in rows(out, "meta")}["extra"]
     opened = extra["connections_opened"]
     assert 1 <= opened <= most if most is not None else opened >= 20, opened
+    reasons = " ".join(json.loads(proc.stdout)["generator_bound_reasons"])
+    if most is not None:
+        assert extra["waited_at_cap"] > 0 and f"one of the {most} connections" in reasons, (extra, reasons)
+    else:
+        assert "waited_at_cap" not in extra and "waited" not in reasons

@@ -85,6 +85,16 @@ def test_verdict_advises_capping_a_pool_that_grew_while_the_loop_was_busy() -> N
     assert generator_bound(ok_run, target_rps=1000, cpu_fraction=0.9, connections=1000) == (False, [])
 
 
+def test_verdict_names_the_connections_cap_when_sends_waited_for_it() -> None:
+    """Sends that waited because every one of the --connections N was busy: the reason names the cap (a slow
+    target needs more), and no longer guesses at stalls from outside the loop."""
+    run = _open_loop_run(5.0, 1000).finish(S, partial=False)
+    reason = generator_bound(run, target_rps=1000, cpu_fraction=0.2, waited_at_cap=(1996, 4))[1][0]
+    assert "1,996 sends waited for one of the 4 connections" in reason and "outside it" not in reason
+    assert "waited" not in generator_bound(run, target_rps=1000, cpu_fraction=0.2)[1][0]
+    assert "waited" not in generator_bound(run, target_rps=1000, cpu_fraction=0.2, waited_at_cap=(5, 0))[1][0]
+
+
 def test_verdict_rate_short_only_when_cpu_saturated() -> None:
     run = _open_loop_run(0.05, 900).finish(S, partial=False)  # 900/s achieved, 1000/s wanted
     assert generator_bound(run, target_rps=1000, cpu_fraction=0.5) == (False, [])
