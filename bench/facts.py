@@ -37,7 +37,6 @@ class RunFacts:
     spin_idle_s: float = 0.0  # ... of which idle: left out of cpu_fraction
     connections_opened: int | None = None  # connects the engine attempted (None: not counted, the httpx engine)
     waited_at_cap: int = 0  # open loop: sends that waited for one of the engine.connections connections
-    connections_cap: int = 0  # engine.connections (0: none)
 
     def extra(self) -> dict[str, Any]:
         """What the report's ``extra`` metadata carries (absent facts left out)."""
@@ -117,5 +116,5 @@ def build_report(sc: Scenario, run: RunData, facts: RunFacts, target_config: Any
     lag_bound_ms = target.lag_bound_ms
     opened = facts.connections_opened if load.mode == "open" else None
     apply_verdict(report, target_rps=target_rps, cpu_fraction=facts.cpu_fraction, connections=opened,
-                  waited_at_cap=(facts.waited_at_cap, facts.connections_cap), lag_bound_ms=lag_bound_ms)
+                  waited_at_cap=(facts.waited_at_cap, sc.engine.connections), lag_bound_ms=lag_bound_ms)
     return report

@@ -386,7 +386,7 @@ async def _apply_load(prepared: Prepared, url: str, authorization: str, token_so
         facts.abandoned, facts.engine = engine.abandoned, engine_class.__name__
         facts.spin_s, facts.spin_idle_s = engine.spin_ns / 1e9, engine.spin_idle_ns / 1e9
         facts.connections_opened = engine.connections_opened
-        facts.waited_at_cap, facts.connections_cap = engine.waited_at_cap, cfg_e.connections
+        facts.waited_at_cap = engine.waited_at_cap
         recorder.count("sent", engine.sent)
         recorder.abandoned(engine.abandoned, min(time.monotonic_ns(), spec.end_ns))
 

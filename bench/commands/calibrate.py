@@ -328,9 +328,9 @@ def _tree_cpu_s(pid: int) -> float:
 
 def _failed(result: dict[str, Any]) -> str | None:
     """Why the measurement describes no working request path (nothing answered ok), or None."""
-    n, errors = result["requests"], result["errors"]
     from bench.tlstrust import untrusted
 
+    n, errors = result["requests"], result["errors"]
     if n == 0:
         return "no request completed"
     if errors >= n:

@@ -32,6 +32,19 @@ def locust_totals(proc: subprocess.Popen[bytes]) -> tuple[int, int]:
     return sum(e["num_requests"] for e in entries), sum(e["num_failures"] for e in entries)
 
 
+def write_wallaroo_scenario(cluster: Cluster, name: str, url: str, tables: str) -> None:
+    """``sc.toml`` in the cluster's directory: a Wallaroo target at ``url`` sending the reference data, plus
+    ``tables`` (TOML sections such as ``[auth]`` or ``[engine]``)."""
+    (cluster.tmp / "sc.toml").write_text(f"""name = "{name}"
+[target]
+kind = "wallaroo"
+url = "{url}"
+[data]
+path = "{DATA}"
+rows_per_request = 10
+{tables}""")
+
+
 def test_stock_locust_master_and_two_workers_leave_one_bench_report(cluster: Cluster,
                                                                      serve_emulator: Callable[..., str]) -> None:
     base = serve_emulator("--replicas", "8", "--latency-ms", "2")
@@ -95,14 +108,7 @@ def test_keycloak_tokens_are_fetched_and_refreshed_for_users(cluster: Cluster,
                                                              serve_emulator: Callable[..., str]) -> None:
     base = serve_emulator("--require-token", "--token-ttl", "1", "--latency-ms", "1")
     d = EmulatorConfig()
-    (cluster.tmp / "sc.toml").write_text(f"""name = "tokens"
-[target]
-kind = "wallaroo"
-url = "{base}/v1/api/pipelines/infer/{d.deployment}/{d.pipeline}"
-[data]
-path = "{DATA}"
-rows_per_request = 10
-[auth]
+    write_wallaroo_scenario(cluster, "tokens", f"{base}/v1/api/pipelines/infer/{d.deployment}/{d.pipeline}", f"""[auth]
 kind = "password"
 token_url = "{base}/auth/realms/master/protocol/openid-connect/token"
 client_secret_env = "BENCH_TEST_SECRET"
@@ -130,16 +136,8 @@ def test_users_trust_the_scenarios_ca_bundle_and_insecure(cluster: Cluster, serv
     d = EmulatorConfig()
     results = {}
     for name, engine in (("bundle", f'ca_bundle = "{ca_file}"'), ("insecure", "insecure = true"), ("none", "")):
-        (cluster.tmp / "sc.toml").write_text(f"""name = "tls"
-[target]
-kind = "wallaroo"
-url = "{https}/v1/api/pipelines/infer/{d.deployment}/{d.pipeline}"
-[data]
-path = "{DATA}"
-rows_per_request = 10
-[engine]
-{engine}
-""")
+        write_wallaroo_scenario(cluster, "tls", f"{https}/v1/api/pipelines/infer/{d.deployment}/{d.pipeline}",
+                                f"[engine]\n{engine}\n")
         locustfile(cluster, "WallarooUser", 'scenario = "sc.toml"')
         proc = locust(cluster, name, "--headless", "-u", "2", "-r", "2", "-t", "2s", "--bench-report",
                       str(cluster.tmp / f"{name}.arrow"), "--json")
