@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
@@ -26,6 +25,7 @@ from typing import Any
 from bench.errors import EXIT_INTERRUPTED, EXIT_OK, BenchError, RunInvalid
 from bench.facts import RunFacts
 from bench.runner import Endpoints, Prepared, RunControl
+from bench.scratch import scratch_dir
 from bench.targets import target_for
 
 __all__ = ["Share", "hand_off", "run_processes", "run_share", "worker_main"]
@@ -113,7 +113,7 @@ def run_processes(prepared: Prepared, opts: Any, out_path: Path) -> tuple[Any, R
     ep = replace(prepared.endpoints or Endpoints(url), inference_url=url)
     raw = prepared.scenario.report.raw
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
+    with scratch_dir("workers") as tmp:
         epoch = time.time() + 1.0 + 0.2 * processes  # every worker starts its load at this instant
         parts = [Path(tmp) / f"part-{i}.arrow" for i in range(processes)]
         raws = [Path(tmp) / f"part-{i}.raw" if raw else None for i in range(processes)]

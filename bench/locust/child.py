@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from typing import IO, Any
@@ -79,6 +78,7 @@ def main() -> int:
     from bench.errors import BenchError
     from bench.locust import _core
     from bench.locust.wire import delta
+    from bench.scratch import scratch_dir
 
     parent = os.getppid()
     out = _Out(sys.stdout.buffer)
@@ -117,7 +117,7 @@ def main() -> int:
         prev[0] = snap
         relay_checkpoint()
 
-    with tempfile.TemporaryDirectory(prefix="bench-locust-child-") as tmp:
+    with scratch_dir("locust-child") as tmp:
         raw = Path(tmp) / "raw.arrows" if sc.report.raw else None
         try:
             report = _core.run_share(prepared, int(job["index"]), int(job["workers"]), go["epoch"], on_snapshot,

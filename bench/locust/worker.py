@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -26,6 +25,7 @@ from locust.env import Environment
 
 from bench import __version__
 from bench.errors import RunInvalid
+from bench.scratch import scratch_dir
 
 __all__ = ["BenchWorker", "run_worker"]
 
@@ -38,7 +38,7 @@ class BenchWorker:
         self.runner: Any = cast(Any, env.runner)
         self.child: subprocess.Popen[bytes] | None = None
         self.relay: Any = None  # the greenlet relaying the child's lines
-        self.tmp = tempfile.TemporaryDirectory(prefix="bench-locust-worker-")
+        self.tmp = scratch_dir("locust-worker")
         for name, fn in (("bench_prepare", self._prepare), ("bench_go", self._go), ("bench_stop", self._stop)):
             self.runner.register_message(name, fn)
 
