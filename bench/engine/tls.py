@@ -39,6 +39,7 @@ class ResumingContext(ssl.SSLContext):
         offer = session if session is not None else self.session
         obj = super().wrap_bio(incoming, outgoing, server_side, server_hostname, offer)
         self._donor = obj
+        _direct(obj)
         return obj
 
     def _harvest(self) -> None:
@@ -54,6 +55,22 @@ class ResumingContext(ssl.SSLContext):
         # also resume by id from the server's cache
         if got is not None and (got.has_ticket or (version != "TLSv1.3" and got.id)):
             self.session = got
+
+
+def _direct(obj: ssl.SSLObject) -> None:
+    """Give ``obj`` the C methods behind its ``read``, ``write`` and ``pending``.
+
+    ``ssl.SSLObject``'s are Python wrappers that only pass their arguments on; the event loop's TLS layer calls
+    them for every record it reads or writes (uvloop caches the bound methods once per connection), so the
+    wrappers cost three Python calls per HTTPS request. The C ``read`` has no default length, and needs none:
+    every TLS layer bench drives (uvloop's, asyncio's, anyio's for httpx) passes one.
+    """
+    inner = getattr(obj, "_sslobj", None)
+    if inner is None:  # a Python whose SSLObject is built differently: keep the wrappers
+        return
+    obj.read = inner.read  # type: ignore[method-assign]
+    obj.write = inner.write  # type: ignore[method-assign]
+    obj.pending = inner.pending  # type: ignore[method-assign]
 
 
 def make_ssl_context(config: EngineConfig, alpn: list[str] | None = None) -> ssl.SSLContext:

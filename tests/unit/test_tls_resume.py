@@ -81,3 +81,25 @@ def test_a_verifying_context_is_the_default_contexts_equal() -> None:
     assert made.minimum_version == default.minimum_version and made.verify_flags == default.verify_flags
     assert made.get_ca_certs() == default.get_ca_certs() and made.get_ciphers() == default.get_ciphers()
     assert made.maximum_version == default.maximum_version
+
+
+def test_client_connections_call_the_c_methods_and_still_carry_data(
+        contexts: tuple[ResumingContext, ssl.SSLContext]) -> None:
+    """The event loop's TLS layer calls read, write and pending per record: the client objects have the C methods
+    (not ssl.SSLObject's Python wrappers), and data goes both ways through them, into a buffer too."""
+    client, server = contexts
+    pair = _Pair(client, server)
+    inner = pair.client._sslobj  # type: ignore[attr-defined]
+    assert (pair.client.read, pair.client.write, pair.client.pending) == (inner.read, inner.write, inner.pending)
+    assert pair.server.read != pair.server._sslobj.read  # type: ignore[attr-defined]  # server side untouched
+    pair.handshake()
+    assert pair.client.write(b"request") == 7
+    pair._carry()
+    assert pair.server.read(16) == b"request"
+    pair.server.write(b"answer")
+    pair._carry()
+    buf = bytearray(16)
+    assert pair.client.pending() == 0  # nothing decrypted yet: the record is still in the incoming BIO
+    assert pair.client.read(3, buf) == 3 and bytes(buf[:3]) == b"ans"
+    assert pair.client.pending() == 3
+    assert pair.client.read(16) == b"wer"
