@@ -1,10 +1,10 @@
 """Scratch directories that a killed process does not leave behind for good.
 
-Why: a process killed with SIGKILL (a CI job's timeout, an OOM kill, ``kill -9``) cannot remove its temporary
-directory, and a ``--processes`` worker whose parent died writes its partial share there before it stops. Each
-such kill left a ``bench-*`` directory in the temp folder, with part reports and raw request files that can be
-large. The directory's name carries its owner's pid and pid namespace; the next bench process that makes one of the
-same kind removes those whose owner is gone. A pid from another namespace (a container sharing /tmp) is never
+Why: a process killed with SIGKILL (a CI job's timeout that kills the whole process tree, an OOM kill, ``kill -9``)
+cannot remove its temporary directory. Each such kill left a ``bench-*`` directory in the temp folder for good,
+with whatever part reports and raw request logs it held, and those can be large. The directory's name carries its
+owner's pid and pid namespace; the next bench process that makes one of the same kind removes those whose owner is
+gone. A pid from another namespace (a container sharing /tmp) is never
 judged, so a live run's directory is never taken.
 """
 
