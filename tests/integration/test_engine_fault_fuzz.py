@@ -72,6 +72,7 @@ def test_every_request_taken_on_is_recorded_once_or_in_flight_at_end(engine: str
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(900)  # 200 examples of up to ~1 s each: longer than the default 120 s for one test
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 @_given
 def test_every_request_accounted_for_long(engine: str, mode: str, seed: int, weights: list[float]) -> None:
