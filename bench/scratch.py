@@ -54,6 +54,6 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):
-        return True  # another user's process, or unknowable: keep its directory
+    except OSError:
+        return True  # another user's process (PermissionError), or unknowable: keep its directory
     return True

@@ -151,10 +151,6 @@ def run_processes(prepared: Prepared, opts: Any, out_path: Path) -> tuple[Any, R
         reports = [found[i] for i in sorted(found)]
         merged = merge_reports(reports)
         merged.meta.load["processes"] = processes
-        for key in ("abandoned", "connections_opened", "waited_at_cap"):  # every worker's, not the first part's
-            counts = [r.meta.extra[key] for r in reports if r.meta.extra.get(key) is not None]
-            if counts:
-                merged.meta.extra[key] = sum(int(n) for n in counts)
         merged.meta.extra.pop("worker", None)  # the merged report is the whole run, not worker 0's share
         merged.meta.extra.pop("recovered", None)  # ... nor worker 0's recovery
         if taken:  # up to their last checkpoint line (their in-flight requests: kind 'abandoned')

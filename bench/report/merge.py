@@ -235,6 +235,10 @@ def merge_reports(reports: Sequence[Report], *, force: bool = False) -> Report:
         extra={**own, "merged_from": [str(r.path) if r.path else r.meta.host for r in reports],
                "unrecorded_errors": _sum_unrecorded(reports), "run_id": uuid.uuid4().hex,
                "merged_run_ids": [run_identity(r) for r in reports]})
+    for key in _SUMMED_COUNTS:  # every part's, not the first part's alone
+        counts = [r.meta.extra[key] for r in reports if r.meta.extra.get(key) is not None]
+        if counts:
+            meta.extra[key] = sum(int(n) for n in counts)
     if problems:
         meta.extra["merge_forced"] = problems
     merged = Report(meta=meta, run=run)
@@ -244,6 +248,9 @@ def merge_reports(reports: Sequence[Report], *, force: bool = False) -> Report:
 
 # a part's verdicts on its own share: never the merged run's (they are judged again on the merged data below)
 _PER_RUN_VERDICTS = ("slo", "failed", "accounting")
+# a part's counts of its own share (requests in flight at its end, connects, sends that waited at the
+# connections cap): the merged run's are their sum
+_SUMMED_COUNTS = ("abandoned", "connections_opened", "waited_at_cap")
 
 
 def _judge_again(merged: Report, reports: Sequence[Report]) -> None:

@@ -34,10 +34,11 @@ def generator_bound(run: RunData, *, target_rps: float | None, cpu_fraction: flo
     turned every hiccup of a ms or two (the target's, the kernel's, its own) into a backlog that drained at the
     loop's spare ~10 %, tens of ms of late sends; at 62-73 % busy it held a 1 ms lag p99 in 3 of 6 runs, at
     36-57 % busy in 18 of 18. ``connections``: how many an open loop opened (None: not counted); a busy loop whose
-    pool grew past POOL_ADVICE is told to cap it: at 80 % of the ceiling against a fast server, 32 or 64
-    connections held the lag p99 to 1.2-3.2 ms in 10 of 11 rounds, the growing pool's was 1.7-122 ms
-    (docs/performance.md). ``waited_at_cap``: (sends that waited for a free connection because the pool was at
-    ``engine.connections``, that cap): the lag then is the cap's as much as the loop's, and the reason says so."""
+    pool grew past POOL_ADVICE is told to cap it: at 80 % of the ceiling against a fast server, 32 connections held
+    the rate in 9 of 12 rounds over two sessions, with lag p99 1.2-3.3 ms in all but one (29 ms); the growing
+    pool's was 1.7-122 ms (docs/performance.md). ``waited_at_cap``: (sends that waited for a free connection
+    because the pool was at ``engine.connections``, that cap): the lag then is the cap's as much as the loop's,
+    and the reason says so."""
     reasons: list[str] = []
     lag = run.histogram("schedule_lag", MEASURED, "all")
     if lag.total:

@@ -77,3 +77,18 @@ def test_bench_merge_bad_input_exits_2(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_merged_counts_are_every_parts_sum() -> None:
+    """``abandoned``, ``connections_opened`` and ``waited_at_cap`` count each part's share: the merged report
+    (--processes, a Locust master, `bench merge`) carries their sum, not the first part's; a count no part has
+    stays absent."""
+    parts = [make_report(make_run(1, start_unix_ns=T0)), make_report(make_run(2, start_unix_ns=T0 + S))]
+    parts[0].meta.extra.update(abandoned=3, connections_opened=8)
+    parts[1].meta.extra.update(abandoned=4, connections_opened=8, waited_at_cap=5)
+    extra = merge_reports(parts).meta.extra
+    assert (extra["abandoned"], extra["connections_opened"], extra["waited_at_cap"]) == (7, 16, 5)
+    for r in parts:
+        for key in ("abandoned", "connections_opened", "waited_at_cap"):
+            r.meta.extra.pop(key, None)
+    assert not {"abandoned", "connections_opened", "waited_at_cap"} & merge_reports(parts).meta.extra.keys()
