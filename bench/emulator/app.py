@@ -6,9 +6,7 @@ part of bench (and uvicorn/hypercorn, which serve the app, are hard dependencies
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
-from bench.emulator.asgi import Receive, Scope, Send, lifespan, read_body, send_json
+from bench.emulator.asgi import AsgiApp, Receive, Scope, Send, lifespan, read_body, send_json
 from bench.emulator.config import EmulatorConfig
 from bench.emulator.context import EmulatorContext
 from bench.emulator.keycloak import KeycloakEmulator
@@ -21,7 +19,6 @@ from bench.emulator.wallaroo import WallarooEmulator, error_body
 
 __all__ = ["EmulatorApp", "build_app"]
 
-AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 WALLAROO_PREFIXES = ("/v1/api/pipelines", "/pipelines", "/infer", "/models")
 

@@ -12,14 +12,15 @@ from typing import Any
 
 import orjson
 
-__all__ = ["JSON", "HttpError", "Message", "Receive", "Scope", "Send", "SubApp", "full_path", "header", "headers",
-           "lifespan", "read_body", "send_json", "send_response"]
+__all__ = ["JSON", "AsgiApp", "HttpError", "Message", "Receive", "Scope", "Send", "SubApp", "body_read_before_answer",
+           "full_path", "header", "headers", "lifespan", "read_body", "send_json", "send_response"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Header = tuple[bytes, bytes]
+AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON = "application/json"
 
@@ -54,6 +55,38 @@ async def read_body(receive: Receive, limit: int | None = None,
             raise HttpError(413, too_large)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def body_read_before_answer(app: AsgiApp) -> AsgiApp:
+    """``app``, holding each answer's last message until the request body is all in (read and dropped).
+
+    Why: the emulator answers refusals (401, 429, 413, injected 5xx) without reading the body, and hypercorn's
+    HTTP/2 protocol (4.4) raises KeyError on a DATA frame for a stream it has already answered and drops the
+    whole connection, failing every other request on it as "reset". An h2 client that sent HEADERS and DATA in
+    separate reads saw that; a real platform behind nginx or Envoy does not close the connection then.
+    """
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        body_in = False
+
+        async def tracked() -> Message:
+            nonlocal body_in
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_in = True  # the last chunk, or a disconnect
+            return message
+
+        async def answer(message: Message) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                while not body_in:
+                    await tracked()
+            await send(message)
+
+        await app(scope, tracked, answer)
+
+    return wrapped
 
 
 async def send_response(send: Send, status: int, body: bytes, content_type: str,

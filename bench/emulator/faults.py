@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from bench.emulator.asgi import Message, Receive, Scope, Send, read_body
+from bench.emulator.asgi import AsgiApp, Message, Receive, Scope, Send
 
 __all__ = ["ASGI_FAULTS", "EXEMPT_PATHS", "FAULTS", "Decision", "FaultMiddleware", "FaultPlan", "FaultSpec",
            "FaultSpecError", "canonical_faults", "describe", "error_answer", "fault_problem", "faults_to_string",
@@ -281,11 +281,9 @@ def pad_json(body: bytes, content_type: bytes, size: int) -> bytes:
     return body + b" " * (size - len(body))
 
 
-AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
 class FaultMiddleware:
-    """The ASGI-level faults (ASGI_FAULTS) around an app, for servers bench does not own (hypercorn, HTTP/2)."""
+    """The ASGI-level faults (ASGI_FAULTS) around an app, for servers bench does not own (hypercorn, HTTP/2).
+    Wrapped in ``body_read_before_answer`` there, as every app served by hypercorn is."""
 
     def __init__(self, app: AsgiApp, plan: FaultPlan, on_received: Callable[[], None] | None = None) -> None:
         self.app, self.plan, self.on_received = app, plan, on_received
@@ -304,7 +302,6 @@ class FaultMiddleware:
         if name == "stall":
             await asyncio.Event().wait()  # until the server cancels us (client gone or shutdown)
         if name in ("5xx", "429"):
-            await read_body(receive)  # answering before the request body is in trips hypercorn's h2 streams
             status, body, extra = error_answer(spec)
             head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]
             await send({"type": "http.response.start", "status": status, "headers": head})

@@ -19,18 +19,17 @@ import contextlib
 import socket
 import struct
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from http import HTTPStatus
 from typing import Any, cast
 
 import httptools
 
-from bench.emulator.asgi import Message, Scope
+from bench.emulator.asgi import AsgiApp, Message, Scope
 from bench.emulator.faults import EXEMPT_PATHS, FaultPlan, FaultSpec, error_answer, pad_json
 
 __all__ = ["FaultServer", "running_fault_server"]
 
-AsgiApp = Callable[..., Awaitable[None]]
 Header = tuple[bytes, bytes]
 _MAX_QUEUED = 32  # pipelined requests per connection before reading pauses
 

@@ -22,10 +22,10 @@ from __future__ import annotations
 import asyncio
 import bisect
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from bench.emulator.asgi import Message, Receive, Scope, Send
+from bench.emulator.asgi import AsgiApp, Message, Receive, Scope, Send
 
 __all__ = ["BUCKETS", "Metrics", "MetricsMiddleware", "route_template"]
 
@@ -183,7 +183,6 @@ class Metrics:
             out.append(f"{name}_count{_labels(names, key)} {total}")
 
 
-AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class MetricsMiddleware:

@@ -155,6 +155,10 @@ def _serve_hypercorn(app: Callable[..., Any], sock: socket.socket, announce: Cal
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
 
+    from bench.emulator.asgi import body_read_before_answer
+
+    served: Callable[..., Any] = body_read_before_answer(app)
+
     cfg = Config()
     cfg.bind = [f"fd://{sock.detach()}"]  # hypercorn now owns the descriptor
     cfg.accesslog = None
@@ -170,7 +174,7 @@ def _serve_hypercorn(app: Callable[..., Any], sock: socket.socket, announce: Cal
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.call_soon(announce)  # the socket is already listening: early connections wait in the backlog
-        await hypercorn_serve(app, cfg, shutdown_trigger=stop.wait)
+        await hypercorn_serve(served, cfg, shutdown_trigger=stop.wait)
 
     if _has_uvloop():
         import uvloop
