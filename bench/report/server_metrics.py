@@ -110,7 +110,8 @@ def bucket_quantile(q: float, buckets: Mapping[float, float]) -> tuple[float, fl
         if count >= rank and count > below:
             if math.isinf(le):
                 return lo, lo, le
-            return lo + (le - lo) * (rank - below) / (count - below), lo, le
+            # min: the interpolation's rounding may land a hair above the bucket's bound (seen: 0.0025 + 5e-19)
+            return min(le, lo + (le - lo) * (rank - below) / (count - below)), lo, le
         lo, below = (le if not math.isinf(le) else lo), count
     return lo, lo, math.inf
 
