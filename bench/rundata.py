@@ -4,6 +4,7 @@ views read it. Times are relative to the run's start; every histogram is a bench
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,18 +165,40 @@ class RunData:
     def duration_s(self, phase: str = MEASURED) -> float:
         return self.phase(phase).duration_s
 
-    def rps(self, phase: str = MEASURED) -> float:
-        """Completed (recorded) requests per second over the phase's window (measured window by default); requests
-        still in flight at the end (kind 'abandoned') never completed and are left out."""
-        d = self.duration_s(phase)
-        if d <= 0:
+    def completed(self, phase: str = MEASURED, column: str = "requests") -> float:
+        """Answers (``column`` "requests", ok or error; or "rows" of ok answers, ...) that came back inside the
+        phase's window, by done time: the per-second series, the window's partial first and last seconds pro rata.
+        Requests still in flight at the end (kind ``abandoned``) sit in the series at the end's second, unanswered:
+        they are left out.
+        """
+        p, s = self.phase(phase), self.series
+        if p.end_s <= p.start_s or not len(s):
             return 0.0
-        in_flight = sum(e.count for e in self.errors if e.phase == phase and e.kind == "abandoned")
-        return (self.total(phase).requests - in_flight) / d
+        sec = s.second.astype(np.float64)
+        overlap = np.clip(np.minimum(sec + 1.0, p.end_s) - np.maximum(sec, p.start_s), 0.0, 1.0)
+        n = float(np.dot(getattr(s, column).astype(np.float64), overlap))
+        if column in ("requests", "errors"):
+            unanswered = sum(e.count for e in self.errors if e.phase == phase and e.kind == "abandoned")
+            n -= unanswered * (p.end_s - math.floor(p.end_s))  # the part of the end's second inside the window
+        return max(0.0, n)
+
+    def rps(self, phase: str = MEASURED) -> float:
+        """Throughput: answers (ok or error) completed per second inside the phase's window (measured by default),
+        by done time. An open loop whose endpoint fell behind sent more than that (``sent_rps``): the requests
+        of its window are all in the latency figures, but many came back after the window."""
+        d = self.duration_s(phase)
+        return self.completed(phase) / d if d > 0 else 0.0
+
+    def sent_rps(self, phase: str = MEASURED) -> float:
+        """Requests taken on per second, by intended send time: the load the run applied in the phase (an open
+        loop's rate less its drops), answered or not."""
+        d = self.duration_s(phase)
+        return self.total(phase).requests / d if d > 0 else 0.0
 
     def rows_per_s(self, phase: str = MEASURED) -> float:
+        """Rows of ok answers completed per second inside the window, by done time (as ``rps``)."""
         d = self.duration_s(phase)
-        return self.total(phase).rows / d if d > 0 else 0.0
+        return self.completed(phase, "rows") / d if d > 0 else 0.0
 
     def errors_by_kind(self, phase: str = MEASURED) -> dict[str, int]:
         """Error counts keyed 'kind' or 'kind:status' (when a status is known)."""

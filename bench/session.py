@@ -222,7 +222,6 @@ def finish(opts: RunOptions, prepared: Prepared, report: Any, facts: RunFacts, o
         report.run.raw_path.unlink(missing_ok=True)
     summary = summarize(report)
     summary["report"] = str(written)
-    summary["failed"] = failed
     if slo_result is not None:
         summary["slo"] = slo_result.to_dict()
     if opts.json:

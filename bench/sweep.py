@@ -6,7 +6,6 @@ Used by `bench capacity` (bench.commands.capacity: flags, capacity.json, the ver
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -294,22 +293,15 @@ def _measure(report: Any, rate: float) -> Any:
 
 
 def _achieved(report: Any) -> tuple[float, float]:
-    """(completions per second, window s) over the whole seconds inside the measured phase, counted by DONE time.
+    """(completions per second, window s) over the measured phase, counted by DONE time (``RunData.rps``).
 
     Requests are assigned to phases by intended time and drained after the end, so the measured phase's request
     count equals the target rate even when the endpoint fell behind; completions per second do not.
     """
-    import numpy as np
-
     from bench.report.model import MEASURED
 
     run = report.run
-    phase = run.phase(MEASURED)
-    lo, hi = math.ceil(phase.start_s - 1e-6), math.floor(phase.end_s + 1e-6)
-    if hi - lo < 1:
-        return float(run.rps(MEASURED)), float(phase.duration_s)
-    sel = (run.series.second >= lo) & (run.series.second < hi)
-    return float(np.sum(run.series.requests[sel])) / (hi - lo), float(hi - lo)
+    return float(run.rps(MEASURED)), float(run.duration_s(MEASURED))
 
 
 def default_objectives(summary: Mapping[str, Any]) -> Any:

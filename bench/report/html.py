@@ -22,6 +22,7 @@ from bench.report.summary import (
     OTHER_COLUMNS,
     OTHER_TITLE,
     SERVER_LABEL,
+    fell_behind_text,
     num_text,
     other_rows,
     outside_handler_text,
@@ -278,6 +279,8 @@ def render_html(report: Report) -> str:
 
     # verdict badges
     badges: list[str] = []
+    if s["failed"]:
+        badges.append('<span class="badge bad">run failed</span>')
     if run.partial:
         badges.append('<span class="badge warn">partial run (interrupted)</span>')
     badges.append('<span class="badge bad">generator-bound</span>' if meta.generator_bound
@@ -288,6 +291,8 @@ def render_html(report: Report) -> str:
         badges.append(f'<span class="badge {"ok" if slo.passed else "bad"}">SLO '
                       f'{"passed" if slo.passed else "failed"}</span>')
     out.append('<div class="verdicts">' + " ".join(badges) + "</div>")
+    if s["failed"]:
+        out.append(f'<p class="failed"><b>Run failed:</b> {_e(s["failed"])}</p>')
 
     cards = [("requests", f"{s['requests']:,}"), ("errors", f"{s['errors']:,} ({rate_text(s['error_rate'])})"),
              ("req/s", num_text(s["rps"], ",.1f")), ("rows/s", num_text(s["rows_per_s"], ",.1f")),
@@ -296,6 +301,9 @@ def render_html(report: Report) -> str:
              ("measured", f"{s['duration_s']:.1f} s"), ("dropped", f"{s['dropped']:,}")]
     out.append('<div class="cards">' + "".join(f'<div class="card"><div class="k">{_e(k)}</div>'
                                                  f'<div class="v">{_e(v)}</div></div>' for k, v in cards) + "</div>")
+    behind = fell_behind_text(s)
+    if behind:
+        out.append(f'<p class="behind">{_e(behind[0].upper() + behind[1:])}.</p>')
 
     # latency tables + distribution
     out.append("<h2>Latency</h2>")

@@ -21,6 +21,7 @@ from bench.report.summary import (
     OTHER_COLUMNS,
     OTHER_TITLE,
     SERVER_LABEL,
+    fell_behind_text,
     num_text,
     other_rows,
     outside_handler_text,
@@ -74,13 +75,15 @@ def report_markdown(report: Report) -> str:
     lines = [f"### bench run: {cell(meta.scenario_name)}", ""]
     if s["partial"]:
         lines += ["> **Partial run** (interrupted): the figures cover only the part that ran.", ""]
-    failed = meta.extra.get("failed")
-    if isinstance(failed, str) and failed:
-        lines += [f"> **Run failed:** {cell(failed)}", ""]
+    if s["failed"]:
+        lines += [f"> **Run failed:** {cell(s['failed'])}", ""]
     lines += _table(["requests", "errors", "req/s", "rows/s", "measured", "dropped"],
                     [[f"{s['requests']:,}", f"{s['errors']:,} ({rate_text(s['error_rate'])})",
                       num_text(s["rps"], ",.1f"), num_text(s["rows_per_s"], ",.1f"), f"{s['duration_s']:.1f} s",
                       f"{s['dropped']:,}"]], "right")
+    behind = fell_behind_text(s)
+    if behind:
+        lines += ["", f"> {cell(behind[0].upper() + behind[1:])}."]
     lines += ["", "**Latency (ms, ok requests)**", ""]
     rows = [[label, *(num_text(s[key][k]) for k in ("p50", "p90", "p99", "p999", "max"))]
             for label, key in (("from intended time", "latency_ms"), ("service (sent→done)", "service_ms"))]

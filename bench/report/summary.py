@@ -19,8 +19,8 @@ from bench.report.verdict import NOT_JUDGED, judged
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["MISSING", "OTHER_COLUMNS", "OTHER_TITLE", "SERVER_LABEL", "num_text", "other_label", "other_rows",
-           "outside_handler_text", "rate_text", "render_summary", "summarize"]
+__all__ = ["MISSING", "OTHER_COLUMNS", "OTHER_TITLE", "SERVER_LABEL", "fell_behind_text", "num_text", "other_label",
+           "other_rows", "outside_handler_text", "rate_text", "render_summary", "summarize"]
 
 _PCTS = ((50, "p50"), (90, "p90"), (99, "p99"), (99.9, "p999"))
 MISSING = "—"  # what every view prints for a figure that was not measured (never 0)
@@ -80,6 +80,21 @@ def outside_handler_text(s: dict[str, Any]) -> str:
             "network + queueing outside the handler (server figures at bucket resolution)")
 
 
+BEHIND_RATIO = 0.97  # answers per second below this share of the requests sent per second: the endpoint fell behind
+_BEHIND_SLACK = 10  # ... by at least this many answers over the window (a few in flight at its edges are not that)
+
+
+def fell_behind_text(s: dict[str, Any]) -> str | None:
+    """One line when answers came back markedly slower than requests were sent in the measured window (an open
+    loop above the endpoint's capacity), else None: then req/s (answers) and the load applied differ, and the
+    latency figures include the endpoint's growing queue."""
+    rps, sent, d = s["rps"], s.get("sent_rps"), s["duration_s"]
+    if rps is None or not sent or rps >= BEHIND_RATIO * sent or (sent - rps) * d < _BEHIND_SLACK:
+        return None
+    return (f"the endpoint fell behind: {sent:,.1f} req/s sent, {rps:,.1f} answers/s came back in the measured "
+            "window (the rest came later or never; their latency is in the figures)")
+
+
 def rate_text(rate: float | None) -> str:
     """An error rate as "1.23 %", or "—" when no request was recorded."""
     return num_text(None if rate is None else rate * 100, ".2f", " %")
@@ -116,7 +131,8 @@ def summarize(report: Report) -> dict[str, Any]:
     return {
         "requests": tot.requests,
         "errors": tot.errors,
-        "rps": round(run.rps(MEASURED), 3) if timed else None,  # completed (recorded) requests per second
+        "rps": round(run.rps(MEASURED), 3) if timed else None,  # answers per second back inside the window
+        "sent_rps": round(run.sent_rps(MEASURED), 3) if timed else None,  # requests taken on per second
         "rows_per_s": round(run.rows_per_s(MEASURED), 3) if timed and report.meta.rows_counted else None,
         "latency_ms": _views(run.histogram("latency", MEASURED, "ok")),
         "service_ms": service,
@@ -132,10 +148,16 @@ def summarize(report: Report) -> dict[str, Any]:
         "warmup_requests": run.total(WARMUP).requests,
         "schedule_lag_p99_ms": _views(run.histogram("schedule_lag", MEASURED))["p99"],
         "partial": run.partial,
+        "failed": _failed(report),  # why the run is invalid (no successful answer, ...), else None
         "accounting": request_accounting(run),  # sent = ok + errors + in flight at end, both phases (or None)
         "other_ms": {name: _views(run.histogram(name, MEASURED)) for name in _other_metrics(report)},
         **_server(report, service),
     }
+
+
+def _failed(report: Report) -> str | None:
+    failed = report.meta.extra.get("failed")
+    return failed if isinstance(failed, str) and failed else None
 
 
 def _server(report: Report, service: dict[str, float | None]) -> dict[str, Any]:
@@ -167,6 +189,7 @@ def _other_metrics(report: Report) -> list[str]:
 
 def render_summary(report: Report, console: Console) -> None:
     """Print the summary as a compact table (measured phase)."""
+    from rich.markup import escape
     from rich.table import Table
 
     s = summarize(report)
@@ -174,7 +197,12 @@ def render_summary(report: Report, console: Console) -> None:
     head.add_row("requests", f"{s['requests']:,}", "errors", f"{s['errors']:,} ({rate_text(s['error_rate'])})")
     head.add_row("req/s", num_text(s["rps"], ",.1f"), "rows/s", num_text(s["rows_per_s"], ",.1f"))
     head.add_row("measured", f"{s['duration_s']:.1f} s", "dropped", f"{s['dropped']:,}")
+    if s["failed"]:
+        console.print(f"[bold red]run failed[/]: {escape(s['failed'])}")
     console.print(head)
+    behind = fell_behind_text(s)
+    if behind:
+        console.print(behind, style="yellow", markup=False, highlight=False)
     lat = Table(title="latency (ms, ok requests)", title_justify="left")
     lat.add_column("view")
     for name in ("p50", "p90", "p99", "p99.9", "max"):
@@ -189,8 +217,6 @@ def render_summary(report: Report, console: Console) -> None:
     if s["server_ms"] is not None:
         console.print(outside_handler_text(s), markup=False, soft_wrap=True)
     if s["top_errors"]:
-        from rich.markup import escape
-
         more = len(s["errors_by_kind"]) - len(s["top_errors"])
         err = Table(title="errors by kind" + (f" (top {len(s['top_errors'])}, {more} more)" if more > 0 else ""),
                     title_justify="left")

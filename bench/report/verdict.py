@@ -66,7 +66,11 @@ def generator_bound(run: RunData, *, target_rps: float | None, cpu_fraction: flo
     cpu = cpu_fraction if cpu_fraction is not None else 0.0  # only read when saturated (so measured)
     saturated = cpu_fraction is not None and cpu_fraction >= cpu_saturated
     if target_rps is not None and target_rps > 0:
-        achieved = run.rps(MEASURED) + run.total(MEASURED).dropped / max(run.duration_s(MEASURED), 1e-9)
+        # the rate the generator kept: requests taken on (by intended time) and dropped, less those still in
+        # flight at the end (a backlog the loop never sent); answers that came back late are the endpoint's
+        unsent = sum(e.count for e in run.errors if e.phase == MEASURED and e.kind == "abandoned")
+        achieved = run.sent_rps(MEASURED) + (run.total(MEASURED).dropped - unsent) / max(run.duration_s(MEASURED),
+                                                                                         1e-9)
         dropped = run.total(MEASURED).dropped
         if dropped and saturated:
             reasons.append(f"{dropped:,} sends dropped (max_in_flight reached) with the generator CPU at "

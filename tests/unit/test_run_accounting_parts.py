@@ -43,7 +43,7 @@ def test_in_flight_at_end_are_errors_of_kind_abandoned_in_the_phase_the_run_ende
     assert run.total(WARMUP).ok == 3
     assert run.counters["in_flight_at_end"] == 8
     assert run.series.errors.sum() == 8  # the per-second series sees them at the end's second
-    assert run.rps(MEASURED) == 0.0  # never completed: not throughput
+    assert run.rps(MEASURED) == 1.5  # the 3 answers that came back inside [1 s, 3 s); the 8 never did
     assert not run.histogram("latency", MEASURED, "error").total  # no answer, no latency
     acc = request_accounting(run)
     assert acc == {"sent": 11, "ok": 3, "errors": 0, "in_flight_at_end": 8, "dropped": 0, "holds": True}
@@ -109,3 +109,29 @@ def test_errors_outside_a_client_librarys_hierarchy_still_map_to_a_kind() -> Non
     wrapped.__cause__ = ConnectionResetError()
     assert other_kind(wrapped) == Kind.RESET
     assert other_kind(ValueError("x")) == Kind.OTHER
+
+
+def test_throughput_counts_answers_inside_the_window_not_requests_sent_in_it() -> None:
+    """An open loop at 100/s against an endpoint that answers 50/s: every request of the window [1 s, 3 s) is
+    in the latency figures, but only the answers that came back inside it are throughput."""
+    rec, start = _recorder(warmup_s=1.0)
+    for i in range(300):  # intended every 10 ms over 3 s; answer i comes back at 20 ms × (i + 1)
+        t = start + i * 10 * MS
+        rec.record(t, t, start + (i + 1) * 20 * MS, Kind.OK, 200, 2, 10, 1, 0)
+    rec.count("sent", 300)
+    run = rec.finish(start + 3 * S, partial=False)
+    assert run.total(MEASURED).requests == 200 and run.sent_rps(MEASURED) == 100.0
+    assert run.rps(MEASURED) == 50.0  # the 100 answers back at 1.00-2.98 s
+    assert run.rows_per_s(MEASURED) == 100.0
+
+
+def test_requests_in_flight_at_a_fractional_end_are_not_throughput() -> None:
+    rec, start = _recorder(warmup_s=1.0)
+    for i in range(10):
+        t = start + S + i * 100 * MS
+        rec.record(t, t, t + MS, Kind.OK, 200, 1, 10, 1, 0)  # 10 answers inside [1 s, 2.5 s)
+    rec.count("sent", 14)
+    rec.abandoned(4, start + 2 * S + S // 2)  # in the series at second 2, half of which is inside the window
+    run = rec.finish(start + 2 * S + S // 2, partial=False)
+    assert run.rps(MEASURED) == 10 / 1.5
+    assert run.sent_rps(MEASURED) == 14 / 1.5

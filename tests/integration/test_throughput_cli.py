@@ -1,0 +1,76 @@
+"""req/s is throughput: answers that came back inside the measured window. An open loop above the endpoint's
+capacity sends more than that; every view says the endpoint fell behind, and the figure matches the report's
+own per-second series. The real CLI, the embedded emulator on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.ipc as ipc
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# one slot of 20 ms: ~50 answers a second, whatever the load
+SCENARIO = """name = "behind"
+[target]
+url = "embedded"
+[data]
+generate = 50
+[load]
+{load}
+duration = "2s"
+warmup = "1s"
+[emulator]
+replicas = 1
+latency_ms = 20.0
+per_row_us = 0.0
+jitter = 0.0
+"""
+
+
+def run(tmp_path: Path, load: str, *args: str) -> tuple[dict[str, object], str, Path]:
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(SCENARIO.format(load=load))
+    out = tmp_path / "r.arrow"
+    proc = subprocess.run([sys.executable, "-m", "bench", "run", str(scenario), "--out", str(out), *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode in (0, 3), proc.stderr[-2000:]
+    summary = json.loads(proc.stdout) if "--json" in args else {}
+    return summary, proc.stdout, out
+
+
+def series_answers_per_s(path: Path) -> float:
+    """Answers in the whole seconds 1 and 2 (the measured window [1 s, 3 s)), read with pyarrow alone."""
+    rows = ipc.open_file(str(path)).read_all().to_pylist()
+    return sum(int(r["requests"]) for r in rows if r["section"] == "series" and r["second"] in (1, 2)) / 2.0
+
+
+def test_an_open_loop_above_capacity_reports_answers_not_sends(tmp_path: Path) -> None:
+    s, _, out = run(tmp_path, "rate = 150\nmax_in_flight = 1000", "--json")
+    rps, sent = float(s["rps"]), float(s["sent_rps"])  # type: ignore[arg-type]
+    assert sent > 140  # every request of the window was taken on (none dropped at this cap) ...
+    assert 35 < rps < 60  # ... but one 20 ms slot answers ~50 a second
+    assert rps == pytest.approx(series_answers_per_s(out), rel=0.01)
+    assert not s["dropped"]
+    md = tmp_path / "r.md"
+    proc = subprocess.run([sys.executable, "-m", "bench", "report", str(out), "--markdown", str(md)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    for text in (proc.stdout, md.read_text()):
+        assert "fell behind" in text and f"{sent:,.1f} req/s sent" in text and f"{rps:,.1f} answers/s" in text
+
+
+def test_a_closed_loop_sends_what_comes_back(tmp_path: Path) -> None:
+    s, _, out = run(tmp_path, "concurrency = 2", "--json")
+    rps, sent = float(s["rps"]), float(s["sent_rps"])  # type: ignore[arg-type]
+    assert 35 < rps < 60 and abs(rps - sent) <= 2.0  # two clients in flight at each edge of a 2-s window
+    assert rps == pytest.approx(series_answers_per_s(out), rel=0.01)
+    _, text, _ = run(tmp_path, "concurrency = 2")
+    assert "fell behind" not in text and "req/s" in text
