@@ -85,6 +85,12 @@ def test_a_run_with_no_ok_answer_exits_3_naming_the_commonest_kind(engine: str, 
     assert acc["holds"] and acc["sent"] == acc["ok"] + acc["errors"] + acc["in_flight_at_end"] >= 8, acc
     assert s["latency_ms"]["p99"] is None  # no ok answer: missing, never 0
     assert "Traceback" not in proc.stderr
+    if behaviour == "reset":  # every view of the stored report says so, not only --json and Markdown
+        html = tmp_path / "r.html"
+        shown, _ = bench("report", str(tmp_path / "r.arrow"), "--html", str(html))
+        assert shown.returncode == 0, shown.stderr
+        assert f"run failed: {s['failed']}" in " ".join(shown.stdout.split()), shown.stdout
+        assert "<b>Run failed:</b> no successful answer" in html.read_text()
 
 
 def test_a_mostly_failing_run_with_some_ok_answers_exits_0_and_accounts_for_all(body: Path, tmp_path: Path) -> None:
