@@ -245,6 +245,10 @@ def test_values_a_server_echoes_never_reach_anything_written(tmp_path: Path) -> 
     ('headers = { Cookie = "session=SECRETVALUE123" }', [], "SECRETVALUE123", "headers_env"),
     ('headers = { Authorization = "Bearer SECRETVALUE123" }', [], "SECRETVALUE123", "token_env"),
     ('token_env = "eyJhbGciOiJIUzI1NiJ9.SECRETVALUE123"', [], "SECRETVALUE123", "NAME of an environment variable"),
+    ('headers = { "X-Custom-Auth" = "Bearer SECRETVALUE123" }', [], "SECRETVALUE123", "headers_env"),
+    ('headers = { "Ocp-Apim-Subscription-Key" = "SECRETVALUE123" }', [], "SECRETVALUE123", "headers_env"),
+    ("", ["--set", "server_metrics.url=http://prom:SECRETVALUE123@127.0.0.1:9/metrics"], "SECRETVALUE123",
+     "server_metrics.url"),
 ])
 def test_credentials_in_a_scenario_are_refused_without_echo(tmp_path: Path, target_lines: str,
                                                             flag_args: list[str], secret: str, names: str) -> None:
@@ -264,6 +268,8 @@ def test_credentials_in_a_scenario_are_refused_without_echo(tmp_path: Path, targ
      "--header-env"),
     (["--url", "http://127.0.0.1:9/x", "--header", "Authorization: Bearer SECRETVALUE123"], "SECRETVALUE123",
      "--header-env"),
+    (["--url", "http://127.0.0.1:9/x", "--set", "server_metrics.url=http://prom:PASSWORD42x@127.0.0.1:9/metrics"],
+     "PASSWORD42x", "server_metrics.url"),
 ])
 def test_credentials_on_the_command_line_are_refused_without_echo(tmp_path: Path, args: list[str], secret: str,
                                                                   names: str) -> None:
