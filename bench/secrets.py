@@ -244,6 +244,26 @@ class Scrubber:
     def text(self, text: str) -> str:
         return self._pattern.sub(MASK, text) if self._pattern is not None else text
 
+    def sample(self, text: str) -> str:
+        """``text`` scrubbed, and a trailing fragment that begins a secret (>= 4 characters) masked as well.
+
+        For error evidence, which is cut (``ERROR_DETAIL_BYTES``) before it is scrubbed: the cut can fall inside
+        an echoed secret, and a 1-2 KB JWT never fits whole. Samples are few, so this costs the hot path nothing."""
+        text = self.text(text)
+        if self._pattern is None:
+            return text
+        body = text.rstrip("\ufffd")  # a cut inside a multi-byte character
+        cut = len(body)
+        for form in self._values:
+            head = form[:_MIN_LEN]
+            i = body.find(head, max(0, len(body) - len(form)))
+            while 0 <= i < cut:
+                if form.startswith(body[i:]):
+                    cut = i
+                    break
+                i = body.find(head, i + 1)
+        return text if cut == len(body) else body[:cut] + MASK
+
     def data(self, value: Any) -> Any:
         """A copy of a JSON-like value (dicts, lists, strings) with every string scrubbed."""
         if self._pattern is None:
@@ -306,7 +326,7 @@ def scrub_report(report: Any, scrubber: Scrubber) -> None:
     from dataclasses import replace
 
     run = report.run
-    run.error_samples = [replace(s, detail=scrubber.text(s.detail)) for s in run.error_samples]
+    run.error_samples = [replace(s, detail=scrubber.sample(s.detail)) for s in run.error_samples]
     meta = report.meta
     meta.scenario_text = scrubber.text(meta.scenario_text)
     meta.load = scrubber.data(meta.load)

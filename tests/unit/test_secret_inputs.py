@@ -9,6 +9,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bench.cli import build_parser
 from bench.errors import InputError
@@ -114,6 +116,26 @@ def test_the_secrets_of_every_url_key_are_scrubbed(tmp_path: Path) -> None:
     scrub = _scrubber(sc)
     assert scrub.text(f"{SECRET} c{SECRET}") == f"{MASK} {MASK}"
     assert SECRET not in scrub.text(scenario_toml(sc.source))
+
+
+# -- S3: error samples cut inside a secret ------------------------------------------------------------------------
+
+@given(cut=st.integers(min_value=4, max_value=39), pad=st.text(alphabet="xyz {}:\"", max_size=40))
+def test_a_sample_cut_inside_a_secret_keeps_no_fragment_of_it(cut: int, pad: str) -> None:
+    secret = "wtok-SEKRET-a1b2c3d4e5f6g7h8i9j0-xyz-40"
+    scrub = Scrubber([f"Bearer {secret}"])
+    for form in (secret, base64.b64encode(secret.encode()).decode()):
+        out = scrub.sample(f"{pad}you sent {form[:cut]}")
+        assert out == f"{pad}you sent {MASK}"
+
+
+def test_a_long_token_echoed_bare_never_leaves_its_head() -> None:
+    jwt = "eyJhbGciOiJSUzI1NiJ9." + "A" * 900 + "b" * 600 + ".sig"
+    scrub = Scrubber([jwt])
+    sample = f'{{"error": "unknown token {jwt}"}}'.encode()[:512].decode()
+    assert scrub.sample(sample) == f'{{"error": "unknown token {MASK}'
+    assert scrub.sample("ends with eyJ") == "ends with eyJ"  # shorter than 4 characters: ordinary text
+    assert Scrubber().sample("nothing known") == "nothing known"
 
 
 # -- S4: bare and Basic forms -------------------------------------------------------------------------------------
