@@ -31,7 +31,7 @@ their own hosts and send the lines, which the master appends beside its report.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -126,8 +126,9 @@ class Checkpoint:
 
     @classmethod
     def start(cls, path: Path, prepared: Prepared, recorder: Recorder, url: str,
-              tag: dict[str, Any] | None = None) -> Checkpoint:
-        """Open the checkpoint of a run whose recorder was just created (header: the report's metadata)."""
+              tag: dict[str, Any] | None = None, issued: Callable[[], Iterable[str]] = tuple) -> Checkpoint:
+        """Open the checkpoint of a run whose recorder was just created (header: the report's metadata).
+        ``issued``: the tokens issued so far (they change during the run, and a server may echo them)."""
         from bench.facts import RunFacts, build_report
         from bench.rundata import MEASURED, WARMUP, PerSecond, Phase, RunData, Totals
 
@@ -141,7 +142,12 @@ class Checkpoint:
         header = {"bench_checkpoint": 1, "start_unix_ns": recorder.start_unix_ns,
                   "warmup_s": (recorder.warmup_end_ns - recorder.start_ns) / 1e9,
                   "meta": scrubber.data(meta.to_json_dict()), **(tag or {})}
-        return cls(path, header, scrubber.text)
+
+        def scrub(detail: str) -> str:
+            scrubber.add(issued())
+            return scrubber.sample(detail)
+
+        return cls(path, header, scrub)
 
     def _write(self, obj: Any) -> None:
         self._file.write(orjson.dumps(obj) + b"\n")

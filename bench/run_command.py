@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.errors import InputError
 from bench.scenario import (
+    COMMAND_LINE,
     Scenario,
     apply_overrides,
     closed_loop_clears,
@@ -38,7 +39,7 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
         doc = read_scenario_file(file)
         base_dir = Path(file).resolve().parent
     elif args.url:
-        file = "<command line>"
+        file = COMMAND_LINE
         doc = _adhoc_doc(args)
         base_dir = Path.cwd()
     else:

@@ -232,7 +232,8 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
             if ctl.checkpoint_path is not None:  # kill -9 leaves something `bench recover` can read
                 from bench.checkpoint import Checkpoint
 
-                checkpoint = Checkpoint.start(ctl.checkpoint_path, prepared, recorder, url, tag=ctl.checkpoint_tag)
+                checkpoint = Checkpoint.start(ctl.checkpoint_path, prepared, recorder, url, tag=ctl.checkpoint_tag,
+                                              issued=ctl.secrets)
                 tg.start_soon(checkpoint.run, recorder, stop)
 
             with _signals(ctl, stop):

@@ -32,12 +32,16 @@ from bench.secrets import (
     env_name_problem,
     header_name_problem,
     header_value_problem,
+    literal_header_problem,
+    looks_like_credential,
+    scenario_urls,
     url_problem,
 )
 from bench.targets import KINDS, target_for
 from bench.tlstrust import TlsTrust, ca_bundle_problem
 
 __all__ = [
+    "COMMAND_LINE",
     "OPEN_LOOP_ONLY",
     "SECTIONS",
     "SECTION_PARSERS",
@@ -65,6 +69,7 @@ SECTION_PARSERS: Mapping[str, Callable[[Mapping[str, Any], str], object]] = {
     "auth": auth_config_from_mapping, "wallaroo": preflight_config_from_mapping, "slo": slo_from_mapping,
     "capacity": capacity_config_from_mapping}
 
+COMMAND_LINE = "<command line>"  # the file of an ad-hoc run (--url): its --header values may be credentials
 MAX_CONCURRENCY = 100_000  # closed-loop clients (each a connection and a task) on one host
 MAX_RATE = 10_000_000.0  # req/s: no single host issues more; a larger value is a typo
 MAX_PROCESSES = 1024
@@ -287,6 +292,9 @@ def parse_scenario(doc: Mapping[str, Any], *, file: str, base_dir: Path) -> Scen
     top.string("description")
     tables = {s: top.table(s) for s in SECTIONS}
     top.done()
+    for key, url in scenario_urls(doc):  # every URL key, before its section's own checks (which may echo it)
+        if problem := url_problem(url):
+            raise InputError(problem, file=file, key=key)
 
     target = _parse_target(tables["target"], file)
     data = _parse_data(tables["data"], file, base_dir, target)
@@ -348,14 +356,17 @@ def _parse_target(t: Mapping[str, Any], file: str) -> TargetConfig:
             raise tab.err(f"headers.{hk}", problem)
         if not isinstance(hv, str):
             raise tab.err(f"headers.{hk}", f"expected a string, got {_type(hv)}")
+        # a credential named like one is refused everywhere; one that only looks like one (by name or value) in a
+        # scenario file only: a command line's --header value is scrubbed from everything instead (scrubber_for)
+        problem = (credential_header_problem(hk) if file == COMMAND_LINE else literal_header_problem(hk, hv))
+        if problem:
+            raise tab.err(f"headers.{hk}", problem)
+        shown = "value not shown" if looks_like_credential(hk, hv) else f"got {hv!r}"
         if any(c in hv for c in "\r\n\x00"):
             raise tab.err(f"headers.{hk}", "must not contain line breaks or NUL")
         problem = header_value_problem(hv)  # a control or non-ASCII character: the engines cannot send it
         if problem:
-            raise tab.err(f"headers.{hk}", f"{problem}; got {hv!r}")
-        problem = credential_header_problem(hk)
-        if problem:
-            raise tab.err(f"headers.{hk}", problem)
+            raise tab.err(f"headers.{hk}", f"{problem}; {shown}")
     token_env, headers_env = _env_credentials(tab)
     dataset_params = tab.boolean("dataset_params", False)
     for key in ("dataset", "dataset_exclude", "dataset_separator"):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from bench.config.reader import safe_url
 from bench.prom import PromError, fold, parse
 from bench.tables import TableReader
 from bench.units import parse_duration
@@ -49,7 +50,7 @@ def config_from_mapping(d: Mapping[str, Any], file: str, *, embedded: bool) -> S
     else:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise r.err("url", f"expected an http:// or https:// URL, got {url!r}")
+            raise r.err("url", f"expected an http:// or https:// URL, got {safe_url(url)!r}")
 
     def duration(key: str, default: float) -> float:
         try:

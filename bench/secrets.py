@@ -7,9 +7,10 @@ TokenSource issued — and replaces each, with its URL-encoded and Basic forms, 
 apply it: the report (error samples, metadata, scenario copy — so HTML and Markdown rendered later inherit it),
 the checkpoint file, and the messages bench prints.
 
-Also the input rules that keep secrets out of scenario files: literal credential headers are refused (naming
-the ``*_env`` alternative) and so is URL userinfo (``http://user:pass@host``): bench does not send it, and a
-password in a scenario file or on a command line is one that leaks.
+Also the input rules that keep secrets out of scenario files: literal credential headers — and, in a scenario file,
+any header that looks like one — are refused (naming the ``*_env`` alternative) and so is URL userinfo in every URL
+key (``http://user:pass@host``): bench does not send it, and a password in a scenario file or on a command line is
+one that leaks.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MASK",
+    "SECRET_NAME",
+    "URL_KEYS",
     "Scrubber",
     "credential_header_problem",
     "env_header_value",
@@ -37,6 +40,9 @@ __all__ = [
     "header_env_values",
     "header_name_problem",
     "header_value_problem",
+    "literal_header_problem",
+    "looks_like_credential",
+    "scenario_urls",
     "scrub_report",
     "scrubber_for",
     "url_problem",
@@ -56,7 +62,22 @@ _CREDENTIAL_HEADERS = {
     "x-auth-token": "target.headers_env",
     "cookie": "target.headers_env",
 }
-_SECRET_PARAM = re.compile(r"(?i)(key|token|sig|secret|passw|pwd|credential|auth)")
+# query parameters that carry credentials: API keys, tokens, signatures (S3/GCS/SAS `sig`), Azure Functions' `code`
+_SECRET_PARAM = re.compile(r"(?i)(key|token|sig|secret|passw|pwd|credential|auth)|^code$")
+# names that say "a secret": redact_scenario blanks scenario keys so named, and a literal header so named is refused
+SECRET_NAME = re.compile(r"(?i)(token|secret|passw|pwd|authorization|api[_-]?key|apikey|private|credential|"
+                         r"(^|[_.-])key$|cookie|bearer)")
+_SECRET_HEADER = re.compile(r"(?i)(auth|signature)")  # header names beyond SECRET_NAME: X-Upstream-Auth, X-…-Signature
+_PLAIN_HEADERS = frozenset({"idempotency-key"})  # named like a key, never a credential
+# a header value that is a credential whatever its header's name: an auth scheme and a credential-sized word
+# ("basic tier" is not one), or a bare JWT
+_CREDENTIAL_VALUE = re.compile(r"(?i)^\s*((bearer|basic|token|digest|negotiate|ntlm|oauth|apikey|api-key|key|ssws|dpop|"
+                               r"sharedaccesssignature|aws4-hmac-sha256|hmac)\s+\S{6}|eyJ[\w-]+\.[\w-]+\.)")
+_BARE_SCHEMES = ("bearer", "token", "basic")
+# where a scenario holds a URL ((table, …, key) paths): every one is refused with userinfo and scrubbed of the
+# credentials it carries (url_problem, url_secrets)
+URL_KEYS = (("target", "url"), ("server_metrics", "url"), ("wallaroo", "api_url"), ("auth", "token_url"),
+            ("wallaroo", "auth", "token_url"))
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
@@ -67,6 +88,26 @@ def credential_header_problem(name: str) -> str | None:
         return None
     return (f"a literal {name.strip()} header would store a credential in the scenario and its report; "
             f"put the value in an environment variable and name it with {alternative}")
+
+
+def literal_header_problem(name: str, value: str) -> str | None:
+    """Why a literal header in a scenario file is refused: a credential header (``credential_header_problem``), or
+    one that looks like a credential (``looks_like_credential``) — the value is never repeated."""
+    problem = credential_header_problem(name)
+    if problem is None and looks_like_credential(name, value):
+        problem = (f"{name.strip()} looks like a credential (its name, or an auth scheme such as 'Bearer …' in its "
+                   "value) and a scenario file would store it in every report: put the value in an environment "
+                   "variable and name it with target.headers_env")
+    return problem
+
+
+def looks_like_credential(name: str, value: str) -> bool:
+    """A header whose name says secret (X-Goog-Api-Key, X-Upstream-Auth, …) or whose value is an auth scheme and
+    its credential (``Bearer …``, ``Basic …``) or a bare JWT."""
+    name = name.strip()
+    if name.lower() in _PLAIN_HEADERS:
+        return bool(_CREDENTIAL_VALUE.match(value))
+    return bool(SECRET_NAME.search(name) or _SECRET_HEADER.search(name) or _CREDENTIAL_VALUE.match(value))
 
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
@@ -112,6 +153,18 @@ def url_secrets(url: str) -> list[str]:
     return out
 
 
+def scenario_urls(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(dotted key, URL)`` for every URL a scenario document holds (``URL_KEYS``) — "embedded" included."""
+    out = []
+    for path in URL_KEYS:
+        node: Any = doc
+        for part in path:
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if isinstance(node, str):
+            out.append((".".join(path), node))
+    return out
+
+
 def header_env_values(headers_env: Mapping[str, str], environ: Mapping[str, str] | None = None,
                       *, file: str | None = None) -> dict[str, str]:
     """``{header: value}`` read from the environment variables ``headers_env`` names (InputError if unset)."""
@@ -154,13 +207,13 @@ class Scrubber:
         new: set[str] = set()
         for raw in values:
             for v in {raw or "", (raw or "").strip()}:  # as given, and as read from a file or header (stripped)
-                if len(v) < _MIN_LEN:
-                    continue
-                new.update(f for f in (v, quote(v, safe=""), quote_plus(v), base64.b64encode(v.encode()).decode())
-                           if len(f) >= _MIN_LEN)
+                new |= self._forms(v)
                 scheme_and_value = v.split(None, 1)
-                if len(scheme_and_value) == 2 and scheme_and_value[0].lower() in ("bearer", "token", "basic"):
-                    new.update(self._forms(scheme_and_value[1]))  # the bare credential too
+                if len(scheme_and_value) == 2 and scheme_and_value[0].lower() in _BARE_SCHEMES:
+                    bare = scheme_and_value[1].strip()
+                    new |= self._forms(bare)  # the bare credential too
+                    if scheme_and_value[0].lower() == "basic":
+                        new |= self._basic_forms(bare)
         if new - self._values:
             self._values |= new
             ordered = sorted(self._values, key=len, reverse=True)
@@ -168,16 +221,48 @@ class Scrubber:
 
     @staticmethod
     def _forms(v: str) -> set[str]:
-        v = v.strip()
+        """``v`` as given, URL-encoded (both ways) and base64-encoded: how servers echo what they were sent."""
         if len(v) < _MIN_LEN:
             return set()
-        return {f for f in (v, quote(v, safe=""), quote_plus(v)) if len(f) >= _MIN_LEN}
+        forms = (v, quote(v, safe=""), quote_plus(v), base64.b64encode(v.encode()).decode())
+        return {f for f in forms if len(f) >= _MIN_LEN}
+
+    @classmethod
+    def _basic_forms(cls, blob: str) -> set[str]:
+        """A Basic blob decoded: ``user:password`` and the password (a server may echo either; the user name alone
+        is no secret and would blank ordinary text)."""
+        try:
+            decoded = base64.b64decode(blob, validate=True).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return set()
+        _user, sep, password = decoded.partition(":")
+        return cls._forms(decoded) | (cls._forms(password) if sep else set())
 
     def __bool__(self) -> bool:
         return self._pattern is not None
 
     def text(self, text: str) -> str:
         return self._pattern.sub(MASK, text) if self._pattern is not None else text
+
+    def sample(self, text: str) -> str:
+        """``text`` scrubbed, and a trailing fragment that begins a secret (>= 4 characters) masked as well.
+
+        For error evidence, which is cut (``ERROR_DETAIL_BYTES``) before it is scrubbed: the cut can fall inside
+        an echoed secret, and a 1-2 KB JWT never fits whole. Samples are few, so this costs the hot path nothing."""
+        text = self.text(text)
+        if self._pattern is None:
+            return text
+        body = text.rstrip("\ufffd")  # a cut inside a multi-byte character
+        cut = len(body)
+        for form in self._values:
+            head = form[:_MIN_LEN]
+            i = body.find(head, max(0, len(body) - len(form)))
+            while 0 <= i < cut:
+                if form.startswith(body[i:]):
+                    cut = i
+                    break
+                i = body.find(head, i + 1)
+        return text if cut == len(body) else body[:cut] + MASK
 
     def data(self, value: Any) -> Any:
         """A copy of a JSON-like value (dicts, lists, strings) with every string scrubbed."""
@@ -223,9 +308,11 @@ def scrubber_for(prepared: Prepared, environ: Mapping[str, str] | None = None) -
         if auth.token_file is not None:
             from_file(auth.token_file)
     values += url_secrets(sc.target.url)
-    raw_url = sc.target.raw.get("url")
-    if isinstance(raw_url, str):
-        values += url_secrets(raw_url)
+    for _key, url in scenario_urls(sc.source):  # every URL key: [server_metrics] url, [wallaroo] api_url, …
+        values += url_secrets(url)
+    literal = sc.target.raw.get("headers")  # --header values a command line may carry (a scenario file may not)
+    if isinstance(literal, Mapping):
+        values += [v for k, v in literal.items() if isinstance(v, str) and looks_like_credential(str(k), v)]
     token = getattr(prepared.target_config, "token", None)
     if isinstance(token, str):
         values.append(token)
@@ -239,7 +326,7 @@ def scrub_report(report: Any, scrubber: Scrubber) -> None:
     from dataclasses import replace
 
     run = report.run
-    run.error_samples = [replace(s, detail=scrubber.text(s.detail)) for s in run.error_samples]
+    run.error_samples = [replace(s, detail=scrubber.sample(s.detail)) for s in run.error_samples]
     meta = report.meta
     meta.scenario_text = scrubber.text(meta.scenario_text)
     meta.load = scrubber.data(meta.load)

@@ -105,7 +105,7 @@ def run_share(prepared: Any, index: int, workers: int, epoch: float,
             last[0] = now
             snap = held["recorder"].snapshot()
             scrubber.add(ctl.secrets())
-            snap.error_samples = [replace(e, detail=scrubber.text(e.detail)) for e in snap.error_samples]
+            snap.error_samples = [replace(e, detail=scrubber.sample(e.detail)) for e in snap.error_samples]
             on_snapshot(snap)
 
     ctl = RunControl(progress=progress, message=lambda m: message(scrubber.text(m)), preflight=False,

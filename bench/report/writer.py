@@ -24,6 +24,7 @@ import pyarrow.ipc
 
 from bench.report.model import SCHEMA_VERSION, Histogram, Report, ReportMeta, RunData
 from bench.results import Kind, kind_name
+from bench.secrets import SECRET_NAME
 
 __all__ = ["SCHEMA", "default_report_path", "make_meta", "redact_scenario", "utc_iso", "write_arrow_file",
            "write_report"]
@@ -67,8 +68,7 @@ SCHEMA = pa.schema([
     ("server_ns", pa.int64()),
 ])
 
-_SECRET_KEY = re.compile(r"(?i)(token|secret|passw|pwd|authorization|api[_-]?key|apikey|private|credential|"
-                         r"(^|[_.-])key$|cookie|bearer)")
+_SECRET_KEY = SECRET_NAME  # the names bench.secrets also refuses as literal headers
 _ASSIGN = re.compile(r"""^(?P<lead>\s*(?P<key>[A-Za-z0-9_."'-]+)\s*=\s*)(?P<value>.+?)\s*$""")
 _INLINE = re.compile(r"""(?P<key>[A-Za-z0-9_-]+)\s*=\s*(?P<value>"(?:[^"\\]|\\.)*"|'[^']*'|[^,}\s]+)""")
 

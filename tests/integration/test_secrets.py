@@ -245,6 +245,10 @@ def test_values_a_server_echoes_never_reach_anything_written(tmp_path: Path) -> 
     ('headers = { Cookie = "session=SECRETVALUE123" }', [], "SECRETVALUE123", "headers_env"),
     ('headers = { Authorization = "Bearer SECRETVALUE123" }', [], "SECRETVALUE123", "token_env"),
     ('token_env = "eyJhbGciOiJIUzI1NiJ9.SECRETVALUE123"', [], "SECRETVALUE123", "NAME of an environment variable"),
+    ('headers = { "X-Custom-Auth" = "Bearer SECRETVALUE123" }', [], "SECRETVALUE123", "headers_env"),
+    ('headers = { "Ocp-Apim-Subscription-Key" = "SECRETVALUE123" }', [], "SECRETVALUE123", "headers_env"),
+    ("", ["--set", "server_metrics.url=http://prom:SECRETVALUE123@127.0.0.1:9/metrics"], "SECRETVALUE123",
+     "server_metrics.url"),
 ])
 def test_credentials_in_a_scenario_are_refused_without_echo(tmp_path: Path, target_lines: str,
                                                             flag_args: list[str], secret: str, names: str) -> None:
@@ -264,6 +268,8 @@ def test_credentials_in_a_scenario_are_refused_without_echo(tmp_path: Path, targ
      "--header-env"),
     (["--url", "http://127.0.0.1:9/x", "--header", "Authorization: Bearer SECRETVALUE123"], "SECRETVALUE123",
      "--header-env"),
+    (["--url", "http://127.0.0.1:9/x", "--set", "server_metrics.url=http://prom:PASSWORD42x@127.0.0.1:9/metrics"],
+     "PASSWORD42x", "server_metrics.url"),
 ])
 def test_credentials_on_the_command_line_are_refused_without_echo(tmp_path: Path, args: list[str], secret: str,
                                                                   names: str) -> None:
@@ -305,3 +311,76 @@ def test_a_killed_runs_checkpoint_and_recovered_report_hold_no_secret(tmp_path: 
     haystacks = _haystacks(tmp_path, before, [rec])
     haystacks.update({"checkpoint": checkpoint, "killed stdout": out, "killed stderr": err})
     _assert_no_leak(haystacks, values)
+
+
+# -- a credential in -H, a long token cut inside the 512-byte sample, its bare base64, ?code=, a metrics URL ---------
+
+def _unauthorized_echo_server() -> tuple[ThreadingHTTPServer, list[dict[str, str]]]:
+    """127.0.0.1: every POST gets a 401 echoing the X-Upstream-Auth credential bare, in turn: after padding that
+    puts the cut of a 512-byte sample inside it, base64-encoded, and whole beside the path (query); GET /metrics
+    answers a one-line Prometheus text."""
+    seen: list[dict[str, str]] = []
+
+    class Unauthorized(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _answer(self, status: int, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            seen.append({"get": self.path})
+            self._answer(200, b"up 1\n")
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            bare = self.headers.get("X-Upstream-Auth", "").partition(" ")[2]
+            seen.append({"bare": bare, "path": self.path})
+            turn = len(seen) % 3
+            if turn == 0:
+                text = "x" * 480 + " you sent " + bare
+            elif turn == 1:
+                text = "unknown credential " + base64.b64encode(bare.encode()).decode()
+            else:
+                text = f"you sent {bare} to {self.path}"
+            self._answer(401, text.encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return ThreadingHTTPServer(("127.0.0.1", 0), Unauthorized), seen
+
+
+def test_credentials_from_the_command_line_and_every_url_never_reach_anything_written(tmp_path: Path) -> None:
+    token = "ey" + secrets.token_urlsafe(600)  # a JWT-sized token: never whole inside a 512-byte sample
+    code = f"qc{secrets.token_hex(12)}"
+    metrics_token = f"mt{secrets.token_hex(12)}"
+    (tmp_path / "body.json").write_text('{"x": 1}')
+    summary = tmp_path / "step-summary.md"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HOME=str(tmp_path), GITHUB_STEP_SUMMARY=str(summary))
+    srv, seen = _unauthorized_echo_server()
+    before = set(tmp_path.rglob("*"))
+    with serving(srv):
+        base = f"http://127.0.0.1:{srv.server_address[1]}"
+        args = ["--url", f"{base}/infer?code={code}", "--body", "body.json", "-c", "2", "-d", "1s",
+                "-H", f"X-Upstream-Auth: Bearer {token}",
+                "--set", f"server_metrics.url={base}/metrics?access_token={metrics_token}"]
+        runs = [subprocess.run([sys.executable, "-m", "bench", "run", *args, "--out", out, *extra], cwd=tmp_path,
+                               env=env, capture_output=True, timeout=90, check=False)
+                for out, extra in (("r.arrow", []), ("j.arrow", ["--json", "-q"]))]
+    views = subprocess.run([sys.executable, "-m", "bench", "report", "r.arrow", "--html", "r.html", "--markdown",
+                            "r.md"], cwd=tmp_path, env=env, capture_output=True, timeout=90, check=False)
+    # the credentials really went out, and every kind of echo came back (so a clean result means scrubbed)
+    posts = [s for s in seen if "bare" in s]
+    assert len(posts) >= 3 and posts[0]["bare"] == token and code in posts[0]["path"], runs[0].stderr[-2000:]
+    assert any(metrics_token in s.get("get", "") for s in seen)
+    assert views.returncode == 0, views.stderr
+    haystacks = _haystacks(tmp_path, before, [*runs, views])
+    assert {"r.html", "r.md", "r.arrow (decoded)", "step-summary.md"} <= set(haystacks)
+    assert b"you sent" in haystacks["r.arrow (decoded)"] and b"unknown credential" in haystacks["r.arrow (decoded)"]
+    b64 = base64.b64encode(token.encode()).decode()
+    fragments = [token[:16], token[-16:], b64[:16], b64[-16:]]  # what a cut inside the token would leave
+    _assert_no_leak(haystacks, [token, f"Bearer {token}", b64, code, metrics_token, *fragments])
