@@ -192,19 +192,28 @@ def failed_reason(report: Any) -> str | None:
             f"({n:,}, {n / measured.requests:.0%})")
 
 
-def finish(opts: RunOptions, prepared: Prepared, report: Any, facts: RunFacts, out_path: Path) -> int:
-    """SLO gate, atomic report write, summary → exit code (0 ok · 1 SLO failed · 3 unreachable, failed run (no
-    successful answer / nothing measured) or --strict and generator-bound · 130 interrupted)."""
+def stamp_checks(report: Any) -> str | None:
+    """Store the run's own checks in its metadata before it is written: the accounting (sent = ok + errors + in
+    flight at the end, and whether it held) and, for a failed run, why (returned; None when it did not fail)."""
     from bench.report.accounting import request_accounting
-    from bench.report.summary import render_summary, summarize
-    from bench.report.writer import write_report
 
     accounting = request_accounting(report.run)
-    if accounting is not None:  # stored: sent = ok + errors + in flight at the end, and whether it held
+    if accounting is not None:
         report.meta.extra["accounting"] = accounting
     failed = failed_reason(report)
     if failed:
         report.meta.extra["failed"] = failed
+    return failed
+
+
+def finish(opts: RunOptions, prepared: Prepared, report: Any, facts: RunFacts, out_path: Path) -> int:
+    """SLO gate, atomic report write, summary → exit code (0 ok · 1 SLO failed · 3 unreachable, failed run (no
+    successful answer / nothing measured) or --strict and generator-bound · 130 interrupted)."""
+    from bench.report.summary import render_summary, summarize
+    from bench.report.writer import write_report
+
+    failed = stamp_checks(report)
+    accounting = report.meta.extra.get("accounting")
     slo_result = None
     if prepared.slo is not None:
         from bench.report.slo import check_slo

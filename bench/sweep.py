@@ -211,7 +211,7 @@ class StepRunner:
         from bench.progress import ProgressView
         from bench.report.writer import write_report
         from bench.runner import RunControl
-        from bench.session import run_report
+        from bench.session import run_report, stamp_checks
 
         view = ProgressView(sc.load.warmup_s + sc.load.duration_s, warmup_s=sc.load.warmup_s,
                             enabled=not self.quiet)
@@ -235,6 +235,7 @@ class StepRunner:
             view.close()
         if scraper is not None:
             scraper.add_to(report)
+        stamp_checks(report)  # as bench run stores them: the accounting, and why a step failed outright
         write_report(path, report)
         discard(path)
         self.last_report = report

@@ -287,7 +287,7 @@ def _concurrency(args: argparse.Namespace, console: Any, sc: Any, prepared: Any,
     """--concurrency: every level run; capacity = completions/s of the highest client count that met the SLO."""
 
     from bench.capacity import highest_pass
-    from bench.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SLO
+    from bench.errors import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_SLO
 
     try:
         reason = sweep_steps.run_concurrency(levels, runner, sweep, checkpoint)
@@ -308,7 +308,12 @@ def _concurrency(args: argparse.Namespace, console: Any, sc: Any, prepared: Any,
         lines.append(f"emulator model capacity (slots / mean service time): {model:,.1f} req/s"
                      + (f"; the highest passing level did {(best.achieved_rps or 0) / model:.0%} of it"
                         if best is not None else ""))
-    code = EXIT_INTERRUPTED if reason == "interrupted" else EXIT_OK if best is not None else EXIT_SLO
+    never_ok = _never_ok(sweep)
+    if never_ok is not None and reason != "interrupted":
+        head = f"run failed: no level had a successful answer ({never_ok})"
+        lines = [head]
+    code = (EXIT_INTERRUPTED if reason == "interrupted" else EXIT_OK if best is not None
+            else EXIT_INVALID if never_ok is not None else EXIT_SLO)
     result: dict[str, Any] = {
         "scenario": sc.name, "load_kind": "concurrency", "levels": levels, "stop_reason": reason, "exit_code": code,
         "capacity_rps": best.achieved_rps if best is not None else None,
@@ -339,8 +344,11 @@ def _result(args: argparse.Namespace, sc: Any, prepared: Any, settings: Settings
     first_fail = search.first_fail if search is not None else None
     reason = "interrupted" if interrupted else (search.stop_reason if search is not None else None)
     reason = reason or "running"
+    never_ok = _never_ok(sweep)
     if interrupted:
         code = EXIT_INTERRUPTED
+    elif never_ok is not None:
+        code = EXIT_INVALID  # a target that never answered well is no capacity of 0, as bench run's exit 3
     elif reason == "lowest_failed":
         code = EXIT_SLO
     elif reason == "harness" and first_fail is None:
@@ -351,6 +359,8 @@ def _result(args: argparse.Namespace, sc: Any, prepared: Any, settings: Settings
     if args.replicas is None and prepared.emulator_config is not None:
         replicas = prepared.emulator_config.replicas
     lines = [_headline(reason, capacity, first_fail, settings)]
+    if never_ok is not None and not interrupted:
+        lines = [f"run failed: no step had a successful answer ({never_ok})"]
     plan: dict[str, Any] | None = None
     if settings.target_rps is not None and capacity:
         if replicas is not None:
@@ -376,6 +386,14 @@ def _result(args: argparse.Namespace, sc: Any, prepared: Any, settings: Settings
         "steps": [s.to_dict() for s in sweep.steps], "out_dir": str(out_dir), "message": lines[0],
     }
     return code, lines, result
+
+
+def _never_ok(sweep: Sweep) -> str | None:
+    """The first step's failure reason when no step of the sweep had a successful answer, else None."""
+    steps = [s for s in sweep.steps if s.verdict != "probe"]
+    if not steps or any(s.summary["ok"] for s in steps):
+        return None
+    return str(steps[0].summary.get("failed") or "no successful answer")
 
 
 def _headline(reason: str | None, capacity: float | None, first_fail: float | None, settings: Settings) -> str:

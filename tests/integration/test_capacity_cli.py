@@ -21,6 +21,7 @@ from pathlib import Path
 import pyarrow.ipc as ipc
 import pytest
 
+from tests.integration.fault_servers import FaultServer
 from tests.integration.locust_cluster import signal_when
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,6 +84,25 @@ def test_slo_failing_at_the_lowest_step_exits_1(tmp_path: Path) -> None:
     assert result["steps"][0]["target_rps"] == probe["achieved_rps"] / 2
     assert "p99_ms" in result["steps"][0]["reasons"][0]
     assert (tmp_path / "probe.arrow").is_file() and (tmp_path / "capacity.json").is_file()
+    step = ipc.open_file(result["steps"][0]["report"]).schema.metadata[b"bench.report"]
+    acc = json.loads(step)["extra"]["accounting"]  # every step stores bench run's own check
+    assert acc["holds"] and acc["sent"] == acc["ok"] + acc["errors"] + acc["in_flight_at_end"] > 0, acc
+
+
+@pytest.mark.parametrize("behaviour", ["silent", "reset"])
+def test_a_target_that_never_answers_well_is_an_invalid_sweep_not_a_capacity_of_none(tmp_path: Path,
+                                                                                     behaviour: str) -> None:
+    """Exit 3 with bench run's "no successful answer" reason, not 1 (an SLO the endpoint failed)."""
+    with FaultServer(behaviour) as srv:
+        proc = bench("capacity", "scenarios/capacity.toml", "--set", f"target.url=http://127.0.0.1:{srv.port}/x",
+                     "--set", "engine.timeout=0.5s", "--start", "20", "--max", "40", "--step", "1s", "--warmup",
+                     "0s", "--no-preflight", "--json", "--quiet", "--out", str(tmp_path))
+    assert proc.returncode == 3, (proc.returncode, proc.stderr[-2000:])
+    result = json.loads(proc.stdout)
+    assert result["capacity_rps"] is None and result["exit_code"] == 3
+    assert result["message"].startswith("run failed: no step had a successful answer (no successful answer in")
+    step = json.loads(ipc.open_file(result["steps"][0]["report"]).schema.metadata[b"bench.report"])
+    assert step["extra"]["failed"].startswith("no successful answer") and step["extra"]["accounting"]["holds"]
 
 
 def test_input_errors_exit_2_with_one_line(tmp_path: Path) -> None:
