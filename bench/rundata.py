@@ -108,8 +108,9 @@ class PerSecond:
         return Histogram.decode(self.hdr[i]) if self.hdr[i] else Histogram()
 
     def latency_percentiles_ms(self) -> dict[str, npt.NDArray[np.float64]]:
-        """p50/p90/p99/max (ms) per position, derived from the per-second histograms."""
-        out = {k: np.zeros(len(self), dtype=np.float64) for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")}
+        """p50/p90/p99/max (ms) per position, derived from the per-second histograms; NaN for a second with no ok
+        answer (not measured: the report stores null, never 0)."""
+        out = {k: np.full(len(self), np.nan) for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")}
         for i in range(len(self)):
             h = self.histogram(i)
             if h.total:

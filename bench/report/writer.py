@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import platform
 import re
@@ -159,6 +160,8 @@ def _batch(section: str, n: int, cols: dict[str, Any]) -> pa.RecordBatch:
 
 
 def _hist_cols(h: Histogram) -> dict[str, Any]:
+    if not h.total:  # no sample: its figures are null (not measured), never 0
+        return {"hdr": h.encode(), "count": 0, "min_us": h.min_us, "max_us": h.max_us}
     s = h.summary_ms()
     return {"hdr": h.encode(), "count": h.total, "min_us": h.min_us, "max_us": h.max_us, "min_ms": s["min_ms"],
             "max_ms": s["max_ms"], "mean_ms": s["mean_ms"], "p50_ms": s["p50_ms"], "p90_ms": s["p90_ms"],
@@ -203,7 +206,7 @@ def _batches(report: Report) -> Iterator[pa.RecordBatch]:
         cols: dict[str, Any] = {c: getattr(s, c) for c in ("second", *s.COUNT_COLUMNS)}
         cols["count"] = [s.histogram(i).total for i in range(len(s))]
         cols["hdr"] = s.hdr
-        cols.update(pct)
+        cols.update({k: [None if math.isnan(x) else x for x in v.tolist()] for k, v in pct.items()})  # NaN: null
         yield _batch("series", len(s), cols)
     if run.raw_path is not None and run.raw_path.exists():
         yield from _raw_batches(run.raw_path, run)

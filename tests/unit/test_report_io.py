@@ -100,3 +100,30 @@ def test_default_report_path() -> None:
     when = dt.datetime(2025, 3, 4, 5, 6, 7, tzinfo=dt.UTC)
     assert default_report_path(Path("reports"), "quick start/x", when) == Path(
         "reports/20250304T050607Z-quick-start-x.arrow")
+
+
+def test_figures_with_no_sample_are_null_never_0(tmp_path: Path) -> None:
+    """A second whose requests all failed has no latency (null in the series); so has an empty histogram row.
+    The file still reads back exactly."""
+    from bench.recorder import Recorder
+    from bench.report.model import HistKey, Histogram
+    from bench.results import Kind
+
+    s = 1_000_000_000
+    rec = Recorder(0, s)
+    for i in range(10):
+        rec.record(i * s // 10, i * s // 10, i * s // 10 + 1_000_000, Kind.OK, 200, 1, 10, 10, 0)  # second 0
+        t = s + i * s // 10
+        rec.record(t, t, t + 1_000_000, Kind.HTTP_ERROR, 503, 1, 10, 10, 0)  # second 1: errors only
+    run = rec.finish(2 * s, partial=False)
+    run.histograms[HistKey("server", "measured", "all")] = Histogram()
+    path = write_report(tmp_path / "r.arrow", make_report(run))
+    table = pyarrow.ipc.open_file(str(path)).read_all()
+    series = table.filter(pc.equal(table["section"], "series")).to_pylist()
+    assert [r["second"] for r in series] == [0, 1]
+    assert series[0]["p99_ms"] > 0 and series[0]["max_ms"] > 0
+    assert all(series[1][k] is None for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")), series[1]
+    empty = next(r for r in table.filter(pc.equal(table["section"], "histogram")).to_pylist() if r["name"] == "server")
+    assert empty["count"] == 0 and all(empty[k] is None for k in ("min_ms", "max_ms", "mean_ms", "p50_ms", "p99_ms"))
+    back = read_report(path)
+    assert back.run.series == run.series and back.run.histograms == run.histograms
