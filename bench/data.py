@@ -164,7 +164,9 @@ def _normalise(table: pa.Table, column: str, file: str) -> pa.Table:
             if values.size == len(arr) * width and width > 0 and not _has_nan(values):
                 fixed = _fixed_list(values.reshape(len(arr), width))
                 return table.set_column(index, _tensor_field(column, width), fixed)
-    return table.set_column(index, column, arr.cast(pa.list_(pa.float32())))
+    # unsafe: an integer float32 cannot hold exactly (above 2**24) rounds to the nearest one, as the uniform path's
+    # numpy conversion does, instead of raising ArrowInvalid (hypothesis: [None, 16777217])
+    return table.set_column(index, column, arr.cast(pa.list_(pa.float32()), safe=False))
 
 
 def records_from_table(table: pa.Table) -> list[dict[str, object]]:
