@@ -116,6 +116,7 @@ class Recorder:
         self._named_buf: dict[str, array[int]] = {}
         self._hists: dict[HistKey, Histogram] = {}
         self._totals = {WARMUP: Totals(), MEASURED: Totals()}
+        self._span: dict[str, list[int]] = {}  # phase -> [first, last] done time (ns) of its answers (RunData.rps)
         self._errors: dict[tuple[str, int, str], int] = {}
         self._samples: dict[tuple[int, int, bytes], int] = {}
         self._counters: dict[str, int] = {}
@@ -308,7 +309,9 @@ class Recorder:
                        counters=dict(self._counters), gauges={k: dict(v) for k, v in self._gauges.items()},
                        errors=errors, error_samples=samples,
                        raw_path=self._raw_path if self._raw_path is not None and self._raw_path.exists()
-                       else None)
+                       else None,
+                       done_span={ph: ((lo - self.start_ns) / 1e9, (hi - self.start_ns) / 1e9)
+                                  for ph, (lo, hi) in self._span.items()})
 
     # -- folding ---------------------------------------------------------------------------------------
     def _hist(self, metric: str, phase: str, outcome: str) -> Histogram:
@@ -391,6 +394,8 @@ class Recorder:
                 tot.bytes_out += int(b_out[sel].sum())
                 tot.bytes_in += int(b_in[sel].sum())
             psel = slice(None) if whole_phase else np.nonzero(pm)[0]
+            dv = done[psel]
+            self._widen_span(phase, int(dv.min()), int(dv.max()))
             gv = lag[psel]
             self._hist("schedule_lag", phase, "all").record_indices(
                 lag_idx[psel], min(int(gv.min()), HDR_HIGHEST_US), min(int(gv.max()), HDR_HIGHEST_US))
@@ -417,7 +422,9 @@ class Recorder:
         tot.rows += rows
         tot.bytes_out += b_out
         tot.bytes_in += b_in
-        first, last = self._second_of(int(done.min())), self._second_of(int(done.max()))
+        dmin, dmax = int(done.min()), int(done.max())
+        self._widen_span(phase, dmin, dmax)
+        first, last = self._second_of(dmin), self._second_of(dmax)
         if first != last:
             self._fold_series(done, np.ones(n, dtype=bool), rows_col, out_col, in_col, lat_idx, us[:, 0])
         else:
@@ -425,6 +432,13 @@ class Recorder:
             self._fold_second(first, n, 0, (rows, b_out, b_in), lat_idx, lo[0], hi[0])
         if self._raw_path is not None:
             self._write_raw(a)
+
+    def _widen_span(self, phase: str, lo: int, hi: int) -> None:
+        span = self._span.get(phase)
+        if span is None:
+            self._span[phase] = [lo, hi]
+        else:
+            span[0], span[1] = min(span[0], lo), max(span[1], hi)
 
     def _fold_server(self, server: IntArray, phase: str) -> None:
         """Server-reported durations (ns; 0: the server reported none)."""

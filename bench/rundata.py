@@ -4,7 +4,6 @@ views read it. Times are relative to the run's start; every histogram is a bench
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,6 +142,9 @@ class RunData:
     errors: list[ErrorCount] = field(default_factory=list)
     error_samples: list[ErrorSample] = field(default_factory=list)
     raw_path: Path | None = None  # Arrow IPC stream of per-request rows (recorder's raw log), if any
+    # phase -> (first, last) answer's done time (s from the start) of the phase's requests; absent when unknown
+    # (a Locust master's or a recovered report): throughput is then the answers over the phase's duration
+    done_span: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def phase(self, name: str) -> Phase:
         for p in self.phases:
@@ -166,29 +168,24 @@ class RunData:
     def duration_s(self, phase: str = MEASURED) -> float:
         return self.phase(phase).duration_s
 
-    def completed(self, phase: str = MEASURED, column: str = "requests") -> float:
-        """Answers (``column`` "requests", ok or error; or "rows" of ok answers, ...) that came back inside the
-        phase's window, by done time: the per-second series, the window's partial first and last seconds pro rata.
-        Requests still in flight at the end (kind ``abandoned``) sit in the series at the end's second, unanswered:
-        they are left out.
-        """
-        p, s = self.phase(phase), self.series
-        if p.end_s <= p.start_s or not len(s):
-            return 0.0
-        sec = s.second.astype(np.float64)
-        overlap = np.clip(np.minimum(sec + 1.0, p.end_s) - np.maximum(sec, p.start_s), 0.0, 1.0)
-        n = float(np.dot(getattr(s, column).astype(np.float64), overlap))
-        if column in ("requests", "errors"):
-            unanswered = sum(e.count for e in self.errors if e.phase == phase and e.kind == "abandoned")
-            n -= unanswered * (p.end_s - math.floor(p.end_s))  # the part of the end's second inside the window
-        return max(0.0, n)
+    def answered(self, phase: str = MEASURED) -> int:
+        """Requests of the phase that got an answer, ok or error (those still in flight at the end had none)."""
+        in_flight = sum(e.count for e in self.errors if e.phase == phase and e.kind == "abandoned")
+        return self.total(phase).requests - in_flight
 
     def rps(self, phase: str = MEASURED) -> float:
-        """Throughput: answers (ok or error) completed per second inside the phase's window (measured by default),
-        by done time. An open loop whose endpoint fell behind sent more than that (``sent_rps``): the requests
-        of its window are all in the latency figures, but many came back after the window."""
+        """Throughput: the phase's answers per second — at most the rate they were sent, and at most the rate they
+        came back (``done_span``: from the first answer to the last, so a long latency that fills the pipeline
+        during the window costs nothing, while an endpoint that fell behind an open loop shows its own rate)."""
         d = self.duration_s(phase)
-        return self.completed(phase) / d if d > 0 else 0.0
+        if d <= 0:
+            return 0.0
+        n = self.answered(phase)
+        rate = n / d
+        span = self.done_span.get(phase)
+        if span is not None and n >= 2 and span[1] > span[0]:
+            rate = min(rate, (n - 1) / (span[1] - span[0]))
+        return rate
 
     def sent_rps(self, phase: str = MEASURED) -> float:
         """Requests taken on per second, by intended send time: the load the run applied in the phase (an open
@@ -196,10 +193,15 @@ class RunData:
         d = self.duration_s(phase)
         return self.total(phase).requests / d if d > 0 else 0.0
 
+    def ok_rps(self, phase: str = MEASURED) -> float:
+        """Ok answers per second (``rps``, scaled by the ok share of the answers)."""
+        n = self.answered(phase)
+        return self.rps(phase) * self.total(phase).ok / n if n > 0 else 0.0
+
     def rows_per_s(self, phase: str = MEASURED) -> float:
-        """Rows of ok answers completed per second inside the window, by done time (as ``rps``)."""
-        d = self.duration_s(phase)
-        return self.completed(phase, "rows") / d if d > 0 else 0.0
+        """Rows of ok answers per second (``rps``, scaled by the rows per answer)."""
+        n = self.answered(phase)
+        return self.rps(phase) * self.total(phase).rows / n if n > 0 else 0.0
 
     def errors_by_kind(self, phase: str = MEASURED) -> dict[str, int]:
         """Error counts keyed 'kind' or 'kind:status' (when a status is known)."""

@@ -411,7 +411,7 @@ def render_html(report: Report) -> str:
              ("end (UTC)", _e(meta.end_utc)), ("host", _e(meta.host)),
              ("phases", _e(", ".join(f"{p.name} {p.start_s:.2f}–{p.end_s:.2f} s" for p in run.phases))),
              ("measured window", _e(f"{meas.duration_s:.2f} s"))]
-    mrows += [(f"load.{k}", _json_text(v)) for k, v in meta.load.items() if v not in (None, "", [], {})]
+    mrows += [(f"load.{k}", _json_text(v)) for k, v in meta.load.items() if v not in (None, "", 0, [], {})]
     mrows += [(f"target.{k}", _json_text(v)) for k, v in meta.target.items() if v not in (None, "", [], {})]
     mrows += [("bench", _e(meta.bench_version)), ("python", _e(meta.python_version)),
               ("libraries", _e(", ".join(f"{k} {v}" for k, v in sorted(meta.libraries.items())))),

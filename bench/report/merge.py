@@ -71,6 +71,7 @@ def merge_run_data(runs: Sequence[RunData]) -> RunData:
     errors: dict[tuple[str, int, str], int] = {}
     samples: dict[tuple[str, int, str], int] = {}
     phase_span: dict[str, tuple[float, float]] = {}
+    done_span: dict[str, tuple[float, float]] = {}
     for run in runs:
         offset_s = (run.start_unix_ns - start) / 1e9
         shift = run.start_unix_ns // 1_000_000_000 - base_s
@@ -93,6 +94,9 @@ def merge_run_data(runs: Sequence[RunData]) -> RunData:
         for p in run.phases:
             lo, hi = phase_span.get(p.name, (p.start_s + offset_s, p.end_s + offset_s))
             phase_span[p.name] = (min(lo, p.start_s + offset_s), max(hi, p.end_s + offset_s))
+        for ph, (lo, hi) in run.done_span.items():
+            first, last = done_span.get(ph, (lo + offset_s, hi + offset_s))
+            done_span[ph] = (min(first, lo + offset_s), max(last, hi + offset_s))
     # Phases: each spans from its earliest start to its latest end across runs (runs made together overlap).
     phases = [Phase(n, lo, hi) for n, (lo, hi) in phase_span.items()]
     if not all("sent" in r.counters for r in runs):  # a part that did not count its sends (a worker lost
@@ -102,7 +106,10 @@ def merge_run_data(runs: Sequence[RunData]) -> RunData:
         histograms=dict(sorted(hists.items())), series=_merge_series(runs, base_s), totals=totals,
         counters=counters, gauges=gauges,
         errors=[ErrorCount(k, s, p, c) for (k, s, p), c in sorted(errors.items())],
-        error_samples=[ErrorSample(k, s, d, c) for (k, s, d), c in samples.items()], raw_path=None)
+        error_samples=[ErrorSample(k, s, d, c) for (k, s, d), c in samples.items()], raw_path=None,
+        # every part's answers span from the earliest first to the latest last, unless a part with answers did not
+        # say when they came (a Locust worker's stream, a recovered part): then that phase has no span
+        done_span={ph: v for ph, v in done_span.items() if all(ph in r.done_span or not r.answered(ph) for r in runs)})
 
 
 def _sum_unrecorded(reports: Sequence[Report]) -> dict[str, int]:

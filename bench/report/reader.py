@@ -96,6 +96,7 @@ def read_report(path: Path | str) -> Report:
     gauges: dict[str, dict[int, float]] = {}
     errors: list[ErrorCount] = []
     samples: list[ErrorSample] = []
+    done_span: dict[str, tuple[float, float]] = {}
     series = PerSecond()
     extra_sections: dict[str, list[dict[str, Any]]] = {}
     try:
@@ -127,6 +128,8 @@ def read_report(path: Path | str) -> Report:
                     errors.append(ErrorCount(_str(r["name"]), _int(r["status"]), _str(r["phase"]), _int(r["count"])))
                 elif section == "error_sample":
                     samples.append(ErrorSample(_str(r["name"]), _int(r["status"]), _str(r["text"]), _int(r["count"])))
+                elif section == "done_span":
+                    done_span[_str(r["phase"])] = (float(r["start_s"]), float(r["end_s"]))
                 else:
                     extra_sections.setdefault(section, []).append(r)  # kept as is (newer additions too)
         partial = bool(meta_json.pop("partial", False))
@@ -138,7 +141,7 @@ def read_report(path: Path | str) -> Report:
         raise InputError(f"malformed bench report: {_one_line(exc)}", file=str(path)) from exc
     run = RunData(start_unix_ns=start_unix_ns, phases=phases, partial=partial, histograms=hists,
                   series=series, totals=totals, counters=counters, gauges=gauges, errors=errors,
-                  error_samples=samples, raw_path=None)
+                  error_samples=samples, raw_path=None, done_span=done_span)
     report = Report(meta=meta, run=run, path=path, sections=extra_sections)
     return report
 

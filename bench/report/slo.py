@@ -2,8 +2,8 @@
 
 Latency objectives are over the measured phase's ok requests (errors have their own objective, error_rate),
 ``p*_ms``/``max_ms`` from the intended send time (no coordinated omission), ``service_p99_ms`` from the
-actual send. ``min_rps`` counts ok answers per second that came back inside the measured window (by done time, as req/s
-is): an endpoint that fails fast, or falls behind an open loop's rate, must not pass a throughput objective.
+actual send. ``min_rps`` counts ok answers per second (as req/s counts answers: at the rate they came back): an endpoint
+that fails fast, or falls behind an open loop's rate, must not pass a throughput objective.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def _measure(key: str, report: Report | RunData) -> float | None:
         return tot.errors / tot.requests if tot.requests else None
     d = run.duration_s(MEASURED)
     if key == "min_rps":  # a measured window of 0 s: no rate (not measured), not a rate of 0
-        return (run.completed(MEASURED) - run.completed(MEASURED, "errors")) / d if d > 0 else None
+        return run.ok_rps(MEASURED) if d > 0 else None
     if key == "min_rows_per_s":  # (rows not counted, e.g. an opaque ad hoc body: not measured)
         return measured_rows_per_s(report) if d > 0 else None
     if key == "max_dropped":

@@ -86,13 +86,13 @@ _BEHIND_SLACK = 10  # ... by at least this many answers over the window (a few i
 
 def fell_behind_text(s: dict[str, Any]) -> str | None:
     """One line when answers came back markedly slower than requests were sent in the measured window (an open
-    loop above the endpoint's capacity), else None: then req/s (answers) and the load applied differ, and the
-    latency figures include the endpoint's growing queue."""
+    loop above the endpoint's capacity), else None: then req/s (answers per second) is below the load applied,
+    and the latency figures include the endpoint's growing queue."""
     rps, sent, d = s["rps"], s.get("sent_rps"), s["duration_s"]
     if rps is None or not sent or rps >= BEHIND_RATIO * sent or (sent - rps) * d < _BEHIND_SLACK:
         return None
-    return (f"the endpoint fell behind: {sent:,.1f} req/s sent, {rps:,.1f} answers/s came back in the measured "
-            "window (the rest came later or never; their latency is in the figures)")
+    return (f"the endpoint fell behind: {sent:,.1f} req/s sent, {rps:,.1f} answers/s came back (its queue grew; "
+            "the latency figures include the wait)")
 
 
 def rate_text(rate: float | None) -> str:
@@ -131,7 +131,7 @@ def summarize(report: Report) -> dict[str, Any]:
     return {
         "requests": tot.requests,
         "errors": tot.errors,
-        "rps": round(run.rps(MEASURED), 3) if timed else None,  # answers per second back inside the window
+        "rps": round(run.rps(MEASURED), 3) if timed else None,  # answers per second (RunData.rps)
         "sent_rps": round(run.sent_rps(MEASURED), 3) if timed else None,  # requests taken on per second
         "rows_per_s": round(run.rows_per_s(MEASURED), 3) if timed and report.meta.rows_counted else None,
         "latency_ms": _views(run.histogram("latency", MEASURED, "ok")),
@@ -207,13 +207,18 @@ def render_summary(report: Report, console: Console) -> None:
     lat.add_column("view")
     for name in ("p50", "p90", "p99", "p99.9", "max"):
         lat.add_column(name, justify="right")
-    rows = [("from intended time", s["latency_ms"]), ("service (sent→done)", s["service_ms"])]
-    rows += [(other_label(name), v) for name, v in s["other_ms"].items()]
-    for label, v in rows:
+    for label, v in (("from intended time", s["latency_ms"]), ("service (sent→done)", s["service_ms"])):
         lat.add_row(label, *(num_text(v[k]) for k in ("p50", "p90", "p99", "p999", "max")))
     if s["server_ms"] is not None:
         lat.add_row(SERVER_LABEL, *(num_text(s["server_ms"].get(k)) for k in ("p50", "p90", "p99", "p999", "max")))
     console.print(lat)
+    if s["other_ms"]:  # every answer, not only the ok ones: a table of their own, as in Markdown and HTML
+        other = Table(title=OTHER_TITLE, title_justify="left")
+        for name in ("timing", *OTHER_COLUMNS):
+            other.add_column(name, justify="left" if name == "timing" else "right")
+        for label, *figures in other_rows(s):
+            other.add_row(label, *figures)
+        console.print(other)
     if s["server_ms"] is not None:
         console.print(outside_handler_text(s), markup=False, soft_wrap=True)
     if s["top_errors"]:

@@ -195,6 +195,7 @@ def _batches(report: Report) -> Iterator[pa.RecordBatch]:
                         for e in run.errors]),
         _rows("error_sample", [{"name": e.kind, "status": e.status, "text": e.detail, "count": e.count}
                                for e in run.error_samples]),
+        _rows("done_span", [{"phase": ph, "start_s": lo, "end_s": hi} for ph, (lo, hi) in run.done_span.items()]),
     ])
     for section, rows in report.sections.items():
         batch = _rows(section, rows)

@@ -1,6 +1,6 @@
-"""req/s is throughput: answers that came back inside the measured window. An open loop above the endpoint's
-capacity sends more than that; every view says the endpoint fell behind, and the figure matches the report's
-own per-second series. The real CLI, the embedded emulator on loopback."""
+"""req/s is throughput: the measured window's answers at the rate they came back. An open loop above the
+endpoint's capacity sends more than that, and every view says the endpoint fell behind; a latency longer than
+the warm-up (UbiOps batch) costs nothing. The real CLI, the embedded emulator on loopback."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def run(tmp_path: Path, load: str, *args: str) -> tuple[dict[str, object], str, 
 
 
 def series_answers_per_s(path: Path) -> float:
-    """Answers in the whole seconds 1 and 2 (the measured window [1 s, 3 s)), read with pyarrow alone."""
+    """Answers done in the whole seconds 1 and 2 (the measured window [1 s, 3 s)), read with pyarrow alone."""
     rows = ipc.open_file(str(path)).read_all().to_pylist()
     return sum(int(r["requests"]) for r in rows if r["section"] == "series" and r["second"] in (1, 2)) / 2.0
 
@@ -56,7 +56,7 @@ def test_an_open_loop_above_capacity_reports_answers_not_sends(tmp_path: Path) -
     rps, sent = float(s["rps"]), float(s["sent_rps"])  # type: ignore[arg-type]
     assert sent > 140  # every request of the window was taken on (none dropped at this cap) ...
     assert 35 < rps < 60  # ... but one 20 ms slot answers ~50 a second
-    assert rps == pytest.approx(series_answers_per_s(out), rel=0.01)
+    assert rps == pytest.approx(series_answers_per_s(out), rel=0.1)  # the per-second series says the same
     assert not s["dropped"]
     md = tmp_path / "r.md"
     proc = subprocess.run([sys.executable, "-m", "bench", "report", str(out), "--markdown", str(md)],
@@ -71,6 +71,22 @@ def test_a_closed_loop_sends_what_comes_back(tmp_path: Path) -> None:
     s, _, out = run(tmp_path, "concurrency = 2", "--json")
     rps, sent = float(s["rps"]), float(s["sent_rps"])  # type: ignore[arg-type]
     assert 35 < rps < 60 and abs(rps - sent) <= 2.0  # two clients in flight at each edge of a 2-s window
-    assert rps == pytest.approx(series_answers_per_s(out), rel=0.01)
+    assert rps == pytest.approx(series_answers_per_s(out), rel=0.1)
     _, text, _ = run(tmp_path, "concurrency = 2")
     assert "fell behind" not in text and "req/s" in text
+
+
+def test_answers_slower_than_the_warmup_cost_no_throughput(tmp_path: Path) -> None:
+    """UbiOps batch: each request is answered ~0.9 s after its create call, longer than the 0.5-s warm-up, so
+    the window's last answers come after it; the endpoint kept up all the same."""
+    out = tmp_path / "b.arrow"
+    proc = subprocess.run([sys.executable, "-m", "bench", "run", "scenarios/ubiops-batch.toml", "--set",
+                           "load.duration=2s", "--set", "load.warmup=0.5s", "--json", "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    s = json.loads(proc.stdout)
+    assert s["rps"] >= 0.97 * s["sent_rps"] > 0, s
+    shown = subprocess.run([sys.executable, "-m", "bench", "report", str(out)], capture_output=True, text=True,
+                           cwd=ROOT, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert shown.returncode == 0 and "req/s" in shown.stdout and "fell behind" not in shown.stdout, shown.stdout

@@ -29,6 +29,7 @@ def test_round_trip_is_exact(tmp_path: Path) -> None:
     assert back.run.errors == run.errors and back.run.error_samples == run.error_samples
     assert back.run.counters == run.counters and back.run.gauges == run.gauges
     assert back.run.phases == run.phases and back.run.start_unix_ns == run.start_unix_ns
+    assert back.run.done_span == run.done_span and set(run.done_span) == {"warmup", "measured"}
     assert sum(b.num_rows for b in iter_raw(path)) == 2000
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left behind
 

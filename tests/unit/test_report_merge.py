@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,10 @@ def test_series_aligned_by_wall_clock_second() -> None:
     assert m.series.histogram(0).total == 2
     assert m.partial
     assert m.phase("measured").end_s == pytest.approx(4.0)
+    # the answers came back at a's 2.001 s and b's 1.001 s (a's 2.001 s): one span on the merged clock
+    assert m.done_span["measured"] == pytest.approx((2.001, 2.001))
+    m2 = merge_run_data([a, replace(b, done_span={})])  # a part that did not say when its answers came
+    assert "measured" not in m2.done_span
 
 
 def test_bench_merge_command(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pytest
 from rich.console import Console
 from test_report_helpers import MS, S, make_report, make_run
 
@@ -32,13 +33,15 @@ def test_summary_keys_and_counts_match_histograms(tmp_path: Path) -> None:
     assert s["requests"] == sum(measured)
     assert s["errors"] == sum(s["errors_by_kind"].values()) == run.histogram("latency", "measured", "error").total
     assert s["errors_by_kind"] == {"http_error:503": s["errors"]}
-    # req/s and rows/s count answers by done time inside the measured window [1 s, 3 s) (make_run's own times)
+    # req/s: the window's answers per second, no faster than they came back (make_run's own times)
     i = np.arange(2000)
     lat = (np.random.default_rng(0).exponential(5.0, 2000) * MS).astype(np.int64) + MS
-    done = i * 3 * S // 2000 + lat
-    inside = (done >= S) & (done < 3 * S)
-    assert s["rps"] == round(int(inside.sum()) / 2.0, 3) != round(s["requests"] / 2.0, 3)
-    assert s["rows_per_s"] == round(int((inside & (i % 50 != 7)).sum()) * 10 / 2.0, 3)
+    intended = i * 3 * S // 2000
+    done = (intended + lat)[intended >= S]
+    n = len(done)
+    assert s["rps"] == round(min(n / 2.0, (n - 1) / ((done.max() - done.min()) / S)), 3)
+    ok = int(((intended >= S) & (i % 50 != 7)).sum())
+    assert s["rows_per_s"] == pytest.approx(s["rps"] * ok * 10 / n, abs=0.01)
     assert s["report"] == str(tmp_path / "r.arrow")
     assert s["warmup_requests"] + s["requests"] == 2000
 
