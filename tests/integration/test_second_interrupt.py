@@ -184,3 +184,38 @@ def test_a_second_interrupt_of_a_processes_run_writes_the_merged_partial_report(
     assert acc["sent"] == 4  # both workers' shares, each from its checkpoint
     assert not [p for p in children(proc.pid) if alive(p)]
     assert not list(tmp_path.glob("bench-workers-*"))
+
+
+@pytest.mark.slow
+def test_a_second_interrupt_of_a_locust_master_counts_the_workers_requests_still_out(
+        tmp_path: Path, silent_port: int) -> None:
+    """`--locust-master`: the second stop gives up waiting for the workers' drain; a worker's share then comes
+    from its checkpoint part (what it had on the wire counts as in flight), not from deltas that know no `sent`."""
+    from tests.integration.locust_cluster import Cluster, free_port
+
+    cluster = Cluster(tmp_path, {"TMPDIR": str(tmp_path)})
+    try:
+        port = free_port()
+        out = tmp_path / "r.arrow"
+        master = cluster.start("master", "-m", "bench", "run", "--url", f"http://127.0.0.1:{silent_port}/infer",
+                               "--body", str(ROOT / "data" / "ccfraud_1k.df.json"), "-c", "4", "-d", "60s",
+                               "--set", f"load.drain={DRAIN}", "--out", str(out), "--locust-master",
+                               "--expect-workers", "1", "--master-bind-port", str(port), "--worker-wait", "30")
+        cluster.worker(port, "worker")
+        part = out.with_name(f".{out.name}.w0.checkpoint")  # the worker's lines, relayed to the master
+        wait_for(lambda: (len(ls := _lines(part)) >= 2 and _sent(ls[-1]) > 0) or master.poll() is not None, 60,
+                 "the worker's requests on the wire (a relayed checkpoint tick with sent > 0)")
+        assert master.poll() is None, cluster.log(master)
+        master.send_signal(signal.SIGINT)
+        wait_for(lambda: "interrupted: stopping every worker" in cluster.log(master) or master.poll() is not None,
+                 30, "the master to stop its workers")
+        assert master.poll() is None, cluster.log(master)
+        second_at = time.monotonic()
+        master.send_signal(signal.SIGINT)
+        master.wait(30)
+        assert time.monotonic() - second_at < 10, cluster.log(master)
+        assert master.returncode == 130, cluster.log(master)
+        acc = _assert_partial_and_accounted(tmp_path)
+        assert acc["sent"] == 4, acc
+    finally:
+        cluster.close()
