@@ -138,7 +138,8 @@ class LoadSpec:
     the stop signal is set, when time.monotonic_ns() >= ``end_ns``, or after ``max_requests`` sends (0 = no
     limit); it then waits at most ``drain_s`` for in-flight answers. Requests still unanswered after that are
     not recorded by the engine; it counts them in its ``abandoned`` attribute and the runner hands that figure to
-    ``sink.abandoned`` (kind ``abandoned``), so ``sent == recorded + abandoned`` (``Engine.sent``).
+    ``sink.abandoned`` (kind ``abandoned``), so ``sent == recorded + abandoned`` (``Engine.sent``). ``drain_cut``,
+    once set (a second Ctrl-C), ends the drain at once: the user gave up waiting, not the report.
     """
 
     mode: Literal["closed", "open"]
@@ -149,6 +150,7 @@ class LoadSpec:
     max_in_flight: int = 0
     max_requests: int = 0
     drain_s: float = 5.0
+    drain_cut: StopSignal | None = None
 
 
 

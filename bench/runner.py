@@ -192,6 +192,7 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
 
     sc = prepared.scenario
     stop = anyio.Event()
+    cut = anyio.Event()  # a second Ctrl-C: the drain ends now
     counts = _Counts()
     facts = RunFacts()
     if sc.target.embedded:
@@ -218,7 +219,7 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
             url = await _preflight(prepared, ctl, url, authorization,
                                    mlops.authorization if mlops is not None else authorization)
             if start_at_wall is not None:  # a stop signal while waiting for the common start ends the wait
-                with _signals(ctl, stop), anyio.move_on_after(max(0.0, start_at_wall - time.time() - 0.005)):
+                with _signals(ctl, stop, cut), anyio.move_on_after(max(0.0, start_at_wall - time.time() - 0.005)):
                     await stop.wait()
             start_ns = time.monotonic_ns() + 20_000_000  # 20 ms to open connections before the first send
             if start_at_wall is not None and not stop.is_set():  # the agreed wall-clock instant in this host's
@@ -227,7 +228,7 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
             counts.attach(recorder)
             if ctl.on_recorder is not None:
                 ctl.on_recorder(recorder)
-            spec = load_spec(sc, start_ns, worker=worker)
+            spec = replace(load_spec(sc, start_ns, worker=worker), drain_cut=cut)
             ensure_sockets(sc, spec)
             if ctl.checkpoint_path is not None:  # kill -9 leaves something `bench recover` can read
                 from bench.checkpoint import Checkpoint
@@ -236,7 +237,7 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
                                               issued=ctl.secrets)
                 tg.start_soon(checkpoint.run, recorder, stop)
 
-            with _signals(ctl, stop):
+            with _signals(ctl, stop, cut):
                 grace_s = max(spec.drain_s + 1.0, target_for(sc.target.kind).drain_grace_s(prepared.target_config))
                 abort = (_SloAbort(prepared.slo, sc) if prepared.slo is not None and prepared.slo.abort_on_fail
                          else None)
@@ -444,17 +445,24 @@ async def _watch(recorder: Any, ctl: RunControl, stop: anyio.Event, spec: LoadSp
 
 
 @contextlib.contextmanager
-def _signals(ctl: RunControl, stop: anyio.Event) -> Iterator[None]:
-    """Ctrl-C / SIGTERM stop the load gracefully; the report is still written (marked partial)."""
+def _signals(ctl: RunControl, stop: anyio.Event, cut: anyio.Event) -> Iterator[None]:
+    """Ctrl-C / SIGTERM stop the load gracefully and the report is still written (marked partial); a second one
+    ends the drain at once (what is still out is abandoned), because a slow drain is why people press it twice;
+    a third gives up the report (bench.session then names the checkpoint's `bench recover` command)."""
     import asyncio
 
     loop = asyncio.get_running_loop()
 
     def interrupt() -> None:
-        if ctl.interrupted:  # second signal: give up on draining
+        if cut.is_set():  # third signal: give up on the report too
             raise KeyboardInterrupt
+        if ctl.interrupted:  # second signal: give up on the drain
+            ctl.message("interrupted again: skipping the drain, the requests still out count as abandoned "
+                        "(Ctrl-C again to quit without writing the report)")
+            cut.set()
+            return
         ctl.interrupted = True
-        ctl.message("interrupted: stopping and writing a partial report (Ctrl-C again to abort)")
+        ctl.message("interrupted: stopping and writing a partial report (Ctrl-C again to skip the drain)")
         stop.set()
 
     installed = []
@@ -469,5 +477,3 @@ def _signals(ctl: RunControl, stop: anyio.Event) -> Iterator[None]:
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
-
-

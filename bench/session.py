@@ -285,7 +285,6 @@ def _append_step_summary(report: Any, opts: RunOptions) -> None:
 def run_scenario(sc: Scenario, opts: RunOptions) -> int:
     """`bench run`: prepare, resolve, run in one or ``opts.processes`` processes, finish → exit code."""
     from bench.outpath import check_report_path
-    from bench.progress import ProgressView
 
     out_path = report_path(opts, sc)
     try:
@@ -295,21 +294,36 @@ def run_scenario(sc: Scenario, opts: RunOptions) -> int:
             raise
         raise InputError(exc.problem, file=sc.file, key="report.dir") from None  # the scenario's [report] dir
     prepared = prepare(sc)  # validates everything once, before the target is touched
-    from bench.checkpoint import checkpoint_path, discard, recover_leftover
+    from bench.checkpoint import recover_leftover
 
     recover_leftover(out_path, _stderr_message(opts))  # a killed earlier run with the same --out
-    if opts.processes > 1:
-        from bench.workers import run_processes
+    with given_up_hint(out_path) as term_is_ctrl_c:
+        if opts.processes > 1:
+            return _run_processes(prepared, opts, out_path, term_is_ctrl_c)
+        return _run_single(prepared, opts, out_path, term_is_ctrl_c)
 
-        try:
-            with resolved_target(prepared, _stderr_message(opts)) as target, server_metrics(target) as scraper:
-                report, facts = run_processes(target, opts, out_path)
-        except BenchError:  # a run judged invalid: nothing to recover
-            discard(out_path)
-            raise
-        if scraper is not None:  # the parent scrapes: the server's totals are not per worker
-            scraper.add_to(report)
-        return finish(opts, target, report, facts, out_path)
+
+def _run_processes(prepared: Prepared, opts: RunOptions, out_path: Path, term_is_ctrl_c: Callable[[], None]) -> int:
+    from bench.checkpoint import discard
+    from bench.workers import run_processes
+
+    try:
+        with resolved_target(prepared, _stderr_message(opts)) as target, server_metrics(target) as scraper:
+            report, facts = run_processes(target, opts, out_path)
+    except BenchError:  # a run judged invalid: nothing to recover
+        discard(out_path)
+        raise
+    term_is_ctrl_c()
+    if scraper is not None:  # the parent scrapes: the server's totals are not per worker
+        scraper.add_to(report)
+    return finish(opts, target, report, facts, out_path)
+
+
+def _run_single(prepared: Prepared, opts: RunOptions, out_path: Path, term_is_ctrl_c: Callable[[], None]) -> int:
+    from bench.checkpoint import checkpoint_path, discard
+    from bench.progress import ProgressView
+
+    sc = prepared.scenario
     view = ProgressView(sc.load.warmup_s + sc.load.duration_s, warmup_s=sc.load.warmup_s, enabled=not opts.quiet)
     ctl = RunControl(progress=view.update, message=lambda m: view.message(prepared.scrubber.text(m)),
                      preflight=opts.preflight, checkpoint_path=checkpoint_path(out_path),
@@ -317,7 +331,8 @@ def run_scenario(sc: Scenario, opts: RunOptions) -> int:
     try:
         with resolved_target(prepared, view.message) as target, server_metrics(target) as scraper:
             report, facts = run_report(target, ctl)
-    except BenchError:  # a run judged invalid: nothing to recover (a second Ctrl-C keeps its checkpoint)
+            term_is_ctrl_c()  # the event loop's handler is gone: a SIGTERM now must not kill the write silently
+    except BenchError:  # a run judged invalid: nothing to recover (a third Ctrl-C keeps its checkpoint)
         discard(out_path)
         if ctl.raw_path is not None:
             ctl.raw_path.unlink(missing_ok=True)
@@ -327,6 +342,39 @@ def run_scenario(sc: Scenario, opts: RunOptions) -> int:
     if scraper is not None:
         scraper.add_to(report)
     return finish(opts, target, report, facts, out_path)
+
+
+@contextlib.contextmanager
+def given_up_hint(out_path: Path) -> Iterator[Callable[[], None]]:
+    """SIGTERM is Ctrl-C for the block (``term_is_ctrl_c`` re-arms it after an event loop reset it); a run given
+    up before its report was written (a third Ctrl-C, or one while the report is written) says how to get the
+    report from the checkpoint it left, instead of a bare "interrupted"."""
+    import shlex
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+
+    def term_is_ctrl_c() -> None:
+        if main:
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    term_is_ctrl_c()
+    try:
+        yield term_is_ctrl_c
+    except KeyboardInterrupt:
+        from bench.checkpoint import checkpoint_path
+
+        ckpt = checkpoint_path(out_path)
+        if ckpt.exists():
+            again = f" --out {shlex.quote(str(out_path))}" if out_path.exists() else ""
+            print(f"bench: interrupted before the report was written; nothing measured is lost: "
+                  f"bench recover {shlex.quote(str(out_path))}{again}", file=sys.stderr)
+        raise
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _stderr_message(opts: RunOptions) -> Callable[[str], None]:

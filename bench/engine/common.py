@@ -8,10 +8,9 @@ sweeper, pacer, drain) lives here, so a fix to it reaches ``FastEngine`` and ``H
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
 from bench.engine.base import Classifier, EngineConfig, LoadSpec, RequestSet, ResultSink, StopSignal
@@ -19,7 +18,7 @@ from bench.engine.loopmon import LoopMonitor
 from bench.engine.pacer import Pacer, Sweeper, sleep_until
 
 __all__ = ["DEFAULT_OPEN_LIMIT", "MAX_BACKOFF_S", "CallbackEngine", "EngineCore", "HeaderWatch", "HeadersHook",
-           "SendGate", "backoff_s"]
+           "SendGate", "backoff_s", "wait_drained"]
 
 DEFAULT_OPEN_LIMIT = 1024  # open loop: max_in_flight when the load spec names none
 MAX_BACKOFF_S = 0.5
@@ -28,6 +27,22 @@ MAX_BACKOFF_S = 0.5
 def backoff_s(failures: int) -> float:
     """Pause before reconnecting after ``failures`` consecutive failed connects: don't spin on a refusing target."""
     return min(MAX_BACKOFF_S, 0.001 * 2.0 ** (failures - 1))
+
+
+async def wait_drained(waits: Collection[asyncio.Future[Any]], drain_s: float, cut: StopSignal | None) -> None:
+    """The drain: wait up to ``drain_s`` for every one of ``waits`` (never cancelled here), ending at once when
+    ``cut`` is set (a second Ctrl-C: whoever pressed it gave up on the answers still out, not on the report)."""
+    if not waits or (cut is not None and cut.is_set()):
+        return
+    drained = asyncio.ensure_future(asyncio.wait(waits))
+    ends: list[asyncio.Future[Any]] = [drained]
+    if cut is not None:
+        ends.append(asyncio.ensure_future(cut.wait()))
+    try:
+        await asyncio.wait(ends, timeout=max(0.0, drain_s), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in ends:
+            task.cancel()
 
 
 HeadersHook = Callable[[int, dict[str, str]], None]
@@ -179,7 +194,7 @@ class CallbackEngine(EngineCore):
                 self._slots_live = max(1, load.concurrency)
                 self._start_closed(time.monotonic_ns())
             await self._issuing_done
-            await self._drain(load.drain_s)
+            await self._drain(load.drain_s, load.drain_cut)
         finally:
             end_timer.cancel()
             self._end_held()
@@ -320,11 +335,11 @@ class CallbackEngine(EngineCore):
             if not fut.done():
                 fut.set_result(None)
 
-    async def _drain(self, drain_s: float) -> None:
-        """Wait up to ``drain_s`` for answers in flight; ``_check_drained`` resolves ``_idle_waiter``."""
+    async def _drain(self, drain_s: float, cut: StopSignal | None = None) -> None:
+        """Wait up to ``drain_s`` (or until ``cut``) for answers in flight; ``_check_drained`` resolves
+        ``_idle_waiter``."""
         if self._inflight <= 0:
             return
         assert self._loop is not None
         self._idle_waiter = self._loop.create_future()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._idle_waiter), timeout=max(0.0, drain_s))
+        await wait_drained([self._idle_waiter], drain_s, cut)

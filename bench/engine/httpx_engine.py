@@ -28,7 +28,7 @@ from bench.engine.base import (
     StopSignal,
     check_header,
 )
-from bench.engine.common import DEFAULT_OPEN_LIMIT, EngineCore, SendGate, backoff_s
+from bench.engine.common import DEFAULT_OPEN_LIMIT, EngineCore, SendGate, backoff_s, wait_drained
 from bench.engine.loopmon import LoopMonitor
 from bench.engine.tls import make_ssl_context
 from bench.failures import httpx_kind  # re-exported: the one exception-to-kind mapping
@@ -184,8 +184,7 @@ class HttpxEngine(EngineCore):
                 # a worker only ends once issuing has stopped (end_ns / max_requests); then drain the rest
                 await asyncio.wait([*tasks, issuing_done], return_when=asyncio.FIRST_COMPLETED)
                 self._stopping = True
-            if tasks:
-                await asyncio.wait(list(tasks), timeout=max(0.0, load.drain_s))
+            await wait_drained(list(tasks), load.drain_s, load.drain_cut)
         finally:
             for t in list(tasks):
                 t.cancel()

@@ -291,17 +291,25 @@ def _run_until_done(master: _Master, sc: Scenario, epoch: float, say: Callable[[
     return master.signals > 0
 
 
+def _from_checkpoint(master: _Master, index: int) -> Report | None:
+    """Worker ``index``'s share as of its last checkpoint line the master received, or None."""
+    if master.parts is None:
+        return None
+    from bench.checkpoint import recover_part
+
+    return recover_part(master.parts.paths[index], master.parts.run_id)
+
+
 def _merged(master: _Master, prepared: Any, interrupted: bool) -> tuple[Report, dict[str, Any]]:
     n = master.expected
     reports: list[Report] = []
     health: list[dict[str, Any]] = []
     for w in sorted(master.workers.values(), key=lambda x: x.index):
-        if w.report is not None:
-            rep = w.report
-        elif w.live.deltas:
+        rep: Report | None = w.report
+        if rep is None and master.signals >= 2:  # given up waiting for its drain: its checkpoint counts what it
+            rep = _from_checkpoint(master, w.index)  # had on the wire as in flight (the streamed deltas do not)
+        if rep is None and w.live.deltas:
             rep = _core.worker_report(prepared, w.live.run_data(partial=True), w.index, n)
-        else:
-            rep = None
         if rep is not None:
             rep.meta.host = f"{w.host or w.client_id}#{w.index}"  # names the worker in merged verdict reasons
             reports.append(rep)
