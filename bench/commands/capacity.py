@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -231,7 +231,8 @@ def _publish(args: argparse.Namespace, console: Any, sc: Any, sweep: Sweep, out_
     import orjson
 
     _write_summary(out_dir, result)
-    cap_path = _write_capacity_report(out_dir, sc, sweep, str(result["stop_reason"]), html=args.html)
+    cap_path = _write_capacity_report(out_dir, sc, sweep, str(result["stop_reason"]), html=args.html,
+                                      verdict=lines)
     for line in lines:
         console.print(line, soft_wrap=True)
     console.print(f"reports: {out_dir}/ (capacity.json, {cap_path.name})" + (f"; curve: {args.html}" if args.html
@@ -263,15 +264,17 @@ def _levels(args: argparse.Namespace) -> list[int] | None:
 
 
 def _write_capacity_report(out_dir: Path, sc: Any, sweep: Sweep, stop_reason: str, *,
-                           html: str | None = None) -> Path:
-    """DIR/capacity.arrow: every judged step in one Arrow file (bench report draws its curve); --html too."""
+                           html: str | None = None, verdict: Sequence[str] = ()) -> Path:
+    """DIR/capacity.arrow: every judged step in one Arrow file (bench report draws its curve); --html too.
+    ``verdict``: the lines the sweep printed (capacity, replica plan, model), kept for the Markdown and HTML."""
     from bench.report.capacity_report import read_capacity_report, write_capacity_report
 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "capacity.arrow"
     slo = sweep_steps.objectives_text(sweep.objectives) if sweep.objectives is not None else ""
     write_capacity_report(path, sweep.rows, scenario_name=sc.name, load_kind=sweep.load_kind, slo=slo,
-                          stop_reason=stop_reason, extra={"slo_source": sweep.objectives_source})
+                          stop_reason=stop_reason, extra={"slo_source": sweep.objectives_source,
+                                                          "verdict": list(verdict)})
     if html:
         from bench.report.capacity_views import capacity_html
 

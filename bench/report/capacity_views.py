@@ -52,6 +52,9 @@ def _findings(cap: CapacityReport) -> list[str]:
            f"req/s achieved, step {best.step})" if best else "highest load that met the SLO: none"]
     if cap.info.get("slo"):
         out.append(f"SLO: {cap.info['slo']}")
+    verdict = cap.info.get("verdict")  # what the sweep printed: its capacity, the replica plan, the model's
+    if isinstance(verdict, list):
+        out += [str(line) for line in verdict]
     return out
 
 

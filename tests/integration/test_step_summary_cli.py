@@ -69,3 +69,7 @@ def test_capacity_appends_its_sweep(tmp_path: Path) -> None:
     text = summary.read_text()
     assert text.startswith("### bench capacity: capacity") and text.count("### bench") == 1, text  # not per step
     assert "| step | offered |" in text
+    printed = [ln.strip() for ln in proc.stdout.splitlines() if ln.startswith(("highest load", "emulator model"))]
+    assert len(printed) == 2, proc.stdout  # the sweep's verdict and the model's capacity, as printed ...
+    for line in printed:
+        assert f"- {line}" in text, (line, text)  # ... are in the summary too
