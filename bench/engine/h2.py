@@ -57,6 +57,7 @@ _OK = int(Kind.OK)
 _RESET = int(Kind.RESET)
 _PROTOCOL = int(Kind.PROTOCOL_ERROR)
 _READ_TIMEOUT = int(Kind.READ_TIMEOUT)
+_CONNECT_TIMEOUT = int(Kind.CONNECT_TIMEOUT)
 _WINDOW = 16 * 1024 * 1024  # receive window (connection and per stream)
 _ACK_AT = _WINDOW // 2  # acknowledge received data once this much is unacknowledged
 _DEFAULT_WINDOW = 65_535
@@ -430,6 +431,8 @@ class H2Engine(CallbackEngine):
             started = conn.t_connect = time.monotonic_ns()
             for st in conn.waiting:
                 st.intended = max(st.intended, started)
+                if st.sent:  # closed loop: the pause is not the target's time either
+                    st.sent = max(st.sent, started)
         self._connects += 1
         try:
             async with asyncio.timeout(self.config.connect_timeout_s):
@@ -927,17 +930,37 @@ class H2Engine(CallbackEngine):
     # -- housekeeping ---------------------------------------------------------------------------------
     def sweep(self, now: int) -> None:
         """Read timeouts (one periodic pass instead of a timer per request), and servers that accepted the
-        connection but never sent their SETTINGS within the connect timeout (streams wait for those)."""
+        connection but never sent their SETTINGS.
+
+        The server's SETTINGS complete the connection's setup (RFC 9113 3.4), so a connection without them after
+        ``connect_timeout_s`` is a failed connect: what waits on it is ``connect_timeout`` (as a TLS handshake
+        that never finishes is on the fast engine). Each request waiting for them is also held to its own
+        ``read_timeout_s``, counted as for a request on the wire (closed loop: from when the worker took it on;
+        open loop: from its intended time): holding streams until the SETTINGS arrive is this engine's choice
+        (a client may send them right after its preface; httpx does), so the same silent server gives
+        ``read_timeout`` after ``engine.timeout`` here as on the other engines -- whichever limit comes first."""
         limit = int(self.config.read_timeout_s * 1e9)
         msg = f"no complete answer within {self.config.read_timeout_s:g} s"
         connect_limit = int(self.config.connect_timeout_s * 1e9)
         for conn in list(self._conns):
-            if not conn.ready and conn.transport is not None and not conn.dead and \
-                    now - conn.t_connect > connect_limit:
-                self._fails[conn.slot] += 1
-                conn.close()
-                self._connect_failed(conn, _PROTOCOL, "the server sent no HTTP/2 SETTINGS within "
-                                     f"{self.config.connect_timeout_s:g} s of connecting", conn.t_connect)
+            if not conn.ready and conn.transport is not None and not conn.dead:
+                if now - conn.t_connect > connect_limit:
+                    self._fails[conn.slot] += 1
+                    conn.close()
+                    self._connect_failed(conn, _CONNECT_TIMEOUT, "the server sent no HTTP/2 SETTINGS within "
+                                         f"{self.config.connect_timeout_s:g} s of connecting", conn.t_connect)
+                    continue
+                if any(now - (st.sent or st.intended) > limit for st in conn.waiting):
+                    late: list[_Stream] = []
+                    keep: list[_Stream] = []
+                    for st in conn.waiting:
+                        (late if now - (st.sent or st.intended) > limit else keep).append(st)
+                    conn.waiting = keep  # (a closed-loop worker's next request joins it in _fail)
+                    for st in late:
+                        if not st.sent:
+                            st.sent = st.intended  # never on the wire: its service time is the wait
+                        self._fail(st, _READ_TIMEOUT, f"{msg} (the server sent no HTTP/2 SETTINGS)",
+                                   connect_failed=True)
                 continue
             late = [st for st in conn.streams.values() if st.sent and now - st.sent > limit]
             for st in late:

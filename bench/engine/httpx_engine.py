@@ -5,6 +5,16 @@ grows with the square of the connection count and, shared, inflates measured lat
 HTTP/2 each client holds one connection and the workers assigned to it multiplex their streams over it.
 Slower per request than the lean engine (a coroutine per request), but it covers what that engine does not.
 Outcomes map to the same kinds as the lean engine; stream resets are a ``protocol_error``, never fatal.
+
+``engine.timeout`` is a deadline per request (from the send, a connect it makes excluded: that has
+``connect_timeout``), not httpx's read timeout. That one bounds each socket read, and over HTTP/2 a read returns
+whatever frame of any stream arrives: a stalled stream on a busy connection never timed out (only once the
+connection fell silent, or the drain ended it as ``abandoned``), and when it did, httpcore failed every stream
+of the connection with it. So over HTTP/2 httpx's read and write timeouts are off and the deadline alone ends a
+stream, which is then reset (see ``_reset_dropped_streams``). A limit left: httpcore reads a connection under
+one lock, so an answer already read for one stream waits while a stalled stream holds the lock in a read, until
+the next frame arrives or the stalled one's deadline: on a quiet connection with stalls, answers come late (and
+rarely one reaches its own deadline first). The lean HTTP/2 engine has no such lock.
 """
 
 from __future__ import annotations
@@ -38,6 +48,57 @@ __all__ = ["HttpxEngine", "httpx_kind"]
 
 _NOT_BUILT = -1  # _one's answer when the request could not be built (not taken on, not recorded)
 _CONNECT_KINDS = frozenset({int(Kind.CONNECT_REFUSED), int(Kind.CONNECT_TIMEOUT), int(Kind.TLS_ERROR)})
+_READ_TIMEOUT = int(Kind.READ_TIMEOUT)
+
+
+class _ConnectPause:
+    """httpcore trace hook of one request: its deadline stops while the request opens a connection (bounded by
+    ``connect_timeout`` instead) and restarts, whole, once the connection is up (TCP, and TLS when there is)."""
+
+    __slots__ = ("deadline", "timeout_s")
+
+    def __init__(self, deadline: asyncio.Timeout, timeout_s: float) -> None:
+        self.deadline = deadline
+        self.timeout_s = timeout_s
+
+    async def __call__(self, name: str, info: Mapping[str, object]) -> None:
+        if name.startswith("connection."):
+            if name == "connection.connect_tcp.started":
+                self.deadline.reschedule(None)
+            elif name in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+                self.deadline.reschedule(asyncio.get_running_loop().time() + self.timeout_s)
+
+
+def _reset_dropped_streams() -> None:
+    """Make httpcore reset an HTTP/2 stream it lets go of before the answer ended (a request past its deadline).
+
+    httpcore 1.0 only forgets such a stream (encode/httpcore#1022): the h2 state machine still counts it open, so
+    after the server's max_concurrent_streams timed-out streams every new request on the connection failed with
+    ``Max outbound streams is 100, 100 open``, and the server kept working on them. This resets the stream in h2
+    when httpcore closes it (RST_STREAM CANCEL, written with the connection's next frames) -- what
+    encode/httpcore#1098 proposes upstream, and what the lean engine does. Applied once per process; a no-op on
+    an httpcore that changed these internals (then the engine runs as before).
+    """
+    try:
+        from h2.errors import ErrorCodes
+        from h2.exceptions import ProtocolError
+        from httpcore._async.http2 import AsyncHTTP2Connection
+    except ImportError:  # pragma: no cover - httpx without HTTP/2 support refuses http2=True itself
+        return
+    original = getattr(AsyncHTTP2Connection, "_response_closed", None)
+    if original is None or getattr(original, "_bench_resets", False):
+        return
+
+    async def _response_closed(self: AsyncHTTP2Connection, stream_id: int) -> None:
+        state = getattr(self, "_h2_state", None)
+        stream = state.streams.get(stream_id) if state is not None else None
+        if state is not None and stream is not None and not stream.closed:
+            with contextlib.suppress(ProtocolError):
+                state.reset_stream(stream_id, ErrorCodes.CANCEL)
+        await original(self, stream_id)
+
+    _response_closed._bench_resets = True  # type: ignore[attr-defined]
+    AsyncHTTP2Connection._response_closed = _response_closed  # type: ignore[method-assign]
 
 
 class HttpxEngine(EngineCore):
@@ -62,6 +123,10 @@ class HttpxEngine(EngineCore):
         self._gate: SendGate | None = None
         self._gate_wake: asyncio.Event | None = None  # set by the gate's wake (and at the stop)
         self._fatal: RequestBuildError | None = None  # a request could not be built: the run ends with it
+        self._timeout_s = config.read_timeout_s
+        self._timeout_detail = f"no complete answer within {config.read_timeout_s:g} s".encode()
+        if config.http2:
+            _reset_dropped_streams()
 
     @staticmethod
     def _clean(headers: Mapping[str, str]) -> dict[str, str]:
@@ -78,10 +143,10 @@ class HttpxEngine(EngineCore):
     def _client(self) -> httpx.AsyncClient:
         cfg = self.config
         h2c = cfg.http2 and not self._tls
+        io_s = None if cfg.http2 else cfg.read_timeout_s  # HTTP/2: the per-request deadline only (module doc)
         client = httpx.AsyncClient(
             http1=not h2c, http2=cfg.http2, verify=self._ssl,
-            timeout=httpx.Timeout(connect=cfg.connect_timeout_s, read=cfg.read_timeout_s,
-                                  write=cfg.read_timeout_s, pool=None),
+            timeout=httpx.Timeout(connect=cfg.connect_timeout_s, read=io_s, write=io_s, pool=None),
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1, keepalive_expiry=None),
             trust_env=False, follow_redirects=False)
         self._clients.append(client)
@@ -313,23 +378,26 @@ class HttpxEngine(EngineCore):
         self._inflight += 1
         rows_in = self._rows[i]
         limit = self.max_body
+        deadline = asyncio.timeout(self._timeout_s)
+        request.extensions["trace"] = _ConnectPause(deadline, self._timeout_s)
         sent = time.monotonic_ns()
         try:
-            response = await client.send(request, stream=True)
-            watch = self._watch
-            if watch is not None:
-                watch.fire(response.status_code, response.headers.raw)
-            try:
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.aiter_raw():
-                    if size < limit:
-                        chunks.append(chunk[: limit - size])
-                    size += len(chunk)
-                body = b"".join(chunks)
-                bytes_in = response.num_bytes_downloaded
-            finally:
-                await response.aclose()
+            async with deadline:
+                response = await client.send(request, stream=True)
+                watch = self._watch
+                if watch is not None:
+                    watch.fire(response.status_code, response.headers.raw)
+                try:
+                    chunks: list[bytes] = []
+                    size = 0
+                    async for chunk in response.aiter_raw():
+                        if size < limit:
+                            chunks.append(chunk[: limit - size])
+                        size += len(chunk)
+                    body = b"".join(chunks)
+                    bytes_in = response.num_bytes_downloaded
+                finally:
+                    await response.aclose()
             done = time.monotonic_ns()
             status = response.status_code
             kind, rows_out, server_ns = self.classify(status, body, rows_in)
@@ -343,10 +411,14 @@ class HttpxEngine(EngineCore):
             raise
         except Exception as exc:  # any failure: a counted kind, never a lost request
             done = time.monotonic_ns()
-            kind = httpx_kind(exc)
+            if deadline.expired():
+                kind = _READ_TIMEOUT
+                detail = self._timeout_detail
+            else:
+                kind = httpx_kind(exc)
+                detail = (repr(exc) or type(exc).__name__).encode("utf-8", "replace")
             self.sink.record(intended, sent, done, kind, 0, rows_in,
                              0 if kind in _CONNECT_KINDS else len(body_out), 0, 0)
-            detail = (repr(exc) or type(exc).__name__).encode("utf-8", "replace")
             self.sink.error_detail(kind, 0, detail[:ERROR_DETAIL_BYTES])
             return kind
         finally:

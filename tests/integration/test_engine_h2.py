@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -102,11 +103,17 @@ class H2Server:
     """h2c server. ``refuse_first``: refuse the first N streams of each connection (REFUSED_STREAM);
     ``reset_every``: reset every Nth request (INTERNAL_ERROR); ``goaway_after``: after N answers on a connection,
     send GOAWAY(last = highest stream seen), keep answering streams up to it, ignore later ones, then close.
-    Paths: /hang never answers, /slow answers after 0.2 s.
+    Paths: /hang never answers, /slow answers after 0.2 s. ``hang_every``: every Nth request never gets an answer
+    (counted in ``hung``); ``max_streams``: the SETTINGS_MAX_CONCURRENT_STREAMS it announces (``cancelled``: streams
+    the client reset).
     """
 
-    def __init__(self, refuse_first: int = 0, reset_every: int = 0, goaway_after: int = 0) -> None:
+    def __init__(self, refuse_first: int = 0, reset_every: int = 0, goaway_after: int = 0, hang_every: int = 0,
+                 max_streams: int = 0) -> None:
         self.refuse_first, self.reset_every, self.goaway_after = refuse_first, reset_every, goaway_after
+        self.hang_every, self.max_streams = hang_every, max_streams
+        self.hung = 0
+        self.cancelled = 0
         self.requests = 0  # streams that reached the application
         self.connections = 0
         self.ignored = 0
@@ -149,6 +156,8 @@ class _Proto(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.srv.connections += 1
         self.srv.protos.add(self)
+        if self.srv.max_streams:
+            self.h2.local_settings.max_concurrent_streams = self.srv.max_streams
         self.h2.initiate_connection()
         self.flush()
 
@@ -187,6 +196,9 @@ class _Proto(asyncio.Protocol):
                 sid = ev.stream_id or 0
                 if sid in self.reqs:
                     self.respond(sid)
+            elif isinstance(ev, h2.events.StreamReset):
+                self.srv.cancelled += 1
+                self.reqs.pop(ev.stream_id or 0, None)
         self.flush()
 
     def respond(self, sid: int) -> None:
@@ -197,6 +209,9 @@ class _Proto(asyncio.Protocol):
             return
         self.srv.requests += 1
         if path == b"/hang":
+            return
+        if self.srv.hang_every and self.srv.requests % self.srv.hang_every == 0:
+            self.srv.hung += 1
             return
         if path == b"/slow":
             asyncio.get_running_loop().call_later(0.2, self.send_answer, sid)
@@ -517,9 +532,76 @@ async def test_a_server_that_never_sends_settings_fails_within_the_connect_timeo
             w.transport.abort()
         server.close()
         await server.wait_closed()
-    assert sink.rows and set(sink.kinds()) == {Kind.PROTOCOL_ERROR}
+    assert sink.rows and set(sink.kinds()) == {Kind.CONNECT_TIMEOUT}  # a silent peer: a timeout, not an error
     assert all(b"SETTINGS" in d[2] for d in sink.details)
+    assert all(r[6] == 0 for r in sink.rows)  # nothing of the requests went out
     assert len(sink.rows) + eng.abandoned >= 2 and len(accepted) >= 1
+
+
+@pytest.mark.parametrize("mode", ["closed", "open"])
+@pytest.mark.parametrize("engine", [H2Engine, HttpxEngine], ids=["h2", "httpx"])
+async def test_requests_waiting_for_the_servers_settings_time_out_per_request(engine: type, mode: str) -> None:
+    """A peer that accepts the TCP connection and never sends its SETTINGS, with a connect timeout longer than the
+    run: each request is a read_timeout after engine.timeout, as on httpx (which sends its streams at once).
+    Before, the lean engine held them unbounded until the drain ended them as abandoned."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        await reader.read()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    timeout_ns = 300_000_000
+    try:
+        sink = FakeSink()
+        eng = make(engine, f"http://127.0.0.1:{port}/x", sink, connect_timeout_s=30.0, read_timeout_s=0.3)
+        load = closed(2, seconds=1.0) if mode == "closed" else constant_rate(10, 1.0, 100)
+        await asyncio.wait_for(eng.run(load, Stop()), 20)  # drain (1-2 s) > timeout: nothing may be left out
+    finally:
+        for w in accepted:
+            w.transport.abort()
+        server.close()
+        await server.wait_closed()
+    assert len(sink.rows) >= 4 and set(sink.kinds()) == {Kind.READ_TIMEOUT}, (sink.kinds(), eng.abandoned)
+    assert eng.abandoned == 0
+    for r in sink.rows:  # the deadline holds within the sweep's period and a loaded machine's slack
+        assert timeout_ns <= r[2] - r[1] <= timeout_ns + 300_000_000, (r[2] - r[1]) / 1e6
+        assert r[2] - r[0] <= timeout_ns + 300_000_000, (r[2] - r[0]) / 1e6
+
+
+@pytest.mark.parametrize("engine", [H2Engine, HttpxEngine], ids=["h2", "httpx"])
+async def test_a_stalled_stream_times_out_while_its_connection_is_busy(engine: type) -> None:
+    """Every 5th request is never answered while the others are, on one HTTP/2 connection: each stalled one is a
+    read_timeout engine.timeout after it was sent and is reset (RST_STREAM), every answered one is counted as
+    such (never abandoned, never a timeout). httpx's read timeout bounds each socket read, so on a busy
+    connection a stalled stream never timed out (only once the connection fell silent, seconds late, or the
+    drain cut it off as abandoned); and httpcore never reset a stream it gave up, so once the server's
+    max_concurrent_streams were used up by them every request failed."""
+    srv = await H2Server(hang_every=5, max_streams=10).start()
+    timeout_ns = 400_000_000
+    try:
+        sink = FakeSink()
+        eng = make(engine, srv.url("/ok"), sink, read_timeout_s=timeout_ns / 1e9)
+        load = dataclasses.replace(constant_rate(80, 1.5, 1000), drain_s=2.0)
+        await asyncio.wait_for(eng.run(load, Stop()), 30)
+    finally:
+        await srv.kill()
+    kinds = sink.kinds()
+    assert srv.hung >= 15 and eng.abandoned == 0, (srv.hung, eng.abandoned, kinds)
+    # httpx only: httpcore reads a connection under one lock, so an answered stream queued behind a stalled
+    # stream's read waits until that one's deadline, and rarely reaches its own first (a known limit, see
+    # bench.engine.httpx_engine): at most 2 of them may show as timeouts; the lean engine is exact
+    spare = 2 if engine is HttpxEngine else 0
+    assert set(kinds) <= {Kind.OK, Kind.READ_TIMEOUT} and len(sink.rows) == srv.requests, (kinds, srv.requests)
+    assert srv.hung <= kinds[Kind.READ_TIMEOUT] <= srv.hung + spare, (kinds, srv.requests, srv.hung)
+    for r in sink.rows:
+        if r[3] == Kind.READ_TIMEOUT:
+            assert timeout_ns <= r[2] - r[1] <= timeout_ns + 300_000_000, (r[2] - r[1]) / 1e6
+    # each one reset, so the server can let it go (over httpx the reset goes out with the connection's next
+    # frames: after the last timeout there are none); 10 max_concurrent_streams, so without resets the rest failed
+    assert srv.hung - (engine is HttpxEngine) <= srv.cancelled <= srv.hung
+    assert srv.connections == 1
 
 
 async def test_an_http1_only_server_is_a_protocol_error_not_a_reconnect_loop() -> None:
