@@ -215,7 +215,7 @@ class Batch:
             self.stats.create_rejected += len(items)
             self.sink.count("create_rejected", len(items))
             return None
-        self.sink.record_named("batch_create", done - sent)
+        self.sink.record_named("batch_create", done - sent, intended)
         chunk = _Chunk(remaining=len(ids), done=anyio.Event())
         if not ids:
             chunk.done.set()
@@ -370,15 +370,15 @@ class Batch:
         if status not in TERMINAL:
             return 0
         del self.pending[str(d.get("id"))]
-        self.sink.record_named("batch_e2e", now - tr.sent_ns)
+        self.sink.record_named("batch_e2e", now - tr.sent_ns, tr.intended_ns)  # phased like the request
         created, started, completed = (_ts_ns(d.get(k)) for k in ("time_created", "time_started",
                                                                   "time_completed"))
         if created is not None and started is not None and started >= created:
-            self.sink.record_named("queue", started - created)
+            self.sink.record_named("queue", started - created, tr.intended_ns)
         processing = 0
         if started is not None and completed is not None and completed >= started:
             processing = completed - started
-            self.sink.record_named("processing", processing)
+            self.sink.record_named("processing", processing, tr.intended_ns)
         out_size = d.get("output_size")
         bytes_in = out_size if isinstance(out_size, int) else 0
         if status == "completed":
