@@ -43,7 +43,9 @@ from bench.targets.ubiops_plane import (
     pace_open_loop,
 )
 
-__all__ = ["Batch"]
+__all__ = ["STOP_GRACE_S", "Batch"]
+
+STOP_GRACE_S = 1.0  # after a stop, creates still out this long are broken off (a healthy one answers sooner)
 
 
 @dataclass(slots=True)
@@ -111,8 +113,11 @@ class Batch:
                 self._finish_counts()
 
     async def _stop_creates(self) -> None:
-        """The run's stop (Ctrl-C, SIGTERM, the runner's deadline) breaks off the create calls still out."""
+        """The run's stop (Ctrl-C, SIGTERM, the runner's deadline) breaks off the create calls still out, after
+        a short grace: a create answered in it gives ids, so its requests are cancelled, not left running."""
         await self.stop.wait()
+        with anyio.move_on_after(min(STOP_GRACE_S, self.cfg.call_timeout_s)):
+            await self.creates.idle.wait()
         for scope in list(self._create_scopes):
             scope.cancel()
 

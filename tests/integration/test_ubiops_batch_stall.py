@@ -19,6 +19,8 @@ import pyarrow.ipc as ipc
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "emulator-ubiops-token"  # the emulator's default UbiOps token
 STALL_METRIC = 'emulator_faults_injected_total{fault="stall"}'
+CREATES_METRIC = ('rest_server_requests_total{method="POST",'
+                  'path="/v2.1/projects/{}/deployments/{}/versions/{}/requests/batch"')
 
 
 def counters(path: Path) -> dict[str, int]:
@@ -26,12 +28,14 @@ def counters(path: Path) -> dict[str, int]:
     return {str(r["name"]): int(r["count"]) for r in rows if r["section"] == "counter"}
 
 
+def metric(base: str, prefix: str) -> int:
+    """A counter of the fault emulator (its /metrics is never faulted), summed over the series with ``prefix``."""
+    lines = httpx.get(f"{base}/metrics").text.splitlines()
+    return sum(int(float(line.split()[-1])) for line in lines if line.startswith(prefix))
+
+
 def stalls(base: str) -> int:
-    """Stalls the fault emulator has injected so far (its /metrics is never faulted)."""
-    for line in httpx.get(f"{base}/metrics").text.splitlines():
-        if line.startswith(STALL_METRIC):
-            return int(float(line.split()[-1]))
-    return 0
+    return metric(base, STALL_METRIC)
 
 
 def wait_for(cond: Callable[[], bool], what: str, seconds: float = 30.0) -> None:
@@ -120,3 +124,28 @@ def test_a_run_killed_while_a_create_call_stalls_recovers_with_its_items_in_flig
     extra = json.loads(next(r["text"] for r in rows if r["section"] == "meta" and r["name"] == "extra"))
     acc = extra.get("accounting")
     assert acc is not None and (acc["sent"], acc["in_flight_at_end"], acc["holds"]) == (250, 250, True), extra
+
+
+def test_a_stop_while_a_create_answer_is_on_its_way_cancels_its_requests_on_the_platform(
+        serve_emulator: Callable[..., str], tmp_path: Path) -> None:
+    # every answer trickles in over 0.6 s; one slow replica keeps the created requests pending
+    base = serve_emulator("--fault", "slow:1.0:ms=600", "--replicas", "1", "--latency-ms", "20")
+    out = tmp_path / "g.arrow"
+    proc = start_batch_run(base, out)
+    try:  # the platform has created the first chunk; its answer (the ids) is still trickling in
+        wait_for(lambda: metric(base, CREATES_METRIC) >= 1, "the first create call to be answered by the app")
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    listing = f"{base}/v2.1/projects/demo/deployments/ccfraud/versions/v1/requests"
+    for status in ("pending", "processing"):  # the create's ids arrived in the grace: its requests were cancelled
+        r = httpx.get(listing, params={"status": status, "limit": 1000}, headers={"Authorization": f"Token {TOKEN}"},
+                      timeout=10)
+        assert r.status_code == 200 and r.json() == [], f"{status} requests left behind"
+    summary = json.loads(stdout)
+    assert summary["accounting"]["holds"] is True, summary["accounting"]
+    assert counters(out).get("create_abandoned", 0) == 0
