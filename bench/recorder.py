@@ -181,12 +181,13 @@ class Recorder:
         s.used[sec] = True
 
     # -- extra API -------------------------------------------------------------------------------------
-    def record_named(self, name: str, value_ns: int) -> None:
-        """A value for an extra histogram (e.g. UbiOps batch 'batch_e2e', 'queue', 'processing')."""
+    def record_named(self, name: str, value_ns: int, at_ns: int | None = None) -> None:
+        """A value for an extra histogram (e.g. UbiOps batch 'batch_e2e', 'queue', 'processing'), in the phase of
+        ``at_ns`` — a request's intended send time for a per-request value, like every request — else of now."""
         buf = self._named_buf.get(name)
         if buf is None:
             buf = self._named_buf[name] = array("q")
-        buf.append(self._clock())
+        buf.append(self._clock() if at_ns is None else at_ns)
         buf.append(value_ns)
 
     def count(self, name: str, n: int = 1) -> None:

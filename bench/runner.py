@@ -361,8 +361,13 @@ async def _apply_load(prepared: Prepared, url: str, authorization: str, token_so
     sc = prepared.scenario
     target = target_for(sc.target.kind)
     if target.own_data_plane(prepared.target_config):  # it records its in-flight-at-end and 'sent' itself
+
+        def watch_sent(probe: Callable[[], int]) -> None:  # requests on the wire at a kill: in flight
+            if checkpoint is not None:
+                checkpoint.sent_probe = probe
+
         facts.target_extras.update(await target.run(prepared.target_config, prepared.bodies, recorder, spec, stop,
-                                                    prepared.verify_target))
+                                                    prepared.verify_target, watch_sent))
         return
     from bench.engine.select import choose_engine
 

@@ -133,9 +133,11 @@ class Target:
         return None
 
     async def run(self, config: Any, bodies: Sequence[PreparedBody], sink: Any, spec: LoadSpec,
-                  stop: StopSignal, verify: ssl.SSLContext | bool = True) -> Mapping[str, Any]:
+                  stop: StopSignal, verify: ssl.SSLContext | bool = True,
+                  watch_sent: Callable[[Callable[[], int]], None] | None = None) -> Mapping[str, Any]:
         """Targets with their own data plane apply the load here (``verify``: the run's TLS trust for the target's
-        server); returns what they add to the report's metadata."""
+        server); returns what they add to the report's metadata. ``watch_sent`` is given how to read the requests
+        sent so far (a checkpoint counts those on the wire at a kill as in flight)."""
         raise NotImplementedError
 
 

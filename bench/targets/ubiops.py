@@ -75,6 +75,10 @@ class UbiOpsConfig:
     on_rate_limit: OnRateLimit = "count"
     token_env: str | None = None
     calls_per_minute: int = DEFAULT_CALLS_PER_MINUTE  # the request budget ([ubiops] table); 0 = no budget
+    # batch create / collect / cancel calls: the run's [engine] timeouts (set by the target from the scenario),
+    # so a stalled platform call ends as a timeout and never holds the run past them
+    call_timeout_s: float = 30.0
+    connect_timeout_s: float = 5.0
 
     def with_endpoint(self, base_url: str, token: str) -> UbiOpsConfig:
         """The same config pointed at another base URL (e.g. the embedded emulator) with its token."""

@@ -5,7 +5,9 @@ histograms are recorded (client end-to-end, server queue, server processing), an
 created = completed + failed + cancelled + abandoned + missing is checked and stored. Every call draws on
 the request budget (bench.targets.ubiops_budget), and the collector spaces its polls to fit it. A collect
 that answers 404 (one unknown id makes the platform return nothing) is bisected until the missing ids are
-isolated; they are counted as ``missing``. Create / collect / cancel are control-plane calls on httpx.
+isolated; they are counted as ``missing``. Create / collect / cancel are control-plane calls on httpx with the
+run's [engine] timeouts, so a stalled call cannot hold the run; the run's stop breaks off the create calls still
+out (their items: ``abandoned``, in flight at the end) and a checkpoint reads ``items_sent`` at any moment.
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ from bench.targets.ubiops_plane import (
     pace_open_loop,
 )
 
-__all__ = ["Batch"]
+__all__ = ["STOP_GRACE_S", "Batch"]
+
+STOP_GRACE_S = 1.0  # after a stop, creates still out this long are broken off (a healthy one answers sooner)
 
 
 @dataclass(slots=True)
@@ -79,8 +83,10 @@ class Batch:
         self.load, self.stop, self.stats, self.gate = load, stop, stats, gate
         self.pending: dict[str, _Tracked] = {}
         self.creates = Flight()  # create calls in flight
+        self._create_scopes: set[anyio.CancelScope] = set()  # theirs: the run's stop cancels them
         self.all_seen: anyio.Event | None = None  # set during the drain when nothing is pending any more
         self.next_index = 0
+        self.items_sent = 0  # items in create calls so far, answered or not (a checkpoint's 'sent')
         self.interval = cfg.poll_interval_s
         self.interval_lo = max(0.005, cfg.poll_interval_s / 8)
         self.interval_hi = max(cfg.poll_interval_s * 8, 2.0)
@@ -90,17 +96,30 @@ class Batch:
 
     async def run(self) -> None:
         connections = max(1, self.load.concurrency if self.load.mode == "closed" else 8) + 2
-        async with client_for(self.cfg, connections, 120.0, self.verify) as client:
+        async with client_for(self.cfg, connections, self.verify) as client:
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._collector, client)
+                    tg.start_soon(self._stop_creates)
                     await self._produce(client)
                     await self._drain()
                     tg.cancel_scope.cancel()
             finally:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(CANCEL_DEADLINE_S):
-                    await self._cancel_leftovers(client)
+                # after a stop signal only one call timeout for the cancels: the partial report must come soon
+                deadline = CANCEL_DEADLINE_S if not self.stop.is_set() else min(CANCEL_DEADLINE_S,
+                                                                                 self.cfg.call_timeout_s)
+                with anyio.CancelScope(shield=True), anyio.move_on_after(deadline):
+                    await self._cancel_leftovers(client, deadline)
                 self._finish_counts()
+
+    async def _stop_creates(self) -> None:
+        """The run's stop (Ctrl-C, SIGTERM, the runner's deadline) breaks off the create calls still out, after
+        a short grace: a create answered in it gives ids, so its requests are cancelled, not left running."""
+        await self.stop.wait()
+        with anyio.move_on_after(min(STOP_GRACE_S, self.cfg.call_timeout_s)):
+            await self.creates.idle.wait()
+        for scope in list(self._create_scopes):
+            scope.cancel()
 
     # --- producing ----------------------------------------------------------------------------------------
     def _take_chunk(self) -> list[int]:
@@ -161,12 +180,17 @@ class Batch:
         body = batch_body([self.inputs[i] for i in items])
         self.creates.up()
         self.stats.sent += 1
+        self.items_sent += len(items)
         sent = now_ns()
+        resp: httpx.Response | None = None
+        settled = False
+        scope = anyio.CancelScope()  # cancelled by the run's stop: its items are then in flight at the end
+        self._create_scopes.add(scope)
         try:
-            # shielded: once sent, the answer (and so the ids) must be read even when the run is cancelled
-            with anyio.CancelScope(shield=True):
+            with scope:
                 resp = await client.post(self.batch_url, content=body)
         except Exception as exc:  # every failure is counted by kind, never a crashed run
+            settled = True
             kind = httpx_kind(exc)
             self._refused(items, intended, sent, now_ns(), kind, 0, 0)
             detail = f"{type(exc).__name__}: {exc}".encode()[:512]
@@ -176,8 +200,13 @@ class Batch:
             self.sink.count("create_unknown", len(items))
             return None
         finally:
+            self._create_scopes.discard(scope)
             self.gate.release()
             self.creates.down()
+            if resp is None and not settled:  # stopped or cancelled with the call out: no ids, no answer
+                self._create_abandoned(len(items))
+        if resp is None:
+            return None
         done = now_ns()
         self.gate.observe(resp.headers, resp.status_code)
         ids = self._created_ids(resp) if 200 <= resp.status_code < 300 else None
@@ -191,7 +220,7 @@ class Batch:
             self.stats.create_rejected += len(items)
             self.sink.count("create_rejected", len(items))
             return None
-        self.sink.record_named("batch_create", done - sent)
+        self.sink.record_named("batch_create", done - sent, intended)
         chunk = _Chunk(remaining=len(ids), done=anyio.Event())
         if not ids:
             chunk.done.set()
@@ -201,6 +230,13 @@ class Batch:
             self.sink.count(f"status_{status}")
         self.stats.created += len(ids)
         return chunk
+
+    def _create_abandoned(self, n: int) -> None:
+        """A create call broken off by the run's end: its items were sent and never answered (``abandoned``);
+        the platform may have created them, but their ids are unknown, so they cannot be cancelled."""
+        self.stats.create_abandoned += n
+        self.sink.count("create_abandoned", n)
+        self.sink.abandoned(n, now_ns())
 
     def _refused(self, items: list[int], intended: int, sent: int, done: int, kind: int, status: int,
                  bytes_in: int) -> None:
@@ -339,15 +375,15 @@ class Batch:
         if status not in TERMINAL:
             return 0
         del self.pending[str(d.get("id"))]
-        self.sink.record_named("batch_e2e", now - tr.sent_ns)
+        self.sink.record_named("batch_e2e", now - tr.sent_ns, tr.intended_ns)  # phased like the request
         created, started, completed = (_ts_ns(d.get(k)) for k in ("time_created", "time_started",
                                                                   "time_completed"))
         if created is not None and started is not None and started >= created:
-            self.sink.record_named("queue", started - created)
+            self.sink.record_named("queue", started - created, tr.intended_ns)
         processing = 0
         if started is not None and completed is not None and completed >= started:
             processing = completed - started
-            self.sink.record_named("processing", processing)
+            self.sink.record_named("processing", processing, tr.intended_ns)
         out_size = d.get("output_size")
         bytes_in = out_size if isinstance(out_size, int) else 0
         if status == "completed":
@@ -377,7 +413,7 @@ class Batch:
         self.all_seen = anyio.Event()
         await first_of(self.stop, self.all_seen, self.cfg.drain_timeout_s)
 
-    async def _cancel_leftovers(self, client: httpx.AsyncClient) -> None:
+    async def _cancel_leftovers(self, client: httpx.AsyncClient, deadline_s: float) -> None:
         """Cancel every still-pending request (batch route, else per-request PATCH) and count them abandoned."""
         leftovers = list(self.pending)
         self.pending.clear()
@@ -385,7 +421,7 @@ class Batch:
         self.sink.abandoned(len(leftovers), now_ns())  # in flight at the end: errors of kind 'abandoned'
         if leftovers:
             await cancel_requests(self.cfg, client, self.gate, self.sink, self.stats, leftovers,
-                                  now_ns() + int(CANCEL_DEADLINE_S * 1e9))
+                                  now_ns() + int(deadline_s * 1e9))
 
     def _finish_counts(self) -> None:
         s = self.stats
@@ -394,7 +430,8 @@ class Batch:
         for name in ("created", "completed", "failed", "cancelled", "abandoned"):
             self.sink.count(f"batch_{name}", getattr(s, name))
         s.invariant_ok = s.created == s.completed + s.failed + s.cancelled + s.abandoned + s.missing
-        self.sink.count("sent", s.created + s.create_rejected + s.create_unknown)  # items: the requests
+        # items: the requests
+        self.sink.count("sent", s.created + s.create_rejected + s.create_unknown + s.create_abandoned)
         self.sink.count("batch_invariant_broken", 0 if s.invariant_ok else 1)
         if s.poll_interval_mean_s:
             self.sink.gauge("batch_poll_interval_mean_ms", s.poll_interval_mean_s * 1000)

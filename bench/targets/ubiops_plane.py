@@ -34,7 +34,7 @@ CANCEL_DEADLINE_S = 90.0  # long enough to outwait one rate-limit window
 class UbiOpsSink(ResultSink, Protocol):
     """The recorder as the UbiOps runner sees it: the engine sink plus named histograms, counters, gauges."""
 
-    def record_named(self, name: str, value_ns: int) -> None: ...
+    def record_named(self, name: str, value_ns: int, at_ns: int | None = None) -> None: ...
 
     def count(self, name: str, n: int = 1) -> None: ...
 
@@ -58,6 +58,7 @@ class UbiOpsStats:
     dropped: int = 0
     create_rejected: int = 0  # batch items in create calls that were refused (4xx/5xx/429)
     create_unknown: int = 0  # batch items whose create call broke off (they may exist unseen)
+    create_abandoned: int = 0  # batch items whose create call was still out at the run's end (may exist unseen)
     collect_calls: int = 0
     cancel_calls: int = 0
     missing: int = 0  # batch ids the platform no longer knows (a collect of that id alone answered 404)
@@ -294,8 +295,9 @@ async def pace_open_loop(load: LoadSpec, stop: StopSignal, busy: Flight, drop: C
             return
 
 
-def client_for(cfg: UbiOpsConfig, connections: int, read_timeout_s: float,
-               verify: ssl.SSLContext | bool = True) -> httpx.AsyncClient:
+def client_for(cfg: UbiOpsConfig, connections: int, verify: ssl.SSLContext | bool = True) -> httpx.AsyncClient:
+    """The batch plane's client: the run's [engine] timeouts, so a stalled call is a timeout, not a held run."""
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    timeout = httpx.Timeout(connect=10.0, read=read_timeout_s, write=30.0, pool=None)
+    timeout = httpx.Timeout(connect=cfg.connect_timeout_s, read=cfg.call_timeout_s, write=cfg.call_timeout_s,
+                            pool=None)
     return httpx.AsyncClient(headers=cfg.control_headers(), limits=limits, timeout=timeout, verify=verify)

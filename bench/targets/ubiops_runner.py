@@ -20,12 +20,14 @@ __all__ = ["UbiOpsSink", "UbiOpsStats", "attach_direct", "run_ubiops"]
 
 async def run_ubiops(cfg: UbiOpsConfig, inputs: Sequence[bytes], rows_per_input: Sequence[int] | int,
                      sink: UbiOpsSink, load: LoadSpec, stop: StopSignal,
-                     verify: ssl.SSLContext | bool = True) -> UbiOpsStats:
+                     verify: ssl.SSLContext | bool = True,
+                     watch_sent: Callable[[Callable[[], int]], None] | None = None) -> UbiOpsStats:
     """Apply ``load`` to a UbiOps deployment in batch mode; returns the run facts.
 
     ``inputs`` are pre-encoded single batch items (a ``Sequence`` that may encode on first use). ``load`` paces
     create calls of ``cfg.batch_size`` items (closed loop: ``concurrency`` chunks outstanding until all their
     requests finish; open loop: one chunk per offset) and ``max_requests`` caps the number of requests created.
+    ``watch_sent`` gets how to read the items sent so far (in create calls, answered or not), for a checkpoint.
     """
     if cfg.mode != "batch":
         raise ValueError("direct requests run on a bench engine (attach_direct), not here")
@@ -39,7 +41,10 @@ async def run_ubiops(cfg: UbiOpsConfig, inputs: Sequence[bytes], rows_per_input:
     # batch mode never spends past the server's announced window (its own calls must never cause a 429)
     gate = RateGate(sink, stats, True, budget)
     try:
-        await Batch(cfg, inputs, rows, sink, load, stop, stats, gate, verify).run()
+        batch = Batch(cfg, inputs, rows, sink, load, stop, stats, gate, verify)
+        if watch_sent is not None:
+            watch_sent(lambda: batch.items_sent)
+        await batch.run()
     finally:
         _store_budget(stats, budget, sink)
     return stats

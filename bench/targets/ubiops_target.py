@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, overload
 
 from bench.errors import InputError
@@ -29,7 +30,9 @@ class UbiOpsTarget(Target):
     lag_bound_ms = 10.0  # batch mode is paced in chunks, direct answers take milliseconds: 1 ms of lag is no fault
 
     def config(self, sc: Scenario) -> UbiOpsConfig:
-        return ubiops_config_from_mapping(sc.target.raw, sc.file, ubiops=sc.ubiops)
+        """The [target] and [ubiops] tables; batch calls take [engine] timeout / connect_timeout."""
+        cfg = ubiops_config_from_mapping(sc.target.raw, sc.file, ubiops=sc.ubiops)
+        return replace(cfg, call_timeout_s=sc.engine.timeout_s, connect_timeout_s=sc.engine.connect_timeout_s)
 
     def bodies(self, sc: Scenario, config: Any) -> Sequence[PreparedBody]:
         """A ``LazyBodies``: each body is encoded when the run first sends it (a big data set starts at once)."""
@@ -99,10 +102,11 @@ class UbiOpsTarget(Target):
         return "ubiops: " + "; ".join(parts) if parts else None
 
     async def run(self, config: Any, bodies: Sequence[PreparedBody], sink: Any, spec: LoadSpec,
-                  stop: StopSignal, verify: ssl.SSLContext | bool = True) -> Mapping[str, Any]:
+                  stop: StopSignal, verify: ssl.SSLContext | bool = True,
+                  watch_sent: Callable[[Callable[[], int]], None] | None = None) -> Mapping[str, Any]:
         rows = getattr(bodies, "rows", None)  # a LazyBodies knows its row counts without encoding
         stats = await run_ubiops(config, _Inputs(bodies), rows if isinstance(rows, list) else [b.rows for b in bodies],
-                                 sink, spec, stop, verify)
+                                 sink, spec, stop, verify, watch_sent)
         return {"ubiops": stats.to_dict()}
 
 

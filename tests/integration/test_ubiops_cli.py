@@ -81,3 +81,21 @@ def test_sigint_during_a_batch_run_cancels_what_is_pending(serve_emulator: Calla
         assert r.status_code == 200
         assert r.json() == [], f"{status} requests left behind"
     assert json.loads(stdout)["partial"] is True
+
+
+def test_batch_timings_are_phased_like_their_requests_by_intended_time(tmp_path: Path) -> None:
+    out = tmp_path / "p.arrow"
+    proc = bench_run("scenarios/ubiops-batch.toml", "--set", 'load.duration="2s"', "--set", 'load.warmup="1s"',
+                     "--json", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    hists = section(out, "histogram")
+    for phase in ("warmup", "measured"):
+        latency = sum(int(str(r["count"])) for r in hists if r["name"] == "latency" and r["phase"] == phase)
+        assert latency > 0, phase
+        for name in ("batch_e2e", "queue", "processing"):  # one value per request, in its request's phase
+            count = sum(int(str(r["count"])) for r in hists if r["name"] == name and r["phase"] == phase)
+            assert count == latency, (name, phase, count, latency)
+        # created -> collected is the ok request's service time: the same values, so the same max
+        e2e = next(r for r in hists if r["name"] == "batch_e2e" and r["phase"] == phase)
+        service = next(r for r in hists if r["name"] == "service" and r["phase"] == phase and r["outcome"] == "ok")
+        assert e2e["max_us"] == service["max_us"], phase

@@ -109,6 +109,16 @@ def test_error_samples_bounded_distinct_and_redacted() -> None:
     assert "sekrit123" not in detail and "abc" not in detail
 
 
+def test_a_named_value_given_its_request_s_intended_time_is_in_that_request_s_phase() -> None:
+    clock = FakeClock(3 * S)  # both recorded after warm-up ended (at 1 s)
+    rec = Recorder(0, S, clock=clock)
+    rec.record_named("batch_e2e", 5 * MS, S - 1)  # a warm-up request collected late
+    rec.record_named("batch_e2e", 7 * MS, S)
+    run = rec.finish(4 * S, partial=False)
+    assert (run.histogram("batch_e2e", WARMUP).total, run.histogram("batch_e2e", WARMUP).max_us) == (1, 5000)
+    assert (run.histogram("batch_e2e", MEASURED).total, run.histogram("batch_e2e", MEASURED).max_us) == (1, 7000)
+
+
 def test_named_counters_gauges_and_loop_lag() -> None:
     clock = FakeClock(0)
     rec = Recorder(0, S, clock=clock)
