@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.integration.fault_servers import FaultServer
 from tests.integration.locust_cluster import ROOT, alive, children, wait_for
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="signals to a child process, Linux /proc")
@@ -32,45 +30,8 @@ DRAIN = "60s"  # far longer than any test waits: only skipping the drain ends th
 @pytest.fixture
 def silent_port() -> Iterator[int]:
     """A loopback TCP server that accepts, reads and never answers; its port. Always stopped."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    listener.setblocking(False)
-    sel = selectors.DefaultSelector()
-    sel.register(listener, selectors.EVENT_READ)
-    done = threading.Event()
-    conns: list[socket.socket] = []
-
-    def serve() -> None:
-        while not done.is_set():
-            for key, _ in sel.select(0.1):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
-                if sock is listener:
-                    conn, _ = listener.accept()
-                    conn.setblocking(False)
-                    conns.append(conn)
-                    sel.register(conn, selectors.EVENT_READ)
-                else:
-                    try:
-                        data = sock.recv(65536)
-                    except OSError:
-                        data = b""
-                    if not data:
-                        sel.unregister(sock)
-                        sock.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        done.set()
-        thread.join(5)
-        for conn in conns:
-            conn.close()
-        listener.close()
-        sel.close()
+    with FaultServer("silent") as srv:
+        yield srv.port
 
 
 def _lines(path: Path) -> list[dict[str, object]]:
