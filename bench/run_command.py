@@ -53,6 +53,10 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
 def _adhoc_doc(args: argparse.Namespace) -> dict[str, Any]:
     headers: dict[str, str] = {}
     for h in args.header:
+        if h.strip().startswith(":"):  # ':authority: x' would split at its first colon
+            from bench.secrets import reserved_header_problem
+
+            raise InputError(reserved_header_problem(h.strip()) or "", key="--header")
         key, sep, value = h.partition(":")
         if not sep or not key.strip():
             raise InputError("expected 'Name: value'", key="--header")
