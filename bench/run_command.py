@@ -149,6 +149,12 @@ def _refuse_open_loop_flags(args: argparse.Namespace, doc: Mapping[str, Any]) ->
             raise InputError(f"applies to an open loop (--rate, load.rate or load.stages) only, and this run is a "
                              f"closed loop of {concurrency} clients (-c / load.concurrency), which would ignore it",
                              key=flag)
+    engine = doc.get("engine")
+    http2 = args.http2 or (isinstance(engine, Mapping) and engine.get("http2") is True)
+    if args.connections and not http2:  # HTTP/2 shares its connections in a closed loop too (engine.connections)
+        raise InputError(f"applies to an open loop (--rate, load.rate or load.stages) or to HTTP/2 (--http2) only, "
+                         f"and this run is a closed loop of {concurrency} clients over HTTP/1.1, one connection each "
+                         "(-c sets them), which would ignore it", key="--connections")
 
 
 def _number_or_text(value: str) -> float | str:
