@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from bench.results import host_header
+
 if TYPE_CHECKING:
     from bench.report.model import Report
     from bench.rundata import RunData
@@ -107,6 +109,10 @@ def build_report(sc: Scenario, run: RunData, facts: RunFacts, target_config: Any
                                  "processes": facts.processes}
     target_meta = {"kind": sc.target.kind, "url": facts.url or sc.target.url, "format": sc.target.format,
                    "engine": facts.engine or sc.engine.kind, "http2": sc.engine.http2}
+    literal = sc.target.raw.get("headers")  # (a Host from headers_env is a secret: not recorded)
+    host = host_header(literal) if isinstance(literal, Mapping) else None
+    if host:  # the route measured: the URL is only the address connected to
+        target_meta["host"] = host
     from bench.targets import target_for
 
     target = target_for(sc.target.kind)

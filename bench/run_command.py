@@ -53,6 +53,10 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
 def _adhoc_doc(args: argparse.Namespace) -> dict[str, Any]:
     headers: dict[str, str] = {}
     for h in args.header:
+        if h.strip().startswith(":"):  # ':authority: x' would split at its first colon
+            from bench.secrets import reserved_header_problem
+
+            raise InputError(reserved_header_problem(h.strip()) or "", key="--header")
         key, sep, value = h.partition(":")
         if not sep or not key.strip():
             raise InputError("expected 'Name: value'", key="--header")
@@ -145,6 +149,12 @@ def _refuse_open_loop_flags(args: argparse.Namespace, doc: Mapping[str, Any]) ->
             raise InputError(f"applies to an open loop (--rate, load.rate or load.stages) only, and this run is a "
                              f"closed loop of {concurrency} clients (-c / load.concurrency), which would ignore it",
                              key=flag)
+    engine = doc.get("engine")
+    http2 = args.http2 or (isinstance(engine, Mapping) and engine.get("http2") is True)
+    if args.connections and not http2:  # HTTP/2 shares its connections in a closed loop too (engine.connections)
+        raise InputError(f"applies to an open loop (--rate, load.rate or load.stages) or to HTTP/2 (--http2) only, "
+                         f"and this run is a closed loop of {concurrency} clients over HTTP/1.1, one connection each "
+                         "(-c sets them), which would ignore it", key="--connections")
 
 
 def _number_or_text(value: str) -> float | str:

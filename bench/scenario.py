@@ -32,6 +32,7 @@ from bench.secrets import (
     env_name_problem,
     header_name_problem,
     header_value_problem,
+    host_value_problem,
     literal_header_problem,
     looks_like_credential,
     scenario_urls,
@@ -367,6 +368,8 @@ def _parse_target(t: Mapping[str, Any], file: str) -> TargetConfig:
         problem = header_value_problem(hv)  # a control or non-ASCII character: the engines cannot send it
         if problem:
             raise tab.err(f"headers.{hk}", f"{problem}; {shown}")
+        if hk.lower() == "host" and (problem := host_value_problem(hv)):
+            raise tab.err(f"headers.{hk}", problem)
     token_env, headers_env = _env_credentials(tab)
     dataset_params = tab.boolean("dataset_params", False)
     for key in ("dataset", "dataset_exclude", "dataset_separator"):

@@ -125,8 +125,11 @@ class Scraper:
             self.with_samples += 1
         return True
 
-    def add_to(self, report: Any) -> None:
-        """Store the scrapes in ``report`` (sections server_metric / server_latency, extra.server_metrics)."""
+    def add_to(self, report: Any) -> str | None:
+        """Store the scrapes in ``report`` (sections server_metric / server_latency, extra.server_metrics); returns
+        a warning to print when no scrape succeeded (also kept as ``extra.server_metrics.warning``): a
+        ``[server_metrics]`` URL that refuses connections used to leave the report without a server view and the
+        terminal silent."""
         from bench.report.server_metrics import Scrape, add_server_metrics
 
         start = report.run.start_unix_ns
@@ -134,10 +137,16 @@ class Scraper:
                    for wall, f in self.scrapes]
         add_server_metrics(report, scrapes, latency_metric=self.cfg.latency_metric, url=self.url,
                            scrape_errors=self.errors)
+        info = report.meta.extra["server_metrics"]
         if self.first_error:
-            report.meta.extra["server_metrics"]["first_error"] = self.first_error
+            info["first_error"] = self.first_error
         elif self.scrapes and not self.with_samples:
-            report.meta.extra["server_metrics"]["first_error"] = "no samples in any scrape"
+            info["first_error"] = "no samples in any scrape"
+        if self.scrapes or not self.errors:
+            return None
+        info["warning"] = (f"[server_metrics] no scrape of {info['url']} succeeded ({self.errors} failed, first: "
+                           f"{self.first_error}): the report has no server-side view")
+        return str(info["warning"])
 
 
 @contextmanager

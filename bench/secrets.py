@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
 
-from bench.results import header_value_problem  # the one rule, shared with the engines (re-exported)
+# the rules shared with the engines (re-exported)
+from bench.results import header_value_problem, host_value_problem, reserved_header_problem
 
 if TYPE_CHECKING:
     from bench.prepared import Prepared
@@ -40,8 +41,10 @@ __all__ = [
     "header_env_values",
     "header_name_problem",
     "header_value_problem",
+    "host_value_problem",
     "literal_header_problem",
     "looks_like_credential",
+    "reserved_header_problem",
     "scenario_urls",
     "scrub_report",
     "scrubber_for",
@@ -114,7 +117,10 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
 
 
 def header_name_problem(name: str) -> str | None:
-    """Why ``name`` is not an HTTP header name (an RFC 9110 token), or None."""
+    """Why a user may not set header ``name``: not an RFC 9110 token, or one bench sets itself
+    (``reserved_header_problem``: Content-Length, Connection, pseudo-headers, …), or None."""
+    if problem := reserved_header_problem(name):
+        return problem
     return None if _HEADER_NAME.fullmatch(name) else "not a valid HTTP header name"
 
 
@@ -168,9 +174,16 @@ def scenario_urls(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
 def header_env_values(headers_env: Mapping[str, str], environ: Mapping[str, str] | None = None,
                       *, file: str | None = None) -> dict[str, str]:
     """``{header: value}`` read from the environment variables ``headers_env`` names (InputError if unset)."""
+    from bench.errors import InputError
+
     env = os.environ if environ is None else environ
-    return {header: env_header_value(var, env, file=file, key=f"target.headers_env.{header}",
-                                     holds=f"the {header} header") for header, var in headers_env.items()}
+    out = {header: env_header_value(var, env, file=file, key=f"target.headers_env.{header}",
+                                    holds=f"the {header} header") for header, var in headers_env.items()}
+    for header, value in out.items():
+        if header.lower() == "host" and host_value_problem(value):  # (the value is not repeated: a secret)
+            raise InputError(f"environment variable {headers_env[header]} is not a host or host:port (value not "
+                             "shown)", file=file, key=f"target.headers_env.{header}")
+    return out
 
 
 def env_header_value(var: str, environ: Mapping[str, str], *, file: str | None, key: str, holds: str = "") -> str:

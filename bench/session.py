@@ -315,7 +315,7 @@ def _run_processes(prepared: Prepared, opts: RunOptions, out_path: Path, term_is
         raise
     term_is_ctrl_c()
     if scraper is not None:  # the parent scrapes: the server's totals are not per worker
-        scraper.add_to(report)
+        add_scrapes(scraper, report, target.scrubber)
     return finish(opts, target, report, facts, out_path)
 
 
@@ -340,8 +340,15 @@ def _run_single(prepared: Prepared, opts: RunOptions, out_path: Path, term_is_ct
     finally:
         view.close()
     if scraper is not None:
-        scraper.add_to(report)
+        add_scrapes(scraper, report, target.scrubber)
     return finish(opts, target, report, facts, out_path)
+
+
+def add_scrapes(scraper: Any, report: Any, scrubber: Any, *, warn: bool = True) -> None:
+    """The server's metrics into ``report``; when no scrape succeeded, one warning line on stderr (``warn``)."""
+    warning = scraper.add_to(report)
+    if warning and warn:
+        print(f"bench: warning: {scrubber.text(warning)}", file=sys.stderr)
 
 
 @contextlib.contextmanager

@@ -154,6 +154,7 @@ class StepRunner:
         self.last_report: Any = None
         self._repeated: set[float] = set()
         self._header = True
+        self.scrape_warned = False  # a [server_metrics] URL that never answered was said (once per sweep)
 
     def retried(self, rate: float) -> bool:
         return rate in self._repeated
@@ -223,7 +224,7 @@ class StepRunner:
         ctl = RunControl(progress=view.update, message=view.message, preflight=self.preflight, raw_path=None,
                          checkpoint_path=checkpoint_path(path))
         self.preflight = False  # once per sweep
-        from bench.session import server_metrics
+        from bench.session import add_scrapes, server_metrics
 
         try:
             with server_metrics(self.base) as scraper:
@@ -233,8 +234,9 @@ class StepRunner:
             raise
         finally:
             view.close()
-        if scraper is not None:
-            scraper.add_to(report)
+        if scraper is not None:  # a failing [server_metrics] URL is said once per sweep, noted in every step
+            add_scrapes(scraper, report, self.base.scrubber, warn=not self.scrape_warned)
+            self.scrape_warned = self.scrape_warned or "warning" in report.meta.extra.get("server_metrics", {})
         stamp_checks(report)  # as bench run stores them: the accounting, and why a step failed outright
         write_report(path, report)
         discard(path)

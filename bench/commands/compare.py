@@ -12,7 +12,9 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("compare", help="compare two runs; exit 1 on a significant regression",
                               description="Side-by-side deltas of two reports. A metric regresses when it is "
                               "worse than allowed AND the change is significant against the per-second noise "
-                              "(moving-block bootstrap). Exit 0: no regression, 1: regression, 2: bad input.")
+                              "(moving-block bootstrap). Runs of different tests (scenario, load or target "
+                              "differ) are refused unless --force. Exit 0: no regression, 1: regression, 2: bad "
+                              "input or not the same test.")
     p.add_argument("base", metavar="BASE.arrow")
     p.add_argument("new", metavar="NEW.arrow")
     p.add_argument("--max-regression", metavar="LIMITS", default=None,
@@ -20,6 +22,9 @@ def register(subparsers: Any) -> None:
                    "error_rate=0.5pp; metrics: p50 p90 p99 p999 max, service_p50 … service_max, rps, "
                    "rows_per_s, error_rate; 'off' disables one")
     p.add_argument("--markdown", metavar="PATH", help="write the comparison as Markdown (PR comment)")
+    p.add_argument("--force", action="store_true", help="compare runs of different tests (another scenario name, "
+                   "load mode, concurrency, rate, stages, arrival, rows_per_request, processes, max_in_flight or "
+                   "target URL/Host) instead of refusing them (exit 2); the differences are printed as warnings")
     p.set_defaults(func=run)
 
 
@@ -27,9 +32,9 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from bench.commands.report import write_view
-    from bench.errors import EXIT_OK, EXIT_SLO
+    from bench.errors import EXIT_OK, EXIT_SLO, InputError
     from bench.outpath import refuse_overwriting_inputs
-    from bench.report.compare import compare_reports, parse_thresholds
+    from bench.report.compare import compare_reports, differences, parse_thresholds
     from bench.report.console import make_console
     from bench.report.markdown import append_step_summary, comparison_markdown
     from bench.report.reader import read_report
@@ -38,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
     refuse_overwriting_inputs(args.markdown, [args.base, args.new], flag="--markdown")
     thresholds = parse_thresholds(args.max_regression)
     base, new = read_report(Path(args.base)), read_report(Path(args.new))
+    differ = differences(base, new)
+    if differ and not args.force:  # a regression gate must not pass or fail a run against another test
+        raise InputError(f"not the same test as {args.base}: " + "; ".join(differ) + " (--force compares anyway)",
+                         file=args.new)
     cmp = compare_reports(base, new, thresholds)
     console = make_console()
     render_comparison(cmp, console, args.base, args.new)

@@ -11,19 +11,42 @@ __all__ = ["add_master_options", "register"]
 DEFAULT_PORT = 5557  # Locust's default master port
 
 
+# the master-only options and their defaults: parsed with default None, so that one given without --locust-master
+# is seen (and refused, ``master_options``) rather than ignored
+MASTER_DEFAULTS: dict[str, object] = {"expect_workers": 1, "master_bind_host": "127.0.0.1",
+                                      "master_bind_port": DEFAULT_PORT, "locust_web_port": 0, "worker_wait": 60.0}
+
+
 def add_master_options(p: argparse.ArgumentParser) -> None:
     """Options of `bench run` for a distributed run on Locust's runners."""
     g = p.add_argument_group("distributed (Locust master)")
     g.add_argument("--locust-master", action="store_true",
                    help="run as a Locust master: the load comes from `bench locust-worker` processes")
-    g.add_argument("--expect-workers", type=int, default=1, metavar="N", help="workers to wait for (default 1)")
-    g.add_argument("--master-bind-host", default="127.0.0.1",
+    g.add_argument("--expect-workers", type=int, metavar="N", help="workers to wait for (default 1)")
+    g.add_argument("--master-bind-host",
                    help="address workers connect to (default 127.0.0.1; 0.0.0.0 for other hosts)")
-    g.add_argument("--master-bind-port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
-    g.add_argument("--locust-web-port", type=int, default=0, metavar="PORT",
+    g.add_argument("--master-bind-port", type=int, help=f"default {DEFAULT_PORT}")
+    g.add_argument("--locust-web-port", type=int, metavar="PORT",
                    help="also serve Locust's web UI on 127.0.0.1:PORT with live aggregates (default off)")
-    g.add_argument("--worker-wait", type=float, default=60.0, metavar="S",
+    g.add_argument("--worker-wait", type=float, metavar="S",
                    help="seconds to wait for the workers to connect and get ready (default 60)")
+
+
+def master_options(args: argparse.Namespace) -> None:
+    """Check the master-only options against --locust-master (InputError, exit 2) and fill their defaults: given
+    without it they would be ignored, and a master's load comes from its workers, never from --processes."""
+    from bench.errors import InputError
+
+    master = bool(getattr(args, "locust_master", False))
+    for name, default in MASTER_DEFAULTS.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, default)
+        elif not master:
+            raise InputError("applies to a --locust-master run only, and this run is not one, which would ignore it",
+                             key="--" + name.replace("_", "-"))
+    if master and getattr(args, "processes", None) is not None:
+        raise InputError("a --locust-master run's load comes from its `bench locust-worker` processes, not from "
+                         "local ones: start more workers instead", key="--processes")
 
 
 def register(sub: Any) -> None:

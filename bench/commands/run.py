@@ -55,6 +55,8 @@ def register(sub: Any) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
+    from bench.commands.locust_worker import master_options
     from bench.run_command import run_from_args
 
+    master_options(args)  # a master-only flag without --locust-master is refused, not ignored
     return run_from_args(args)

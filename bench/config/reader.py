@@ -46,9 +46,11 @@ def check_url(url: str) -> str | None:
         return f"URL contains whitespace or control characters: {shown!r}"
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
+        port = parts.port  # raises ValueError on a bad port
     except ValueError as exc:
         return f"not a valid URL ({exc}): {shown!r}"
+    if port == 0:  # a server cannot listen on it: the run would only fail every connect (exit 3)
+        return f"port 0 is not a port a server can be reached on: {shown!r}"
     if not parts.scheme:
         return f"URL needs an http:// or https:// scheme, got {shown!r}"
     if parts.scheme not in ("http", "https"):

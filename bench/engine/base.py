@@ -20,6 +20,8 @@ from bench.results import (
     ResultSink,
     StopSignal,
     header_value_problem,
+    host_value_problem,
+    reserved_header_problem,
 )
 
 __all__ = ["Classifier", "Engine", "EngineConfig", "LoadSpec", "PreparedBody", "RequestBuildError", "RequestSet",
@@ -34,12 +36,17 @@ class RequestBuildError(ValueError):
 
 def check_header(name: str, value: str) -> None:
     """Raise RequestBuildError unless ``name: value`` can be sent as is by every engine (printable ASCII; httpx
-    encodes header values as ASCII, HTTP/1.1 and HPACK as bytes). The scenario reader refuses such headers up
+    encodes header values as ASCII, HTTP/1.1 and HPACK as bytes), is not one the engines set themselves
+    (Content-Length, Connection, …) and, for Host, is a host[:port]. The scenario reader refuses such headers up
     front; this keeps a value that arrives another way (a token refreshed mid-run) from breaking an engine."""
     if not (name.isascii() and name.isprintable()):
         problem = "its name holds a line break, a control or a non-ASCII character"
+    elif reserved := reserved_header_problem(name):
+        raise RequestBuildError(f"header {name!r}: {reserved}")
     else:
         problem = header_value_problem(value) or ""
+        if not problem and name.lower() == "host" and host_value_problem(value):
+            problem = "not a host or host:port"
     if problem:
         raise RequestBuildError(f"header {name.encode('ascii', 'replace').decode()!r}: {problem} (not shown)")
 

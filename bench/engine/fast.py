@@ -33,7 +33,8 @@ from bench.engine.common import DEFAULT_OPEN_LIMIT, CallbackEngine, backoff_s
 from bench.engine.pacer import Pacer, Sweeper, estimate_rate
 from bench.engine.tls import make_ssl_context
 from bench.failures import exception_kind  # re-exported: the one exception-to-kind mapping
-from bench.results import ERROR_DETAIL_BYTES, Kind, body_getter
+from bench.results import ERROR_DETAIL_BYTES, Kind, body_getter, sni_name
+from bench.results import host_header as user_host
 
 __all__ = ["FastEngine", "Target", "build_wires", "exception_kind",
            "parse_target", "request_head", "wire"]
@@ -50,15 +51,20 @@ GROW_MAX_KEPT = 64 * 1024 * 1024  # ... and answers being read hold less than th
 
 
 class Target:
-    """Where requests go, parsed once from ``RequestSet.url``."""
+    """Where requests go, parsed once from ``RequestSet.url``: ``host``/``port`` are connected to; ``host_header``
+    (Host, or HTTP/2 ``:authority``) and ``sni`` (the TLS server name, also the name the certificate is checked
+    against) are the URL's host unless the request headers carry a Host (``parse_target``'s ``headers``)."""
 
-    __slots__ = ("host", "host_header", "path", "port", "tls")
+    __slots__ = ("host", "host_header", "path", "port", "sni", "tls")
 
-    def __init__(self, host: str, port: int, tls: bool, path: str, host_header: str) -> None:
+    def __init__(self, host: str, port: int, tls: bool, path: str, host_header: str, sni: str | None = None) -> None:
         self.host, self.port, self.tls, self.path, self.host_header = host, port, tls, path, host_header
+        self.sni = host if sni is None else sni
 
 
-def parse_target(url: str) -> Target:
+def parse_target(url: str, headers: Mapping[str, str] | None = None) -> Target:
+    """``url``'s parts; a Host in ``headers`` replaces the URL's host as Host/``:authority`` and TLS server name
+    (curl ``--resolve`` style: reach the virtual host ``Host`` at the URL's address, e.g. an ingress IP)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"unsupported URL for the HTTP/1.1 engine: {url!r}")
@@ -71,7 +77,11 @@ def parse_target(url: str) -> Target:
     host = parts.hostname
     shown = f"[{host}]" if ":" in host else host
     host_header = shown if port == default else f"{shown}:{port}"
+    given = user_host(headers) if headers else None
+    if given:
+        return Target(host, port, tls, path, given, sni_name(given))
     return Target(host, port, tls, path, host_header)
+
 
 
 def build_wires(requests: RequestSet, target: Target, headers: Mapping[str, str]) -> list[bytes]:
@@ -86,14 +96,17 @@ def wire(head: bytes, body: bytes) -> bytes:
 
 
 def request_head(requests: RequestSet, target: Target, headers: Mapping[str, str]) -> bytes:
-    """Request line and headers, without Content-Length and the final blank line."""
-    lines = [f"{requests.method.upper()} {target.path} HTTP/1.1", f"Host: {target.host_header}"]
+    """Request line and headers, without Content-Length and the final blank line. Host is the one in ``headers``,
+    else the URL's; a header the engine sets itself (Content-Length, …) raises RequestBuildError (check_header)."""
+    lines = [f"{requests.method.upper()} {target.path} HTTP/1.1", ""]
+    host = None
     for name, value in headers.items():
-        low = name.lower()
-        if low in ("host", "content-length", "transfer-encoding", "connection"):
-            continue
         check_header(name, value)
+        if name.lower() == "host":
+            host = value.strip()
+            continue
         lines.append(f"{name}: {value}")
+    lines[1] = f"Host: {host or target.host_header}"
     return "\r\n".join(lines).encode("latin-1")
 
 
@@ -260,7 +273,7 @@ class FastEngine(CallbackEngine):
     def __init__(self, config: EngineConfig, requests: RequestSet, classify: Classifier,
                  sink: ResultSink) -> None:
         super().__init__(config, requests, classify, sink)
-        self.target = parse_target(requests.url)
+        self.target = parse_target(requests.url, requests.headers)
         self._headers: dict[str, str] = dict(requests.headers)
         self._nbodies = len(requests.bodies)
         self._body = body_getter(requests.bodies)
@@ -450,7 +463,7 @@ class FastEngine(CallbackEngine):
         try:
             async with asyncio.timeout(self.config.connect_timeout_s):
                 await self._loop.create_connection(lambda: conn, t.host, t.port, ssl=self._ssl,
-                                                   server_hostname=t.host if self._ssl else None)
+                                                   server_hostname=t.sni if self._ssl else None)
         except (OSError, TimeoutError, ssl.SSLError, ssl.CertificateError) as exc:
             conn.dead = True
             self._conns.discard(conn)

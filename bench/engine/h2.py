@@ -65,8 +65,6 @@ _MAX_WINDOW = 2**31 - 1
 _REFUSED_STREAM = 7
 _CANCEL = 8
 _LAST_STREAM_ID = 2**31 - 1 - 2 * 4096  # open a fresh connection well before stream ids run out
-_DROP = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive",
-                   "proxy-connection", "upgrade", "te"})
 _NEVER_INDEX = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"set-cookie"})
 _STATIC: dict[tuple[bytes, bytes], int] = {}
 _STATIC_NAMES: dict[bytes, int] = {}
@@ -124,17 +122,21 @@ def encode_header_block(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
 
 
 def h2_header_list(method: str, target: Target, headers: Mapping[str, str], body_len: int) -> list[tuple[bytes, bytes]]:
-    """Pseudo-headers first, names lower-cased, connection-specific fields dropped (RFC 9113 8.2.2)."""
+    """Pseudo-headers first, names lower-cased; a Host header becomes ``:authority`` (RFC 9113 8.3.1), and the
+    connection-specific fields the engine sets itself raise RequestBuildError (check_header; RFC 9113 8.2.2)."""
+    authority = target.host_header
     out = [(b":method", method.upper().encode("ascii")), (b":scheme", b"https" if target.tls else b"http"),
-           (b":authority", target.host_header.encode("ascii")), (b":path", target.path.encode("latin-1"))]
+           (b":authority", b""), (b":path", target.path.encode("latin-1"))]
     for name, value in headers.items():
         low = name.lower()
-        if low in _DROP:
-            continue
         check_header(name, value)
+        if low == "host":
+            authority = value.strip()
+            continue
         if any(c in low for c in ": "):
             raise RequestBuildError(f"header {name!r}: its name holds a colon or a space")
         out.append((low.encode("latin-1"), value.encode("latin-1")))
+    out[2] = (b":authority", authority.encode("ascii"))
     out.append((b"content-length", str(body_len).encode()))
     return out
 
@@ -330,7 +332,7 @@ class H2Engine(CallbackEngine):
     def __init__(self, config: EngineConfig, requests: RequestSet, classify: Classifier,
                  sink: ResultSink) -> None:
         super().__init__(config, requests, classify, sink)
-        self.target = parse_target(requests.url)
+        self.target = parse_target(requests.url, requests.headers)
         self._nbodies = len(requests.bodies)
         self._body: Callable[[int], bytes] = body_getter(requests.bodies)
         self._headers: dict[str, str] = dict(requests.headers)
@@ -437,7 +439,7 @@ class H2Engine(CallbackEngine):
         try:
             async with asyncio.timeout(self.config.connect_timeout_s):
                 await self._loop.create_connection(lambda: conn, t.host, t.port, ssl=self._ssl,
-                                                   server_hostname=t.host if self._ssl else None)
+                                                   server_hostname=t.sni if self._ssl else None)
         except (OSError, TimeoutError, ssl.SSLError, ssl.CertificateError) as exc:
             self._fails[conn.slot] += 1
             self._connect_failed(conn, exception_kind(exc, connecting=True), repr(exc) or type(exc).__name__,

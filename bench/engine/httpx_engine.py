@@ -42,7 +42,7 @@ from bench.engine.common import DEFAULT_OPEN_LIMIT, EngineCore, SendGate, backof
 from bench.engine.loopmon import LoopMonitor
 from bench.engine.tls import make_ssl_context
 from bench.failures import httpx_kind  # re-exported: the one exception-to-kind mapping
-from bench.results import ERROR_DETAIL_BYTES, Kind, body_getter
+from bench.results import ERROR_DETAIL_BYTES, Kind, body_getter, host_header, sni_name
 
 __all__ = ["HttpxEngine", "httpx_kind"]
 
@@ -115,7 +115,9 @@ class HttpxEngine(EngineCore):
         self._method = requests.method.upper()
         self._body = body_getter(requests.bodies)  # a LazyBodies encodes each body when the run first reaches it
         self._nbodies = len(requests.bodies)
-        self._headers = self._clean(requests.headers)
+        self._headers = self._clean(requests.headers)  # a Host in them is httpx's Host and HTTP/2 :authority ...
+        host = host_header(self._headers)
+        self._sni = sni_name(host) if host and self._tls else None  # ... and the TLS server name (see fast.Target)
         self._clients: list[httpx.AsyncClient] = []
         self._waiting: deque[int] = deque()  # HTTP/1.1 open loop: intended times waiting for a free connection
         # one context for all clients: httpx would load the CA store per client (tens of ms each)
@@ -130,10 +132,10 @@ class HttpxEngine(EngineCore):
 
     @staticmethod
     def _clean(headers: Mapping[str, str]) -> dict[str, str]:
-        drop = ("host", "content-length", "transfer-encoding", "connection")
+        """The headers as sent; one the engine sets itself (Content-Length, …) raises RequestBuildError."""
         for name, value in headers.items():
             check_header(name, value)
-        return {k: v for k, v in headers.items() if k.lower() not in drop}
+        return dict(headers)
 
     def set_headers(self, headers: Mapping[str, str]) -> None:
         merged = dict(self._headers)
@@ -380,6 +382,8 @@ class HttpxEngine(EngineCore):
         limit = self.max_body
         deadline = asyncio.timeout(self._timeout_s)
         request.extensions["trace"] = _ConnectPause(deadline, self._timeout_s)
+        if self._sni is not None:
+            request.extensions["sni_hostname"] = self._sni
         sent = time.monotonic_ns()
         try:
             async with deadline:

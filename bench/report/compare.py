@@ -34,6 +34,7 @@ __all__ = [
     "MetricDelta",
     "belonging",
     "compare_reports",
+    "differences",
     "format_change",
     "measured_windows",
     "parse_thresholds",
@@ -245,18 +246,44 @@ def _bootstrap(metric: Metric, base: FloatArray, new: FloatArray, resamples: int
     return worse, (lo, hi)
 
 
-def belonging(base: Report, new: Report) -> list[str]:
-    """Why two reports may not be comparable: another load mode or target, or a partial (interrupted) run."""
+# what defines the test a report measured: the same scenario under the same load against the same route. Runs that
+# differ in one of these answer different questions, and comparing them reads the difference as a regression (or
+# hides one): `-c 8` against `-c 1` was "REGRESSION rps -77 %", capacity steps at 100 and 200 req/s "no regression"
+_LOAD_KEYS = ("mode", "concurrency", "rate", "stages", "arrival", "rows_per_request", "processes", "max_in_flight")
+_TARGET_KEYS = ("kind", "url", "host")
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool | str):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def _shown(value: object) -> str:
+    return "(none)" if value in (None, "", []) else str(value)
+
+
+def differences(base: Report, new: Report) -> list[str]:
+    """What makes the two runs different tests (scenario name, load, target route), one line each; [] when they
+    measured the same test. A load key one report does not record (an older bench's baseline) is not held against
+    it; the mode and the target are (a Host only one run sent reached another route)."""
     out: list[str] = []
-    bm, nm = base.meta.load.get("mode"), new.meta.load.get("mode")
-    if bm != nm:
-        out.append(f"different load modes: base {bm or '(none)'}, new {nm or '(none)'}; throughput and latency "
-                   "of a closed and an open loop (or stages) are not comparable")
-    bt = (base.meta.target.get("kind"), base.meta.target.get("url"))
-    nt = (new.meta.target.get("kind"), new.meta.target.get("url"))
-    if bt != nt:
-        out.append("different targets: base " + " ".join(str(x) for x in bt if x) + ", new "
-                   + " ".join(str(x) for x in nt if x))
+    if base.meta.scenario_name != new.meta.scenario_name:
+        out.append(f"scenario: base {_shown(base.meta.scenario_name)}, new {_shown(new.meta.scenario_name)}")
+    for section, keys in (("load", _LOAD_KEYS), ("target", _TARGET_KEYS)):
+        b_meta, n_meta = getattr(base.meta, section), getattr(new.meta, section)
+        for key in keys:
+            if section == "load" and key != "mode" and (key not in b_meta or key not in n_meta):
+                continue
+            b, n = b_meta.get(key), n_meta.get(key)
+            if not _same(b, n):
+                out.append(f"{section}.{key}: base {_shown(b)}, new {_shown(n)}")
+    return out
+
+
+def belonging(base: Report, new: Report) -> list[str]:
+    """Why two reports may not be comparable: a different test (``differences``), or a partial (interrupted) run."""
+    out = [f"not the same test: {d}" for d in differences(base, new)]
     for name, r in (("base", base), ("new", new)):
         if r.run.partial:
             out.append(f"{name} report is partial (the run was interrupted): its figures cover only part of it")

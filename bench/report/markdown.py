@@ -115,7 +115,9 @@ def report_markdown(report: Report) -> str:
         lines.append("Generator-bound: no.")
     else:
         lines.append(f"Generator-bound: {NOT_JUDGED}.")
-    details = [f"target {cell(meta.target.get('kind', ''))} {cell(meta.target.get('url', ''))}".strip(),
+    host = meta.target.get("host")  # a Host header: the route measured, the URL only the address
+    details = [f"target {cell(meta.target.get('kind', ''))} {cell(meta.target.get('url', ''))}".strip()
+               + (f" (Host {cell(str(host))})" if host else ""),
                f"load {cell(_load_text(meta.load))}", f"bench {cell(meta.bench_version)}",
                f"host {cell(meta.host)}", f"start {cell(meta.start_utc)}"]
     lines += ["", "<sub>" + " · ".join(d for d in details if d.split(" ", 1)[-1]) + "</sub>", ""]

@@ -155,10 +155,17 @@ def read_table(sc: Scenario) -> Any:
     """The scenario's rows as an Arrow table (its data file, or the synthetic ccfraud set)."""
     from bench.data import generate_ccfraud, read_dataset
     from bench.datacheck import check_tensors
+    from bench.errors import InputError
 
     data = sc.data
     if data.path is not None:
         table = read_dataset(data.path, data.column)
         check_tensors(table, data.column, str(data.path), json_body=sc.target.format != "arrow")
-        return table
-    return generate_ccfraud(data.generate_rows, data.seed)
+        where = f"the {table.num_rows:,} rows of {data.path}"
+    else:
+        table = generate_ccfraud(data.generate_rows, data.seed)
+        where = f"the {table.num_rows:,} generated rows (data.generate)"
+    if data.rows_per_request > table.num_rows:  # every request would carry all rows, and the report claim more
+        raise InputError(f"{data.rows_per_request:,} is more than {where}: a request cannot carry more rows than "
+                         "the data has", file=sc.file, key="data.rows_per_request")
+    return table

@@ -21,7 +21,7 @@ import httpx
 
 from bench.bodies import BLOCK
 from bench.errors import InputError, RunInvalid
-from bench.results import PreparedBody
+from bench.results import PreparedBody, host_header, sni_name
 from bench.targets import Request, SectionRules, Target, read_table
 from bench.targets.kserve_codec import (
     HEADER_LENGTH,
@@ -90,8 +90,11 @@ Headers = Callable[[], Mapping[str, str]]
 
 
 async def _get(client: httpx.AsyncClient, url: str, headers: Headers) -> httpx.Response | str:
+    sent = headers()
+    host = host_header({**client.headers, **sent})  # checked as the run reaches it: Host is also the TLS name
+    extensions = {"sni_hostname": sni_name(host)} if host and url.startswith("https:") else None
     try:
-        return await client.get(url, headers=headers())
+        return await client.get(url, headers=sent, extensions=extensions)
     except httpx.HTTPError as exc:
         return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from bench.bodies import BLOCK, LazyBodies
 from bench.errors import InputError
 from bench.results import Kind, PreparedBody
-from bench.secrets import header_name_problem, header_value_problem, literal_header_problem
+from bench.secrets import header_name_problem, header_value_problem, host_value_problem, literal_header_problem
 from bench.tables import TableReader
 from bench.units import parse_duration
 
@@ -142,7 +142,8 @@ def config_from_mapping(d: Mapping[str, Any], file: str) -> KServeConfig:
     if any(k.lower() == "authorization" for k in headers):
         raise r.err("headers", "do not put credentials in a scenario file; use [auth]")
     for name, value in headers.items():  # the rules of any target's [target] headers (bench.scenario)
-        problem = header_name_problem(name) or literal_header_problem(name, value) or header_value_problem(value)
+        problem = header_name_problem(name) or literal_header_problem(name, value) or header_value_problem(value) \
+            or (host_value_problem(value) if name.lower() == "host" else None)
         if problem:
             raise r.err(f"headers.{name}", problem)
     for key in ("binary", "preflight"):

@@ -87,3 +87,23 @@ def test_markdown_over_a_compared_report_is_refused(runs: dict[str, Path], tmp_p
     proc = bench("compare", str(runs["base"]), str(new), "--markdown", str(new))
     assert proc.returncode == 2 and "--markdown" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert new.read_bytes() == runs["again"].read_bytes()
+
+
+def test_runs_of_another_load_are_refused_unless_forced(runs: dict[str, Path], tmp_path: Path) -> None:
+    """`-c 8` against `-c 1` was judged "REGRESSION rps -77 %" without a word: a regression gate comparing two
+    different tests. Refused (exit 2, one line naming what differs); --force compares and warns."""
+    c1 = tmp_path / "c1.arrow"  # run alone: the three runs above share the machine in a noise-sensitive test
+    made = bench("run", "scenarios/quickstart.toml", *RUN, "-c", "1", "--out", str(c1))
+    assert made.returncode == 0, made.stderr
+    md, summary = tmp_path / "cmp.md", tmp_path / "summary.md"
+    proc = bench("compare", str(runs["base"]), str(c1), "--markdown", str(md),
+                 env={"GITHUB_STEP_SUMMARY": str(summary)})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "c1.arrow" in lines[0] and "load.concurrency: base 8, new 1" in lines[0] and "--force" in lines[0]
+    assert not md.exists() and not summary.exists() and proc.stdout == ""
+    forced = bench("compare", str(runs["base"]), str(c1), "--force", "--markdown", str(md))
+    assert forced.returncode == 1, forced.stdout  # 1/8 of the workers: far fewer req/s
+    assert "warning: not the same test: load.concurrency: base 8, new 1" in forced.stdout
+    assert "not the same test: load.concurrency" in md.read_text()

@@ -54,7 +54,10 @@ def one_line_error(proc: subprocess.CompletedProcess[str], *words: str) -> None:
     (CLOSED.replace("concurrency = 2", 'concurrency = 2\narrival = "poisson"'), [], ("s.toml", "load.arrival")),
     (CLOSED.replace("concurrency = 2", 'concurrency = 2\narrival = "poisson"'), ["-c", "4"],
      ("s.toml", "load.arrival")),  # the file's own contradiction is not hidden by -c
-], ids=["poisson", "pacing", "c-poisson", "set-c-pacing", "set-max-in-flight", "file-arrival", "file-arrival-c"])
+    (CLOSED, ["--connections", "1"], ("--connections", "closed loop of 2 clients over HTTP/1.1")),
+    (OPEN, ["-c", "8", "--connections", "2"], ("--connections", "closed loop of 8 clients")),
+], ids=["poisson", "pacing", "c-poisson", "set-c-pacing", "set-max-in-flight", "file-arrival", "file-arrival-c",
+        "connections", "c-connections"])
 def test_open_loop_settings_on_a_closed_loop_are_refused(tmp_path: Path, text: str, args: list[str],
                                                          words: tuple[str, ...]) -> None:
     (tmp_path / "s.toml").write_text(text)
@@ -88,3 +91,12 @@ def test_a_zero_rate_names_load_rate(tmp_path: Path, args: list[str], words: tup
     proc = bench("run", "s.toml", *args, "--out", "r.arrow", cwd=tmp_path)
     one_line_error(proc, *words)
     assert "load.concurrency" not in proc.stderr and not (tmp_path / "r.arrow").exists()
+
+
+def test_connections_on_a_closed_http2_loop_is_kept(tmp_path: Path) -> None:
+    """HTTP/2 shares engine.connections in a closed loop too: there --connections is no contradiction."""
+    (tmp_path / "s.toml").write_text(CLOSED)
+    proc = bench("run", "s.toml", "--http2", "--connections", "2", "-n", "10", "--json", "--quiet", "--out", "r.arrow",
+                 cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["accounting"]["sent"] == 10

@@ -48,13 +48,16 @@ def test_long_values_use_multibyte_integers() -> None:
         (b"x-big", value)]
 
 
-def test_header_list_pseudo_first_lowercase_and_connection_fields_dropped() -> None:
+def test_header_list_pseudo_first_lowercase_and_host_as_authority() -> None:
     t = parse_target("http://127.0.0.1:8080/v1/infer?x=1")
-    got = h2_header_list("post", t, {"Content-Type": "a/b", "Host": "h", "Connection": "keep-alive",
-                                     "Transfer-Encoding": "chunked", "X-Token": "t"}, 12)
-    assert got == [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"127.0.0.1:8080"),
+    got = h2_header_list("post", t, {"Content-Type": "a/b", "Host": "h.example", "X-Token": "t"}, 12)
+    assert got == [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"h.example"),
                    (b":path", b"/v1/infer?x=1"), (b"content-type", b"a/b"), (b"x-token", b"t"),
                    (b"content-length", b"12")]
+    assert h2_header_list("GET", t, {}, 0)[2] == (b":authority", b"127.0.0.1:8080")
+    for name in ("Connection", "Transfer-Encoding", "content-length", "TE", "upgrade"):
+        with pytest.raises(RequestBuildError, match="cannot be set"):
+            h2_header_list("GET", t, {name: "x"}, 0)
     assert h2_header_list("GET", parse_target("https://h/"), {}, 0)[1] == (b":scheme", b"https")
     with pytest.raises(RequestBuildError, match="line break"):
         h2_header_list("GET", t, {"X-A": "a\r\nb"}, 0)

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bench.engine import fast, httpx_engine, loopmon, select
-from bench.engine.base import EngineConfig, PreparedBody, RequestSet
+from bench.engine.base import EngineConfig, PreparedBody, RequestBuildError, RequestSet
 from bench.engine.fast import FastEngine, build_wires, exception_kind, parse_target
 from bench.engine.h2 import H2Engine
 from bench.engine.httpx_engine import HttpxEngine
@@ -74,16 +74,34 @@ def _parse_request(wire: bytes) -> tuple[bytes, bytes, list[tuple[str, str]], by
                                                                                            fullmatch=True)))
 def test_wires_parse_back_to_the_same_request(body_list: list[bytes], headers: dict[str, str]) -> None:
     rs = RequestSet("http://127.0.0.1:1/p?q", "post", headers, [PreparedBody(b, 1) for b in body_list])
-    wires = build_wires(rs, parse_target(rs.url), {**headers, "Content-Length": "999", "Host": "evil"})
+    wires = build_wires(rs, parse_target(rs.url), {**headers, "host": "model.example.com"})
     for wire, body in zip(wires, body_list, strict=True):
         method, url, got_headers, got_body = _parse_request(wire)
         assert method == b"POST" and url == b"/p?q" and got_body == body
         hs = dict(got_headers)
-        assert hs["host"] == "127.0.0.1:1" and hs["content-length"] == str(len(body))
+        assert hs["host"] == "model.example.com" and hs["content-length"] == str(len(body))
         assert [n for n, _ in got_headers if n == "host"] == ["host"]
         for k, v in headers.items():
             # HTTP trims optional whitespace around a value; llhttp drops the leading part only
             assert hs[k.lower()].strip() == v.strip()
+
+
+@pytest.mark.parametrize("name", ["Content-Length", "transfer-encoding", "Connection", "Keep-Alive", "Upgrade",
+                                  "TE", ":authority"])
+def test_headers_the_engine_sets_itself_are_refused_not_dropped(name: str) -> None:
+    rs = RequestSet("http://h/", "POST", {name: "1"}, [PreparedBody(b"", 0)])
+    with pytest.raises(RequestBuildError, match=r"cannot be set|pseudo-header"):
+        build_wires(rs, parse_target(rs.url), rs.headers)
+
+
+def test_a_host_header_is_the_host_and_the_tls_server_name() -> None:
+    t = parse_target("https://10.0.0.5:8443/v2/models/m/infer", {"HOST": "m.default.example.com"})
+    assert (t.host, t.port, t.host_header, t.sni) == ("10.0.0.5", 8443, "m.default.example.com",
+                                                      "m.default.example.com")
+    t = parse_target("https://10.0.0.5/", {"Host": "[::1]:8443"})
+    assert (t.host_header, t.sni) == ("[::1]:8443", "::1")
+    t = parse_target("https://svc.example.com:8443/")
+    assert (t.host_header, t.sni) == ("svc.example.com:8443", "svc.example.com")
 
 
 def test_header_injection_refused() -> None:

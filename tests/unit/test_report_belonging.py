@@ -16,7 +16,7 @@ from rich.console import Console
 from test_report_helpers import make_report, make_run
 
 from bench.errors import InputError
-from bench.report.compare import compare_reports
+from bench.report.compare import compare_reports, differences
 from bench.report.markdown import comparison_markdown
 from bench.report.merge import merge_problems, merge_reports
 from bench.report.reader import read_report
@@ -112,11 +112,25 @@ def test_compare_warns_on_other_mode_target_and_partial() -> None:
     b.run.partial = True
     cmp = compare_reports(a, b)
     text = " | ".join(cmp.warnings)
-    assert "different load modes" in text and "different targets" in text and "new report is partial" in text
+    assert "load.mode: base closed, new open" in text and "target.url: base (none), new http://127.0.0.1:9/x" in text
+    assert "new report is partial" in text
     buf = io.StringIO()
     render_comparison(cmp, Console(file=buf, width=200, color_system=None), "a", "b")
-    assert buf.getvalue().count("warning:") == 3
-    assert comparison_markdown(cmp, "a", "b").count("**warning:**") == 3
+    assert buf.getvalue().count("warning:") == 4  # mode, target kind, target url, partial
+    assert comparison_markdown(cmp, "a", "b").count("**warning:**") == 4
+
+
+def test_differences_name_every_load_and_route_change_and_skip_keys_an_older_report_lacks() -> None:
+    a = make_report(make_run(1, start_unix_ns=T0))
+    b = make_report(make_run(2, start_unix_ns=T0), name="other")
+    a.meta.load.update(rate=100.0, rows_per_request=10, stages=[])
+    b.meta.load.update(concurrency=1, rate=200.0, rows_per_request=1000, stages=[[10.0, 5.0]], processes=2)
+    b.meta.target = {"host": "model.example.com"}
+    got = differences(a, b)
+    assert got == ["scenario: base quickstart, new other", "load.concurrency: base 8, new 1",
+                   "load.rate: base 100.0, new 200.0", "load.stages: base (none), new [[10.0, 5.0]]",
+                   "load.rows_per_request: base 10, new 1000", "target.host: base (none), new model.example.com"]
+    assert differences(a, a) == []
 
 
 def _at(offset_s: float, measured: tuple[float, float] | None = None) -> object:
