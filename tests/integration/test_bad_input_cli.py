@@ -102,6 +102,7 @@ MASTER = ["run", QUICK, "-q", "--locust-master"]
     ([*MASTER, "--master-bind-port=-1"], ("--master-bind-port", "1..65535")),
     (["calibrate", "--url", "http://127.0.0.1:99999/"], ("--url", "Port out of range")),
     (["locust-worker", "--master-port=-1"], ("--master-port", "1..65535")),
+    (["serve", "--seed", "-1"], ("--seed", "got -1")),
     (["data", "ccfraud", "--rows", "10", "--seed=-1", "--out", "x.arrow"], ("--seed", "got -1")),
     (["data", "ccfraud", "--rows", "100000000000", "--out", "x.arrow"], ("--rows", "1..1,000,000")),
     # hung, or failed only after the run had started
@@ -110,6 +111,16 @@ MASTER = ["run", QUICK, "-q", "--locust-master"]
     ([*MASTER, "--worker-wait=-1"], ("--worker-wait", "> 0")),
     ([*MASTER, "--locust-web-port", "99999"], ("--locust-web-port", "0..65535")),
     (["locust-worker", "--master-port", "99999"], ("--master-port", "1..65535")),
+    # the embedded emulator died with SIGABRT (exit 3, "exited with code -6"), or the JSON line to it overflowed
+    (["run", QUICK, "-q", "--set", "emulator.seed=-1"], ("quickstart.toml: emulator.seed:", "got -1")),
+    (["run", QUICK, "-q", "--set", "emulator.host=0.0.0.0"], ("quickstart.toml: emulator.host:", "loopback")),
+    (["run", QUICK, "-q", "--set", "emulator.ubiops_max_batch_timeout_s=99999999999999999999"],
+     ("emulator.ubiops_max_batch_timeout_s:", "out of range")),
+    (["run", QUICK, "-q", "--set", "emulator.latency_ms=1e300"], ("emulator.latency_ms:", "at most")),
+    (["run", QUICK, "-q", "--set", "emulator.workspace_id=-1"], ("emulator.workspace_id:", ">= 0")),
+    (["run", QUICK, "-q", "--set", 'emulator.client_secret=""'], ("emulator.client_secret:", "empty")),
+    # 0 is refused too: "must be >= 0" was wrong
+    (["serve", "--token-ttl", "-5"], ("--token-ttl", "> 0")),
 ])
 def test_bad_flag_and_emulator_values(tmp_path: Path, argv: list[str], words: tuple[str, ...]) -> None:
     proc = bench(*argv, "--out", str(tmp_path / "r.arrow"), cwd=tmp_path) if argv[0] == "run" else \
@@ -148,6 +159,33 @@ def test_recover_a_checkpoint_with_wrong_types(tmp_path: Path, header: str, word
     proc = bench("recover", str(tmp_path / "run.arrow"), cwd=tmp_path)
     assert_input_error(proc, str(ckpt), *words)
     assert not (tmp_path / "run.arrow").exists()
+
+
+def test_embedded_emulator_child_fails_with_its_own_line(tmp_path: Path) -> None:
+    """An error in the embedded emulator's process (`bench serve --config-stdin`, its parent still attached) was a
+    "Fatal Python error" and SIGABRT, so its parent said only "exited with code -6" and a C stack line."""
+    import socket
+
+    out, err = tmp_path / "out", tmp_path / "err"
+    with socket.socket() as busy, out.open("wb") as out_f, err.open("wb") as err_f:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        child = subprocess.Popen([sys.executable, "-m", "bench", "serve", "--config-stdin"], cwd=tmp_path,
+                                 stdin=subprocess.PIPE, stdout=out_f, stderr=err_f,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert child.stdin is not None
+        try:
+            child.stdin.write(b'{"port": %d}\n' % port)
+            child.stdin.flush()
+            child.wait(timeout=60)  # stdin still open, as the parent keeps it: closing it would stop the child
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+            child.stdin.close()
+    proc = subprocess.CompletedProcess(child.args, child.returncode, out.read_text(), err.read_text())
+    assert_input_error(proc, "--port", f"cannot listen on 127.0.0.1:{port}")
 
 
 @pytest.fixture(scope="module")
