@@ -119,8 +119,19 @@ MASTER = ["run", QUICK, "-q", "--locust-master"]
     (["run", QUICK, "-q", "--set", "emulator.latency_ms=1e300"], ("emulator.latency_ms:", "at most")),
     (["run", QUICK, "-q", "--set", "emulator.workspace_id=-1"], ("emulator.workspace_id:", ">= 0")),
     (["run", QUICK, "-q", "--set", 'emulator.client_secret=""'], ("emulator.client_secret:", "empty")),
-    # 0 is refused too: "must be >= 0" was wrong
+    # messages that misled (the exit code was right): 0 is refused too, so "must be >= 0" was wrong; ...
     (["serve", "--token-ttl", "-5"], ("--token-ttl", "> 0")),
+    (["serve", "--fault", "5xx:0.1:burst=-1"], ("--fault", "burst must be >= 1")),
+    (["run", QUICK, "-q", "--set", "load.concurrency=-3"], ("load.concurrency", "must be >= 1, got -3")),
+    (["capacity", QUICK, "-q", "--precision", "0"], ("--precision", "> 0 %")),
+    # ... a whole number out of range is not "expected an integer", nan not "must be >= 0" ...
+    (["run", QUICK, "-q", "--set", "load.concurrency=1e9"], ("load.concurrency", "must be <= 100,000")),
+    (["compare", "a.arrow", "b.arrow", "--max-regression", "p99=nan%"], ("--max-regression", "finite")),
+    # ... a directory is not "file not found", an empty string not "got str"
+    (["run", QUICK, "-q", "--set", 'data.path="."'], ("data.path", "is a directory")),
+    (["run", "--url", "http://127.0.0.1:9/x", "--body", ".", "-q"], ("data.body", "is a directory")),
+    (["run", str(ROOT / "scenarios" / "kserve.toml"), "-q", "--set", "target.model_name=''"],
+     ("target.model_name", "got an empty string")),
 ])
 def test_bad_flag_and_emulator_values(tmp_path: Path, argv: list[str], words: tuple[str, ...]) -> None:
     proc = bench(*argv, "--out", str(tmp_path / "r.arrow"), cwd=tmp_path) if argv[0] == "run" else \
@@ -186,6 +197,31 @@ def test_embedded_emulator_child_fails_with_its_own_line(tmp_path: Path) -> None
             child.stdin.close()
     proc = subprocess.CompletedProcess(child.args, child.returncode, out.read_text(), err.read_text())
     assert_input_error(proc, "--port", f"cannot listen on 127.0.0.1:{port}")
+
+
+def test_scenario_with_a_utf8_bom_is_read(tmp_path: Path) -> None:
+    """Windows Notepad's byte-order mark was "not valid TOML: Invalid statement (at line 1, column 1)"."""
+    p = tmp_path / "bom.toml"
+    p.write_bytes(b"\xef\xbb\xbf" + b'[target]\nurl = "embedded"\n[load]\nconcurrency = 0\n')
+    assert_input_error(bench("run", str(p), "-q", cwd=tmp_path), f"{p}: load.concurrency: must be >= 1")
+
+
+def test_empty_token_variable_is_called_empty(tmp_path: Path) -> None:
+    body = tmp_path / "b.json"
+    body.write_text("{}")
+    proc = bench("run", "--url", "http://127.0.0.1:9/x", "--body", str(body), "-q", "--set",
+                 "target.token_env=BENCH_TEST_EMPTY_TOKEN", cwd=tmp_path, env={"BENCH_TEST_EMPTY_TOKEN": "  "})
+    assert_input_error(proc, "target.token_env", "BENCH_TEST_EMPTY_TOKEN is empty")
+
+
+def test_compare_names_a_capacity_report(tmp_path: Path) -> None:
+    """`bench report` reads capacity.arrow; `bench compare` called it "not a bench report"."""
+    cap = tmp_path / "capacity.arrow"
+    table = pa.table({"x": [1]}).replace_schema_metadata({b"bench.capacity_version": b"1"})
+    with pa.OSFile(str(cap), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
+        w.write_table(table)
+    assert_input_error(bench("compare", str(cap), str(cap), cwd=tmp_path), str(cap), "a capacity report",
+                       "step-*.arrow")
 
 
 @pytest.fixture(scope="module")
