@@ -263,7 +263,7 @@ def parse_precision(text: str | float) -> float:
         raise InputError(f"expected a percentage like 5% or a fraction like 0.05, got {text!r}",
                          key="--precision") from None
     if not 0 < value < 1:
-        raise InputError(f"must be between 0 and 100 %, got {text!r}", key="--precision")
+        raise InputError(f"must be > 0 % and < 100 %, got {text!r}", key="--precision")
     return value
 
 

@@ -290,6 +290,15 @@ def _recover_parts(path: Path, header: dict[str, Any]) -> tuple[Report, list[Pat
 
 
 def _report(path: Path, lines: list[dict[str, Any]]) -> Report:
+    """``_build_report``, with a field of the wrong type (a damaged or hand-edited file) an InputError."""
+    try:
+        return _build_report(path, lines)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InputError(f"damaged checkpoint: a field has the wrong type or is missing ({type(exc).__name__}: "
+                         f"{exc})", file=str(path)) from None
+
+
+def _build_report(path: Path, lines: list[dict[str, Any]]) -> Report:
     import numpy as np
 
     from bench.hdr import Histogram

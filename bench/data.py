@@ -43,7 +43,8 @@ def read_dataset(path: str | Path, column: str = "tensor") -> pa.Table:
     p = Path(path)
     file = str(p)
     if not p.is_file():
-        raise InputError("file not found" if not p.exists() else "not a regular file", file=file)
+        raise InputError("file not found" if not p.exists() else "is a directory" if p.is_dir() else
+                         "not a regular file", file=file)
     suffix = _suffix(p)
     try:
         if suffix in _JSON_SUFFIXES:

@@ -26,8 +26,8 @@ from bench.rundata import RunData
 from bench.scenario import Scenario
 from bench.targets import target_for
 
-__all__ = ["EMBEDDED_PLACEHOLDER", "Endpoints", "Prepared", "RunControl", "execute", "load_spec", "offsets_for",
-           "point_at", "preflight_url", "prepare", "scenario_headers"]
+__all__ = ["EMBEDDED_PLACEHOLDER", "Endpoints", "Prepared", "RunControl", "execute", "fd_limit_short", "load_spec",
+           "offsets_for", "point_at", "preflight_url", "prepare", "scenario_headers"]
 
 
 class _Counts:
@@ -136,12 +136,25 @@ def load_spec(sc: Scenario, start_ns: int, *, worker: tuple[int, int] = (0, 1)) 
 _FD_MARGIN = 64  # descriptors a run needs besides its connections (loop, pacer, logs, report, libraries)
 
 
+def fd_limit_short(need: int) -> int | None:
+    """Make room for ``need`` sockets (raising the soft open-file limit up to the hard one); the hard limit when
+    even that is too low, else None. Shared by `bench run` and `bench calibrate`."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = need + _FD_MARGIN
+    if soft == resource.RLIM_INFINITY or want <= soft:
+        return None
+    if hard == resource.RLIM_INFINITY or want <= hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        return None
+    return int(hard)
+
+
 def ensure_sockets(sc: Scenario, spec: LoadSpec) -> None:
     """Refuse a load this process cannot open sockets for, before any is opened (raising the soft open-file limit
     up to the hard one first): past the limit every connect fails slowly and the run overruns its duration
     several times over instead of measuring anything."""
-    import resource
-
     http1 = not sc.engine.http2
     if spec.mode == "closed":
         need = spec.concurrency if http1 else max(1, sc.engine.connections or 1)
@@ -151,12 +164,8 @@ def ensure_sockets(sc: Scenario, spec: LoadSpec) -> None:
         key, asked = "load.max_in_flight", sc.load.max_in_flight or need
     if sc.engine.connections and http1:
         need = min(need, sc.engine.connections)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = need + _FD_MARGIN
-    if soft == resource.RLIM_INFINITY or want <= soft:
-        return
-    if hard == resource.RLIM_INFINITY or want <= hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    hard = fd_limit_short(need)
+    if hard is None:
         return
     raise InputError(f"{asked:,} needs {need:,} connections in this process but the open-file limit is {hard:,} "
                      f"(ulimit -n); lower it or spread the load with --processes", file=sc.file, key=key)

@@ -188,7 +188,7 @@ def read_scenario_file(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror}", file=file) from None
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a BOM (Windows Notepad) is no TOML error: "Invalid statement" at 1:1
     except UnicodeDecodeError as exc:
         line = raw[:exc.start].count(b"\n") + 1
         raise InputError(f"not UTF-8 text (bad byte 0x{raw[exc.start]:02x} on line {line}); TOML files are UTF-8",
@@ -422,13 +422,16 @@ def _parse_data(t: Mapping[str, Any], file: str, base_dir: Path, target: TargetC
     body_path = (base_dir / body) if body else None
     for key, p in (("path", resolved), ("body", body_path)):
         if p is not None and not p.is_file():
-            raise tab.err(key, f"file not found: {p}")
+            raise tab.err(key, f"{'is a directory' if p.is_dir() else 'file not found'}: {p}")
     return DataConfig(path=resolved, column=column, rows_per_request=rows, generate_rows=generate, seed=seed,
                       body=body_path)
 
 
 def _parse_load(t: Mapping[str, Any], file: str) -> LoadConfig:
     tab = Table(t, file, "load.")
+    given = t.get("concurrency")
+    if isinstance(given, int | float) and not isinstance(given, bool) and given < 0:  # 0 is refused too
+        raise tab.err("concurrency", f"must be >= 1, got {given}")
     concurrency = tab.integer("concurrency", 0, maximum=MAX_CONCURRENCY)
     rate = tab.number("rate", 0.0, maximum=MAX_RATE)
     arrival = tab.string("arrival", "constant", ("constant", "poisson")) or "constant"

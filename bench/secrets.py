@@ -198,7 +198,8 @@ def env_header_value(var: str, environ: Mapping[str, str], *, file: str | None, 
         raise InputError(problem, file=file, key=key)
     value = environ.get(var, "").strip()
     if not value:
-        raise InputError(f"environment variable {var} is not set" + (f" (it should hold {holds})" if holds else ""),
+        state = "is not set" if var not in environ else "is empty"
+        raise InputError(f"environment variable {var} {state}" + (f" (it should hold {holds})" if holds else ""),
                          file=file, key=key)
     problem = header_value_problem(value)
     if problem:

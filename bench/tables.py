@@ -36,7 +36,8 @@ class TableReader:
         if value is None:
             return None
         if not isinstance(value, str) or not value.strip():
-            raise self.err(key, f"expected a non-empty string, got {type(value).__name__}")
+            got = "an empty string" if isinstance(value, str) else type(value).__name__
+            raise self.err(key, f"expected a non-empty string, got {got}")
         return value.strip()
 
     def only(self, known: Collection[str]) -> TableReader:

@@ -22,7 +22,19 @@ OPEN_LOOP_SHARE = 0.5  # of the closed-loop ceiling: the open-loop rate per proc
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def register(subparsers: Any) -> None:
+    from bench.commands.argtypes import duration
+
     p = subparsers.add_parser("calibrate", help="measure this machine's load-generation ceiling (req/s per core)",
                               description=__doc__)
     p.add_argument("--url", help="target URL (loopback only unless --allow-remote); default: a built-in sink")
@@ -31,10 +43,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--http2", action="store_true",
                    help="HTTP/2 (the lean h2 engine, or httpx with --engine httpx; h2c for http://)")
     p.add_argument("--body", type=Path, help="request body file (default: 10 rows x 29 floats, pandas-records)")
-    p.add_argument("--connections", type=int, default=64, help="HTTP/1.1: connections = concurrency; "
+    p.add_argument("--connections", type=_at_least_one, default=64, help="HTTP/1.1: connections = concurrency; "
                    "HTTP/2: connections the streams share")
-    p.add_argument("--streams", type=int, default=64, help="HTTP/2: concurrent streams in total")
-    p.add_argument("--duration", default="5s", help="measured time, e.g. 5s (after a 1 s warm-up)")
+    p.add_argument("--streams", type=_at_least_one, default=64, help="HTTP/2: concurrent streams in total")
+    p.add_argument("--duration", type=duration, default="5s", help="measured time, e.g. 5s or 1m30s (after a 1 s "
+                   "warm-up)")
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
     p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
     p.add_argument("--ca-bundle", metavar="PEM", dest="ca_bundle",
@@ -52,22 +65,6 @@ def default_body() -> bytes:
     rows = [{f"f{j}": round(((i * 29 + j + 1) * golden) % 1 * 100, 10) for j in range(29)} for i in range(10)]
     data: bytes = orjson.dumps(rows)
     return data
-
-
-def _seconds(text: str) -> float:
-    from bench.errors import InputError
-
-    t = text.strip().lower()
-    try:
-        if t.endswith("ms"):
-            return float(t[:-2]) / 1000
-        if t.endswith("s"):
-            return float(t[:-1])
-        if t.endswith("m"):
-            return float(t[:-1]) * 60
-        return float(t)
-    except ValueError:
-        raise InputError(f"not a duration: {text!r} (use e.g. 5s)", key="--duration") from None
 
 
 def _cores() -> list[int]:
@@ -234,22 +231,25 @@ def run(args: argparse.Namespace) -> int:
     import json
     from urllib.parse import urlsplit
 
+    from bench.config.reader import check_url
     from bench.errors import InputError
     from bench.report.summary import num_text
+    from bench.runner import fd_limit_short
     from bench.tlstrust import ca_bundle_problem
 
-    duration = _seconds(args.duration)
-    if duration <= 0:
-        raise InputError("must be positive", key="--duration")
-    if args.connections < 1:
-        raise InputError("must be at least 1", key="--connections")
+    duration = args.duration
     if args.url:
+        problem = check_url(args.url)  # as `bench run` checks target.url
+        if problem is not None:
+            raise InputError(problem, key="--url")
         parts = urlsplit(args.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InputError(f"not an http(s) URL: {args.url!r}", key="--url")
         if parts.hostname not in _LOOPBACK and not args.allow_remote:
             raise InputError("calibrate drives a target at full speed; only loopback URLs are allowed without "
                              "--allow-remote", key="--url")
+    hard = fd_limit_short(args.connections)
+    if hard is not None:  # as `bench run` refuses it: past the limit every connect fails, slowly
+        raise InputError(f"{args.connections:,} connections need more than the open-file limit {hard:,} allows "
+                         "(ulimit -n); lower it", key="--connections")
     ca_bundle = None
     if args.ca_bundle:  # typed on the command line: relative to where it was typed
         ca_bundle = str(Path(args.ca_bundle).expanduser().resolve())

@@ -19,17 +19,20 @@ MASTER_DEFAULTS: dict[str, object] = {"expect_workers": 1, "master_bind_host": "
 
 def add_master_options(p: argparse.ArgumentParser) -> None:
     """Options of `bench run` for a distributed run on Locust's runners."""
+    from bench.commands.argtypes import duration, listen_port, port
+
     g = p.add_argument_group("distributed (Locust master)")
     g.add_argument("--locust-master", action="store_true",
                    help="run as a Locust master: the load comes from `bench locust-worker` processes")
     g.add_argument("--expect-workers", type=int, metavar="N", help="workers to wait for (default 1)")
     g.add_argument("--master-bind-host",
                    help="address workers connect to (default 127.0.0.1; 0.0.0.0 for other hosts)")
-    g.add_argument("--master-bind-port", type=int, help=f"default {DEFAULT_PORT}")
-    g.add_argument("--locust-web-port", type=int, metavar="PORT",
+    g.add_argument("--master-bind-port", type=port, help=f"default {DEFAULT_PORT}")
+    g.add_argument("--locust-web-port", type=listen_port, metavar="PORT",
                    help="also serve Locust's web UI on 127.0.0.1:PORT with live aggregates (default off)")
-    g.add_argument("--worker-wait", type=float, metavar="S",
-                   help="seconds to wait for the workers to connect and get ready (default 60)")
+    g.add_argument("--worker-wait", type=duration, metavar="S",
+                   help="seconds (or a duration such as 2m) to wait for the workers to connect and get ready "
+                   "(default 60)")
 
 
 def master_options(args: argparse.Namespace) -> None:
@@ -50,15 +53,26 @@ def master_options(args: argparse.Namespace) -> None:
 
 
 def register(sub: Any) -> None:
+    from bench.commands.argtypes import port
+
     p: argparse.ArgumentParser = sub.add_parser(
         "locust-worker", help="serve a `bench run --locust-master` as a Locust worker",
         description="Connect to a bench Locust master and apply its share of the load with bench's engine.")
     p.add_argument("--master-host", default="127.0.0.1", help="the master's address (default 127.0.0.1)")
-    p.add_argument("--master-port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
+    p.add_argument("--master-port", type=port, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
     p.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
+    import socket
+
+    from bench.errors import RunInvalid
+
+    try:  # before gevent patches the resolver: ZeroMQ retries a name it cannot resolve forever
+        socket.getaddrinfo(args.master_host, args.master_port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a valid host name"
+        raise RunInvalid(f"--master-host: cannot resolve {args.master_host!r}: {why}") from None
     from bench.locust.worker import run_worker  # imports locust (gevent) only here
 
     return run_worker(args.master_host, args.master_port)

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from bench.outpath import refuse_overwriting_inputs
     from bench.report.capacity_report import is_capacity_report
     from bench.report.console import make_console
-    from bench.report.markdown import append_step_summary, report_markdown
+    from bench.report.markdown import append_step_summary_or_warn, report_markdown
     from bench.report.reader import read_report
     from bench.report.terminal import render_report
 
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
             text = render_html(report)
         write_view(path, text, flag)
         console.print(f"{flag[2:]}: {path}")
-    written = append_step_summary(md)
+    written = append_step_summary_or_warn(lambda: md)  # an unwritable summary is a warning: the report stands
     if written is not None:
         console.print(f"appended to $GITHUB_STEP_SUMMARY ({written})")
     return 0
@@ -56,7 +56,7 @@ def _capacity(args: argparse.Namespace, console: Any) -> int:
     """A capacity report: the steps as a table; HTML draws the latency–throughput curve."""
     from bench.report.capacity_report import read_capacity_report
     from bench.report.capacity_views import capacity_html, capacity_markdown, render_capacity
-    from bench.report.markdown import append_step_summary
+    from bench.report.markdown import append_step_summary_or_warn
 
     cap = read_capacity_report(args.report)
     render_capacity(cap, console)
@@ -65,7 +65,7 @@ def _capacity(args: argparse.Namespace, console: Any) -> int:
         if path:
             write_view(path, render(cap) if render is not None else md, flag)
             console.print(f"{flag[2:]}: {path}")
-    append_step_summary(md)
+    append_step_summary_or_warn(lambda: md)
     return 0
 
 

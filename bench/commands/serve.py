@@ -93,17 +93,6 @@ def _platform_flags(p: argparse.ArgumentParser, d: Any) -> None:
                    "and one answer object per request")
 
 
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def _config_from_stdin() -> Any:
     """Embedded mode: the config is the first stdin line; closing stdin (the parent going away) stops us."""
     import os
@@ -125,7 +114,10 @@ def _config_from_stdin() -> Any:
     config = emulator_config_from_mapping(data, "<stdin>")
 
     def watch_parent() -> None:
-        sys.stdin.buffer.read()
+        # the raw descriptor, not sys.stdin: a daemon thread blocked in the buffered reader holds its lock, and an
+        # exit on an error (its one line on stderr) ended in "Fatal Python error" and SIGABRT instead
+        while os.read(sys.stdin.fileno(), 65536):
+            pass
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
@@ -134,7 +126,7 @@ def _config_from_stdin() -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from bench.emulator.config import EmulatorConfig
-    from bench.emulator.embedded import config_problems
+    from bench.emulator.embedded import config_problems, is_loopback
     from bench.emulator.server import serve
     from bench.errors import InputError
 
@@ -153,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         if problems:
             name, problem = problems[0]
             raise InputError(problem, key=flags.get(name, name))
-    if not args.allow_remote and not _is_loopback(config.host):
+    if not args.allow_remote and not is_loopback(config.host):
         raise InputError(f"refusing to bind non-loopback address {config.host!r} (add --allow-remote)",
                          key="--host")
     try:

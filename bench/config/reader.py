@@ -90,9 +90,9 @@ class Table:
 
     def integer(self, key: str, default: int, minimum: int = 0, maximum: int = 2**53) -> int:
         value = self.get(key, default)
+        if isinstance(value, float) and value.is_integer():  # 1e9: a whole number, checked against the range
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer() and minimum <= value <= maximum:
-                return int(value)
             raise self.err(key, f"expected an integer, got {type_name(value)}")
         if value < minimum:
             raise self.err(key, f"must be >= {minimum}, got {value}")

@@ -25,26 +25,41 @@ from bench.emulator.config import EmulatorConfig, UbiOpsDeployment
 from bench.emulator.server import LISTENING_PREFIX
 from bench.errors import InputError, RunInvalid
 
-__all__ = ["EmbeddedEmulator", "config_problems", "config_to_json", "emulator_config_from_mapping"]
+__all__ = ["EmbeddedEmulator", "config_problems", "config_to_json", "emulator_config_from_mapping", "is_loopback"]
+
+
+_WEEK_S = 7 * 24 * 3600.0  # as the scenario's longest duration: more is a typo
+# (float field, must be > 0 rather than >= 0, upper bound): times up to a week; a lognormal sigma of 5 already
+# spreads service times over ten orders of magnitude
+_NUMBERS = (("latency_ms", False, _WEEK_S * 1e3), ("per_row_us", False, _WEEK_S * 1e6), ("jitter", False, 5.0),
+            ("startup_s", False, _WEEK_S), ("token_ttl_s", True, _WEEK_S))
+_MAX_INT = 2**53  # the JSON line to the embedded emulator holds 64-bit integers only
 
 
 def config_problems(config: EmulatorConfig) -> list[tuple[str, str]]:
     """(field name, problem) for every out-of-range value; empty when the config is usable."""
     problems: list[tuple[str, str]] = []
-    for name in ("latency_ms", "per_row_us", "jitter", "startup_s", "token_ttl_s"):
+    for name, positive, top in _NUMBERS:
         value = getattr(config, name)
-        if not math.isfinite(value) or value < 0:
-            problems.append((name, f"must be a finite number >= 0, got {value}"))
-    if config.token_ttl_s == 0:
-        problems.append(("token_ttl_s", "must be > 0"))
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            problems.append((name, f"must be a finite number {'>' if positive else '>='} 0, got {value}"))
+        elif value > top:
+            problems.append((name, f"must be at most {top:g}, got {value:g}"))
     if not 0.0 <= config.error_rate <= 1.0:
         problems.append(("error_rate", f"must be between 0 and 1, got {config.error_rate}"))
     if config.replicas < 1:
         problems.append(("replicas", f"must be >= 1, got {config.replicas}"))
     if not 0 <= config.port <= 65535:
         problems.append(("port", f"must be 0..65535, got {config.port}"))
+    if not 0 <= config.seed <= 2**32 - 1:  # numpy aborts the emulator on a negative seed
+        problems.append(("seed", f"must be 0..{2**32 - 1}, got {config.seed}"))
     if config.rate_limit_per_min < 0:
         problems.append(("rate_limit_per_min", f"must be >= 0, got {config.rate_limit_per_min}"))
+    if config.workspace_id < 0:
+        problems.append(("workspace_id", f"must be >= 0, got {config.workspace_id}"))
+    for name in ("client_id", "client_secret", "public_client_id", "ubiops_token"):
+        if not getattr(config, name).strip():
+            problems.append((name, "must not be empty"))
     problems.extend(_platform_problems(config))
     for name in ("pipeline", "deployment"):
         value = getattr(config, name)
@@ -59,11 +74,24 @@ def config_problems(config: EmulatorConfig) -> list[tuple[str, str]]:
     return problems
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or 'localhost'): what the emulator binds without --allow-remote."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _platform_problems(config: EmulatorConfig) -> list[tuple[str, str]]:
     """Checks of the platform-fidelity options (rate limit window, pending cap, missing routes, statuses)."""
     problems: list[tuple[str, str]] = []
-    if not math.isfinite(config.rate_limit_window_s) or config.rate_limit_window_s <= 0:
-        problems.append(("rate_limit_window_s", f"must be a number > 0, got {config.rate_limit_window_s}"))
+    if not math.isfinite(config.rate_limit_window_s) or not 0 < config.rate_limit_window_s <= _WEEK_S:
+        problems.append(("rate_limit_window_s", f"must be a number > 0 and at most {_WEEK_S:g}, got "
+                         f"{config.rate_limit_window_s}"))
     if config.ubiops_max_pending < 0:
         problems.append(("ubiops_max_pending", f"must be >= 0, got {config.ubiops_max_pending}"))
     if config.ubiops_batch_cancel_status not in (0, 404, 405):
@@ -92,6 +120,8 @@ def _coerce(kind: str, value: object, file: str, key: str) -> object:
         raise _bad(file, key, f"must be true or false, got {value!r}")
     if kind == "int":
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > _MAX_INT:
+                raise _bad(file, key, f"out of range: {value}")
             return value
         raise _bad(file, key, f"must be an integer, got {value!r}")
     if kind == "float":
@@ -165,6 +195,10 @@ def emulator_config_from_mapping(d: Mapping[str, object], file: str) -> Emulator
             continue
         kwargs[key] = _coerce(str(fields[key].type), value, file, f"emulator.{key}")
     config = EmulatorConfig(**kwargs)
+    if not is_loopback(config.host):  # the embedded emulator is this run's own target; `bench serve` can go wider
+        raise _bad(file, "emulator.host", f"the embedded emulator listens on loopback only (127.0.0.1, ::1 or "
+                   f"localhost), got {config.host!r}; for another address run `bench serve --host ... "
+                   "--allow-remote` and give its URL as target.url")
     problems = config_problems(config)
     if problems:
         name, problem = problems[0]

@@ -83,8 +83,9 @@ def _item(name: str, value: float, params: Mapping[str, float], where: str) -> F
         if key not in defaults:
             known = ", ".join(defaults) or "none"
             raise FaultSpecError(f"{where}: unknown parameter {key!r} for {name} (known: {known})")
-        if v < 0:
-            raise FaultSpecError(f"{where}: {key} must be >= 0, got {v:g}")
+        floor = 1 if key in ("burst", "chunks") else 0  # a count of 0 is refused too: say so
+        if v < floor:
+            raise FaultSpecError(f"{where}: {key} must be >= {floor}, got {v:g}")
     if name == "close_after":
         if value < 1 or value != int(value):
             raise FaultSpecError(f"{where}: close_after takes a request count >= 1, got {value:g}")

@@ -147,7 +147,9 @@ def run_master(args: argparse.Namespace, sc: Scenario) -> int:
         raise InputError("must be >= 1", key="--expect-workers")
     out_path = _core.report_path(args, sc)
     _core.check_out(args, out_path)  # a bad --out must not cost the whole run
-    _check_port(args.master_bind_host, args.master_bind_port)
+    _check_port(args.master_bind_host, args.master_bind_port, "--master-bind-port")
+    if args.locust_web_port:  # a busy port was a traceback from a greenlet, and the run went on without the UI
+        _check_port("127.0.0.1", args.locust_web_port, "--locust-web-port")
     env = Environment(user_classes=[])
     env.create_master_runner(args.master_bind_host, args.master_bind_port)
     if args.locust_web_port:  # Locust's web UI, showing the live aggregates (the run starts by itself)
@@ -198,14 +200,14 @@ def run_master(args: argparse.Namespace, sc: Scenario) -> int:
     return code
 
 
-def _check_port(host: str, port: int) -> None:
+def _check_port(host: str, port: int, flag: str) -> None:
     """A busy port is bad input (exit 2, one line), not Locust's log line and exit 1."""
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ZeroMQ does: TIME_WAIT is no conflict
             s.bind(("0.0.0.0" if host == "*" else host, port))
     except OSError as exc:
-        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror}", key="--master-bind-port") from None
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror}", key=flag) from None
 
 
 def _drive(master: _Master, prepared: Any, endpoints: dict[str, Any], args: argparse.Namespace,

@@ -148,7 +148,7 @@ def parse_thresholds(text: str | None) -> dict[str, float | None]:
         except ValueError:
             raise InputError(f"{key}: not a number: {value!r}", key="--max-regression") from None
         if not math.isfinite(number) or number < 0:
-            raise InputError(f"{key}: must be >= 0, got {value!r}", key="--max-regression")
+            raise InputError(f"{key}: must be a finite number >= 0, got {value!r}", key="--max-regression")
         out[key] = number / 100.0
     return out
 

@@ -56,6 +56,9 @@ def _open(path: Path) -> pyarrow.ipc.RecordBatchFileReader:
     md = reader.schema.metadata or {}
     version = md.get(b"bench.schema_version")
     if version is None or b"bench.report" not in md:
+        if b"bench.capacity_version" in md:  # capacity_report.VERSION_KEY (that module imports this one)
+            raise InputError("a capacity report (bench capacity), not a run report: view it with `bench report`, or "
+                             "compare two runs, e.g. the step-*.arrow reports beside it", file=str(path))
         raise InputError("not a bench report (Arrow file without bench metadata)", file=str(path))
     if version != str(SCHEMA_VERSION).encode():
         raise InputError(f"report schema version {version.decode(errors='replace')} is not supported "

@@ -27,3 +27,17 @@ def test_usage_error_is_one_line_exit_2(argv: list[str], words: tuple[str, ...],
     assert "usage:" not in captured.err and captured.out == ""
     for word in words:
         assert word in lines[0]
+
+
+@pytest.mark.parametrize(("argv", "dest", "value"), [
+    (["calibrate", "--duration", "2h"], "duration", 7200.0),  # calibrate's own parser knew no 'h' and no '1m30s'
+    (["calibrate", "--duration", "1m30s"], "duration", 90.0),
+    (["calibrate"], "duration", 5.0),
+    (["run", "s.toml", "--worker-wait", "2m"], "worker_wait", 120.0),
+    (["run", "s.toml", "--locust-web-port", "0"], "locust_web_port", 0),
+    (["data", "ccfraud", "--rows", "1000000", "--seed", "4294967295", "--out", "x.arrow"], "seed", 2**32 - 1),
+])
+def test_shared_flag_types_accept_what_the_scenario_accepts(argv: list[str], dest: str, value: object) -> None:
+    from bench.cli import build_parser
+
+    assert getattr(build_parser().parse_args(argv), dest) == value

@@ -221,7 +221,10 @@ def test_bench_data_command_writes_file(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["data", "ccfraud", "--rows", "12", "--seed", "5", "--out", str(out)]) == 0
     assert read_dataset(out).equals(generate_ccfraud(12, 5))
     assert "12 rows" in capsys.readouterr().out
-    assert main(["data", "ccfraud", "--rows", "0", "--out", str(out)]) == 2
-    assert main(["data", "ccfraud", "--out", str(tmp_path / "missing" / "x.arrow")]) == 2
+    with pytest.raises(SystemExit) as info:  # refused while parsing the flags
+        main(["data", "ccfraud", "--rows", "0", "--out", str(out)])
+    assert info.value.code == 2
     assert "--rows" in capsys.readouterr().err
+    assert main(["data", "ccfraud", "--out", str(tmp_path / "missing" / "x.arrow")]) == 2
+    assert "--out" in capsys.readouterr().err
     assert data_command.register is not None
