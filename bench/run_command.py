@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,8 @@ from bench.scenario import (
     closed_loop_concurrency,
     parse_scenario,
     read_scenario_file,
+    split_limit,
+    split_problem,
     with_values,
 )
 
@@ -126,6 +129,8 @@ def _flag_values(args: argparse.Namespace, doc: Mapping[str, Any]) -> dict[str, 
     for flag, key in flags.items():
         if getattr(args, flag) is not None:
             out[key] = getattr(args, flag)
+    if getattr(args, "processes", None) is not None:  # the flag replaces the file's key (checked against the load
+        out["load.processes"] = None  # in run_command._processes)
     for flag, key in (("http2", "engine.http2"), ("insecure", "engine.insecure"), ("raw", "report.raw")):
         if getattr(args, flag):
             out[key] = True
@@ -166,17 +171,29 @@ def _number_or_text(value: str) -> float | str:
 
 
 def _processes(args: argparse.Namespace, sc: Scenario) -> int:
+    """--processes N, checked as load.processes is: at most MAX_PROCESSES, and no more than the load splits into
+    (refused: the user asked for N and would get fewer); 'auto' (one per CPU) is capped there, with a note."""
     raw = args.processes
     if raw is None:
-        return sc.load.processes
+        return sc.load.processes  # the reader checked it against the load
     if raw == "auto":
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        limit, key = split_limit(sc.load)
+        if cpus > limit:
+            if not args.quiet:
+                print(f"bench: note: --processes auto: {limit} process{'es' if limit > 1 else ''} for {cpus} CPUs "
+                      f"({key} = {limit} gives each at least one)", file=sys.stderr)
+            return limit
+        return cpus
     try:
         n = int(raw)
     except ValueError:
         raise InputError(f"expected a number or 'auto', got {raw!r}", key="--processes") from None
     if n < 1:
         raise InputError("must be >= 1", key="--processes")
+    problem = split_problem(sc.load, n)
+    if problem:
+        raise InputError(problem, key="--processes")
     return n
 
 

@@ -92,45 +92,51 @@ def scenario_headers(sc: Scenario, authorization: str | None) -> dict[str, str]:
     return headers
 
 
-def offsets_for(sc: Scenario, rate_share: float = 1.0) -> Iterator[int] | None:
-    """Open-loop intended send offsets (ns from start, warm-up included); None for closed loop."""
+def offsets_for(sc: Scenario, worker: tuple[int, int] = (0, 1)) -> Iterator[int] | None:
+    """Open-loop intended send offsets (ns from start, warm-up included); None for closed loop. Worker ``(i, n)``
+    of a split run takes sends i, i + n, … of the whole schedule (constant rate and ramps), so the n processes
+    together send exactly the one-process schedule — never n sends at once, nor one each when the rate is low.
+    Poisson arrivals are drawn per worker at rate / n (reseeded): independent Poisson streams add up to one."""
     from bench import schedule
 
     load = sc.load
+    i, n = worker
     if load.mode == "closed":
         return None
     if load.stages:
-        stages = [(d, r * rate_share) for d, r in load.stages]
+        stages = list(load.stages)
         if load.warmup_s > 0:
             stages.insert(0, (load.warmup_s, stages[0][1]))
-        return schedule.ramp_offsets(stages)
-    rate = load.rate * rate_share
+        return schedule.ramp_offsets(stages, first=i, step=n)
     if load.arrival == "poisson":
-        return schedule.poisson_offsets(rate, load.seed)
-    return schedule.constant_offsets(rate)
+        return schedule.poisson_offsets(load.rate / n, load.seed)
+    return schedule.constant_offsets(load.rate, first=i, step=n)
 
 
 def _split(total: int, worker: tuple[int, int]) -> int:
-    """Worker i of n gets an even share of an integer total (the first ones take the remainder)."""
+    """Worker i of n gets an even share of an integer total (the first ones take the remainder). Never 0: the
+    load's own reader and `--processes` refuse more processes than it splits into (bench.scenario.split_limit),
+    as 0 means "no limit" for requests and would be no clients at all."""
     i, n = worker
-    return total // n + (1 if i < total % n else 0)
+    share = total // n + (1 if i < total % n else 0)
+    if share < 1:
+        raise ValueError(f"{total} cannot be split across {n} processes")
+    return share
 
 
 def load_spec(sc: Scenario, start_ns: int, *, worker: tuple[int, int] = (0, 1)) -> LoadSpec:
     """The engine's LoadSpec; with ``worker=(i, n)`` this process's share of an n-process run."""
     load = sc.load
-    share = 1.0 / worker[1]
     end_ns = start_ns + int((load.warmup_s + load.duration_s) * 1e9) if load.duration_s > 0 else 2**62
     max_requests = _split(load.requests, worker) if load.requests else 0
     if load.mode == "closed":
-        return LoadSpec(mode="closed", start_ns=start_ns, end_ns=end_ns,
-                        concurrency=max(1, _split(load.concurrency, worker)),
+        return LoadSpec(mode="closed", start_ns=start_ns, end_ns=end_ns, concurrency=_split(load.concurrency, worker),
                         max_requests=max_requests, drain_s=load.drain_s)
-    peak = max([load.rate] + [r for _, r in load.stages]) * share
+    peak = max([load.rate] + [r for _, r in load.stages]) / worker[1]
     max_in_flight = _split(load.max_in_flight, worker) if load.max_in_flight else max(64, min(4096, math.ceil(peak)))
     seed_sc = sc if worker[0] == 0 else _reseeded(sc, worker[0])
-    return LoadSpec(mode="open", start_ns=start_ns, end_ns=end_ns, offsets_ns=offsets_for(seed_sc, share),
-                    max_in_flight=max(1, max_in_flight), max_requests=max_requests, drain_s=load.drain_s)
+    return LoadSpec(mode="open", start_ns=start_ns, end_ns=end_ns, offsets_ns=offsets_for(seed_sc, worker),
+                    max_in_flight=max_in_flight, max_requests=max_requests, drain_s=load.drain_s)
 
 
 _FD_MARGIN = 64  # descriptors a run needs besides its connections (loop, pacer, logs, report, libraries)

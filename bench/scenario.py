@@ -58,6 +58,8 @@ __all__ = [
     "load_scenario",
     "parse_scenario",
     "read_scenario_file",
+    "split_limit",
+    "split_problem",
     "with_values",
 ]
 
@@ -476,9 +478,35 @@ def _parse_load(t: Mapping[str, Any], file: str) -> LoadConfig:
                           "pause; give at least one a rate > 0 requests/s")
     if duration <= 0 and requests == 0:
         raise tab.err("duration", "must be > 0 (or set load.requests)")
-    return LoadConfig(concurrency=concurrency, rate=rate, arrival=arrival, stages=tuple(stages),
+    load = LoadConfig(concurrency=concurrency, rate=rate, arrival=arrival, stages=tuple(stages),
                       max_in_flight=max_in_flight, duration_s=duration, warmup_s=warmup, requests=requests,
                       seed=seed, processes=processes, drain_s=drain)
+    problem = split_problem(load, processes)
+    if problem:
+        raise tab.err("processes", problem)
+    return load
+
+
+def split_limit(load: LoadConfig) -> tuple[int, str]:
+    """The most processes ``load`` splits into with every share > 0, and the key that sets it: each needs at
+    least one client (load.concurrency), one request (load.requests) and one slot (load.max_in_flight). A rate
+    has no such floor: the processes interleave one schedule (bench.runner.offsets_for)."""
+    limits = [(load.concurrency, "load.concurrency"), (load.requests, "load.requests"),
+              (load.max_in_flight if load.mode == "open" else 0, "load.max_in_flight")]
+    return min(((n, key) for n, key in limits if n > 0), default=(MAX_PROCESSES, "the process limit"))
+
+
+def split_problem(load: LoadConfig, processes: int) -> str | None:
+    """Why ``load`` cannot run in ``processes`` processes (None: it can): a share of 0 would be no clients, or
+    no request limit at all."""
+    limit, key = split_limit(load)
+    if processes <= min(limit, MAX_PROCESSES):
+        return None
+    if limit >= MAX_PROCESSES:
+        return f"at most {MAX_PROCESSES:,} processes, got {processes:,}"
+    unit = {"load.concurrency": "client", "load.requests": "request"}.get(key, "in-flight slot")
+    return (f"{processes:,} processes cannot share {key} = {limit:,} (each needs at least one {unit}): "
+            f"at most {limit:,}")
 
 
 def _parse_engine(t: Mapping[str, Any], file: str, base_dir: Path) -> EngineSettings:

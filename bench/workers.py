@@ -89,6 +89,7 @@ def run_share(share: Share) -> Any:
     prepared = point_at(prepare(sc), share.endpoints)
     tag = {"run_id": share.run_id, "worker": list(share.worker)}
     ctl = RunControl(preflight=False, raw_path=share.raw, checkpoint_path=share.checkpoint, checkpoint_tag=tag)
+    _running.append(ctl)  # the parent watch sees whether a stop reached the load (ctl.interrupted)
     run, facts = run_once(prepared, ctl, start_at_wall=share.start_at_wall, worker=share.worker)
     facts.worker = share.worker
     report = build_report(prepared.scenario, run, facts, prepared.target_config)
@@ -122,7 +123,8 @@ def run_processes(prepared: Prepared, opts: Any, out_path: Path) -> tuple[Any, R
             share = hand_off(prepared, ep, worker=(i, processes), start_at_wall=epoch, raw=raws[i],
                              checkpoint=ckpts[i], run_id=run_id)
             cpu = cpus[i % len(cpus)] if cpus else None
-            proc = subprocess.Popen([sys.executable, "-m", "bench.workers", str(parts[i])], stdin=subprocess.PIPE,
+            proc = subprocess.Popen([sys.executable, "-m", "bench.workers", str(parts[i]), str(os.getpid())],
+                                    stdin=subprocess.PIPE,
                                     stdout=subprocess.DEVNULL, start_new_session=True,
                                     preexec_fn=_child_setup(os.getpid(), cpu))
             procs.append(proc)
@@ -274,11 +276,13 @@ def _wait_all(procs: list[subprocess.Popen[bytes]]) -> bool:
 
 
 def worker_main(argv: list[str] | None = None) -> int:
-    """``python -m bench.workers PART.arrow``: read a Share from stdin, run it, write the part report there
+    """``python -m bench.workers PART.arrow [PARENT_PID]``: read a Share from stdin, run it, write the part report there
     (no SLO gate, no summary: the parent judges the merged run)."""
-    out = Path((sys.argv[1:] if argv is None else argv)[0])
-    parent = os.getppid()
+    args = sys.argv[1:] if argv is None else argv
+    out = Path(args[0])
+    parent = int(args[1]) if len(args) > 1 else os.getppid()  # given: a parent dead before this line is seen
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # outside the load too: stop, never just vanish
+    _watch_parent(parent)
     share = Share.from_json(sys.stdin.buffer.read())
     try:
         report = run_share(share)
@@ -296,6 +300,30 @@ def worker_main(argv: list[str] | None = None) -> int:
 
     write_report(out, report)
     return EXIT_OK
+
+
+ORPHAN_GRACE_S = 60.0  # an orphaned worker's stop (drain, checkpoint) may take this long before it is ended
+_running: list[RunControl] = []  # this worker's run, once it has one
+
+
+def _watch_parent(parent: int) -> None:
+    """Backs up PR_SET_PDEATHSIG: a parent killed while its workers started up left one waiting for the start
+    instant, then loading the target (its SIGTERM landed while the event loop was being set up and nothing acted
+    on it). A daemon thread polls the parent; a second after it is gone, a worker whose load was not told to
+    stop gets a SIGTERM of its own (the usual graceful stop: the drained share reaches its checkpoint; one already
+    stopping is left to drain), and one still there after ORPHAN_GRACE_S is ended."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.25)
+        time.sleep(1.0)  # PR_SET_PDEATHSIG's SIGTERM is handled first
+        if not any(ctl.interrupted for ctl in _running):
+            os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(ORPHAN_GRACE_S)
+        os._exit(EXIT_INTERRUPTED)
+
+    threading.Thread(target=watch, name="bench-parent-watch", daemon=True).start()
 
 
 def _discard(out: Path, raw: Path | None) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import sweep as sweep_steps
+from bench.outpath import output_file
 from bench.sweep import Settings, StepRunner, Sweep, run_sweep
 
 __all__ = ["register"]
@@ -64,9 +65,11 @@ def _main(args: argparse.Namespace) -> int:
 
     prepared = prepare(replace(sc, slo=None))  # the sweep judges the SLO itself
     out_dir = _out_dir(args, sc)
-    from bench.outpath import check_output_dir
+    from bench.outpath import check_output_dir, check_report_path
 
     check_output_dir(out_dir)  # before any load: a bad --out must not cost the sweep
+    if args.html:
+        check_report_path(Path(args.html), flag="--html")  # nor a FIFO, device or directory as --html
     console = _console(args)
     sweep = Sweep(objectives=objectives, objectives_source=source)
     search: CapacitySearch | None = None
@@ -278,7 +281,7 @@ def _write_capacity_report(out_dir: Path, sc: Any, sweep: Sweep, stop_reason: st
     if html:
         from bench.report.capacity_views import capacity_html
 
-        page = Path(html)
+        page = output_file(html, flag="--html")  # a link's target (bench.outpath); the temp file beside it
         tmp = page.with_name(f".{page.name}.tmp")
         tmp.write_text(capacity_html(read_capacity_report(path)), encoding="utf-8")
         tmp.replace(page)
@@ -332,9 +335,10 @@ def _write_summary(out_dir: Path, result: Mapping[str, Any]) -> None:
     import orjson
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / ".capacity.json.tmp"
+    target = output_file(out_dir / "capacity.json", flag="--out")
+    tmp = target.with_name(".capacity.json.tmp")
     tmp.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
-    tmp.replace(out_dir / "capacity.json")
+    tmp.replace(target)
 
 
 def _result(args: argparse.Namespace, sc: Any, prepared: Any, settings: Settings, sweep: Sweep, search: Any,

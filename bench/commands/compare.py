@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     from bench.commands.report import write_view
     from bench.errors import EXIT_OK, EXIT_SLO, InputError
-    from bench.outpath import refuse_overwriting_inputs
+    from bench.outpath import output_file, refuse_overwriting_inputs
     from bench.report.compare import compare_reports, differences, parse_thresholds
     from bench.report.console import make_console
     from bench.report.markdown import append_step_summary_or_warn, comparison_markdown
@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from bench.report.terminal import render_comparison
 
     refuse_overwriting_inputs(args.markdown, [args.base, args.new], flag="--markdown")
+    if args.markdown:
+        output_file(args.markdown, flag="--markdown")  # a FIFO or device refused before the reports are read
     thresholds = parse_thresholds(args.max_regression)
     base, new = read_report(Path(args.base)), read_report(Path(args.new))
     differ = differences(base, new)

@@ -53,10 +53,12 @@ def _ccfraud(args: argparse.Namespace) -> int:
 
     from bench.data import generate_ccfraud, write_dataset
     from bench.errors import InputError
+    from bench.outpath import output_file
 
     out = Path(args.out)
     if not out.parent.is_dir():
         raise InputError("directory does not exist", file=str(out.parent), key="--out")
+    output_file(out, flag="--out")  # a FIFO or device is refused (bench.outpath); a symlink is written through
     table = generate_ccfraud(args.rows, args.seed)
     write_dataset(table, out)
     print(f"wrote {table.num_rows} rows (seed {args.seed}) to {out} ({out.stat().st_size:,} bytes)")

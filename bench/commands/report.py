@@ -22,7 +22,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from bench.outpath import refuse_overwriting_inputs
+    from bench.outpath import output_file, refuse_overwriting_inputs
     from bench.report.capacity_report import is_capacity_report
     from bench.report.console import make_console
     from bench.report.markdown import append_step_summary_or_warn, report_markdown
@@ -31,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
 
     for flag, path in (("--html", args.html), ("--markdown", args.markdown)):
         refuse_overwriting_inputs(path, [args.report], flag=flag)
+        if path:
+            output_file(path, flag=flag)  # a FIFO or device refused before the report is read
     console = make_console()
     if is_capacity_report(args.report):
         return _capacity(args, console)
@@ -70,13 +72,14 @@ def _capacity(args: argparse.Namespace, console: Any) -> int:
 
 
 def write_view(path: str, text: str, flag: str) -> None:
-    """Write a rendered view (HTML, Markdown), creating its folder; a failure is an InputError naming ``flag``."""
-    from pathlib import Path
-
+    """Write a rendered view (HTML, Markdown), creating its folder; a failure is an InputError naming ``flag``.
+    Written in place (through a symlink); a path that is not a regular file is refused (bench.outpath)."""
     from bench.errors import InputError
+    from bench.outpath import output_file
 
+    target = output_file(path, flag=flag)
     try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text, encoding="utf-8")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise InputError(f"cannot write: {exc.strerror or exc}", file=path, key=flag) from None

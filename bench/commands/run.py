@@ -39,7 +39,8 @@ def register(sub: Any) -> None:
     p.add_argument("--pacing", choices=("auto", "sleep", "spin"),
                    help="open loop: sleep in epoll between sends, spin (poll without sleeping: sends on time, "
                         "a whole core), or auto (spin while the loop is over ~60%% busy)")
-    p.add_argument("--processes", help="load-generator processes on this host (N or 'auto')")
+    p.add_argument("--processes", help="load-generator processes on this host: N (at most 1,024, and one per "
+                   "client or request), or 'auto' (one per CPU, capped likewise)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override a scenario key, e.g. --set load.concurrency=16")
     p.add_argument("--out", "-o", help="report path (default reports/<UTC time>-<name>.arrow)")

@@ -111,22 +111,13 @@ def run_share(prepared: Any, index: int, workers: int, epoch: float,
     ctl = RunControl(progress=progress, message=lambda m: message(scrubber.text(m)), preflight=False,
                      raw_path=raw_path, on_recorder=lambda r: held.__setitem__("recorder", r),
                      checkpoint_path=checkpoint, checkpoint_tag={"run_id": run_id, "worker": [index, workers]})
-    run, facts = run_once(prepared, ctl, start_at_wall=epoch + phase_s(sc, index), worker=(index, workers))
+    # worker i of n sends i, i + n, … of the one-host schedule (bench.runner.offsets_for), all from ``epoch``
+    run, facts = run_once(prepared, ctl, start_at_wall=epoch, worker=(index, workers))
     facts.worker = (index, workers)
     report = build_report(sc, run, facts, prepared.target_config)
     scrubber.add(ctl.secrets())
     scrub_report(report, scrubber)
     return report
-
-
-def phase_s(sc: Scenario, index: int) -> float:
-    """Where worker ``index`` starts within a constant-rate schedule: i / rate after the common instant, so the
-    n workers' sends (each at rate / n) interleave into exactly the single-host schedule instead of leaving in
-    n-tuples. Poisson streams (reseeded per worker) superpose as they are; ramps start together."""
-    load = sc.load
-    if load.mode == "open" and not load.stages and load.arrival == "constant" and load.rate > 0:
-        return index / load.rate
-    return 0.0
 
 
 def worker_report(prepared: Any, run: RunData, index: int, workers: int) -> Report:

@@ -31,7 +31,7 @@ from bench.locust import _core, live
 from bench.locust.parts import WorkerParts
 from bench.locust.wire import LiveRun, delta
 from bench.report.model import Report
-from bench.scenario import Scenario
+from bench.scenario import Scenario, split_problem
 
 __all__ = ["run_master"]
 
@@ -145,6 +145,9 @@ def run_master(args: argparse.Namespace, sc: Scenario) -> int:
     expected = int(args.expect_workers)
     if expected < 1:
         raise InputError("must be >= 1", key="--expect-workers")
+    problem = split_problem(sc.load, expected)  # a worker's share of 0: no clients, or no request limit
+    if problem:
+        raise InputError(problem.replace(" processes", " workers"), key="--expect-workers")
     out_path = _core.report_path(args, sc)
     _core.check_out(args, out_path)  # a bad --out must not cost the whole run
     _check_port(args.master_bind_host, args.master_bind_port, "--master-bind-port")

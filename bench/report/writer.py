@@ -1,7 +1,8 @@
 """Write a run's report as ONE Arrow IPC file (long format, one ``section`` column; see docs/report-format.md).
 
 Crash safety: the file is written under a temporary name in the target directory, fsynced, then atomically
-renamed, so a report path either holds a complete file or nothing. The raw per-request log (when the
+renamed, so a report path either holds a complete file or nothing. The rename goes to ``bench.outpath.output_file``:
+a symlink's target (the link stays), never over a device, FIFO or directory. The raw per-request log (when the
 recorder kept one) is copied batch by batch from the recorder's stream file — never whole in memory.
 """
 
@@ -23,6 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.ipc
 
+from bench.outpath import output_file
 from bench.report.model import SCHEMA_VERSION, Histogram, Report, ReportMeta, RunData
 from bench.results import Kind, kind_name
 from bench.secrets import SECRET_NAME
@@ -256,7 +258,9 @@ def write_report(path: Path, report: Report) -> Path:
 def write_arrow_file(path: Path, schema: pa.Schema, batches: Iterable[pa.RecordBatch], *,
                      compression: str | None = None) -> None:
     """An Arrow IPC file written atomically: a temp file in the same directory, fsync, rename, fsync of the
-    directory — a crash leaves the old file or the new one, never half of one."""
+    directory — a crash leaves the old file or the new one, never half of one. A symlink at ``path`` is written
+    through; a path that is not a regular file is refused (InputError), as the command checked before any load."""
+    path = output_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     options = pyarrow.ipc.IpcWriteOptions(compression=compression)

@@ -117,3 +117,17 @@ def test_ramp_monotonic_and_integral(stages: list[tuple[float, float]], start: f
     assert abs(len(offsets) - math.ceil(integral)) <= 1
     assert all(b >= a for a, b in pairwise(offsets))
     assert all(0 <= o <= round(total * 1e9) for o in offsets)
+
+
+@pytest.mark.parametrize("n", [2, 3, 7])
+def test_workers_take_every_nth_send_so_together_they_send_the_one_process_schedule(n: int) -> None:
+    """``--processes n``: worker i's sends are i, i + n, … of the whole schedule (constant and ramps), so the
+    merged sends are exactly one process's — never n at once, nor one each where one process sends fewer."""
+    whole = list(islice(constant_offsets(7.3), 20_000))
+    parts = [list(islice(constant_offsets(7.3, first=i, step=n), 20_000 // n + 1)) for i in range(n)]
+    assert sorted(x for p in parts for x in p)[:20_000] == whole
+    stages = [(3.0, 5.0), (2.0, 100.0), (4.0, 0.0), (5.0, 40.0)]
+    whole = list(ramp_offsets(stages))
+    parts = [list(ramp_offsets(stages, first=i, step=n)) for i in range(n)]
+    assert sorted(x for p in parts for x in p) == whole
+    assert [len(p) for p in parts] == [len(whole) // n + (1 if i < len(whole) % n else 0) for i in range(n)]
