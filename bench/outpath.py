@@ -26,11 +26,12 @@ def _kind(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
-def output_file(path: str | Path, *, flag: str | None = None) -> Path:
+def output_file(path: str | Path, *, flag: str | None = None, stream: bool = False) -> Path:
     """The regular file that writing ``path`` must replace or create: ``path`` itself, or the file a symlink there
     leads to (so a temp-and-rename replaces the target, never the link). An existing node that is not a regular
     file is refused (InputError naming ``flag``): renaming over it would destroy it, and writing into it (a FIFO,
-    /dev/stdout) is not a report."""
+    /dev/stdout) is not a report. ``stream``: a text view written in place (HTML, Markdown) may also go into a
+    FIFO or a character device (``--markdown /dev/stdout``), as the shell's ``>`` would."""
     path = Path(path)
     real = Path(os.path.realpath(path))
     try:
@@ -39,7 +40,7 @@ def output_file(path: str | Path, *, flag: str | None = None) -> Path:
         return real  # `>` does); a parent in the way is the caller's to report
     except OSError as exc:
         raise InputError(f"{path}: {exc.strerror or exc}", key=flag) from None
-    if stat.S_ISREG(mode):
+    if stat.S_ISREG(mode) or (stream and (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode))):
         return real
     kind = _kind(mode)
     via = f" (a link to {real})" if real != path.absolute() else ""

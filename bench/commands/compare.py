@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     refuse_overwriting_inputs(args.markdown, [args.base, args.new], flag="--markdown")
     if args.markdown:
-        output_file(args.markdown, flag="--markdown")  # a FIFO or device refused before the reports are read
+        output_file(args.markdown, flag="--markdown", stream=True)  # a directory refused before reading reports
     thresholds = parse_thresholds(args.max_regression)
     base, new = read_report(Path(args.base)), read_report(Path(args.new))
     differ = differences(base, new)

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     for flag, path in (("--html", args.html), ("--markdown", args.markdown)):
         refuse_overwriting_inputs(path, [args.report], flag=flag)
         if path:
-            output_file(path, flag=flag)  # a FIFO or device refused before the report is read
+            output_file(path, flag=flag, stream=True)  # a directory or socket refused before the report is read
     console = make_console()
     if is_capacity_report(args.report):
         return _capacity(args, console)
@@ -73,11 +73,11 @@ def _capacity(args: argparse.Namespace, console: Any) -> int:
 
 def write_view(path: str, text: str, flag: str) -> None:
     """Write a rendered view (HTML, Markdown), creating its folder; a failure is an InputError naming ``flag``.
-    Written in place (through a symlink); a path that is not a regular file is refused (bench.outpath)."""
+    Written in place (through a symlink, or into a FIFO or /dev/stdout); a directory is refused (bench.outpath)."""
     from bench.errors import InputError
     from bench.outpath import output_file
 
-    target = output_file(path, flag=flag)
+    target = output_file(path, flag=flag, stream=True)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text, encoding="utf-8")
