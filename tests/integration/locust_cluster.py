@@ -67,6 +67,30 @@ def serving(server: S) -> Iterator[S]:
         thread.join(10)
 
 
+class _Recording(BaseHTTPRequestHandler):
+    seen: list[tuple[str, str]]  # set per server by recording_target
+
+    def do_POST(self) -> None:
+        self.seen.append((self.path, str(self.headers.get("Host"))))
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def recording_target() -> Iterator[tuple[str, list[tuple[str, str]]]]:
+    """A loopback target answering every POST ``200 {}``: its URL, and the (path, Host) of each request it got."""
+    seen: list[tuple[str, str]] = []
+    handler = type("Handler", (_Recording,), {"seen": seen})
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), handler)) as server:
+        yield f"http://127.0.0.1:{server.server_address[1]}/infer", seen
+
+
 class EchoingTarget(ThreadingHTTPServer):
     """A loopback target that answers every ``echo_every``-th POST with a 500 echoing the bare credential it got
     (where no redaction pattern finds it, as a careless server might), the others with 200; counts what it

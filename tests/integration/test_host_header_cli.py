@@ -7,38 +7,21 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from bench.report.reader import read_report
-from tests.integration.locust_cluster import serving
+from tests.integration.locust_cluster import recording_target
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class _Recording(BaseHTTPRequestHandler):
-    hosts: list[str] = []  # noqa: RUF012 - per test: the fixture gives each test its own list
-
-    def do_POST(self) -> None:
-        self.hosts.append(str(self.headers.get("Host")))
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, *args: object) -> None:
-        pass
+Target = tuple[str, list[tuple[str, str]]]  # the URL, and (path, Host) of each request it got
 
 
 @pytest.fixture
-def target() -> Iterator[tuple[str, list[str]]]:
-    hosts: list[str] = []
-    handler = type("Handler", (_Recording,), {"hosts": hosts})
-    with serving(ThreadingHTTPServer(("127.0.0.1", 0), handler)) as server:
-        yield f"http://127.0.0.1:{server.server_address[1]}/infer", hosts
+def target() -> Iterator[Target]:
+    with recording_target() as (url, seen):
+        yield url, seen
 
 
 def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -46,21 +29,21 @@ def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
 
 
-def test_host_header_is_sent_and_recorded(tmp_path: Path, target: tuple[str, list[str]]) -> None:
-    url, hosts = target
+def test_host_header_is_sent_and_recorded(tmp_path: Path, target: Target) -> None:
+    url, seen = target
     (tmp_path / "b.json").write_text("{}")
     proc = _run(tmp_path, "--url", url, "--body", "b.json", "-H", "Host: model.default.example.com", "-c", "1",
                 "-n", "3", "--warmup", "0s", "-q", "--out", "r.arrow")
     assert proc.returncode == 0, proc.stderr
-    assert hosts == ["model.default.example.com"] * 3
+    assert [host for _, host in seen] == ["model.default.example.com"] * 3
     assert read_report(tmp_path / "r.arrow").meta.target["host"] == "model.default.example.com"
 
 
 @pytest.mark.parametrize("header", ["Content-Length: 5", "transfer-encoding: chunked", "Connection: close",
                                     "Upgrade: h2c", "TE: trailers", ":authority: model.example.com",
                                     "Host: model.example.com/path", "Host: "])
-def test_headers_bench_sets_itself_are_refused(tmp_path: Path, target: tuple[str, list[str]], header: str) -> None:
-    url, hosts = target
+def test_headers_bench_sets_itself_are_refused(tmp_path: Path, target: Target, header: str) -> None:
+    url, seen = target
     (tmp_path / "b.json").write_text("{}")
     proc = _run(tmp_path, "--url", url, "--body", "b.json", "-H", header, "-n", "1", "-q", "--out", "r.arrow")
     assert proc.returncode == 2, proc.stderr
@@ -68,11 +51,11 @@ def test_headers_bench_sets_itself_are_refused(tmp_path: Path, target: tuple[str
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     name = header.split(":")[0] if not header.startswith(":") else "pseudo-header"
     assert name in lines[0] and ("cannot be set" in lines[0] or "host:port" in lines[0]), lines[0]
-    assert hosts == [] and not (tmp_path / "r.arrow").exists()
+    assert seen == [] and not (tmp_path / "r.arrow").exists()
 
 
-def test_a_scenario_file_header_is_refused_naming_file_and_key(tmp_path: Path, target: tuple[str, list[str]]) -> None:
-    url, hosts = target
+def test_a_scenario_file_header_is_refused_naming_file_and_key(tmp_path: Path, target: Target) -> None:
+    url, seen = target
     (tmp_path / "b.json").write_text("{}")
     (tmp_path / "s.toml").write_text(f'[target]\nkind = "http"\nurl = "{url}"\n'
                                      '[target.headers]\nTransfer-Encoding = "chunked"\n'
@@ -80,4 +63,4 @@ def test_a_scenario_file_header_is_refused_naming_file_and_key(tmp_path: Path, t
     proc = _run(tmp_path, "s.toml", "-q", "--out", "r.arrow")
     assert proc.returncode == 2, proc.stderr
     assert "s.toml" in proc.stderr and "target.headers.Transfer-Encoding" in proc.stderr, proc.stderr
-    assert "Content-Length" in proc.stderr and hosts == []
+    assert "Content-Length" in proc.stderr and seen == []

@@ -8,37 +8,19 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from tests.integration.locust_cluster import serving
+from tests.integration.locust_cluster import recording_target
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class _Counting(BaseHTTPRequestHandler):
-    seen: list[str] = []  # noqa: RUF012 - per test: the fixture clears it
-
-    def do_POST(self) -> None:
-        self.seen.append(self.path)
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
-def target() -> Iterator[tuple[str, list[str]]]:
-    seen: list[str] = []
-    handler = type("Handler", (_Counting,), {"seen": seen})
-    with serving(ThreadingHTTPServer(("127.0.0.1", 0), handler)) as server:
-        yield f"http://127.0.0.1:{server.server_address[1]}/infer", seen
+def target() -> Iterator[tuple[str, list[tuple[str, str]]]]:
+    with recording_target() as (url, seen):
+        yield url, seen
 
 
 @pytest.mark.parametrize("flags", [["--header-env", "X-Api-Key: BENCH_TEST_UNSET_VAR"],
