@@ -16,6 +16,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("report", metavar="RUN.arrow")
     p.add_argument("--html", metavar="PATH", help="write a self-contained HTML page with plots")
     p.add_argument("--markdown", metavar="PATH", help="write Markdown (e.g. for a CI step summary)")
+    p.add_argument("--json", action="store_true",
+                   help="print the run's summary as JSON (the object `bench run --json` prints) instead of tables; "
+                   "a capacity report prints its steps and findings")
     p.set_defaults(func=run)
 
 
@@ -33,11 +36,14 @@ def run(args: argparse.Namespace) -> int:
         refuse_overwriting_inputs(path, [args.report], flag=flag)
         if path:
             output_file(path, flag=flag, stream=True)  # a directory or socket refused before the report is read
-    console = make_console()
+    console = make_console(stderr=args.json)  # with --json, stdout holds the JSON alone
     if is_capacity_report(args.report):
         return _capacity(args, console)
     report = read_report(Path(args.report))
-    render_report(report, console)
+    if args.json:
+        _print_json(_summary(report))
+    else:
+        render_report(report, console)
     md = report_markdown(report)
     for flag, path, text in (("--html", args.html, None), ("--markdown", args.markdown, md)):
         if not path:
@@ -61,7 +67,12 @@ def _capacity(args: argparse.Namespace, console: Any) -> int:
     from bench.report.markdown import append_step_summary_or_warn
 
     cap = read_capacity_report(args.report)
-    render_capacity(cap, console)
+    if args.json:
+        from dataclasses import asdict
+
+        _print_json({**cap.info, "steps": [asdict(s) for s in cap.steps]})
+    else:
+        render_capacity(cap, console)
     md = capacity_markdown(cap)
     for flag, path, render in (("--html", args.html, capacity_html), ("--markdown", args.markdown, None)):
         if path:
@@ -83,3 +94,24 @@ def write_view(path: str, text: str, flag: str) -> None:
         target.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise InputError(f"cannot write: {exc.strerror or exc}", file=path, key=flag) from None
+
+
+def _summary(report: Any) -> dict[str, Any]:
+    """What `bench run --json` printed for this run: the summary, its report path and the stored SLO result."""
+    from bench.report.markdown import stored_slo
+    from bench.report.summary import summarize
+
+    out = summarize(report)
+    slo = stored_slo(report)
+    if slo is not None:
+        out["slo"] = slo.to_dict()
+    return out
+
+
+def _print_json(doc: Any) -> None:
+    import sys
+
+    import orjson
+
+    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY,
+                                  default=str).decode() + "\n")

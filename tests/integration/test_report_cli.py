@@ -124,3 +124,16 @@ def test_a_view_written_over_its_own_report_is_refused(passing_run: tuple[Path, 
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and flag in lines[0] and "Traceback" not in proc.stderr, proc.stderr
     assert report.read_bytes() == before
+
+
+def test_report_json_is_what_bench_run_json_printed(tmp_path: Path) -> None:
+    """A stored run, read back by CI without re-running: the same JSON object, alone on stdout."""
+    import json
+
+    out = tmp_path / "j.arrow"
+    run = bench("run", "scenarios/quickstart.toml", *SHORT, "--set", "slo.p99_ms=10000", "--json", "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    shown = bench("report", str(out), "--json")
+    assert shown.returncode == 0, shown.stderr
+    stored = json.loads(shown.stdout)
+    assert stored == json.loads(run.stdout) and stored["slo"]["passed"] is True
