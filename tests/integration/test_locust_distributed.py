@@ -157,7 +157,7 @@ def test_a_worker_killed_mid_run_is_named_and_the_run_partial(cluster: Cluster,
 
 
 def test_no_worker_arriving_exits_3_with_one_line(cluster: Cluster, serve_emulator: Callable[..., str]) -> None:
-    sc = scenario(cluster.tmp, infer_url(serve_emulator()), 'concurrency = 1\nduration = "1s"')
+    sc = scenario(cluster.tmp, infer_url(serve_emulator()), 'concurrency = 2\nduration = "1s"')  # one each
     master = cluster.start("master", "-m", "bench", "run", str(sc), "--locust-master", "--expect-workers", "2",
                            "--master-bind-port", str(free_port()), "--worker-wait", "1", "-q")
     assert master.wait(30) == 3
