@@ -213,6 +213,10 @@ def run_from_args(args: argparse.Namespace) -> int:
 
     sc = scenario_from_args(args)
     if getattr(args, "locust_master", False):
+        if sc.load.processes > 1:  # a worker runs its share in one engine process: the key would be ignored
+            raise InputError(f"{sc.load.processes} applies to a local run only: a --locust-master run's load comes "
+                             "from its `bench locust-worker` processes, which would ignore it: remove it, and start "
+                             "more workers (--expect-workers) instead", file=sc.file, key="load.processes")
         from bench.locust.master import run_master  # imports locust (gevent) only here
 
         return run_master(args, sc)
