@@ -17,6 +17,8 @@ from bench.scenario import (
     apply_overrides,
     closed_loop_clears,
     closed_loop_concurrency,
+    is_http2,
+    override_values,
     parse_scenario,
     read_scenario_file,
     split_limit,
@@ -47,7 +49,7 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
         base_dir = Path.cwd()
     else:
         raise InputError("give a scenario file, or --url (with --body) for an ad-hoc run", key="scenario")
-    doc = with_values(doc, _flag_values(args, doc), file)
+    doc = with_values(doc, _flag_values(args, doc, file), file)
     doc = apply_overrides(doc, args.overrides, file)
     _refuse_open_loop_flags(args, doc)
     return parse_scenario(doc, file=file, base_dir=base_dir)
@@ -110,11 +112,13 @@ def _guess_content_type(body: str) -> str:
     return _CONTENT_TYPES.get(Path(body).suffix, "application/octet-stream")
 
 
-def _flag_values(args: argparse.Namespace, doc: Mapping[str, Any]) -> dict[str, Any]:
+def _flag_values(args: argparse.Namespace, doc: Mapping[str, Any], file: str) -> dict[str, Any]:
     """CLI flags as typed scenario values (they win over the file's keys; ``None`` removes a key)."""
     out: dict[str, Any] = {}
     if args.concurrency is not None:  # closed loop: the file's open-loop keys no longer apply
-        out.update({**closed_loop_clears(doc), "load.rate": None, "load.stages": None,
+        sets = override_values(args.overrides, file)  # applied after the flags: --set engine.http2 wins
+        http2 = sets["engine.http2"] is True if "engine.http2" in sets else (True if args.http2 else None)
+        out.update({**closed_loop_clears(doc, http2=http2), "load.rate": None, "load.stages": None,
                     "load.concurrency": args.concurrency})
     if args.rate is not None:
         out.update({"load.concurrency": None, "load.stages": None, "load.rate": args.rate})
@@ -154,8 +158,7 @@ def _refuse_open_loop_flags(args: argparse.Namespace, doc: Mapping[str, Any]) ->
             raise InputError(f"applies to an open loop (--rate, load.rate or load.stages) only, and this run is a "
                              f"closed loop of {concurrency} clients (-c / load.concurrency), which would ignore it",
                              key=flag)
-    engine = doc.get("engine")
-    http2 = args.http2 or (isinstance(engine, Mapping) and engine.get("http2") is True)
+    http2 = args.http2 or is_http2(doc)
     if args.connections and not http2:  # HTTP/2 shares its connections in a closed loop too (engine.connections)
         raise InputError(f"applies to an open loop (--rate, load.rate or load.stages) or to HTTP/2 (--http2) only, "
                          f"and this run is a closed loop of {concurrency} clients over HTTP/1.1, one connection each "
@@ -210,6 +213,10 @@ def run_from_args(args: argparse.Namespace) -> int:
 
     sc = scenario_from_args(args)
     if getattr(args, "locust_master", False):
+        if sc.load.processes > 1:  # a worker runs its share in one engine process: the key would be ignored
+            raise InputError(f"{sc.load.processes} applies to a local run only: a --locust-master run's load comes "
+                             "from its `bench locust-worker` processes, which would ignore it: remove it, and start "
+                             "more workers (--expect-workers) instead", file=sc.file, key="load.processes")
         from bench.locust.master import run_master  # imports locust (gevent) only here
 
         return run_master(args, sc)

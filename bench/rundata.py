@@ -143,7 +143,8 @@ class RunData:
     error_samples: list[ErrorSample] = field(default_factory=list)
     raw_path: Path | None = None  # Arrow IPC stream of per-request rows (recorder's raw log), if any
     # phase -> (first, last) answer's done time (s from the start) of the phase's requests; absent when unknown
-    # (a recovered report, a merge with a lost Locust worker's part): throughput is then answers / duration
+    # (a recovered report, a merge with a part from a Locust worker older than the span in its deltas): throughput
+    # is then answers / duration
     done_span: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def phase(self, name: str) -> Phase:

@@ -55,7 +55,9 @@ __all__ = [
     "apply_overrides",
     "closed_loop_clears",
     "closed_loop_concurrency",
+    "is_http2",
     "load_scenario",
+    "override_values",
     "parse_scenario",
     "read_scenario_file",
     "split_limit",
@@ -210,6 +212,12 @@ def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
 
 def apply_overrides(doc: Mapping[str, Any], overrides: Sequence[str], file: str) -> dict[str, Any]:
     """``--set load.concurrency=16`` style overrides; values are TOML literals, else plain strings."""
+    values = override_values(overrides, file)
+    return with_values(doc, {**_other_load_modes_cleared(doc, values), **values}, file)
+
+
+def override_values(overrides: Sequence[str], file: str) -> dict[str, Any]:
+    """``--set key=value`` items as typed dotted keys (TOML literals, else plain strings)."""
     values: dict[str, Any] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -220,7 +228,7 @@ def apply_overrides(doc: Mapping[str, Any], overrides: Sequence[str], file: str)
             values[key] = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
             values[key] = raw
-    return with_values(doc, {**_other_load_modes_cleared(doc, values), **values}, file)
+    return values
 
 
 _LOAD_MODE_KEYS = ("load.concurrency", "load.rate", "load.stages")
@@ -238,17 +246,29 @@ def _other_load_modes_cleared(doc: Mapping[str, Any], values: Mapping[str, Any])
         return {}
     cleared: dict[str, None] = {k: None for k in _LOAD_MODE_KEYS if k != chosen[0]}
     if chosen[0] == "load.concurrency":
-        cleared.update(closed_loop_clears(doc))
+        http2 = values["engine.http2"] is True if "engine.http2" in values else None
+        cleared.update(closed_loop_clears(doc, http2=http2))
     return cleared
 
 
-def closed_loop_clears(doc: Mapping[str, Any]) -> dict[str, None]:
+def closed_loop_clears(doc: Mapping[str, Any], *, http2: bool | None = None) -> dict[str, None]:
     """The open-loop keys to drop when the command line makes ``doc`` a closed loop: they were written for the
     file's open loop (or for `bench capacity`'s rate steps), and mean nothing to the closed loop asked for. A file
-    that is a closed loop already keeps them, so its own contradiction is refused as written."""
+    that is a closed loop already keeps them, so its own contradiction is refused as written. engine.connections
+    is one of them over HTTP/1.1 only (an HTTP/2 closed loop shares its connections): ``http2`` is the run's
+    engine.http2 when the command line sets it, else ``doc``'s counts."""
     if closed_loop_concurrency(doc):
         return {}
-    return {f"{section}.{key}": None for section, key, _ in OPEN_LOOP_ONLY}
+    cleared: dict[str, None] = {f"{section}.{key}": None for section, key, _ in OPEN_LOOP_ONLY}
+    if not (is_http2(doc) if http2 is None else http2):
+        cleared["engine.connections"] = None
+    return cleared
+
+
+def is_http2(doc: Mapping[str, Any]) -> bool:
+    """Whether ``doc`` asks for HTTP/2 (engine.http2 = true; any other value is the scenario reader's to refuse)."""
+    engine = doc.get("engine")
+    return isinstance(engine, Mapping) and engine.get("http2") is True
 
 
 def closed_loop_concurrency(doc: Mapping[str, Any]) -> int | None:
@@ -305,6 +325,11 @@ def parse_scenario(doc: Mapping[str, Any], *, file: str, base_dir: Path) -> Scen
     engine = _parse_engine(tables["engine"], file, base_dir)
     if load.mode == "closed":
         _refuse_open_loop_keys(tables, load.concurrency, file)
+        if engine.connections and not engine.http2:
+            raise InputError(f"{engine.connections!r} applies to an open loop (load.rate or load.stages) or to HTTP/2 "
+                             f"(engine.http2) only, and load.concurrency = {load.concurrency} is a closed loop over "
+                             "HTTP/1.1, one connection per client, which would ignore it: remove it, or set "
+                             "engine.http2 = true or load.rate", file=file, key="engine.connections")
     report = _parse_report(tables["report"], file)
     sections = {key: parse(tables[key], file) for key, parse in SECTION_PARSERS.items() if tables[key]}
     wallaroo = _typed(sections, "wallaroo", PreflightConfig)

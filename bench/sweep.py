@@ -357,9 +357,11 @@ def step_scenario(sc: Scenario, rate: float, *, duration_s: float, warmup_s: flo
 
 def probe_scenario(sc: Scenario) -> Scenario:
     """The probe: one closed-loop client for PROBE_S. The scenario's open-loop keys (arrival, max_in_flight,
-    engine.pacing) are for the rate steps; a closed loop refuses them, so the probe leaves them out."""
+    engine.pacing, and engine.connections over HTTP/1.1) are for the rate steps; a closed loop refuses them, so
+    the probe leaves them out."""
     closed = {k: v for k, v in _load_source(sc).items() if k not in ("arrival", "max_in_flight")}
-    return sc.revised({"load": {**closed, "concurrency": 1, "duration": f"{PROBE_S:g}s"}, "engine.pacing": None})
+    drop = ("engine.pacing",) if sc.engine.http2 else ("engine.pacing", "engine.connections")
+    return sc.revised({"load": {**closed, "concurrency": 1, "duration": f"{PROBE_S:g}s"}, **dict.fromkeys(drop)})
 
 
 def clients_scenario(sc: Scenario, clients: int, *, duration_s: float, warmup_s: float) -> Scenario:

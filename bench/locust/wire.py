@@ -2,7 +2,8 @@
 
 A delta carries only what changed since the previous one -- added HDR bucket counts (sparse), added totals,
 counters and errors, added per-second counts and per-second histogram buckets -- as plain msgpack/JSON types,
-so a message stays small however long the run. The master folds deltas with ``LiveRun.apply``; folding every
+so a message stays small however long the run; the span of each phase's answers (``RunData.done_span``, which
+throughput needs) travels whole, being two numbers. The master folds deltas with ``LiveRun.apply``; folding every
 delta of a run gives exactly the last snapshot (tested), so a worker that dies mid-run leaves its data up to
 its last delta. A worker that finishes sends its whole report instead, which replaces the live data.
 """
@@ -75,7 +76,8 @@ def delta(prev: RunData | None, cur: RunData) -> dict[str, Any]:
     return {"start_unix_ns": cur.start_unix_ns, "phases": [[p.name, p.start_s, p.end_s] for p in cur.phases],
             "hists": hists, "totals": totals, "counters": counters, "errors": errors, "series": series,
             "gauges": {n: [[s, v] for s, v in g.items()] for n, g in cur.gauges.items()},
-            "samples": [[s.kind, s.status, s.detail, s.count] for s in cur.error_samples]}
+            "samples": [[s.kind, s.status, s.detail, s.count] for s in cur.error_samples],
+            "span": {ph: [lo, hi] for ph, (lo, hi) in cur.done_span.items()}}
 
 
 class LiveRun:
@@ -92,6 +94,7 @@ class LiveRun:
         self.sec_hists: dict[int, Histogram] = {}
         self.gauges: dict[str, dict[int, float]] = {}
         self.samples: list[ErrorSample] = []
+        self.span: dict[str, tuple[float, float]] = {}  # stays empty from a worker older than the "span" key
         self.deltas = 0
 
     def apply(self, d: dict[str, Any]) -> None:
@@ -117,6 +120,8 @@ class LiveRun:
                 _apply_hist(self.sec_hists.setdefault(int(sec), Histogram()), hd)
         self.gauges = {n: {int(s): float(v) for s, v in g} for n, g in d["gauges"].items()}
         self.samples = [ErrorSample(str(k), int(st), str(det), int(c)) for k, st, det, c in d["samples"]]
+        if "span" in d:  # absolute: the latest replaces
+            self.span = {str(ph): (float(lo), float(hi)) for ph, (lo, hi) in d["span"].items()}
 
     def run_data(self, *, partial: bool) -> RunData:
         secs = sorted(self.seconds)
@@ -129,7 +134,7 @@ class LiveRun:
                        totals={k: Totals(**{f: getattr(v, f) for f in _TOTAL_FIELDS}) for k, v in self.totals.items()},
                        counters=dict(self.counters), gauges={k: dict(v) for k, v in self.gauges.items()},
                        errors=[ErrorCount(k, s, p, c) for (k, s, p), c in sorted(self.errors.items())],
-                       error_samples=list(self.samples))
+                       error_samples=list(self.samples), done_span=dict(self.span))
 
     @property
     def requests(self) -> int:

@@ -108,7 +108,7 @@ def merge_run_data(runs: Sequence[RunData]) -> RunData:
         errors=[ErrorCount(k, s, p, c) for (k, s, p), c in sorted(errors.items())],
         error_samples=[ErrorSample(k, s, d, c) for (k, s, d), c in samples.items()], raw_path=None,
         # every part's answers span from the earliest first to the latest last, unless a part with answers did not
-        # say when they came (a Locust worker's stream, a recovered part): then that phase has no span
+        # say when they came (an old Locust worker's stream, a recovered part): then that phase has no span
         done_span={ph: v for ph, v in done_span.items() if all(ph in r.done_span or not r.answered(ph) for r in runs)})
 
 

@@ -1,7 +1,7 @@
 """Input `bench run` used to accept and then ignore or misreport, through the real CLI on loopback: refused in one
 line with exit 2 before any load (rows_per_request beyond the data, port 0, master-only flags without
---locust-master, --processes with it), or said once on stderr and noted in the report (a [server_metrics] URL that
-never answered)."""
+--locust-master, --processes or load.processes with it), or said once on stderr and noted in the report (a
+[server_metrics] URL that never answered)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench.report.reader import read_report
+from tests.integration.locust_cluster import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = """name = "s"
@@ -53,6 +54,19 @@ def test_ignored_input_is_refused(tmp_path: Path, args: list[str], words: tuple[
     (tmp_path / "s.toml").write_text(SCENARIO)
     proc = bench(tmp_path, "s.toml", *args, "-q", "--out", "r.arrow")
     one_line_error(proc, *words)
+    assert not (tmp_path / "r.arrow").exists()
+
+
+@pytest.mark.parametrize("args", [[], ["--set", "load.processes=2"]], ids=["file", "set"])
+def test_load_processes_on_a_locust_master_is_refused(tmp_path: Path, args: list[str]) -> None:
+    """A master's load comes from its workers, each running its share in one engine process: the scenario's
+    load.processes would be ignored, as --processes would. Refused before the master binds its port (a free one,
+    and a short --worker-wait, in case it did not)."""
+    text = SCENARIO.replace("concurrency = 1", "concurrency = 2") + ("processes = 2\n" if not args else "")
+    (tmp_path / "s.toml").write_text(text)
+    proc = bench(tmp_path, "s.toml", "--locust-master", "--master-bind-port", str(free_port()), "--worker-wait", "1",
+                 *args, "-q", "--out", "r.arrow")
+    one_line_error(proc, "s.toml: load.processes", "locust-worker")
     assert not (tmp_path / "r.arrow").exists()
 
 

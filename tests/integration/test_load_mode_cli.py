@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pyarrow.ipc as ipc
@@ -56,8 +57,12 @@ def one_line_error(proc: subprocess.CompletedProcess[str], *words: str) -> None:
      ("s.toml", "load.arrival")),  # the file's own contradiction is not hidden by -c
     (CLOSED, ["--connections", "1"], ("--connections", "closed loop of 2 clients over HTTP/1.1")),
     (OPEN, ["-c", "8", "--connections", "2"], ("--connections", "closed loop of 8 clients")),
+    (CLOSED + "[engine]\nconnections = 4\n", [], ("s.toml: engine.connections", "closed loop over HTTP/1.1")),
+    (CLOSED, ["--set", "engine.connections=4"], ("s.toml: engine.connections", "load.concurrency = 2")),
+    (CLOSED + "[engine]\nconnections = 4\nhttp2 = true\n", ["--set", "engine.http2=false"],
+     ("s.toml: engine.connections",)),
 ], ids=["poisson", "pacing", "c-poisson", "set-c-pacing", "set-max-in-flight", "file-arrival", "file-arrival-c",
-        "connections", "c-connections"])
+        "connections", "c-connections", "file-connections", "set-connections", "file-connections-set-http1"])
 def test_open_loop_settings_on_a_closed_loop_are_refused(tmp_path: Path, text: str, args: list[str],
                                                          words: tuple[str, ...]) -> None:
     (tmp_path / "s.toml").write_text(text)
@@ -72,13 +77,30 @@ def test_adhoc_default_closed_loop_refuses_poisson(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("switch", [["-c", "2"], ["--set", "load.concurrency=2"]])
 def test_switch_to_a_closed_loop_drops_the_files_open_loop_keys(tmp_path: Path, switch: list[str]) -> None:
-    (tmp_path / "s.toml").write_text(OPEN)
+    (tmp_path / "s.toml").write_text(OPEN + "connections = 4\n")
     proc = bench("run", "s.toml", *switch, "-n", "20", "--json", "--quiet", "--out", "r.arrow", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["accounting"]["sent"] == 20
     rows = ipc.open_file(str(tmp_path / "r.arrow")).read_all().to_pylist()
     load = json.loads(next(r["text"] for r in rows if r["section"] == "meta" and r["name"] == "load"))
     assert (load["mode"], load["concurrency"], load["arrival"], load["max_in_flight"]) == ("closed", 2, "constant", 0)
+    text = json.loads(next(r["text"] for r in rows if r["section"] == "meta" and r["name"] == "scenario_text"))
+    assert tomllib.loads(text)["engine"] == {}, text  # pacing and (HTTP/1.1) connections dropped
+
+
+@pytest.mark.parametrize("switch", [["-c", "2"], ["--set", "load.concurrency=2"],
+                                    ["-c", "2", "--set", "engine.http2=true"]])
+def test_switch_to_a_closed_http2_loop_keeps_the_files_connections(tmp_path: Path, switch: list[str]) -> None:
+    """An HTTP/2 closed loop shares engine.connections, so the switch keeps it (also when the command line is what
+    asks for HTTP/2): the stored scenario still has it."""
+    http2 = "" if "engine.http2=true" in switch else "http2 = true\n"
+    (tmp_path / "s.toml").write_text(OPEN + f"connections = 2\n{http2}")
+    proc = bench("run", "s.toml", *switch, "-n", "10", "--json", "--quiet", "--out", "r.arrow", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = ipc.open_file(str(tmp_path / "r.arrow")).read_all().to_pylist()
+    text = json.loads(next(r["text"] for r in rows if r["section"] == "meta" and r["name"] == "scenario_text"))
+    engine = tomllib.loads(text)["engine"]
+    assert (engine.get("connections"), engine.get("http2"), "pacing" in engine) == (2, True, False), engine
 
 
 @pytest.mark.parametrize(("args", "words"), [

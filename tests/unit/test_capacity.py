@@ -235,6 +235,18 @@ def test_probe_is_a_closed_loop_without_the_steps_open_loop_keys(tmp_path: Path)
     assert (step.load.arrival, step.load.max_in_flight, step.engine.pacing) == ("poisson", 16, "spin")
 
 
+@pytest.mark.parametrize(("http2", "kept"), [(False, 0), (True, 4)])
+def test_probe_drops_engine_connections_over_http1_only(tmp_path: Path, http2: bool, kept: int) -> None:
+    """An HTTP/1.1 closed loop refuses engine.connections (one connection per client), so the probe leaves it
+    out; an HTTP/2 closed loop shares that many connections, so there the probe keeps it. The steps keep it."""
+    doc = {"name": "s", "target": {"url": "embedded"}, "data": {"generate": 10},
+           "engine": {"connections": 4, "http2": http2}, "load": {"rate": 1.0}}
+    sc = parse_scenario(doc, file="s.toml", base_dir=tmp_path)
+    probe = probe_scenario(sc)
+    assert (probe.load.mode, probe.engine.connections, probe.engine.http2) == ("closed", kept, http2)
+    assert step_scenario(sc, 50.0, duration_s=3.0, warmup_s=1.0).engine.connections == 4
+
+
 def test_model_capacity_reads_row_counts_without_encoding_bodies() -> None:
     """`bench capacity`'s ground truth needs the mean rows per request: a lazy data set must not be encoded for it."""
     from types import SimpleNamespace

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -56,6 +57,7 @@ def test_folded_deltas_equal_the_final_data(reqs: list[tuple[int, int, int, int]
     assert {k: vars_of(t) for k, t in got.totals.items()} == {k: vars_of(t) for k, t in final.totals.items()}
     assert got.series == final.series
     assert got.errors == final.errors
+    assert got.done_span == final.done_span
     assert sum(t.requests for t in got.totals.values()) == len(reqs)
 
 
@@ -72,3 +74,40 @@ def test_a_delta_without_news_is_small() -> None:
     b = rec.snapshot()
     d = delta(a, b)
     assert d["hists"] == {} and d["series"] == [] and d["errors"] == []
+
+
+def test_a_lost_workers_fold_keeps_the_span_of_its_answers() -> None:
+    """Throughput is at most (answers - 1) / their span. A worker whose two answers (0.1 s and 0.9 s into a 1 s
+    window) reached the master as deltas, and which was then lost, leaves the master only their fold: that keeps
+    the span (sent whole, the latest replacing the earlier), so the part's throughput is the recorder's, not
+    answers / duration."""
+    clock = Clock()
+    rec = Recorder(START, START, clock=clock)
+    live, prev = LiveRun(), None
+    for done_ms in (100, 900, 1000):
+        clock.now = START + done_ms * 1_000_000
+        if done_ms < 1000:
+            rec.record(START, START, clock.now, Kind.OK, 200, 1, 10, 10, 0)
+        snap = rec.snapshot()
+        live.apply(orjson.loads(orjson.dumps(delta(prev, snap))))
+        prev = snap
+    got = live.run_data(partial=True)
+    assert got.done_span == snap.done_span == {"measured": (0.1, 0.9)}
+    assert got.rps() == snap.rps() == pytest.approx(1 / 0.8)
+
+
+def test_deltas_from_a_worker_without_the_span_still_fold() -> None:
+    """A worker of an older bench sends no "span": its part has none, and throughput falls back to answers /
+    duration (the merge then leaves the phase's span out)."""
+    clock = Clock()
+    rec = Recorder(START, START, clock=clock)
+    clock.now = START + 900_000_000
+    rec.record(START, START, START + 100_000_000, Kind.OK, 200, 1, 10, 10, 0)
+    rec.record(START, START, clock.now, Kind.OK, 200, 1, 10, 10, 0)
+    clock.now = START + 1_000_000_000
+    old = delta(None, rec.snapshot())
+    assert old.pop("span")  # what this bench sends, and an older one does not
+    live = LiveRun()
+    live.apply(orjson.loads(orjson.dumps(old)))
+    got = live.run_data(partial=True)
+    assert got.done_span == {} and got.rps() == pytest.approx(2.0)
