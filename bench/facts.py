@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from bench.results import host_header
+from bench.headers import host_header
 
 if TYPE_CHECKING:
     from bench.report.model import Report

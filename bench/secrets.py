@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
 
 # the rules shared with the engines (re-exported)
-from bench.results import header_value_problem, host_value_problem, reserved_header_problem
+from bench.headers import header_value_problem, host_value_problem, reserved_header_problem
 
 if TYPE_CHECKING:
     from bench.prepared import Prepared

@@ -11,18 +11,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from bench.headers import header_value_problem, host_value_problem, reserved_header_problem
+
 # the contracts live in the leaf bench.results (the recorder and the targets use them without the engines)
-from bench.results import (
-    Classifier,
-    LoadSpec,
-    PreparedBody,
-    RequestSet,
-    ResultSink,
-    StopSignal,
-    header_value_problem,
-    host_value_problem,
-    reserved_header_problem,
-)
+from bench.results import Classifier, LoadSpec, PreparedBody, RequestSet, ResultSink, StopSignal
 
 __all__ = ["Classifier", "Engine", "EngineConfig", "LoadSpec", "PreparedBody", "RequestBuildError", "RequestSet",
            "ResultSink", "StopSignal", "check_header"]

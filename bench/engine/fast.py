@@ -33,8 +33,9 @@ from bench.engine.common import DEFAULT_OPEN_LIMIT, CallbackEngine, backoff_s
 from bench.engine.pacer import Pacer, Sweeper, estimate_rate
 from bench.engine.tls import make_ssl_context
 from bench.failures import exception_kind  # re-exported: the one exception-to-kind mapping
-from bench.results import ERROR_DETAIL_BYTES, Kind, body_getter, sni_name
-from bench.results import host_header as user_host
+from bench.headers import host_header as user_host
+from bench.headers import sni_name
+from bench.results import ERROR_DETAIL_BYTES, Kind, body_getter
 
 __all__ = ["FastEngine", "Target", "build_wires", "exception_kind",
            "parse_target", "request_head", "wire"]

@@ -42,7 +42,8 @@ from bench.engine.common import DEFAULT_OPEN_LIMIT, EngineCore, SendGate, backof
 from bench.engine.loopmon import LoopMonitor
 from bench.engine.tls import make_ssl_context
 from bench.failures import httpx_kind  # re-exported: the one exception-to-kind mapping
-from bench.results import ERROR_DETAIL_BYTES, Kind, body_getter, host_header, sni_name
+from bench.headers import host_header, sni_name
+from bench.results import ERROR_DETAIL_BYTES, Kind, body_getter
 
 __all__ = ["HttpxEngine", "httpx_kind"]
 

@@ -21,7 +21,8 @@ import httpx
 
 from bench.bodies import BLOCK
 from bench.errors import InputError, RunInvalid
-from bench.results import PreparedBody, host_header, sni_name
+from bench.headers import host_header, sni_name
+from bench.results import PreparedBody
 from bench.targets import Request, SectionRules, Target, read_table
 from bench.targets.kserve_codec import (
     HEADER_LENGTH,
