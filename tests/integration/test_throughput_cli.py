@@ -67,6 +67,7 @@ def test_an_open_loop_above_capacity_reports_answers_not_sends(tmp_path: Path) -
         assert "fell behind" in text and f"{sent:,.1f} req/s sent" in text and f"{rps:,.1f} answers/s" in text
 
 
+@pytest.mark.slow  # real runs of several seconds: in CI's slow step (the open-loop case above stays in the default)
 def test_a_closed_loop_sends_what_comes_back(tmp_path: Path) -> None:
     s, _, out = run(tmp_path, "concurrency = 2", "--json")
     rps, sent = float(s["rps"]), float(s["sent_rps"])  # type: ignore[arg-type]
@@ -76,6 +77,7 @@ def test_a_closed_loop_sends_what_comes_back(tmp_path: Path) -> None:
     assert "fell behind" not in text and "req/s" in text
 
 
+@pytest.mark.slow  # a real UbiOps batch run: in CI's slow step (unit tests cover the arithmetic)
 def test_answers_slower_than_the_warmup_cost_no_throughput(tmp_path: Path) -> None:
     """UbiOps batch: each request is answered ~0.9 s after its create call, longer than the 0.5-s warm-up, so
     the window's last answers come after it; the endpoint kept up all the same."""
