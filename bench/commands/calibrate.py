@@ -257,10 +257,9 @@ def run(args: argparse.Namespace) -> int:
         if problem is not None:
             raise InputError(problem, key="--ca-bundle")
     if args.body is not None:
-        try:
-            body = args.body.read_bytes()
-        except OSError as exc:
-            raise InputError(f"cannot read: {exc.strerror}", file=str(args.body)) from None
+        from bench.inpath import read_input
+
+        body = read_input(args.body)
     else:
         body = default_body()
     cores = _cores()
