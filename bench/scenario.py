@@ -440,6 +440,8 @@ def _parse_load(t: Mapping[str, Any], file: str) -> LoadConfig:
         if not isinstance(st, Mapping):
             raise tab.err(f"stages[{i}]", "expected a table like {duration = '10s', rate = 100}")
         stage = Table(st, file, f"load.stages[{i}].")
+        if "duration" not in st:  # else a default of 0 s said only "the stages must last > 0 s in total"
+            raise stage.err("duration", "missing: each stage needs a duration (e.g. '30s') and a rate")
         stages.append((stage.duration("duration", 0.0), stage.number("rate", 0.0, maximum=MAX_RATE)))
         stage.done()
     max_in_flight = tab.integer("max_in_flight", 0, maximum=10 * MAX_CONCURRENCY)

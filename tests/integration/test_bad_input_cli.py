@@ -133,6 +133,18 @@ MASTER = ["run", QUICK, "-q", "--locust-master"]
     (["run", "--url", "http://127.0.0.1:9/x", "--body", ".", "-q"], ("data.body", "is a directory")),
     (["run", str(ROOT / "scenarios" / "kserve.toml"), "-q", "--set", "target.model_name=''"],
      ("target.model_name", "got an empty string")),
+    # ... an empty --url was "give a scenario file", an empty --out the default path (the run went ahead) ...
+    (["run", "--url", "", "--body", "b.json", "-q"], ("--url", "must not be empty")),
+    (["calibrate", "--url", ""], ("--url", "must not be empty")),
+    (["data", "ccfraud", "--out", ""], ("--out", "must not be empty")),
+    (["merge", "a.arrow", "b.arrow", "-o", ""], ("--out", "must not be empty")),
+    # ... `-d -1s` was "expected one argument", and `-d=-1s` "cannot read '-1s' as a duration" ...
+    (["run", QUICK, "-q", "-d", "-1s"], ("load.duration", "must be >= 0, got '-1s'")),
+    (["run", QUICK, "-q", "-d=-1s"], ("load.duration", "must be >= 0, got '-1s'")),
+    # ... a stage without a duration "must last > 0 s in total", a bare `bench data` the whole usage block
+    (["run", QUICK, "-q", "--set", "load.stages=[{rate=10}]", "--set", "load.concurrency=0"],
+     ("load.stages[0].duration", "missing")),
+    (["data"], ("bench data", "DATASET", "ccfraud")),
 ])
 def test_bad_flag_and_emulator_values(tmp_path: Path, argv: list[str], words: tuple[str, ...]) -> None:
     proc = bench(*argv, "--out", str(tmp_path / "r.arrow"), cwd=tmp_path) if argv[0] == "run" else \
@@ -198,6 +210,12 @@ def test_a_token_file_that_is_a_fifo_is_refused(tmp_path: Path, endless: dict[st
         f'duration = "1s"\n[auth]\nkind = "static"\ntoken_file = "{fifo}"\n')
     proc = bench("run", "s.toml", "-q", "--out", str(tmp_path / "r.arrow"), cwd=tmp_path, timeout=30)
     assert_input_error(proc, "auth.token_file", f"{fifo}: is a FIFO, not a file")
+
+
+def test_an_empty_out_is_refused_not_the_default_path(tmp_path: Path) -> None:
+    """`--out ''` (an unset shell variable) ran the load and wrote the report under reports/ instead."""
+    assert_input_error(bench("run", QUICK, "-q", "-d", "1s", "--out", "", cwd=tmp_path), "--out", "must not be empty")
+    assert not (tmp_path / "reports").exists()
 
 
 def test_calibrate_refuses_connections_beyond_the_open_file_limit(tmp_path: Path) -> None:
