@@ -39,6 +39,7 @@ import anyio
 import orjson
 
 from bench.errors import InputError
+from bench.inpath import read_input
 
 if TYPE_CHECKING:
     from bench.prepared import Prepared
@@ -206,12 +207,9 @@ class Checkpoint:
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError("no such checkpoint file", file=str(path)) from None
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", file=str(path)) from None
+    if not path.exists():
+        raise InputError("no such checkpoint file", file=str(path))
+    data = read_input(path)
     out = []
     for line in data.split(b"\n"):
         if not line.strip():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 import typing
 from collections.abc import Sequence
@@ -24,6 +25,13 @@ COMMANDS = ("run", "serve", "data", "report", "compare", "merge", "calibrate", "
 class _Parser(argparse.ArgumentParser):
     """A usage mistake (`-c abc`, an unknown flag) is one line on stderr and exit 2, like every other bad input;
     argparse's default printed the whole usage block (15 lines for `bench run`) before it."""
+
+    def __init__(self, *args: typing.Any, **kwargs: typing.Any) -> None:
+        super().__init__(*args, **kwargs)
+        # `-d -1s` is a negative duration, not an unknown option `-1s` ("expected one argument"): a value that
+        # starts with a minus and a digit is a value, so its own check can say what is wrong with it (no option
+        # of bench's looks like that). Subparsers are made of this class too.
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(EXIT_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

@@ -19,6 +19,7 @@ import pyarrow as pa
 from bench.csvdata import feature_matrix
 from bench.datacheck import check_names
 from bench.errors import InputError
+from bench.inpath import input_file
 
 __all__ = ["CCFRAUD_FEATURES", "generate_ccfraud", "read_dataset", "records_from_table", "write_dataset"]
 
@@ -40,11 +41,8 @@ def _suffix(path: Path) -> str:
 
 def read_dataset(path: str | Path, column: str = "tensor") -> pa.Table:
     """Read a dataset by extension (Arrow files are told apart from streams by their magic bytes)."""
-    p = Path(path)
+    p = input_file(path)  # a FIFO or a device would be read forever
     file = str(p)
-    if not p.is_file():
-        raise InputError("file not found" if not p.exists() else "is a directory" if p.is_dir() else
-                         "not a regular file", file=file)
     suffix = _suffix(p)
     try:
         if suffix in _JSON_SUFFIXES:

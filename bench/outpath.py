@@ -15,16 +15,9 @@ import stat
 from pathlib import Path
 
 from bench.errors import InputError
+from bench.inpath import node_kind as _kind
 
 __all__ = ["check_output_dir", "check_report_path", "output_file", "refuse_overwriting_inputs"]
-
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-
-
-def _kind(mode: int) -> str:
-    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
-
 
 def output_file(path: str | Path, *, flag: str | None = None, stream: bool = False) -> Path:
     """The regular file that writing ``path`` must replace or create: ``path`` itself, or the file a symlink there

@@ -27,6 +27,7 @@ from bench.config.reader import Table, check_url, type_name
 from bench.config.slo import SloObjectives, slo_from_mapping
 from bench.config.wallaroo import EMBEDDED_PLACEHOLDER, PreflightConfig, preflight_config_from_mapping
 from bench.errors import InputError
+from bench.inpath import input_problem, read_input
 from bench.secrets import (
     credential_header_problem,
     env_name_problem,
@@ -183,14 +184,7 @@ def _type(value: object) -> str:
 def read_scenario_file(path: str | Path) -> dict[str, Any]:
     """The TOML document of a scenario file; a missing or unreadable file or bad TOML is an InputError."""
     file = str(path)
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise InputError("file not found", file=file) from None
-    except IsADirectoryError:
-        raise InputError("is a directory, not a scenario file", file=file) from None
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", file=file) from None
+    raw = read_input(path)  # not a FIFO or /dev/zero: those never end
     try:
         text = raw.decode("utf-8-sig")  # a BOM (Windows Notepad) is no TOML error: "Invalid statement" at 1:1
     except UnicodeDecodeError as exc:
@@ -448,8 +442,9 @@ def _parse_data(t: Mapping[str, Any], file: str, base_dir: Path, target: TargetC
     resolved = (base_dir / path) if path else None
     body_path = (base_dir / body) if body else None
     for key, p in (("path", resolved), ("body", body_path)):
-        if p is not None and not p.is_file():
-            raise tab.err(key, f"{'is a directory' if p.is_dir() else 'file not found'}: {p}")
+        problem = None if p is None else input_problem(p)
+        if problem is not None:
+            raise tab.err(key, f"{p}: {problem}")
     return DataConfig(path=resolved, column=column, rows_per_request=rows, generate_rows=generate, seed=seed,
                       body=body_path)
 
@@ -470,6 +465,8 @@ def _parse_load(t: Mapping[str, Any], file: str) -> LoadConfig:
         if not isinstance(st, Mapping):
             raise tab.err(f"stages[{i}]", "expected a table like {duration = '10s', rate = 100}")
         stage = Table(st, file, f"load.stages[{i}].")
+        if "duration" not in st:  # else a default of 0 s said only "the stages must last > 0 s in total"
+            raise stage.err("duration", "missing: each stage needs a duration (e.g. '30s') and a rate")
         stages.append((stage.duration("duration", 0.0), stage.number("rate", 0.0, maximum=MAX_RATE)))
         stage.done()
     max_in_flight = tab.integer("max_in_flight", 0, maximum=10 * MAX_CONCURRENCY)

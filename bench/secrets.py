@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
 
 # the rules shared with the engines (re-exported)
 from bench.headers import header_value_problem, host_value_problem, reserved_header_problem
+from bench.inpath import input_problem
 
 if TYPE_CHECKING:
     from bench.prepared import Prepared
@@ -302,8 +303,8 @@ def scrubber_for(prepared: Prepared, environ: Mapping[str, str] | None = None) -
             values.append(env[name])
 
     def from_file(path: object) -> None:
-        if isinstance(path, str | os.PathLike):
-            with contextlib.suppress(OSError):
+        if isinstance(path, str | os.PathLike) and input_problem(os.fspath(path)) is None:  # not a FIFO (it
+            with contextlib.suppress(OSError):  # blocks): the token reader refuses it
                 values.append(Path(path).read_text(encoding="utf-8", errors="replace").strip())
 
     from_env(sc.target.token_env)

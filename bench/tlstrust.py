@@ -16,6 +16,8 @@ import ssl
 import sys
 from dataclasses import dataclass
 
+from bench.inpath import input_problem
+
 __all__ = ["UNTRUSTED_HINT", "TlsTrust", "ca_bundle_problem", "client_context", "untrusted"]
 
 UNTRUSTED_HINT = "its certificate is not trusted: give its CA with --ca-bundle or [engine] ca_bundle"
@@ -46,6 +48,9 @@ def client_context(verify: bool, ca_bundle: str | None, cls: type[ssl.SSLContext
 def ca_bundle_problem(path: str) -> str | None:
     """Why ``path`` cannot serve as a trust root (None when it loads): checked when the scenario is read, so a
     wrong path is one line and exit 2, not a traceback when the first connection opens."""
+    problem = input_problem(path)
+    if problem is not None and problem != "file not found":  # a FIFO or a device: ssl would read it forever
+        return f"{path}: {problem}"
     try:
         ssl.create_default_context(cafile=path)
     except FileNotFoundError:

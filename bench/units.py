@@ -27,6 +27,8 @@ def parse_duration(value: object) -> float:
                     break
                 seconds += float(m.group(1)) * _FACTORS[m.group(2)]
                 pos = m.end()
+            if text.startswith("-") and text[1:] and _is_duration(text[1:]):
+                raise ValueError(f"duration must be >= 0, got {value!r}") from None
             if pos != len(text) or not text:
                 raise ValueError(f"cannot read {value!r} as a duration (use e.g. '10s', '500ms', '2m')") from None
     else:
@@ -34,6 +36,14 @@ def parse_duration(value: object) -> float:
     if seconds < 0 or seconds != seconds or seconds == float("inf"):
         raise ValueError(f"duration must be a finite number >= 0, got {value!r}")
     return seconds
+
+
+def _is_duration(text: str) -> bool:
+    try:
+        parse_duration(text)
+    except ValueError:
+        return False
+    return True
 
 
 def format_duration(seconds: float) -> str:

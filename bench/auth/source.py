@@ -25,6 +25,7 @@ import httpx
 from bench.auth.redaction import Redactor
 from bench.config.auth import AuthConfig
 from bench.errors import InputError, RunInvalid
+from bench.inpath import input_file
 from bench.secrets import header_value_problem
 from bench.tlstrust import UNTRUSTED_HINT, untrusted
 
@@ -196,6 +197,8 @@ class TokenSource:
 
     def _read_static(self, env: Mapping[str, str]) -> str:
         if self._cfg.token_file is not None:
+            if self._cfg.token_file.exists():  # a FIFO or a device is not read (forever); a missing file: below
+                input_file(self._cfg.token_file, file=self._file, key="auth.token_file")
             try:
                 token = self._cfg.token_file.read_text(encoding="utf-8").strip()
             except OSError as exc:

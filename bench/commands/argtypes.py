@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["MAX_SEED", "duration", "listen_port", "port", "seed"]
+__all__ = ["MAX_SEED", "duration", "listen_port", "not_empty", "port", "seed"]
 
 MAX_SEED = 2**32 - 1  # as the scenario's load.seed and data.seed
 
@@ -63,3 +63,11 @@ def duration(text: str) -> float:
     if seconds > MAX_DURATION_S:
         raise argparse.ArgumentTypeError(f"must be at most {MAX_DURATION_S:g} s, got {seconds:g} s")
     return seconds
+
+
+def not_empty(text: str) -> str:
+    """A path or URL that must be given: '' (an unset shell variable) silently fell back to a default path, or
+    was taken for no --url at all."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text

@@ -33,11 +33,12 @@ def _at_least_one(text: str) -> int:
 
 
 def register(subparsers: Any) -> None:
-    from bench.commands.argtypes import duration
+    from bench.commands.argtypes import duration, not_empty
 
     p = subparsers.add_parser("calibrate", help="measure this machine's load-generation ceiling (req/s per core)",
                               description=__doc__)
-    p.add_argument("--url", help="target URL (loopback only unless --allow-remote); default: a built-in sink")
+    p.add_argument("--url", type=not_empty, help="target URL (loopback only unless --allow-remote); default: a "
+                   "built-in sink")
     p.add_argument("--engine", choices=("auto", "fast", "httpx"), default="auto",
                    help="auto: fast for HTTP/1.1, h2 for HTTP/2; httpx: the reference engine")
     p.add_argument("--http2", action="store_true",
@@ -257,10 +258,9 @@ def run(args: argparse.Namespace) -> int:
         if problem is not None:
             raise InputError(problem, key="--ca-bundle")
     if args.body is not None:
-        try:
-            body = args.body.read_bytes()
-        except OSError as exc:
-            raise InputError(f"cannot read: {exc.strerror}", file=str(args.body)) from None
+        from bench.inpath import read_input
+
+        body = read_input(args.body)
     else:
         body = default_body()
     cores = _cores()

@@ -24,6 +24,8 @@ __all__ = ["register"]
 
 
 def register(sub: Any) -> None:
+    from bench.commands.argtypes import not_empty
+
     p: argparse.ArgumentParser = sub.add_parser(
         "capacity", help="find the highest load that meets an SLO, and the replicas a target rate needs",
         description="Sweep open-loop constant-rate steps (grow ×2, then bisect) against the scenario's target. "
@@ -47,7 +49,7 @@ def register(sub: Any) -> None:
                                                   "highest load under the SLO) as a self-contained HTML page")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override a scenario key, e.g. --set emulator.replicas=2")
-    p.add_argument("--out", "-o", help="output directory (default reports/<UTC time>-<name>-capacity)")
+    p.add_argument("--out", "-o", type=not_empty, help="output directory (default reports/<UTC time>-<name>-capacity)")
     p.add_argument("--json", action="store_true", help="print the capacity summary as one JSON object on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="no live progress line")
     p.add_argument("--no-preflight", action="store_true", help="skip the Wallaroo deployment status check")

@@ -23,7 +23,7 @@ def _rows(text: str) -> int:
 
 
 def register(subparsers: Any) -> None:
-    from bench.commands.argtypes import seed
+    from bench.commands.argtypes import not_empty, seed
 
     parser = subparsers.add_parser("data", help="generate datasets (synthetic ccfraud)",
                                    description="Generate datasets for load tests.")
@@ -36,16 +36,9 @@ def register(subparsers: Any) -> None:
     cc.add_argument("--rows", type=_rows, default=1001, help="number of rows, 1 to "
                     f"{MAX_ROWS:,} (default 1001, like the tutorials)")
     cc.add_argument("--seed", type=seed, default=42, help="random seed (default 42)")
-    cc.add_argument("--out", required=True, help="output file; its extension picks the format")
+    cc.add_argument("--out", required=True, type=not_empty, help="output file; its extension picks the format")
     cc.set_defaults(func=_ccfraud)
-    parser.set_defaults(func=lambda args: _usage(parser))
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    from bench.errors import EXIT_INPUT
-
-    parser.print_help()
-    return EXIT_INPUT
+    parser.set_defaults(func=lambda args: parser.error("give a DATASET: ccfraud"))  # one line, exit 2
 
 
 def _ccfraud(args: argparse.Namespace) -> int:

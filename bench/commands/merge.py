@@ -9,6 +9,8 @@ __all__ = ["register"]
 
 
 def register(subparsers: Any) -> None:
+    from bench.commands.argtypes import not_empty
+
     p = subparsers.add_parser("merge", help="merge reports from runs made at the same time (hosts/processes)",
                               description="Exactly merge histograms, per-second series (aligned by wall-clock "
                               "second), counters and errors of several reports into one. Refuses (exit 2) "
@@ -16,7 +18,7 @@ def register(subparsers: Any) -> None:
                               "made at the same time (each run's measured window must share at least half of the "
                               "shorter with the others'), unless --force.")
     p.add_argument("reports", nargs="+", metavar="REPORT.arrow")
-    p.add_argument("-o", "--out", required=True, metavar="ALL.arrow", help="merged report to write")
+    p.add_argument("-o", "--out", required=True, type=not_empty, metavar="ALL.arrow", help="merged report to write")
     p.add_argument("--force", action="store_true", help="merge reports that do not belong together (different "
                    "scenarios, load modes or targets, one run given twice, or runs not made at the same time); the "
                    "reason is printed and kept in the merged report")

@@ -10,11 +10,14 @@ __all__ = ["register"]
 
 
 def register(sub: Any) -> None:
+    from bench.commands.argtypes import not_empty
+
     p: argparse.ArgumentParser = sub.add_parser(
         "recover", help="turn a killed run's checkpoint into a report (marked partial)",
         description="FILE is the killed run's --out report path, or its checkpoint (.NAME.arrow.checkpoint).")
     p.add_argument("file", help="the report path the killed run was writing, or its checkpoint file")
-    p.add_argument("--out", "-o", help="where to write the recovered report (default: the run's report path)")
+    p.add_argument("--out", "-o", type=not_empty, help="where to write the recovered report (default: the run's "
+                   "report path)")
     p.set_defaults(func=_main)
 
 

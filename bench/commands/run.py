@@ -9,11 +9,13 @@ __all__ = ["register"]
 
 
 def register(sub: Any) -> None:
+    from bench.commands.argtypes import not_empty
+
     p: argparse.ArgumentParser = sub.add_parser(
         "run", help="apply load to an endpoint and write a report",
         description="Run a scenario file, or an ad-hoc load against --url with --body.")
     p.add_argument("scenario", nargs="?", help="scenario TOML file")
-    p.add_argument("--url", help="ad hoc: POST --body to this URL (or 'embedded')")
+    p.add_argument("--url", type=not_empty, help="ad hoc: POST --body to this URL (or 'embedded')")
     p.add_argument("--body", help="ad hoc: request body file")
     p.add_argument("--header", "-H", action="append", default=[], metavar="'K: V'", help="ad hoc: extra header")
     p.add_argument("--header-env", action="append", default=[], metavar="'K: VAR'",
@@ -43,7 +45,7 @@ def register(sub: Any) -> None:
                    "client or request), or 'auto' (one per CPU, capped likewise)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override a scenario key, e.g. --set load.concurrency=16")
-    p.add_argument("--out", "-o", help="report path (default reports/<UTC time>-<name>.arrow)")
+    p.add_argument("--out", "-o", type=not_empty, help="report path (default reports/<UTC time>-<name>.arrow)")
     p.add_argument("--raw", action="store_true", help="also store the per-request log in the report")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")

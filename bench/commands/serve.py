@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["register"]
+__all__ = ["EMBEDDED_GRACE_S", "register"]
+
+# the embedded emulator's graceful shutdown: its parent stops it once the run (drain included) is over, so what is
+# still in flight then is abandoned already; waiting longer only delays the run's exit
+EMBEDDED_GRACE_S = 0.25
 
 # flag dest -> EmulatorConfig field
 _FIELDS = {
@@ -149,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"refusing to bind non-loopback address {config.host!r} (add --allow-remote)",
                          key="--host")
     try:
-        serve(config)
+        serve(config, grace_s=EMBEDDED_GRACE_S if args.config_stdin else None)
     except OSError as exc:
         raise InputError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
                          key="--port") from None

@@ -68,8 +68,14 @@ def _announce(config: EmulatorConfig, sock: socket.socket) -> Callable[[], None]
     return announce
 
 
-def serve(config: EmulatorConfig) -> None:
-    """Run until SIGTERM/SIGINT. Blocks."""
+def serve(config: EmulatorConfig, *, grace_s: float | None = None) -> None:
+    """Run until SIGTERM/SIGINT. Blocks.
+
+    ``grace_s`` bounds the graceful shutdown: requests still in flight after it are cancelled (None: the server's
+    own default — uvicorn waits for them forever, hypercorn 3 s). The embedded emulator passes a short one: a
+    handler that never answers (a huge ``latency_ms``, a ``stall`` fault) held its parent's run past
+    duration + drain until the parent's SIGKILL, and nobody waits for those answers once the run is over.
+    """
     from bench.emulator.app import build_app
 
     app: Callable[..., Any] = build_app(config)
@@ -81,11 +87,11 @@ def serve(config: EmulatorConfig) -> None:
             from bench.emulator.faults import FaultMiddleware
 
             app = FaultMiddleware(app, plan, _received_counter(app))
-        _serve_hypercorn(app, sock, announce)
+        _serve_hypercorn(app, sock, announce, grace_s)
     elif plan is not None:
-        _serve_faults(app, plan, sock, announce)
+        _serve_faults(app, plan, sock, announce)  # its close() drops every connection at once: no grace
     else:
-        _serve_uvicorn(app, sock, announce)
+        _serve_uvicorn(app, sock, announce, grace_s)
 
 
 def _fault_plan(config: EmulatorConfig, app: Any) -> Any:
@@ -131,7 +137,8 @@ def _serve_faults(app: Any, plan: Any, sock: socket.socket, announce: Callable[[
         sock.close()
 
 
-def _serve_uvicorn(app: Callable[..., Any], sock: socket.socket, announce: Callable[[], None]) -> None:
+def _serve_uvicorn(app: Callable[..., Any], sock: socket.socket, announce: Callable[[], None],
+                   grace_s: float | None) -> None:
     import uvicorn
 
     class _Server(uvicorn.Server):
@@ -141,8 +148,11 @@ def _serve_uvicorn(app: Callable[..., Any], sock: socket.socket, announce: Calla
                 announce()
 
     loop = "uvloop" if _has_uvloop() else "asyncio"
+    # uvicorn takes whole seconds: rounded down (it already gives connections 0.1 s after asking them to close)
+    grace = None if grace_s is None else max(int(grace_s), 0)
     cfg = uvicorn.Config(app, loop=loop, http="httptools", access_log=False, log_level="warning",
-                         lifespan="off", server_header=False, date_header=False)
+                         lifespan="off", server_header=False, date_header=False,
+                         timeout_graceful_shutdown=grace)
     try:
         _Server(cfg).run(sockets=[sock])
     except KeyboardInterrupt:
@@ -151,7 +161,8 @@ def _serve_uvicorn(app: Callable[..., Any], sock: socket.socket, announce: Calla
         sock.close()
 
 
-def _serve_hypercorn(app: Callable[..., Any], sock: socket.socket, announce: Callable[[], None]) -> None:
+def _serve_hypercorn(app: Callable[..., Any], sock: socket.socket, announce: Callable[[], None],
+                     grace_s: float | None) -> None:
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
 
@@ -167,6 +178,8 @@ def _serve_hypercorn(app: Callable[..., Any], sock: socket.socket, announce: Cal
     # connections must not see that as an endpoint fault
     cfg.keep_alive_max_requests = 2**62
     cfg.h2_max_concurrent_streams = 1000
+    if grace_s is not None:
+        cfg.graceful_timeout = grace_s
 
     async def main() -> None:
         stop = asyncio.Event()

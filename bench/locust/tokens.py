@@ -19,6 +19,7 @@ import orjson
 from geventhttpclient import HTTPClient
 
 from bench.errors import InputError, RunInvalid
+from bench.inpath import input_problem
 
 __all__ = ["UserTokens"]
 
@@ -38,7 +39,8 @@ class UserTokens:
         self._issued: set[str] = set()  # every token this process held (one per refresh): scrubbed from reports
         if cfg.kind == "static":
             token = (env.get(cfg.token_env, "") if cfg.token_env else
-                     cfg.token_file.read_text().strip() if cfg.token_file and cfg.token_file.exists() else "")
+                     cfg.token_file.read_text().strip() if cfg.token_file and input_problem(cfg.token_file) is None
+                     else "")
             if not token:
                 raise InputError(f"no token in {cfg.token_env or cfg.token_file}", file=file, key="auth.token_env")
             self._issued.add(token)

@@ -19,6 +19,7 @@ import pyarrow.ipc
 
 from bench.capacity import highest_pass, knee_index
 from bench.errors import InputError
+from bench.inpath import input_file, input_problem
 from bench.report.model import Report
 from bench.report.writer import write_arrow_file
 
@@ -154,6 +155,8 @@ def step_from_report(step: int, offered: float, report: Report, *, verdict: str,
 
 def is_capacity_report(path: Path | str) -> bool:
     """True when ``path`` is an Arrow file carrying capacity-report metadata (False for anything else)."""
+    if input_problem(path) is not None:  # a FIFO or a device is no report (and would be read forever)
+        return False
     try:
         md = pyarrow.ipc.open_file(str(path)).schema.metadata or {}
     except (pa.ArrowException, OSError, ValueError):
@@ -163,7 +166,7 @@ def is_capacity_report(path: Path | str) -> bool:
 
 def read_capacity_report(path: Path | str) -> CapacityReport:
     """Load a capacity report. Raises InputError (one line) for anything that is not a readable one."""
-    path = Path(path)
+    path = input_file(path)
     where = str(path)
     try:
         reader = pyarrow.ipc.open_file(str(path))

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.ipc
 
 from bench.errors import InputError
+from bench.inpath import input_file
 from bench.report.model import (
     SCHEMA_VERSION,
     ErrorCount,
@@ -48,6 +49,7 @@ def _open(path: Path) -> pyarrow.ipc.RecordBatchFileReader:
         raise InputError("no such file", file=str(path))
     if path.is_dir():
         raise InputError("is a directory, not a report file", file=str(path))
+    input_file(path)  # a FIFO or a device: pyarrow would wait on it forever
     try:
         reader = pyarrow.ipc.open_file(str(path))
     except _BAD as exc:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -25,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def bench(*args: str, cwd: Path, env: dict[str, str] | None = None,
-          preexec_fn: Callable[[], None] | None = None) -> subprocess.CompletedProcess[str]:
+          preexec_fn: Callable[[], None] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
                           preexec_fn=preexec_fn)
 
 
@@ -132,12 +133,89 @@ MASTER = ["run", QUICK, "-q", "--locust-master"]
     (["run", "--url", "http://127.0.0.1:9/x", "--body", ".", "-q"], ("data.body", "is a directory")),
     (["run", str(ROOT / "scenarios" / "kserve.toml"), "-q", "--set", "target.model_name=''"],
      ("target.model_name", "got an empty string")),
+    # ... an empty --url was "give a scenario file", an empty --out the default path (the run went ahead) ...
+    (["run", "--url", "", "--body", "b.json", "-q"], ("--url", "must not be empty")),
+    (["calibrate", "--url", ""], ("--url", "must not be empty")),
+    (["data", "ccfraud", "--out", ""], ("--out", "must not be empty")),
+    (["merge", "a.arrow", "b.arrow", "-o", ""], ("--out", "must not be empty")),
+    # ... `-d -1s` was "expected one argument", and `-d=-1s` "cannot read '-1s' as a duration" ...
+    (["run", QUICK, "-q", "-d", "-1s"], ("load.duration", "must be >= 0, got '-1s'")),
+    (["run", QUICK, "-q", "-d=-1s"], ("load.duration", "must be >= 0, got '-1s'")),
+    # ... a stage without a duration "must last > 0 s in total", a bare `bench data` the whole usage block
+    (["run", QUICK, "-q", "--set", "load.stages=[{rate=10}]", "--set", "load.concurrency=0"],
+     ("load.stages[0].duration", "missing")),
+    (["data"], ("bench data", "DATASET", "ccfraud")),
 ])
 def test_bad_flag_and_emulator_values(tmp_path: Path, argv: list[str], words: tuple[str, ...]) -> None:
     proc = bench(*argv, "--out", str(tmp_path / "r.arrow"), cwd=tmp_path) if argv[0] == "run" else \
         bench(*argv, cwd=tmp_path)
     assert_input_error(proc, *words)
     assert not (tmp_path / "x.arrow").exists()
+
+
+@pytest.fixture
+def endless(tmp_path: Path) -> Iterator[dict[str, Path]]:
+    """Inputs that never end: a FIFO whose writer (this test) never closes, and a character device with /dev/zero's
+    numbers, made under tmp_path (never the real /dev/zero)."""
+    fifo, zero = tmp_path / "fifo", tmp_path / "zero"
+    os.mkfifo(fifo)
+    os.mknod(zero, stat.S_IFCHR | 0o600, os.makedev(1, 5))
+    writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # a writer that stays: a read of the FIFO never sees EOF
+    try:
+        yield {"fifo": fifo, "zero": zero}
+    finally:
+        os.close(writer)
+
+
+def _memory_cap() -> None:
+    """The old code read the device until memory ran out: a cap makes that a quick failure, not a swapping host."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+
+_ENDLESS = "http://127.0.0.1:9/x"
+
+
+@pytest.mark.parametrize(("node", "argv", "words"), [
+    ("zero", ["run", "{node}"], ("{node}: is a character device, not a file",)),
+    ("fifo", ["run", "{node}"], ("{node}: is a FIFO, not a file",)),
+    ("zero", ["run", QUICK, "--set", 'data.path="{node}"'], ("data.path: {node}: is a character device",)),
+    ("fifo", ["run", "--url", _ENDLESS, "--body", "{node}"], ("data.body: {node}: is a FIFO",)),
+    ("fifo", ["run", QUICK, "--set", 'engine.ca_bundle="{node}"'], ("engine.ca_bundle", "{node}: is a FIFO")),
+    ("fifo", ["report", "{node}"], ("{node}: is a FIFO, not a file",)),
+    ("fifo", ["compare", "{node}", "{node}"], ("{node}: is a FIFO, not a file",)),
+    ("fifo", ["calibrate", "--url", _ENDLESS, "--body", "{node}"], ("{node}: is a FIFO, not a file",)),
+    ("fifo", ["recover", "{ckpt}"], ("is a FIFO, not a file",)),
+])
+def test_endless_inputs_are_refused_up_front(tmp_path: Path, endless: dict[str, Path], node: str,
+                                             argv: list[str], words: tuple[str, ...]) -> None:
+    """`bench run /dev/zero` read forever, memory growing, and a FIFO blocked the read (input audit)."""
+    path = endless[node]
+    if argv[0] == "recover":  # the checkpoint beside run.arrow is the FIFO
+        os.rename(path, tmp_path / ".run.arrow.checkpoint")
+    fill = {"node": str(path), "ckpt": str(tmp_path / "run.arrow")}
+    args = [a.format(**fill) for a in argv]
+    if args[0] == "run":
+        args += ["-q", "-d", "1s", "--out", str(tmp_path / "r.arrow")]
+    proc = bench(*args, cwd=tmp_path, preexec_fn=_memory_cap, timeout=30)
+    assert_input_error(proc, *(w.format(**fill) for w in words))
+
+
+def test_a_token_file_that_is_a_fifo_is_refused(tmp_path: Path, endless: dict[str, Path]) -> None:
+    fifo = endless["fifo"]
+    (tmp_path / "b.json").write_text("{}")
+    (tmp_path / "s.toml").write_text(
+        f'[target]\nkind = "http"\nurl = "{_ENDLESS}"\n[data]\nbody = "b.json"\n[load]\nconcurrency = 1\n'
+        f'duration = "1s"\n[auth]\nkind = "static"\ntoken_file = "{fifo}"\n')
+    proc = bench("run", "s.toml", "-q", "--out", str(tmp_path / "r.arrow"), cwd=tmp_path, timeout=30)
+    assert_input_error(proc, "auth.token_file", f"{fifo}: is a FIFO, not a file")
+
+
+def test_an_empty_out_is_refused_not_the_default_path(tmp_path: Path) -> None:
+    """`--out ''` (an unset shell variable) ran the load and wrote the report under reports/ instead."""
+    assert_input_error(bench("run", QUICK, "-q", "-d", "1s", "--out", "", cwd=tmp_path), "--out", "must not be empty")
+    assert not (tmp_path / "reports").exists()
 
 
 def test_calibrate_refuses_connections_beyond_the_open_file_limit(tmp_path: Path) -> None:

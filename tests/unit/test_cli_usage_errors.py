@@ -10,7 +10,7 @@ from bench.cli import main
 
 @pytest.mark.parametrize(("argv", "words"), [
     (["run", "-c", "abc", "s.toml"], ("bench run", "--concurrency", "'abc'")),
-    (["run", "-d", "-3s", "s.toml"], ("bench run", "--duration")),
+    (["run", "s.toml", "-d"], ("bench run", "--duration")),
     (["capacity", "s.toml", "--target-rps", "many"], ("bench capacity", "--target-rps")),
     (["serve", "--port", "http"], ("bench serve", "--port")),
     (["run", "s.toml", "--no-such-flag"], ("unrecognized arguments", "--no-such-flag")),
@@ -41,3 +41,12 @@ def test_shared_flag_types_accept_what_the_scenario_accepts(argv: list[str], des
     from bench.cli import build_parser
 
     assert getattr(build_parser().parse_args(argv), dest) == value
+
+
+@pytest.mark.parametrize("value", ["-3s", "-1", "-0.5", "-1m30s"])
+def test_a_negative_value_is_a_value_not_an_option(value: str) -> None:
+    """`-d -3s` was "expected one argument" (argparse took `-3s` for an option): now the value reaches its check,
+    which says what is wrong with it (load.duration: must be >= 0)."""
+    from bench.cli import build_parser
+
+    assert build_parser().parse_args(["run", "s.toml", "-d", value]).duration == value

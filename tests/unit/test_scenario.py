@@ -125,6 +125,9 @@ def test_parse_duration_compound_and_errors() -> None:
     for bad in ("10 parsecs", "-1s", "", True):
         with pytest.raises(ValueError):
             parse_duration(bad)
+    for negative in ("-1s", "-1m30s", "-0.5"):  # a negative duration is called that, not "cannot read"
+        with pytest.raises(ValueError, match=f"must be .*>= 0, got '{negative}'"):
+            parse_duration(negative)
 
 
 OPEN = (BASE.replace("concurrency = 4", 'rate = 20.0\narrival = "poisson"\nmax_in_flight = 32')
