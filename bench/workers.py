@@ -76,8 +76,9 @@ def hand_off(prepared: Prepared, ep: Endpoints, *, worker: tuple[int, int], star
                  start_at_wall=start_at_wall, raw=raw, checkpoint=checkpoint, run_id=run_id)
 
 
-def run_share(share: Share) -> Any:
+def run_share(share: Share, controls: list[RunControl] | None = None) -> Any:
     """Run one share in this process: the part Report (not written; its raw log, if any, stays at ``share.raw``).
+    ``controls`` gets the run's RunControl (the parent watch reads whether a stop reached the load).
 
     Raises BenchError for bad input or an invalid run, like any run."""
     from bench.facts import build_report
@@ -89,7 +90,8 @@ def run_share(share: Share) -> Any:
     prepared = point_at(prepare(sc), share.endpoints)
     tag = {"run_id": share.run_id, "worker": list(share.worker)}
     ctl = RunControl(preflight=False, raw_path=share.raw, checkpoint_path=share.checkpoint, checkpoint_tag=tag)
-    _running.append(ctl)  # the parent watch sees whether a stop reached the load (ctl.interrupted)
+    if controls is not None:
+        controls.append(ctl)
     run, facts = run_once(prepared, ctl, start_at_wall=share.start_at_wall, worker=share.worker)
     facts.worker = share.worker
     report = build_report(prepared.scenario, run, facts, prepared.target_config)
@@ -282,10 +284,11 @@ def worker_main(argv: list[str] | None = None) -> int:
     out = Path(args[0])
     parent = int(args[1]) if len(args) > 1 else os.getppid()  # given: a parent dead before this line is seen
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # outside the load too: stop, never just vanish
-    _watch_parent(parent)
+    controls: list[RunControl] = []  # this worker's run, once it has one
+    _watch_parent(parent, controls)
     share = Share.from_json(sys.stdin.buffer.read())
     try:
-        report = run_share(share)
+        report = run_share(share, controls)
     except BenchError as exc:
         print(f"bench worker {share.worker[0]}: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -303,10 +306,7 @@ def worker_main(argv: list[str] | None = None) -> int:
 
 
 ORPHAN_GRACE_S = 60.0  # an orphaned worker's stop (drain, checkpoint) may take this long before it is ended
-_running: list[RunControl] = []  # this worker's run, once it has one
-
-
-def _watch_parent(parent: int) -> None:
+def _watch_parent(parent: int, controls: list[RunControl]) -> None:
     """Backs up PR_SET_PDEATHSIG: a parent killed while its workers started up left one waiting for the start
     instant, then loading the target (its SIGTERM landed while the event loop was being set up and nothing acted
     on it). A daemon thread polls the parent; a second after it is gone, a worker whose load was not told to
@@ -318,7 +318,7 @@ def _watch_parent(parent: int) -> None:
         while os.getppid() == parent:
             time.sleep(0.25)
         time.sleep(1.0)  # PR_SET_PDEATHSIG's SIGTERM is handled first
-        if not any(ctl.interrupted for ctl in _running):
+        if not any(ctl.interrupted for ctl in controls):
             os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(ORPHAN_GRACE_S)
         os._exit(EXIT_INTERRUPTED)
