@@ -83,6 +83,7 @@ def test_html_report_renders_in_chromium(tmp_path: Path) -> None:
     assert shot.exists() and shot.stat().st_size > 20_000  # a blank page compresses to a few kB
 
 
+@pytest.mark.slow  # seconds of real processes: in CI's slow step, out of the default run
 def test_html_shows_client_and_server_percentiles_side_by_side(tmp_path: Path) -> None:
     """A real KServe V2 run with [server_metrics] (the embedded emulator's /metrics): the page's latency table
     holds the client's service time and the server handler's percentiles in the same columns."""
@@ -104,6 +105,7 @@ def _other_timings(dom: str) -> dict[str, list[float]]:
             for label, cells in rows}
 
 
+@pytest.mark.slow  # seconds of real processes: in CI's slow step, out of the default run
 def test_html_shows_ubiops_batch_timings(tmp_path: Path) -> None:
     """A real UbiOps batch run: batch_e2e, queue and processing (terminal and --json only before) are a table
     on the page, with sane percentiles; the Markdown view has them too."""

@@ -59,6 +59,7 @@ def test_capacity_page_in_chromium(tmp_path: Path) -> None:
     _shot(page, tmp_path / "profile2", "capacity.png")
 
 
+@pytest.mark.slow  # seconds of real processes: in CI's slow step, out of the default run
 def test_server_percentiles_beside_client_in_chromium(tmp_path: Path) -> None:
     from bench.report.reader import read_report
     from bench.report.server_metrics import Scrape, add_server_metrics

@@ -7,7 +7,10 @@ import socket
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow  # seconds of real processes: in CI's slow step, out of the default run
 def test_calibrate_where_nothing_succeeds_exits_3_with_no_figures_made_up() -> None:
     """Every request refused: no latency, no ceiling (null / "—", never 0 or a figure of failures), exit 3."""
     with socket.socket() as s:  # a loopback port nothing listens on (bound, never listening: connects refused)

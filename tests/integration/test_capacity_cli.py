@@ -131,6 +131,7 @@ def judged_steps(out: Path) -> int:
         return 0
 
 
+@pytest.mark.slow  # seconds of real processes: in CI's slow step, out of the default run
 def test_ctrl_c_stops_the_sweep_and_writes_what_it_has(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     proc = subprocess.Popen([sys.executable, "-m", "bench", "capacity", "scenarios/capacity.toml", *KNOWN,

@@ -89,6 +89,7 @@ def test_markdown_over_a_compared_report_is_refused(runs: dict[str, Path], tmp_p
     assert new.read_bytes() == runs["again"].read_bytes()
 
 
+@pytest.mark.slow  # seconds of real processes: in CI's slow step, out of the default run
 def test_runs_of_another_load_are_refused_unless_forced(runs: dict[str, Path], tmp_path: Path) -> None:
     """`-c 8` against `-c 1` was judged "REGRESSION rps -77 %" without a word: a regression gate comparing two
     different tests. Refused (exit 2, one line naming what differs); --force compares and warns."""

@@ -215,6 +215,7 @@ def run_with_token(*args: str, token: str) -> subprocess.CompletedProcess[str]:
                           timeout=120, env={**os.environ, "BENCH_TEST_KSERVE_TOKEN": token})
 
 
+@pytest.mark.slow  # seconds of real processes: in CI's slow step, out of the default run
 def test_preflight_sends_the_auth_token_to_a_gateway(tmp_path: Path) -> None:
     """A V2 server behind a bearer-token gateway: the preflight's ready and metadata calls carry [auth]'s token
     (before, they went bare and the run failed with 401s), the run succeeds, and the token is never written."""

@@ -23,6 +23,7 @@ def echo() -> Iterator[str]:
         yield server.url
 
 
+@pytest.mark.slow  # seconds of real processes: in CI's slow step, out of the default run
 def test_worker_secret_never_leaves_the_worker(tmp_path: Path, echo: str) -> None:
     body = tmp_path / "body.json"
     body.write_text('[{"tensor": [1.0]}]')

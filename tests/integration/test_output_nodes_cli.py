@@ -46,6 +46,7 @@ def _refused(proc: subprocess.CompletedProcess[str], flag: str, path: Path) -> N
     assert "Traceback" not in proc.stderr and "embedded emulator" not in proc.stderr  # before any load
 
 
+@pytest.mark.slow  # seconds of real processes: in CI's slow step, out of the default run
 def test_devices_and_fifos_are_refused_and_symlinks_written_through(tmp_path: Path) -> None:
     target = tmp_path / "real.arrow"
     link = tmp_path / "latest.arrow"

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from bench.report.reader import read_report
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,6 +47,7 @@ def test_more_processes_than_the_load_splits_into_is_refused(tmp_path: Path) -> 
     assert not (tmp_path / "r.arrow").exists()
 
 
+@pytest.mark.slow  # seconds of real processes: in CI's slow step, out of the default run
 def test_shares_add_up_to_what_was_asked(tmp_path: Path) -> None:
     closed, opened = tmp_path / "closed.arrow", tmp_path / "open.arrow"
     proc = bench("run", *QUICK, "-c", "3", "-n", "5", "-d", "20s", "--processes", "2", "-o", str(closed))

@@ -126,6 +126,7 @@ def test_a_view_written_over_its_own_report_is_refused(passing_run: tuple[Path, 
     assert report.read_bytes() == before
 
 
+@pytest.mark.slow  # seconds of real processes: in CI's slow step, out of the default run
 def test_report_json_is_what_bench_run_json_printed(tmp_path: Path) -> None:
     """A stored run, read back by CI without re-running: the same JSON object, alone on stdout."""
     import json

@@ -60,6 +60,7 @@ def test_token_refresh_keeps_load_going_without_401(tmp_path: Path) -> None:
     assert "feature-secret-123" not in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # seconds of real processes: in CI's slow step, out of the default run
 def test_preflight_waits_for_running(tmp_path: Path) -> None:
     extra = '\n[wallaroo]\napi_url = "embedded"\nwait = "20s"\npoll_interval = "0.2s"\n'
     proc, _ = run(tmp_path, extra, "--set", "emulator.startup_s=1.5", "--quiet")
@@ -76,6 +77,7 @@ def test_preflight_gives_up_with_exit_3(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+@pytest.mark.slow  # seconds of real processes: in CI's slow step, out of the default run
 def test_two_processes_merge_into_one_report(tmp_path: Path) -> None:
     proc, out = run(tmp_path, "", "--processes", "2", "--raw")
     assert proc.returncode == 0, proc.stderr
@@ -109,6 +111,7 @@ def test_engines_against_the_emulator(tmp_path: Path, engine: str) -> None:
     assert summary["errors"] == 0
 
 
+@pytest.mark.slow  # seconds of real processes: in CI's slow step, out of the default run
 def test_slo_abort_on_fail_stops_early_and_exits_1(tmp_path: Path) -> None:
     extra = "\n[slo]\nerror_rate = 0.01\nabort_on_fail = true\n"
     proc, out = run(tmp_path, extra, "--set", "emulator.error_rate=0.3", duration="60s")

@@ -90,6 +90,7 @@ def _needles(values: list[str]) -> list[bytes]:
     return sorted(out, key=len, reverse=True)
 
 
+@pytest.mark.slow  # seconds of real processes: in CI's slow step, out of the default run
 @pytest.mark.parametrize("kind", ["client_credentials", "password"])
 def test_no_secret_in_anything_the_run_writes(tmp_path: Path, kind: str) -> None:
     client_secret = f"cs-{secrets.token_urlsafe(18)}"
@@ -354,6 +355,7 @@ def _unauthorized_echo_server() -> tuple[ThreadingHTTPServer, list[dict[str, str
     return ThreadingHTTPServer(("127.0.0.1", 0), Unauthorized), seen
 
 
+@pytest.mark.slow  # seconds of real processes: in CI's slow step, out of the default run
 def test_credentials_from_the_command_line_and_every_url_never_reach_anything_written(tmp_path: Path) -> None:
     token = "ey" + secrets.token_urlsafe(600)  # a JWT-sized token: never whole inside a 512-byte sample
     code = f"qc{secrets.token_hex(12)}"

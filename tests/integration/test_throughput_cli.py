@@ -51,6 +51,7 @@ def series_answers_per_s(path: Path) -> float:
     return sum(int(r["requests"]) for r in rows if r["section"] == "series" and r["second"] in (1, 2)) / 2.0
 
 
+@pytest.mark.slow  # seconds of real processes: in CI's slow step, out of the default run
 def test_an_open_loop_above_capacity_reports_answers_not_sends(tmp_path: Path) -> None:
     s, _, out = run(tmp_path, "rate = 150\nmax_in_flight = 1000", "--json")
     rps, sent = float(s["rps"]), float(s["sent_rps"])  # type: ignore[arg-type]

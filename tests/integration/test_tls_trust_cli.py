@@ -108,6 +108,7 @@ def test_ca_bundle_flag_of_an_ad_hoc_run_is_relative_to_where_it_was_typed(
     assert "--ca-bundle" in refused.stderr.strip().splitlines()[-1]  # and the error line says what to do
 
 
+@pytest.mark.slow  # seconds of real processes: in CI's slow step, out of the default run
 def test_calibrate_trusts_a_ca_bundle_and_says_what_to_do_without(
         serve_emulator: Callable[..., str], tls_proxy: Callable[[str], tuple[str, Path]], tmp_path: Path) -> None:
     """`bench calibrate --url https://...` against a private CA: with --ca-bundle it measures; without, every

@@ -248,6 +248,7 @@ async def test_rate_limit_count_mode_counts_429_and_records_headers() -> None:
     assert 15.0 in data.gauges["ratelimit_limit"].values()
 
 
+@pytest.mark.slow  # seconds of real processes: in CI's slow step, out of the default run
 @pytest.mark.anyio
 async def test_rate_limit_backoff_waits_for_the_reset() -> None:
     """Backoff on the fast engine: the send gate holds every slot once the window's remaining is spent, until

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pyarrow.ipc as ipc
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "Token emulator-ubiops-token"  # the emulator's default token (EmulatorConfig.ubiops_token)
@@ -83,6 +84,7 @@ def test_sigint_during_a_batch_run_cancels_what_is_pending(serve_emulator: Calla
     assert json.loads(stdout)["partial"] is True
 
 
+@pytest.mark.slow  # seconds of real processes: in CI's slow step, out of the default run
 def test_batch_timings_are_phased_like_their_requests_by_intended_time(tmp_path: Path) -> None:
     out = tmp_path / "p.arrow"
     proc = bench_run("scenarios/ubiops-batch.toml", "--set", 'load.duration="2s"', "--set", 'load.warmup="1s"',

@@ -206,6 +206,7 @@ def test_errors_the_client_expects(api: Any, serve_emulator: Callable[..., str])
     assert v2.deployment_requests_create(P, D, ROW).status == "completed"
 
 
+@pytest.mark.slow  # seconds of real processes: in CI's slow step, out of the default run
 def test_rate_limit_429_headers_and_the_clients_own_retry(embedded: Callable[..., Any]) -> None:
     emu = embedded(rate_limit_per_min=4, rate_limit_window_s=3.0)
     api = core_api(emu.base_url)

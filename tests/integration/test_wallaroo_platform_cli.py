@@ -82,6 +82,7 @@ def test_two_tokens_through_the_public_client_refresh_on_their_own_with_no_error
     assert PASSWORD not in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # seconds of real processes: in CI's slow step, out of the default run
 def test_service_account_inference_token_with_a_separate_mlops_user_token(tmp_path: Path) -> None:
     auth = """
 [auth]
