@@ -84,7 +84,6 @@ def parse_target(url: str, headers: Mapping[str, str] | None = None) -> Target:
     return Target(host, port, tls, path, host_header)
 
 
-
 def build_wires(requests: RequestSet, target: Target, headers: Mapping[str, str]) -> list[bytes]:
     """One complete request (head + body) per prepared body, ready for ``transport.write``."""
     head = request_head(requests, target, headers)

@@ -952,13 +952,11 @@ class H2Engine(CallbackEngine):
                     self._connect_failed(conn, _CONNECT_TIMEOUT, "the server sent no HTTP/2 SETTINGS within "
                                          f"{self.config.connect_timeout_s:g} s of connecting", conn.t_connect)
                     continue
-                if any(now - (st.sent or st.intended) > limit for st in conn.waiting):
-                    late: list[_Stream] = []
-                    keep: list[_Stream] = []
-                    for st in conn.waiting:
-                        (late if now - (st.sent or st.intended) > limit else keep).append(st)
-                    conn.waiting = keep  # (a closed-loop worker's next request joins it in _fail)
-                    for st in late:
+                waited = [st for st in conn.waiting if now - (st.sent or st.intended) > limit]
+                if waited:
+                    # (a closed-loop worker's next request joins the kept ones in _fail)
+                    conn.waiting = [st for st in conn.waiting if now - (st.sent or st.intended) <= limit]
+                    for st in waited:
                         if not st.sent:
                             st.sent = st.intended  # never on the wire: its service time is the wait
                         self._fail(st, _READ_TIMEOUT, f"{msg} (the server sent no HTTP/2 SETTINGS)",
