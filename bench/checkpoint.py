@@ -12,7 +12,8 @@ The file is JSON lines, append-only (a torn last line — the kill landed mid-wr
 
 A checkpoint costs one flush of the recorder and a few small histogram encodings a second, off the hot path
 (the recorder folds in batches anyway). The recovered report has totals, errors, counters, the per-second
-series and the latency histogram of ok requests (merged from the per-second ones; a second straddling the end
+series, each phase's answer span (so req/s is the rate answers came back, as in a finished run) and the latency
+histogram of ok requests (merged from the per-second ones; a second straddling the end
 of warm-up counts as measured); service-time, schedule-lag and error-latency histograms are not checkpointed
 and show as missing ("—").
 
@@ -349,7 +350,8 @@ def _build_report(path: Path, lines: list[dict[str, Any]]) -> Report:
                   phases=[Phase(WARMUP, 0.0, min(warmup_s, end_s)), Phase(MEASURED, min(warmup_s, end_s), end_s)],
                   partial=True, histograms=histograms, series=series, totals=totals, counters=counters,
                   errors=[ErrorCount(k, st, ph, c) for (k, st, ph), c in sorted(errors.items())],
-                  error_samples=[ErrorSample(str(k), int(st), str(d), int(c)) for k, st, d, c in samples])
+                  error_samples=[ErrorSample(str(k), int(st), str(d), int(c)) for k, st, d, c in samples],
+                  done_span={str(ph): (float(lo), float(hi)) for ph, (lo, hi) in last.get("span", {}).items()})
     meta = ReportMeta.from_json_dict(header.get("meta", {}))
     from bench.report.writer import utc_iso
 

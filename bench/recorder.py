@@ -266,6 +266,7 @@ class Recorder:
                 "totals": {ph: {f: getattr(t, f) for f in Totals.__slots__} for ph, t in self._totals.items()},
                 "errors": [[k, st, ph, c] for (k, st, ph), c in sorted(self._errors.items())],
                 "counters": dict(self._counters),
+                "span": self._span_s(),
                 "samples": [[kind_name(k), st, _redact_detail(d), c] for (k, st, d), c in self._samples.items()]}
 
     def finish(self, end_ns: int, *, partial: bool) -> RunData:
@@ -311,8 +312,11 @@ class Recorder:
                        errors=errors, error_samples=samples,
                        raw_path=self._raw_path if self._raw_path is not None and self._raw_path.exists()
                        else None,
-                       done_span={ph: ((lo - self.start_ns) / 1e9, (hi - self.start_ns) / 1e9)
-                                  for ph, (lo, hi) in self._span.items()})
+                       done_span=self._span_s())
+
+    def _span_s(self) -> dict[str, tuple[float, float]]:
+        """Each phase's first and last answer, in seconds from the start (``RunData.done_span``)."""
+        return {ph: ((lo - self.start_ns) / 1e9, (hi - self.start_ns) / 1e9) for ph, (lo, hi) in self._span.items()}
 
     # -- folding ---------------------------------------------------------------------------------------
     def _hist(self, metric: str, phase: str, outcome: str) -> Histogram:

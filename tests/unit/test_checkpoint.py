@@ -56,6 +56,8 @@ def test_recovered_report_matches_the_recorder_up_to_the_last_tick(tmp_path: Pat
         assert report.run.errors_by_kind(phase) == final.errors_by_kind(phase)
     assert report.run.histogram("latency", "measured", "ok").total == final.total("measured").ok
     assert list(report.run.series.requests) == list(final.series.requests)
+    assert report.run.done_span == final.done_span != {}  # req/s: the rate answers came back
+    assert report.run.rps("measured") == pytest.approx(final.rps("measured"))
 
 
 def test_paths_and_bad_files(tmp_path: Path) -> None:
