@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from bench.errors import BenchError, InputError
 from bench.facts import RunFacts
 from bench.rundata import RunData
-from bench.runner import Prepared, RunControl
+from bench.runner import Prepared, RunControl, StartGate
 from bench.scenario import Scenario
 
 __all__ = ["run_async", "run_once", "run_unwrapped", "use_uvloop"]
@@ -69,7 +69,7 @@ def run_async(prepared: Prepared, ctl: RunControl, fn: Callable[[], Any]) -> Any
         raise
 
 
-def run_once(prepared: Prepared, ctl: RunControl, *, start_at_wall: float | None = None,
+def run_once(prepared: Prepared, ctl: RunControl, *, start_at_wall: float | StartGate | None = None,
              worker: tuple[int, int] = (0, 1)) -> tuple[Any, RunFacts]:
     """Apply the load once (``prepared`` must be resolved): the recorder's RunData and the run's facts."""
     from bench.runner import execute

@@ -11,7 +11,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -200,9 +200,38 @@ def _static_token(sc: Scenario) -> str | None:
     return value if value.lower().startswith(("bearer ", "token ")) else f"Bearer {value}"
 
 
-async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float | None = None,
+StartGate = Callable[[], Awaitable[float | None]]
+"""One share of a run waits on this, once ready to send (token fetched, deployment checked), for the wall-clock
+instant every share starts at; None: the run was called off before it started (``--processes``: bench.workers)."""
+
+
+async def _common_start(start: float | StartGate, stop: anyio.Event) -> float | None:
+    """The agreed start instant: fixed, or what the gate says once every share is ready; a stop while waiting (or a
+    gate that calls the run off) sets ``stop`` and gives None."""
+    if isinstance(start, (int, float)):
+        return float(start)
+    at: list[float | None] = [None]
+    async with anyio.create_task_group() as tg:
+        async def ask() -> None:
+            at[0] = await start()
+            tg.cancel_scope.cancel()
+
+        async def stopped() -> None:
+            await stop.wait()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(ask)
+        tg.start_soon(stopped)
+    if at[0] is None:
+        stop.set()
+    return at[0]
+
+
+async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float | StartGate | None = None,
                   worker: tuple[int, int] = (0, 1)) -> tuple[RunData, RunFacts]:
-    """Run the load; returns the recorder's finished RunData and the run's facts (url, CPU share, ...)."""
+    """Run the load; returns the recorder's finished RunData and the run's facts (url, CPU share, ...).
+    ``start_at_wall``: one share of a run that starts every share at one wall-clock instant (a fixed one, or a
+    ``StartGate``)."""
     from bench.recorder import Recorder
 
     sc = prepared.scenario
@@ -233,12 +262,15 @@ async def execute(prepared: Prepared, ctl: RunControl, *, start_at_wall: float |
             sources.append(mlops)
             url = await _preflight(prepared, ctl, url, authorization,
                                    mlops.authorization if mlops is not None else authorization)
+            at = None  # the common start (wall clock), when this is one share of a run
             if start_at_wall is not None:  # a stop signal while waiting for the common start ends the wait
-                with _signals(ctl, stop, cut), anyio.move_on_after(max(0.0, start_at_wall - time.time() - 0.005)):
-                    await stop.wait()
+                with _signals(ctl, stop, cut):
+                    at = await _common_start(start_at_wall, stop)
+                    with anyio.move_on_after(max(0.0, (at or 0.0) - time.time() - 0.005)):
+                        await stop.wait()
             start_ns = time.monotonic_ns() + 20_000_000  # 20 ms to open connections before the first send
-            if start_at_wall is not None and not stop.is_set():  # the agreed wall-clock instant in this host's
-                start_ns += int(max(0.0, start_at_wall - time.time()) * 1e9)  # monotonic time (timer wake-ups jitter)
+            if at is not None and not stop.is_set():  # the agreed wall-clock instant in this host's
+                start_ns += int(max(0.0, at - time.time()) * 1e9)  # monotonic time (timer wake-ups jitter)
             recorder = Recorder(start_ns, start_ns + int(sc.load.warmup_s * 1e9), raw_path=ctl.raw_path)
             counts.attach(recorder)
             if ctl.on_recorder is not None:

@@ -1,5 +1,8 @@
 """`--processes N`: N load-generator processes on this host, each with its own event loop and its share of the
 connections or rate, started at the same wall-clock instant; their reports (and raw logs) merge exactly into one.
+That instant is agreed once every worker is ready to send (data prepared, token fetched): each says so on a pipe
+of its own and the parent answers on its stdin with the instant (a moment later), so a run waits only as long as
+its slowest worker takes to get ready, and a big data set cannot make one worker start behind the others.
 
 The parent (``run_processes``) has already resolved the target (bench.session.resolved_target: one embedded
 emulator for all) and runs the preflight once. Each worker is ``python -m bench.workers`` and gets the *resolved*
@@ -24,7 +27,7 @@ from typing import Any
 
 from bench.errors import EXIT_INTERRUPTED, EXIT_OK, BenchError, RunInvalid
 from bench.facts import RunFacts
-from bench.runner import Endpoints, Prepared, RunControl
+from bench.runner import Endpoints, Prepared, RunControl, StartGate
 from bench.scratch import scratch_dir
 from bench.targets import target_for
 
@@ -41,7 +44,7 @@ class Share:
     base_dir: str  # ... and what its relative paths are relative to
     endpoints: Endpoints  # where to send (the parent resolved the emulator and the preflight)
     worker: tuple[int, int]  # (i, n): this share of an n-way run
-    start_at_wall: float  # every share starts its load at this time.time() instant
+    start_at_wall: float | None  # every share starts its load at this time.time() instant (None: the parent's go)
     raw: Path | None = None  # keep the raw per-request log here (the parent merges it)
     checkpoint: Path | None = None  # append this share's measurements here once a second (bench.checkpoint) ...
     run_id: str = ""  # ... tagged with the run's id, so a recovery never merges another run's parts
@@ -62,12 +65,13 @@ class Share:
         d = orjson.loads(data)
         i, n = d["worker"]
         return cls(doc=d["doc"], file=d["file"], base_dir=d["base_dir"], endpoints=Endpoints(**d["endpoints"]),
-                   worker=(int(i), int(n)), start_at_wall=float(d["start_at_wall"]),
+                   worker=(int(i), int(n)),
+                   start_at_wall=None if d["start_at_wall"] is None else float(d["start_at_wall"]),
                    raw=Path(d["raw"]) if d["raw"] else None,
                    checkpoint=Path(d["checkpoint"]) if d.get("checkpoint") else None, run_id=str(d.get("run_id", "")))
 
 
-def hand_off(prepared: Prepared, ep: Endpoints, *, worker: tuple[int, int], start_at_wall: float,
+def hand_off(prepared: Prepared, ep: Endpoints, *, worker: tuple[int, int], start_at_wall: float | None,
              raw: Path | None = None, checkpoint: Path | None = None, run_id: str = "") -> Share:
     """The share of ``prepared`` (resolved, pointed at ``ep``) that worker ``(i, n)`` runs."""
     sc = prepared.scenario
@@ -76,9 +80,10 @@ def hand_off(prepared: Prepared, ep: Endpoints, *, worker: tuple[int, int], star
                  start_at_wall=start_at_wall, raw=raw, checkpoint=checkpoint, run_id=run_id)
 
 
-def run_share(share: Share, controls: list[RunControl] | None = None) -> Any:
+def run_share(share: Share, controls: list[RunControl] | None = None, go: StartGate | None = None) -> Any:
     """Run one share in this process: the part Report (not written; its raw log, if any, stays at ``share.raw``).
-    ``controls`` gets the run's RunControl (the parent watch reads whether a stop reached the load).
+    ``controls`` gets the run's RunControl (the parent watch reads whether a stop reached the load); ``go`` gives
+    the start instant when the share has none.
 
     Raises BenchError for bad input or an invalid run, like any run."""
     from bench.facts import build_report
@@ -92,7 +97,8 @@ def run_share(share: Share, controls: list[RunControl] | None = None) -> Any:
     ctl = RunControl(preflight=False, raw_path=share.raw, checkpoint_path=share.checkpoint, checkpoint_tag=tag)
     if controls is not None:
         controls.append(ctl)
-    run, facts = run_once(prepared, ctl, start_at_wall=share.start_at_wall, worker=share.worker)
+    start = share.start_at_wall if share.start_at_wall is not None else go
+    run, facts = run_once(prepared, ctl, start_at_wall=start, worker=share.worker)
     facts.worker = share.worker
     report = build_report(prepared.scenario, run, facts, prepared.target_config)
     from bench.secrets import scrub_report
@@ -117,23 +123,38 @@ def run_processes(prepared: Prepared, opts: Any, out_path: Path) -> tuple[Any, R
     raw = prepared.scenario.report.raw
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     with scratch_dir("workers") as tmp:
-        epoch = time.time() + 1.0 + 0.2 * processes  # every worker starts its load at this instant
         parts = [Path(tmp) / f"part-{i}.arrow" for i in range(processes)]
         raws = [Path(tmp) / f"part-{i}.raw" if raw else None for i in range(processes)]
         procs = []
-        for i in range(processes):
-            share = hand_off(prepared, ep, worker=(i, processes), start_at_wall=epoch, raw=raws[i],
-                             checkpoint=ckpts[i], run_id=run_id)
-            cpu = cpus[i % len(cpus)] if cpus else None
-            proc = subprocess.Popen([sys.executable, "-m", "bench.workers", str(parts[i]), str(os.getpid())],
-                                    stdin=subprocess.PIPE,
-                                    stdout=subprocess.DEVNULL, start_new_session=True,
-                                    preexec_fn=_child_setup(os.getpid(), cpu))
-            procs.append(proc)
-            assert proc.stdin is not None
-            proc.stdin.write(share.to_json())
-            proc.stdin.close()
-        interrupted = _wait_all(procs)
+        ready: list[int] = []  # each worker's "ready to send" pipe (read end)
+        try:
+            for i in range(processes):
+                share = hand_off(prepared, ep, worker=(i, processes), start_at_wall=None, raw=raws[i],
+                                 checkpoint=ckpts[i], run_id=run_id)
+                cpu = cpus[i % len(cpus)] if cpus else None
+                ready_r, ready_w = os.pipe()
+                ready.append(ready_r)
+                try:
+                    proc = subprocess.Popen([sys.executable, "-m", "bench.workers", str(parts[i]), str(os.getpid()),
+                                             str(ready_w)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                            pass_fds=(ready_w,), start_new_session=True,
+                                            preexec_fn=_child_setup(os.getpid(), cpu))
+                finally:
+                    os.close(ready_w)
+                procs.append(proc)
+                assert proc.stdin is not None
+                proc.stdin.write(share.to_json() + b"\n")
+                proc.stdin.flush()
+            started, interrupted = _start_together(procs, ready)
+        finally:
+            for fd in ready:
+                os.close(fd)
+        interrupted = _wait_all(procs, interrupted=interrupted)
+        if interrupted and not started:  # stopped before the load began: nothing measured, nothing to recover
+            from bench.checkpoint import discard
+
+            discard(out_path)
+            raise KeyboardInterrupt
         missing = [str(i) for i, p in enumerate(parts) if not p.exists()]
         found: dict[int, Any] = {i: read_report(p) for i, p in enumerate(parts) if p.exists()}
         taken: list[int] = []  # workers whose share comes from their checkpoint
@@ -244,9 +265,50 @@ def _child_setup(parent: int, cpu: int | None) -> Callable[[], None]:
     return setup
 
 
-def _wait_all(procs: list[subprocess.Popen[bytes]]) -> bool:
-    """Wait for every worker; Ctrl-C / SIGTERM are forwarded once (they write partial reports) → interrupted."""
-    interrupted = False
+GO_MARGIN_S = 0.1  # from the go to the common start: time for every worker to read it and be waiting
+
+
+def _start_together(procs: list[subprocess.Popen[bytes]], ready: list[int]) -> tuple[bool, bool]:
+    """Once every worker says it is ready, tell them all the instant their load starts (a moment from now).
+    A worker that ends before it is ready (bad input, a failed token fetch), or a Ctrl-C / SIGTERM meanwhile,
+    calls the run off: the others are told so (their stdin closes without an instant) and end without sending.
+    (started, interrupted)."""
+    import selectors
+
+    def on_term(_sig: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    previous_int = signal.signal(signal.SIGINT, on_term)  # as _wait_all: also when started with SIGINT ignored
+    interrupted = called_off = False
+    try:
+        with selectors.DefaultSelector() as sel:
+            for fd in ready:
+                sel.register(fd, selectors.EVENT_READ)
+            waiting = len(ready)
+            while waiting and not called_off:
+                for key, _ in sel.select():
+                    sel.unregister(key.fd)
+                    waiting -= 1
+                    if not os.read(key.fd, 16).startswith(b"ready"):  # EOF: the worker ended before it was ready
+                        called_off = True
+        go = b"" if called_off else f"{time.time() + GO_MARGIN_S + 0.005 * len(procs)!r}\n".encode()
+    except KeyboardInterrupt:
+        interrupted, go = True, b""
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+    for proc in procs:
+        assert proc.stdin is not None
+        with contextlib.suppress(OSError):  # a worker already gone
+            proc.stdin.write(go)
+            proc.stdin.close()
+    return bool(go), interrupted
+
+
+def _wait_all(procs: list[subprocess.Popen[bytes]], *, interrupted: bool = False) -> bool:
+    """Wait for every worker; Ctrl-C / SIGTERM are forwarded once (they write partial reports) → interrupted.
+    ``interrupted``: a stop already reached them (a further one ends them)."""
 
     def on_term(_sig: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -278,17 +340,20 @@ def _wait_all(procs: list[subprocess.Popen[bytes]]) -> bool:
 
 
 def worker_main(argv: list[str] | None = None) -> int:
-    """``python -m bench.workers PART.arrow [PARENT_PID]``: read a Share from stdin, run it, write the part report there
-    (no SLO gate, no summary: the parent judges the merged run)."""
+    """``python -m bench.workers PART.arrow [PARENT_PID [READY_FD]]``: read a Share (one line) from stdin, run it,
+    write the part report there (no SLO gate, no summary: the parent judges the merged run). A share without a
+    start instant says "ready" on READY_FD once it can send and reads the instant from stdin (``_start_together``)."""
     args = sys.argv[1:] if argv is None else argv
     out = Path(args[0])
     parent = int(args[1]) if len(args) > 1 else os.getppid()  # given: a parent dead before this line is seen
+    ready_fd = int(args[2]) if len(args) > 2 else None
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # outside the load too: stop, never just vanish
     controls: list[RunControl] = []  # this worker's run, once it has one
     _watch_parent(parent, controls)
-    share = Share.from_json(sys.stdin.buffer.read())
+    stdin = _LineReader(sys.stdin.fileno())
+    share = Share.from_json(stdin.read_line())
     try:
-        report = run_share(share, controls)
+        report = run_share(share, controls, _go_from_parent(stdin, ready_fd))
     except BenchError as exc:
         print(f"bench worker {share.worker[0]}: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -324,6 +389,58 @@ def _watch_parent(parent: int, controls: list[RunControl]) -> None:
         os._exit(EXIT_INTERRUPTED)
 
     threading.Thread(target=watch, name="bench-parent-watch", daemon=True).start()
+
+
+class _LineReader:
+    """Lines from a pipe, unbuffered beyond the line asked for (the share's line, later the go's)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._buf = b""
+
+    def read_line(self) -> bytes:
+        """The next line, blocking (without its newline); what is left at EOF."""
+        while b"\n" not in self._buf:
+            chunk = os.read(self.fd, 1 << 16)
+            if not chunk:
+                break
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line
+
+    async def read_line_async(self) -> bytes:
+        """The next line without blocking the event loop (b"" at EOF)."""
+        import anyio
+
+        while b"\n" not in self._buf:
+            await anyio.wait_readable(self.fd)
+            chunk = os.read(self.fd, 1 << 16)
+            if not chunk:
+                return b""
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line
+
+
+def _go_from_parent(stdin: _LineReader, ready_fd: int | None) -> StartGate:
+    """The worker's side of ``_start_together``: "ready" on ``ready_fd``, then the start instant from stdin (None:
+    the run was called off, or the parent is gone)."""
+
+    async def go() -> float | None:
+        if ready_fd is None:
+            return None
+        try:
+            os.write(ready_fd, b"ready\n")
+        except OSError:  # the parent is gone
+            return None
+        finally:
+            os.close(ready_fd)
+        try:
+            return float(await stdin.read_line_async())
+        except ValueError:  # EOF without an instant
+            return None
+
+    return go
 
 
 def _discard(out: Path, raw: Path | None) -> None:
