@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from bench.hdr import HDR_HIGHEST_US, Histogram, IntArray, counts_index
-from bench.results import RECORD_FIELDS, Kind, kind_name
+from bench.results import RECORD_FIELDS, UNANSWERED_KINDS, Kind, kind_name
 from bench.rundata import MEASURED, WARMUP, ErrorCount, ErrorSample, HistKey, PerSecond, Phase, RunData, Totals
 
 __all__ = ["FOLD_BATCH", "MAX_ERROR_SAMPLES", "Progress", "Recorder"]
@@ -34,6 +34,7 @@ _ROW = struct.Struct(f"={_NFIELDS}q")  # native-endian int64s, no padding: what 
 _ROW_BYTES = _ROW.size
 # columns of a record row (RECORD_FIELDS): latency, service time and schedule lag are ends minus starts
 _OK = int(Kind.OK)
+_UNANSWERED = np.array(sorted(int(k) for k in UNANSWERED_KINDS), dtype=np.int64)  # no answer: not in the span
 _ENDS, _STARTS = (2, 2, 1), (0, 1, 0)  # (done, done, sent) - (intended, sent, intended)
 _SUMMED = slice(5, 8)  # rows, bytes_out, bytes_in: summed in one call
 FOLD_BATCH = 2048  # records per fold: a fold blocks the loop ~0.1 ms, ~52 ns per record (8192 records blocked it
@@ -399,8 +400,9 @@ class Recorder:
                 tot.bytes_out += int(b_out[sel].sum())
                 tot.bytes_in += int(b_in[sel].sum())
             psel = slice(None) if whole_phase else np.nonzero(pm)[0]
-            dv = done[psel]
-            self._widen_span(phase, int(dv.min()), int(dv.max()))
+            dv = done[np.nonzero(pm & ~np.isin(kind, _UNANSWERED))[0]]  # the span of the answers that came back
+            if len(dv):
+                self._widen_span(phase, int(dv.min()), int(dv.max()))
             gv = lag[psel]
             self._hist("schedule_lag", phase, "all").record_indices(
                 lag_idx[psel], min(int(gv.min()), HDR_HIGHEST_US), min(int(gv.max()), HDR_HIGHEST_US))

@@ -61,6 +61,11 @@ class Kind(IntEnum):
 
 
 ERROR_KINDS = frozenset(k for k in Kind if k is not Kind.OK)
+UNANSWERED_KINDS = frozenset({Kind.CONNECT_REFUSED, Kind.CONNECT_TIMEOUT, Kind.READ_TIMEOUT, Kind.RESET,
+                              Kind.TLS_ERROR, Kind.ABANDONED, Kind.CANCELLED, Kind.MISSING})
+"""Errors where no answer came back (the client gave up, the connection failed or broke, the request was still out
+at the end or never completed): they count in neither throughput nor the span of the answers. A timeout lands on
+the schedule of the sends, so counting it made an endpoint answering 100 req/s "achieve" the 200 it was sent."""
 
 _NAMES = tuple(k.name.lower() for k in Kind)
 
@@ -68,6 +73,9 @@ _NAMES = tuple(k.name.lower() for k in Kind)
 def kind_name(kind: int) -> str:
     """The report/summary name of a kind code ('ok', 'read_timeout', ...)."""
     return _NAMES[kind]
+
+
+UNANSWERED_NAMES = frozenset(kind_name(k) for k in UNANSWERED_KINDS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.hdr import Histogram, IntArray
+from bench.results import UNANSWERED_NAMES
 
 __all__ = ["MEASURED", "OUTCOMES", "PHASES", "WARMUP", "ErrorCount", "ErrorSample", "HistKey", "PerSecond", "Phase",
            "RunData", "Totals"]
@@ -170,9 +171,10 @@ class RunData:
         return self.phase(phase).duration_s
 
     def answered(self, phase: str = MEASURED) -> int:
-        """Requests of the phase that got an answer, ok or error (those still in flight at the end had none)."""
-        in_flight = sum(e.count for e in self.errors if e.phase == phase and e.kind == "abandoned")
-        return self.total(phase).requests - in_flight
+        """Requests of the phase that got an answer, ok or error: not those still in flight at the end, nor those
+        that got none (a timeout, a refused or broken connection: ``UNANSWERED_NAMES``)."""
+        unanswered = sum(e.count for e in self.errors if e.phase == phase and e.kind in UNANSWERED_NAMES)
+        return self.total(phase).requests - unanswered
 
     def rps(self, phase: str = MEASURED) -> float:
         """Throughput: the phase's answers per second — at most the rate they were sent, and at most the rate they

@@ -15,6 +15,7 @@ from bench.report.accounting import (
 from bench.report.model import MEASURED, WARMUP, Histogram, Report
 from bench.report.server_metrics import handler_gap, server_latency
 from bench.report.verdict import NOT_JUDGED, judged
+from bench.results import UNANSWERED_NAMES
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -91,6 +92,11 @@ def fell_behind_text(s: dict[str, Any]) -> str | None:
     rps, sent, d = s["rps"], s.get("sent_rps"), s["duration_s"]
     if rps is None or not sent or rps >= BEHIND_RATIO * sent or (sent - rps) * d < _BEHIND_SLACK:
         return None
+    lost = {k: n for k, n in s["errors_by_kind"].items() if k in UNANSWERED_NAMES and k != "abandoned"}
+    if sum(lost.values()) >= (sent - rps) * d / 2:  # mostly requests that got no answer, not a growing queue
+        kinds = ", ".join(f"{k} {n:,}" for k, n in sorted(lost.items(), key=lambda kv: -kv[1]))
+        return (f"answers fell short of sends: {sent:,.1f} req/s sent, {rps:,.1f} answers/s came back; "
+                f"{sum(lost.values()):,} requests got no answer ({kinds})")
     return (f"the endpoint fell behind: {sent:,.1f} req/s sent, {rps:,.1f} answers/s came back (its queue grew; "
             "the latency figures include the wait)")
 

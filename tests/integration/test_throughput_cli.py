@@ -93,3 +93,27 @@ def test_answers_slower_than_the_warmup_cost_no_throughput(tmp_path: Path) -> No
     shown = subprocess.run([sys.executable, "-m", "bench", "report", str(out)], capture_output=True, text=True,
                            cwd=ROOT, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert shown.returncode == 0 and "req/s" in shown.stdout and "fell behind" not in shown.stdout, shown.stdout
+
+
+@pytest.mark.slow  # a real run of several seconds: in CI's slow step
+def test_requests_that_time_out_are_not_throughput(tmp_path: Path) -> None:
+    """Half the requests stall past the client's 0.3-s timeout: req/s is the answers that came back (~30 of 60
+    sent a second), and the line says requests got no answer rather than that a queue grew."""
+    scenario = tmp_path / "t.toml"
+    scenario.write_text(SCENARIO.replace("replicas = 1", "replicas = 8\nfaults = \"stall:0.5\"\nseed = 11")
+                        .format(load="rate = 60\nmax_in_flight = 1000")
+                        + "[engine]\ntimeout = \"0.3s\"\n")
+    out = tmp_path / "t.arrow"
+    proc = subprocess.run([sys.executable, "-m", "bench", "run", str(scenario), "--out", str(out), "--json"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    s = json.loads(proc.stdout)
+    timeouts = s["errors_by_kind"].get("read_timeout", 0)
+    assert 30 < timeouts < 90 and s["sent_rps"] > 55, s  # ~half of the 120 measured requests
+    answers = s["requests"] - timeouts
+    assert s["rps"] == pytest.approx(answers / s["duration_s"], rel=0.1), s  # timeouts are not answers
+    assert s["rps"] < 0.8 * s["sent_rps"], s
+    shown = subprocess.run([sys.executable, "-m", "bench", "report", str(out)], capture_output=True, text=True,
+                           cwd=ROOT, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert "got no answer (read_timeout" in shown.stdout and "queue grew" not in shown.stdout, shown.stdout

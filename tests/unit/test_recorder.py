@@ -58,7 +58,7 @@ def test_phases_outcomes_and_totals() -> None:
     assert run.histogram("server", MEASURED).total == 5
     assert run.errors_by_kind() == {"connect_refused": 1, "http_error:503": 1}
     assert run.duration_s() == pytest.approx(2.0)
-    assert run.rps() == pytest.approx(3.5)
+    assert run.rps() == pytest.approx(3.0)  # 6 answers in 2 s: the refused connection got none
     assert [p.name for p in run.phases] == [WARMUP, MEASURED]
 
 
@@ -380,3 +380,20 @@ def test_folding_in_small_batches_equals_one_big_fold(records: list[tuple[int, .
                                                             "bytes_in")])
 
     assert run(batch) == run(10_000)
+
+
+def test_requests_that_got_no_answer_count_in_neither_throughput_nor_the_answers_span() -> None:
+    """A read timeout lands on the send schedule (sent + timeout), so counting it as an answer made an endpoint
+    that answered half of 50 req/s "achieve" all 50 (a capacity sweep's saturation check then passed)."""
+    rec = Recorder(0, 0, batch=16)
+    for i in range(100):  # 2 s at 50 req/s; every other request times out after 300 ms
+        t = i * 20 * MS
+        if i % 2:
+            rec.record(t, t, t + 300 * MS, Kind.READ_TIMEOUT, 0, 1, 10, 0, 0)
+        else:
+            rec.record(t, t, t + 10 * MS, Kind.OK, 200, 1, 10, 20, 0)
+    run = rec.finish(2 * S, partial=False)
+    assert run.total(MEASURED).requests == 100 and run.answered(MEASURED) == 50
+    assert run.done_span[MEASURED] == pytest.approx((0.010, 1.970))  # the last answer, not the last timeout
+    assert run.rps() == pytest.approx(25.0)
+    assert run.sent_rps() == pytest.approx(50.0)

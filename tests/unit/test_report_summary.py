@@ -136,3 +136,15 @@ def test_apply_verdict_stores_it_in_the_report(tmp_path: Path) -> None:
     back = read_report(write_report(tmp_path / "v.arrow", report))
     assert back.meta.generator_bound and back.meta.generator_bound_reasons and back.meta.cpu_fraction == 0.99
     assert summarize(back)["generator_bound"] is True
+
+
+def test_fell_behind_names_requests_that_got_no_answer() -> None:
+    """Answers short of sends because requests timed out is not a growing queue: the line says which it is."""
+    from bench.report.summary import fell_behind_text
+
+    base = {"rps": 25.0, "sent_rps": 50.0, "duration_s": 2.0}
+    timeouts = fell_behind_text({**base, "errors_by_kind": {"read_timeout": 50, "http_error:503": 3}})
+    assert timeouts is not None and "got no answer (read_timeout 50)" in timeouts and "queue" not in timeouts
+    queue = fell_behind_text({**base, "errors_by_kind": {"http_error:503": 3}})
+    assert queue is not None and "fell behind" in queue and "queue grew" in queue
+    assert fell_behind_text({**base, "rps": 49.5, "errors_by_kind": {}}) is None
