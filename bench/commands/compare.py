@@ -13,8 +13,9 @@ def register(subparsers: Any) -> None:
                               description="Side-by-side deltas of two reports. A metric regresses when it is "
                               "worse than allowed AND the change is significant against the per-second noise "
                               "(moving-block bootstrap). Runs of different tests (scenario, load or target "
-                              "differ) are refused unless --force. Exit 0: no regression, 1: regression, 2: bad "
-                              "input or not the same test.")
+                              "differ) are refused unless --force, and so is a failed base run. A new run with no "
+                              "successful answer is a regression whatever the thresholds. Exit 0: no regression, "
+                              "1: regression, 2: bad input or not the same test.")
     p.add_argument("base", metavar="BASE.arrow")
     p.add_argument("new", metavar="NEW.arrow")
     p.add_argument("--max-regression", metavar="LIMITS", default=None,
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from bench.commands.report import write_view
     from bench.errors import EXIT_OK, EXIT_SLO, InputError
     from bench.outpath import output_file, refuse_overwriting_inputs
-    from bench.report.compare import compare_reports, differences, parse_thresholds
+    from bench.report.compare import compare_reports, differences, failed_run, parse_thresholds
     from bench.report.console import make_console
     from bench.report.markdown import append_step_summary_or_warn, comparison_markdown
     from bench.report.reader import read_report
@@ -49,7 +50,13 @@ def run(args: argparse.Namespace) -> int:
     if differ and not args.force:  # a regression gate must not pass or fail a run against another test
         raise InputError(f"not the same test as {args.base}: " + "; ".join(differ) + " (--force compares anyway)",
                          file=args.new)
+    base_failed = failed_run(base)
+    if base_failed and not args.force:  # every change would read as an improvement over nothing
+        raise InputError(f"the base run failed ({base_failed}): it is no baseline (--force compares anyway)",
+                         file=args.base)
     cmp = compare_reports(base, new, thresholds)
+    if base_failed:
+        cmp.warnings.append(f"the base run failed ({base_failed})")
     console = make_console()
     render_comparison(cmp, console, args.base, args.new)
     md = comparison_markdown(cmp, Path(args.base).name, Path(args.new).name)

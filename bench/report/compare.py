@@ -95,6 +95,7 @@ class Comparison:
     confidence: float
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # the runs may not be comparable at all (belonging())
+    failed: str | None = None  # the new run failed (no successful answer): a regression whatever the thresholds
 
     @property
     def regressions(self) -> list[MetricDelta]:
@@ -102,17 +103,19 @@ class Comparison:
 
     @property
     def regressed(self) -> bool:
-        return bool(self.regressions)
+        return bool(self.regressions) or self.failed is not None
 
     def verdict(self) -> str:
         if not self.regressed:
             return "no regression"
-        return "regression: " + ", ".join(f"{m.key} {format_change(m)}" for m in self.regressions)
+        parts = [f"the new run failed ({self.failed})"] if self.failed else []
+        parts += [f"{m.key} {format_change(m)}" for m in self.regressions if not self.failed or m.new is not None]
+        return "regression: " + ", ".join(parts)
 
 
 def format_change(m: MetricDelta) -> str:
     if m.change is None:
-        return "n/a"
+        return "no samples in new" if m.regression else "n/a"
     if m.metric.absolute:
         return f"{m.change * 100:+.2f} pp"
     if math.isinf(m.change):
@@ -281,13 +284,37 @@ def differences(base: Report, new: Report) -> list[str]:
     return out
 
 
+_HARNESS_KEYS = {"engine": "engine", "http2": "HTTP/2"}  # how the load was generated: another client's own cost
+
+
 def belonging(base: Report, new: Report) -> list[str]:
-    """Why two reports may not be comparable: a different test (``differences``), or a partial (interrupted) run."""
+    """Why two reports may not be comparable: a different test (``differences``), a partial (interrupted) run, a
+    run whose figures are the load generator's (generator-bound), or a different engine: a change of the harness
+    reads as a change of the build."""
     out = [f"not the same test: {d}" for d in differences(base, new)]
     for name, r in (("base", base), ("new", new)):
         if r.run.partial:
             out.append(f"{name} report is partial (the run was interrupted): its figures cover only part of it")
+        if r.meta.generator_bound:
+            why = "; ".join(r.meta.generator_bound_reasons[:2])
+            out.append(f"{name} run was generator-bound ({why}): its latency and throughput are partly the load "
+                       "generator's, so a change between the runs may be the harness's, not the build's")
+    for key, label in _HARNESS_KEYS.items():
+        b, n = base.meta.target.get(key), new.meta.target.get(key)
+        if key in base.meta.target and key in new.meta.target and b != n:
+            out.append(f"another load generator setting: {label} base {_shown(b)}, new {_shown(n)} (the client's "
+                       "own cost differs)")
     return out
+
+
+def failed_run(report: Report) -> str | None:
+    """Why a report's run failed (no successful answer; stamped as ``extra.failed`` when it was written), or None;
+    an older report without the stamp fails when its measured phase had requests and none was ok."""
+    failed = report.meta.extra.get("failed")
+    if isinstance(failed, str) and failed:
+        return failed
+    tot = accounted_totals(report)
+    return f"no successful answer in {tot.requests:,} measured requests" if tot.requests and not tot.ok else None
 
 
 def compare_reports(base: Report | RunData, new: Report | RunData,
@@ -309,7 +336,8 @@ def compare_reports(base: Report | RunData, new: Report | RunData,
         if b is None or n is None:
             runs = " and ".join(name for name, v in (("base", b), ("new", n)) if v is None)
             unmeasured.append(f"{m.key} ({runs})")
-            out.append(MetricDelta(m, b, n, None, limits.get(m.key), False, None, None, False))
+            lost = b is not None and limits.get(m.key) is not None  # the base had samples, the new run none
+            out.append(MetricDelta(m, b, n, None, limits.get(m.key), lost, None, None, lost))
             continue
         if m.absolute:
             change = n - b
@@ -329,8 +357,14 @@ def compare_reports(base: Report | RunData, new: Report | RunData,
     cmp = Comparison(out, nb, nn, confidence)
     if isinstance(base, Report) and isinstance(new, Report):
         cmp.warnings = belonging(base, new)
-    if unmeasured:
-        cmp.notes.append("no samples, not judged: " + ", ".join(unmeasured))
+    if isinstance(new, Report):
+        cmp.failed = failed_run(new)
+    lost = [m.key for m in out if m.regression and m.new is None]
+    if lost:
+        cmp.notes.append("no samples in the new run where the base had them (a regression): " + ", ".join(lost))
+    unjudged = [u for u in unmeasured if u.split(" ")[0] not in lost]
+    if unjudged:
+        cmp.notes.append("no samples, not judged: " + ", ".join(unjudged))
     if min(nb, nn) < MIN_WINDOWS:
         cmp.notes.append(f"only {min(nb, nn)} measured second(s) in a run (need {MIN_WINDOWS}): noise not "
                          "judged, thresholds alone decide; run longer for a noise-aware verdict")

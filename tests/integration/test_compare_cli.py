@@ -31,14 +31,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("compare")
     clean = {k: v for k, v in os.environ.items() if k != "GITHUB_STEP_SUMMARY"}
     procs = {}  # the three runs at once (each has its own emulator; the load is light): a third of the wait
-    for name, extra in (("base", []), ("again", []), ("slow", ["--set", "emulator.latency_ms=60"])):
+    for name, extra in (("base", []), ("again", []), ("slow", ["--set", "emulator.latency_ms=60"]),
+                        ("dead", ["--set", 'emulator.faults="5xx:1.0"']), ("httpx", ["--set", 'engine.kind="httpx"'])):
         procs[name] = subprocess.Popen([sys.executable, "-m", "bench", "run", "scenarios/quickstart.toml", *RUN,
                                         *extra, "--out", str(d / f"{name}.arrow")], cwd=ROOT, env=clean,
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for proc in procs.values():
             _, err = proc.communicate(timeout=90)
-            assert proc.returncode == 0, err
+            assert proc.returncode == (3 if proc is procs["dead"] else 0), err  # dead: no successful answer
     finally:
         for proc in procs.values():
             if proc.poll() is None:
@@ -108,3 +109,25 @@ def test_runs_of_another_load_are_refused_unless_forced(runs: dict[str, Path], t
     assert forced.returncode == 1, forced.stdout  # 1/8 of the workers: far fewer req/s
     assert "warning: not the same test: load.concurrency: base 8, new 1" in forced.stdout
     assert "not the same test: load.concurrency" in md.read_text()
+
+
+def test_a_new_run_that_failed_fails_the_gate_even_with_error_rate_off(runs: dict[str, Path]) -> None:
+    proc = bench("compare", str(runs["base"]), str(runs["dead"]), "--max-regression", "error_rate=off")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "regression: the new run failed (no successful answer" in " ".join(proc.stdout.split())
+    assert _row(proc.stdout, "p50")[-1] == "REGRESSION"  # the base had latency samples, the new run none
+
+
+def test_a_failed_base_is_no_baseline(runs: dict[str, Path]) -> None:
+    proc = bench("compare", str(runs["dead"]), str(runs["base"]))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "the base run failed" in lines[0], proc.stderr
+    forced = bench("compare", str(runs["dead"]), str(runs["base"]), "--force")
+    assert forced.returncode in (0, 1) and "the base run failed" in forced.stdout, forced.stdout + forced.stderr
+
+
+def test_another_engine_is_named_as_a_harness_change(runs: dict[str, Path]) -> None:
+    proc = bench("compare", str(runs["base"]), str(runs["httpx"]))
+    assert proc.returncode in (0, 1), proc.stderr  # the same test (it is compared), whatever the verdict ...
+    text = " ".join(proc.stdout.split())
+    assert "another load generator setting: engine base FastEngine, new HttpxEngine" in text, text  # ... but said so

@@ -70,9 +70,15 @@ def test_compare_refuses_to_judge_a_metric_without_samples() -> None:
     cmp = compare_reports(base, dead)
     by = {m.key: m for m in cmp.metrics}
     for key in ("p50", "p99", "service_p99", "max"):
-        assert by[key].new is None and by[key].change is None and not by[key].regression, key
+        assert by[key].new is None and by[key].change is None, key
+    # a gated latency the new run has no sample of is lost, not passed (with error_rate off, a build answering
+    # every request with 500 went through the gate); an ungated one is not judged
+    assert by["p50"].regression and by["p99"].regression
+    assert not by["service_p99"].regression and not by["max"].regression
     assert by["error_rate"].regression  # what was measured is still judged: 0 % -> 100 % errors
-    assert any("no samples" in n and "p50 (new)" in n for n in cmp.notes)
+    assert cmp.failed is not None and cmp.verdict().startswith("regression: the new run failed")
+    assert any("no samples in the new run" in n and "p50" in n for n in cmp.notes)
+    assert any("not judged" in n and "service_p99 (new)" in n for n in cmp.notes)
     buf = io.StringIO()
     render_comparison(cmp, Console(file=buf, width=160, color_system=None), "base", "new")
     md = comparison_markdown(cmp, "base", "new")
@@ -83,4 +89,13 @@ def test_compare_refuses_to_judge_a_metric_without_samples() -> None:
     # and the other way round: nothing to compare against
     back = compare_reports(dead, base)
     assert {m.key for m in back.metrics if m.missing} >= {"p50", "p99"}
-    assert not any(m.regression for m in back.metrics if m.missing)
+    assert not any(m.regression for m in back.metrics if m.missing) and back.failed is None
+
+
+def test_a_new_run_that_failed_is_a_regression_whatever_the_thresholds() -> None:
+    base = _report(synth_run(1, seconds=5))
+    dead = _report(all_errors_run())
+    off = {k: None for k in ("p50", "p99", "rps", "error_rate")}
+    cmp = compare_reports(base, dead, off)
+    assert cmp.regressed and not cmp.regressions and "the new run failed" in cmp.verdict()
+    assert not compare_reports(base, base, off).regressed
