@@ -128,16 +128,20 @@ def parse_thresholds(text: str | None) -> dict[str, float | None]:
     out: dict[str, float | None] = dict(DEFAULT_THRESHOLDS)
     if not text:
         return out
+    given: set[str] = set()
     for part in text.split(","):
         part = part.strip()
         if not part:
             continue
         key, sep, value = part.partition("=")
-        key = key.strip().replace("p99.9", "p999")
+        key = key.strip().lower().replace("p99.9", "p999")
         value = value.strip().lower()
         if not sep or key not in _BY_KEY:
             raise InputError(f"expected METRIC=LIMIT with METRIC one of {', '.join(_BY_KEY)}, got {part!r}",
                              key="--max-regression")
+        if key in given:  # the last one silently won: a gate looser (or stricter) than the one read in the CI file
+            raise InputError(f"{key} is given twice", key="--max-regression")
+        given.add(key)
         if value == "off":
             out[key] = None
             continue

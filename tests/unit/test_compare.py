@@ -158,3 +158,9 @@ def test_rows_not_counted_are_not_judged() -> None:
     assert rows.base is None and rows.new is None and not rows.regression
     assert any("rows_per_s (base and new)" in note for note in opaque.notes)
     assert "rps" in {m.key for m in opaque.regressions}
+
+
+def test_a_metric_given_twice_is_refused_and_names_are_case_blind() -> None:
+    with pytest.raises(InputError, match="p99 is given twice"):
+        parse_thresholds("p99=10%,p99=20%")  # the last one won in silence
+    assert parse_thresholds("P99=20%,RPS=off")["p99"] == pytest.approx(0.2)
