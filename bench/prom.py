@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["Folded", "PromError", "Sample", "fold", "format_labels", "parse"]
+__all__ = ["STATUS_LABELS", "Folded", "PromError", "Sample", "fold", "format_labels", "parse"]
 
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(,|\Z)')
@@ -118,29 +118,54 @@ def format_labels(name: str, labels: Sequence[tuple[str, str]]) -> str:
 class Folded:
     counters: dict[str, float]
     gauges: dict[str, float]
-    histograms: dict[str, dict[float, float]]  # family → {le (s): cumulative count}, summed over label sets
+    histograms: dict[str, dict[float, float]]  # family → {le (its unit): cumulative count}, summed over label sets
+    # histogram families whose every kept series carried a status label (so only the 2xx ones were kept)
+    ok_only: frozenset[str] = frozenset()
+    # every histogram family with a bucket sample, before the path filter, with the `path` labels it had: what a
+    # warning names when ``latency_metric`` or ``path_contains`` matches nothing
+    seen: dict[str, frozenset[str]] = field(default_factory=dict)
+
+
+STATUS_LABELS = ("status_code", "code", "status")  # MLServer, prometheus-fastapi-instrumentator, others
 
 
 def _family(name: str, types: Mapping[str, str]) -> tuple[str, str, str]:
     """(family, type, suffix) of a sample name: ``x_bucket`` of histogram ``x`` → (x, histogram, _bucket)."""
+    if name.endswith("_created"):
+        # a counter's, histogram's or summary's creation time (epoch seconds), even when the exporter gives it a
+        # TYPE line of its own (prometheus_client: ``# TYPE x_created gauge``): never a gauge of the server's
+        base = name[:-8]
+        for family in (f"{base}_total", base):
+            if types.get(family) in ("counter", "histogram", "summary"):
+                return family, types[family], "_created"
     if name in types:
         return name, types[name], ""
-    if name.endswith("_created") and f"{name[:-8]}_total" in types:  # a counter's creation time
-        return f"{name[:-8]}_total", types[f"{name[:-8]}_total"], "_created"
-    for suffix in ("_bucket", "_count", "_sum", "_total", "_created"):
+    for suffix in ("_bucket", "_count", "_sum", "_total"):
         if name.endswith(suffix) and name[: -len(suffix)] in types:
             base = name[: -len(suffix)]
             return base, types[base], suffix
     return name, "untyped", ""
 
 
+def _status(labels: Mapping[str, str]) -> str | None:
+    for key in STATUS_LABELS:
+        if key in labels:
+            return labels[key]
+    return None
+
+
 def fold(types: Mapping[str, str], samples: Sequence[Sample], *, path_contains: str = "") -> Folded:
     """Counters (``*_total``, histogram ``*_count``) and gauges keyed by ``name{labels}``; histogram buckets
     summed over label sets. A series with a ``path`` label not containing ``path_contains`` is left out of the
-    histograms (so the request-duration histogram is the inference route's, not the health checks')."""
+    histograms (so the request-duration histogram is the inference route's, not the health checks'), and so is
+    one whose status label (``status_code``, ``code`` or ``status``) is not 2xx: the client's latency counts ok
+    answers only, and an instant 500 would pass for a fast handler. A family whose series are all non-2xx is kept
+    with zero counts (it exists; it answered no request well)."""
     counters: dict[str, float] = {}
     gauges: dict[str, float] = {}
     histograms: dict[str, dict[float, float]] = {}
+    seen: dict[str, set[str]] = {}
+    unlabelled: set[str] = set()  # families with a kept series that had no status label
     for s in samples:
         family, kind, suffix = _family(s.name, types)
         if suffix == "_created" or (not math.isfinite(s.value) and kind != "histogram"):
@@ -150,6 +175,9 @@ def fold(types: Mapping[str, str], samples: Sequence[Sample], *, path_contains: 
                 counters[format_labels(s.name, s.labels)] = s.value
             if kind == "histogram" and suffix == "_bucket":
                 labels = dict(s.labels)
+                paths = seen.setdefault(family, set())
+                if "path" in labels:
+                    paths.add(labels["path"])
                 if path_contains and path_contains not in labels.get("path", path_contains):
                     continue
                 try:
@@ -157,9 +185,16 @@ def fold(types: Mapping[str, str], samples: Sequence[Sample], *, path_contains: 
                 except (KeyError, ValueError):
                     continue
                 bucket = histograms.setdefault(family, {})
+                status = _status(labels)
+                if status is None:
+                    unlabelled.add(family)
+                elif not status.startswith("2"):
+                    bucket.setdefault(le, 0.0)
+                    continue
                 bucket[le] = bucket.get(le, 0.0) + s.value
         elif kind == "counter":
             counters[format_labels(s.name, s.labels)] = s.value
         else:
             gauges[format_labels(s.name, s.labels)] = s.value
-    return Folded(counters, gauges, histograms)
+    return Folded(counters, gauges, histograms, frozenset(histograms) - unlabelled,
+                  {k: frozenset(v) for k, v in seen.items()})

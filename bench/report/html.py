@@ -27,6 +27,7 @@ from bench.report.summary import (
     other_rows,
     outside_handler_text,
     rate_text,
+    server_notes,
     summarize,
 )
 from bench.report.verdict import NOT_JUDGED, judged
@@ -315,6 +316,7 @@ def render_html(report: Report) -> str:
     out.append(_grid_table(["view (ms, ok requests)", "p50", "p90", "p99", "p99.9", "max"], rows))
     if s["server_ms"] is not None:
         out.append(f'<p class="server-gap">{_e(outside_handler_text(s))}</p>')
+    out += [f'<p class="server-note">{_e(note)}</p>' for note in server_notes(s)]
     if s["other_ms"]:
         out.append('<div class="other-timings">' + _grid_table(
             [OTHER_TITLE, *OTHER_COLUMNS], [[_e(label), *figures] for label, *figures in other_rows(s)]) + "</div>")

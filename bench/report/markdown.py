@@ -26,6 +26,7 @@ from bench.report.summary import (
     other_rows,
     outside_handler_text,
     rate_text,
+    server_notes,
     summarize,
 )
 from bench.report.verdict import NOT_JUDGED, judged
@@ -92,6 +93,7 @@ def report_markdown(report: Report) -> str:
     lines += _table(["view", "p50", "p90", "p99", "p99.9", "max"], rows, "right")
     if s["server_ms"] is not None:
         lines += ["", cell(outside_handler_text(s))]
+    lines += [line for note in server_notes(s) for line in ("", f"> {cell(note)}")]
     if s["other_ms"]:
         lines += ["", f"**{OTHER_TITLE[0].upper()}{OTHER_TITLE[1:]}**", ""]
         lines += _table(["timing", *OTHER_COLUMNS], [[cell(label), *figures] for label, *figures in other_rows(s)],

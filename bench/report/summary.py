@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 __all__ = ["MISSING", "OTHER_COLUMNS", "OTHER_TITLE", "SERVER_LABEL", "fell_behind_text", "num_text", "other_label",
-           "other_rows", "outside_handler_text", "rate_text", "render_summary", "summarize"]
+           "other_rows", "outside_handler_text", "rate_text", "render_summary", "server_notes", "summarize"]
 
 _PCTS = ((50, "p50"), (90, "p90"), (99, "p99"), (99.9, "p999"))
 MISSING = "—"  # what every view prints for a figure that was not measured (never 0)
@@ -76,9 +76,35 @@ def outside_handler_text(s: dict[str, Any]) -> str:
     cb = srv.get("count_bounds")
     count = ("" if srv.get("count") is None else f" ≈{srv['count']:,} requests" +
              (f" ({cb[0]:,}–{cb[1]:,} to the scrape interval)" if cb else " (to the scrape interval)") + ";")
-    return (f"server {srv.get('metric', '')}:{count} p50 {num_text(srv.get('p50'))} ms{b('p50')}, p99 "
+    part = srv.get("partial")
+    partial = (f" PARTIAL: the scrapes cover {part['covers_s']:.1f} of the phase's {part['phase_s']:.1f} s;"
+               if part else "")
+    errors = ("; they include the server's error answers (its histogram has no status label to keep the 2xx "
+              "ones), the client's only ok ones" if srv.get("answers") != "2xx" and s.get("errors") else "")
+    return (f"server {srv.get('metric', '')}:{partial}{count} p50 {num_text(srv.get('p50'))} ms{b('p50')}, p99 "
             f"{num_text(srv.get('p99'))} ms{b('p99')}; client service − server: p50 {g('p50')}, p99 {g('p99')} = "
-            "network + queueing outside the handler (server figures at bucket resolution)")
+            f"network + queueing outside the handler (server figures at bucket resolution{errors})")
+
+
+def server_notes(s: dict[str, Any]) -> list[str]:
+    """Lines every view prints under the server figures (from ``summarize``'s ``server_scrape``): failed scrapes,
+    slow ones, and the scraper's warning (no scrape succeeded; the latency histogram was never found)."""
+    info = s.get("server_scrape") or {}
+    notes = []
+    errors, warning = info.get("scrape_errors") or 0, info.get("warning")
+    if errors and info.get("scrapes"):  # with none, the warning says it
+        notes.append(f"{errors:,} scrape{'s' if errors != 1 else ''} of the server's metrics failed (first: "
+                     f"{info.get('first_error') or MISSING})")
+    slow = info.get("slow_scrapes")
+    if slow:
+        interval = info.get("interval_s")
+        notes.append(f"{slow:,} scrape{'s' if slow != 1 else ''} took more than half the "
+                     f"{'' if interval is None else f'{interval:g} s '}scrape interval (slowest "
+                     f"{info.get('slowest_scrape_s', 0):.2f} s): the server's counts are placed at the answer's "
+                     "arrival, its count bounds widened back to the request")
+    if warning:
+        notes.append(str(warning))
+    return notes
 
 
 BEHIND_RATIO = 0.97  # answers per second below this share of the requests sent per second: the endpoint fell behind
@@ -168,20 +194,25 @@ def _failed(report: Report) -> str | None:
 
 def _server(report: Report, service: dict[str, float | None]) -> dict[str, Any]:
     """``server_ms`` (the server's request-duration percentiles, bucket resolution; ``count`` to the scrape
-    interval, ``count_bounds`` [inner, outer]) and ``outside_handler_ms`` (client service time minus server time:
+    interval, ``count_bounds`` [inner, outer]; ``answers`` "2xx" or "all"; ``partial`` {covers_s, phase_s} when
+    the scrapes do not bracket the phase) and ``outside_handler_ms`` (client service time minus server time:
     network + queueing outside the handler, per percentile ``{low_ms, high_ms, status}`` from ``handler_gap``);
-    None without them."""
+    None without them. ``server_scrape``: ``extra.server_metrics`` (scrapes, failures, warning), None without
+    ``[server_metrics]``."""
+    info = report.meta.extra.get("server_metrics")
+    scrape = dict(info) if isinstance(info, dict) else None
     srv = server_latency(report)
     if srv is None:
-        return {"server_ms": None, "outside_handler_ms": None}
+        return {"server_ms": None, "outside_handler_ms": None, "server_scrape": scrape}
     ms = srv.ms()
     gap = {k: handler_gap(service[k], srv.bounds_ms.get(k) if ms[k] is not None else None) for k in ("p50", "p99")}
     return {"server_ms": {**{k: None if v is None else round(v, 3) for k, v in ms.items()}, "count": srv.count,
                           "count_bounds": None if srv.count_bounds is None else list(srv.count_bounds),
-                          "metric": srv.metric, "resolution": "bucket",
+                          "metric": srv.metric, "resolution": "bucket", "answers": srv.answers,
+                          "partial": {"covers_s": srv.covers_s, "phase_s": srv.phase_s} if srv.partial else None,
                           "bounds_ms": {k: [lo, None if math.isinf(hi) else hi] for k, (lo, hi) in
                                         srv.bounds_ms.items()}},
-            "outside_handler_ms": gap}
+            "outside_handler_ms": gap, "server_scrape": scrape}
 
 
 _CORE_METRICS = frozenset({"latency", "service", "schedule_lag", "loop_lag"})
@@ -227,6 +258,8 @@ def render_summary(report: Report, console: Console) -> None:
         console.print(other)
     if s["server_ms"] is not None:
         console.print(outside_handler_text(s), markup=False, soft_wrap=True)
+    for note in server_notes(s):
+        console.print(note, style="yellow", markup=False, highlight=False, soft_wrap=True)
     if s["top_errors"]:
         more = len(s["errors_by_kind"]) - len(s["top_errors"])
         err = Table(title="errors by kind" + (f" (top {len(s['top_errors'])}, {more} more)" if more > 0 else ""),

@@ -115,6 +115,10 @@ def test_bench_run_on_mlserver_zero_errors_right_rows_server_metrics(tmp_path: P
     assert sum(r["count"] for r in latency + warm) <= 2 * s["accounting"]["sent"]  # no double count beyond overlap
     assert any(r["section"] == "server_metric" and str(r["name"]).startswith("rest_server_requests_total")
                for r in rows)
+    # MLServer gives each *_created timestamp a `# TYPE … gauge` line of its own: creation times, not gauges
+    assert not [r["name"] for r in rows if r["section"] == "server_metric" and "_created" in str(r["name"])]
+    # its histogram carries status_code: only the 2xx series are kept, like the client's ok-only latency
+    assert json.loads(latency[0]["text"])["answers"] == "2xx" and s["server_ms"]["answers"] == "2xx", latency
     sm = json.loads(report.schema.metadata[b"bench.report"])["extra"]["server_metrics"]
     # a scrape may time out on a loaded machine (counted, never fatal); most must succeed
     assert sm["scrapes"] >= 3 and sm["scrape_errors"] <= 1, sm

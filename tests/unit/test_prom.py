@@ -69,8 +69,13 @@ rest_server_request_duration_seconds_bucket{le="0.01",method="GET",path="/v2/hea
 rest_server_request_duration_seconds_bucket{le="+Inf",method="GET",path="/v2/health/ready",status_code="200"} 5.0
 rest_server_request_duration_seconds_count{method="POST",path="/v2/models/{m}/infer",status_code="200"} 10.0
 rest_server_request_duration_seconds_sum{method="POST",path="/v2/models/{m}/infer",status_code="200"} 0.03
+# HELP rest_server_request_duration_seconds_created Request duration
+# TYPE rest_server_request_duration_seconds_created gauge
+rest_server_request_duration_seconds_created{method="POST",path="/v2/models/{m}/infer",status_code="200"} 1.7e9
 # TYPE rest_server_requests_total counter
 rest_server_requests_total{method="POST",status_code="200"} 10.0
+# HELP rest_server_requests_created Requests
+# TYPE rest_server_requests_created gauge
 rest_server_requests_created{method="POST",status_code="200"} 1.7e9
 # TYPE rest_server_requests_in_progress gauge
 rest_server_requests_in_progress{method="POST"} 2.0
@@ -80,13 +85,34 @@ rest_server_requests_in_progress{method="POST"} 2.0
 def test_fold_mlserver_exposition() -> None:
     types, samples = parse(MLSERVER)
     f = fold(types, samples, path_contains="/infer")
-    # infer route only (health checks left out), summed over status codes
-    assert f.histograms == {"rest_server_request_duration_seconds": {0.005: 9.0, 0.01: 11.0, math.inf: 11.0}}
+    # infer route only (health checks left out), 2xx answers only (the 400 is not the handler's latency)
+    assert f.histograms == {"rest_server_request_duration_seconds": {0.005: 8.0, 0.01: 10.0, math.inf: 10.0}}
+    assert f.ok_only == {"rest_server_request_duration_seconds"}
+    assert f.seen == {"rest_server_request_duration_seconds": {"/v2/models/{m}/infer", "/v2/health/ready"}}
     assert f.counters['rest_server_requests_total{method="POST",status_code="200"}'] == 10.0
-    assert not any("created" in k for k in f.counters)
+    # MLServer (prometheus_client) types each *_created as a gauge of its own: a creation time, not a gauge
+    assert not any("created" in k for k in (*f.counters, *f.gauges))
     assert f.gauges == {'rest_server_requests_in_progress{method="POST"}': 2.0}
     every = fold(types, samples, path_contains="")
-    assert every.histograms["rest_server_request_duration_seconds"][math.inf] == 16.0
+    assert every.histograms["rest_server_request_duration_seconds"][math.inf] == 15.0
+
+
+@pytest.mark.parametrize("label", ["status_code", "code", "status"])
+def test_fold_keeps_2xx_series_of_a_histogram_with_a_status_label(label: str) -> None:
+    text = ("# TYPE d histogram\n"
+            f'd_bucket{{le="0.01",{label}="200"}} 3\nd_bucket{{le="+Inf",{label}="200"}} 4\n'
+            f'd_bucket{{le="0.01",{label}="500"}} 50\nd_bucket{{le="+Inf",{label}="500"}} 50\n'
+            f'd_bucket{{le="0.01",{label}="204"}} 1\nd_bucket{{le="+Inf",{label}="204"}} 1\n')
+    f = fold(*parse(text))
+    assert f.histograms == {"d": {0.01: 4.0, math.inf: 5.0}} and f.ok_only == {"d"}
+
+
+def test_fold_histogram_without_status_label_or_only_errors() -> None:
+    plain = fold(*parse('# TYPE d histogram\nd_bucket{le="0.01"} 3\nd_bucket{le="+Inf"} 4\n'))
+    assert plain.histograms == {"d": {0.01: 3.0, math.inf: 4.0}} and plain.ok_only == frozenset()
+    # every answer an error: the histogram exists (not "missing"), with nothing in it
+    errors = fold(*parse('# TYPE d histogram\nd_bucket{le="0.01",code="503"} 3\nd_bucket{le="+Inf",code="503"} 4\n'))
+    assert errors.histograms == {"d": {0.01: 0.0, math.inf: 0.0}} and errors.ok_only == {"d"}
 
 
 def test_format_labels() -> None:

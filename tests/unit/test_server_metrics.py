@@ -3,6 +3,7 @@ views naming the gap (network + queueing outside the handler)."""
 
 from __future__ import annotations
 
+import html
 import io
 import math
 from pathlib import Path
@@ -101,3 +102,128 @@ def test_counter_reset_is_not_a_negative_rate() -> None:
     add_server_metrics(report, scrapes, latency_metric=None)
     assert server_series(report)["c"][2] == 5.0
     assert server_latency(report) is None
+
+
+def _views(report: object) -> list[str]:
+    buf = io.StringIO()
+    render_summary(report, Console(file=buf, width=400, color_system=None))  # type: ignore[arg-type]
+    return [buf.getvalue(), report_markdown(report), html.unescape(render_html(report))]  # type: ignore[arg-type]
+
+
+def _steady(t: float, rate: float, start: float = 0.0, before: float = 0.0) -> float:
+    """The server's cumulative count at t: ``before`` requests from earlier, then ``rate`` per second."""
+    return before + rate * max(0.0, t - start)
+
+
+def test_a_scrape_without_the_histogram_mid_run_is_skipped_not_zero() -> None:
+    """A 200 without the histogram (another pod, a partial exporter) says nothing about it: the interval is taken
+    across it. Counting it as zero made the next interval hold the server's whole lifetime (65,000 requests)."""
+    report = make_report(make_run(10))  # warm-up 0-1 s, measured 1-3 s
+    scrapes = []
+    for i in range(8):
+        t = i * 0.5 - 0.2
+        n = _steady(t, 100.0, before=65_000.0)
+        scrapes.append(Scrape(t, histograms={} if i == 4 else {METRIC: {le: n for le in BUCKETS_S}}))
+    add_server_metrics(report, scrapes, latency_metric=METRIC)
+    srv = server_latency(report)
+    assert srv is not None and srv.count_bounds is not None
+    assert srv.count == pytest.approx(200, abs=2)  # 100/s over the 2 s measured phase
+    assert srv.count_bounds[0] <= 200 <= srv.count_bounds[1] <= 300
+
+
+def test_scrapes_before_the_first_with_the_histogram_count_as_zero() -> None:
+    report = make_report(make_run(11))
+    scrapes = [Scrape(0.0), *(Scrape(t, histograms={METRIC: {le: _steady(t, 100.0) for le in BUCKETS_S}})
+                              for t in (0.5, 1.0, 2.0, 3.1))]
+    add_server_metrics(report, scrapes, latency_metric=METRIC)
+    warm = [r for r in report.sections["server_latency"] if r["phase"] == "warmup"]
+    assert warm and warm[0]["count"] == 100
+
+
+def test_count_bounds_hold_when_the_server_answers_a_scrape_late() -> None:
+    """The server's snapshot is taken when it gets round to the scrape (MLServer under load: up to 1 s after the
+    GET). Placed at the answer's arrival, with the inner bound from the GET's send, the phase's real count stays
+    between the bounds; placed at the send (before), the outer bound was 1,600 for 2,000 real requests."""
+    report = make_report(make_run(12))  # measured 1-3 s; the server counts 1,000/s only inside it
+    scrapes = []
+    for sent in (-0.5, 0.5, 1.5, 2.5, 3.5):
+        snap = sent + 0.9
+        n = 1000.0 * (min(snap, 3.0) - 1.0) if snap > 1.0 else 0.0
+        scrapes.append(Scrape(snap, sent_s=sent, histograms={METRIC: {le: n for le in BUCKETS_S}}))
+    add_server_metrics(report, scrapes, latency_metric=METRIC)
+    srv = server_latency(report)
+    assert srv is not None and srv.count_bounds is not None
+    assert srv.count_bounds[0] <= 2000 <= srv.count_bounds[1]
+
+
+def test_scrapes_not_bracketing_the_phase_mark_it_partial_in_every_view() -> None:
+    report = make_report(make_run(13))  # measured 1-3 s; the endpoint failed from 1.6 s on
+    scrapes = [Scrape(t, histograms={METRIC: cumulative([0.002] * int(100 * t))}) for t in (-0.1, 0.6, 1.1, 1.6)]
+    add_server_metrics(report, scrapes, latency_metric=METRIC, scrape_errors=5)
+    report.meta.extra["server_metrics"]["first_error"] = "PromError: HTTP 503"
+    srv = server_latency(report)
+    assert srv is not None and srv.partial and srv.covers_s == pytest.approx(0.6) and srv.phase_s == 2.0
+    s = summarize(report)
+    assert s["server_ms"]["partial"] == {"covers_s": 0.6, "phase_s": 2.0}
+    for text in _views(report):
+        assert "PARTIAL: the scrapes cover 0.6 of the phase's 2.0 s" in text
+        assert "5 scrapes of the server's metrics failed (first: PromError: HTTP 503)" in text
+
+
+def test_a_bracketed_phase_is_not_partial() -> None:
+    report = make_report(make_run(14))
+    add_server_metrics(report, _scrapes(100, 300, 2.0), latency_metric=METRIC)
+    srv = server_latency(report)
+    assert srv is not None and not srv.partial and summarize(report)["server_ms"]["partial"] is None
+    assert not any("PARTIAL" in text for text in _views(report))
+
+
+def test_views_say_the_server_figure_includes_errors_without_a_status_label() -> None:
+    report = make_report(make_run(15))  # the run has 503s
+    add_server_metrics(report, _scrapes(100, 300, 2.0), latency_metric=METRIC)
+    assert summarize(report)["server_ms"]["answers"] == "all"
+    for text in _views(report):
+        assert "they include the server's error answers" in text
+    ok_only = [Scrape(s.t_s, histograms=s.histograms, ok_only=frozenset({METRIC})) for s in _scrapes(100, 300, 2.0)]
+    add_server_metrics(report, ok_only, latency_metric=METRIC)
+    assert summarize(report)["server_ms"]["answers"] == "2xx"
+    assert not any("error answers" in text for text in _views(report))
+
+
+@pytest.mark.parametrize(("unit", "p50_ms"), [("s", 2000.0), ("ms", 2.0), ("us", 0.002)])
+def test_latency_unit_scales_the_buckets(unit: str, p50_ms: float) -> None:
+    """A histogram in ms (Triton's optional ones) read as seconds put a 2 ms request at 2,000 ms."""
+    report = make_report(make_run(16))
+    scrapes = [Scrape(t, histograms={"lat": {1.0: 0.0, 2.0: 100.0 * (t + 1), math.inf: 100.0 * (t + 1)}})
+               for t in (-0.1, 1.0, 2.0, 3.1)]
+    add_server_metrics(report, scrapes, latency_metric="lat", latency_unit=unit)
+    srv = server_latency(report)
+    assert srv is not None and srv.bounds_ms["p50"] == pytest.approx((p50_ms / 2, p50_ms))
+    assert report.meta.extra["server_metrics"]["latency_unit"] == unit
+
+
+def test_a_latency_metric_no_scrape_holds_is_a_warning_naming_what_they_hold() -> None:
+    report = make_report(make_run(17))
+    held = Scrape(1.0, counters={'nv_inference_request_duration_us{model="m"}': 5.0},
+                  histograms={METRIC: {0.1: 1.0}}, seen={METRIC: frozenset({"/v2/models/{m}/infer"})})
+    add_server_metrics(report, [held, held], latency_metric="rest_server_request_duration")
+    warning = report.meta.extra["server_metrics"]["warning"]
+    assert "latency_metric 'rest_server_request_duration': no histogram of that name in 2 scrapes" in warning
+    assert f"histograms seen: {METRIC}" in warning
+    add_server_metrics(report, [held], latency_metric="nv_inference_request_duration_us")
+    assert "it is a counter, not a histogram" in report.meta.extra["server_metrics"]["warning"]
+    filtered = Scrape(1.0, seen={METRIC: frozenset({"/v2/health/ready"})})
+    add_server_metrics(report, [filtered], latency_metric=METRIC, path_contains="/predict")
+    warning = report.meta.extra["server_metrics"]["warning"]
+    assert "path_contains '/predict' matches no series" in warning and "/v2/health/ready" in warning
+    for text in _views(report):
+        assert "path_contains" in text
+    add_server_metrics(report, [held], latency_metric=METRIC)
+    assert "warning" not in report.meta.extra["server_metrics"]
+
+
+def test_counter_rates_span_a_scrape_that_lacks_the_counter() -> None:
+    report = make_report(make_run(18))
+    scrapes = [Scrape(1.0, counters={"c": 100.0}), Scrape(2.0), Scrape(3.0, counters={"c": 300.0})]
+    add_server_metrics(report, scrapes, latency_metric=None)
+    assert server_series(report)["c"] == {3: 100.0}
