@@ -363,10 +363,10 @@ def compare_reports(base: Report | RunData, new: Report | RunData,
         cmp.warnings = belonging(base, new)
     if isinstance(new, Report):
         cmp.failed = failed_run(new)
-    lost = [m.key for m in out if m.regression and m.new is None]
-    if lost:
-        cmp.notes.append("no samples in the new run where the base had them (a regression): " + ", ".join(lost))
-    unjudged = [u for u in unmeasured if u.split(" ")[0] not in lost]
+    lost_keys = [m.key for m in out if m.regression and m.new is None]
+    if lost_keys:
+        cmp.notes.append("no samples in the new run where the base had them (a regression): " + ", ".join(lost_keys))
+    unjudged = [u for u in unmeasured if u.split(" ")[0] not in lost_keys]
     if unjudged:
         cmp.notes.append("no samples, not judged: " + ", ".join(unjudged))
     if min(nb, nn) < MIN_WINDOWS:
