@@ -8,7 +8,8 @@ costs a dict update and a bisect per request; there is no background work.
 Metric families (seconds throughout):
 
 - ``rest_server_requests_total{method,path,status_code}`` counter
-- ``rest_server_request_duration_seconds{method,path}`` histogram (time in the app, first byte in → last byte out)
+- ``rest_server_request_duration_seconds{method,path,status_code}`` histogram (time in the app, first byte in → last
+  byte out; by status, as MLServer's, so a server view can keep the 2xx answers)
 - ``rest_server_requests_in_progress{method,path}`` gauge
 - ``model_infer_request_duration_seconds{model,version}`` histogram (capacity-model wait + scoring)
 - ``model_infer_request_success_total`` / ``model_infer_request_failure_total{model,version}`` counters
@@ -85,7 +86,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str, str], int] = {}
-        self.durations: dict[tuple[str, str], _Histogram] = {}
+        self.durations: dict[tuple[str, str, str], _Histogram] = {}
         self.in_progress: dict[tuple[str, str], int] = {}
         self.infer: dict[tuple[str, str], _Histogram] = {}
         self.infer_ok: dict[tuple[str, str], int] = {}
@@ -109,9 +110,9 @@ class Metrics:
         self.in_progress[key] -= 1
         rkey = (key[0], key[1], str(status))
         self.requests[rkey] = self.requests.get(rkey, 0) + 1
-        hist = self.durations.get(key)
+        hist = self.durations.get(rkey)
         if hist is None:
-            hist = self.durations[key] = _Histogram()
+            hist = self.durations[rkey] = _Histogram()
         hist.observe(seconds)
 
     def model_infer(self, model: str, version: str, seconds: float, ok: bool) -> None:
@@ -136,7 +137,7 @@ class Metrics:
         self._counter(out, "rest_server_requests_total", "REST requests answered by the app",
                       ("method", "path", "status_code"), self.requests)
         self._histograms(out, "rest_server_request_duration_seconds", "time from request to last answer byte",
-                         ("method", "path"), self.durations)
+                         ("method", "path", "status_code"), self.durations)
         self._gauge(out, "rest_server_requests_in_progress", "requests being handled by the app",
                     ("method", "path"), self.in_progress)
         self._histograms(out, "model_infer_request_duration_seconds",
@@ -170,7 +171,7 @@ class Metrics:
             out.append(f"{name}{_labels(names, key)} {v}")
 
     def _histograms(self, out: list[str], name: str, help_text: str, names: tuple[str, ...],
-                    hists: dict[tuple[str, str], _Histogram]) -> None:
+                    hists: Mapping[Any, _Histogram]) -> None:
         self._head(out, name, help_text, "histogram")
         for key, h in sorted(hists.items()):
             acc = 0
