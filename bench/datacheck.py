@@ -31,14 +31,16 @@ def check_names(table: pa.Table, file: str) -> None:
         raise InputError(f"damaged data: {first[0] if first else type(exc).__name__}", file=file) from None
 
 
-def check_tensors(table: pa.Table, column: str, file: str, *, json_body: bool = True) -> None:
-    """Raise InputError at the first bad row of ``column``. ``json_body=False`` (Arrow bodies) lets NaN/inf through
-    (a model may read NaN as "missing") and binary columns (Arrow carries bytes; JSON does not)."""
+def check_tensors(table: pa.Table, column: str, file: str, *, json_body: bool = True, binary_hint: str = "") -> None:
+    """Raise InputError at the first bad row of ``column``. ``json_body=False`` (Arrow bodies, KServe's binary
+    tensor extension) lets NaN/inf through (a model may read NaN as "missing") and binary columns (those bodies
+    carry bytes; JSON does not). ``binary_hint``: how the target could send a binary column after all."""
     if json_body:
         for name, typ in zip(table.column_names, table.schema.types, strict=True):
             if pa.types.is_binary(typ) or pa.types.is_large_binary(typ) or pa.types.is_fixed_size_binary(typ):
-                raise InputError("holds bytes that are not UTF-8 text; a JSON body cannot carry them", file=file,
-                                 key=name)
+                raise InputError(f"a binary column (Arrow type {typ}): a JSON body cannot carry raw bytes"
+                                 f"{f'; {binary_hint}' if binary_hint else ''} (text belongs in a string column)",
+                                 file=file, key=name)
     if column not in table.column_names or table.num_rows == 0:
         return  # the reader has already said so
     offset, width = 0, None

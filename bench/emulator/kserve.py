@@ -10,7 +10,8 @@ Routes (``{v}`` optional as ``/versions/{v}``): ``GET /v2``, ``GET /v2/health/li
 
 Tensors come as JSON ``data`` (flat or nested row-major) or, with the binary tensor extension
 (``Inference-Header-Content-Length``), as raw little-endian bytes (BYTES: 4-byte length-prefixed elements).
-Outputs are binary when the request asks (``parameters.binary_data_output`` or per-output ``binary_data``). Bad
+Outputs are binary when the request asks (``parameters.binary_data_output`` or per-output ``binary_data``);
+other ``parameters`` (request, input, output) are accepted as long as they are objects. Bad
 tensors get ``400 {"error": "..."}``, unknown models 404. Service time is ``ctx.model.serve(rows)``.
 """
 
@@ -85,11 +86,23 @@ def _json_values(data: object, datatype: str, name: str) -> npt.NDArray[Any]:
     elif kind == "b":
         raise _bad(f"input '{name}': true/false values for datatype {datatype}")
     elif datatype.startswith(("INT", "UINT")) and kind == "f":
-        raise _bad(f"input '{name}': non-integer values for datatype {datatype}")
+        if not all(isinstance(v, int) for v in _flatten(data)):  # (numpy makes [0, 2**63] float64: ints only)
+            raise _bad(f"input '{name}': non-integer values for datatype {datatype}")
+        arr = np.array(data, dtype=object)
+    target = np.dtype(DTYPES[datatype])
+    out_of_range = _bad(f"input '{name}': values out of range for {datatype}")
+    if target.kind in "iu" and arr.size:  # numpy's cast would wrap 300 to 44 as INT8 without a word
+        info = np.iinfo(target)
+        if int(arr.min()) < info.min or int(arr.max()) > info.max:
+            raise out_of_range
     try:
-        return arr.astype(DTYPES[datatype]).reshape(-1)
+        with np.errstate(over="ignore"):
+            values = arr.astype(target).reshape(-1)
     except OverflowError:
-        raise _bad(f"input '{name}': values out of range for {datatype}") from None
+        raise out_of_range from None
+    if target.kind == "f" and not np.isfinite(values).all() and np.isfinite(arr.astype(np.float64)).all():
+        raise out_of_range  # 1e6 as FP16 is inf
+    return values
 
 
 def _flatten(data: list[Any]) -> list[Any]:
@@ -126,6 +139,16 @@ def _binary_values(chunk: bytes, datatype: str, name: str) -> npt.NDArray[Any]:
     return np.array(items, dtype=object)
 
 
+def _parameters(item: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    """``item``'s V2 ``parameters``: absent or an object (the protocol's ``$parameters``), else 400."""
+    params = item.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise _bad(f"{where}: 'parameters' must be an object, got {type(params).__name__}")
+    return params
+
+
 def decode_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any], list[Tensor]]:
     """The request's JSON object and its input tensors (values checked against datatype and shape)."""
     raw = b""
@@ -143,6 +166,7 @@ def decode_request(body: bytes, header_length: str | None) -> tuple[dict[str, An
         raise _bad(f"invalid JSON: {exc}") from None
     if not isinstance(req, dict):
         raise _bad("the request must be a JSON object")
+    _parameters(req, "the request")
     inputs = req.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise _bad("'inputs' must be a non-empty list")
@@ -158,8 +182,7 @@ def decode_request(body: bytes, header_length: str | None) -> tuple[dict[str, An
         if datatype != "BYTES" and datatype not in DTYPES:
             raise _bad(f"input '{name}': unknown datatype {datatype!r}")
         shape = _shape(item.get("shape"), name)
-        params = item.get("parameters") or {}
-        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        size = _parameters(item, f"input '{name}'").get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(raw):
                 raise _bad(f"input '{name}': binary_data_size {size!r} is outside the binary data")
@@ -372,5 +395,5 @@ def _requested_outputs(req: Mapping[str, Any]) -> dict[str, bool] | None:
     for i, item in enumerate(raw):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise _bad(f"outputs[{i}] must be an object with a 'name'")
-        wanted[item["name"]] = _flag(item.get("parameters"), "binary_data")
+        wanted[item["name"]] = _flag(_parameters(item, f"output '{item['name']}'"), "binary_data")
     return wanted

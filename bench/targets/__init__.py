@@ -151,8 +151,10 @@ def target_for(kind: str) -> Target:
     return target
 
 
-def read_table(sc: Scenario) -> Any:
-    """The scenario's rows as an Arrow table (its data file, or the synthetic ccfraud set)."""
+def read_table(sc: Scenario, *, json_body: bool | None = None, binary_hint: str = "") -> Any:
+    """The scenario's rows as an Arrow table (its data file, or the synthetic ccfraud set). ``json_body``: whether
+    the bodies are JSON (NaN and raw bytes refused; None: unless ``target.format`` is arrow); ``binary_hint``: how
+    this target could send a binary column after all (for the refusal's line)."""
     from bench.data import generate_ccfraud, read_dataset
     from bench.datacheck import check_tensors
     from bench.errors import InputError
@@ -160,7 +162,9 @@ def read_table(sc: Scenario) -> Any:
     data = sc.data
     if data.path is not None:
         table = read_dataset(data.path, data.column)
-        check_tensors(table, data.column, str(data.path), json_body=sc.target.format != "arrow")
+        check_tensors(table, data.column, str(data.path),
+                      json_body=sc.target.format != "arrow" if json_body is None else json_body,
+                      binary_hint=binary_hint)
         where = f"the {table.num_rows:,} rows of {data.path}"
     else:
         table = generate_ccfraud(data.generate_rows, data.seed)

@@ -3,8 +3,9 @@
 The preflight (before any load, on the control plane) waits for ``/v2/health/ready`` and
 ``/v2/models/{name}[/versions/{v}]/ready`` up to ``ready_wait``, then reads the model's metadata and checks the
 inputs the data will send against it: a missing or unknown input, another datatype or a shape that cannot
-match is one line naming the input, exit 2 — a run of 400s measures nothing. Metadata without declared inputs
-(MLServer without ``inputs`` in model-settings.json) is not checked, and the message says so.
+match is one line naming the input, exit 2 — a run of 400s measures nothing; so is an ``outputs = [...]`` name the
+metadata does not declare. Metadata without declared inputs (MLServer without ``inputs`` in model-settings.json)
+is not checked, and the message says so.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from bench.prepared import Endpoints
     from bench.scenario import Scenario, TargetConfig
 
-__all__ = ["TARGET", "KServePlan", "KServeTarget", "check_metadata"]
+__all__ = ["TARGET", "KServePlan", "KServeTarget", "check_metadata", "check_outputs"]
 
 Signature = tuple[tuple[str, str, tuple[int, ...]], ...]  # (name, datatype, shape with -1 rows) per input
 
@@ -84,6 +85,22 @@ def check_metadata(meta: Mapping[str, Any], signature: Signature, model: str) ->
     missing = [n for n in by_name if n != "*" and n not in sent]
     if missing:
         return f"input {missing[0]!r}: model {model} needs it, the data has no such input (sent: {', '.join(sent)})"
+    return None
+
+
+def check_outputs(meta: Mapping[str, Any], outputs: Sequence[str], model: str) -> str | None:
+    """Why ``outputs = [...]`` asks for an output the model's metadata does not declare (one line), or None.
+
+    Not checked when the metadata declares no outputs or a wildcard ``*`` (the emulator's echo model)."""
+    declared = meta.get("outputs")
+    if not isinstance(declared, list) or not declared:
+        return None
+    names = [str(o.get("name")) for o in declared if isinstance(o, dict)]
+    if "*" in names:
+        return None
+    unknown = [o for o in outputs if o not in names]
+    if unknown:
+        return f"output {unknown[0]!r}: model {model} has no such output (its outputs: {', '.join(names)})"
     return None
 
 
@@ -134,6 +151,30 @@ async def _wait_ready(client: httpx.AsyncClient, base: str, cfg: KServeConfig, h
         await anyio.sleep(0.2)
 
 
+async def _check_binary_extension(client: httpx.AsyncClient, base: str, headers: Headers,
+                                  message: Callable[[str], None], file: str | None) -> None:
+    """``GET /v2`` must list ``binary_tensor_data`` (exit 2 if it does not); an answer that is not a JSON object
+    (an ingress's HTML page) is exit 3; one that cannot be read (refused, non-200) skips the check, saying so."""
+    got = await _get(client, f"{base}/v2", headers)
+    if isinstance(got, str) or got.status_code != 200:
+        message(f"GET {base}/v2: {got if isinstance(got, str) else f'HTTP {got.status_code}'}: "
+                "the binary_tensor_data extension is not checked")
+        return
+    try:
+        server = got.json()
+    except ValueError:
+        server = None
+    if not isinstance(server, dict):
+        raise RunInvalid(f"GET {base}/v2: not a JSON object (server metadata expected; content-type "
+                         f"{got.headers.get('content-type', 'none')!r})")
+    ext = server.get("extensions", [])
+    if not isinstance(ext, list):
+        raise RunInvalid(f"GET {base}/v2: 'extensions' is not a list")
+    if "binary_tensor_data" not in ext:
+        raise InputError(f"{base} does not list the binary_tensor_data extension (GET /v2)", file=file,
+                         key="target.binary")
+
+
 async def preflight(plan: KServePlan, base: str, message: Callable[[str], None], file: str | None = None,
                     headers: Headers = dict, verify: ssl.SSLContext | bool = True) -> None:
     """Ready checks, then the model's metadata against the data (InputError naming the input on a mismatch).
@@ -144,12 +185,7 @@ async def preflight(plan: KServePlan, base: str, message: Callable[[str], None],
     async with httpx.AsyncClient(timeout=10.0, headers=dict(cfg.headers), verify=verify) as client:
         await _wait_ready(client, base, cfg, headers, message, file)
         if cfg.binary:
-            server = await _get(client, f"{base}/v2", headers)
-            ext = server.json().get("extensions", []) if isinstance(server, httpx.Response) and \
-                server.status_code == 200 else None
-            if isinstance(ext, list) and "binary_tensor_data" not in ext:
-                raise InputError(f"{base} does not list the binary_tensor_data extension (GET /v2)", file=file,
-                                 key="target.binary")
+            await _check_binary_extension(client, base, headers, message, file)
         got = await _get(client, base + cfg.model_path, headers)
         if isinstance(got, str) or got.status_code != 200:
             raise RunInvalid(f"model metadata {cfg.model_path}: "
@@ -163,6 +199,9 @@ async def preflight(plan: KServePlan, base: str, message: Callable[[str], None],
     problem = check_metadata(meta, plan.signature, cfg.model_name)
     if problem:
         raise InputError(problem, file=file, key="target")
+    problem = check_outputs(meta, cfg.outputs, cfg.model_name)
+    if problem:
+        raise InputError(problem, file=file, key="target.outputs")
     if not meta.get("inputs"):
         message(f"model {cfg.model_name} declares no inputs in its metadata: the data's inputs are not checked")
 
@@ -175,8 +214,9 @@ class KServeTarget(Target):
 
     def config(self, sc: Scenario) -> KServePlan:
         cfg = config_from_mapping(sc.target.raw, sc.file)
-        try:
-            tensors = tensors_for(read_table(sc), cfg)
+        table = read_table(sc, json_body=not cfg.binary, binary_hint="binary = true sends them as BYTES")
+        try:  # (read_table's errors name the data file; these name the scenario's keys)
+            tensors = tensors_for(table, cfg)
             bodies, width = lazy_bodies(tensors, cfg, sc.data.rows_per_request)
             bodies.prepare(BLOCK)  # the first block now: a body that cannot be encoded fails before any load
         except InputError as exc:

@@ -234,3 +234,27 @@ def test_not_ready_while_starting(serve_emulator: Callable[..., str]) -> None:
         assert c.get("/v2/models/ccfraud/ready").status_code == 400
         r = _infer(c, {"inputs": [{"name": "tensor", "shape": [1, 29], "datatype": "FP32", "data": ROW}]})
         assert r.status_code == 503 and "not ready" in r.json()["error"]
+
+
+@pytest.mark.parametrize(("inputs", "extra", "status", "words"), [
+    ([{"name": "x", "shape": [2], "datatype": "UINT8", "data": [1, 300]}], {}, 400, "out of range for UINT8"),
+    ([{"name": "x", "shape": [1], "datatype": "INT8", "data": [-129]}], {}, 400, "out of range for INT8"),
+    ([{"name": "x", "shape": [1], "datatype": "FP16", "data": [1e6]}], {}, 400, "out of range for FP16"),
+    ([{"name": "x", "shape": [2], "datatype": "UINT64", "data": [0, 2**63]}], {}, 200, ""),  # was "non-integer"
+    ([{"name": "x", "shape": [1], "datatype": "INT8", "data": [1], "parameters": {"content_type": "np"}}],
+     {"parameters": {"k": 1}, "outputs": [{"name": "x", "parameters": {"binary_data": False}}]}, 200, ""),
+    ([{"name": "x", "shape": [1], "datatype": "INT8", "data": [1], "parameters": "np"}], {}, 400,
+     "input 'x': 'parameters' must be an object"),
+    ([{"name": "x", "shape": [1], "datatype": "INT8", "data": [1]}], {"parameters": [1]}, 400,
+     "the request: 'parameters' must be an object"),
+])
+def test_echo_model_checks_ranges_and_parameters(client: httpx.Client, inputs: list[dict[str, object]],
+                                                 extra: dict[str, object], status: int, words: str) -> None:
+    """The emulator, bench's test server, wrapped 300 to 44 as UINT8 and made 1e6 an FP16 inf (as numpy casts),
+    refused [0, 2**63] as UINT64 (numpy reads it as floats), and ignored parameters that are not objects."""
+    r = _infer(client, {"inputs": inputs, **extra}, "/v2/models/echo/infer")
+    assert r.status_code == status, r.text
+    if status == 200:
+        assert r.json()["outputs"][0]["data"] == inputs[0]["data"]
+    else:
+        assert words in r.json()["error"]

@@ -288,3 +288,209 @@ def test_token_env_and_headers_env_reach_a_kserve_gateway(tmp_path: Path) -> Non
     table = ipc.open_file(str(out)).read_all()
     written = [proc.stdout, proc.stderr, repr(table.schema.metadata), *(repr(c.to_pylist()) for c in table.columns)]
     assert not any(secret in text for secret in (token, key) for text in written)
+
+
+# --- audit kserve #8-#13: data the datatype cannot hold, unsigned/binary columns, GET /v2, outputs, parameters,
+# scalar and binary answers -------------------------------------------------------------------------------------
+
+def echo_scenario(tmp_path: Path, table: pa.Table, target: str, *, url: str = "embedded", requests: int = 6) -> Path:
+    """A scenario sending ``table`` (as Parquet) to the echo model, one input per column, 2 rows a request."""
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "data.parquet"
+    pq.write_table(table, data)
+    path = tmp_path / "echo.toml"
+    path.write_text(f"""name = "echo"
+[target]
+kind = "kserve"
+url = "{url}"
+model_name = "echo"
+layout = "columns"
+{target}
+[data]
+path = "{data}"
+column = "{table.column_names[0]}"
+rows_per_request = 2
+[load]
+concurrency = 1
+requests = {requests}
+""")
+    return path
+
+
+@pytest.mark.parametrize(("values", "datatype", "needle"), [
+    (pa.array([1.0, 300.0, -1.0]), "UINT8", "row 1: 300.0 is out of range for UINT8 (0 to 255)"),
+    (pa.array([1.0, 2.0, 1e6]), "FP16", "row 2: 1000000.0 is out of range for FP16 (largest 65504)"),
+    (pa.array([3, -5, 2**40], pa.int64()), "UINT64",
+     "row 1: -5 is out of range for UINT64 (0 to 18446744073709551615)"),
+    (pa.array([3, 4, 2**40], pa.int64()), "INT32",
+     "row 2: 1099511627776 is out of range for INT32 (-2147483648 to 2147483647)"),
+    (pa.array([0.0, 1.0, 0.5]), "BOOL", "row 2: 0.5 is not 0 or 1: cannot be sent as BOOL"),
+])
+def test_values_the_datatype_cannot_hold_exit_2_one_line(tmp_path: Path, values: pa.Array, datatype: str,
+                                                         needle: str) -> None:
+    """They were wrapped (300 → 44), made null (FP16 1e6, after a numpy RuntimeWarning on stderr) or true, sent,
+    and counted ok by the echo model."""
+    path = echo_scenario(tmp_path, pa.table({"x": values}), f'[target.inputs.x]\ndatatype = "{datatype}"')
+    out = tmp_path / "never.arrow"
+    proc = bench("run", str(path), "--quiet", "--out", str(out))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr and "Warning" not in proc.stderr, lines
+    assert lines[0] == f"bench: error: {path}: target.inputs.x.datatype: input 'x': {needle}"
+    assert not out.exists()
+
+
+def test_unsigned_and_binary_columns_reach_the_echo_model(tmp_path: Path) -> None:
+    """uint8..64 columns had no V2 datatype, and binary columns were refused even with binary = true (as 'not
+    UTF-8 text'); now they are UINT8..64 and BYTES, and every answer is ok. A JSON body still refuses the binary
+    column, naming its type and the way out."""
+    n = 12
+    table = pa.table({"u8": pa.array([i * 20 for i in range(n)], pa.uint8()),
+                      "u16": pa.array([60000 + i for i in range(n)], pa.uint16()),
+                      "u32": pa.array([2**32 - 1 - i for i in range(n)], pa.uint32()),
+                      "u64": pa.array([2**64 - 1 - i for i in range(n)], pa.uint64()),
+                      "blob": pa.array([bytes([i, 0xff, 0x00]) for i in range(n)], pa.binary())})
+    proc = bench("run", str(echo_scenario(tmp_path, table, "binary = true")), "--json", "--quiet",
+                 "--out", str(tmp_path / "r.arrow"))
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(proc.stdout)
+    assert s["requests"] == 6 and s["ok"] == 6 and s["errors"] == 0, s
+    proc = bench("run", str(echo_scenario(tmp_path, table, "binary = false")), "--quiet")
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "data.parquet: blob: a binary column (Arrow type binary)" in last and "binary = true" in last, last
+    assert "UTF-8" not in last
+
+
+class Front:
+    """The emulator's app behind a hook: ``hook(method, path, headers, body)`` may answer (status, headers, body)
+    instead of the emulator; every call is noted as (method, path, headers, body)."""
+
+    def __init__(self, hook: Callable[[str, str, dict[bytes, bytes], bytes],
+                                      tuple[int, list[tuple[bytes, bytes]], bytes] | None]) -> None:
+        from bench.emulator.app import build_app
+        from bench.emulator.config import EmulatorConfig
+
+        self.app = build_app(EmulatorConfig())
+        self.hook = hook
+        self.calls: list[tuple[str, str, dict[bytes, bytes], bytes]] = []
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = dict(scope["headers"])
+        self.calls.append((scope["method"], scope["path"], headers, body))
+        answer = self.hook(scope["method"], scope["path"], headers, body)
+        if answer is None:
+            sent = False
+
+            async def replay() -> dict[str, Any]:
+                nonlocal sent
+                if sent:
+                    return {"type": "http.disconnect"}
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            await self.app(scope, replay, send)
+            return
+        status, extra, content = answer
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-length", str(len(content)).encode()), *extra]})
+        await send({"type": "http.response.body", "body": content})
+
+
+@pytest.mark.parametrize(("answer", "ctype"), [(b"<html><body>Welcome to nginx</body></html>", b"text/html"),
+                                                (b'["binary_tensor_data"]', b"application/json")])
+def test_get_v2_not_a_json_object_is_one_line_exit_3(tmp_path: Path, answer: bytes, ctype: bytes) -> None:
+    """An ingress answering GET /v2 with an HTML page (or JSON that is not an object) crashed the preflight with a
+    77-line traceback, exit 1."""
+    front = Front(lambda m, p, h, b: (200, [(b"content-type", ctype)], answer) if p == "/v2" else None)
+    with served_asgi(front) as base:
+        path = fronted(tmp_path, base, ('datatype = "FP32"', 'datatype = "FP32"\nbinary = true'))
+        proc = bench("run", str(path), "--quiet", "--out", str(tmp_path / "never.arrow"))
+    assert proc.returncode == 3, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr and len(lines) == 1, lines
+    assert lines[0] == f"bench: error: GET {base}/v2: not a JSON object (server metadata expected; content-type " \
+                       f"{ctype.decode()!r})"
+    assert not any(method == "POST" for method, *_ in front.calls)
+
+
+def test_unknown_output_refused_before_load(tmp_path: Path) -> None:
+    """outputs = ["nope"] passed the preflight and every request failed with 400 (exit 3); the metadata declares
+    the model's outputs."""
+    out = tmp_path / "never.arrow"
+    proc = bench("run", str(variant(tmp_path, ('outputs = ["dense_1"]', 'outputs = ["dense_1", "nope"]'))),
+                 *SHORT, "--out", str(out))
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr
+    assert last.endswith("kserve.toml: target.outputs: output 'nope': model ccfraud has no such output "
+                         "(its outputs: dense_1)"), last
+    assert not out.exists()
+
+
+FAST = ["--set", 'load.duration="1s"', "--set", 'load.warmup="0s"', "--json", "--quiet"]
+
+
+def fronted(tmp_path: Path, base: str, *edits: tuple[str, str]) -> Path:
+    """scenarios/kserve.toml pointed at ``base`` (no [emulator], no [server_metrics]), with text ``edits``."""
+    path = variant(tmp_path, ('url = "embedded"   ', f'url = "{base}" #'), *edits)
+    text = path.read_text()
+    path.write_text(text[:text.index("\n[emulator]")] + "\n")
+    return path
+
+
+def _head(headers: dict[bytes, bytes], body: bytes) -> dict[str, Any]:
+    length = headers.get(b"inference-header-content-length")
+    result: dict[str, Any] = json.loads(body[:int(length)] if length else body)
+    return result
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_parameters_reach_the_server_exactly_and_binary_answers_are_ok(tmp_path: Path, binary: bool) -> None:
+    """[target] parameters, input_parameters and outputs = [{ name, parameters }] were refused as unknown keys; now
+    every request carries them as written. binary_data_output = true makes the emulator answer with the binary
+    extension, which the classifier counted bad_response:200: now ok, with the right rows."""
+    front = Front(lambda m, p, h, b: None)
+    with served_asgi(front) as base:
+        path = fronted(tmp_path, base,
+                       ('datatype = "FP32"', f'datatype = "FP32"\nbinary = {str(binary).lower()}\n'
+                                             'input_parameters = { content_type = "np", note = "é", n = 3 }\n'
+                                             'parameters = { binary_data_output = true, priority = 2 }'),
+                       ('outputs = ["dense_1"]', 'outputs = [{ name = "dense_1", parameters = { binary_data = true '
+                                                 '} }]'))
+        proc = bench("run", str(path), *FAST, "--out", str(tmp_path / "r.arrow"))
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(proc.stdout)
+    assert s["requests"] > 20 and s["ok"] == s["requests"] and s["errors"] == 0, s
+    assert s["rows_per_s"] == pytest.approx(s["rps"] * 1001 / 101, rel=0.03)  # the rows of binary answers
+    posts = [_head(h, b) for m, p, h, b in front.calls if m == "POST"]
+    assert len(posts) >= s["requests"]
+    for req in posts:
+        assert req["parameters"] == {"binary_data_output": True, "priority": 2}
+        assert req["outputs"] == [{"name": "dense_1", "parameters": {"binary_data": True}}]
+        (item,) = req["inputs"]
+        extra = {"binary_data_size": item["parameters"]["binary_data_size"]} if binary else {}
+        assert item["parameters"] == {"content_type": "np", "note": "é", "n": 3, **extra}
+
+
+def test_scalar_answers_are_ok(tmp_path: Path) -> None:
+    """An answer whose output is a scalar (shape []) was counted bad_response:200."""
+    scalar = b'{"model_name":"ccfraud","outputs":[{"name":"dense_1","datatype":"FP32","shape":[],"data":[0.5]}]}'
+    front = Front(lambda m, p, h, b: (200, [(b"content-type", b"application/json")], scalar) if m == "POST" else None)
+    with served_asgi(front) as base:
+        path = fronted(tmp_path, base)
+        proc = bench("run", str(path), *FAST, "--out", str(tmp_path / "r.arrow"))
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(proc.stdout)
+    assert s["requests"] > 20 and s["ok"] == s["requests"], s
+    assert s["rows_per_s"] == pytest.approx(s["rps"] * 1001 / 101, rel=0.03)  # a scalar answers the rows sent

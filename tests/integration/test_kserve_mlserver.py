@@ -138,3 +138,34 @@ def test_binary_extension_refused_by_mlserver_before_load(tmp_path: Path, mlserv
     proc = bench("run", str(scenario(tmp_path, mlserver, binary)), "--quiet")
     assert proc.returncode == 2, proc.stderr
     assert "binary_tensor_data" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_content_type_parameters_reach_mlserver(tmp_path: Path, mlserver: Server) -> None:
+    """MLServer's codecs are chosen by V2 parameters (``content_type``), which bench could not send. The input's
+    ``np`` is MLServer's default for this model and works; ``str`` on the same FP32 tensor makes MLServer decode it
+    as text and fail: the parameter is on the wire."""
+    base = [('datatype = "FP32"', 'datatype = "FP32"\ninput_parameters = { content_type = "np" }\n'
+                                  'parameters = { content_type = "np" }'), ('duration = "5s"', 'duration = "1s"'),
+            ('warmup = "1s"', 'warmup = "0s"')]
+    proc = bench("run", str(scenario(tmp_path, mlserver, *base)), "--json", "--quiet", "--out",
+                 str(tmp_path / "np.arrow"))
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(proc.stdout)
+    assert s["ok"] == s["requests"] > 5 and s["errors"] == 0, s
+    wrong = [(base[0][0], base[0][1].replace('content_type = "np" }\n', 'content_type = "str" }\n')), *base[1:]]
+    proc = bench("run", str(scenario(tmp_path, mlserver, *wrong)), "--json", "--quiet", "--out",
+                 str(tmp_path / "str.arrow"))
+    s = json.loads(proc.stdout)
+    assert s["ok"] == 0 and s["errors"] == s["requests"] > 0, s  # MLServer 1.7.1: 500s (and connections reset)
+    assert "http_error:500" in s["errors_by_kind"], s
+
+
+def test_unknown_output_refused_before_load(tmp_path: Path, mlserver: Server) -> None:
+    """outputs = ["nope"] passed the preflight and made every request a 400 ("SKLearnModel only supports
+    'predict'…", exit 3); MLServer's metadata declares the model's outputs."""
+    proc = bench("run", str(scenario(tmp_path, mlserver, ('outputs = ["predict"]', 'outputs = ["nope"]'))),
+                 "--quiet")
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr
+    assert last.endswith("target.outputs: output 'nope': model ccfraud has no such output (its outputs: predict)"), last
