@@ -54,6 +54,6 @@ class EmulatorConfig:
     rate_limit_window_s: float = 60.0  # the rate-limit window (shorter only to test quickly)
     ubiops_max_pending: int = 0  # cap on unfinished batch requests per deployment version; 0 = none
     ubiops_batch_cancel_status: int = 0  # 404/405: POST …/requests/cancel is missing (older API); 0 = present
-    ubiops_max_batch_timeout_s: int = 259_200  # the platform now allows 72 h (the older reference: 172,800 s)
+    ubiops_max_batch_timeout_s: int = 172_800  # 48 h, the reference's maximum batch timeout
     # fault injection (bench.emulator.faults): canonical spec string, "" = none; decisions seeded by `seed`
     faults: str = ""
