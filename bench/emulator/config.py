@@ -9,13 +9,16 @@ __all__ = ["EmulatorConfig", "UbiOpsDeployment"]
 
 @dataclass(frozen=True, slots=True)
 class UbiOpsDeployment:
-    """An emulated UbiOps deployment. ``input_type`` structured: inputs are JSON objects with ``fields``."""
+    """An emulated UbiOps deployment. ``input_type`` structured: inputs are JSON objects with ``fields``, of the
+    platform data types in ``field_types`` (one per field; empty = any type). A create call whose inputs miss a
+    field or hold a wrong type is refused whole, as the platform does (bench.emulator.ubiops_input)."""
 
     project: str = "demo"
     name: str = "ccfraud"
     version: str = "v1"
     input_type: str = "structured"  # "structured" | "plain"
     fields: tuple[str, ...] = ("tensor",)
+    field_types: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +52,8 @@ class EmulatorConfig:
     # UbiOps
     ubiops_token: str = "Token emulator-ubiops-token"
     ubiops_deployments: tuple[UbiOpsDeployment, ...] = field(
-        default_factory=lambda: (UbiOpsDeployment(), UbiOpsDeployment(name="echo", input_type="plain", fields=())))
+        default_factory=lambda: (UbiOpsDeployment(field_types=("array_double",)),
+                                 UbiOpsDeployment(name="echo", input_type="plain", fields=())))
     rate_limit_per_min: int = 0  # requests endpoint group, per source IP (the platform's default: 300); 0 = none
     rate_limit_window_s: float = 60.0  # the rate-limit window (shorter only to test quickly)
     ubiops_max_pending: int = 0  # cap on unfinished batch requests per deployment version; 0 = none
