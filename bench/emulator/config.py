@@ -58,6 +58,10 @@ class EmulatorConfig:
     rate_limit_window_s: float = 60.0  # the rate-limit window (shorter only to test quickly)
     ubiops_max_pending: int = 0  # cap on unfinished batch requests per deployment version; 0 = none
     ubiops_batch_cancel_status: int = 0  # 404/405: POST …/requests/cancel is missing (older API); 0 = present
+    # an unknown request id in collect / batch delete (and, with ubiops_cancel_unknown_ids, batch cancel) fails
+    # the whole call with this status: 404, or 400 (the reference gives no status)
+    ubiops_unknown_id_status: int = 404
+    ubiops_cancel_unknown_ids: bool = False  # batch cancel refuses a list holding an unknown id (else ignores it)
     ubiops_max_batch_timeout_s: int = 172_800  # 48 h, the reference's maximum batch timeout
     # fault injection (bench.emulator.faults): canonical spec string, "" = none; decisions seeded by `seed`
     faults: str = ""

@@ -98,6 +98,8 @@ def _platform_problems(config: EmulatorConfig) -> list[tuple[str, str]]:
     if config.ubiops_batch_cancel_status not in (0, 404, 405):
         problems.append(("ubiops_batch_cancel_status", f"must be 0, 404 or 405, got "
                          f"{config.ubiops_batch_cancel_status}"))
+    if config.ubiops_unknown_id_status not in (400, 404):
+        problems.append(("ubiops_unknown_id_status", f"must be 400 or 404, got {config.ubiops_unknown_id_status}"))
     if config.ubiops_max_batch_timeout_s < 1:
         problems.append(("ubiops_max_batch_timeout_s", f"must be >= 1, got {config.ubiops_max_batch_timeout_s}"))
     if config.unknown_deployment_status not in (400, 404, 500):

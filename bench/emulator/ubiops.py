@@ -225,7 +225,8 @@ class UbiOpsEmulator(SubApp):
 
     def _collect(self, key: Key, body: bytes) -> tuple[int, Any]:
         ids = _id_list(body)
-        found = [self._store.find(key, i) for i in ids]  # one unknown id: nothing is returned
+        unknown = self.ctx.config.ubiops_unknown_id_status
+        found = [self._store.find(key, i, unknown) for i in ids]  # one unknown id: nothing is returned
         out = [r.details() for r in found]
         self._rng.shuffle(out)  # the platform does not keep the input order
         return 200, out
@@ -259,12 +260,15 @@ class UbiOpsEmulator(SubApp):
             if status not in ("pending", "processing"):
                 raise HttpError(400, "status must be 'pending' or 'processing'")
             targets = self._store.with_status(key, status)
+        elif self.ctx.config.ubiops_cancel_unknown_ids:  # one unknown id: nothing is cancelled
+            targets = [self._store.find(key, i, self.ctx.config.ubiops_unknown_id_status) for i in ids]
         else:
             targets = [r for r in (self._store.get(i) for i in ids) if r is not None]
         return 200, {"cancelled": self._store.cancel_many(key, targets)}  # finished ones are not cancelled
 
     def _delete_many(self, key: Key, body: bytes) -> tuple[int, Any]:
-        found = [self._store.find(key, i) for i in _id_list(body)]  # one unknown id: nothing is deleted
+        unknown = self.ctx.config.ubiops_unknown_id_status
+        found = [self._store.find(key, i, unknown) for i in _id_list(body)]  # one unknown id: nothing is deleted
         for req in found:
             self._store.forget(req)
         return 200, {"deleted": len(found)}

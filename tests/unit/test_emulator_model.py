@@ -80,6 +80,7 @@ def test_config_from_mapping_accepts_a_valid_table() -> None:
     ({"replicas": 0}, "emulator.replicas", ">= 1"),
     ({"deployment": "a/b"}, "emulator.deployment", "'/'"),
     ({"ubiops_deployments": [{"nme": "x"}]}, "emulator.ubiops_deployments[0].nme", "unknown key"),
+    ({"ubiops_unknown_id_status": 500}, "emulator.ubiops_unknown_id_status", "400 or 404"),
     ({"ubiops_deployments": [{"field_types": ["float"]}]}, "emulator.ubiops_deployments[0].field_types",
      "unknown type 'float'"),
     ({"ubiops_deployments": [{"fields": ["a", "b"], "field_types": ["int"]}]},
