@@ -195,6 +195,19 @@ def test_arrow_with_nulls_or_wrong_column_is_400(emu: EmbeddedEmulator) -> None:
     assert "tensor" in _error(r, 400)
 
 
+def test_an_arrow_ipc_stream_is_refused_the_engine_takes_a_file(emu: EmbeddedEmulator) -> None:
+    m = _matrix(3)
+    table = pa.table({"tensor": pa.FixedSizeListArray.from_arrays(pa.array(m.ravel()), 29)})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    r = httpx.post(emu.wallaroo_url, content=sink.getvalue().to_pybytes(), headers={"Content-Type": ARROW})
+    assert "not an Arrow IPC file" in _error(r, 400)
+    assert r.json()["source"] == "engine"
+    ok = httpx.post(emu.wallaroo_url, content=_arrow(m), headers={"Content-Type": ARROW})  # the same as a file
+    assert ok.status_code == 200 and len(ok.json()) == 3
+
+
 @pytest.mark.parametrize("path", ["/v1/api/pipelines/infer/ccfraud-2/ccfraud",
                                   "/v1/api/pipelines/infer/ccfraud-1/other", "/pipelines/other"])
 def test_unknown_deployment_or_pipeline_is_404(emu: EmbeddedEmulator, path: str) -> None:
