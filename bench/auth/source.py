@@ -97,7 +97,8 @@ class TokenSource:
                 self._username = self._env(env, cfg.username_env) if cfg.username_env else cfg.username or ""
                 self._password = self._env(env, cfg.password_env)
             if self._client_secret:
-                self._remember(base64.b64encode(f"{self._client_id}:{self._client_secret}".encode()).decode())
+                for user, secret in ((self._client_id, self._client_secret), self._basic_credentials()):
+                    self._remember(base64.b64encode(f"{user}:{secret}".encode()).decode())
             self._remember(self._client_secret, self._password)
 
     # -- public API -------------------------------------------------------------------------------------------
@@ -349,6 +350,11 @@ class TokenSource:
             return form
         return {"grant_type": "client_credentials"}
 
+    def _basic_credentials(self) -> tuple[str, str]:
+        """The client id and secret form-encoded, then sent as HTTP Basic (RFC 6749 §2.3.1): Keycloak URL-decodes
+        the pair, so a secret holding '+' or '%' sent raw would be misread (401 invalid_client)."""
+        return quote_plus(self._client_id, safe=""), quote_plus(self._client_secret, safe="")
+
     async def _post(self, form: dict[str, str]) -> dict[str, Any]:
         assert self._client is not None and self._cfg.token_url is not None
         url = _safe_url(self._cfg.token_url)
@@ -358,8 +364,7 @@ class TokenSource:
                 response = await self._client.post(self._cfg.token_url, data={**form, "client_id": self._client_id},
                                                     timeout=self._cfg.timeout_s)
             else:
-                response = await self._client.post(self._cfg.token_url, data=form,
-                                                    auth=(self._client_id, self._client_secret),
+                response = await self._client.post(self._cfg.token_url, data=form, auth=self._basic_credentials(),
                                                     timeout=self._cfg.timeout_s)
         except httpx.HTTPError as exc:
             why = type(exc).__name__

@@ -9,13 +9,16 @@ __all__ = ["EmulatorConfig", "UbiOpsDeployment"]
 
 @dataclass(frozen=True, slots=True)
 class UbiOpsDeployment:
-    """An emulated UbiOps deployment. ``input_type`` structured: inputs are JSON objects with ``fields``."""
+    """An emulated UbiOps deployment. ``input_type`` structured: inputs are JSON objects with ``fields``, of the
+    platform data types in ``field_types`` (one per field; empty = any type). A create call whose inputs miss a
+    field or hold a wrong type is refused whole, as the platform does (bench.emulator.ubiops_input)."""
 
     project: str = "demo"
     name: str = "ccfraud"
     version: str = "v1"
     input_type: str = "structured"  # "structured" | "plain"
     fields: tuple[str, ...] = ("tensor",)
+    field_types: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,11 +52,16 @@ class EmulatorConfig:
     # UbiOps
     ubiops_token: str = "Token emulator-ubiops-token"
     ubiops_deployments: tuple[UbiOpsDeployment, ...] = field(
-        default_factory=lambda: (UbiOpsDeployment(), UbiOpsDeployment(name="echo", input_type="plain", fields=())))
+        default_factory=lambda: (UbiOpsDeployment(field_types=("array_double",)),
+                                 UbiOpsDeployment(name="echo", input_type="plain", fields=())))
     rate_limit_per_min: int = 0  # requests endpoint group, per source IP (the platform's default: 300); 0 = none
     rate_limit_window_s: float = 60.0  # the rate-limit window (shorter only to test quickly)
     ubiops_max_pending: int = 0  # cap on unfinished batch requests per deployment version; 0 = none
     ubiops_batch_cancel_status: int = 0  # 404/405: POST …/requests/cancel is missing (older API); 0 = present
-    ubiops_max_batch_timeout_s: int = 259_200  # the platform now allows 72 h (the older reference: 172,800 s)
+    # an unknown request id in collect / batch delete (and, with ubiops_cancel_unknown_ids, batch cancel) fails
+    # the whole call with this status: 404, or 400 (the reference gives no status)
+    ubiops_unknown_id_status: int = 404
+    ubiops_cancel_unknown_ids: bool = False  # batch cancel refuses a list holding an unknown id (else ignores it)
+    ubiops_max_batch_timeout_s: int = 172_800  # 48 h, the reference's maximum batch timeout
     # fault injection (bench.emulator.faults): canonical spec string, "" = none; decisions seeded by `seed`
     faults: str = ""

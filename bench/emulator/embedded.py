@@ -23,6 +23,7 @@ import orjson
 
 from bench.emulator.config import EmulatorConfig, UbiOpsDeployment
 from bench.emulator.server import LISTENING_PREFIX
+from bench.emulator.ubiops_input import FIELD_TYPES
 from bench.errors import InputError, RunInvalid
 
 __all__ = ["EmbeddedEmulator", "config_problems", "config_to_json", "emulator_config_from_mapping", "is_loopback"]
@@ -97,6 +98,8 @@ def _platform_problems(config: EmulatorConfig) -> list[tuple[str, str]]:
     if config.ubiops_batch_cancel_status not in (0, 404, 405):
         problems.append(("ubiops_batch_cancel_status", f"must be 0, 404 or 405, got "
                          f"{config.ubiops_batch_cancel_status}"))
+    if config.ubiops_unknown_id_status not in (400, 404):
+        problems.append(("ubiops_unknown_id_status", f"must be 400 or 404, got {config.ubiops_unknown_id_status}"))
     if config.ubiops_max_batch_timeout_s < 1:
         problems.append(("ubiops_max_batch_timeout_s", f"must be >= 1, got {config.ubiops_max_batch_timeout_s}"))
     if config.unknown_deployment_status not in (400, 404, 500):
@@ -163,7 +166,7 @@ def _deployments(value: object, file: str, key: str) -> tuple[UbiOpsDeployment, 
         for k, v in item.items():
             if k not in known:
                 raise _bad(file, f"{where}.{k}", f"unknown key (known: {', '.join(sorted(known))})")
-            if k == "fields":
+            if k in ("fields", "field_types"):
                 if not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
                     raise _bad(file, f"{where}.{k}", "must be a list of strings")
                 kwargs[k] = tuple(v)
@@ -174,6 +177,15 @@ def _deployments(value: object, file: str, key: str) -> tuple[UbiOpsDeployment, 
         dep = UbiOpsDeployment(**kwargs)
         if dep.input_type not in ("structured", "plain"):
             raise _bad(file, f"{where}.input_type", "must be 'structured' or 'plain'")
+        unknown = [t for t in dep.field_types if t not in FIELD_TYPES]
+        if unknown:
+            raise _bad(file, f"{where}.field_types", f"unknown type {unknown[0]!r} (known: "
+                       f"{', '.join(FIELD_TYPES)})")
+        if dep.field_types and dep.input_type == "plain":
+            raise _bad(file, f"{where}.field_types", "a plain deployment has no input fields to type")
+        if dep.field_types and len(dep.field_types) != len(dep.fields):
+            raise _bad(file, f"{where}.field_types", f"one type per field: {len(dep.fields)} field(s), got "
+                       f"{len(dep.field_types)} type(s)")
         out.append(dep)
     return tuple(out)
 

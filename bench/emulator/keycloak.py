@@ -17,11 +17,11 @@ import base64
 import binascii
 import hmac
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, unquote_plus
 
 from bench.emulator.asgi import HttpError, Receive, Scope, Send, SubApp, full_path, headers, read_body, send_json
 from bench.emulator.context import EmulatorContext
-from bench.emulator.tokens import SERVICE_ACCOUNT_PREFIX, TokenSigner, ensure_signer
+from bench.emulator.tokens import OFFLINE, SERVICE_ACCOUNT_PREFIX, TokenSigner, ensure_signer
 
 __all__ = ["TOKEN_PATH", "KeycloakEmulator"]
 
@@ -96,7 +96,7 @@ class KeycloakEmulator(SubApp):
             if claims.get("azp") != client:
                 raise _OAuthError(400, "invalid_grant", "Invalid refresh token. Token client and authorized client "
                                   "don't match")
-            return self._answer(signer, subject, client, refresh=True, offline=bool(claims.get("offline")))
+            return self._answer(signer, subject, client, refresh=True, offline=claims.get("typ") == OFFLINE)
         if not grant:
             raise _OAuthError(400, "invalid_request", "Missing form parameter: grant_type")
         raise _OAuthError(400, "unsupported_grant_type", "Unsupported grant_type")
@@ -113,9 +113,9 @@ class KeycloakEmulator(SubApp):
             except (binascii.Error, UnicodeDecodeError):
                 raise _OAuthError(401, "invalid_client", "Invalid client or Invalid client credentials") from None
             raw_id, colon, raw_secret = decoded.partition(":")
-            # RFC 6749 says form-encode before Basic; most clients (httpx, requests) do not: accept both.
-            candidates = [(raw_id, raw_secret if colon else None), (unquote(raw_id), unquote(raw_secret)
-                                                                    if colon else None)]
+            # RFC 6749 §2.3.1: the id and secret are form-encoded before Basic, and Keycloak form-decodes them
+            # ('+' is a space, %XX a byte): a client sending a secret with '+' or '%' raw is refused, as there
+            candidates = [(unquote_plus(raw_id), unquote_plus(raw_secret) if colon else None)]
         config = self._ctx.config
         for client_id, secret in candidates:
             if client_id and hmac.compare_digest(client_id.encode(), config.public_client_id.encode()):

@@ -20,7 +20,8 @@ from typing import Any
 from bench.emulator.config import EmulatorConfig
 from bench.emulator.context import EmulatorContext
 
-__all__ = ["EXPIRED", "INVALID", "MISSING", "NOT_A_USER", "SERVICE_ACCOUNT_PREFIX", "TokenSigner", "ensure_signer"]
+__all__ = ["ACCESS", "EMAIL_DOMAIN", "EXPIRED", "INVALID", "MISSING", "NOT_A_USER", "OFFLINE", "REFRESH",
+           "SERVICE_ACCOUNT_PREFIX", "TokenSigner", "ensure_signer"]
 
 MISSING = "Jwt is missing"
 EXPIRED = "Jwt is expired"
@@ -28,6 +29,8 @@ INVALID = "Jwt verification fails"
 NOT_A_USER = "a user token is required: service-account (client_credentials) tokens are not accepted here"
 SERVICE_ACCOUNT_PREFIX = "service-account-"  # Keycloak names a client's service-account user this way
 
+ACCESS, REFRESH, OFFLINE = "Bearer", "Refresh", "Offline"  # Keycloak's ``typ`` of each kind of token
+EMAIL_DOMAIN = "emulator.bench.local"  # a user's e-mail when the username is not one
 _HEADER = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=").decode()
 _CACHE_MAX = 256
 
@@ -41,7 +44,10 @@ def _unb64(text: str) -> bytes:
 
 
 class TokenSigner:
-    """Issues and checks ``header.payload.signature`` tokens carrying ``exp``, ``iat``, ``sub``, ``typ``, ``azp``.
+    """Issues and checks ``header.payload.signature`` tokens carrying ``exp``, ``iat``, ``sub``, ``typ``, ``azp``,
+    ``preferred_username`` and (a user's) ``email``, as Keycloak's do: ``typ`` is ``Bearer`` for an access token,
+    ``Refresh`` or ``Offline`` for a refresh token; the Wallaroo SDK reads ``email`` when it refreshes an offline
+    token, so a token without it would break the SDK against the emulator.
 
     A token whose subject is a service account (``client_credentials``) is an inference token; any other
     subject is a user's (password grant or its refresh), which the MLOps API asks for (``verify_user``).
@@ -64,11 +70,11 @@ class TokenSigner:
 
     def issue(self, subject: str, ttl_s: float, *, client: str | None = None) -> str:
         """An access token for ``subject`` valid for ``ttl_s`` seconds, issued to ``client``."""
-        return self._sign(subject, ttl_s, "access", client)
+        return self._sign(subject, ttl_s, ACCESS, client)
 
     def issue_refresh(self, subject: str, *, client: str | None = None, offline: bool = False) -> str:
         """A refresh token for ``subject`` valid for ``refresh_ttl_s`` seconds (``offline``: an offline token)."""
-        return self._sign(subject, self.refresh_ttl_s, "refresh", client, offline)
+        return self._sign(subject, self.refresh_ttl_s, OFFLINE if offline else REFRESH, client)
 
     def verify(self, authorization: str | None) -> str | None:
         """None when ``authorization`` is ``Bearer <valid unexpired access token>``; else the Wallaroo error text."""
@@ -81,7 +87,7 @@ class TokenSigner:
         entry = self._verified.get(token)
         if entry is None:
             claims = self._decode(token)
-            if claims is None or claims.get("typ") != "access":
+            if claims is None or claims.get("typ") != ACCESS:
                 return INVALID
             sub = claims.get("sub")
             entry = (float(claims["exp"]), isinstance(sub, str) and not sub.startswith(SERVICE_ACCOUNT_PREFIX))
@@ -106,18 +112,20 @@ class TokenSigner:
         return sub if isinstance(sub, str) else None
 
     def refresh_claims(self, token: str) -> dict[str, Any] | None:
-        """All claims of a valid, unexpired refresh token (``azp``: its client, ``offline``); None otherwise."""
+        """All claims of a valid, unexpired refresh token (``azp``: its client; ``typ`` ``Offline`` for an offline
+        one); None otherwise."""
         claims = self._decode(token)
-        if claims is None or claims.get("typ") != "refresh" or self._clock() >= float(claims["exp"]):
+        if claims is None or claims.get("typ") not in (REFRESH, OFFLINE) or self._clock() >= float(claims["exp"]):
             return None
         return claims
 
-    def _sign(self, subject: str, ttl_s: float, typ: str, client: str | None = None, offline: bool = False) -> str:
+    def _sign(self, subject: str, ttl_s: float, typ: str, client: str | None = None) -> str:
         now = self._clock()
         claims: dict[str, Any] = {"exp": round(now + ttl_s, 3), "iat": round(now, 3), "sub": subject, "typ": typ,
-                                  "jti": secrets.token_hex(8), "azp": client or self._config.client_id}
-        if offline:
-            claims["offline"] = True
+                                  "jti": secrets.token_hex(8), "azp": client or self._config.client_id,
+                                  "preferred_username": subject.lower()}
+        if not subject.startswith(SERVICE_ACCOUNT_PREFIX):  # a service account has no e-mail address
+            claims["email"] = subject.lower() if "@" in subject else f"{subject.lower()}@{EMAIL_DOMAIN}"
         signing_input = f"{_HEADER}.{_b64(json.dumps(claims, separators=(',', ':')).encode())}"
         signature = hmac.new(self._key, signing_input.encode(), hashlib.sha256).digest()
         return f"{signing_input}.{_b64(signature)}"

@@ -25,6 +25,7 @@ from bench.emulator.asgi import HttpError, Receive, Scope, Send, SubApp, header,
 from bench.emulator.config import UbiOpsDeployment
 from bench.emulator.context import EmulatorContext
 from bench.emulator.ratelimit import FixedWindowLimiter, Header
+from bench.emulator.ubiops_input import input_problem
 from bench.emulator.ubiops_store import Key, RequestStore, UbiOpsRequest, iso
 
 __all__ = ["MAX_ITEMS", "UbiOpsEmulator", "timeout_message"]
@@ -177,8 +178,7 @@ class UbiOpsEmulator(SubApp):
         timeout = _timeout(query, 300, 10, 3600)
         data = _text(body) if plain_body else _json(body)
         items = data if isinstance(data, list) else [data]
-        for item in items:
-            self._check_item(dep, item)
+        _check_items(dep, items)
         req = UbiOpsRequest(key, data, len(body), timeout, plain=dep.input_type == "plain")
         self._store.add(req)
         req.status, req.time_started = "processing", time.time()
@@ -204,8 +204,7 @@ class UbiOpsEmulator(SubApp):
             raise HttpError(400, "Provide at least one request")
         if len(items) > MAX_ITEMS:
             raise HttpError(400, f"The maximum number of requests per batch is {MAX_ITEMS}, got {len(items)}")
-        for item in items:  # one bad item rejects all
-            self._check_item(dep, item)
+        _check_items(dep, items)  # one bad item rejects all
         if cfg.ubiops_max_pending > 0:
             open_now = self._store.open_count(key)
             if open_now + len(items) > cfg.ubiops_max_pending:
@@ -226,7 +225,8 @@ class UbiOpsEmulator(SubApp):
 
     def _collect(self, key: Key, body: bytes) -> tuple[int, Any]:
         ids = _id_list(body)
-        found = [self._store.find(key, i) for i in ids]  # one unknown id: nothing is returned
+        unknown = self.ctx.config.ubiops_unknown_id_status
+        found = [self._store.find(key, i, unknown) for i in ids]  # one unknown id: nothing is returned
         out = [r.details() for r in found]
         self._rng.shuffle(out)  # the platform does not keep the input order
         return 200, out
@@ -260,39 +260,27 @@ class UbiOpsEmulator(SubApp):
             if status not in ("pending", "processing"):
                 raise HttpError(400, "status must be 'pending' or 'processing'")
             targets = self._store.with_status(key, status)
+        elif self.ctx.config.ubiops_cancel_unknown_ids:  # one unknown id: nothing is cancelled
+            targets = [self._store.find(key, i, self.ctx.config.ubiops_unknown_id_status) for i in ids]
         else:
             targets = [r for r in (self._store.get(i) for i in ids) if r is not None]
         return 200, {"cancelled": self._store.cancel_many(key, targets)}  # finished ones are not cancelled
 
     def _delete_many(self, key: Key, body: bytes) -> tuple[int, Any]:
-        found = [self._store.find(key, i) for i in _id_list(body)]  # one unknown id: nothing is deleted
+        unknown = self.ctx.config.ubiops_unknown_id_status
+        found = [self._store.find(key, i, unknown) for i in _id_list(body)]  # one unknown id: nothing is deleted
         for req in found:
             self._store.forget(req)
         return 200, {"deleted": len(found)}
 
     # --- processing ---------------------------------------------------------------------------------------
-    def _check_item(self, dep: UbiOpsDeployment, item: Any) -> None:
-        if dep.input_type == "plain":
-            if not isinstance(item, str):
-                raise HttpError(400, "A plain deployment takes a string as input")
-        elif not isinstance(item, dict):
-            raise HttpError(400, "A structured deployment takes a JSON object of input fields")
-
     def _finish(self, dep: UbiOpsDeployment, req: UbiOpsRequest, items: list[Any], *, batch_function: bool) -> None:
         if req.cancel_asked:
             req.status = "cancelled"
         else:
-            results: list[Any] = []
-            error = None
-            for item in items:
-                result, error = self._infer(dep, item)
-                if error:
-                    break
-                results.append(result)
-            if error is None and self.ctx.config.error_rate > 0 and self._rng.random() < self.ctx.config.error_rate:
-                error = "Emulated deployment error (error_rate)"
-            if error is not None:
-                req.status, req.error_message = "failed", error
+            results = [self._infer(dep, item) for item in items]  # the inputs were checked at create
+            if self.ctx.config.error_rate > 0 and self._rng.random() < self.ctx.config.error_rate:
+                req.status, req.error_message = "failed", "Emulated deployment error (error_rate)"
             else:
                 req.status = "completed"
                 req.result = results if batch_function else results[0]
@@ -300,16 +288,13 @@ class UbiOpsEmulator(SubApp):
                     else len(orjson.dumps(req.result))
         self._store.finished(req)
 
-    def _infer(self, dep: UbiOpsDeployment, item: Any) -> tuple[Any, str | None]:
+    def _infer(self, dep: UbiOpsDeployment, item: Any) -> Any:
         if dep.input_type == "plain":
-            return item, None
-        missing = [f for f in dep.fields if f not in item]
-        if missing:
-            return None, f"Missing input field(s): {', '.join(missing)}"
+            return item
         values: list[float] = []
         for f in dep.fields or tuple(item):
             _numbers(item[f], values)
-        return {"dense_1": [_score(values)]}, None
+        return {"dense_1": [_score(values)]}
 
     def _ensure_workers(self) -> asyncio.Queue[UbiOpsRequest]:
         loop = asyncio.get_running_loop()
@@ -340,6 +325,13 @@ class UbiOpsEmulator(SubApp):
                 self._store.finished(req)
                 continue
             self._finish(dep, req, [req.data], batch_function=False)
+
+
+def _check_items(dep: UbiOpsDeployment, items: list[Any]) -> None:
+    """400 for the whole call when one input misses a field or has the wrong type (nothing is created)."""
+    problem = input_problem(dep.input_type, dep.fields, dep.field_types, items)
+    if problem is not None:
+        raise HttpError(400, problem[:1].upper() + problem[1:])
 
 
 def _timeout(query: dict[str, str], default: int, lo: int, hi: int) -> int:

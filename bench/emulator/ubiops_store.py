@@ -96,11 +96,11 @@ class RequestStore:
     def get(self, request_id: str) -> UbiOpsRequest | None:
         return self._requests.get(request_id)
 
-    def find(self, key: Key, request_id: str) -> UbiOpsRequest:
-        """The request, or HttpError 404 (unknown id, or an id of another deployment version)."""
+    def find(self, key: Key, request_id: str, status: int = 404) -> UbiOpsRequest:
+        """The request, or HttpError ``status`` (unknown id, or an id of another deployment version)."""
         req = self._requests.get(request_id)
         if req is None or req.key != key:
-            raise HttpError(404, f"Request {request_id!r} not found")
+            raise HttpError(status, f"Request {request_id!r} not found")
         return req
 
     def forget(self, req: UbiOpsRequest) -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 from bench.emulator.asgi import Receive, Scope, Send, header, read_body, send_json, send_response
 from bench.emulator.context import EmulatorContext
 from bench.emulator.model import FEATURES, MODEL_NAME, MODEL_SHA, LogisticModel
+from bench.emulator.wallaroo_dataset import FIELDS, Dataset, parse_dataset
 from bench.emulator.wallaroo_legacy import encode_legacy, legacy_tensors
 
 __all__ = ["ARROW_FILE", "WallarooEmulator", "error_body"]
@@ -131,65 +132,89 @@ class WallarooEmulator:
                                 pipeline=self.ctx.config.pipeline, elapsed_ns=ser_ns + step_ns,
                                 now_ms=time.time_ns() // 1_000_000)
             return await send_response(send, 200, out, "application/json")
-        query = _dataset_options(scope)
+        ds = parse_dataset(scope.get("query_string", b""))
         now_ms = time.time_ns() // 1_000_000
         accept = header(scope, b"accept") or ""
         if ARROW_FILE in accept:
-            out = self._encode_arrow(matrix, scores, now_ms, ser_ns, step_ns, *query)
+            out = self._encode_arrow(matrix, scores, now_ms, ser_ns, step_ns, ds)
             return await send_response(send, 200, out, ARROW_FILE)
-        out = self._encode_records(echo, scores, now_ms, ser_ns, step_ns, *query)
+        out = self._encode_records(echo, scores, now_ms, ser_ns, step_ns, ds)
         await send_response(send, 200, out, JSON_RECORDS)
 
     def _encode_records(self, echo: list[Any] | npt.NDArray[np.float32], scores: npt.NDArray[np.float64],
-                        now_ms: int, ser_ns: int, step_ns: int, with_metadata: bool, flat: bool) -> bytes:
+                        now_ms: int, ser_ns: int, step_ns: int, ds: Dataset) -> bytes:
         meta = {"last_model": self.last_model, "pipeline_version": self.pipeline_version,
                 "elapsed": [ser_ns, step_ns], "dropped": [], "partition": self.partition}
+        constant: dict[str, Any] = {"time": now_ms, "anomaly": {"count": 0}, "metadata": meta}
+        flat = ds.flat
+        # the selected fields in order, built once per request: a row copies this and fills in its own input
+        # echo and score (``in`` and ``out`` have one sub-field each, so they are either selected whole or not)
+        template: dict[str, Any] = {}
+        for top, subs in ds.columns:
+            value = constant.get(top)
+            if not subs:
+                template[top] = value
+            elif flat:
+                template.update({f"{top}.{sub}": None if value is None else value[sub] for sub in subs})
+            else:
+                template[top] = value if value is None or len(subs) == len(FIELDS[top]) \
+                    else {sub: value[sub] for sub in subs}
+        want_in, want_out = ds.has("in"), ds.has("out")
         records: list[dict[str, Any]] = []
         append = records.append
         for tensor, score in zip(echo, scores.tolist(), strict=True):
+            rec = template.copy()
             if flat:
-                rec: dict[str, Any] = {"time": now_ms, "in.tensor": tensor, "out.dense_1": [score],
-                                       "anomaly.count": 0}
-                if with_metadata:
-                    rec.update({f"metadata.{k}": v for k, v in meta.items()})
+                if want_in:
+                    rec["in.tensor"] = tensor
+                if want_out:
+                    rec["out.dense_1"] = [score]
             else:
-                rec = {"time": now_ms, "in": {"tensor": tensor}, "out": {"dense_1": [score]},
-                       "anomaly": {"count": 0}}
-                if with_metadata:
-                    rec["metadata"] = meta
+                if want_in:
+                    rec["in"] = {"tensor": tensor}
+                if want_out:
+                    rec["out"] = {"dense_1": [score]}
             append(rec)
         return orjson.dumps(records, option=orjson.OPT_SERIALIZE_NUMPY)
 
     def _encode_arrow(self, matrix: npt.NDArray[np.float64], scores: npt.NDArray[np.float64], now_ms: int,
-                      ser_ns: int, step_ns: int, with_metadata: bool, flat: bool) -> bytes:
+                      ser_ns: int, step_ns: int, ds: Dataset) -> bytes:
         n = len(scores)
-        tensor = pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * FEATURES, FEATURES, dtype=np.int32)),
-                                          pa.array(matrix.astype(np.float32).ravel()))
-        dense = pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)),
-                                         pa.array(scores.astype(np.float32)))
-        columns: list[pa.Array] = [
-            pa.array(np.full(n, now_ms, dtype=np.int64)),
-            pa.StructArray.from_arrays([tensor], names=["tensor"]),
-            pa.StructArray.from_arrays([dense], names=["dense_1"]),
-            pa.StructArray.from_arrays([pa.array(np.zeros(n, dtype=np.uint32))], names=["count"]),
-        ]
-        names = ["time", "in", "out", "anomaly"]
-        if with_metadata:
-            elapsed = pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * n + 1, 2, dtype=np.int32)),
-                                               pa.array(np.tile(np.array([ser_ns, step_ns], dtype=np.uint64), n)))
-            dropped = pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], pa.string()))
-            columns.append(pa.StructArray.from_arrays(
-                [pa.array([self.last_model] * n, pa.string()), pa.array([self.pipeline_version] * n, pa.string()),
-                 elapsed, dropped, pa.array([self.partition] * n, pa.string())],
-                names=["last_model", "pipeline_version", "elapsed", "dropped", "partition"]))
-            names.append("metadata")
-        table = pa.Table.from_arrays(columns, names=names)
-        if flat:
+        full: dict[str, Callable[[], pa.Array]] = {
+            "time": lambda: pa.array(np.full(n, now_ms, dtype=np.int64)),
+            "in": lambda: pa.StructArray.from_arrays([pa.ListArray.from_arrays(
+                pa.array(np.arange(0, (n + 1) * FEATURES, FEATURES, dtype=np.int32)),
+                pa.array(matrix.astype(np.float32).ravel()))], names=["tensor"]),
+            "out": lambda: pa.StructArray.from_arrays([pa.ListArray.from_arrays(
+                pa.array(np.arange(n + 1, dtype=np.int32)), pa.array(scores.astype(np.float32)))],
+                names=["dense_1"]),
+            "anomaly": lambda: pa.StructArray.from_arrays([pa.array(np.zeros(n, dtype=np.uint32))], names=["count"]),
+            "metadata": lambda: self._metadata_arrow(n, ser_ns, step_ns),
+        }
+        columns: list[pa.Array] = []
+        names: list[str] = []
+        for top, subs in ds.columns:
+            column = full[top]()
+            if subs and len(subs) < len(FIELDS[top]):
+                column = pa.StructArray.from_arrays([column.field(s) for s in subs], names=list(subs))
+            columns.append(column)
+            names.append(top)
+        table = pa.Table.from_arrays(columns, names=names)  # nothing selected: no columns (and so no rows)
+        if ds.flat:
             table = table.flatten()
         sink = pa.BufferOutputStream()
         with pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
         return bytes(sink.getvalue().to_pybytes())
+
+    def _metadata_arrow(self, n: int, ser_ns: int, step_ns: int) -> pa.Array:
+        elapsed = pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * n + 1, 2, dtype=np.int32)),
+                                           pa.array(np.tile(np.array([ser_ns, step_ns], dtype=np.uint64), n)))
+        dropped = pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], pa.string()))
+        return pa.StructArray.from_arrays(
+            [pa.array([self.last_model] * n, pa.string()), pa.array([self.pipeline_version] * n, pa.string()),
+             elapsed, dropped, pa.array([self.partition] * n, pa.string())],
+            names=["last_model", "pipeline_version", "elapsed", "dropped", "partition"])
 
 
 def _decode_records(body: bytes, legacy: bool = False) -> tuple[npt.NDArray[np.float64], list[Any]]:
@@ -220,15 +245,12 @@ def _decode_records(body: bytes, legacy: bool = False) -> tuple[npt.NDArray[np.f
 
 
 def _decode_arrow(body: bytes) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float32]]:
-    """Arrow IPC file (a stream is accepted too) with a ``tensor`` list column → (n, 29) matrix."""
-    buf = pa.py_buffer(body)
+    """Arrow IPC file with a ``tensor`` list column → (n, 29) matrix. Only the file format (magic ``ARROW1``), as
+    the engine takes: an IPC stream is refused, so a hand-made stream body fails on loopback as on the platform."""
     try:
-        table = pa.ipc.open_file(buf).read_all()
+        table = pa.ipc.open_file(pa.py_buffer(body)).read_all()
     except (pa.ArrowInvalid, OSError):
-        try:
-            table = pa.ipc.open_stream(buf).read_all()
-        except (pa.ArrowInvalid, OSError):
-            raise BadInput("body is not an Arrow IPC file") from None
+        raise BadInput("body is not an Arrow IPC file (the engine takes the file format, not a stream)") from None
     if "tensor" not in table.column_names:
         raise BadInput("schema mismatch: no 'tensor' column")
     if table.num_rows == 0:
@@ -258,17 +280,6 @@ def _check_matrix(matrix: npt.NDArray[np.float64]) -> None:
         raise BadInput(f"schema mismatch: 'tensor' must have {FEATURES} values")
     if np.isnan(matrix).any():  # JSON has no NaN: a NaN here was a null
         raise BadInput("tensor values may not be null")
-
-
-def _dataset_options(scope: Scope) -> tuple[bool, bool]:
-    """(with_metadata, flat) from the SDK's ``dataset.exclude[]=metadata`` / ``dataset.separator=.``."""
-    raw: bytes = scope.get("query_string", b"")
-    if not raw:
-        return True, False
-    query = parse_qs(raw.decode("latin-1"))
-    excluded = query.get("dataset.exclude[]", []) + query.get("dataset.exclude", [])
-    separator = (query.get("dataset.separator") or [""])[0]
-    return "metadata" not in excluded, separator == "."
 
 
 def error_body(code: int, message: str, source: str) -> dict[str, object]:

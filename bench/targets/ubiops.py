@@ -8,6 +8,7 @@ data plane lives in bench.targets.ubiops_runner; the registry entry in bench.tar
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -33,6 +34,8 @@ __all__ = [
     "encode_plain_direct",
     "encode_structured",
     "error_message_of",
+    "may_concern_ids",
+    "mentions_a_request",
     "plain_text",
     "read_token",
     "ubiops_config_from_mapping",
@@ -41,7 +44,7 @@ __all__ = [
 DEFAULT_BASE_URL = "https://api.ubiops.com/v2.1"
 MAX_BATCH = 250  # items per batch create / collect / cancel / delete call
 DIRECT_TIMEOUT_RANGE = (10, 3600)
-BATCH_TIMEOUT_MAX = 259_200  # 72 h, as the platform documents now (the older reference: 172,800 s)
+BATCH_TIMEOUT_MAX = 172_800  # 48 h: the reference's maximum for a batch request (targets.md §2)
 DEFAULT_CALLS_PER_MINUTE = 300  # the platform's documented per-IP limit on the requests endpoint group
 UBIOPS_KEYS = frozenset({"calls_per_minute"})
 TARGET_KEYS = frozenset({"kind", "url", "project", "deployment", "version", "token_env", "input", "fields",
@@ -403,6 +406,27 @@ def error_message_of(body: bytes) -> bytes:
             if msg:
                 return str(msg).encode()[:512]
     return body[:512]
+
+
+# 4xx answers that say nothing about the ids given: authentication, the method, a proxy, a timeout, the rate
+_NOT_ABOUT_IDS = frozenset({401, 403, 405, 407, 408, 429})
+
+
+def may_concern_ids(status: int) -> bool:
+    """Whether a refused call on a list of ids may be refused for one of them (the reference: if one id does not
+    exist "an error message is given" and nothing is returned, with no status named): any 4xx but the ones
+    that concern the caller or the connection."""
+    return 400 <= status < 500 and status not in _NOT_ABOUT_IDS
+
+
+def mentions_a_request(body: bytes, ids: Iterable[str]) -> bool:
+    """Whether an error answer is about a request (names one of ``ids``, or says "request"): a 404 that is not
+    is about the route, as an older API without it answers."""
+    message = error_message_of(body).decode("utf-8", "replace")
+    return _REQUEST_WORD.search(message) is not None or any(i in message for i in ids)
+
+
+_REQUEST_WORD = re.compile(r"\brequests?\b", re.IGNORECASE)
 
 
 def chunks(items: Sequence[str], size: int = MAX_BATCH) -> Iterable[Sequence[str]]:

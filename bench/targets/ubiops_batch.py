@@ -26,7 +26,7 @@ import orjson
 
 from bench.failures import httpx_kind
 from bench.results import Kind, LoadSpec, StopSignal
-from bench.targets.ubiops import MAX_BATCH, UbiOpsConfig, batch_body, chunks, error_message_of
+from bench.targets.ubiops import MAX_BATCH, UbiOpsConfig, batch_body, chunks, error_message_of, may_concern_ids
 from bench.targets.ubiops_cancel import cancel_requests
 from bench.targets.ubiops_plane import (
     CANCEL_DEADLINE_S,
@@ -299,8 +299,10 @@ class Batch:
         return finished
 
     async def _collect_group(self, client: httpx.AsyncClient, group: Sequence[str], *, bisecting: bool) -> int | None:
-        """One collect call; a 404 (one unknown id makes the platform return nothing) is bisected until the
-        missing ids are isolated. Returns finished requests seen, None when the tick should end."""
+        """One collect call; a 4xx that may concern the ids (one unknown id makes the platform return nothing; the
+        reference names no status) is bisected until the missing ids are isolated — not only a 404, or a group
+        would fail every tick and block all newer ones. Returns finished requests seen, None when the tick
+        should end."""
         if not await self.gate.acquire(self.stop, purpose="collect"):
             return None
         try:
@@ -319,7 +321,7 @@ class Batch:
         if resp.status_code == 429:
             self.sink.count("collect_rate_limited")
             return None
-        if resp.status_code == 404:
+        if may_concern_ids(resp.status_code):  # one unknown id fails the call (404, or 400 as some answer)
             if len(group) == 1:
                 self._missing(group[0], resp.content)
                 return 0

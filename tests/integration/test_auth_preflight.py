@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote_plus
 
 import anyio
 import httpx
@@ -241,6 +242,35 @@ async def test_password_flow_uses_refresh_grant_and_refresh_now_coalesces() -> N
             await anyio.sleep(0.2)  # a window for (wrong) extra requests to show up
             assert len(app.grants) == 3
             await source.close()
+
+
+ODD_SECRET = "kc+Se%2Fcret 4f%9e"  # '+', '%' (one a valid escape, one not) and a space
+
+
+def test_keycloak_form_decodes_the_basic_credentials() -> None:
+    """RFC 6749 §2.3.1: the client id and secret are form-encoded before Basic, and Keycloak decodes them: the
+    encoded secret is accepted, the raw one (its '+' read as a space, its %2F as '/') is not."""
+    with emulator(client_secret=ODD_SECRET) as (url, _app), httpx.Client(base_url=url) as http:
+        encoded = (quote_plus("api-client", safe=""), quote_plus(ODD_SECRET, safe=""))
+        r = http.post(TOKEN_PATH, data={"grant_type": "client_credentials"}, auth=encoded)
+        assert r.status_code == 200, r.text
+        raw = http.post(TOKEN_PATH, data={"grant_type": "client_credentials"}, auth=("api-client", ODD_SECRET))
+        assert raw.status_code == 401 and raw.json()["error"] == "invalid_client"
+        assert ODD_SECRET not in raw.text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["client_credentials", "password"])
+async def test_a_secret_with_plus_and_percent_gets_a_token(kind: str) -> None:
+    """bench form-encodes the pair before Basic, so a secret holding '+' or '%' works against Keycloak (it was
+    sent raw and refused with 401 invalid_client)."""
+    with emulator(client_secret=ODD_SECRET) as (url, app):
+        source = token_source(url, kind, secret=ODD_SECRET)
+        assert await source.refresh_now() is True and source.authorization().startswith("Bearer ")
+        assert app.grants == [kind]
+        assert base64.b64encode(f"api-client:{quote_plus(ODD_SECRET, safe='')}".encode()).decode() \
+            in source.secrets()  # the Basic blob as sent is scrubbed from reports too
+        await source.close()
 
 
 @pytest.mark.anyio

@@ -80,7 +80,7 @@ def test_an_answer_before_the_body_leaves_the_connection_open() -> None:
             client.wait(lambda: 1 in client.ended, deadline_s=1.0)
             client.conn.send_data(1, b'{"tensor": [[1.0]]}', end_stream=True)
             client.conn.send_headers(3, [*head, ("authorization", TOKEN)])
-            client.conn.send_data(3, b'{"tensor": [[1.0]]}', end_stream=True)
+            client.conn.send_data(3, b'{"tensor": [1.0]}', end_stream=True)
             client.flush()
             client.wait(lambda: client.ended >= {1, 3})
             assert not client.closed, "the emulator closed the connection after an early answer"

@@ -109,6 +109,30 @@ def test_dataset_query_flattens_and_excludes_metadata(emu: EmbeddedEmulator) -> 
     assert "metadata.elapsed" in r.json()[0]
 
 
+@pytest.mark.parametrize(("query", "keys"), [
+    ("dataset[]=out", {"out"}),
+    ("dataset[]=time&dataset[]=out&dataset.separator=.", {"time", "out.dense_1"}),
+    ("dataset[]=time&dataset[]=out&dataset[]=metadata.elapsed", {"time", "out", "metadata"}),
+    ("dataset[]=*&dataset.exclude[]=in&dataset.exclude[]=metadata", {"time", "out", "anomaly"}),
+])
+def test_dataset_selects_the_answers_fields(emu: EmbeddedEmulator, query: str, keys: set[str]) -> None:
+    """``dataset[]`` is the fields to include (the SDK's OpenAPI spec), as the engine honours it: the answer
+    carries only those, so its size and serialisation are the engine's for a scenario that trims answers."""
+    m = _matrix(3)
+    r = httpx.post(f"{emu.wallaroo_url}?{query}", content=_records(m), headers={"Content-Type": RECORDS})
+    assert r.status_code == 200, r.text
+    rows = r.json()
+    assert len(rows) == 3 and all(set(row) == keys for row in rows)
+    if "metadata" in keys:
+        assert set(rows[0]["metadata"]) == {"elapsed"} and len(rows[0]["metadata"]["elapsed"]) == 2
+    score = rows[1]["out.dense_1"] if "out.dense_1" in keys else rows[1]["out"]["dense_1"]
+    assert score == pytest.approx([predict(m.astype(np.float64))[1]], abs=1e-6)
+    arrow = httpx.post(f"{emu.wallaroo_url}?{query}", content=_arrow(m),
+                       headers={"Content-Type": ARROW, "Accept": ARROW})
+    table = pa.ipc.open_file(pa.py_buffer(arrow.content)).read_all()
+    assert set(table.column_names) == keys and table.num_rows == 3
+
+
 def test_arrow_in_arrow_out(emu: EmbeddedEmulator) -> None:
     m = _matrix(25)
     r = httpx.post(emu.wallaroo_url, content=_arrow(m), headers={"Content-Type": ARROW, "Accept": ARROW})
@@ -169,6 +193,19 @@ def test_arrow_with_nulls_or_wrong_column_is_400(emu: EmbeddedEmulator) -> None:
         w.write_table(other)
     r = httpx.post(emu.wallaroo_url, content=sink.getvalue().to_pybytes(), headers={"Content-Type": ARROW})
     assert "tensor" in _error(r, 400)
+
+
+def test_an_arrow_ipc_stream_is_refused_the_engine_takes_a_file(emu: EmbeddedEmulator) -> None:
+    m = _matrix(3)
+    table = pa.table({"tensor": pa.FixedSizeListArray.from_arrays(pa.array(m.ravel()), 29)})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    r = httpx.post(emu.wallaroo_url, content=sink.getvalue().to_pybytes(), headers={"Content-Type": ARROW})
+    assert "not an Arrow IPC file" in _error(r, 400)
+    assert r.json()["source"] == "engine"
+    ok = httpx.post(emu.wallaroo_url, content=_arrow(m), headers={"Content-Type": ARROW})  # the same as a file
+    assert ok.status_code == 200 and len(ok.json()) == 3
 
 
 @pytest.mark.parametrize("path", ["/v1/api/pipelines/infer/ccfraud-2/ccfraud",

@@ -154,13 +154,26 @@ async def test_direct_closed_loop_records_every_request() -> None:
 
 @pytest.mark.anyio
 async def test_direct_failed_body_is_request_failed_with_message() -> None:
-    bad = orjson.dumps({"wrong": 1})
-    async with serve(emulator()) as url:
+    async with serve(emulator(error_rate=1.0)) as url:
         rec = recorder()
-        await run_direct(cfg(url, version="v1"), [bad], rec, closed(0, 2, max_requests=20))
+        await run_direct(cfg(url, version="v1"), [encode_structured([ROW], {})], rec, closed(0, 2, max_requests=20))
         data = rec.finish(time.monotonic_ns(), partial=False)
     assert ok_and_errors(data) == (0, {"request_failed:200": 20})  # HTTP 200, "status": "failed"
-    assert any(s.kind == "request_failed" and "tensor" in s.detail for s in data.error_samples)
+    assert any(s.kind == "request_failed" and "error_rate" in s.detail for s in data.error_samples)
+
+
+@pytest.mark.anyio
+async def test_direct_faulty_input_is_refused_as_http_error() -> None:
+    """A wrong input field (a mapping mistake) is refused by the platform: counted as an HTTP error, not as a
+    request that failed (it was never created)."""
+    async with serve(emulator()) as url:
+        rec = recorder()
+        await run_direct(cfg(url), [orjson.dumps({"wrong": ROW["tensor"]})], rec, closed(0, 2, max_requests=10))
+        data = rec.finish(time.monotonic_ns(), partial=False)
+        async with client(url) as c:
+            assert await listed(c, "failed") == [] and await listed(c, "completed") == []
+    assert ok_and_errors(data) == (0, {"http_error:400": 10})
+    assert any("Missing input field(s): tensor" in s.detail for s in data.error_samples)
 
 
 @pytest.mark.anyio
@@ -196,6 +209,25 @@ async def test_batch_of_2000_accounts_for_every_request() -> None:
     for metric in ("batch_e2e", "queue", "processing"):
         assert hist_count(data, metric) == 2000, metric
     assert data.totals["measured"].requests == 2000 and stats.poll_interval_mean_s > 0
+
+
+@pytest.mark.anyio
+async def test_batch_with_one_faulty_item_is_rejected_whole() -> None:
+    """One item of a create call misses the input field: the platform denies the whole call, so every item of it
+    is create_rejected (an HTTP error), none is created, and none is left to collect."""
+    good, bad = encode_structured([ROW], {}), orjson.dumps({"wrong": ROW["tensor"]})
+    async with serve(emulator()) as url:
+        rec = recorder()
+        stats = await run_ubiops(cfg(url, mode="batch", poll_interval_s=0.02, drain_timeout_s=5),
+                                 [good, bad], 1, rec, closed(0, 1, max_requests=500), Stop())
+        data = rec.finish(time.monotonic_ns(), partial=False)
+        async with client(url) as c:
+            for status in ("pending", "completed", "failed"):
+                assert await listed(c, status) == []
+    assert stats.created == 0 and stats.create_rejected == 500 and stats.invariant_ok
+    assert ok_and_errors(data) == (0, {"http_error:400": 500})
+    assert data.counters["create_rejected"] == 500
+    assert any("missing input field(s): tensor" in s.detail for s in data.error_samples), data.error_samples
 
 
 @pytest.mark.anyio

@@ -11,11 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pyarrow.ipc as ipc
 import pytest
 from test_ubiops import ROW, Stop, _until, cfg, client, closed, emulator, listed, recorder, serve
 
 from bench.targets.ubiops import encode_structured
+from bench.targets.ubiops_budget import Budget
+from bench.targets.ubiops_cancel import cancel_requests
+from bench.targets.ubiops_plane import RateGate, UbiOpsStats
 from bench.ubiops_runner import run_ubiops
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,9 +85,12 @@ rate_limit_per_min = 60
 
 
 @pytest.mark.anyio
-async def test_a_deleted_id_is_isolated_and_counted_missing_not_blocking_its_group() -> None:
+@pytest.mark.parametrize("unknown_status", [404, 400])
+async def test_a_deleted_id_is_isolated_and_counted_missing_not_blocking_its_group(unknown_status: int) -> None:
+    """The reference names no status for a collect with an unknown id: a 400 is isolated like a 404 (it used
+    to fail the oldest group every tick, so it and every newer group ended abandoned)."""
     item = encode_structured([ROW], {})
-    async with serve(emulator(replicas=1, latency_ms=15.0)) as url:
+    async with serve(emulator(replicas=1, latency_ms=15.0, ubiops_unknown_id_status=unknown_status)) as url:
         rec = recorder()
         stop = Stop()
         result: dict[str, Any] = {}
@@ -142,3 +149,29 @@ async def test_cancel_falls_back_to_per_request_patch(status: int) -> None:
     assert stats.cancel_confirmed + stats.cancel_unconfirmed == stats.cancel_requested
     assert stats.cancel_confirmed >= stats.cancel_requested - 1  # one may have finished meanwhile
     assert left == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("unknown_status", [404, 400])
+async def test_a_cancel_refused_for_an_unknown_id_keeps_the_batch_route_and_cancels_the_rest(
+        unknown_status: int) -> None:
+    """A batch cancel refused because one id is unknown (404 or 400, the body naming the request) is not a
+    missing route: the group is bisected on the batch route, the others are cancelled and confirmed, and the
+    run does not switch to one PATCH per request."""
+    async with serve(emulator(replicas=1, latency_ms=1000.0, ubiops_cancel_unknown_ids=True,
+                              ubiops_unknown_id_status=unknown_status)) as url, client(url) as c:
+        ids = [x["id"] for x in (await c.post("/requests/batch", json=[ROW] * 40)).json()]
+        assert (await c.post("/requests/delete", json=[ids[17]])).status_code == 200
+        refused = await c.post("/requests/cancel", json=ids)
+        assert refused.status_code == unknown_status and ids[17] in refused.json()["error"]
+        rec = recorder()
+        stats = UbiOpsStats(mode="batch")
+        config = cfg(url, mode="batch")
+        async with httpx.AsyncClient(headers=config.control_headers()) as http:
+            await cancel_requests(config, http, RateGate(rec, stats, True, Budget(0)), rec, stats, ids,
+                                  time.monotonic_ns() + 20 * 10**9)
+        left = {x["id"] for s in ("pending", "processing") for x in await listed(c, s)}
+    assert stats.cancel_route == "batch" and stats.cancel_requested == 40
+    assert stats.cancel_confirmed == 39 and stats.cancel_unconfirmed == 1  # all but the unknown one
+    assert stats.cancel_calls <= 1 + 2 * 6  # the refused call, then a bisection down to the one id (log2 40 ≈ 6)
+    assert left == set()

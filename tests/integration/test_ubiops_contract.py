@@ -92,8 +92,34 @@ def test_direct_structured_plain_and_version_routes(api: Any) -> None:
     assert plain.status == "completed" and plain.result == "hello, plain world"
     v = api.deployment_version_requests_create(P, D, V, ROW)
     assert v.status == "completed" and v.version == V and v.result == r.result
-    failed = api.deployment_requests_create(P, D, {"other": 1})  # missing field: HTTP 200, status failed
-    assert failed.status == "failed" and failed.success is False and "tensor" in failed.error_message
+
+
+
+def test_a_failed_direct_request_is_http_200_with_status_failed(serve_emulator: Callable[..., str]) -> None:
+    api = core_api(serve_emulator("--latency-ms", "1", "--jitter", "0", "--error-rate", "1"))
+    failed = api.deployment_requests_create(P, D, ROW)  # the deployment's code failed: HTTP 200, status failed
+    assert failed.status == "failed" and failed.success is False and failed.result is None
+    assert failed.error_message
+
+
+def test_faulty_inputs_are_refused_whole_before_anything_is_created(api: Any) -> None:
+    """A missing input field or a value of the wrong type: the create call is refused (400, the message in the
+    body's "error"), direct or batch, and one faulty item denies the whole batch."""
+    cases: list[tuple[Callable[[], Any], str]] = [
+        (lambda: api.deployment_requests_create(P, D, {"other": 1}), "Missing input field(s): tensor"),
+        (lambda: api.deployment_requests_create(P, D, {"tensor": "abc"}), "must be of type array_double, got string"),
+        (lambda: api.deployment_version_requests_create(P, D, V, {"tensor": [1, "x"]}), "array_double"),
+        (lambda: api.deployment_requests_create(P, D, [ROW, {"tensor": None}]), "Request 2 of 2"),
+        (lambda: api.batch_deployment_requests_create(P, D, [ROW, {"wrong": 1}]),
+         "Request 2 of 2: missing input field(s): tensor"),
+        (lambda: api.batch_deployment_version_requests_create(P, D, V, [{"tensor": [True] * 29}]), "got array"),
+    ]
+    for call, words in cases:
+        with pytest.raises(ubiops.ApiException) as info:
+            call()
+        assert status_of(info) == 400 and words in info.value.get_body_message(), info.value.get_body_message()
+    for status in ("pending", "processing", "completed", "failed"):  # nothing was created, not even the good items
+        assert api.deployment_requests_list(P, D, status=status, limit=100) == []
 
 
 def test_batch_create_collect_get_input_output(api: Any) -> None:
@@ -190,6 +216,7 @@ def test_errors_the_client_expects(api: Any, serve_emulator: Callable[..., str])
         (lambda: api.deployment_requests_batch_get(P, D, ["x"] * 251), 400),
         (lambda: api.batch_deployment_requests_create(P, D, [ROW, "not an object"]), 400),
         (lambda: api.deployment_requests_create(P, D, ROW, timeout=5), 400),
+        (lambda: api.batch_deployment_requests_create(P, D, [ROW], timeout=172_801), 400),  # past 48 h
         (lambda: api.deployment_requests_create(P, "echo", {"not": "plain"}), 400),
     ]
     for call, status in cases:

@@ -64,6 +64,9 @@ def test_config_from_mapping_accepts_a_valid_table() -> None:
     assert cfg.replicas == 3 and cfg.http2 and cfg.pipeline == "p"
     assert cfg.users == (("alice", "pw"),)
     assert cfg.ubiops_deployments == (UbiOpsDeployment(name="echo", input_type="plain", fields=()),)
+    typed = emulator_config_from_mapping({"ubiops_deployments": [{"fields": ["a", "b"],
+                                                                   "field_types": ["int", "array_string"]}]}, "s")
+    assert typed.ubiops_deployments[0].field_types == ("int", "array_string")
 
 
 @pytest.mark.parametrize(("table", "key", "words"), [
@@ -77,6 +80,13 @@ def test_config_from_mapping_accepts_a_valid_table() -> None:
     ({"replicas": 0}, "emulator.replicas", ">= 1"),
     ({"deployment": "a/b"}, "emulator.deployment", "'/'"),
     ({"ubiops_deployments": [{"nme": "x"}]}, "emulator.ubiops_deployments[0].nme", "unknown key"),
+    ({"ubiops_unknown_id_status": 500}, "emulator.ubiops_unknown_id_status", "400 or 404"),
+    ({"ubiops_deployments": [{"field_types": ["float"]}]}, "emulator.ubiops_deployments[0].field_types",
+     "unknown type 'float'"),
+    ({"ubiops_deployments": [{"fields": ["a", "b"], "field_types": ["int"]}]},
+     "emulator.ubiops_deployments[0].field_types", "2 field(s), got 1 type(s)"),
+    ({"ubiops_deployments": [{"input_type": "plain", "fields": [], "field_types": ["int"]}]},
+     "emulator.ubiops_deployments[0].field_types", "plain deployment"),
     ({"users": ["admin"]}, "emulator.users", "pairs"),
 ])
 def test_config_from_mapping_names_file_and_key(table: dict[str, object], key: str, words: str) -> None:

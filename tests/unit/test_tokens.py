@@ -38,7 +38,8 @@ def test_issue_then_verify_until_expiry() -> None:
     token = signer.issue("service-account-api-client", 2.0)
     assert token.count(".") == 2
     c = claims(token)
-    assert c["sub"] == "service-account-api-client" and c["typ"] == "access"
+    assert c["sub"] == "service-account-api-client" and c["typ"] == "Bearer"  # Keycloak's typ of an access token
+    assert c["preferred_username"] == "service-account-api-client" and "email" not in c  # no e-mail: a service
     assert c["exp"] == pytest.approx(clock.now + 2.0) and c["iat"] == pytest.approx(clock.now)
     assert signer.verify(f"Bearer {token}") is None
     assert signer.verify(f"bearer {token}") is None  # scheme is case-insensitive
@@ -104,3 +105,18 @@ def test_ensure_signer_creates_once() -> None:
     assert ctx.tokens is None
     signer = ensure_signer(ctx)
     assert ctx.tokens is signer and ensure_signer(ctx) is signer
+
+
+def test_claims_as_keycloak_writes_them() -> None:
+    """``typ`` Bearer / Refresh / Offline, and a user's ``email`` and ``preferred_username`` (the Wallaroo SDK
+    reads ``email`` when it refreshes an offline token)."""
+    signer = make(Clock())
+    user = claims(signer.issue("Admin", 60))
+    assert user["typ"] == "Bearer" and user["preferred_username"] == "admin"
+    assert user["email"] == "admin@emulator.bench.local"
+    assert claims(signer.issue("alice@example.com", 60))["email"] == "alice@example.com"
+    refresh, offline = signer.issue_refresh("admin"), signer.issue_refresh("admin", offline=True)
+    assert claims(refresh)["typ"] == "Refresh" and claims(offline)["typ"] == "Offline"
+    assert claims(offline)["email"] == "admin@emulator.bench.local"
+    assert signer.check_refresh(refresh) == "admin" and signer.check_refresh(offline) == "admin"
+    assert signer.verify(f"Bearer {offline}") == INVALID  # an offline token is no access token either

@@ -21,6 +21,8 @@ from bench.targets.ubiops import (
     encode_plain,
     encode_structured,
     error_message_of,
+    may_concern_ids,
+    mentions_a_request,
     ubiops_config_from_mapping,
 )
 
@@ -54,7 +56,8 @@ def test_defaults_and_full_table() -> None:
     ({"project": None}, "target.project", "required"),
     ({"timeout": 5}, "target.timeout", "10–3600"),
     ({"timeout": 4000}, "target.timeout", "10–3600"),
-    ({"timeout": 260000, "mode": "batch"}, "target.timeout", "259200"),
+    ({"timeout": 172801, "mode": "batch"}, "target.timeout", "1–172800 s"),
+    ({"timeout": "60h", "mode": "batch"}, "target.timeout", "1–172800 s"),
     ({"batch_size": 251}, "target.batch_size", "between 1 and 250"),
     ({"mode": "async"}, "target.mode", "'direct'"),
     ({"input": "json"}, "target.input", "'plain'"),
@@ -224,3 +227,14 @@ def test_budget_share_leaves_unbudgeted_runs_alone() -> None:
     assert budget_share(off, (1, 4), "s.toml") is None
     backoff = UbiOpsConfig(project="p", deployment="d", token="t", on_rate_limit="backoff", calls_per_minute=7)
     assert [budget_share(backoff, (k, 3), "s.toml") for k in range(3)] == [3, 2, 2]
+
+
+def test_which_refusals_may_concern_the_ids_and_which_are_about_a_request() -> None:
+    assert [s for s in (400, 401, 403, 404, 405, 407, 408, 409, 422, 429, 500) if may_concern_ids(s)] == [
+        400, 404, 409, 422]
+    ids = ["2f909aeb-5c7e", "85711124-54db"]
+    assert mentions_a_request(b'{"error": "Request \'85711124-54db\' not found"}', ids)
+    assert mentions_a_request(b'{"error_message": "One of the given deployment requests does not exist"}', ids)
+    assert mentions_a_request(b'{"error": "no such id: 2f909aeb-5c7e"}', ids)
+    assert not mentions_a_request(b'{"error": "Not found."}', ids)  # a missing route
+    assert not mentions_a_request(b'{"detail": "The requested resource was not found"}', ids)
