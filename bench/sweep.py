@@ -6,6 +6,8 @@ Used by `bench capacity` (bench.commands.capacity: flags, capacity.json, the ver
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,6 +20,11 @@ __all__ = ["PROBE_S", "Settings", "Step", "StepRunner", "Sweep", "clients_scenar
            "slo_failures", "step_scenario"]
 
 PROBE_S = 2.0  # closed loop, one client: the safe start rate is half of what it achieves
+CAP_HEADROOM = 2.0  # a step's in-flight cap: this × rate × latency (Little's law, with room for a slower spell)
+MAX_AUTO_CAP = 100_000  # ... at most this many (and within the open-file limit)
+COOL_FACTOR = 1.5  # cool-down: the target is idle once one request comes back within this × the idle p99
+COOL_MAX_S = 120.0  # ... waiting at most this long (and 3 × a step, at least 10 s)
+COOL_PAUSE_S = 0.1  # between two cool-down requests
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,7 @@ class Step:
     achieved_rps: float
     report: str
     clients: int | None = None  # a concurrency step: closed loop with this many clients (target_rps unused)
+    max_in_flight: int | None = None  # a rate step: its in-flight cap (the scenario's, else sized by the sweep)
 
     def to_dict(self) -> dict[str, Any]:
         s = self.summary
@@ -51,7 +59,8 @@ class Step:
         return {"step": self.n, **offered, "achieved_rps": round(self.achieved_rps, 3),
                 "p50_ms": s["latency_ms"]["p50"], "p99_ms": s["latency_ms"]["p99"], "requests": s["requests"],
                 "error_rate": s["error_rate"], "dropped": s["dropped"], "generator_bound": s["generator_bound"],
-                "verdict": self.verdict, "reasons": self.reasons, "report": self.report}
+                "verdict": self.verdict, "reasons": self.reasons, "report": self.report,
+                **({"max_in_flight": self.max_in_flight} if self.max_in_flight is not None else {})}
 
 
 @dataclass
@@ -62,6 +71,8 @@ class Sweep:
     objectives_source: str = ""
     rows: list[Any] = field(default_factory=list)  # CapacityStep per judged step, for the capacity report
     load_kind: str = "rate"  # rate (the search) | concurrency (--concurrency levels)
+    ignored: list[str] = field(default_factory=list)  # SLO keys a rate sweep leaves out (min_rps, min_rows_per_s)
+    cooldowns: list[dict[str, Any]] = field(default_factory=list)  # each wait for an idle target before a step
 
 
 def run_sweep(search: Any, runner: StepRunner, sweep: Sweep, checkpoint: Callable[[], None]) -> None:
@@ -70,8 +81,7 @@ def run_sweep(search: Any, runner: StepRunner, sweep: Sweep, checkpoint: Callabl
     for rate in search:
         step, measure = runner.step(rate)
         if step.verdict == "interrupted":
-            search.stop("interrupted")
-            runner.print_step(step)
+            _interrupted(search, runner, step, checkpoint)
             return
         objectives = _objectives_for(sweep, step, runner)
         verdict, reasons = judge_step(measure, slo_failures(objectives, runner.last_report),
@@ -79,18 +89,29 @@ def run_sweep(search: Any, runner: StepRunner, sweep: Sweep, checkpoint: Callabl
         if verdict == "harness" and not runner.retried(rate):
             step.verdict, step.reasons = "harness", [*reasons, "repeating the step once to rule out a hiccup"]
             runner.print_step(step)
+            runner.keep_row(step)
             step, measure = runner.step(rate, repeat=True)
             if step.verdict == "interrupted":
-                search.stop("interrupted")
+                _interrupted(search, runner, step, checkpoint)
                 return
             objectives = _objectives_for(sweep, step, runner)
             verdict, reasons = judge_step(measure, slo_failures(objectives, runner.last_report),
                                           max_error_rate=max_error_rate(objectives))
         step.verdict, step.reasons = verdict, reasons
+        if verdict == "pass":
+            runner.passed(step)
         runner.print_step(step)
         runner.keep_row(step)
         search.record(rate, verdict)
         checkpoint()
+
+
+def _interrupted(search: Any, runner: StepRunner, step: Step, checkpoint: Callable[[], None]) -> None:
+    """A step cut short (Ctrl-C): printed and kept in capacity.arrow like any step, marked interrupted."""
+    search.stop("interrupted")
+    runner.print_step(step)
+    runner.keep_row(step)
+    checkpoint()
 
 
 def run_concurrency(levels: list[int], runner: StepRunner, sweep: Sweep, checkpoint: Callable[[], None]) -> str:
@@ -154,12 +175,17 @@ class StepRunner:
         self.last_report: Any = None
         self._repeated: set[float] = set()
         self._header = True
+        self.baseline_ms: float | None = None  # the lowest service p50 seen (probe or step): the unloaded latency
+        self.idle_ms: float | None = None  # the lowest client p99 of the probe or a passing step: "idle" below
+        self.latency_s = 0.0  # the highest service p50 seen (s): with the SLO's limits, sizes the in-flight cap
         self.scrape_warned = False  # a [server_metrics] URL that never answered was said (once per sweep)
 
     def retried(self, rate: float) -> bool:
         return rate in self._repeated
 
     def probe(self) -> Step:
+        from bench.rundata import MEASURED
+
         sc = self.base.scenario
         probe = probe_scenario(sc)
         report, facts = self._run(probe, self.out_dir / "probe.arrow")
@@ -171,18 +197,101 @@ class StepRunner:
             kinds = ", ".join(f"{n:,} {k}" for k, n in step.summary["errors_by_kind"].items()) or "no answers"
             raise RunInvalid(f"probe: no request succeeded ({kinds}); is the target up?")
         step.achieved_rps = float(step.summary["rps"])
+        self._observe(report)
+        self.idle_ms = report.run.histogram("latency", MEASURED, "ok").percentiles_ms((99,)).get(99)
         return step
 
     def step(self, rate: float, *, repeat: bool = False) -> tuple[Step, Any]:
         if repeat:
             self._repeated.add(rate)
+        if self.n:
+            self.cool_down()
         self.n += 1
-        sc = step_scenario(self.base.scenario, rate, duration_s=self.settings.step_s, warmup_s=self.settings.warmup_s)
+        user_cap = bool(self.base.scenario.load.max_in_flight)
+        cap = self.base.scenario.load.max_in_flight if user_cap else self.in_flight_cap(rate)
+        sc = step_scenario(self.base.scenario, rate, duration_s=self.settings.step_s, warmup_s=self.settings.warmup_s,
+                           max_in_flight=None if user_cap else cap)
         path = self.out_dir / f"step-{self.n:02d}-{rate:.4g}.arrow"
         report, facts = self._run(sc, path)
+        self._observe(report)
+        measure = _measure(report, rate, baseline_ms=self.baseline_ms, max_in_flight=cap, cap_set=user_cap)
         step = self._step(self.n, rate, report, facts, path)
+        step.achieved_rps = measure.achieved_rps
+        step.max_in_flight = cap
         self.sweep.steps.append(step)
-        return step, _measure(report, rate)
+        return step, measure
+
+    def passed(self, step: Step) -> None:
+        """A passing step's p99 is a latency the idle target meets: the cool-down's bar is the lowest such."""
+        p99 = step.summary["latency_ms"]["p99"]
+        if p99 is not None and (self.idle_ms is None or p99 < self.idle_ms):
+            self.idle_ms = float(p99)
+
+    def _observe(self, report: Any) -> None:
+        from bench.rundata import MEASURED
+
+        service = report.run.histogram("service", MEASURED, "ok")
+        if not service.total:
+            return
+        p50 = service.percentiles_ms((50,))[50]
+        self.baseline_ms = p50 if self.baseline_ms is None else min(self.baseline_ms, p50)
+        self.latency_s = max(self.latency_s, p50 / 1000)
+
+    def in_flight_cap(self, rate: float) -> int:
+        """The step's in-flight cap when the scenario sets none. Little's law: in flight = rate × latency, so
+        the cap is CAP_HEADROOM × rate × the longest of the SLO's latency limits and the service p50s seen so
+        far (1 s before any is known), at least 64 and within the open-file limit. A fixed default (the rate,
+        i.e. 1 s of latency) dropped the sends of any endpoint slower than that and called it saturated."""
+        limits = [o.limit / 1000 for o in getattr(self.sweep.objectives, "objectives", ())
+                  if o.key.endswith("_ms") and not o.is_lower_bound]
+        latency_s = max([self.latency_s, *limits]) or 1.0
+        return max(64, min(_fd_room(), math.ceil(CAP_HEADROOM * rate * latency_s)))
+
+    def cool_down(self) -> None:
+        """Wait until the target is idle again before the next step: one request at a time until one comes back
+        within COOL_FACTOR × the idle p99 (the probe's or a passing step's), for at most COOL_MAX_S. A server
+        keeps working on what the last step left queued (requests the client gave up on included); a step
+        started behind that backlog measures it, so a sweep's answer would depend on the order of its steps."""
+        if self.idle_ms is None:
+            return
+        bar = max(COOL_FACTOR * self.idle_ms, self.idle_ms + 1.0)
+        limit = min(COOL_MAX_S, max(10.0, 3 * (self.settings.step_s + self.settings.warmup_s)))
+        t0 = time.monotonic()
+        probes, last = 0, None
+        while True:
+            probes += 1
+            last = self._one_request()
+            waited = time.monotonic() - t0
+            if last is not None and last <= bar:
+                break
+            if waited >= limit:
+                self.console.print(f"cool-down: the target was still busy after {waited:,.1f} s ({probes} probes, "
+                                   f"last {_ms_text(last)} > {bar:,.4g} ms): the next step may start behind its "
+                                   "backlog", markup=False)
+                break
+            time.sleep(COOL_PAUSE_S)
+        idle = last is not None and last <= bar
+        self.sweep.cooldowns.append({"before_step": self.n + 1, "waited_s": round(waited, 3), "probes": probes,
+                               "last_ms": last, "bar_ms": round(bar, 3), "idle": idle})
+        if probes > 1 and idle and not self.quiet:
+            self.console.print(f"cool-down: idle again after {waited:,.1f} s ({probes} probes, {last:,.4g} ms)",
+                               markup=False)
+
+    def _one_request(self) -> float | None:
+        """One closed-loop request: its latency (ms), None when it failed (a timeout: still busy)."""
+        from bench.rundata import MEASURED
+        from bench.runner import RunControl
+        from bench.session import run_report
+
+        sc = self.base.scenario
+        one = sc.revised({"load": {"concurrency": 1, "requests": 1, "duration": "0s"},
+                          **dict.fromkeys(("engine.pacing",) if sc.engine.http2
+                                          else ("engine.pacing", "engine.connections"))})
+        report, facts = run_report(replace(self.base, scenario=one), RunControl(preflight=False, raw_path=None))
+        if facts.interrupted:  # Ctrl-C during the request: the sweep stops as between two steps
+            raise KeyboardInterrupt
+        ok = report.run.histogram("latency", MEASURED, "ok")
+        return ok.max_us / 1000.0 if ok.total else None
 
     def step_clients(self, clients: int) -> tuple[Step, Any]:
         """One closed-loop step with ``clients`` clients; judged like a rate step whose target is what it did."""
@@ -194,7 +303,7 @@ class StepRunner:
         step = self._step(self.n, 0.0, report, facts, path)
         step.clients = clients
         self.sweep.steps.append(step)
-        return step, _measure(report, step.achieved_rps)  # closed loop: no offered rate to fall short of
+        return step, _measure(report, step.achieved_rps, shifted=False)  # closed loop: no offered rate to fall short of
 
     def keep_row(self, step: Step) -> None:
         """The judged step as a capacity-report row (client and, when scraped, server percentiles)."""
@@ -277,22 +386,106 @@ class StepRunner:
             f"{escape('; '.join(step.reasons) or 'SLO met')}", soft_wrap=True)
 
 
-def _measure(report: Any, rate: float) -> Any:
+def _measure(report: Any, rate: float, *, baseline_ms: float | None = None, max_in_flight: int = 0,
+             cap_set: bool = False, shifted: bool = True) -> Any:
     from bench.capacity import StepMeasure
-    from bench.report.model import MEASURED
+    from bench.rundata import MEASURED
 
-    achieved, window = _achieved(report)
-    tot = report.run.total(MEASURED)
-    service = report.run.histogram("service", MEASURED, "ok")
+    run = report.run
+    achieved, window = _shifted(run) if shifted else (None, None)
+    if achieved is None or window is None:
+        achieved, window = _achieved(report)
+    tot = run.total(MEASURED)
+    service = run.histogram("service", MEASURED, "ok")
     pct = service.percentiles_ms((50, 90, 99, 99.9)) if service.total else {}
     service_ms = {f"p{str(p).replace('.', '')}_ms": v for p, v in pct.items()}
     if service.total:
         service_ms["max_ms"] = service.max_us / 1000.0
+    loop = run.histogram("loop_lag", MEASURED, "all")
+    answered_errors = sum(e.count for e in run.errors if e.phase == MEASURED and e.status)
     return StepMeasure(target_rps=rate, achieved_rps=achieved, window_s=window, requests=tot.requests,
                        error_rate=tot.errors / tot.requests if tot.requests else 0.0, dropped=tot.dropped,
                        generator_bound=report.meta.generator_bound,
                        generator_bound_reasons=tuple(report.meta.generator_bound_reasons),
-                       cpu_saturated=float(report.meta.cpu_fraction or 0.0) >= 0.9, service_ms=service_ms)
+                       cpu_saturated=float(report.meta.cpu_fraction or 0.0) >= 0.9, service_ms=service_ms,
+                       loop_lag_ms=loop.max_us / 1000.0 if loop.total else 0.0,
+                       answer_error_rate=answered_errors / tot.requests if tot.requests else 0.0,
+                       baseline_ms=baseline_ms, max_in_flight=max_in_flight, cap_set=cap_set,
+                       latency_growth_ms=_growth(run) if shifted else None, latency_sd_ms=_spread_ms(run))
+
+
+def _spread_ms(run: Any) -> float:
+    from bench.rundata import MEASURED
+
+    ok = run.histogram("latency", MEASURED, "ok")
+    if not ok.total:
+        return 0.0
+    pct = ok.percentiles_ms((16, 84))
+    return max(0.0, float(pct[84] - pct[16]) / 2)
+
+
+def _latency_s(run: Any, pct: float) -> float:
+    from bench.rundata import MEASURED
+
+    ok = run.histogram("latency", MEASURED, "ok")
+    return ok.percentiles_ms((pct,))[pct] / 1000 if ok.total else 0.0
+
+
+def _shifted(run: Any) -> tuple[float | None, float | None]:
+    """Answers per second over the measured window shifted by the median latency (bench.capacity.shifted_rate),
+    from the per-second series: each second's answers are its completions less the errors that were no answer
+    (timeouts, in flight at the end: errors without a status, in their share of all errors)."""
+    from bench.capacity import shifted_rate
+    from bench.rundata import MEASURED
+
+    series = run.series
+    if not len(series):
+        return None, None
+    errors = sum(e.count for e in run.errors)
+    unanswered = sum(e.count for e in run.errors if not e.status)
+    share = unanswered / errors if errors else 0.0
+    answers = [float(r) - share * float(e) for r, e in zip(series.requests, series.errors, strict=True)]
+    phase = run.phase(MEASURED)
+    spans = list(run.done_span.values())
+    first = min((a for a, _ in spans), default=float(min(series.second)))
+    last = max((b for _, b in spans), default=float(max(series.second)) + 1.0)
+    got = shifted_rate([int(x) for x in series.second], answers, start_s=phase.start_s, end_s=phase.end_s,
+                       shift_s=_latency_s(run, 50), early_s=_latency_s(run, 1), first_s=first, last_s=last)
+    return (None, None) if got is None else got
+
+
+def _growth(run: Any) -> tuple[float, float | None, float] | None:
+    """p50 (ms) of the ok answers in the first, middle and last thirds of the shifted window (by done time)."""
+    from bench.capacity import growth_seconds
+    from bench.hdr import Histogram
+    from bench.rundata import MEASURED
+
+    phase, shift = run.phase(MEASURED), _latency_s(run, 50)
+    thirds = growth_seconds(phase.start_s + shift, phase.end_s + shift)
+    if thirds is None:
+        return None
+    at = {int(sec): i for i, sec in enumerate(run.series.second)}
+
+    def p50(secs: list[int]) -> float | None:
+        h = Histogram.merged(run.series.histogram(at[s]) for s in secs if s in at)
+        return h.percentiles_ms((50,))[50] if h.total else None
+
+    first, middle, last = (p50(t) for t in thirds)
+    if first is None or last is None:
+        return None
+    return first, middle, last
+
+
+def _ms_text(ms: float | None) -> str:
+    return "no answer" if ms is None else f"{ms:,.4g} ms"
+
+
+def _fd_room() -> int:
+    """In-flight requests this process can open connections for (the hard open-file limit less a margin)."""
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return MAX_AUTO_CAP if hard == resource.RLIM_INFINITY else max(64, min(MAX_AUTO_CAP, int(hard) - 256))
 
 
 def _achieved(report: Any) -> tuple[float, float]:
@@ -348,10 +541,13 @@ def max_error_rate(objectives: Any) -> float:
     return limits[0] if limits else 0.01
 
 
-def step_scenario(sc: Scenario, rate: float, *, duration_s: float, warmup_s: float) -> Scenario:
+def step_scenario(sc: Scenario, rate: float, *, duration_s: float, warmup_s: float,
+                  max_in_flight: int | None = None) -> Scenario:
     """The scenario with its load replaced by one open-loop step at ``rate`` (arrival process kept), parsed again
-    from its document so the typed load and the stored scenario copy cannot disagree."""
-    return sc.revised({"load": {**_load_source(sc), "rate": rate, "duration": f"{duration_s:g}s",
+    from its document so the typed load and the stored scenario copy cannot disagree. ``max_in_flight``: the
+    step's cap when the scenario sets none (the sweep sizes it, StepRunner.in_flight_cap)."""
+    cap = {"max_in_flight": max_in_flight} if max_in_flight else {}
+    return sc.revised({"load": {**_load_source(sc), **cap, "rate": rate, "duration": f"{duration_s:g}s",
                                 "warmup": f"{warmup_s:g}s"}})
 
 

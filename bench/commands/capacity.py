@@ -63,6 +63,9 @@ def _main(args: argparse.Namespace) -> int:
     sc = _load(args)
     settings = _settings(args, sc.capacity)
     objectives, source = _objectives(args, sc)
+    ignored: list[str] = []
+    if args.concurrency is None:
+        objectives, ignored = _rate_objectives(objectives)
     from bench.session import prepare, resolved_target
 
     prepared = prepare(replace(sc, slo=None))  # the sweep judges the SLO itself
@@ -73,7 +76,10 @@ def _main(args: argparse.Namespace) -> int:
     if args.html:
         check_report_path(Path(args.html), flag="--html")  # nor a FIFO, device or directory as --html
     console = _console(args)
-    sweep = Sweep(objectives=objectives, objectives_source=source)
+    sweep = Sweep(objectives=objectives, objectives_source=source, ignored=ignored)
+    if ignored:
+        console.print(f"SLO: {', '.join(ignored)} ignored ({source}): a rate sweep sets the rate itself, so a "
+                      "throughput floor is not an objective here — the capacity found is the rate", markup=False)
     search: CapacitySearch | None = None
 
     def checkpoint() -> None:  # capacity.json after every step: a crash or kill -9 still leaves the steps so far
@@ -188,6 +194,21 @@ def _objectives(args: argparse.Namespace, sc: Any) -> tuple[Any, str]:
     if sc.slo is not None:
         return sc.slo, f"{sc.file} [slo]"
     return None, ""
+
+
+def _rate_objectives(objectives: Any) -> tuple[Any, list[str]]:
+    """The objectives without the throughput floors (min_rps, min_rows_per_s), and the keys left out. A rate
+    step's throughput is the rate it was given (or short of it: then the step saturated, judged as such); a floor
+    on it failed every step below the floor and made the sweep report "capacity: none"."""
+    from bench.capacity import THROUGHPUT_KEYS
+
+    if objectives is None:
+        return None, []
+    keep = tuple(o for o in objectives.objectives if o.key not in THROUGHPUT_KEYS)
+    dropped = [o.key for o in objectives.objectives if o.key in THROUGHPUT_KEYS]
+    if not dropped:
+        return objectives, []
+    return (replace(objectives, objectives=keep) if keep else None), dropped
 
 
 def _out_dir(args: argparse.Namespace, sc: Any) -> Path:
@@ -349,7 +370,8 @@ def _result(args: argparse.Namespace, sc: Any, prepared: Any, settings: Settings
     from bench.capacity import plan_replicas
     from bench.errors import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_SLO
 
-    capacity = search.last_pass if search is not None else None
+    offered = search.last_pass if search is not None else None
+    capacity = _sustained(sweep, offered)
     first_fail = search.first_fail if search is not None else None
     reason = "interrupted" if interrupted else (search.stop_reason if search is not None else None)
     reason = reason or "running"
@@ -367,27 +389,38 @@ def _result(args: argparse.Namespace, sc: Any, prepared: Any, settings: Settings
     replicas = settings.replicas  # --replicas, else the embedded emulator's, else [capacity] replicas
     if args.replicas is None and prepared.emulator_config is not None:
         replicas = prepared.emulator_config.replicas
-    lines = [_headline(reason, capacity, first_fail, settings)]
+    lines = [_headline(reason, capacity, offered, first_fail, settings)]
     if never_ok is not None and not interrupted:
         lines = [f"run failed: no step had a successful answer ({never_ok})"]
+    # only a lower bound when the sweep stopped before any failure: --max reached, or the harness's limit
+    lower_bound = reason in ("max_rate", "harness", "max_steps", "interrupted", "running") and first_fail is None
     plan: dict[str, Any] | None = None
     if settings.target_rps is not None and capacity:
         if replicas is not None:
-            rp = plan_replicas(settings.target_rps, capacity, replicas)
+            rp = plan_replicas(settings.target_rps, capacity, replicas, lower_bound=lower_bound)
             plan = {"target_rps": rp.target_rps, "replicas": rp.replicas,
                     "per_replica_rps": round(rp.per_replica_rps, 3), "replicas_needed": rp.replicas_needed,
-                    "utilisation": round(rp.utilisation, 4),
+                    "utilisation": round(rp.utilisation, 4), "upper_bound": lower_bound,
                     "assumption": "per-replica throughput is linear in replicas", "note": rp.note()}
             lines.append(rp.note())
+        elif lower_bound:
+            lines.append(f"target {settings.target_rps:,.4g} req/s is at most {settings.target_rps / capacity:.2f} "
+                         "× the measured capacity (only a lower bound); set [capacity] replicas = N (or "
+                         "--replicas) for a replica count")
         else:
             lines.append(f"target {settings.target_rps:,.4g} req/s is {settings.target_rps / capacity:.2f} × the "
                          "measured capacity; set [capacity] replicas = N (or --replicas) for a replica count")
+    elif settings.target_rps is not None and not interrupted and never_ok is None:
+        lines.append("no replica plan: no step met the SLO" if reason == "lowest_failed" else
+                     "no replica plan: no step met the SLO before the sweep stopped")
     model = _model_capacity(prepared)
     if model is not None:
         lines.append(f"emulator model capacity (slots / mean service time): {model:,.1f} req/s"
                      + (f"; found {capacity / model:.0%} of it" if capacity else ""))
     result: dict[str, Any] = {
-        "scenario": sc.name, "capacity_rps": capacity, "first_fail_rps": first_fail, "stop_reason": reason,
+        "scenario": sc.name, "capacity_rps": capacity, "capacity_offered_rps": offered,
+        "capacity_is_lower_bound": bool(capacity) and lower_bound, "first_fail_rps": first_fail,
+        "stop_reason": reason, "slo_ignored": sweep.ignored, "cooldowns": sweep.cooldowns,
         "exit_code": code, "precision": settings.precision, "step_s": settings.step_s, "warmup_s": settings.warmup_s,
         "slo": sweep_steps.objectives_text(sweep.objectives) if sweep.objectives is not None else None,
         "slo_source": sweep.objectives_source, "replicas": replicas, "plan": plan, "model_capacity_rps": model,
@@ -405,8 +438,21 @@ def _never_ok(sweep: Sweep) -> str | None:
     return str(steps[0].summary.get("failed") or "no successful answer")
 
 
-def _headline(reason: str | None, capacity: float | None, first_fail: float | None, settings: Settings) -> str:
+def _sustained(sweep: Sweep, offered: float | None) -> float | None:
+    """The capacity: min(offered, achieved) of the passing step at the highest passing rate. A step may pass
+    with its answers a little short of the rate (the 3 % saturation slack); the endpoint then did not sustain
+    the offered rate, and a replica plan built on it would be short."""
+    if offered is None:
+        return None
+    done = [s.achieved_rps for s in sweep.steps if s.verdict == "pass" and s.target_rps == offered]
+    return min(offered, max(done)) if done else offered
+
+
+def _headline(reason: str | None, capacity: float | None, offered: float | None, first_fail: float | None,
+              settings: Settings) -> str:
     cap = f"{capacity:,.4g} req/s" if capacity else "none"
+    if capacity and offered and capacity < 0.99 * offered:  # (a pass's answers may fall 3 % short)
+        cap += f" (answered at the {offered:,.4g} req/s step)"
     fail = f"{first_fail:,.4g} req/s" if first_fail else "none"
     if reason == "bracketed":
         return f"capacity: {cap} met the SLO; {fail} did not (within {settings.precision:.0%})"
@@ -416,8 +462,12 @@ def _headline(reason: str | None, capacity: float | None, first_fail: float | No
         return f"capacity: ≥ {cap} (--max reached without a failure)"
     if reason == "harness":
         if first_fail is None:
+            if not capacity:
+                return ("capacity: not measured — the load generator reached its limit at the first step, before "
+                        "the endpoint failed (see the step's reasons: more processes or hosts, or a higher "
+                        "load.max_in_flight)")
             return (f"capacity: above {cap} — the load generator reached its limit before the endpoint failed "
-                    "(use more processes or hosts)")
+                    "(see the last step's reasons: more processes or hosts, or a higher load.max_in_flight)")
         return f"capacity: {cap} (first failure {fail}); bisection stopped at a generator-bound step"
     if reason == "interrupted":
         return f"interrupted: highest passing step so far {cap}, first failure {fail}"

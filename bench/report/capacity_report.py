@@ -35,7 +35,7 @@ CAPACITY_SCHEMA = pa.schema([
     ("step", pa.int64()),
     ("load_kind", pa.string()),  # rate (offered = target req/s) | concurrency (offered = clients)
     ("offered", pa.float64()),
-    ("achieved_rps", pa.float64()),  # completions per second in the measured window
+    ("achieved_rps", pa.float64()),  # answers per second (a rate step: the window shifted by the latency)
     ("requests", pa.int64()),
     ("p50_ms", pa.float64()),  # client latency from the intended send time, ok requests; null: no sample
     ("p99_ms", pa.float64()),

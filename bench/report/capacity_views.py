@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["capacity_html", "capacity_markdown", "render_capacity"]
 
 _HEAD = ("step", "offered", "achieved req/s", "p50 ms", "p99 ms", "server p50 ms", "server p99 ms", "errors",
-         "verdict")
+         "verdict", "why")
 
 
 def _offered_unit(cap: CapacityReport) -> str:
@@ -31,7 +31,13 @@ def _cells(s: CapacityStep, server: bool) -> list[str]:
            num_text(s.p99_ms, ",.4g")]
     if server:
         row += [num_text(s.server_p50_ms, ",.4g"), num_text(s.server_p99_ms, ",.4g")]
-    return [*row, num_text(None if s.error_rate is None else s.error_rate * 100, ".2f", " %"), s.verdict]
+    return [*row, num_text(None if s.error_rate is None else s.error_rate * 100, ".2f", " %"), s.verdict,
+            _why(s)]
+
+
+def _why(s: CapacityStep) -> str:
+    """The step's reasons as stored (a fail's broken objectives, saturation, errors, harness), '; '-joined."""
+    return "; ".join(s.reasons) or ("SLO met" if s.verdict == "pass" else MISSING)
 
 
 def _head(server: bool) -> list[str]:
@@ -67,11 +73,11 @@ def render_capacity(cap: CapacityReport, console: Console) -> None:
     t = Table(title=f"capacity: {escape(str(cap.info.get('scenario_name', '')))} ({_offered_unit(cap)} offered)",
               title_justify="left")
     for h in _head(server):
-        t.add_column(h, justify="left" if h == "verdict" else "right")
+        t.add_column(h, justify="left" if h in ("verdict", "why") else "right")
     for s in _by_offered(cap):
         colour = {"pass": "green", "fail": "red"}.get(s.verdict, "yellow")
-        *nums, verdict = _cells(s, server)
-        t.add_row(*nums, f"[{colour}]{escape(verdict)}[/]")
+        *nums, verdict, why = _cells(s, server)
+        t.add_row(*nums, f"[{colour}]{escape(verdict)}[/]", escape(why))
     console.print(t)
     for line in _findings(cap):
         console.print(escape(line))
