@@ -150,7 +150,7 @@ class StepMeasure:
     cpu_saturated: bool = False  # the generator used (nearly) a whole core: answers may have waited unread
     service_ms: Mapping[str, float] = field(default_factory=dict)  # sent→done percentiles, keyed like the SLO
     loop_lag_ms: float = 0.0  # the generator's longest event-loop stall: an answer may have waited that long unread
-    answer_error_rate: float | None = None  # errors that were the endpoint's answers (an HTTP status); None: all
+    answer_error_rate: float | None = None  # errors that were answers (not UNANSWERED_NAMES); None: all
     baseline_ms: float | None = None  # the lowest (unloaded) service p50 seen in the sweep so far, this step's too
     max_in_flight: int = 0  # the step's in-flight cap (0: not known)
     cap_set: bool = False  # ... set by the user (load.max_in_flight), not sized by the sweep

@@ -389,6 +389,7 @@ class StepRunner:
 def _measure(report: Any, rate: float, *, baseline_ms: float | None = None, max_in_flight: int = 0,
              cap_set: bool = False, shifted: bool = True) -> Any:
     from bench.capacity import StepMeasure
+    from bench.results import UNANSWERED_NAMES
     from bench.rundata import MEASURED
 
     run = report.run
@@ -402,7 +403,7 @@ def _measure(report: Any, rate: float, *, baseline_ms: float | None = None, max_
     if service.total:
         service_ms["max_ms"] = service.max_us / 1000.0
     loop = run.histogram("loop_lag", MEASURED, "all")
-    answered_errors = sum(e.count for e in run.errors if e.phase == MEASURED and e.status)
+    answered_errors = sum(e.count for e in run.errors if e.phase == MEASURED and e.kind not in UNANSWERED_NAMES)
     return StepMeasure(target_rps=rate, achieved_rps=achieved, window_s=window, requests=tot.requests,
                        error_rate=tot.errors / tot.requests if tot.requests else 0.0, dropped=tot.dropped,
                        generator_bound=report.meta.generator_bound,
@@ -434,15 +435,17 @@ def _latency_s(run: Any, pct: float) -> float:
 def _shifted(run: Any) -> tuple[float | None, float | None]:
     """Answers per second over the measured window shifted by the median latency (bench.capacity.shifted_rate),
     from the per-second series: each second's answers are its completions less the errors that were no answer
-    (timeouts, in flight at the end: errors without a status, in their share of all errors)."""
+    (timeouts, refused or broken connections, in flight at the end: ``UNANSWERED_NAMES``, in their share of all
+    errors), as ``RunData.rps`` counts them."""
     from bench.capacity import shifted_rate
+    from bench.results import UNANSWERED_NAMES
     from bench.rundata import MEASURED
 
     series = run.series
     if not len(series):
         return None, None
     errors = sum(e.count for e in run.errors)
-    unanswered = sum(e.count for e in run.errors if not e.status)
+    unanswered = sum(e.count for e in run.errors if e.kind in UNANSWERED_NAMES)
     share = unanswered / errors if errors else 0.0
     answers = [float(r) - share * float(e) for r, e in zip(series.requests, series.errors, strict=True)]
     phase = run.phase(MEASURED)
