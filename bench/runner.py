@@ -23,7 +23,7 @@ from bench.errors import InputError, RunInvalid
 from bench.facts import RunFacts
 from bench.prepared import EMBEDDED_PLACEHOLDER, Endpoints, Prepared, point_at, prepare
 from bench.rundata import RunData
-from bench.scenario import Scenario
+from bench.scenario import LoadConfig, Scenario
 from bench.targets import target_for
 
 __all__ = ["EMBEDDED_PLACEHOLDER", "Endpoints", "Prepared", "RunControl", "execute", "fd_limit_short", "load_spec",
@@ -124,6 +124,15 @@ def _split(total: int, worker: tuple[int, int]) -> int:
     return share
 
 
+def default_max_in_flight(load: LoadConfig, worker: tuple[int, int] = (0, 1)) -> int:
+    """Worker i of n's share of the single-host default cap, max(64, min(4096, peak rate)): the shares add up to
+    it (at least one slot each), as an explicit load.max_in_flight's do, so n processes or Locust workers hold
+    no more requests open against a slow target, and drop no fewer, than one host would."""
+    i, n = worker
+    whole: int = max(64, min(4096, math.ceil(max([load.rate] + [r for _, r in load.stages]))))
+    return max(1, whole // n + (1 if i < whole % n else 0))
+
+
 def load_spec(sc: Scenario, start_ns: int, *, worker: tuple[int, int] = (0, 1)) -> LoadSpec:
     """The engine's LoadSpec; with ``worker=(i, n)`` this process's share of an n-process run."""
     load = sc.load
@@ -132,8 +141,7 @@ def load_spec(sc: Scenario, start_ns: int, *, worker: tuple[int, int] = (0, 1)) 
     if load.mode == "closed":
         return LoadSpec(mode="closed", start_ns=start_ns, end_ns=end_ns, concurrency=_split(load.concurrency, worker),
                         max_requests=max_requests, drain_s=load.drain_s)
-    peak = max([load.rate] + [r for _, r in load.stages]) / worker[1]
-    max_in_flight = _split(load.max_in_flight, worker) if load.max_in_flight else max(64, min(4096, math.ceil(peak)))
+    max_in_flight = _split(load.max_in_flight, worker) if load.max_in_flight else default_max_in_flight(load, worker)
     seed_sc = sc if worker[0] == 0 else _reseeded(sc, worker[0])
     return LoadSpec(mode="open", start_ns=start_ns, end_ns=end_ns, offsets_ns=offsets_for(seed_sc, worker),
                     max_in_flight=max_in_flight, max_requests=max_requests, drain_s=load.drain_s)

@@ -31,7 +31,7 @@ from bench.runner import Endpoints, Prepared, RunControl, StartGate
 from bench.scratch import scratch_dir
 from bench.targets import target_for
 
-__all__ = ["Share", "hand_off", "run_processes", "run_share", "worker_main"]
+__all__ = ["Share", "hand_off", "preflight_once", "preflight_wanted", "run_processes", "run_share", "worker_main"]
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def run_processes(prepared: Prepared, opts: Any, out_path: Path) -> tuple[Any, R
     from bench.report.reader import read_report
 
     processes = int(opts.processes)
-    url = _preflight_once(prepared, opts)
+    url = preflight_once(prepared, opts)
     run_id, ckpts = start_parts(out_path, processes)  # kill -9 of this process: `bench recover` merges these
     ep = replace(prepared.endpoints or Endpoints(url), inference_url=url)
     raw = prepared.scenario.report.raw
@@ -190,11 +190,17 @@ def run_processes(prepared: Prepared, opts: Any, out_path: Path) -> tuple[Any, R
     return merged, facts
 
 
-def _preflight_once(prepared: Prepared, opts: Any) -> str:
-    """The parent checks the deployment once (workers skip it) and hands them the URL it resolved."""
+def preflight_wanted(prepared: Prepared, enabled: bool) -> bool:
+    """Whether the run has a preflight to do (a [wallaroo] deployment check, the target's own, e.g. KServe's)."""
     cfg = prepared.preflight_config
     own = target_for(prepared.scenario.target.kind).has_preflight(prepared.target_config)
-    if not opts.preflight or ((cfg is None or not cfg.enabled) and not own):
+    return enabled and ((cfg is not None and cfg.enabled) or own)
+
+
+def preflight_once(prepared: Prepared, opts: Any) -> str:
+    """The parent checks the deployment once (workers skip it) and hands them the URL it resolved (a Locust
+    master too: bench.locust._core.preflight)."""
+    if not preflight_wanted(prepared, bool(opts.preflight)):
         return prepared.scenario.target.url
     from bench.run_loop import run_async
     from bench.runner import preflight_url

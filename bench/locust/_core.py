@@ -18,9 +18,9 @@ from typing import Any
 from bench.report.model import Report, RunData
 from bench.scenario import Scenario
 
-__all__ = ["check_out", "discard_checkpoint", "finish", "merge", "prepare", "prepare_share", "read_report_bytes",
-           "recover_leftover", "report_path", "resolve", "run_share", "scenario_job", "shared_target",
-           "start_parts", "worker_report", "write_report_bytes"]
+__all__ = ["check_out", "discard_checkpoint", "finish", "merge", "preflight", "preflight_wanted", "prepare",
+           "prepare_share", "read_report_bytes", "recover_leftover", "report_path", "resolve", "run_share",
+           "scenario_job", "shared_target", "start_parts", "worker_report", "write_report_bytes"]
 
 
 def scenario_job(sc: Scenario) -> dict[str, Any]:
@@ -74,6 +74,32 @@ def shared_target(prepared: Any, message: Callable[[str], None] = lambda _m: Non
 
     with resolved_target(prepared, message) as target:
         yield {"endpoints": asdict(target.endpoints)} if target.endpoints is not None else {}
+
+
+def preflight_wanted(prepared: Any, enabled: bool) -> bool:
+    from bench.workers import preflight_wanted as wanted
+
+    return wanted(prepared, enabled)
+
+
+def preflight(prepared: Any, endpoints: dict[str, Any], *, enabled: bool, quiet: bool) -> dict[str, Any]:
+    """The target's preflight, run once for a Locust master before any worker prepares (as a ``--processes``
+    parent does: bench.workers.preflight_once; bench.locust.preflight runs it away from gevent): a wrong model
+    name or a deployment that is not running is refused with the single-host run's one line and exit code, not
+    sent as a whole run of errors. Returns the endpoints to hand the workers: the URL the preflight resolved
+    replaces the scenario's."""
+    from dataclasses import asdict, replace
+    from types import SimpleNamespace
+
+    from bench.runner import Endpoints, point_at
+    from bench.workers import preflight_once
+
+    ep = Endpoints(**endpoints["endpoints"]) if endpoints.get("endpoints") else None
+    target = point_at(prepared, ep) if ep is not None else prepared
+    url = preflight_once(target, SimpleNamespace(preflight=enabled, quiet=quiet))
+    if url == target.scenario.target.url:
+        return endpoints
+    return {**endpoints, "endpoints": asdict(replace(ep or Endpoints(url), inference_url=url))}
 
 
 def run_share(prepared: Any, index: int, workers: int, epoch: float,

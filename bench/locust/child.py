@@ -1,12 +1,14 @@
 """The engine process of a Locust worker: bench's own engine (asyncio/uvloop), away from gevent.
 
 ``python -m bench.locust.child`` reads JSON lines on stdin -- the job, then ``{"go": EPOCH}`` or
-``{"stop": true}`` -- and writes JSON lines on stdout: ``ready`` (scenario read and prepared), ``delta`` and
-``checkpoint`` (about once a second: the new lines of its bench.checkpoint, which the master keeps beside its
-report so that its ``kill -9`` is recoverable; bench.locust.parts), then ``final`` (the path of its report file)
-or ``error`` (one line: why). When stdin
-closes (its Locust worker died) the load stops as on SIGTERM, so the process never outlives its parent for
-long. Never imports locust.
+``{"stop": true}``, and ``{"alive": true}`` heartbeats from its worker about once a second -- and writes JSON
+lines on stdout: ``ready`` (scenario read and prepared), ``delta`` and ``checkpoint`` (about once a second: the
+new lines of its bench.checkpoint, which the master keeps beside its report so that its ``kill -9`` is
+recoverable; bench.locust.parts), then ``final`` (the path of its report file) or ``error`` (one line: why).
+When stdin closes (its Locust worker died), or no heartbeat came for PARENT_SILENCE_S (its worker is frozen: SIGSTOP, a
+paused container, a stalled gevent loop -- its master counts it lost after ~3 s and would never see what this
+process kept sending), the load stops as on SIGTERM, so the process never outlives its parent for long. Never
+imports locust.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
-__all__ = ["main"]
+__all__ = ["PARENT_SILENCE_S", "main"]
+
+PARENT_SILENCE_S = 3.0  # no heartbeat from the worker this long: stop the load (the master's loss detection)
 
 
 class _Out:
@@ -37,18 +42,57 @@ class _Out:
             self._stream.flush()
 
 
-def _read_stdin(lines: IO[bytes], go: dict[str, Any], ready: threading.Event) -> None:
+class _Pulse:
+    """When the worker was last heard from (any line on stdin), monotonic; and the one stop of the load (a
+    second SIGTERM would cut the engine's drain short)."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def stop(self, go: dict[str, Any], ready: threading.Event) -> bool:
+        """SIGTERM ourselves (a graceful stop), once; False when it was done already."""
+        with self._lock:
+            if self._stopped:
+                return False
+            self._stopped = True
+        go.setdefault("stopped", True)
+        ready.set()
+        os.kill(os.getpid(), signal.SIGTERM)
+        return True
+
+    def beat(self) -> None:
+        self.last = time.monotonic()
+
+    def silent_s(self) -> float:
+        return time.monotonic() - self.last
+
+
+def _read_stdin(lines: IO[bytes], go: dict[str, Any], ready: threading.Event, pulse: _Pulse) -> None:
     """After the job: wait for go/stop; EOF (the worker is gone) or stop → SIGTERM ourselves (graceful stop)."""
     for raw in lines:
+        pulse.beat()
         msg = orjson.loads(raw)
         if "go" in msg and not ready.is_set():
             go["epoch"] = float(msg["go"])
             ready.set()
         elif msg.get("stop"):
             break
-    go.setdefault("stopped", True)
-    ready.set()
-    os.kill(os.getpid(), signal.SIGTERM)
+    pulse.stop(go, ready)
+
+
+def _watch_parent(parent: int, pulse: _Pulse, out: _Out, go: dict[str, Any], ready: threading.Event) -> None:
+    """Stop the load (SIGTERM ourselves) once the worker is gone or silent: a frozen worker keeps its end of the
+    pipe open, so EOF alone would let this process load the target unseen to the end."""
+    while True:
+        time.sleep(0.25)
+        gone = os.getppid() != parent
+        if gone or pulse.silent_s() > PARENT_SILENCE_S:
+            if pulse.stop(go, ready):
+                why = "gone" if gone else f"silent for {PARENT_SILENCE_S:g} s"
+                out.send({"type": "message", "message": f"the Locust worker is {why}: stopping the load"})
+            return
 
 
 class _Tail:
@@ -99,7 +143,9 @@ def main() -> int:
         stopping["sigterm"] = True
 
     signal.signal(signal.SIGTERM, early_stop)
-    threading.Thread(target=_read_stdin, args=(stdin, go, ready), daemon=True).start()
+    pulse = _Pulse()  # from now on: the lines that queued up while preparing arrive at once
+    threading.Thread(target=_read_stdin, args=(stdin, go, ready, pulse), daemon=True).start()
+    threading.Thread(target=_watch_parent, args=(parent, pulse, out, go, ready), daemon=True).start()
     ready.wait()
     if "epoch" not in go or stopping["sigterm"]:
         out.send({"type": "error", "message": "stopped before the start"})

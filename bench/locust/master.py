@@ -4,7 +4,10 @@ Locust finds the workers (ZeroMQ, heartbeats); bench decides the rest: each of t
 resolved scenario and its index, prepares (a worker that cannot read the scenario or runs another bench
 version says so and the run is refused), all start at one wall-clock instant, stream deltas about once a
 second and end with their whole report. The master merges exactly and writes the standard report, with each
-worker's identity and health; a worker lost mid-run keeps its streamed data and marks the run partial.
+worker's identity and health; a worker lost mid-run keeps its data up to its last checkpoint line (its in-flight
+requests counted as such, so the accounting still holds) and marks the run partial. The master runs the target's
+preflight once, before any worker prepares, shows the run's progress from the workers' deltas, and handles
+Ctrl-C / SIGTERM from its first moment (before the load: one line, nothing left behind).
 The workers' checkpoints are kept beside the report while it runs (bench.locust.parts): ``kill -9`` of the
 master leaves what ``bench recover`` turns into a partial report. Importing this module imports locust (gevent).
 """
@@ -27,7 +30,8 @@ from locust.runners import STATE_MISSING
 
 from bench import __version__
 from bench.errors import EXIT_INVALID, EXIT_OK, BenchError, InputError, RunInvalid
-from bench.locust import _core, live
+from bench.locust import _core, live, watch, webui
+from bench.locust.child import PARENT_SILENCE_S
 from bench.locust.parts import WorkerParts
 from bench.locust.wire import LiveRun, delta
 from bench.report.model import Report
@@ -36,6 +40,7 @@ from bench.scenario import Scenario, split_problem
 __all__ = ["run_master"]
 
 _TICK_S = 0.2
+_HEARTBEAT_S = 1.0  # the worker's heartbeats to its engine and Locust's to the master
 
 
 @dataclass
@@ -51,10 +56,17 @@ class _Worker:
     live: LiveRun = field(default_factory=LiveRun)
     report: Report | None = None
     report_bytes: bytes = b""
+    last_seen: float = 0.0  # wall clock of its last bench message
 
     @property
     def name(self) -> str:
         return f"{self.client_id} (index {self.index})"
+
+    def sending_until(self) -> str:
+        """Until when a lost worker's engine may have kept sending unseen: it stops once its worker has sent it
+        no heartbeat for PARENT_SILENCE_S (a frozen worker), at once when its worker died."""
+        last = self.last_seen or time.time()
+        return time.strftime("%H:%M:%S", time.localtime(last + _HEARTBEAT_S + PARENT_SILENCE_S + 1.0))
 
 
 class _Master:
@@ -64,6 +76,9 @@ class _Master:
         self.expected = expected
         self.workers: dict[str, _Worker] = {}
         self.signals = 0
+        self.started = False  # the go was sent: a first signal stops the load (a partial report), not the run
+        self.note: Callable[[str], None] = lambda _m: None  # a line on the master's terminal as things happen
+        self.idle_noted: set[str] = set()  # workers beyond --expect-workers already named
         self.parts: WorkerParts | None = None  # the workers' checkpoints, kept beside the report
         for name, fn in (("bench_ready", self._ready), ("bench_error", self._error),
                          ("bench_delta", self._delta), ("bench_checkpoint", self._checkpoint),
@@ -72,7 +87,10 @@ class _Master:
 
     # -- messages from workers (run in the master's listener greenlet) -----------------------------------
     def _ours(self, msg: Any) -> _Worker | None:
-        return self.workers.get(msg.node_id)
+        w = self.workers.get(msg.node_id)
+        if w is not None:
+            w.last_seen = time.time()
+        return w
 
     def _ready(self, environment: Environment, msg: Any) -> None:
         w = self._ours(msg)
@@ -84,6 +102,9 @@ class _Master:
     def _error(self, environment: Environment, msg: Any) -> None:
         w = self._ours(msg)
         if w is not None and w.state not in ("final", "lost"):
+            if self.started and w.state == "ready":
+                self.note(f"worker {w.name} failed mid-run: {msg.data['message']} (its share counts up to its last "
+                          "checkpoint line)")
             w.state, w.message, w.refused = "error", str(msg.data["message"]), bool(msg.data.get("refused"))
             w.host, w.pid = str(msg.data.get("host", w.host)), int(msg.data.get("pid", w.pid))
 
@@ -116,11 +137,25 @@ class _Master:
         for w in self.workers.values():
             if w.state in ("assigned", "ready") and w.client_id not in alive:
                 w.state = "lost"
+                if self.started:
+                    self.note(f"worker {w.name} lost (no heartbeat): its engine may have kept sending until about "
+                              f"{w.sending_until()}, which the report cannot count")
+
+    def check_idle(self) -> None:
+        """Name, once each, the workers connected beyond --expect-workers: they stay idle for this run."""
+        for cid in self.connected():
+            if cid not in self.workers and cid not in self.idle_noted:
+                self.idle_noted.add(cid)
+                self.note(f"worker {cid} connected beyond --expect-workers {self.expected}: it stays idle for this "
+                          "run (start the master with a larger --expect-workers to use it)")
 
     def wait(self, states: tuple[str, ...], deadline: float) -> bool:
         """Until every worker has left ``states`` (True) or the deadline (False); watches for lost workers."""
         while time.monotonic() < deadline:
+            if self.signals and not self.started:  # Ctrl-C / SIGTERM before the load: nothing to report
+                raise KeyboardInterrupt
             self.check_lost()
+            self.check_idle()
             if all(w.state not in states for w in self.workers.values()):
                 return True
             gevent.sleep(_TICK_S)
@@ -155,9 +190,6 @@ def run_master(args: argparse.Namespace, sc: Scenario) -> int:
         _check_port("127.0.0.1", args.locust_web_port, "--locust-web-port")
     env = Environment(user_classes=[])
     env.create_master_runner(args.master_bind_host, args.master_bind_port)
-    if args.locust_web_port:  # Locust's web UI, showing the live aggregates (the run starts by itself)
-        sys.argv = sys.argv[:1]  # the UI re-parses sys.argv with Locust's parser, which rejects bench's options
-        env.create_web_ui("127.0.0.1", args.locust_web_port)
     master = _Master(env, expected)
     quiet = bool(args.quiet)
 
@@ -165,16 +197,36 @@ def run_master(args: argparse.Namespace, sc: Scenario) -> int:
         if not quiet:
             print(f"bench: {message}", file=sys.stderr, flush=True)
 
+    master.note = say
+
+    def on_signal() -> None:  # from the first moment: gevent's default printed a raw KeyboardInterrupt
+        master.signals += 1
+        if master.started and master.signals == 1:
+            master.note("interrupted: stopping every worker and writing a partial report (again to give up "
+                        "waiting)")
+            master.send_all("bench_stop", {})
+
+    handlers = [gevent.signal_handler(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)]
+    if args.locust_web_port:  # Locust's web UI, showing the live aggregates (the run starts by itself)
+        sys.argv = sys.argv[:1]  # the UI re-parses sys.argv with Locust's parser, which rejects bench's options
+        env.create_web_ui("127.0.0.1", args.locust_web_port)
+        webui.attach(env, on_stop=on_signal)  # its Stop is a first Ctrl-C; Start is refused
     _core.recover_leftover(out_path, say)  # a killed earlier run with this --out: recovered, never overwritten
     try:
         with _core.shared_target(prepared, say) as endpoints:
+            # once, before any worker prepares: bad input exits 2 here with the single-host run's line
+            endpoints = _preflight(prepared, endpoints, not args.no_preflight, quiet)
             report, facts = _drive(master, prepared, endpoints, args, say, out_path)
-    except BenchError:  # a run judged invalid (or refused): nothing to recover
+    except (BenchError, KeyboardInterrupt):  # a run judged invalid, refused or stopped before the load: nothing
+        master.send_all("bench_stop", {})  # to recover (workers already preparing are told to stop)
         _core.discard_checkpoint(out_path)
         raise
     finally:
+        for h in handlers:
+            h.cancel()
         if master.parts is not None:
             master.parts.close()
+        webui.ended(env)
         env.runner.quit()  # type: ignore[union-attr]
         if env.web_ui is not None:
             env.web_ui.stop()  # type: ignore[no-untyped-call]
@@ -197,10 +249,34 @@ def run_master(args: argparse.Namespace, sc: Scenario) -> int:
         return EXIT_INVALID
     if lost and code == EXIT_OK:
         names = ", ".join(w.name for w in lost)
-        print(f"bench: error: lost worker(s) {names} mid-run: the report is partial "
-              f"({'; '.join(f'{w.client_id}: {w.message or w.state}' for w in lost)})", file=sys.stderr)
+        unseen = "; ".join(f"{w.name} may have sent more until about {w.sending_until()}"
+                           for w in lost if w.state == "lost")
+        print(f"bench: error: lost worker(s) {names} mid-run: the report is partial, their shares up to their last "
+              f"checkpoint ({'; '.join(f'{w.client_id}: {w.message or w.state}' for w in lost)})"
+              + (f"; {unseen}" if unseen else ""), file=sys.stderr)
         return EXIT_INVALID
     return code
+
+
+def _preflight(prepared: Any, endpoints: dict[str, Any], enabled: bool, quiet: bool) -> dict[str, Any]:
+    """The target's preflight in a process of its own (bench.locust.preflight: away from this gevent loop, whose
+    Locust heartbeats must go on); the endpoints to hand the workers."""
+    import subprocess  # gevent's (locust patched it): the wait is cooperative
+
+    import orjson
+
+    if not _core.preflight_wanted(prepared, enabled):
+        return endpoints
+    job = {"scenario": _core.scenario_job(prepared.scenario), "endpoints": endpoints, "quiet": quiet}
+    proc = subprocess.run([sys.executable, "-m", "bench.locust.preflight"], input=orjson.dumps(job),
+                          stdout=subprocess.PIPE, check=False)
+    try:
+        answer = orjson.loads(proc.stdout.splitlines()[-1])
+    except (IndexError, orjson.JSONDecodeError):
+        raise RunInvalid(f"the preflight process exited with code {proc.returncode} and no answer") from None
+    if "error" in answer:
+        raise (InputError if answer.get("code") == InputError.exit_code else RunInvalid)(str(answer["error"]))
+    return dict(answer["endpoints"])
 
 
 def _check_port(host: str, port: int, flag: str) -> None:
@@ -221,6 +297,8 @@ def _drive(master: _Master, prepared: Any, endpoints: dict[str, Any], args: argp
     say(f"Locust master at {bind}, waiting for {expected} worker(s)")
     deadline = time.monotonic() + float(args.worker_wait)
     while len(master.connected()) < expected:
+        if master.signals:
+            raise KeyboardInterrupt
         if time.monotonic() >= deadline:
             raise RunInvalid(f"{len(master.connected())} of {expected} Locust worker(s) connected to {bind} "
                              f"within {args.worker_wait:g} s")
@@ -252,10 +330,14 @@ def _drive(master: _Master, prepared: Any, endpoints: dict[str, Any], args: argp
         if offset is not None and abs(offset) > 0.05:
             say(f"warning: worker {w.name} clock is {offset * 1000:+.0f} ms off this host's: its schedule "
                 "starts that much off the others' (sync clocks with NTP/chrony)")
+    if master.signals:
+        raise KeyboardInterrupt
     epoch = time.time() + 1.0 + 0.05 * expected  # every worker starts its load at this wall-clock instant
+    master.started = True
     master.send_all("bench_go", {"epoch": epoch})
+    webui.started(master.env, epoch)
     say(f"{expected} worker(s) ready; load starts at {time.strftime('%H:%M:%S', time.localtime(epoch))}")
-    interrupted = _run_until_done(master, sc, epoch, say)
+    interrupted = _run_until_done(master, sc, epoch, bool(args.quiet))
     return _merged(master, prepared, interrupted)
 
 
@@ -267,29 +349,28 @@ def _refuse(master: _Master, why: str, bad: list[_Worker]) -> None:
         "; ".join(parts))
 
 
-def _run_until_done(master: _Master, sc: Scenario, epoch: float, say: Callable[[str], None]) -> bool:
-    """Wait for every worker's final report (or its loss); SIGINT/SIGTERM stop every worker (partial)."""
+def _run_until_done(master: _Master, sc: Scenario, epoch: float, quiet: bool) -> bool:
+    """Wait for every worker's final report (or its loss), showing the run's progress from their deltas;
+    SIGINT/SIGTERM (run_master's handlers) stop every worker (partial)."""
+    from bench.progress import ProgressView
 
-    def on_signal() -> None:
-        master.signals += 1
-        if master.signals == 1:
-            say("interrupted: stopping every worker and writing a partial report (again to give up waiting)")
-            master.send_all("bench_stop", {})
-
-    handlers = [gevent.signal_handler(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)]
+    load = sc.load
+    view = ProgressView(load.warmup_s + load.duration_s, warmup_s=load.warmup_s, enabled=not quiet)
+    master.note = view.message if not quiet else master.note
     try:
         end = time.monotonic() + max(0.0, epoch - time.time()) + _deadline_s(sc)
         while not master.wait(("assigned", "ready"), min(end, time.monotonic() + 0.5)):
+            if time.time() >= epoch:
+                view.update(watch.progress([w.live for w in master.workers.values()], epoch, time.time()))
             if master.signals >= 2:
                 break
             if time.monotonic() >= end:
-                say("workers did not finish in time: stopping them")
+                master.note("workers did not finish in time: stopping them")
                 master.send_all("bench_stop", {})
                 master.wait(("assigned", "ready"), time.monotonic() + 15.0)
                 break
     finally:
-        for h in handlers:
-            h.cancel()
+        view.close()
     for w in master.workers.values():
         if w.state in ("assigned", "ready"):
             w.state = "lost"
@@ -311,8 +392,10 @@ def _merged(master: _Master, prepared: Any, interrupted: bool) -> tuple[Report, 
     health: list[dict[str, Any]] = []
     for w in sorted(master.workers.values(), key=lambda x: x.index):
         rep: Report | None = w.report
-        if rep is None and master.signals >= 2:  # given up waiting for its drain: its checkpoint counts what it
-            rep = _from_checkpoint(master, w.index)  # had on the wire as in flight (the streamed deltas do not)
+        if rep is None:  # lost, failed, or given up waiting for: its checkpoint counts what it had on the wire as
+            rep = _from_checkpoint(master, w.index)  # in flight (the streamed deltas do not), so sent = ok + ...
+            if rep is not None and w.live.span and not rep.run.done_span:  # its answers' span, which a checkpoint
+                rep.run.done_span = dict(w.live.span)  # does not keep, from its deltas of the same seconds
         if rep is None and w.live.deltas:
             rep = _core.worker_report(prepared, w.live.run_data(partial=True), w.index, n)
         if rep is not None:
@@ -331,6 +414,8 @@ def _merged(master: _Master, prepared: Any, interrupted: bool) -> tuple[Report, 
     merged.run.partial = merged.run.partial or interrupted or bool(lost)
     merged.meta.load["processes"] = n
     merged.meta.extra["locust"] = {"workers": health, "lost": lost, "expected_workers": n}
+    if lost and not interrupted:  # the summary's "partial run (...)": not an interruption nobody made
+        merged.meta.extra["partial_reason"] = f"a worker was lost: {', '.join(lost)}"
     merged.meta.extra.pop("merged_from", None)
     merged.meta.extra.pop("worker", None)
     return merged, {"interrupted": interrupted, "workers": n}

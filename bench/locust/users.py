@@ -115,6 +115,8 @@ class BenchUser(User):
         if tokens is not None:
             self._headers["Authorization"] = tokens.authorization()
         bench.in_flight += 1
+        if bench.recorder is not None:
+            bench.sent += 1
         sent = time.monotonic_ns()
         status, answer, failure = 0, b"", None
         try:

@@ -3,8 +3,10 @@
 Locust brings the connection to the master (discovery, heartbeats, quit); the load runs in
 ``python -m bench.locust.child`` (asyncio/uvloop, no gevent), and this process relays between the two: the
 master's ``bench_prepare`` / ``bench_go`` / ``bench_stop`` go to the child's stdin, the child's ready / delta /
-checkpoint / final / error lines go to the master as ``bench_*`` messages. Importing this module imports locust
-(gevent).
+checkpoint / final / error lines go to the master as ``bench_*`` messages; a heartbeat goes to the child about
+once a second, so that a frozen worker's child stops its load (bench.locust.child). Exit codes: 0 once it
+delivered a run's report, 130 after Ctrl-C / SIGTERM, 3 when the master vanished mid-run, the engine died, or
+the master ended without a run for it. Importing this module imports locust (gevent).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import orjson
 from locust.env import Environment
 
 from bench import __version__
-from bench.errors import RunInvalid
+from bench.errors import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, RunInvalid
 from bench.scratch import scratch_dir
 
 __all__ = ["BenchWorker", "run_worker"]
@@ -39,11 +41,37 @@ class BenchWorker:
         self.child: subprocess.Popen[bytes] | None = None
         self.relay: Any = None  # the greenlet relaying the child's lines
         self.tmp = scratch_dir("locust-worker")
+        self.delivered = 0  # runs whose report (or error) reached the master
+        self.running = False  # a run's engine is working (prepared, loading or draining)
+        self.failure = ""  # why a run failed on this side (the engine died, a report unreadable)
+        self.signalled = False  # Ctrl-C / SIGTERM
+        self.pulse = gevent.spawn(self._heartbeats)
         for name, fn in (("bench_prepare", self._prepare), ("bench_go", self._go), ("bench_stop", self._stop)):
             self.runner.register_message(name, fn)
 
     def send(self, kind: str, data: dict[str, Any]) -> None:
-        self.runner.send_message(kind, data)
+        try:
+            self.runner.send_message(kind, data)
+        except Exception as exc:  # the master is gone (its socket closed): nobody to tell
+            print(f"bench worker: could not reach the master: {exc}", file=sys.stderr, flush=True)
+
+    def _heartbeats(self) -> None:
+        """The child stops its load when these stop (this process frozen or stalled): bench.locust.child."""
+        while True:
+            self._write({"alive": True})
+            gevent.sleep(1.0)
+
+    def outcome(self, mid_run: bool) -> int:
+        """This process's exit code (module doc); ``mid_run``: its engine was still working when the connection to
+        the master ended (the master vanished: Locust's heartbeat timeout)."""
+        if self.signalled:
+            return EXIT_INTERRUPTED
+        if self.failure or mid_run or not self.delivered:
+            why = self.failure or ("the connection to the master ended mid-run (it went away, or this worker was "
+                                   "frozen)" if mid_run else "the master ended without a run for this worker")
+            print(f"bench worker: {why}", file=sys.stderr, flush=True)
+            return EXIT_INVALID
+        return EXIT_OK
 
     def _prepare(self, environment: Environment, msg: Any) -> None:
         job = dict(msg.data)
@@ -58,6 +86,7 @@ class BenchWorker:
         job["out"] = str(out)
         self.child = subprocess.Popen([sys.executable, "-m", "bench.locust.child"], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, bufsize=0)
+        self.running, self.failure = True, ""
         self._write({k: job.get(k) for k in ("scenario", "endpoints", "index", "workers", "out", "run_id")})
         self.relay = gevent.spawn(self._relay, self.child, ident)
 
@@ -88,17 +117,27 @@ class BenchWorker:
                 self.send("bench_checkpoint", {"lines": msg["lines"]})
             elif kind == "final":
                 path = Path(msg["path"])
-                self.send("bench_final", {**ident, "report": path.read_bytes()})
-                path.unlink(missing_ok=True)
                 finished = True
+                try:
+                    data = path.read_bytes()
+                except OSError as exc:  # the scratch dir went away under it (this process is quitting)
+                    self.failure = f"the engine's report could not be read: {exc.strerror}"
+                    continue
+                self.send("bench_final", {**ident, "report": data})
+                path.unlink(missing_ok=True)
+                self.delivered += 1
             elif kind == "error":
                 self.send("bench_error", {**ident, "message": msg["message"]})
                 finished = True
+                self.failure = f"the run failed here: {msg['message']}"
             elif kind == "message":
                 print(f"bench worker: {msg['message']}", file=sys.stderr, flush=True)
         code = child.wait()
         if not finished:
-            self.send("bench_error", {**ident, "message": f"engine process exited with code {code} and no report"})
+            self.failure = f"engine process exited with code {code} and no report"
+            self.send("bench_error", {**ident, "message": self.failure})
+        if child is self.child:
+            self.running = False
 
     def _kill_child(self) -> None:
         child, self.child = self.child, None
@@ -116,6 +155,7 @@ class BenchWorker:
     def shutdown(self) -> None:
         """Ctrl-C / SIGTERM: the child stops its load and its partial report still reaches the master, then
         the master is told this worker quits."""
+        self.signalled = True
         self._write({"stop": True})
         if self.relay is not None:
             self.relay.join(timeout=15)
@@ -123,7 +163,12 @@ class BenchWorker:
         self.runner.quit()
 
     def close(self) -> None:
+        """The child stopped (its drained share relayed, if anyone listens), then the scratch dir removed: the
+        relay reads the child's report from it."""
+        self.pulse.kill()
         self._kill_child()
+        if self.relay is not None:
+            self.relay.join(timeout=15)
         self.tmp.cleanup()
 
 
@@ -138,18 +183,37 @@ def run_worker(master_host: str, master_port: int) -> int:
     # uncontrolled; this process is a worker and nothing else, so its runner module's limit is ours to set
     locust.runners.MASTER_HEARTBEAT_TIMEOUT = MASTER_SILENCE_S
     env = Environment(user_classes=[])
+    notice = gevent.spawn(_no_master_yet, master_host, master_port)
     try:
-        env.create_worker_runner(master_host, master_port)
+        env.create_worker_runner(master_host, master_port)  # blocks until a master answers (Locust retries 300 s)
     except ConnectionError:
         raise RunInvalid(f"no Locust master answered at {master_host}:{master_port}") from None
+    finally:
+        notice.kill()
     worker = BenchWorker(env)
     print(f"bench worker {socket.gethostname()}:{os.getpid()} connected to {master_host}:{master_port}",
           file=sys.stderr, flush=True)
     for sig in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(sig, lambda: gevent.spawn(worker.shutdown))
+    mid_run = False
     try:
         assert env.runner is not None
         env.runner.greenlet.join()
     finally:
+        mid_run = worker.running
         worker.close()
-    return 0
+    return worker.outcome(mid_run)
+
+
+NO_MASTER_NOTE_S = (5.0, 30.0)  # the first note that no master answers yet, then one every so often
+
+
+def _no_master_yet(host: str, port: int) -> None:
+    """A worker started before its master (or pointed at the wrong one) says so instead of waiting in silence."""
+    first, every = NO_MASTER_NOTE_S
+    waited = first
+    while True:
+        gevent.sleep(every if waited > first else first)
+        print(f"bench worker: no Locust master answered at {host}:{port} after {waited:.0f} s: still waiting (is "
+              "`bench run --locust-master` running there, on this port?)", file=sys.stderr, flush=True)
+        waited += every

@@ -180,11 +180,18 @@ def summarize(report: Report) -> dict[str, Any]:
         "warmup_requests": run.total(WARMUP).requests,
         "schedule_lag_p99_ms": _views(run.histogram("schedule_lag", MEASURED))["p99"],
         "partial": run.partial,
+        "partial_reason": _partial_reason(report) if run.partial else None,  # "interrupted", "a worker was lost: ..."
         "failed": _failed(report),  # why the run is invalid (no successful answer, ...), else None
         "accounting": request_accounting(run),  # sent = ok + errors + in flight at end, both phases (or None)
         "other_ms": {name: _views(run.histogram(name, MEASURED)) for name in _other_metrics(report)},
         **_server(report, service),
     }
+
+
+def _partial_reason(report: Report) -> str:
+    """Why the run is partial: what the run recorded (a distributed run that lost a worker), else interrupted."""
+    reason = report.meta.extra.get("partial_reason")
+    return reason if isinstance(reason, str) and reason else "interrupted"
 
 
 def _failed(report: Report) -> str | None:
@@ -281,6 +288,6 @@ def render_summary(report: Report, console: Console) -> None:
     else:
         console.print("generator-bound: no")
     if s["partial"]:
-        console.print("[yellow]partial run[/] (interrupted)")
+        console.print(f"[yellow]partial run[/] ({escape(s['partial_reason'] or 'interrupted')})")
     if s["report"]:
         console.print(f"report: {s['report']}")

@@ -70,12 +70,13 @@ rows_per_request = 10
     assert shown.returncode == 0, shown.stderr
     report = read_report(out)
     requests = sum(t.requests for t in report.run.totals.values())
-    in_flight = report.meta.extra.get("unrecorded_errors", {}).get("abandoned", 0)  # sent, stopped unanswered
-    assert requests > 0 and report.run.total().errors == 0
-    assert requests <= answered <= requests + in_flight  # every answer the server sent is in the report
+    in_flight = report.run.counters.get("in_flight_at_end", 0)  # sent, stopped unanswered: kind 'abandoned'
+    assert requests > in_flight and report.run.total().errors == in_flight
+    assert requests - in_flight <= answered <= requests  # every answer the server sent is in the report
+    assert report.run.counters["sent"] == requests  # sent = ok + errors + in flight at the end: accounted
     assert len(report.meta.extra["locust"]["workers"]) == 2 and report.meta.extra["locust"]["lost"] == []
     assert not report.run.partial
-    assert locust_stats == (requests, 0)  # Locust's stats and bench's agree
+    assert locust_stats == (requests - in_flight, 0)  # Locust's stats and bench's agree on every answer
 
 
 def test_ubiops_failed_status_is_a_failure_even_with_http_200(cluster: Cluster,
@@ -97,10 +98,13 @@ fields = {{"tensor": "tensor"}}
     report = read_report(out)
     total = report.run.total()
     by_kind = {(e.kind, e.status): e.count for e in report.run.errors}
+    in_flight = by_kind.pop(("abandoned", 0), 0)  # users stopped mid-request: sent, never answered
+    assert in_flight == report.run.counters.get("in_flight_at_end", 0) <= 2
     assert set(by_kind) == {("request_failed", 200)}, by_kind
-    assert total.ok > 0 and total.errors == sum(by_kind.values()) > 0
+    assert total.ok > 0 and total.errors - in_flight == sum(by_kind.values()) > 0
     assert 0.15 < total.errors / total.requests < 0.45  # the emulator fails ~30 %
-    assert locust_stats == (total.requests, total.errors)  # Locust's stats count the same failures
+    # Locust's stats count the same failures (and never see the requests its stop abandoned)
+    assert locust_stats == (total.requests - in_flight, total.errors - in_flight)
     assert d.ubiops_token.split()[-1] not in out.read_bytes().decode(errors="replace")
 
 
@@ -147,3 +151,24 @@ def test_users_trust_the_scenarios_ca_bundle_and_insecure(cluster: Cluster, serv
         assert requests > 0 and failures == 0, (name, results)
     requests, failures = results["none"]
     assert requests > 0 and failures == requests, results  # verification stays on by default
+
+
+def test_a_locust_run_where_nothing_succeeded_exits_nonzero(cluster: Cluster,
+                                                          fault_emulator: Callable[..., str]) -> None:
+    """Every request stalls: Locust's own stats show no failure (its users were stopped mid-request), the bench
+    report shows them all in flight at the end, and the process exits 3 (a CI gate must not pass it)."""
+    base = fault_emulator("stall:1.0")
+    d = EmulatorConfig()
+    locustfile(cluster, "WallarooUser", f"""
+url = "{base}/v1/api/pipelines/infer/{d.deployment}/{d.pipeline}"
+data = {str(DATA)!r}
+rows_per_request = 10
+""")
+    out = cluster.tmp / "locust.arrow"
+    proc = locust(cluster, "single", "--headless", "-u", "2", "-r", "2", "-t", "1s", "--bench-report", str(out),
+                  "--json")
+    assert locust_totals(proc) == (0, 0)
+    assert proc.returncode == 3, cluster.log(proc)
+    assert "no successful answer" in cluster.log(proc)
+    report = read_report(out)
+    assert report.run.counters["sent"] == report.run.counters["in_flight_at_end"] == 2  # one per user
