@@ -91,7 +91,8 @@ def _watch_parent(parent: int, pulse: _Pulse, out: _Out, go: dict[str, Any], rea
         if gone or pulse.silent_s() > PARENT_SILENCE_S:
             if pulse.stop(go, ready):
                 why = "gone" if gone else f"silent for {PARENT_SILENCE_S:g} s"
-                out.send({"type": "message", "message": f"the Locust worker is {why}: stopping the load"})
+                out.send({"type": "message", "message": f"the Locust worker is {why}: stopping the load",
+                          "stopped": True})
             return
 
 

@@ -132,6 +132,8 @@ class BenchWorker:
                 self.failure = f"the run failed here: {msg['message']}"
             elif kind == "message":
                 print(f"bench worker: {msg['message']}", file=sys.stderr, flush=True)
+                if msg.get("stopped"):  # this process was frozen or stalled: the master counted it lost
+                    self.failure = f"the engine stopped its load on its own ({msg['message']})"
         code = child.wait()
         if not finished:
             self.failure = f"engine process exited with code {code} and no report"
