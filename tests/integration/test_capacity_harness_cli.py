@@ -61,6 +61,7 @@ def capacity(sc: Path, *args: str, env: dict[str, str] | None = None,
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow  # a real run of a few seconds: in CI's slow step
 def test_a_lower_bound_plans_at_most_and_a_throughput_floor_is_ignored(tmp_path: Path) -> None:
     """4 slots × 5 ms = 800 req/s, swept to --max 20: the capacity is only ≥ 20 req/s, so 400 req/s needs *at
     most* 80 replicas (not "needs 80, 0 % headroom"); min_rps = 100 (a bench run objective) is ignored with a

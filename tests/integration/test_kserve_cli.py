@@ -455,6 +455,7 @@ def _head(headers: dict[bytes, bytes], body: bytes) -> dict[str, Any]:
     return result
 
 
+@pytest.mark.slow  # a real run of a few seconds: in CI's slow step
 @pytest.mark.parametrize("binary", [False, True])
 def test_parameters_reach_the_server_exactly_and_binary_answers_are_ok(tmp_path: Path, binary: bool) -> None:
     """[target] parameters, input_parameters and outputs = [{ name, parameters }] were refused as unknown keys; now

@@ -29,6 +29,7 @@ def master(cluster: Cluster, sc: Path, port: int, workers: int, *extra: str) -> 
                          "-o", str(cluster.tmp / "run.arrow"), *extra, stdout=subprocess.PIPE)
 
 
+@pytest.mark.slow  # a real run of a few seconds: in CI's slow step
 def test_the_master_runs_the_preflight_before_any_worker(cluster: Cluster) -> None:
     """A KServe model name the (embedded) server does not have: refused with the single-host run's one line and
     exit 2, without waiting for a worker (before, every worker sent its whole share as 404s)."""

@@ -143,6 +143,7 @@ def test_a_worker_that_fails_before_it_is_ready_calls_the_run_off(tmp_path: Path
     assert took < 20, took  # not the 30 s of load the other worker used to apply
 
 
+@pytest.mark.slow  # a real run of a few seconds: in CI's slow step
 def test_ctrl_c_before_the_start_ends_the_run_with_nothing_to_report(tmp_path: Path) -> None:
     proc, server, took = _run(tmp_path, "late", "30s", interrupt=True)
     assert proc.returncode == 130, proc.stderr

@@ -211,6 +211,7 @@ def test_a_trickling_endpoint_cannot_hold_the_run(tmp_path: Path, proxied: Calla
     assert "bench: warning: [server_metrics] no scrape of" in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow  # a real run of a few seconds: in CI's slow step
 def test_a_latency_metric_no_scrape_holds_is_said(tmp_path: Path) -> None:
     """A plausible typo (MLServer's name ends _seconds): before, no server view and not a word about why."""
     out = tmp_path / "r.arrow"
@@ -225,6 +226,7 @@ def test_a_latency_metric_no_scrape_holds_is_said(tmp_path: Path) -> None:
     assert "no histogram of that name" in proc.stdout  # and the terminal view says it under the latency table
 
 
+@pytest.mark.slow  # a real run of a few seconds: in CI's slow step
 def test_the_server_figure_compares_ok_answers_with_ok_answers(tmp_path: Path) -> None:
     """Half the emulator's answers are instant 500s. Its duration histogram is labelled by status (as MLServer's),
     so the server view keeps the 2xx series: the "network + queueing" gap compares ok answers with ok answers and
