@@ -372,6 +372,7 @@ class Recorder:
             return
         lat, svc, lag = us.T
         lat_idx, svc_idx, lag_idx = idx.T
+        answered = ~np.isin(kind, _UNANSWERED)  # a timeout, refused or broken connection, ...: not an answer
         for phase, pm in ((MEASURED, measured), (WARMUP, ~measured)):
             if (phase == MEASURED and all_warm) or (phase == WARMUP and all_measured):
                 continue
@@ -400,7 +401,7 @@ class Recorder:
                 tot.bytes_out += int(b_out[sel].sum())
                 tot.bytes_in += int(b_in[sel].sum())
             psel = slice(None) if whole_phase else np.nonzero(pm)[0]
-            dv = done[np.nonzero(pm & ~np.isin(kind, _UNANSWERED))[0]]  # the span of the answers that came back
+            dv = done[np.nonzero(pm & answered)[0]]  # the span of the answers that came back
             if len(dv):
                 self._widen_span(phase, int(dv.min()), int(dv.max()))
             gv = lag[psel]

@@ -281,14 +281,9 @@ def _start_together(procs: list[subprocess.Popen[bytes]], ready: list[int]) -> t
     (started, interrupted)."""
     import selectors
 
-    def on_term(_sig: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_term)
-    previous_int = signal.signal(signal.SIGINT, on_term)  # as _wait_all: also when started with SIGINT ignored
     interrupted = called_off = False
     try:
-        with selectors.DefaultSelector() as sel:
+        with _stops_raise(), selectors.DefaultSelector() as sel:
             for fd in ready:
                 sel.register(fd, selectors.EVENT_READ)
             waiting = len(ready)
@@ -301,9 +296,6 @@ def _start_together(procs: list[subprocess.Popen[bytes]], ready: list[int]) -> t
         go = b"" if called_off else f"{time.time() + GO_MARGIN_S + 0.005 * len(procs)!r}\n".encode()
     except KeyboardInterrupt:
         interrupted, go = True, b""
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, previous_int)
     for proc in procs:
         assert proc.stdin is not None
         with contextlib.suppress(OSError):  # a worker already gone
@@ -312,18 +304,28 @@ def _start_together(procs: list[subprocess.Popen[bytes]], ready: list[int]) -> t
     return bool(go), interrupted
 
 
-def _wait_all(procs: list[subprocess.Popen[bytes]], *, interrupted: bool = False) -> bool:
-    """Wait for every worker; Ctrl-C / SIGTERM are forwarded once (they write partial reports) → interrupted.
-    ``interrupted``: a stop already reached them (a further one ends them)."""
+@contextlib.contextmanager
+def _stops_raise() -> Iterator[None]:
+    """SIGTERM and SIGINT raise KeyboardInterrupt while the parent waits on its workers. SIGINT explicitly too, as
+    a single-process run does: a parent started with SIGINT ignored (a background job of a script, some CI
+    runners) would otherwise ignore Ctrl-C / kill -INT and run to the end."""
 
     def on_term(_sig: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_term)
-    # SIGINT explicitly too, as a single-process run does: a parent started with SIGINT ignored (a background
-    # job of a script, some CI runners) would otherwise ignore Ctrl-C / kill -INT and run to the end
     previous_int = signal.signal(signal.SIGINT, on_term)
     try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+
+
+def _wait_all(procs: list[subprocess.Popen[bytes]], *, interrupted: bool = False) -> bool:
+    """Wait for every worker; Ctrl-C / SIGTERM are forwarded once (they write partial reports) → interrupted.
+    ``interrupted``: a stop already reached them (a further one ends them)."""
+    with _stops_raise():
         for p in procs:
             while True:
                 try:
@@ -339,9 +341,6 @@ def _wait_all(procs: list[subprocess.Popen[bytes]], *, interrupted: bool = False
                             if q.poll() is None:
                                 q.kill()
                     interrupted = True
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, previous_int)
     return interrupted
 
 
@@ -411,6 +410,9 @@ class _LineReader:
             if not chunk:
                 break
             self._buf += chunk
+        return self._take()
+
+    def _take(self) -> bytes:
         line, _, self._buf = self._buf.partition(b"\n")
         return line
 
@@ -424,8 +426,7 @@ class _LineReader:
             if not chunk:
                 return b""
             self._buf += chunk
-        line, _, self._buf = self._buf.partition(b"\n")
-        return line
+        return self._take()
 
 
 def _go_from_parent(stdin: _LineReader, ready_fd: int | None) -> StartGate:
