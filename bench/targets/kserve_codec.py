@@ -288,6 +288,11 @@ def _refuse(values: npt.NDArray[Any], bad: npt.NDArray[np.bool_], why: Callable[
     return InputError(f"{where}: row {row}: {value!r} {why(value)}", key=key)
 
 
+def _saying(text: str) -> Callable[[Any], str]:
+    """A ``_refuse`` reason that does not depend on the value."""
+    return lambda _: text
+
+
 def _bits_range(want: str) -> tuple[float, float]:
     """[lo, hi) of an integer datatype, as floats that are exact (powers of two)."""
     bits = np.dtype(DATATYPES[want]).itemsize * 8
@@ -376,12 +381,36 @@ def tensors_for(table: pa.Table, cfg: KServeConfig) -> list[Tensor]:
         if "BYTES" in kinds or any(v.ndim != 1 for v, _ in parts):
             raise InputError("layout = 'tensor' stacks scalar numeric columns; these data need layout = 'columns'",
                              key="target.layout")
-        values = np.column_stack([v for v, _ in parts])
-        dt = _arrow_datatype(pa.from_numpy_dtype(values.dtype)) or "FP64"
         name = spec.name or "input-0"
+        values, dt = _stacked(parts, table.column_names, spec.datatype, name)
     values = _cast(values, dt, spec.datatype or dt, f"input {name!r}", "target.datatype")
     shape = _reshape(values, spec.shape, name, "target.shape")
     return [Tensor(name, spec.datatype or dt, shape, values.reshape(shape), spec.parameters)]
+
+
+def _stacked(parts: list[tuple[npt.NDArray[Any], str]], columns: list[str], datatype: str | None,
+             name: str) -> tuple[npt.NDArray[Any], str]:
+    """Scalar columns side by side as one tensor. With a datatype asked for, each column is cast (and range-checked,
+    naming it) before stacking, so nothing passes through a common type first: int64 beside uint64 or float64
+    would stack as float64 and lose every integer above 2**53. Without one they stack in numpy's common type,
+    refused when that cannot hold a column's integers exactly."""
+    if datatype is not None:
+        cast = [_cast(v, dt, datatype, f"input {name!r} (column {c!r})", "target.datatype")
+                for (v, dt), c in zip(parts, columns, strict=True)]
+        return np.column_stack(cast), datatype
+    common = np.result_type(*(v for v, _ in parts))
+    if common.kind == "f":
+        exact = 2 ** (np.finfo(common).nmant + 1)  # every integer up to 2**53 in magnitude is exact in FP64
+        stacked_as = _arrow_datatype(pa.from_numpy_dtype(common)) or str(common)
+        for (v, dt), c in zip(parts, columns, strict=True):
+            if v.dtype.kind in "iu":
+                bad = (v > exact) if v.dtype.kind == "u" else ((v > exact) | (v < -exact))
+                if bad.any():
+                    why = (f"in column {c!r} ({dt}) cannot be held exactly by {stacked_as}, the type the columns "
+                           "stack in: set target.datatype")
+                    raise _refuse(v, bad, _saying(why), f"input {name!r}", "target.datatype")
+    values = np.column_stack([v for v, _ in parts])
+    return values, _arrow_datatype(pa.from_numpy_dtype(values.dtype)) or "FP64"
 
 
 def _binary(values: npt.NDArray[Any], datatype: str) -> bytes:

@@ -265,6 +265,38 @@ def test_out_of_range_in_columns_layout_names_input_and_column() -> None:
     assert exc.value.problem == "input 'count' (column 'n'): row 2: -3 is out of range for UINT8 (0 to 255)"
 
 
+@settings(max_examples=60, deadline=None)
+@given(ints=st.lists(st.integers(-(2**63), 2**63 - 1), min_size=1, max_size=12), data=st.data(),
+       datatype=st.sampled_from(["INT64", None]))
+def test_tensor_layout_stacks_integer_columns_without_losing_digits(ints: list[int], data: st.DataObject,
+                                                                   datatype: str | None) -> None:
+    """int64 beside uint64 (or float64) has no common numpy integer type: stacked first, every value went through
+    float64 and lost its digits above 2**53 even with datatype = INT64. Each column is now cast to the datatype
+    before stacking; without a datatype the float64 stack is refused when it cannot hold a value exactly."""
+    small = data.draw(st.lists(st.integers(0, 2**63 - 1), min_size=len(ints), max_size=len(ints)))
+    table = pa.table({"a": pa.array(ints, pa.int64()), "b": pa.array(small, pa.uint64())})
+    c = cfg(input_name="x", **({"datatype": datatype} if datatype else {}))
+    exact = all(abs(v) <= 2**53 for v in ints + small)
+    if datatype is None and not exact:
+        with pytest.raises(InputError) as exc:
+            tensors_for(table, c)  # type: ignore[arg-type]
+        assert exc.value.key == "target.datatype"
+        assert "cannot be held exactly by FP64" in exc.value.problem and "set target.datatype" in exc.value.problem
+        return
+    (t,) = tensors_for(table, c)  # type: ignore[arg-type]
+    assert t.datatype == (datatype or "FP64") and t.shape == (len(ints), 2)
+    assert [[int(v) for v in row] for row in t.values.tolist()] == [list(r) for r in zip(ints, small, strict=True)]
+
+
+def test_tensor_layout_names_the_column_a_datatype_cannot_hold() -> None:
+    table = pa.table({"a": pa.array([1, 2], pa.int64()), "b": pa.array([3, 2**63 + 5], pa.uint64())})
+    with pytest.raises(InputError) as exc:
+        tensors_for(table, cfg(input_name="x", datatype="INT64"))  # type: ignore[arg-type]
+    assert exc.value.key == "target.datatype"
+    assert exc.value.problem == ("input 'x' (column 'b'): row 1: 9223372036854775813 is out of range for INT64 "
+                                 "(-9223372036854775808 to 9223372036854775807)")
+
+
 # --- unsigned and binary columns (audit kserve #9) -------------------------------------------------------------
 
 @settings(max_examples=60, deadline=None)
