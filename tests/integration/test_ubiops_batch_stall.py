@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pyarrow.ipc as ipc
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "emulator-ubiops-token"  # the emulator's default UbiOps token
@@ -54,6 +55,7 @@ def start_batch_run(base: str, out: Path, *extra: str) -> subprocess.Popen[str]:
         text=True)
 
 
+@pytest.mark.slow  # 2 s of load, a 1-s timeout and a 1-s drain: in CI's slow step
 def test_stalled_platform_calls_end_as_read_timeouts_within_the_engine_timeout(tmp_path: Path) -> None:
     out = tmp_path / "t.arrow"
     t0 = time.monotonic()
@@ -73,6 +75,7 @@ def test_stalled_platform_calls_end_as_read_timeouts_within_the_engine_timeout(t
     assert counters(out)["create_unknown"] == summary["accounting"]["sent"]
 
 
+@pytest.mark.slow  # a stalled platform and a real SIGTERM, ~3 s: in CI's slow step
 def test_sigterm_while_a_create_call_stalls_writes_the_partial_report_at_once(
         fault_emulator: Callable[..., str], tmp_path: Path) -> None:
     base = fault_emulator("stall:1.0")
@@ -99,6 +102,7 @@ def test_sigterm_while_a_create_call_stalls_writes_the_partial_report_at_once(
     assert not (tmp_path / ".s.arrow.checkpoint").exists()
 
 
+@pytest.mark.slow  # a stalled platform, a SIGKILL and a recovery, ~3 s: in CI's slow step
 def test_a_run_killed_while_a_create_call_stalls_recovers_with_its_items_in_flight(
         fault_emulator: Callable[..., str], tmp_path: Path) -> None:
     base = fault_emulator("stall:1.0")

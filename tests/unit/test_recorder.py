@@ -198,6 +198,7 @@ def test_record_is_cheap() -> None:
     assert per < 10e-6  # generous for CI; ~0.6 µs measured on the dev box (see report)
 
 
+@pytest.mark.slow  # 1.2 M records, ~5 s: a soak in miniature, in CI's slow step
 def test_memory_stays_flat_over_millions_of_records() -> None:
     start = 0
     rec = Recorder(start, start)
@@ -312,6 +313,7 @@ def test_open_seconds_are_recycled_and_reopen_still_exact() -> None:
     assert [h.max_us for h in hs[:4]] == pytest.approx([1000, 2000, 7000, 4000], rel=1e-3)  # HDR precision
 
 
+@pytest.mark.slow  # 600 simulated seconds, ~4 s: a soak in miniature, in CI's slow step
 def test_memory_flat_over_a_long_simulated_run_without_gc() -> None:
     """600 simulated seconds the way `bench run` drives the recorder (progress 2x/s, loop lag 10x/s).
 
