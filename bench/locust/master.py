@@ -394,8 +394,6 @@ def _merged(master: _Master, prepared: Any, interrupted: bool) -> tuple[Report, 
         rep: Report | None = w.report
         if rep is None:  # lost, failed, or given up waiting for: its checkpoint counts what it had on the wire as
             rep = _from_checkpoint(master, w.index)  # in flight (the streamed deltas do not), so sent = ok + ...
-            if rep is not None and w.live.span and not rep.run.done_span:  # its answers' span, which a checkpoint
-                rep.run.done_span = dict(w.live.span)  # does not keep, from its deltas of the same seconds
         if rep is None and w.live.deltas:
             rep = _core.worker_report(prepared, w.live.run_data(partial=True), w.index, n)
         if rep is not None:
