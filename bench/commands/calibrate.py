@@ -47,9 +47,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--connections", type=_at_least_one, default=64, help="HTTP/1.1: connections = concurrency; "
                    "HTTP/2: connections the streams share")
     p.add_argument("--streams", type=_at_least_one, default=64, help="HTTP/2: concurrent streams in total")
-    p.add_argument("--duration", type=duration, default="5s", help="measured time, e.g. 5s or 1m30s (after a 1 s "
-                   "warm-up)")
-    p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
+    p.add_argument("--duration", type=duration, default="5s", help="measured time, e.g. 5s or 1m30s (default 5s, "
+                   "after a 1 s warm-up)")
+    p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                   help="event loop (default auto: uvloop when installed, else asyncio)")
     p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
     p.add_argument("--ca-bundle", metavar="PEM", dest="ca_bundle",
                    help="trust this CA bundle (PEM) for an https --url, as curl's --cacert")
