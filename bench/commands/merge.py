@@ -21,8 +21,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("reports", nargs="+", metavar="REPORT.arrow")
     p.add_argument("-o", "--out", required=True, type=not_empty, metavar="ALL.arrow", help="merged report to write")
     p.add_argument("--force", action="store_true", help="merge reports that do not belong together (different "
-                   "scenarios, load modes or target kinds, one run given twice, or runs not made at the same time); the "
-                   "reason is printed and kept in the merged report")
+                   "scenarios, load modes or target kinds, one run given twice, or runs not made at the same time); "
+                   "the reason is printed and kept in the merged report")
     p.set_defaults(func=run)
 
 
