@@ -38,8 +38,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="bench", description="Load generator and benchmark harness for ML "
-                     "inference endpoints (Wallaroo pipelines, UbiOps deployments).")
+    parser = _Parser(prog="bench", description="Load generator and benchmark harness for ML inference endpoints "
+                     "(Wallaroo pipelines, UbiOps deployments, KServe V2 / Open Inference Protocol).")
     parser.add_argument("--version", action="version", version=f"bench {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:

@@ -41,7 +41,8 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
         raise InputError("give a scenario file or --url, not both", key="--url")
     if args.scenario:
         file = args.scenario
-        doc = read_scenario_file(file)
+        _refuse_adhoc_only_flags(args)
+        doc = _with_header_flags(read_scenario_file(file), args)
         base_dir = Path(file).resolve().parent
     elif args.url:
         file = COMMAND_LINE
@@ -56,28 +57,7 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
 
 
 def _adhoc_doc(args: argparse.Namespace) -> dict[str, Any]:
-    headers: dict[str, str] = {}
-    for h in args.header:
-        if h.strip().startswith(":"):  # ':authority: x' would split at its first colon
-            from bench.secrets import reserved_header_problem
-
-            raise InputError(reserved_header_problem(h.strip()) or "", key="--header")
-        key, sep, value = h.partition(":")
-        if not sep or not key.strip():
-            raise InputError("expected 'Name: value'", key="--header")
-        from bench.secrets import credential_header_problem
-
-        if credential_header_problem(key):
-            raise InputError(f"a literal {key.strip()} header would store a credential in the report; put the "
-                             f"value in an environment variable and pass --header-env '{key.strip()}: VAR'",
-                             key="--header")
-        headers[key.strip()] = value.strip()
-    headers_env: dict[str, str] = {}
-    for h in getattr(args, "header_env", None) or []:
-        key, sep, value = h.partition(":")
-        if not sep or not key.strip() or not value.strip():
-            raise InputError("expected 'Header-Name: ENV_VAR'", key="--header-env")
-        headers_env[key.strip()] = value.strip()
+    headers, headers_env = _header_flags(args, scenario=False)
     target: dict[str, Any] = {"url": args.url}
     data: dict[str, Any] = {}
     if args.url == "embedded":
@@ -104,6 +84,79 @@ def _adhoc_doc(args: argparse.Namespace) -> dict[str, Any]:
     if args.concurrency is None and args.rate is None:
         load["concurrency"] = 8
     return {"name": "adhoc", "target": target, "data": data, "load": load}
+
+
+def _refuse_adhoc_only_flags(args: argparse.Namespace) -> None:
+    """``--method`` and ``--body`` shape an ad-hoc run's requests; a scenario's [target] and [data] decide its
+    own, so the flag would be ignored: refused naming it (the policy of every ignored flag)."""
+    for flag, given, decides in (
+            ("--method", args.method, "its [target] decides the method (--set target.method=PUT, for a kind that "
+                                      "has one)"),
+            ("--body", args.body, "its [data] decides the request bodies (--set data.path=FILE or data.body=FILE)")):
+        if given is not None:
+            raise InputError(f"applies to an ad-hoc run (--url) only: with a scenario file {decides}, and the flag "
+                             "would be ignored", key=flag)
+
+
+def _header_flags(args: argparse.Namespace, *, scenario: bool) -> tuple[dict[str, str], dict[str, str]]:
+    """``-H 'K: V'`` and ``--header-env 'K: VAR'`` checked as ``[target] headers`` / ``headers_env`` are, naming the
+    flag: a header bench sets itself, a literal credential (Authorization, X-Api-Key, … — and, with a scenario file,
+    one that looks like a credential, which its scenario copy in the report would keep: ``--header-env`` takes it),
+    a value the engines cannot send, a malformed Host."""
+    from bench.headers import header_value_problem, host_value_problem
+    from bench.secrets import credential_header_problem, env_name_problem, header_name_problem, looks_like_credential
+
+    headers: dict[str, str] = {}
+    for h in args.header:
+        key, sep, value = h.strip().partition(":") if not h.strip().startswith(":") else (h.strip(), ":", "")
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            raise InputError("expected 'Name: value'", key="--header")
+        if problem := header_name_problem(key):  # ':authority: x' would split at its first colon: kept whole
+            raise InputError(f"{key}: {problem}", key="--header")
+        if credential_header_problem(key) or (scenario and looks_like_credential(key, value)):
+            raise InputError(f"a literal {key} header would store a credential in the report; put the value in an "
+                             f"environment variable and pass --header-env '{key}: VAR'", key="--header")
+        if problem := header_value_problem(value) or (host_value_problem(value) if key.lower() == "host" else None):
+            raise InputError(f"{key}: {problem}", key="--header")
+        headers[key] = value
+    headers_env: dict[str, str] = {}
+    for h in getattr(args, "header_env", None) or []:
+        key, sep, value = h.partition(":")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise InputError("expected 'Header-Name: ENV_VAR'", key="--header-env")
+        if problem := header_name_problem(key) or env_name_problem(value):
+            raise InputError(f"{key}: {problem}", key="--header-env")
+        headers_env[key] = value
+    return headers, headers_env
+
+
+def _with_header_flags(doc: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """A scenario with ``-H`` / ``--header-env`` merged into its ``[target] headers`` / ``headers_env``: a flag
+    replaces the file's header of the same name (any case), in either table. The effective scenario (the report's
+    copy) records them; a ``--header-env`` value never, only its variable's name."""
+    headers, headers_env = _header_flags(args, scenario=True)
+    if not headers and not headers_env:
+        return doc
+    target = doc.get("target", {})
+    if not isinstance(target, Mapping):
+        return doc  # the scenario reader refuses it, naming the key
+    kind = target.get("kind", "wallaroo")
+    from bench.targets import KINDS, target_for
+
+    if kind in KINDS and target_for(kind).rules.owns_section and not target_for(kind).rules.env_credentials:
+        raise InputError(f"kind = '{kind}' sends no headers of the scenario's (its [target] has no headers), and the "
+                         "flag would be ignored", key="--header" if headers else "--header-env")
+    given = {k.lower() for k in (*headers, *headers_env)}
+    values: dict[str, Any] = {}
+    for table, flags in (("headers", headers), ("headers_env", headers_env)):
+        file_table = target.get(table, {})
+        if not isinstance(file_table, Mapping):
+            continue  # refused by the reader, naming the file's key
+        kept = {k: v for k, v in file_table.items() if str(k).lower() not in given}
+        values[f"target.{table}"] = {**kept, **flags} or None
+    return with_values(doc, values, args.scenario)
 
 
 def _guess_content_type(body: str) -> str:

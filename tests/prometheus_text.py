@@ -72,9 +72,9 @@ def parse(text: str) -> dict[str, Family]:
     for fam in families.values():
         if fam.kind == "histogram":
             _check_histogram(fam)
-        if fam.kind == "counter":
+        if fam.kind == "counter":  # 0.0.4: the TYPE line names the counter's sample, ``_total`` and all
             for sample, _, value in fam.samples:
-                if not sample.endswith("_total") or value < 0 or math.isnan(value):
+                if sample != fam.name or not sample.endswith("_total") or value < 0 or math.isnan(value):
                     raise ValueError(f"bad counter sample {sample} {value}")
     return families
 

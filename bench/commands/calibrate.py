@@ -47,9 +47,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--connections", type=_at_least_one, default=64, help="HTTP/1.1: connections = concurrency; "
                    "HTTP/2: connections the streams share")
     p.add_argument("--streams", type=_at_least_one, default=64, help="HTTP/2: concurrent streams in total")
-    p.add_argument("--duration", type=duration, default="5s", help="measured time, e.g. 5s or 1m30s (after a 1 s "
-                   "warm-up)")
-    p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
+    p.add_argument("--duration", type=duration, default="5s", help="measured time, e.g. 5s or 1m30s (default 5s, "
+                   "after a 1 s warm-up)")
+    p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                   help="event loop (default auto: uvloop when installed, else asyncio)")
     p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
     p.add_argument("--ca-bundle", metavar="PEM", dest="ca_bundle",
                    help="trust this CA bundle (PEM) for an https --url, as curl's --cacert")
@@ -176,6 +177,7 @@ def measure(url: str, body: bytes, engine_kind: str, http2: bool, connections: i
     window on 64 new TLS handshakes, ~1.6 % of it."""
     from bench.engine.base import EngineConfig, LoadSpec, PreparedBody, RequestSet
     from bench.engine.select import choose_engine, resolve_loop, run_with_loop
+    from bench.report.accounting import request_accounting
 
     config = EngineConfig(kind=engine_kind, http2=http2, connections=connections if http2 else 0,  # type: ignore[arg-type]
                           verify_tls=verify, ca_bundle=ca_bundle, loop=loop_kind)  # type: ignore[arg-type]
@@ -204,8 +206,12 @@ def measure(url: str, body: bytes, engine_kind: str, http2: bool, connections: i
         cpu_at: list[float] = []
         loop.call_at(loop.time() + (measured_from - time.monotonic_ns()) / 1e9,
                      lambda: cpu_at.append(time.process_time()))
-        await eng.run(LoadSpec("closed", start, measured_from + int(duration_s * 1e9), concurrency=concurrency,
-                               drain_s=2), _NoStop())
+        end_ns = measured_from + int(duration_s * 1e9)
+        try:
+            await eng.run(LoadSpec("closed", start, end_ns, concurrency=concurrency, drain_s=2), _NoStop())
+        finally:  # as `bench run` does: every request taken on is recorded once or in flight at the end (abandoned)
+            rec.count("sent", eng.sent)
+            rec.abandoned(eng.abandoned, min(time.monotonic_ns(), end_ns))
         cpu = time.process_time() - (cpu_at[0] if cpu_at else 0.0)
         wall = (time.monotonic_ns() - measured_from) / 1e9
         data = rec.finish(time.monotonic_ns(), partial=False)
@@ -215,16 +221,24 @@ def measure(url: str, body: bytes, engine_kind: str, http2: bool, connections: i
         # ok answers only; none: not measured (None), never 0
         commonest = max(data.error_samples, key=lambda e: e.count, default=None)
         result.update(p50_ms=pct.get(50), p99_ms=pct.get(99), requests=totals.requests, errors=totals.errors,
-                      wall_s=wall, cpu_s=cpu, recorder="bench.recorder.Recorder", engine=cls.__name__,
+                      answered=data.answered(MEASURED), abandoned=int(data.counters.get("in_flight_at_end", 0)),
+                      accounting=request_accounting(data), wall_s=wall, cpu_s=cpu,
+                      recorder="bench.recorder.Recorder", engine=cls.__name__,
                       commonest_error=None if commonest is None else f"{commonest.kind}: {commonest.detail}")
 
     run_with_loop(go, resolve_loop(loop_kind))  # type: ignore[arg-type]
-    n = max(1, result["requests"])
-    result["req_per_s"] = result["requests"] / result["wall_s"]
-    result["cpu_us_per_req"] = result["cpu_s"] / n * 1e6
+    return _per_request(result)
+
+
+def _per_request(result: dict[str, Any]) -> dict[str, Any]:
+    """req/s counts answers only (a failed connect or a request still in flight at the end got none), and CPU is
+    per answer: with no answer, neither is a measurement (None, shown "—"), never CPU time over 1."""
+    answered = result["answered"]
+    result["req_per_s"] = answered / result["wall_s"] if answered else None
+    result["cpu_us_per_req"] = result["cpu_s"] / answered * 1e6 if answered else None
     result["cpu_fraction"] = result["cpu_s"] / result["wall_s"]
     ok = result["requests"] - result["errors"]  # a path that only fails has no ceiling: None, never a figure
-    result["ceiling_req_per_s_per_core"] = 1e6 / result["cpu_us_per_req"] if ok > 0 else None
+    result["ceiling_req_per_s_per_core"] = 1e6 / result["cpu_us_per_req"] if ok > 0 and answered else None
     return result
 
 
@@ -234,6 +248,7 @@ def run(args: argparse.Namespace) -> int:
 
     from bench.config.reader import check_url
     from bench.errors import InputError
+    from bench.report.accounting import accounting_text
     from bench.report.summary import num_text
     from bench.runner import fd_limit_short
     from bench.tlstrust import ca_bundle_problem
@@ -289,10 +304,14 @@ def run(args: argparse.Namespace) -> int:
     where = f" on CPU {engine_core}" if engine_core is not None else ""
     print(f"engine {result['engine']}{' HTTP/2' if args.http2 else ''}, {args.connections} connections, "
           f"body {len(body):,} B, {duration:g} s{where}; recording: {result['recorder']}")
-    print(f"  measured     {result['req_per_s']:>10,.0f} req/s   ({result['errors']:,} errors)")
+    print(f"  measured     {num_text(result['req_per_s'], '>10,.0f')} req/s   ({result['errors']:,} errors"
+          + (f", {result['abandoned']:,} of them in flight at the end" if result["abandoned"] else "") + ")")
     print(f"  latency      p50 {num_text(result['p50_ms'], '.2f')} ms, p99 {num_text(result['p99_ms'], '.2f')} ms"
           " (ok answers)")
-    print(f"  client CPU   {result['cpu_us_per_req']:>10.1f} µs/req  ({result['cpu_fraction']:.0%} of one core)")
+    print(f"  client CPU   {num_text(result['cpu_us_per_req'], '>10.1f')} µs/req  ({result['cpu_fraction']:.0%} of one "
+          "core)")
+    if result["accounting"] is not None:
+        print(f"  accounting   {accounting_text(result['accounting'])}, warm-up included")
     print(f"  ceiling      {num_text(result['ceiling_req_per_s_per_core'], '>10,.0f')} req/s per core "
           "(1e6 / CPU µs per req)")
     ceiling = result["ceiling_req_per_s_per_core"]
@@ -333,6 +352,8 @@ def _failed(result: dict[str, Any]) -> str | None:
     n, errors = result["requests"], result["errors"]
     if n == 0:
         return "no request completed"
+    if errors >= n and result.get("abandoned", 0) >= n:
+        return f"none of {n:,} requests got an answer: all were still in flight at the end (the target did not answer)"
     if errors >= n:
         commonest = result.get("commonest_error") or ""
         why = ""

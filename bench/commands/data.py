@@ -30,7 +30,7 @@ def register(subparsers: Any) -> None:
     kinds = parser.add_subparsers(dest="dataset", metavar="DATASET")
     cc = kinds.add_parser("ccfraud", help="synthetic credit-card fraud rows: tensor = 29 float32 features",
                           description="Synthetic, seeded stand-in for the platforms' ccfraud tutorial data: one "
-                          "column `tensor` of 29 standardised float32 features with heavy tails, ~0.2 %% "
+                          "column `tensor` of 29 standardised float32 features with heavy tails, ~0.2 % "
                           "fraud-like rows. Output format follows --out: .df.json/.json (pandas-records), "
                           ".arrow/.feather (Arrow IPC file), .arrows (IPC stream), .parquet.")
     cc.add_argument("--rows", type=_rows, default=1001, help="number of rows, 1 to "

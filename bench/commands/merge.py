@@ -14,14 +14,15 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("merge", help="merge reports from runs made at the same time (hosts/processes)",
                               description="Exactly merge histograms, per-second series (aligned by wall-clock "
                               "second), counters and errors of several reports into one. Refuses (exit 2) "
-                              "reports of different scenarios, load modes or targets, the same run twice, or runs not "
+                              "reports of different scenarios, load modes or target kinds (runs against other URLs "
+                              "merge: the merged report names the first's), the same run twice, or runs not "
                               "made at the same time (each run's measured window must share at least half of the "
                               "shorter with the others'), unless --force.")
     p.add_argument("reports", nargs="+", metavar="REPORT.arrow")
     p.add_argument("-o", "--out", required=True, type=not_empty, metavar="ALL.arrow", help="merged report to write")
     p.add_argument("--force", action="store_true", help="merge reports that do not belong together (different "
-                   "scenarios, load modes or targets, one run given twice, or runs not made at the same time); the "
-                   "reason is printed and kept in the merged report")
+                   "scenarios, load modes or target kinds, one run given twice, or runs not made at the same time); "
+                   "the reason is printed and kept in the merged report")
     p.set_defaults(func=run)
 
 

@@ -16,11 +16,14 @@ def register(sub: Any) -> None:
         description="Run a scenario file, or an ad-hoc load against --url with --body.")
     p.add_argument("scenario", nargs="?", help="scenario TOML file")
     p.add_argument("--url", type=not_empty, help="ad hoc: POST --body to this URL (or 'embedded')")
-    p.add_argument("--body", help="ad hoc: request body file")
-    p.add_argument("--header", "-H", action="append", default=[], metavar="'K: V'", help="ad hoc: extra header")
+    p.add_argument("--body", help="ad hoc only: request body file (a scenario's [data] decides its bodies)")
+    p.add_argument("--header", "-H", action="append", default=[], metavar="'K: V'",
+                   help="extra header (with a scenario file: added to its [target] headers)")
     p.add_argument("--header-env", action="append", default=[], metavar="'K: VAR'",
-                   help="ad hoc: a header whose (secret) value is read from environment variable VAR")
-    p.add_argument("--method", default=None, help="ad hoc: HTTP method (default POST)")
+                   help="a header whose (secret) value is read from environment variable VAR (with a scenario "
+                        "file: added to its [target] headers_env)")
+    p.add_argument("--method", default=None,
+                   help="ad hoc only: HTTP method (default POST; a scenario's [target] decides its method)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--concurrency", "-c", type=int, help="closed loop with N workers")
     mode.add_argument("--rate", "-r", type=float, help="open loop at R requests/s")
@@ -32,7 +35,8 @@ def register(sub: Any) -> None:
     p.add_argument("--http2", action="store_true", default=None,
                    help="use HTTP/2 (h2c for http://): the lean h2 engine, or httpx with --engine httpx")
     p.add_argument("--connections", type=int, help="HTTP/2: connections the streams share; HTTP/1.1 open loop: "
-                   "the most connections (sends beyond wait for a free one); closed loop: one per -c slot")
+                   "the most connections (sends beyond wait for a free one); refused on an HTTP/1.1 closed loop "
+                   "(one connection per -c client)")
     p.add_argument("--insecure", action="store_true", default=None,
                    help="do not verify the target's TLS certificate (other hosts, e.g. a token endpoint, still are)")
     p.add_argument("--ca-bundle", metavar="PEM", dest="ca_bundle",

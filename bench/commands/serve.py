@@ -1,4 +1,5 @@
-"""`bench serve`: run the emulator (Wallaroo inference, UbiOps, token endpoint) on this machine."""
+"""`bench serve`: run the emulator (Wallaroo inference, UbiOps, KServe V2, token endpoint, /metrics) on this
+machine."""
 
 from __future__ import annotations
 
@@ -30,9 +31,11 @@ def register(subparsers: Any) -> None:
 
     d = EmulatorConfig()
     p: argparse.ArgumentParser = subparsers.add_parser(
-        "serve", help="run the emulator (Wallaroo pipeline inference, UbiOps, Keycloak tokens)",
-        description="Serve an emulated Wallaroo pipeline (and UbiOps API, token endpoint) with a real model and "
-        "a capacity model: `replicas` slots, each request holds one for latency-ms + per-row-us × rows.")
+        "serve", help="run the emulator (Wallaroo pipeline inference, UbiOps, KServe V2, Keycloak tokens, "
+        "/metrics)",
+        description="Serve an emulated Wallaroo pipeline (and the UbiOps API, KServe V2 / Open Inference Protocol "
+        "routes, a Keycloak token endpoint, the Wallaroo MLOps status API and Prometheus /metrics) with a real model "
+        "and a capacity model: `replicas` slots, each request holds one for latency-ms + per-row-us × rows.")
     p.add_argument("--host", default=d.host, help=f"bind address (default {d.host}; loopback only unless "
                    "--allow-remote)")
     p.add_argument("--port", type=int, default=d.port, help=f"port, 0 = a free one (default {d.port})")

@@ -21,6 +21,14 @@ __all__ = ["MAX_DURATION_S", "Table", "check_url", "safe_url", "type_name", "unk
 MAX_DURATION_S = 7 * 24 * 3600.0  # a week: longer is a typo (and overflows clocks in places)
 
 
+def _exact(value: float) -> str:
+    """A number as typed, grouped: 10,000,001 or 10,000,000.5 (never rounded to 6 digits, as ``:g`` did, so a
+    value just over a limit reads as over it); a whole float without its '.0'."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return f"{int(value):,}"
+    return f"{value:,}"
+
+
 def type_name(value: object) -> str:
     names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "an array",
              dict: "a table"}
@@ -107,7 +115,7 @@ class Table:
         if not math.isfinite(value) or value < minimum:
             raise self.err(key, f"must be a finite number >= {minimum:g}, got {value}")
         if value > maximum:
-            raise self.err(key, f"must be <= {maximum:g}, got {value:g}")
+            raise self.err(key, f"must be <= {_exact(maximum)}, got {_exact(value)}")  # {:g} showed 1e+07 twice
         return float(value)
 
     def boolean(self, key: str, default: bool) -> bool:

@@ -154,9 +154,11 @@ class Metrics:
 
     @staticmethod
     def _head(out: list[str], name: str, help_text: str, kind: str) -> None:
-        base = name.removesuffix("_total") if kind == "counter" else name
-        out.append(f"# HELP {base} {help_text}")
-        out.append(f"# TYPE {base} {kind}")
+        """HELP and TYPE name the family as the 0.0.4 text format does: a counter by its sample's own name,
+        ``_total`` included, as prometheus_client (and so MLServer) writes it; the bare name is OpenMetrics' style,
+        and a strict 0.0.4 reader took the ``_total`` samples under it for untyped."""
+        out.append(f"# HELP {name} {help_text}")
+        out.append(f"# TYPE {name} {kind}")
 
     def _counter(self, out: list[str], name: str, help_text: str, names: tuple[str, ...],
                  values: Mapping[Any, int]) -> None:

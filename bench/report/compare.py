@@ -61,6 +61,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("error_rate", "error rate", True, absolute=True),
 )
 _BY_KEY = {m.key: m for m in METRICS}
+_RATES = frozenset({"rps", "rows_per_s"})  # no measured window: not judged (the views show "—")
 _PCT = dict(_LAT)
 DEFAULT_THRESHOLDS: dict[str, float] = {"p50": 0.10, "p99": 0.10, "rps": 0.05, "error_rate": 0.005}
 
@@ -218,8 +219,9 @@ def _point(report: Report | RunData) -> dict[str, float | None]:
         for k, p in _LAT:
             out[prefix + k] = None if not h.total else h.max_us / 1000.0 if k == "max" else pct[p]
     tot = accounted_totals(report)
-    out["rps"] = run.rps(MEASURED)
-    out["rows_per_s"] = measured_rows_per_s(report)
+    timed = run.duration_s(MEASURED) > 0  # a measured window of 0 s (stopped in the warm-up): no rate, not 0
+    out["rps"] = run.rps(MEASURED) if timed else None
+    out["rows_per_s"] = measured_rows_per_s(report) if timed else None
     out["error_rate"] = tot.errors / tot.requests if tot.requests else None
     return out
 
@@ -340,7 +342,9 @@ def compare_reports(base: Report | RunData, new: Report | RunData,
         if b is None or n is None:
             runs = " and ".join(name for name, v in (("base", b), ("new", n)) if v is None)
             unmeasured.append(f"{m.key} ({runs})")
-            lost = b is not None and limits.get(m.key) is not None  # the base had samples, the new run none
+            # a gated latency the base measured and the new run has no sample of; a rate with no measured window
+            # is not judged (a failed new run is a regression through ``failed``)
+            lost = b is not None and limits.get(m.key) is not None and m.key not in _RATES
             out.append(MetricDelta(m, b, n, None, limits.get(m.key), lost, None, None, lost))
             continue
         if m.absolute:

@@ -57,3 +57,34 @@ def test_http2_sink_cpu_counts_the_worker_that_serves() -> None:
     r = json.loads(out.stdout)
     assert r["built_in_sink"] and r["requests"] > 100, r
     assert r["sink_cpu_s"] >= 100e-6 * r["requests"], r
+
+
+@pytest.mark.slow  # the 2 s drain of real processes
+@pytest.mark.parametrize("listening", [True, False], ids=["never-answers", "refused"])
+def test_calibrate_without_an_answer_makes_no_rate_up_and_accounts_every_request(listening: bool) -> None:
+    """A target that accepts and never answers (the kernel's backlog completes the connects) or refuses every
+    connection: nothing was answered, so req/s and CPU per request are null / "—" (they were the failures' rate and
+    CPU time over 1); requests still in flight at the end are counted, as `bench run` does (kind abandoned), and
+    sent = ok + errors + in flight at the end holds in the JSON and the text."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        if listening:
+            s.listen(16)  # never accepted: connects complete, requests go out, no answer ever comes
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/x"
+        args = [sys.executable, "-m", "bench", "calibrate", "--url", url, "--duration", "0.3s", "--connections", "2"]
+        out = subprocess.run([*args, "--json"], capture_output=True, text=True, timeout=60)
+        shown = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3, out.stdout + out.stderr
+    r = json.loads(out.stdout)
+    assert r["req_per_s"] is None and r["cpu_us_per_req"] is None and r["ceiling_req_per_s_per_core"] is None, r
+    acc = r["accounting"]
+    assert acc["holds"] and acc["sent"] == acc["ok"] + acc["errors"] + acc["in_flight_at_end"] > 0, acc
+    assert acc["in_flight_at_end"] == r["abandoned"] == (2 if listening else 0), r
+    assert r["requests"] >= r["abandoned"] and r["errors"] == r["requests"], r
+    assert shown.returncode == 3, shown.stdout + shown.stderr
+    lines = {line.split()[0]: line for line in shown.stdout.splitlines() if line.startswith("  ")}
+    assert "— req/s" in lines["measured"] and "— µs/req" in lines["client"], shown.stdout
+    assert "(holds)" in lines["accounting"], shown.stdout
+    if listening:
+        assert "in flight at end 2" in lines["accounting"] and "2 of them in flight" in lines["measured"]
+        assert "still in flight at the end" in shown.stderr, shown.stderr

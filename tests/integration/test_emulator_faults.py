@@ -45,7 +45,7 @@ def exchange(base: str, data: bytes = REQUEST, wait_s: float = 1.0) -> tuple[byt
 
 def faults_seen(base: str) -> dict[str, float]:
     fams = parse(httpx.get(f"{base}/metrics", timeout=10).text)
-    return {labels["fault"]: v for _, labels, v in fams["emulator_faults_injected"].samples}
+    return {labels["fault"]: v for _, labels, v in fams["emulator_faults_injected_total"].samples}
 
 
 def test_stall_answers_nothing_and_keeps_the_connection(fault_emulator: Callable[..., str]) -> None:
@@ -199,7 +199,7 @@ async def test_fault_server_in_process() -> None:
                     for _ in range(30)]
         metrics = parse((await client.get(f"http://127.0.0.1:{port}/metrics")).text)
     assert set(statuses) == {200, 503}
-    injected = {labels["fault"]: v for _, labels, v in metrics["emulator_faults_injected"].samples}
+    injected = {labels["fault"]: v for _, labels, v in metrics["emulator_faults_injected_total"].samples}
     assert injected == {"5xx": statuses.count(503)}
     twin = plan_from_config("5xx:0.5:burst=1", seed=11)
     assert [503 if twin.decide("/infer").fault else 200 for _ in range(30)] == statuses

@@ -182,10 +182,10 @@ def test_echo_model_bytes_and_ints(client: httpx.Client) -> None:
 def _infer_counts(client: httpx.Client) -> dict[str, float]:
     fams = parse(client.get("/metrics").text)
     out: dict[str, float] = {}
-    for _, labels, value in fams["rest_server_requests"].samples:
+    for _, labels, value in fams["rest_server_requests_total"].samples:
         if labels["path"] == "/v2/models/{}/infer" and labels["method"] == "POST":
             out[labels["status_code"]] = value
-    for _, labels, value in fams["model_infer_request_success"].samples:
+    for _, labels, value in fams["model_infer_request_success_total"].samples:
         out[f"success:{labels['model']}"] = value
     for sample, labels, value in fams["model_infer_request_duration_seconds"].samples:
         if sample.endswith("_count"):
@@ -217,7 +217,7 @@ def test_metrics_cover_every_route_family(client: httpx.Client) -> None:
     r = client.get("/metrics")
     assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
     fams = parse(r.text)
-    paths = {labels["path"] for _, labels, _ in fams["rest_server_requests"].samples}
+    paths = {labels["path"] for _, labels, _ in fams["rest_server_requests_total"].samples}
     assert {"/health", "/infer", "/v2/health/live"} <= paths
     assert any(p.startswith("/v2.1/projects/") for p in paths)
     assert fams["rest_server_request_duration_seconds"].kind == "histogram"

@@ -12,6 +12,7 @@ report (achieved rate from its series, schedule lag from its histogram) and the 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -35,7 +36,10 @@ def bench(args: list[str], tree: str) -> subprocess.CompletedProcess[str]:
 
 def ceiling(tree: str) -> float:
     p = bench(["calibrate", "--url", URL, "--body", BODY, "--connections", "64", "--duration", "5s", "--json"], tree)
-    return float(json.loads(p.stdout)["req_per_s"])
+    rate = json.loads(p.stdout)["req_per_s"] if p.stdout else None
+    if rate is None:  # nothing answered: no ceiling to take fractions of
+        sys.exit(f"bench calibrate against {URL} measured no rate (exit {p.returncode}): {p.stderr.strip()}")
+    return float(rate)
 
 
 def open_loop(rate: float, tree: str) -> dict[str, Any]:
@@ -54,9 +58,41 @@ def open_loop(rate: float, tree: str) -> dict[str, Any]:
             "lat": f"{s['latency_ms']['p50']} / {s['latency_ms']['p99']}", "bound": s["generator_bound"]}
 
 
+def _fractions(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected fractions such as 0.65,0.8, got {text!r}") from None
+    if not all(v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"each fraction must be > 0, got {text!r}")
+    return values
+
+
+def _checkout(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition(":")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME:PATH (e.g. before:/path/to/checkout), got {text!r}")
+    return name, path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """ROUNDS FRACTIONS NAME:PATH…, with --help (the positional reading made `--help` a traceback)."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("rounds", type=int, metavar="ROUNDS", help="rounds; each measures a ceiling, then runs every "
+                    "fraction on every checkout")
+    ap.add_argument("fractions", type=_fractions, metavar="FRACTIONS",
+                    help="fractions of the ceiling to run at, e.g. 0.65,0.8")
+    ap.add_argument("checkouts", type=_checkout, nargs="+", metavar="NAME:PATH",
+                    help="checkouts of bench to alternate (the last one calibrates)")
+    args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error("ROUNDS must be >= 1")
+    return args
+
+
 def main() -> None:
-    rounds, fractions = int(sys.argv[1]), [float(x) for x in sys.argv[2].split(",")]
-    trees = dict(a.split(":", 1) for a in sys.argv[3:])
+    args = parse_args()
+    rounds, fractions, trees = args.rounds, args.fractions, dict(args.checkouts)
     print("| round | ceiling | fraction | checkout | rate error % | schedule-lag p50 / p99 ms | dropped | client CPU "
           "| µs/req (whole process) | latency p50 / p99 ms | generator-bound |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

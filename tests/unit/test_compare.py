@@ -164,3 +164,30 @@ def test_a_metric_given_twice_is_refused_and_names_are_case_blind() -> None:
     with pytest.raises(InputError, match="p99 is given twice"):
         parse_thresholds("p99=10%,p99=20%")  # the last one won in silence
     assert parse_thresholds("P99=20%,RPS=off")["p99"] == pytest.approx(0.2)
+
+
+def test_a_run_with_no_measured_window_has_no_rate_and_is_not_judged_on_it() -> None:
+    """A run stopped inside its warm-up measured 0 s: req/s and rows/s are not 0 (−100 %) but missing ("—" in
+    the terminal, Markdown and step summary), and not judged; the failed new run is still a regression."""
+    from rich.console import Console
+
+    from bench.report.markdown import comparison_markdown
+    from bench.report.model import Report, ReportMeta
+    from bench.report.terminal import render_comparison
+
+    base = Report(ReportMeta("b"), synth_run(1, rps=200))
+    new = Report(ReportMeta("n", extra={"failed": "nothing measured after warm-up"}), synth_run(2, seconds=0))
+    cmp = compare_reports(base, new)
+    for key in ("rps", "rows_per_s"):
+        m = next(m for m in cmp.metrics if m.key == key)
+        assert m.base is not None and m.new is None and m.change is None and not m.regression, m
+    assert cmp.regressed and cmp.verdict().startswith("regression: the new run failed"), cmp.verdict()
+    assert "rps" not in cmp.verdict()
+    md = comparison_markdown(cmp, "b.arrow", "n.arrow")
+    rps_row = next(line for line in md.splitlines() if line.startswith("| req/s"))
+    assert "0.000" not in rps_row and "-100" not in rps_row and "—" in rps_row, rps_row
+    console = Console(record=True, width=200)
+    render_comparison(cmp, console, "b", "n")
+    text = console.export_text()
+    rps_line = next(line for line in text.splitlines() if line.strip().startswith("rps"))
+    assert "0.000" not in rps_line and "-100" not in rps_line and "—" in rps_line, rps_line

@@ -35,7 +35,7 @@ def test_any_paths_give_a_parseable_exposition_with_bounded_depth(paths: list[st
         m.finished(key, 200, 0.001)
         assert m.template("/" + p).count("/") <= 11
     families = parse(m.render().decode())
-    total = sum(v for _, _, v in families["rest_server_requests"].samples)
+    total = sum(v for _, _, v in families["rest_server_requests_total"].samples)
     assert total == len(paths)
 
 
@@ -54,8 +54,8 @@ def test_histogram_buckets_count_observations_cumulatively() -> None:
     total = next(v for name, _, v in fam.samples if name.endswith("_sum"))
     assert total == pytest.approx(sum(observations))
     fams = parse(m.render().decode())
-    assert fams["model_infer_request_success"].samples[0][2] == 6
-    assert fams["model_infer_request_failure"].samples[0][2] == 1
+    assert fams["model_infer_request_success_total"].samples[0][2] == 6
+    assert fams["model_infer_request_failure_total"].samples[0][2] == 1
 
 
 async def _call(app: Any, path: str, method: str = "GET") -> tuple[int, bytes]:
@@ -96,7 +96,7 @@ def test_middleware_counts_status_in_progress_and_cancellation() -> None:
         status, body = await _call(mw, "/metrics")
         assert status == 200
         fams = parse(body.decode())
-        counts = {lab["status_code"]: v for _, lab, v in fams["rest_server_requests"].samples}
+        counts = {lab["status_code"]: v for _, lab, v in fams["rest_server_requests_total"].samples}
         assert counts == {"200": 1, "404": 1, "499": 1}
         assert all(v == 0 for _, _, v in fams["rest_server_requests_in_progress"].samples)
         durations = fams["rest_server_request_duration_seconds"]
@@ -105,3 +105,24 @@ def test_middleware_counts_status_in_progress_and_cancellation() -> None:
         assert not math.isnan(sum(v for _, _, v in durations.samples))
 
     asyncio.run(main())
+
+
+def test_counter_help_and_type_lines_name_the_sample_as_prometheus_client_does() -> None:
+    """In the 0.0.4 text format prometheus_client (so MLServer) writes ``# TYPE rest_server_requests_total counter``
+    above ``rest_server_requests_total{…}`` (checked with prometheus_client 0.26 in MLServer's venv). The emulator
+    wrote the bare name (OpenMetrics' style), under which a strict 0.0.4 reader took the samples for untyped."""
+    m = Metrics()
+    m.started(("POST", "/infer"))
+    m.finished(("POST", "/infer"), 200, 0.001)
+    m.model_infer("ccfraud", "1", 0.001, ok=True)
+    text = m.render().decode()
+    for name in ("rest_server_requests_total", "model_infer_request_success_total",
+                 "model_infer_request_failure_total", "emulator_requests_received_total",
+                 "emulator_faults_injected_total"):
+        assert f"\n# TYPE {name} counter\n" in text and f"# HELP {name} " in text, name
+        assert f"# TYPE {name.removesuffix('_total')} " not in text, name
+    types = {line.split()[2]: line.split()[3] for line in text.splitlines() if line.startswith("# TYPE ")}
+    samples = {line.split("{")[0].split()[0] for line in text.splitlines() if line and not line.startswith("#")}
+    for sample in samples:  # every sample's family is typed by its own name, or its histogram's
+        family = sample if sample in types else sample.rsplit("_", 1)[0]
+        assert family in types, sample

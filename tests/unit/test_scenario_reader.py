@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bench.config.auth import AuthConfig
 from bench.config.capacity import CapacityConfig
@@ -188,3 +190,19 @@ def test_revised_reparses_so_typed_and_document_agree(tmp_path: Path) -> None:
     with pytest.raises(InputError) as info:
         sc.revised({"load.rate": -1.0})
     assert info.value.key == "load.rate"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.one_of(st.integers(10_000_001, 10**15),
+                 st.floats(10_000_000.0, 1e15, exclude_min=True, allow_nan=False, allow_infinity=False)))
+def test_a_number_over_its_limit_shows_both_exactly(value: float) -> None:
+    """`load.rate = 10000001` said "must be <= 1e+07, got 1e+07" (both rounded by :g): the value read as allowed.
+    Both numbers are shown as they are (grouped), so the one given reads back as the value, above the limit."""
+    from bench.config.reader import Table
+
+    with pytest.raises(InputError) as exc:
+        Table({"rate": value}, "s.toml", "load.").number("rate", 0.0, maximum=1e7)
+    limit, got = str(exc.value).split("must be <= ")[1].split(", got ")
+    assert float(limit.replace(",", "")) == 1e7 and limit == "10,000,000"
+    assert float(got.replace(",", "")) == value, (got, value)
+    assert got != limit
