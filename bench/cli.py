@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
+import signal
 import sys
 import typing
 from collections.abc import Sequence
@@ -47,7 +49,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# commands that keep their own signal handling from the start (an emulator's loop, a Locust worker's gevent loop)
+_OWN_SIGNALS = ("serve", "locust_worker", "locust-worker")
+
+
+def stops_are_ctrl_c(argv: Sequence[str]) -> None:
+    """SIGTERM is Ctrl-C from the first moment (start-up included, and after a run's event loop removed its own
+    handler, e.g. while the summary is printed): the process always ends with 130 and a line, never silently by
+    the signal. SIGHUP (terminal closed, ssh dropped) is a SIGTERM: the same graceful stop and partial report;
+    the terminal it hung up is then replaced by /dev/null, so printing the summary cannot fail. SIGHUP ignored
+    (``nohup``) stays ignored."""
+    if any(a in _OWN_SIGNALS for a in argv[:1]):
+        return
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _hangup)
+
+
+def _hangup(_sig: int, _frame: object) -> None:
+    """SIGHUP: off a hung-up terminal, then the SIGTERM stop (whatever handles SIGTERM at this moment)."""
+    for fd in (1, 2):
+        try:
+            if os.isatty(fd):
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, fd)
+                os.close(null)
+        except OSError:
+            pass
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    stops_are_ctrl_c(sys.argv[1:] if argv is None else list(argv))
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -58,8 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("bench: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # its message, when given, says what was written (bench.session)
+        print(f"bench: {exc.args[0]}" if exc.args else "bench: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     return code
 
