@@ -340,7 +340,7 @@ def _run_processes(prepared: Prepared, opts: RunOptions, out_path: Path, term_is
     code = finish(opts, target, report, facts, out_path)
     lost = report.meta.extra.get("workers_lost")
     if lost and code == EXIT_OK:  # as a Locust master does for a lost worker: the report stands, the run does not
-        print(f"bench: error: {report.meta.extra.get('partial_reason')}: the report is partial", file=sys.stderr)
+        print(f"bench: error: the report is partial: {report.meta.extra.get('partial_reason')}", file=sys.stderr)
         return EXIT_INVALID
     return code
 

@@ -302,8 +302,10 @@ duration = "6s"
     return path
 
 
-def test_a_lost_locust_worker_0_is_neither_recovered_nor_interrupted(cluster: Cluster,
-                                                                    serve_emulator: Callable[..., str]) -> None:
+def _worker_0_killed(cluster: Cluster, serve_emulator: Callable[..., str]) -> tuple[int, str, int, int]:
+    """A 2-worker Locust run whose worker with index 0 is SIGKILLed (the worker alone: its engine process finds
+    its pipe broken) once its checkpoint lines reach the master: (master's exit code, its last stdout line, the
+    worker's pid, its engine process's pid)."""
     from bench.emulator.config import EmulatorConfig
 
     d = EmulatorConfig()
@@ -329,10 +331,16 @@ def test_a_lost_locust_worker_0_is_neither_recovered_nor_interrupted(cluster: Cl
     victim = index_0()
     assert victim is not None, cluster.log(master)
     [engine] = children(victim.pid, b"bench.locust.child")
-    os.kill(victim.pid, signal.SIGKILL)  # the worker alone: its engine process finds its pipe broken
+    os.kill(victim.pid, signal.SIGKILL)
     out, _ = master.communicate(timeout=90)
-    assert master.returncode == 3, cluster.log(master)
-    summary = json.loads(out.decode().strip().splitlines()[-1])
+    return master.returncode, out.decode().strip().splitlines()[-1], victim.pid, engine
+
+
+def test_a_lost_locust_worker_0_is_neither_recovered_nor_interrupted(cluster: Cluster,
+                                                                    serve_emulator: Callable[..., str]) -> None:
+    code, last, _, _ = _worker_0_killed(cluster, serve_emulator)
+    assert code == 3, cluster.log(cluster.procs[0])
+    summary = json.loads(last)
     meta = _read_meta(cluster.tmp / "run.arrow")
     extra: dict[str, object] = meta["extra"]  # type: ignore[assignment]
     assert "recovered" not in extra and extra["interrupted"] is False, extra
@@ -340,6 +348,12 @@ def test_a_lost_locust_worker_0_is_neither_recovered_nor_interrupted(cluster: Cl
     assert summary["generator_bound"] is not False, summary  # never a bare "no": worker 0 was not judged
     lost = [w for w in extra["locust"]["workers"] if w["state"] != "final"]  # type: ignore[index]
     assert [w["index"] for w in lost] == [0] and lost[0]["generator_bound"] is None, lost
+
+
+def test_a_lost_locust_workers_engine_exits_without_a_traceback(cluster: Cluster,
+                                                                serve_emulator: Callable[..., str]) -> None:
+    code, _, victim, engine = _worker_0_killed(cluster, serve_emulator)
+    assert code == 3, cluster.log(cluster.procs[0])
     wait_for(lambda: not alive(engine), 30, "the orphaned engine process to exit")
-    log = cluster.log(victim)
+    log = next(cluster.log(p) for p in cluster.procs if p.pid == victim)  # the engine's stderr is its worker's
     assert "Traceback" not in log and "BrokenPipe" not in log, log[-3000:]
