@@ -157,6 +157,11 @@ def run_processes(prepared: Prepared, opts: Any, out_path: Path) -> tuple[Any, R
             discard(out_path)
             raise KeyboardInterrupt
         missing = [i for i, p in enumerate(parts) if not p.exists()]
+        if missing and not started:  # called off before the load (a worker that could not start): nothing measured
+            from bench.checkpoint import discard
+
+            discard(out_path)
+            raise _wrote_no_report(missing, procs)
         found: dict[int, Any] = {i: read_report(p) for i, p in enumerate(parts) if p.exists()}
         taken: list[int] = []  # workers whose share comes from their checkpoint
         for i in missing:  # killed by a second Ctrl-C, killed or failed on their own (kill -9, OOM), or starting up
@@ -170,8 +175,7 @@ def run_processes(prepared: Prepared, opts: Any, out_path: Path) -> tuple[Any, R
             discard(out_path)
             if interrupted:
                 raise KeyboardInterrupt
-            raise RunInvalid(f"worker process(es) {', '.join(map(str, missing))} wrote no report "
-                             f"(exit codes {[p.returncode for p in procs]})")
+            raise _wrote_no_report(missing, procs)
         lost = [] if interrupted else missing  # no stop of ours ended them
         raws = [raws[i] if parts[i].exists() else None for i in sorted(found)]
         reports = [found[i] for i in sorted(found)]
@@ -193,6 +197,11 @@ def run_processes(prepared: Prepared, opts: Any, out_path: Path) -> tuple[Any, R
                      interrupted=bool(merged.meta.extra["interrupted"]),
                      abandoned=merged.meta.extra.get("abandoned"))
     return merged, facts
+
+
+def _wrote_no_report(missing: list[int], procs: list[subprocess.Popen[bytes]]) -> RunInvalid:
+    return RunInvalid(f"worker process(es) {', '.join(map(str, missing))} wrote no report "
+                      f"(exit codes {[p.returncode for p in procs]})")
 
 
 def _mark_lost(merged: Any, codes: dict[int, int | None]) -> None:
