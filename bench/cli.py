@@ -7,11 +7,15 @@ imports inside the function it runs, so `bench --help` stays fast. ``func(args) 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import re
+import signal
 import sys
+import threading
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from bench import __version__
 from bench.errors import EXIT_INPUT, EXIT_INTERRUPTED, BenchError
@@ -47,7 +51,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# commands that keep their own signal handling from the start (an emulator's loop, a Locust worker's gevent loop)
+_OWN_SIGNALS = ("serve", "locust_worker", "locust-worker")
+
+
+@contextlib.contextmanager
+def stops_are_ctrl_c(argv: Sequence[str], *, restore: bool) -> Iterator[None]:
+    """For the block, SIGTERM is Ctrl-C from the first moment (start-up included, and after a run's event loop
+    removed its own handler, e.g. while the summary is printed): the command always ends with 130 and a line,
+    never silently by the signal. SIGHUP (terminal closed, ssh dropped) is a SIGTERM: the same graceful stop and
+    partial report; the terminal it hung up is then replaced by /dev/null, so printing the summary cannot fail.
+    SIGHUP ignored (``nohup``) stays ignored. ``restore``: the handlers before are restored after (an in-process
+    caller; the `bench` process keeps them until it exits)."""
+    if any(a in _OWN_SIGNALS for a in argv[:1]) or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in _STOPS}
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if hasattr(signal, "SIGHUP") and previous.get(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _hangup)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            if restore and handler is not None:
+                signal.signal(sig, handler)
+
+
+_STOPS = (signal.SIGTERM, signal.SIGHUP) if hasattr(signal, "SIGHUP") else (signal.SIGTERM,)
+
+
+def _hangup(_sig: int, _frame: object) -> None:
+    """SIGHUP: off a hung-up terminal, then the SIGTERM stop (whatever handles SIGTERM at this moment)."""
+    for fd in (1, 2):
+        try:
+            if os.isatty(fd):
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, fd)
+                os.close(null)
+        except OSError:
+            pass
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    with stops_are_ctrl_c(sys.argv[1:] if argv is None else list(argv), restore=argv is not None):
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -58,8 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("bench: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # its message, when given, says what was written (bench.session)
+        print(f"bench: {exc.args[0]}" if exc.args else "bench: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     return code
 

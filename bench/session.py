@@ -133,11 +133,31 @@ def run_report(prepared: Prepared, ctl: RunControl, **kwargs: Any) -> tuple[Any,
     from bench.facts import build_report
     from bench.secrets import scrub_report
 
-    run, facts = run_once(prepared, ctl, **kwargs)
+    with term_kept():
+        run, facts = run_once(prepared, ctl, **kwargs)
     report = build_report(prepared.scenario, run, facts, prepared.target_config)
     prepared.scrubber.add(ctl.secrets())  # tokens issued during the run
     scrub_report(report, prepared.scrubber)
     return report, facts
+
+
+@contextlib.contextmanager
+def term_kept() -> Iterator[None]:
+    """SIGTERM's handler as it was before the block: an event loop that handled it during the load resets it to
+    the default on the way out, and a SIGTERM after that (the next `bench capacity` step, the summary) would end
+    the process by the signal instead of as Ctrl-C (bench.cli makes it one)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def report_path(opts: RunOptions, sc: Scenario) -> Path:
@@ -296,7 +316,8 @@ def run_scenario(sc: Scenario, opts: RunOptions) -> int:
     prepared = prepare(sc)  # validates everything once, before the target is touched
     from bench.checkpoint import recover_leftover
 
-    recover_leftover(out_path, _stderr_message(opts))  # a killed earlier run with the same --out
+    # a killed earlier run with the same --out: said even with --quiet (a notice, not progress)
+    recover_leftover(out_path, lambda m: print(m, file=sys.stderr))
     with given_up_hint(out_path) as term_is_ctrl_c:
         if opts.processes > 1:
             return _run_processes(prepared, opts, out_path, term_is_ctrl_c)
@@ -310,13 +331,18 @@ def _run_processes(prepared: Prepared, opts: RunOptions, out_path: Path, term_is
     try:
         with resolved_target(prepared, _stderr_message(opts)) as target, server_metrics(target) as scraper:
             report, facts = run_processes(target, opts, out_path)
-    except BenchError:  # a run judged invalid: nothing to recover
+    except BenchError:  # a run judged invalid before any worker measured anything: nothing to recover
         discard(out_path)
         raise
     term_is_ctrl_c()
     if scraper is not None:  # the parent scrapes: the server's totals are not per worker
         add_scrapes(scraper, report, target.scrubber)
-    return finish(opts, target, report, facts, out_path)
+    code = finish(opts, target, report, facts, out_path)
+    lost = report.meta.extra.get("workers_lost")
+    if lost and code == EXIT_OK:  # as a Locust master does for a lost worker: the report stands, the run does not
+        print(f"bench: error: the report is partial: {report.meta.extra.get('partial_reason')}", file=sys.stderr)
+        return EXIT_INVALID
+    return code
 
 
 def _run_single(prepared: Prepared, opts: RunOptions, out_path: Path, term_is_ctrl_c: Callable[[], None]) -> int:
@@ -353,15 +379,17 @@ def add_scrapes(scraper: Any, report: Any, scrubber: Any, *, warn: bool = True) 
 
 @contextlib.contextmanager
 def given_up_hint(out_path: Path) -> Iterator[Callable[[], None]]:
-    """SIGTERM is Ctrl-C for the block (``term_is_ctrl_c`` re-arms it after an event loop reset it); a run given
-    up before its report was written (a third Ctrl-C, or one while the report is written) says how to get the
-    report from the checkpoint it left, instead of a bare "interrupted"."""
+    """SIGTERM is Ctrl-C for the block (``term_is_ctrl_c`` re-arms it after an event loop reset it). A run given
+    up by a signal says what became of its measurements instead of a bare "interrupted": the report's path when
+    this run wrote it (a signal while the summary is printed), else the `bench recover` command for the
+    checkpoint it left (a third Ctrl-C, or one while the report is written)."""
     import shlex
     import signal
     import threading
 
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if main else None
+    before = _file_id(out_path)  # an earlier run's report there is not this run's
 
     def term_is_ctrl_c() -> None:
         if main:
@@ -370,18 +398,30 @@ def given_up_hint(out_path: Path) -> Iterator[Callable[[], None]]:
     term_is_ctrl_c()
     try:
         yield term_is_ctrl_c
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         from bench.checkpoint import checkpoint_path
 
+        written = _file_id(out_path)
+        if written is not None and written != before:  # the report is written; only its summary was cut short
+            raise KeyboardInterrupt(f"interrupted; the report was written: {out_path}") from exc
         ckpt = checkpoint_path(out_path)
         if ckpt.exists():
             again = f" --out {shlex.quote(str(out_path))}" if out_path.exists() else ""
-            print(f"bench: interrupted before the report was written; nothing measured is lost: "
-                  f"bench recover {shlex.quote(str(out_path))}{again}", file=sys.stderr)
+            raise KeyboardInterrupt(f"interrupted before the report was written; nothing measured is lost: "
+                                    f"bench recover {shlex.quote(str(out_path))}{again}") from exc
         raise
     finally:
         if main and previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _file_id(path: Path) -> tuple[int, int, int] | None:
+    """(device, inode, mtime) of ``path``, None when absent: a report is renamed into place, so a new one differs."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns
 
 
 def _stderr_message(opts: RunOptions) -> Callable[[str], None]:

@@ -115,6 +115,7 @@ def run_processes(prepared: Prepared, opts: Any, out_path: Path) -> tuple[Any, R
     from bench.checkpoint import recover_part, start_parts
     from bench.report.merge import merge_reports
     from bench.report.reader import read_report
+    from bench.report.verdict import not_judged_parts
 
     processes = int(opts.processes)
     url = preflight_once(prepared, opts)
@@ -155,23 +156,27 @@ def run_processes(prepared: Prepared, opts: Any, out_path: Path) -> tuple[Any, R
 
             discard(out_path)
             raise KeyboardInterrupt
-        missing = [str(i) for i, p in enumerate(parts) if not p.exists()]
+        missing = [i for i, p in enumerate(parts) if not p.exists()]
+        if missing and not started:  # called off before the load (a worker that could not start): nothing measured
+            from bench.checkpoint import discard
+
+            discard(out_path)
+            raise _wrote_no_report(missing, procs)
         found: dict[int, Any] = {i: read_report(p) for i, p in enumerate(parts) if p.exists()}
         taken: list[int] = []  # workers whose share comes from their checkpoint
-        if interrupted and missing:  # killed by a second Ctrl-C (their checkpoints), or still starting up
-            for i in map(int, missing):
-                part = recover_part(ckpts[i], run_id)
-                if part is not None:
-                    found[i] = part
-                    taken.append(i)
-            if not found:  # nothing measured anywhere: nothing to recover either
-                from bench.checkpoint import discard
+        for i in missing:  # killed by a second Ctrl-C, killed or failed on their own (kill -9, OOM), or starting up
+            part = recover_part(ckpts[i], run_id)
+            if part is not None:
+                found[i] = part
+                taken.append(i)
+        if not found:  # nothing measured anywhere: nothing to recover either
+            from bench.checkpoint import discard
 
-                discard(out_path)
+            discard(out_path)
+            if interrupted:
                 raise KeyboardInterrupt
-        elif missing:
-            raise RunInvalid(f"worker process(es) {', '.join(missing)} wrote no report "
-                             f"(exit codes {[p.returncode for p in procs]})")
+            raise _wrote_no_report(missing, procs)
+        lost = [] if interrupted else missing  # no stop of ours ended them
         raws = [raws[i] if parts[i].exists() else None for i in sorted(found)]
         reports = [found[i] for i in sorted(found)]
         merged = merge_reports(reports)
@@ -180,14 +185,41 @@ def run_processes(prepared: Prepared, opts: Any, out_path: Path) -> tuple[Any, R
         merged.meta.extra.pop("recovered", None)  # ... nor worker 0's recovery
         if taken:  # up to their last checkpoint line (their in-flight requests: kind 'abandoned')
             merged.meta.extra["from_checkpoints"] = taken
+            not_judged_parts(merged, [f"worker {i}" for i in taken])
+        if lost:
+            _mark_lost(merged, {i: procs[i].returncode for i in lost})
+        merged.meta.extra["interrupted"] = interrupted or (merged.run.partial and not lost)
         if raw:
             merged.run.raw_path = merge_raw(
                 [(r, rep.run.start_unix_ns) for r, rep in zip(raws, reports, strict=True) if r is not None],
                 merged.run.start_unix_ns, out_path.with_suffix(".raw.tmp"))
     facts = RunFacts(url=str(merged.meta.target.get("url", "")), processes=processes,
-                     interrupted=interrupted or merged.run.partial,
+                     interrupted=bool(merged.meta.extra["interrupted"]),
                      abandoned=merged.meta.extra.get("abandoned"))
     return merged, facts
+
+
+def _wrote_no_report(missing: list[int], procs: list[subprocess.Popen[bytes]]) -> RunInvalid:
+    return RunInvalid(f"worker process(es) {', '.join(map(str, missing))} wrote no report "
+                      f"(exit codes {[p.returncode for p in procs]})")
+
+
+def _mark_lost(merged: Any, codes: dict[int, int | None]) -> None:
+    """Workers that ended without a part, no stop of ours having reached them (kill -9, the OOM killer, a
+    crash): their shares come from their checkpoints and the run is partial (exit 3, bench.session)."""
+    def how(code: int | None) -> str:
+        if code is not None and code < 0:
+            with contextlib.suppress(ValueError):
+                return signal.Signals(-code).name
+            return f"signal {-code}"
+        return f"exit code {code}"
+
+    killed = any(c is not None and c < 0 for c in codes.values())
+    names = ", ".join(f"worker {i} ({how(c)})" for i, c in sorted(codes.items()))
+    merged.run.partial = True
+    merged.meta.extra["workers_lost"] = [{"worker": i, "exit_code": c} for i, c in sorted(codes.items())]
+    merged.meta.extra["partial_reason"] = (f"a worker process was {'killed' if killed else 'lost'}: {names}; "
+                                           "its share up to its last checkpoint")
 
 
 def preflight_wanted(prepared: Prepared, enabled: bool) -> bool:

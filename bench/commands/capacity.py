@@ -83,7 +83,8 @@ def _main(args: argparse.Namespace) -> int:
     search: CapacitySearch | None = None
 
     def checkpoint() -> None:  # capacity.json after every step: a crash or kill -9 still leaves the steps so far
-        _write_summary(out_dir, _result(args, sc, prepared, settings, sweep, search, out_dir, interrupted=False)[2])
+        _write_summary(out_dir, _result(args, sc, prepared, settings, sweep, search, out_dir, interrupted=False,
+                                        running=True)[2])
 
     levels = _levels(args)
 
@@ -365,8 +366,10 @@ def _write_summary(out_dir: Path, result: Mapping[str, Any]) -> None:
 
 
 def _result(args: argparse.Namespace, sc: Any, prepared: Any, settings: Settings, sweep: Sweep, search: Any,
-            out_dir: Path, *, interrupted: bool) -> tuple[int, list[str], dict[str, Any]]:
-    """(exit code, verdict lines, the capacity.json document) of the sweep so far."""
+            out_dir: Path, *, interrupted: bool, running: bool = False) -> tuple[int, list[str], dict[str, Any]]:
+    """(exit code, verdict lines, the capacity.json document) of the sweep so far. ``running``: written mid-sweep,
+    so the document claims no ending: ``stop_reason`` "running" and ``exit_code`` null until the sweep ends (a
+    sweep killed outright leaves it so, never a finished-looking exit code 0)."""
     from bench.capacity import plan_replicas
     from bench.errors import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_SLO
 
@@ -374,7 +377,7 @@ def _result(args: argparse.Namespace, sc: Any, prepared: Any, settings: Settings
     capacity = _sustained(sweep, offered)
     first_fail = search.first_fail if search is not None else None
     reason = "interrupted" if interrupted else (search.stop_reason if search is not None else None)
-    reason = reason or "running"
+    reason = "running" if running else reason or "running"
     never_ok = _never_ok(sweep)
     if interrupted:
         code = EXIT_INTERRUPTED
@@ -421,7 +424,8 @@ def _result(args: argparse.Namespace, sc: Any, prepared: Any, settings: Settings
         "scenario": sc.name, "capacity_rps": capacity, "capacity_offered_rps": offered,
         "capacity_is_lower_bound": bool(capacity) and lower_bound, "first_fail_rps": first_fail,
         "stop_reason": reason, "slo_ignored": sweep.ignored, "cooldowns": sweep.cooldowns,
-        "exit_code": code, "precision": settings.precision, "step_s": settings.step_s, "warmup_s": settings.warmup_s,
+        "exit_code": None if running else code, "precision": settings.precision, "step_s": settings.step_s,
+        "warmup_s": settings.warmup_s,
         "slo": sweep_steps.objectives_text(sweep.objectives) if sweep.objectives is not None else None,
         "slo_source": sweep.objectives_source, "replicas": replicas, "plan": plan, "model_capacity_rps": model,
         "probe": sweep.probe.to_dict() if sweep.probe is not None else None,
@@ -471,4 +475,6 @@ def _headline(reason: str | None, capacity: float | None, offered: float | None,
         return f"capacity: {cap} (first failure {fail}); bisection stopped at a generator-bound step"
     if reason == "interrupted":
         return f"interrupted: highest passing step so far {cap}, first failure {fail}"
+    if reason == "running":
+        return f"sweep running: highest passing step so far {cap}, first failure {fail}"
     return f"capacity: {cap}; first failure {fail} (stopped: {reason})"

@@ -29,17 +29,25 @@ PARENT_SILENCE_S = 3.0  # no heartbeat from the worker this long: stop the load 
 
 
 class _Out:
-    """JSON lines on stdout, safe from the engine thread and the stdin reader."""
+    """JSON lines on stdout, safe from the engine thread and the stdin reader. Once the worker's end of the pipe
+    is gone (it was killed) nothing is sent any more, quietly: the load stops as its parent watch sees it gone
+    (a BrokenPipeError raised in the engine's signal handler or progress callback was a 60-line traceback)."""
 
     def __init__(self, stream: IO[bytes]) -> None:
         self._stream = stream
         self._lock = threading.Lock()
+        self.broken = False
 
     def send(self, msg: dict[str, Any]) -> None:
         data = orjson.dumps(msg) + b"\n"
         with self._lock:
-            self._stream.write(data)
-            self._stream.flush()
+            if self.broken:
+                return
+            try:
+                self._stream.write(data)
+                self._stream.flush()
+            except (OSError, ValueError):  # EPIPE; ValueError: the stream was closed
+                self.broken = True
 
 
 class _Pulse:
@@ -188,5 +196,8 @@ def main() -> int:
 
 if __name__ == "__main__":
     code = main()
-    sys.stdout.flush()
+    import contextlib
+
+    with contextlib.suppress(OSError):  # the worker is gone: nobody reads what is left
+        sys.stdout.flush()
     os._exit(code)  # not sys.exit: the stdin reader thread may still block in read() (no clean join possible)

@@ -35,6 +35,7 @@ from bench.locust.child import PARENT_SILENCE_S
 from bench.locust.parts import WorkerParts
 from bench.locust.wire import LiveRun, delta
 from bench.report.model import Report
+from bench.report.verdict import not_judged_parts
 from bench.scenario import Scenario, split_problem
 
 __all__ = ["run_master"]
@@ -211,7 +212,8 @@ def run_master(args: argparse.Namespace, sc: Scenario) -> int:
         sys.argv = sys.argv[:1]  # the UI re-parses sys.argv with Locust's parser, which rejects bench's options
         env.create_web_ui("127.0.0.1", args.locust_web_port)
         webui.attach(env, on_stop=on_signal)  # its Stop is a first Ctrl-C; Start is refused
-    _core.recover_leftover(out_path, say)  # a killed earlier run with this --out: recovered, never overwritten
+    # a killed earlier run with this --out: recovered, never overwritten, and said even with --quiet (a notice)
+    _core.recover_leftover(out_path, lambda m: print(f"bench: {m}", file=sys.stderr, flush=True))
     try:
         with _core.shared_target(prepared, say) as endpoints:
             # once, before any worker prepares: bad input exits 2 here with the single-host run's line
@@ -390,6 +392,7 @@ def _merged(master: _Master, prepared: Any, interrupted: bool) -> tuple[Report, 
     n = master.expected
     reports: list[Report] = []
     health: list[dict[str, Any]] = []
+    unjudged: list[str] = []  # parts whose schedule lag and CPU use are unknown (not the worker's own report)
     for w in sorted(master.workers.values(), key=lambda x: x.index):
         rep: Report | None = w.report
         if rep is None:  # lost, failed, or given up waiting for: its checkpoint counts what it had on the wire as
@@ -399,11 +402,14 @@ def _merged(master: _Master, prepared: Any, interrupted: bool) -> tuple[Report, 
         if rep is not None:
             rep.meta.host = f"{w.host or w.client_id}#{w.index}"  # names the worker in merged verdict reasons
             reports.append(rep)
+        own = rep is not None and rep is w.report
+        if not own:  # its share from a checkpoint or its stream, or nothing at all: its CPU and lag are unknown
+            unjudged.append(f"worker {w.name}")
         health.append({"id": w.client_id, "index": w.index, "host": w.host, "pid": w.pid, "state": w.state,
                        "message": w.message, "clock_offset_s": w.clock_offset_s,
                        "requests": sum(t.requests for t in rep.run.totals.values()) if rep else 0,
                        "cpu_fraction": rep.meta.cpu_fraction if rep else None,
-                       "generator_bound": rep.meta.generator_bound if rep else None,
+                       "generator_bound": rep.meta.generator_bound if rep and own else None,  # None: not judged
                        "generator_bound_reasons": list(rep.meta.generator_bound_reasons) if rep else []})
     if not reports:
         raise RunInvalid("no worker sent any data: " + "; ".join(f"{h['id']}: {h['state']}" for h in health))
@@ -416,4 +422,7 @@ def _merged(master: _Master, prepared: Any, interrupted: bool) -> tuple[Report, 
         merged.meta.extra["partial_reason"] = f"a worker was lost: {', '.join(lost)}"
     merged.meta.extra.pop("merged_from", None)
     merged.meta.extra.pop("worker", None)
+    merged.meta.extra.pop("recovered", None)  # a part taken from its checkpoint: the merged run was not recovered
+    merged.meta.extra["interrupted"] = interrupted  # the master's own stop, not a part's
+    not_judged_parts(merged, unjudged)
     return merged, {"interrupted": interrupted, "workers": n}

@@ -13,15 +13,23 @@ from __future__ import annotations
 from bench.report.model import MEASURED, Report, ReportMeta, RunData
 from bench.results import GATE_HOLDS
 
-__all__ = ["NOT_JUDGED", "POOL_ADVICE", "apply_verdict", "generator_bound", "judged"]
+__all__ = ["NOT_JUDGED", "POOL_ADVICE", "apply_verdict", "generator_bound", "judged", "not_judged_parts"]
 
 POOL_ADVICE = 64  # open-loop connections past which a busy, late loop is advised to cap its pool (see below)
 NOT_JUDGED = "not judged (recovered from a checkpoint, which keeps neither the schedule lag nor the CPU use)"
 
 
 def judged(meta: ReportMeta) -> bool:
-    """False for a report recovered from a checkpoint: its generator-bound verdict was never made."""
-    return "recovered" not in meta.extra
+    """False for a report recovered from a checkpoint, or a merged one with such a part and no part found
+    generator-bound (``extra.generator_bound_not_judged``): its verdict was never made."""
+    return "recovered" not in meta.extra and not meta.extra.get("generator_bound_not_judged")
+
+
+def not_judged_parts(merged: Report, parts: list[str]) -> None:
+    """A merged run with parts whose schedule lag and CPU use are unknown (taken from a checkpoint or a lost
+    worker's stream) that no judged part found generator-bound is "not judged", never "no"."""
+    if parts and not merged.meta.generator_bound:
+        merged.meta.extra["generator_bound_not_judged"] = parts
 
 
 def generator_bound(run: RunData, *, target_rps: float | None, cpu_fraction: float | None,

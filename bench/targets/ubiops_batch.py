@@ -93,6 +93,9 @@ class Batch:
         self._interval_sum = 0.0
         self._ticks = 0
         self.batch_url, self.collect_url, self.cancel_url = cfg.batch_url(), cfg.collect_url(), cfg.cancel_url()
+        # a second Ctrl-C / SIGTERM: the drain ends now. The collector and the drain wait on it, not on the stop:
+        # after a first stop, what the platform completes within drain_timeout is still collected
+        self.cut: StopSignal = load.drain_cut if load.drain_cut is not None else anyio.Event()
 
     async def run(self) -> None:
         connections = max(1, self.load.concurrency if self.load.mode == "closed" else 8) + 2
@@ -303,7 +306,7 @@ class Batch:
         reference names no status) is bisected until the missing ids are isolated — not only a 404, or a group
         would fail every tick and block all newer ones. Returns finished requests seen, None when the tick
         should end."""
-        if not await self.gate.acquire(self.stop, purpose="collect"):
+        if not await self.gate.acquire(self.cut, purpose="collect"):  # collects go on through a drain after a stop
             return None
         try:
             resp = await client.post(self.collect_url, content=orjson.dumps(list(group)))
@@ -407,13 +410,12 @@ class Batch:
 
     # --- ending -------------------------------------------------------------------------------------------
     async def _drain(self) -> None:
-        """Not interrupted: let the collector finish what is pending, for at most drain_timeout."""
-        if self.stats.interrupted:
-            return
-        if not self.pending:
+        """Let the collector finish what is pending, for at most drain_timeout, after the end of the load or a
+        first stop signal alike (Ctrl-C promises the drain); a second signal (``drain_cut``) ends it at once."""
+        if not self.pending or self.cut.is_set():
             return
         self.all_seen = anyio.Event()
-        await first_of(self.stop, self.all_seen, self.cfg.drain_timeout_s)
+        await first_of(self.cut, self.all_seen, self.cfg.drain_timeout_s)
 
     async def _cancel_leftovers(self, client: httpx.AsyncClient, deadline_s: float) -> None:
         """Cancel every still-pending request (batch route, else per-request PATCH) and count them abandoned."""

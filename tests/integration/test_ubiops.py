@@ -232,6 +232,10 @@ async def test_batch_with_one_faulty_item_is_rejected_whole() -> None:
 
 @pytest.mark.anyio
 async def test_stop_mid_batch_cancels_everything_pending() -> None:
+    """A stop and a cut drain (a second Ctrl-C): what is pending is abandoned and cancelled at once (a first stop
+    alone drains: tests/integration/test_stop_signals.py)."""
+    from dataclasses import replace
+
     item = encode_structured([ROW], {})
     emu = emulator(latency_ms=20.0, replicas=1)
     async with serve(emu) as url:
@@ -241,7 +245,7 @@ async def test_stop_mid_batch_cancels_everything_pending() -> None:
 
         async def go() -> None:
             result.append(await run_ubiops(cfg(url, mode="batch", poll_interval_s=0.05), [item], 1, rec,
-                                           closed(0, 2), stop))
+                                           replace(closed(0, 2), drain_cut=stop), stop))
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(go)

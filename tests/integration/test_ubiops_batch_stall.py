@@ -135,7 +135,7 @@ def test_a_stop_while_a_create_answer_is_on_its_way_cancels_its_requests_on_the_
     # every answer trickles in over 0.6 s; one slow replica keeps the created requests pending
     base = serve_emulator("--fault", "slow:1.0:ms=600", "--replicas", "1", "--latency-ms", "20")
     out = tmp_path / "g.arrow"
-    proc = start_batch_run(base, out)
+    proc = start_batch_run(base, out, "--set", 'target.drain_timeout="1s"')  # a short drain, then the cancels
     try:  # the platform has created the first chunk; its answer (the ids) is still trickling in
         wait_for(lambda: metric(base, CREATES_METRIC) >= 1, "the first create call to be answered by the app")
         proc.send_signal(signal.SIGINT)

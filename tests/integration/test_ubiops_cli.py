@@ -61,7 +61,7 @@ def test_sigint_during_a_batch_run_cancels_what_is_pending(serve_emulator: Calla
     env = {**os.environ, "UBIOPS_TOKEN": TOKEN.removeprefix("Token ")}
     proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "scenarios/ubiops-batch.toml",
                              "--set", f'target.url="{base}"', "--set", 'load.duration="60s"', "--set",
-                             'load.warmup="0s"', "--out", str(out), "--json"],
+                             'load.warmup="0s"', "--set", 'target.drain_timeout="1s"', "--out", str(out), "--json"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     listing = f"{base}/projects/demo/deployments/ccfraud/versions/v1/requests"
     try:

@@ -17,28 +17,47 @@ pytestmark = pytest.mark.skipif(threading.current_thread() is not threading.main
                                 reason="signal handlers are the main thread's")
 
 
-def test_a_given_up_run_names_the_recover_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_given_up_run_names_the_recover_command(tmp_path: Path) -> None:
     out = tmp_path / "my run.arrow"
     checkpoint_path(out).write_text("{}\n")
-    with pytest.raises(KeyboardInterrupt), given_up_hint(out):
+    with pytest.raises(KeyboardInterrupt) as exc, given_up_hint(out):
         raise KeyboardInterrupt
-    assert f"bench recover '{out}'\n" in capsys.readouterr().err  # quoted: pasted as is into a shell
+    assert str(exc.value).endswith(f"bench recover '{out}'")  # quoted: pasted as is into a shell (bench.cli prints it)
 
 
-def test_over_an_existing_report_the_command_says_where_to_write(tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_over_an_existing_report_the_command_says_where_to_write(tmp_path: Path) -> None:
     out = tmp_path / "r.arrow"
     out.write_bytes(b"an earlier run's report")
     checkpoint_path(out).write_text("{}\n")
-    with pytest.raises(KeyboardInterrupt), given_up_hint(out):
+    with pytest.raises(KeyboardInterrupt) as exc, given_up_hint(out):
         raise KeyboardInterrupt
-    assert f"bench recover {out} --out {out}\n" in capsys.readouterr().err  # `bench recover` refuses it otherwise
+    assert str(exc.value).endswith(f"bench recover {out} --out {out}")  # `bench recover` refuses it otherwise
 
 
-def test_no_checkpoint_no_hint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(KeyboardInterrupt), given_up_hint(tmp_path / "r.arrow"):
+def test_no_checkpoint_no_hint(tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt) as exc, given_up_hint(tmp_path / "r.arrow"):
         raise KeyboardInterrupt
-    assert "bench recover" not in capsys.readouterr().err
+    assert "bench recover" not in str(exc.value)
+
+
+def test_a_report_written_by_this_run_is_named(tmp_path: Path) -> None:
+    """A signal after the report was written (while the summary is printed) says where it is, not "interrupted"."""
+    out = tmp_path / "r.arrow"
+    out.write_bytes(b"an earlier run's report")
+    with pytest.raises(KeyboardInterrupt) as exc, given_up_hint(out):
+        tmp = tmp_path / "r.arrow.tmp"
+        tmp.write_bytes(b"this run's report")
+        tmp.replace(out)  # as bench.report.writer writes it
+        raise KeyboardInterrupt
+    assert str(exc.value) == f"interrupted; the report was written: {out}"
+
+
+def test_an_earlier_runs_report_is_not_claimed(tmp_path: Path) -> None:
+    out = tmp_path / "r.arrow"
+    out.write_bytes(b"an earlier run's report")
+    with pytest.raises(KeyboardInterrupt) as exc, given_up_hint(out):
+        raise KeyboardInterrupt
+    assert "written" not in str(exc.value)
 
 
 def test_sigterm_is_ctrl_c_inside_and_restored_after(tmp_path: Path) -> None:
