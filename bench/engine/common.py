@@ -131,10 +131,10 @@ class EngineCore:
             raise RuntimeError("watch_headers must be called before run()")
         self._watch = HeaderWatch(names, hook) if hook is not None else None
 
-    def count_resent(self, counter: str) -> None:
-        """One request goes out a second time (why: ``counter``, a ``bench.results.RESENT_*`` name). Not a new
-        request: ``sent`` and the records are unchanged; the runner stores the counts as run counters."""
-        self.resent[counter] = self.resent.get(counter, 0) + 1
+    def count_resent(self, counter: str, n: int = 1) -> None:
+        """``n`` requests go out a second time (why: ``counter``, a ``bench.results.RESENT_*`` name). Not new
+        requests: ``sent`` and the records are unchanged; the runner stores the counts as run counters."""
+        self.resent[counter] = self.resent.get(counter, 0) + n
 
     @property
     def sent(self) -> int:

@@ -644,8 +644,9 @@ class FastEngine(CallbackEngine):
     def _stale(self, conn: _Conn, exc: Exception | None) -> bool:
         """``conn`` is a kept-alive connection (it completed an answer) that ended (EOF, or a reset / broken pipe
         on the write) before any byte of the answer to its request arrived: the server had closed it as the
-        request went out, or never read the request (RFC 9112 9.3.1 lets a client retry it; httpcore and Go's
-        net/http do). Only then is the request re-sent, once (a fresh connection does not qualify)."""
+        request went out (RFC 9112 9.3.1 lets a client retry; httpcore checks a connection before reusing it, Go's
+        net/http retries). A server that read the request and then reset the connection looks the same: it is
+        re-sent too, and counted. Only then is a request re-sent, once (a fresh connection does not qualify)."""
         return ((exc is None or isinstance(exc, ConnectionResetError | BrokenPipeError))
                 and not conn.pending and not conn.bytes_in and not self._answer_began(conn))
 

@@ -512,7 +512,7 @@ class H2Engine(CallbackEngine):
                 conn.transport.write(data)
                 conn.wired = conn.next_sid - 2
                 if conn.resent_unwired:  # (after GOAWAY only) their first send went out after all
-                    self.resent[RESENT_GOAWAY] = self.resent.get(RESENT_GOAWAY, 0) + conn.resent_unwired
+                    self.count_resent(RESENT_GOAWAY, conn.resent_unwired)
                     conn.resent_unwired = 0
 
     # -- sending --------------------------------------------------------------------------------------
