@@ -20,6 +20,10 @@ __all__ = [
     "ERROR_KINDS",
     "GATE_HOLDS",
     "RECORD_FIELDS",
+    "RESENT_COUNTERS",
+    "RESENT_GOAWAY",
+    "RESENT_REFUSED_STREAM",
+    "RESENT_STALE_CONNECTION",
     "Classifier",
     "Kind",
     "LoadSpec",
@@ -95,6 +99,12 @@ def body_getter(bodies: Sequence[PreparedBody]) -> Callable[[int], bytes]:
 
 
 GATE_HOLDS = "gate_holds"  # run counter: times a send gate (a client-side rate limit) began holding sends
+# Run counters of requests a lean engine sent a second time, by why (docs/exit-codes.md, "Re-sent requests"): each
+# is one request (one record), never an extra one in ``sent``; the server received it twice at most.
+RESENT_STALE_CONNECTION = "resent_stale_connection"  # HTTP/1.1: the kept-alive connection was closed under it
+RESENT_GOAWAY = "resent_goaway"  # HTTP/2: on a stream above a GOAWAY's last_stream_id (never processed)
+RESENT_REFUSED_STREAM = "resent_refused_stream"  # HTTP/2: reset with REFUSED_STREAM (never processed)
+RESENT_COUNTERS = (RESENT_STALE_CONNECTION, RESENT_GOAWAY, RESENT_REFUSED_STREAM)
 ERROR_DETAIL_BYTES = 512  # the evidence an error keeps of its answer (ResultSink.error_detail)
 
 # classify(status, body, rows_in) -> (kind, rows_out, server_ns). ``body`` is the whole answer body (engines

@@ -428,7 +428,7 @@ async def _apply_load(prepared: Prepared, url: str, authorization: str, token_so
 
     requests, classify = request_set(sc, url, prepared.bodies, authorization, prepared.target_config)
     cfg_e = engine_config(sc, prepared.target_config)
-    engine_class = choose_engine(cfg_e, url)
+    engine_class = choose_engine(cfg_e, url, requests.method)
     try:
         engine = engine_class(cfg_e, requests, classify, recorder)
     except RequestBuildError as exc:  # the scenario reader refuses bad headers: this is a last line of defence
@@ -450,6 +450,8 @@ async def _apply_load(prepared: Prepared, url: str, authorization: str, token_so
         facts.connections_opened = engine.connections_opened
         facts.waited_at_cap = engine.waited_at_cap
         recorder.count("sent", engine.sent)
+        for counter, n in engine.resent.items():  # re-sent requests (stale connection, GOAWAY, refused stream)
+            recorder.count(counter, n)
         recorder.abandoned(engine.abandoned, min(time.monotonic_ns(), spec.end_ns))
 
 

@@ -317,6 +317,9 @@ def parse_scenario(doc: Mapping[str, Any], *, file: str, base_dir: Path) -> Scen
     data = _parse_data(tables["data"], file, base_dir, target)
     load = _parse_load(tables["load"], file)
     engine = _parse_engine(tables["engine"], file, base_dir)
+    if engine.kind == "fast" and not engine.http2 and target.method == "HEAD":
+        raise InputError("the fast HTTP/1.1 engine cannot read answers to HEAD (its parser would wait for the body "
+                         "their Content-Length announces): use kind = 'auto' or 'httpx'", file=file, key="engine.kind")
     if load.mode == "closed":
         _refuse_open_loop_keys(tables, load.concurrency, file)
         if engine.connections and not engine.http2:

@@ -64,6 +64,7 @@ class Engine(Protocol):
     abandoned: int  # requests taken on and still unanswered when the run ended (the runner records them)
     spin_ns: int  # open loop: time the pacer spun instead of sleeping in epoll (0: it never did) ...
     spin_idle_ns: int  # ... of which it had nothing else to do: CPU burnt waiting, not the run's CPU use
+    resent: dict[str, int]  # requests sent a second time, by run counter (bench.results.RESENT_*; {}: none)
 
     @property
     def connections_opened(self) -> int | None:

@@ -116,6 +116,7 @@ class EngineCore:
         self._seq = 0  # requests taken on (put on the wire or waiting for a connection): see ``sent``
         self._queued_at_end = 0  # set by an engine whose queued sends were counted abandoned at the end
         self.waited_at_cap = 0  # open loop: sends that waited because the pool was at engine.connections
+        self.resent: dict[str, int] = {}  # requests sent a second time, by run counter (bench.results.RESENT_*)
         self._inflight = 0
         self._stopping = False
         self._max_requests = 0
@@ -129,6 +130,11 @@ class EngineCore:
         if self._started:
             raise RuntimeError("watch_headers must be called before run()")
         self._watch = HeaderWatch(names, hook) if hook is not None else None
+
+    def count_resent(self, counter: str, n: int = 1) -> None:
+        """``n`` requests go out a second time (why: ``counter``, a ``bench.results.RESENT_*`` name). Not new
+        requests: ``sent`` and the records are unchanged; the runner stores the counts as run counters."""
+        self.resent[counter] = self.resent.get(counter, 0) + n
 
     @property
     def sent(self) -> int:

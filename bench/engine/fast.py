@@ -35,7 +35,7 @@ from bench.engine.tls import make_ssl_context
 from bench.failures import exception_kind  # re-exported: the one exception-to-kind mapping
 from bench.headers import host_header as user_host
 from bench.headers import sni_name
-from bench.results import ERROR_DETAIL_BYTES, Kind, body_getter
+from bench.results import ERROR_DETAIL_BYTES, RESENT_STALE_CONNECTION, Kind, body_getter
 
 __all__ = ["FastEngine", "Target", "build_wires", "exception_kind",
            "parse_target", "request_head", "wire"]
@@ -114,24 +114,25 @@ class _Conn(asyncio.BaseProtocol):
     """One connection with at most one request in flight. Hot-path state lives in plain slots. The subclasses below
     differ only in how answer bytes reach ``feed``."""
 
-    __slots__ = ("body", "busy", "bytes_in", "bytes_out", "dead", "eng", "failures", "hdrs", "idx",
+    __slots__ = ("body", "busy", "bytes_in", "dead", "eng", "failures", "first", "hdrs", "idx",
                  "intended", "keep", "kept", "parser", "parts", "pending", "rows_in", "sent", "transport",
                  "truncate_at")
 
     def __init__(self, eng: FastEngine, failures: int) -> None:
         self.eng = eng
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
+        # the first answer is parsed with its framing headers read (_FirstAnswer); None once one kept it open
+        self.first: _FirstAnswer | None = _FirstAnswer(self)
+        self.parser = httptools.HttpResponseParser(self.first)
         self.busy = False  # a request is assigned and not yet recorded
         self.pending = False  # assigned, waiting for the connection to open
         self.keep = True  # the last answer allows keep-alive (read in the callback: llhttp resets after)
         self.dead = False
         self.failures = failures  # consecutive failed connects of this slot (closed-loop backoff)
         self.intended = 0
-        self.idx = 0
+        self.idx = 0  # the body of the request in flight (its size is bytes_out; a re-send writes it again)
         self.sent = 0
         self.rows_in = 0
-        self.bytes_out = 0
         self.bytes_in = 0
         self.body = b""  # the first chunk of the kept prefix (most answers arrive in one)
         self.parts: list[bytes] | None = None  # every kept chunk once a second one arrives; joined once at the end
@@ -161,6 +162,7 @@ class _Conn(asyncio.BaseProtocol):
         self.close()
 
     def eof_received(self) -> bool | None:
+        self.dead = True  # (the loop calls connection_lost later: until then no send may pick this connection)
         return None  # close the transport; connection_lost reports
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -206,6 +208,59 @@ class _Conn(asyncio.BaseProtocol):
     def close(self) -> None:
         if self.transport is not None and not self.dead:
             self.transport.abort()
+
+
+class _FirstAnswer:
+    """The parser callbacks of a connection's first answer: ``_Conn``'s, plus the framing headers read.
+
+    Why: a body without Content-Length or chunked coding (HTTP/1.0, or ``Connection: close``) ends when the server
+    closes the connection (RFC 9112 6.3). httptools cannot be told about that EOF (it has no ``finish``), so the
+    engine completes such an answer itself when the connection ends (``FastEngine.lost``), and only the headers
+    say whether the body had a length (a Content-Length body cut short by the close stays a ``reset``). Reading
+    headers costs a Python call per header, so only a connection's first answer pays it: once an answer leaves
+    the connection open, the server frames its answers, and the connection gets a parser without header
+    callbacks (one allocation per connection; nothing per request). A later answer of such a connection that
+    is close-delimited after all is counted a ``reset`` (a server that mixes both framings on one connection).
+    """
+
+    __slots__ = ("conn", "framed", "to_eof")
+
+    def __init__(self, conn: _Conn) -> None:
+        self.conn = conn
+        self.framed = False  # this answer's headers so far carry Content-Length or Transfer-Encoding
+        self.to_eof = False  # the headers are complete and the body ends with the connection
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        low = name.lower()
+        if low == b"content-length" or low == b"transfer-encoding":
+            self.framed = True
+        if isinstance(self.conn, _WatchHeaders):
+            self.conn.on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        conn = self.conn
+        status = conn.parser.get_status_code()
+        self.to_eof = not self.framed and status >= 200 and status not in (204, 304)
+        self.framed = False  # (an interim 1xx answer comes before the final one)
+        if isinstance(conn, _WatchHeaders):
+            conn.on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self.conn.on_body(body)
+
+    def on_message_complete(self) -> None:
+        self.to_eof = False
+        conn = self.conn
+        final = conn.parser.get_status_code() >= 200
+        conn.on_message_complete()
+        if final and conn.keep and not conn.dead and conn.first is self:
+            conn.first = None
+            conn.parser = httptools.HttpResponseParser(conn)
+
+
+# Fed to the parser of a connection that ended under a request: a parser between answers parses it as one whole
+# answer; one holding part of an answer fails on it or takes it as body (see FastEngine._answer_began).
+_PROBE = b"\r\nHTTP/1.1 204 X\r\n\r\n"
 
 
 class _StreamConn(_Conn, asyncio.Protocol):
@@ -356,21 +411,19 @@ class FastEngine(CallbackEngine):
         conn.intended = intended
         conn.rows_in = self._rows[i]
         conn.bytes_in = 0
+        conn.idx = i
         if conn.kept:  # (finish and fail already dropped it: this is for an answer cut short some other way)
             conn.drop_body()
         if conn.transport is None:
             conn.pending = True
-            conn.idx = i
             return
         w = self._wires[i] or self._wire(i)
-        conn.bytes_out = self._sizes[i]
         conn.sent = _now()
         conn.transport.write(w)
 
     def _write_pending(self, conn: _Conn) -> None:
         conn.pending = False
         w = self._wires[conn.idx] or self._wire(conn.idx)
-        conn.bytes_out = self._sizes[conn.idx]
         if not conn.sent:  # (open loop: the send leaves now, late by the connect)
             conn.sent = _now()
         assert conn.transport is not None
@@ -511,7 +564,7 @@ class FastEngine(CallbackEngine):
         rows_in = conn.rows_in
         kind, rows_out, server_ns = self.classify(status, body, rows_in)
         self.sink.record(conn.intended, conn.sent, done, kind, status, rows_out if kind == _OK else rows_in,
-                         conn.bytes_out, conn.bytes_in, server_ns)
+                         self._sizes[conn.idx], conn.bytes_in, server_ns)
         if kind != _OK:
             self.sink.error_detail(kind, status, body[:ERROR_DETAIL_BYTES])
         self._inflight -= 1
@@ -555,8 +608,8 @@ class FastEngine(CallbackEngine):
         done = time.monotonic_ns()
         sent = conn.sent or done
         conn.pending = False
-        self.sink.record(conn.intended, sent, done, kind, 0, conn.rows_in, 0 if connect_failed else conn.bytes_out,
-                         conn.bytes_in, 0)
+        self.sink.record(conn.intended, sent, done, kind, 0, conn.rows_in,
+                         0 if connect_failed else self._sizes[conn.idx], conn.bytes_in, 0)
         self.sink.error_detail(kind, 0, detail.encode("utf-8", "replace")[:ERROR_DETAIL_BYTES])
         self._inflight -= 1
         conn.close()
@@ -570,9 +623,56 @@ class FastEngine(CallbackEngine):
         if self._open:
             with contextlib.suppress(ValueError):
                 self._idle.remove(conn)
-        if conn.busy:
-            detail = repr(exc) if exc is not None else "connection closed before the answer was complete"
-            self.fail(conn, exception_kind(exc, connecting=False) if exc is not None else _RESET, detail)
+        if not conn.busy:
+            return
+        first = conn.first
+        if first is not None:
+            if exc is None and first.to_eof:  # a body delimited by the close (see _FirstAnswer): complete now
+                conn.keep = False
+                self.finish(conn)
+                return
+        elif self._stale(conn, exc):
+            self._resend(conn)
+            return
+        if exc is not None:
+            self.fail(conn, exception_kind(exc, connecting=False), repr(exc))
+        elif conn.bytes_in:
+            self.fail(conn, _RESET, f"connection closed mid-answer ({conn.bytes_in:,} body bytes received)")
+        else:
+            self.fail(conn, _RESET, "connection closed before the answer was complete")
+
+    def _stale(self, conn: _Conn, exc: Exception | None) -> bool:
+        """``conn`` is a kept-alive connection (it completed an answer) that ended (EOF, or a reset / broken pipe
+        on the write) before any byte of the answer to its request arrived: the server had closed it as the
+        request went out (RFC 9112 9.3.1 lets a client retry; httpcore checks a connection before reusing it, Go's
+        net/http retries). A server that read the request and then reset the connection looks the same: it is
+        re-sent too, and counted. Only then is a request re-sent, once (a fresh connection does not qualify)."""
+        return ((exc is None or isinstance(exc, ConnectionResetError | BrokenPipeError))
+                and not conn.pending and not conn.bytes_in and not self._answer_began(conn))
+
+    @staticmethod
+    def _answer_began(conn: _Conn) -> bool:
+        """Whether any byte of the current answer reached ``conn``'s parser (llhttp keeps no count): a parser
+        between answers parses ``_PROBE`` as one whole answer; one that holds part of an answer fails on it or
+        takes it as body. The connection is dead: its parser is not used again."""
+        busy, conn.busy = conn.busy, False  # the probe's callbacks must not finish or watch the request
+        try:
+            conn.parser.feed_data(_PROBE)
+            whole = conn.parser.get_status_code() == 204  # (204 has no body: not a 204 answer cut short)
+        except httptools.HttpParserError:
+            whole = False
+        conn.busy = busy
+        conn.drop_body()
+        return not whole
+
+    def _resend(self, old: _Conn) -> None:
+        """Write ``old``'s request again on a new connection: still the same request (sent once, recorded once,
+        its latency from the same intended time), counted in ``resent``."""
+        self.count_resent(RESENT_STALE_CONNECTION)
+        old.busy = False
+        conn = self._new_conn(0)
+        conn.busy = conn.pending = True
+        conn.intended, conn.idx, conn.rows_in, conn.bytes_in = old.intended, old.idx, old.rows_in, 0
 
     def _slot_next(self, conn: _Conn | None, now: int, failures: int, admitted: bool = False) -> None:
         """Closed loop: the slot owning ``conn`` (None = needs a new connection) became free at ``now``."""

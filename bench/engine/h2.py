@@ -21,7 +21,8 @@ connection with the most free stream capacity; a send is dropped when ``max_in_f
 
 GOAWAY: requests on streams above the server's last_stream_id were never processed and are sent once more on a
 new connection; the others may still be answered on the old connection (graceful shutdown), which is then
-closed. A REFUSED_STREAM reset is retried the same way; any other reset is a ``protocol_error``.
+closed. A REFUSED_STREAM reset is retried the same way; any other reset is a ``protocol_error``. Each re-send is
+counted (``resent``: run counters ``resent_goaway`` / ``resent_refused_stream``, shown in the summary).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from bench.engine.base import (
 from bench.engine.common import DEFAULT_OPEN_LIMIT, CallbackEngine, backoff_s
 from bench.engine.fast import Target, exception_kind, parse_target
 from bench.engine.tls import make_ssl_context
-from bench.results import ERROR_DETAIL_BYTES, Kind, body_getter
+from bench.results import ERROR_DETAIL_BYTES, RESENT_GOAWAY, RESENT_REFUSED_STREAM, Kind, body_getter
 
 __all__ = ["H2Engine", "encode_header_block", "h2_header_list", "table_size_update"]
 
@@ -240,8 +241,8 @@ class _Conn(asyncio.Protocol):
     """One HTTP/2 connection. ``streams`` are on the wire; ``waiting`` are assigned but not yet started."""
 
     __slots__ = ("blocked", "buf", "dead", "dec", "dirty", "eng", "goaway", "hdr_flags", "hdr_parts", "hdr_sid",
-                 "max_streams", "next_sid", "out", "peer_initial", "ready", "send_window", "slot", "streams",
-                 "t_connect", "table_size", "table_update", "transport", "unacked", "waiting")
+                 "max_streams", "next_sid", "out", "peer_initial", "ready", "resent_unwired", "send_window", "slot",
+                 "streams", "t_connect", "table_size", "table_update", "transport", "unacked", "waiting", "wired")
 
     def __init__(self, eng: H2Engine, slot: int) -> None:
         self.eng = eng
@@ -260,6 +261,9 @@ class _Conn(asyncio.Protocol):
         self.t_connect = time.monotonic_ns()
         self.max_streams = 100  # unless the server's SETTINGS say otherwise
         self.next_sid = 1
+        self.wired = 0  # the streams up to this id were written (the rest of ``streams`` may sit in ``out``)
+        self.resent_unwired = 0  # streams re-sent after GOAWAY while their first send sat in ``out``: counted
+        # as re-sent only if ``out`` is written after all (a retired connection's never is)
         self.send_window = _DEFAULT_WINDOW  # connection send window
         self.peer_initial = _DEFAULT_WINDOW  # the server's SETTINGS_INITIAL_WINDOW_SIZE
         self.table_size = 4096  # the server's SETTINGS_HEADER_TABLE_SIZE (our encoder's table limit)
@@ -506,6 +510,10 @@ class H2Engine(CallbackEngine):
             if data and conn.transport is not None and not conn.dead:
                 conn.out = bytearray()  # the transport may keep the buffer it was given
                 conn.transport.write(data)
+                conn.wired = conn.next_sid - 2
+                if conn.resent_unwired:  # (after GOAWAY only) their first send went out after all
+                    self.count_resent(RESENT_GOAWAY, conn.resent_unwired)
+                    conn.resent_unwired = 0
 
     # -- sending --------------------------------------------------------------------------------------
     def _new_stream(self, intended: int, slot: int) -> _Stream:
@@ -778,7 +786,7 @@ class H2Engine(CallbackEngine):
         if st in conn.blocked:
             conn.blocked.remove(st)
         if code == _REFUSED_STREAM and not st.retried:
-            self._retry(st)
+            self._retry(st, RESENT_REFUSED_STREAM)
         else:
             self._fail(st, _PROTOCOL, f"HTTP/2 stream reset by the server (error code {code})")
         self._start_waiting(conn)
@@ -848,8 +856,11 @@ class H2Engine(CallbackEngine):
         else:
             self._next(st.slot, done)
 
-    def _retry(self, st: _Stream) -> None:
-        """Send a request the server never processed once more, on a fresh connection of its slot."""
+    def _retry(self, st: _Stream, counter: str | None) -> None:
+        """Send a request the server never processed once more, on a fresh connection of its slot (counted under
+        ``counter``, None: by the caller; the server received it twice, bench's ``sent`` counts it once)."""
+        if counter is not None:
+            self.count_resent(counter)
         st.retried = True
         st.pos = 0
         st.bytes_in = 0
@@ -867,10 +878,13 @@ class H2Engine(CallbackEngine):
             st = conn.streams.pop(sid)
             if st in conn.blocked:
                 conn.blocked.remove(st)
-            if not st.retried:
-                self._retry(st)
-            else:
+            if st.retried:
                 self._fail(st, _RESET, f"HTTP/2 GOAWAY (error code {int(error_code)}): stream {sid} not processed")
+            elif sid <= conn.wired:
+                self._retry(st, RESENT_GOAWAY)
+            else:  # started in this callback, still in ``out``: a re-send only if ``out`` is written (flush)
+                conn.resent_unwired += 1
+                self._retry(st, None)
         waiting, conn.waiting = conn.waiting, []
         for st in waiting:  # never sent: not a retry
             self._submit(self._slot_conn(st.slot), st)

@@ -15,15 +15,18 @@ T = TypeVar("T")
 LoopKind = Literal["auto", "asyncio", "uvloop"]
 
 
-def choose_engine(config: EngineConfig, url: str) -> type:
+def choose_engine(config: EngineConfig, url: str, method: str = "POST") -> type:
     """``auto``/``fast``: the lean engines for http(s) (HTTP/1.1, or HTTP/2 with ``http2``); httpx otherwise.
 
-    ``httpx`` stays selectable for HTTP/2 as the reference implementation.
+    ``httpx`` stays selectable for HTTP/2 as the reference implementation. ``auto`` picks httpx for a HEAD
+    request over HTTP/1.1: the lean engine's parser (httptools) cannot be told that an answer to HEAD has no
+    body, and would wait for the one its Content-Length announces (the scenario reader refuses ``fast`` + HEAD).
     """
     kind = config.kind
     scheme = url.split(":", 1)[0].lower()
     if kind == "auto":
-        kind = "fast" if scheme in ("http", "https") else "httpx"
+        lean = scheme in ("http", "https") and (config.http2 or method.upper() != "HEAD")
+        kind = "fast" if lean else "httpx"
     if kind == "fast":
         if config.http2:
             from bench.engine.h2 import H2Engine

@@ -305,6 +305,7 @@ def render_html(report: Report) -> str:
     behind = fell_behind_text(s)
     if behind:
         out.append(f'<p class="behind">{_e(behind[0].upper() + behind[1:])}.</p>')
+    out += [f'<p class="behind">{_e(note[0].upper() + note[1:])}.</p>' for note in s["resent_notes"]]
 
     # latency tables + distribution
     out.append("<h2>Latency</h2>")

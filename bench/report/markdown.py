@@ -85,6 +85,7 @@ def report_markdown(report: Report) -> str:
     behind = fell_behind_text(s)
     if behind:
         lines += ["", f"> {cell(behind[0].upper() + behind[1:])}."]
+    lines += [line for note in s["resent_notes"] for line in ("", f"> {cell(note[0].upper() + note[1:])}.")]
     lines += ["", "**Latency (ms, ok requests)**", ""]
     rows = [[label, *(num_text(s[key][k]) for k in ("p50", "p90", "p99", "p999", "max"))]
             for label, key in (("from intended time", "latency_ms"), ("service (sent→done)", "service_ms"))]

@@ -15,13 +15,14 @@ from bench.report.accounting import (
 from bench.report.model import MEASURED, WARMUP, Histogram, Report
 from bench.report.server_metrics import handler_gap, server_latency
 from bench.report.verdict import NOT_JUDGED, judged
-from bench.results import UNANSWERED_NAMES
+from bench.results import RESENT_GOAWAY, RESENT_REFUSED_STREAM, RESENT_STALE_CONNECTION, UNANSWERED_NAMES
 
 if TYPE_CHECKING:
     from rich.console import Console
 
 __all__ = ["MISSING", "OTHER_COLUMNS", "OTHER_TITLE", "SERVER_LABEL", "fell_behind_text", "num_text", "other_label",
-           "other_rows", "outside_handler_text", "rate_text", "render_summary", "server_notes", "summarize"]
+           "other_rows", "outside_handler_text", "rate_text", "render_summary", "resent_notes", "server_notes",
+           "summarize"]
 
 _PCTS = ((50, "p50"), (90, "p90"), (99, "p99"), (99.9, "p999"))
 MISSING = "—"  # what every view prints for a figure that was not measured (never 0)
@@ -107,6 +108,30 @@ def server_notes(s: dict[str, Any]) -> list[str]:
     return notes
 
 
+_RESENT_WHY = {  # run counter -> why those requests went out twice (docs/exit-codes.md, "Re-sent requests")
+    RESENT_STALE_CONNECTION: "on a fresh connection: the kept-alive connection they were written to ended (the "
+                             "server closed or reset it) before any byte of their answers",
+    RESENT_GOAWAY: "on a new connection: the server's HTTP/2 GOAWAY said it had not processed their streams",
+    RESENT_REFUSED_STREAM: "on a new connection: the server refused their HTTP/2 streams (REFUSED_STREAM)",
+}
+
+
+def _resent(report: Report) -> dict[str, int]:
+    """Requests a lean engine sent a second time, by reason (run counters; {} when none or not counted)."""
+    return {k.removeprefix("resent_"): n for k in _RESENT_WHY if (n := report.run.counters.get(k, 0)) > 0}
+
+
+def resent_notes(s: dict[str, Any]) -> list[str]:
+    """One line per reason requests were re-sent (from ``summarize``'s ``resent``): each is one request in the
+    counts, measured from its intended send time, though the server saw it twice (at most once processed)."""
+    out = []
+    for reason, n in s["resent"].items():
+        why = _RESENT_WHY.get(f"resent_{reason}", reason.replace("_", " "))
+        out.append(f"re-sent {n:,} request{'s' if n != 1 else ''} {why} (each counted once, latency from its "
+                   "first intended send)")
+    return out
+
+
 BEHIND_RATIO = 0.97  # answers per second below this share of the requests sent per second: the endpoint fell behind
 _BEHIND_SLACK = 10  # ... by at least this many answers over the window (a few in flight at its edges are not that)
 
@@ -162,7 +187,7 @@ def summarize(report: Report) -> dict[str, Any]:
     tot = accounted_totals(report)
     service = _views(run.histogram("service", MEASURED, "ok"))
     timed = run.duration_s(MEASURED) > 0  # a measured window of 0 s (nothing measured): no rate, not a rate of 0
-    return {
+    out = {
         "requests": tot.requests,
         "errors": tot.errors,
         "rps": round(run.rps(MEASURED), 3) if timed else None,  # answers per second (RunData.rps)
@@ -186,9 +211,12 @@ def summarize(report: Report) -> dict[str, Any]:
         "partial_reason": _partial_reason(report) if run.partial else None,  # "interrupted", "a worker was lost: ..."
         "failed": _failed(report),  # why the run is invalid (no successful answer, ...), else None
         "accounting": request_accounting(run),  # sent = ok + errors + in flight at end, both phases (or None)
+        "resent": _resent(report),  # reason -> requests sent a second time (stale_connection, goaway, ...)
         "other_ms": {name: _views(run.histogram(name, MEASURED)) for name in _other_metrics(report)},
         **_server(report, service),
     }
+    out["resent_notes"] = resent_notes(out)  # the same lines as the views print
+    return out
 
 
 def _partial_reason(report: Report) -> str:
@@ -282,6 +310,8 @@ def render_summary(report: Report, console: Console) -> None:
         console.print(err)
     if s["accounting"] is not None:
         console.print("accounting: " + accounting_text(s["accounting"]), markup=False, highlight=False)
+    for note in s["resent_notes"]:
+        console.print(note, style="yellow", markup=False, highlight=False, soft_wrap=True)
     if s["generator_bound"]:
         console.print("[bold red]generator-bound[/]: the numbers may describe the harness, not the endpoint")
         for r in s["generator_bound_reasons"]:

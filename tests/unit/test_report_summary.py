@@ -151,3 +151,23 @@ def test_fell_behind_names_requests_that_got_no_answer() -> None:
     # a closed loop's sends wait for answers: it cannot outrun the endpoint (whole UbiOps batches in the window
     # read as 750 sent against 579 back)
     assert fell_behind_text({**base, "load_mode": "closed", "errors_by_kind": {}}) is None
+
+
+def test_resent_counters_are_shown_in_every_view() -> None:
+    """Re-sent requests (run counters) are one line each in the terminal, Markdown and HTML views and in --json;
+    a run without them shows none (an empty ``resent``, not zeros)."""
+    from bench.report.html import render_html
+    from bench.report.markdown import report_markdown
+
+    report = make_report(make_run())
+    assert summarize(report)["resent"] == {} and summarize(report)["resent_notes"] == []
+    report.run.counters.update(resent_stale_connection=903, resent_goaway=1, resent_refused_stream=0)
+    s = summarize(report)
+    assert s["resent"] == {"stale_connection": 903, "goaway": 1}
+    assert s["resent_notes"][0].startswith("re-sent 903 requests on a fresh connection")
+    assert s["resent_notes"][1].startswith("re-sent 1 request on a new connection: the server's HTTP/2 GOAWAY")
+    buf = io.StringIO()
+    render_summary(report, Console(file=buf, width=400, color_system=None))
+    assert "re-sent 903 requests on a fresh connection" in buf.getvalue()
+    assert "Re-sent 903 requests on a fresh connection" in report_markdown(report)
+    assert "Re-sent 1 request on a new connection" in render_html(report)
