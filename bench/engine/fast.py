@@ -642,12 +642,14 @@ class FastEngine(CallbackEngine):
             self.fail(conn, _RESET, "connection closed before the answer was complete")
 
     def _stale(self, conn: _Conn, exc: Exception | None) -> bool:
-        """``conn`` is a kept-alive connection (it completed an answer) that ended (EOF, or a reset / broken pipe
-        on the write) before any byte of the answer to its request arrived: the server had closed it as the
-        request went out (RFC 9112 9.3.1 lets a client retry; httpcore checks a connection before reusing it, Go's
-        net/http retries). A server that read the request and then reset the connection looks the same: it is
-        re-sent too, and counted. Only then is a request re-sent, once (a fresh connection does not qualify)."""
-        return ((exc is None or isinstance(exc, ConnectionResetError | BrokenPipeError))
+        """``conn`` is a kept-alive connection (it completed an answer) that the server closed (EOF; or EPIPE: a
+        reset that came after the server's FIN, i.e. the server had closed first) before any byte of the answer to
+        its request arrived: the server closed it as the request went out (RFC 9112 9.3.1 lets a client retry;
+        httpcore checks a connection before reusing it, Go's net/http retries). Only then is a request re-sent,
+        once (a fresh connection does not qualify). A reset without a close before it (ECONNRESET: the server
+        aborted the connection, e.g. a crashed worker or the emulator's ``reset`` fault) is the target's fault and
+        stays a ``reset`` error: re-sending it would hide the fault behind a second try."""
+        return ((exc is None or isinstance(exc, BrokenPipeError))
                 and not conn.pending and not conn.bytes_in and not self._answer_began(conn))
 
     @staticmethod

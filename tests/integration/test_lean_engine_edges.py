@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -224,6 +226,36 @@ def test_a_resent_request_that_fails_again_is_the_error(tmp_path: Path) -> None:
     assert s["ok"] == counts["answered"] == 5 and s["errors_by_kind"] == {"reset": 5}, (s, counts)
     assert s["resent"] == {"stale_connection": 5} and counts["stale"] == counts["dropped"] == 5, (s, counts)
     assert s["accounting"]["sent"] == 10 and s["accounting"]["holds"], s
+
+
+def reset_after(n: int) -> Handler:
+    """Answers ``n`` requests per connection, then reads the next one and resets the connection (SO_LINGER 0: a
+    TCP RST, no FIN before it), as a crashed worker or the emulator's ``reset`` fault does."""
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter, counts: Counter[str]) -> None:
+        for _ in range(n):
+            if not await read_request(r, counts):
+                return
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(ANSWER), ANSWER))
+            await w.drain()
+            counts["answered"] += 1
+        if await read_request(r, counts):
+            counts["reset"] += 1
+            sock = w.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            w.transport.abort()
+    return handle
+
+
+def test_a_kept_alive_connection_the_server_resets_is_a_reset_not_a_resend(tmp_path: Path) -> None:
+    """A reset with no close before it is the target's fault (the server read the request and aborted): counted
+    as ``reset``, never re-sent, so a fault is not hidden behind a second try."""
+    with serving(reset_after(2)) as (port, counts):
+        rc, s, err = run_json(tmp_path, port, "-c", "1", "--requests", "12")
+    assert rc == 0, err
+    assert counts["reset"] == 4 and counts["requests"] == 12, counts
+    assert s["errors_by_kind"] == {"reset": 4} and s["ok"] == counts["answered"] == 8, (s, counts)
+    assert not s["resent"], s["resent"]
+    assert s["accounting"]["sent"] == 12 and s["accounting"]["holds"], s
 
 
 # -- HEAD ------------------------------------------------------------------------------------------------------
