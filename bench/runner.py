@@ -450,6 +450,9 @@ async def _apply_load(prepared: Prepared, url: str, authorization: str, token_so
         facts.connections_opened = engine.connections_opened
         facts.waited_at_cap = engine.waited_at_cap
         recorder.count("sent", engine.sent)
+        resent = getattr(engine, "resent", None)  # an engine that re-sends what the server did not process
+        if resent is not None:
+            recorder.count("resent", resent)
         recorder.abandoned(engine.abandoned, min(time.monotonic_ns(), spec.end_ns))
 
 

@@ -134,14 +134,20 @@ def request_accounting(run: RunData) -> dict[str, Any] | None:
     ok = sum(t.ok for t in run.totals.values())
     errors = sum(t.errors for t in run.totals.values())
     in_flight = run.counters.get("in_flight_at_end", 0)
-    return {"sent": sent, "ok": ok, "errors": errors - in_flight, "in_flight_at_end": in_flight,
-            "dropped": sum(t.dropped for t in run.totals.values()), "holds": sent == ok + errors}
+    out = {"sent": sent, "ok": ok, "errors": errors - in_flight, "in_flight_at_end": in_flight,
+           "dropped": sum(t.dropped for t in run.totals.values()), "holds": sent == ok + errors}
+    resent = run.counters.get("resent")
+    if resent is not None:  # written a second time, the first one unprocessed (not in sent: one request each)
+        out["resent"] = resent
+    return out
 
 
 def accounting_text(acc: Mapping[str, Any]) -> str:
     """One line: 'sent 8 = ok 0 + errors 0 + in flight at end 8 (holds)'."""
     line = (f"sent {acc['sent']:,} = ok {acc['ok']:,} + errors {acc['errors']:,} + in flight at end "
             f"{acc['in_flight_at_end']:,}")
+    if acc.get("resent"):
+        line += f"; {acc['resent']:,} of them re-sent (the server closed a connection before processing them)"
     if acc["holds"]:
         return line + " (holds)"
     return line.replace(" = ", " ≠ ", 1) + " — MISMATCH: requests were lost from the counts (a bench bug)"
