@@ -15,6 +15,11 @@ stream, which is then reset (see ``_reset_dropped_streams``). A limit left: http
 one lock, so an answer already read for one stream waits while a stalled stream holds the lock in a read, until
 the next frame arrives or the stalled one's deadline: on a quiet connection with stalls, answers come late (and
 rarely one reaches its own deadline first). The lean HTTP/2 engine has no such lock.
+
+What a server did not process is written once more, and counted (``resent``, the report's accounting): HTTP/2
+streams a graceful GOAWAY left unprocessed, and requests past a stream limit the server lowered (httpcore, as
+installed, fails both: see ``_graceful_h2`` and ``_StreamCap``); over HTTP/1.1, a request on a reused
+connection the server closed as it went out (httpx does not retry it). ``--http2`` over TLS offers only h2.
 """
 
 from __future__ import annotations
