@@ -335,6 +335,7 @@ def bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
 
 
+@pytest.mark.slow  # a real bench process: seconds
 def test_cli_graceful_goaway_counts_match_the_server_and_resends_are_shown(tmp_path: Path) -> None:
     out = tmp_path / "r.arrow"
     with in_thread(CountingH2(goaway_after=20)) as srv:
@@ -368,6 +369,7 @@ def _server_ctx(ca: trustme.CA, tmp_path: Path, *names: str, alpn: list[str] | N
     return ctx
 
 
+@pytest.mark.slow  # a real bench process: seconds
 def test_cli_http2_over_tls_refuses_a_server_without_h2_and_says_so(ca: trustme.CA, tmp_path: Path) -> None:
     """The httpx engine offered h2 and http/1.1 and silently measured HTTP/1.1; now, as the lean engine, it
     offers h2 only: nothing is sent, exit 3, and the line names ALPN, not the certificate (which is trusted)."""
@@ -383,8 +385,10 @@ def test_cli_http2_over_tls_refuses_a_server_without_h2_and_says_so(ca: trustme.
     assert srv.received == 0 and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # a real bench process: seconds
 @pytest.mark.parametrize(("names", "expired", "says"), [(("wrong.example",), False, "mismatch"),
                                                         (("127.0.0.1",), True, "has expired")])
+@pytest.mark.slow  # a real bench process: seconds
 def test_cli_tls_hint_names_the_verify_reason_even_with_a_ca_bundle(
         ca: trustme.CA, tmp_path: Path, names: tuple[str, ...], expired: bool, says: str) -> None:
     """A certificate for another name, or an expired one, signed by the CA given with --ca-bundle: the hint
