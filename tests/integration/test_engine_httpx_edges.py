@@ -388,7 +388,6 @@ def test_cli_http2_over_tls_refuses_a_server_without_h2_and_says_so(ca: trustme.
 @pytest.mark.slow  # a real bench process: seconds
 @pytest.mark.parametrize(("names", "expired", "says"), [(("wrong.example",), False, "mismatch"),
                                                         (("127.0.0.1",), True, "has expired")])
-@pytest.mark.slow  # a real bench process: seconds
 def test_cli_tls_hint_names_the_verify_reason_even_with_a_ca_bundle(
         ca: trustme.CA, tmp_path: Path, names: tuple[str, ...], expired: bool, says: str) -> None:
     """A certificate for another name, or an expired one, signed by the CA given with --ca-bundle: the hint
