@@ -227,13 +227,16 @@ def _graceful_h2() -> None:
     connection, never written), streams up to last_stream_id finish normally, later ones are re-sent on a new
     connection by httpcore's pool (``ConnectionNotAvailable``, as httpcore itself does for them) -- the trace hook
     counts that write as a re-send, at most one -- and the connection closes once its last stream ends. A GOAWAY
-    with an error code keeps httpcore's handling: its streams fail, an error. A SETTINGS lowering the stream limit
+    with an error code keeps httpcore's handling: its streams fail, an error. An answer that comes before the
+    request body is all written, the stream then closed (nginx's ``return``), is read, not failed with
+    ``StreamClosedError`` (RFC 9113 8.1: a client must not discard it). A SETTINGS lowering the stream limit
     no longer makes httpcore acquire its semaphore under the read lock (see ``_StreamCap``). Applied once per
     process; a no-op on an httpcore whose internals differ (then the engine runs as before).
     """
     try:
         from h2.errors import ErrorCodes
-        from h2.events import ConnectionTerminated
+        from h2.events import ConnectionTerminated, StreamReset
+        from h2.exceptions import StreamClosedError
         from httpcore._async.http2 import AsyncHTTP2Connection
         from httpcore._exceptions import ConnectionNotAvailable
         from hyperframe.frame import GoAwayFrame
@@ -241,11 +244,13 @@ def _graceful_h2() -> None:
         return
     cls = AsyncHTTP2Connection
     names = ("_send_connection_init", "_receive_events", "_send_request_headers", "_response_closed",
-             "is_available", "_receive_remote_settings_change")
+             "is_available", "_receive_remote_settings_change", "_send_request_body", "_receive_stream_event",
+             "_wait_for_outgoing_flow")
     orig: dict[str, Any] = {name: getattr(cls, name, None) for name in names}
     if any(f is None for f in orig.values()) or getattr(orig["is_available"], "_bench_graceful", False):
         return
-    init, receive_events, send_headers, response_closed, available, settings_change = orig.values()
+    (init, receive_events, send_headers, response_closed, available, settings_change, send_body,
+     receive_stream_event, _) = orig.values()
 
     def goaway_of(conn: AsyncHTTP2Connection) -> ConnectionTerminated | None:
         return getattr(conn, "_bench_goaway", None)
@@ -275,6 +280,9 @@ def _graceful_h2() -> None:
                 self._bench_goaway = event  # type: ignore[attr-defined]
             else:  # a second GOAWAY (a two-step shutdown) can only lower it
                 event.last_stream_id = min(event.last_stream_id or 0, frame.last_stream_id)
+            for sid, queue in self._events.items():  # a stream waiting beyond it wakes (to be re-sent), not reads
+                if sid > event.last_stream_id and not any(isinstance(e, StreamReset) for e in queue):
+                    queue.append(_refused(StreamReset, sid))
             return [], []
 
         table[GoAwayFrame] = graceful
@@ -286,6 +294,39 @@ def _graceful_h2() -> None:
             await receive_events(self, request, stream_id)
         except Exception:
             if beyond(self, stream_id):  # e.g. the server's close after its last answer, read by this stream
+                raise unprocessed(self) from None
+            raise
+
+    async def _send_request_body(self: AsyncHTTP2Connection, request: Any, stream_id: int) -> None:
+        try:
+            await send_body(self, request, stream_id)
+        except StreamClosedError:
+            if self._events.get(stream_id):  # answered (or reset) before the whole body went out (RFC 9113 8.1):
+                return  # read the answer (or the reset) instead of failing an answered request
+            if beyond(self, stream_id):
+                raise unprocessed(self) from None
+            raise
+        except Exception:  # e.g. the server reset the stream beyond its GOAWAY while the body went out
+            if beyond(self, stream_id):
+                raise unprocessed(self) from None
+            raise
+
+    async def _wait_for_outgoing_flow(self: AsyncHTTP2Connection, request: Any, stream_id: int) -> int:
+        # httpcore's waits reading for any stream: an answer another stream's read took in (the server answered
+        # before reading the body, its window shut) left this one reading on, until its deadline
+        while True:
+            if self._events.get(stream_id):
+                raise StreamClosedError(stream_id)  # an answer or a reset came: stop sending (_send_request_body)
+            flow = min(self._h2_state.local_flow_control_window(stream_id), self._h2_state.max_outbound_frame_size)
+            if flow:
+                return int(flow)
+            await self._receive_events(request, stream_id)
+
+    async def _receive_stream_event(self: AsyncHTTP2Connection, request: Any, stream_id: int) -> Any:
+        try:
+            return await receive_stream_event(self, request, stream_id)
+        except Exception:
+            if beyond(self, stream_id):
                 raise unprocessed(self) from None
             raise
 
@@ -314,6 +355,19 @@ def _graceful_h2() -> None:
     cls._response_closed = _response_closed  # type: ignore[method-assign]
     cls.is_available = is_available  # type: ignore[method-assign]
     cls._receive_remote_settings_change = _receive_remote_settings_change  # type: ignore[method-assign]
+    cls._send_request_body = _send_request_body  # type: ignore[method-assign]
+    cls._receive_stream_event = _receive_stream_event  # type: ignore[method-assign]
+    cls._wait_for_outgoing_flow = _wait_for_outgoing_flow  # type: ignore[method-assign]
+
+
+def _refused(cls: Any, stream_id: int) -> Any:
+    """An h2 StreamReset(REFUSED_STREAM) event for ``stream_id`` (h2 4.2+ takes keyword arguments, older none)."""
+    try:
+        return cls(stream_id=stream_id, error_code=7, remote_reset=True)
+    except TypeError:  # pragma: no cover - an older h2
+        event = cls()
+        event.stream_id, event.error_code, event.remote_reset = stream_id, 7, True
+        return event
 
 
 class HttpxEngine(EngineCore):
@@ -677,12 +731,15 @@ class HttpxEngine(EngineCore):
         """Whether a request that failed before its answer began was surely not processed, so it is written once
         more (counted in ``resent`` when it had been written). HTTP/2: the client's own state machine refused it
         (``LocalProtocolError``: past the server's stream limit, or the connection already shut down): nothing
-        complete reached the server. HTTP/1.1: the keep-alive race -- a reused connection (this attempt opened
+        complete reached the server; or the server refused the stream (REFUSED_STREAM, RFC 9113 8.7).
+        HTTP/1.1: the keep-alive race -- a reused connection (this attempt opened
         none) the server closed as the request went out (``Server disconnected without sending a response``, or
         a reset), as every HTTP client retries a stale connection. (HTTP/2 streams a graceful GOAWAY left
         unprocessed are re-sent by httpcore's pool: ``_graceful_h2``.)"""
         if self.config.http2:  # (not a refusal while receiving: ``RECV_HEADERS in state CLOSED`` was processed)
             text = str(exc)
+            if isinstance(exc, httpx.RemoteProtocolError):  # RST_STREAM(REFUSED_STREAM): "not processed"
+                return "StreamReset" in text and ("error_code:7," in text or "REFUSED_STREAM" in text)
             return isinstance(exc, httpx.LocalProtocolError) and (
                 "Max outbound streams" in text or "ConnectionInputs.SEND_" in text)
         if trace.connected:

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
@@ -44,10 +45,11 @@ class CountingH2:
     """h2c server. ``goaway_after``: after N answers on a connection, GOAWAY(last = highest stream it took on,
     ``goaway_code``), answer the streams up to it, leave later ones unprocessed, then close. ``lower_to``: a second
     SETTINGS frame lowers MAX_CONCURRENT_STREAMS to it (the first one says h2's default 100); ``peak`` is the most
-    streams open at once after the client acknowledged it."""
+    streams open at once after the client acknowledged it. ``early``: answer each request as its headers arrive
+    and reset the stream (NO_ERROR) without reading the body, as nginx's ``return 200`` does."""
 
-    def __init__(self, goaway_after: int = 0, goaway_code: int = 0, lower_to: int = 0) -> None:
-        self.goaway_after, self.goaway_code, self.lower_to = goaway_after, goaway_code, lower_to
+    def __init__(self, goaway_after: int = 0, goaway_code: int = 0, lower_to: int = 0, early: bool = False) -> None:
+        self.goaway_after, self.goaway_code, self.lower_to, self.early = goaway_after, goaway_code, lower_to, early
         self.connections = self.received = self.answered = self.unprocessed = self.violations = self.peak = 0
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -111,11 +113,17 @@ class _H2Conn(asyncio.Protocol):
                 self.max_sid = ev.stream_id
                 if self.acked:
                     self.srv.peak = max(self.srv.peak, len(self.pending))
+                if self.srv.early:
+                    self.answer(ev.stream_id)
+                    self.h2.reset_stream(ev.stream_id, h2.errors.ErrorCodes.NO_ERROR)
             elif isinstance(ev, h2.events.RemoteSettingsChanged | h2.events.SettingsAcknowledged):
                 self.acked = self.acked or isinstance(ev, h2.events.SettingsAcknowledged)
-            elif isinstance(ev, h2.events.DataReceived) and ev.stream_id:
+            elif isinstance(ev, h2.events.DataReceived) and ev.stream_id and ev.flow_controlled_length:
+                if self.srv.early:  # the connection's window only: the stream's stays shut, its body unread
+                    self.h2.increment_flow_control_window(ev.flow_controlled_length)
+                    continue
                 with contextlib.suppress(h2.exceptions.StreamClosedError):
-                    self.h2.acknowledge_received_data(ev.flow_controlled_length or 0, ev.stream_id)
+                    self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
             elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id in self.pending:
                 self.answer(ev.stream_id or 0)
         self.flush()
@@ -258,11 +266,11 @@ def ok_if_200(status: int, body: bytes, rows_in: int) -> tuple[int, int, int]:
     return (int(Kind.OK) if status == 200 and body == ANSWER else int(Kind.HTTP_ERROR)), rows_in, 0
 
 
-async def run_engine(target: str, n: int, concurrency: int,
+async def run_engine(target: str, n: int, concurrency: int, body: bytes = b'{"x": 1}',
                      **cfg: Any) -> tuple[HttpxEngine, dict[int, int], list[bytes]]:
     """``n`` requests in a closed loop; the engine, its outcomes by kind, and its error details."""
     sink = FakeSink()
-    requests = RequestSet(target, "POST", {"Content-Type": "application/json"}, [PreparedBody(b'{"x": 1}', 1)])
+    requests = RequestSet(target, "POST", {"Content-Type": "application/json"}, [PreparedBody(body, 1)])
     eng = HttpxEngine(EngineConfig(read_timeout_s=10.0, **cfg), requests, ok_if_200, sink)
     await asyncio.wait_for(eng.run(closed(concurrency, max_requests=n, seconds=30), Stop()), 60)
     return eng, dict(sink.kinds()), [d[2] for d in sink.details]
@@ -312,6 +320,17 @@ async def test_a_lowered_stream_limit_and_goaways_together() -> None:
     assert isinstance(srv, CountingH2)
     assert kinds == {Kind.OK: 150}, details[:3]
     assert srv.answered == 150 and srv.received == 150 + eng.resent and srv.peak <= 2
+
+
+@pytest.mark.anyio
+async def test_an_answer_before_the_whole_body_is_read_not_a_protocol_error() -> None:
+    """The server answers at the headers and resets the stream (NO_ERROR) while the body (larger than the flow
+    window it never opens) is still going out: httpcore failed the answered request (``StreamClosedError``)."""
+    async with serving(CountingH2(early=True)) as srv:
+        eng, kinds, details = await run_engine(url(srv), 20, 2, body=b"x" * 200_000, http2=True, connections=1)
+    assert isinstance(srv, CountingH2)
+    assert kinds == {Kind.OK: 20}, details[:3]
+    assert srv.received == srv.answered == 20 and eng.resent == 0
 
 
 @pytest.mark.anyio
