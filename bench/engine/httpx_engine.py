@@ -18,8 +18,9 @@ rarely one reaches its own deadline first). The lean HTTP/2 engine has no such l
 
 What a server did not process is written once more, and counted (``resent``, the report's accounting): HTTP/2
 streams a graceful GOAWAY left unprocessed, and requests past a stream limit the server lowered (httpcore, as
-installed, fails both: see ``_graceful_h2`` and ``_StreamCap``); over HTTP/1.1, a request on a reused
-connection the server closed as it went out (httpx does not retry it). ``--http2`` over TLS offers only h2.
+installed, fails both: see ``_graceful_h2`` and ``_StreamCap``). Not over HTTP/1.1 (see ``_resend``): a
+request on a reused connection the server closed under it is a ``reset``, as httpx leaves it. ``--http2`` over TLS
+offers only h2.
 """
 
 from __future__ import annotations
@@ -123,11 +124,11 @@ class _StreamCap:
 class _Trace:
     """httpcore trace hook of one request: its deadline stops while the request opens a connection (bounded by
     ``connect_timeout`` instead) and restarts, whole, once the connection is up (TCP, and TLS when there is);
-    it counts the request's writes (headers written: a second one is a re-send, at most one), notes whether the
-    attempt opened a connection, feeds the server's MAX_CONCURRENT_STREAMS to the client's ``_StreamCap`` and,
+    it counts the request's writes (headers written: a second one is a re-send, at most one), feeds the
+    server's MAX_CONCURRENT_STREAMS to the client's ``_StreamCap`` and,
     HTTP/2 over TLS, refuses a handshake that did not choose h2 (httpcore would speak HTTP/1.1 instead)."""
 
-    __slots__ = ("cap", "connected", "deadline", "h2_only", "timeout_s", "writes")
+    __slots__ = ("cap", "deadline", "h2_only", "timeout_s", "writes")
 
     def __init__(self, deadline: asyncio.Timeout, timeout_s: float, cap: _StreamCap | None, h2_only: bool) -> None:
         self.deadline = deadline
@@ -135,12 +136,10 @@ class _Trace:
         self.cap = cap
         self.h2_only = h2_only
         self.writes = 0
-        self.connected = False
 
     async def __call__(self, name: str, info: Mapping[str, object]) -> None:
         if name.startswith("connection."):
             if name == "connection.connect_tcp.started":
-                self.connected = True
                 self.deadline.reschedule(None)
             elif name in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
                 self.deadline.reschedule(asyncio.get_running_loop().time() + self.timeout_s)
@@ -673,14 +672,13 @@ class HttpxEngine(EngineCore):
                 try:
                     response = await client.send(request, stream=True)
                 except (httpx.TransportError, httpx.LocalProtocolError) as exc:
-                    if trace.writes > 1 or not self._resend(exc, trace):
+                    if trace.writes > 1 or not self._resend(exc):
                         raise
                     if cap is not None:  # e.g. past a lowered stream limit: wait for a stream like the others
                         cap.give()
                         held = False
                         await cap.take()
                         held = True
-                    trace.connected = False
                     response = await client.send(request, stream=True)
                 watch = self._watch
                 if watch is not None:
@@ -727,23 +725,22 @@ class HttpxEngine(EngineCore):
             if trace.writes > 1:
                 self.resent += trace.writes - 1
 
-    def _resend(self, exc: Exception, trace: _Trace) -> bool:
+    def _resend(self, exc: Exception) -> bool:
         """Whether a request that failed before its answer began was surely not processed, so it is written once
-        more (counted in ``resent`` when it had been written). HTTP/2: the client's own state machine refused it
-        (``LocalProtocolError``: past the server's stream limit, or the connection already shut down): nothing
-        complete reached the server; or the server refused the stream (REFUSED_STREAM, RFC 9113 8.7).
-        HTTP/1.1: the keep-alive race -- a reused connection (this attempt opened
-        none) the server closed as the request went out (``Server disconnected without sending a response``, or
-        a reset), as every HTTP client retries a stale connection. (HTTP/2 streams a graceful GOAWAY left
-        unprocessed are re-sent by httpcore's pool: ``_graceful_h2``.)"""
-        if self.config.http2:  # (not a refusal while receiving: ``RECV_HEADERS in state CLOSED`` was processed)
-            text = str(exc)
-            if isinstance(exc, httpx.RemoteProtocolError):  # RST_STREAM(REFUSED_STREAM): "not processed"
-                return "StreamReset" in text and ("error_code:7," in text or "REFUSED_STREAM" in text)
-            return isinstance(exc, httpx.LocalProtocolError) and (
-                "Max outbound streams" in text or "ConnectionInputs.SEND_" in text)
-        if trace.connected:
+        more (counted in ``resent`` when it had been written). HTTP/2 only: the client's own state machine
+        refused it (``LocalProtocolError``: past the server's stream limit, or the connection already shut down):
+        nothing complete reached the server; or the server refused the stream (REFUSED_STREAM, RFC 9113 8.7).
+        (Streams a graceful GOAWAY left unprocessed are re-sent by httpcore's pool: ``_graceful_h2``.)
+
+        Not HTTP/1.1: a request on a reused connection that ended with no answer byte is the keep-alive race
+        (the server's idle timeout closed it as the request went out) or a server that read the request and
+        dropped the connection, and httpcore reports both, a clean close and a TCP reset alike, as ``Server
+        disconnected without sending a response``: re-sending would hide a server's real failures (the
+        emulator's ``reset`` fault), so it is a ``reset`` (docs/exit-codes.md)."""
+        if not self.config.http2:
             return False
-        if isinstance(exc, httpx.RemoteProtocolError):
-            return "without sending a response" in str(exc)
-        return isinstance(exc, httpx.ReadError | httpx.WriteError) and httpx_kind(exc) == _RESET
+        text = str(exc)
+        if isinstance(exc, httpx.RemoteProtocolError):  # RST_STREAM(REFUSED_STREAM): "not processed"
+            return "StreamReset" in text and ("error_code:7," in text or "REFUSED_STREAM" in text)
+        return isinstance(exc, httpx.LocalProtocolError) and (
+            "Max outbound streams" in text or "ConnectionInputs.SEND_" in text)
