@@ -39,7 +39,10 @@ def httpx_kind(exc: BaseException) -> int:
     """Map an httpx/httpcore exception to a Kind code (same meaning as the lean engines' kinds).
 
     Any timeout other than connecting (read, write, waiting for a pooled connection) is ``read_timeout``: no
-    answer came in time. A peer that disconnected or closed mid-answer is ``reset``.
+    answer came in time. A peer that disconnected or closed mid-answer is ``reset``, and so is an HTTP/2 GOAWAY
+    with NO_ERROR (a graceful shutdown, e.g. nginx's keepalive_requests: no protocol was violated; the httpx
+    engine re-sends what it left unprocessed, so this is only a stream it cut short). A GOAWAY with an error code
+    is a ``protocol_error``.
     """
     import httpx
 
@@ -51,7 +54,9 @@ def httpx_kind(exc: BaseException) -> int:
         return exception_kind(exc, connecting=True)
     if isinstance(exc, httpx.RemoteProtocolError):
         text = str(exc).lower()
-        return _RESET if "disconnect" in text or "closed" in text else int(Kind.PROTOCOL_ERROR)
+        if "disconnect" in text or "closed" in text or _graceful_goaway(text):
+            return _RESET
+        return int(Kind.PROTOCOL_ERROR)
     if isinstance(exc, httpx.LocalProtocolError | httpx.DecodingError):
         return int(Kind.PROTOCOL_ERROR)
     if isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.CloseError):
@@ -61,6 +66,12 @@ def httpx_kind(exc: BaseException) -> int:
     if isinstance(exc, httpx.HTTPError):
         return int(Kind.OTHER)
     return other_kind(exc)
+
+
+def _graceful_goaway(text: str) -> bool:
+    """Whether httpcore's text of a ConnectionTerminated event (``<ConnectionTerminated error_code:0, ...>``, the
+    code an int or ``ErrorCodes.NO_ERROR``) says NO_ERROR."""
+    return "connectionterminated" in text and ("error_code:0," in text or "no_error" in text)
 
 
 def other_kind(exc: BaseException) -> int:

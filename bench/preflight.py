@@ -18,7 +18,7 @@ import httpx
 
 from bench.config.wallaroo import PreflightConfig, preflight_config_from_mapping
 from bench.errors import InputError, RunInvalid
-from bench.tlstrust import UNTRUSTED_HINT, untrusted
+from bench.tlstrust import tls_hint, untrusted
 from bench.units import format_duration
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ async def _call(http: httpx.AsyncClient, cfg: PreflightConfig, route: str, body:
         response = await http.post(url, json=body, headers=headers, timeout=cfg.timeout_s)
     except httpx.HTTPError as exc:
         if untrusted(str(exc)):  # waiting will not change it
-            raise RunInvalid(f"preflight: {url}: {UNTRUSTED_HINT}") from None
+            raise RunInvalid(f"preflight: {url}: {tls_hint(str(exc), insecure=False)}") from None
         raise _Transient(f"{url} unreachable ({type(exc).__name__})") from None
     try:
         answer = response.json()

@@ -29,7 +29,7 @@ from bench.run_loop import run_async, run_once, run_unwrapped, use_uvloop
 from bench.runner import Endpoints, Prepared, RunControl, point_at
 from bench.runner import prepare as _prepare_core
 from bench.scenario import Scenario
-from bench.tlstrust import UNTRUSTED_HINT, untrusted
+from bench.tlstrust import tls_hint
 
 __all__ = [
     "TOKEN_PATH",
@@ -182,8 +182,9 @@ def unreachable_reason(summary: dict[str, Any]) -> str | None:
     if all(kind.split(":")[0] in (*_CONNECT_KINDS, "abandoned") for kind in by_kind) and any(
             kind.split(":")[0] in _CONNECT_KINDS for kind in by_kind):
         reason = ", ".join(f"{n:,} {kind}" for kind, n in by_kind.items())
-        if untrusted(" ".join(str(e.get("sample", "")) for e in summary.get("top_errors", []))):
-            reason += f" ({UNTRUSTED_HINT}, or skip the check with --insecure)"
+        hint = tls_hint(" ".join(str(e.get("sample", "")) for e in summary.get("top_errors", [])))
+        if hint is not None:
+            reason += f" ({hint})"
         return reason
     return None
 

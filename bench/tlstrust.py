@@ -18,15 +18,42 @@ from dataclasses import dataclass
 
 from bench.inpath import input_problem
 
-__all__ = ["UNTRUSTED_HINT", "TlsTrust", "ca_bundle_problem", "client_context", "untrusted"]
+__all__ = ["NO_H2_HINT", "UNTRUSTED_HINT", "TlsTrust", "ca_bundle_problem", "client_context", "tls_hint",
+           "untrusted"]
 
 UNTRUSTED_HINT = "its certificate is not trusted: give its CA with --ca-bundle or [engine] ca_bundle"
+MISMATCH_HINT = ("its certificate is not issued for the host in the URL (hostname or IP address mismatch): use a "
+                 "name the certificate names, or a Host header naming it")
+EXPIRED_HINT = "its certificate has expired or is not valid yet: the server needs a current certificate"
+NO_H2_HINT = ("the server did not offer HTTP/2 in ALPN (no application protocol): run without --http2, or enable "
+              "h2 on the server")
+_INSECURE = ", or skip the check with --insecure"
 
 
 def untrusted(error_text: str) -> bool:
     """Whether an error's text is a certificate verification failure: final, unlike a server not up yet, so
-    callers stop waiting and say ``UNTRUSTED_HINT``."""
+    callers stop waiting and say ``tls_hint``'s hint."""
     return "CERTIFICATE_VERIFY_FAILED" in error_text
+
+
+def tls_hint(error_text: str, *, insecure: bool = True) -> str | None:
+    """What to do about a TLS failure whose text (an exception or a report's sample) is ``error_text``, or None
+    when it is not one bench can name. Why per reason: a hostname mismatch or an expired certificate is not fixed
+    by a CA bundle (and was reported as one, even when the bundle had been given); a server without h2 in ALPN
+    has no certificate problem at all. ``insecure``: the failed host is the target's own, where --insecure
+    applies (never a token endpoint or MLOps API, see the module doc)."""
+    lowered = error_text.lower()
+    if "no application protocol" in lowered:
+        return NO_H2_HINT
+    if not untrusted(error_text):
+        return None
+    if "hostname mismatch" in lowered or "ip address mismatch" in lowered:
+        hint = MISMATCH_HINT
+    elif "has expired" in lowered or "not yet valid" in lowered:
+        hint = EXPIRED_HINT
+    else:  # self-signed, unknown issuer, incomplete chain: the trust store lacks its CA
+        hint = UNTRUSTED_HINT
+    return hint + _INSECURE if insecure else hint
 
 def client_context(verify: bool, ca_bundle: str | None, cls: type[ssl.SSLContext] = ssl.SSLContext) -> ssl.SSLContext:
     """A client context built as ``ssl.create_default_context`` builds one (SSLKEYLOGFILE included), of class

@@ -27,7 +27,7 @@ from bench.config.auth import AuthConfig
 from bench.errors import InputError, RunInvalid
 from bench.inpath import input_file
 from bench.secrets import header_value_problem
-from bench.tlstrust import UNTRUSTED_HINT, untrusted
+from bench.tlstrust import tls_hint, untrusted
 
 __all__ = ["TokenSource"]
 
@@ -369,7 +369,7 @@ class TokenSource:
         except httpx.HTTPError as exc:
             why = type(exc).__name__
             if untrusted(str(exc)):
-                why += f" ({UNTRUSTED_HINT})"
+                why += f" ({tls_hint(str(exc), insecure=False)})"
             raise _TokenError(f"token request to {url} failed: {why}", None) from None
         if response.status_code != 200:
             detail = ""

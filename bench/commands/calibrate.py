@@ -347,7 +347,7 @@ def _tree_cpu_s(pid: int) -> float:
 
 def _failed(result: dict[str, Any]) -> str | None:
     """Why the measurement describes no working request path (nothing answered ok), or None."""
-    from bench.tlstrust import untrusted
+    from bench.tlstrust import tls_hint
 
     n, errors = result["requests"], result["errors"]
     if n == 0:
@@ -356,9 +356,8 @@ def _failed(result: dict[str, Any]) -> str | None:
         return f"none of {n:,} requests got an answer: all were still in flight at the end (the target did not answer)"
     if errors >= n:
         commonest = result.get("commonest_error") or ""
-        why = ""
-        if untrusted(commonest):
-            why = " (its certificate is not trusted: give its CA with --ca-bundle, or --insecure)"
+        hint = tls_hint(commonest)
+        why = f" ({hint})" if hint is not None else ""
         return f"none of {n:,} requests succeeded{why}: the ceiling of a path that only fails is no ceiling"
     return None
 

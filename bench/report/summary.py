@@ -109,8 +109,8 @@ def server_notes(s: dict[str, Any]) -> list[str]:
 
 
 _RESENT_WHY = {  # run counter -> why those requests went out twice (docs/exit-codes.md, "Re-sent requests")
-    RESENT_STALE_CONNECTION: "on a fresh connection: the kept-alive connection they were written to ended (the "
-                             "server closed or reset it) before any byte of their answers",
+    RESENT_STALE_CONNECTION: "on a fresh connection: the server had closed the kept-alive connection they were "
+                             "written to, before any byte of their answers",
     RESENT_GOAWAY: "on a new connection: the server's HTTP/2 GOAWAY said it had not processed their streams",
     RESENT_REFUSED_STREAM: "on a new connection: the server refused their HTTP/2 streams (REFUSED_STREAM)",
 }

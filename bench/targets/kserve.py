@@ -33,7 +33,7 @@ from bench.targets.kserve_codec import (
     lazy_bodies,
     tensors_for,
 )
-from bench.tlstrust import UNTRUSTED_HINT, untrusted
+from bench.tlstrust import tls_hint, untrusted
 
 if TYPE_CHECKING:
     from bench.prepared import Endpoints
@@ -127,7 +127,7 @@ async def _wait_ready(client: httpx.AsyncClient, base: str, cfg: KServeConfig, h
         for path in paths:
             got = await _get(client, base + path, headers)
             if isinstance(got, str) and untrusted(got):  # waiting will not help either
-                raise RunInvalid(f"{base}{path}: {UNTRUSTED_HINT}, or skip the check with --insecure ({got})")
+                raise RunInvalid(f"{base}{path}: {tls_hint(got)} ({got})")
             if isinstance(got, str):
                 last = f"{path}: {got}"
                 break

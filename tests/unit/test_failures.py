@@ -39,6 +39,13 @@ def _chained(outer: BaseException, inner: BaseException) -> BaseException:
     (httpx.RemoteProtocolError("<StreamReset stream_id:1, error_code:2>"), Kind.PROTOCOL_ERROR),
     (httpx.ReadError("r"), Kind.RESET),
     (httpx.LocalProtocolError("l"), Kind.PROTOCOL_ERROR),
+    # HTTP/2 GOAWAY: a graceful shutdown (NO_ERROR) cut the stream short; an error code is the server's error
+    (httpx.RemoteProtocolError("<ConnectionTerminated error_code:0, last_stream_id:39, additional_data:None>"),
+     Kind.RESET),
+    (httpx.RemoteProtocolError("<ConnectionTerminated error_code:ErrorCodes.NO_ERROR, last_stream_id:9, "
+                               "additional_data:None>"), Kind.RESET),
+    (httpx.RemoteProtocolError("<ConnectionTerminated error_code:2, last_stream_id:39, additional_data:None>"),
+     Kind.PROTOCOL_ERROR),
     (httpx.TooManyRedirects("r"), Kind.OTHER),
 ])
 def test_httpx_faults_map_to_one_kind(exc: BaseException, kind: Kind) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+import pytest
 import trustme
 
-from bench.tlstrust import TlsTrust, ca_bundle_problem
+from bench.tlstrust import TlsTrust, ca_bundle_problem, tls_hint
 
 
 def test_insecure_skips_verification_only_towards_the_target() -> None:
@@ -38,3 +39,30 @@ def test_unreadable_bundles_are_named(tmp_path: Path) -> None:
     junk.write_bytes(b"\x00\x01 not a certificate")
     assert "no PEM certificate" in (ca_bundle_problem(str(junk)) or "")
 
+
+
+@pytest.mark.parametrize(("text", "says", "not_says"), [
+    ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: IP address mismatch, certificate is not valid "
+     "for '127.0.0.1'. (_ssl.c:1006)", "mismatch", "give its CA"),
+    ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: Hostname mismatch, certificate is not valid for "
+     "'api.example'. (_ssl.c:1006)", "mismatch", "give its CA"),
+    ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: certificate has expired (_ssl.c:1006)",
+     "has expired", "give its CA"),
+    ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate (_ssl.c:1006)",
+     "give its CA with --ca-bundle", "mismatch"),
+    ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable to get local issuer certificate",
+     "give its CA with --ca-bundle", "expired"),
+    ("SSLError(1, '[SSL: TLSV1_ALERT_NO_APPLICATION_PROTOCOL] tlsv1 alert no application protocol (_ssl.c:1006)')",
+     "did not offer HTTP/2 in ALPN", "certificate"),
+])
+def test_the_tls_hint_names_the_reason(text: str, says: str, not_says: str) -> None:
+    """A CA bundle fixes neither a certificate for another name nor an expired one, nor a server without h2."""
+    hint = tls_hint(text)
+    assert hint is not None and says in hint and not_says not in hint, hint
+    assert tls_hint("ConnectError: [Errno 111] Connection refused") is None
+
+
+def test_insecure_is_offered_only_where_it_applies() -> None:
+    text = "CERTIFICATE_VERIFY_FAILED certificate verify failed: certificate has expired"
+    assert "--insecure" in (tls_hint(text) or "")
+    assert "--insecure" not in (tls_hint(text, insecure=False) or "x --insecure")
