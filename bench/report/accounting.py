@@ -134,9 +134,8 @@ def request_accounting(run: RunData) -> dict[str, Any] | None:
     ok = sum(t.ok for t in run.totals.values())
     errors = sum(t.errors for t in run.totals.values())
     in_flight = run.counters.get("in_flight_at_end", 0)
-    out = {"sent": sent, "ok": ok, "errors": errors - in_flight, "in_flight_at_end": in_flight,
-           "dropped": sum(t.dropped for t in run.totals.values()), "holds": sent == ok + errors}
-    return out
+    return {"sent": sent, "ok": ok, "errors": errors - in_flight, "in_flight_at_end": in_flight,
+            "dropped": sum(t.dropped for t in run.totals.values()), "holds": sent == ok + errors}
 
 
 def accounting_text(acc: Mapping[str, Any]) -> str:
