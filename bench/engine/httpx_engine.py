@@ -16,7 +16,7 @@ one lock, so an answer already read for one stream waits while a stalled stream 
 the next frame arrives or the stalled one's deadline: on a quiet connection with stalls, answers come late (and
 rarely one reaches its own deadline first). The lean HTTP/2 engine has no such lock.
 
-What a server did not process is written once more, and counted (``resent``, the report's accounting): HTTP/2
+What a server did not process is written once more, and counted (``count_resent``: run counters): HTTP/2
 streams a graceful GOAWAY left unprocessed, and requests past a stream limit the server lowered (httpcore, as
 installed, fails both: see ``_graceful_h2`` and ``_StreamCap``). Not over HTTP/1.1 (see ``_resend``): a
 request on a reused connection the server closed under it is a ``reset``, as httpx leaves it. ``--http2`` over TLS
@@ -736,7 +736,7 @@ class HttpxEngine(EngineCore):
 
     def _resend(self, exc: Exception) -> bool:
         """Whether a request that failed before its answer began was surely not processed, so it is written once
-        more (counted in ``resent`` when it had been written). HTTP/2 only: the client's own state machine
+        more (counted by ``count_resent`` when it had been written). HTTP/2 only: the client's own state machine
         refused it (``LocalProtocolError``: past the server's stream limit, or the connection already shut down):
         nothing complete reached the server; or the server refused the stream (REFUSED_STREAM, RFC 9113 8.7).
         (Streams a graceful GOAWAY left unprocessed are re-sent by httpcore's pool: ``_graceful_h2``.)
