@@ -169,16 +169,23 @@ def test_content_length_body_cut_short_stays_reset(tmp_path: Path, close_header:
 # -- HTTP/1.1: the server closes kept-alive connections ---------------------------------------------------------
 
 
+async def answer(n: int, r: asyncio.StreamReader, w: asyncio.StreamWriter, counts: Counter[str]) -> bool:
+    """Answer ``n`` requests (Content-Length, no ``Connection: close``); False when the client closed first."""
+    for _ in range(n):
+        if not await read_request(r, counts):
+            return False
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(ANSWER), ANSWER))
+        await w.drain()
+        counts["answered"] += 1
+    return True
+
+
 def close_after(n: int) -> Handler:
     """Answers ``n`` requests per connection (Content-Length, no ``Connection: close``), then half-closes it (FIN)
     and counts a request that still arrives (written into the closing connection: never answered) as stale."""
     async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter, counts: Counter[str]) -> None:
-        for _ in range(n):
-            if not await read_request(r, counts):
-                return
-            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(ANSWER), ANSWER))
-            await w.drain()
-            counts["answered"] += 1
+        if not await answer(n, r, w, counts):
+            return
         w.write_eof()
         while await read_request(r, counts):  # until the client closes its side
             counts["stale"] += 1
@@ -232,13 +239,7 @@ def reset_after(n: int) -> Handler:
     """Answers ``n`` requests per connection, then reads the next one and resets the connection (SO_LINGER 0: a
     TCP RST, no FIN before it), as a crashed worker or the emulator's ``reset`` fault does."""
     async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter, counts: Counter[str]) -> None:
-        for _ in range(n):
-            if not await read_request(r, counts):
-                return
-            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(ANSWER), ANSWER))
-            await w.drain()
-            counts["answered"] += 1
-        if await read_request(r, counts):
+        if await answer(n, r, w, counts) and await read_request(r, counts):
             counts["reset"] += 1
             sock = w.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
