@@ -129,8 +129,9 @@ async def test_cancel_falls_back_to_per_request_patch(status: int) -> None:
         result: dict[str, Any] = {}
 
         async def run() -> None:
+            # a first stop drains (up to drain_timeout): a short one leaves requests pending to cancel
             result["stats"] = await run_ubiops(cfg(url, mode="batch", batch_size=40, poll_interval_s=0.05,
-                                                   calls_per_minute=3000),
+                                                   drain_timeout_s=0.2, calls_per_minute=3000),
                                                [item], 1, rec, closed(0, 1, max_requests=40), stop)
 
         async with anyio.create_task_group() as tg, client(url) as c:
