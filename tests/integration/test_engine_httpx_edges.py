@@ -386,12 +386,13 @@ def test_cli_graceful_goaway_counts_match_the_server_and_resends_are_shown(tmp_p
     summary = json.loads(proc.stdout)
     acc = summary["accounting"]
     assert acc["sent"] == acc["ok"] == srv.answered == 200 and acc["errors"] == 0 and acc["holds"], acc
+    # (a GOAWAY may find no stream above it open: then nothing is re-sent; the engine test forces some)
     resent = summary["resent"].get("goaway", 0)
-    assert summary["resent"] == {"goaway": srv.unprocessed} and resent > 0, (summary["resent"], vars(srv))
+    assert resent == srv.unprocessed and set(summary["resent"]) <= {"goaway"}, (summary["resent"], vars(srv))
     assert srv.received == 200 + resent, vars(srv)
     shown = subprocess.run([sys.executable, "-m", "bench", "report", str(out)], capture_output=True, text=True,
                            timeout=60, cwd=tmp_path)
-    assert f"re-sent {resent:,} request" in shown.stdout, shown.stdout
+    assert shown.returncode == 0 and (f"re-sent {resent:,} request" in shown.stdout) == (resent > 0), shown.stdout
 
 
 @pytest.fixture
