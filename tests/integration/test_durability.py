@@ -43,11 +43,16 @@ def bench(*args: str, cwd: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def spawn() -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    yield from spawned()
+
+
+def spawned() -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """`bench ARGS…` as a process of its own (extra environment allowed); killed at the end, pass or fail."""
     procs: list[subprocess.Popen[str]] = []
 
-    def start(*args: str, cwd: Path, tmp: Path) -> subprocess.Popen[str]:
+    def start(*args: str, cwd: Path, tmp: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         proc = subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=cwd, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=_env(tmp))
+                                stderr=subprocess.PIPE, text=True, env={**_env(tmp), **(env or {})})
         procs.append(proc)
         return proc
 

@@ -32,12 +32,13 @@ from tests.integration.locust_cluster import ROOT, Cluster, alive, children, fre
 from tests.integration.test_durability import (
     _assert_accounting,
     _checkpoint_lines,
-    _env,
     _killed_run,
     _measured_ok,
     _read_meta,
     bench,
+    spawned,
 )
+from tests.integration.test_locust_distributed import infer_url, scenario
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(sys.platform != "linux", reason="process-death signals are Linux-only")]
@@ -47,22 +48,7 @@ UBIOPS_TOKEN = "emulator-ubiops-token"  # the emulator's default UbiOps token
 
 @pytest.fixture
 def spawn() -> Iterator[Callable[..., subprocess.Popen[str]]]:
-    """`bench ARGS…` as a process of its own (extra environment allowed); killed at the end, pass or fail."""
-    procs: list[subprocess.Popen[str]] = []
-
-    def start(*args: str, cwd: Path, tmp: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        proc = subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=cwd, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env={**_env(tmp), **(env or {})})
-        procs.append(proc)
-        return proc
-
-    try:
-        yield start
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate(timeout=30)
+    yield from spawned()
 
 
 # -- #1 --processes: one worker killed outright ------------------------------------------------------------------
@@ -283,35 +269,13 @@ def test_sighup_stops_a_run_with_a_partial_report(spawn: Callable[..., subproces
 
 # -- #6 / #7 Locust: a lost worker -----------------------------------------------------------------------------
 
-def _locust_scenario(tmp: Path, url: str) -> Path:
-    from tests.integration.locust_cluster import DATA
-
-    path = tmp / "dist.toml"
-    path.write_text(f"""name = "dist"
-[target]
-kind = "wallaroo"
-url = "{url}"
-format = "pandas-records"
-[data]
-path = "{DATA}"
-rows_per_request = 10
-[load]
-concurrency = 4
-duration = "6s"
-""")
-    return path
-
-
 def _worker_0_killed(cluster: Cluster, serve_emulator: Callable[..., str]) -> tuple[int, str, int, int]:
     """A 2-worker Locust run whose worker with index 0 is SIGKILLed (the worker alone: its engine process finds
     its pipe broken) once its checkpoint lines reach the master: (master's exit code, its last stdout line, the
     worker's pid, its engine process's pid)."""
-    from bench.emulator.config import EmulatorConfig
-
-    d = EmulatorConfig()
     base = serve_emulator("--replicas", "8", "--latency-ms", "2")
     port = free_port()
-    sc = _locust_scenario(cluster.tmp, f"{base}/v1/api/pipelines/infer/{d.deployment}/{d.pipeline}")
+    sc = scenario(cluster.tmp, infer_url(base), 'concurrency = 4\nduration = "6s"', raw=False)
     scratch = cluster.tmp / "scratch"
     scratch.mkdir()
     master = cluster.start("master", "-m", "bench", "run", str(sc), "--locust-master", "--expect-workers", "2",
